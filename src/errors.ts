@@ -1,0 +1,83 @@
+/**
+ * One error type for everything Backplane reports to a user. `code` is a stable literal so callers (and tests) can
+ * branch on it; `where` points at user input (file:line:col) or a resource; `hint` says what to do about it.
+ */
+export type ErrorCode =
+  | 'E_YAML'
+  | 'E_SCHEMA'
+  | 'E_UNKNOWN_KIND'
+  | 'E_DUPLICATE'
+  | 'E_MISSING_REF'
+  | 'E_BAD_REF'
+  | 'E_CYCLE'
+  | 'E_IO'
+  | 'E_APPLY'
+  | 'E_TIMEOUT'
+  | 'E_ABORTED'
+  | 'E_USAGE';
+
+export interface SourceLocation {
+  readonly file: string;
+  readonly line: number;
+  readonly col: number;
+}
+
+export function formatLocation(loc: SourceLocation | undefined): string {
+  return loc === undefined ? '' : `${loc.file}:${loc.line}:${loc.col}`;
+}
+
+export interface BackplaneErrorOptions {
+  readonly where?: SourceLocation | undefined;
+  readonly resource?: string | undefined;
+  readonly hint?: string | undefined;
+  readonly retryable?: boolean | undefined;
+  readonly cause?: unknown;
+}
+
+export class BackplaneError extends Error {
+  readonly code: ErrorCode;
+  readonly where: SourceLocation | undefined;
+  readonly resource: string | undefined;
+  readonly hint: string | undefined;
+  readonly retryable: boolean;
+
+  constructor(code: ErrorCode, message: string, opts: BackplaneErrorOptions = {}) {
+    super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
+    this.name = 'BackplaneError';
+    this.code = code;
+    this.where = opts.where;
+    this.resource = opts.resource;
+    this.hint = opts.hint;
+    this.retryable = opts.retryable ?? false;
+  }
+
+  /** `file:line:col: resource: message (hint)` — the one-line form every CLI error is printed in. */
+  format(): string {
+    const parts: string[] = [];
+    const loc = formatLocation(this.where);
+    if (loc !== '') parts.push(loc);
+    if (this.resource !== undefined) parts.push(this.resource);
+    parts.push(this.message);
+    const line = parts.join(': ');
+    return this.hint === undefined ? line : `${line}\n  hint: ${this.hint}`;
+  }
+}
+
+/** Several input errors found in one pass: users fix a file faster when they see every problem at once. */
+export class ValidationErrors extends Error {
+  readonly errors: readonly BackplaneError[];
+  constructor(errors: readonly BackplaneError[]) {
+    super(`${errors.length} error${errors.length === 1 ? '' : 's'} in graph:\n${errors.map((e) => e.format()).join('\n')}`);
+    this.name = 'ValidationErrors';
+    this.errors = errors;
+  }
+  format(): string {
+    return this.errors.map((e) => e.format()).join('\n');
+  }
+}
+
+export function errorMessage(err: unknown): string {
+  if (err instanceof BackplaneError || err instanceof ValidationErrors) return err.format();
+  if (err instanceof Error) return err.message;
+  return String(err);
+}

@@ -1,0 +1,201 @@
+import type { z } from 'zod';
+import { BackplaneError, ValidationErrors, formatLocation, type SourceLocation } from '../errors.js';
+import { canonicalJson } from '../util/canonical.js';
+import { closest } from '../util/suggest.js';
+import type { AnyResourceKind } from '../resources/types.js';
+import { findCycles } from './cycles.js';
+import { Graph, type Edge, type Vertex } from './graph.js';
+import { parseRef, resourceId, type ResourceId } from './ids.js';
+import { metaSchema } from './meta.js';
+import type { RawGraph } from './raw.js';
+
+export interface KindRegistry {
+  get(kind: string): AnyResourceKind | undefined;
+  names(): Iterable<string>;
+}
+
+/**
+ * Turns a frontend's raw declarations into a validated, acyclic Graph, or throws ValidationErrors listing every
+ * problem with its file:line. Pure: reads nothing but its arguments, so `validate` and `run` reject exactly the same
+ * input and nothing is ever applied from a graph that did not build.
+ */
+export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
+  const errors: BackplaneError[] = [...raw.errors];
+  const vertices = new Map<ResourceId, Vertex>();
+  const kindOf = new Map<ResourceId, AnyResourceKind>();
+
+  for (const r of raw.resources) {
+    const id = resourceId(r.kind, r.name);
+    const kind = registry.get(r.kind);
+    if (kind === undefined) {
+      const guess = closest(r.kind, registry.names());
+      errors.push(
+        new BackplaneError('E_UNKNOWN_KIND', `unknown resource kind "${r.kind}"`, {
+          where: r.loc,
+          hint: `${guess === undefined ? '' : `did you mean "${guess}"? `}known kinds: ${[...registry.names()].sort().join(', ')}`,
+        }),
+      );
+      continue;
+    }
+    const prior = vertices.get(id);
+    if (prior !== undefined) {
+      errors.push(
+        new BackplaneError('E_DUPLICATE', `${id} is declared twice`, {
+          where: r.loc,
+          hint: `it was first declared at ${formatLocation(prior.loc)}; give each resource of a kind a unique name`,
+        }),
+      );
+      continue;
+    }
+    const params = kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
+    if (!params.success) {
+      for (const e of issuesToErrors(params.error.issues, id, (p) => r.locate(p), 'parameter', Object.keys(schemaShape(kind.schema))))
+        errors.push(e);
+    }
+    const meta = metaSchema.safeParse(r.meta);
+    if (!meta.success) {
+      for (const e of issuesToErrors(meta.error.issues, id, (p) => r.locateMeta(p), 'meta', Object.keys(schemaShape(metaSchema))))
+        errors.push(e);
+    }
+    if (!params.success || !meta.success) {
+      // Keep a placeholder so edges to it do not produce a second, misleading "missing resource" error.
+      vertices.set(id, { id, kind: r.kind, name: r.name, params: {}, meta: metaSchema.parse(undefined), loc: r.loc, fingerprint: '' });
+      continue;
+    }
+    vertices.set(id, {
+      id,
+      kind: r.kind,
+      name: r.name,
+      params: params.data,
+      meta: meta.data,
+      loc: r.loc,
+      fingerprint: canonicalJson({ k: r.kind, p: params.data, m: meta.data }),
+    });
+    kindOf.set(id, kind);
+  }
+
+  const edgeMap = new Map<string, Edge>();
+  const addEdge = (e: Edge): void => {
+    const key = `${e.from}\u0000${e.to}`;
+    const prior = edgeMap.get(key);
+    edgeMap.set(key, prior === undefined ? e : { ...prior, notify: prior.notify || e.notify, auto: prior.auto && e.auto });
+  };
+  for (const e of raw.edges) {
+    const ends: ResourceId[] = [];
+    for (const ref of [e.from, e.to]) {
+      const parsed = parseRef(ref);
+      if (parsed === undefined) {
+        errors.push(
+          new BackplaneError('E_BAD_REF', `"${ref}" is not a resource reference`, {
+            where: e.loc,
+            hint: 'write references as kind[name] or kind:name, e.g. file[/etc/motd]',
+          }),
+        );
+        continue;
+      }
+      const id = resourceId(parsed.kind, parsed.name);
+      if (!vertices.has(id)) {
+        const guess = closest(id, vertices.keys());
+        errors.push(
+          new BackplaneError('E_MISSING_REF', `edge refers to ${id}, which is not declared in this graph`, {
+            where: e.loc,
+            hint: guess === undefined ? 'declare that resource or remove the edge' : `did you mean ${guess}?`,
+          }),
+        );
+        continue;
+      }
+      ends.push(id);
+    }
+    const [from, to] = ends;
+    if (ends.length !== 2 || from === undefined || to === undefined) continue;
+    addEdge({ from, to, notify: e.notify, auto: false });
+  }
+
+  addAutoEdges(vertices, kindOf, addEdge);
+
+  if (errors.length > 0) throw new ValidationErrors(errors);
+
+  const edges = [...edgeMap.values()];
+  const succ = new Map<ResourceId, ResourceId[]>();
+  for (const e of edges) {
+    const list = succ.get(e.from);
+    if (list === undefined) succ.set(e.from, [e.to]);
+    else list.push(e.to);
+  }
+  const cycles = findCycles([...vertices.keys()], (id) => succ.get(id) ?? []);
+  for (const cycle of cycles) {
+    const first = cycle[0] === undefined ? undefined : vertices.get(cycle[0]);
+    errors.push(
+      new BackplaneError('E_CYCLE', `dependency cycle: ${cycle.join(' -> ')}`, {
+        where: first?.loc,
+        hint: 'a resource cannot (even indirectly) depend on itself; remove one of these edges',
+      }),
+    );
+  }
+  if (errors.length > 0) throw new ValidationErrors(errors);
+  return new Graph(vertices, edges, raw.source);
+}
+
+function addAutoEdges(
+  vertices: ReadonlyMap<ResourceId, Vertex>,
+  kindOf: ReadonlyMap<ResourceId, AnyResourceKind>,
+  addEdge: (e: Edge) => void,
+): void {
+  const providers = new Map<string, ResourceId>();
+  const wants: [ResourceId, readonly string[]][] = [];
+  for (const [id, v] of vertices) {
+    const kind = kindOf.get(id);
+    if (kind?.autoEdges === undefined) continue;
+    const hints = kind.autoEdges(v.params);
+    for (const key of hints.provides ?? []) if (!providers.has(key)) providers.set(key, id);
+    if (v.meta.autoedge && hints.wants !== undefined) wants.push([id, hints.wants]);
+  }
+  for (const [id, keys] of wants) {
+    for (const key of keys) {
+      const from = providers.get(key);
+      if (from !== undefined && from !== id) addEdge({ from, to: id, notify: false, auto: true });
+    }
+  }
+}
+
+function schemaShape(schema: z.ZodType): Record<string, unknown> {
+  // Only used for "did you mean" on unknown keys; kinds whose schema is not a plain object simply get no suggestion.
+  const def = (schema as { def?: { shape?: Record<string, unknown>; innerType?: z.ZodType } }).def;
+  if (def?.shape !== undefined) return def.shape;
+  if (def?.innerType !== undefined) return schemaShape(def.innerType);
+  return {};
+}
+
+function issuesToErrors(
+  issues: readonly z.core.$ZodIssue[],
+  id: ResourceId,
+  locate: (path: readonly PropertyKey[]) => SourceLocation,
+  what: 'parameter' | 'meta',
+  known: readonly string[],
+): BackplaneError[] {
+  const out: BackplaneError[] = [];
+  for (const issue of issues) {
+    if (issue.code === 'unrecognized_keys') {
+      for (const key of issue.keys) {
+        const guess = closest(key, known);
+        out.push(
+          new BackplaneError('E_SCHEMA', `unknown ${what} "${[...issue.path, key].join('.')}"`, {
+            where: locate([...issue.path, key]),
+            resource: id,
+            hint: guess === undefined ? `known ${what}s: ${known.join(', ') || '(none)'}` : `did you mean "${guess}"?`,
+          }),
+        );
+      }
+      continue;
+    }
+    const path = issue.path.map(String).join('.');
+    out.push(
+      new BackplaneError('E_SCHEMA', `${what}${path === '' ? 's' : ` "${path}"`}: ${issue.message}`, {
+        where: locate(issue.path),
+        resource: id,
+        hint: 'see the kind in the README, or `backplane schema` for the JSON Schema',
+      }),
+    );
+  }
+  return out;
+}

@@ -1,0 +1,85 @@
+import type { SourceLocation } from '../errors.js';
+import type { ResourceId } from './ids.js';
+import type { Meta } from './meta.js';
+
+export interface Vertex {
+  readonly id: ResourceId;
+  readonly kind: string;
+  readonly name: string;
+  /** Parameters after validation, defaults applied. */
+  readonly params: unknown;
+  readonly meta: Meta;
+  readonly loc: SourceLocation | undefined;
+  /** Canonical text of kind, params and meta: equal fingerprints mean an unchanged definition across graph swaps. */
+  readonly fingerprint: string;
+}
+
+export interface Edge {
+  readonly from: ResourceId;
+  readonly to: ResourceId;
+  readonly notify: boolean;
+  /** Added by the builder from a kind's auto-edge hints rather than written by the user. */
+  readonly auto: boolean;
+}
+
+/** A validated, acyclic resource graph. Immutable once built; a new graph replaces it whole. */
+export class Graph {
+  readonly vertices: ReadonlyMap<ResourceId, Vertex>;
+  readonly edges: readonly Edge[];
+  private readonly outEdges = new Map<ResourceId, Edge[]>();
+  private readonly inEdges = new Map<ResourceId, Edge[]>();
+
+  constructor(vertices: ReadonlyMap<ResourceId, Vertex>, edges: readonly Edge[], readonly source: string) {
+    this.vertices = vertices;
+    this.edges = edges;
+    for (const id of vertices.keys()) {
+      this.outEdges.set(id, []);
+      this.inEdges.set(id, []);
+    }
+    for (const e of edges) {
+      this.outEdges.get(e.from)?.push(e);
+      this.inEdges.get(e.to)?.push(e);
+    }
+  }
+
+  /** Edges leaving `id`: the resources that depend on it. */
+  dependents(id: ResourceId): readonly Edge[] {
+    return this.outEdges.get(id) ?? [];
+  }
+
+  /** Edges entering `id`: the resources it depends on. */
+  dependencies(id: ResourceId): readonly Edge[] {
+    return this.inEdges.get(id) ?? [];
+  }
+
+  /** Kahn's order; stable with respect to declaration order. The builder guarantees there is no cycle. */
+  topoOrder(): ResourceId[] {
+    const indeg = new Map<ResourceId, number>();
+    for (const id of this.vertices.keys()) indeg.set(id, this.dependencies(id).length);
+    const queue: ResourceId[] = [...this.vertices.keys()].filter((id) => indeg.get(id) === 0);
+    const order: ResourceId[] = [];
+    for (let i = 0; i < queue.length; i++) {
+      const id = queue[i] as ResourceId;
+      order.push(id);
+      for (const e of this.dependents(id)) {
+        const d = (indeg.get(e.to) ?? 0) - 1;
+        indeg.set(e.to, d);
+        if (d === 0) queue.push(e.to);
+      }
+    }
+    return order;
+  }
+
+  /** Every resource that (transitively) depends on one of `roots`, roots included. */
+  downstream(roots: Iterable<ResourceId>): Set<ResourceId> {
+    const seen = new Set<ResourceId>();
+    const stack = [...roots];
+    while (stack.length > 0) {
+      const id = stack.pop() as ResourceId;
+      if (seen.has(id) || !this.vertices.has(id)) continue;
+      seen.add(id);
+      for (const e of this.dependents(id)) stack.push(e.to);
+    }
+    return seen;
+  }
+}

@@ -1,0 +1,23 @@
+import { z } from 'zod';
+import { duration } from './schema-util.js';
+
+/**
+ * Metaparams are engine policy, declared per resource and the same for every kind (mgmt's lesson: a kind never
+ * re-implements retries, polling or locking itself).
+ */
+export const metaSchema = z
+  .strictObject({
+    retry: z.number().int().min(-1).default(0).meta({ description: 'retries after a failed check/apply; -1 = forever' }),
+    delay: duration().default(0).meta({ description: 'wait between retries' }),
+    poll: duration().default(0).meta({ description: 'if > 0, re-check on this interval instead of using the native watch' }),
+    sema: z
+      .array(z.string().regex(/^[^:]+(:\d+)?$/, 'must be "name" or "name:count"'))
+      .default([])
+      .meta({ description: 'named semaphores to hold while applying, e.g. ["apt:1"]' }),
+    noop: z.boolean().default(false).meta({ description: 'check this resource but never change it' }),
+    autoedge: z.boolean().default(true).meta({ description: 'add automatic dependencies (e.g. a file on its parent directory)' }),
+  })
+  .default({ retry: 0, delay: 0, poll: 0, sema: [], noop: false, autoedge: true });
+
+export type Meta = z.output<typeof metaSchema>;
+export const defaultMeta: Meta = metaSchema.parse(undefined);

@@ -1,0 +1,29 @@
+import { z } from 'zod';
+import { parseDuration } from '../util/duration.js';
+
+/** A duration field: seconds as a number, or a string with a unit; parsed to milliseconds. */
+export const duration = () =>
+  z
+    .union([z.number().nonnegative(), z.string()])
+    .transform((v, ctx) => {
+      const ms = parseDuration(v);
+      if (ms === undefined) {
+        ctx.addIssue({ code: 'custom', message: `"${String(v)}" is not a duration; write seconds (5) or a value with a unit (250ms, 2s, 1m)` });
+        return z.NEVER;
+      }
+      return ms;
+    })
+    .meta({ description: 'seconds (number) or a string with a unit: 250ms, 2s, 1m, 1h' });
+
+export const absolutePath = () =>
+  z
+    .string()
+    .min(1)
+    .refine((p) => p.startsWith('/'), { message: 'must be an absolute path (start with /)' })
+    .refine((p) => !p.split('/').includes('..'), { message: 'must not contain ".." segments' });
+
+/** File modes as octal strings ("0644", "755") or numbers written in octal by YAML 1.1 habit (0644 -> 420). */
+export const fileMode = () =>
+  z
+    .union([z.string().regex(/^0?[0-7]{3,4}$/, 'must be an octal mode such as "0644"'), z.number().int().min(0).max(0o7777)])
+    .transform((v) => (typeof v === 'number' ? v : parseInt(v, 8)));

@@ -1,0 +1,18 @@
+import { z } from 'zod';
+import { defineKind } from './types.js';
+
+/** Writes a message to the log each time it is checked: handy to see when a part of the graph (re-)ran. */
+export const printKind = defineKind({
+  kind: 'print',
+  description: 'writes a message to the log each time it runs',
+  refreshable: true,
+  schema: z.strictObject({
+    msg: z.string().meta({ description: 'the message' }),
+  }),
+  create: (_id, params) => ({
+    checkApply: ({ apply, refresh, log }) => {
+      if (apply) log.info(refresh ? `${params.msg} (refreshed)` : params.msg);
+      return Promise.resolve({ converged: true, changes: [] });
+    },
+  }),
+});

@@ -1,0 +1,91 @@
+import type { z } from 'zod';
+import type { ResourceId } from '../graph/ids.js';
+
+/**
+ * The contract every resource kind implements (after mgmt's engine/resources.go): validate parameters (the schema),
+ * watch what it manages, and check/apply idempotently. Retries, polling, locking and ordering are engine policy and
+ * never appear here. Resources see only this narrow surface — never the engine, the graph or the cluster store.
+ */
+
+export interface ResourceLog {
+  /** A change made (or, in noop mode, that would be made): one human-readable line per change. */
+  change(message: string): void;
+  info(message: string, fields?: Record<string, unknown>): void;
+  warn(message: string, fields?: Record<string, unknown>): void;
+  debug(message: string, fields?: Record<string, unknown>): void;
+}
+
+export interface CheckApplyContext {
+  /** false in noop mode: report what would change, change nothing. */
+  readonly apply: boolean;
+  /** true when a notify edge fired since the last successful run (e.g. re-run a refreshOnly exec). */
+  readonly refresh: boolean;
+  readonly signal: AbortSignal;
+  readonly log: ResourceLog;
+}
+
+export interface CheckResult {
+  /** true when the resource already was in its desired state and nothing was (or would be) done. */
+  readonly converged: boolean;
+  /** What was changed (or would be, in noop mode), one short phrase each: "content changed", "mode 0600 -> 0644". */
+  readonly changes: readonly string[];
+  /** A unified diff for content changes, shown in noop mode. */
+  readonly diff?: string;
+}
+
+export interface WatchContext {
+  readonly signal: AbortSignal;
+  /** Call once the watch is established, so the first check cannot miss a change made in between. */
+  ready(): void;
+  /** Something the resource manages may have changed. Cheap, idempotent, safe to call spuriously. */
+  changed(reason: string): void;
+  readonly log: ResourceLog;
+}
+
+export interface Resource {
+  /**
+   * Long-lived: resolves when `signal` aborts. Without a watch the engine considers the resource ready at once
+   * and re-checks it only when a dependency changes, it is refreshed, or `poll` is set.
+   */
+  watch?(ctx: WatchContext): Promise<void>;
+  checkApply(ctx: CheckApplyContext): Promise<CheckResult>;
+  /** Release anything held outside of watch (called once when the resource leaves the graph). */
+  close?(): void | Promise<void>;
+}
+
+export interface AutoEdges {
+  /** Keys this resource provides to others, e.g. `path:/etc/nginx`. */
+  readonly provides?: readonly string[];
+  /** Keys this resource would like to depend on when some other resource provides them. */
+  readonly wants?: readonly string[];
+}
+
+export interface ResourceKind<P = unknown> {
+  readonly kind: string;
+  /** One line for `backplane kinds` and the README. */
+  readonly description: string;
+  /** Parameters: validation, defaults and JSON Schema all come from here. Path issues are reported file:line. */
+  readonly schema: z.ZodType<P>;
+  /** Whether a notify edge into this kind means something (documentation and a validation warning). */
+  readonly refreshable?: boolean;
+  /** Parameters implied by the name when not given, e.g. a file's `path` defaults to its name. */
+  defaults?(name: string): Record<string, unknown>;
+  create(id: ResourceId, params: P, world: ResourceWorld): Resource;
+  autoEdges?(params: P): AutoEdges;
+}
+
+/**
+ * What a resource may know about the rest of the graph: nothing but this. It is live — it reflects the graph
+ * currently running, also after a swap.
+ */
+export interface ResourceWorld {
+  /** Whether some resource in the current graph provides this auto-edge key (e.g. `path:/etc/nginx/site.conf`). */
+  isProvided(key: string): boolean;
+}
+
+/** Kinds of different parameter types share one registry: methods are bivariant in their parameters. */
+export type AnyResourceKind = ResourceKind<unknown>;
+
+export function defineKind<P>(kind: ResourceKind<P>): ResourceKind<P> {
+  return kind;
+}
