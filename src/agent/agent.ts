@@ -1,0 +1,163 @@
+import { writeFile, rename } from 'node:fs/promises';
+import { dirname, basename, join } from 'node:path';
+import { errorMessage } from '../errors.js';
+import { Engine, type SwapSummary } from '../engine/engine.js';
+import type { ConvergeSummary } from '../engine/state.js';
+import { loadGraphFile } from '../frontends/load.js';
+import { toDot } from '../graph/dot.js';
+import type { ResourceId } from '../graph/ids.js';
+import type { Logger } from '../log.js';
+import { createRegistry } from '../resources/registry.js';
+import { watchPath } from '../util/dirwatch.js';
+
+export interface AgentOptions {
+  readonly file: string;
+  readonly log: Logger;
+  readonly noop?: boolean;
+  readonly parallel?: number;
+  /** Seconds of settled quiet after which the agent finishes; -1 runs until stopped. */
+  readonly convergedTimeout?: number;
+  /** Where to keep a Graphviz picture of the graph and its states up to date. */
+  readonly graphviz?: string | undefined;
+  /** Re-load the graph file when it changes (default true). */
+  readonly watchGraph?: boolean;
+}
+
+export interface AgentResult {
+  readonly reason: 'converged' | 'stopped';
+  readonly summary: ConvergeSummary;
+}
+
+/**
+ * `backplane run`: load the graph, hand it to the engine, swap in edits of the graph file, and finish once
+ * converged and quiet for --converged-timeout seconds. Throws ValidationErrors before touching anything when the
+ * first graph is invalid; later broken edits are reported and the running graph is kept.
+ */
+export class Agent {
+  readonly engine: Engine;
+  private readonly ac = new AbortController();
+  private quietTimer: NodeJS.Timeout | undefined;
+  private finish: ((r: AgentResult) => void) | undefined;
+  private dotTimer: NodeJS.Timeout | undefined;
+  private reloadTimer: NodeJS.Timeout | undefined;
+  private readonly registry = createRegistry();
+
+  constructor(private readonly opts: AgentOptions) {
+    this.engine = new Engine({
+      registry: this.registry,
+      log: opts.log,
+      ...(opts.noop !== undefined ? { noop: opts.noop } : {}),
+      ...(opts.parallel !== undefined ? { parallel: opts.parallel } : {}),
+    });
+  }
+
+  /** Loads and starts the graph; resolves when the agent is done (converged-timeout reached, or stop()). */
+  async run(): Promise<AgentResult> {
+    const graph = await loadGraphFile(this.opts.file, this.registry);
+    const started = performance.now();
+    const done = new Promise<AgentResult>((resolve) => (this.finish = resolve));
+    const timeout = this.opts.convergedTimeout ?? -1;
+    let firstSettle = true;
+    this.engine.onSettledChange((settled) => {
+      if (this.quietTimer !== undefined) clearTimeout(this.quietTimer);
+      this.quietTimer = undefined;
+      if (!settled) return;
+      if (firstSettle) {
+        firstSettle = false;
+        const s = this.engine.summary();
+        this.opts.log.info(
+          `${s.ok ? 'converged' : 'settled with problems'}: ${s.converged} of ${graph.vertices.size} resources in ${Math.round(performance.now() - started)}ms` +
+            (s.failed.length > 0 ? `, ${s.failed.length} failed` : '') +
+            (s.blocked.length > 0 ? `, ${s.blocked.length} blocked` : ''),
+        );
+      }
+      if (timeout < 0) return;
+      this.quietTimer = setTimeout(() => this.complete('converged'), timeout * 1000);
+    });
+    if (this.opts.graphviz !== undefined) this.engine.onState(() => this.scheduleDot());
+    this.opts.log.info(`running ${graph.vertices.size} resources from ${graph.source}${this.opts.noop === true ? ' (noop: nothing will be changed)' : ''}`);
+    await this.engine.setGraph(graph);
+    if (this.opts.watchGraph !== false) {
+      await watchPath(graph.source, () => this.scheduleReload(), this.ac.signal);
+    }
+    this.scheduleDot();
+    return done;
+  }
+
+  /** Stops watching and working; in-flight applies are aborted. Resolves the run() promise. */
+  async stop(): Promise<void> {
+    this.complete('stopped');
+  }
+
+  private complete(reason: AgentResult['reason']): void {
+    const finish = this.finish;
+    if (finish === undefined) return;
+    this.finish = undefined;
+    if (this.quietTimer !== undefined) clearTimeout(this.quietTimer);
+    if (this.reloadTimer !== undefined) clearTimeout(this.reloadTimer);
+    this.ac.abort();
+    const summary = this.engine.summary();
+    finish({ reason, summary });
+  }
+
+  /** Release everything: call after run() resolved. */
+  async close(): Promise<void> {
+    this.ac.abort();
+    await this.engine.stop();
+    if (this.dotTimer !== undefined) {
+      clearTimeout(this.dotTimer);
+      this.dotTimer = undefined;
+    }
+    if (this.opts.graphviz !== undefined) await this.writeDot();
+  }
+
+  private scheduleReload(): void {
+    // Editors write in several steps (truncate, write, rename); wait for the burst to end.
+    if (this.reloadTimer !== undefined) clearTimeout(this.reloadTimer);
+    this.reloadTimer = setTimeout(() => {
+      this.reloadTimer = undefined;
+      this.reload().catch((err: unknown) => this.opts.log.error(`graph reload failed: ${errorMessage(err)}`));
+    }, 50);
+  }
+
+  private async reload(): Promise<void> {
+    if (this.ac.signal.aborted) return;
+    let next;
+    try {
+      next = await loadGraphFile(this.opts.file, this.registry);
+    } catch (err) {
+      this.opts.log.error(`graph file changed but is not valid; keeping the running graph:\n${errorMessage(err)}`);
+      return;
+    }
+    const cur = this.engine.currentGraph();
+    if (cur !== undefined && sameGraph(cur, next)) return;
+    const s: SwapSummary = await this.engine.setGraph(next);
+    this.opts.log.info(`graph swapped: ${s.added.length} added, ${s.removed.length} removed, ${s.changed.length} changed, ${s.unchanged} unchanged`);
+  }
+
+  private scheduleDot(): void {
+    if (this.opts.graphviz === undefined || this.dotTimer !== undefined) return;
+    this.dotTimer = setTimeout(() => {
+      this.dotTimer = undefined;
+      this.writeDot().catch((err: unknown) => this.opts.log.warn(`cannot write graphviz file: ${errorMessage(err)}`));
+    }, 100);
+  }
+
+  private async writeDot(): Promise<void> {
+    const path = this.opts.graphviz;
+    const g = this.engine.currentGraph();
+    if (path === undefined || g === undefined) return;
+    const states = new Map<ResourceId, string>(this.engine.status().map((s) => [s.id, s.state]));
+    const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`);
+    await writeFile(tmp, toDot(g, states));
+    await rename(tmp, path);
+  }
+}
+
+function sameGraph(a: { vertices: ReadonlyMap<string, { fingerprint: string }>; edges: readonly { from: string; to: string; notify: boolean }[] }, b: typeof a): boolean {
+  if (a.vertices.size !== b.vertices.size || a.edges.length !== b.edges.length) return false;
+  for (const [id, v] of a.vertices) if (b.vertices.get(id)?.fingerprint !== v.fingerprint) return false;
+  const ek = (e: { from: string; to: string; notify: boolean }): string => `${e.from}>${e.to}${e.notify ? '!' : ''}`;
+  const ea = new Set(a.edges.map(ek));
+  return b.edges.every((e) => ea.has(ek(e)));
+}

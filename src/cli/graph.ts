@@ -1,0 +1,39 @@
+import type { Command } from 'commander';
+import { loadGraphFile } from '../frontends/load.js';
+import { toDot } from '../graph/dot.js';
+import { createRegistry } from '../resources/registry.js';
+import { BackplaneError } from '../errors.js';
+import { EXIT, reportError } from './common.js';
+
+export function registerGraph(program: Command): void {
+  program
+    .command('graph')
+    .description('print a graph file as Graphviz dot or JSON (in dependency order), without touching the machine')
+    .requiredOption('-f, --file <path>', 'graph file (YAML)')
+    .option('--format <format>', 'dot or json', 'dot')
+    .action(async (opts: { file: string; format: string }) => {
+      try {
+        if (opts.format !== 'dot' && opts.format !== 'json')
+          throw new BackplaneError('E_USAGE', `unknown format "${opts.format}"`, { hint: 'use --format dot or --format json' });
+        const g = await loadGraphFile(opts.file, createRegistry());
+        if (opts.format === 'dot') {
+          process.stdout.write(toDot(g));
+        } else {
+          const order = g.topoOrder();
+          const out = {
+            source: g.source,
+            order,
+            resources: order.map((id) => {
+              const v = g.vertices.get(id);
+              return { id, kind: v?.kind, name: v?.name, params: v?.params, meta: v?.meta, line: v?.loc?.line };
+            }),
+            edges: g.edges,
+          };
+          process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+        }
+        process.exitCode = EXIT.ok;
+      } catch (err) {
+        process.exitCode = reportError(err);
+      }
+    });
+}

@@ -1,0 +1,34 @@
+import { Command, CommanderError } from 'commander';
+import { createRequire } from 'node:module';
+import { BackplaneError } from '../errors.js';
+import { EXIT, reportError } from './common.js';
+import { registerGraph } from './graph.js';
+import { registerRun } from './run.js';
+import { registerSchema } from './schema.js';
+import { registerValidate } from './validate.js';
+
+const pkg = createRequire(import.meta.url)('../../package.json') as { version: string };
+
+const program = new Command()
+  .name('backplane')
+  .description('Parallel, event-driven configuration management: apply a resource graph and keep it converged.')
+  .version(pkg.version)
+  .showHelpAfterError('(run with --help for usage)')
+  .exitOverride();
+
+registerRun(program);
+registerValidate(program);
+registerGraph(program);
+registerSchema(program);
+
+try {
+  await program.parseAsync(process.argv);
+} catch (err) {
+  if (err instanceof CommanderError) {
+    process.exitCode = err.exitCode === 0 ? EXIT.ok : EXIT.invalid;
+  } else if (err instanceof BackplaneError) {
+    process.exitCode = reportError(err);
+  } else {
+    process.exitCode = reportError(err);
+  }
+}

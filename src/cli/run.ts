@@ -1,0 +1,104 @@
+import type { Command } from 'commander';
+import { Agent } from '../agent/agent.js';
+import type { ConvergeSummary } from '../engine/state.js';
+import { BackplaneError } from '../errors.js';
+import { createLogger, type LogFormat, type LogLevel, type Logger } from '../log.js';
+import { EXIT, parseIntOption, reportError } from './common.js';
+
+interface RunFlags {
+  file: string;
+  convergedTimeout: number;
+  noop?: boolean;
+  graphviz?: string;
+  parallel: number;
+  logFormat: string;
+  logLevel: string;
+  watchGraph: boolean;
+}
+
+const STOP_GRACE_MS = 1500;
+
+export function registerRun(program: Command): void {
+  program
+    .command('run')
+    .description('apply a graph and keep it converged, repairing drift as it happens')
+    .requiredOption('-f, --file <path>', 'graph file (YAML)')
+    .option('--converged-timeout <seconds>', 'exit once everything is converged and quiet this long; -1 = run until stopped', parseIntOption('--converged-timeout'), -1)
+    .option('--noop', 'check everything, change nothing, print what would change')
+    .option('--graphviz <file>', 'keep a Graphviz dot file of the graph and each resource state up to date')
+    .option('--parallel <n>', 'at most n resources checked/applied at once; 0 = no limit', parseIntOption('--parallel'), 0)
+    .option('--log-format <format>', 'human or json', 'human')
+    .option('--log-level <level>', 'debug, info, warn or error', 'info')
+    .option('--no-watch-graph', 'do not reload the graph file when it changes')
+    .action(async (flags: RunFlags) => {
+      // Exit explicitly: a graph may leave handles behind (a child a kind failed to reap) that must not keep us up.
+      process.exit(await runCommand(flags));
+    });
+}
+
+async function runCommand(flags: RunFlags): Promise<number> {
+  let log: Logger;
+  try {
+    log = createLogger({ format: logFormat(flags.logFormat), level: logLevel(flags.logLevel) });
+  } catch (err) {
+    return reportError(err);
+  }
+  const agent = new Agent({
+    file: flags.file,
+    log,
+    noop: flags.noop === true,
+    parallel: flags.parallel,
+    convergedTimeout: flags.convergedTimeout,
+    graphviz: flags.graphviz,
+    watchGraph: flags.watchGraph,
+  });
+
+  let signals = 0;
+  const onSignal = (sig: NodeJS.Signals): void => {
+    signals++;
+    if (signals > 1) {
+      log.warn(`${sig} again: exiting now`);
+      process.exit(EXIT.interrupted);
+    }
+    log.info(`${sig}: stopping (in-flight work is aborted; send it again to exit at once)`);
+    void agent.stop();
+    // If something refuses to stop, the user still gets their shell back.
+    setTimeout(() => {
+      log.warn('still stopping after the grace period; exiting');
+      process.exit(EXIT.interrupted);
+    }, STOP_GRACE_MS * 2).unref();
+  };
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
+
+  try {
+    const result = await agent.run();
+    await agent.close();
+    printSummary(result.summary, flags.noop === true, log);
+    if (result.reason === 'stopped') return EXIT.ok;
+    return result.summary.ok ? EXIT.ok : EXIT.failed;
+  } catch (err) {
+    await agent.close().catch(() => undefined);
+    return reportError(err);
+  } finally {
+    process.off('SIGINT', onSignal);
+    process.off('SIGTERM', onSignal);
+  }
+}
+
+function printSummary(s: ConvergeSummary, noop: boolean, log: Logger): void {
+  for (const f of s.failed) log.error(`${f.id} failed: ${f.error ?? 'unknown error'}`);
+  for (const b of s.blocked) log.error(`${b.id} not applied: it depends on ${b.blockedBy ?? 'a resource'} which did not converge`);
+  if (noop) log.info(`noop: ${s.wouldChange.length} resource${s.wouldChange.length === 1 ? '' : 's'} would change`);
+  if (!s.ok) log.error(`${s.failed.length} failed, ${s.blocked.length} blocked, ${s.converged} converged`);
+}
+
+function logFormat(v: string): LogFormat {
+  if (v === 'human' || v === 'json') return v;
+  throw new BackplaneError('E_USAGE', `unknown --log-format "${v}"`, { hint: 'use human or json' });
+}
+
+function logLevel(v: string): LogLevel {
+  if (v === 'debug' || v === 'info' || v === 'warn' || v === 'error' || v === 'silent') return v;
+  throw new BackplaneError('E_USAGE', `unknown --log-level "${v}"`, { hint: 'use debug, info, warn or error' });
+}

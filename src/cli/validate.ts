@@ -1,0 +1,20 @@
+import type { Command } from 'commander';
+import { loadGraphFile } from '../frontends/load.js';
+import { createRegistry } from '../resources/registry.js';
+import { EXIT, reportError } from './common.js';
+
+export function registerValidate(program: Command): void {
+  program
+    .command('validate')
+    .description('check a graph file (syntax, kinds, parameters, references, cycles) without touching the machine')
+    .requiredOption('-f, --file <path>', 'graph file (YAML)')
+    .action(async (opts: { file: string }) => {
+      try {
+        const g = await loadGraphFile(opts.file, createRegistry());
+        process.stdout.write(`ok: ${g.vertices.size} resources, ${g.edges.length} edges\n`);
+        process.exitCode = EXIT.ok;
+      } catch (err) {
+        process.exitCode = reportError(err);
+      }
+    });
+}

@@ -1,0 +1,233 @@
+import { BackplaneError, errorMessage } from '../errors.js';
+import type { KindRegistry } from '../graph/build.js';
+import type { Graph, Vertex } from '../graph/graph.js';
+import type { ResourceId } from '../graph/ids.js';
+import type { Logger } from '../log.js';
+import type { Resource, ResourceWorld } from '../resources/types.js';
+import { Semaphore, SemaphoreSet } from './semaphore.js';
+import { ACTIVE_STATES, type ConvergeSummary, type VertexState, type VertexStatus } from './state.js';
+import { Worker, type WorkerHost } from './worker.js';
+
+export interface EngineOptions {
+  readonly registry: KindRegistry;
+  readonly log: Logger;
+  /** Check everything, change nothing. */
+  readonly noop?: boolean;
+  /** At most this many check/apply runs at once; 0 = no limit. */
+  readonly parallel?: number;
+}
+
+export interface SwapSummary {
+  readonly added: readonly ResourceId[];
+  readonly removed: readonly ResourceId[];
+  readonly changed: readonly ResourceId[];
+  readonly unchanged: number;
+}
+
+export type EngineListener = (event: { readonly id: ResourceId; readonly state: VertexState; readonly prev: VertexState }) => void;
+
+/**
+ * The per-host engine: one worker per vertex, every vertex running as soon as its dependencies are converged,
+ * re-checked only when an event says something changed. Knows nothing of kinds beyond the registry, nothing of
+ * where graphs come from, and nothing of the cluster.
+ */
+export class Engine implements WorkerHost {
+  readonly noop: boolean;
+  private graph: Graph | undefined;
+  private readonly workers = new Map<ResourceId, Worker>();
+  private readonly root = new AbortController();
+  private readonly global: Semaphore | undefined;
+  private readonly semas = new SemaphoreSet();
+  private readonly log: Logger;
+  private readonly registry: KindRegistry;
+  private provided = new Set<string>();
+  private active = 0;
+  private readonly listeners = new Set<EngineListener>();
+  private readonly settleListeners = new Set<(settled: boolean) => void>();
+  private wasSettled = false;
+  /** Swaps are serialized: a second edit waits for the first to finish swapping. */
+  private swapping: Promise<unknown> = Promise.resolve();
+
+  readonly world: ResourceWorld = { isProvided: (key) => this.provided.has(key) };
+
+  constructor(opts: EngineOptions) {
+    this.registry = opts.registry;
+    this.log = opts.log;
+    this.noop = opts.noop ?? false;
+    this.global = opts.parallel !== undefined && opts.parallel > 0 ? new Semaphore(opts.parallel) : undefined;
+  }
+
+  /** Starts the first graph, or swaps in a new one: unchanged resources keep running, watches included. */
+  setGraph(next: Graph): Promise<SwapSummary> {
+    const run = this.swapping.then(() => this.swap(next));
+    this.swapping = run.catch(() => undefined);
+    return run;
+  }
+
+  private async swap(next: Graph): Promise<SwapSummary> {
+    if (this.root.signal.aborted) throw new BackplaneError('E_ABORTED', 'engine is stopped');
+    const prev = this.graph;
+    const removed: ResourceId[] = [];
+    const changed: ResourceId[] = [];
+    for (const [id, w] of this.workers) {
+      const v = next.vertices.get(id);
+      if (v === undefined) removed.push(id);
+      else if (v.fingerprint !== w.vertex.fingerprint) changed.push(id);
+    }
+    // The old definition must be fully stopped before the new one may touch the same thing.
+    await Promise.all([...removed, ...changed].map((id) => this.workers.get(id)?.stop()));
+    for (const id of [...removed, ...changed]) this.workers.delete(id);
+
+    this.graph = next;
+    this.provided = this.providedKeys(next);
+    const added: ResourceId[] = [];
+    const changedSet = new Set(changed);
+    for (const v of next.vertices.values()) {
+      if (this.workers.has(v.id)) continue;
+      if (!changedSet.has(v.id)) added.push(v.id);
+      this.startWorker(v);
+    }
+    // Resources whose dependencies changed, and everything downstream of a changed or new resource, re-run.
+    const roots = new Set<ResourceId>([...changed, ...added]);
+    if (prev !== undefined) {
+      for (const id of next.vertices.keys()) {
+        if (roots.has(id) || !prev.vertices.has(id)) continue;
+        if (edgeKey(prev.dependencies(id)) !== edgeKey(next.dependencies(id))) roots.add(id);
+      }
+    }
+    // New workers start dirty on their own; only the ones that survived the swap need a poke.
+    const fresh = new Set<ResourceId>([...changed, ...added]);
+    if (prev !== undefined) for (const id of next.downstream(roots)) if (!fresh.has(id)) this.workers.get(id)?.poke(false, 'graph changed');
+    for (const w of this.workers.values()) w.wake();
+    this.checkSettled();
+    return { added, removed, changed, unchanged: next.vertices.size - added.length - changed.length };
+  }
+
+  private startWorker(v: Vertex): void {
+    const kind = this.registry.get(v.kind);
+    const log = this.log.forResource(v.id);
+    let resource: Resource;
+    try {
+      if (kind === undefined) throw new BackplaneError('E_UNKNOWN_KIND', `unknown kind ${v.kind}`);
+      resource = kind.create(v.id, v.params, this.world);
+    } catch (err) {
+      const message = errorMessage(err);
+      resource = { checkApply: () => Promise.reject(new BackplaneError('E_APPLY', `could not be created: ${message}`, { resource: v.id })) };
+    }
+    const w = new Worker(v, resource, this, log, this.root.signal);
+    this.workers.set(v.id, w);
+    this.active++; // workers start pending
+    w.start();
+  }
+
+  private providedKeys(g: Graph): Set<string> {
+    const keys = new Set<string>();
+    for (const v of g.vertices.values()) {
+      const kind = this.registry.get(v.kind);
+      for (const k of kind?.autoEdges?.(v.params).provides ?? []) keys.add(k);
+    }
+    return keys;
+  }
+
+  // --- WorkerHost -------------------------------------------------------------------------------------------
+
+  dependencyGate(w: Worker): { gate: 'ready' } | { gate: 'wait' } | { gate: 'blocked'; by: ResourceId } {
+    let waiting = false;
+    for (const e of this.graph?.dependencies(w.id) ?? []) {
+      const dep = this.workers.get(e.from);
+      if (dep === undefined) continue;
+      if (dep.state === 'failed' || dep.state === 'blocked') return { gate: 'blocked', by: dep.id };
+      if (dep.state !== 'converged') waiting = true;
+    }
+    return waiting ? { gate: 'wait' } : { gate: 'ready' };
+  }
+
+  async acquire(w: Worker, signal: AbortSignal): Promise<() => void> {
+    await this.global?.acquire(signal);
+    try {
+      const releaseNamed = w.vertex.meta.sema.length === 0 ? () => undefined : await this.semas.acquireAll(w.vertex.meta.sema, signal);
+      return () => {
+        releaseNamed();
+        this.global?.release();
+      };
+    } catch (err) {
+      this.global?.release();
+      throw err;
+    }
+  }
+
+  stateChanged(w: Worker, prev: VertexState): void {
+    if (this.workers.get(w.id) !== w) return; // a stopped, replaced worker
+    const was = ACTIVE_STATES.has(prev);
+    const is = ACTIVE_STATES.has(w.state);
+    if (was && !is) this.active--;
+    else if (!was && is) this.active++;
+    for (const e of this.graph?.dependents(w.id) ?? []) this.workers.get(e.to)?.wake();
+    for (const l of this.listeners) l({ id: w.id, state: w.state, prev });
+    this.checkSettled();
+  }
+
+  propagateChange(w: Worker): void {
+    for (const e of this.graph?.dependents(w.id) ?? []) this.workers.get(e.to)?.poke(e.notify, `${w.id} changed`);
+  }
+
+  // --- observation ------------------------------------------------------------------------------------------
+
+  /** True when nothing is pending, running or retrying: every vertex is converged, failed or blocked. */
+  get settled(): boolean {
+    return this.graph !== undefined && this.active === 0;
+  }
+
+  private checkSettled(): void {
+    const now = this.settled;
+    if (now === this.wasSettled) return;
+    this.wasSettled = now;
+    for (const l of this.settleListeners) l(now);
+  }
+
+  onState(l: EngineListener): () => void {
+    this.listeners.add(l);
+    return () => this.listeners.delete(l);
+  }
+
+  /** Called with true each time the engine becomes settled and false when work starts again. */
+  onSettledChange(l: (settled: boolean) => void): () => void {
+    this.settleListeners.add(l);
+    return () => this.settleListeners.delete(l);
+  }
+
+  currentGraph(): Graph | undefined {
+    return this.graph;
+  }
+
+  status(): VertexStatus[] {
+    return [...this.workers.values()].map((w) => w.status());
+  }
+
+  summary(): ConvergeSummary {
+    const all = this.status();
+    const failed = all.filter((s) => s.state === 'failed');
+    const blocked = all.filter((s) => s.state === 'blocked');
+    return {
+      ok: failed.length === 0 && blocked.length === 0,
+      converged: all.filter((s) => s.state === 'converged').length,
+      failed,
+      blocked,
+      wouldChange: all.filter((s) => s.pending !== undefined),
+    };
+  }
+
+  /** Aborts all in-flight work and watches; resolves when every worker has stopped. */
+  async stop(): Promise<void> {
+    this.root.abort(new BackplaneError('E_ABORTED', 'agent stopping'));
+    await this.swapping;
+    await Promise.all([...this.workers.values()].map((w) => w.stop()));
+  }
+}
+
+function edgeKey(edges: readonly { from: ResourceId; notify: boolean }[]): string {
+  return edges
+    .map((e) => `${e.from}${e.notify ? '!' : ''}`)
+    .sort()
+    .join('\n');
+}

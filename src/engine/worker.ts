@@ -1,0 +1,258 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { BackplaneError, errorMessage } from '../errors.js';
+import type { Vertex } from '../graph/graph.js';
+import type { Logger } from '../log.js';
+import type { CheckResult, Resource, ResourceLog } from '../resources/types.js';
+import { formatDuration } from '../util/duration.js';
+import type { VertexState, VertexStatus } from './state.js';
+
+/** What a worker needs from its engine: its neighbours' states, locks, and where to report. */
+export interface WorkerHost {
+  readonly noop: boolean;
+  /** 'ready' when every dependency is converged; otherwise the first one that is not, and whether it is stuck. */
+  dependencyGate(w: Worker): { gate: 'ready' } | { gate: 'wait' } | { gate: 'blocked'; by: Vertex['id'] };
+  acquire(w: Worker, signal: AbortSignal): Promise<() => void>;
+  stateChanged(w: Worker, prev: VertexState): void;
+  /** The vertex changed something: re-run dependents, refreshing notify targets. */
+  propagateChange(w: Worker): void;
+}
+
+const WATCH_RESTART_MAX_MS = 30_000;
+
+/**
+ * One worker per vertex: it owns the resource's watch and runs its check/apply whenever something marked it dirty
+ * (its watch, a dependency that changed, a notify, a poll tick) and all its dependencies are converged.
+ * Events that arrive while it runs are coalesced into exactly one more run.
+ */
+export class Worker {
+  state: VertexState = 'pending';
+  private dirty = true;
+  private refresh = false;
+  private watchReady = false;
+  private attempts = 0;
+  private runs = 0;
+  private changeCount = 0;
+  private lastError: string | undefined;
+  private blockedBy: Vertex['id'] | undefined;
+  private noopResult: CheckResult | undefined;
+  private wakeUp: (() => void) | undefined;
+  private readonly ac = new AbortController();
+  private readonly resLog: ResourceLog;
+  private done: Promise<void> | undefined;
+
+  constructor(
+    readonly vertex: Vertex,
+    private readonly resource: Resource,
+    private readonly host: WorkerHost,
+    private readonly log: Logger,
+    parent: AbortSignal,
+  ) {
+    parent.addEventListener('abort', () => this.ac.abort(parent.reason), { once: true, signal: this.ac.signal });
+    const l = log;
+    this.resLog = {
+      change: (m) => l.info(m),
+      info: (m, f) => l.info(m, f),
+      warn: (m, f) => l.warn(m, f),
+      debug: (m, f) => l.debug(m, f),
+    };
+  }
+
+  get id(): Vertex['id'] {
+    return this.vertex.id;
+  }
+
+  start(): void {
+    this.done = Promise.all([this.watchLoop(), this.runLoop()]).then(() => undefined);
+  }
+
+  /** Something changed that this vertex must re-check (refresh: a notify edge fired). */
+  poke(refresh: boolean, reason?: string): void {
+    if (this.ac.signal.aborted) return;
+    if (reason !== undefined) this.log.debug(`event: ${reason}`);
+    this.dirty = true;
+    if (refresh) this.refresh = true;
+    // A failed resource gets a fresh set of retries when the world changes: the event may be the fix.
+    if (this.state === 'failed') this.attempts = 0;
+    // Become active synchronously, so the engine never sees a settled graph between a change and its re-run.
+    if (this.state === 'converged' || this.state === 'failed' || this.state === 'blocked') this.setState('pending');
+    this.wake();
+  }
+
+  /** Re-evaluate (a neighbour's state changed). */
+  wake(): void {
+    const w = this.wakeUp;
+    this.wakeUp = undefined;
+    w?.();
+  }
+
+  status(): VertexStatus {
+    return {
+      id: this.id,
+      state: this.state,
+      changes: this.changeCount,
+      runs: this.runs,
+      ...(this.lastError !== undefined && this.state === 'failed' ? { error: this.lastError } : {}),
+      ...(this.blockedBy !== undefined && this.state === 'blocked' ? { blockedBy: this.blockedBy } : {}),
+      ...(this.noopResult !== undefined && !this.noopResult.converged
+        ? { pending: this.noopResult.changes, ...(this.noopResult.diff !== undefined ? { diff: this.noopResult.diff } : {}) }
+        : {}),
+    };
+  }
+
+  /** Stop watching and working; resolves when in-flight work has finished or aborted. */
+  async stop(): Promise<void> {
+    this.ac.abort(new BackplaneError('E_ABORTED', 'resource removed or agent stopping'));
+    this.wake();
+    await this.done;
+    try {
+      await this.resource.close?.();
+    } catch (err) {
+      this.log.warn(`close failed: ${errorMessage(err)}`);
+    }
+    this.setState('stopped');
+  }
+
+  private setState(next: VertexState): void {
+    if (next === this.state) return;
+    const prev = this.state;
+    this.state = next;
+    this.host.stateChanged(this, prev);
+  }
+
+  private sleepUntilWoken(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      this.wakeUp = resolve;
+    });
+  }
+
+  private async runLoop(): Promise<void> {
+    const signal = this.ac.signal;
+    while (!signal.aborted) {
+      if (!this.dirty || !this.watchReady) {
+        if (this.dirty && this.state !== 'pending') this.setState('pending');
+        await this.sleepUntilWoken();
+        continue;
+      }
+      const gate = this.host.dependencyGate(this);
+      if (gate.gate === 'blocked') {
+        this.blockedBy = gate.by;
+        this.setState('blocked');
+        await this.sleepUntilWoken();
+        continue;
+      }
+      if (gate.gate === 'wait') {
+        this.setState('pending');
+        await this.sleepUntilWoken();
+        continue;
+      }
+      await this.runOnce(signal);
+    }
+  }
+
+  private async runOnce(signal: AbortSignal): Promise<void> {
+    this.dirty = false;
+    const refresh = this.refresh;
+    this.refresh = false;
+    this.setState('running');
+    let release: (() => void) | undefined;
+    const started = performance.now();
+    try {
+      release = await this.host.acquire(this, signal);
+      const apply = !this.host.noop && !this.vertex.meta.noop;
+      const result = await this.resource.checkApply({ apply, refresh, signal, log: this.resLog });
+      this.runs++;
+      this.attempts = 0;
+      this.lastError = undefined;
+      if (!result.converged) {
+        this.changeCount++;
+        if (apply) {
+          for (const c of result.changes) this.log.info(c);
+          this.noopResult = undefined;
+        } else {
+          this.noopResult = result;
+          for (const c of result.changes) this.log.info(`would change: ${c}`, result.diff === undefined ? undefined : { diff: result.diff });
+        }
+      } else {
+        this.noopResult = undefined;
+      }
+      this.log.debug(`checked in ${formatDuration(performance.now() - started)}`, { converged: result.converged });
+      // Tell dependents before settling, so the engine never observes a settled graph with work still owed.
+      if (!result.converged && apply) this.host.propagateChange(this);
+      this.setState('converged');
+    } catch (err) {
+      if (signal.aborted) return;
+      this.runs++;
+      this.attempts++;
+      this.lastError = errorMessage(err);
+      const { retry, delay } = this.vertex.meta;
+      if (retry === -1 || this.attempts <= retry) {
+        this.setState('retrying');
+        this.log.warn(
+          `failed (attempt ${this.attempts}${retry === -1 ? '' : ` of ${retry + 1}`}), retrying in ${formatDuration(delay)}: ${this.lastError}`,
+        );
+        try {
+          await sleep(delay, undefined, { signal });
+        } catch {
+          return;
+        }
+        this.dirty = true;
+        return;
+      }
+      this.log.error(`failed: ${this.lastError}`);
+      this.setState('failed');
+    } finally {
+      release?.();
+    }
+  }
+
+  private async watchLoop(): Promise<void> {
+    const signal = this.ac.signal;
+    const poll = this.vertex.meta.poll;
+    if (poll > 0) {
+      this.markReady();
+      while (!signal.aborted) {
+        try {
+          await sleep(poll, undefined, { signal });
+        } catch {
+          return;
+        }
+        this.poke(false, 'poll');
+      }
+      return;
+    }
+    if (this.resource.watch === undefined) {
+      this.markReady();
+      return;
+    }
+    let backoff = 500;
+    while (!signal.aborted) {
+      try {
+        await this.resource.watch({
+          signal,
+          ready: () => this.markReady(),
+          changed: (reason) => this.poke(false, reason),
+          log: this.resLog,
+        });
+        if (signal.aborted) return;
+        this.log.warn('watch ended unexpectedly; restarting it');
+      } catch (err) {
+        if (signal.aborted) return;
+        this.log.warn(`watch failed, restarting in ${formatDuration(backoff)}: ${errorMessage(err)}`);
+      }
+      try {
+        await sleep(backoff, undefined, { signal });
+      } catch {
+        return;
+      }
+      backoff = Math.min(backoff * 2, WATCH_RESTART_MAX_MS);
+      // Changes may have been missed while the watch was down.
+      this.poke(false, 'watch restarted');
+    }
+  }
+
+  private markReady(): void {
+    if (this.watchReady) return;
+    this.watchReady = true;
+    this.wake();
+  }
+}

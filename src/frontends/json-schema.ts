@@ -1,0 +1,46 @@
+import { z } from 'zod';
+import { metaSchema } from '../graph/meta.js';
+import type { AnyResourceKind } from '../resources/types.js';
+
+type JsonObject = Record<string, unknown>;
+
+/**
+ * JSON Schema for the native graph format, generated from the same zod schemas that validate graphs, so editors
+ * (yaml-language-server: `# yaml-language-server: $schema=...`) complete and check exactly what the agent accepts.
+ */
+export function graphJsonSchema(kinds: readonly AnyResourceKind[]): JsonObject {
+  const refs = { type: ['string', 'array'], items: { type: 'string' }, description: 'kind[name] or kind:name, or a list of them' };
+  const meta = z.toJSONSchema(metaSchema, { io: 'input', unrepresentable: 'any' });
+  delete meta['$schema'];
+  const variants = kinds.map((k) => {
+    const params = z.toJSONSchema(k.schema, { io: 'input', unrepresentable: 'any' });
+    const props = (params['properties'] ?? {}) as JsonObject;
+    const required = ((params['required'] ?? []) as string[]).filter((r) => k.defaults?.('x')[r] === undefined);
+    return {
+      type: 'object',
+      description: k.description,
+      properties: {
+        kind: { const: k.kind },
+        name: { type: 'string', description: 'unique among resources of this kind' },
+        require: refs,
+        before: refs,
+        notify: refs,
+        subscribe: refs,
+        meta,
+        ...props,
+      },
+      required: ['kind', 'name', ...required],
+      additionalProperties: false,
+    };
+  });
+  return {
+    $schema: 'https://json-schema.org/draft/2020-12/schema',
+    $id: 'https://backplane.dev/schema/graph.schema.json',
+    title: 'Backplane graph',
+    type: 'object',
+    properties: {
+      resources: { type: 'array', items: { oneOf: variants } },
+    },
+    additionalProperties: false,
+  };
+}

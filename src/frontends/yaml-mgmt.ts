@@ -1,0 +1,190 @@
+import { isMap, isScalar, isSeq, type Node, type YAMLMap } from 'yaml';
+import { BackplaneError, type SourceLocation } from '../errors.js';
+import type { RawEdge, RawGraph, RawResource } from '../graph/raw.js';
+import { plain, type YamlSource } from './yaml-source.js';
+
+/**
+ * mgmt's YAML graph format, so graphs written for mgmt run unchanged:
+ *
+ *   graph: mygraph
+ *   resources:
+ *     file:
+ *     - name: file1
+ *       path: /tmp/mgmt/f1
+ *       content: "i am f1\n"
+ *       state: exists
+ *   edges:
+ *   - name: e1
+ *     from: { kind: file, name: file1 }
+ *     to: { kind: file, name: file2 }
+ *     notify: false
+ *
+ * mgmt's parameters are translated to ours per kind; fields mgmt writes out with their zero value (watchcmd: '',
+ * pollint: 0, ...) are dropped rather than rejected.
+ */
+export function isMgmtGraph(src: YamlSource): boolean {
+  const root = src.doc.contents;
+  if (!isMap(root)) return false;
+  return root.has('graph') || isMap(root.get('resources', true));
+}
+
+type Translate = (p: Record<string, unknown>, meta: Record<string, unknown>) => Record<string, unknown>;
+
+const translators: Record<string, Translate> = {
+  file: (p) => {
+    const out: Record<string, unknown> = { ...p };
+    // Old mgmt split a path into dirname + basename.
+    if (out['path'] === undefined && typeof out['dirname'] === 'string') {
+      out['path'] = `${String(out['dirname']).replace(/\/$/, '')}/${typeof out['basename'] === 'string' ? out['basename'] : ''}`;
+    }
+    delete out['dirname'];
+    delete out['basename'];
+    // mgmt: a path ending in "/" is a directory.
+    if (typeof out['path'] === 'string' && out['path'].length > 1 && out['path'].endsWith('/')) {
+      out['path'] = out['path'].replace(/\/+$/, '');
+      out['type'] = 'directory';
+    }
+    if (out['state'] === 'present' || out['state'] === '') out['state'] = 'exists';
+    dropZero(out, ['recurse', 'fragments', 'source', 'owner', 'group', 'mode']);
+    if (out['recurse'] === false) delete out['recurse'];
+    return out;
+  },
+  exec: (p, meta) => {
+    const out: Record<string, unknown> = {};
+    const shell = typeof p['shell'] === 'string' ? p['shell'] : '';
+    const cmd = p['cmd'];
+    if (typeof cmd === 'string') {
+      // mgmt runs a cmd without a shell by splitting it into words.
+      if (shell === '') out['cmd'] = cmd.split(/\s+/).filter((w) => w !== '');
+      else {
+        out['cmd'] = cmd;
+        out['shell'] = shell;
+      }
+    } else if (cmd !== undefined) out['cmd'] = cmd;
+    if (typeof p['timeout'] === 'number' && p['timeout'] > 0) out['timeout'] = p['timeout'];
+    const watchcmd = typeof p['watchcmd'] === 'string' ? p['watchcmd'] : '';
+    if (watchcmd !== '') {
+      const wshell = typeof p['watchshell'] === 'string' ? p['watchshell'] : '';
+      out['watch'] = { cmd: wshell === '' ? watchcmd.split(/\s+/).filter((w) => w !== '') : watchcmd };
+    }
+    const ifcmd = typeof p['ifcmd'] === 'string' ? p['ifcmd'] : '';
+    if (ifcmd !== '') {
+      const ishell = typeof p['ifshell'] === 'string' ? p['ifshell'] : '';
+      // A guard string always runs in the shell; without ifshell mgmt splits words, so pass an argv.
+      out['onlyif'] = ishell === '' ? ifcmd.split(/\s+/).filter((w) => w !== '') : ifcmd;
+    }
+    if (typeof p['pollint'] === 'number' && p['pollint'] > 0 && meta['poll'] === undefined) meta['poll'] = p['pollint'];
+    for (const key of Object.keys(p)) {
+      if (!['cmd', 'shell', 'timeout', 'watchcmd', 'watchshell', 'ifcmd', 'ifshell', 'pollint', 'state', 'cwd', 'env'].includes(key)) {
+        out[key] = p[key]; // unknown to us: let the schema report it with its line
+      }
+    }
+    if (typeof p['cwd'] === 'string' && p['cwd'] !== '') out['cwd'] = p['cwd'];
+    if (p['env'] !== undefined && p['env'] !== null) out['env'] = p['env'];
+    return out;
+  },
+  noop: (p) => {
+    const out = { ...p };
+    delete out['comment'];
+    return out;
+  },
+  print: (p) => p,
+  timer: (p) => p,
+};
+
+/** mgmt metaparams we have no equivalent for yet; accepted and ignored so mgmt graphs still load. */
+const IGNORED_META = new Set(['autogroup', 'limit', 'burst', 'rewatch', 'realize', 'reverse', 'hidden', 'export', 'dollar', 'rate']);
+
+function translateMeta(m: unknown): Record<string, unknown> {
+  if (m === null || typeof m !== 'object' || Array.isArray(m)) return {};
+  const out: Record<string, unknown> = {};
+  for (const [k, v] of Object.entries(m as Record<string, unknown>)) {
+    if (IGNORED_META.has(k)) continue;
+    // mgmt's delay is in milliseconds; ours is seconds or a string with a unit.
+    if (k === 'delay' && typeof v === 'number') out[k] = `${v}ms`;
+    else out[k] = v;
+  }
+  return out;
+}
+
+function dropZero(o: Record<string, unknown>, keys: readonly string[]): void {
+  for (const k of keys) if (o[k] === '' || o[k] === null) delete o[k];
+}
+
+export function readMgmtGraph(src: YamlSource): RawGraph {
+  const errors: BackplaneError[] = [];
+  const resources: RawResource[] = [];
+  const edges: RawEdge[] = [];
+  const root = src.doc.contents as YAMLMap;
+  const fail = (msg: string, where: SourceLocation, hint: string): void => {
+    errors.push(new BackplaneError('E_SCHEMA', msg, { where, hint }));
+  };
+  for (const pair of root.items) {
+    const key = isScalar(pair.key) ? String(pair.key.value) : '';
+    if (!['graph', 'resources', 'edges', 'comment', 'hostname', 'remote', 'collect'].includes(key))
+      fail(`unknown top-level key "${key}" in an mgmt graph`, src.at(pair.key as Node), 'mgmt graphs have graph, resources and edges');
+  }
+  const kinds = root.get('resources', true);
+  if (isMap(kinds)) {
+    for (const kpair of kinds.items) {
+      const kind = isScalar(kpair.key) ? String(kpair.key.value) : '';
+      const list = kpair.value;
+      if (list === null || (isScalar(list) && list.value === null)) continue;
+      if (!isSeq(list)) {
+        fail(`resources.${kind} must be a list`, src.at(kpair.key as Node), 'list each resource under its kind with "- name: ..."');
+        continue;
+      }
+      for (const item of list.items) {
+        if (!isMap(item)) {
+          fail(`each ${kind} resource must be a map`, src.at(item as Node), 'e.g. "- name: file1"');
+          continue;
+        }
+        const nameVal = item.get('name');
+        if (nameVal === undefined || nameVal === null || nameVal === '') {
+          fail(`${kind} resource has no "name"`, src.at(item), 'add a name, unique among resources of its kind');
+          continue;
+        }
+        const name = String(nameVal as string | number);
+        const p: Record<string, unknown> = {};
+        for (const pr of item.items) {
+          const k = isScalar(pr.key) ? String(pr.key.value) : '';
+          if (k !== 'name' && k !== 'meta' && k !== 'kind') p[k] = plain(pr.value);
+        }
+        const meta = translateMeta(plain(item.get('meta', true)));
+        const translate = translators[kind];
+        const params = translate === undefined ? p : translate(p, meta);
+        resources.push({
+          kind,
+          name,
+          params,
+          meta,
+          loc: src.at(item),
+          locate: (path) => src.locate(item, path),
+          locateMeta: (path) => src.locate(item, ['meta', ...path]),
+        });
+      }
+    }
+  }
+  const edgeList = root.get('edges', true);
+  if (isSeq(edgeList)) {
+    for (const e of edgeList.items) {
+      const loc = src.at(e as Node);
+      const v = plain(e) as { from?: { kind?: unknown; name?: unknown }; to?: { kind?: unknown; name?: unknown }; notify?: unknown } | undefined;
+      const from = v?.from;
+      const to = v?.to;
+      if (typeof from?.kind !== 'string' || from.name === undefined || typeof to?.kind !== 'string' || to.name === undefined) {
+        fail('an edge needs from: {kind, name} and to: {kind, name}', loc, 'see mgmt\'s edge format in the README');
+        continue;
+      }
+      edges.push({
+        from: `${from.kind}[${String(from.name)}]`,
+        to: `${to.kind}[${String(to.name)}]`,
+        notify: v?.notify === true || v?.notify === 'true',
+        loc,
+      });
+    }
+  } else if (edgeList !== undefined && edgeList !== null && !(isScalar(edgeList) && edgeList.value === null)) {
+    fail('"edges" must be a list', src.at(edgeList as Node), 'list edges with "- name: e1"');
+  }
+  return { source: src.file, resources, edges, errors };
+}

@@ -1,0 +1,108 @@
+import { pino, type Logger as PinoLogger } from 'pino';
+
+/**
+ * Two audiences: people get one short line per event (`12:00:01.234 file[/etc/motd]: content changed`), machines
+ * get JSON lines from pino. Every line about a resource carries its id, printed `kind[name]`.
+ */
+export type LogFormat = 'human' | 'json';
+export type LogLevel = 'debug' | 'info' | 'warn' | 'error' | 'silent';
+
+export type Fields = Record<string, unknown>;
+
+export interface Logger {
+  debug(msg: string, fields?: Fields): void;
+  info(msg: string, fields?: Fields): void;
+  warn(msg: string, fields?: Fields): void;
+  error(msg: string, fields?: Fields): void;
+  /** A logger whose lines are about one resource. */
+  forResource(id: string): Logger;
+}
+
+const ORDER: Record<LogLevel, number> = { debug: 10, info: 20, warn: 30, error: 40, silent: 99 };
+
+export interface LoggerOptions {
+  readonly format?: LogFormat;
+  readonly level?: LogLevel;
+  /** Where human lines go (tests capture them); defaults to stderr. */
+  readonly write?: (line: string) => void;
+}
+
+export function createLogger(opts: LoggerOptions = {}): Logger {
+  const level = opts.level ?? 'info';
+  if (opts.format === 'json') {
+    const base = pino(
+      { level: level === 'silent' ? 'silent' : level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime },
+      opts.write === undefined ? pino.destination({ dest: 2, sync: true }) : { write: opts.write },
+    );
+    return new JsonLogger(base);
+  }
+  return new HumanLogger(ORDER[level], opts.write ?? ((line) => process.stderr.write(line)), undefined);
+}
+
+class HumanLogger implements Logger {
+  constructor(
+    private readonly min: number,
+    private readonly write: (line: string) => void,
+    private readonly resource: string | undefined,
+  ) {}
+  private emit(lvl: LogLevel, msg: string, fields: Fields | undefined): void {
+    if (ORDER[lvl] < this.min) return;
+    const t = new Date();
+    const ts = `${pad(t.getHours())}:${pad(t.getMinutes())}:${pad(t.getSeconds())}.${String(t.getMilliseconds()).padStart(3, '0')}`;
+    const tag = lvl === 'info' ? '' : `${lvl.toUpperCase()} `;
+    const who = this.resource === undefined ? '' : `${this.resource}: `;
+    const extra = fields === undefined ? '' : formatFields(fields);
+    this.write(`${ts} ${tag}${who}${msg}${extra}\n`);
+  }
+  debug(msg: string, f?: Fields): void {
+    this.emit('debug', msg, f);
+  }
+  info(msg: string, f?: Fields): void {
+    this.emit('info', msg, f);
+  }
+  warn(msg: string, f?: Fields): void {
+    this.emit('warn', msg, f);
+  }
+  error(msg: string, f?: Fields): void {
+    this.emit('error', msg, f);
+  }
+  forResource(id: string): Logger {
+    return new HumanLogger(this.min, this.write, id);
+  }
+}
+
+class JsonLogger implements Logger {
+  constructor(private readonly p: PinoLogger) {}
+  debug(msg: string, f?: Fields): void {
+    this.p.debug(f ?? {}, msg);
+  }
+  info(msg: string, f?: Fields): void {
+    this.p.info(f ?? {}, msg);
+  }
+  warn(msg: string, f?: Fields): void {
+    this.p.warn(f ?? {}, msg);
+  }
+  error(msg: string, f?: Fields): void {
+    this.p.error(f ?? {}, msg);
+  }
+  forResource(id: string): Logger {
+    return new JsonLogger(this.p.child({ resource: id }));
+  }
+}
+
+function pad(n: number): string {
+  return String(n).padStart(2, '0');
+}
+
+function formatFields(f: Fields): string {
+  const parts: string[] = [];
+  for (const [k, v] of Object.entries(f)) {
+    if (v === undefined) continue;
+    if (k === 'diff' && typeof v === 'string') {
+      parts.push(`\n${v.trimEnd()}`);
+      continue;
+    }
+    parts.push(` ${k}=${typeof v === 'string' ? (/\s/.test(v) ? JSON.stringify(v) : v) : JSON.stringify(v)}`);
+  }
+  return parts.join('');
+}
