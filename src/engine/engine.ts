@@ -75,7 +75,7 @@ export class Engine implements WorkerHost {
       else if (v.fingerprint !== w.vertex.fingerprint) changed.push(id);
     }
     // The old definition must be fully stopped before the new one may touch the same thing.
-    await Promise.all([...removed, ...changed].map((id) => this.workers.get(id)?.stop()));
+    await Promise.all([...removed, ...changed].map((id) => this.workers.get(id)?.stop() ?? Promise.resolve()));
     for (const id of [...removed, ...changed]) this.workers.delete(id);
 
     this.graph = next;

@@ -1,14 +1,14 @@
 /** A counting semaphore whose waiters can give up through an AbortSignal. FIFO, so no waiter starves. */
 export class Semaphore {
   private free: number;
-  private readonly waiters: { resolve: () => void; reject: (e: unknown) => void; signal: AbortSignal | undefined; onAbort: () => void }[] = [];
+  private readonly waiters: { resolve: () => void; reject: (e: Error) => void; signal: AbortSignal | undefined; onAbort: () => void }[] = [];
 
   constructor(readonly size: number) {
     this.free = size;
   }
 
   acquire(signal?: AbortSignal): Promise<void> {
-    if (signal?.aborted === true) return Promise.reject(signal.reason);
+    if (signal?.aborted === true) return Promise.reject(abortReason(signal));
     if (this.free > 0) {
       this.free--;
       return Promise.resolve();
@@ -21,7 +21,7 @@ export class Semaphore {
         onAbort: () => {
           const i = this.waiters.indexOf(w);
           if (i >= 0) this.waiters.splice(i, 1);
-          reject(signal?.reason);
+          reject(abortReason(signal));
         },
       };
       signal?.addEventListener('abort', w.onAbort, { once: true });
@@ -64,4 +64,9 @@ export class SemaphoreSet {
       for (const s of held.reverse()) s.release();
     };
   }
+}
+
+function abortReason(signal: AbortSignal | undefined): Error {
+  const r: unknown = signal?.reason;
+  return r instanceof Error ? r : new Error('aborted');
 }

@@ -14,8 +14,8 @@ export function graphJsonSchema(kinds: readonly AnyResourceKind[]): JsonObject {
   delete meta['$schema'];
   const variants = kinds.map((k) => {
     const params = z.toJSONSchema(k.schema, { io: 'input', unrepresentable: 'any' });
-    const props = (params['properties'] ?? {}) as JsonObject;
-    const required = ((params['required'] ?? []) as string[]).filter((r) => k.defaults?.('x')[r] === undefined);
+    const props = params['properties'] ?? {};
+    const required = (params['required'] ?? []).filter((r) => k.defaults?.('x')[r] === undefined);
     return {
       type: 'object',
       description: k.description,

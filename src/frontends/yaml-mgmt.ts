@@ -139,12 +139,12 @@ export function readMgmtGraph(src: YamlSource): RawGraph {
           fail(`each ${kind} resource must be a map`, src.at(item as Node), 'e.g. "- name: file1"');
           continue;
         }
-        const nameVal = item.get('name');
-        if (nameVal === undefined || nameVal === null || nameVal === '') {
+        const nameVal: unknown = item.get('name');
+        if (!isRefName(nameVal) || nameVal === '') {
           fail(`${kind} resource has no "name"`, src.at(item), 'add a name, unique among resources of its kind');
           continue;
         }
-        const name = String(nameVal as string | number);
+        const name = String(nameVal);
         const p: Record<string, unknown> = {};
         for (const pr of item.items) {
           const k = isScalar(pr.key) ? String(pr.key.value) : '';
@@ -172,7 +172,7 @@ export function readMgmtGraph(src: YamlSource): RawGraph {
       const v = plain(e) as { from?: { kind?: unknown; name?: unknown }; to?: { kind?: unknown; name?: unknown }; notify?: unknown } | undefined;
       const from = v?.from;
       const to = v?.to;
-      if (typeof from?.kind !== 'string' || from.name === undefined || typeof to?.kind !== 'string' || to.name === undefined) {
+      if (typeof from?.kind !== 'string' || !isRefName(from.name) || typeof to?.kind !== 'string' || !isRefName(to.name)) {
         fail('an edge needs from: {kind, name} and to: {kind, name}', loc, 'see mgmt\'s edge format in the README');
         continue;
       }
@@ -184,7 +184,11 @@ export function readMgmtGraph(src: YamlSource): RawGraph {
       });
     }
   } else if (edgeList !== undefined && edgeList !== null && !(isScalar(edgeList) && edgeList.value === null)) {
-    fail('"edges" must be a list', src.at(edgeList as Node), 'list edges with "- name: e1"');
+    fail('"edges" must be a list', src.at(edgeList), 'list edges with "- name: e1"');
   }
   return { source: src.file, resources, edges, errors };
+}
+
+function isRefName(v: unknown): v is string | number {
+  return typeof v === 'string' || typeof v === 'number';
 }

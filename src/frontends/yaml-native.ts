@@ -43,7 +43,7 @@ export function readNativeGraph(src: YamlSource): RawGraph {
     const key = isScalar(pair.key) ? String(pair.key.value) : '';
     if (!TOP_LEVEL.includes(key)) {
       const guess = closest(key, TOP_LEVEL);
-      fail(`unknown top-level key "${key}"`, src.at(pair.key as Node), guess === undefined ? `allowed: ${TOP_LEVEL.join(', ')}` : `did you mean "${guess}"?`);
+      fail(`unknown top-level key "${key}"`, src.at(pair), guess === undefined ? `allowed: ${TOP_LEVEL.join(', ')}` : `did you mean "${guess}"?`);
     }
   }
   const list = root.get('resources', true);
@@ -51,7 +51,7 @@ export function readNativeGraph(src: YamlSource): RawGraph {
     return { source: src.file, resources, edges, errors };
   }
   if (!isSeq(list)) {
-    fail('"resources" must be a list', src.at(list as Node), 'write each resource as a list item starting with "- kind: ..."');
+    fail('"resources" must be a list', src.at(list), 'write each resource as a list item starting with "- kind: ..."');
     return { source: src.file, resources, edges, errors };
   }
   for (const item of list.items) {
@@ -119,7 +119,6 @@ function relationEdge(rel: (typeof RELATION_KEYS)[number], self: string, other: 
 }
 
 function scalarString(map: YAMLMap, key: string): string | undefined {
-  const v = map.get(key);
-  if (v === undefined || v === null) return undefined;
-  return typeof v === 'object' ? undefined : String(v);
+  const v: unknown = map.get(key);
+  return typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' ? String(v) : undefined;
 }

@@ -36,9 +36,9 @@ export interface CheckResult {
 export interface WatchContext {
   readonly signal: AbortSignal;
   /** Call once the watch is established, so the first check cannot miss a change made in between. */
-  ready(): void;
+  readonly ready: () => void;
   /** Something the resource manages may have changed. Cheap, idempotent, safe to call spuriously. */
-  changed(reason: string): void;
+  readonly changed: (reason: string) => void;
   readonly log: ResourceLog;
 }
 

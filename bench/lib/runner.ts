@@ -1,0 +1,99 @@
+import { mkdirSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
+import type { Desired, Invocation, Tool } from '../tools/types.js';
+import { fmtSeconds } from './report.js';
+import { tail, timedRun, type RunResult } from './proc.js';
+import type { RunRecord, ToolResult, WorkloadResult } from './results.js';
+import { median } from './stats.js';
+import type { Workload } from './workloads.js';
+
+/** Long enough for Ansible's 1,000 files (~5.5 min) with room for a slow machine; a hang must still end. */
+const RUN_TIMEOUT_MS = 30 * 60_000;
+
+interface Entry {
+  readonly tool: Tool;
+  readonly desired: Desired;
+  readonly invocation: Invocation;
+  readonly workDir: string;
+  readonly targetDir: string;
+  readonly runs: number;
+  readonly result: ToolResult;
+}
+
+export interface RunPlan {
+  readonly runs: number;
+  readonly slowRuns: number;
+  readonly tmp: string;
+  readonly keep: boolean;
+}
+
+/** Ansible copies one file per task iteration through a fresh Python module, so only it is slow enough to cap. */
+function runsFor(tool: Tool, w: Workload, plan: RunPlan): number {
+  return tool.id === 'ansible' && w.manyFiles ? plan.slowRuns : plan.runs;
+}
+
+function prepare(tool: Tool, w: Workload, plan: RunPlan): Entry {
+  const base = join(plan.tmp, tool.id, w.id);
+  const workDir = join(base, 'work');
+  const targetDir = join(base, 'target');
+  mkdirSync(workDir, { recursive: true });
+  const desired = w.desired(targetDir);
+  const runs = runsFor(tool, w, plan);
+  const result: ToolResult = { runs: [] };
+  if (runs === 0) result.skipped = 'skipped: --slow-runs 0';
+  return { tool, desired, invocation: tool.prepare(desired, workDir), workDir, targetDir, runs, result };
+}
+
+function problemOf(entry: Entry, w: Workload, r: RunResult, log: string): string | undefined {
+  if (r.timedOut) return `timed out after ${RUN_TIMEOUT_MS / 60_000} min`;
+  if (r.exitCode === null || !entry.invocation.okCodes.includes(r.exitCode)) {
+    return `exit ${r.exitCode ?? r.signal}; log ${log}:\n${tail(log, 15)}`;
+  }
+  return w.check(entry.desired, r.wallS);
+}
+
+async function runOnce(entry: Entry, w: Workload, index: number): Promise<RunRecord> {
+  w.setup(entry.desired);
+  const log = join(entry.workDir, `run-${index + 1}.log`);
+  const r = await timedRun(entry.invocation, log, RUN_TIMEOUT_MS);
+  const problem = problemOf(entry, w, r, log);
+  const rss = r.maxRssKiB === undefined ? '' : `  ${(r.maxRssKiB / 1024).toFixed(0)} MiB`;
+  const status = problem === undefined ? '' : `  FAILED: ${problem}`;
+  console.log(`  ${entry.tool.label.padEnd(9)} run ${index + 1}/${entry.runs}  ${fmtSeconds(r.wallS).padStart(7)}${rss}${status}`);
+  return {
+    wallS: r.wallS,
+    ...(r.maxRssKiB === undefined ? {} : { maxRssKiB: r.maxRssKiB }),
+    ...(problem === undefined ? {} : { problem }),
+  };
+}
+
+function summarize(result: ToolResult): void {
+  if (result.runs.length === 0 || result.runs.some((r) => r.problem !== undefined)) return;
+  const wall = median(result.runs.map((r) => r.wallS));
+  const rss = median(result.runs.flatMap((r) => (r.maxRssKiB === undefined ? [] : [r.maxRssKiB / 1024])));
+  if (wall !== undefined) result.medianS = wall;
+  if (rss !== undefined) result.medianRssMiB = rss;
+}
+
+/**
+ * Runs are interleaved (run 1 of every tool, then run 2, …) so slow drift in machine load spreads over all tools
+ * instead of landing on whichever ran last.
+ */
+export async function runWorkload(w: Workload, tools: readonly Tool[], plan: RunPlan): Promise<WorkloadResult> {
+  console.log(`\n${w.title}`);
+  const entries = tools.filter((t) => !w.backplaneOnly || t.id === 'backplane').map((t) => prepare(t, w, plan));
+  const rounds = Math.max(0, ...entries.map((e) => e.runs));
+  for (let i = 0; i < rounds; i++) {
+    for (const entry of entries) {
+      if (i < entry.runs) entry.result.runs.push(await runOnce(entry, w, i));
+    }
+  }
+  const results: WorkloadResult['results'] = {};
+  for (const entry of entries) {
+    summarize(entry.result);
+    results[entry.tool.id] = entry.result;
+    // 10,000-file targets add up; the inputs and logs stay until the end for --keep.
+    if (!plan.keep) rmSync(entry.targetDir, { recursive: true, force: true });
+  }
+  return { id: w.id, title: w.title, ...(w.idealS === undefined ? {} : { idealS: w.idealS }), results };
+}

@@ -1,0 +1,81 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { performance } from 'node:perf_hooks';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { checkFile, hasContent } from '../lib/fileset.js';
+import { exited, killGroup, track } from '../lib/proc.js';
+import { BACKPLANE_BIN } from '../tools/backplane.js';
+import type { FileSpec } from '../tools/types.js';
+
+/** A Backplane agent left running (no --converged-timeout), as it would run on a host. */
+export interface Agent {
+  readonly child: ChildProcess;
+  readonly pid: number;
+  readonly startedAt: number;
+  /** Recent stderr lines, for error messages; the agent logs one line per change. */
+  readonly recent: string[];
+  sawConverged: boolean;
+}
+
+export function startAgent(graphPath: string): Agent {
+  // Spawned as `node bin/backplane.js` directly, so the PID is the agent itself and /proc/PID is its own usage.
+  const child = spawn(process.execPath, [BACKPLANE_BIN, 'run', '--file', graphPath], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    detached: true,
+  });
+  track(child);
+  if (child.pid === undefined) throw new Error('could not start the Backplane agent');
+  const agent: Agent = { child, pid: child.pid, startedAt: performance.now(), recent: [], sawConverged: false };
+  let partial = '';
+  // Keep reading stderr: a full pipe would block the agent's logging and so its repairs.
+  child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
+    const lines = (partial + chunk).split('\n');
+    partial = lines.pop() ?? '';
+    for (const line of lines) {
+      if (/converged/i.test(line)) agent.sawConverged = true;
+      agent.recent.push(line);
+    }
+    if (agent.recent.length > 50) agent.recent.splice(0, agent.recent.length - 50);
+  });
+  return agent;
+}
+
+function assertRunning(agent: Agent): void {
+  if (agent.child.exitCode !== null || agent.child.signalCode !== null) {
+    throw new Error(`the agent exited early (${agent.child.exitCode ?? agent.child.signalCode}):\n${agent.recent.join('\n')}`);
+  }
+}
+
+/**
+ * Waits until every file is right and the agent has said "converged" (or 5 s more have passed without it, for a
+ * CLI that words it differently). Returns the seconds from spawn until the files were right.
+ */
+export async function waitConverged(agent: Agent, files: readonly FileSpec[], timeoutMs: number): Promise<number> {
+  const deadline = performance.now() + timeoutMs;
+  // Files found right stay counted, so polling 10,000 files costs one pass, not one pass per poll.
+  let next = 0;
+  while (true) {
+    assertRunning(agent);
+    if (performance.now() > deadline) throw new Error(`not converged after ${timeoutMs} ms:\n${agent.recent.join('\n')}`);
+    while (next < files.length && hasContent(files[next]?.path ?? '', files[next]?.content ?? '')) next++;
+    if (next === files.length) {
+      const wrong = files.find((f) => checkFile(f) !== undefined);
+      if (wrong === undefined) break;
+      next = 0;
+    }
+    await sleep(10);
+  }
+  const convergedS = (performance.now() - agent.startedAt) / 1000;
+  const wordDeadline = performance.now() + 5000;
+  while (!agent.sawConverged && performance.now() < wordDeadline) await sleep(10);
+  return convergedS;
+}
+
+/** SIGTERM, then SIGKILL after 10 s; returns the seconds the agent took to exit. */
+export async function stopAgent(agent: Agent): Promise<number> {
+  const started = performance.now();
+  killGroup(agent.child, 'SIGTERM');
+  const timer = setTimeout(() => killGroup(agent.child, 'SIGKILL'), 10_000);
+  await exited(agent.child);
+  clearTimeout(timer);
+  return (performance.now() - started) / 1000;
+}
