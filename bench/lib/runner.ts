@@ -47,7 +47,7 @@ function prepare(tool: Tool, w: Workload, plan: RunPlan): Entry {
 function problemOf(entry: Entry, w: Workload, r: RunResult, log: string): string | undefined {
   if (r.timedOut) return `timed out after ${RUN_TIMEOUT_MS / 60_000} min`;
   if (r.exitCode === null || !entry.invocation.okCodes.includes(r.exitCode)) {
-    return `exit ${r.exitCode ?? r.signal}; log ${log}:\n${tail(log, 15)}`;
+    return `exit ${r.exitCode ?? r.signal}; log ${log}:\n${tail(log, 5)}`;
   }
   return w.check(entry.desired, r.wallS);
 }

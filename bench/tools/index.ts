@@ -3,10 +3,10 @@ import { ansibleTool } from './ansible.js';
 import { backplaneBuilt, backplaneTool } from './backplane.js';
 import { cfengineTool } from './cfengine.js';
 import { puppetTool } from './puppet.js';
-import type { Tool, ToolId } from './types.js';
+import { PEER_IDS, type Tool, type ToolId } from './types.js';
 
 /** A peer is used only when its command is installed; the version comes from the tool itself, not from FACTS. */
-function detectPeer(id: ToolId): Tool | undefined {
+function detectOne(id: ToolId): Tool | undefined {
   switch (id) {
     case 'puppet':
       return which('puppet') ? puppetTool(firstLine(['puppet', '--version']) ?? '?') : undefined;
@@ -34,11 +34,12 @@ export interface Detected {
 
 /** Backplane first (the baseline of every ratio), then the requested peers in a fixed order. */
 export function detectTools(peers: readonly ToolId[], withBackplane: boolean): Detected {
-  const wanted: ToolId[] = withBackplane ? ['backplane', ...peers] : [...peers];
+  const ordered = PEER_IDS.filter((id) => peers.includes(id));
+  const wanted: ToolId[] = withBackplane ? ['backplane', ...ordered] : ordered;
   const tools: Tool[] = [];
   const missing: ToolId[] = [];
   for (const id of wanted) {
-    const tool = detectPeer(id);
+    const tool = detectOne(id);
     if (tool) tools.push(tool);
     else missing.push(id);
   }

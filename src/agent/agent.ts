@@ -103,12 +103,13 @@ export class Agent {
   /** Release everything: call after run() resolved. */
   async close(): Promise<void> {
     this.ac.abort();
-    await this.engine.stop();
     if (this.dotTimer !== undefined) {
       clearTimeout(this.dotTimer);
       this.dotTimer = undefined;
     }
-    if (this.opts.graphviz !== undefined) await this.writeDot();
+    // The picture shows where the graph ended up, not the 'stopped' every vertex passes through on the way out.
+    if (this.opts.graphviz !== undefined) await this.writeDot().catch((err: unknown) => this.opts.log.warn(`cannot write graphviz file: ${errorMessage(err)}`));
+    await this.engine.stop();
   }
 
   private scheduleReload(): void {

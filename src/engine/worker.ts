@@ -178,7 +178,8 @@ export class Worker {
       this.log.debug(`checked in ${formatDuration(performance.now() - started)}`, { converged: result.converged });
       // Tell dependents before settling, so the engine never observes a settled graph with work still owed.
       if (!result.converged && apply) this.host.propagateChange(this);
-      this.setState('converged');
+      // An event that arrived during the run owes another run: stay active so nobody sees a false settle.
+      this.setState(this.dirty ? 'pending' : 'converged');
     } catch (err) {
       if (signal.aborted) return;
       this.runs++;
@@ -199,7 +200,12 @@ export class Worker {
         return;
       }
       this.log.error(`failed: ${this.lastError}`);
-      this.setState('failed');
+      if (this.dirty) {
+        this.attempts = 0; // the world changed while we failed: that may be the fix, so try again afresh
+        this.setState('pending');
+      } else {
+        this.setState('failed');
+      }
     } finally {
       release?.();
     }

@@ -25,18 +25,20 @@ import { plain, type YamlSource } from './yaml-source.js';
 export function isMgmtGraph(src: YamlSource): boolean {
   const root = src.doc.contents;
   if (!isMap(root)) return false;
-  return root.has('graph') || isMap(root.get('resources', true));
+  return root.has('graph') || isMap(root.get('resources', true)) || isMap(root.get('types', true));
 }
 
-type Translate = (p: Record<string, unknown>, meta: Record<string, unknown>) => Record<string, unknown>;
+type Translate = (p: Record<string, unknown>, meta: Record<string, unknown>, name: string) => Record<string, unknown>;
 
 const translators: Record<string, Translate> = {
-  file: (p) => {
+  file: (p, _meta, name) => {
     const out: Record<string, unknown> = { ...p };
     // Old mgmt split a path into dirname + basename.
     if (out['path'] === undefined && typeof out['dirname'] === 'string') {
       out['path'] = `${String(out['dirname']).replace(/\/$/, '')}/${typeof out['basename'] === 'string' ? out['basename'] : ''}`;
     }
+    // mgmt: the path defaults to the name (before the "/" rule below, so `name: /srv/www/` is a directory too).
+    if (out['path'] === undefined || out['path'] === '') out['path'] = name;
     delete out['dirname'];
     delete out['basename'];
     // mgmt: a path ending in "/" is a directory.
@@ -121,10 +123,11 @@ export function readMgmtGraph(src: YamlSource): RawGraph {
   };
   for (const pair of root.items) {
     const key = isScalar(pair.key) ? String(pair.key.value) : '';
-    if (!['graph', 'resources', 'edges', 'comment', 'hostname', 'remote', 'collect'].includes(key))
+    if (!['graph', 'resources', 'types', 'edges', 'comment', 'hostname', 'remote', 'collect'].includes(key))
       fail(`unknown top-level key "${key}" in an mgmt graph`, src.at(pair.key as Node), 'mgmt graphs have graph, resources and edges');
   }
-  const kinds = root.get('resources', true);
+  // The first mgmt releases (and its announcement's examples) called the resources map `types`.
+  const kinds = root.get('resources', true) ?? root.get('types', true);
   if (isMap(kinds)) {
     for (const kpair of kinds.items) {
       const kind = isScalar(kpair.key) ? String(kpair.key.value) : '';
@@ -152,7 +155,7 @@ export function readMgmtGraph(src: YamlSource): RawGraph {
         }
         const meta = translateMeta(plain(item.get('meta', true)));
         const translate = translators[kind];
-        const params = translate === undefined ? p : translate(p, meta);
+        const params = translate === undefined ? p : translate(p, meta, name);
         resources.push({
           kind,
           name,
@@ -169,9 +172,9 @@ export function readMgmtGraph(src: YamlSource): RawGraph {
   if (isSeq(edgeList)) {
     for (const e of edgeList.items) {
       const loc = src.at(e as Node);
-      const v = plain(e) as { from?: { kind?: unknown; name?: unknown }; to?: { kind?: unknown; name?: unknown }; notify?: unknown } | undefined;
-      const from = v?.from;
-      const to = v?.to;
+      const v = plain(e) as { from?: MgmtEndpoint; to?: MgmtEndpoint; notify?: unknown } | undefined;
+      const from = endpoint(v?.from);
+      const to = endpoint(v?.to);
       if (typeof from?.kind !== 'string' || !isRefName(from.name) || typeof to?.kind !== 'string' || !isRefName(to.name)) {
         fail('an edge needs from: {kind, name} and to: {kind, name}', loc, 'see mgmt\'s edge format in the README');
         continue;
@@ -187,6 +190,19 @@ export function readMgmtGraph(src: YamlSource): RawGraph {
     fail('"edges" must be a list', src.at(edgeList), 'list edges with "- name: e1"');
   }
   return { source: src.file, resources, edges, errors };
+}
+
+interface MgmtEndpoint {
+  kind?: unknown;
+  res?: unknown;
+  type?: unknown;
+  name?: unknown;
+}
+
+/** mgmt named an edge end's kind `type` (2016), then `res`, then `kind`: accept all three. */
+function endpoint(e: MgmtEndpoint | undefined): { kind?: unknown; name?: unknown } | undefined {
+  if (e === undefined || e === null || typeof e !== 'object') return undefined;
+  return { kind: e.kind ?? e.res ?? e.type, name: e.name };
 }
 
 function isRefName(v: unknown): v is string | number {

@@ -50,7 +50,12 @@ export async function watchPath(path: string, cb: ChangeCallback, signal: AbortS
   const sub: Subscription = { path, children: opts.children ?? false, cb, dir: '', name: '', closed: false, regs: [] };
   signal.addEventListener('abort', () => unsubscribe(sub), { once: true });
   if (signal.aborted) return;
-  await attach(sub);
+  try {
+    await attach(sub);
+  } catch (err) {
+    unsubscribe(sub);
+    throw err;
+  }
 }
 
 /** Number of directories currently watched (for tests and the idle-cost benchmark). */
@@ -59,6 +64,20 @@ export function watchedDirectoryCount(): number {
 }
 
 async function attach(sub: Subscription): Promise<void> {
+  // A directory can vanish between the check and fs.watch(); then walk again from the start.
+  let failure: unknown;
+  for (let attempt = 0; attempt < 3; attempt++) {
+    if (sub.closed) return;
+    failure = await attachOnce(sub);
+    if (failure === undefined) return;
+    removeEverywhere(sub);
+  }
+  if (sub.closed) return;
+  throw new Error(`cannot watch ${sub.path}: ${failure instanceof Error ? failure.message : String(failure)}`, { cause: failure });
+}
+
+/** Returns the error of a directory that could not be watched, or undefined once subscribed (or closed). */
+async function attachOnce(sub: Subscription): Promise<unknown> {
   // Watch the deepest existing directory on the way to the path: its parent, or an ancestor while it is missing.
   let target = sub.path;
   let dir = dirname(target);
@@ -66,23 +85,24 @@ async function attach(sub: Subscription): Promise<void> {
     if (sub.children && target === sub.path && (await isDirectory(sub.path))) {
       // The directory itself exists: its own watch reports both its entries and (via name '') nothing else, so
       // also keep watching it from its parent for deletion/replacement.
-      subscribe(sub, sub.path, '*');
+      const failed = subscribe(sub, sub.path, '*');
+      if (failed !== undefined) return failed;
     }
     if (await isDirectory(dir)) break;
     if (dir === '/') break;
     target = dir;
     dir = dirname(dir);
   }
-  if (sub.closed) return;
-  subscribe(sub, dir, basename(target));
+  if (sub.closed) return undefined;
+  return subscribe(sub, dir, basename(target));
 }
 
-function subscribe(sub: Subscription, dir: string, name: string): void {
-  if (sub.closed) return;
+function subscribe(sub: Subscription, dir: string, name: string): unknown {
+  if (sub.closed) return undefined;
   let dw = dirs.get(dir);
   if (dw === undefined) {
     const created = openDir(dir);
-    if (created === undefined) return;
+    if (!('watcher' in created)) return created.error;
     dw = created;
   }
   if (name !== '*') {
@@ -93,14 +113,15 @@ function subscribe(sub: Subscription, dir: string, name: string): void {
   if (set === undefined) dw.byName.set(name, (set = new Set()));
   set.add(sub);
   sub.regs.push({ dw, name });
+  return undefined;
 }
 
-function openDir(dir: string): DirWatch | undefined {
+function openDir(dir: string): DirWatch | { error: unknown } {
   let watcher: FSWatcher;
   try {
     watcher = watch(dir, { persistent: true });
-  } catch {
-    return undefined;
+  } catch (error) {
+    return { error };
   }
   const dw: DirWatch = { dir, watcher, byName: new Map(), ino: 0 };
   dirs.set(dir, dw);
@@ -131,7 +152,12 @@ function onEvent(dw: DirWatch, event: string, filename: string | null): void {
   }
   const all = dw.byName.get('*');
   if (all !== undefined) for (const sub of all) sub.cb(reason);
-  if (event === 'rename') void checkAlive(dw);
+  if (event !== 'rename') return;
+  // inotify reports the watched directory's own deletion or move under the directory's basename. stat() cannot
+  // be trusted to tell afterwards: a directory re-created at once often gets the same inode number back (ext4),
+  // and the watch on the old one is dead. A child that merely shares the name costs a spurious re-attach.
+  if (filename === basename(dw.dir)) reattachAll(dw);
+  else void checkAlive(dw);
 }
 
 function notifyAll(dw: DirWatch, reason: string): void {
@@ -164,7 +190,13 @@ function reattachAll(dw: DirWatch): void {
 
 async function reattach(sub: Subscription): Promise<void> {
   removeEverywhere(sub);
-  await attach(sub);
+  try {
+    await attach(sub);
+  } catch (err) {
+    // Nobody awaits a re-attach: report it as a change so the resource is at least checked once more.
+    sub.cb(err instanceof Error ? err.message : String(err));
+    return;
+  }
   // Something may have happened while we were re-attaching; a spurious event is harmless.
   sub.cb('re-attached watch');
 }

@@ -1,0 +1,233 @@
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { harness, until } from '../helpers/engine.js';
+import { ProbeWorld, probeKind } from '../helpers/probe-kind.js';
+
+function setup(opts: { noop?: boolean; parallel?: number } = {}) {
+  const world = new ProbeWorld();
+  const h = harness([probeKind(world)], opts);
+  return { world, ...h };
+}
+
+describe('engine', () => {
+  test('a resource runs only after its dependencies converged; independent ones run at once', async () => {
+    const { world, engine, graph, settled } = setup();
+    await engine.setGraph(
+      graph(`
+resources:
+  - { kind: probe, name: a, ms: 150 }
+  - { kind: probe, name: b, ms: 150, require: [probe:a] }
+  - { kind: probe, name: c, ms: 150 }
+`),
+    );
+    await settled();
+    const aDone = world.of('a', 'done')[0]?.t ?? NaN;
+    const bStart = world.of('b', 'check')[0]?.t ?? NaN;
+    const cStart = world.of('c', 'check')[0]?.t ?? NaN;
+    const aStart = world.of('a', 'check')[0]?.t ?? NaN;
+    assert.ok(bStart >= aDone, 'b started before a was done');
+    assert.ok(Math.abs(cStart - aStart) < 100, 'c did not start alongside a');
+    assert.equal(world.maxRunning, 2);
+    assert.equal(engine.summary().ok, true);
+    await engine.stop();
+  });
+
+  test('a drift event re-checks only the drifted resource and what depends on it', async () => {
+    const { world, engine, graph, settled } = setup();
+    await engine.setGraph(
+      graph(`
+resources:
+  - { kind: probe, name: a }
+  - { kind: probe, name: b, require: [probe:a] }
+  - { kind: probe, name: other }
+`),
+    );
+    await settled();
+    const before = world.events.length;
+    world.drift('a');
+    await until(() => world.of('b', 'done').length === 2, 2000, 'b re-run after a changed');
+    await settled();
+    const after = world.events.slice(before).filter((e) => e.type === 'check').map((e) => e.name);
+    assert.deepEqual(after, ['a', 'b']);
+    assert.equal(world.actual.get('a'), 'ok');
+    await engine.stop();
+  });
+
+  test('an event that changes nothing does not re-run dependents', async () => {
+    const { world, engine, graph, settled } = setup();
+    await engine.setGraph(graph(`resources:\n  - { kind: probe, name: a }\n  - { kind: probe, name: b, require: [probe:a] }\n`));
+    await settled();
+    world.bus.emit('a'); // spurious event: a is still converged
+    await until(() => world.of('a', 'done').length === 2, 2000, 'a re-checked');
+    await settled();
+    assert.equal(world.of('b', 'check').length, 1);
+    await engine.stop();
+  });
+
+  test('notify edges refresh the target only when the source changed something', async () => {
+    const { world, engine, graph, settled } = setup();
+    world.actual.set('src', 'ok');
+    world.actual.set('dst', 'ok');
+    await engine.setGraph(graph(`resources:\n  - { kind: probe, name: src, notify: [probe:dst] }\n  - { kind: probe, name: dst }\n`));
+    await settled();
+    assert.equal(world.of('dst', 'check').filter((e) => e.refresh === true).length, 0);
+    world.drift('src');
+    await until(() => world.of('dst', 'check').some((e) => e.refresh === true), 2000, 'dst refreshed');
+    await settled();
+    await engine.stop();
+  });
+
+  test('retries per metaparams, then fails; dependents are blocked and say why', async () => {
+    const { world, engine, graph, settled } = setup();
+    world.failures.set('flaky', 5);
+    await engine.setGraph(
+      graph(`
+resources:
+  - { kind: probe, name: flaky, meta: { retry: 2, delay: 50ms } }
+  - { kind: probe, name: dep, require: [probe:flaky] }
+  - { kind: probe, name: fine }
+`),
+    );
+    await settled();
+    assert.equal(world.of('flaky', 'fail').length, 3, 'one try plus two retries');
+    const s = engine.summary();
+    assert.equal(s.ok, false);
+    assert.deepEqual(s.failed.map((f) => f.id), ['probe[flaky]']);
+    assert.match(s.failed[0]?.error ?? '', /failing on purpose/);
+    assert.deepEqual(s.blocked.map((b) => [b.id, b.blockedBy]), [['probe[dep]', 'probe[flaky]']]);
+    assert.equal(world.of('dep', 'check').length, 0, 'a blocked resource is never applied');
+    // The failure goes away and an event arrives: the resource gets fresh retries and the dependent runs.
+    world.failures.set('flaky', 0);
+    world.drift('flaky');
+    await until(() => world.of('dep', 'done').length === 1, 2000, 'dep ran after flaky recovered');
+    await settled();
+    assert.equal(engine.summary().ok, true);
+    await engine.stop();
+  });
+
+  test('a retry that succeeds converges without failing', async () => {
+    const { world, engine, graph, settled } = setup();
+    world.failures.set('x', 2);
+    await engine.setGraph(graph(`resources:\n  - { kind: probe, name: x, meta: { retry: 3, delay: 0 } }\n`));
+    await settled();
+    assert.equal(engine.summary().ok, true);
+    assert.equal(world.of('x', 'fail').length, 2);
+    await engine.stop();
+  });
+
+  test('--parallel limits how many resources run at once', async () => {
+    const { world, engine, graph, settled } = setup({ parallel: 2 });
+    const items = Array.from({ length: 6 }, (_, i) => `  - { kind: probe, name: p${i}, ms: 40 }`).join('\n');
+    await engine.setGraph(graph(`resources:\n${items}\n`));
+    await settled();
+    assert.equal(world.maxRunning, 2);
+    await engine.stop();
+  });
+
+  test('named semaphores serialize the resources that share them', async () => {
+    const { world, engine, graph, settled } = setup();
+    const items = Array.from({ length: 4 }, (_, i) => `  - { kind: probe, name: s${i}, ms: 40, meta: { sema: ["lock:1"] } }`).join('\n');
+    await engine.setGraph(graph(`resources:\n${items}\n  - { kind: probe, name: free, ms: 40 }\n`));
+    await settled();
+    assert.equal(world.maxRunning, 2, 'one lock holder plus the free resource');
+    await engine.stop();
+  });
+
+  test('poll re-checks a resource on an interval', async () => {
+    const { world, engine, graph, settled } = setup();
+    await engine.setGraph(graph(`resources:\n  - { kind: probe, name: p, watch: false, meta: { poll: 30ms } }\n`));
+    await settled();
+    await until(() => world.of('p', 'check').length >= 4, 2000, 'polled checks');
+    await engine.stop();
+  });
+
+  test('noop mode changes nothing and reports what would change', async () => {
+    const { world, engine, graph, settled } = setup({ noop: true });
+    await engine.setGraph(graph(`resources:\n  - { kind: probe, name: a }\n  - { kind: probe, name: b, require: [probe:a] }\n`));
+    await settled();
+    assert.equal(world.actual.get('a'), undefined);
+    assert.ok(world.of('a', 'check').every((e) => e.apply === false));
+    assert.deepEqual(engine.summary().wouldChange.map((s) => s.id).sort(), ['probe[a]', 'probe[b]']);
+    await engine.stop();
+  });
+
+  test('meta noop protects one resource while the rest is applied', async () => {
+    const { world, engine, graph, settled } = setup();
+    await engine.setGraph(graph(`resources:\n  - { kind: probe, name: a, meta: { noop: true } }\n  - { kind: probe, name: b }\n`));
+    await settled();
+    assert.equal(world.actual.get('a'), undefined);
+    assert.equal(world.actual.get('b'), 'ok');
+    await engine.stop();
+  });
+
+  test('graph swap: unchanged resources keep running untouched, changed ones and their dependents re-run, removed ones stop', async () => {
+    const { world, engine, graph, settled } = setup();
+    await engine.setGraph(
+      graph(`
+resources:
+  - { kind: probe, name: keep }
+  - { kind: probe, name: change }
+  - { kind: probe, name: downstream, require: [probe:change] }
+  - { kind: probe, name: gone }
+`),
+    );
+    await settled();
+    const mark = world.events.length;
+    const swap = await engine.setGraph(
+      graph(`
+resources:
+  - { kind: probe, name: keep }
+  - { kind: probe, name: change, want: v2 }
+  - { kind: probe, name: downstream, require: [probe:change] }
+  - { kind: probe, name: new }
+`),
+    );
+    assert.deepEqual(swap.changed, ['probe[change]']);
+    assert.deepEqual(swap.removed, ['probe[gone]']);
+    assert.deepEqual(swap.added, ['probe[new]']);
+    await settled();
+    const since = world.events.slice(mark);
+    assert.equal(since.filter((e) => e.name === 'keep').length, 0, 'keep was not touched (no check, no watch restart)');
+    assert.ok(since.some((e) => e.name === 'gone' && e.type === 'watch-stop'), 'gone stopped watching');
+    assert.equal(world.actual.get('change'), 'v2');
+    assert.ok(since.some((e) => e.name === 'downstream' && e.type === 'check'), 'dependent re-ran');
+    assert.ok(since.some((e) => e.name === 'new' && e.type === 'done'));
+    // A removed resource is no longer managed: its drift is ignored.
+    world.drift('gone');
+    await new Promise((r) => setTimeout(r, 50));
+    assert.equal(world.of('gone', 'check').length, 1);
+    await engine.stop();
+  });
+
+  test('a new edge makes the dependent re-run after its new dependency', async () => {
+    const { world, engine, graph, settled } = setup();
+    await engine.setGraph(graph(`resources:\n  - { kind: probe, name: a }\n  - { kind: probe, name: b }\n`));
+    await settled();
+    await engine.setGraph(graph(`resources:\n  - { kind: probe, name: a }\n  - { kind: probe, name: b, require: [probe:a] }\n`));
+    await settled();
+    assert.equal(world.of('b', 'check').length, 2);
+    assert.equal(world.of('a', 'check').length, 1);
+    await engine.stop();
+  });
+
+  test('stop aborts in-flight work promptly', async () => {
+    const { world, engine, graph } = setup();
+    await engine.setGraph(graph(`resources:\n  - { kind: probe, name: slow, ms: 10000 }\n`));
+    await until(() => world.running === 1, 2000, 'slow started');
+    const t0 = performance.now();
+    await engine.stop();
+    assert.ok(performance.now() - t0 < 500, 'stop took too long');
+    assert.equal(world.running, 0);
+    assert.ok(world.of('slow', 'watch-stop').length === 1);
+  });
+
+  test('events arriving during a run are coalesced into one more run', async () => {
+    const { world, engine, graph, settled } = setup();
+    await engine.setGraph(graph(`resources:\n  - { kind: probe, name: a, ms: 100 }\n`));
+    await until(() => world.running === 1, 2000, 'a started');
+    for (let i = 0; i < 20; i++) world.bus.emit('a');
+    await settled();
+    assert.equal(world.of('a', 'check').length, 2);
+    await engine.stop();
+  });
+});
