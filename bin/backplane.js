@@ -1,3 +1,3 @@
 #!/usr/bin/env node
 // Thin launcher: the CLI is compiled to dist/ so start-up does not pay for a TypeScript loader.
-import '../dist/cli/main.js';
+import '../dist/backplane.mjs';

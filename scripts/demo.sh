@@ -3,5 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/setup.sh
-npx tsc -p tsconfig.build.json
+node scripts/build.mjs
 exec node bin/backplane.js run --file examples/demo.yaml "$@"

@@ -6,7 +6,7 @@ source scripts/setup.sh
 
 echo "== typecheck"; npx tsc -p tsconfig.json --noEmit
 echo "== lint"; npx eslint --max-warnings 0 .
-echo "== build"; npx tsc -p tsconfig.build.json
+echo "== build"; node scripts/build.mjs
 
 shopt -s globstar nullglob
 files=(test/**/*.test.ts)

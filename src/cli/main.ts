@@ -1,13 +1,12 @@
 import { Command, CommanderError } from 'commander';
-import { createRequire } from 'node:module';
 import { BackplaneError } from '../errors.js';
+import pkg from '../../package.json' with { type: 'json' };
 import { EXIT, reportError } from './common.js';
 import { registerGraph } from './graph.js';
 import { registerRun } from './run.js';
 import { registerSchema } from './schema.js';
 import { registerValidate } from './validate.js';
 
-const pkg = createRequire(import.meta.url)('../../package.json') as { version: string };
 
 const program = new Command()
   .name('backplane')

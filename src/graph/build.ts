@@ -113,8 +113,8 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
 
   addAutoEdges(vertices, kindOf, addEdge);
 
-  if (errors.length > 0) throw new ValidationErrors(errors);
-
+  // Cycles are looked for even when other errors were found, so one run reports every problem in the file. Edges
+  // with a bad end were dropped above, so any cycle found here is made of relations the user really declared.
   const edges = [...edgeMap.values()];
   const succ = new Map<ResourceId, ResourceId[]>();
   for (const e of edges) {

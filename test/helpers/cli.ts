@@ -8,8 +8,8 @@ export const BIN = join(ROOT, 'bin', 'backplane.js');
 
 /** The CLI runs from dist/; scripts/test.sh builds it, and a test run on its own builds it here. */
 export function ensureBuilt(): void {
-  if (existsSync(join(ROOT, 'dist', 'cli', 'main.js'))) return;
-  execFileSync(join(ROOT, 'node_modules', '.bin', 'tsc'), ['-p', join(ROOT, 'tsconfig.build.json')], { stdio: 'inherit' });
+  if (existsSync(join(ROOT, 'dist', 'backplane.mjs'))) return;
+  execFileSync(process.execPath, [join(ROOT, 'scripts', 'build.mjs')], { cwd: ROOT, stdio: 'inherit' });
 }
 
 export interface CliResult {
