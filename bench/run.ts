@@ -41,7 +41,7 @@ async function runLive(opts: Options, tools: readonly Tool[], tmp: string): Prom
   const wanted = ['drift', 'idle'].filter((id) => opts.workloads.has(id));
   if (wanted.length === 0) return live;
   if (!tools.some((t) => t.id === 'backplane')) {
-    live.errors.push('drift repair and idle cost need the Backplane CLI (dist/cli/main.js); run `npm run build`');
+    live.errors.push('drift repair and idle cost need the built Backplane CLI; run `npm run build`');
     return live;
   }
   if (opts.workloads.has('drift')) {
@@ -75,7 +75,7 @@ function writeResults(results: BenchResults): string[] {
 
 function notesFor(missing: readonly string[], opts: Options): string[] {
   const notes: string[] = [];
-  if (missing.includes('backplane')) notes.push('Backplane was not measured: dist/cli/main.js is missing (run `npm run build`).');
+  if (missing.includes('backplane')) notes.push('Backplane was not measured: the CLI that bin/backplane.js loads is not built (run `npm run build`).');
   const peers = missing.filter((m) => m !== 'backplane');
   if (peers.length > 0) notes.push(`Not installed, so not measured: ${peers.join(', ')}.`);
   if (opts.slowRuns === 0) notes.push("Ansible's 1,000-file workloads were skipped (--slow-runs 0 or --quick).");

@@ -1,14 +1,15 @@
 import type { BenchResults, ToolResult, WorkloadResult } from './results.js';
 
-/** 0.047s, 0.625s, 7.86s, 324s: three significant figures, as in FACTS.md. */
+/** 0.0470s, 0.625s, 7.86s, 13.2s, 324s: three significant figures, as in FACTS.md. */
 export function fmtSeconds(s: number): string {
   if (s >= 100) return `${s.toFixed(0)}s`;
+  if (s >= 10) return `${s.toFixed(1)}s`;
   if (s >= 1) return `${s.toFixed(2)}s`;
   return `${s.toPrecision(3)}s`;
 }
 
 function fmtRatio(r: number): string {
-  return r >= 10 ? `${r.toFixed(0)}x` : r >= 1 ? `${r.toFixed(1)}x` : `${r.toFixed(2)}x`;
+  return r >= 100 ? `${r.toFixed(0)}x` : r >= 1 ? `${r.toFixed(1)}x` : `${r.toFixed(2)}x`;
 }
 
 export function fmtMs(ms: number | undefined): string {
@@ -91,7 +92,8 @@ function liveLines(res: BenchResults): string[] {
 
 function machineLine(res: BenchResults): string {
   const m = res.machine;
-  return `${res.date} · ${m.uname} · ${m.cpu} · ${m.cores} cores · ${m.memoryGiB} GiB · Node ${m.node}`;
+  const when = `${res.date.slice(0, 10)} ${res.date.slice(11, 16)} UTC`;
+  return `${when} · ${m.uname} · ${m.cpu} · ${m.cores} cores · ${m.memoryGiB} GiB · Node ${m.node}`;
 }
 
 export function renderText(res: BenchResults): string {

@@ -1,5 +1,5 @@
 import { existsSync, readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
 import type { Desired, Invocation, Tool } from './types.js';
@@ -7,11 +7,15 @@ import type { Desired, Invocation, Tool } from './types.js';
 /** The repository root, found from this file so the bench can be started from any directory. */
 export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const BACKPLANE_BIN = join(REPO_ROOT, 'bin', 'backplane.js');
-const CLI_ENTRY = join(REPO_ROOT, 'dist', 'cli', 'main.js');
 
-/** The launcher imports dist/, so Backplane can only be measured after `npm run build` produced the CLI. */
+/**
+ * The launcher only imports the built CLI, so Backplane can be measured only once `npm run build` produced it.
+ * The built file's name is read from the launcher rather than assumed, since the build layout may change.
+ */
 export function backplaneBuilt(): boolean {
-  return existsSync(CLI_ENTRY);
+  const launcher = readFileSync(BACKPLANE_BIN, 'utf8');
+  const target = /import\s+['"]([^'"]+)['"]/.exec(launcher)?.[1];
+  return target !== undefined && existsSync(join(dirname(BACKPLANE_BIN), target));
 }
 
 export function backplaneVersion(): string {

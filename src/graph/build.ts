@@ -35,6 +35,8 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
           hint: `${guess === undefined ? '' : `did you mean "${guess}"? `}known kinds: ${[...registry.names()].sort().join(', ')}`,
         }),
       );
+      // A placeholder, as for bad parameters below: edges to it must not claim it was never declared.
+      if (!vertices.has(id)) vertices.set(id, { id, kind: r.kind, name: r.name, params: {}, meta: metaSchema.parse(undefined), loc: r.loc, fingerprint: '' });
       continue;
     }
     const prior = vertices.get(id);

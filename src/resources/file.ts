@@ -187,11 +187,14 @@ async function purge(r: Run): Promise<void> {
   }
 }
 
-/** An atomic write of a managed sibling in progress; deleting it would make that resource's rename fail. */
+/**
+ * An atomic write of a managed sibling that may be in progress in this process; deleting it would make that
+ * resource's rename fail. One left by another (killed) process is debris and is purged.
+ */
 function isSiblingTemp(r: Run, name: string): boolean {
   if (!name.startsWith('.')) return false;
   const at = name.lastIndexOf(TMP_MARK);
-  if (at <= 1) return false;
+  if (at <= 1 || !name.startsWith(`${process.pid}-`, at + TMP_MARK.length)) return false;
   return r.world.isProvided(`path:${join(r.path, name.slice(1, at))}`);
 }
 
@@ -322,6 +325,7 @@ function tempPath(path: string): string {
 /** Reads at most size+1 bytes: enough to tell the file equals `want` without a separate fstat or a full read. */
 async function sameAsBuffer(r: Run, st: Stats, want: Buffer): Promise<boolean> {
   if (st.size !== want.length) return false;
+  if (want.length === 0) return true;
   checkAborted(r);
   const fh = await io(r, 'open', r.path, open(r.path, 'r'));
   try {
@@ -556,7 +560,7 @@ function ioError(r: Run, op: string, path: string, err: unknown): BackplaneError
 
 function errnoCode(err: unknown): string | undefined {
   if (typeof err !== 'object' || err === null || !('code' in err)) return undefined;
-  const code = (err as { code: unknown }).code;
+  const code: unknown = err.code;
   return typeof code === 'string' ? code : undefined;
 }
 
@@ -565,7 +569,7 @@ function checkAborted(r: Run): void {
 }
 
 function aborted(r: Run): BackplaneError {
-  return new BackplaneError('E_ABORTED', 'stopped before finishing', { resource: r.id, retryable: true });
+  return new BackplaneError('E_ABORTED', 'stopped before finishing: the agent is shutting down or the graph was replaced', { resource: r.id });
 }
 
 function octal(mode: number): string {

@@ -33,6 +33,9 @@ interface DirWatch {
   readonly watcher: FSWatcher;
   readonly byName: Map<string, Set<Subscription>>;
   ino: number;
+  /** A liveness check is running / another was asked for meanwhile: a burst of renames costs two stats, not one each. */
+  checking: boolean;
+  recheck: boolean;
 }
 
 const dirs = new Map<string, DirWatch>();
@@ -123,7 +126,7 @@ function openDir(dir: string): DirWatch | { error: unknown } {
   } catch (error) {
     return { error };
   }
-  const dw: DirWatch = { dir, watcher, byName: new Map(), ino: 0 };
+  const dw: DirWatch = { dir, watcher, byName: new Map(), ino: 0, checking: false, recheck: false };
   dirs.set(dir, dw);
   stat(dir).then(
     (s) => (dw.ino = s.ino),
@@ -166,14 +169,30 @@ function notifyAll(dw: DirWatch, reason: string): void {
 
 /** A removed or replaced directory leaves a dead watch behind: detect it and re-attach everyone who used it. */
 async function checkAlive(dw: DirWatch): Promise<void> {
-  let alive = false;
-  try {
-    const s = await stat(dw.dir);
-    alive = s.isDirectory() && (dw.ino === 0 || s.ino === dw.ino);
-  } catch {
-    alive = false;
+  if (dw.checking) {
+    dw.recheck = true;
+    return;
   }
-  if (!alive && dirs.get(dw.dir) === dw) reattachAll(dw);
+  dw.checking = true;
+  try {
+    do {
+      dw.recheck = false;
+      let alive = false;
+      try {
+        const s = await stat(dw.dir);
+        alive = s.isDirectory() && (dw.ino === 0 || s.ino === dw.ino);
+      } catch {
+        alive = false;
+      }
+      if (dirs.get(dw.dir) !== dw) return;
+      if (!alive) {
+        reattachAll(dw);
+        return;
+      }
+    } while (dw.recheck);
+  } finally {
+    dw.checking = false;
+  }
 }
 
 function reattachAll(dw: DirWatch): void {

@@ -13,9 +13,9 @@ export interface Harness {
   readonly engine: Engine;
   readonly lines: string[];
   readonly log: Logger;
-  graph(yaml: string): Graph;
+  readonly graph: (yaml: string) => Graph;
   /** Resolves once the engine is settled (now, or at its next settle). */
-  settled(timeoutMs?: number): Promise<void>;
+  readonly settled: (timeoutMs?: number) => Promise<void>;
 }
 
 export function harness(extraKinds: readonly AnyResourceKind[] = [], opts: { noop?: boolean; parallel?: number } = {}): Harness {

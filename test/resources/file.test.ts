@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { mkdirSync, rmSync } from 'node:fs';
 import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -302,13 +303,22 @@ describe('file kind', () => {
     await writeFile(join(path, 'managed.conf'), 'keep');
     await writeFile(join(path, 'stray.conf'), 'drop');
     await mkdir(join(path, 'managed-dir'));
+    // Temp files: one of a write in flight in this process (kept), one a killed earlier process left (purged).
+    const inFlight = `.managed.conf.bp-tmp-${process.pid}-0a1b2c3d`;
+    const debris = `.managed.conf.bp-tmp-999999999-0a1b2c3d`;
+    await writeFile(join(path, inFlight), 'partial');
+    await writeFile(join(path, debris), 'partial');
     const w = world(`path:${path}`, `path:${join(path, 'managed.conf')}`, `path:${join(path, 'managed-dir')}`);
     const res = make({ path, type: 'directory', purge: true }, w);
     const noop = await run(res, false);
-    assert.deepEqual([...noop.changes].sort(), [`purged ${join(path, 'stray-dir')}`, `purged ${join(path, 'stray.conf')}`]);
+    assert.deepEqual(
+      [...noop.changes].sort(),
+      [`purged ${join(path, debris)}`, `purged ${join(path, 'stray-dir')}`, `purged ${join(path, 'stray.conf')}`],
+    );
     assert.equal(await exists(join(path, 'stray.conf')), true);
     assert.equal((await run(res)).converged, false);
-    assert.deepEqual((await readdir(path)).sort(), ['managed-dir', 'managed.conf']);
+    assert.deepEqual((await readdir(path)).sort(), [inFlight, 'managed-dir', 'managed.conf']);
+    await rm(join(path, inFlight));
     assert.equal((await run(res)).converged, true);
   });
 
@@ -402,9 +412,16 @@ describe('file kind', () => {
 });
 
 describe('file watch', () => {
+  // A failed assertion must not leave a watch running: it would keep the test process alive forever.
+  const controllers: AbortController[] = [];
+  after(() => {
+    for (const ac of controllers) ac.abort();
+  });
+
   /** Runs a resource's watch; `expect(action)` resolves once the action produced a change event. */
   async function watching(res: Resource) {
     const ac = new AbortController();
+    controllers.push(ac);
     const events: string[] = [];
     let waiter: (() => void) | undefined;
     let readyCalls = 0;
@@ -430,9 +447,15 @@ describe('file watch', () => {
       ac,
       done,
       readyCalls: () => readyCalls,
-      async expect(what: string, action: () => Promise<unknown>): Promise<void> {
+      /** `match`: part of the reason that must appear, so a spurious event (e.g. a re-attach) does not count. */
+      async expect(what: string, action: () => Promise<unknown>, match?: string): Promise<void> {
         events.length = 0;
-        const fired = new Promise<void>((resolve) => (waiter = resolve));
+        const fired = new Promise<void>((resolve) => {
+          const check = (): void => {
+            if (events.some((e) => match === undefined || e.includes(match))) resolve();
+          };
+          waiter = check;
+        });
         await action();
         const timeout = sleep(2000).then(() => 'timeout' as const);
         assert.notEqual(await Promise.race([fired.then(() => 'fired' as const), timeout]), 'timeout', `no change event for ${what}`);
@@ -449,16 +472,20 @@ describe('file watch', () => {
     await run(res);
     const w = await watching(res);
     assert.equal(w.readyCalls(), 1);
-    await w.expect('content edit', () => writeFile(path, 'edited'));
-    await w.expect('chmod', () => chmod(path, 0o600));
-    await w.expect('rename over', async () => {
-      await writeFile(join(dir, 'other'), 'replacement');
-      await rename(join(dir, 'other'), path);
-    });
+    await w.expect('content edit', () => writeFile(path, 'edited'), path);
+    await w.expect('chmod', () => chmod(path, 0o600), path);
+    await w.expect(
+      'rename over',
+      async () => {
+        await writeFile(join(dir, 'other'), 'replacement');
+        await rename(join(dir, 'other'), path);
+      },
+      path,
+    );
     // The watch survives the replacement: the new file is watched too.
-    await w.expect('edit after replace', () => writeFile(path, 'edited again'));
-    await w.expect('delete', () => unlink(path));
-    await w.expect('re-create', () => run(res));
+    await w.expect('edit after replace', () => writeFile(path, 'edited again'), path);
+    await w.expect('delete', () => unlink(path), path);
+    await w.expect('re-create', () => run(res), path);
     w.ac.abort();
     const outcome = await Promise.race([w.done.then(() => 'resolved' as const), sleep(1000).then(() => 'hung' as const)]);
     assert.equal(outcome, 'resolved');
@@ -468,14 +495,14 @@ describe('file watch', () => {
     const dir = await fresh();
     const path = join(dir, 'must-not-exist');
     const w = await watching(make({ path, state: 'absent' }));
-    await w.expect('creation', () => writeFile(path, 'x'));
+    await w.expect('creation', () => writeFile(path, 'x'), path);
     w.ac.abort();
     await w.done;
 
     const deep = join(dir, 'later', 'f');
     const w2 = await watching(make({ path: deep, state: 'absent' }));
     await w2.expect('parent created', () => mkdir(join(dir, 'later')));
-    await w2.expect('creation inside the new parent', () => writeFile(deep, 'x'));
+    await w2.expect('creation inside the new parent', () => writeFile(deep, 'x'), deep);
     w2.ac.abort();
     await w2.done;
   });
@@ -485,20 +512,37 @@ describe('file watch', () => {
     const src = join(dir, 'src');
     await writeFile(src, 'one');
     const w = await watching(make({ path: join(dir, 'copy'), source: src }));
-    await w.expect('source edit', () => writeFile(src, 'two'));
+    await w.expect('source edit', () => writeFile(src, 'two'), src);
     w.ac.abort();
     await w.done;
 
     const purged = join(dir, 'purged');
     await mkdir(purged);
     const w2 = await watching(make({ path: purged, type: 'directory', purge: true }));
-    await w2.expect('new entry', () => writeFile(join(purged, 'stray'), 'x'));
-    await w2.expect('chmod of the directory', () => chmod(purged, 0o700));
-    await w2.expect('directory removed', () => rm(purged, { recursive: true }));
-    await w2.expect('directory re-created', () => mkdir(purged));
-    await w2.expect('entry in the re-created directory', () => writeFile(join(purged, 'stray2'), 'x'));
+    await w2.expect('new entry', () => writeFile(join(purged, 'stray'), 'x'), join(purged, 'stray'));
+    await w2.expect('chmod of the directory', () => chmod(purged, 0o700), purged);
+    await w2.expect('directory removed', () => rm(purged, { recursive: true }), purged);
+    await w2.expect('directory re-created', () => mkdir(purged), purged);
+    await w2.expect('entry in the re-created directory', () => writeFile(join(purged, 'stray2'), 'x'), join(purged, 'stray2'));
     w2.ac.abort();
     await w2.done;
+  });
+
+  test('keeps watching a file whose directory is removed and at once re-created', async () => {
+    const dir = await fresh();
+    const sub = join(dir, 'sub');
+    const path = join(sub, 'f');
+    await mkdir(sub);
+    const w = await watching(make({ path, content: 'x' }));
+    // Synchronous, so the new directory exists before the watcher hears of the old one's removal; ext4 then often
+    // hands the new directory the old inode number, which a stat-based liveness check cannot tell apart.
+    await w.expect('directory replaced', async () => {
+      rmSync(sub, { recursive: true });
+      mkdirSync(sub);
+    });
+    await w.expect('creation in the new directory', () => writeFile(path, 'y'), path);
+    w.ac.abort();
+    await w.done;
   });
 
   test('aborting before ready still resolves', async () => {
