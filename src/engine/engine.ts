@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { BackplaneError, errorMessage } from '../errors.js';
 import type { KindRegistry } from '../graph/build.js';
 import type { Graph, Vertex } from '../graph/graph.js';
@@ -54,6 +55,8 @@ export class Engine implements WorkerHost {
     this.registry = opts.registry;
     this.log = opts.log;
     this.noop = opts.noop ?? false;
+    // Every worker listens on the root signal; thousands of listeners are by design, not a leak.
+    setMaxListeners(0, this.root.signal);
     this.global = opts.parallel !== undefined && opts.parallel > 0 ? new Semaphore(opts.parallel) : undefined;
   }
 

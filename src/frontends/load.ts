@@ -1,19 +1,17 @@
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
-import { BackplaneError, ValidationErrors } from '../errors.js';
+import { BackplaneError } from '../errors.js';
 import { buildGraph, type KindRegistry } from '../graph/build.js';
 import type { Graph } from '../graph/graph.js';
 import type { RawGraph } from '../graph/raw.js';
 import { isMgmtGraph, readMgmtGraph } from './yaml-mgmt.js';
 import { readNativeGraph } from './yaml-native.js';
-import { YamlSource } from './yaml-source.js';
+import { parseYamlDocument } from './document.js';
 
 /** Parses graph text (native or mgmt YAML) into raw declarations; syntax errors stop here. */
 export function parseGraphText(file: string, text: string): RawGraph {
-  const src = new YamlSource(file, text);
-  const syntax = src.syntaxErrors();
-  if (syntax.length > 0) throw new ValidationErrors(syntax);
-  return isMgmtGraph(src) ? readMgmtGraph(src) : readNativeGraph(src);
+  const doc = parseYamlDocument(file, text);
+  return isMgmtGraph(doc) ? readMgmtGraph(doc) : readNativeGraph(doc);
 }
 
 /** Reads and validates a graph file. Throws ValidationErrors (input) or BackplaneError E_IO (unreadable file). */

@@ -1,7 +1,6 @@
-import { isMap, isScalar, isSeq, type Node, type YAMLMap } from 'yaml';
 import { BackplaneError, type SourceLocation } from '../errors.js';
 import type { RawEdge, RawGraph, RawResource } from '../graph/raw.js';
-import { plain, type YamlSource } from './yaml-source.js';
+import { isEmpty, isMap, type GraphDocument } from './document.js';
 
 /**
  * mgmt's YAML graph format, so graphs written for mgmt run unchanged:
@@ -22,10 +21,10 @@ import { plain, type YamlSource } from './yaml-source.js';
  * mgmt's parameters are translated to ours per kind; fields mgmt writes out with their zero value (watchcmd: '',
  * pollint: 0, ...) are dropped rather than rejected.
  */
-export function isMgmtGraph(src: YamlSource): boolean {
-  const root = src.doc.contents;
+export function isMgmtGraph(doc: GraphDocument): boolean {
+  const root = doc.data;
   if (!isMap(root)) return false;
-  return root.has('graph') || isMap(root.get('resources', true)) || isMap(root.get('types', true));
+  return 'graph' in root || isMap(root['resources']) || isMap(root['types']) || isMap(root['res']);
 }
 
 type Translate = (p: Record<string, unknown>, meta: Record<string, unknown>, name: string) => Record<string, unknown>;
@@ -113,47 +112,43 @@ function dropZero(o: Record<string, unknown>, keys: readonly string[]): void {
   for (const k of keys) if (o[k] === '' || o[k] === null) delete o[k];
 }
 
-export function readMgmtGraph(src: YamlSource): RawGraph {
+export function readMgmtGraph(doc: GraphDocument): RawGraph {
   const errors: BackplaneError[] = [];
   const resources: RawResource[] = [];
   const edges: RawEdge[] = [];
-  const root = src.doc.contents as YAMLMap;
+  const root = isMap(doc.data) ? doc.data : {};
   const fail = (msg: string, where: SourceLocation, hint: string): void => {
     errors.push(new BackplaneError('E_SCHEMA', msg, { where, hint }));
   };
-  for (const pair of root.items) {
-    const key = isScalar(pair.key) ? String(pair.key.value) : '';
-    if (!['graph', 'resources', 'types', 'edges', 'comment', 'hostname', 'remote', 'collect'].includes(key))
-      fail(`unknown top-level key "${key}" in an mgmt graph`, src.at(pair.key as Node), 'mgmt graphs have graph, resources and edges');
+  for (const key of Object.keys(root)) {
+    if (!['graph', 'resources', 'types', 'res', 'edges', 'comment', 'hostname', 'remote', 'collect'].includes(key))
+      fail(`unknown top-level key "${key}" in an mgmt graph`, doc.locate([key]), 'mgmt graphs have graph, resources and edges');
   }
-  // The first mgmt releases (and its announcement's examples) called the resources map `types`.
-  const kinds = root.get('resources', true) ?? root.get('types', true);
-  if (isMap(kinds)) {
-    for (const kpair of kinds.items) {
-      const kind = isScalar(kpair.key) ? String(kpair.key.value) : '';
-      const list = kpair.value;
-      if (list === null || (isScalar(list) && list.value === null)) continue;
-      if (!isSeq(list)) {
-        fail(`resources.${kind} must be a list`, src.at(kpair.key as Node), 'list each resource under its kind with "- name: ..."');
+  // The first mgmt releases (and its announcement's examples) called the resources map `types`, later `res`.
+  const kindsKey = ['resources', 'types', 'res'].find((k) => isMap(root[k]));
+  const kinds = kindsKey === undefined ? undefined : root[kindsKey];
+  if (kindsKey !== undefined && isMap(kinds)) {
+    for (const [kind, list] of Object.entries(kinds)) {
+      if (isEmpty(list)) continue;
+      if (!Array.isArray(list)) {
+        fail(`resources.${kind} must be a list`, doc.locateValue([kindsKey, kind]), 'list each resource under its kind with "- name: ..."');
         continue;
       }
-      for (const item of list.items) {
+      list.forEach((item: unknown, i) => {
+        const at = (...rest: PropertyKey[]): SourceLocation => doc.locate([kindsKey, kind, i, ...rest]);
         if (!isMap(item)) {
-          fail(`each ${kind} resource must be a map`, src.at(item as Node), 'e.g. "- name: file1"');
-          continue;
+          fail(`each ${kind} resource must be a map`, at(), 'e.g. "- name: file1"');
+          return;
         }
-        const nameVal: unknown = item.get('name');
+        const nameVal = item['name'];
         if (!isRefName(nameVal) || nameVal === '') {
-          fail(`${kind} resource has no "name"`, src.at(item), 'add a name, unique among resources of its kind');
-          continue;
+          fail(`${kind} resource has no "name"`, at(), 'add a name, unique among resources of its kind');
+          return;
         }
         const name = String(nameVal);
         const p: Record<string, unknown> = {};
-        for (const pr of item.items) {
-          const k = isScalar(pr.key) ? String(pr.key.value) : '';
-          if (k !== 'name' && k !== 'meta' && k !== 'kind') p[k] = plain(pr.value);
-        }
-        const meta = translateMeta(plain(item.get('meta', true)));
+        for (const [k, v] of Object.entries(item)) if (k !== 'name' && k !== 'meta' && k !== 'kind') p[k] = v;
+        const meta = translateMeta(item['meta']);
         const translate = translators[kind];
         const params = translate === undefined ? p : translate(p, meta, name);
         resources.push({
@@ -161,35 +156,39 @@ export function readMgmtGraph(src: YamlSource): RawGraph {
           name,
           params,
           meta,
-          loc: src.at(item),
-          locate: (path) => src.locate(item, path),
-          locateMeta: (path) => src.locate(item, ['meta', ...path]),
+          get loc() {
+            return at();
+          },
+          locate: (path) => at(...path),
+          locateMeta: (path) => at('meta', ...path),
         });
-      }
+      });
     }
   }
-  const edgeList = root.get('edges', true);
-  if (isSeq(edgeList)) {
-    for (const e of edgeList.items) {
-      const loc = src.at(e as Node);
-      const v = plain(e) as { from?: MgmtEndpoint; to?: MgmtEndpoint; notify?: unknown } | undefined;
+  const edgeList = root['edges'];
+  if (Array.isArray(edgeList)) {
+    edgeList.forEach((e: unknown, i) => {
+      const where = (): SourceLocation => doc.locate(['edges', i]);
+      const v = isMap(e) ? (e as { from?: MgmtEndpoint; to?: MgmtEndpoint; notify?: unknown }) : undefined;
       const from = endpoint(v?.from);
       const to = endpoint(v?.to);
       if (typeof from?.kind !== 'string' || !isRefName(from.name) || typeof to?.kind !== 'string' || !isRefName(to.name)) {
-        fail('an edge needs from: {kind, name} and to: {kind, name}', loc, 'see mgmt\'s edge format in the README');
-        continue;
+        fail('an edge needs from: {kind, name} and to: {kind, name}', where(), "see mgmt's edge format in the README");
+        return;
       }
       edges.push({
         from: `${from.kind}[${String(from.name)}]`,
         to: `${to.kind}[${String(to.name)}]`,
         notify: v?.notify === true || v?.notify === 'true',
-        loc,
+        get loc() {
+          return where();
+        },
       });
-    }
-  } else if (edgeList !== undefined && edgeList !== null && !(isScalar(edgeList) && edgeList.value === null)) {
-    fail('"edges" must be a list', src.at(edgeList), 'list edges with "- name: e1"');
+    });
+  } else if (!isEmpty(edgeList)) {
+    fail('"edges" must be a list', doc.locateValue(['edges']), 'list edges with "- name: e1"');
   }
-  return { source: src.file, resources, edges, errors };
+  return { source: doc.file, resources, edges, errors };
 }
 
 interface MgmtEndpoint {

@@ -1,8 +1,7 @@
-import { isMap, isScalar, isSeq, type Node, type YAMLMap } from 'yaml';
 import { BackplaneError, type SourceLocation } from '../errors.js';
 import type { RawEdge, RawGraph, RawResource } from '../graph/raw.js';
 import { closest } from '../util/suggest.js';
-import { plain, type YamlSource } from './yaml-source.js';
+import { isEmpty, isMap, type GraphDocument } from './document.js';
 
 /**
  * Backplane's own graph format: a flat list of resources, each naming its kind, its name, its parameters inline,
@@ -22,103 +21,92 @@ export const RELATION_KEYS = ['require', 'before', 'notify', 'subscribe'] as con
 const RESERVED = new Set<string>(['kind', 'name', 'meta', ...RELATION_KEYS]);
 const TOP_LEVEL = ['resources'];
 
-export function readNativeGraph(src: YamlSource): RawGraph {
+export function readNativeGraph(doc: GraphDocument): RawGraph {
   const errors: BackplaneError[] = [];
   const resources: RawResource[] = [];
   const edges: RawEdge[] = [];
-  const root = src.doc.contents;
-
+  const root = doc.data;
+  const done = (): RawGraph => ({ source: doc.file, resources, edges, errors });
   const fail = (msg: string, where: SourceLocation, hint: string): void => {
     errors.push(new BackplaneError('E_SCHEMA', msg, { where, hint }));
   };
 
-  if (root === null || (isScalar(root) && (root.value === null || root.value === undefined))) {
-    return { source: src.file, resources, edges, errors };
-  }
+  if (isEmpty(root)) return done();
   if (!isMap(root)) {
-    fail('a graph file must be a map with a "resources" list', src.at(root), 'start the file with "resources:" and list resources below it');
-    return { source: src.file, resources, edges, errors };
+    fail('a graph file must be a map with a "resources" list', doc.locate([]), 'start the file with "resources:" and list resources below it');
+    return done();
   }
-  for (const pair of root.items) {
-    const key = isScalar(pair.key) ? String(pair.key.value) : '';
-    if (!TOP_LEVEL.includes(key)) {
-      const guess = closest(key, TOP_LEVEL);
-      fail(`unknown top-level key "${key}"`, src.at(pair), guess === undefined ? `allowed: ${TOP_LEVEL.join(', ')}` : `did you mean "${guess}"?`);
-    }
+  for (const key of Object.keys(root)) {
+    if (TOP_LEVEL.includes(key)) continue;
+    const guess = closest(key, TOP_LEVEL);
+    fail(`unknown top-level key "${key}"`, doc.locate([key]), guess === undefined ? `allowed: ${TOP_LEVEL.join(', ')}` : `did you mean "${guess}"?`);
   }
-  const list = root.get('resources', true);
-  if (list === undefined || list === null || (isScalar(list) && list.value === null)) {
-    return { source: src.file, resources, edges, errors };
+  const list = root['resources'];
+  if (isEmpty(list)) return done();
+  if (!Array.isArray(list)) {
+    fail('"resources" must be a list', doc.locateValue(['resources']), 'write each resource as a list item starting with "- kind: ..."');
+    return done();
   }
-  if (!isSeq(list)) {
-    fail('"resources" must be a list', src.at(list), 'write each resource as a list item starting with "- kind: ..."');
-    return { source: src.file, resources, edges, errors };
-  }
-  for (const item of list.items) {
+  list.forEach((item: unknown, i) => {
+    const at = (...rest: PropertyKey[]): SourceLocation => doc.locate(['resources', i, ...rest]);
     if (!isMap(item)) {
-      fail('each resource must be a map with kind and name', src.at(item as Node), 'e.g. "- kind: file" then "name: /etc/motd" on the next line');
-      continue;
+      fail('each resource must be a map with kind and name', at(), 'e.g. "- kind: file" then "name: /etc/motd" on the next line');
+      return;
     }
-    const kind = scalarString(item, 'kind');
-    const name = scalarString(item, 'name');
-    const here = src.at(item);
+    const kind = scalarString(item['kind']);
+    const name = scalarString(item['name']);
     if (kind === undefined) {
-      fail('resource has no "kind"', here, 'add e.g. "kind: file"; `backplane kinds` lists them');
-      continue;
+      fail('resource has no "kind"', at(), 'add e.g. "kind: file"; `backplane kinds` lists them');
+      return;
     }
     if (name === undefined || name === '') {
-      fail(`${kind} resource has no "name"`, here, 'add a name, unique among resources of its kind');
-      continue;
+      fail(`${kind} resource has no "name"`, at(), 'add a name, unique among resources of its kind');
+      return;
     }
     const params: Record<string, unknown> = {};
-    for (const pair of item.items) {
-      const key = isScalar(pair.key) ? String(pair.key.value) : '';
-      if (!RESERVED.has(key)) params[key] = plain(pair.value);
-    }
-    const metaNode = item.get('meta', true) as Node | undefined;
+    for (const [key, value] of Object.entries(item)) if (!RESERVED.has(key)) params[key] = value;
     resources.push({
       kind,
       name,
       params,
-      meta: plain(metaNode),
-      loc: here,
-      locate: (path) => src.locate(item, path),
-      locateMeta: (path) => src.locate(item, ['meta', ...path]),
+      meta: item['meta'] ?? undefined,
+      get loc() {
+        return at();
+      },
+      locate: (path) => at(...path),
+      locateMeta: (path) => at('meta', ...path),
     });
     const self = `${kind}[${name}]`;
     for (const rel of RELATION_KEYS) {
-      const node = item.get(rel, true) as Node | undefined;
-      if (node === undefined || node === null) continue;
-      const refs: { ref: unknown; node: Node }[] = isSeq(node)
-        ? node.items.map((n) => ({ ref: plain(n), node: n as Node }))
-        : [{ ref: plain(node), node }];
-      for (const { ref, node: refNode } of refs) {
-        const loc = src.at(refNode);
+      const value = item[rel];
+      if (isEmpty(value)) continue;
+      const refs: [unknown, () => SourceLocation][] = Array.isArray(value)
+        ? value.map((ref: unknown, j) => [ref, () => at(rel, j)])
+        : [[value, () => at(rel)]];
+      for (const [ref, where] of refs) {
         if (typeof ref !== 'string') {
-          fail(`"${rel}" entries must be resource references`, loc, 'write kind[name] or kind:name, e.g. file[/etc/motd]');
+          fail(`"${rel}" entries must be resource references`, where(), 'write kind[name] or kind:name, e.g. file[/etc/motd]');
           continue;
         }
-        edges.push(relationEdge(rel, self, ref, loc));
+        edges.push(relationEdge(rel, self, ref, where));
       }
     }
-  }
-  return { source: src.file, resources, edges, errors };
+  });
+  return done();
 }
 
-function relationEdge(rel: (typeof RELATION_KEYS)[number], self: string, other: string, loc: SourceLocation): RawEdge {
-  switch (rel) {
-    case 'require':
-      return { from: other, to: self, notify: false, loc };
-    case 'subscribe':
-      return { from: other, to: self, notify: true, loc };
-    case 'before':
-      return { from: self, to: other, notify: false, loc };
-    case 'notify':
-      return { from: self, to: other, notify: true, loc };
-  }
+function relationEdge(rel: (typeof RELATION_KEYS)[number], self: string, other: string, where: () => SourceLocation): RawEdge {
+  const [from, to] = rel === 'require' || rel === 'subscribe' ? [other, self] : [self, other];
+  return {
+    from,
+    to,
+    notify: rel === 'notify' || rel === 'subscribe',
+    get loc() {
+      return where();
+    },
+  };
 }
 
-function scalarString(map: YAMLMap, key: string): string | undefined {
-  const v: unknown = map.get(key);
+function scalarString(v: unknown): string | undefined {
   return typeof v === 'string' || typeof v === 'number' || typeof v === 'boolean' ? String(v) : undefined;
 }

@@ -39,14 +39,15 @@ export class YamlSource {
    * Where `path` lies below `node`: the key of the last map entry found on the way, so an unknown or wrong
    * parameter points at the line that names it; falls back to the deepest node found.
    */
-  locate(node: Node | null | undefined, path: readonly PropertyKey[]): SourceLocation {
+  locate(node: Node | null | undefined, path: readonly PropertyKey[], value = false): SourceLocation {
     let cur: unknown = node;
     let best: SourceLocation = this.at(node ?? undefined);
-    for (const seg of path) {
+    for (const [i, seg] of path.entries()) {
       if (isMap(cur)) {
         const pair = cur.items.find((p) => isScalar(p.key) && String(p.key.value) === String(seg));
         if (pair === undefined) break;
-        best = this.at(pair.key as Node);
+        const last = i === path.length - 1;
+        best = this.at((last && value && pair.value !== null ? pair.value : pair.key) as Node);
         cur = pair.value;
       } else if (isSeq(cur) && typeof seg === 'number') {
         const item = cur.items[seg];

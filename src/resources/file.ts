@@ -5,6 +5,7 @@ import { basename, dirname, join, posix } from 'node:path';
 import { createTwoFilesPatch } from 'diff';
 import { BackplaneError } from '../errors.js';
 import type { ResourceId } from '../graph/ids.js';
+import { syncDirectory } from '../util/dirsync.js';
 import { watchPath } from '../util/dirwatch.js';
 import { fileSchema, type FileParams } from './file-schema.js';
 import { defineKind, type CheckResult, type Resource, type ResourceWorld } from './types.js';
@@ -310,12 +311,7 @@ async function copyInto(r: Run, source: string, fh: FileHandle, tmp: string): Pr
 
 /** Makes a rename (or creation) in `dir` durable: without it a crash may forget the new directory entry. */
 async function syncDir(r: Run, dir: string): Promise<void> {
-  const fh = await io(r, 'open directory', dir, open(dir, 'r'));
-  try {
-    await io(r, 'fsync', dir, fh.sync());
-  } finally {
-    await fh.close();
-  }
+  await io(r, 'fsync', dir, syncDirectory(dir));
 }
 
 function tempPath(path: string): string {

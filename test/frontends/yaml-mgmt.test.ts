@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { isMgmtGraph, readMgmtGraph } from '../../src/frontends/yaml-mgmt.js';
-import { YamlSource } from '../../src/frontends/yaml-source.js';
+import { parseYamlDocument } from '../../src/frontends/document.js';
 import type { Graph, Vertex } from '../../src/graph/graph.js';
 import { defaultMeta } from '../../src/graph/meta.js';
 import { GRAPH_FILE, build, buildErrors, edgeTexts, id, onlyError, where } from '../helpers/graph.js';
@@ -223,10 +223,10 @@ describe('mgmt YAML: the announcement examples load unchanged', () => {
 
   test('the examples are recognised as mgmt graphs; native graphs are not', () => {
     for (const text of [MGMT_EXEC_2016, MGMT_EXEC_RES, MGMT_EXEC, MGMT_FILES_2016, MGMT_FILES, 'resources:\n  noop:\n  - name: a\n', 'types:\n  noop: []\n']) {
-      assert.equal(isMgmtGraph(new YamlSource('f', text)), true, text.slice(0, 40));
+      assert.equal(isMgmtGraph(parseYamlDocument('f', text)), true, text.slice(0, 40));
     }
     for (const text of ['resources:\n  - { kind: noop, name: a }\n', 'resources: []\n', '', '- a\n']) {
-      assert.equal(isMgmtGraph(new YamlSource('f', text)), false, text);
+      assert.equal(isMgmtGraph(parseYamlDocument('f', text)), false, text);
     }
   });
 });
@@ -507,7 +507,7 @@ edges:
   });
 
   test('the raw reader keeps going past errors and locates parameters by their mgmt keys', () => {
-    const src = new YamlSource(GRAPH_FILE, 'graph: g\nresources:\n  exec:\n  - name: x\n  - name: e\n    cmd: ls\n    timeout: 3\n');
+    const src = parseYamlDocument(GRAPH_FILE, 'graph: g\nresources:\n  exec:\n  - name: x\n  - name: e\n    cmd: ls\n    timeout: 3\n');
     const raw = readMgmtGraph(src);
     assert.deepEqual(raw.errors, []);
     const e = raw.resources.find((r) => r.name === 'e');
