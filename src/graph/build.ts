@@ -61,7 +61,17 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
     }
     if (!params.success || !meta.success) {
       // Keep a placeholder so edges to it do not produce a second, misleading "missing resource" error.
-      vertices.set(id, { id, kind: r.kind, name: r.name, params: {}, meta: metaSchema.parse(undefined), loc: r.loc, fingerprint: '' });
+      vertices.set(id, {
+        id,
+        kind: r.kind,
+        name: r.name,
+        params: {},
+        meta: metaSchema.parse(undefined),
+        get loc() {
+          return r.loc;
+        },
+        fingerprint: '',
+      });
       continue;
     }
     vertices.set(id, {
@@ -70,7 +80,10 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
       name: r.name,
       params: params.data,
       meta: meta.data,
-      loc: r.loc,
+      // Lazy: finding a line means parsing the file for positions, which only errors and `graph` output need.
+      get loc() {
+        return r.loc;
+      },
       fingerprint: canonicalJson({ k: r.kind, p: params.data, m: meta.data }),
     });
     kindOf.set(id, kind);
