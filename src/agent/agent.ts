@@ -21,6 +21,8 @@ export interface AgentOptions {
   readonly graphviz?: string | undefined;
   /** Re-load the graph file when it changes (default true). */
   readonly watchGraph?: boolean;
+  /** The agent's state directory (default: /var/lib/backplane as root, else ~/.local/state/backplane). */
+  readonly stateDir?: string | undefined;
 }
 
 export interface AgentResult {
@@ -48,6 +50,7 @@ export class Agent {
       log: opts.log,
       ...(opts.noop !== undefined ? { noop: opts.noop } : {}),
       ...(opts.parallel !== undefined ? { parallel: opts.parallel } : {}),
+      ...(opts.stateDir !== undefined ? { stateDir: opts.stateDir } : {}),
     });
   }
 

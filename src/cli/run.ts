@@ -14,6 +14,7 @@ interface RunFlags {
   logFormat: string;
   logLevel: string;
   watchGraph: boolean;
+  stateDir?: string;
 }
 
 const STOP_GRACE_MS = 1500;
@@ -30,6 +31,7 @@ export function registerRun(program: Command): void {
     .option('--log-format <format>', 'human or json', 'human')
     .option('--log-level <level>', 'debug, info, warn or error', 'info')
     .option('--no-watch-graph', 'do not reload the graph file when it changes')
+    .option('--state-dir <dir>', 'where the agent keeps state across restarts (default /var/lib/backplane as root)')
     .action(async (flags: RunFlags) => {
       // Exit explicitly: a graph may leave handles behind (a child a kind failed to reap) that must not keep us up.
       process.exit(await runCommand(flags));
@@ -51,6 +53,7 @@ async function runCommand(flags: RunFlags): Promise<number> {
     convergedTimeout: flags.convergedTimeout,
     graphviz: flags.graphviz,
     watchGraph: flags.watchGraph,
+    stateDir: flags.stateDir,
   });
 
   let signals = 0;

@@ -4,7 +4,9 @@ import type { KindRegistry } from '../graph/build.js';
 import type { Graph, Vertex } from '../graph/graph.js';
 import type { ResourceId } from '../graph/ids.js';
 import type { Logger } from '../log.js';
-import type { Resource, ResourceWorld } from '../resources/types.js';
+import type { HostFacts, Resource, ResourceWorld } from '../resources/types.js';
+import { gatherFacts } from '../facts.js';
+import { defaultStateDir, resourceStateDir } from '../state-dir.js';
 import { Semaphore, SemaphoreSet } from './semaphore.js';
 import { ACTIVE_STATES, type ConvergeSummary, type VertexState, type VertexStatus } from './state.js';
 import { Worker, type WorkerHost } from './worker.js';
@@ -16,6 +18,9 @@ export interface EngineOptions {
   readonly noop?: boolean;
   /** At most this many check/apply runs at once; 0 = no limit. */
   readonly parallel?: number;
+  /** Root of the agent's state directory (resources get private subdirectories). */
+  readonly stateDir?: string;
+  readonly facts?: HostFacts;
 }
 
 export interface SwapSummary {
@@ -49,12 +54,19 @@ export class Engine implements WorkerHost {
   /** Swaps are serialized: a second edit waits for the first to finish swapping. */
   private swapping: Promise<unknown> = Promise.resolve();
 
-  readonly world: ResourceWorld = { isProvided: (key) => this.provided.has(key) };
+  readonly world: ResourceWorld;
 
   constructor(opts: EngineOptions) {
     this.registry = opts.registry;
     this.log = opts.log;
     this.noop = opts.noop ?? false;
+    const stateRoot = opts.stateDir ?? defaultStateDir();
+    const facts = opts.facts ?? gatherFacts();
+    this.world = {
+      isProvided: (key) => this.provided.has(key),
+      stateDir: (id) => resourceStateDir(stateRoot, id),
+      facts: () => facts,
+    };
     // Every worker listens on the root signal; thousands of listeners are by design, not a leak.
     setMaxListeners(0, this.root.signal);
     this.global = opts.parallel !== undefined && opts.parallel > 0 ? new Semaphore(opts.parallel) : undefined;

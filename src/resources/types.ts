@@ -81,6 +81,26 @@ export interface ResourceKind<P = unknown> {
 export interface ResourceWorld {
   /** Whether some resource in the current graph provides this auto-edge key (e.g. `path:/etc/nginx/site.conf`). */
   isProvided(key: string): boolean;
+  /**
+   * A directory this resource may keep private state in across agent restarts (e.g. a supervised process's pid
+   * and start time), created on demand; unique per resource id and stable across restarts.
+   */
+  stateDir(id: ResourceId): Promise<string>;
+  /** Facts about this host (hostname, cpus, memory, addresses), gathered once per agent start. */
+  facts(): HostFacts;
+}
+
+export interface HostFacts {
+  readonly hostname: string;
+  readonly fqdn: string;
+  readonly os: { readonly platform: string; readonly release: string; readonly arch: string };
+  readonly cpus: number;
+  /** Bytes. */
+  readonly memory: { readonly total: number; readonly free: number };
+  /** Non-internal addresses by interface name. */
+  readonly interfaces: Readonly<Record<string, readonly { readonly address: string; readonly family: 'IPv4' | 'IPv6' }[]>>;
+  /** The first non-internal IPv4 address, or 127.0.0.1. */
+  readonly ipv4: string;
 }
 
 /** Kinds of different parameter types share one registry: methods are bivariant in their parameters. */

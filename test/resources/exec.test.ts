@@ -1,3 +1,4 @@
+import { testWorld } from '../helpers/world.js';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
@@ -41,7 +42,7 @@ class RecordingLog implements ResourceLog {
 }
 
 function make(params: Record<string, unknown>): Resource {
-  return execKind.create(ID, execKind.schema.parse(params), { isProvided: () => false });
+  return execKind.create(ID, execKind.schema.parse(params), testWorld());
 }
 
 function run(

@@ -1,3 +1,4 @@
+import { testWorld } from '../helpers/world.js';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
@@ -15,8 +16,7 @@ import type { CheckResult, Resource, ResourceLog, ResourceWorld } from '../../sr
 const log: ResourceLog = { change: () => undefined, info: () => undefined, warn: () => undefined, debug: () => undefined };
 
 function world(...provided: string[]): ResourceWorld {
-  const keys = new Set(provided);
-  return { isProvided: (key) => keys.has(key) };
+  return testWorld({ provided });
 }
 
 function make(params: Record<string, unknown>, w: ResourceWorld = world()): Resource {

@@ -1,0 +1,22 @@
+import { createHash } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join } from 'node:path';
+
+/** Where an agent keeps its state when not told: the system location as root, the user's XDG state dir otherwise. */
+export function defaultStateDir(): string {
+  if (process.getuid?.() === 0) return '/var/lib/backplane';
+  return join(process.env['XDG_STATE_HOME'] ?? join(homedir(), '.local', 'state'), 'backplane');
+}
+
+/**
+ * A private directory per resource: readable name plus a hash, so `file[/etc/x]` and `file[/etc_x]` never share
+ * one and the name stays within filesystem limits.
+ */
+export async function resourceStateDir(root: string, id: string): Promise<string> {
+  const safe = id.replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 80);
+  const hash = createHash('sha256').update(id).digest('hex').slice(0, 12);
+  const dir = join(root, 'resources', `${safe}-${hash}`);
+  await mkdir(dir, { recursive: true, mode: 0o700 });
+  return dir;
+}
