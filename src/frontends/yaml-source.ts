@@ -21,7 +21,9 @@ export class YamlSource {
       const pos = this.lines.linePos(e.pos[0]);
       return new BackplaneError('E_YAML', `invalid YAML: ${firstLine(e.message).replace(/ at line \d+, column \d+:?$/, '')}`, {
         where: { file: this.file, line: pos.line, col: pos.col },
-        hint: 'fix the YAML syntax (indentation, quotes, a missing colon); nothing was applied',
+        hint: /flow (sequence|collection|map)/i.test(e.message)
+          ? 'check brackets and commas; inside a flow list [...] quote references written kind[name]: ["exec[x]"], or write kind:name'
+          : 'fix the YAML syntax (indentation, quotes, a missing colon); nothing was applied',
       });
     });
   }
