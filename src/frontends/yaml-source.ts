@@ -22,7 +22,7 @@ export class YamlSource {
       return new BackplaneError('E_YAML', `invalid YAML: ${firstLine(e.message).replace(/ at line \d+, column \d+:?$/, '')}`, {
         where: { file: this.file, line: pos.line, col: pos.col },
         hint: /flow (sequence|collection|map)/i.test(e.message)
-          ? 'check brackets and commas; inside a flow list [...] quote references written kind[name]: ["exec[x]"], or write kind:name'
+          ? 'check brackets and commas; inside a flow list [...] quote references written kind[name]: ["exec[x]"], or write kind:name; nothing was applied'
           : 'fix the YAML syntax (indentation, quotes, a missing colon); nothing was applied',
       });
     });
