@@ -90,7 +90,10 @@ export class Engine implements WorkerHost {
       else if (v.fingerprint !== w.vertex.fingerprint) changed.push(id);
     }
     // The old definition must be fully stopped before the new one may touch the same thing.
-    await Promise.all([...removed, ...changed].map((id) => this.workers.get(id)?.stop() ?? Promise.resolve()));
+    await Promise.all([
+      ...removed.map((id) => this.workers.get(id)?.stop('removed') ?? Promise.resolve()),
+      ...changed.map((id) => this.workers.get(id)?.stop('replaced') ?? Promise.resolve()),
+    ]);
     for (const id of [...removed, ...changed]) this.workers.delete(id);
 
     this.graph = next;
@@ -236,7 +239,7 @@ export class Engine implements WorkerHost {
   async stop(): Promise<void> {
     this.root.abort(new BackplaneError('E_ABORTED', 'agent stopping'));
     await this.swapping;
-    await Promise.all([...this.workers.values()].map((w) => w.stop()));
+    await Promise.all([...this.workers.values()].map((w) => w.stop('shutdown')));
   }
 }
 

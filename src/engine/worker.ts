@@ -2,7 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BackplaneError, errorMessage } from '../errors.js';
 import type { Vertex } from '../graph/graph.js';
 import type { Logger } from '../log.js';
-import type { CheckResult, Resource, ResourceLog } from '../resources/types.js';
+import type { CheckResult, CloseReason, Resource, ResourceLog } from '../resources/types.js';
 import { formatDuration } from '../util/duration.js';
 import type { VertexState, VertexStatus } from './state.js';
 
@@ -100,12 +100,12 @@ export class Worker {
   }
 
   /** Stop watching and working; resolves when in-flight work has finished or aborted. */
-  async stop(): Promise<void> {
-    this.ac.abort(new BackplaneError('E_ABORTED', 'resource removed or agent stopping'));
+  async stop(reason: CloseReason): Promise<void> {
+    this.ac.abort(new BackplaneError('E_ABORTED', reason === 'shutdown' ? 'agent stopping' : `resource ${reason}`));
     this.wake();
     await this.done;
     try {
-      await this.resource.close?.();
+      await this.resource.close?.(reason);
     } catch (err) {
       this.log.warn(`close failed: ${errorMessage(err)}`);
     }

@@ -49,9 +49,16 @@ export interface Resource {
    */
   watch?(ctx: WatchContext): Promise<void>;
   checkApply(ctx: CheckApplyContext): Promise<CheckResult>;
-  /** Release anything held outside of watch (called once when the resource leaves the graph). */
-  close?(): void | Promise<void>;
+  /**
+   * Called once when the resource stops being managed by this worker: `removed` from the graph, `replaced` by a
+   * changed definition (a new resource with the same id starts right after), or agent `shutdown` — after which a
+   * restarted agent manages it again. A supervised process, for example, is stopped on `removed` and left running
+   * (to be adopted) on `shutdown`.
+   */
+  close?(reason: CloseReason): void | Promise<void>;
 }
+
+export type CloseReason = 'removed' | 'replaced' | 'shutdown';
 
 export interface AutoEdges {
   /** Keys this resource provides to others, e.g. `path:/etc/nginx`. */

@@ -199,6 +199,17 @@ resources:
     await engine.stop();
   });
 
+  test('close tells a resource why it stops: removed, replaced or shutdown', async () => {
+    const { world, engine, graph, settled } = setup();
+    await engine.setGraph(graph(`resources:\n  - { kind: probe, name: a }\n  - { kind: probe, name: b }\n  - { kind: probe, name: c }\n`));
+    await settled();
+    await engine.setGraph(graph(`resources:\n  - { kind: probe, name: a, want: v2 }\n  - { kind: probe, name: c }\n`));
+    await settled();
+    await engine.stop();
+    const reasons = Object.fromEntries(['a', 'b', 'c'].map((n) => [n, world.of(n, 'close').map((e) => e.reason)]));
+    assert.deepEqual(reasons, { a: ['replaced', 'shutdown'], b: ['removed'], c: ['shutdown'] });
+  });
+
   test('a new edge makes the dependent re-run after its new dependency', async () => {
     const { world, engine, graph, settled } = setup();
     await engine.setGraph(graph(`resources:\n  - { kind: probe, name: a }\n  - { kind: probe, name: b }\n`));

@@ -9,7 +9,8 @@ import { defineKind } from '../../src/resources/types.js';
  */
 export interface ProbeEvent {
   readonly name: string;
-  readonly type: 'check' | 'done' | 'watch-start' | 'watch-stop' | 'fail';
+  readonly type: 'check' | 'done' | 'watch-start' | 'watch-stop' | 'fail' | 'close';
+  readonly reason?: string;
   readonly t: number;
   readonly refresh?: boolean;
   readonly apply?: boolean;
@@ -60,6 +61,9 @@ export function probeKind(world: ProbeWorld) {
               },
             }
           : {}),
+        close: (reason) => {
+          world.events.push({ name, type: 'close', t: performance.now(), reason });
+        },
         checkApply: async ({ apply, refresh, signal }) => {
           world.events.push({ name, type: 'check', t: performance.now(), refresh, apply });
           world.running++;
