@@ -129,24 +129,41 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
   addAutoEdges(vertices, kindOf, addEdge);
 
   // Cycles are looked for even when other errors were found, so one run reports every problem in the file. Edges
-  // with a bad end were dropped above, so any cycle found here is made of relations the user really declared.
+  // with a bad end were dropped above, so any cycle found here is made of relations the user really declared —
+  // or of automatic edges, which give way: an auto-edge that would close a cycle is a guess that was wrong (a
+  // package's directories only become known once it is installed), so it is dropped instead of failing the graph.
+  for (;;) {
+    const succ = new Map<ResourceId, ResourceId[]>();
+    for (const e of edgeMap.values()) {
+      const list = succ.get(e.from);
+      if (list === undefined) succ.set(e.from, [e.to]);
+      else list.push(e.to);
+    }
+    const cycles = findCycles([...vertices.keys()], (id) => succ.get(id) ?? []);
+    let dropped = false;
+    for (const cycle of cycles) {
+      for (let i = 0; i + 1 < cycle.length; i++) {
+        const key = `${cycle[i] ?? ''}\u0000${cycle[i + 1] ?? ''}`;
+        if (edgeMap.get(key)?.auto === true) {
+          edgeMap.delete(key);
+          dropped = true;
+          break;
+        }
+      }
+    }
+    if (dropped) continue;
+    for (const cycle of cycles) {
+      const first = cycle[0] === undefined ? undefined : vertices.get(cycle[0]);
+      errors.push(
+        new BackplaneError('E_CYCLE', `dependency cycle: ${cycle.join(' -> ')}`, {
+          where: first?.loc,
+          hint: 'a resource cannot (even indirectly) depend on itself; remove one of these edges',
+        }),
+      );
+    }
+    break;
+  }
   const edges = [...edgeMap.values()];
-  const succ = new Map<ResourceId, ResourceId[]>();
-  for (const e of edges) {
-    const list = succ.get(e.from);
-    if (list === undefined) succ.set(e.from, [e.to]);
-    else list.push(e.to);
-  }
-  const cycles = findCycles([...vertices.keys()], (id) => succ.get(id) ?? []);
-  for (const cycle of cycles) {
-    const first = cycle[0] === undefined ? undefined : vertices.get(cycle[0]);
-    errors.push(
-      new BackplaneError('E_CYCLE', `dependency cycle: ${cycle.join(' -> ')}`, {
-        where: first?.loc,
-        hint: 'a resource cannot (even indirectly) depend on itself; remove one of these edges',
-      }),
-    );
-  }
   if (errors.length > 0) throw new ValidationErrors(errors);
   return new Graph(vertices, edges, raw.source);
 }
@@ -156,19 +173,24 @@ function addAutoEdges(
   kindOf: ReadonlyMap<ResourceId, AnyResourceKind>,
   addEdge: (e: Edge) => void,
 ): void {
-  const providers = new Map<string, ResourceId>();
+  // Several resources may provide one key (a package and a directory resource both provide path:/etc/nginx):
+  // the wanting resource depends on all of them.
+  const providers = new Map<string, ResourceId[]>();
   const wants: [ResourceId, readonly string[]][] = [];
   for (const [id, v] of vertices) {
     const kind = kindOf.get(id);
     if (kind?.autoEdges === undefined) continue;
     const hints = kind.autoEdges(v.params);
-    for (const key of hints.provides ?? []) if (!providers.has(key)) providers.set(key, id);
+    for (const key of hints.provides ?? []) {
+      const list = providers.get(key);
+      if (list === undefined) providers.set(key, [id]);
+      else list.push(id);
+    }
     if (v.meta.autoedge && hints.wants !== undefined) wants.push([id, hints.wants]);
   }
   for (const [id, keys] of wants) {
     for (const key of keys) {
-      const from = providers.get(key);
-      if (from !== undefined && from !== id) addEdge({ from, to: id, notify: false, auto: true });
+      for (const from of providers.get(key) ?? []) if (from !== id) addEdge({ from, to: id, notify: false, auto: true });
     }
   }
 }

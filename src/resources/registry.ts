@@ -3,13 +3,29 @@ import type { AnyResourceKind } from './types.js';
 import { execKind } from './exec.js';
 import { fileKind } from './file.js';
 import { groupKind } from './group.js';
+import { httpKind } from './http.js';
 import { noopKind } from './noop.js';
+import { pkgKind } from './pkg.js';
 import { printKind } from './print.js';
+import { tcpKind } from './tcp.js';
+import { templateKind } from './template.js';
 import { timerKind } from './timer.js';
 import { userKind } from './user.js';
 
 /** The one list of resource kinds. Adding a kind means adding its file and one line here; the engine never changes. */
-export const builtinKinds: readonly AnyResourceKind[] = [fileKind, execKind, userKind, groupKind, noopKind, printKind, timerKind];
+export const builtinKinds: readonly AnyResourceKind[] = [
+  fileKind,
+  templateKind,
+  execKind,
+  pkgKind,
+  userKind,
+  groupKind,
+  httpKind,
+  tcpKind,
+  noopKind,
+  printKind,
+  timerKind,
+];
 
 export function createRegistry(kinds: readonly AnyResourceKind[] = builtinKinds): KindRegistry {
   const byName = new Map(kinds.map((k) => [k.kind, k]));

@@ -73,7 +73,7 @@ describe('buildGraph: bad input is rejected with file:line:col and a hint', () =
         // The unclosed list opens on line 4; the parser finds out on line 5, where the next item starts.
         assert.deepEqual(e.where, { file: GRAPH_FILE, line: 5, col: 3 });
         assert.match(e.message, /^invalid YAML: /);
-        assert.match(e.hint ?? '', /fix the YAML syntax.*nothing was applied/);
+        assert.match(e.hint ?? '', /(fix the YAML syntax|check brackets and commas).*nothing was applied/);
         return true;
       },
     );
@@ -557,8 +557,8 @@ describe('buildGraph: auto-edges', () => {
     assert.deepEqual(edgeTexts(g), ['file[/etc/app] -> file[/etc/app/a]']);
   });
 
-  test('an automatic edge that closes a cycle is reported as a cycle', () => {
-    const e = onlyError(`resources:
+  test('an automatic edge that would close a cycle is dropped; the declared order wins', () => {
+    const g = build(`resources:
   - kind: file
     name: /etc/app
     type: directory
@@ -566,9 +566,7 @@ describe('buildGraph: auto-edges', () => {
   - kind: file
     name: /etc/app/a
 `);
-    assert.equal(e.code, 'E_CYCLE');
-    assert.equal(e.message, 'dependency cycle: file[/etc/app] -> file[/etc/app/a] -> file[/etc/app]');
-    assert.equal(e.where?.line, 2);
+    assert.deepEqual(edgeTexts(g), ['file[/etc/app/a] -> file[/etc/app]']);
   });
 
   test('kinds without auto-edges get none', () => {
@@ -719,5 +717,38 @@ describe('buildGraph: fingerprints', () => {
     assert.equal(fp(text, 'noop', 'x'), fp(text, 'noop', 'y'));
     const g = build('resources:\n  - { kind: print, name: x, msg: m }\n  - { kind: noop, name: x }\n');
     assert.notEqual(g.vertices.get(id('print', 'x'))?.fingerprint, g.vertices.get(id('noop', 'x'))?.fingerprint);
+  });
+});
+
+describe('auto-edges give way', () => {
+  test('an auto-edge that would close a cycle with declared edges is dropped, not an error', () => {
+    // The directory is declared to come after a file inside it: the parent-directory auto-edge would close a cycle.
+    const g = build(`resources:
+  - { kind: file, name: /srv/a, type: directory, require: "file[/srv/a/x]" }
+  - { kind: file, name: /srv/a/x, content: "x" }
+`);
+    assert.deepEqual(edgeTexts(g), ['file[/srv/a/x] -> file[/srv/a]']);
+  });
+
+  test('a cycle of declared edges is still an error even when auto-edges are involved elsewhere', () => {
+    const errors = buildErrors(`resources:
+  - { kind: file, name: /srv/a, type: directory }
+  - { kind: file, name: /srv/a/x, content: "x", before: "noop[n]" }
+  - { kind: noop, name: n, before: "file[/srv/a/x]" }
+`);
+    assert.equal(errors.length, 1);
+    assert.match(errors[0]?.message ?? '', /dependency cycle: .*noop\[n\].*file\[\/srv\/a\/x\]|dependency cycle: .*file\[\/srv\/a\/x\].*noop\[n\]/);
+  });
+
+  test('every provider of a wanted key becomes a dependency', () => {
+    // Two resources provide path:/srv/a (an odd graph, but a package and a directory resource can both do so).
+    const g = build(`resources:
+  - { kind: file, name: dir-one, path: /srv/a, type: directory }
+  - { kind: file, name: dir-two, path: /srv/a, type: directory }
+  - { kind: template, name: /srv/a/conf, template: "x" }
+`);
+    const texts = edgeTexts(g);
+    assert.ok(texts.includes('file[dir-one] -> template[/srv/a/conf] auto'), texts.join('\n'));
+    assert.ok(texts.includes('file[dir-two] -> template[/srv/a/conf] auto'), texts.join('\n'));
   });
 });

@@ -1,0 +1,167 @@
+import { BackplaneError } from '../errors.js';
+import type { ResourceId } from '../graph/ids.js';
+import type { FailureClass } from './pkg/apt.js';
+import { aptBatcher, type PkgAction, type PkgOutcome, type PkgRequest } from './pkg/batcher.js';
+import { watchPackage } from './pkg/monitor.js';
+import { packageDirectories } from './pkg/owned-dirs.js';
+import { pkgSchema, type PkgParams } from './pkg/schema.js';
+import { describeEntry, DPKG_ADMIN_DIR, hasTraces, isInstalled, readDpkgStatus, type DpkgDb, type PkgEntry } from './pkg/status.js';
+import { defineKind, type CheckResult, type Resource } from './types.js';
+
+/**
+ * A Debian package, installed (at any or an exact version) or absent, through apt-get (Puppet's `package`, mgmt's
+ * `pkg`). The installed state is read from dpkg's own database, parsed here and shared by every resource, with
+ * dpkg's meaning of "installed": a package left half-installed or with only its configuration files is not. After
+ * apt-get reports success the database is read again, so a request apt satisfies some other way (a virtual package,
+ * a package it holds back) is an error now instead of a change repeated forever.
+ *
+ * Resources that need apt at the same moment share one transaction (see pkg/batcher.ts); each still gets its own
+ * result, and a broken package fails alone.
+ */
+export const pkgKind = defineKind<PkgParams>({
+  kind: 'pkg',
+  description: 'a Debian package installed (optionally at an exact version) or absent, via apt-get; concurrent changes share one apt transaction',
+  schema: pkgSchema,
+  refreshable: false,
+  defaults: (name) => ({ name }),
+  autoEdges: (params) => {
+    const provides = [`pkg:${params.name}`];
+    // Files under the package's own directories are managed after it. Only known once it is installed: on the
+    // first run, declare `require: pkg:name` on such files.
+    if (params.state !== 'absent') for (const d of packageDirectories(params.name)) provides.push(`path:${d}`);
+    return { provides };
+  },
+  create: (id, params) => createPkg(id, params),
+});
+
+const CONVERGED: CheckResult = { converged: true, changes: [] };
+
+interface Plan {
+  readonly action: PkgAction;
+  readonly version?: string | undefined;
+  /** What noop mode reports. */
+  readonly would: string;
+  /** What is reported once done, given the entry afterwards. */
+  done(after: PkgEntry | undefined): string;
+}
+
+function createPkg(id: ResourceId, p: PkgParams): Resource {
+  return {
+    async watch({ signal, ready, changed }) {
+      await watchPackage(p.name, changed, signal);
+      ready();
+      if (signal.aborted) return;
+      await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+    },
+    async checkApply({ apply, signal, log }) {
+      if (signal.aborted) throw aborted(id);
+      const before = (await readDb(id)).get(p.name);
+      const plan = planFor(p, before);
+      if (plan === undefined) {
+        log.debug(`${p.name}: ${describeEntry(before)}`);
+        return CONVERGED;
+      }
+      if (!apply) return { converged: false, changes: [plan.would] };
+      const req: PkgRequest = { name: p.name, action: plan.action, version: plan.version, aptOptions: p.aptOptions };
+      const outcome = await aptBatcher.submit(req, signal);
+      if (outcome.kind === 'aborted') throw aborted(id);
+      if (outcome.kind === 'failed') throw aptFailure(id, p, plan, outcome);
+      if (outcome.batchSize > 1) log.debug(`done in one apt transaction with ${outcome.batchSize - 1} other package(s)`);
+      if (outcome.alsoRemoved.length > 0) log.warn(`apt-get also removed ${outcome.alsoRemoved.join(', ')} (dependencies or conflicts)`);
+      const after = (await readDb(id)).get(p.name);
+      if (planFor(p, after) !== undefined) throw notReached(id, p, after);
+      return { converged: false, changes: [plan.done(after)] };
+    },
+  };
+}
+
+/** What to do to reach the declared state from `e`, or undefined when it is reached already. */
+function planFor(p: PkgParams, e: PkgEntry | undefined): Plan | undefined {
+  const now = describeEntry(e);
+  const partial = hasTraces(e, true) && !isInstalled(e);
+  if (p.state === 'absent') {
+    if (!hasTraces(e, p.purge)) return undefined;
+    const what = e?.state === 'config-files' ? 'configuration files' : (e?.version ?? '');
+    const verb = p.purge ? 'purge' : 'remove';
+    return {
+      action: p.purge ? 'purge' : 'remove',
+      would: `would ${verb} ${what}`.trimEnd(),
+      done: () => `${verb === 'purge' ? 'purged' : 'removed'} ${what}`.trimEnd(),
+    };
+  }
+  if (p.state === 'installed') {
+    if (isInstalled(e)) return undefined;
+    return {
+      action: 'install',
+      would: partial ? `would install (now ${now})` : 'would install',
+      done: (a) => `installed ${a?.version ?? ''}${partial ? ` (was ${now})` : ''}`.trimEnd(),
+    };
+  }
+  const version = p.state;
+  if (isInstalled(e) && e?.version === version) return undefined;
+  if (isInstalled(e))
+    return { action: 'install', version, would: `would change version ${e?.version ?? '?'} -> ${version}`, done: () => `version ${e?.version ?? '?'} -> ${version}` };
+  return {
+    action: 'install',
+    version,
+    would: partial ? `would install ${version} (now ${now})` : `would install ${version}`,
+    done: () => `installed ${version}${partial ? ` (was ${now})` : ''}`,
+  };
+}
+
+async function readDb(id: ResourceId): Promise<DpkgDb> {
+  try {
+    return await readDpkgStatus();
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT')
+      throw new BackplaneError('E_APPLY', `there is no dpkg database (${DPKG_ADMIN_DIR}/status is missing)`, {
+        resource: id,
+        hint: 'pkg manages Debian packages with dpkg and apt; this host does not use them',
+        cause: err,
+      });
+    throw new BackplaneError('E_IO', `cannot read the dpkg database ${DPKG_ADMIN_DIR}/status: ${(err as Error).message}`, { resource: id, cause: err, retryable: true });
+  }
+}
+
+const HINTS: Record<FailureClass, (p: PkgParams) => string> = {
+  lock: () => 'another apt-get or dpkg held the dpkg lock for over 60 s; set meta retry to try again later',
+  interrupted: () => 'an earlier dpkg run was interrupted: run `dpkg --configure -a`, then try again',
+  'version-not-found': (p) => `see which versions apt knows with \`apt-cache policy ${p.name}\`; run \`apt-get update\` if the lists are old`,
+  'not-found': (p) =>
+    `check the name (\`apt-cache search ${p.name.split(':')[0] ?? p.name}\`); if it is right, the package lists may be stale or empty (a fresh container has none): run \`apt-get update\``,
+  unmet: (p) => `its dependencies cannot be satisfied from the configured sources; \`apt-get install ${p.name}\` by hand shows apt's reasoning`,
+  fetch: () => 'downloading failed: check the network and proxy, or run `apt-get update` (the lists may name files the mirror has dropped)',
+  other: () => 'run the command by hand to see its whole output',
+};
+
+function aptFailure(id: ResourceId, p: PkgParams, plan: Plan, o: Extract<PkgOutcome, { kind: 'failed' }>): BackplaneError {
+  const verb = plan.action === 'install' ? (plan.version === undefined ? 'install' : `install version ${plan.version} of`) : plan.action;
+  const detail = o.lines.length === 0 ? '' : `\n${o.lines.map((l) => `  | ${l}`).join('\n')}`;
+  return new BackplaneError('E_APPLY', `could not ${verb} ${p.name}: \`${o.command}\` failed (${o.exit})${detail}`, {
+    resource: id,
+    hint: HINTS[o.cls](p),
+    retryable: o.cls === 'lock' || o.cls === 'fetch' || o.cls === 'other',
+  });
+}
+
+function notReached(id: ResourceId, p: PkgParams, after: PkgEntry | undefined): BackplaneError {
+  const now = describeEntry(after);
+  if (p.state === 'absent')
+    return new BackplaneError('E_APPLY', `apt-get succeeded, but dpkg still lists ${p.name} as ${now}`, {
+      resource: id,
+      hint: `look at \`dpkg -s ${p.name}\`; an essential or protected package cannot be removed this way`,
+    });
+  if (after === undefined || after.state === 'not-installed')
+    return new BackplaneError('E_APPLY', `apt-get succeeded, but dpkg has no package ${p.name} installed: it is probably a virtual package, and apt installed a package that provides it`, {
+      resource: id,
+      hint: `name the real package instead (\`apt-cache showpkg ${p.name}\` lists the providers)`,
+    });
+  return new BackplaneError('E_APPLY', `apt-get succeeded, but dpkg lists ${p.name} as ${now}${p.state === 'installed' ? '' : ` (wanted ${p.state})`}`, {
+    resource: id,
+    hint: after.flag !== 'ok' || !isInstalled(after) ? 'run `dpkg --configure -a` and look at its errors' : `see \`apt-cache policy ${p.name}\``,
+  });
+}
+
+function aborted(id: ResourceId): BackplaneError {
+  return new BackplaneError('E_ABORTED', 'aborted', { resource: id });
+}

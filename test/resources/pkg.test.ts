@@ -1,0 +1,414 @@
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { chmod, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, describe, test } from 'node:test';
+import { BackplaneError } from '../../src/errors.js';
+import { resourceId } from '../../src/graph/ids.js';
+import { pkgKind } from '../../src/resources/pkg.js';
+import { AptBatcher, aptStats } from '../../src/resources/pkg/batcher.js';
+import { watchPackage } from '../../src/resources/pkg/monitor.js';
+import { isSharedDirectory, ownedDirectories } from '../../src/resources/pkg/owned-dirs.js';
+import { DpkgDb, hasTraces, isInstalled, parseStatus, readDpkgStatus, statusParseCount } from '../../src/resources/pkg/status.js';
+import type { CheckResult, Resource, ResourceLog, ResourceWorld } from '../../src/resources/types.js';
+import { DebRepo, dpkg } from '../helpers/deb.js';
+import { harness, until } from '../helpers/engine.js';
+import { testWorld } from '../helpers/world.js';
+
+class RecordingLog implements ResourceLog {
+  readonly lines: string[] = [];
+  change(m: string): void {
+    this.lines.push(`change: ${m}`);
+  }
+  info(m: string): void {
+    this.lines.push(`info: ${m}`);
+  }
+  warn(m: string): void {
+    this.lines.push(`warn: ${m}`);
+  }
+  debug(m: string): void {
+    this.lines.push(`debug: ${m}`);
+  }
+}
+
+let repo: DebRepo;
+
+let world: ResourceWorld;
+
+function make(suffix: string, params: Record<string, unknown> = {}): Resource {
+  const name = repo.pkg(suffix);
+  return pkgKind.create(resourceId('pkg', name), pkgKind.schema.parse({ name, aptOptions: repo.aptOptions, ...params }), world);
+}
+
+function check(res: Resource, opts: { apply?: boolean; signal?: AbortSignal; log?: ResourceLog } = {}): Promise<CheckResult> {
+  return res.checkApply({ apply: opts.apply ?? true, refresh: false, signal: opts.signal ?? new AbortController().signal, log: opts.log ?? new RecordingLog() });
+}
+
+async function entry(suffix: string): Promise<ReturnType<Awaited<ReturnType<typeof readDpkgStatus>>['get']>> {
+  return (await readDpkgStatus()).get(repo.pkg(suffix));
+}
+
+async function rejection(p: Promise<unknown>): Promise<BackplaneError> {
+  try {
+    await p;
+  } catch (err) {
+    assert.ok(err instanceof BackplaneError, `expected a BackplaneError, got ${String(err)}`);
+    return err;
+  }
+  return assert.fail('expected the call to reject');
+}
+
+async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await cond())) {
+    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
+    await sleep(10);
+  }
+}
+
+const temps: string[] = [];
+async function tempDir(): Promise<string> {
+  const d = await mkdtemp(join(tmpdir(), 'bp-pkg-'));
+  temps.push(d);
+  return d;
+}
+
+before(async () => {
+  // One world whose state directory is cleaned up with the rest (testWorld() alone would leave one in /tmp per call).
+  world = testWorld({ stateRoot: await tempDir() });
+  repo = await DebRepo.create();
+  const p = repo.prefix;
+  await repo.add({ name: 'a', version: '1.0', files: { [`/opt/${p}-a/sub/file.txt`]: 'a\n' } });
+  for (const n of ['g1', 'g2', 'g3', 'ok1', 'ok2', 'noop', 'e2', 'e3', 'e4']) await repo.add({ name: n, version: '1.0' });
+  await repo.add({ name: 'e1', version: '1.0', files: { [`/opt/${p}-e1/conf.d/README`]: 'drop-ins here\n' } });
+  await repo.add({ name: 'v', version: '1.0' });
+  await repo.add({ name: 'v', version: '2.0' });
+  await repo.add({ name: 'conf', version: '1.0', files: { [`/etc/${p}-conf/conf`]: 'x=1\n' }, conffiles: [`/etc/${p}-conf/conf`] });
+  await repo.add({ name: 'broken', version: '1.0', depends: repo.pkg('missing') });
+  await repo.add({ name: 'provider', version: '1.0', provides: repo.pkg('virtual') });
+  await repo.publish();
+});
+
+after(async () => {
+  await repo.cleanup();
+  assert.deepEqual(await repo.installed(), [], 'every test package was purged');
+  for (const d of temps) await rm(d, { recursive: true, force: true });
+});
+
+describe('pkg: the dpkg status parser', () => {
+  const STATUS = [
+    'Package: ok-pkg\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.2-3\nDescription: x\n multi\n line\n',
+    'Package: held\nStatus: hold ok installed\nArchitecture: all\nVersion: 2.0\n',
+    'Package: conf-only\nStatus: deinstall ok config-files\nArchitecture: all\nVersion: 0.9\n',
+    'Package: half\nStatus: install reinstreq half-installed\nArchitecture: amd64\nVersion: 1.0\n',
+    'Package: unpacked\nStatus: install ok unpacked\nArchitecture: amd64\nVersion: 1.0\n',
+    'Package: trig\nStatus: install ok triggers-pending\nArchitecture: amd64\nVersion: 3\n',
+    'Package: gone\nStatus: purge ok not-installed\nArchitecture: amd64\n',
+    'Package: lib\nStatus: install ok installed\nArchitecture: amd64\nMulti-Arch: same\nVersion: 5\n',
+    'Package: lib\nStatus: install ok installed\nArchitecture: i386\nMulti-Arch: same\nVersion: 4\n',
+    'Package: foreign-only\nStatus: install ok installed\nArchitecture: i386\nVersion: 1\n',
+  ].join('\n');
+
+  test('dpkg states: only configured packages are installed', () => {
+    const entries = parseStatus(STATUS);
+    const db = new DpkgDb(entries);
+    assert.equal(entries.length, 10);
+    assert.equal(isInstalled(db.get('ok-pkg', 'amd64')), true);
+    assert.equal(db.get('ok-pkg', 'amd64')?.version, '1.2-3');
+    assert.equal(isInstalled(db.get('held', 'amd64')), true, 'a held package is installed');
+    assert.equal(isInstalled(db.get('conf-only', 'amd64')), false, 'config-files is not installed');
+    assert.equal(hasTraces(db.get('conf-only', 'amd64'), false), false, 'config-files needs no remove');
+    assert.equal(hasTraces(db.get('conf-only', 'amd64'), true), true, 'config-files needs a purge');
+    assert.equal(isInstalled(db.get('half', 'amd64')), false, 'half-installed is not installed');
+    assert.equal(hasTraces(db.get('half', 'amd64'), false), true, 'half-installed must be removed for absent');
+    assert.equal(isInstalled(db.get('unpacked', 'amd64')), false, 'unpacked (not configured) is not installed');
+    assert.equal(isInstalled(db.get('trig', 'amd64')), true, 'a package waiting on triggers is installed');
+    assert.equal(isInstalled(db.get('gone', 'amd64')), false);
+    assert.equal(hasTraces(db.get('gone', 'amd64'), true), false);
+  });
+
+  test('readDpkgStatus: injectable admin dir, arch qualification, journal, cache', async () => {
+    const admin = await tempDir();
+    await mkdir(join(admin, 'updates'));
+    await writeFile(join(admin, 'status'), STATUS);
+    const db = await readDpkgStatus(admin);
+    assert.equal(db.get('half')?.state, 'half-installed');
+    assert.equal(db.get('lib', 'amd64')?.version, '5', 'a bare name means the native arch');
+    assert.equal(db.get('lib:i386', 'amd64')?.version, '4');
+    assert.equal(db.get('foreign-only', 'amd64'), undefined, 'a foreign-only install does not satisfy a bare name');
+    assert.equal(db.get('foreign-only:i386', 'amd64')?.version, '1');
+    assert.equal(db.get('held:amd64', 'amd64')?.version, '2.0', 'an arch: all package matches the native arch');
+
+    // Unchanged files are not parsed again, however many resources ask.
+    const parsed = statusParseCount();
+    const again = await Promise.all(Array.from({ length: 100 }, () => readDpkgStatus(admin)));
+    assert.equal(statusParseCount(), parsed);
+    assert.ok(again.every((d) => d === again[0]));
+
+    // A dpkg that was killed leaves its last word in the journal: it overrides status.
+    await writeFile(join(admin, 'updates', '0000'), 'Package: half\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.0\n');
+    assert.equal(isInstalled((await readDpkgStatus(admin)).get('half', 'amd64')), true);
+    await rm(join(admin, 'updates', '0000'));
+
+    // dpkg replaces status by rename: a new file is seen at once.
+    await writeFile(join(admin, 'status.new'), STATUS.replace('install reinstreq half-installed', 'install ok installed'));
+    await rename(join(admin, 'status.new'), join(admin, 'status'));
+    assert.equal(isInstalled((await readDpkgStatus(admin)).get('half', 'amd64')), true);
+  });
+
+  test('the real database parses quickly', async () => {
+    const t0 = performance.now();
+    const admin = await tempDir();
+    await writeFile(join(admin, 'status'), await readFile('/var/lib/dpkg/status'));
+    const db = await readDpkgStatus(admin);
+    const ms = performance.now() - t0;
+    assert.ok(db.size > 10, `parsed ${db.size} entries`);
+    assert.ok(isInstalled(db.get('dpkg')), 'dpkg itself is installed');
+    assert.ok(ms < 1000, `took ${ms.toFixed(0)} ms`);
+  });
+});
+
+describe('pkg: auto-edges', () => {
+  test('owned directories leave out shared ones', () => {
+    const list = ['/.', '/etc', '/etc/nginx', '/etc/nginx/conf.d', '/etc/nginx/conf.d/x.conf', '/etc/nginx/nginx.conf', '/etc/logrotate.d',
+      '/etc/logrotate.d/nginx', '/usr', '/usr/share', '/usr/share/nginx', '/usr/share/nginx/html', '/usr/share/nginx/html/index.html',
+      '/usr/share/doc', '/usr/share/doc/nginx', '/usr/share/doc/nginx/copyright', '/usr/share/man', '/usr/share/man/man8',
+      '/usr/share/man/man8/nginx.8.gz', '/usr/lib', '/usr/lib/x86_64-linux-gnu', '/usr/lib/x86_64-linux-gnu/libx.so', '/lib/systemd/system',
+      '/lib/systemd/system/nginx.service'].join('\n');
+    assert.deepEqual(ownedDirectories(list), ['/etc/nginx', '/usr/share/doc/nginx', '/usr/share/nginx', '/usr/share/nginx/html']);
+    for (const d of ['/', '/etc', '/opt', '/usr/share', '/usr/lib', '/etc/default', '/etc/cron.d', '/var/lib', '/usr/share/man/man1', '/lib/systemd/system'])
+      assert.ok(isSharedDirectory(d), d);
+    for (const d of ['/etc/nginx', '/usr/share/nginx', '/var/lib/nginx', '/opt/app', '/etc/nginx/sites-available']) assert.ok(!isSharedDirectory(d), d);
+    assert.ok(isSharedDirectory('/etc/apt/apt.conf.d'), 'drop-in directories belong to everybody');
+  });
+});
+
+describe('pkg: installing and removing real packages', () => {
+  test('install: noop reports, apply installs, a second check is converged', async () => {
+    const res = make('a');
+    const noop = await check(res, { apply: false });
+    assert.deepEqual(noop, { converged: false, changes: ['would install'] });
+    assert.equal(await entry('a'), undefined, 'noop changed nothing');
+    // Not installed: the package provides only its own key.
+    assert.deepEqual(pkgKind.autoEdges?.(pkgKind.schema.parse({ name: repo.pkg('a') })).provides, [`pkg:${repo.pkg('a')}`]);
+
+    const first = await check(res);
+    assert.deepEqual(first, { converged: false, changes: ['installed 1.0'] });
+    assert.ok(isInstalled(await entry('a')));
+    assert.ok(existsSync(`/opt/${repo.pkg('a')}/sub/file.txt`));
+    assert.deepEqual(await check(res), { converged: true, changes: [] });
+
+    // Installed: a file under its own directories gets an edge to it; /opt (shared) is not claimed.
+    const provides = pkgKind.autoEdges?.(pkgKind.schema.parse({ name: repo.pkg('a') })).provides ?? [];
+    assert.deepEqual([...provides].sort(), [`path:/opt/${repo.pkg('a')}`, `path:/opt/${repo.pkg('a')}/sub`, `pkg:${repo.pkg('a')}`]);
+  });
+
+  test('noop leaves a missing package alone and reports a version change', async () => {
+    assert.deepEqual(await check(make('noop', { state: '1.0' }), { apply: false }), { converged: false, changes: ['would install 1.0'] });
+    assert.deepEqual(await check(make('noop', { state: 'absent' }), { apply: false }), { converged: true, changes: [] });
+    assert.equal(await entry('noop'), undefined);
+  });
+
+  test('version pin: installs, downgrades, upgrades exact versions', async () => {
+    assert.deepEqual(await check(make('v', { state: '2.0' })), { converged: false, changes: ['installed 2.0'] });
+    assert.deepEqual(await check(make('v', { state: 'installed' })), { converged: true, changes: [] });
+    assert.deepEqual(await check(make('v', { state: '1.0' }), { apply: false }), { converged: false, changes: ['would change version 2.0 -> 1.0'] });
+    assert.deepEqual(await check(make('v', { state: '1.0' })), { converged: false, changes: ['version 2.0 -> 1.0'] });
+    assert.equal((await entry('v'))?.version, '1.0');
+    assert.deepEqual(await check(make('v', { state: '1.0' })), { converged: true, changes: [] });
+    const err = await rejection(check(make('v', { state: '9.9' })));
+    assert.equal(err.code, 'E_APPLY');
+    assert.match(err.message, /could not install version 9\.9 of bp-test-\w+-v/);
+    assert.match(err.message, /Version '9\.9' for '.*-v' was not found/);
+    assert.match(err.hint ?? '', /apt-cache policy/);
+  });
+
+  test('absent removes; purge removes configuration files too; config-files counts as not installed', async () => {
+    await check(make('conf'));
+    assert.ok(existsSync(`/etc/${repo.pkg('conf')}/conf`));
+    assert.deepEqual(await check(make('conf', { state: 'absent' })), { converged: false, changes: ['removed 1.0'] });
+    assert.equal((await entry('conf'))?.state, 'config-files');
+    assert.ok(existsSync(`/etc/${repo.pkg('conf')}/conf`), 'remove keeps conffiles');
+    assert.deepEqual(await check(make('conf', { state: 'absent' })), { converged: true, changes: [] });
+    assert.deepEqual(await check(make('conf', { state: 'installed' }), { apply: false }), { converged: false, changes: ['would install (now config-files 1.0)'] });
+    assert.deepEqual(await check(make('conf', { state: 'absent', purge: true }), { apply: false }), { converged: false, changes: ['would purge configuration files'] });
+    assert.deepEqual(await check(make('conf', { state: 'absent', purge: true })), { converged: false, changes: ['purged configuration files'] });
+    assert.ok(!existsSync(`/etc/${repo.pkg('conf')}/conf`));
+    assert.deepEqual(await check(make('conf', { state: 'absent', purge: true })), { converged: true, changes: [] });
+  });
+
+  test('resources checked at the same moment share one apt-get call', async () => {
+    const before = aptStats.invocations;
+    const results = await Promise.all(['g1', 'g2', 'g3'].map((n) => check(make(n))));
+    assert.equal(aptStats.invocations - before, 1, 'exactly one apt-get invocation');
+    assert.deepEqual(aptStats.calls.at(-1)?.specs, ['g1', 'g2', 'g3'].map((n) => repo.pkg(n)));
+    for (const r of results) assert.deepEqual(r, { converged: false, changes: ['installed 1.0'] });
+    // Removal and purge batch too: purges and installs share the --purge call, plain removals get their own.
+    const b2 = aptStats.invocations;
+    const mixed = await Promise.all([
+      check(make('g1', { state: 'absent' })),
+      check(make('g2', { state: 'absent', purge: true })),
+      check(make('g3', { state: 'absent', purge: true })),
+    ]);
+    assert.equal(aptStats.invocations - b2, 2);
+    assert.deepEqual(mixed.map((r) => r.changes), [['removed 1.0'], ['purged 1.0'], ['purged 1.0']]);
+  });
+
+  test('an uninstallable package fails alone, naming itself; its batch-mates install', async () => {
+    const before = aptStats.invocations;
+    const [bad, ok1, ok2] = await Promise.allSettled([check(make('broken')), check(make('ok1')), check(make('ok2'))]);
+    assert.equal(ok1.status, 'fulfilled');
+    assert.equal(ok2.status, 'fulfilled');
+    assert.ok(isInstalled(await entry('ok1')));
+    assert.ok(isInstalled(await entry('ok2')));
+    assert.equal(bad.status, 'rejected');
+    const err = bad.reason as BackplaneError;
+    assert.ok(err instanceof BackplaneError);
+    assert.equal(err.code, 'E_APPLY');
+    assert.equal(err.resource, `pkg[${repo.pkg('broken')}]`);
+    assert.match(err.message, new RegExp(`could not install ${repo.pkg('broken')}: \`apt-get install ${repo.pkg('broken')}\` failed`));
+    assert.match(err.message, new RegExp(`${repo.pkg('broken')} : Depends: ${repo.pkg('missing')}`));
+    assert.doesNotMatch(err.message, new RegExp(repo.pkg('ok1')));
+    assert.match(err.hint ?? '', /dependencies/);
+    // The combined call, the rest together, the suspect alone.
+    assert.equal(aptStats.invocations - before, 3);
+    assert.equal(await entry('broken'), undefined);
+  });
+
+  test('an unknown package says so and suggests apt-get update', async () => {
+    const err = await rejection(check(make('does-not-exist')));
+    assert.match(err.message, /Unable to locate package bp-test-\w+-does-not-exist/);
+    assert.match(err.hint ?? '', /apt-get update/);
+  });
+
+  test('a virtual package is an error, not a change repeated forever', async () => {
+    const err = await rejection(check(make('virtual')));
+    assert.match(err.message, /apt-get succeeded, but dpkg has no package .*-virtual installed: it is probably a virtual package/);
+    assert.ok(isInstalled(await entry('provider')), 'apt installed the provider');
+  });
+});
+
+describe('pkg: watching the dpkg database', () => {
+  test('a hand-made dpkg -r is noticed within a second; other packages do not wake it', async () => {
+    const a = make('a');
+    await Promise.all([check(a), check(make('ok1'))]);
+    assert.ok(isInstalled(await entry('a')));
+    assert.ok(isInstalled(await entry('ok1')));
+    const reasons: string[] = [];
+    const other: string[] = [];
+    const ac = new AbortController();
+    let ready = false;
+    const watching = a.watch?.({ signal: ac.signal, ready: () => (ready = true), changed: (r) => reasons.push(r), log: new RecordingLog() });
+    await watchPackage(repo.pkg('ok1'), (r) => other.push(r), ac.signal);
+    try {
+      await waitFor('ready', () => ready);
+      await dpkg(['-r', repo.pkg('ok1')]);
+      await waitFor('the change to another package', () => other.length > 0, 5000);
+      assert.deepEqual(reasons, [], 'a change to another package is not reported');
+
+      const t0 = performance.now();
+      await dpkg(['-r', repo.pkg('a')]);
+      // dpkg marks the package for removal first, then removes it: both are reported, the last within a second.
+      const gone = new RegExp(`dpkg status of ${repo.pkg('a')} is now (absent|\\S+ ok not-installed)`);
+      await waitFor('the watch to notice dpkg -r', () => reasons.some((r) => gone.test(r)), 1000 + (performance.now() - t0));
+      assert.deepEqual(await check(a, { apply: false }), { converged: false, changes: ['would install'] });
+    } finally {
+      ac.abort();
+      await watching;
+    }
+  });
+});
+
+describe('pkg: in the engine', () => {
+  test('a graph installs its packages in one transaction, orders files after them and repairs drift', async () => {
+    const h = harness([pkgKind]);
+    const p = repo.prefix;
+    const conf = `/opt/${p}-e1/conf.d/local.conf`;
+    const yaml = (explicit: boolean) => `
+resources:
+${['e1', 'e2', 'e3', 'e4'].map((n) => `  - { kind: pkg, name: ${p}-${n}, aptOptions: ${JSON.stringify(repo.aptOptions)} }`).join('\n')}
+  - kind: file
+    name: ${conf}
+    content: "x\\n"
+${explicit ? `    require: ["pkg:${p}-e1"]` : ''}
+`;
+    const calls = aptStats.invocations;
+    try {
+      // Not installed yet: the file needs its explicit require on the first run.
+      await h.engine.setGraph(h.graph(yaml(true)));
+      await h.settled(60_000);
+      assert.equal(h.engine.summary().ok, true, JSON.stringify(h.engine.summary()));
+      assert.equal(aptStats.invocations - calls, 1, 'four packages, one apt-get call');
+      assert.equal(await readFile(conf, 'utf8'), 'x\n');
+
+      // Installed now: the same edge comes from the package's own directories.
+      const g = h.graph(yaml(false));
+      const deps = g.dependencies(resourceId('file', conf));
+      assert.ok(deps.some((e) => e.from === resourceId('pkg', `${p}-e1`) && e.auto), JSON.stringify(deps));
+
+      // Someone removes a package by hand: the engine puts it back.
+      await dpkg(['-r', repo.pkg('e2')]);
+      await until(async () => isInstalled(await entry('e2')), 30_000, 'e2 reinstalled by the engine');
+      await h.settled(60_000);
+      assert.equal(h.engine.summary().ok, true);
+    } finally {
+      await h.engine.stop();
+    }
+  });
+});
+
+describe('pkg: cancellation in the batcher', () => {
+  /** A stand-in apt-get that takes its time, so that aborts land while it runs; it leaves dpkg alone. */
+  async function slowApt(): Promise<{ bin: string; pidFile: string }> {
+    const dir = await tempDir();
+    const bin = join(dir, 'apt-get');
+    const pidFile = join(dir, 'pids');
+    await writeFile(bin, `#!/bin/sh\necho $$ >> '${pidFile}'\nsleep "\${SLOW_APT_SECONDS:-3}"\necho done\n`);
+    await chmod(bin, 0o755);
+    return { bin, pidFile };
+  }
+
+  test('one waiter giving up does not stop the call its batch-mates wait for', async () => {
+    const { bin } = await slowApt();
+    const b = new AptBatcher({ aptGet: bin, windowMs: 10 });
+    const quitter = new AbortController();
+    const t0 = performance.now();
+    const p1 = b.submit({ name: 'x1', action: 'install', aptOptions: [] }, quitter.signal);
+    const p2 = b.submit({ name: 'x2', action: 'install', aptOptions: [] }, new AbortController().signal);
+    await sleep(300);
+    quitter.abort();
+    assert.deepEqual(await p1, { kind: 'aborted' });
+    assert.ok(performance.now() - t0 < 2000, 'the aborted waiter returned at once');
+    const o2 = await p2;
+    assert.equal(o2.kind, 'done');
+    assert.equal(b.stats.invocations, 1);
+    assert.equal(b.stats.calls[0]?.result, 'ok');
+  });
+
+  test('when every waiter gives up, apt-get is killed', async () => {
+    const { bin, pidFile } = await slowApt();
+    process.env['SLOW_APT_SECONDS'] = '30';
+    try {
+      const b = new AptBatcher({ aptGet: bin, windowMs: 10 });
+      const ac = [new AbortController(), new AbortController()];
+      const ps = ac.map((c, i) => b.submit({ name: `y${i}`, action: 'remove', aptOptions: [] }, c.signal));
+      await waitFor('apt-get to start', () => existsSync(pidFile));
+      const pid = Number((await readFile(pidFile, 'utf8')).trim());
+      for (const c of ac) c.abort();
+      for (const p of ps) assert.deepEqual(await p, { kind: 'aborted' });
+      await waitFor('the call to be recorded as aborted', () => b.stats.calls[0]?.result === 'aborted', 10_000);
+      await waitFor('the process to be gone', async () => {
+        try {
+          const st = await readFile(`/proc/${pid}/stat`, 'utf8');
+          return st.slice(st.lastIndexOf(')') + 2).startsWith('Z');
+        } catch {
+          return true;
+        }
+      });
+    } finally {
+      delete process.env['SLOW_APT_SECONDS'];
+    }
+  });
+});
