@@ -1,5 +1,5 @@
 import { BackplaneError, type SourceLocation } from '../errors.js';
-import type { RawEdge, RawGraph, RawResource } from '../graph/raw.js';
+import type { CollectRule, ExportTarget, RawEdge, RawGraph, RawResource } from '../graph/raw.js';
 import { closest } from '../util/suggest.js';
 import { isEmpty, isMap, type GraphDocument } from './document.js';
 
@@ -18,15 +18,16 @@ import { isEmpty, isMap, type GraphDocument } from './document.js';
  *       meta: { retry: 3, delay: 2s }
  */
 export const RELATION_KEYS = ['require', 'before', 'notify', 'subscribe'] as const;
-const RESERVED = new Set<string>(['kind', 'name', 'meta', ...RELATION_KEYS]);
-const TOP_LEVEL = ['resources'];
+const RESERVED = new Set<string>(['kind', 'name', 'meta', 'export', ...RELATION_KEYS]);
+const TOP_LEVEL = ['resources', 'collect'];
 
 export function readNativeGraph(doc: GraphDocument): RawGraph {
   const errors: BackplaneError[] = [];
   const resources: RawResource[] = [];
   const edges: RawEdge[] = [];
+  const collect: CollectRule[] = [];
   const root = doc.data;
-  const done = (): RawGraph => ({ source: doc.file, resources, edges, errors });
+  const done = (): RawGraph => ({ source: doc.file, resources, edges, errors, collect });
   const fail = (msg: string, where: SourceLocation, hint: string): void => {
     errors.push(new BackplaneError('E_SCHEMA', msg, { where, hint }));
   };
@@ -41,6 +42,7 @@ export function readNativeGraph(doc: GraphDocument): RawGraph {
     const guess = closest(key, TOP_LEVEL);
     fail(`unknown top-level key "${key}"`, doc.locate([key]), guess === undefined ? `allowed: ${TOP_LEVEL.join(', ')}` : `did you mean "${guess}"?`);
   }
+  readCollect(doc, root['collect'], collect, fail);
   const list = root['resources'];
   if (isEmpty(list)) return done();
   if (!Array.isArray(list)) {
@@ -65,11 +67,17 @@ export function readNativeGraph(doc: GraphDocument): RawGraph {
     }
     const params: Record<string, unknown> = {};
     for (const [key, value] of Object.entries(item)) if (!RESERVED.has(key)) params[key] = value;
+    const exportTo = exportTarget(item['export']);
+    if (exportTo === 'invalid') {
+      fail('"export" must be true, "*", a host name or a list of host names', at('export'), 'e.g. export: true (to every host) or export: [web1, web2]');
+      return;
+    }
     resources.push({
       kind,
       name,
       params,
       meta: item['meta'] ?? undefined,
+      ...(exportTo === undefined ? {} : { export: exportTo }),
       get loc() {
         return at();
       },
@@ -105,6 +113,45 @@ function relationEdge(rel: (typeof RELATION_KEYS)[number], self: string, other: 
       return where();
     },
   };
+}
+
+function exportTarget(v: unknown): ExportTarget | undefined | 'invalid' {
+  if (v === undefined || v === null || v === false) return undefined;
+  if (v === true || v === '*') return '*';
+  if (typeof v === 'string' && v !== '') return [v];
+  if (Array.isArray(v) && v.length > 0 && v.every((h) => typeof h === 'string' && h !== '')) return v as string[];
+  return 'invalid';
+}
+
+const COLLECT_KEYS = ['kind', 'from', 'set'];
+
+function readCollect(doc: GraphDocument, value: unknown, out: CollectRule[], fail: (msg: string, where: SourceLocation, hint: string) => void): void {
+  if (isEmpty(value)) return;
+  if (!Array.isArray(value)) {
+    fail('"collect" must be a list', doc.locateValue(['collect']), 'e.g. collect: [{ kind: file, set: { path: "/srv/in/{basename}" } }]');
+    return;
+  }
+  value.forEach((rule: unknown, i) => {
+    const at = (...rest: PropertyKey[]): SourceLocation => doc.locate(['collect', i, ...rest]);
+    if (!isMap(rule) || typeof rule['kind'] !== 'string') {
+      fail('each collect rule needs a "kind"', at(), 'e.g. { kind: file }');
+      return;
+    }
+    for (const key of Object.keys(rule)) {
+      if (!COLLECT_KEYS.includes(key)) fail(`unknown collect key "${key}"`, at(key), `allowed: ${COLLECT_KEYS.join(', ')}`);
+    }
+    const from = rule['from'] === undefined || rule['from'] === '*' ? '*' : exportTarget(rule['from']);
+    if (from === undefined || from === 'invalid') {
+      fail('"from" must be a host name or a list of host names', at('from'), 'leave it out to collect from every host');
+      return;
+    }
+    const set = rule['set'] ?? {};
+    if (!isMap(set)) {
+      fail('"set" must be a map of parameters', at('set'), 'e.g. set: { path: "/srv/in/{basename}" }');
+      return;
+    }
+    out.push({ kind: rule['kind'], from, set, loc: at() });
+  });
 }
 
 function scalarString(v: unknown): string | undefined {

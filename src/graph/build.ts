@@ -4,7 +4,7 @@ import { canonicalJson } from '../util/canonical.js';
 import { closest } from '../util/suggest.js';
 import type { AnyResourceKind } from '../resources/types.js';
 import { findCycles } from './cycles.js';
-import { Graph, type Edge, type Vertex } from './graph.js';
+import { Graph, type Edge, type ExportedResource, type Vertex } from './graph.js';
 import { parseRef, resourceId, type ResourceId } from './ids.js';
 import { metaSchema } from './meta.js';
 import type { RawGraph } from './raw.js';
@@ -24,6 +24,8 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
   const vertices = new Map<ResourceId, Vertex>();
   const kindOf = new Map<ResourceId, AnyResourceKind>();
 
+  const exports: ExportedResource[] = [];
+  const exportedIds = new Set<ResourceId>();
   for (const r of raw.resources) {
     const id = resourceId(r.kind, r.name);
     const kind = registry.get(r.kind);
@@ -74,6 +76,17 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
       });
       continue;
     }
+    if (r.export !== undefined) {
+      if (exportedIds.has(id)) {
+        errors.push(new BackplaneError('E_DUPLICATE', `${id} is exported twice`, { where: r.loc, hint: 'give each exported resource of a kind a unique name' }));
+        continue;
+      }
+      // Published as written, not as defaulted here: each collector validates and defaults with its own kinds.
+      exports.push({ kind: r.kind, name: r.name, params: r.params, meta: r.meta, to: r.export });
+      exportedIds.add(id);
+      vertices.delete(id);
+      continue;
+    }
     vertices.set(id, {
       id,
       kind: r.kind,
@@ -109,6 +122,15 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
         continue;
       }
       const id = resourceId(parsed.kind, parsed.name);
+      if (exportedIds.has(id)) {
+        errors.push(
+          new BackplaneError('E_MISSING_REF', `edge refers to ${id}, which is exported, not managed on this host`, {
+            where: e.loc,
+            hint: 'an exported resource is applied only where it is collected; remove the edge or the export',
+          }),
+        );
+        continue;
+      }
       if (!vertices.has(id)) {
         const guess = closest(id, vertices.keys());
         errors.push(
@@ -165,7 +187,7 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
   }
   const edges = [...edgeMap.values()];
   if (errors.length > 0) throw new ValidationErrors(errors);
-  return new Graph(vertices, edges, raw.source);
+  return new Graph(vertices, edges, raw.source, exports, raw.collect ?? []);
 }
 
 function addAutoEdges(

@@ -1,6 +1,7 @@
 import type { SourceLocation } from '../errors.js';
 import type { ResourceId } from './ids.js';
 import type { Meta } from './meta.js';
+import type { CollectRule, ExportTarget } from './raw.js';
 
 export interface Vertex {
   readonly id: ResourceId;
@@ -12,6 +13,15 @@ export interface Vertex {
   readonly loc: SourceLocation | undefined;
   /** Canonical text of kind, params and meta: equal fingerprints mean an unchanged definition across graph swaps. */
   readonly fingerprint: string;
+}
+
+/** An exported resource as published to the cluster: the user's own parameters, re-validated by each collector. */
+export interface ExportedResource {
+  readonly kind: string;
+  readonly name: string;
+  readonly params: Readonly<Record<string, unknown>>;
+  readonly meta: unknown;
+  readonly to: ExportTarget;
 }
 
 export interface Edge {
@@ -29,7 +39,15 @@ export class Graph {
   private readonly outEdges = new Map<ResourceId, Edge[]>();
   private readonly inEdges = new Map<ResourceId, Edge[]>();
 
-  constructor(vertices: ReadonlyMap<ResourceId, Vertex>, edges: readonly Edge[], readonly source: string) {
+  constructor(
+    vertices: ReadonlyMap<ResourceId, Vertex>,
+    edges: readonly Edge[],
+    readonly source: string,
+    /** Resources this host exports for others to collect (validated, not managed here). */
+    readonly exports: readonly ExportedResource[] = [],
+    /** What this host collects from the cluster. */
+    readonly collect: readonly CollectRule[] = [],
+  ) {
     this.vertices = vertices;
     this.edges = edges;
     for (const id of vertices.keys()) {

@@ -14,6 +14,27 @@ export interface RawResource {
   locate(path: readonly PropertyKey[]): SourceLocation;
   /** Location of a metaparam (path relative to meta). */
   locateMeta(path: readonly PropertyKey[]): SourceLocation;
+  /**
+   * Set when the resource is exported rather than managed here (Puppet's `@@`): to every host ('*') or to the
+   * named ones. Exported resources are validated like any other, then published for other hosts to collect.
+   */
+  readonly export?: ExportTarget;
+  /** For a resource collected from the cluster: the host that exported it. */
+  readonly origin?: string;
+}
+
+export type ExportTarget = '*' | readonly string[];
+
+/**
+ * Which exported resources this host collects: those of `kind` exported by `from` (default: every host, this one
+ * included) to this host, with the parameters in `set` overriding theirs. Strings in `set` may use `{host}` (the
+ * exporter), `{name}` and `{basename}` (of the resource's name), e.g. `path: /srv/collected/{host}-{basename}`.
+ */
+export interface CollectRule {
+  readonly kind: string;
+  readonly from: '*' | readonly string[];
+  readonly set: Readonly<Record<string, unknown>>;
+  readonly loc: SourceLocation;
 }
 
 export interface RawEdge {
@@ -32,4 +53,6 @@ export interface RawGraph {
   readonly edges: readonly RawEdge[];
   /** Problems the frontend found that do not stop it from reading the rest. */
   readonly errors: readonly BackplaneError[];
+  /** What this graph collects from other hosts' exports (empty when it collects nothing). */
+  readonly collect?: readonly CollectRule[];
 }
