@@ -191,7 +191,7 @@ describe('native YAML: structural errors are collected, each with file:line:col 
       raw.errors.map((e) => [e.message, e.where?.line, e.hint]),
       [['unknown top-level key "resource"', 1, 'did you mean "resources"?']],
     );
-    assert.equal(read('extra: 1\nresources: []\n').errors[0]?.hint, 'allowed: resources');
+    assert.equal(read('extra: 1\nresources: []\n').errors[0]?.hint, 'allowed: resources, collect');
   });
 
   test('items that are not maps, or lack a kind or a name, are each reported and skipped', () => {
