@@ -11,6 +11,8 @@ await build({
   target: 'node20',
   sourcemap: 'linked',
   logLevel: 'warning',
+  // tsx registers its own loader by file URL, so it must stay a real package, loaded only for TypeScript graphs.
+  external: ['tsx', 'tsx/*'],
   // Some dependencies are CommonJS and call require(); give them one in the ESM bundle.
   banner: { js: "import { createRequire as __bpCreateRequire } from 'node:module'; const require = __bpCreateRequire(import.meta.url);" },
 });

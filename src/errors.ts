@@ -22,8 +22,10 @@ export interface SourceLocation {
   readonly col: number;
 }
 
+/** `file:line:col`; just the file part when there is no line (a module's resources[3], a collected resource). */
 export function formatLocation(loc: SourceLocation | undefined): string {
-  return loc === undefined ? '' : `${loc.file}:${loc.line}:${loc.col}`;
+  if (loc === undefined) return '';
+  return loc.line === 0 ? loc.file : `${loc.file}:${loc.line}:${loc.col}`;
 }
 
 export interface BackplaneErrorOptions {

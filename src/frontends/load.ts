@@ -1,12 +1,15 @@
 import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
+import type { GraphContext } from '../api.js';
 import { BackplaneError } from '../errors.js';
+import { gatherFacts } from '../facts.js';
 import { buildGraph, type KindRegistry } from '../graph/build.js';
 import type { Graph } from '../graph/graph.js';
 import type { RawGraph } from '../graph/raw.js';
+import { parseYamlDocument } from './document.js';
+import { isModuleGraph, readModuleGraph } from './typescript.js';
 import { isMgmtGraph, readMgmtGraph } from './yaml-mgmt.js';
 import { readNativeGraph } from './yaml-native.js';
-import { parseYamlDocument } from './document.js';
 
 /** Parses graph text (native or mgmt YAML) into raw declarations; syntax errors stop here. */
 export function parseGraphText(file: string, text: string): RawGraph {
@@ -14,9 +17,19 @@ export function parseGraphText(file: string, text: string): RawGraph {
   return isMgmtGraph(doc) ? readMgmtGraph(doc) : readNativeGraph(doc);
 }
 
-/** Reads and validates a graph file. Throws ValidationErrors (input) or BackplaneError E_IO (unreadable file). */
-export async function loadGraphFile(path: string, registry: KindRegistry): Promise<Graph> {
+/** The context a graph is rendered in when no cluster is involved: this host, its facts, nothing collected. */
+export function localContext(host?: string): GraphContext {
+  const facts = gatherFacts();
+  return { host: host ?? facts.hostname, facts, collected: [] };
+}
+
+/**
+ * Reads a graph source — a YAML file (ours or mgmt's) or a TypeScript/JavaScript module rendered with `ctx` — into
+ * raw declarations. Throws ValidationErrors (bad input) or BackplaneError E_IO (unreadable file).
+ */
+export async function readGraphSource(path: string, ctx: GraphContext): Promise<RawGraph> {
   const file = resolve(path);
+  if (isModuleGraph(file)) return readModuleGraph(file, ctx);
   let text: string;
   try {
     text = await readFile(file, 'utf8');
@@ -27,5 +40,10 @@ export async function loadGraphFile(path: string, registry: KindRegistry): Promi
       cause: err,
     });
   }
-  return buildGraph(parseGraphText(file, text), registry);
+  return parseGraphText(file, text);
+}
+
+/** Reads and validates a graph file. */
+export async function loadGraphFile(path: string, registry: KindRegistry, ctx: GraphContext = localContext()): Promise<Graph> {
+  return buildGraph(await readGraphSource(path, ctx), registry);
 }

@@ -1,0 +1,81 @@
+/**
+ * The public TypeScript API for graphs written as modules (`backplane run --file graph.ts`):
+ *
+ *   import type { GraphFn } from 'backplane';
+ *   const graph: GraphFn = ({ host, facts, collected }) => ({
+ *     resources: [{ kind: 'file', name: `/srv/${host}/motd`, content: `${facts.cpus} cpus\n` }],
+ *   });
+ *   export default graph;
+ *
+ * Each resource is typed from the same zod schema that validates it, so an editor checks kinds, parameter names
+ * and types as you write.
+ */
+import type { z } from 'zod';
+import type { ExportEntry } from './graph/collect.js';
+import type { metaSchema } from './graph/meta.js';
+import type { execSchema } from './resources/exec-schema.js';
+import type { fileSchema } from './resources/file-schema.js';
+import type { groupSchema } from './resources/group.js';
+import type { httpSchema } from './resources/http.js';
+import type { pkgSchema } from './resources/pkg/schema.js';
+import type { tcpSchema } from './resources/tcp.js';
+import type { templateSchema } from './resources/template.js';
+import type { HostFacts } from './resources/types.js';
+import type { userSchema } from './resources/user.js';
+
+/** `kind[name]` or `kind:name`. */
+export type Ref = `${string}[${string}]` | `${string}:${string}`;
+
+interface Common {
+  /** Unique among resources of its kind. */
+  name: string;
+  require?: Ref | readonly Ref[];
+  before?: Ref | readonly Ref[];
+  notify?: Ref | readonly Ref[];
+  subscribe?: Ref | readonly Ref[];
+  meta?: z.input<typeof metaSchema>;
+  /** Export to every host (true) or to the named hosts instead of managing it here. */
+  export?: true | readonly string[];
+}
+
+/** Parameters that default from the name become optional. */
+type Decl<K extends string, S extends z.ZodType, Defaulted extends string = never> = { kind: K } & Common &
+  Omit<z.input<S>, Defaulted> &
+  Partial<Pick<z.input<S>, Extract<keyof z.input<S>, Defaulted>>>;
+
+export type ResourceDecl =
+  | Decl<'file', typeof fileSchema, 'path'>
+  | Decl<'template', typeof templateSchema, 'path'>
+  | Decl<'exec', typeof execSchema>
+  | Decl<'pkg', typeof pkgSchema, 'name'>
+  | Decl<'user', typeof userSchema, 'name'>
+  | Decl<'group', typeof groupSchema, 'name'>
+  | Decl<'http', typeof httpSchema, 'url'>
+  | Decl<'tcp', typeof tcpSchema, 'address'>
+  | ({ kind: 'noop' } & Common)
+  | ({ kind: 'print'; msg: string } & Common)
+  | ({ kind: 'timer'; interval: number | string } & Common);
+
+export interface CollectDecl {
+  kind: string;
+  from?: '*' | readonly string[];
+  set?: Record<string, unknown>;
+}
+
+export interface GraphContext {
+  /** This agent's hostname (--hostname). */
+  readonly host: string;
+  readonly facts: HostFacts;
+  /** Every resource exported in the cluster that is addressed to this host (before any collect rule). */
+  readonly collected: readonly ExportEntry[];
+}
+
+export interface GraphModule {
+  resources: readonly ResourceDecl[];
+  collect?: readonly CollectDecl[];
+}
+
+/** A graph module's default export: re-evaluated whenever the module file or the collected data changes. */
+export type GraphFn = (ctx: GraphContext) => GraphModule | readonly ResourceDecl[] | Promise<GraphModule | readonly ResourceDecl[]>;
+
+export type { ExportEntry, HostFacts };
