@@ -88,7 +88,7 @@ function toRawGraph(file: string, out: unknown): RawGraph {
     }
     const exp = item['export'];
     const exportTo: ExportTarget | undefined =
-      exp === true ? '*' : Array.isArray(exp) && exp.every((h) => typeof h === 'string') ? (exp as string[]) : undefined;
+      exp === true ? '*' : Array.isArray(exp) && exp.every((h) => typeof h === 'string') ? exp : undefined;
     const at = (path: readonly PropertyKey[]): SourceLocation => where(path.length === 0 ? base : `${base}.${path.map(String).join('.')}`);
     resources.push({
       kind,
@@ -125,7 +125,7 @@ function toRawGraph(file: string, out: unknown): RawGraph {
       const from = r['from'];
       collect.push({
         kind: r['kind'],
-        from: Array.isArray(from) && from.every((h) => typeof h === 'string') ? (from as string[]) : '*',
+        from: Array.isArray(from) && from.every((h) => typeof h === 'string') ? from : '*',
         set: isMap(r['set']) ? r['set'] : {},
         loc: where(`collect[${i}]`),
       });
