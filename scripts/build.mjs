@@ -2,9 +2,16 @@
 // ~90 ms of module loading), which halves start-up — and start-up is paid on every cron-style run.
 import { build } from 'esbuild';
 
+import { rm } from 'node:fs/promises';
+
+await rm('dist', { recursive: true, force: true });
 await build({
-  entryPoints: ['src/cli/main.ts'],
-  outfile: 'dist/backplane.mjs',
+  entryPoints: { backplane: 'src/cli/main.ts' },
+  outdir: 'dist',
+  outExtension: { '.js': '.mjs' },
+  // The etcd client (gRPC) is big and only needed in a cluster: dynamic imports become chunks loaded on demand.
+  splitting: true,
+  chunkNames: 'chunks/[name]-[hash]',
   bundle: true,
   platform: 'node',
   format: 'esm',

@@ -99,7 +99,7 @@ function machineLine(res: BenchResults): string {
 export function renderText(res: BenchResults): string {
   const out = [
     `Machine: ${machineLine(res)}`,
-    `Median wall time of ${res.runs} run(s); in brackets: peer time / Backplane time.`,
+    `Median wall time of ${res.runs} run(s); in brackets: peer time / Backplane time (above 1x, Backplane was faster).`,
     '',
     textTable([header(res), ...timeRows(res)]),
   ];
@@ -114,7 +114,7 @@ export function renderText(res: BenchResults): string {
 
 export function renderMarkdown(res: BenchResults): string {
   const out = [
-    `Measured ${machineLine(res)}. Median wall seconds of ${res.runs} run(s); in brackets, how many times longer the peer took than Backplane.`,
+    `Measured ${machineLine(res)}. Median wall seconds of ${res.runs} run(s); in brackets, peer time ÷ Backplane time (above 1x, Backplane was faster).`,
     '',
     markdownTable([header(res), ...timeRows(res)]),
   ];

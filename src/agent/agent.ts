@@ -1,14 +1,16 @@
 import { writeFile, rename } from 'node:fs/promises';
-import { dirname, basename, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { errorMessage } from '../errors.js';
 import { Engine, type SwapSummary } from '../engine/engine.js';
 import type { ConvergeSummary } from '../engine/state.js';
-import { loadGraphFile } from '../frontends/load.js';
 import { toDot } from '../graph/dot.js';
 import type { ResourceId } from '../graph/ids.js';
 import type { Logger } from '../log.js';
 import { createRegistry } from '../resources/registry.js';
-import { watchPath } from '../util/dirwatch.js';
+import { gatherFacts } from '../facts.js';
+import { defaultStateDir } from '../state-dir.js';
+import { VERSION } from '../version.js';
+import { GraphSource, type ClusterOptions } from './graph-source.js';
 
 export interface AgentOptions {
   readonly file: string;
@@ -23,6 +25,9 @@ export interface AgentOptions {
   readonly watchGraph?: boolean;
   /** The agent's state directory (default: /var/lib/backplane as root, else ~/.local/state/backplane). */
   readonly stateDir?: string | undefined;
+  /** This host's name in the cluster (default: the machine's hostname). */
+  readonly hostname?: string | undefined;
+  readonly cluster?: ClusterOptions;
 }
 
 export interface AgentResult {
@@ -43,20 +48,33 @@ export class Agent {
   private dotTimer: NodeJS.Timeout | undefined;
   private reloadTimer: NodeJS.Timeout | undefined;
   private readonly registry = createRegistry();
+  readonly source: GraphSource;
 
   constructor(private readonly opts: AgentOptions) {
+    const stateDir = opts.stateDir ?? defaultStateDir();
+    this.source = new GraphSource({
+      file: resolve(opts.file),
+      host: opts.hostname ?? gatherFacts().hostname,
+      registry: this.registry,
+      log: opts.log,
+      stateDir,
+      cluster: opts.cluster ?? { etcd: [], cluster: 'default', labels: {} },
+      version: VERSION,
+    });
     this.engine = new Engine({
       registry: this.registry,
       log: opts.log,
+      stateDir,
+      facts: this.source.facts,
       ...(opts.noop !== undefined ? { noop: opts.noop } : {}),
       ...(opts.parallel !== undefined ? { parallel: opts.parallel } : {}),
-      ...(opts.stateDir !== undefined ? { stateDir: opts.stateDir } : {}),
     });
   }
 
   /** Loads and starts the graph; resolves when the agent is done (converged-timeout reached, or stop()). */
   async run(): Promise<AgentResult> {
-    const graph = await loadGraphFile(this.opts.file, this.registry);
+    if ((this.opts.cluster?.etcd.length ?? 0) > 0) await this.source.watch(() => this.scheduleReload(), this.ac.signal);
+    const graph = await this.source.render();
     const started = performance.now();
     const done = new Promise<AgentResult>((resolve) => (this.finish = resolve));
     const timeout = this.opts.convergedTimeout ?? -1;
@@ -80,8 +98,9 @@ export class Agent {
     if (this.opts.graphviz !== undefined) this.engine.onState(() => this.scheduleDot());
     this.opts.log.info(`running ${graph.vertices.size} resources from ${graph.source}${this.opts.noop === true ? ' (noop: nothing will be changed)' : ''}`);
     await this.engine.setGraph(graph);
-    if (this.opts.watchGraph !== false) {
-      await watchPath(graph.source, () => this.scheduleReload(), this.ac.signal);
+    this.source.publish(graph);
+    if (this.opts.watchGraph !== false && (this.opts.cluster?.etcd.length ?? 0) === 0) {
+      await this.source.watch(() => this.scheduleReload(), this.ac.signal);
     }
     this.scheduleDot();
     return done;
@@ -113,6 +132,7 @@ export class Agent {
     // The picture shows where the graph ended up, not the 'stopped' every vertex passes through on the way out.
     if (this.opts.graphviz !== undefined) await this.writeDot().catch((err: unknown) => this.opts.log.warn(`cannot write graphviz file: ${errorMessage(err)}`));
     await this.engine.stop();
+    await this.source.close();
   }
 
   private scheduleReload(): void {
@@ -128,12 +148,13 @@ export class Agent {
     if (this.ac.signal.aborted) return;
     let next;
     try {
-      next = await loadGraphFile(this.opts.file, this.registry);
+      next = await this.source.render();
     } catch (err) {
-      this.opts.log.error(`graph file changed but is not valid; keeping the running graph:\n${errorMessage(err)}`);
+      this.opts.log.error(`graph changed but is not valid; keeping the running graph:\n${errorMessage(err)}`);
       return;
     }
     const cur = this.engine.currentGraph();
+    this.source.publish(next);
     if (cur !== undefined && sameGraph(cur, next)) return;
     const s: SwapSummary = await this.engine.setGraph(next);
     this.opts.log.info(`graph swapped: ${s.added.length} added, ${s.removed.length} removed, ${s.changed.length} changed, ${s.unchanged} unchanged`);

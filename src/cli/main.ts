@@ -1,7 +1,8 @@
 import { Command, CommanderError } from 'commander';
 import { BackplaneError } from '../errors.js';
-import pkg from '../../package.json' with { type: 'json' };
+import { VERSION } from '../version.js';
 import { EXIT, reportError } from './common.js';
+import { registerCluster } from './cluster.js';
 import { registerGraph } from './graph.js';
 import { registerRun } from './run.js';
 import { registerSchema } from './schema.js';
@@ -11,7 +12,7 @@ import { registerValidate } from './validate.js';
 const program = new Command()
   .name('backplane')
   .description('Parallel, event-driven configuration management: apply a resource graph and keep it converged.')
-  .version(pkg.version)
+  .version(VERSION)
   .showHelpAfterError('(run with --help for usage)')
   .exitOverride();
 
@@ -19,6 +20,7 @@ registerRun(program);
 registerValidate(program);
 registerGraph(program);
 registerSchema(program);
+registerCluster(program);
 
 try {
   await program.parseAsync(process.argv);

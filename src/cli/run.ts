@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { Agent } from '../agent/agent.js';
+import { parseLabels } from '../agent/graph-source.js';
 import type { ConvergeSummary } from '../engine/state.js';
 import { BackplaneError } from '../errors.js';
 import { createLogger, type LogFormat, type LogLevel, type Logger } from '../log.js';
@@ -15,6 +16,10 @@ interface RunFlags {
   logLevel: string;
   watchGraph: boolean;
   stateDir?: string;
+  hostname?: string;
+  etcd?: string;
+  cluster: string;
+  label: string[];
 }
 
 const STOP_GRACE_MS = 1500;
@@ -32,6 +37,10 @@ export function registerRun(program: Command): void {
     .option('--log-level <level>', 'debug, info, warn or error', 'info')
     .option('--no-watch-graph', 'do not reload the graph file when it changes')
     .option('--state-dir <dir>', 'where the agent keeps state across restarts (default /var/lib/backplane as root)')
+    .option('--hostname <name>', "this host's name in the cluster (default: the machine's hostname)")
+    .option('--etcd <urls>', 'join a cluster through these etcd client URLs (comma-separated); default: embedded store')
+    .option('--cluster <name>', 'cluster name: keys live under /backplane/<name>/', 'default')
+    .option('--label <key=value>', 'a label published with this host (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .action(async (flags: RunFlags) => {
       // Exit explicitly: a graph may leave handles behind (a child a kind failed to reap) that must not keep us up.
       process.exit(await runCommand(flags));
@@ -45,6 +54,12 @@ async function runCommand(flags: RunFlags): Promise<number> {
   } catch (err) {
     return reportError(err);
   }
+  let labels: Record<string, string>;
+  try {
+    labels = parseLabels(flags.label);
+  } catch (err) {
+    return reportError(err);
+  }
   const agent = new Agent({
     file: flags.file,
     log,
@@ -54,6 +69,8 @@ async function runCommand(flags: RunFlags): Promise<number> {
     graphviz: flags.graphviz,
     watchGraph: flags.watchGraph,
     stateDir: flags.stateDir,
+    hostname: flags.hostname,
+    cluster: { etcd: splitUrls(flags.etcd), cluster: flags.cluster, labels },
   });
 
   let signals = 0;
@@ -94,6 +111,13 @@ function printSummary(s: ConvergeSummary, noop: boolean, log: Logger): void {
   for (const b of s.blocked) log.error(`${b.id} not applied: it depends on ${b.blockedBy ?? 'a resource'} which did not converge`);
   if (noop) log.info(`noop: ${s.wouldChange.length} resource${s.wouldChange.length === 1 ? '' : 's'} would change`);
   if (!s.ok) log.error(`${s.failed.length} failed, ${s.blocked.length} blocked, ${s.converged} converged`);
+}
+
+export function splitUrls(v: string | undefined): string[] {
+  return (v ?? '')
+    .split(',')
+    .map((u) => u.trim())
+    .filter((u) => u !== '');
 }
 
 function logFormat(v: string): LogFormat {

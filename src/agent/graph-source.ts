@@ -1,0 +1,177 @@
+import { loadavg, freemem } from 'node:os';
+import { join } from 'node:path';
+import { ClusterLink, type NodeRecord } from '../cluster/link.js';
+import type { Store } from '../cluster/store.js';
+import { BackplaneError, errorMessage } from '../errors.js';
+import { gatherFacts } from '../facts.js';
+import { readGraphSource } from '../frontends/load.js';
+import { buildGraph, type KindRegistry } from '../graph/build.js';
+import { collectResources, type ExportEntry } from '../graph/collect.js';
+import type { Graph } from '../graph/graph.js';
+import { resourceId } from '../graph/ids.js';
+import { metaSchema } from '../graph/meta.js';
+import type { RawGraph, RawResource } from '../graph/raw.js';
+import type { Logger } from '../log.js';
+import type { HostFacts } from '../resources/types.js';
+import { watchPath } from '../util/dirwatch.js';
+
+export interface ClusterOptions {
+  /** etcd client URLs; empty = the embedded store in the state directory. */
+  readonly etcd: readonly string[];
+  readonly cluster: string;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly leaseTtlMs?: number;
+}
+
+export interface GraphSourceOptions {
+  readonly file: string;
+  readonly host: string;
+  readonly registry: KindRegistry;
+  readonly log: Logger;
+  readonly stateDir: string;
+  readonly cluster: ClusterOptions;
+  readonly version: string;
+}
+
+/**
+ * Where the running graph comes from: the graph file (YAML or a module), rendered for this host with what it
+ * collects from the cluster. It re-renders when the file changes or when collected data changes, and publishes the
+ * graph's exports. The cluster store is opened only when needed: with --etcd, or once a graph exports or collects.
+ */
+export class GraphSource {
+  private link: ClusterLink | undefined;
+  private store: Store | undefined;
+  private connecting: Promise<void> | undefined;
+  private collected: readonly ExportEntry[] = [];
+  private readonly rejected = new Set<string>();
+  private changeListener: (() => void) | undefined;
+  readonly facts: HostFacts = gatherFacts();
+
+  constructor(private readonly opts: GraphSourceOptions) {}
+
+  /** Calls `cb` when a re-render may give a different graph (the file or collected data changed). */
+  async watch(cb: () => void, signal: AbortSignal): Promise<void> {
+    this.changeListener = cb;
+    if (this.opts.cluster.etcd.length > 0) await this.connect();
+    await watchPath(this.opts.file, () => cb(), signal);
+  }
+
+  async render(): Promise<Graph> {
+    let raw = await readGraphSource(this.opts.file, this.context());
+    if (this.link === undefined && (this.opts.cluster.etcd.length > 0 || needsCluster(raw))) {
+      await this.connect();
+      raw = await readGraphSource(this.opts.file, this.context());
+    }
+    const local = new Set(raw.resources.map((r) => resourceId(r.kind, r.name)));
+    const collected = this.admit(collectResources(this.opts.host, raw.collect ?? [], this.collected), local);
+    return buildGraph({ ...raw, resources: [...raw.resources, ...collected] }, this.opts.registry);
+  }
+
+  /** Publishes what the running graph exports (retried in the background while the store is down). */
+  publish(graph: Graph): void {
+    if (this.link === undefined) return;
+    this.link.publish(graph.exports).catch((err: unknown) => this.opts.log.warn(`publishing exports failed: ${errorMessage(err)}`));
+  }
+
+  async close(): Promise<void> {
+    await this.connecting?.catch(() => undefined);
+    await this.link?.close().catch(() => undefined);
+    await this.store?.close().catch(() => undefined);
+  }
+
+  private context() {
+    return { host: this.opts.host, facts: this.facts, collected: this.collected };
+  }
+
+  private connect(): Promise<void> {
+    this.connecting ??= this.doConnect();
+    return this.connecting;
+  }
+
+  private async doConnect(): Promise<void> {
+    const { cluster } = this.opts;
+    if (cluster.etcd.length > 0) {
+      const { EtcdStore } = await import('../cluster/etcd-store.js');
+      this.store = new EtcdStore({ endpoints: cluster.etcd, cluster: cluster.cluster });
+    } else {
+      const { EmbeddedStore } = await import('../cluster/embedded-store.js');
+      this.store = await EmbeddedStore.open({ dir: join(this.opts.stateDir, 'store') });
+    }
+    const startedAt = new Date().toISOString();
+    const record = (): NodeRecord => ({
+      host: this.opts.host,
+      facts: this.facts,
+      labels: cluster.labels,
+      startedAt,
+      version: this.opts.version,
+      free: { cpus: Math.max(0, this.facts.cpus - (loadavg()[0] ?? 0)), memory: freemem() },
+    });
+    const link = new ClusterLink({
+      store: this.store,
+      host: this.opts.host,
+      log: this.opts.log,
+      record,
+      ...(cluster.leaseTtlMs === undefined ? {} : { leaseTtlMs: cluster.leaseTtlMs }),
+    });
+    await link.start((entries) => {
+      this.collected = entries;
+      this.changeListener?.();
+    });
+    this.link = link;
+    this.opts.log.info(
+      cluster.etcd.length > 0
+        ? `joined cluster "${cluster.cluster}" as ${this.opts.host} through etcd ${cluster.etcd.join(',')}`
+        : `cluster store: embedded (${join(this.opts.stateDir, 'store')})`,
+    );
+  }
+
+  /**
+   * Collected resources come from other hosts: one that is invalid here (unknown kind, bad parameters) or that
+   * would clash with a local resource is logged once and left out, never allowed to break this host's graph.
+   */
+  private admit(resources: readonly RawResource[], local: ReadonlySet<string>): RawResource[] {
+    const out: RawResource[] = [];
+    const seen = new Set<string>();
+    for (const r of resources) {
+      const id = resourceId(r.kind, r.name);
+      const tag = `${r.origin ?? '?'}:${id}:${JSON.stringify(r.params)}`;
+      const problem = this.problem(r, id, local, seen);
+      if (problem !== undefined) {
+        if (!this.rejected.has(tag)) {
+          this.rejected.add(tag);
+          this.opts.log.warn(`not collecting ${id} exported by ${r.origin ?? 'an unknown host'}: ${problem}`);
+        }
+        continue;
+      }
+      seen.add(id);
+      out.push(r);
+    }
+    return out;
+  }
+
+  private problem(r: RawResource, id: string, local: ReadonlySet<string>, seen: ReadonlySet<string>): string | undefined {
+    if (local.has(id)) return 'this host declares a resource with the same id';
+    if (seen.has(id)) return 'another host exports a resource with the same id';
+    const kind = this.opts.registry.get(r.kind);
+    if (kind === undefined) return `unknown kind "${r.kind}"`;
+    const params = kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
+    if (!params.success) return params.error.issues.map((i) => `${i.path.join('.') || 'parameters'}: ${i.message}`).join('; ');
+    const meta = metaSchema.safeParse(r.meta);
+    if (!meta.success) return `meta: ${meta.error.issues.map((i) => i.message).join('; ')}`;
+    return undefined;
+  }
+}
+
+function needsCluster(raw: RawGraph): boolean {
+  return (raw.collect?.length ?? 0) > 0 || raw.resources.some((r) => r.export !== undefined);
+}
+
+export function parseLabels(items: readonly string[]): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const item of items) {
+    const i = item.indexOf('=');
+    if (i <= 0) throw new BackplaneError('E_USAGE', `label "${item}" is not key=value`, { hint: 'e.g. --label zone=a' });
+    out[item.slice(0, i)] = item.slice(i + 1);
+  }
+  return out;
+}

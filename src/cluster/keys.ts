@@ -1,0 +1,78 @@
+import { StoreError } from './store.js';
+
+/**
+ * Key layout. In etcd everything lives under `/backplane/<cluster>/`, so several clusters (and anything else) can
+ * share one etcd, and a store scoped to a cluster cannot touch another's keys. Store keys are relative to that root:
+ *
+ *   nodes/<host>                          membership: one key per live agent, attached to its lease
+ *   exported/<host>/<kind>/<name>         resources exported by <host>, collected by others
+ *   election/<name>/<lease id>            candidates of election <name>; the oldest is the leader (election.ts)
+ *   meta/<name>                           cluster-wide settings (e.g. meta/layout: the layout version)
+ *
+ * Every variable segment is percent-encoded, so a resource named `/etc/motd` or a host named `a/b` can never be
+ * mistaken for extra path segments and prefix lists stay exact (`nodes/a/` does not match `nodes/ab`).
+ */
+
+export const ROOT = '/backplane/';
+export const LAYOUT_VERSION = 1;
+
+const CLUSTER_NAME = /^[a-z0-9][a-z0-9._-]{0,62}$/;
+
+/** The etcd prefix of a cluster's keys. */
+export function clusterRoot(cluster: string): string {
+  if (!CLUSTER_NAME.test(cluster)) {
+    throw new StoreError('invalid', `cluster name "${cluster}" is not valid`, {
+      hint: 'use 1-63 characters of a-z, 0-9, ".", "_" or "-", starting with a letter or digit',
+    });
+  }
+  return `${ROOT}${cluster}/`;
+}
+
+/** Encodes one path segment. Only characters that cannot be confused with structure are left as they are. */
+export function segment(value: string): string {
+  if (value === '') throw new StoreError('invalid', 'a store key segment must not be empty');
+  return encodeURIComponent(value).replace(/[!'()*]/g, (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`);
+}
+
+export function decodeSegment(value: string): string {
+  return decodeURIComponent(value);
+}
+
+export const keys = {
+  nodesPrefix: 'nodes/',
+  node: (host: string): string => `nodes/${segment(host)}`,
+
+  exportedPrefix: 'exported/',
+  exportedByHost: (host: string): string => `exported/${segment(host)}/`,
+  exported: (host: string, kind: string, name: string): string => `exported/${segment(host)}/${segment(kind)}/${segment(name)}`,
+
+  electionsPrefix: 'election/',
+  election: (name: string): string => `election/${segment(name)}/`,
+
+  meta: (name: string): string => `meta/${segment(name)}`,
+} as const;
+
+/** The host a `nodes/<host>` key belongs to, or undefined for any other key. */
+export function parseNodeKey(key: string): string | undefined {
+  const m = /^nodes\/([^/]+)$/.exec(key);
+  return m?.[1] === undefined ? undefined : decodeSegment(m[1]);
+}
+
+export function parseExportedKey(key: string): { host: string; kind: string; name: string } | undefined {
+  const m = /^exported\/([^/]+)\/([^/]+)\/([^/]+)$/.exec(key);
+  if (m?.[1] === undefined || m[2] === undefined || m[3] === undefined) return undefined;
+  return { host: decodeSegment(m[1]), kind: decodeSegment(m[2]), name: decodeSegment(m[3]) };
+}
+
+/** The smallest string greater than every string starting with `prefix` (etcd's range_end for a prefix). */
+export function prefixEnd(prefix: Buffer): Buffer {
+  const end = Buffer.from(prefix);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if (end[i]! < 0xff) {
+      end[i] = end[i]! + 1;
+      return end.subarray(0, i + 1);
+    }
+  }
+  // All 0xff (or empty): etcd's "\0" means "to the end of the keyspace".
+  return Buffer.from([0]);
+}
