@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import type { HostFacts, Resource, ResourceWorld } from '../resources/types.js';
 import { gatherFacts } from '../facts.js';
 import { defaultStateDir, resourceStateDir } from '../state-dir.js';
-import { Semaphore, SemaphoreSet } from './semaphore.js';
+import { Semaphore, SemaphoreSet } from '../util/semaphore.js';
 import { ACTIVE_STATES, type ConvergeSummary, type VertexState, type VertexStatus } from './state.js';
 import { Worker, type WorkerHost } from './worker.js';
 

@@ -6,6 +6,7 @@ import { createTwoFilesPatch } from 'diff';
 import { BackplaneError } from '../errors.js';
 import type { ResourceId } from '../graph/ids.js';
 import { syncDirectory } from '../util/dirsync.js';
+import { Semaphore } from '../util/semaphore.js';
 import { watchPath } from '../util/dirwatch.js';
 import { fileSchema, type FileParams } from './file-schema.js';
 import { defineKind, type CheckResult, type Resource, type ResourceWorld } from './types.js';
@@ -76,21 +77,47 @@ export function createFile(id: ResourceId, p: FileParams, world: ResourceWorld):
       await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
     },
     async checkApply({ apply, signal }) {
-      const r: Run = { id, p, path, apply, signal, world, changes: [], diff: undefined };
-      checkAborted(r);
-      const st = await lstatMaybe(r, path);
-      if (p.state === 'absent') await ensureAbsent(r, st);
-      else {
-        const own = await resolveOwnership(r);
-        checkAborted(r);
-        if (p.type === 'file') await ensureFile(r, st, own, content);
-        else if (p.type === 'directory') await ensureDirectory(r, st, own);
-        else await ensureSymlink(r, st, own);
+      await ioSlots.acquire(signal).catch(() => {
+        throw new BackplaneError('E_ABORTED', 'aborted', { resource: id });
+      });
+      try {
+        return await checkApplyFile(id, p, path, apply, signal, world, content);
+      } finally {
+        ioSlots.release();
       }
-      const result: CheckResult = { converged: r.changes.length === 0, changes: r.changes };
-      return r.diff === undefined ? result : { ...result, diff: r.diff };
     },
   };
+}
+
+/**
+ * How many file checks run at once in this process. Each holds buffers, a descriptor and a chain of promises; with
+ * 10,000 files started together that was ~600 MiB of peak RSS for no gain — libuv runs 4 filesystem calls at a
+ * time anyway. 64 keeps every thread busy and the peak low.
+ */
+const ioSlots = new Semaphore(64);
+
+async function checkApplyFile(
+  id: ResourceId,
+  p: FileParams,
+  path: string,
+  apply: boolean,
+  signal: AbortSignal,
+  world: ResourceWorld,
+  content: Buffer | undefined,
+): Promise<CheckResult> {
+  const r: Run = { id, p, path, apply, signal, world, changes: [], diff: undefined };
+  checkAborted(r);
+  const st = await lstatMaybe(r, path);
+  if (p.state === 'absent') await ensureAbsent(r, st);
+  else {
+    const own = await resolveOwnership(r);
+    checkAborted(r);
+    if (p.type === 'file') await ensureFile(r, st, own, content);
+    else if (p.type === 'directory') await ensureDirectory(r, st, own);
+    else await ensureSymlink(r, st, own);
+  }
+  const result: CheckResult = { converged: r.changes.length === 0, changes: r.changes };
+  return r.diff === undefined ? result : { ...result, diff: r.diff };
 }
 
 async function ensureAbsent(r: Run, st: Stats | undefined): Promise<void> {

@@ -7,6 +7,7 @@ import { httpKind } from './http.js';
 import { noopKind } from './noop.js';
 import { pkgKind } from './pkg.js';
 import { printKind } from './print.js';
+import { svcKind } from './svc.js';
 import { tcpKind } from './tcp.js';
 import { templateKind } from './template.js';
 import { timerKind } from './timer.js';
@@ -18,6 +19,7 @@ export const builtinKinds: readonly AnyResourceKind[] = [
   templateKind,
   execKind,
   pkgKind,
+  svcKind,
   userKind,
   groupKind,
   httpKind,

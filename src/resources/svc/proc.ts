@@ -1,0 +1,234 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
+
+/**
+ * Processes as the supervisor sees them: one it spawned (its 'exit' event is exact and immediate) or one it adopted
+ * from a previous agent (not its child: only /proc can tell when it is gone, and `kill -0` cannot, because a dead
+ * orphan stays a zombie until PID 1 reaps it — FACTS.md fact 5).
+ */
+
+export interface ExitInfo {
+  /** null when killed by a signal, or when the process was adopted and its status cannot be known. */
+  readonly code: number | null;
+  readonly signal: NodeJS.Signals | null;
+  /** false for an adopted process: only its parent (PID 1 by then) learns the exit status. */
+  readonly known: boolean;
+  readonly at: number;
+}
+
+export interface Proc {
+  readonly pid: number;
+  /** The child leads its own process group (setsid), so pgid = pid; kept apart for clarity in kills. */
+  readonly pgid: number;
+  /** Field 22 of /proc/PID/stat (clock ticks since boot): with the pid, it names one process for good. */
+  readonly starttime: string;
+  /** Wall clock (ms) when it started, for "ran for" and backoff decisions. */
+  readonly startedAt: number;
+  readonly adopted: boolean;
+  /** Never rejects. */
+  readonly exited: Promise<ExitInfo>;
+  /**
+   * Stop watching: the process itself is left alone. Until then it keeps the agent's event loop alive (a child
+   * handle, or the /proc poll for an adopted process), as any supervision in progress should.
+   */
+  release(): void;
+}
+
+export interface ProcStat {
+  readonly state: string;
+  readonly ppid: number;
+  readonly pgrp: number;
+  readonly starttime: string;
+}
+
+/** /proc/PID/stat, or undefined when there is no such process. */
+export async function readStat(pid: number): Promise<ProcStat | undefined> {
+  let text: string;
+  try {
+    text = await readFile(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  return parseStat(text);
+}
+
+/** Fields after the command name, which is in parentheses and may itself contain spaces and parentheses. */
+export function parseStat(text: string): ProcStat | undefined {
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  // rest[0] is field 3 (state), so field N is rest[N - 3].
+  const state = rest[0];
+  const ppid = Number(rest[1]);
+  const pgrp = Number(rest[2]);
+  const starttime = rest[19];
+  if (state === undefined || starttime === undefined || !Number.isInteger(pgrp)) return undefined;
+  return { state, ppid, pgrp, starttime };
+}
+
+/** Alive = exists and is not a zombie (a zombie has exited; it only waits for its parent to reap it). */
+export function isAlive(st: ProcStat | undefined): st is ProcStat {
+  return st !== undefined && st.state !== 'Z' && st.state !== 'X';
+}
+
+/** Live (non-zombie) members of a process group. Scans /proc: used only while stopping, never per tick. */
+export async function groupMembers(pgid: number): Promise<number[]> {
+  let names: string[];
+  try {
+    names = await readdir('/proc');
+  } catch {
+    return [];
+  }
+  const members: number[] = [];
+  await Promise.all(
+    names.map(async (n) => {
+      if (!/^\d+$/.test(n)) return;
+      const st = await readStat(Number(n));
+      if (isAlive(st) && st.pgrp === pgid) members.push(Number(n));
+    }),
+  );
+  return members;
+}
+
+export function signalGroup(pgid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(-pgid, sig);
+  } catch {
+    // ESRCH: the group is gone already
+  }
+}
+
+export function signalPid(pid: number, sig: NodeJS.Signals): void {
+  try {
+    process.kill(pid, sig);
+  } catch {
+    // gone already
+  }
+}
+
+export interface SpawnSpec {
+  readonly file: string;
+  readonly args: readonly string[];
+  readonly cwd: string;
+  readonly env: NodeJS.ProcessEnv;
+  readonly uid?: number | undefined;
+  readonly gid?: number | undefined;
+  readonly stdoutPath: string;
+  readonly stderrPath: string;
+}
+
+/**
+ * Children this process spawned and that are still running, by pid. A supervisor object that replaces another in
+ * the same agent (a graph swap) adopts through here and so keeps the exact, immediate exit event.
+ */
+const ownChildren = new Map<number, { readonly starttime: string; readonly startedAt: number; readonly exited: Promise<ExitInfo>; readonly child: ChildProcess }>();
+
+/**
+ * Starts a process in its own session and process group with stdout/stderr appended straight to files: no pipe
+ * through the agent, so the process outlives the agent (an agent upgrade must not take services down) and a
+ * restarted agent can adopt it. Rejects with the spawn error (ENOENT, EACCES, EPERM…) when it cannot start.
+ */
+export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
+  const out = openLog(spec.stdoutPath);
+  let err: number;
+  try {
+    err = spec.stderrPath === spec.stdoutPath ? out : openLog(spec.stderrPath);
+  } catch (e) {
+    closeSync(out);
+    throw e;
+  }
+  let child;
+  try {
+    child = spawn(spec.file, [...spec.args], {
+      cwd: spec.cwd,
+      env: spec.env,
+      detached: true,
+      stdio: ['ignore', out, err],
+      ...(spec.uid !== undefined ? { uid: spec.uid } : {}),
+      ...(spec.gid !== undefined ? { gid: spec.gid } : {}),
+    });
+  } finally {
+    // The child has its own copies now (spawn forks synchronously).
+    closeSync(out);
+    if (err !== out) closeSync(err);
+  }
+  const exited = new Promise<ExitInfo>((resolve) => {
+    child.once('exit', (code, signal) => resolve({ code, signal, known: true, at: Date.now() }));
+  });
+  await new Promise<void>((resolve, reject) => {
+    child.once('spawn', resolve);
+    child.once('error', reject);
+  });
+  child.on('error', () => undefined);
+  const pid = child.pid;
+  if (pid === undefined) throw new Error('spawned process has no pid');
+  const startedAt = Date.now();
+  // Read at once: the child cannot have been reaped yet unless it already exited, and then there is nothing to adopt.
+  const st = await readStat(pid);
+  const starttime = st?.starttime ?? '';
+  ownChildren.set(pid, { starttime, startedAt, exited, child });
+  void exited.then(() => ownChildren.delete(pid));
+  // Released, the handle no longer keeps the agent up: it can exit while its services keep running.
+  return { pid, pgid: pid, starttime, startedAt, adopted: false, exited, release: () => child.unref() };
+}
+
+/** A log file that cannot be opened: not a spawn failure, and reported as such. */
+export class LogFileError extends Error {
+  constructor(
+    readonly path: string,
+    cause: unknown,
+  ) {
+    super(`cannot open ${path} for the process's output: ${(cause as Error).message}`, { cause });
+  }
+}
+
+function openLog(path: string): number {
+  try {
+    return openSync(path, 'a', 0o640);
+  } catch (err) {
+    throw new LogFileError(path, err);
+  }
+}
+
+const ADOPT_POLL_MS = 100;
+
+/**
+ * Takes over a process that a previous agent (or an earlier supervisor object in this agent) started, if it is
+ * still that very process: same pid and same start time. Returns undefined when it is gone.
+ */
+export async function adoptProc(pid: number, starttime: string, startedAt: number): Promise<Proc | undefined> {
+  const own = ownChildren.get(pid);
+  if (own !== undefined && own.starttime === starttime) {
+    own.child.ref();
+    return { pid, pgid: pid, starttime, startedAt: own.startedAt, adopted: false, exited: own.exited, release: () => own.child.unref() };
+  }
+  const st = await readStat(pid);
+  if (!isAlive(st) || st.starttime !== starttime) return undefined;
+  let timer: NodeJS.Timeout | undefined;
+  let polling = false;
+  const exited = new Promise<ExitInfo>((resolve) => {
+    timer = setInterval(() => {
+      if (polling) return;
+      polling = true;
+      readStat(pid)
+        .then((now) => {
+          if (isAlive(now) && now.starttime === starttime) return;
+          clearInterval(timer);
+          resolve({ code: null, signal: null, known: false, at: Date.now() });
+        })
+        .catch(() => undefined)
+        .finally(() => (polling = false));
+    }, ADOPT_POLL_MS);
+  });
+  return { pid, pgid: st.pgrp, starttime, startedAt, adopted: true, exited, release: () => clearInterval(timer) };
+}
+
+export function describeExit(e: ExitInfo): string {
+  if (!e.known) return 'exited (status unknown: the process was adopted from an earlier agent)';
+  if (e.code !== null) return `exited with code ${e.code}`;
+  return `was killed by ${e.signal ?? 'a signal'}`;
+}
+
+/** A failure for restart: on-failure purposes. An adopted process's status is unknown: assume the worst. */
+export function isFailure(e: ExitInfo): boolean {
+  return !e.known || e.code !== 0;
+}

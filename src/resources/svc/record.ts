@@ -1,0 +1,53 @@
+import { readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+
+/**
+ * What a supervisor leaves in the resource's state directory so that the next agent can adopt its process instead
+ * of starting a second copy: pid + start time name the process for good (a recycled pid has another start time),
+ * and the spec hash says whether it still runs the current definition.
+ */
+export interface ProcRecord {
+  readonly pid: number;
+  readonly pgid: number;
+  readonly starttime: string;
+  readonly startedAt: number;
+  readonly specHash: string;
+  readonly argv: readonly string[];
+}
+
+const FILE = 'process.json';
+
+export async function readRecord(stateDir: string): Promise<ProcRecord | undefined> {
+  let text: string;
+  try {
+    text = await readFile(join(stateDir, FILE), 'utf8');
+  } catch {
+    return undefined;
+  }
+  try {
+    const r = JSON.parse(text) as Partial<ProcRecord>;
+    if (typeof r.pid !== 'number' || typeof r.starttime !== 'string' || typeof r.specHash !== 'string') return undefined;
+    return {
+      pid: r.pid,
+      pgid: typeof r.pgid === 'number' ? r.pgid : r.pid,
+      starttime: r.starttime,
+      startedAt: typeof r.startedAt === 'number' ? r.startedAt : Date.now(),
+      specHash: r.specHash,
+      argv: Array.isArray(r.argv) ? r.argv : [],
+    };
+  } catch {
+    // A torn or foreign file: nothing can be adopted from it.
+    return undefined;
+  }
+}
+
+/** Atomic (write + rename): a crash mid-write must not leave a record that names no process or the wrong one. */
+export async function writeRecord(stateDir: string, r: ProcRecord): Promise<void> {
+  const tmp = join(stateDir, `.${FILE}.tmp-${process.pid}`);
+  await writeFile(tmp, `${JSON.stringify(r)}\n`, { mode: 0o600 });
+  await rename(tmp, join(stateDir, FILE));
+}
+
+export async function clearRecord(stateDir: string): Promise<void> {
+  await rm(join(stateDir, FILE), { force: true });
+}
