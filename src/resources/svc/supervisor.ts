@@ -70,6 +70,7 @@ export class Supervisor {
   private attaching: Promise<void> | undefined;
   private dir = '';
   private restartTimer: NodeJS.Timeout | undefined;
+  private leftover: Proc | undefined;
   private restartAt = 0;
   private logTimer: NodeJS.Timeout | undefined;
   private logCheck: Promise<void> | undefined;
@@ -518,6 +519,8 @@ export class Supervisor {
   private onExit(a: Attempt, exit: ExitInfo): void {
     a.health?.stop();
     a.proc.release();
+    // Children of the dead main process may live on (nginx's workers keep its port): they go before a restart.
+    this.leftover = a.proc;
     const ranMs = exit.at - a.proc.startedAt;
     const why = a.killedFor ?? `pid ${a.proc.pid} ${describeExit(exit)} after running ${formatDuration(ranMs)}`;
     a.ended = why;
@@ -568,6 +571,7 @@ export class Supervisor {
     this.restartTimer = undefined;
     await this.serial(async () => {
       if (this.closed || !this.supervising || this.phase !== 'backoff') return;
+      await this.reapLeftovers();
       let a: Attempt;
       try {
         a = await this.startLocked();
@@ -579,6 +583,22 @@ export class Supervisor {
       this.events.push(`restarted after ${why} (pid ${a.proc.pid})`);
       this.report(`restarted as pid ${a.proc.pid}`);
     });
+  }
+
+  /**
+   * Like systemd's default KillMode: when the main process died, whatever else it left in its process group or
+   * cgroup is stopped (stopSignal, then SIGKILL after stopTimeout) before a new main process starts, so a restart
+   * never competes with orphans for ports, pid files or locks.
+   */
+  private async reapLeftovers(): Promise<void> {
+    const proc = this.leftover;
+    this.leftover = undefined;
+    if (proc === undefined) return;
+    const cg = await this.findCgroup();
+    const orphans = (await groupMembers(proc.pgid)).length + (cg === undefined ? 0 : (await cgroupMembers(cg)).length);
+    if (orphans === 0) return;
+    this.log.info(`stopping ${orphans} process(es) left behind by pid ${proc.pid} before restarting`);
+    await this.terminate(proc, new AbortController().signal);
   }
 
   private cancelRestart(): void {
