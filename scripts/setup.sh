@@ -10,6 +10,12 @@ fi
 # Debian packages the tests use. apt-get is slow (1-6 s a call), so only when something is missing.
 apt_install() {
   local missing=()
+  # A fresh machine may have no package lists at all; pkg tests and `apt-get install` need them.
+  if ! compgen -G '/var/lib/apt/lists/*_Packages' >/dev/null && ! compgen -G '/var/lib/apt/lists/*_Packages.*' >/dev/null; then
+    local sudo0=""; [ "$(id -u)" -ne 0 ] && sudo0="sudo"
+    echo "== apt-get update (no package lists yet)"
+    $sudo0 apt-get update -qq -o DPkg::Lock::Timeout=120 >/dev/null
+  fi
   for p in "$@"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p"); done
   [ "${#missing[@]}" -eq 0 ] && return 0
   echo "== installing Debian packages: ${missing[*]}"
