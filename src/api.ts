@@ -1,8 +1,9 @@
 /**
  * The public TypeScript API for graphs written as modules (`backplane run --file graph.ts`):
  *
- *   import type { GraphFn } from 'backplane';
- *   const graph: GraphFn = ({ host, facts, collected }) => ({
+ *   import type { GraphFn, GraphModule } from 'backplane';
+ *   // The return annotation makes TypeScript flag misspelt parameters too (excess property checks).
+ *   const graph: GraphFn = ({ host, facts, collected }): GraphModule => ({
  *     resources: [{ kind: 'file', name: `/srv/${host}/motd`, content: `${facts.cpus} cpus\n` }],
  *   });
  *   export default graph;
@@ -18,6 +19,7 @@ import type { fileSchema } from './resources/file-schema.js';
 import type { groupSchema } from './resources/group.js';
 import type { httpSchema } from './resources/http.js';
 import type { pkgSchema } from './resources/pkg/schema.js';
+import type { svcSchema } from './resources/svc-schema.js';
 import type { tcpSchema } from './resources/tcp.js';
 import type { templateSchema } from './resources/template.js';
 import type { HostFacts } from './resources/types.js';
@@ -48,6 +50,7 @@ export type ResourceDecl =
   | Decl<'template', typeof templateSchema, 'path'>
   | Decl<'exec', typeof execSchema>
   | Decl<'pkg', typeof pkgSchema, 'name'>
+  | Decl<'svc', typeof svcSchema>
   | Decl<'user', typeof userSchema, 'name'>
   | Decl<'group', typeof groupSchema, 'name'>
   | Decl<'http', typeof httpSchema, 'url'>
@@ -76,6 +79,6 @@ export interface GraphModule {
 }
 
 /** A graph module's default export: re-evaluated whenever the module file or the collected data changes. */
-export type GraphFn = (ctx: GraphContext) => GraphModule | readonly ResourceDecl[] | Promise<GraphModule | readonly ResourceDecl[]>;
+export type GraphFn = (ctx: GraphContext) => GraphModule | Promise<GraphModule>;
 
 export type { ExportEntry, HostFacts };
