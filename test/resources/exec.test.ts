@@ -8,10 +8,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, test } from 'node:test';
-import { BackplaneError } from '../../src/errors.js';
 import { resourceId } from '../../src/graph/ids.js';
 import { execKind } from '../../src/resources/exec.js';
 import type { CheckResult, Resource, ResourceLog } from '../../src/resources/types.js';
+import { rejection } from '../helpers/assert.js';
 
 const ID = resourceId('exec', 'test');
 
@@ -85,15 +85,6 @@ async function waitFor(what: string, cond: () => boolean | Promise<boolean>, tim
   }
 }
 
-async function rejection(p: Promise<unknown>): Promise<BackplaneError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof BackplaneError, `expected a BackplaneError, got ${String(err)}`);
-    return err;
-  }
-  return assert.fail('expected the call to reject');
-}
 
 describe('exec: running commands', () => {
   test('an argv command runs without a shell and reports what it ran', async () => {

@@ -9,13 +9,13 @@ import { createServer as createHttpServer, type IncomingMessage, type ServerResp
 import { createServer as createNetServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
-import { BackplaneError } from '../../src/errors.js';
 import { resourceId } from '../../src/graph/ids.js';
 import { httpKind } from '../../src/resources/http.js';
 import { tcpKind } from '../../src/resources/tcp.js';
 import type { CheckResult, Resource, ResourceLog } from '../../src/resources/types.js';
 import { harness, until, withTempDir } from '../helpers/engine.js';
 import { testWorld } from '../helpers/world.js';
+import { rejection } from '../helpers/assert.js';
 
 const quiet: ResourceLog = { change: () => undefined, info: () => undefined, warn: () => undefined, debug: () => undefined };
 // One world whose (unused) state root is removed at the end: testWorld() alone leaves a directory per call.
@@ -35,15 +35,6 @@ function check(res: Resource, opts: { apply?: boolean; signal?: AbortSignal } = 
   return res.checkApply({ apply: opts.apply ?? true, refresh: false, signal: opts.signal ?? new AbortController().signal, log: quiet });
 }
 
-async function rejection(p: Promise<unknown>): Promise<BackplaneError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof BackplaneError, `expected a BackplaneError, got ${String(err)}`);
-    return err;
-  }
-  return assert.fail('expected the call to reject');
-}
 
 // ---- servers -----------------------------------------------------------------------------------------------------
 

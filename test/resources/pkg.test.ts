@@ -16,6 +16,7 @@ import type { CheckResult, Resource, ResourceLog, ResourceWorld } from '../../sr
 import { DebRepo, dpkg } from '../helpers/deb.js';
 import { harness, until } from '../helpers/engine.js';
 import { testWorld } from '../helpers/world.js';
+import { rejection } from '../helpers/assert.js';
 
 class RecordingLog implements ResourceLog {
   readonly lines: string[] = [];
@@ -50,15 +51,6 @@ async function entry(suffix: string): Promise<ReturnType<Awaited<ReturnType<type
   return (await readDpkgStatus()).get(repo.pkg(suffix));
 }
 
-async function rejection(p: Promise<unknown>): Promise<BackplaneError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof BackplaneError, `expected a BackplaneError, got ${String(err)}`);
-    return err;
-  }
-  return assert.fail('expected the call to reject');
-}
 
 async function waitFor(what: string, cond: () => boolean | Promise<boolean>, timeoutMs = 5000): Promise<void> {
   const deadline = Date.now() + timeoutMs;

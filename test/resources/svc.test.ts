@@ -9,7 +9,6 @@ import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, afterEach, describe, test } from 'node:test';
 import { fileURLToPath, pathToFileURL } from 'node:url';
-import { BackplaneError } from '../../src/errors.js';
 import { resourceId, type ResourceId } from '../../src/graph/ids.js';
 import { svcKind } from '../../src/resources/svc.js';
 import { cgroupName, detectHierarchy, existingCgroup, removeCgroup } from '../../src/resources/svc/cgroup.js';
@@ -18,6 +17,7 @@ import { readRecord } from '../../src/resources/svc/record.js';
 import { RestartPolicy } from '../../src/resources/svc/restart-policy.js';
 import type { CheckResult, Resource, ResourceLog, ResourceWorld } from '../../src/resources/types.js';
 import { resourceStateDir } from '../../src/state-dir.js';
+import { rejection } from '../helpers/assert.js';
 
 const ROOT = join(fileURLToPath(import.meta.url), '..', '..', '..');
 
@@ -164,15 +164,6 @@ async function waitFor(what: string, cond: () => boolean | Promise<boolean>, tim
   }
 }
 
-async function rejection(p: Promise<unknown>): Promise<BackplaneError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof BackplaneError, `expected a BackplaneError, got ${String(err)}`);
-    return err;
-  }
-  return assert.fail('expected the call to reject');
-}
 
 /**
  * A free port below the ephemeral range: a health probe connecting to a port in that range can be handed the same

@@ -13,6 +13,7 @@ import { templateKind } from '../../src/resources/template.js';
 import type { CheckResult, Resource, ResourceLog, ResourceWorld } from '../../src/resources/types.js';
 import { harness, until } from '../helpers/engine.js';
 import { testWorld } from '../helpers/world.js';
+import { rejection } from '../helpers/assert.js';
 
 const ID = resourceId('template', 'test');
 const quiet: ResourceLog = { change: () => undefined, info: () => undefined, warn: () => undefined, debug: () => undefined };
@@ -30,15 +31,6 @@ function run(res: Resource, opts: { apply?: boolean } = {}): Promise<CheckResult
   return res.checkApply({ apply: opts.apply ?? true, refresh: false, signal: new AbortController().signal, log: quiet });
 }
 
-async function rejection(p: Promise<unknown>): Promise<BackplaneError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof BackplaneError, `expected a BackplaneError, got ${String(err)}`);
-    return err;
-  }
-  return assert.fail('expected the call to reject');
-}
 
 const dirs: string[] = [];
 async function tempDir(): Promise<string> {

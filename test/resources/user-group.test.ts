@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, describe, test } from 'node:test';
-import { BackplaneError, ValidationErrors } from '../../src/errors.js';
+import { ValidationErrors } from '../../src/errors.js';
 import { resourceId } from '../../src/graph/ids.js';
 import { parseGroup, parsePasswd, readAccounts, watchAccounts } from '../../src/resources/accounts.js';
 import { groupKind } from '../../src/resources/group.js';
@@ -15,6 +15,7 @@ import type { CheckResult, Resource, ResourceKind, ResourceLog } from '../../src
 import { userKind } from '../../src/resources/user.js';
 import { harness, until } from '../helpers/engine.js';
 import { testWorld } from '../helpers/world.js';
+import { rejection } from '../helpers/assert.js';
 
 /** Every account a run creates starts with this, so cleanup can find them all and parallel runs cannot collide. */
 const P = `bptest${randomBytes(3).toString('hex')}`;
@@ -36,15 +37,6 @@ function run(res: Resource, apply = true): Promise<CheckResult> {
   return res.checkApply({ apply, refresh: false, signal: new AbortController().signal, log: quiet });
 }
 
-async function rejection(p: Promise<unknown>): Promise<BackplaneError> {
-  try {
-    await p;
-  } catch (err) {
-    assert.ok(err instanceof BackplaneError, `expected a BackplaneError, got ${String(err)}`);
-    return err;
-  }
-  return assert.fail('expected the call to reject');
-}
 
 async function passwdLine(name: string): Promise<string | undefined> {
   return (await readAccounts()).users.get(name)?.line;
