@@ -3,7 +3,7 @@
  * then Backplane-only measurements of a running agent (drift repair, idle cost). Start it with `npm run bench`,
  * which builds Backplane and installs the peers first; `npm run bench -- --help` lists the options.
  */
-import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { measureDriftRepair, measureIdleCost } from './live/index.js';
@@ -92,6 +92,8 @@ async function main(): Promise<number> {
   for (const note of notesFor(missing, opts)) console.log(`Note: ${note}`);
 
   const tmp = mkdtempSync(join(tmpdir(), 'backplane-bench-'));
+  // nginx's workers run as nobody and must reach the nginx stack's document root inside; listing stays closed.
+  chmodSync(tmp, 0o711);
   cleanUpOnSignal(tmp, opts.keep);
   const workloads: WorkloadResult[] = [];
   let live: LiveResults = { errors: [] };

@@ -13,7 +13,7 @@ fi
 npm run build
 
 # Debian package names of what the bench runs, keyed by the command that shows each is installed.
-declare -A PACKAGE_OF=([puppet]=puppet [ansible-playbook]=ansible [cf-agent]=cfengine3 [/usr/bin/time]=time)
+declare -A PACKAGE_OF=([puppet]=puppet [ansible-playbook]=ansible [cf-agent]=cfengine3 [/usr/bin/time]=time [/usr/sbin/nginx]=nginx)
 
 missing_packages() {
   local cmd

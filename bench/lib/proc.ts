@@ -44,8 +44,22 @@ export interface RunResult {
 /** Children still running, so an interrupted bench can kill them instead of leaving them behind. */
 const live = new Set<ChildProcess>();
 
+/** What else a workload started that outlives its tool's run (the nginx stack's daemons), to end on the way out. */
+const cleanups = new Set<() => void>();
+
+export function atCleanup(fn: () => void): void {
+  cleanups.add(fn);
+}
+
 export function killAllChildren(): void {
   for (const child of live) killGroup(child, 'SIGKILL');
+  for (const fn of cleanups) {
+    try {
+      fn();
+    } catch {
+      // best effort on the way out; the others must still run
+    }
+  }
 }
 
 /** Each child leads its own process group, so a timeout also ends what it spawned (Ansible's workers, execs). */

@@ -32,19 +32,19 @@ function runsFor(tool: Tool, w: Workload, plan: RunPlan): number {
   return tool.id === 'ansible' && w.manyFiles ? plan.slowRuns : plan.runs;
 }
 
-function prepare(tool: Tool, w: Workload, plan: RunPlan): Entry {
+async function prepare(tool: Tool, w: Workload, plan: RunPlan): Promise<Entry> {
   const base = join(plan.tmp, tool.id, w.id);
   const workDir = join(base, 'work');
   const targetDir = join(base, 'target');
   mkdirSync(workDir, { recursive: true });
-  const desired = w.desired(targetDir);
+  const desired = await w.desired(targetDir);
   const runs = runsFor(tool, w, plan);
   const result: ToolResult = { runs: [] };
   if (runs === 0) result.skipped = 'skipped: --slow-runs 0';
   return { tool, desired, invocation: tool.prepare(desired, workDir), workDir, targetDir, runs, result };
 }
 
-function problemOf(entry: Entry, w: Workload, r: RunResult, log: string): string | undefined {
+async function problemOf(entry: Entry, w: Workload, r: RunResult, log: string): Promise<string | undefined> {
   if (r.timedOut) return `timed out after ${RUN_TIMEOUT_MS / 60_000} min`;
   if (r.exitCode === null || !entry.invocation.okCodes.includes(r.exitCode)) {
     return `exit ${r.exitCode ?? r.signal}; log ${log}:\n${tail(log, 5)}`;
@@ -53,10 +53,16 @@ function problemOf(entry: Entry, w: Workload, r: RunResult, log: string): string
 }
 
 async function runOnce(entry: Entry, w: Workload, index: number): Promise<RunRecord> {
-  w.setup(entry.desired);
+  try {
+    await w.setup(entry.desired);
+  } catch (e) {
+    const problem = `could not set up the run: ${e instanceof Error ? e.message : String(e)}`;
+    console.log(`  ${entry.tool.label.padEnd(9)} run ${index + 1}/${entry.runs}  FAILED: ${problem}`);
+    return { wallS: 0, problem };
+  }
   const log = join(entry.workDir, `run-${index + 1}.log`);
   const r = await timedRun(entry.invocation, log, RUN_TIMEOUT_MS);
-  const problem = problemOf(entry, w, r, log);
+  const problem = await problemOf(entry, w, r, log);
   const rss = r.maxRssKiB === undefined ? '' : `  ${(r.maxRssKiB / 1024).toFixed(0)} MiB`;
   const status = problem === undefined ? '' : `  FAILED: ${problem}`;
   console.log(`  ${entry.tool.label.padEnd(9)} run ${index + 1}/${entry.runs}  ${fmtSeconds(r.wallS).padStart(7)}${rss}${status}`);
@@ -81,11 +87,21 @@ function summarize(result: ToolResult): void {
  */
 export async function runWorkload(w: Workload, tools: readonly Tool[], plan: RunPlan): Promise<WorkloadResult> {
   console.log(`\n${w.title}`);
-  const entries = tools.filter((t) => !w.backplaneOnly || t.id === 'backplane').map((t) => prepare(t, w, plan));
-  const rounds = Math.max(0, ...entries.map((e) => e.runs));
-  for (let i = 0; i < rounds; i++) {
+  const entries: Entry[] = [];
+  try {
+    for (const t of tools.filter((t) => !w.backplaneOnly || t.id === 'backplane')) entries.push(await prepare(t, w, plan));
+    const rounds = Math.max(0, ...entries.map((e) => e.runs));
+    for (let i = 0; i < rounds; i++) {
+      for (const entry of entries) {
+        if (i < entry.runs) entry.result.runs.push(await runOnce(entry, w, i));
+      }
+    }
+  } finally {
     for (const entry of entries) {
-      if (i < entry.runs) entry.result.runs.push(await runOnce(entry, w, i));
+      // A failed teardown must not cost the other tools theirs, nor the results already measured.
+      await w.teardown?.(entry.desired).catch((e: unknown) => {
+        console.log(`  ${entry.tool.label}: could not clean up after ${w.id}: ${e instanceof Error ? e.message : String(e)}`);
+      });
     }
   }
   const results: WorkloadResult['results'] = {};

@@ -1,4 +1,5 @@
 import { damage, emptyDir, makeFiles, verifyFiles, writeConverged } from './fileset.js';
+import { checkStack, dropStack, makeStack, stopStack } from './nginx.js';
 import type { Desired, ExecSpec } from '../tools/types.js';
 
 export interface Workload {
@@ -10,11 +11,13 @@ export interface Workload {
   readonly manyFiles: boolean;
   /** Measured for Backplane alone (the peers' numbers at this size would add nothing but minutes). */
   readonly backplaneOnly: boolean;
-  desired(targetDir: string): Desired;
+  desired(targetDir: string): Desired | Promise<Desired>;
   /** Brings the target to this workload's starting state before every timed run; not timed. */
-  setup(d: Desired): void;
+  setup(d: Desired): void | Promise<void>;
   /** Returns what is wrong after a run, so a tool that skipped work cannot look fast. */
-  check(d: Desired, wallS: number): string | undefined;
+  check(d: Desired, wallS: number): string | undefined | Promise<string | undefined>;
+  /** Ends what a tool's runs left running (the nginx stack's servers), once its last run is checked. */
+  teardown?(d: Desired): Promise<void>;
 }
 
 const NO_EXECS: readonly ExecSpec[] = [];
@@ -68,6 +71,28 @@ const sleep = (name: string, seconds: string, after: readonly string[] = []): Ex
   after,
 });
 
+/**
+ * A real stack, converged from cold each run: the package is installed already (its check is part of the run), and
+ * the document root, page and rendered configuration are gone and the server is stopped, so every tool renders,
+ * writes and starts. Each tool gets its own directory and port (see nginx.ts).
+ */
+const nginxStack: Workload = {
+  id: 'nginx-stack',
+  title: 'nginx stack, cold: package check, page, templated config, start',
+  manyFiles: false,
+  backplaneOnly: false,
+  desired: async (dir) => ({ files: [], execs: NO_EXECS, nginx: await makeStack(dir) }),
+  setup: async (d) => {
+    if (d.nginx === undefined) return;
+    await stopStack(d.nginx);
+    emptyDir(d.nginx.dir);
+  },
+  check: (d) => (d.nginx === undefined ? 'no nginx stack' : checkStack(d.nginx)),
+  teardown: async (d) => {
+    if (d.nginx !== undefined) await dropStack(d.nginx);
+  },
+};
+
 export const WORKLOADS: readonly Workload[] = [
   {
     id: 'startup',
@@ -93,6 +118,7 @@ export const WORKLOADS: readonly Workload[] = [
     Array.from({ length: 20 }, (_, i) => sleep(`s${String(i + 1).padStart(2, '0')}`, '0.5')),
     0.5,
   ),
+  nginxStack,
   fileWorkload('files10k-cold', '10,000 files, cold', 10_000, cold, true),
   fileWorkload('files10k-converged', '10,000 files, already converged', 10_000, converged, true),
 ];

@@ -2,7 +2,7 @@ import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { stringify } from 'yaml';
-import type { Desired, Invocation, Tool } from './types.js';
+import { templateIn, type Desired, type Invocation, type NginxStack, type Tool } from './types.js';
 
 /** The repository root, found from this file so the bench can be started from any directory. */
 export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
@@ -24,6 +24,38 @@ export function backplaneVersion(): string {
   return typeof version === 'string' ? version : 'unknown';
 }
 
+/**
+ * The stack as examples/nginx.yaml writes it: the config template needs the package and notifies the server, which
+ * Backplane supervises itself (nginx in the foreground) and counts as up once it answers its health check. It is
+ * left running when the agent exits, as a peer's daemon is.
+ */
+function nginxResources(stack: NginxStack): Record<string, unknown>[] {
+  const svc = `${stack.package}-bench`;
+  return [
+    { kind: 'pkg', name: stack.package },
+    { kind: 'file', name: stack.docRoot, type: 'directory', mode: '0755' },
+    { kind: 'file', name: stack.index.path, content: stack.index.content, mode: '0644' },
+    {
+      kind: 'template',
+      name: stack.conf,
+      mode: '0644',
+      require: [`pkg[${stack.package}]`],
+      notify: [`svc[${svc}]`],
+      vars: { ...stack.vars },
+      template: templateIn(stack, (name) => `{{ vars.${name} }}`),
+    },
+    {
+      kind: 'svc',
+      name: svc,
+      cmd: [stack.binary, '-c', stack.conf, '-g', 'daemon off;'],
+      reload: { signal: 'SIGHUP' },
+      stopSignal: 'SIGQUIT',
+      onAgentExit: 'keep',
+      health: { http: `http://127.0.0.1:${stack.port}/` },
+    },
+  ];
+}
+
 /** The graph as Backplane's YAML frontend reads it; the directory is a resource because a file's parent must be. */
 export function backplaneGraph(desired: Desired): string {
   const resources: Record<string, unknown>[] = [];
@@ -34,6 +66,7 @@ export function backplaneGraph(desired: Desired): string {
     if (e.after.length > 0) exec['require'] = e.after.map((name) => `exec[${name}]`);
     resources.push(exec);
   }
+  if (desired.nginx !== undefined) resources.push(...nginxResources(desired.nginx));
   return stringify({ resources });
 }
 
@@ -46,10 +79,10 @@ export function backplaneTool(): Tool {
     prepare(desired: Desired, workDir: string): Invocation {
       const graph = join(workDir, 'graph.yaml');
       writeFileSync(graph, backplaneGraph(desired));
-      return {
-        argv: [process.execPath, BACKPLANE_BIN, 'run', '--file', graph, '--converged-timeout', '0'],
-        okCodes: [0],
-      };
+      const argv = [process.execPath, BACKPLANE_BIN, 'run', '--file', graph, '--converged-timeout', '0'];
+      // The svc record (pid, definition) must not land in the machine's /var/lib/backplane.
+      if (desired.nginx !== undefined) argv.push('--state-dir', join(workDir, 'state'));
+      return { argv, okCodes: [0] };
     },
   };
 }

@@ -22,11 +22,40 @@ export interface ExecSpec {
   readonly after: readonly string[];
 }
 
+/**
+ * A web server stack: nginx from Debian, a document root with one page, nginx's configuration rendered from a
+ * template with variables, and nginx running from that configuration. Everything but the package lives under `dir`
+ * and listens on `port`, so each tool's stack stays apart from the others' and from any nginx of the machine.
+ */
+export interface NginxStack {
+  readonly package: string;
+  /** The server binary; its `-c` argument is `conf`. */
+  readonly binary: string;
+  readonly dir: string;
+  readonly port: number;
+  /** Directory holding `index`; created by the tool. */
+  readonly docRoot: string;
+  readonly index: FileSpec;
+  /** Where the configuration is rendered. */
+  readonly conf: string;
+  /** nginx's own pid file, named in the configuration: how the bench finds the server to stop it. */
+  readonly pidFile: string;
+  /** The configuration template, with `{{name}}` for each of `vars`; see templateIn(). */
+  readonly template: string;
+  readonly vars: Readonly<Record<string, string | number>>;
+}
+
+/** The stack's template in one tool's template language, given how that language spells a variable. */
+export function templateIn(stack: NginxStack, spell: (name: string) => string): string {
+  return stack.template.replace(/\{\{(\w+)\}\}/g, (_, name: string) => spell(name));
+}
+
 /** The desired state of one workload. `dir` is the managed target directory, when files are involved. */
 export interface Desired {
   readonly dir?: string;
   readonly files: readonly FileSpec[];
   readonly execs: readonly ExecSpec[];
+  readonly nginx?: NginxStack;
 }
 
 /** How to apply a prepared input once: argv[0] is an absolute path or a PATH name. */
