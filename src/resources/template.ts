@@ -113,7 +113,7 @@ function createTemplate(id: ResourceId, p: TemplateParams, world: ResourceWorld)
       templates = await sourceTemplates(p.source ?? '', ctx.signal);
     }
     try {
-      return (await liquid.render(templates, { facts: world.facts(), vars: p.vars })) as string;
+      return (await liquid().render(templates, { facts: world.facts(), vars: p.vars })) as string;
     } catch (err) {
       const problem = toProblem(err);
       if (problem === undefined) throw err;
@@ -157,26 +157,34 @@ function toFileParams(p: TemplateParams, content: string | undefined): FileParam
 
 // ---- Liquid ------------------------------------------------------------------------------------------------------
 
-const liquid = new Liquid({
-  strictVariables: true,
-  strictFilters: true,
-  // Facts differ between hosts (facts.interfaces.eth1 may not exist): `{% if %}` and `| default` may test for them.
-  lenientIf: true,
-  // vars.constructor and friends are not values from the graph.
-  ownPropertyOnly: true,
-  renderLimit: RENDER_LIMIT_MS,
-  cache: false,
-});
-// Files a template would pull in are neither watched nor ordered by auto-edges, so an edit there would go unseen.
-for (const name of ['include', 'render', 'layout']) {
-  liquid.registerTag(name, {
-    parse() {
-      throw new Error(`{% ${name} %} is not supported: a template cannot read other files; put the text in this template or pass it in vars`);
-    },
-    render() {
-      return undefined;
-    },
+let engine: Liquid | undefined;
+
+/** Built on first use: constructing Liquid costs ~12 ms, which every agent start would pay even with no template. */
+function liquid(): Liquid {
+  if (engine !== undefined) return engine;
+  const l = new Liquid({
+    strictVariables: true,
+    strictFilters: true,
+    // Facts differ between hosts (facts.interfaces.eth1 may not exist): `{% if %}` and `| default` may test for them.
+    lenientIf: true,
+    // vars.constructor and friends are not values from the graph.
+    ownPropertyOnly: true,
+    renderLimit: RENDER_LIMIT_MS,
+    cache: false,
   });
+  // Files a template would pull in are neither watched nor ordered by auto-edges, so an edit there would go unseen.
+  for (const name of ['include', 'render', 'layout']) {
+    l.registerTag(name, {
+      parse() {
+        throw new Error(`{% ${name} %} is not supported: a template cannot read other files; put the text in this template or pass it in vars`);
+      },
+      render() {
+        return undefined;
+      },
+    });
+  }
+  engine = l;
+  return l;
 }
 
 interface Problem {
@@ -187,7 +195,7 @@ interface Problem {
 
 function compile(text: string): { templates: Template[] } | { problem: Problem } {
   try {
-    return { templates: liquid.parse(text) };
+    return { templates: liquid().parse(text) };
   } catch (err) {
     const problem = toProblem(err);
     if (problem === undefined) throw err;
@@ -242,7 +250,7 @@ const SPECIAL = new Set(['size', 'first', 'last']);
 function checkNames(templates: Template[], vars: Readonly<Record<string, unknown>>): Problem[] {
   const problems: Problem[] = [];
   const seen = new Set<string>();
-  const analysis = liquid.analyzeSync(templates, { partials: false });
+  const analysis = liquid().analyzeSync(templates, { partials: false });
   for (const uses of Object.values(analysis.globals)) {
     for (const v of uses) {
       const message = checkVariable(v, vars);
