@@ -19,7 +19,8 @@ await build({
   sourcemap: 'linked',
   logLevel: 'warning',
   // tsx registers its own loader by file URL, so it must stay a real package, loaded only for TypeScript graphs.
-  external: ['tsx', 'tsx/*'],
+  // etcd3 loads its .proto files at run time relative to its own __dirname, which a bundle does not have.
+  external: ['tsx', 'tsx/*', 'etcd3'],
   // Some dependencies are CommonJS and call require(); give them one in the ESM bundle.
   banner: { js: "import { createRequire as __bpCreateRequire } from 'node:module'; const require = __bpCreateRequire(import.meta.url);" },
 });

@@ -87,7 +87,7 @@ export class Agent {
         firstSettle = false;
         const s = this.engine.summary();
         this.opts.log.info(
-          `${s.ok ? 'converged' : 'settled with problems'}: ${s.converged} of ${graph.vertices.size} resources in ${Math.round(performance.now() - started)}ms` +
+          `${s.ok ? 'converged' : 'settled with problems'}: ${s.converged} of ${this.engine.currentGraph()?.vertices.size ?? graph.vertices.size} resources in ${Math.round(performance.now() - started)}ms` +
             (s.failed.length > 0 ? `, ${s.failed.length} failed` : '') +
             (s.blocked.length > 0 ? `, ${s.blocked.length} blocked` : ''),
         );

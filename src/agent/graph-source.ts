@@ -62,7 +62,9 @@ export class GraphSource {
       await this.connect();
       raw = await readGraphSource(this.opts.file, this.context());
     }
-    const local = new Set(raw.resources.map((r) => resourceId(r.kind, r.name)));
+    // An exported resource is not managed here, so collecting it back (a rule whose `from` includes this host)
+    // is no clash: the collected copy is the one this host manages.
+    const local = new Set(raw.resources.filter((r) => r.export === undefined).map((r) => resourceId(r.kind, r.name)));
     const collected = this.admit(collectResources(this.opts.host, raw.collect ?? [], this.collected), local);
     return buildGraph({ ...raw, resources: [...raw.resources, ...collected] }, this.opts.registry);
   }

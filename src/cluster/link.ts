@@ -1,4 +1,4 @@
-import { errorMessage } from '../errors.js';
+import { BackplaneError, errorMessage } from '../errors.js';
 import type { ExportEntry } from '../graph/collect.js';
 import type { ExportedResource } from '../graph/graph.js';
 import type { Logger } from '../log.js';
@@ -29,6 +29,12 @@ export interface ClusterLinkOptions {
 const DEFAULT_TTL_MS = 3000;
 
 /**
+ * A host name ends up in paths (`{host}` in a collect rule's `set`), so it may not hold a `/` or be `.` or `..`:
+ * letters, digits, `.`, `_` and `-`, starting with a letter, digit or `_` (what hostnames and Puppet certnames use).
+ */
+const HOST_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,252}$/;
+
+/**
  * The one seam between an agent and the cluster store. It registers this host under a lease, publishes the graph's
  * exports under the same lease (so they vanish with the host), and turns the store's `exported/` tree into a
  * validated list of ExportEntry for the graph to collect from. It never throws at the agent for a store that is
@@ -54,6 +60,11 @@ export class ClusterLink {
 
   /** Registers this host and starts watching exports. Resolves once the first view of the cluster is loaded. */
   async start(onExports: (entries: readonly ExportEntry[]) => void): Promise<void> {
+    if (!HOST_NAME.test(this.opts.host)) {
+      throw new BackplaneError('E_USAGE', `host name "${this.opts.host}" cannot be used in a cluster`, {
+        hint: 'use letters, digits, ".", "_" and "-", starting with a letter, digit or "_"; set it with --hostname',
+      });
+    }
     this.onExports = onExports;
     await this.register();
     await this.watchExports();
@@ -173,6 +184,8 @@ export class ClusterLink {
       this.opts.log.warn(`ignoring cluster data at ${kv.key}: ${why}`);
     };
     if (where === undefined) return reject('not an exported/<host>/<kind>/<name> key');
+    // Otherwise an exporter named "../.." would escape the directory a collect rule puts `{host}-...` files in.
+    if (!HOST_NAME.test(where.host)) return reject(`"${where.host}" is not a valid host name`);
     let value: unknown;
     try {
       value = JSON.parse(kv.value);

@@ -116,6 +116,18 @@ export class Engine implements WorkerHost {
     // New workers start dirty on their own; only the ones that survived the swap need a poke.
     const fresh = new Set<ResourceId>([...changed, ...added]);
     if (prev !== undefined) for (const id of next.downstream(roots)) if (!fresh.has(id)) this.workers.get(id)?.poke(false, 'graph changed');
+    // What a removed or redefined resource was auto-attached to may have had a stake in it: a purging directory
+    // keeps only the entries the graph provides, and a resource dropped from the graph leaves its file behind
+    // without touching the directory, so no watch event would ever tell the directory to look again. Only
+    // auto-edge providers (directories, packages, accounts: pure checks) are re-checked — never a declared
+    // dependency such as an exec, which would run again just because something after it changed.
+    if (prev !== undefined) {
+      for (const id of [...removed, ...changed]) {
+        for (const e of prev.dependencies(id)) {
+          if (e.auto && !fresh.has(e.from)) this.workers.get(e.from)?.poke(false, `${id} was removed or redefined`);
+        }
+      }
+    }
     for (const w of this.workers.values()) w.wake();
     this.checkSettled();
     return { added, removed, changed, unchanged: next.vertices.size - added.length - changed.length };

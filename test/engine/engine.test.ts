@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
+import { readdir, writeFile } from 'node:fs/promises';
 import { describe, test } from 'node:test';
-import { harness, until } from '../helpers/engine.js';
+import { harness, until, withTempDir } from '../helpers/engine.js';
 import { ProbeWorld, probeKind } from '../helpers/probe-kind.js';
 
 function setup(opts: { noop?: boolean; parallel?: number } = {}) {
@@ -240,5 +241,31 @@ resources:
     await settled();
     assert.equal(world.of('a', 'check').length, 2);
     await engine.stop();
+  });
+
+  test('a purging directory drops the file of a resource removed from the graph, with no event from the directory', async () => {
+    await withTempDir(async (dir) => {
+      const { engine, graph, settled } = harness();
+      const g = (...names: string[]): string =>
+        `resources:\n  - { kind: file, name: ${dir}/in, type: directory, purge: true }\n` +
+        names.map((n) => `  - { kind: file, name: ${dir}/in/${n}, content: "${n}" }\n`).join('');
+      try {
+        await engine.setGraph(graph(g('a', 'b', 'c')));
+        await settled();
+        assert.deepEqual((await readdir(`${dir}/in`)).sort(), ['a', 'b', 'c']);
+        // Removing resources touches nothing in the directory: only the swap can tell it to look again.
+        const swap = await engine.setGraph(graph(g('a')));
+        assert.deepEqual([...swap.removed].sort(), [`file[${dir}/in/b]`, `file[${dir}/in/c]`]);
+        await until(async () => (await readdir(`${dir}/in`)).join() === 'a', 3000, 'b and c purged after the swap');
+        await settled();
+        // Changing a collected file's path (a redefinition) leaves no stale entry either.
+        await engine.setGraph(graph(g('a').replace(`name: ${dir}/in/a,`, `name: ${dir}/in/a, path: ${dir}/in/a2,`)));
+        await until(async () => (await readdir(`${dir}/in`)).join() === 'a2', 3000, 'old path purged after the redefinition');
+        await writeFile(`${dir}/in/stray`, 'x');
+        await until(async () => (await readdir(`${dir}/in`)).join() === 'a2', 3000, 'stray purged');
+      } finally {
+        await engine.stop();
+      }
+    });
   });
 });
