@@ -364,7 +364,7 @@ async function main(): Promise<void> {
     notes: [
       'storm: N-1 agents spawned back to back, ms from the last spawn until every one holds all 2(N-1) exports; mostly Node start-up on a 2-core machine.',
       'join: ms from spawning the N-th agent until all N hold all 2N exports (includes its start-up and first etcd round trip).',
-      'change: ms from writing the exporter\'s graph file until every other host has the new content of the collected file (with --changes 20 or fewer, p99 is the maximum); "first host": until the quickest collector has it. Includes two 50 ms debounces (graph file reload on the exporter, collected-data reload on each collector). All agents share 2 cores, so with N agents the last host waits for N-1 re-renders; on separate machines each host would be about as fast as the first.',
+      'change: ms from writing the exporter\'s graph file until every other host has the new content of the collected file (with --changes 20 or fewer, p99 is the maximum); "first host": until the quickest collector has it. Includes the 50 ms debounce of the graph file reload on the exporter (collectors re-render after 2 ms). All agents share 2 cores, so with N agents the last host waits for N-1 re-renders; on separate machines each host would be about as fast as the first.',
       'kill -9 removal is bounded by the lease TTL (3 s); SIGTERM revokes the lease at once.',
     ],
   };

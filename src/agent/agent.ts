@@ -10,7 +10,7 @@ import { createRegistry } from '../resources/registry.js';
 import { gatherFacts } from '../facts.js';
 import { defaultStateDir } from '../state-dir.js';
 import { VERSION } from '../version.js';
-import { GraphSource, type ClusterOptions } from './graph-source.js';
+import { GraphSource, type ChangeCause, type ClusterOptions } from './graph-source.js';
 
 export interface AgentOptions {
   readonly file: string;
@@ -73,7 +73,7 @@ export class Agent {
 
   /** Loads and starts the graph; resolves when the agent is done (converged-timeout reached, or stop()). */
   async run(): Promise<AgentResult> {
-    if ((this.opts.cluster?.etcd.length ?? 0) > 0) await this.source.watch(() => this.scheduleReload(), this.ac.signal);
+    if ((this.opts.cluster?.etcd.length ?? 0) > 0) await this.source.watch((cause) => this.scheduleReload(cause), this.ac.signal);
     const graph = await this.source.render();
     const started = performance.now();
     const done = new Promise<AgentResult>((resolve) => (this.finish = resolve));
@@ -100,7 +100,7 @@ export class Agent {
     await this.engine.setGraph(graph);
     this.source.publish(graph);
     if (this.opts.watchGraph !== false && (this.opts.cluster?.etcd.length ?? 0) === 0) {
-      await this.source.watch(() => this.scheduleReload(), this.ac.signal);
+      await this.source.watch((cause) => this.scheduleReload(cause), this.ac.signal);
     }
     this.scheduleDot();
     return done;
@@ -135,13 +135,16 @@ export class Agent {
     await this.source.close();
   }
 
-  private scheduleReload(): void {
-    // Editors write in several steps (truncate, write, rename); wait for the burst to end.
+  private scheduleReload(cause: ChangeCause): void {
+    // Editors write in several steps (truncate, write, rename): wait for the burst to end. Cluster data arrives in
+    // whole watch batches, so a tick is enough to coalesce several of them; a longer wait would only add latency
+    // to every exported change.
+    const delay = cause === 'file' ? 50 : 2;
     if (this.reloadTimer !== undefined) clearTimeout(this.reloadTimer);
     this.reloadTimer = setTimeout(() => {
       this.reloadTimer = undefined;
       this.reload().catch((err: unknown) => this.opts.log.error(`graph reload failed: ${errorMessage(err)}`));
-    }, 50);
+    }, delay);
   }
 
   private async reload(): Promise<void> {

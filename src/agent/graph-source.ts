@@ -15,6 +15,9 @@ import type { Logger } from '../log.js';
 import type { HostFacts } from '../resources/types.js';
 import { watchPath } from '../util/dirwatch.js';
 
+/** What made a re-render necessary: an edit of the graph file, or new data collected from the cluster. */
+export type ChangeCause = 'file' | 'cluster';
+
 export interface ClusterOptions {
   /** etcd client URLs; empty = the embedded store in the state directory. */
   readonly etcd: readonly string[];
@@ -44,16 +47,16 @@ export class GraphSource {
   private connecting: Promise<void> | undefined;
   private collected: readonly ExportEntry[] = [];
   private readonly rejected = new Set<string>();
-  private changeListener: (() => void) | undefined;
+  private changeListener: ((cause: ChangeCause) => void) | undefined;
   readonly facts: HostFacts = gatherFacts();
 
   constructor(private readonly opts: GraphSourceOptions) {}
 
   /** Calls `cb` when a re-render may give a different graph (the file or collected data changed). */
-  async watch(cb: () => void, signal: AbortSignal): Promise<void> {
+  async watch(cb: (cause: ChangeCause) => void, signal: AbortSignal): Promise<void> {
     this.changeListener = cb;
     if (this.opts.cluster.etcd.length > 0) await this.connect();
-    await watchPath(this.opts.file, () => cb(), signal);
+    await watchPath(this.opts.file, () => cb('file'), signal);
   }
 
   async render(): Promise<Graph> {
@@ -117,7 +120,7 @@ export class GraphSource {
     });
     await link.start((entries) => {
       this.collected = entries;
-      this.changeListener?.();
+      this.changeListener?.('cluster');
     });
     this.link = link;
     this.opts.log.info(
