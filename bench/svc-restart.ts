@@ -18,7 +18,6 @@
 import { spawn } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { connect, createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -31,6 +30,7 @@ import type { Resource, ResourceLog, ResourceWorld } from '../src/resources/type
 import { resourceStateDir } from '../src/state-dir.js';
 import { median, percentile } from './lib/stats.js';
 import { machineInfo } from './lib/sysinfo.js';
+import { answers, freePort } from '../test/helpers/net.js';
 
 const SERVER = `
 const s = require('net').createServer((c) => { c.on('error', () => {}); c.end('hi\\n'); });
@@ -43,32 +43,7 @@ function arg(name: string, fallback: number): number {
   return v !== undefined && Number.isFinite(v) ? v : fallback;
 }
 
-async function freePort(): Promise<number> {
-  for (;;) {
-    // Below the ephemeral range, so a probe can never connect to itself.
-    const port = 20_000 + Math.floor(Math.random() * 10_000);
-    const s = createServer();
-    const ok = await new Promise<boolean>((r) => {
-      s.once('error', () => r(false));
-      s.listen(port, '127.0.0.1', () => r(true));
-    });
-    if (ok) {
-      await new Promise<void>((r) => s.close(() => r()));
-      return port;
-    }
-  }
-}
 
-function answers(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = connect({ host: '127.0.0.1', port });
-    sock.once('connect', () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.once('error', () => resolve(false));
-  });
-}
 
 /** Polls every millisecond: the thing measured is a few tens of milliseconds. */
 async function until(cond: () => boolean | Promise<boolean>, timeoutMs = 10_000): Promise<number> {

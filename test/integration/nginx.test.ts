@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { chmod, readFile, writeFile } from 'node:fs/promises';
-import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { startCli } from '../helpers/cli.js';
 import { until, withTempDir } from '../helpers/engine.js';
+import { freePort } from '../helpers/net.js';
 
 /**
  * The issue's real stack, end to end: nginx from Debian (installed by the graph if missing), its configuration
@@ -12,16 +12,6 @@ import { until, withTempDir } from '../helpers/engine.js';
  * change, restarted when killed. Everything lives in a temp dir on a free port, so it cannot clash with a real
  * nginx on the machine.
  */
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.listen(0, '127.0.0.1', () => {
-      const addr = s.address();
-      s.close(() => (typeof addr === 'object' && addr !== null ? resolve(addr.port) : reject(new Error('no port'))));
-    });
-  });
-}
-
 async function get(url: string): Promise<{ status: number; body: string; headers: Headers } | undefined> {
   try {
     const r = await fetch(url, { signal: AbortSignal.timeout(1000) });

@@ -3,7 +3,6 @@ import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
-import { createServer, connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -18,6 +17,7 @@ import { RestartPolicy } from '../../src/resources/svc/restart-policy.js';
 import type { CheckResult, Resource, ResourceLog, ResourceWorld } from '../../src/resources/types.js';
 import { resourceStateDir } from '../../src/state-dir.js';
 import { rejection } from '../helpers/assert.js';
+import { answers, freePort } from '../helpers/net.js';
 
 const ROOT = join(fileURLToPath(import.meta.url), '..', '..', '..');
 
@@ -165,36 +165,7 @@ async function waitFor(what: string, cond: () => boolean | Promise<boolean>, tim
 }
 
 
-/**
- * A free port below the ephemeral range: a health probe connecting to a port in that range can be handed the same
- * port as its own source port and connect to itself (TCP simultaneous open) while nothing listens.
- */
-async function freePort(): Promise<number> {
-  for (;;) {
-    const port = 20_000 + Math.floor(Math.random() * 10_000);
-    const s = createServer();
-    const ok = await new Promise<boolean>((r) => {
-      s.once('error', () => r(false));
-      s.listen(port, '127.0.0.1', () => r(true));
-    });
-    if (ok) {
-      await new Promise<void>((r) => s.close(() => r()));
-      return port;
-    }
-  }
-}
 
-/** Resolves true when something answers on the port. */
-function answers(port: number): Promise<boolean> {
-  return new Promise((resolve) => {
-    const sock = connect({ host: '127.0.0.1', port });
-    sock.once('connect', () => {
-      sock.destroy();
-      resolve(true);
-    });
-    sock.once('error', () => resolve(false));
-  });
-}
 
 /** A TCP server in node: listens after LISTEN_DELAY ms, stops listening (but keeps running) after CLOSE_AFTER ms. */
 const SERVER = `
