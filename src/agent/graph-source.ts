@@ -1,4 +1,5 @@
 import { loadavg, freemem } from 'node:os';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { ClusterLink, type NodeRecord } from '../cluster/link.js';
 import type { Store } from '../cluster/store.js';
@@ -49,6 +50,7 @@ export class GraphSource {
   private readonly rejected = new Set<string>();
   private changeListener: ((cause: ChangeCause) => void) | undefined;
   readonly facts: HostFacts = gatherFacts();
+  private readonly closing = new AbortController();
 
   constructor(private readonly opts: GraphSourceOptions) {}
 
@@ -79,6 +81,7 @@ export class GraphSource {
   }
 
   async close(): Promise<void> {
+    this.closing.abort();
     await this.connecting?.catch(() => undefined);
     await this.link?.close().catch(() => undefined);
     await this.store?.close().catch(() => undefined);
@@ -89,11 +92,57 @@ export class GraphSource {
   }
 
   private connect(): Promise<void> {
-    this.connecting ??= this.doConnect();
+    this.connecting ??= this.connectOrRetry();
     return this.connecting;
   }
 
+  /**
+   * An unreachable etcd must not keep a host from enforcing its own graph: the agent starts on its local resources
+   * and joins in the background once etcd answers. Configuration mistakes (an embedded store locked by another
+   * agent, an unusable hostname) stay fatal: retrying cannot fix them.
+   */
+  private async connectOrRetry(): Promise<void> {
+    try {
+      await this.doConnect();
+    } catch (err) {
+      if (this.opts.cluster.etcd.length === 0 || (err instanceof BackplaneError && err.code === 'E_USAGE')) throw err;
+      this.opts.log.warn(`cannot reach the cluster store (${err instanceof Error ? err.message : String(err)}); running the local graph and retrying in the background`);
+      void this.retryConnect();
+    }
+  }
+
+  private async retryConnect(): Promise<void> {
+    let delay = 1000;
+    while (!this.closing.signal.aborted) {
+      try {
+        await sleep(delay, undefined, { signal: this.closing.signal });
+      } catch {
+        return;
+      }
+      delay = Math.min(delay * 2, 10_000);
+      try {
+        await this.doConnect();
+        this.changeListener?.('cluster');
+        return;
+      } catch (err) {
+        this.opts.log.debug(`cluster store still unreachable: ${errorMessage(err)}`);
+      }
+    }
+  }
+
   private async doConnect(): Promise<void> {
+    try {
+      await this.connectOnce();
+    } catch (err) {
+      // A half-made connection (a store client, a lease) must not linger into the next attempt.
+      const store = this.store;
+      this.store = undefined;
+      await store?.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  private async connectOnce(): Promise<void> {
     const { cluster } = this.opts;
     if (cluster.etcd.length > 0) {
       const { EtcdStore } = await import('../cluster/etcd-store.js');

@@ -341,6 +341,40 @@ describe('agents share state through etcd (real processes)', { skip: !etcdAvaila
     }
   });
 
+  test('an agent started while etcd is down runs its local graph at once and joins when etcd is back', async (t) => {
+    const c = await newCluster();
+    let down = false;
+    try {
+      await Promise.all(etcd.members.map((_, i) => etcd.kill(i)));
+      down = true;
+      const a = await startAgent(c, 'a');
+      await a.cli.waitFor(/cannot reach the cluster store .*running the local graph/, 20_000);
+      // Local resources converge without the store.
+      await poll('a’s private files without etcd', 10_000, async () =>
+        (await read(join(c.root, 'a', 'private-1'))) === 'p1 a\n' ? undefined : 'private-1 missing',
+      );
+      assert.equal(a.cli.proc.exitCode, null, 'the agent keeps running');
+
+      const t0 = performance.now();
+      await Promise.all(etcd.members.map((_, i) => etcd.restart(i, { wait: false })));
+      await Promise.all(etcd.members.map((_, i) => etcd.waitHealthy(i)));
+      down = false;
+      await a.cli.waitFor(/joined cluster/, 30_000);
+      // Joined: its exports are published and collected back (by itself, the only host here).
+      const ms = await converged(c, ['a'], ['a'], 30_000);
+      report(t, 'agent started during an outage: joined and converged after etcd was healthy', performance.now() - t0);
+      assert.ok(ms >= 0);
+    } catch (err) {
+      throw withLogs(c, err);
+    } finally {
+      if (down) {
+        await Promise.all(etcd.members.map((m, i) => (m.proc === undefined ? etcd.restart(i, { wait: false }) : Promise.resolve())));
+        await Promise.all(etcd.members.map((_, i) => etcd.waitHealthy(i)));
+      }
+      await stopAll(c);
+    }
+  });
+
   test('malformed or hostile data under the cluster prefix is logged and never applied; valid exports keep working', async () => {
     const c = await newCluster();
     const store = new EtcdStore({ endpoints: etcd.endpoints, cluster: c.name });
