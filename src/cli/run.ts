@@ -4,6 +4,7 @@ import { parseLabels } from '../agent/graph-source.js';
 import type { ConvergeSummary } from '../engine/state.js';
 import { BackplaneError } from '../errors.js';
 import { createLogger, type LogFormat, type LogLevel, type Logger } from '../log.js';
+import { parseDuration } from '../util/duration.js';
 import { EXIT, parseIntOption, reportError } from './common.js';
 
 interface RunFlags {
@@ -20,6 +21,7 @@ interface RunFlags {
   etcd?: string;
   cluster: string;
   label: string[];
+  leaseTtl: string;
 }
 
 const STOP_GRACE_MS = 1500;
@@ -40,6 +42,7 @@ export function registerRun(program: Command): void {
     .option('--hostname <name>', "this host's name in the cluster (default: the machine's hostname)")
     .option('--etcd <urls>', 'join a cluster through these etcd client URLs (comma-separated); default: embedded store')
     .option('--cluster <name>', 'cluster name: keys live under /backplane/<name>/', 'default')
+    .option('--lease-ttl <duration>', 'how long after this agent dies the others notice (its lease TTL): 3s, 10s, ...', '3s')
     .option('--label <key=value>', 'a label published with this host (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .action(async (flags: RunFlags) => {
       // Exit explicitly: a graph may leave handles behind (a child a kind failed to reap) that must not keep us up.
@@ -55,8 +58,11 @@ async function runCommand(flags: RunFlags): Promise<number> {
     return reportError(err);
   }
   let labels: Record<string, string>;
+  const leaseTtlMs = parseDuration(flags.leaseTtl);
   try {
     labels = parseLabels(flags.label);
+    if (leaseTtlMs === undefined || leaseTtlMs < 1000)
+      throw new BackplaneError('E_USAGE', `--lease-ttl "${flags.leaseTtl}" is not a duration of at least 1s`, { hint: 'e.g. --lease-ttl 5s' });
   } catch (err) {
     return reportError(err);
   }
@@ -70,7 +76,7 @@ async function runCommand(flags: RunFlags): Promise<number> {
     watchGraph: flags.watchGraph,
     stateDir: flags.stateDir,
     hostname: flags.hostname,
-    cluster: { etcd: splitUrls(flags.etcd), cluster: flags.cluster, labels },
+    cluster: { etcd: splitUrls(flags.etcd), cluster: flags.cluster, labels, leaseTtlMs },
   });
 
   let signals = 0;
