@@ -14,9 +14,9 @@ export interface GraphDocument {
   readonly file: string;
   readonly data: unknown;
   /** Where the value at `path` (keys and indexes from the root) is written; a key's own line for the last step. */
-  locate(path: readonly PropertyKey[]): SourceLocation;
+  readonly locate: (path: readonly PropertyKey[]) => SourceLocation;
   /** Where the value itself at `path` starts (for "must be a list"-style errors about the value's shape). */
-  locateValue(path: readonly PropertyKey[]): SourceLocation;
+  readonly locateValue: (path: readonly PropertyKey[]) => SourceLocation;
 }
 
 export function parseYamlDocument(file: string, text: string): GraphDocument {

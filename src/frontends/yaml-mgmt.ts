@@ -1,6 +1,7 @@
 import { BackplaneError, type SourceLocation } from '../errors.js';
 import type { RawEdge, RawGraph, RawResource } from '../graph/raw.js';
 import { isEmpty, isMap, type GraphDocument } from './document.js';
+import { locator, rawResource } from './raw-builders.js';
 
 /**
  * mgmt's YAML graph format, so graphs written for mgmt run unchanged:
@@ -135,7 +136,7 @@ export function readMgmtGraph(doc: GraphDocument): RawGraph {
         continue;
       }
       list.forEach((item: unknown, i) => {
-        const at = (...rest: PropertyKey[]): SourceLocation => doc.locate([kindsKey, kind, i, ...rest]);
+        const at = locator(doc.locate, [kindsKey, kind, i]);
         if (!isMap(item)) {
           fail(`each ${kind} resource must be a map`, at(), 'e.g. "- name: file1"');
           return;
@@ -151,24 +152,14 @@ export function readMgmtGraph(doc: GraphDocument): RawGraph {
         const meta = translateMeta(item['meta']);
         const translate = translators[kind];
         const params = translate === undefined ? p : translate(p, meta, name);
-        resources.push({
-          kind,
-          name,
-          params,
-          meta,
-          get loc() {
-            return at();
-          },
-          locate: (path) => at(...path),
-          locateMeta: (path) => at('meta', ...path),
-        });
+        resources.push(rawResource({ kind, name, params, meta }, at));
       });
     }
   }
   const edgeList = root['edges'];
   if (Array.isArray(edgeList)) {
     edgeList.forEach((e: unknown, i) => {
-      const where = (): SourceLocation => doc.locate(['edges', i]);
+      const where = locator(doc.locate, ['edges', i]);
       const v = isMap(e) ? (e as { from?: MgmtEndpoint; to?: MgmtEndpoint; notify?: unknown }) : undefined;
       const from = endpoint(v?.from);
       const to = endpoint(v?.to);

@@ -2,6 +2,7 @@ import { BackplaneError, type SourceLocation } from '../errors.js';
 import type { CollectRule, ExportTarget, RawEdge, RawGraph, RawResource } from '../graph/raw.js';
 import { closest } from '../util/suggest.js';
 import { isEmpty, isMap, type GraphDocument } from './document.js';
+import { locator, rawResource, type At } from './raw-builders.js';
 
 /**
  * Backplane's own graph format: a flat list of resources, each naming its kind, its name, its parameters inline,
@@ -50,7 +51,7 @@ export function readNativeGraph(doc: GraphDocument): RawGraph {
     return done();
   }
   list.forEach((item: unknown, i) => {
-    const at = (...rest: PropertyKey[]): SourceLocation => doc.locate(['resources', i, ...rest]);
+    const at = locator(doc.locate, ['resources', i]);
     if (!isMap(item)) {
       fail('each resource must be a map with kind and name', at(), 'e.g. "- kind: file" then "name: /etc/motd" on the next line');
       return;
@@ -72,25 +73,14 @@ export function readNativeGraph(doc: GraphDocument): RawGraph {
       fail('"export" must be true, "*", a host name or a list of host names', at('export'), 'e.g. export: true (to every host) or export: [web1, web2]');
       return;
     }
-    resources.push({
-      kind,
-      name,
-      params,
-      meta: item['meta'] ?? undefined,
-      ...(exportTo === undefined ? {} : { export: exportTo }),
-      get loc() {
-        return at();
-      },
-      locate: (path) => at(...path),
-      locateMeta: (path) => at('meta', ...path),
-    });
+    resources.push(rawResource({ kind, name, params, meta: item['meta'] ?? undefined, export: exportTo }, at));
     const self = `${kind}[${name}]`;
     for (const rel of RELATION_KEYS) {
       const value = item[rel];
       if (isEmpty(value)) continue;
-      const refs: [unknown, () => SourceLocation][] = Array.isArray(value)
-        ? value.map((ref: unknown, j) => [ref, () => at(rel, j)])
-        : [[value, () => at(rel)]];
+      const refs: [unknown, At][] = Array.isArray(value)
+        ? value.map((ref: unknown, j) => [ref, locator(doc.locate, ['resources', i, rel, j])])
+        : [[value, locator(doc.locate, ['resources', i, rel])]];
       for (const [ref, where] of refs) {
         if (typeof ref !== 'string') {
           fail(`"${rel}" entries must be resource references`, where(), 'write kind[name] or kind:name, e.g. file[/etc/motd]');

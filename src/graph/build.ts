@@ -6,8 +6,8 @@ import type { AnyResourceKind } from '../resources/types.js';
 import { findCycles } from './cycles.js';
 import { Graph, type Edge, type ExportedResource, type Vertex } from './graph.js';
 import { parseRef, resourceId, type ResourceId } from './ids.js';
-import { metaSchema } from './meta.js';
-import type { RawGraph } from './raw.js';
+import { metaSchema, type Meta } from './meta.js';
+import type { RawGraph, RawResource } from './raw.js';
 
 export interface KindRegistry {
   get(kind: string): AnyResourceKind | undefined;
@@ -63,17 +63,7 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
     }
     if (!params.success || !meta.success) {
       // Keep a placeholder so edges to it do not produce a second, misleading "missing resource" error.
-      vertices.set(id, {
-        id,
-        kind: r.kind,
-        name: r.name,
-        params: {},
-        meta: metaSchema.parse(undefined),
-        get loc() {
-          return r.loc;
-        },
-        fingerprint: '',
-      });
+      vertices.set(id, vertex(id, r, {}, metaSchema.parse(undefined), ''));
       continue;
     }
     if (r.export !== undefined) {
@@ -87,18 +77,7 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
       vertices.delete(id);
       continue;
     }
-    vertices.set(id, {
-      id,
-      kind: r.kind,
-      name: r.name,
-      params: params.data,
-      meta: meta.data,
-      // Lazy: finding a line means parsing the file for positions, which only errors and `graph` output need.
-      get loc() {
-        return r.loc;
-      },
-      fingerprint: canonicalJson({ k: r.kind, p: params.data, m: meta.data }),
-    });
+    vertices.set(id, vertex(id, r, params.data, meta.data, canonicalJson({ k: r.kind, p: params.data, m: meta.data })));
     kindOf.set(id, kind);
   }
 
@@ -188,6 +167,25 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
   const edges = [...edgeMap.values()];
   if (errors.length > 0) throw new ValidationErrors(errors);
   return new Graph(vertices, edges, raw.source, exports, raw.collect ?? []);
+}
+
+/**
+ * Made outside buildGraph on purpose: a getter created in its loop would keep buildGraph's whole scope (the raw
+ * graph, every error, every edge) alive as long as the vertex lives. The location is lazy because finding a line
+ * means parsing the file for positions, which only errors and `graph` output need.
+ */
+function vertex(id: ResourceId, r: RawResource, params: unknown, meta: Meta, fingerprint: string): Vertex {
+  return {
+    id,
+    kind: r.kind,
+    name: r.name,
+    params,
+    meta,
+    get loc() {
+      return r.loc;
+    },
+    fingerprint,
+  };
 }
 
 function addAutoEdges(
