@@ -1,19 +1,26 @@
 import { z } from 'zod';
 import { parseDuration } from '../util/duration.js';
 
-/** A duration field: seconds as a number, or a string with a unit; parsed to milliseconds. */
-export const duration = () =>
+/**
+ * A field written as a number or as a string with a unit, parsed to one number: `parse` returns undefined for text
+ * it cannot read, and `example` tells the user what to write instead.
+ */
+export const withUnit = (parse: (v: number | string) => number | undefined, what: string, example: string, description: string) =>
   z
     .union([z.number().nonnegative(), z.string()])
     .transform((v, ctx) => {
-      const ms = parseDuration(v);
-      if (ms === undefined) {
-        ctx.addIssue({ code: 'custom', message: `"${String(v)}" is not a duration; write seconds (5) or a value with a unit (250ms, 2s, 1m)` });
+      const n = parse(v);
+      if (n === undefined) {
+        ctx.addIssue({ code: 'custom', message: `"${String(v)}" is not a ${what}; write ${example}` });
         return z.NEVER;
       }
-      return ms;
+      return n;
     })
-    .meta({ description: 'seconds (number) or a string with a unit: 250ms, 2s, 1m, 1h' });
+    .meta({ description });
+
+/** A duration field: seconds as a number, or a string with a unit; parsed to milliseconds. */
+export const duration = () =>
+  withUnit(parseDuration, 'duration', 'seconds (5) or a value with a unit (250ms, 2s, 1m)', 'seconds (number) or a string with a unit: 250ms, 2s, 1m, 1h');
 
 export const absolutePath = () =>
   z

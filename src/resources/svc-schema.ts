@@ -1,6 +1,6 @@
 import { constants } from 'node:os';
 import { z } from 'zod';
-import { absolutePath, duration } from '../graph/schema-util.js';
+import { absolutePath, duration, withUnit } from '../graph/schema-util.js';
 
 /** Parameters of `svc`; kept apart from the implementation so the schema can be read on its own. */
 
@@ -17,17 +17,7 @@ export function parseSize(v: number | string): number | undefined {
 
 /** A size field: bytes as a number, or a string with a binary unit (`512K`, `256M`, `10MB`, `1GiB`); parsed to bytes. */
 export const size = () =>
-  z
-    .union([z.number().nonnegative(), z.string()])
-    .transform((v, ctx) => {
-      const bytes = parseSize(v);
-      if (bytes === undefined) {
-        ctx.addIssue({ code: 'custom', message: `"${String(v)}" is not a size; write bytes (1048576) or a value with a unit (512K, 256M, 1G)` });
-        return z.NEVER;
-      }
-      return bytes;
-    })
-    .meta({ description: 'bytes (number) or a string with a binary unit: 512K, 256M, 10MB, 1G' });
+  withUnit(parseSize, 'size', 'bytes (1048576) or a value with a unit (512K, 256M, 1G)', 'bytes (number) or a string with a binary unit: 512K, 256M, 10MB, 1G');
 
 /** Signal names as Node knows them; `HUP` is accepted for `SIGHUP`. */
 const signalName = () =>
