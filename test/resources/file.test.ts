@@ -1,6 +1,6 @@
 import { testWorld } from '../helpers/world.js';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
 import { chmod, lstat, mkdir, mkdtemp, readFile, readdir, readlink, rename, rm, stat, symlink, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -410,6 +410,31 @@ describe('file kind', () => {
     ac.abort();
     await rejectsWith(run(make({ path, content: 'x' }), true, ac.signal), (e) => assert.equal(e.code, 'E_ABORTED'));
     assert.equal(await exists(path), false);
+  });
+});
+
+describe('file kind on a full disk', () => {
+  test('a write that does not fit fails clearly, keeps the old content and leaves no temp file (real ENOSPC)', async (t) => {
+    const mnt = await fresh();
+    const mounted = spawnSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', mnt], { encoding: 'utf8' });
+    if (mounted.status !== 0) {
+      t.skip(`cannot mount a tmpfs here (${mounted.stderr.trim() || 'not root'})`);
+      return;
+    }
+    try {
+      const path = join(mnt, 'config');
+      await run(make({ path, content: 'old content\n' }));
+      await rejectsWith(run(make({ path, content: 'x'.repeat(256 * 1024) })), (e) => {
+        assert.equal(e.code, 'E_APPLY');
+        assert.match(e.format(), /ENOSPC|no space/i);
+        assert.match(e.format(), /config/, 'names the file');
+        assert.ok((e.hint ?? '').length > 0, 'says what to do');
+      });
+      assert.equal(await readFile(path, 'utf8'), 'old content\n', 'nothing lost');
+      assert.deepEqual(await readdir(mnt), ['config'], 'no temp file left behind');
+    } finally {
+      spawnSync('umount', [mnt]);
+    }
   });
 });
 
