@@ -1,13 +1,15 @@
 import { loadavg, freemem } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
-import { ClusterLink, type NodeRecord } from '../cluster/link.js';
+import { ClusterLink, type LinkIdentity, type NodeRecord } from '../cluster/link.js';
+import { parseToken, TrustFiles, trustScope } from '../cluster/trust.js';
+import type { EtcdAuthOptions, EtcdTlsOptions } from '../cluster/etcd-store.js';
 import type { Store } from '../cluster/store.js';
 import { BackplaneError, errorMessage } from '../errors.js';
 import { gatherFacts } from '../facts.js';
 import { readGraphSource } from '../frontends/load.js';
 import { buildGraph, type KindRegistry } from '../graph/build.js';
-import { collectResources, type ExportEntry } from '../graph/collect.js';
+import { collectResources, type CollectedResource, type ExportEntry } from '../graph/collect.js';
 import type { Graph } from '../graph/graph.js';
 import { resourceId } from '../graph/ids.js';
 import { metaSchema } from '../graph/meta.js';
@@ -22,9 +24,16 @@ export type ChangeCause = 'file' | 'cluster';
 export interface ClusterOptions {
   /** etcd client URLs; empty = the embedded store in the state directory. */
   readonly etcd: readonly string[];
+  /** TLS and etcd user for the etcd endpoints (docs/etcd-security.md). */
+  readonly etcdTls?: EtcdTlsOptions;
+  readonly etcdAuth?: EtcdAuthOptions;
   readonly cluster: string;
   readonly labels: Readonly<Record<string, string>>;
   readonly leaseTtlMs?: number;
+  /** A join token from `backplane hosts token` (pins the CA and proves the host may join). */
+  readonly joinToken?: string | undefined;
+  /** The CA's fingerprint, for a host approved by hand with `backplane hosts approve`. */
+  readonly caFingerprint?: string | undefined;
 }
 
 export interface GraphSourceOptions {
@@ -70,7 +79,7 @@ export class GraphSource {
     // An exported resource is not managed here, so collecting it back (a rule whose `from` includes this host)
     // is no clash: the collected copy is the one this host manages.
     const local = new Set(raw.resources.filter((r) => r.export === undefined).map((r) => resourceId(r.kind, r.name)));
-    const collected = this.admit(collectResources(this.opts.host, raw.collect ?? [], this.collected), local);
+    const collected = this.admit(collectResources(this.opts.host, raw.collect ?? [], this.collected, this.opts.registry), local);
     return buildGraph({ ...raw, resources: [...raw.resources, ...collected] }, this.opts.registry);
   }
 
@@ -144,9 +153,16 @@ export class GraphSource {
 
   private async connectOnce(): Promise<void> {
     const { cluster } = this.opts;
+    // Before the store: a host that cannot tell real cluster data from forged must not start pretending it can.
+    const identity = await this.identity();
     if (cluster.etcd.length > 0) {
       const { EtcdStore } = await import('../cluster/etcd-store.js');
-      this.store = new EtcdStore({ endpoints: cluster.etcd, cluster: cluster.cluster });
+      this.store = new EtcdStore({
+        endpoints: cluster.etcd,
+        cluster: cluster.cluster,
+        ...(cluster.etcdTls === undefined ? {} : { tls: cluster.etcdTls }),
+        ...(cluster.etcdAuth === undefined ? {} : { auth: cluster.etcdAuth }),
+      });
     } else {
       const { EmbeddedStore } = await import('../cluster/embedded-store.js');
       this.store = await EmbeddedStore.open({ dir: join(this.opts.stateDir, 'store') });
@@ -165,6 +181,7 @@ export class GraphSource {
       host: this.opts.host,
       log: this.opts.log,
       record,
+      identity,
       ...(cluster.leaseTtlMs === undefined ? {} : { leaseTtlMs: cluster.leaseTtlMs }),
     });
     await link.start((entries) => {
@@ -180,10 +197,35 @@ export class GraphSource {
   }
 
   /**
+   * This host's keys and how it trusts the cluster's CA. On the embedded store the agent is the whole cluster: it
+   * holds its own CA and approves itself, so nothing changes for a user on one machine. In an etcd cluster the CA is
+   * held by the host where `backplane cluster init` ran; any other host needs a join token or the CA's fingerprint
+   * the first time (it pins the CA then).
+   */
+  private async identity(): Promise<LinkIdentity> {
+    const { cluster } = this.opts;
+    const etcd = cluster.etcd.length > 0;
+    const files = await TrustFiles.open(this.opts.stateDir, trustScope(etcd, cluster.cluster));
+    const token = cluster.joinToken === undefined ? undefined : parseToken(cluster.joinToken);
+    const caFingerprint = cluster.caFingerprint;
+    if (caFingerprint !== undefined && !/^sha256:[A-Za-z0-9_-]{43}$/.test(caFingerprint)) {
+      throw new BackplaneError('E_USAGE', `--ca-fingerprint "${caFingerprint}" is not a CA fingerprint`, { hint: 'copy it from `backplane cluster init` or `backplane hosts list` on the CA host: sha256:...' });
+    }
+    const hostKey = await files.hostKey();
+    const ca = etcd ? await files.caKey() : await files.createCaKey();
+    if (ca === undefined && token === undefined && caFingerprint === undefined && (await files.pinnedCa()) === undefined) {
+      throw new BackplaneError('E_USAGE', `host ${this.opts.host} does not know cluster "${cluster.cluster}"'s CA, so it could not tell real cluster data from forged`, {
+        hint: 'on the first host run `backplane cluster init`; on the others pass --join-token (from `backplane hosts token` there)',
+      });
+    }
+    return { files, hostKey, ca, token, caFingerprint };
+  }
+
+  /**
    * Collected resources come from other hosts: one that is invalid here (unknown kind, bad parameters) or that
    * would clash with a local resource is logged once and left out, never allowed to break this host's graph.
    */
-  private admit(resources: readonly RawResource[], local: ReadonlySet<string>): RawResource[] {
+  private admit(resources: readonly CollectedResource[], local: ReadonlySet<string>): RawResource[] {
     const out: RawResource[] = [];
     const seen = new Set<string>();
     for (const r of resources) {
@@ -203,7 +245,8 @@ export class GraphSource {
     return out;
   }
 
-  private problem(r: RawResource, id: string, local: ReadonlySet<string>, seen: ReadonlySet<string>): string | undefined {
+  private problem(r: CollectedResource, id: string, local: ReadonlySet<string>, seen: ReadonlySet<string>): string | undefined {
+    if (r.refused !== undefined) return r.refused;
     if (local.has(id)) return 'this host declares a resource with the same id';
     if (seen.has(id)) return 'another host exports a resource with the same id';
     const kind = this.opts.registry.get(r.kind);

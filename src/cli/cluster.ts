@@ -1,42 +1,48 @@
 import type { Command } from 'commander';
-import { join } from 'node:path';
-import { ClusterLink } from '../cluster/link.js';
+import { ClusterLink, type Member } from '../cluster/link.js';
+import { TrustFiles, trustScope } from '../cluster/trust.js';
 import { keys, parseExportedKey } from '../cluster/keys.js';
 import type { Store } from '../cluster/store.js';
+import { adminRole, etcdctlScript, hostRole } from '../cluster/etcd-roles.js';
+import { BackplaneError } from '../errors.js';
 import { defaultStateDir } from '../state-dir.js';
 import { EXIT, reportError } from './common.js';
-import { splitUrls } from './run.js';
+import { addStoreFlags, openStore, type EtcdFlags } from './etcd-flags.js';
 
-interface ClusterFlags {
-  etcd?: string;
-  cluster: string;
+/** The flags of every command that opens the cluster store (see storeFlags). */
+export interface StoreFlags extends EtcdFlags {
   stateDir?: string;
   json?: boolean;
 }
 
-async function openStore(flags: ClusterFlags): Promise<Store> {
-  const urls = splitUrls(flags.etcd);
-  if (urls.length > 0) {
-    const { EtcdStore } = await import('../cluster/etcd-store.js');
-    return new EtcdStore({ endpoints: urls, cluster: flags.cluster });
-  }
-  const { EmbeddedStore } = await import('../cluster/embedded-store.js');
-  return EmbeddedStore.open({ dir: join(flags.stateDir ?? defaultStateDir(), 'store') });
+type ClusterFlags = StoreFlags;
+
+
+/** Adds the options of every command that opens the cluster store. */
+export function storeFlags(c: Command): Command {
+  // --etcd, --cluster and the etcd TLS and user flags: etcd-flags.ts, shared with `backplane run`.
+  return addStoreFlags(c, 'etcd client URLs (comma-separated); default: the embedded store in --state-dir')
+    .option('--state-dir <dir>', 'state directory: of the embedded store, and where this host keeps its keys')
+    .option('--json', 'print JSON');
 }
 
 export function registerCluster(program: Command): void {
   const cluster = program.command('cluster').description('inspect the cluster: its hosts, their exports, the store');
-  const common = (c: Command): Command =>
-    c
-      .option('--etcd <urls>', 'etcd client URLs (comma-separated); default: the embedded store in --state-dir')
-      .option('--cluster <name>', 'cluster name', 'default')
-      .option('--state-dir <dir>', 'state directory of the embedded store')
-      .option('--json', 'print JSON');
+  const common = storeFlags;
+
+  registerEtcdRoles(cluster);
+
+  common(cluster.command('init').description("create the cluster's CA on this host and approve this host (once, on the first host)"))
+    .option('--hostname <name>', "this host's name in the cluster (default: the machine's hostname)")
+    .action(async (flags: StoreFlags & { hostname?: string }) => {
+      const { clusterInit } = await import('./hosts.js');
+      process.exitCode = await clusterInit({ ...flags, ttl: '', uses: '' });
+    });
 
   common(cluster.command('members').description('the hosts registered in the cluster, with their facts and liveness')).action(
     async (flags: ClusterFlags) => {
       process.exitCode = await withStore(flags, async (store) => {
-        const members = await ClusterLink.members(store);
+        const members = await verifiedMembers(store, flags);
         if (flags.json === true) {
           process.stdout.write(`${JSON.stringify(members, null, 2)}\n`);
           return;
@@ -44,6 +50,10 @@ export function registerCluster(program: Command): void {
         if (members.length === 0) process.stdout.write('no hosts registered\n');
         for (const m of members) {
           const r = m.record;
+          if (!m.verified) {
+            process.stdout.write(`${m.host.padEnd(20)} UNVERIFIED  ${m.problem ?? ''}\n`);
+            continue;
+          }
           const facts = r === undefined ? 'unreadable record' : `${r.facts.cpus} cpus, ${gib(r.facts.memory.total)} memory, ${r.facts.ipv4}, up since ${r.startedAt}`;
           const labels = r === undefined || Object.keys(r.labels).length === 0 ? '' : ` [${Object.entries(r.labels).map(([k, v]) => `${k}=${v}`).join(' ')}]`;
           process.stdout.write(`${m.host.padEnd(20)} alive  ${facts}${labels}\n`);
@@ -55,7 +65,7 @@ export function registerCluster(program: Command): void {
   common(cluster.command('status').description("the store's health, the hosts and what each exports")).action(async (flags: ClusterFlags) => {
     process.exitCode = await withStore(flags, async (store) => {
       const health = await store.health({ timeoutMs: 2000 });
-      const members = await ClusterLink.members(store);
+      const members = await verifiedMembers(store, flags);
       const { kvs } = await store.list(keys.exportedPrefix);
       const exports = new Map<string, string[]>();
       for (const kv of kvs) {
@@ -73,7 +83,8 @@ export function registerCluster(program: Command): void {
       process.stdout.write(`hosts: ${members.length}\n`);
       for (const m of members) {
         const ex = exports.get(m.host) ?? [];
-        process.stdout.write(`  ${m.host}: alive, exports ${ex.length}${ex.length > 0 ? `: ${ex.join(', ')}` : ''}\n`);
+        if (!m.verified) process.stdout.write(`  ${m.host}: UNVERIFIED record (${m.problem ?? 'unknown'}), ignored\n`);
+        else process.stdout.write(`  ${m.host}: alive, exports ${ex.length}${ex.length > 0 ? `: ${ex.join(', ')}` : ''}\n`);
       }
       for (const [host, ex] of exports) {
         if (!members.some((m) => m.host === host)) process.stdout.write(`  ${host}: NOT registered, yet exports ${ex.join(', ')}\n`);
@@ -83,7 +94,51 @@ export function registerCluster(program: Command): void {
   });
 }
 
-async function withStore(flags: ClusterFlags, fn: (store: Store) => Promise<void>): Promise<number> {
+/** Members, each verified against the hosts list this host believes (its CA pinned in --state-dir). */
+async function verifiedMembers(store: Store, flags: StoreFlags): Promise<Member[]> {
+  const { loadTrust } = await import('./hosts.js');
+  const files = await TrustFiles.open(flags.stateDir ?? defaultStateDir(), trustScope((flags.etcd ?? '') !== '', flags.cluster));
+  return ClusterLink.members(store, await loadTrust(store, files));
+}
+
+interface RolesFlags {
+  host?: string;
+  admin?: boolean;
+  cluster: string;
+  passwordFile?: string;
+  certOnly?: boolean;
+}
+
+function registerEtcdRoles(cluster: Command): void {
+  cluster
+    .command('etcd-roles')
+    .description("print the etcdctl commands that create a host's etcd role and user (write access to its own keys only), or the admin role")
+    .option('--host <name>', 'the host (as in run --hostname)')
+    .option('--admin', 'the administrator role instead: read and write the whole cluster prefix')
+    .option('--cluster <name>', 'cluster name', 'default')
+    .option('--password-file <file>', "where the new user's password is, on the machine that runs the commands (default: <role>.password)")
+    .option('--cert-only', 'create the user without a password: it authenticates with a client certificate whose CN is the user name')
+    .action((flags: RolesFlags) => {
+      try {
+        if ((flags.host === undefined) === (flags.admin !== true)) {
+          throw new BackplaneError('E_USAGE', 'pass either --host <name> or --admin', { hint: 'e.g. backplane cluster etcd-roles --host web1 --cluster prod' });
+        }
+        const role = flags.host === undefined ? adminRole(flags.cluster) : hostRole(flags.cluster, flags.host);
+        const what =
+          flags.host === undefined
+            ? `etcd role and user for administrators of Backplane cluster "${flags.cluster}": read and write everything under /backplane/${flags.cluster}/`
+            : `etcd role and user for Backplane host "${flags.host}" in cluster "${flags.cluster}": reads the cluster, writes only its own keys`;
+        const passwordFile = flags.certOnly === true ? undefined : (flags.passwordFile ?? `${role.role}.password`);
+        process.stdout.write(etcdctlScript(role, what, passwordFile));
+        process.exitCode = EXIT.ok;
+      } catch (err) {
+        process.exitCode = reportError(err);
+      }
+    });
+}
+
+/** Runs `fn` with the store open, and turns what it throws into an exit code. */
+export async function withStore(flags: StoreFlags, fn: (store: Store) => Promise<void>): Promise<number> {
   let store: Store | undefined;
   try {
     store = await openStore(flags);

@@ -4,6 +4,7 @@ import { VERSION } from '../version.js';
 import { EXIT, reportError } from './common.js';
 import { registerCluster } from './cluster.js';
 import { registerGraph } from './graph.js';
+import { registerHosts } from './hosts.js';
 import { registerRun } from './run.js';
 import { registerSchema } from './schema.js';
 import { registerValidate } from './validate.js';
@@ -21,6 +22,7 @@ registerValidate(program);
 registerGraph(program);
 registerSchema(program);
 registerCluster(program);
+registerHosts(program);
 
 try {
   await program.parseAsync(process.argv);

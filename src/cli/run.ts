@@ -1,4 +1,5 @@
 import type { Command } from 'commander';
+import { readFile } from 'node:fs/promises';
 import { Agent } from '../agent/agent.js';
 import { parseLabels } from '../agent/graph-source.js';
 import type { ConvergeSummary } from '../engine/state.js';
@@ -6,8 +7,11 @@ import { BackplaneError } from '../errors.js';
 import { createLogger, type LogFormat, type LogLevel, type Logger } from '../log.js';
 import { parseDuration } from '../util/duration.js';
 import { EXIT, parseIntOption, reportError } from './common.js';
+import { addStoreFlags, etcdConnection, type EtcdConnection, type EtcdFlags } from './etcd-flags.js';
 
-interface RunFlags {
+export { splitUrls } from './etcd-flags.js';
+
+interface RunFlags extends EtcdFlags {
   file: string;
   convergedTimeout: number;
   noop?: boolean;
@@ -18,17 +22,18 @@ interface RunFlags {
   watchGraph: boolean;
   stateDir?: string;
   hostname?: string;
-  etcd?: string;
-  cluster: string;
   label: string[];
   leaseTtl: string;
+  joinToken?: string;
+  joinTokenFile?: string;
+  caFingerprint?: string;
 }
 
 const STOP_GRACE_MS = 1500;
 
 export function registerRun(program: Command): void {
-  program
-    .command('run')
+  // --etcd, --cluster and the etcd TLS and user flags: etcd-flags.ts, shared with `backplane cluster` and `hosts`.
+  addStoreFlags(program.command('run'), 'join a cluster through these etcd client URLs (comma-separated); default: embedded store')
     .description('apply a graph and keep it converged, repairing drift as it happens')
     .requiredOption('-f, --file <path>', 'graph file (YAML)')
     .option('--converged-timeout <seconds>', 'exit once everything is converged and quiet this long; -1 = run until stopped', parseIntOption('--converged-timeout'), -1)
@@ -40,9 +45,10 @@ export function registerRun(program: Command): void {
     .option('--no-watch-graph', 'do not reload the graph file when it changes')
     .option('--state-dir <dir>', 'where the agent keeps state across restarts (default /var/lib/backplane as root)')
     .option('--hostname <name>', "this host's name in the cluster (default: the machine's hostname)")
-    .option('--etcd <urls>', 'join a cluster through these etcd client URLs (comma-separated); default: embedded store')
-    .option('--cluster <name>', 'cluster name: keys live under /backplane/<name>/', 'default')
     .option('--lease-ttl <duration>', 'how long after this agent dies the others notice (its lease TTL): 3s, 10s, ...', '3s')
+    .option('--join-token <token>', 'join the cluster with a token from `backplane hosts token` (prefer --join-token-file or $BACKPLANE_JOIN_TOKEN: other users can read command lines)')
+    .option('--join-token-file <file>', 'read the join token from this file')
+    .option('--ca-fingerprint <sha256:...>', "trust the cluster CA with this fingerprint; the host then waits for `backplane hosts approve`")
     .option('--label <key=value>', 'a label published with this host (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .action(async (flags: RunFlags) => {
       // Exit explicitly: a graph may leave handles behind (a child a kind failed to reap) that must not keep us up.
@@ -58,11 +64,19 @@ async function runCommand(flags: RunFlags): Promise<number> {
     return reportError(err);
   }
   let labels: Record<string, string>;
+  let etcd: EtcdConnection | undefined;
   const leaseTtlMs = parseDuration(flags.leaseTtl);
   try {
     labels = parseLabels(flags.label);
+    etcd = etcdConnection(flags);
     if (leaseTtlMs === undefined || leaseTtlMs < 1000)
       throw new BackplaneError('E_USAGE', `--lease-ttl "${flags.leaseTtl}" is not a duration of at least 1s`, { hint: 'e.g. --lease-ttl 5s' });
+  } catch (err) {
+    return reportError(err);
+  }
+  let joinToken: string | undefined;
+  try {
+    joinToken = await readJoinToken(flags);
   } catch (err) {
     return reportError(err);
   }
@@ -76,7 +90,16 @@ async function runCommand(flags: RunFlags): Promise<number> {
     watchGraph: flags.watchGraph,
     stateDir: flags.stateDir,
     hostname: flags.hostname,
-    cluster: { etcd: splitUrls(flags.etcd), cluster: flags.cluster, labels, leaseTtlMs },
+    cluster: {
+      etcd: etcd?.endpoints ?? [],
+      ...(etcd?.tls === undefined ? {} : { etcdTls: etcd.tls }),
+      ...(etcd?.auth === undefined ? {} : { etcdAuth: etcd.auth }),
+      cluster: flags.cluster,
+      labels,
+      leaseTtlMs,
+      joinToken,
+      caFingerprint: flags.caFingerprint,
+    },
   });
 
   let signals = 0;
@@ -119,11 +142,18 @@ function printSummary(s: ConvergeSummary, noop: boolean, log: Logger): void {
   if (!s.ok) log.error(`${s.failed.length} failed, ${s.blocked.length} blocked, ${s.converged} converged`);
 }
 
-export function splitUrls(v: string | undefined): string[] {
-  return (v ?? '')
-    .split(',')
-    .map((u) => u.trim())
-    .filter((u) => u !== '');
+/** The join token from --join-token, --join-token-file or $BACKPLANE_JOIN_TOKEN (in that order). */
+async function readJoinToken(flags: RunFlags): Promise<string | undefined> {
+  if (flags.joinToken !== undefined) return flags.joinToken;
+  if (flags.joinTokenFile !== undefined) {
+    try {
+      return (await readFile(flags.joinTokenFile, 'utf8')).trim();
+    } catch (err) {
+      throw new BackplaneError('E_USAGE', `cannot read --join-token-file ${flags.joinTokenFile}: ${(err as Error).message}`, { cause: err });
+    }
+  }
+  const env = process.env['BACKPLANE_JOIN_TOKEN'];
+  return env === undefined || env === '' ? undefined : env;
 }
 
 function logFormat(v: string): LogFormat {

@@ -7,6 +7,9 @@ import { StoreError } from './store.js';
  *   nodes/<host>                          membership: one key per live agent, attached to its lease
  *   exported/<host>/<kind>/<name>         resources exported by <host>, collected by others
  *   election/<name>/<lease id>            candidates of election <name>; the oldest is the leader (election.ts)
+ *   trust/ca                              the cluster CA's public key (believed only if it matches a pinned one)
+ *   trust/hosts                           the CA-signed list of approved and revoked hosts (trust.ts)
+ *   joins/<host>                          a host's request to be approved: its public key and token proof
  *   meta/<name>                           cluster-wide settings (e.g. meta/layout: the layout version)
  *
  * Every variable segment is percent-encoded, so a resource named `/etc/motd` or a host named `a/b` can never be
@@ -38,6 +41,16 @@ export function decodeSegment(value: string): string {
   return decodeURIComponent(value);
 }
 
+/** decodeSegment for keys read from the store: a malformed escape (anyone can write one) is no key of ours. */
+function decodeOrUndefined(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  try {
+    return decodeURIComponent(value);
+  } catch {
+    return undefined;
+  }
+}
+
 export const keys = {
   nodesPrefix: 'nodes/',
   node: (host: string): string => `nodes/${segment(host)}`,
@@ -50,18 +63,32 @@ export const keys = {
   election: (name: string): string => `election/${segment(name)}/`,
 
   meta: (name: string): string => `meta/${segment(name)}`,
+
+  trustPrefix: 'trust/',
+  trustCa: 'trust/ca',
+  trustHosts: 'trust/hosts',
+
+  joinsPrefix: 'joins/',
+  join: (host: string): string => `joins/${segment(host)}`,
 } as const;
 
 /** The host a `nodes/<host>` key belongs to, or undefined for any other key. */
 export function parseNodeKey(key: string): string | undefined {
-  const m = /^nodes\/([^/]+)$/.exec(key);
-  return m?.[1] === undefined ? undefined : decodeSegment(m[1]);
+  return decodeOrUndefined(/^nodes\/([^/]+)$/.exec(key)?.[1]);
+}
+
+/** The host a `joins/<host>` key belongs to, or undefined for any other key. */
+export function parseJoinKey(key: string): string | undefined {
+  return decodeOrUndefined(/^joins\/([^/]+)$/.exec(key)?.[1]);
 }
 
 export function parseExportedKey(key: string): { host: string; kind: string; name: string } | undefined {
   const m = /^exported\/([^/]+)\/([^/]+)\/([^/]+)$/.exec(key);
-  if (m?.[1] === undefined || m[2] === undefined || m[3] === undefined) return undefined;
-  return { host: decodeSegment(m[1]), kind: decodeSegment(m[2]), name: decodeSegment(m[3]) };
+  const host = decodeOrUndefined(m?.[1]);
+  const kind = decodeOrUndefined(m?.[2]);
+  const name = decodeOrUndefined(m?.[3]);
+  if (host === undefined || kind === undefined || name === undefined) return undefined;
+  return { host, kind, name };
 }
 
 /** The smallest string greater than every string starting with `prefix` (etcd's range_end for a prefix). */

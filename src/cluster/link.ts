@@ -3,8 +3,10 @@ import type { ExportEntry } from '../graph/collect.js';
 import type { ExportedResource } from '../graph/graph.js';
 import type { Logger } from '../log.js';
 import type { HostFacts } from '../resources/types.js';
-import { keys, parseExportedKey, parseNodeKey } from './keys.js';
+import { fingerprint, type KeyPair } from './identity.js';
+import { keys, parseExportedKey, parseJoinKey, parseNodeKey } from './keys.js';
 import { isStoreError, writeInChunks, type KeyValue, type Lease, type Store, type TxnOp, type WatchBatch } from './store.js';
+import { approve, joinMac, parseJoinRequest, sealRecord, TrustView, updateHosts, type JoinToken, type TrustFiles } from './trust.js';
 
 /** What an agent publishes about itself under `nodes/<host>`: its liveness is the key's lease. */
 export interface NodeRecord {
@@ -17,10 +19,22 @@ export interface NodeRecord {
   readonly free: { readonly cpus: number; readonly memory: number };
 }
 
+/** This host's part in the cluster's trust: see trust.ts. */
+export interface LinkIdentity {
+  readonly files: TrustFiles;
+  readonly hostKey: KeyPair;
+  /** Set on the host that holds the cluster CA: it approves itself and the hosts that join with its tokens. */
+  readonly ca?: KeyPair | undefined;
+  /** How a host that does not hold the CA learns (and pins) the CA's key the first time. */
+  readonly token?: JoinToken | undefined;
+  readonly caFingerprint?: string | undefined;
+}
+
 export interface ClusterLinkOptions {
   readonly store: Store;
   readonly host: string;
   readonly log: Logger;
+  readonly identity: LinkIdentity;
   /** The node record's lease: when the agent dies, its record and its exports disappear after this long. */
   readonly leaseTtlMs?: number;
   readonly record: () => NodeRecord;
@@ -32,30 +46,48 @@ const DEFAULT_TTL_MS = 3000;
  * A host name ends up in paths (`{host}` in a collect rule's `set`), so it may not hold a `/` or be `.` or `..`:
  * letters, digits, `.`, `_` and `-`, starting with a letter, digit or `_` (what hostnames and Puppet certnames use).
  */
-const HOST_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,252}$/;
+export const HOST_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,252}$/;
 
 /**
  * The one seam between an agent and the cluster store. It registers this host under a lease, publishes the graph's
- * exports under the same lease (so they vanish with the host), and turns the store's `exported/` tree into a
- * validated list of ExportEntry for the graph to collect from. It never throws at the agent for a store that is
+ * exports under the same lease (so they vanish with the host) and keeps them there (a record someone else changes or
+ * deletes is put back), and turns the store's `exported/` tree into a list of ExportEntry for the graph to collect
+ * from — each one signed by an approved host, or it is not there. It never throws at the agent for a store that is
  * down: it reports, keeps the last known data, and catches up when the store is back.
  */
 export class ClusterLink {
   private lease: Lease | undefined;
   private published = new Map<string, string>();
-  private wanted = new Map<string, string>();
+  private wanted = new Map<string, ExportedResource>();
+  private wantedSealed = new Map<string, string>();
+  private nodeValue: string | undefined;
+  /** Everything under exported/ as read, verified or not: a change of the hosts list re-judges all of it. */
+  private readonly raw = new Map<string, KeyValue>();
   private readonly entries = new Map<string, ExportEntry>();
-  private readonly rejected = new Set<string>();
+  /** Highest signed sequence number accepted per key: an older signed value put back later is a replay. */
+  private readonly maxSeq = new Map<string, number>();
+  private readonly logged = new Set<string>();
   private readonly ac = new AbortController();
   private syncing: Promise<void> = Promise.resolve();
   private retryTimer: NodeJS.Timeout | undefined;
   private reachable = true;
   private onExports: ((entries: readonly ExportEntry[]) => void) | undefined;
+  private view: TrustView | undefined;
+  private seq = Date.now();
+  private approved = false;
+  private approving: Promise<void> = Promise.resolve();
+  private trustRevision = 0;
+  private nodeRevision = 0;
 
   constructor(private readonly opts: ClusterLinkOptions) {}
 
   get host(): string {
     return this.opts.host;
+  }
+
+  /** The hosts this link believes in (after start). */
+  get trust(): TrustView | undefined {
+    return this.view;
   }
 
   /** Registers this host and starts watching exports. Resolves once the first view of the cluster is loaded. */
@@ -66,8 +98,13 @@ export class ClusterLink {
       });
     }
     this.onExports = onExports;
+    this.view = await this.establishTrust();
+    await this.watchTrust();
+    await this.ensureApproved();
     await this.register();
     await this.watchExports();
+    await this.opts.store.watch(keys.node(this.opts.host), this.nodeRevision + 1, (b) => this.onOwnNode(b), this.ac.signal);
+    if (this.opts.identity.ca !== undefined) await this.watchJoins();
   }
 
   /** The exports addressed to this host (or to all), as last seen. */
@@ -77,7 +114,16 @@ export class ClusterLink {
 
   /** Makes the store hold exactly these exports for this host (under its lease); retried while the store is down. */
   publish(exports: readonly ExportedResource[]): Promise<void> {
-    this.wanted = new Map(exports.map((r) => [keys.exported(this.opts.host, r.kind, r.name), JSON.stringify(r)]));
+    const next = new Map(exports.map((r) => [keys.exported(this.opts.host, r.kind, r.name), r]));
+    const sealed = new Map<string, string>();
+    for (const [key, r] of next) {
+      const before = this.wanted.get(key);
+      // Unchanged exports keep their sealed value (and sequence number): re-signing would only churn the store.
+      const old = this.wantedSealed.get(key);
+      sealed.set(key, old !== undefined && before !== undefined && JSON.stringify(before) === JSON.stringify(r) ? old : this.seal(key, JSON.stringify(r)));
+    }
+    this.wanted = next;
+    this.wantedSealed = sealed;
     return this.sync();
   }
 
@@ -85,14 +131,221 @@ export class ClusterLink {
     this.ac.abort();
     if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
     await this.syncing;
+    await this.approving;
     // Leaving on purpose: take the record and exports down now instead of waiting for the lease to expire.
     await this.lease?.revoke().catch(() => undefined);
   }
 
+  private seal(key: string, body: string): string {
+    this.seq = Math.max(Date.now(), this.seq + 1);
+    return sealRecord(this.opts.identity.hostKey, key, this.seq, body);
+  }
+
+  /** Logs a problem once while it lasts (per tag), so a hostile writer cannot flood the log. */
+  private warnOnce(tag: string, msg: string): void {
+    if (this.logged.has(tag)) return;
+    if (this.logged.size > 10_000) this.logged.clear();
+    this.logged.add(tag);
+    this.opts.log.warn(msg);
+  }
+
+  // ------------------------------------------------------------------------------------------------------------
+  // Trust
+
+  /** Which CA to believe, and the newest hosts list known (from the state dir, then the store). */
+  private async establishTrust(): Promise<TrustView> {
+    const { files, ca, token, caFingerprint } = this.opts.identity;
+    const { kvs, revision } = await this.opts.store.list(keys.trustPrefix, { signal: this.ac.signal });
+    this.trustRevision = revision;
+    const storeCaKey = parseCaValue(kvs.find((kv) => kv.key === keys.trustCa)?.value);
+    let caKey: string;
+    if (ca !== undefined) {
+      caKey = ca.publicKey;
+      if (storeCaKey !== ca.publicKey) {
+        if (storeCaKey !== undefined) this.opts.log.warn(`the store's trust/ca is not this host's CA (${fingerprint(storeCaKey)}); putting the real one back`);
+        await this.opts.store.put(keys.trustCa, JSON.stringify({ publicKey: ca.publicKey }), { signal: this.ac.signal });
+      }
+      await files.pinCa(caKey);
+    } else {
+      const pinned = await files.pinnedCa();
+      const wantFp = token?.caFingerprint ?? caFingerprint;
+      if (pinned !== undefined) {
+        caKey = pinned;
+        if (wantFp !== undefined && fingerprint(pinned) !== wantFp) {
+          throw new BackplaneError('E_USAGE', `this host already trusts the CA ${fingerprint(pinned)}, not ${wantFp}`, {
+            hint: `to join another cluster, remove ${files.dir} first (the host then needs approval again)`,
+          });
+        }
+      } else if (wantFp !== undefined) {
+        if (storeCaKey === undefined) {
+          throw new BackplaneError('E_IO', 'the cluster has no CA yet (no trust/ca in the store)', { retryable: true, hint: 'run `backplane cluster init` on the first host' });
+        }
+        if (fingerprint(storeCaKey) !== wantFp) {
+          throw new BackplaneError('E_IO', `the store's CA key (${fingerprint(storeCaKey)}) is not the one the join token names (${wantFp}); not joining`, {
+            retryable: true,
+            hint: 'someone else may have written trust/ca; check the token, and the store',
+          });
+        }
+        caKey = storeCaKey;
+        await files.pinCa(caKey);
+        this.opts.log.info(`pinned the cluster CA ${fingerprint(caKey)}`);
+      } else {
+        throw new BackplaneError('E_USAGE', `host ${this.opts.host} does not know the cluster's CA, so it cannot tell real cluster data from forged`, {
+          hint: 'pass --join-token (made by `backplane hosts token` on the host that holds the CA), or --ca-fingerprint and approve it with `backplane hosts approve`',
+        });
+      }
+    }
+    const view = new TrustView(caKey);
+    const cached = await files.cachedHosts();
+    if (cached !== undefined) {
+      const r = view.adopt(cached);
+      if (r !== 'newer' && r !== 'same') this.opts.log.warn(`ignoring the cached hosts list in ${files.dir}: ${r}`);
+    }
+    const kv = kvs.find((x) => x.key === keys.trustHosts);
+    if (kv !== undefined) await this.adoptHosts(view, kv.value);
+    return view;
+  }
+
+  private async adoptHosts(view: TrustView, value: string): Promise<boolean> {
+    const r = view.adopt(value);
+    if (r === 'same') return false;
+    if (r === 'newer') {
+      this.logged.clear(); // what was refused under the old list may be fine now, and the other way round
+      await this.opts.identity.files.saveHosts(value).catch((err: unknown) => this.opts.log.warn(`cannot keep the hosts list: ${errorMessage(err)}`));
+      return true;
+    }
+    this.warnOnce(`hosts:${value.length}:${r}`, `ignoring trust/hosts in the store: ${r}`);
+    // Only the CA's holder can repair it; the others keep believing the newest list they have.
+    if (this.opts.identity.ca !== undefined && view.sealed !== undefined) {
+      await this.opts.store.put(keys.trustHosts, view.sealed, { signal: this.ac.signal }).catch(() => undefined);
+    }
+    return false;
+  }
+
+  private async watchTrust(): Promise<void> {
+    await this.opts.store.watch(
+      keys.trustPrefix,
+      this.trustRevision + 1,
+      (batch) => {
+        const view = this.view;
+        if (view === undefined) return;
+        const kvs = batch.type === 'resync' ? batch.kvs : batch.events.flatMap((e) => (e.type === 'put' ? [e.kv] : []));
+        const deleted = batch.type === 'events' && batch.events.some((e) => e.type === 'delete' && e.key === keys.trustHosts);
+        const hosts = kvs.filter((kv) => kv.key === keys.trustHosts).at(-1);
+        this.approving = this.approving.then(async () => {
+          if (hosts !== undefined && (await this.adoptHosts(view, hosts.value))) {
+            this.rejudge();
+            await this.ensureApproved();
+          }
+          if (deleted && this.opts.identity.ca !== undefined && view.sealed !== undefined) {
+            this.opts.log.warn('trust/hosts was deleted from the store; putting it back');
+            await this.opts.store.put(keys.trustHosts, view.sealed, { signal: this.ac.signal });
+          }
+        }).catch((err: unknown) => {
+          if (!this.ac.signal.aborted) this.opts.log.warn(`updating the hosts list failed: ${errorMessage(err)}`);
+        });
+      },
+      this.ac.signal,
+    );
+  }
+
+  /**
+   * The CA's holder approves itself. Any other host asks to be approved (with its token's proof when it has one)
+   * until the hosts list names its key.
+   */
+  private async ensureApproved(): Promise<void> {
+    const view = this.view;
+    if (view === undefined) return;
+    const { hostKey, ca, token } = this.opts.identity;
+    const mine = view.keyOf(this.opts.host) === hostKey.publicKey;
+    if (mine) {
+      if (!this.approved) {
+        this.approved = true;
+        this.opts.log.info(`host ${this.opts.host} is approved in the cluster (key ${fingerprint(hostKey.publicKey)})`);
+        // Records written before approval were ignored by readers only while unapproved: no need to write again.
+      }
+      return;
+    }
+    if (this.approved) {
+      this.approved = false;
+      this.opts.log.error(
+        view.state(this.opts.host) === 'revoked'
+          ? `host ${this.opts.host} has been revoked: the cluster ignores what it publishes`
+          : `host ${this.opts.host} is no longer approved with this key: the cluster ignores what it publishes`,
+      );
+    }
+    if (ca !== undefined) {
+      await updateHosts(this.opts.store, ca, view, approve(this.opts.host, hostKey.publicKey, true), { signal: this.ac.signal });
+      await this.opts.identity.files.saveHosts(view.sealed ?? '');
+      return this.ensureApproved();
+    }
+    if (view.state(this.opts.host) === 'revoked') return;
+    const req = {
+      host: this.opts.host,
+      publicKey: hostKey.publicKey,
+      at: new Date().toISOString(),
+      ...(token === undefined ? {} : { token: token.id, mac: joinMac(token.secret, this.opts.host, hostKey.publicKey) }),
+    };
+    await this.opts.store.put(keys.join(this.opts.host), JSON.stringify(req), { signal: this.ac.signal });
+    this.warnOnce(
+      'pending',
+      `host ${this.opts.host} is waiting to be approved (key ${fingerprint(hostKey.publicKey)})${token === undefined ? `: run \`backplane hosts approve ${this.opts.host}\` on the CA's host` : `, with join token ${token.id}`}`,
+    );
+  }
+
+  /** On the CA's holder: approves join requests that prove a valid token; others wait for `hosts approve`. */
+  private async watchJoins(): Promise<void> {
+    const handle = (kv: KeyValue): void => {
+      this.approving = this.approving.then(() => this.considerJoin(kv)).catch((err: unknown) => {
+        if (!this.ac.signal.aborted) this.opts.log.warn(`handling the join request at ${kv.key} failed: ${errorMessage(err)}`);
+      });
+    };
+    const { kvs, revision } = await this.opts.store.list(keys.joinsPrefix, { signal: this.ac.signal });
+    for (const kv of kvs) handle(kv);
+    await this.opts.store.watch(
+      keys.joinsPrefix,
+      revision + 1,
+      (batch) => {
+        if (batch.type === 'resync') batch.kvs.forEach(handle);
+        else for (const e of batch.events) if (e.type === 'put') handle(e.kv);
+      },
+      this.ac.signal,
+    );
+  }
+
+  private async considerJoin(kv: KeyValue): Promise<void> {
+    const { ca, files } = this.opts.identity;
+    const view = this.view;
+    if (ca === undefined || view === undefined) return;
+    const host = parseJoinKey(kv.key);
+    const req = parseJoinRequest(kv.value);
+    const tag = `join:${kv.key}@${kv.modRevision}`;
+    if (host === undefined || req === undefined || req.host !== host || !HOST_NAME.test(host)) return this.warnOnce(tag, `ignoring the join request at ${kv.key}: it is malformed`);
+    if (view.keyOf(host) === req.publicKey) {
+      await this.opts.store.cas(kv.key, kv.modRevision, null, { signal: this.ac.signal });
+      return;
+    }
+    if (req.token === undefined) return this.warnOnce(tag, `host ${host} asks to join (key ${fingerprint(req.publicKey)}); approve it with \`backplane hosts approve ${host}\``);
+    if (view.state(host) !== 'unknown') {
+      return this.warnOnce(tag, `not approving ${host} by token: that name is already ${view.state(host)} with another key; \`backplane hosts approve ${host} --replace\` if it was reinstalled`);
+    }
+    const ok = await files.redeem(req);
+    if (ok !== true) return this.warnOnce(tag, `not approving ${host}: ${ok}`);
+    await updateHosts(this.opts.store, ca, view, approve(host, req.publicKey, false), { signal: this.ac.signal });
+    await files.saveHosts(view.sealed ?? '');
+    this.opts.log.info(`approved host ${host} (key ${fingerprint(req.publicKey)}) with join token ${req.token}`);
+    await this.opts.store.cas(kv.key, kv.modRevision, null, { signal: this.ac.signal });
+  }
+
+  // ------------------------------------------------------------------------------------------------------------
+  // This host's own records
+
   private async register(): Promise<void> {
     const lease = await this.opts.store.lease(this.opts.leaseTtlMs ?? DEFAULT_TTL_MS, { signal: this.ac.signal });
     this.lease = lease;
-    await this.opts.store.put(keys.node(this.opts.host), JSON.stringify(this.opts.record()), { lease, signal: this.ac.signal });
+    const key = keys.node(this.opts.host);
+    this.nodeValue = this.seal(key, JSON.stringify(this.opts.record()));
+    this.nodeRevision = (await this.opts.store.put(key, this.nodeValue, { lease, signal: this.ac.signal })).revision;
     lease.lost.addEventListener(
       'abort',
       () => {
@@ -104,6 +357,21 @@ export class ClusterLink {
       },
       { once: true },
     );
+  }
+
+  /** Our membership record changed or vanished without us: someone else wrote it. Put ours back. */
+  private onOwnNode(batch: WatchBatch): void {
+    const key = keys.node(this.opts.host);
+    const now = batch.type === 'resync' ? batch.kvs.find((kv) => kv.key === key) : undefined;
+    const touched =
+      batch.type === 'resync'
+        ? now?.value !== this.nodeValue
+        : batch.events.some((e) => (e.type === 'put' ? e.kv.key === key && e.kv.value !== this.nodeValue : e.key === key));
+    if (!touched || this.lease === undefined || this.nodeValue === undefined || this.ac.signal.aborted) return;
+    this.warnOnce(`own-node`, `this host's membership record was changed or deleted in the store by someone else; putting it back`);
+    const lease = this.lease;
+    const value = this.nodeValue;
+    this.opts.store.put(key, value, { lease, signal: this.ac.signal }).catch(() => this.scheduleRetry(1000));
   }
 
   private sync(): Promise<void> {
@@ -119,10 +387,10 @@ export class ClusterLink {
       const lease = this.lease;
       if (lease === undefined) return;
       const ops: TxnOp[] = [];
-      for (const [key, value] of this.wanted) if (this.published.get(key) !== value) ops.push({ put: key, value, lease });
-      for (const key of this.published.keys()) if (!this.wanted.has(key)) ops.push({ delete: key });
+      for (const [key, value] of this.wantedSealed) if (this.published.get(key) !== value) ops.push({ put: key, value, lease });
+      for (const key of this.published.keys()) if (!this.wantedSealed.has(key)) ops.push({ delete: key });
       if (ops.length > 0) await writeInChunks(this.opts.store, ops, { signal: this.ac.signal });
-      this.published = new Map(this.wanted);
+      this.published = new Map(this.wantedSealed);
       this.markReachable(true);
     } catch (err) {
       if (this.ac.signal.aborted) return;
@@ -149,51 +417,89 @@ export class ClusterLink {
       );
   }
 
+  // ------------------------------------------------------------------------------------------------------------
+  // Everyone's exports
+
   private async watchExports(): Promise<void> {
     const { kvs, revision } = await this.opts.store.list(keys.exportedPrefix, { signal: this.ac.signal });
-    for (const kv of kvs) this.accept(kv);
-    this.emit();
+    for (const kv of kvs) this.raw.set(kv.key, kv);
+    this.rejudge();
     await this.opts.store.watch(keys.exportedPrefix, revision + 1, (batch) => this.onBatch(batch), this.ac.signal);
   }
 
   private onBatch(batch: WatchBatch): void {
+    let restore = false;
     if (batch.type === 'resync') {
+      this.raw.clear();
       this.entries.clear();
-      for (const kv of batch.kvs) this.accept(kv);
+      for (const kv of batch.kvs) this.raw.set(kv.key, kv);
+      for (const kv of batch.kvs) this.judge(kv);
+      for (const key of this.published.keys()) if (this.raw.get(key)?.value !== this.published.get(key)) restore = this.forget(key) || restore;
     } else {
       for (const e of batch.events) {
-        if (e.type === 'put') this.accept(e.kv);
-        else this.entries.delete(e.key);
+        if (e.type === 'put') {
+          this.raw.set(e.kv.key, e.kv);
+          if (this.published.has(e.kv.key) && e.kv.value !== this.published.get(e.kv.key)) restore = this.forget(e.kv.key) || restore;
+          this.judge(e.kv);
+        } else {
+          this.raw.delete(e.key);
+          this.entries.delete(e.key);
+          if (this.published.has(e.key)) restore = this.forget(e.key) || restore;
+        }
       }
     }
+    this.emit();
+    if (restore) void this.sync();
+  }
+
+  /** One of our exports was changed or deleted by someone else: forget we published it, so sync() puts it back. */
+  private forget(key: string): boolean {
+    if (this.ac.signal.aborted) return false;
+    this.published.delete(key);
+    this.warnOnce(`own:${key}`, `${key} was changed or deleted in the store by someone else; putting this host's export back`);
+    return true;
+  }
+
+  private rejudge(): void {
+    this.entries.clear();
+    for (const kv of this.raw.values()) this.judge(kv);
     this.emit();
   }
 
   /**
-   * Only well-formed exports are believed: the key must name host, kind and name, the value must be JSON of an
-   * exported resource whose kind and name match its key. Anything else is logged once and ignored — a foreign or
-   * hostile writer under the cluster prefix cannot get it applied.
+   * Only exports signed by their approved exporter are believed: the key must name host, kind and name; the value
+   * must be a record signed by that host's approved key for exactly that key, no older than one already seen, holding
+   * an exported resource whose kind and name match its key. Anything else is logged once and never applied.
    */
-  private accept(kv: KeyValue): void {
+  private judge(kv: KeyValue): void {
     const where = parseExportedKey(kv.key);
-    const reject = (why: string): void => {
+    const reject = (why: string, tag = `${kv.key}@${kv.modRevision}`): void => {
       this.entries.delete(kv.key);
-      const tag = `${kv.key}@${kv.modRevision}`;
-      if (this.rejected.has(tag)) return;
-      this.rejected.add(tag);
-      this.opts.log.warn(`ignoring cluster data at ${kv.key}: ${why}`);
+      this.warnOnce(tag, `ignoring cluster data at ${kv.key}: ${why}`);
     };
     if (where === undefined) return reject('not an exported/<host>/<kind>/<name> key');
     // Otherwise an exporter named "../.." would escape the directory a collect rule puts `{host}-...` files in.
     if (!HOST_NAME.test(where.host)) return reject(`"${where.host}" is not a valid host name`);
+    const view = this.view;
+    if (view === undefined) return reject('no hosts list yet');
+    const v = view.verify(where.host, kv.key, kv.value);
+    if (!v.ok) {
+      // A whole unapproved host is one line, not one per export.
+      if (v.hostLevel) return reject(v.why, `host:${where.host}:${v.why}`);
+      return reject(v.why);
+    }
+    if (where.host === this.opts.host && v.seq > this.seq) this.seq = v.seq; // our own, from an earlier run
+    const seen = this.maxSeq.get(kv.key);
+    if (seen !== undefined && v.seq < seen) return reject(`it is an older signed value (sequence ${v.seq} < ${seen}) put back: a replay`);
     let value: unknown;
     try {
-      value = JSON.parse(kv.value);
+      value = JSON.parse(v.body);
     } catch {
-      return reject('value is not valid JSON');
+      return reject('the signed value is not valid JSON');
     }
     if (!isExported(value)) return reject('value is not an exported resource ({kind, name, params, to})');
     if (value.kind !== where.kind || value.name !== where.name) return reject(`value describes ${value.kind}[${value.name}], not what its key names`);
+    this.maxSeq.set(kv.key, v.seq);
     this.entries.set(kv.key, { host: where.host, resource: value });
   }
 
@@ -201,22 +507,54 @@ export class ClusterLink {
     this.onExports?.(this.exportsForMe());
   }
 
-  /** Every registered host, from the store (throws when the store is unreachable). */
-  static async members(store: Store, opts: { signal?: AbortSignal } = {}): Promise<{ host: string; record: NodeRecord | undefined; lease?: string }[]> {
+  /**
+   * Every record under nodes/, each with whether it can be believed: signed by the approved key of the host it
+   * names. `trust` undefined: nothing can be verified (no CA pinned here), every member is reported unverified.
+   */
+  static async members(store: Store, trust: TrustView | undefined, opts: { signal?: AbortSignal } = {}): Promise<Member[]> {
     const { kvs } = await store.list(keys.nodesPrefix, opts);
-    const out: { host: string; record: NodeRecord | undefined; lease?: string }[] = [];
+    const out: Member[] = [];
     for (const kv of kvs) {
       const host = parseNodeKey(kv.key);
       if (host === undefined) continue;
+      const lease = kv.lease === undefined ? {} : { lease: kv.lease };
+      if (trust === undefined) {
+        out.push({ host, record: undefined, verified: false, problem: 'no CA pinned on this host to verify with', ...lease });
+        continue;
+      }
+      const v = trust.verify(host, kv.key, kv.value);
+      if (!v.ok) {
+        out.push({ host, record: undefined, verified: false, problem: v.why, ...lease });
+        continue;
+      }
       let record: NodeRecord | undefined;
       try {
-        record = JSON.parse(kv.value) as NodeRecord;
+        record = JSON.parse(v.body) as NodeRecord;
       } catch {
         record = undefined;
       }
-      out.push({ host, record, ...(kv.lease === undefined ? {} : { lease: kv.lease }) });
+      out.push({ host, record, verified: record !== undefined, ...(record === undefined ? { problem: 'the signed record is not JSON' } : {}), ...lease });
     }
     return out;
+  }
+}
+
+export interface Member {
+  readonly host: string;
+  /** Only when verified. */
+  readonly record: NodeRecord | undefined;
+  readonly verified: boolean;
+  readonly problem?: string;
+  readonly lease?: string;
+}
+
+function parseCaValue(value: string | undefined): string | undefined {
+  if (value === undefined) return undefined;
+  try {
+    const v = JSON.parse(value) as { publicKey?: unknown };
+    return typeof v.publicKey === 'string' && /^[A-Za-z0-9_-]{43}$/.test(v.publicKey) ? v.publicKey : undefined;
+  } catch {
+    return undefined;
   }
 }
 
