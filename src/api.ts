@@ -59,11 +59,22 @@ export type ResourceDecl =
   | ({ kind: 'print'; msg: string } & Common)
   | ({ kind: 'timer'; interval: number | string } & Common);
 
-export interface CollectDecl {
-  kind: string;
-  from?: '*' | readonly string[];
-  set?: Record<string, unknown>;
-}
+/**
+ * Which exports this host collects, and what it takes from them: a collected resource is `set` plus exactly the
+ * exporter's parameters named in `take` (default: the kind's parameters that give no power — not a file's source,
+ * owner or setuid bits, not a command). A file rule must set or take `path`. See "Clusters" in the README.
+ */
+export type CollectDecl = {
+  [K in ResourceDecl['kind']]: {
+    kind: K;
+    from?: '*' | readonly string[];
+    set?: Partial<Record<ParamOf<K>, unknown>>;
+    take?: readonly ParamOf<K>[];
+  };
+}[ResourceDecl['kind']];
+
+/** The parameter names of a kind, as `take` and `set` may name them. */
+type ParamOf<K extends ResourceDecl['kind']> = Exclude<keyof Extract<ResourceDecl, { kind: K }>, Exclude<keyof Common, 'name'> | 'kind'>;
 
 export interface GraphContext {
   /** This agent's hostname (--hostname). */

@@ -14,7 +14,9 @@ export type ErrorCode =
   | 'E_APPLY'
   | 'E_TIMEOUT'
   | 'E_ABORTED'
-  | 'E_USAGE';
+  | 'E_USAGE'
+  /** A warning, not an error: a collect rule lets exporters choose a parameter that gives power here. */
+  | 'W_POWER_TAKE';
 
 export interface SourceLocation {
   readonly file: string;

@@ -11,7 +11,9 @@ export function registerValidate(program: Command): void {
     .action(async (opts: { file: string }) => {
       try {
         const g = await loadGraphFile(opts.file, createRegistry());
-        process.stdout.write(`ok: ${g.vertices.size} resources, ${g.edges.length} edges\n`);
+        for (const w of g.warnings) process.stderr.write(`warning: ${w.format()}\n`);
+        const warned = g.warnings.length === 0 ? '' : `, ${g.warnings.length} warning${g.warnings.length === 1 ? '' : 's'}`;
+        process.stdout.write(`ok: ${g.vertices.size} resources, ${g.edges.length} edges${warned}\n`);
         process.exitCode = EXIT.ok;
       } catch (err) {
         process.exitCode = reportError(err);

@@ -27,9 +27,34 @@ export function graphJsonSchema(kinds: readonly AnyResourceKind[]): JsonObject {
         notify: refs,
         subscribe: refs,
         meta,
+        export: {
+          type: ['boolean', 'string', 'array'],
+          items: { type: 'string' },
+          description: 'publish for other hosts to collect instead of managing it here: true (every host) or host name(s)',
+        },
         ...props,
       },
       required: ['kind', 'name', ...required],
+      additionalProperties: false,
+    };
+  });
+  const hosts = { type: ['string', 'array'], items: { type: 'string' }, description: 'exporting host(s); default: every host' };
+  const rules = kinds.map((k) => {
+    const props = z.toJSONSchema(k.schema, { io: 'input', unrepresentable: 'any' })['properties'] ?? {};
+    const names = Object.keys(props);
+    return {
+      type: 'object',
+      properties: {
+        kind: { const: k.kind },
+        from: hosts,
+        set: { type: 'object', properties: props, additionalProperties: false, description: 'parameters this host decides; {host}, {name}, {basename} are replaced' },
+        take: {
+          type: 'array',
+          items: { enum: names },
+          description: "the exporter's parameters to take; default: those that give no power here (validation warns when one that does is named)",
+        },
+      },
+      required: ['kind'],
       additionalProperties: false,
     };
   });
@@ -40,6 +65,7 @@ export function graphJsonSchema(kinds: readonly AnyResourceKind[]): JsonObject {
     type: 'object',
     properties: {
       resources: { type: 'array', items: { oneOf: variants } },
+      collect: { type: 'array', items: { oneOf: rules }, description: "which other hosts' exports this host applies, and what it takes from them" },
     },
     additionalProperties: false,
   };

@@ -123,10 +123,16 @@ function toRawGraph(file: string, out: unknown): RawGraph {
         return;
       }
       const from = r['from'];
+      const take = r['take'];
+      if (take !== undefined && !(Array.isArray(take) && take.every((t) => typeof t === 'string' && t !== ''))) {
+        fail('"take" must be a list of parameter names', `collect[${i}].take`, "e.g. take: ['content', 'mode']");
+        return;
+      }
       collect.push({
         kind: r['kind'],
         from: Array.isArray(from) && from.every((h) => typeof h === 'string') ? from : '*',
         set: isMap(r['set']) ? r['set'] : {},
+        take: Array.isArray(take) ? (take as string[]) : undefined,
         loc: where(`collect[${i}]`),
       });
     });

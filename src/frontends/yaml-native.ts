@@ -113,7 +113,7 @@ function exportTarget(v: unknown): ExportTarget | undefined | 'invalid' {
   return 'invalid';
 }
 
-const COLLECT_KEYS = ['kind', 'from', 'set'];
+const COLLECT_KEYS = ['kind', 'from', 'set', 'take'];
 
 function readCollect(doc: GraphDocument, value: unknown, out: CollectRule[], fail: (msg: string, where: SourceLocation, hint: string) => void): void {
   if (isEmpty(value)) return;
@@ -140,7 +140,12 @@ function readCollect(doc: GraphDocument, value: unknown, out: CollectRule[], fai
       fail('"set" must be a map of parameters', at('set'), 'e.g. set: { path: "/srv/in/{basename}" }');
       return;
     }
-    out.push({ kind: rule['kind'], from, set, loc: at() });
+    const take = rule['take'];
+    if (take !== undefined && take !== null && !(Array.isArray(take) && take.every((t) => typeof t === 'string' && t !== ''))) {
+      fail('"take" must be a list of parameter names', at('take'), 'e.g. take: [content, mode]; leave it out to take the parameters that give no power');
+      return;
+    }
+    out.push({ kind: rule['kind'], from, set, take: Array.isArray(take) ? (take as string[]) : undefined, loc: at() });
   });
 }
 

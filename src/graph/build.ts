@@ -6,8 +6,10 @@ import type { AnyResourceKind } from '../resources/types.js';
 import { findCycles } from './cycles.js';
 import { Graph, type Edge, type ExportedResource, type Vertex } from './graph.js';
 import { parseRef, resourceId, type ResourceId } from './ids.js';
+import { checkCollectRules } from './collect.js';
 import { metaSchema, type Meta } from './meta.js';
 import type { RawGraph, RawResource } from './raw.js';
+import { schemaShape } from './schema-util.js';
 
 export interface KindRegistry {
   get(kind: string): AnyResourceKind | undefined;
@@ -164,9 +166,12 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
     }
     break;
   }
+  const collect = raw.collect ?? [];
+  const rules = checkCollectRules(collect, registry);
+  errors.push(...rules.errors);
   const edges = [...edgeMap.values()];
   if (errors.length > 0) throw new ValidationErrors(errors);
-  return new Graph(vertices, edges, raw.source, exports, raw.collect ?? []);
+  return new Graph(vertices, edges, raw.source, exports, collect, rules.warnings);
 }
 
 /**
@@ -213,14 +218,6 @@ function addAutoEdges(
       for (const from of providers.get(key) ?? []) if (from !== id) addEdge({ from, to: id, notify: false, auto: true });
     }
   }
-}
-
-function schemaShape(schema: z.ZodType): Record<string, unknown> {
-  // Only used for "did you mean" on unknown keys; kinds whose schema is not a plain object simply get no suggestion.
-  const def = (schema as { def?: { shape?: Record<string, unknown>; innerType?: z.ZodType } }).def;
-  if (def?.shape !== undefined) return def.shape;
-  if (def?.innerType !== undefined) return schemaShape(def.innerType);
-  return {};
 }
 
 function issuesToErrors(

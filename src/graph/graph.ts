@@ -1,4 +1,4 @@
-import type { SourceLocation } from '../errors.js';
+import type { BackplaneError, SourceLocation } from '../errors.js';
 import type { ResourceId } from './ids.js';
 import type { Meta } from './meta.js';
 import type { CollectRule, ExportTarget } from './raw.js';
@@ -47,6 +47,8 @@ export class Graph {
     readonly exports: readonly ExportedResource[] = [],
     /** What this host collects from the cluster. */
     readonly collect: readonly CollectRule[] = [],
+    /** Things the graph allows that deserve a second look (a collect rule taking a power parameter), with file:line. */
+    readonly warnings: readonly BackplaneError[] = [],
   ) {
     this.vertices = vertices;
     this.edges = edges;

@@ -27,13 +27,22 @@ export type ExportTarget = '*' | readonly string[];
 
 /**
  * Which exported resources this host collects: those of `kind` exported by `from` (default: every host, this one
- * included) to this host, with the parameters in `set` overriding theirs. Strings in `set` may use `{host}` (the
- * exporter), `{name}` and `{basename}` (of the resource's name), e.g. `path: /srv/collected/{host}-{basename}`.
+ * included) to this host. Collecting is the collector's decision: a collected resource is built from the rule's
+ * `set`, plus exactly the parameters it `take`s from the exporter; the kind's defaults fill in the rest. Strings in
+ * `set` may use `{host}` (the exporter), `{name}` and `{basename}` (of the resource's name), e.g.
+ * `path: /srv/collected/{host}-{basename}`.
+ *
+ * Without `take`, a rule takes the kind's parameters that give no power here (a file's content and plain mode, not
+ * its source, owner or setuid bits: see CollectPolicy). An export that chooses a power parameter the rule neither
+ * takes nor sets is not collected at all — dropping it could give the resource more power (a service whose `user`
+ * is dropped runs as root) or a meaning nobody wrote (a file whose `source` is dropped comes out empty).
  */
 export interface CollectRule {
   readonly kind: string;
   readonly from: '*' | readonly string[];
   readonly set: Readonly<Record<string, unknown>>;
+  /** The exporter's parameters this rule accepts; undefined = the kind's parameters that give no power. */
+  readonly take?: readonly string[] | undefined;
   readonly loc: SourceLocation;
 }
 

@@ -34,3 +34,14 @@ export const fileMode = () =>
   z
     .union([z.string().regex(/^0?[0-7]{3,4}$/, 'must be an octal mode such as "0644"'), z.number().int().min(0).max(0o7777)])
     .transform((v) => (typeof v === 'number' ? v : parseInt(v, 8)));
+
+/**
+ * The top-level parameter names of a kind's schema (looking through refinements and defaults), or none when its
+ * schema is not a plain object.
+ */
+export function schemaShape(schema: z.ZodType): Record<string, unknown> {
+  const def = (schema as { def?: { shape?: Record<string, unknown>; innerType?: z.ZodType } }).def;
+  if (def?.shape !== undefined) return def.shape;
+  if (def?.innerType !== undefined) return schemaShape(def.innerType);
+  return {};
+}

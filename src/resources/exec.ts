@@ -19,6 +19,19 @@ export const execKind = defineKind({
   description: 'runs a command, guarded by creates/onlyif/unless/refreshOnly; watch.cmd and watch.files re-trigger it',
   schema: execSchema,
   refreshable: true,
+  // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
+  collect: {
+    power: {
+      cmd: 'the command root runs',
+      shell: 'which shell runs the command',
+      onlyif: 'a guard command root runs',
+      unless: 'a guard command root runs',
+      watch: 'a command root runs to watch, and which files trigger it',
+      cwd: 'the directory the command runs in',
+      env: "the command's environment (PATH, LD_PRELOAD)",
+      creates: 'which path skips the command',
+    },
+  },
   create: (id, params) => ({
     checkApply: async ({ apply, refresh, signal, log }) => {
       throwIfAborted(signal, id);

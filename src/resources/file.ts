@@ -24,6 +24,18 @@ export const fileKind = defineKind<FileParams>({
   schema: fileSchema,
   refreshable: false,
   defaults: (name) => ({ path: name }),
+  // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
+  collect: {
+    power: {
+      path: 'where root writes',
+      source: 'which local file root copies',
+      target: 'where a symlink points',
+      owner: 'who owns the file',
+      group: 'which group owns the file',
+      mode: { why: 'setuid, setgid and sticky bits', when: (m) => ((typeof m === 'string' ? parseInt(m, 8) : Number(m)) & 0o7000) !== 0 },
+    },
+    fromName: ['path'],
+  },
   autoEdges: (params) => {
     const path = normalizePath(params.path);
     const wants = ancestors(path).map((a) => `path:${a}`);

@@ -40,6 +40,17 @@ export const groupKind = defineKind<GroupParams>({
   schema: groupSchema,
   refreshable: false,
   defaults: (name) => ({ name }),
+  // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
+  collect: {
+    power: {
+      name: 'which group is managed',
+      state: 'that the group is removed',
+      gid: "the group's gid (gid 0 is root)",
+      members: "the group's members",
+      system: 'that the group is a system group',
+    },
+    fromName: ['name'],
+  },
   autoEdges: (p) =>
     // Removing a group fails while it is some user's primary group; a user declared absent frees it.
     p.state === 'absent' ? { wants: [`group-unused:${p.name}`] } : { provides: [`group:${p.name}`] },

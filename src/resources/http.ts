@@ -68,6 +68,15 @@ export const httpKind = defineKind<HttpParams>({
   schema: httpSchema,
   refreshable: false,
   defaults: (name) => (/^https?:\/\//i.test(name) ? { url: name } : {}),
+  // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
+  collect: {
+    power: {
+      url: 'which URL this host requests (services only it can reach)',
+      method: 'the request method (POST, DELETE)',
+      headers: 'the request headers',
+    },
+    fromName: ['url'],
+  },
   create: (id, p) => createHttp(id, p),
 });
 

@@ -24,6 +24,14 @@ export const pkgKind = defineKind<PkgParams>({
   schema: pkgSchema,
   refreshable: false,
   defaults: (name) => ({ name }),
+  // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
+  collect: {
+    power: {
+      name: 'which package root installs (its maintainer scripts run as root)',
+      state: 'which version is installed, or that the package is removed',
+    },
+    fromName: ['name'],
+  },
   autoEdges: (params) => {
     const provides = [`pkg:${params.name}`];
     // Files under the package's own directories are managed after it. Only known once it is installed: on the

@@ -22,6 +22,22 @@ export const svcKind = defineKind({
   description: 'a supervised long-running process: restart with backoff, crash-loop detection, health checks, logs, cgroup limits; survives agent restarts',
   schema: svcSchema,
   refreshable: true,
+  // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
+  collect: {
+    power: {
+      cmd: 'the program root starts',
+      user: 'which user the process runs as',
+      group: 'which group the process runs as',
+      env: "the process's environment (PATH, LD_PRELOAD)",
+      cwd: 'the directory the process runs in',
+      health: { why: 'a health-check command root runs', when: (h) => typeof h === 'object' && h !== null && 'exec' in h },
+      reload: { why: 'a reload command root runs', when: (r) => typeof r === 'object' && r !== null && 'cmd' in r },
+      log: {
+        why: 'which files root writes the output to',
+        when: (l) => typeof l === 'object' && l !== null && ('stdout' in l || 'stderr' in l),
+      },
+    },
+  },
   autoEdges: (params) => {
     const wants: string[] = [];
     const program = params.cmd[0];

@@ -55,6 +55,16 @@ export const tcpKind = defineKind<TcpParams>({
   schema: tcpSchema,
   refreshable: false,
   defaults: (name) => (ADDRESS.test(name) && validPort(name) ? { address: name } : {}),
+  // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
+  collect: {
+    power: {
+      address: 'which address this host connects to (services only it can reach)',
+      host: 'which host this host connects to',
+      port: 'which port this host connects to',
+      send: 'what this host sends there',
+    },
+    fromName: ['address'],
+  },
   create: (id, p) => createTcp(id, p),
 });
 

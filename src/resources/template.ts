@@ -54,6 +54,17 @@ export const templateKind = defineKind<TemplateParams>({
   schema: templateSchema,
   refreshable: false,
   defaults: (name) => ({ path: name }),
+  // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
+  collect: {
+    power: {
+      path: 'where root writes',
+      source: 'which local file root reads as the template',
+      owner: 'who owns the file',
+      group: 'which group owns the file',
+      mode: { why: 'setuid, setgid and sticky bits', when: (m) => ((typeof m === 'string' ? parseInt(m, 8) : Number(m)) & 0o7000) !== 0 },
+    },
+    fromName: ['path'],
+  },
   autoEdges: (p) => {
     const edges = fileKind.autoEdges?.(toFileParams(p, undefined)) ?? {};
     const wants = [...(edges.wants ?? [])];

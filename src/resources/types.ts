@@ -79,7 +79,31 @@ export interface ResourceKind<P = unknown> {
   defaults?(name: string): Record<string, unknown>;
   create(id: ResourceId, params: P, world: ResourceWorld): Resource;
   autoEdges?(params: P): AutoEdges;
+  /** What another host's export may choose for this kind on a collecting host (see CollectRule.take). */
+  readonly collect?: CollectPolicy;
 }
+
+/**
+ * Which parameters give power on the host that collects a resource of this kind: what root copies, writes where,
+ * runs, or runs as. A collect rule takes them from an exporter only when its `take` names them; validation warns
+ * when it does. Every other top-level parameter is taken by default.
+ */
+export interface CollectPolicy {
+  /** Power parameters, each with what it lets an exporter choose ("what root copies"), for messages. */
+  readonly power: Readonly<Record<string, PowerParam>>;
+  /**
+   * Power parameters that `defaults(name)` derives from the resource's name (a file's path). The exporter chooses
+   * the name, so a rule must `set` these or `take` them explicitly, or validation refuses it.
+   */
+  readonly fromName?: readonly string[];
+}
+
+/**
+ * A power parameter: always (a string saying what it lets an exporter choose), or only for some values, e.g. a
+ * mode with setuid bits. A value-dependent parameter is taken by default, but a powerful value of it only when
+ * `take` names it.
+ */
+export type PowerParam = string | { readonly why: string; readonly when: (value: unknown) => boolean };
 
 /**
  * What a resource may know about the rest of the graph: nothing but this. It is live — it reflects the graph

@@ -75,6 +75,24 @@ export const userKind = defineKind<UserParams>({
   schema: userSchema,
   refreshable: false,
   defaults: (name) => ({ name }),
+  // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
+  collect: {
+    power: {
+      name: 'which account is managed',
+      state: 'that the account is removed',
+      uid: "the account's uid (uid 0 is root)",
+      gid: "the account's primary group",
+      group: "the account's primary group",
+      groups: "the account's supplementary groups (sudo, docker)",
+      groupsMode: 'that the account leaves groups',
+      shell: "the account's login shell",
+      home: "the account's home directory",
+      moveHome: 'that a home directory is moved',
+      removeHome: 'that a home directory is deleted',
+      system: 'that the account is a system account',
+    },
+    fromName: ['name'],
+  },
   autoEdges: (p) => {
     const primary = primaryRef(p);
     if (p.state === 'absent') {

@@ -36,7 +36,7 @@ describe('graphJsonSchema', () => {
     assert.equal(typeof schema['$id'], 'string');
     assert.equal(schema['type'], 'object');
     assert.equal(schema['additionalProperties'], false);
-    assert.deepEqual(Object.keys(props(schema)), ['resources']);
+    assert.deepEqual(Object.keys(props(schema)), ['resources', 'collect']);
   });
 
   test('one variant per kind, in registry order, each pinned by a kind const', () => {
@@ -56,7 +56,7 @@ describe('graphJsonSchema', () => {
   test('every variant has name, the relations and meta besides its parameters', () => {
     for (const v of variants(schema)) {
       const p = props(v);
-      for (const key of ['kind', 'name', 'require', 'before', 'notify', 'subscribe', 'meta']) assert.ok(key in p, `${key} missing`);
+      for (const key of ['kind', 'name', 'require', 'before', 'notify', 'subscribe', 'meta', 'export']) assert.ok(key in p, `${key} missing`);
       assert.deepEqual(obj(p['require'], 'require')['type'], ['string', 'array']);
       const required = v['required'];
       assert.ok(Array.isArray(required));
@@ -66,7 +66,7 @@ describe('graphJsonSchema', () => {
 
   test('the parameters of each kind, with their descriptions, and which of them are required', () => {
     const exec = variantFor(schema, 'exec');
-    const execParams = Object.keys(props(exec)).filter((k) => !['kind', 'name', 'require', 'before', 'notify', 'subscribe', 'meta'].includes(k));
+    const execParams = Object.keys(props(exec)).filter((k) => !['kind', 'name', 'require', 'before', 'notify', 'subscribe', 'meta', 'export'].includes(k));
     assert.deepEqual(execParams.sort(), ['cmd', 'creates', 'cwd', 'env', 'onlyif', 'refreshOnly', 'shell', 'timeout', 'unless', 'watch']);
     assert.deepEqual(exec['required'], ['kind', 'name', 'cmd']);
     assert.match(String(obj(props(exec)['cmd'], 'cmd')['description']), /argv array/);
@@ -142,6 +142,19 @@ describe('graphJsonSchema', () => {
         for (const key of Object.keys(obj(meta, 'meta'))) assert.ok(key in metaProps, `meta ${key}`);
       }
     }
+  });
+
+  test('collect rules: per kind, set holds its parameters and take names them', () => {
+    const collect = obj(props(schema)['collect'], 'collect');
+    const rules = obj(collect['items'], 'items')['oneOf'];
+    assert.ok(Array.isArray(rules));
+    const file = rules.map((r) => obj(r, 'rule')).find((r) => obj(props(r)['kind'], 'kind')['const'] === 'file');
+    assert.ok(file !== undefined);
+    assert.deepEqual(Object.keys(props(file)), ['kind', 'from', 'set', 'take']);
+    assert.equal(file['additionalProperties'], false);
+    const take = obj(obj(props(file)['take'], 'take')['items'], 'take items')['enum'];
+    assert.ok(Array.isArray(take) && take.includes('source') && take.includes('content') && !take.includes('require'));
+    assert.ok('path' in props(obj(props(file)['set'], 'set')));
   });
 
   test('a schema for no kinds has no variants', () => {

