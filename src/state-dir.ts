@@ -2,6 +2,7 @@ import { createHash } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { ensurePrivateDir } from './util/private-dir.js';
 
 /** Where an agent keeps its state when not told: the system location as root, the user's XDG state dir otherwise. */
 export function defaultStateDir(): string {
@@ -10,10 +11,21 @@ export function defaultStateDir(): string {
 }
 
 /**
+ * Creates the state directory 0700, or checks that an existing one is private: a real directory owned by the agent's
+ * user, writable by nobody else, under directories nobody else can rename it out of. Rejects with E_USAGE and what
+ * to fix otherwise. Cheap after the first call for a directory.
+ */
+export function ensureStateDir(root: string): Promise<void> {
+  return ensurePrivateDir(root, 'state directory');
+}
+
+/**
  * A private directory per resource: readable name plus a hash, so `file[/etc/x]` and `file[/etc_x]` never share
- * one and the name stays within filesystem limits.
+ * one and the name stays within filesystem limits. It lies inside the checked state directory, so nobody but the
+ * agent's user can plant anything in it (svc pid records, their temp files).
  */
 export async function resourceStateDir(root: string, id: string): Promise<string> {
+  await ensureStateDir(root);
   const safe = id.replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 80);
   const hash = createHash('sha256').update(id).digest('hex').slice(0, 12);
   const dir = join(root, 'resources', `${safe}-${hash}`);

@@ -1,8 +1,11 @@
-import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, realpath, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
-import { createServer, type Server } from 'node:net';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { constants as fsc } from 'node:fs';
+import { open, readFile, rename, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
+import { BackplaneError } from '../errors.js';
 import { syncDirectory } from '../util/dirsync.js';
+import { ensurePrivateDir } from '../util/private-dir.js';
 import { campaign } from './election.js';
 import {
   DEFAULT_LIMITS,
@@ -31,10 +34,9 @@ import {
  * in the middle of an append) is dropped, since its write was never acknowledged. Concurrent writes share one
  * append and one fdatasync (group commit).
  *
- * One process owns a store directory. The lock is an abstract unix socket named after the directory: the kernel
- * releases it when the holder dies, even by kill -9, so a stale lock never needs breaking (a pid file cannot be taken
- * over safely without flock, which Node lacks). Abstract sockets are per network namespace, so two agents in
- * different namespaces sharing one directory are not kept apart.
+ * One process owns a store directory: it holds flock(2) on the file `lock` inside it (see acquireLock). The directory
+ * is private (created 0700; an existing one must be owned by the agent's user and writable by nobody else), so no
+ * other user can open the lock file, let alone take the lock, and the store opens no socket or port at all.
  *
  * Leases live in memory: a lease granted by this process is alive until revoked, released (then it expires after its
  * TTL) or the store is closed. On open, keys left attached to leases of an earlier run are deleted, as etcd would
@@ -114,7 +116,7 @@ interface LeaseState {
 
 const LOG = 'store.log';
 const SNAPSHOT = 'snapshot.json';
-const LOCK_INFO = 'lock';
+const LOCK = 'lock';
 /** Keys in etcd carry the `/backplane/<cluster>/` prefix; counting it here keeps the size limits the same. */
 const NOMINAL_PREFIX_BYTES = 64;
 
@@ -143,7 +145,7 @@ export class EmbeddedStore implements Store {
   private broken: StoreError | undefined;
   private closed = false;
   private closing: Promise<void> | undefined;
-  private lock: Server | undefined;
+  private lock: FileHandle | undefined;
 
   private constructor(opts: EmbeddedStoreOptions) {
     this.dir = opts.dir;
@@ -168,7 +170,10 @@ export class EmbeddedStore implements Store {
   // ---- opening ----
 
   private async load(): Promise<void> {
-    await mkdir(this.dir, { recursive: true, mode: 0o700 });
+    await ensurePrivateDir(this.dir, 'store directory').catch((err: unknown) => {
+      if (err instanceof BackplaneError && err.code === 'E_USAGE') throw new StoreError('invalid', err.message, { ...(err.hint !== undefined ? { hint: err.hint } : {}), cause: err });
+      throw ioError(err, `creating the store directory ${this.dir}`);
+    });
     this.lock = await acquireLock(this.dir);
 
     let snapshotRevision = 0;
@@ -457,8 +462,10 @@ export class EmbeddedStore implements Store {
     if (this.lock !== undefined) {
       const lock = this.lock;
       this.lock = undefined;
-      await rm(join(this.dir, LOCK_INFO), { force: true }).catch(() => undefined);
-      await new Promise<void>((resolve) => lock.close(() => resolve()));
+      // Never unlink a lock file: a process that opened it just before would lock the unlinked inode while a third
+      // creates and locks a new one. Emptying it says nobody holds it; closing the last fd drops the flock.
+      await lock.truncate(0).catch(() => undefined);
+      await lock.close().catch(() => undefined);
     }
   }
 
@@ -686,27 +693,77 @@ function ioError(err: unknown, doing: string): StoreError {
   return new StoreError('io', `${doing} failed: ${(err as Error).message}`, { cause: err });
 }
 
-async function acquireLock(dir: string): Promise<Server> {
-  const real = await realpath(dir);
-  const name = `\0backplane-store-${createHash('sha256').update(real).digest('hex').slice(0, 40)}`;
-  const server = createServer();
+/** flock(1)'s exit status when the lock is held elsewhere (--conflict-exit-code; 75 is EX_TEMPFAIL). */
+const LOCK_CONFLICT = 75;
+
+/**
+ * Takes the store's lock: flock(LOCK_EX|LOCK_NB) on `<dir>/lock`, held by this process for as long as it lives.
+ *
+ * Why not an abstract unix socket (what this was before): its name lives in a namespace every local user shares and
+ * can be derived from the directory, so a non-root user who binds it first keeps the root agent from ever opening
+ * its store, and anyone may connect to a listening one, thousands of times, until the agent runs out of fds.
+ * Why not a pid file: a stale one (kill -9) cannot be broken without a race between two agents starting at once.
+ * Why not a path socket in the private directory: private, but a stale one after kill -9 has the same race.
+ *
+ * flock(2) has none of these problems: the kernel drops it when the last fd of the open file description closes,
+ * which includes the holder's death by kill -9, so there is never a stale lock; taking it is atomic, so of two
+ * agents starting at once exactly one wins; the file is in the 0700 directory and 0600, so no other user can open
+ * it; nothing listens. Node has no flock(), so util-linux's flock(1) (Debian-essential) does the call on our fd,
+ * passed as its fd 3: a lock belongs to the open file description, not the process, so it stays held by our fd
+ * after flock(1) exits (~5-15 ms for the spawn, paid only when the store is opened). Node opens files O_CLOEXEC, so
+ * processes the agent starts later (svc services outlive it) do not inherit the fd and cannot keep the lock.
+ */
+async function acquireLock(dir: string): Promise<FileHandle> {
+  const path = join(dir, LOCK);
+  let fh: FileHandle;
   try {
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', reject);
-      server.listen({ path: name }, () => {
-        server.off('error', reject);
-        resolve();
-      });
-    });
+    fh = await open(path, fsc.O_RDWR | fsc.O_CREAT | fsc.O_NOFOLLOW, 0o600);
   } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw ioError(err, `locking the store directory ${dir}`);
-    const holder = await readFile(join(dir, LOCK_INFO), 'utf8').catch(() => '');
-    const pid = /pid (\d+)/.exec(holder)?.[1];
-    throw new StoreError('locked', `the store in ${dir} is in use by another process${pid === undefined ? '' : ` (pid ${pid})`}`, {
-      hint: 'stop the other agent, or give this one a different --state-dir',
-    });
+    throw ioError(err, `opening the store lock ${path}`);
   }
-  server.unref();
-  await writeFile(join(dir, LOCK_INFO), `pid ${process.pid} since ${new Date().toISOString()}\n`, { mode: 0o600 });
-  return server;
+  try {
+    const st = await fh.stat();
+    if (!st.isFile() || st.uid !== (process.geteuid?.() ?? 0) || st.nlink !== 1) {
+      throw new StoreError('invalid', `the store lock ${path} is not a plain file of the agent's own (uid ${st.uid}, ${st.nlink} links)`, {
+        hint: `remove ${path}; the agent creates a new one`,
+      });
+    }
+    if ((st.mode & 0o077) !== 0) await fh.chmod(0o600);
+    const status = await runFlock(fh.fd, path);
+    if (status === LOCK_CONFLICT) {
+      const buf = Buffer.alloc(200);
+      const { bytesRead } = await fh.read(buf, 0, buf.length, 0).catch(() => ({ bytesRead: 0 }));
+      const pid = /pid (\d+)/.exec(buf.subarray(0, bytesRead).toString('utf8'))?.[1];
+      throw new StoreError('locked', `the store in ${dir} is in use by another process${pid === undefined ? '' : ` (pid ${pid})`}`, {
+        hint: 'stop the other agent, or give this one a different --state-dir',
+      });
+    }
+    // Only the holder writes here, so a reader finds either nothing (a moment after the lock was taken) or the holder.
+    await fh.truncate(0);
+    await fh.write(`pid ${process.pid} since ${new Date().toISOString()}\n`, 0);
+    return fh;
+  } catch (err) {
+    await fh.close().catch(() => undefined);
+    throw ioError(err, `locking the store directory ${dir}`);
+  }
+}
+
+/** Runs `flock --exclusive --nonblock 3` with `fd` as its fd 3; resolves with its exit status (0: locked). */
+function runFlock(fd: number, path: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('flock', ['--exclusive', '--nonblock', '--conflict-exit-code', String(LOCK_CONFLICT), '3'], { stdio: ['ignore', 'ignore', 'pipe', fd] });
+    let stderr = '';
+    child.stderr?.on('data', (b: Buffer) => (stderr += b.toString()));
+    child.once('error', (err: NodeJS.ErrnoException) => {
+      reject(
+        err.code === 'ENOENT'
+          ? new StoreError('io', 'cannot lock the store: flock(1) is not installed', { hint: 'install util-linux (it provides /usr/bin/flock)', cause: err })
+          : err,
+      );
+    });
+    child.once('close', (code, signal) => {
+      if (code === 0 || code === LOCK_CONFLICT) resolve(code);
+      else reject(new StoreError('io', `flock(1) on ${path} failed (${code === null ? `killed by ${signal ?? 'a signal'}` : `status ${code}`}): ${stderr.trim()}`));
+    });
+  });
 }
