@@ -1,7 +1,12 @@
+import { X509Certificate } from 'node:crypto';
+import { readFileSync } from 'node:fs';
+import { rootCertificates } from 'node:tls';
 import { ConsecutiveBreaker, ExponentialBackoff, circuitBreaker, handleWhen, isBrokenCircuitError, noop, retry, type IBackoff } from 'cockatiel';
 import {
   ClientClosedError,
   Etcd3,
+  EtcdAuthenticationFailedError,
+  EtcdPermissionDeniedError,
   EtcdLeaseInvalidError,
   GRPCCancelledError,
   isRecoverableError,
@@ -70,6 +75,79 @@ export interface EtcdStoreOptions {
    */
   readonly keepaliveMs?: number;
   readonly limits?: StoreLimits;
+  /** TLS towards etcd (the endpoints must then be https URLs). See docs/etcd-security.md. */
+  readonly tls?: EtcdTlsOptions;
+  /** etcd's own users: authenticate as this user (etcd roles then limit which keys it may touch). */
+  readonly auth?: EtcdAuthOptions;
+}
+
+export interface EtcdTlsOptions {
+  /** PEM file of the CA that signed the members' server certificates. Default: the CAs Node trusts. */
+  readonly caFile?: string;
+  /** PEM client certificate and its key, for etcd's --client-cert-auth (mutual TLS). Both or neither. */
+  readonly certFile?: string;
+  readonly keyFile?: string;
+}
+
+export interface EtcdAuthOptions {
+  readonly user: string;
+  readonly password: string;
+}
+
+/** What TLS and auth settings turn into: etcd3's credentials, and the names error messages use. */
+interface Security {
+  readonly credentials: IOptions['credentials'];
+  readonly auth: EtcdAuthOptions | undefined;
+  readonly tls: EtcdTlsOptions | undefined;
+  /** Who etcd sees: the user, else the client certificate's CN (etcd's user when no password is given). */
+  readonly principal: string | undefined;
+}
+
+function readPem(file: string, what: string): Buffer {
+  try {
+    return readFileSync(file);
+  } catch (err) {
+    throw new StoreError('invalid', `cannot read the etcd ${what} ${file}: ${err instanceof Error ? err.message : String(err)}`, { cause: err });
+  }
+}
+
+function security(endpoints: readonly string[], tls: EtcdTlsOptions | undefined, auth: EtcdAuthOptions | undefined): Security {
+  if (auth !== undefined && (auth.user === '' || auth.password === '')) {
+    throw new StoreError('invalid', 'etcd authentication needs a user name and a non-empty password');
+  }
+  if (tls === undefined || (tls.caFile === undefined && tls.certFile === undefined && tls.keyFile === undefined)) {
+    return { credentials: undefined, auth, tls: undefined, principal: auth?.user };
+  }
+  const plain = endpoints.filter((e) => !e.startsWith('https://'));
+  if (plain.length > 0) {
+    throw new StoreError('invalid', `etcd TLS options are set, but ${plain.join(', ')} ${plain.length === 1 ? 'is' : 'are'} not an https:// URL`, {
+      hint: 'give the etcd client URLs as https://host:port',
+    });
+  }
+  if ((tls.certFile === undefined) !== (tls.keyFile === undefined)) {
+    throw new StoreError('invalid', 'an etcd client certificate needs its key, and a key its certificate', { hint: 'pass both --etcd-cert and --etcd-key' });
+  }
+  const rootCertificate = tls.caFile === undefined ? Buffer.from(rootCertificates.join('\n')) : readPem(tls.caFile, 'CA file');
+  let principal = auth?.user;
+  let credentials: NonNullable<IOptions['credentials']> = { rootCertificate };
+  if (tls.certFile !== undefined && tls.keyFile !== undefined) {
+    const certChain = readPem(tls.certFile, 'client certificate');
+    credentials = { rootCertificate, certChain, privateKey: readPem(tls.keyFile, 'client key') };
+    if (principal === undefined) {
+      try {
+        const cn = /(?:^|\n)CN=([^\n]*)/.exec(new X509Certificate(certChain).subject)?.[1];
+        if (cn !== undefined) principal = `${cn} (the CN of ${tls.certFile})`;
+      } catch (err) {
+        throw new StoreError('invalid', `the etcd client certificate ${tls.certFile} is not a PEM certificate`, { cause: err });
+      }
+    }
+  }
+  return { credentials, auth, tls, principal };
+}
+
+/** A failed TLS handshake, as grpc-js reports it (inside an UNAVAILABLE error). Retrying does not fix it. */
+function tlsFailure(message: string): boolean {
+  return /certificate|SSL routines|ssl3_|tlsv1|alert|handshake|self[- ]signed|CERT_|wrong version number/i.test(message);
 }
 
 const ATTEMPT_DEADLINE_MS = 1000;
@@ -91,9 +169,11 @@ function hostFailure(err: Error): boolean {
  * the dead leader), and 5 s of every breaker open is 5 s without a store. With a single host the breaker would only
  * turn one failed call into refusals, so it is left out.
  */
-function clientOptions(hosts: string[], faultTolerant: boolean, keepaliveMs: number): IOptions {
+function clientOptions(hosts: string[], faultTolerant: boolean, keepaliveMs: number, sec: Security): IOptions {
   return {
     hosts,
+    ...(sec.credentials === undefined ? {} : { credentials: sec.credentials }),
+    ...(sec.auth === undefined ? {} : { auth: { username: sec.auth.user, password: sec.auth.password } }),
     grpcOptions: {
       'grpc.keepalive_time_ms': keepaliveMs,
       'grpc.keepalive_timeout_ms': 2000,
@@ -111,7 +191,8 @@ function clientOptions(hosts: string[], faultTolerant: boolean, keepaliveMs: num
           // the overall bound, where immediate retries would all hit "no leader".
           // When every breaker is open (a dying leader makes calls on healthy followers time out too), waiting for
           // the first half-open beats failing at once.
-          global: retry(handleWhen((e) => isRecoverableError(e) || isBrokenCircuitError(e)), {
+          // A failed TLS handshake comes as a recoverable UNAVAILABLE, but no retry fixes a certificate.
+          global: retry(handleWhen((e) => (isRecoverableError(e) && !tlsFailure(e.message)) || isBrokenCircuitError(e)), {
             maxAttempts: 8,
             backoff: new ExponentialBackoff({ initialDelay: 50, maxDelay: 500 }),
           }),
@@ -135,6 +216,7 @@ export class EtcdStore implements Store {
   private readonly leases = new Set<{ end: () => Promise<void> }>();
   private readonly watches = new Set<AbortController>();
   private readonly probes = new Map<string, Etcd3>();
+  private readonly security: Security;
   private closed = false;
   private closing: Promise<void> | undefined;
 
@@ -146,7 +228,12 @@ export class EtcdStore implements Store {
     this.opTimeoutMs = opts.opTimeoutMs ?? 3000;
     this.limits = opts.limits ?? DEFAULT_LIMITS;
     this.keepaliveMs = opts.keepaliveMs ?? 6000;
-    this.client = new Etcd3(clientOptions([...opts.endpoints], true, this.keepaliveMs));
+    this.security = security(opts.endpoints, opts.tls, opts.auth);
+    this.client = this.newClient();
+  }
+
+  private newClient(): Etcd3 {
+    return new Etcd3(clientOptions([...this.endpoints], true, this.keepaliveMs, this.security));
   }
 
   private full(key: string): Buffer {
@@ -163,7 +250,7 @@ export class EtcdStore implements Store {
 
   async get(key: string, opts: OpOptions = {}): Promise<KeyValue | undefined> {
     validateKey(key);
-    const res = await this.call('get', opts.signal, () => this.client.kv.range({ key: this.full(key) }));
+    const res = await this.call('get', opts.signal, () => this.client.kv.range({ key: this.full(key) }), `read key "${key}"`);
     const raw = res.kvs[0];
     return raw === undefined ? undefined : this.kv(raw);
   }
@@ -172,6 +259,7 @@ export class EtcdStore implements Store {
     const key = this.full(prefix);
     const res = await this.call('list', opts.signal, () =>
       this.client.kv.range({ key, range_end: prefixEnd(key), sort_order: 'Ascend', sort_target: 'Key' }),
+      `read the keys under "${prefix}"`,
     );
     return { kvs: res.kvs.map((raw) => this.kv(raw)), revision: Number(res.header.revision) };
   }
@@ -182,6 +270,7 @@ export class EtcdStore implements Store {
     validateOps([{ put: key, value }], this.limits, this.rootBytes.length);
     const res = await this.call('put', opts.signal, () =>
       this.client.kv.put({ key: this.full(key), value: Buffer.from(value), ...(opts.lease === undefined ? {} : { lease: opts.lease.id }) }),
+      `write key "${key}"`,
     );
     return { revision: Number(res.header.revision) };
   }
@@ -191,6 +280,7 @@ export class EtcdStore implements Store {
     const k = this.full(key);
     const res = await this.call('delete', opts.signal, () =>
       this.client.kv.deleteRange(opts.prefix === true ? { key: k, range_end: prefixEnd(k) } : { key: k }),
+      opts.prefix === true ? `delete the keys under "${key}"` : `delete key "${key}"`,
     );
     return { deleted: Number(res.deleted), revision: Number(res.header.revision) };
   }
@@ -209,6 +299,7 @@ export class EtcdStore implements Store {
         success: [op],
         failure: [{ request_range: { key: k } }],
       }),
+      `write key "${key}"`,
     );
     if (res.succeeded) return { ok: true, revision: Number(res.header.revision) };
     const raw = res.responses[0]?.response_range.kvs[0];
@@ -226,7 +317,9 @@ export class EtcdStore implements Store {
         ? { request_put: { key: this.full(op.put), value: Buffer.from(op.value), ...(op.lease === undefined ? {} : { lease: op.lease.id }) } }
         : { request_delete_range: { key: this.full(op.delete) } },
     );
-    const res = await this.call('txn', opts.signal, () => this.client.kv.txn({ compare: [], success, failure: [] }));
+    const names = ops.map((op) => `"${'put' in op ? op.put : op.delete}"`);
+    const target = `write ${names.length === 1 ? 'key' : 'keys'} ${names.slice(0, 5).join(', ')}${names.length > 5 ? ` and ${names.length - 5} more` : ''}`;
+    const res = await this.call('txn', opts.signal, () => this.client.kv.txn({ compare: [], success, failure: [] }), target);
     return { revision: Number(res.header.revision) };
   }
 
@@ -252,6 +345,16 @@ export class EtcdStore implements Store {
     let next = fromRevision > 0 ? fromRevision : 0;
     let current: Watcher | undefined;
     let established: (() => void) | undefined;
+    let failEstablish: ((err: StoreError) => void) | undefined;
+    /**
+     * With etcd users, each watch has a client of its own. etcd checks the auth token of a watch stream when a watch
+     * is created on it, and etcd3 opens (and reopens) streams with the token it last got, which expires (simple
+     * tokens after --auth-token-ttl, 5 min by default, or when a member restarts): a new or resumed watch on such a
+     * stream is cancelled with "invalid auth token", again and again. A fresh client authenticates afresh. Watches
+     * already running are not affected by the expiry, and unary calls re-authenticate on their own.
+     */
+    const ownClient = this.security.auth !== undefined;
+    let watchClient = ownClient ? this.newClient() : this.client;
 
     const cancel = (w: Watcher | undefined): void => {
       if (w !== undefined) void w.cancel().catch(() => undefined);
@@ -284,11 +387,21 @@ export class EtcdStore implements Store {
       for (let delay = 100; !done.aborted; delay = Math.min(delay * 2, 2000)) {
         try {
           if (next > 0) {
-            await this.call('watch', done, () =>
-              this.client.kv.range({ key: keyPrefix, range_end: prefixEnd(keyPrefix), revision: String(next), limit: 1, keys_only: true }),
+            await this.call(
+              'watch',
+              done,
+              () => watchClient.kv.range({ key: keyPrefix, range_end: prefixEnd(keyPrefix), revision: String(next), limit: 1, keys_only: true }),
+              `watch the keys under "${prefix}"`,
             );
+          } else {
+            await this.call('watch', done, () => watchClient.kv.range({ key: keyPrefix, range_end: prefixEnd(keyPrefix), limit: 1, keys_only: true }), `watch the keys under "${prefix}"`);
           }
         } catch (err) {
+          if (err instanceof StoreError && (err.reason === 'permission' || err.reason === 'auth' || err.reason === 'tls') && failEstablish !== undefined) {
+            // Still establishing: the caller hears why. (Once running, the watch keeps trying, as for an outage.)
+            failEstablish(err);
+            return;
+          }
           if (err instanceof StoreError && err.reason === 'compacted') {
             try {
               const { kvs, revision } = await this.list(prefix, { signal: done });
@@ -311,7 +424,7 @@ export class EtcdStore implements Store {
     };
 
     const start = (): Watcher => {
-      const builder = this.client.watch().prefix(keyPrefix);
+      const builder = watchClient.watch().prefix(keyPrefix);
       if (next > 0) builder.startRevision(String(next));
       const w = builder.watcher();
       // etcd3 resumes from the revision after the last response header, which on a create response is the current
@@ -325,9 +438,20 @@ export class EtcdStore implements Store {
         established?.();
       });
       w.on('data', onData);
-      w.on('error', () => {
+      // A stream that cannot even be opened (TLS refused, credentials refused) is retried by etcd3 without an
+      // 'error'; while establishing, such a configuration mistake is the caller's answer.
+      w.on('disconnected', (err: Error) => {
+        if (failEstablish === undefined) return;
+        const mapped = this.mapError(err, 'watch', `watch the keys under "${prefix}"`);
+        if (mapped.reason === 'auth' || mapped.reason === 'tls' || mapped.reason === 'permission') failEstablish(mapped);
+      });
+      w.on('error', (err: Error) => {
         if (w !== current || done.aborted) return;
         current = undefined;
+        if (ownClient && /invalid auth token/.test(err.message)) {
+          watchClient.close();
+          watchClient = this.newClient();
+        }
         void recover();
       });
       return w;
@@ -339,6 +463,7 @@ export class EtcdStore implements Store {
         this.watches.delete(stop);
         cancel(current);
         current = undefined;
+        if (ownClient) watchClient.close();
       },
       { once: true },
     );
@@ -353,6 +478,10 @@ export class EtcdStore implements Store {
           clearTimeout(timer);
           resolve();
         };
+        failEstablish = (err) => {
+          clearTimeout(timer);
+          reject(err);
+        };
         done.addEventListener('abort', () => reject(abortedError(done, 'store watch')), { once: true });
         current = start();
       });
@@ -361,6 +490,7 @@ export class EtcdStore implements Store {
       throw err;
     } finally {
       established = undefined;
+      failEstablish = undefined;
     }
   }
 
@@ -408,7 +538,7 @@ export class EtcdStore implements Store {
 
     const sentAt = Date.now();
     try {
-      id = await this.call('lease grant', opts.signal, () => inner.grant());
+      id = await this.call('lease grant', opts.signal, () => inner.grant(), 'grant a lease');
       lastRenew = sentAt;
       // The first keep-alive (sent right after the grant) reports the TTL etcd actually granted.
       await new Promise<void>((resolve) => {
@@ -429,7 +559,7 @@ export class EtcdStore implements Store {
       controller.abort(new StoreError('lease-lost', `lease ${id} was revoked`));
       this.leases.delete(tracker);
       // Also for a lease we count as lost: etcd may still hold it (and its keys) until its own TTL runs out.
-      await this.call('lease revoke', undefined, () => inner.revoke());
+      await this.call('lease revoke', undefined, () => inner.revoke(), `revoke lease ${id} (etcd requires write permission on every key attached to it)`);
     };
     this.leases.add(tracker);
     return {
@@ -465,7 +595,7 @@ export class EtcdStore implements Store {
       this.endpoints.map(async (ep) => {
         let probe = this.probes.get(ep);
         if (probe === undefined) {
-          probe = new Etcd3(clientOptions([ep], false, this.keepaliveMs));
+          probe = new Etcd3(clientOptions([ep], false, this.keepaliveMs, this.security));
           this.probes.set(ep, probe);
         }
         const p = probe;
@@ -512,8 +642,11 @@ export class EtcdStore implements Store {
     throwIfAborted(signal, `store ${what}`);
   }
 
-  /** Runs one etcd call under the overall bound, the caller's signal, and error translation. */
-  private call<T>(what: string, signal: AbortSignal | undefined, fn: () => Promise<T>): Promise<T> {
+  /**
+   * Runs one etcd call under the overall bound, the caller's signal, and error translation. `target` says what the
+   * call does to which keys ("write key \"nodes/a\""), for permission errors.
+   */
+  private call<T>(what: string, signal: AbortSignal | undefined, fn: () => Promise<T>, target?: string): Promise<T> {
     this.checkOpen(signal, what);
     return new Promise<T>((resolve, reject) => {
       let settled = false;
@@ -530,9 +663,73 @@ export class EtcdStore implements Store {
       signal?.addEventListener('abort', onAbort, { once: true });
       fn().then(
         (v) => finish(undefined, v),
-        (err: unknown) => finish(this.mapError(err, what)),
+        (err: unknown) => finish(this.mapError(err, what, target)),
       );
     });
+  }
+
+  /** Errors of TLS and of etcd's users: configuration mistakes, each said plainly with what to do about it. */
+  private securityError(err: unknown, message: string, what: string, target: string | undefined): StoreError | undefined {
+    const sec = this.security;
+    const who = sec.principal === undefined ? 'this client' : `etcd user "${sec.principal}"`;
+    if (err instanceof EtcdPermissionDeniedError || /etcdserver: permission denied/.test(message)) {
+      const action = target === undefined ? `${what}` : target;
+      return new StoreError('permission', `store ${what}: permission denied: ${who} may not ${action} in ${this.root}`, {
+        hint:
+          sec.principal === undefined
+            ? 'etcd has authentication enabled: pass --etcd-user and a password (--etcd-password-file or BACKPLANE_ETCD_PASSWORD); see docs/etcd-security.md'
+            : `a host may only write its own keys; "backplane cluster etcd-roles --host <host>" prints the etcd roles a host needs (docs/etcd-security.md)`,
+        cause: err,
+      });
+    }
+    if (err instanceof EtcdAuthenticationFailedError || /authentication failed/.test(message)) {
+      return new StoreError('auth', `store ${what}: etcd refused ${who}: wrong user name or password`, {
+        hint: 'check --etcd-user and the password (--etcd-password-file or BACKPLANE_ETCD_PASSWORD)',
+        cause: err,
+      });
+    }
+    if (/user name is empty|authentication is not enabled|invalid auth token|auth.*(?:revision|mgmt)/i.test(message)) {
+      return new StoreError('auth', `store ${what}: etcd did not accept the credentials of ${who} (${message})`, {
+        hint:
+          sec.auth === undefined
+            ? 'etcd has authentication enabled: pass --etcd-user and a password (--etcd-password-file or BACKPLANE_ETCD_PASSWORD), or a client certificate whose CN is an etcd user'
+            : 'check --etcd-user and the password, and that etcd has authentication enabled',
+        cause: err,
+      });
+    }
+    if (!tlsFailure(message)) return undefined;
+    const eps = this.endpoints.join(', ');
+    if (/does not match certificate|altnames|Hostname\/IP/i.test(message)) {
+      return new StoreError('tls', `store ${what}: the TLS certificate of etcd ${eps} is not valid for that address (${message})`, {
+        hint: "give the URLs by a name or IP that is in the etcd server certificate's subjectAltName, or reissue the certificate",
+        cause: err,
+      });
+    }
+    if (/verify|self[- ]signed|unknown ca|issuer|UNABLE_TO|CERT_UNTRUSTED/i.test(message)) {
+      return new StoreError('tls', `store ${what}: certificate verify failed: the server certificate of etcd ${eps} is not trusted (${message})`, {
+        hint:
+          sec.tls?.caFile === undefined
+            ? "pass the CA that signed the etcd members' certificates with --etcd-ca"
+            : `the CA in ${sec.tls.caFile} did not sign the certificate etcd presents; pass the CA named in etcd's --cert-file chain`,
+        cause: err,
+      });
+    }
+    if (/bad certificate|certificate required|alert number (?:42|116)|unknown ca|alert/i.test(message)) {
+      return new StoreError('tls', `store ${what}: etcd ${eps} refused this client's TLS certificate (${message})`, {
+        hint:
+          sec.tls?.certFile === undefined
+            ? 'etcd requires client certificates (--client-cert-auth): pass --etcd-cert and --etcd-key'
+            : `etcd does not trust ${sec.tls.certFile}: it must be signed by the CA in etcd's --trusted-ca-file, and be valid for client authentication`,
+        cause: err,
+      });
+    }
+    if (/wrong version number|packet length/i.test(message)) {
+      return new StoreError('tls', `store ${what}: etcd ${eps} does not speak TLS on that port (${message})`, {
+        hint: 'use http:// URLs for an etcd without TLS, or the https:// client port of a TLS etcd',
+        cause: err,
+      });
+    }
+    return new StoreError('tls', `store ${what}: TLS with etcd ${eps} failed (${message})`, { hint: 'see docs/etcd-security.md', cause: err });
   }
 
   private unreachable(what: string, cause: unknown): StoreError {
@@ -543,9 +740,11 @@ export class EtcdStore implements Store {
     });
   }
 
-  private mapError(err: unknown, what: string): StoreError {
+  private mapError(err: unknown, what: string, target: string | undefined): StoreError {
     if (err instanceof StoreError) return err;
     const message = err instanceof Error ? err.message : String(err);
+    const security = this.securityError(err, message, what, target);
+    if (security !== undefined) return security;
     if (err instanceof EtcdLeaseInvalidError || /lease not found/.test(message)) {
       return new StoreError('lease-lost', `store ${what}: the lease has expired or was revoked`, { hint: 'grant a new lease and put the key again', cause: err });
     }

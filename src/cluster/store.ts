@@ -128,7 +128,13 @@ export type StoreErrorReason =
   | 'closed'
   | 'aborted'
   | 'lease-lost'
-  | 'compacted';
+  | 'compacted'
+  /** etcd refused the credentials: wrong user or password, or no user while etcd has authentication enabled. */
+  | 'auth'
+  /** The etcd user may not read or write that key (etcd's "permission denied"). */
+  | 'permission'
+  /** The TLS handshake with etcd failed: an untrusted server certificate, or etcd refused our client certificate. */
+  | 'tls';
 
 const CODES: Record<StoreErrorReason, ErrorCode> = {
   unreachable: 'E_TIMEOUT',
@@ -142,6 +148,9 @@ const CODES: Record<StoreErrorReason, ErrorCode> = {
   aborted: 'E_ABORTED',
   'lease-lost': 'E_IO',
   compacted: 'E_IO',
+  auth: 'E_USAGE',
+  permission: 'E_USAGE',
+  tls: 'E_USAGE',
 };
 
 const RETRYABLE: ReadonlySet<StoreErrorReason> = new Set(['unreachable', 'disk-full', 'io', 'lease-lost', 'compacted']);

@@ -1,7 +1,9 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
+import { readFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
+import { request } from 'node:https';
 import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -26,6 +28,25 @@ export interface EtcdMember {
   proc: ChildProcess | undefined;
   /** The last lines etcd printed, for failure messages. */
   log: string[];
+}
+
+/**
+ * Client TLS for the members: https client URLs, this server certificate, and `--client-cert-auth` with `ca` as the
+ * trusted CA (mutual TLS: a client needs a certificate signed by `ca`). `probe`: the client certificate the health
+ * probe presents. Peer traffic stays plain http (loopback only).
+ */
+export interface EtcdTls {
+  readonly ca: string;
+  readonly cert: string;
+  readonly key: string;
+  readonly probe: { readonly cert: string; readonly key: string };
+}
+
+export interface EtcdStartOptions {
+  readonly members: 1 | 3;
+  readonly tls?: EtcdTls;
+  /** Extra etcd flags, e.g. `['--auth-token-ttl', '2']`. */
+  readonly args?: readonly string[];
 }
 
 export interface EtcdCluster {
@@ -63,8 +84,9 @@ async function freePort(ip: string): Promise<number> {
   return addr.port;
 }
 
-async function probeHealth(clientUrl: string, timeoutMs: number): Promise<boolean> {
+async function probeHealth(clientUrl: string, timeoutMs: number, tls: EtcdTls | undefined): Promise<boolean> {
   // /health hangs when there is no leader (FACTS 4), so every probe has its own timeout.
+  if (tls !== undefined) return probeHealthTls(clientUrl, timeoutMs, tls);
   try {
     const res = await fetch(`${clientUrl}/health`, { signal: AbortSignal.timeout(timeoutMs) });
     const body = (await res.json()) as { health?: string };
@@ -74,7 +96,26 @@ async function probeHealth(clientUrl: string, timeoutMs: number): Promise<boolea
   }
 }
 
-export async function startEtcd(opts: { members: 1 | 3 }): Promise<EtcdCluster> {
+function probeHealthTls(clientUrl: string, timeoutMs: number, tls: EtcdTls): Promise<boolean> {
+  return new Promise((resolve) => {
+    const req = request(
+      `${clientUrl}/health`,
+      { ca: readFileSync(tls.ca), cert: readFileSync(tls.probe.cert), key: readFileSync(tls.probe.key), timeout: timeoutMs },
+      (res) => {
+        let body = '';
+        res.on('data', (d: Buffer) => (body += d.toString()));
+        res.on('end', () => resolve(/"health":\s*"true"/.test(body)));
+        res.on('error', () => resolve(false));
+      },
+    );
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', () => resolve(false));
+    req.end();
+  });
+}
+
+export async function startEtcd(opts: EtcdStartOptions): Promise<EtcdCluster> {
+  const scheme = opts.tls === undefined ? 'http' : 'https';
   const root = await mkdtemp(join(tmpdir(), 'bp-etcd-'));
   const token = `bp-test-${randomBytes(6).toString('hex')}`;
   const members: EtcdMember[] = [];
@@ -86,7 +127,7 @@ export async function startEtcd(opts: { members: 1 | 3 }): Promise<EtcdCluster> 
     members.push({
       name: `m${i}`,
       ip,
-      clientUrl: `http://${ip}:${clientPort}`,
+      clientUrl: `${scheme}://${ip}:${clientPort}`,
       peerUrl: `http://${ip}:${peerPort}`,
       dataDir: join(root, `m${i}`),
       proc: undefined,
@@ -111,6 +152,10 @@ export async function startEtcd(opts: { members: 1 | 3 }): Promise<EtcdCluster> 
       '--pre-vote',
       '--logger', 'zap',
       '--log-level', 'error',
+      ...(opts.tls === undefined
+        ? []
+        : ['--cert-file', opts.tls.cert, '--key-file', opts.tls.key, '--client-cert-auth', '--trusted-ca-file', opts.tls.ca]),
+      ...(opts.args ?? []),
     ];
     const proc = spawn('etcd', args, { stdio: ['ignore', 'pipe', 'pipe'] });
     m.proc = proc;
@@ -133,7 +178,7 @@ export async function startEtcd(opts: { members: 1 | 3 }): Promise<EtcdCluster> 
     const deadline = Date.now() + timeoutMs;
     while (Date.now() < deadline) {
       if (m.proc === undefined) throw new Error(`etcd member ${m.name} exited:\n${m.log.join('\n')}`);
-      if (await probeHealth(m.clientUrl, 500)) return;
+      if (await probeHealth(m.clientUrl, 500, opts.tls)) return;
       await sleep(50);
     }
     throw new Error(`etcd member ${m.name} (${m.clientUrl}) not healthy after ${timeoutMs} ms:\n${m.log.join('\n')}`);
