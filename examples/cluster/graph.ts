@@ -25,8 +25,9 @@ const graph: GraphFn = ({ host, facts, collected }) => {
       { kind: 'file', name: `${dir}/exported-2`, content: `${host} exports this to everyone\n`, export: true },
       { kind: 'file', name: `${dir}/collected`, type: 'directory', purge: true },
     ],
-    // `{host}` is the exporter; the collected copy keeps the exporter's content but lands in this host's directory.
-    collect: [{ kind: 'file', set: { path: `${dir}/collected/{host}-{basename}` } }],
+    // Collecting is this host's decision: where the copy lands (`{host}` is the exporter) is set here, and only the
+    // exporter's content is taken — not its path, owner, mode or source, which stay this host's.
+    collect: [{ kind: 'file', set: { path: `${dir}/collected/{host}-{basename}` }, take: ['content'] }],
   };
 };
 

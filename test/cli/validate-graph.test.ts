@@ -95,6 +95,24 @@ describe('backplane validate', () => {
     assert.equal(r.stderr, '');
   });
 
+  test('a collect rule taking a power parameter: exit 0, with a warning on stderr naming the rule\'s line', async () => {
+    const path = await graphFile(`resources: []
+collect:
+  - kind: file
+    from: [build1]
+    take: [content, source]
+    set: { path: "/srv/in/{basename}" }
+`);
+    const r = await cli('validate', '-f', path);
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, 'ok: 0 resources, 0 edges, 1 warning\n');
+    assert.equal(
+      r.stderr,
+      `warning: ${path}:3:5: collect[0].take: 'source' lets host build1 exporting file choose which local file root copies on this host\n` +
+        '  hint: take it only from hosts you trust with it, or set it instead\n',
+    );
+  });
+
   test('the mgmt announcement example validates as it is', async () => {
     const r = await cli('validate', '--file', await graphFile(MGMT_EXEC));
     assert.equal(r.code, 0, r.stderr);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import type { GraphFn, GraphModule, ResourceDecl } from '../../src/api.js';
+import type { CollectDecl, GraphFn, GraphModule, ResourceDecl } from '../../src/api.js';
 
 /*
  * The TypeScript API's promise is that the editor catches mistakes. These declarations are checked by `tsc` in
@@ -14,7 +14,10 @@ const ok: GraphFn = ({ host, facts }): GraphModule => ({
     { kind: 'pkg', name: 'nginx' },
     { kind: 'template', name: '/etc/x', template: '{{ facts.hostname }}' },
   ],
-  collect: [{ kind: 'file', set: { path: '/srv/in/{basename}' } }],
+  collect: [
+    { kind: 'file', set: { path: '/srv/in/{basename}' }, take: ['content', 'mode'] },
+    { kind: 'pkg', from: ['build1'], take: ['name'] },
+  ],
 });
 
 // @ts-expect-error: a misspelt parameter
@@ -25,9 +28,13 @@ const wrongType: ResourceDecl = { kind: 'file', name: '/x', mode: true };
 const unknownKind: ResourceDecl = { kind: 'fiel', name: '/x' };
 // @ts-expect-error: exec needs cmd
 const missing: ResourceDecl = { kind: 'exec', name: 'e' };
+// @ts-expect-error: take names parameters of the rule's kind
+const badTake: CollectDecl = { kind: 'file', take: ['contnet'] };
+// @ts-expect-error: a relation is not a parameter to take
+const relTake: CollectDecl = { kind: 'file', take: ['require'] };
 
 test('the typed API compiles for valid graphs and rejects mistakes at type-check time', async () => {
   const g = await ok({ host: 'h', facts: { hostname: 'h', fqdn: 'h', os: { platform: 'linux', release: '', arch: 'x64' }, cpus: 2, memory: { total: 1, free: 1 }, interfaces: {}, ipv4: '127.0.0.1' }, collected: [] });
   assert.equal(g.resources.length, 5);
-  assert.equal([typo, wrongType, unknownKind, missing].length, 4);
+  assert.equal([typo, wrongType, unknownKind, missing, badTake, relTake].length, 6);
 });
