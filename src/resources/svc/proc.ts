@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
+import { openLogForAppend } from './logfile.js';
 
 /**
  * Processes as the supervisor sees them: one it spawned (its 'exit' event is exact and immediate) or one it adopted
@@ -128,10 +129,10 @@ const ownChildren = new Map<number, { readonly starttime: string; readonly start
  * restarted agent can adopt it. Rejects with the spawn error (ENOENT, EACCES, EPERM…) when it cannot start.
  */
 export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
-  const out = openLog(spec.stdoutPath);
+  const out = openLog(spec.stdoutPath, spec.uid);
   let err: number;
   try {
-    err = spec.stderrPath === spec.stdoutPath ? out : openLog(spec.stderrPath);
+    err = spec.stderrPath === spec.stdoutPath ? out : openLog(spec.stderrPath, spec.uid);
   } catch (e) {
     closeSync(out);
     throw e;
@@ -181,9 +182,9 @@ export class LogFileError extends Error {
   }
 }
 
-function openLog(path: string): number {
+function openLog(path: string, serviceUid: number | undefined): number {
   try {
-    return openSync(path, 'a', 0o640);
+    return openLogForAppend(path, serviceUid);
   } catch (err) {
     throw new LogFileError(path, err);
   }
