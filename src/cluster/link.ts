@@ -232,10 +232,20 @@ export class ClusterLink {
         const kvs = batch.type === 'resync' ? batch.kvs : batch.events.flatMap((e) => (e.type === 'put' ? [e.kv] : []));
         const deleted = batch.type === 'events' && batch.events.some((e) => e.type === 'delete' && e.key === keys.trustHosts);
         const hosts = kvs.filter((kv) => kv.key === keys.trustHosts).at(-1);
+        const ca = this.opts.identity.ca;
+        const caTouched =
+          batch.type === 'resync'
+            ? parseCaValue(batch.kvs.find((kv) => kv.key === keys.trustCa)?.value) !== ca?.publicKey
+            : batch.events.some((e) => (e.type === 'put' ? e.kv.key === keys.trustCa && parseCaValue(e.kv.value) !== ca?.publicKey : e.key === keys.trustCa));
         this.approving = this.approving.then(async () => {
           if (hosts !== undefined && (await this.adoptHosts(view, hosts.value))) {
             this.rejudge();
             await this.ensureApproved();
+          }
+          // Only the CA's holder knows the real key; for everyone else trust/ca is a hint they never rely on.
+          if (caTouched && ca !== undefined) {
+            this.opts.log.warn("trust/ca was changed or deleted in the store by someone else; putting this cluster's CA key back");
+            await this.opts.store.put(keys.trustCa, JSON.stringify({ publicKey: ca.publicKey }), { signal: this.ac.signal });
           }
           if (deleted && this.opts.identity.ca !== undefined && view.sealed !== undefined) {
             this.opts.log.warn('trust/hosts was deleted from the store; putting it back');
@@ -473,7 +483,8 @@ export class ClusterLink {
    */
   private judge(kv: KeyValue): void {
     const where = parseExportedKey(kv.key);
-    const reject = (why: string, tag = `${kv.key}@${kv.modRevision}`): void => {
+    // Once per key and reason: an attacker rewriting the same junk in a loop gets one line, not one per write.
+    const reject = (why: string, tag = `${kv.key}:${why}`): void => {
       this.entries.delete(kv.key);
       this.warnOnce(tag, `ignoring cluster data at ${kv.key}: ${why}`);
     };

@@ -126,7 +126,7 @@ export class TrustView {
    * Takes a hosts document read from the store or the cache. Returns 'newer' when adopted, 'same' when it is the one
    * held, or why it was refused: not signed by the CA, or older than one already seen (a rollback).
    */
-  adopt(value: string): 'newer' | 'same' | string {
+  adopt(value: string): string {
     const doc = openHosts(this.caPublicKey, value);
     if (typeof doc === 'string') return doc;
     if (doc.serial < this.doc.serial) return `it is serial ${doc.serial}, older than serial ${this.doc.serial} already seen (a rollback)`;
