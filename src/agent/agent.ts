@@ -1,4 +1,6 @@
-import { writeFile, rename } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { constants as fsc } from 'node:fs';
+import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { errorMessage } from '../errors.js';
 import { Engine, type SwapSummary } from '../engine/engine.js';
@@ -8,7 +10,7 @@ import type { ResourceId } from '../graph/ids.js';
 import type { Logger } from '../log.js';
 import { createRegistry } from '../resources/registry.js';
 import { gatherFacts } from '../facts.js';
-import { defaultStateDir } from '../state-dir.js';
+import { defaultStateDir, ensureStateDir } from '../state-dir.js';
 import { VERSION } from '../version.js';
 import { GraphSource, type ChangeCause, type ClusterOptions } from './graph-source.js';
 
@@ -48,10 +50,13 @@ export class Agent {
   private dotTimer: NodeJS.Timeout | undefined;
   private reloadTimer: NodeJS.Timeout | undefined;
   private readonly registry = createRegistry();
+  private readonly stateDir: string;
   readonly source: GraphSource;
+  private readonly warned = new Set<string>();
 
   constructor(private readonly opts: AgentOptions) {
     const stateDir = opts.stateDir ?? defaultStateDir();
+    this.stateDir = stateDir;
     this.source = new GraphSource({
       file: resolve(opts.file),
       host: opts.hostname ?? gatherFacts().hostname,
@@ -73,6 +78,8 @@ export class Agent {
 
   /** Loads and starts the graph; resolves when the agent is done (converged-timeout reached, or stop()). */
   async run(): Promise<AgentResult> {
+    // Before anything reads or writes state: created 0700, or refused when another user could have planted files in it.
+    await ensureStateDir(this.stateDir);
     if ((this.opts.cluster?.etcd.length ?? 0) > 0) await this.source.watch((cause) => this.scheduleReload(cause), this.ac.signal);
     const graph = await this.source.render();
     const started = performance.now();
@@ -96,6 +103,7 @@ export class Agent {
       this.quietTimer = setTimeout(() => this.complete('converged'), timeout * 1000);
     });
     if (this.opts.graphviz !== undefined) this.engine.onState(() => this.scheduleDot());
+    this.warn(graph);
     this.opts.log.info(`running ${graph.vertices.size} resources from ${graph.source}${this.opts.noop === true ? ' (noop: nothing will be changed)' : ''}`);
     await this.engine.setGraph(graph);
     this.source.publish(graph);
@@ -157,10 +165,21 @@ export class Agent {
       return;
     }
     const cur = this.engine.currentGraph();
+    this.warn(next);
     this.source.publish(next);
     if (cur !== undefined && sameGraph(cur, next)) return;
     const s: SwapSummary = await this.engine.setGraph(next);
     this.opts.log.info(`graph swapped: ${s.added.length} added, ${s.removed.length} removed, ${s.changed.length} changed, ${s.unchanged} unchanged`);
+  }
+
+  /** Validation warnings (a collect rule that takes a power parameter), once per distinct text. */
+  private warn(graph: { warnings: readonly { format(): string }[] }): void {
+    for (const w of graph.warnings) {
+      const text = w.format();
+      if (this.warned.has(text)) continue;
+      this.warned.add(text);
+      this.opts.log.warn(text);
+    }
   }
 
   private scheduleDot(): void {
@@ -176,9 +195,32 @@ export class Agent {
     const g = this.engine.currentGraph();
     if (path === undefined || g === undefined) return;
     const states = new Map<ResourceId, string>(this.engine.status().map((s) => [s.id, s.state]));
-    const tmp = join(dirname(path), `.${basename(path)}.tmp-${process.pid}`);
-    await writeFile(tmp, toDot(g, states));
-    await rename(tmp, path);
+    const dot = toDot(g, states);
+    // The picture's directory may be writable by others (/tmp): a predictable temp name written with writeFile would
+    // follow a symlink planted there and have root overwrite its target. A random name, created O_EXCL|O_NOFOLLOW.
+    let tmp = '';
+    let fh: FileHandle | undefined;
+    for (let attempt = 0; fh === undefined; attempt++) {
+      tmp = join(dirname(path), `.${basename(path)}.tmp-${randomBytes(6).toString('hex')}`);
+      try {
+        fh = await open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, 0o644);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 5) throw err;
+      }
+    }
+    try {
+      await fh.writeFile(dot);
+    } catch (err) {
+      await fh.close().catch(() => undefined);
+      await rm(tmp, { force: true });
+      throw err;
+    }
+    await fh.close();
+    // rename replaces whatever name is at `path` (a symlink too) and never writes through it.
+    await rename(tmp, path).catch(async (err: unknown) => {
+      await rm(tmp, { force: true });
+      throw err;
+    });
   }
 }
 
