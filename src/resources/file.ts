@@ -1,11 +1,22 @@
 import { randomBytes } from 'node:crypto';
-import { createReadStream, type Stats } from 'node:fs';
-import { lstat, mkdir, open, readdir, readFile, readlink, rename, rm, stat, symlink, chmod, lchown, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, join, posix } from 'node:path';
+import { constants, type Stats } from 'node:fs';
+import { chmod, chown, lstat, mkdir, open, readdir, readFile, readlink, rename, stat, symlink, unlink, type FileHandle } from 'node:fs/promises';
+import { dirname, join, posix } from 'node:path';
 import { createTwoFilesPatch } from 'diff';
 import { BackplaneError } from '../errors.js';
 import type { ResourceId } from '../graph/ids.js';
-import { syncDirectory } from '../util/dirsync.js';
+import {
+  forgetTrustedDirs,
+  hardLinkRefusal,
+  leafName,
+  O_PATH,
+  openForRead,
+  openParent,
+  procPath,
+  READ_NOFOLLOW,
+  removeEntry,
+  type DirRef,
+} from '../util/safe-path.js';
 import { Semaphore } from '../util/semaphore.js';
 import { watchPath } from '../util/dirwatch.js';
 import { fileSchema, type FileParams } from './file-schema.js';
@@ -51,6 +62,10 @@ export const fileKind = defineKind<FileParams>({
 
 /** Temp files of atomic writes: `.${base}.bp-tmp-${pid}-${random}`. Purge must not delete a sibling's write in flight. */
 const TMP_MARK = '.bp-tmp-';
+/** The random part of temp names. Tests replace `next` to plant symlinks at the names a write will try. */
+export const tempNameSource = { next: (): string => randomBytes(4).toString('hex') };
+/** A taken temp name (EEXIST: a planted file or symlink, never followed) is retried under a new one this many times. */
+const TMP_ATTEMPTS = 8;
 /** Above this, noop mode describes a content change instead of diffing it (a diff nobody reads costs memory). */
 const MAX_DIFF_BYTES = 1 << 20;
 const CHUNK = 64 * 1024;
@@ -62,16 +77,34 @@ interface Ownership {
   readonly gid: number | undefined;
 }
 
+/**
+ * What is at the path, opened once with O_NOFOLLOW; every check and change of this run goes through `fh`.
+ * `readable`: opened for reading (a regular file or directory), else an O_PATH descriptor (a symlink, socket,
+ * or something this user may not read), whose mode and owner are changed through its /proc link.
+ */
+interface Leaf {
+  readonly st: Stats;
+  readonly fh: FileHandle;
+  readonly readable: boolean;
+}
+
 /** One checkApply: its inputs and the changes found so far. */
 interface Run {
   readonly id: ResourceId;
   readonly p: FileParams;
   readonly path: string;
+  /** The last component of path: every operation names it inside `dir`. */
+  readonly name: string;
   readonly apply: boolean;
   readonly signal: AbortSignal;
   readonly world: ResourceWorld;
   readonly changes: string[];
   diff: string | undefined;
+  /** The parent directory, reached safely; undefined when it does not exist (or is not a directory). */
+  dir: DirRef | undefined;
+  leaf: Leaf | undefined;
+  /** The source file, opened once; compared and copied through this descriptor. */
+  src: Leaf | undefined;
 }
 
 /** Also the writer behind `template`, which renders its content and hands the rest to this. */
@@ -117,39 +150,105 @@ async function checkApplyFile(
   world: ResourceWorld,
   content: Buffer | undefined,
 ): Promise<CheckResult> {
-  const r: Run = { id, p, path, apply, signal, world, changes: [], diff: undefined };
+  const r: Run = { id, p, path, name: leafName(path), apply, signal, world, changes: [], diff: undefined, dir: undefined, leaf: undefined, src: undefined };
   checkAborted(r);
-  const st = await lstatMaybe(r, path);
-  if (p.state === 'absent') await ensureAbsent(r, st);
-  else {
-    const own = await resolveOwnership(r);
-    checkAborted(r);
-    if (p.type === 'file') await ensureFile(r, st, own, content);
-    else if (p.type === 'directory') await ensureDirectory(r, st, own);
-    else await ensureSymlink(r, st, own);
+  try {
+    r.dir = await openDir(r);
+    r.leaf = r.dir === undefined ? undefined : await inspect(r, r.dir.at(r.name), r.path);
+    const st = r.leaf?.st;
+    if (p.state === 'absent') await ensureAbsent(r, st);
+    else {
+      const own = await resolveOwnership(r);
+      checkAborted(r);
+      if (p.type === 'file') await ensureFile(r, st, own, content);
+      else if (p.type === 'directory') await ensureDirectory(r, st, own);
+      else await ensureSymlink(r, st, own);
+    }
+  } finally {
+    await r.leaf?.fh.close().catch(() => undefined);
+    await r.src?.fh.close().catch(() => undefined);
+    await r.dir?.close().catch(() => undefined);
   }
   const result: CheckResult = { converged: r.changes.length === 0, changes: r.changes };
   return r.diff === undefined ? result : { ...result, diff: r.diff };
 }
 
+/** The parent directory, or undefined when a component of it is missing or not a directory. */
+async function openDir(r: Run): Promise<DirRef | undefined> {
+  try {
+    return await openParent(r.path, { resource: r.id });
+  } catch (err) {
+    const code = errnoCode(err);
+    if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
+    throw ioError(r, 'inspect', r.path, err);
+  }
+}
+
+/**
+ * Opens what is at `at` without following a symlink there: for reading when it is a regular file or directory
+ * (O_NONBLOCK: a fifo cannot hang the agent), else as O_PATH. undefined when nothing is there.
+ */
+async function inspect(r: Run, at: string, shown: string): Promise<Leaf | undefined> {
+  let fh: FileHandle;
+  let readable = true;
+  try {
+    fh = await open(at, READ_NOFOLLOW);
+  } catch (err) {
+    const code = errnoCode(err);
+    if (code === 'ENOENT') return undefined;
+    // ELOOP: a symlink. ENXIO: a socket. EACCES/EPERM: not readable by this user (not root).
+    if (code !== 'ELOOP' && code !== 'ENXIO' && code !== 'EACCES' && code !== 'EPERM') throw ioError(r, 'inspect', shown, err);
+    try {
+      fh = await open(at, O_PATH | constants.O_NOFOLLOW);
+    } catch (err2) {
+      if (errnoCode(err2) === 'ENOENT') return undefined;
+      throw ioError(r, 'inspect', shown, err2);
+    }
+    readable = false;
+  }
+  try {
+    const st = await fh.stat();
+    if (!readable && (st.isFile() || st.isDirectory())) {
+      // A symlink a moment ago (a swap), or unreadable: reopening through the descriptor's /proc link reads
+      // exactly this inode, nothing a name could point at now.
+      const again = await open(procPath(fh), constants.O_RDONLY | constants.O_NONBLOCK | constants.O_NOCTTY).catch(() => undefined);
+      if (again !== undefined) {
+        await fh.close().catch(() => undefined);
+        return { st, fh: again, readable: true };
+      }
+    }
+    return { st, fh, readable };
+  } catch (err) {
+    await fh.close().catch(() => undefined);
+    throw ioError(r, 'inspect', shown, err);
+  }
+}
+
 async function ensureAbsent(r: Run, st: Stats | undefined): Promise<void> {
-  if (st === undefined) return;
+  if (st === undefined || r.dir === undefined) return;
   // Declaring a *file* absent must not silently delete a whole tree that happens to sit at its path.
   if (st.isDirectory() && r.p.type !== 'directory' && !r.p.force) throw wrongType(r, st);
   r.changes.push('removed');
-  if (r.apply) await io(r, 'remove', r.path, rm(r.path, { recursive: st.isDirectory(), force: true }));
+  if (r.apply) await removeAt(r, st);
+}
+
+/** Removes what is at the path: unlinked, or a directory emptied through descriptors, never following a symlink. */
+async function removeAt(r: Run, st: Stats): Promise<void> {
+  if (r.dir === undefined) return;
+  await io(r, 'remove', r.path, removeEntry(r.dir.path, r.name, st.isDirectory()));
+  if (st.isDirectory()) forgetTrustedDirs();
 }
 
 async function ensureFile(r: Run, st: Stats | undefined, own: Ownership, content: Buffer | undefined): Promise<void> {
-  const { p, path } = r;
-  // Stat the source first: a missing source is an error whatever state the target is in.
-  const source = p.source === undefined ? undefined : await statSource(r, p.source);
+  const { p } = r;
+  // Open the source first: a missing source is an error whatever state the target is in.
+  const source = p.source === undefined ? undefined : await openSource(r, p.source);
   let existing = st;
   if (existing !== undefined && !existing.isFile()) {
     if (!p.force) throw wrongType(r, existing);
     r.changes.push(`replaced ${describe(existing)} with file`);
     // rename() replaces a symlink or other non-directory atomically; only a directory has to go first.
-    if (r.apply && existing.isDirectory()) await io(r, 'remove', path, rm(path, { recursive: true, force: true }));
+    if (r.apply && existing.isDirectory()) await removeAt(r, existing);
     existing = undefined;
   } else if (existing === undefined) {
     await requireParent(r);
@@ -191,12 +290,12 @@ async function ensureFile(r: Run, st: Stats | undefined, own: Ownership, content
 }
 
 async function ensureDirectory(r: Run, st: Stats | undefined, own: Ownership): Promise<void> {
-  const { p, path } = r;
+  const { p } = r;
   let existing = st;
   if (existing !== undefined && !existing.isDirectory()) {
     if (!p.force) throw wrongType(r, existing);
     r.changes.push(`replaced ${describe(existing)} with directory`);
-    if (r.apply) await io(r, 'remove', path, rm(path, { force: true }));
+    if (r.apply) await removeAt(r, existing);
     existing = undefined;
   } else if (existing === undefined) {
     await requireParent(r);
@@ -204,21 +303,44 @@ async function ensureDirectory(r: Run, st: Stats | undefined, own: Ownership): P
   }
   if (existing === undefined) {
     if (!r.apply) return;
-    await io(r, 'create directory', path, mkdir(path, { mode: p.mode ?? 0o777 }));
-    if (own.uid !== undefined || own.gid !== undefined) await io(r, 'chown', path, lchown(path, own.uid ?? -1, own.gid ?? -1));
-    // mkdir's mode passes through the umask; a declared mode is meant exactly.
-    if (p.mode !== undefined) await io(r, 'chmod', path, chmod(path, p.mode));
-    await syncDir(r, dirname(path));
+    const dir = parentOf(r);
+    // mkdir never follows a symlink at its last component (EEXIST): the directory is new, or this fails.
+    await io(r, 'create directory', r.path, mkdir(dir.at(r.name), { mode: p.mode ?? 0o777 }));
+    forgetTrustedDirs();
+    if (own.uid !== undefined || own.gid !== undefined || p.mode !== undefined) {
+      // The owner and mode go on what the name holds now, opened without following: if a user swapped our new
+      // directory for a symlink in between, this fails instead of changing the symlink's target.
+      const made = await inspect(r, dir.at(r.name), r.path);
+      if (made === undefined || !made.st.isDirectory()) {
+        await made?.fh.close().catch(() => undefined);
+        throw changedUnderUs(r);
+      }
+      try {
+        if (own.uid !== undefined || own.gid !== undefined) await chownLeaf(r, made, own);
+        // mkdir's mode passes through the umask; a declared mode is meant exactly.
+        if (p.mode !== undefined) await chmodLeaf(r, made, p.mode);
+      } finally {
+        await made.fh.close().catch(() => undefined);
+      }
+    }
+    await syncDir(r);
     return;
   }
   const meta = metadataChanges(r, existing, own, true);
-  if (r.apply) await applyMetadata(r, meta, own);
+  if (r.apply) {
+    await applyMetadata(r, meta, own);
+    if (meta.mode || meta.owner) forgetTrustedDirs();
+  }
   if (p.purge) await purge(r);
 }
 
 async function purge(r: Run): Promise<void> {
   checkAborted(r);
-  const names = await io(r, 'list', r.path, readdir(r.path));
+  if (r.leaf === undefined) return;
+  // The directory's entries are named through the descriptor checked above: a parent swapped for a symlink in
+  // the meantime changes nothing, and removeEntry follows no symlink below it.
+  const base = procPath(r.leaf.fh);
+  const names = await io(r, 'list', r.path, readdir(base));
   for (const name of names) {
     const child = join(r.path, name);
     if (r.world.isProvided(`path:${child}`)) continue;
@@ -226,7 +348,7 @@ async function purge(r: Run): Promise<void> {
     r.changes.push(`purged ${child}`);
     if (r.apply) {
       checkAborted(r);
-      await io(r, 'purge', child, rm(child, { recursive: true, force: true }));
+      await io(r, 'purge', child, removeEntry(base, name, true));
     }
   }
 }
@@ -243,21 +365,22 @@ function isSiblingTemp(r: Run, name: string): boolean {
 }
 
 async function ensureSymlink(r: Run, st: Stats | undefined, own: Ownership): Promise<void> {
-  const { p, path } = r;
+  const { p } = r;
   // The schema requires a target for an existing symlink.
   const target = p.target ?? '';
   let existing = st;
   if (existing !== undefined && !existing.isSymbolicLink()) {
     if (!p.force) throw wrongType(r, existing);
     r.changes.push(`replaced ${describe(existing)} with symlink`);
-    if (r.apply && existing.isDirectory()) await io(r, 'remove', path, rm(path, { recursive: true, force: true }));
+    if (r.apply && existing.isDirectory()) await removeAt(r, existing);
     existing = undefined;
   } else if (existing === undefined) {
     await requireParent(r);
     r.changes.push('created');
   }
   if (existing !== undefined) {
-    const current = await io(r, 'read link', path, readlink(path));
+    // readlink never follows the link it reads; a non-link swapped in since the check fails (EINVAL).
+    const current = await io(r, 'read link', r.path, readlink(parentOf(r).at(r.name)));
     const retarget = current !== target;
     if (retarget) r.changes.push(`target ${current} -> ${target}`);
     // A symlink's own permission bits mean nothing on Linux; only ownership is managed.
@@ -270,17 +393,27 @@ async function ensureSymlink(r: Run, st: Stats | undefined, own: Ownership): Pro
   }
   if (!r.apply) return;
   checkAborted(r);
+  const dir = parentOf(r);
   // Even a first creation goes through a temp name: rename() also replaces a file left there under force.
-  const tmp = tempPath(path);
-  await io(r, 'create symlink', tmp, symlink(target, tmp));
+  const { name: tmp } = await withTempName(r, (name) => symlink(target, dir.at(name)));
   try {
-    if (own.uid !== undefined || own.gid !== undefined) await io(r, 'chown', tmp, lchown(tmp, own.uid ?? -1, own.gid ?? -1));
-    await io(r, 'replace', path, rename(tmp, path));
+    if (own.uid !== undefined || own.gid !== undefined) {
+      // Node has no lchown on a descriptor: open the new link itself (O_PATH|O_NOFOLLOW), check that it is still
+      // our symlink, and chown through its /proc link, which changes the link, not what it points to.
+      const made = await inspect(r, dir.at(tmp), r.path);
+      if (made === undefined || !made.st.isSymbolicLink() || made.st.nlink !== 1) throw changedUnderUs(r);
+      try {
+        await chownLeaf(r, made, own);
+      } finally {
+        await made.fh.close().catch(() => undefined);
+      }
+    }
+    await io(r, 'replace', r.path, rename(dir.at(tmp), dir.at(r.name)));
   } catch (err) {
-    await rm(tmp, { force: true }).catch(() => undefined);
+    await unlink(dir.at(tmp)).catch(() => undefined);
     throw err;
   }
-  await syncDir(r, dirname(path));
+  await syncDir(r);
 }
 
 interface MetadataChanges {
@@ -298,10 +431,30 @@ function metadataChanges(r: Run, st: Stats, own: Ownership, modeApplies: boolean
   return { mode, owner: uid || gid };
 }
 
+/** Mode and owner are changed on the descriptor that was checked, never by path. */
 async function applyMetadata(r: Run, meta: MetadataChanges, own: Ownership): Promise<void> {
+  const leaf = r.leaf;
+  if (leaf === undefined || (!meta.owner && !meta.mode)) return;
+  // A hard link is another name for the same inode. Where other users can add names, one of them may have linked
+  // a file from outside the graph here (fs.protected_hardlinks stops that, but only where it is set).
+  if (r.dir?.shared === true && !leaf.st.isDirectory() && leaf.st.nlink > 1)
+    throw hardLinkRefusal(r.path, meta.owner ? 'owner' : 'mode', leaf.st.nlink, { resource: r.id });
   // chown before chmod: chown clears setuid/setgid bits that a declared mode may want set.
-  if (meta.owner) await io(r, 'chown', r.path, lchown(r.path, own.uid ?? -1, own.gid ?? -1));
-  if (meta.mode && r.p.mode !== undefined) await io(r, 'chmod', r.path, chmod(r.path, r.p.mode));
+  if (meta.owner) await chownLeaf(r, leaf, own);
+  if (meta.mode && r.p.mode !== undefined) await chmodLeaf(r, leaf, r.p.mode);
+}
+
+async function chownLeaf(r: Run, leaf: Leaf, own: Ownership): Promise<void> {
+  const uid = own.uid ?? -1;
+  const gid = own.gid ?? -1;
+  // fchown on an O_PATH descriptor is EBADF and Node has no fchownat(AT_EMPTY_PATH): chown of the descriptor's
+  // /proc link reaches the very inode it holds (the link itself, for a symlink).
+  await io(r, 'chown', r.path, leaf.readable ? leaf.fh.chown(uid, gid) : chown(procPath(leaf.fh), uid, gid));
+}
+
+async function chmodLeaf(r: Run, leaf: Leaf, mode: number): Promise<void> {
+  // Linux has no lchmod; fchmod on an O_PATH descriptor is EBADF: chmod of its /proc link changes that inode.
+  await io(r, 'chmod', r.path, leaf.readable ? leaf.fh.chmod(mode) : chmod(procPath(leaf.fh), mode));
 }
 
 interface WriteMeta {
@@ -313,126 +466,183 @@ interface WriteMeta {
 /**
  * Writes the whole content under a temp name in the target's directory and renames it over the target, so
  * readers (and a crash) see the old file or the new one, never a mix. Mode and owner are set on the temp file
- * so the target never exists, even briefly, with the wrong ones.
+ * so the target never exists, even briefly, with the wrong ones. The temp file is created exclusively
+ * (O_CREAT|O_EXCL|O_NOFOLLOW): a file or symlink planted at its name is never opened, a new name is tried.
  */
-async function writeAtomic(r: Run, content: Buffer | undefined, source: Stats | undefined, meta: WriteMeta): Promise<void> {
+async function writeAtomic(r: Run, content: Buffer | undefined, source: Leaf | undefined, meta: WriteMeta): Promise<void> {
   checkAborted(r);
-  const dir = dirname(r.path);
-  const tmp = tempPath(r.path);
+  const dir = parentOf(r);
   let fh: FileHandle | undefined;
+  let tmp: string | undefined;
   try {
     // Private until chmod when a mode is known, so secret content is never readable by others in between.
-    fh = await io(r, 'create', tmp, open(tmp, 'wx', meta.mode === undefined ? 0o666 : 0o600));
-    if (content !== undefined) await io(r, 'write', tmp, fh.writeFile(content));
-    else if (source !== undefined && r.p.source !== undefined) await copyInto(r, r.p.source, fh, tmp);
+    const mode = meta.mode === undefined ? 0o666 : 0o600;
+    const made = await withTempName(r, (name) =>
+      open(dir.at(name), constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode),
+    );
+    tmp = made.name;
+    fh = made.value;
+    const out = made.value;
+    const shownTmp = join(dirname(r.path), tmp);
+    if (content !== undefined) await io(r, 'write', shownTmp, out.writeFile(content));
+    else if (source !== undefined) await copyInto(r, source, out, shownTmp);
     checkAborted(r);
-    await io(r, 'fsync', tmp, fh.sync());
-    if (meta.uid !== undefined || meta.gid !== undefined) await io(r, 'chown', tmp, fh.chown(meta.uid ?? -1, meta.gid ?? -1));
-    if (meta.mode !== undefined) await io(r, 'chmod', tmp, fh.chmod(meta.mode));
-    await io(r, 'close', tmp, fh.close());
+    await io(r, 'fsync', shownTmp, out.sync());
+    if (meta.uid !== undefined || meta.gid !== undefined) await io(r, 'chown', shownTmp, out.chown(meta.uid ?? -1, meta.gid ?? -1));
+    if (meta.mode !== undefined) await io(r, 'chmod', shownTmp, out.chmod(meta.mode));
+    // Where others can rename entries, they may swap our temp file for their own before the rename: then the
+    // path would not hold what we wrote. Nothing outside the graph is touched either way; we report it.
+    const ino = dir.shared ? (await io(r, 'inspect', shownTmp, out.stat())).ino : undefined;
     fh = undefined;
+    await io(r, 'close', shownTmp, out.close());
     checkAborted(r);
-    await io(r, 'replace', r.path, rename(tmp, r.path));
-  } catch (err) {
-    await fh?.close().catch(() => undefined);
-    await rm(tmp, { force: true }).catch(() => undefined);
-    throw err;
-  }
-  await syncDir(r, dir);
-}
-
-async function copyInto(r: Run, source: string, fh: FileHandle, tmp: string): Promise<void> {
-  try {
-    for await (const chunk of createReadStream(source, { highWaterMark: CHUNK, signal: r.signal })) {
-      await fh.write(chunk as Buffer);
+    await io(r, 'replace', r.path, rename(dir.at(tmp), dir.at(r.name)));
+    tmp = undefined;
+    if (ino !== undefined) {
+      const now = await lstat(dir.at(r.name)).catch(() => undefined);
+      if (now?.ino !== ino) throw changedUnderUs(r);
     }
   } catch (err) {
-    if (r.signal.aborted) throw aborted(r);
-    throw ioError(r, `copy ${source} to`, tmp, err);
+    await fh?.close().catch(() => undefined);
+    if (tmp !== undefined) await unlink(dir.at(tmp)).catch(() => undefined);
+    throw err;
+  }
+  await syncDir(r);
+}
+
+/** Runs `create` with fresh temp names until one is free (EEXIST: taken, maybe planted); returns the name used. */
+async function withTempName<T>(r: Run, create: (name: string) => Promise<T>): Promise<{ name: string; value: T }> {
+  for (let attempt = 1; ; attempt++) {
+    const name = `.${r.name}${TMP_MARK}${process.pid}-${tempNameSource.next()}`;
+    try {
+      return { name, value: await create(name) };
+    } catch (err) {
+      if (errnoCode(err) !== 'EEXIST' || attempt >= TMP_ATTEMPTS) throw ioError(r, 'create', join(dirname(r.path), name), err);
+    }
   }
 }
 
-/** Makes a rename (or creation) in `dir` durable: without it a crash may forget the new directory entry. */
-async function syncDir(r: Run, dir: string): Promise<void> {
-  await io(r, 'fsync', dir, syncDirectory(dir));
+async function copyInto(r: Run, source: Leaf, fh: FileHandle, tmp: string): Promise<void> {
+  const buf = Buffer.allocUnsafe(CHUNK);
+  let pos = 0;
+  for (;;) {
+    checkAborted(r);
+    const { bytesRead } = await io(r, `read source ${r.p.source ?? ''} for`, tmp, source.fh.read(buf, 0, CHUNK, pos));
+    if (bytesRead === 0) return;
+    pos += bytesRead;
+    await io(r, 'write', tmp, fh.write(buf, 0, bytesRead));
+  }
 }
 
-function tempPath(path: string): string {
-  return join(dirname(path), `.${basename(path)}${TMP_MARK}${process.pid}-${randomBytes(4).toString('hex')}`);
+/** Makes a rename (or creation) in the parent durable: without it a crash may forget the new directory entry. */
+async function syncDir(r: Run): Promise<void> {
+  await io(r, 'fsync', dirname(r.path), parentOf(r).sync());
 }
 
-/** Reads at most size+1 bytes: enough to tell the file equals `want` without a separate fstat or a full read. */
+/** The parent, which exists whenever something is to be changed (requireParent ran before). */
+function parentOf(r: Run): DirRef {
+  if (r.dir === undefined) throw changedUnderUs(r);
+  return r.dir;
+}
+
+function changedUnderUs(r: Run): BackplaneError {
+  return new BackplaneError('E_APPLY', `${r.path} changed while it was being checked or written; nothing else was touched`, {
+    resource: r.id,
+    hint: 'another process (or user) is changing this path or its directory at the same time',
+    retryable: true,
+  });
+}
+
+/** Reads at most size+1 bytes: enough to tell the file equals `want` without a full read. */
 async function sameAsBuffer(r: Run, st: Stats, want: Buffer): Promise<boolean> {
   if (st.size !== want.length) return false;
   if (want.length === 0) return true;
   checkAborted(r);
-  const fh = await io(r, 'open', r.path, open(r.path, 'r'));
-  try {
-    const buf = Buffer.allocUnsafe(want.length + 1);
-    let got = 0;
-    for (;;) {
-      const { bytesRead } = await io(r, 'read', r.path, fh.read(buf, got, buf.length - got, got));
-      if (bytesRead === 0) break;
-      got += bytesRead;
-      if (got === buf.length) return false; // grew since lstat
-    }
-    return got === want.length && buf.subarray(0, got).equals(want);
-  } finally {
-    await fh.close();
+  const fh = readableLeaf(r);
+  const buf = Buffer.allocUnsafe(want.length + 1);
+  let got = 0;
+  for (;;) {
+    const { bytesRead } = await io(r, 'read', r.path, fh.read(buf, got, buf.length - got, got));
+    if (bytesRead === 0) break;
+    got += bytesRead;
+    if (got === buf.length) return false; // grew since the check
   }
+  return got === want.length && buf.subarray(0, got).equals(want);
 }
 
-async function sameAsFile(r: Run, st: Stats, source: Stats): Promise<boolean> {
-  if (st.size !== source.size) return false;
+/** The descriptor content is read through: the one that was checked. */
+function readableLeaf(r: Run): FileHandle {
+  const leaf = r.leaf;
+  if (leaf === undefined) throw changedUnderUs(r);
+  if (!leaf.readable) {
+    throw new BackplaneError('E_APPLY', `cannot read ${r.path}: permission denied`, {
+      resource: r.id,
+      hint: 'permission denied: run Backplane as a user allowed to change this path',
+    });
+  }
+  return leaf.fh;
+}
+
+async function sameAsFile(r: Run, st: Stats, source: Leaf): Promise<boolean> {
+  if (st.size !== source.st.size) return false;
+  const a = readableLeaf(r);
   const src = r.p.source ?? '';
-  const a = await io(r, 'open', r.path, open(r.path, 'r'));
-  try {
-    const b = await io(r, 'open', src, open(src, 'r'));
-    try {
-      const bufA = Buffer.allocUnsafe(CHUNK);
-      const bufB = Buffer.allocUnsafe(CHUNK);
-      for (;;) {
-        checkAborted(r);
-        const ra = await readFull(r, a, bufA, r.path);
-        const rb = await readFull(r, b, bufB, src);
-        if (ra !== rb) return false;
-        if (ra === 0) return true;
-        if (!bufA.subarray(0, ra).equals(bufB.subarray(0, rb))) return false;
-      }
-    } finally {
-      await b.close();
-    }
-  } finally {
-    await a.close();
+  const bufA = Buffer.allocUnsafe(CHUNK);
+  const bufB = Buffer.allocUnsafe(CHUNK);
+  for (let pos = 0; ; ) {
+    checkAborted(r);
+    const ra = await readFull(r, a, bufA, pos, r.path);
+    const rb = await readFull(r, source.fh, bufB, pos, src);
+    if (ra !== rb) return false;
+    if (ra === 0) return true;
+    if (!bufA.subarray(0, ra).equals(bufB.subarray(0, rb))) return false;
+    pos += ra;
   }
 }
 
-/** Fills `buf` unless the file ends first, so both sides of a comparison advance in equal steps. */
-async function readFull(r: Run, fh: FileHandle, buf: Buffer, path: string): Promise<number> {
+/** Fills `buf` from `pos` unless the file ends first, so both sides of a comparison advance in equal steps. */
+async function readFull(r: Run, fh: FileHandle, buf: Buffer, pos: number, path: string): Promise<number> {
   let got = 0;
   while (got < buf.length) {
-    const { bytesRead } = await io(r, 'read', path, fh.read(buf, got, buf.length - got, null));
+    const { bytesRead } = await io(r, 'read', path, fh.read(buf, got, buf.length - got, pos + got));
     if (bytesRead === 0) break;
     got += bytesRead;
   }
   return got;
 }
 
-async function makeDiff(r: Run, current: Stats | undefined, content: Buffer | undefined, source: Stats | undefined): Promise<string> {
-  const newSize = content?.length ?? source?.size ?? 0;
+/** The whole file from the start, through the descriptor (small: makeDiff caps it at MAX_DIFF_BYTES). */
+async function readAll(r: Run, fh: FileHandle, path: string): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  const buf = Buffer.allocUnsafe(CHUNK);
+  for (let pos = 0; ; ) {
+    const got = await readFull(r, fh, buf, pos, path);
+    if (got === 0) return Buffer.concat(parts);
+    parts.push(Buffer.from(buf.subarray(0, got)));
+    pos += got;
+    if (pos > MAX_DIFF_BYTES) return Buffer.concat(parts);
+  }
+}
+
+async function makeDiff(r: Run, current: Stats | undefined, content: Buffer | undefined, source: Leaf | undefined): Promise<string> {
+  const newSize = content?.length ?? source?.st.size ?? 0;
   const oldSize = current?.size ?? 0;
   if (newSize > MAX_DIFF_BYTES || oldSize > MAX_DIFF_BYTES) return `content of ${r.path} would change (${oldSize} -> ${newSize} bytes; too large to diff)\n`;
-  const oldBuf = current === undefined ? Buffer.alloc(0) : await io(r, 'read', r.path, readFile(r.path));
+  const oldBuf = current === undefined ? Buffer.alloc(0) : await readAll(r, readableLeaf(r), r.path);
   const src = r.p.source;
-  const newBuf = content ?? (src === undefined ? Buffer.alloc(0) : await io(r, 'read', src, readFile(src)));
+  const newBuf = content ?? (source === undefined ? Buffer.alloc(0) : await readAll(r, source.fh, src ?? ''));
   if (oldBuf.includes(0) || newBuf.includes(0)) return `Binary files ${current === undefined ? '/dev/null' : r.path} and ${src ?? r.path} differ\n`;
   return createTwoFilesPatch(current === undefined ? '/dev/null' : r.path, r.path, oldBuf.toString('utf8'), newBuf.toString('utf8'), 'current', 'desired');
 }
 
-async function statSource(r: Run, source: string): Promise<Stats> {
-  let st: Stats;
+/**
+ * Opens the source once, following a symlink on the way only where root alone could have put it: a user who can
+ * write the source's directory must not get another file (/etc/shadow) copied into a managed one.
+ */
+async function openSource(r: Run, source: string): Promise<Leaf> {
+  let fh: FileHandle;
   try {
-    st = await stat(source);
+    fh = await openForRead(normalizePath(source), { resource: r.id });
   } catch (err) {
     if (errnoCode(err) === 'ENOENT')
       throw new BackplaneError('E_APPLY', `source file ${source} does not exist`, {
@@ -443,16 +653,25 @@ async function statSource(r: Run, source: string): Promise<Stats> {
       });
     throw ioError(r, 'read source', source, err);
   }
+  let st: Stats;
+  try {
+    st = await fh.stat();
+  } catch (err) {
+    await fh.close().catch(() => undefined);
+    throw ioError(r, 'read source', source, err);
+  }
+  r.src = { st, fh, readable: true };
   if (!st.isFile())
     throw new BackplaneError('E_APPLY', `source ${source} is a ${describe(st)}, not a regular file`, {
       resource: r.id,
       hint: 'source must name a regular file to copy',
     });
-  return st;
+  return r.src;
 }
 
 /** Only reached when the path is missing, so the common converged check pays nothing for it. */
 async function requireParent(r: Run): Promise<void> {
+  if (r.dir !== undefined) return;
   const dir = dirname(r.path);
   if (dir === r.path) return;
   let st: Stats | undefined;
@@ -461,12 +680,15 @@ async function requireParent(r: Run): Promise<void> {
   } catch (err) {
     if (errnoCode(err) !== 'ENOENT' && errnoCode(err) !== 'ENOTDIR') throw ioError(r, 'check parent directory', dir, err);
   }
-  if (st?.isDirectory() === true) return;
   // In noop mode the parent's own resource has not created it yet either; it would have been there in a real run.
   if (!r.apply && st === undefined && r.world.isProvided(`path:${dir}`)) return;
   throw new BackplaneError(
     'E_APPLY',
-    st === undefined ? `parent directory ${dir} does not exist` : `parent ${dir} is a ${describe(st)}, not a directory`,
+    st === undefined
+      ? `parent directory ${dir} does not exist`
+      : st.isDirectory()
+        ? `parent directory ${dir} appeared while ${r.path} was being checked`
+        : `parent ${dir} is a ${describe(st)}, not a directory`,
     {
       resource: r.id,
       hint: `add a file resource for ${dir} with type: directory (it is ordered before this one automatically), or create it`,
@@ -493,15 +715,6 @@ function describe(st: Stats): string {
   if (st.isFIFO()) return 'fifo';
   if (st.isSocket()) return 'socket';
   return 'device';
-}
-
-async function lstatMaybe(r: Run, path: string): Promise<Stats | undefined> {
-  try {
-    return await lstat(path);
-  } catch (err) {
-    if (errnoCode(err) === 'ENOENT') return undefined;
-    throw ioError(r, 'inspect', path, err);
-  }
 }
 
 async function resolveOwnership(r: Run): Promise<Ownership> {

@@ -1,3 +1,4 @@
+import { constants } from 'node:fs';
 import { open } from 'node:fs/promises';
 
 /**
@@ -43,7 +44,8 @@ function start(dir: string, state: DirState): Promise<void> {
 }
 
 async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, 'r');
+  // O_DIRECTORY: whatever sits at the path, a fifo swapped in cannot block the open, and nothing but a directory is synced.
+  const fh = await open(dir, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
     await fh.sync();
   } finally {
