@@ -17,11 +17,17 @@
  *   kill -9  one agent SIGKILLed: until no other host holds its files (bounded by the 3 s lease TTL).
  *   leave    one agent SIGTERMed: until no other host holds its files (it revokes its lease on the way out).
  *
+ * Every size runs twice, interleaved: `signed`, today's agents (host h00 holds the cluster CA, the others join with a
+ * token; every record is signed and every collected export verified), and `unsigned`, the agents of the last commit
+ * before host identity (--baseline, built from git in a temporary worktree), so the table shows what signing and
+ * verifying cost on export propagation. It fails loudly when the signed median change latency is more than 1.5x
+ * the unsigned one (plus 30 ms of noise allowance).
+ *
  * Prints a table and writes bench/results/cluster-latest.json.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { closeSync, mkdirSync, openSync, readFileSync, watch, writeFileSync, renameSync, type FSWatcher } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, symlinkSync, watch, writeFileSync, renameSync, type FSWatcher } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -34,6 +40,17 @@ import { machineInfo } from './lib/sysinfo.js';
 interface Options {
   readonly agents: number[];
   readonly changes: number;
+  /** Git revision of the unsigned baseline, or 'none'. */
+  readonly baseline: string;
+}
+
+/** The last commit before host identity: exports and membership unsigned, collected exports unverified. */
+const UNSIGNED_BASELINE = 'e27cab1';
+
+interface Variant {
+  readonly name: 'signed' | 'unsigned';
+  readonly bin: string;
+  readonly trust: boolean;
 }
 
 function parseArgs(argv: readonly string[]): Options {
@@ -42,14 +59,14 @@ function parseArgs(argv: readonly string[]): Options {
     return i === -1 ? undefined : argv[i + 1];
   };
   if (argv.includes('--help')) {
-    process.stdout.write('usage: node --import tsx bench/cluster.ts [--agents 3,10,30] [--changes 20]\n');
+    process.stdout.write('usage: node --import tsx bench/cluster.ts [--agents 3,10,30] [--changes 20] [--baseline REV|none]\n');
     process.exit(0);
   }
   const agents = (value('agents') ?? '3,10,30').split(',').map((s) => Number(s.trim()));
   if (agents.some((n) => !Number.isInteger(n) || n < 2 || n > 100)) throw new Error('--agents takes sizes from 2 to 100, e.g. 3,10,30');
   const changes = Number(value('changes') ?? '20');
   if (!Number.isInteger(changes) || changes < 1) throw new Error('--changes takes a positive integer');
-  return { agents, changes };
+  return { agents, changes, baseline: value('baseline') ?? UNSIGNED_BASELINE };
 }
 
 interface Agent {
@@ -62,6 +79,7 @@ interface Agent {
 }
 
 interface SizeResult {
+  readonly variant: Variant['name'];
   readonly agents: number;
   /** N-1 agents spawned back to back: ms from the last spawn until all of them converged. */
   readonly stormMs: number;
@@ -99,11 +117,12 @@ function expectedContent(a: Agent, i: 1 | 2): string {
   return `e${i} from ${a.host} v${a.version}\n`;
 }
 
-function spawnAgent(a: Agent, endpoints: readonly string[], cluster: string, work: string): void {
+function spawnAgent(a: Agent, endpoints: readonly string[], cluster: string, work: string, v: Variant): void {
   const fd = openSync(a.log, 'a');
+  const join_ = v.trust && a.host !== CA_HOST ? ['--join-token-file', join(work, 'join-token')] : [];
   const proc = spawn(
     process.execPath,
-    [BIN, 'run', '--file', a.graph, '--hostname', a.host, '--etcd', endpoints.join(','), '--cluster', cluster, '--state-dir', join(work, 'state', a.host)],
+    [v.bin, 'run', '--file', a.graph, '--hostname', a.host, '--etcd', endpoints.join(','), '--cluster', cluster, '--state-dir', join(work, 'state', a.host), ...join_],
     { cwd: ROOT, stdio: ['ignore', fd, fd] },
   );
   closeSync(fd);
@@ -209,9 +228,21 @@ async function holdsNoneOf(a: Agent, gone: Agent): Promise<boolean> {
   return !names.some((n) => n.startsWith(`${gone.host}-`));
 }
 
-async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: string): Promise<SizeResult> {
-  const work = join(root, `n${n}`);
-  const cluster = `bench-${n}`;
+const CA_HOST = 'h00';
+
+/** Host h00 creates the cluster's CA and a token the other n-1 hosts join with (what an operator does once). */
+function initTrust(n: number, endpoints: readonly string[], cluster: string, work: string): void {
+  const common = ['--etcd', endpoints.join(','), '--cluster', cluster, '--state-dir', join(work, 'state', CA_HOST)];
+  const init = spawnSync(process.execPath, [BIN, 'cluster', 'init', ...common, '--hostname', CA_HOST], { encoding: 'utf8' });
+  if (init.status !== 0) throw new Error(`cluster init failed: ${init.stderr}`);
+  const token = spawnSync(process.execPath, [BIN, 'hosts', 'token', ...common, '--uses', String(n)], { encoding: 'utf8' });
+  if (token.status !== 0) throw new Error(`hosts token failed: ${token.stderr}`);
+  writeFileSync(join(work, 'join-token'), token.stdout, { mode: 0o600 });
+}
+
+async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: string, v: Variant): Promise<SizeResult> {
+  const work = join(root, `n${n}-${v.name}`);
+  const cluster = `bench-${n}-${v.name}`;
   const agents: Agent[] = [];
   for (let i = 0; i < n; i++) {
     const host = `h${String(i).padStart(2, '0')}`;
@@ -221,17 +252,18 @@ async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: st
     agents.push(a);
   }
   const observer = new Observer(agents);
+  if (v.trust) initTrust(n, etcd.endpoints, cluster, work);
   try {
     const first = agents.slice(0, n - 1);
     const lastAgent = agents[n - 1];
     if (lastAgent === undefined) throw new Error('no agents');
-    for (const a of first) spawnAgent(a, etcd.endpoints, cluster, work);
+    for (const a of first) spawnAgent(a, etcd.endpoints, cluster, work, v);
     const stormT0 = performance.now();
     const stormMs = await observer.until('the first agents to converge', first, (a) => holdsExactly(a, first), stormT0, CONVERGE_TIMEOUT_MS);
     progress(`  ${n - 1} agents converged ${ms(stormMs)} after the last was spawned`);
 
     const joinT0 = performance.now();
-    spawnAgent(lastAgent, etcd.endpoints, cluster, work);
+    spawnAgent(lastAgent, etcd.endpoints, cluster, work, v);
     const joinMs = await observer.until('all agents to converge after the last joined', agents, (a) => holdsExactly(a, agents), joinT0, CONVERGE_TIMEOUT_MS);
     progress(`  agent ${n} joined: all converged ${ms(joinMs)} after it was spawned`);
     await sleep(500);
@@ -274,6 +306,7 @@ async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: st
     progress(`  SIGTERM: ${leaver.host}'s files gone from the others ${ms(leaveRemovalMs)} later`);
 
     return {
+      variant: v.name,
       agents: n,
       stormMs: round(stormMs),
       joinMs: round(joinMs),
@@ -308,9 +341,10 @@ function progress(line: string): void {
 }
 
 function table(results: readonly SizeResult[]): string {
-  const head = ['agents', 'storm (N-1)', 'join (N-th)', 'change: first host', 'change: all, median', 'p99', 'max', 'kill -9 removal', 'SIGTERM removal', 'RSS/agent'];
+  const head = ['agents', 'agents are', 'storm (N-1)', 'join (N-th)', 'change: first host', 'change: all, median', 'p99', 'max', 'kill -9 removal', 'SIGTERM removal', 'RSS/agent'];
   const rows = results.map((r) => [
     String(r.agents),
+    r.variant,
     ms(r.stormMs),
     ms(r.joinMs),
     ms(r.change.firstMedianMs),
@@ -334,6 +368,7 @@ async function main(): Promise<void> {
   const cleanUp = async (): Promise<void> => {
     for (const p of live) p.kill('SIGKILL');
     await etcd?.stop();
+    if (baselineDir !== undefined) spawnSync('git', ['worktree', 'remove', '--force', baselineDir], { cwd: ROOT });
     await rm(root, { recursive: true, force: true });
   };
   const onSignal = (sig: NodeJS.Signals): void => {
@@ -344,14 +379,29 @@ async function main(): Promise<void> {
   process.once('SIGTERM', onSignal);
 
   const results: SizeResult[] = [];
+  const variants: Variant[] = [{ name: 'signed', bin: BIN, trust: true }];
   try {
+    if (opts.baseline !== 'none') variants.push({ name: 'unsigned', bin: buildBaseline(opts.baseline, root), trust: false });
     etcd = await startEtcd({ members: 3 });
     for (const n of opts.agents) {
-      progress(`${n} agents:`);
-      results.push(await measureSize(n, opts, etcd, root));
+      // Interleaved, and in alternating order per size, so a machine that gets busier hurts neither side alone.
+      const order = n % 2 === 0 ? variants : [...variants].reverse();
+      for (const v of order) {
+        progress(`${n} agents, ${v.name}:`);
+        results.push(await measureSize(n, opts, etcd, root, v));
+      }
     }
   } finally {
     await cleanUp();
+  }
+  const failures: string[] = [];
+  for (const n of opts.agents) {
+    const signed = results.find((r) => r.agents === n && r.variant === 'signed');
+    const unsigned = results.find((r) => r.agents === n && r.variant === 'unsigned');
+    if (signed === undefined || unsigned === undefined) continue;
+    const ratio = signed.change.medianMs / unsigned.change.medianMs;
+    progress(`${n} agents: signed/unsigned change median ${ratio.toFixed(2)}x (${ms(signed.change.medianMs)} vs ${ms(unsigned.change.medianMs)})`);
+    if (signed.change.medianMs > unsigned.change.medianMs * 1.5 + 30) failures.push(`${n} agents: signing makes export propagation ${ratio.toFixed(2)}x slower`);
   }
 
   const out = {
@@ -366,6 +416,7 @@ async function main(): Promise<void> {
       'join: ms from spawning the N-th agent until all N hold all 2N exports (includes its start-up and first etcd round trip).',
       'change: ms from writing the exporter\'s graph file until every other host has the new content of the collected file (with --changes 20 or fewer, p99 is the maximum); "first host": until the quickest collector has it. Includes the 50 ms debounce of the graph file reload on the exporter (collectors re-render after 2 ms). All agents share 2 cores, so with N agents the last host waits for N-1 re-renders; on separate machines each host would be about as fast as the first.',
       'kill -9 removal is bounded by the lease TTL (3 s); SIGTERM revokes the lease at once.',
+      `signed: this commit (host h00 holds the CA, the others join with a token; records signed, exports verified). unsigned: the agents of ${opts.baseline}, the last commit before host identity, built from git.`,
     ],
   };
   process.stdout.write(`\n${table(results)}\n\n`);
@@ -373,7 +424,32 @@ async function main(): Promise<void> {
   writeFileSync(file, `${JSON.stringify(out, null, 2)}\n`);
   process.stdout.write(`${JSON.stringify(out)}\n`);
   progress(`written to ${file}`);
+  if (failures.length > 0) {
+    progress(`FAIL: ${failures.join('; ')}`);
+    process.exitCode = 1;
+  }
 }
+
+/**
+ * Builds the CLI of an older commit in a temporary git worktree (sharing this checkout's node_modules), so both
+ * variants run on the same machine in the same minutes. Returns the path of its bin/backplane.js.
+ */
+function buildBaseline(rev: string, root: string): string {
+  const dir = join(root, 'baseline');
+  const git = (...args: string[]): void => {
+    const r = spawnSync('git', args, { cwd: ROOT, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`git ${args.join(' ')} failed: ${r.stderr}`);
+  };
+  progress(`building the unsigned baseline (${rev}) in ${dir}`);
+  git('worktree', 'add', '--detach', dir, rev);
+  symlinkSync(join(ROOT, 'node_modules'), join(dir, 'node_modules'));
+  const b = spawnSync(process.execPath, [join(dir, 'scripts', 'build.mjs')], { cwd: dir, encoding: 'utf8' });
+  if (b.status !== 0) throw new Error(`building ${rev} failed: ${b.stderr}`);
+  baselineDir = dir;
+  return join(dir, 'bin', 'backplane.js');
+}
+
+let baselineDir: string | undefined;
 
 function etcdVersion(): string {
   const out = spawnSync('etcd', ['--version'], { encoding: 'utf8' }).stdout ?? '';

@@ -67,10 +67,16 @@ done
 
 rm -rf "$BACKPLANE_DEMO_ROOT"
 mkdir -p "$BACKPLANE_DEMO_ROOT"
+# Host a holds the cluster's CA (it decides which hosts the cluster believes); b and c join with a token it made.
+node bin/backplane.js cluster init --etcd "$ETCD_URL" --cluster "$CLUSTER" --state-dir "$WORK/state-a" --hostname a
+( umask 077; node bin/backplane.js hosts token --etcd "$ETCD_URL" --cluster "$CLUSTER" --state-dir "$WORK/state-a" \
+    --uses 2 --ttl 10m >"$WORK/join-token" )
 for h in "${HOSTS[@]}"; do
+  join=()
+  [ "$h" = a ] || join=(--join-token-file "$WORK/join-token")
   # Each agent's log lines are prefixed with its host; $! is the agent itself, not the prefixing sed.
   node bin/backplane.js run --file examples/cluster/graph.ts --hostname "$h" --etcd "$ETCD_URL" --cluster "$CLUSTER" \
-    --state-dir "$WORK/state-$h" > >(sed -u "s/^/[$h] /") 2>&1 &
+    --state-dir "$WORK/state-$h" "${join[@]}" > >(sed -u "s/^/[$h] /") 2>&1 &
   AGENT_PID[$h]=$!
 done
 
@@ -83,8 +89,11 @@ Things to try in another terminal:
   cat $BACKPLANE_DEMO_ROOT/a/collected/*-exported-1
   rm $BACKPLANE_DEMO_ROOT/b/private-1                # repaired at once, by b alone
   \$EDITOR $REPO/examples/cluster/graph.ts           # change \`banner\`: every host re-exports, every collector updates
-  node $REPO/bin/backplane.js cluster status --etcd $ETCD_URL --cluster $CLUSTER
-  node $REPO/bin/backplane.js cluster members --etcd $ETCD_URL --cluster $CLUSTER --json
+  node $REPO/bin/backplane.js cluster status --etcd $ETCD_URL --cluster $CLUSTER --state-dir $WORK/state-a
+  node $REPO/bin/backplane.js cluster members --etcd $ETCD_URL --cluster $CLUSTER --state-dir $WORK/state-a --json
+  node $REPO/bin/backplane.js hosts list --etcd $ETCD_URL --cluster $CLUSTER --state-dir $WORK/state-a
+  node $REPO/bin/backplane.js hosts revoke c --etcd $ETCD_URL --cluster $CLUSTER --state-dir $WORK/state-a
+      # c revoked: a and b drop its files at once, whatever c keeps writing
   kill -STOP ${AGENT_PID[c]}; sleep 5; ls $BACKPLANE_DEMO_ROOT/a/collected; kill -CONT ${AGENT_PID[c]}
       # c frozen: its lease expires (3 s) and its files leave a and b; continued, it registers again and they return
   kill -TERM ${AGENT_PID[b]}                                   # b leaves: its exports are withdrawn at once

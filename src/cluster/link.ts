@@ -206,9 +206,10 @@ export class ClusterLink {
     return view;
   }
 
-  private async adoptHosts(view: TrustView, value: string): Promise<boolean> {
+  private async adoptHosts(view: TrustView, value: string, modRevision?: number): Promise<boolean> {
     const r = view.adopt(value);
     if (r === 'same') return false;
+    if (r !== 'newer' && modRevision !== undefined && modRevision <= view.writtenRevision) return false; // our own past write
     if (r === 'newer') {
       this.logged.clear(); // what was refused under the old list may be fine now, and the other way round
       await this.opts.identity.files.saveHosts(value).catch((err: unknown) => this.opts.log.warn(`cannot keep the hosts list: ${errorMessage(err)}`));
@@ -238,7 +239,7 @@ export class ClusterLink {
             ? parseCaValue(batch.kvs.find((kv) => kv.key === keys.trustCa)?.value) !== ca?.publicKey
             : batch.events.some((e) => (e.type === 'put' ? e.kv.key === keys.trustCa && parseCaValue(e.kv.value) !== ca?.publicKey : e.key === keys.trustCa));
         this.approving = this.approving.then(async () => {
-          if (hosts !== undefined && (await this.adoptHosts(view, hosts.value))) {
+          if (hosts !== undefined && (await this.adoptHosts(view, hosts.value, hosts.modRevision))) {
             this.rejudge();
             await this.ensureApproved();
           }

@@ -106,6 +106,11 @@ export type Verified = { readonly ok: true; readonly body: string; readonly seq:
 export class TrustView {
   private doc: HostsDoc = { serial: 0, issuedAt: '', hosts: {} };
   private docValue: string | undefined;
+  /**
+   * Store revision of the last list this process wrote (the CA's holder): the watch still delivers the lists written
+   * before it, which are older but no rollback.
+   */
+  writtenRevision = 0;
 
   constructor(readonly caPublicKey: string) {}
 
@@ -374,6 +379,7 @@ export async function updateHosts(
     const res = await store.cas(keys.trustHosts, kv?.modRevision ?? 0, sealed, opts);
     if (res.ok) {
       view.adopt(sealed);
+      view.writtenRevision = Math.max(view.writtenRevision, res.revision);
       return next;
     }
   }
