@@ -27,7 +27,9 @@ import { defineKind, type CheckResult, type Resource, type ResourceWorld } from 
  * and mgmt's `file` resources). Content is written atomically (temp file, fsync, rename, fsync of the directory),
  * so a crash at any point leaves either the old or the new file, never a partial one. A missing parent directory
  * is an error rather than something created implicitly: the directory belongs to its own resource, which the
- * auto-edges order before this one.
+ * auto-edges order before this one. Nothing is raced: the path is opened once with O_NOFOLLOW and checked and changed
+ * through that descriptor, in a parent reached without following a symlink a user could have planted (see
+ * util/safe-path.ts); a symlink the graph does not declare is never followed to change what it points to.
  */
 export const fileKind = defineKind<FileParams>({
   kind: 'file',

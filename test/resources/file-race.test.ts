@@ -407,3 +407,51 @@ describe('file kind under attack by a user who owns the directory', { skip: SKIP
     assert.equal([...tally.refusals.keys()].filter((k) => k.startsWith('other')).length, 0, 'no unexpected error');
   });
 });
+
+describe('file kind follows only the symlinks root put there', { skip: SKIP }, () => {
+  test('a source behind a symlink the user planted is refused; one in a root-only directory is followed', async () => {
+    const s = await scene();
+    const dest = join(s.att, 'copy');
+    // The user's directory: the source there is a symlink to the root-only victim.
+    const planted = join(s.att, 'src');
+    await symlink(s.victim, planted);
+    await rejectsRefusal(run(make({ path: dest, source: planted, mode: '0644' })), /refusing to follow symlink .*src/);
+    await assert.rejects(lstat(dest), 'nothing was written');
+    // A directory on the way the user swapped for a symlink: refused the same way.
+    await symlink(s.victimDir, join(s.att, 'd'));
+    await rejectsRefusal(run(make({ path: dest, source: join(s.att, 'd', 'f'), mode: '0644' })), /refusing to follow symlink .*att\/d /);
+    // A symlink root made in a root-only directory is trusted.
+    const rootOnly = join(s.victimDir, '..', 'rootlinks');
+    await mkdir(rootOnly, { mode: 0o755 });
+    await writeFile(join(rootOnly, 'real'), 'public\n');
+    await symlink('real', join(rootOnly, 'alias'));
+    const r = await run(make({ path: dest, source: join(rootOnly, 'alias'), mode: '0644' }));
+    assert.deepEqual(r.changes, ['created']);
+    assert.equal(await readFile(dest, 'utf8'), 'public\n');
+    await assertVictimsIntact(s);
+  });
+
+  test('a declared symlink gets its owner on the link itself, never on its target', async () => {
+    const s = await scene();
+    const path = join(s.att, 'link');
+    const u = attacker();
+    const res = make({ path, type: 'symlink', target: s.victim, owner: u.uid, group: u.gid });
+    assert.deepEqual((await run(res)).changes, ['created']);
+    assert.equal((await lstat(path)).uid, u.uid);
+    // Drift the link's owner: the repair goes to the link again.
+    sh('chown', ['-h', '0:0', path]);
+    assert.deepEqual((await run(res)).changes, [`owner 0 -> ${u.uid}`, `group 0 -> ${u.gid}`]);
+    assert.equal((await lstat(path)).uid, u.uid);
+    assert.equal((await run(res)).converged, true);
+    await assertVictimsIntact(s);
+  });
+});
+
+async function rejectsRefusal(p: Promise<unknown>, re: RegExp): Promise<void> {
+  await assert.rejects(p, (err: unknown) => {
+    assert.ok(err instanceof BackplaneError, String(err));
+    assert.match(err.message, re);
+    assert.ok(err.resource !== undefined, 'the error names the resource');
+    return true;
+  });
+}
