@@ -211,7 +211,6 @@ export class ClusterLink {
     if (r === 'same') return false;
     if (r !== 'newer' && modRevision !== undefined && modRevision <= view.writtenRevision) return false; // our own past write
     if (r === 'newer') {
-      this.logged.clear(); // what was refused under the old list may be fine now, and the other way round
       await this.opts.identity.files.saveHosts(value).catch((err: unknown) => this.opts.log.warn(`cannot keep the hosts list: ${errorMessage(err)}`));
       return true;
     }
@@ -287,7 +286,7 @@ export class ClusterLink {
     }
     if (ca !== undefined) {
       await updateHosts(this.opts.store, ca, view, approve(this.opts.host, hostKey.publicKey, true), { signal: this.ac.signal });
-      await this.opts.identity.files.saveHosts(view.sealed ?? '');
+      await this.afterOwnUpdate();
       return this.ensureApproved();
     }
     if (view.state(this.opts.host) === 'revoked') return;
@@ -302,6 +301,16 @@ export class ClusterLink {
       'pending',
       `host ${this.opts.host} is waiting to be approved (key ${fingerprint(hostKey.publicKey)})${token === undefined ? `: run \`backplane hosts approve ${this.opts.host}\` on the CA's host` : `, with join token ${token.id}`}`,
     );
+  }
+
+  /**
+   * The CA's holder changed the hosts list itself: its view already holds the new list, so the watch echo will be
+   * 'same' — keep it, and re-judge what was refused under the old list now.
+   */
+  private async afterOwnUpdate(): Promise<void> {
+    const sealed = this.view?.sealed;
+    if (sealed !== undefined) await this.opts.identity.files.saveHosts(sealed);
+    this.rejudge();
   }
 
   /** On the CA's holder: approves join requests that prove a valid token; others wait for `hosts approve`. */
@@ -343,7 +352,7 @@ export class ClusterLink {
     const ok = await files.redeem(req);
     if (ok !== true) return this.warnOnce(tag, `not approving ${host}: ${ok}`);
     await updateHosts(this.opts.store, ca, view, approve(host, req.publicKey, false), { signal: this.ac.signal });
-    await files.saveHosts(view.sealed ?? '');
+    await this.afterOwnUpdate();
     this.opts.log.info(`approved host ${host} (key ${fingerprint(req.publicKey)}) with join token ${req.token}`);
     await this.opts.store.cas(kv.key, kv.modRevision, null, { signal: this.ac.signal });
   }

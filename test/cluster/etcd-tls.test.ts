@@ -10,6 +10,7 @@ import { Etcd3 } from 'etcd3';
 import { adminRole, etcdctlScript, hostRole } from '../../src/cluster/etcd-roles.js';
 import { EtcdStore, type EtcdTlsOptions } from '../../src/cluster/etcd-store.js';
 import { keys } from '../../src/cluster/keys.js';
+import { runCli, startCli } from '../helpers/cli.js';
 import { etcdAvailable, startEtcd, type EtcdCluster } from '../helpers/etcd.js';
 import { makeCa, makeCert, makeTls, opensslAvailable, type TlsFiles } from '../helpers/tls.js';
 import { Recorder, rejectsWith, until } from './store-contract.js';
@@ -306,6 +307,48 @@ describe('etcd client options', { skip }, () => {
       await raw.get('anything').string();
     } finally {
       raw.close();
+    }
+  });
+});
+
+describe('real agents over mutual TLS with etcd users: the recipe and host identity together', { skip }, () => {
+  // Runs after the users suite above: auth is on, and users a, b and the admin exist with their roles.
+  test('the CA host (admin user) approves b by token; b (its own role) publishes and collects; neither can be impersonated', async () => {
+    const work = await mkdtemp(join(dir, 'agents-'));
+    const tlsFlags = ['--etcd', endpoints().join(','), '--cluster', CLUSTER, '--etcd-ca', tls.ca, '--etcd-cert', tls.clientCert, '--etcd-key', tls.clientKey];
+    const adminFlags = [...tlsFlags, '--etcd-user', 'backplane-admin-prod', '--etcd-password-file', join(dir, 'host-a.password')];
+    const bFlags = [...tlsFlags, '--etcd-user', 'backplane-host-b', '--etcd-password-file', join(dir, 'host-b.password')];
+    const stateA = join(work, 'state-a');
+    const init = await runCli(['cluster', 'init', ...adminFlags, '--state-dir', stateA, '--hostname', 'a']);
+    assert.equal(init.code, 0, init.stderr);
+    const token = await runCli(['hosts', 'token', ...adminFlags, '--state-dir', stateA]);
+    assert.equal(token.code, 0, token.stderr);
+    await writeFile(join(work, 'token'), token.stdout, { mode: 0o600 });
+    await writeFile(join(work, 'a.yaml'), `resources:\n  - { kind: file, name: ${work}/in, type: directory, purge: true }\ncollect:\n  - { kind: file, set: { path: "${work}/in/{host}-{basename}" } }\n`);
+    await writeFile(join(work, 'b.yaml'), `resources:\n  - { kind: file, name: ${work}/b.txt, content: "from b\\n", export: true }\n`);
+    const a = startCli(['run', '-f', join(work, 'a.yaml'), '--hostname', 'a', '--state-dir', stateA, ...adminFlags], { timeoutMs: 120_000 });
+    const b = startCli(['run', '-f', join(work, 'b.yaml'), '--hostname', 'b', '--state-dir', join(work, 'state-b'), '--join-token-file', join(work, 'token'), ...bFlags], { timeoutMs: 120_000 });
+    const store = open({ user: 'backplane-host-b', password: 'pw-b' });
+    try {
+      await a.waitFor(/approved host b .* with join token/, 20_000);
+      await b.waitFor(/host b is approved/, 10_000);
+      await until('b’s export collected on a', () => {
+        try {
+          return readFileSync(join(work, 'in', 'b-b.txt'), 'utf8') === 'from b\n';
+        } catch {
+          return false;
+        }
+      }, 10_000).catch(async () => {
+        throw new Error(`a:\n${a.output()}\nb:\n${b.output()}`);
+      });
+      // b's own etcd user cannot touch the trust list or speak in a's name, whatever it tries.
+      await rejectsWith(store.put(keys.trustHosts, 'x'), 'permission', /may not write key "trust\/hosts"/);
+      await rejectsWith(store.put(keys.exported('a', 'file', '/etc/x'), 'x'), 'permission', /may not write key "exported\/a\//);
+    } finally {
+      await store.close();
+      a.proc.kill('SIGTERM');
+      b.proc.kill('SIGTERM');
+      await Promise.all([a.exited, b.exited]);
     }
   });
 });

@@ -254,6 +254,44 @@ collect:
     const parsed = JSON.parse(list.stdout) as { hosts: { host: string; state: string }[] };
     assert.equal(parsed.hosts.find((h) => h.host === 'd'), undefined);
   });
+
+  test('joining while the CA host is down: a host that published before it was approved is collected by the CA host as soon as that host approves it', async () => {
+    const a = agents.get('a')!;
+    a.proc.kill('SIGTERM');
+    await a.exited;
+    const token = await runCli(['hosts', 'token', ...common(), '--state-dir', state('a')]);
+    assert.equal(token.code, 0, token.stderr);
+    await writeFile(join(work, 'token-d'), token.stdout, { mode: 0o600 });
+    await mkdir(join(work, 'd'), { recursive: true });
+    await writeGraph('d', exporter('d', 0));
+    const d = start('d', ['--join-token-file', join(work, 'token-d')]);
+    await d.waitFor(/host d is waiting to be approved/, 15_000);
+    await d.waitFor(/joined cluster/, 15_000);
+    await poll('d’s export in the store', 5000, async () => (await store.get(keys.exported('d', 'file', `${work}/d/out.txt`))) !== undefined);
+    const again = start('a');
+    await again.waitFor(/approved host d .* with join token/, 15_000);
+    await poll('d’s export collected on a', 10_000, async () => (await collectedOnA())['d-out.txt'] === 'from d v0\n');
+  });
+
+  test('an approved host that misbehaves: its signed exports that choose power parameters the collector does not take are refused, logged once', async () => {
+    const secret = join(work, 'secret2');
+    await writeFile(secret, 'SECRET\n', { mode: 0o600 });
+    await writeGraph(
+      'b',
+      `${exporter('b', 2)}  - { kind: file, name: ${work}/b/copy, source: ${secret}, mode: "0644", export: true }
+  - { kind: file, name: ${work}/b/suid, content: "#!/bin/sh\\n", mode: "4755", export: true }
+  - { kind: file, name: ${work}/b/owned, content: "x\\n", owner: root, export: true }
+`,
+    );
+    const a = agents.get('a')!;
+    await poll('b v2 on a', 10_000, async () => (await collectedOnA())['b-out.txt'] === 'from b v2\n');
+    for (const [name, param] of [['copy', 'source'], ['suid', 'mode'], ['owned', 'owner']] as const) {
+      await a.waitFor(new RegExp(`not collecting file\\[${escape(`${work}/b/${name}`)}\\] exported by b: .*'${param}'`), 10_000);
+    }
+    await sleep(500);
+    assert.deepEqual(Object.keys(await collectedOnA()).sort(), ['b-out.txt', 'd-out.txt']);
+    assert.equal(count(a.output(), /not collecting file\[.*\/b\/copy\]/), 1);
+  });
 });
 
 function escape(s: string): string {
