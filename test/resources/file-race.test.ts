@@ -1,7 +1,7 @@
+import { createOtherUser, type OtherUser } from '../helpers/other-user.js';
 import { testWorld } from '../helpers/world.js';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { constants as C, existsSync } from 'node:fs';
 import { chmod, chown, lstat, mkdir, mkdtemp, open, readdir, readFile, rm, stat, symlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -77,15 +77,16 @@ function sh(cmd: string, args: string[]): string {
   return r.stdout.trim();
 }
 
+let other: OtherUser | undefined;
+
 before(() => {
   if (!isRoot) return;
-  const name = `bprace${randomBytes(3).toString('hex')}`;
-  sh('useradd', ['-M', '-N', '-r', '-s', '/usr/sbin/nologin', name]);
-  user = { name, uid: Number(sh('id', ['-u', name])), gid: Number(sh('id', ['-g', name])) };
+  other = createOtherUser();
+  user = { name: other.name, uid: other.uid, gid: other.gid };
 });
 
 after(async () => {
-  if (user !== undefined) spawnSync('userdel', [user.name]);
+  other?.remove();
   if (root !== '') await rm(root, { recursive: true, force: true });
 });
 
