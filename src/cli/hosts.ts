@@ -121,6 +121,12 @@ export function registerHosts(program: Command): void {
       const files = await trustFiles(flags);
       const ca = await caOf(files);
       const view = (await loadTrust(store, files)) ?? new TrustView(ca.publicKey);
+      if (view.keyOf(host) === (await files.hostKey()).publicKey) {
+        // Its agent holds the CA and would approve itself again at once: revoking it means moving the CA.
+        throw new BackplaneError('E_USAGE', `host "${host}" is this host, which holds the cluster CA; it cannot revoke itself`, {
+          hint: 'to retire this host, make a new CA on another host (docs/trust.md, "A lost CA key") and join the others to it',
+        });
+      }
       const doc = await updateHosts(store, ca, view, revoke(host));
       if (view.sealed !== undefined) await files.saveHosts(view.sealed);
       process.stdout.write(doc === undefined ? `host ${host} was already revoked\n` : `revoked host ${host}\n`);

@@ -253,6 +253,10 @@ collect:
     const list = await runCli(['hosts', 'list', ...common(), '--state-dir', state('a'), '--json']);
     const parsed = JSON.parse(list.stdout) as { hosts: { host: string; state: string }[] };
     assert.equal(parsed.hosts.find((h) => h.host === 'd'), undefined);
+    // The CA's own host cannot be revoked from itself (its agent would approve itself again).
+    const self = await runCli(['hosts', 'revoke', 'a', ...common(), '--state-dir', state('a')]);
+    assert.equal(self.code, 2);
+    assert.match(self.stderr, /"a" is this host, which holds the cluster CA/);
   });
 
   test('joining while the CA host is down: a host that published before it was approved is collected by the CA host as soon as that host approves it', async () => {
