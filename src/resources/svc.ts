@@ -40,7 +40,7 @@ export const svcKind = defineKind({
   },
   autoEdges: (params) => {
     const wants: string[] = [];
-    const program = params.cmd[0];
+    const program = params.cmd?.[0];
     if (program?.startsWith('/') === true) wants.push(`path:${program}`);
     if (params.cwd !== undefined) wants.push(`path:${params.cwd}`);
     for (const log of [params.log.stdout, params.log.stderr]) if (log !== undefined) wants.push(`path:${dirname(log)}`);

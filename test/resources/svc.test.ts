@@ -694,6 +694,8 @@ describe('svc: schema', () => {
   test('rejects what cannot work', () => {
     const issues = (v: unknown): string[] => svcKind.schema.safeParse(v).error?.issues.map((i) => `${i.path.join('.')}: ${i.message}`) ?? [];
     assert.ok(issues({ cmd: [] }).some((m) => m.startsWith('cmd:')));
+    assert.deepEqual(issues({}), ['cmd: a running service needs cmd (only state: stopped can do without it)']);
+    assert.deepEqual(issues({ state: 'stopped' }), [], 'stopping needs no command');
     assert.ok(issues({ cmd: ['x'], stopSignal: 'SIGNOPE' }).some((m) => /not a signal name/.test(m)));
     assert.ok(issues({ cmd: ['x'], health: { tcp: 'a:1', http: 'http://a/' } }).some((m) => /exactly one of exec, http or tcp/.test(m)));
     assert.ok(issues({ cmd: ['x'], health: { tcp: 'localhost' } }).some((m) => /host:port/.test(m)));

@@ -406,7 +406,7 @@ export class Supervisor {
     const p = this.params;
     const ident = await resolveIdentity(p.user, p.group);
     if ('problem' in ident) {
-      throw new BackplaneError('E_APPLY', `cannot run ${p.cmd[0] ?? ''} as ${String(p.user ?? '')}${p.group !== undefined ? `:${String(p.group)}` : ''}: ${ident.problem}`, {
+      throw new BackplaneError('E_APPLY', `cannot run ${p.cmd?.[0] ?? ''} as ${String(p.user ?? '')}${p.group !== undefined ? `:${String(p.group)}` : ''}: ${ident.problem}`, {
         resource: this.id,
         hint: 'create the user/group first (a user or group resource this svc requires), or fix user/group',
         retryable: true,
@@ -415,8 +415,9 @@ export class Supervisor {
     const env: NodeJS.ProcessEnv = { ...process.env };
     if (ident.name !== undefined) Object.assign(env, { HOME: ident.home, USER: ident.name, LOGNAME: ident.name });
     Object.assign(env, p.env);
-    const [file, ...args] = p.cmd;
-    if (file === undefined) throw new Error('svc: empty argv');
+    // The schema requires cmd for state: running, the only state that starts anything.
+    const [file, ...args] = p.cmd ?? [];
+    if (file === undefined) throw new Error('svc: start without cmd');
     return { file, args, cwd: p.cwd ?? '/', env, uid: ident.uid, gid: ident.gid, stdoutPath: this.stdoutPath, stderrPath: this.stderrPath };
   }
 
@@ -450,7 +451,7 @@ export class Supervisor {
     }
     // The record first: if the agent dies in the next milliseconds, the next one must still find this process.
     try {
-      await writeRecord(this.dir, { pid: proc.pid, pgid: proc.pgid, starttime: proc.starttime, startedAt: proc.startedAt, specHash: this.specHash, argv: this.params.cmd });
+      await writeRecord(this.dir, { pid: proc.pid, pgid: proc.pgid, starttime: proc.starttime, startedAt: proc.startedAt, specHash: this.specHash, argv: this.params.cmd ?? [] });
     } catch (err) {
       // A process no later agent could find must not run: it would be started twice.
       signalGroup(proc.pgid, 'SIGKILL');
