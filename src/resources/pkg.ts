@@ -39,6 +39,7 @@ export const pkgKind = defineKind<PkgParams>({
     if (params.state !== 'absent') for (const d of packageDirectories(params.name)) provides.push(`path:${d}`);
     return { provides };
   },
+  manages: (params) => `package ${params.name}`,
   create: (id, params) => createPkg(id, params),
 });
 
@@ -131,8 +132,12 @@ async function readDb(id: ResourceId): Promise<DpkgDb> {
   }
 }
 
-const HINTS: Record<FailureClass, (p: PkgParams) => string> = {
-  lock: () => 'another apt-get or dpkg held the dpkg lock for over 60 s; set meta retry to try again later',
+const HINTS: Record<FailureClass, (p: PkgParams, waitedMs: number) => string> = {
+  // The wait is measured, not taken from DPkg::Lock::Timeout: aptOptions may change the limit, and apt gives up
+  // early on a lock it cannot wait for. A message naming the limit instead of the wait sent people looking for a
+  // 60 s hang that never happened.
+  lock: (_p, waitedMs) =>
+    `another apt-get or dpkg held the dpkg lock; apt-get gave up after ${(waitedMs / 1000).toFixed(1)} s. \`lslocks\` shows who holds it; set meta retry to try again later`,
   interrupted: () => 'an earlier dpkg run was interrupted: run `dpkg --configure -a`, then try again',
   'version-not-found': (p) => `see which versions apt knows with \`apt-cache policy ${p.name}\`; run \`apt-get update\` if the lists are old`,
   'not-found': (p) =>
@@ -147,7 +152,7 @@ function aptFailure(id: ResourceId, p: PkgParams, plan: Plan, o: Extract<PkgOutc
   const detail = o.lines.length === 0 ? '' : `\n${o.lines.map((l) => `  | ${l}`).join('\n')}`;
   return new BackplaneError('E_APPLY', `could not ${verb} ${p.name}: \`${o.command}\` failed (${o.exit})${detail}`, {
     resource: id,
-    hint: HINTS[o.cls](p),
+    hint: HINTS[o.cls](p, o.durationMs),
     retryable: o.cls === 'lock' || o.cls === 'fetch' || o.cls === 'other',
   });
 }

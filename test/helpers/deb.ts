@@ -62,6 +62,9 @@ export class DebRepo {
       '-o', `Dir::State::Lists=${join(this.dir, 'lists')}`,
       '-o', 'APT::Get::List-Cleanup=0',
       '-o', `Dir::Cache=${join(this.dir, 'cache')}`,
+      // Other tests and people on this machine run apt too: wait for them rather than fail (the product's 60 s
+      // is too short on a busy shared machine). A test that wants a short wait appends its own option after these.
+      '-o', 'DPkg::Lock::Timeout=300',
     ];
   }
 

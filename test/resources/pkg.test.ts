@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -347,6 +348,51 @@ ${explicit ? `    require: ["pkg:${p}-e1"]` : ''}
       assert.equal(h.engine.summary().ok, true);
     } finally {
       await h.engine.stop();
+    }
+  });
+});
+
+describe('pkg: a dpkg lock held by someone else', () => {
+  /**
+   * Holds an fcntl lock the way apt and dpkg take theirs (flock(1) would not conflict with them). perl-base is
+   * essential on Debian. The lock is on a private copy of the dpkg admin directory, so the machine's apt is never
+   * blocked by this test, nor this test by the machine's apt.
+   */
+  async function holdLock(file: string): Promise<ChildProcess> {
+    const script = [
+      'use Fcntl qw(F_SETLKW F_WRLCK SEEK_SET O_RDWR O_CREAT);',
+      'sysopen(my $fh, $ARGV[0], O_RDWR|O_CREAT, 0640) or die "open: $!";',
+      "my $s = pack('s s x4 q q i x4', F_WRLCK, SEEK_SET, 0, 0, 0); fcntl($fh, F_SETLKW, $s) or die \"lock: $!\";",
+      '$| = 1; print "locked\\n"; sleep 60;',
+    ].join(' ');
+    const child = spawn('perl', ['-e', script, file], { stdio: ['ignore', 'pipe', 'inherit'] });
+    await new Promise<void>((resolve, reject) => {
+      child.stdout.once('data', () => resolve());
+      child.once('exit', (code) => reject(new Error(`perl exited with ${code} before taking the lock`)));
+    });
+    return child;
+  }
+
+  test('apt-get gives up after the configured wait, and the error states the wait it really had', async () => {
+    const admin = await tempDir();
+    await writeFile(join(admin, 'status'), await readFile('/var/lib/dpkg/status'));
+    const holder = await holdLock(join(admin, 'lock-frontend'));
+    try {
+      // Later -o options win: this wait replaces the product's 60 s and the helper's 300 s.
+      const res = make('lock1', { aptOptions: [...repo.aptOptions, '-o', `Dir::State::status=${join(admin, 'status')}`, '-o', 'DPkg::Lock::Timeout=2'] });
+      const t0 = performance.now();
+      const err = await rejection(check(res));
+      const waited = (performance.now() - t0) / 1000;
+      assert.ok(err instanceof BackplaneError, String(err));
+      assert.match(err.message, /lock-frontend/);
+      const m = /apt-get gave up after (\d+\.\d) s/.exec(err.hint ?? '');
+      assert.ok(m !== null, `hint: ${err.hint ?? '(none)'}`);
+      const said = Number(m[1]);
+      assert.ok(said >= 2 && said <= waited + 0.1, `the hint says ${said} s; apt waited 2 s and the call took ${waited.toFixed(1)} s`);
+      assert.doesNotMatch(err.hint ?? '', /60 s/);
+      assert.equal(err.retryable, true);
+    } finally {
+      holder.kill('SIGKILL');
     }
   });
 });

@@ -41,6 +41,8 @@ export type PkgOutcome =
       readonly exit: string;
       /** The lines of apt's output that explain this package's failure. */
       readonly lines: readonly string[];
+      /** How long the failed apt-get ran: for a lock failure, how long it really waited (not its configured limit). */
+      readonly durationMs: number;
     }
   | { readonly kind: 'aborted' };
 
@@ -85,7 +87,7 @@ interface Running {
 
 type CallResult =
   | { readonly kind: 'ok'; readonly lines: readonly string[]; readonly durationMs: number }
-  | { readonly kind: 'failed'; readonly lines: readonly string[]; readonly exit: string }
+  | { readonly kind: 'failed'; readonly lines: readonly string[]; readonly exit: string; readonly durationMs: number }
   | { readonly kind: 'aborted' };
 
 const MAX_CALLS_KEPT = 100;
@@ -159,7 +161,7 @@ export class AptBatcher {
           } catch (err) {
             // A bug here must not leave resources waiting forever.
             const lines = [err instanceof Error ? err.message : String(err)];
-            for (const j of group.jobs) settle(j, { kind: 'failed', cls: 'other', command: commandText(group.jobs, group.purge), exit: 'internal error', lines });
+            for (const j of group.jobs) settle(j, { kind: 'failed', cls: 'other', command: commandText(group.jobs, group.purge), exit: 'internal error', lines, durationMs: 0 });
           }
         }
       }
@@ -230,11 +232,11 @@ export class AptBatcher {
           return { kind: 'aborted' };
         case 'spawn-error':
           record('spawn-error', null, 0);
-          return { kind: 'failed', lines: [`could not start ${this.aptGet}: ${o.error.message}`], exit: 'did not start' };
+          return { kind: 'failed', lines: [`could not start ${this.aptGet}: ${o.error.message}`], exit: 'did not start', durationMs: 0 };
         case 'exited':
           record(o.code === 0 ? 'ok' : 'failed', o.code, o.durationMs);
           if (o.code === 0) return { kind: 'ok', lines: o.lines, durationMs: o.durationMs };
-          return { kind: 'failed', lines: o.lines, exit: o.code !== null ? `exit code ${o.code}` : `killed by ${o.signal ?? 'a signal'}` };
+          return { kind: 'failed', lines: o.lines, exit: o.code !== null ? `exit code ${o.code}` : `killed by ${o.signal ?? 'a signal'}`, durationMs: o.durationMs };
       }
     } finally {
       this.running = undefined;
@@ -242,7 +244,7 @@ export class AptBatcher {
   }
 }
 
-function failure(jobs: readonly Job[], purge: boolean, r: { lines: readonly string[]; exit: string }): PkgOutcome {
+function failure(jobs: readonly Job[], purge: boolean, r: { lines: readonly string[]; exit: string; durationMs: number }): PkgOutcome {
   const errs = errorLines(r.lines);
   const lines = errs.length > 0 ? errs : r.lines.filter((l) => l.trim() !== '').slice(-10);
   return {
@@ -250,6 +252,7 @@ function failure(jobs: readonly Job[], purge: boolean, r: { lines: readonly stri
     cls: classify(r.lines),
     command: commandText(jobs, purge),
     exit: r.exit,
+    durationMs: r.durationMs,
     lines: lines.length > MAX_REPORT_LINES ? [...lines.slice(0, MAX_REPORT_LINES), `… (${lines.length - MAX_REPORT_LINES} more lines)`] : lines,
   };
 }
