@@ -15,8 +15,14 @@ export type ErrorCode =
   | 'E_TIMEOUT'
   | 'E_ABORTED'
   | 'E_USAGE'
+  /** Two resources manage the same thing (a path, a package, an account) under different names. */
+  | 'E_OVERLAP'
+  /** A resource changed again and again on nothing but its own watch events: something is fighting it. */
+  | 'E_OSCILLATION'
   /** A warning, not an error: a collect rule lets exporters choose a parameter that gives power here. */
-  | 'W_POWER_TAKE';
+  | 'W_POWER_TAKE'
+  /** A warning: an automatic edge was left out because it would have closed a dependency cycle. */
+  | 'W_AUTOEDGE_DROPPED';
 
 export interface SourceLocation {
   readonly file: string;

@@ -78,7 +78,14 @@ export class GraphSource {
     }
     // An exported resource is not managed here, so collecting it back (a rule whose `from` includes this host)
     // is no clash: the collected copy is the one this host manages.
-    const local = new Set(raw.resources.filter((r) => r.export === undefined).map((r) => resourceId(r.kind, r.name)));
+    const localRes = raw.resources.filter((r) => r.export === undefined);
+    const local = new Set<string>(localRes.map((r) => resourceId(r.kind, r.name)));
+    // What the local resources manage too: a collected file on a path a local file already manages would fail the
+    // whole build (E_OVERLAP), and another host's export must never break this host's graph.
+    for (const r of localRes) {
+      const thing = this.manages(r);
+      if (thing !== undefined) local.add(thing);
+    }
     const collected = this.admit(collectResources(this.opts.host, raw.collect ?? [], this.collected, this.opts.registry), local);
     return buildGraph({ ...raw, resources: [...raw.resources, ...collected] }, this.opts.registry);
   }
@@ -240,6 +247,8 @@ export class GraphSource {
         continue;
       }
       seen.add(id);
+      const thing = this.manages(r);
+      if (thing !== undefined) seen.add(thing);
       out.push(r);
     }
     return out;
@@ -255,7 +264,18 @@ export class GraphSource {
     if (!params.success) return params.error.issues.map((i) => `${i.path.join('.') || 'parameters'}: ${i.message}`).join('; ');
     const meta = metaSchema.safeParse(r.meta);
     if (!meta.success) return `meta: ${meta.error.issues.map((i) => i.message).join('; ')}`;
+    const thing = kind.manages?.(params.data);
+    if (thing !== undefined && local.has(thing)) return `it manages ${thing}, which a resource of this host manages`;
+    if (thing !== undefined && seen.has(thing)) return `it manages ${thing}, which another host's export manages`;
     return undefined;
+  }
+
+  /** What a raw resource manages (a file's path), or undefined when it does not validate (the build reports that). */
+  private manages(r: RawResource): string | undefined {
+    const kind = this.opts.registry.get(r.kind);
+    if (kind?.manages === undefined) return undefined;
+    const params = kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
+    return params.success ? kind.manages(params.data) : undefined;
   }
 }
 

@@ -83,6 +83,8 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
     kindOf.set(id, kind);
   }
 
+  errors.push(...overlaps(vertices, kindOf));
+
   const edgeMap = new Map<string, Edge>();
   const addEdge = (e: Edge): void => {
     const key = `${e.from}\u0000${e.to}`;
@@ -135,6 +137,8 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
   // with a bad end were dropped above, so any cycle found here is made of relations the user really declared —
   // or of automatic edges, which give way: an auto-edge that would close a cycle is a guess that was wrong (a
   // package's directories only become known once it is installed), so it is dropped instead of failing the graph.
+  // Dropping it changes the order things run in, so it is said (a warning with the cycle it would have closed).
+  const warnings: BackplaneError[] = [];
   for (;;) {
     const succ = new Map<ResourceId, ResourceId[]>();
     for (const e of edgeMap.values()) {
@@ -147,9 +151,18 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
     for (const cycle of cycles) {
       for (let i = 0; i + 1 < cycle.length; i++) {
         const key = `${cycle[i] ?? ''}\u0000${cycle[i + 1] ?? ''}`;
-        if (edgeMap.get(key)?.auto === true) {
+        const from = cycle[i];
+        const to = cycle[i + 1];
+        if (from !== undefined && to !== undefined && edgeMap.get(key)?.auto === true) {
           edgeMap.delete(key);
           dropped = true;
+          warnings.push(
+            new BackplaneError('W_AUTOEDGE_DROPPED', `automatic edge ${from} -> ${to} left out: it would close the cycle ${cycle.join(' -> ')}`, {
+              where: vertices.get(to)?.loc,
+              resource: to,
+              hint: `${to} is no longer ordered after ${from}; if it must be, remove the declared edge that closes the cycle, or set meta: { autoedge: false } on ${to} to silence this`,
+            }),
+          );
           break;
         }
       }
@@ -171,7 +184,7 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
   errors.push(...rules.errors);
   const edges = [...edgeMap.values()];
   if (errors.length > 0) throw new ValidationErrors(errors);
-  return new Graph(vertices, edges, raw.source, exports, collect, rules.warnings);
+  return new Graph(vertices, edges, raw.source, exports, collect, [...rules.warnings, ...warnings]);
 }
 
 /**
@@ -191,6 +204,33 @@ function vertex(id: ResourceId, r: RawResource, params: unknown, meta: Meta, fin
     },
     fingerprint,
   };
+}
+
+/**
+ * Two resources that manage the same thing under different names (file[a] and file[b], both path /srv/x) validate
+ * one by one, then undo each other's work forever. Refused here, each pair with both locations.
+ */
+function overlaps(vertices: ReadonlyMap<ResourceId, Vertex>, kindOf: ReadonlyMap<ResourceId, AnyResourceKind>): BackplaneError[] {
+  const errors: BackplaneError[] = [];
+  const owner = new Map<string, Vertex>();
+  for (const [id, v] of vertices) {
+    const thing = kindOf.get(id)?.manages?.(v.params);
+    if (thing === undefined) continue;
+    const prior = owner.get(thing);
+    if (prior === undefined) {
+      owner.set(thing, v);
+      continue;
+    }
+    const at = formatLocation(prior.loc);
+    errors.push(
+      new BackplaneError('E_OVERLAP', `${id} manages ${thing}, which ${prior.id}${at === '' ? '' : ` (${at})`} already manages`, {
+        where: v.loc,
+        resource: id,
+        hint: `the two would undo each other's changes forever; keep one resource for ${thing} and remove or rename the other`,
+      }),
+    );
+  }
+  return errors;
 }
 
 function addAutoEdges(

@@ -59,6 +59,7 @@ export const fileKind = defineKind<FileParams>({
     if (typeof params.group === 'string' && !/^\d+$/.test(params.group)) wants.push(`group:${params.group}`);
     return { provides: [`path:${path}`], wants };
   },
+  manages: (params) => `path ${normalizePath(params.path)}`,
   create: (id, params, world) => createFile(id, params, world),
 });
 

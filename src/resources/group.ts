@@ -54,6 +54,7 @@ export const groupKind = defineKind<GroupParams>({
   autoEdges: (p) =>
     // Removing a group fails while it is some user's primary group; a user declared absent frees it.
     p.state === 'absent' ? { wants: [`group-unused:${p.name}`] } : { provides: [`group:${p.name}`] },
+  manages: (p) => `group ${p.name}`,
   create: (id, params, world) => createGroup(id, params, world),
 });
 

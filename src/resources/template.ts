@@ -72,6 +72,8 @@ export const templateKind = defineKind<TemplateParams>({
     if (p.source !== undefined) wants.push(`path:${posix.normalize(p.source)}`);
     return { provides: edges.provides ?? [], wants };
   },
+  // The same namespace as file's: a template and a file on one path fight just as two files would.
+  manages: (p) => fileKind.manages?.(toFileParams(p, undefined)) ?? `path ${p.path}`,
   create: (id, p, world) => createTemplate(id, p, world),
 });
 

@@ -78,6 +78,13 @@ export interface ResourceKind<P = unknown> {
   /** Parameters implied by the name when not given, e.g. a file's `path` defaults to its name. */
   defaults?(name: string): Record<string, unknown>;
   create(id: ResourceId, params: P, world: ResourceWorld): Resource;
+  /**
+   * The one thing on the host this resource manages, named so that two resources managing the same thing give the
+   * same text whatever their names (a file's normalized path: `path /etc/motd`). Two such resources would undo each
+   * other's work forever, so validation refuses them. Kinds that manage nothing exclusive (exec, svc, checks) leave
+   * it out.
+   */
+  manages?(params: P): string;
   autoEdges?(params: P): AutoEdges;
   /** What another host's export may choose for this kind on a collecting host (see CollectRule.take). */
   readonly collect?: CollectPolicy;

@@ -108,6 +108,7 @@ export const userKind = defineKind<UserParams>({
     for (const g of p.groups ?? []) wants.add(`group:${g}`);
     return { provides: [`user:${p.name}`], wants: [...wants] };
   },
+  manages: (p) => `user ${p.name}`,
   create: (id, params, world) => createUser(id, params, world),
 });
 

@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { BackplaneError, ValidationErrors } from '../../src/errors.js';
 import { parseGraphText } from '../../src/frontends/load.js';
+import { rawResource } from '../../src/frontends/raw-builders.js';
 import { buildGraph } from '../../src/graph/build.js';
 import { defaultMeta } from '../../src/graph/meta.js';
 import type { RawGraph } from '../../src/graph/raw.js';
@@ -567,6 +568,25 @@ describe('buildGraph: auto-edges', () => {
     name: /etc/app/a
 `);
     assert.deepEqual(edgeTexts(g), ['file[/etc/app/a] -> file[/etc/app]']);
+    // Dropping it changes the order things run in, so it is said, at the resource that lost the edge.
+    assert.deepEqual(
+      g.warnings.map((w) => [w.code, w.format()]),
+      [
+        [
+          'W_AUTOEDGE_DROPPED',
+          `${GRAPH_FILE}:6:5: file[/etc/app/a]: automatic edge file[/etc/app] -> file[/etc/app/a] left out: it would close the cycle file[/etc/app] -> file[/etc/app/a] -> file[/etc/app]\n` +
+            '  hint: file[/etc/app/a] is no longer ordered after file[/etc/app]; if it must be, remove the declared edge that closes the cycle, or set meta: { autoedge: false } on file[/etc/app/a] to silence this',
+        ],
+      ],
+    );
+  });
+
+  test('a graph whose auto-edges all fit has no warnings', () => {
+    const g = build(`resources:
+  - { kind: file, name: /etc/app, type: directory }
+  - { kind: file, name: /etc/app/a }
+`);
+    assert.deepEqual(g.warnings, []);
   });
 
   test('kinds without auto-edges get none', () => {
@@ -741,14 +761,86 @@ describe('auto-edges give way', () => {
   });
 
   test('every provider of a wanted key becomes a dependency', () => {
-    // Two resources provide path:/srv/a (an odd graph, but a package and a directory resource can both do so).
+    // Two removed users both free group g (it was their primary group): the group's removal waits for both.
     const g = build(`resources:
-  - { kind: file, name: dir-one, path: /srv/a, type: directory }
-  - { kind: file, name: dir-two, path: /srv/a, type: directory }
-  - { kind: template, name: /srv/a/conf, template: "x" }
+  - { kind: user, name: a, state: absent, group: g }
+  - { kind: user, name: b, state: absent, group: g }
+  - { kind: group, name: g, state: absent }
 `);
     const texts = edgeTexts(g);
-    assert.ok(texts.includes('file[dir-one] -> template[/srv/a/conf] auto'), texts.join('\n'));
-    assert.ok(texts.includes('file[dir-two] -> template[/srv/a/conf] auto'), texts.join('\n'));
+    assert.ok(texts.includes('user[a] -> group[g] auto'), texts.join('\n'));
+    assert.ok(texts.includes('user[b] -> group[g] auto'), texts.join('\n'));
+  });
+});
+
+describe('two resources managing one thing', () => {
+  test('two files on one path under different names are refused, with both locations', () => {
+    const errors = buildErrors(`resources:
+  - { kind: file, name: a, path: /srv/x, content: "a" }
+  - { kind: noop, name: between }
+  - { kind: file, name: /srv//x/, content: "b" }
+`);
+    assert.deepEqual(
+      errors.map((e) => [e.code, e.format()]),
+      [
+        [
+          'E_OVERLAP',
+          `${GRAPH_FILE}:4:5: file[/srv//x/]: file[/srv//x/] manages path /srv/x, which file[a] (${GRAPH_FILE}:2:5) already manages\n` +
+            "  hint: the two would undo each other's changes forever; keep one resource for path /srv/x and remove or rename the other",
+        ],
+      ],
+    );
+  });
+
+  test('a template and a file on one path overlap too', () => {
+    const e = onlyError(`resources:
+  - { kind: file, name: /srv/conf, content: "a" }
+  - { kind: template, name: conf, path: /srv/conf, template: "b" }
+`);
+    assert.equal(e.code, 'E_OVERLAP');
+    assert.equal(e.message, `template[conf] manages path /srv/conf, which file[/srv/conf] (${GRAPH_FILE}:2:5) already manages`);
+  });
+
+  test('two packages, users or groups of one name overlap (names set apart from the resource name, as a module can)', () => {
+    const at = () => ({ file: GRAPH_FILE, line: 0, col: 0 });
+    const res = (kind: string, name: string, params: Record<string, unknown>) => rawResource({ kind, name, params, meta: undefined }, at);
+    const raw: RawGraph = {
+      source: GRAPH_FILE,
+      errors: [],
+      edges: [],
+      resources: [
+        res('pkg', 'curl', {}),
+        res('pkg', 'the-curl', { name: 'curl' }),
+        res('user', 'alice', {}),
+        res('user', 'admin', { name: 'alice' }),
+        res('group', 'web', {}),
+        res('group', 'www', { name: 'web' }),
+      ],
+    };
+    const errors = (() => {
+      try {
+        buildGraph(raw, registry);
+      } catch (err) {
+        if (err instanceof ValidationErrors) return err.errors.map((x) => x.message);
+        throw err;
+      }
+      return [];
+    })();
+    assert.deepEqual(errors, [
+      `pkg[the-curl] manages package curl, which pkg[curl] (${GRAPH_FILE}) already manages`,
+      `user[admin] manages user alice, which user[alice] (${GRAPH_FILE}) already manages`,
+      `group[www] manages group web, which group[web] (${GRAPH_FILE}) already manages`,
+    ]);
+  });
+
+  test('different paths, and a directory with files inside it, do not overlap', () => {
+    const g = build(`resources:
+  - { kind: file, name: /srv/d, type: directory, purge: true }
+  - { kind: file, name: /srv/d/a, content: "a" }
+  - { kind: template, name: /srv/d/b, template: "b" }
+  - { kind: user, name: web }
+  - { kind: group, name: web }
+`);
+    assert.equal(g.vertices.size, 5);
   });
 });
