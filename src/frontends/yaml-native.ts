@@ -33,7 +33,12 @@ export function readNativeGraph(doc: GraphDocument): RawGraph {
     errors.push(new BackplaneError('E_SCHEMA', msg, { where, hint }));
   };
 
-  if (isEmpty(root)) return done();
+  // An empty file is what an editor or a `>` redirect leaves for a moment while it writes: taken as an empty graph it
+  // would stop every service and leave every file unmanaged. A graph that manages nothing says so: `resources: []`.
+  if (isEmpty(root)) {
+    fail('the graph file is empty', { file: doc.file, line: 1, col: 1 }, 'write "resources: []" for a graph that manages nothing; nothing was applied');
+    return done();
+  }
   if (!isMap(root)) {
     fail('a graph file must be a map with a "resources" list', doc.locate([]), 'start the file with "resources:" and list resources below it');
     return done();
@@ -45,6 +50,11 @@ export function readNativeGraph(doc: GraphDocument): RawGraph {
   }
   readCollect(doc, root['collect'], collect, fail);
   const list = root['resources'];
+  if (list === null) {
+    // `resources:` with nothing after it: as likely a file cut short after its first line as a deliberate choice.
+    fail('"resources" is empty', doc.locate(['resources']), 'write "resources: []" for a graph that manages nothing, or list resources below it');
+    return done();
+  }
   if (isEmpty(list)) return done();
   if (!Array.isArray(list)) {
     fail('"resources" must be a list', doc.locateValue(['resources']), 'write each resource as a list item starting with "- kind: ..."');

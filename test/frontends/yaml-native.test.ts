@@ -104,10 +104,17 @@ describe('native YAML: resources', () => {
     );
   });
 
-  test('empty documents and empty lists have no resources and no errors', () => {
-    for (const text of ['', '---\n', '# only a comment\n', 'resources:\n', 'resources: []\n', 'resources: ~\n']) {
+  test('an empty list has no resources and no errors', () => {
+    const raw = read('resources: []\n');
+    assert.deepEqual([raw.resources, raw.edges, raw.errors], [[], [], []]);
+  });
+
+  test('an empty document, or "resources:" with nothing after it, is an error: a write caught half-way looks like that', () => {
+    for (const text of ['', '---\n', '# only a comment\n', 'resources:\n', 'resources: ~\n']) {
       const raw = read(text);
-      assert.deepEqual([raw.resources, raw.edges, raw.errors], [[], [], []], JSON.stringify(text));
+      assert.deepEqual(raw.resources, [], JSON.stringify(text));
+      assert.equal(raw.errors.length, 1, JSON.stringify(text));
+      assert.match(raw.errors[0]?.message ?? '', /is empty$/, JSON.stringify(text));
     }
   });
 });

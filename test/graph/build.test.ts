@@ -32,12 +32,15 @@ describe('buildGraph: valid graphs', () => {
     assert.deepEqual(g.edges, []);
   });
 
-  test('an empty file, or an empty resources list, is an empty graph', () => {
-    for (const text of ['', '# nothing yet\n', 'resources:\n', 'resources: []\n']) {
-      const g = build(text);
-      assert.equal(g.vertices.size, 0, JSON.stringify(text));
-      assert.equal(g.edges.length, 0);
+  test('resources: [] is an empty graph; an empty file or a bare "resources:" is an error (a file cut short by a write)', () => {
+    const g = build('resources: []\n');
+    assert.equal(g.vertices.size, 0);
+    assert.equal(g.edges.length, 0);
+    for (const text of ['', '# nothing yet\n', '\n\n']) {
+      const e = onlyError(text);
+      assert.equal(e.format(), `${GRAPH_FILE}:1:1: the graph file is empty\n  hint: write "resources: []" for a graph that manages nothing; nothing was applied`);
     }
+    assert.match(onlyError('resources:\n').format(), /^\/test\/graph\.yaml:1:1: "resources" is empty\n  hint: write "resources: \[\]"/);
   });
 
   test('the same name may be used by different kinds', () => {
