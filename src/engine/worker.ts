@@ -4,6 +4,7 @@ import type { Vertex } from '../graph/graph.js';
 import type { Logger } from '../log.js';
 import type { CheckResult, CloseReason, Resource, ResourceLog } from '../resources/types.js';
 import { formatDuration } from '../util/duration.js';
+import { TokenBucket } from './rate-limit.js';
 import type { VertexState, VertexStatus } from './state.js';
 
 /** What a worker needs from its engine: its neighbours' states, locks, and where to report. */
@@ -39,6 +40,8 @@ export class Worker {
   private readonly ac = new AbortController();
   private readonly resLog: ResourceLog;
   private done: Promise<void> | undefined;
+  /** meta.limit/burst: check/apply runs are rate limited (engine policy, never the kind's). */
+  private readonly limiter: TokenBucket | undefined;
 
   constructor(
     readonly vertex: Vertex,
@@ -48,6 +51,8 @@ export class Worker {
     parent: AbortSignal,
   ) {
     parent.addEventListener('abort', () => this.ac.abort(parent.reason), { once: true, signal: this.ac.signal });
+    const { limit, burst } = vertex.meta;
+    this.limiter = limit === undefined ? undefined : new TokenBucket(limit, burst ?? 1);
     const l = log;
     this.resLog = {
       change: (m) => l.info(m),
@@ -145,6 +150,19 @@ export class Worker {
         await this.sleepUntilWoken();
         continue;
       }
+      const wait = this.limiter?.waitMs() ?? 0;
+      if (wait > 0) {
+        // Over its rate limit: wait for a token, then look at the gate again (it may have changed meanwhile).
+        // Events arriving now only keep `dirty` set, so they all become the one run after the wait.
+        this.log.debug(`rate limit: next run in ${formatDuration(wait)}`);
+        try {
+          await sleep(wait, undefined, { signal });
+        } catch {
+          return;
+        }
+        continue;
+      }
+      this.limiter?.take();
       await this.runOnce(signal);
     }
   }

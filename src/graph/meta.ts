@@ -16,6 +16,22 @@ export const metaSchema = z
       .meta({ description: 'named semaphores to hold while applying, e.g. ["apt:1"]' }),
     noop: z.boolean().default(false).meta({ description: 'check this resource but never change it' }),
     autoedge: z.boolean().default(true).meta({ description: 'add automatic dependencies (e.g. a file on its parent directory)' }),
+    limit: z
+      .number()
+      .positive()
+      .finite()
+      .optional()
+      .meta({ description: 'at most this many check/apply runs per second (e.g. 0.5: one every 2 s); no limit when left out' }),
+    burst: z
+      .number()
+      .int()
+      .min(1)
+      .optional()
+      .meta({ description: 'with limit: this many runs may happen back to back before the limit applies (default 1)' }),
+  })
+  .superRefine((m, ctx) => {
+    if (m.burst !== undefined && m.limit === undefined)
+      ctx.addIssue({ code: 'custom', path: ['burst'], message: 'burst only applies with a limit; add e.g. limit: 0.5' });
   })
   .default({ retry: 0, delay: 0, poll: 0, sema: [], noop: false, autoedge: true });
 
