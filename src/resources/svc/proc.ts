@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync } from 'node:fs';
-import { readdir, readFile } from 'node:fs/promises';
+import { closeSync, constants as fsConstants } from 'node:fs';
+import { access, readdir, readFile, stat } from 'node:fs/promises';
+import { isAbsolute, join } from 'node:path';
 import { openLogForAppend } from './logfile.js';
 
 /**
@@ -113,8 +114,72 @@ export interface SpawnSpec {
   readonly env: NodeJS.ProcessEnv;
   readonly uid?: number | undefined;
   readonly gid?: number | undefined;
+  /** The user's name when uid has a passwd entry: its supplementary groups are set up as login would. */
+  readonly userName?: string | undefined;
+  /** cgroup.procs files the process writes its own pid into before the program runs. */
+  readonly cgroupProcs?: readonly string[] | undefined;
   readonly stdoutPath: string;
   readonly stderrPath: string;
+}
+
+/**
+ * The process joins its cgroups itself, as root, before any of the service's code runs: a program that forks or
+ * daemonizes (setsid, double fork) in its first microseconds would otherwise leave children outside the cgroup
+ * that no stop could find (the agent moving it in after the spawn comes 10-30 ms late). Then it drops to the
+ * service's user with setpriv, which, unlike spawn's uid/gid (they clear the supplementary groups), gives the user
+ * its groups as login would. exec keeps the pid, so the pid and start time read at the spawn name the service.
+ * A cgroup it cannot join is said on stderr and the program runs anyway; the supervisor checks and warns.
+ */
+const WRAPPER = [
+  'n=$1; shift',
+  'while [ "$n" -gt 0 ]; do',
+  '  echo $$ 2>/dev/null >"$1" || echo "backplane: cannot join cgroup ${1%/cgroup.procs}" >&2',
+  '  shift; n=$((n-1))',
+  'done',
+  'exec "$@"',
+].join('\n');
+
+/** The argv that runs the program through WRAPPER: sh, the cgroup files, then setpriv when it changes user. */
+export function wrappedArgv(program: string, spec: SpawnSpec): string[] {
+  const procs = spec.cgroupProcs ?? [];
+  const argv = ['-c', WRAPPER, 'backplane-svc', String(procs.length), ...procs];
+  if (spec.uid !== undefined) {
+    // No passwd entry means no groups to look up: none but the primary one (the schema insists on a group then).
+    const groups = spec.userName !== undefined ? '--init-groups' : '--clear-groups';
+    argv.push('setpriv', `--reuid=${spec.uid}`, `--regid=${spec.gid ?? spec.uid}`, groups, '--');
+  }
+  argv.push(program, ...spec.args);
+  return argv;
+}
+
+/**
+ * Where exec would find `file` (PATH of the service's environment for a bare name), checked here because, behind
+ * the wrapper, a missing program would only show as exit 127 and a crash loop instead of a clear spawn error.
+ */
+export async function resolveProgram(file: string, env: NodeJS.ProcessEnv, cwd: string): Promise<string> {
+  const enoent = (): NodeJS.ErrnoException => Object.assign(new Error(`spawn ${file} ENOENT`), { code: 'ENOENT', errno: -2, syscall: `spawn ${file}`, path: file });
+  if (file.includes('/')) {
+    const abs = isAbsolute(file) ? file : join(cwd, file);
+    try {
+      await access(abs, fsConstants.X_OK);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === 'ENOENT' || code === 'ENOTDIR') throw enoent();
+      throw Object.assign(new Error(`spawn ${file} ${code ?? 'EACCES'}`), { code: code ?? 'EACCES', path: file });
+    }
+    return abs;
+  }
+  for (const dir of (env['PATH'] ?? '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin').split(':')) {
+    if (dir === '') continue;
+    const candidate = join(isAbsolute(dir) ? dir : join(cwd, dir), file);
+    try {
+      await access(candidate, fsConstants.X_OK);
+      if ((await stat(candidate)).isFile()) return candidate;
+    } catch {
+      // not here
+    }
+  }
+  throw enoent();
 }
 
 /**
@@ -129,6 +194,7 @@ const ownChildren = new Map<number, { readonly starttime: string; readonly start
  * restarted agent can adopt it. Rejects with the spawn error (ENOENT, EACCES, EPERM…) when it cannot start.
  */
 export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
+  const program = await resolveProgram(spec.file, spec.env, spec.cwd);
   const out = openLog(spec.stdoutPath, spec.uid);
   let err: number;
   try {
@@ -139,13 +205,13 @@ export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
   }
   let child;
   try {
-    child = spawn(spec.file, [...spec.args], {
+    child = spawn('/bin/sh', wrappedArgv(program, spec), {
       cwd: spec.cwd,
       env: spec.env,
       detached: true,
       stdio: ['ignore', out, err],
-      ...(spec.uid !== undefined ? { uid: spec.uid } : {}),
-      ...(spec.gid !== undefined ? { gid: spec.gid } : {}),
+      // With a user, setpriv changes uid and gid after the cgroups are joined; a group alone is set here.
+      ...(spec.uid === undefined && spec.gid !== undefined ? { gid: spec.gid } : {}),
     });
   } finally {
     // The child has its own copies now (spawn forks synchronously).

@@ -418,7 +418,7 @@ export class Supervisor {
     // The schema requires cmd for state: running, the only state that starts anything.
     const [file, ...args] = p.cmd ?? [];
     if (file === undefined) throw new Error('svc: start without cmd');
-    return { file, args, cwd: p.cwd ?? '/', env, uid: ident.uid, gid: ident.gid, stdoutPath: this.stdoutPath, stderrPath: this.stderrPath };
+    return { file, args, cwd: p.cwd ?? '/', env, uid: ident.uid, gid: ident.gid, userName: ident.name, stdoutPath: this.stdoutPath, stderrPath: this.stderrPath };
   }
 
   private async startLocked(): Promise<Attempt> {
@@ -440,9 +440,12 @@ export class Supervisor {
     const stderrFrom = await fileSize(spec.stderrPath);
     this.cgroup = await setupCgroup(this.id, this.dir, this.params.limits, { warn: (m) => this.warnOnce(m), debug: (m) => this.log.debug(m) });
     this.limitsChecked = true;
+    // Anything still in the service's cgroup is what an earlier run left (an agent killed mid-stop, a crash loop
+    // under an older agent); it would compete with the new process for ports and locks.
+    await this.killStrays('left behind by an earlier run of this service');
     let proc: Proc;
     try {
-      proc = await spawnProc(spec);
+      proc = await spawnProc({ ...spec, cgroupProcs: this.cgroup.dirs.map((d) => join(d, 'cgroup.procs')) });
     } catch (err) {
       if (err instanceof LogFileError) {
         throw new BackplaneError('E_IO', err.message, { resource: this.id, cause: err, hint: 'fix log.stdout/log.stderr, or the permissions of their directory', retryable: true });
@@ -461,7 +464,8 @@ export class Supervisor {
         retryable: true,
       });
     }
-    // Moving a process between cgroups takes the kernel 10-30 ms here; the process is already running meanwhile.
+    // The process joined its cgroups itself before running anything (see WRAPPER in proc.ts); this only confirms
+    // it, and says why when it could not.
     const problems = await placeInCgroup(this.cgroup, proc.pid);
     if (problems.length > 0) {
       if (this.params.limits !== undefined) this.warnOnce(`cannot put the process into its cgroups, so limits do not apply: ${problems.join('; ')}`);
@@ -543,6 +547,7 @@ export class Supervisor {
     if (!restart) {
       if (failed) this.lastFailure = { why, stderrFrom: a.stderrFrom };
       this.setPhase(failed ? 'failed' : 'done');
+      void this.serial(() => this.reapLeftovers());
       this.log.info(`${why}; not restarted (restart: ${this.params.restart})`);
       this.report(why);
       return;
@@ -557,6 +562,8 @@ export class Supervisor {
     if (d.action === 'crash-loop') {
       this.crashLoopFailures = d.failures;
       this.setPhase('crash-loop');
+      // No restart follows, so nothing else would end what the dead process left (a worker holding its port).
+      void this.serial(() => this.reapLeftovers());
       this.log.warn(`${why}; crash-looping (${d.failures} failures in ${formatDuration(this.params.crashLoop.window)}): no more restarts until notified or redefined`);
       this.report('crash-looping');
       return;
@@ -602,6 +609,19 @@ export class Supervisor {
     await this.terminate(proc, new AbortController().signal);
   }
 
+  /** SIGKILLs whatever is in the service's cgroup (only processes of this service are ever there) and waits for it. */
+  private async killStrays(why: string): Promise<void> {
+    const cg = await this.findCgroup();
+    if ((await cgroupMembers(cg)).length === 0) return;
+    const pids = await cgroupMembers(cg);
+    this.log.info(`killing ${pids.length} process(es) ${why}: ${pids.join(', ')}`);
+    const deadline = Date.now() + KILL_WAIT_MS;
+    do {
+      await signalCgroup(cg, 'SIGKILL');
+      await sleep(STOP_POLL_MS);
+    } while ((await cgroupMembers(cg)).length > 0 && Date.now() < deadline);
+  }
+
   private cancelRestart(): void {
     clearTimeout(this.restartTimer);
     this.restartTimer = undefined;
@@ -609,7 +629,12 @@ export class Supervisor {
 
   private async stopLocked(signal: AbortSignal): Promise<{ pid: number; killed: boolean } | undefined> {
     const a = this.current;
-    if (a === undefined) return undefined;
+    if (a === undefined) {
+      // The main process is gone, but what it forked may not be.
+      await this.reapLeftovers();
+      await this.killStrays('left behind by an earlier process of this service');
+      return undefined;
+    }
     a.stopRequested = true;
     a.health?.stop();
     this.setPhase('stopping');
@@ -650,8 +675,13 @@ export class Supervisor {
     signalPid(proc.pid, 'SIGKILL');
     if (cg !== undefined) await signalCgroup(cg, 'SIGKILL');
     // SIGKILL is not instant either: the stop is done when the tree is gone, not when the signal was sent.
+    // Again on each poll: without cgroup.kill (cgroup v1 only), a process forked between the listing and the kills
+    // would otherwise survive.
     const killDeadline = Date.now() + KILL_WAIT_MS;
-    while (Date.now() < killDeadline && !(await gone())) await sleep(STOP_POLL_MS);
+    while (Date.now() < killDeadline && !(await gone())) {
+      await sleep(STOP_POLL_MS);
+      if (cg !== undefined) await signalCgroup(cg, 'SIGKILL');
+    }
     return true;
   }
 
