@@ -13,6 +13,17 @@ import { gatherFacts } from '../facts.js';
 import { defaultStateDir, ensureStateDir } from '../state-dir.js';
 import { VERSION } from '../version.js';
 import { GraphSource, type ChangeCause, type ClusterOptions } from './graph-source.js';
+import { msUntilQuiet, waitUntilWritten } from './graph-file.js';
+import type { Graph } from '../graph/graph.js';
+import { setTimeout as sleepFor } from 'node:timers/promises';
+
+/**
+ * An edit that removes resources is applied only once the graph file has been unchanged this long. Removal is what a
+ * file cut short does (the resources after the cut disappear) and what cannot be undone (a removed svc is stopped, a
+ * purging directory deletes the removed files), so it waits out writers that /proc cannot show or that close the
+ * file between chunks. Additions and changes do not wait: they are applied again correctly once the rest arrives.
+ */
+const REMOVAL_QUIET_MS = 1000;
 
 export interface AgentOptions {
   readonly file: string;
@@ -49,6 +60,9 @@ export class Agent {
   private finish: ((r: AgentResult) => void) | undefined;
   private dotTimer: NodeJS.Timeout | undefined;
   private reloadTimer: NodeJS.Timeout | undefined;
+  /** A reload is reading or swapping; another edit meanwhile sets reloadAgain instead of running beside it. */
+  private reloading = false;
+  private reloadAgain = false;
   private readonly registry = createRegistry();
   private readonly stateDir: string;
   readonly source: GraphSource;
@@ -156,10 +170,55 @@ export class Agent {
   }
 
   private async reload(): Promise<void> {
+    // One at a time: a second reload waiting for the same slow writer would swap the same edit in twice, or an older
+    // read in after a newer one.
+    if (this.reloading) {
+      this.reloadAgain = true;
+      return;
+    }
+    this.reloading = true;
+    try {
+      await this.reloadOnce();
+    } finally {
+      this.reloading = false;
+    }
+    if (this.reloadAgain) {
+      this.reloadAgain = false;
+      await this.reload();
+    }
+  }
+
+  /**
+   * The edited graph, read once the file is complete (graph-file.ts); an edit that removes resources is held until
+   * the file has been quiet for REMOVAL_QUIET_MS and read again. undefined once the agent stops.
+   */
+  private async renderWhenWritten(): Promise<Graph | undefined> {
+    const file = resolve(this.opts.file);
+    for (let held = false; ; ) {
+      if (!(await waitUntilWritten(file, this.ac.signal, this.opts.log))) return undefined;
+      const next = await this.source.render();
+      const cur = this.engine.currentGraph();
+      const removes = cur === undefined ? 0 : [...cur.vertices.keys()].filter((id) => !next.vertices.has(id)).length;
+      const wait = removes === 0 ? 0 : await msUntilQuiet(file, REMOVAL_QUIET_MS);
+      if (wait <= 0) return next;
+      if (!held) {
+        held = true;
+        this.opts.log.info(`the edit of ${file} removes ${removes} resource${removes === 1 ? '' : 's'}: applied once the file has been unchanged for ${REMOVAL_QUIET_MS}ms`);
+      }
+      try {
+        await sleepFor(wait, undefined, { signal: this.ac.signal });
+      } catch {
+        return undefined;
+      }
+    }
+  }
+
+  private async reloadOnce(): Promise<void> {
     if (this.ac.signal.aborted) return;
     let next;
     try {
-      next = await this.source.render();
+      next = await this.renderWhenWritten();
+      if (next === undefined) return;
     } catch (err) {
       this.opts.log.error(`graph changed but is not valid; keeping the running graph:\n${errorMessage(err)}`);
       return;
