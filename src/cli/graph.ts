@@ -25,7 +25,7 @@ export function registerGraph(program: Command): void {
             order,
             resources: order.map((id) => {
               const v = g.vertices.get(id);
-              return { id, kind: v?.kind, name: v?.name, params: v?.params, meta: v?.meta, line: v?.loc?.line };
+              return { id, kind: v?.kind, name: v?.name, params: showModes(v?.params), meta: v?.meta, line: v?.loc?.line };
             }),
             edges: g.edges,
           };
@@ -36,4 +36,10 @@ export function registerGraph(program: Command): void {
         process.exitCode = reportError(err);
       }
     });
+}
+
+/** Modes as people write them ("0644"), not as the bits' decimal value (420) that nobody reads as a mode. */
+function showModes(params: unknown): unknown {
+  if (params === null || typeof params !== 'object' || !('mode' in params) || typeof params.mode !== 'number') return params;
+  return { ...params, mode: params.mode.toString(8).padStart(4, '0') };
 }

@@ -37,11 +37,35 @@ export function parseYamlDocument(file: string, text: string): GraphDocument {
     ]);
   }
   let src: YamlSource | undefined;
-  const find = (path: readonly PropertyKey[], value: boolean): SourceLocation => {
-    src ??= new YamlSource(file, text);
-    return src.locate(src.doc.contents, path, value);
-  };
+  const source = (): YamlSource => (src ??= new YamlSource(file, text));
+  const find = (path: readonly PropertyKey[], value: boolean): SourceLocation => source().locate(source().doc.contents, path, value);
+  unquoteModes(data, (path) => source().scalarSource(path));
   return { file, data, locate: (path) => find(path, false), locateValue: (path) => find(path, true) };
+}
+
+/**
+ * Puts back the text of every `mode` written as an unquoted number. YAML 1.2 reads `mode: 644` and `mode: 0644` as the
+ * decimal 644 (which is 0o1204: sticky, and no read bit for the owner), while everyone who writes it means what chmod
+ * means. With the text, the file-mode parser reads the digits as chmod does and refuses what chmod would (648, 644.0,
+ * -644), and `0o644` keeps YAML's own octal meaning. Only the precise parser keeps that text, so a graph whose modes
+ * are all quoted never pays for it. Any map key `mode` is meant: the file and template kinds, in either YAML format.
+ */
+function unquoteModes(data: unknown, sourceOf: (path: readonly PropertyKey[]) => string | undefined): void {
+  // A stack, not recursion: how deep a graph file nests is up to its author.
+  const todo: [unknown, PropertyKey[]][] = [[data, []]];
+  for (let next = todo.pop(); next !== undefined; next = todo.pop()) {
+    const [node, path] = next;
+    if (Array.isArray(node)) {
+      node.forEach((item: unknown, i) => {
+        if (item !== null && typeof item === 'object') todo.push([item, [...path, i]]);
+      });
+    } else if (isMap(node)) {
+      for (const [key, value] of Object.entries(node)) {
+        if (key === 'mode' && typeof value === 'number') node[key] = sourceOf([...path, key]) ?? value;
+        else if (value !== null && typeof value === 'object') todo.push([value, [...path, key]]);
+      }
+    }
+  }
 }
 
 export function isMap(v: unknown): v is Record<string, unknown> {

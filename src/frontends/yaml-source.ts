@@ -1,4 +1,4 @@
-import { LineCounter, isMap, isPair, isScalar, isSeq, parseDocument, type Document, type Node, type Pair } from 'yaml';
+import { LineCounter, isAlias, isMap, isPair, isScalar, isSeq, parseDocument, type Document, type Node, type Pair } from 'yaml';
 import { BackplaneError, type SourceLocation } from '../errors.js';
 
 /**
@@ -61,6 +61,22 @@ export class YamlSource {
       }
     }
     return best;
+  }
+
+  /**
+   * The text a scalar was written as, at `path` (keys and indexes from the root), following an alias to its anchor;
+   * undefined when there is no scalar there.
+   */
+  scalarSource(path: readonly PropertyKey[]): string | undefined {
+    let cur: unknown = this.doc.contents;
+    for (const seg of path) {
+      if (isAlias(cur)) cur = cur.resolve(this.doc);
+      if (isMap(cur)) cur = cur.items.find((p) => isScalar(p.key) && String(p.key.value) === String(seg))?.value;
+      else if (isSeq(cur) && typeof seg === 'number') cur = cur.items[seg];
+      else return undefined;
+    }
+    if (isAlias(cur)) cur = cur.resolve(this.doc);
+    return isScalar(cur) ? cur.source : undefined;
   }
 }
 

@@ -1,5 +1,6 @@
 import { z } from 'zod';
 import { parseDuration } from '../util/duration.js';
+import { MODE_TEXT_PATTERN, parseFileMode } from './file-mode.js';
 
 /**
  * A field written as a number or as a string with a unit, parsed to one number: `parse` returns undefined for text
@@ -29,11 +30,15 @@ export const absolutePath = () =>
     .refine((p) => p.startsWith('/'), { message: 'must be an absolute path (start with /)' })
     .refine((p) => !p.split('/').includes('..'), { message: 'must not contain ".." segments' });
 
-/** File modes as octal strings ("0644", "755") or numbers written in octal by YAML 1.1 habit (0644 -> 420). */
+/** A file mode: octal text ("0644"), absolute symbolic text ("u=rw,go=r") or a number taken as its bits; see file-mode.ts. */
 export const fileMode = () =>
-  z
-    .union([z.string().regex(/^0?[0-7]{3,4}$/, 'must be an octal mode such as "0644"'), z.number().int().min(0).max(0o7777)])
-    .transform((v) => (typeof v === 'number' ? v : parseInt(v, 8)));
+  // The patterns and bounds are for editors (the JSON Schema); the parser below judges and explains what is wrong.
+  z.union([z.string().meta({ pattern: MODE_TEXT_PATTERN }), z.number().meta({ type: 'integer', minimum: 0, maximum: 0o7777 })]).transform((v, ctx) => {
+    const m = parseFileMode(v);
+    if (m.ok) return m.mode;
+    ctx.addIssue({ code: 'custom', message: m.message });
+    return z.NEVER;
+  });
 
 /**
  * The top-level parameter names of a kind's schema (looking through refinements and defaults), or none when its

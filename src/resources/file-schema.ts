@@ -10,7 +10,7 @@ export const fileSchema = z
     content: z.string().optional().meta({ description: 'inline content of a regular file' }),
     source: absolutePath().optional().meta({ description: 'copy content from this local file' }),
     target: z.string().min(1).optional().meta({ description: 'where a symlink points' }),
-    mode: fileMode().optional().meta({ description: 'permission bits, e.g. "0644"' }),
+    mode: fileMode().optional().meta({ description: 'permission bits in octal as chmod reads them ("0644", 644) or symbolic, absolute ("u=rw,go=r")' }),
     owner: z.union([z.string().min(1), z.number().int().nonnegative()]).optional().meta({ description: 'user name or uid' }),
     group: z.union([z.string().min(1), z.number().int().nonnegative()]).optional().meta({ description: 'group name or gid' }),
     purge: z.boolean().default(false).meta({ description: 'directory only: remove entries no resource in the graph manages' }),

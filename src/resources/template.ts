@@ -3,6 +3,7 @@ import { posix } from 'node:path';
 import { Liquid, LiquidError, type Template, type Variable } from 'liquidjs';
 import { z } from 'zod';
 import { BackplaneError } from '../errors.js';
+import { modeHasSpecialBits } from '../graph/file-mode.js';
 import type { ResourceId } from '../graph/ids.js';
 import { absolutePath, fileMode } from '../graph/schema-util.js';
 import { watchPath } from '../util/dirwatch.js';
@@ -28,7 +29,7 @@ export const templateSchema = z
     template: z.string().optional().meta({ description: 'inline Liquid template, e.g. "listen {{ vars.port }}"' }),
     source: absolutePath().optional().meta({ description: 'absolute path of a Liquid template file; editing it re-renders' }),
     vars: z.record(z.string(), z.unknown()).default({}).meta({ description: 'values the template sees as vars.*' }),
-    mode: fileMode().optional().meta({ description: 'permission bits, e.g. "0644"' }),
+    mode: fileMode().optional().meta({ description: 'permission bits in octal as chmod reads them ("0644", 644) or symbolic, absolute ("u=rw,go=r")' }),
     owner: z.union([z.string().min(1), z.number().int().nonnegative()]).optional().meta({ description: 'user name or uid' }),
     group: z.union([z.string().min(1), z.number().int().nonnegative()]).optional().meta({ description: 'group name or gid' }),
     force: z.boolean().default(false).meta({ description: 'replace something of another type at path (e.g. a directory)' }),
@@ -61,7 +62,7 @@ export const templateKind = defineKind<TemplateParams>({
       source: 'which local file root reads as the template',
       owner: 'who owns the file',
       group: 'which group owns the file',
-      mode: { why: 'setuid, setgid and sticky bits', when: (m) => ((typeof m === 'string' ? parseInt(m, 8) : Number(m)) & 0o7000) !== 0 },
+      mode: { why: 'setuid, setgid and sticky bits', when: modeHasSpecialBits },
     },
     fromName: ['path'],
   },

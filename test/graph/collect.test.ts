@@ -113,6 +113,8 @@ describe('collect is the collector’s decision: power parameters are taken only
     ['mode 4755 (setuid)', { content: 'x', mode: '4755' }, /does not take 'mode' "4755" \(setuid, setgid and sticky bits\)/],
     ['mode 2755 (setgid)', { content: 'x', mode: '2755' }, /'mode' "2755"/],
     ['mode 1777 (sticky), as a number', { content: 'x', mode: 0o1777 }, /'mode' 1023/],
+    ['a symbolic setuid mode', { content: 'x', mode: 'u=rwxs,go=rx' }, /'mode' "u=rwxs,go=rx" \(setuid/],
+    ['a YAML 1.2 octal setuid mode', { content: 'x', mode: '0o4755' }, /'mode' "0o4755"/],
   ];
   for (const [what, params, reason] of refusedFile) {
     test(`file: an export choosing ${what} is refused whole when the rule does not take it`, () => {
