@@ -3,7 +3,9 @@ import type { AnyResourceKind } from './types.js';
 import { execKind } from './exec.js';
 import { fileKind } from './file.js';
 import { groupKind } from './group.js';
+import { hostnameKind } from './hostname.js';
 import { httpKind } from './http.js';
+import { msgKind } from './msg.js';
 import { noopKind } from './noop.js';
 import { pkgKind } from './pkg.js';
 import { printKind } from './print.js';
@@ -27,6 +29,8 @@ export const builtinKinds: readonly AnyResourceKind[] = [
   noopKind,
   printKind,
   timerKind,
+  msgKind,
+  hostnameKind,
 ];
 
 export function createRegistry(kinds: readonly AnyResourceKind[] = builtinKinds): KindRegistry {

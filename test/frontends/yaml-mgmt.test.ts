@@ -517,3 +517,160 @@ edges:
     assert.deepEqual(raw.resources.map((r) => r.name), ['x', 'e']);
   });
 });
+
+/** The only error reading `text` reports, with its message, location and hint. */
+function refused(text: string): { message: string; at: string; hint: string } {
+  const e = onlyError(text);
+  return { message: e.message, at: where(e), hint: e.hint ?? '' };
+}
+
+/** One translated parameter of a built vertex. */
+function param(v: Vertex, key: string): unknown {
+  return (v.params as Record<string, unknown>)[key];
+}
+
+describe('mgmt YAML: translated faithfully, or refused by name', () => {
+  test('pkg: state uninstalled means absent, installed stays; PackageKit flags at false are dropped', () => {
+    assert.equal(param(one('pkg', 'cowsay', '    state: uninstalled\n'), 'state'), 'absent');
+    assert.equal(param(one('pkg', 'cowsay', '    state: installed\n    allowuntrusted: false\n    allownonfree: false\n'), 'state'), 'installed');
+  });
+
+  test('pkg: state newest is refused at its line, not taken as a version string', () => {
+    const r = refused('graph: g\nresources:\n  pkg:\n  - name: cowsay\n    state: newest\n');
+    assert.match(r.message, /pkg state "newest"/);
+    assert.equal(r.at, `${GRAPH_FILE}:5:5`);
+    assert.match(r.hint, /state: installed .* exact version/);
+  });
+
+  test('pkg: a PackageKit flag set to true is refused by name', () => {
+    const r = refused('graph: g\nresources:\n  pkg:\n  - name: cowsay\n    allowuntrusted: true\n');
+    assert.match(r.message, /allowuntrusted/);
+    assert.equal(r.at, `${GRAPH_FILE}:5:5`);
+  });
+
+  test("remote: mgmt's own remote1 example is refused, not applied here", () => {
+    const r = refused(`---
+graph: mygraph
+comment: remote noop example
+resources:
+  noop:
+  - name: noop1
+    meta:
+      noop: true
+  file:
+  - name: file1
+    path: "/tmp/mgmt-remote-hello"
+    content: |
+      hello world from @purpleidea
+    state: exists
+edges:
+- name: e1
+  from:
+    kind: noop
+    name: noop1
+  to:
+    kind: file
+    name: file1
+remote: "ssh://root:password@hostname:22"
+`);
+    assert.match(r.message, /mgmt's remote .* not supported/);
+    assert.equal(r.at, `${GRAPH_FILE}:23:1`);
+    assert.match(r.hint, /run backplane on that host/);
+    // An empty remote, as mgmt writes its zero value, is fine.
+    build('graph: g\nremote: ""\nresources:\n  noop:\n  - name: a\n');
+  });
+
+  test('svc (a systemd unit in mgmt) is refused with what to use instead, not a message about cmd', () => {
+    const r = refused('graph: g\nresources:\n  svc:\n  - name: nginx\n    state: running\n    startup: enabled\n');
+    assert.match(r.message, /mgmt's svc "nginx" manages a systemd unit/);
+    assert.doesNotMatch(r.message, /required/);
+    assert.match(r.hint, /cmd:/);
+    assert.equal(r.at, `${GRAPH_FILE}:4:5`);
+  });
+
+  for (const kind of ['virt', 'nspawn', 'augeas', 'aws:ec2', 'kv', 'password']) {
+    test(`kind ${kind} is refused by name`, () => {
+      const r = refused(`graph: g\nresources:\n  "${kind}":\n  - name: x\n`);
+      assert.equal(r.message, `mgmt's ${kind} resources are not supported`);
+      assert.equal(r.at, `${GRAPH_FILE}:3:3`);
+      assert.ok(r.hint.length > 20, r.hint);
+    });
+  }
+
+  test('a name starting with @@ is exported to every host under the name without it, not managed here', () => {
+    const g = build('graph: g\nresources:\n  file:\n  - name: "@@/tmp/x/file1"\n    content: "hi\\n"\n  - name: /tmp/x/local\n');
+    assert.deepEqual([...g.vertices.keys()], [id('file', '/tmp/x/local')]);
+    assert.equal(g.exports.length, 1);
+    assert.deepEqual({ ...g.exports[0], params: undefined, meta: undefined }, { kind: 'file', name: '/tmp/x/file1', to: '*', params: undefined, meta: undefined });
+    assert.equal(g.exports[0]?.params['content'], 'hi\n');
+  });
+
+  test("collect: a file pattern becomes the collected files' directory; other kinds are collected as they are", () => {
+    const g = build('graph: g\nresources:\n  noop:\n  - name: a\ncollect:\n- kind: file\n  pattern: /tmp/collected/\n- kind: noop\n  pattern: ""\n');
+    assert.deepEqual(
+      g.collect.map((r) => ({ kind: r.kind, from: r.from, set: r.set, take: r.take })),
+      [
+        { kind: 'file', from: '*', set: { path: '/tmp/collected/{basename}' }, take: undefined },
+        { kind: 'noop', from: '*', set: {}, take: undefined },
+      ],
+    );
+  });
+
+  test('collect: files without a pattern are refused (the exporter would choose where root writes)', () => {
+    const r = refused('graph: g\nresources:\n  noop:\n  - name: a\ncollect:\n- kind: file\n');
+    assert.match(r.message, /without a pattern/);
+    assert.equal(r.at, `${GRAPH_FILE}:6:3`);
+    assert.match(r.hint, /pattern: \/srv\/collected\//);
+  });
+
+  test('collect: a pattern on a kind other than file is refused', () => {
+    const r = refused('graph: g\nresources:\n  noop:\n  - name: a\ncollect:\n- kind: noop\n  pattern: /x\n');
+    assert.match(r.message, /pattern only applies to files/);
+    assert.equal(r.at, `${GRAPH_FILE}:7:3`);
+  });
+
+  test('meta limit and burst carry over; limit .inf (the default) means no limit', () => {
+    const v = one('noop', 'a', '    meta:\n      limit: 0.5\n      burst: 3\n');
+    assert.equal(v.meta.limit, 0.5);
+    assert.equal(v.meta.burst, 3);
+    const u = one('noop', 'a', '    meta:\n      limit: .inf\n      burst: 0\n');
+    assert.equal(u.meta.limit, undefined);
+    assert.equal(u.meta.burst, undefined);
+  });
+
+  test('meta limit with burst 0 (mgmt would never run it) is an error at the burst', () => {
+    const e = onlyError('graph: g\nresources:\n  noop:\n  - name: a\n    meta:\n      limit: 2\n      burst: 0\n');
+    assert.match(e.format(), /burst/);
+    assert.equal(where(e), `${GRAPH_FILE}:7:7`);
+  });
+
+  for (const [key, value] of [
+    ['reverse', 'true'],
+    ['hidden', 'true'],
+    ['export', '[h1]'],
+  ] as const) {
+    test(`meta ${key}: ${value} is refused by name; its zero value is accepted`, () => {
+      const r = refused(`graph: g\nresources:\n  noop:\n  - name: a\n    meta:\n      ${key}: ${value}\n`);
+      assert.match(r.message, new RegExp(`mgmt's ${key} metaparam`));
+      assert.equal(r.at, `${GRAPH_FILE}:6:7`);
+      one('noop', 'a', `    meta:\n      ${key}: ${key === 'export' ? '[]' : 'false'}\n`);
+    });
+  }
+
+  test("msg: mgmt's body and capitalised priority; journal/syslog false dropped, true refused", () => {
+    const v = one('msg', 'm1', '    body: hello world\n    priority: Warning\n    journal: false\n    syslog: false\n    fields: {}\n');
+    assert.deepEqual(v.params, { body: 'hello world', priority: 'warning', fields: {} });
+    const r = refused('graph: g\nresources:\n  msg:\n  - name: m\n    body: x\n    journal: true\n');
+    assert.match(r.message, /journal: true/);
+    assert.equal(r.at, `${GRAPH_FILE}:6:5`);
+  });
+
+  test('hostname: hostname (or the same static/transient one) sets both; a different one or a pretty name is refused', () => {
+    assert.equal(param(one('hostname', 'h', '    hostname: web1\n    statichostname: web1\n'), 'hostname'), 'web1');
+    assert.equal(param(one('hostname', 'h', '    statichostname: web2\n'), 'hostname'), 'web2');
+    const r = refused('graph: g\nresources:\n  hostname:\n  - name: h\n    hostname: web1\n    transienthostname: other\n');
+    assert.match(r.message, /transienthostname different from hostname/);
+    const p = refused('graph: g\nresources:\n  hostname:\n  - name: h\n    hostname: web1\n    prettyhostname: "Web One"\n');
+    assert.match(p.hint, /machine-info/);
+  });
+});
