@@ -92,7 +92,7 @@ describe('graphJsonSchema', () => {
     assert.equal('$schema' in meta, false, 'no nested $schema');
     assert.equal(meta['additionalProperties'], false);
     const m = props(meta);
-    assert.deepEqual(Object.keys(m).sort(), ['autoedge', 'delay', 'noop', 'poll', 'retry', 'sema']);
+    assert.deepEqual(Object.keys(m).sort(), ['autoedge', 'burst', 'delay', 'limit', 'noop', 'poll', 'retry', 'sema']);
     assert.equal(obj(m['retry'], 'retry')['minimum'], -1);
     const delayTypes = (obj(m['delay'], 'delay')['anyOf'] as Json[]).map((x) => x['type']).sort();
     assert.deepEqual(delayTypes, ['number', 'string']);
