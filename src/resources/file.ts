@@ -21,7 +21,7 @@ import {
 import { Semaphore } from '../util/semaphore.js';
 import { watchPath } from '../util/dirwatch.js';
 import { fileSchema, type FileParams } from './file-schema.js';
-import { defineKind, type CheckResult, type Resource, type ResourceWorld } from './types.js';
+import { defineKind, type CheckResult, type Resource, type ResourceLog, type ResourceWorld } from './types.js';
 
 /**
  * A regular file, directory or symlink — or its absence — with content, mode and ownership (after Puppet's `file`
@@ -116,6 +116,8 @@ export function createFile(id: ResourceId, p: FileParams, world: ResourceWorld):
   const path = normalizePath(p.path);
   // Encoded once: every drift check compares against it.
   const content = p.content === undefined ? undefined : Buffer.from(p.content, 'utf8');
+  /** Temp files left by dead writers are looked for once, at the first applying run (see sweepDeadTemps). */
+  let swept = false;
   return {
     async watch({ signal, ready, changed }) {
       const cb = (reason: string): void => changed(reason);
@@ -125,17 +127,79 @@ export function createFile(id: ResourceId, p: FileParams, world: ResourceWorld):
       if (signal.aborted) return;
       await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
     },
-    async checkApply({ apply, signal }) {
+    async checkApply({ apply, signal, log }) {
       await ioSlots.acquire(signal).catch(() => {
         throw new BackplaneError('E_ABORTED', 'aborted', { resource: id });
       });
       try {
+        if (apply && !swept) {
+          swept = true;
+          await sweepDeadTemps(path, log);
+        }
         return await checkApplyFile(id, p, path, apply, signal, world, content);
       } finally {
         ioSlots.release();
       }
     },
   };
+}
+
+/**
+ * Removes this file's temp files (`.<name>.bp-tmp-<pid>-<random>`) whose writer is gone: a `kill -9` (or power loss)
+ * in the middle of a write leaves one, and nothing else would ever remove it. The pid in the name says whose it is;
+ * a live process counts as its writer only if it is an agent (runs the same executable as this one), because a
+ * reused pid may now belong to anything. Listed and unlinked through the parent reached by openParent and removed
+ * with removeEntry (unlink, never following a symlink), so a directory swapped in meanwhile redirects nothing.
+ * Best effort: a failure here must not keep the file itself from being managed.
+ */
+async function sweepDeadTemps(path: string, log: ResourceLog): Promise<void> {
+  const prefix = `.${leafName(path)}${TMP_MARK}`;
+  let dir: DirRef;
+  try {
+    dir = await openParent(path);
+  } catch {
+    return;
+  }
+  try {
+    const removed: string[] = [];
+    for (const name of await readdir(dir.path)) {
+      if (!name.startsWith(prefix)) continue;
+      const m = /^(\d+)-[0-9a-f]+$/.exec(name.slice(prefix.length));
+      if (m === null || (await tempWriterAlive(Number(m[1])))) continue;
+      try {
+        await removeEntry(dir.path, name, false);
+        removed.push(name);
+      } catch (err) {
+        log.debug(`cannot remove ${join(dirname(path), name)}: ${(err as Error).message}`);
+      }
+    }
+    if (removed.length > 0) log.info(`removed ${removed.length} temp file(s) left by an interrupted write: ${removed.join(', ')}`);
+  } catch (err) {
+    log.debug(`cannot look for temp files of interrupted writes next to ${path}: ${(err as Error).message}`);
+  } finally {
+    await dir.close().catch(() => undefined);
+  }
+}
+
+/** The writer of a temp file may still be writing it: this process, or a live process running the agent's executable. */
+async function tempWriterAlive(pid: number): Promise<boolean> {
+  if (pid === process.pid) return true;
+  let stat: string;
+  try {
+    stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return false;
+  }
+  // A zombie has exited: it only waits to be reaped (FACTS.md fact 5).
+  const state = stat.slice(stat.lastIndexOf(')') + 2)[0];
+  if (state === 'Z' || state === 'X') return false;
+  try {
+    const exe = (await readlink(`/proc/${pid}/exe`)).replace(/ \(deleted\)$/, '');
+    return posix.basename(exe) === posix.basename(process.execPath);
+  } catch (err) {
+    // Gone meanwhile, or a kernel thread (no exe); anything else unknown is left alone.
+    return errnoCode(err) !== 'ENOENT';
+  }
 }
 
 /**
