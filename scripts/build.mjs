@@ -6,7 +6,8 @@ import { rm } from 'node:fs/promises';
 
 await rm('dist', { recursive: true, force: true });
 await build({
-  entryPoints: { backplane: 'src/cli/main.ts' },
+  // The graph module worker is its own entry: a worker thread starts from a file (src/frontends/typescript.ts).
+  entryPoints: { backplane: 'src/cli/main.ts', 'graph-module-worker': 'src/frontends/module-worker.ts' },
   outdir: 'dist',
   outExtension: { '.js': '.mjs' },
   // The etcd client (gRPC) is big and only needed in a cluster: dynamic imports become chunks loaded on demand.

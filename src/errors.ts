@@ -15,6 +15,8 @@ export type ErrorCode =
   | 'E_TIMEOUT'
   | 'E_ABORTED'
   | 'E_USAGE'
+  /** Input past a limit that keeps the agent bounded: file size, alias expansion, nesting, a module's time or memory. */
+  | 'E_LIMIT'
   /** Two resources manage the same thing (a path, a package, an account) under different names. */
   | 'E_OVERLAP'
   /** A resource changed again and again on nothing but its own watch events: something is fighting it. */

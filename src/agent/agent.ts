@@ -93,9 +93,17 @@ export class Agent {
   /** Loads and starts the graph; resolves when the agent is done (converged-timeout reached, or stop()). */
   async run(): Promise<AgentResult> {
     // Before anything reads or writes state: created 0700, or refused when another user could have planted files in it.
-    await ensureStateDir(this.stateDir);
-    if ((this.opts.cluster?.etcd.length ?? 0) > 0) await this.source.watch((cause) => this.scheduleReload(cause), this.ac.signal);
-    const graph = await this.source.render();
+    // A signal while loading (a slow module, an etcd that does not answer) must stop the agent now, not once loading
+    // ends: whatever is still pending is abandoned, and the process exits with nothing applied.
+    const graph = await abortable(this.ac.signal, async () => {
+      await ensureStateDir(this.stateDir);
+      if ((this.opts.cluster?.etcd.length ?? 0) > 0) await this.source.watch((cause) => this.scheduleReload(cause), this.ac.signal);
+      return this.source.render(this.ac.signal);
+    });
+    if (graph === undefined) {
+      this.opts.log.info('stopped while loading the graph; nothing was applied');
+      return { reason: 'stopped', summary: this.engine.summary() };
+    }
     const started = performance.now();
     const done = new Promise<AgentResult>((resolve) => (this.finish = resolve));
     const timeout = this.opts.convergedTimeout ?? -1;
@@ -107,7 +115,9 @@ export class Agent {
       if (firstSettle) {
         firstSettle = false;
         const s = this.engine.summary();
-        this.opts.log.info(
+        // Stopping settles the graph too; "converged: 0 of N" would read as success.
+        if (this.ac.signal.aborted) this.opts.log.info(`stopped before converging: ${s.converged} of ${this.engine.currentGraph()?.vertices.size ?? graph.vertices.size} resources converged`);
+        else this.opts.log.info(
           `${s.ok ? 'converged' : 'settled with problems'}: ${s.converged} of ${this.engine.currentGraph()?.vertices.size ?? graph.vertices.size} resources in ${Math.round(performance.now() - started)}ms` +
             (s.failed.length > 0 ? `, ${s.failed.length} failed` : '') +
             (s.blocked.length > 0 ? `, ${s.blocked.length} blocked` : ''),
@@ -130,6 +140,8 @@ export class Agent {
 
   /** Stops watching and working; in-flight applies are aborted. Resolves the run() promise. */
   async stop(): Promise<void> {
+    // Before run() has a graph there is nothing to complete: aborting ends the loading.
+    if (this.finish === undefined) this.ac.abort();
     this.complete('stopped');
   }
 
@@ -289,4 +301,22 @@ function sameGraph(a: { vertices: ReadonlyMap<string, { fingerprint: string }>; 
   const ek = (e: { from: string; to: string; notify: boolean }): string => `${e.from}>${e.to}${e.notify ? '!' : ''}`;
   const ea = new Set(a.edges.map(ek));
   return b.edges.every((e) => ea.has(ek(e)));
+}
+
+/** Runs `fn`; undefined as soon as `signal` aborts (even if `fn` is still pending, or fails because of the abort). */
+async function abortable<T>(signal: AbortSignal, fn: () => Promise<T>): Promise<T | undefined> {
+  if (signal.aborted) return undefined;
+  let onAbort: (() => void) | undefined;
+  const stopped = new Promise<undefined>((resolve) => {
+    onAbort = () => resolve(undefined);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    return await Promise.race([fn(), stopped]);
+  } catch (err) {
+    if (signal.aborted) return undefined;
+    throw err;
+  } finally {
+    if (onAbort !== undefined) signal.removeEventListener('abort', onAbort);
+  }
 }

@@ -70,11 +70,12 @@ export class GraphSource {
     await watchPath(this.opts.file, () => cb('file'), signal);
   }
 
-  async render(): Promise<Graph> {
-    let raw = await readGraphSource(this.opts.file, this.context());
+  /** `signal` stops a graph module's evaluation (its worker is terminated). */
+  async render(signal?: AbortSignal): Promise<Graph> {
+    let raw = await readGraphSource(this.opts.file, this.context(), signal);
     if (this.link === undefined && (this.opts.cluster.etcd.length > 0 || needsCluster(raw))) {
       await this.connect();
-      raw = await readGraphSource(this.opts.file, this.context());
+      raw = await readGraphSource(this.opts.file, this.context(), signal);
     }
     // An exported resource is not managed here, so collecting it back (a rule whose `from` includes this host)
     // is no clash: the collected copy is the one this host manages.

@@ -9,6 +9,13 @@ export function registerValidate(program: Command): void {
     .description('check a graph file (syntax, kinds, parameters, references, cycles) without touching the machine')
     .requiredOption('-f, --file <path>', 'graph file (YAML)')
     .action(async (opts: { file: string }) => {
+      // validate changes nothing, so a signal can end it at once, whatever it is reading or evaluating.
+      const onSignal = (sig: NodeJS.Signals): void => {
+        process.stderr.write(`${sig}: validation stopped\n`);
+        process.exit(EXIT.interrupted);
+      };
+      process.on('SIGINT', onSignal);
+      process.on('SIGTERM', onSignal);
       try {
         const g = await loadGraphFile(opts.file, createRegistry());
         for (const w of g.warnings) process.stderr.write(`warning: ${w.format()}\n`);

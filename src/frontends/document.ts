@@ -1,5 +1,6 @@
-import { CORE_SCHEMA, load, YAMLException } from 'js-yaml';
+import { CORE_SCHEMA, load, YAMLException, type LoadOptions } from 'js-yaml';
 import { BackplaneError, ValidationErrors, type SourceLocation } from '../errors.js';
+import { checkExpansion, MAX_DEPTH, PRECISE_MAX_BYTES, pathText } from './limits.js';
 import { YamlSource } from './yaml-source.js';
 
 /**
@@ -21,24 +22,41 @@ export interface GraphDocument {
 
 export function parseYamlDocument(file: string, text: string): GraphDocument {
   let data: unknown;
+  // js-yaml knows maxDepth (its default is the same); @types/js-yaml does not list it yet.
+  const options: LoadOptions & { maxDepth: number } = { schema: CORE_SCHEMA, filename: file, maxDepth: MAX_DEPTH };
   try {
-    data = load(text, { schema: CORE_SCHEMA, filename: file });
+    data = load(text, options);
   } catch (err) {
+    const mark = err instanceof YAMLException ? err.mark : undefined;
+    const where = { file, line: (mark?.line ?? 0) + 1, col: (mark?.column ?? 0) + 1 };
+    // Too deep for js-yaml is too deep for the precise parser's recursion too: say so without asking it.
+    if (err instanceof YAMLException && err.reason.startsWith('nesting exceeded maxDepth')) {
+      throw new ValidationErrors([
+        new BackplaneError('E_LIMIT', `nested more than ${MAX_DEPTH} levels deep`, { where, hint: 'flatten the data; nothing was applied' }),
+      ]);
+    }
     // Let the precise parser describe the problem; fall back to js-yaml's own words if it sees none.
     const src = new YamlSource(file, text);
     const errors = src.syntaxErrors();
     if (errors.length > 0) throw new ValidationErrors(errors);
-    const mark = err instanceof YAMLException ? err.mark : undefined;
     throw new ValidationErrors([
       new BackplaneError('E_YAML', `invalid YAML: ${err instanceof YAMLException ? err.reason : String(err)}`, {
-        where: { file, line: (mark?.line ?? 0) + 1, col: (mark?.column ?? 0) + 1 },
+        where,
         hint: 'fix the YAML syntax (indentation, quotes, a duplicate key); nothing was applied',
       }),
     ]);
   }
   let src: YamlSource | undefined;
   const source = (): YamlSource => (src ??= new YamlSource(file, text));
-  const find = (path: readonly PropertyKey[], value: boolean): SourceLocation => source().locate(source().doc.contents, path, value);
+  // The precise parser needs ~50 bytes of memory and ~1 µs of CPU per byte of YAML (measured: 27 MB took 48 s and
+  // 1.3 GB here), so one typo in a huge file would cost minutes or a V8 out-of-memory abort. Past PRECISE_MAX_BYTES
+  // an error names the value's path instead of its line, as for a TypeScript graph.
+  const precise = text.length <= PRECISE_MAX_BYTES;
+  const find = (path: readonly PropertyKey[], value: boolean): SourceLocation =>
+    precise ? source().locate(source().doc.contents, path, value) : { file: `${file}: ${pathText(path)}`, line: 0, col: 0 };
+  // js-yaml shares an anchor's value among its aliases, so loading a bomb is cheap; everything after (the walk below,
+  // zod, the fingerprints, a template's vars) would copy it out. Refuse it first, pointing at where it expands.
+  checkExpansion(data, (path) => find(path, false));
   unquoteModes(data, (path) => source().scalarSource(path));
   return { file, data, locate: (path) => find(path, false), locateValue: (path) => find(path, true) };
 }

@@ -1,12 +1,11 @@
-import { readFile } from 'node:fs/promises';
 import { resolve } from 'node:path';
 import type { GraphContext } from '../api.js';
-import { BackplaneError } from '../errors.js';
 import { gatherFacts } from '../facts.js';
 import { buildGraph, type KindRegistry } from '../graph/build.js';
 import type { Graph } from '../graph/graph.js';
 import type { RawGraph } from '../graph/raw.js';
 import { parseYamlDocument } from './document.js';
+import { readGraphText } from './limits.js';
 import { isModuleGraph, readModuleGraph } from './typescript.js';
 import { isMgmtGraph, readMgmtGraph } from './yaml-mgmt.js';
 import { readNativeGraph } from './yaml-native.js';
@@ -27,20 +26,10 @@ export function localContext(host?: string): GraphContext {
  * Reads a graph source — a YAML file (ours or mgmt's) or a TypeScript/JavaScript module rendered with `ctx` — into
  * raw declarations. Throws ValidationErrors (bad input) or BackplaneError E_IO (unreadable file).
  */
-export async function readGraphSource(path: string, ctx: GraphContext): Promise<RawGraph> {
+export async function readGraphSource(path: string, ctx: GraphContext, signal?: AbortSignal): Promise<RawGraph> {
   const file = resolve(path);
-  if (isModuleGraph(file)) return readModuleGraph(file, ctx);
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code;
-    throw new BackplaneError('E_IO', `cannot read graph file ${file}: ${code === 'ENOENT' ? 'no such file' : String(code ?? err)}`, {
-      hint: code === 'ENOENT' ? 'check the path given to --file' : 'check the file permissions',
-      cause: err,
-    });
-  }
-  return parseGraphText(file, text);
+  if (isModuleGraph(file)) return readModuleGraph(file, ctx, signal);
+  return parseGraphText(file, await readGraphText(file));
 }
 
 /** Reads and validates a graph file. */

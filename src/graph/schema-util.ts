@@ -23,10 +23,39 @@ export const withUnit = (parse: (v: number | string) => number | undefined, what
 export const duration = () =>
   withUnit(parseDuration, 'duration', 'seconds (5) or a value with a unit (250ms, 2s, 1m)', 'seconds (number) or a string with a unit: 250ms, 2s, 1m, 1h');
 
-export const absolutePath = () =>
+/** Linux's PATH_MAX counts the terminating NUL, so a path has at most 4095 bytes; NAME_MAX is per component. */
+export const PATH_MAX_BYTES = 4095;
+export const NAME_MAX_BYTES = 255;
+
+/**
+ * Why a string cannot name a file on Linux, or undefined when it can. Checked at validation so the problem is
+ * reported with its line before anything runs, not as an EINVAL or ENAMETOOLONG halfway through a convergence.
+ * A lone UTF-16 surrogate (from a YAML "\uD800" escape or a TypeScript string) has no UTF-8 form: Node would write
+ * U+FFFD instead and manage a different file than the one declared. (Invalid UTF-8 bytes in a graph file are refused
+ * when the file is read, so every string that gets here is what its author wrote.)
+ */
+export function pathProblem(p: string): string | undefined {
+  if (p.includes('\0')) return 'must not contain a NUL character (\\0): no file name can hold one';
+  if (/[\uD800-\uDFFF]/u.test(p)) return 'contains a lone UTF-16 surrogate, which has no UTF-8 form and cannot be a file name';
+  const bytes = Buffer.byteLength(p, 'utf8');
+  if (bytes > PATH_MAX_BYTES) return `is ${bytes} bytes long; Linux paths are at most ${PATH_MAX_BYTES} bytes (PATH_MAX)`;
+  const long = p.split('/').find((c) => Buffer.byteLength(c, 'utf8') > NAME_MAX_BYTES);
+  if (long !== undefined) return `has a component of ${Buffer.byteLength(long, 'utf8')} bytes ("${long.slice(0, 20)}..."); each name in a path is at most ${NAME_MAX_BYTES} bytes (NAME_MAX)`;
+  return undefined;
+}
+
+/** A string that must be usable as a path (a symlink's target, which may be relative). */
+export const pathString = () =>
   z
     .string()
     .min(1)
+    .superRefine((p, ctx) => {
+      const problem = pathProblem(p);
+      if (problem !== undefined) ctx.addIssue({ code: 'custom', message: problem });
+    });
+
+export const absolutePath = () =>
+  pathString()
     .refine((p) => p.startsWith('/'), { message: 'must be an absolute path (start with /)' })
     .refine((p) => !p.split('/').includes('..'), { message: 'must not contain ".." segments' });
 

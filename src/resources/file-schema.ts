@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { absolutePath, fileMode } from '../graph/schema-util.js';
+import { absolutePath, fileMode, pathString } from '../graph/schema-util.js';
 
 /** Parameters of `file`; kept apart from the implementation so the schema can be read on its own. */
 export const fileSchema = z
@@ -9,7 +9,7 @@ export const fileSchema = z
     type: z.enum(['file', 'directory', 'symlink']).default('file').meta({ description: 'what should be at path' }),
     content: z.string().optional().meta({ description: 'inline content of a regular file' }),
     source: absolutePath().optional().meta({ description: 'copy content from this local file' }),
-    target: z.string().min(1).optional().meta({ description: 'where a symlink points' }),
+    target: pathString().optional().meta({ description: 'where a symlink points' }),
     mode: fileMode().optional().meta({ description: 'permission bits in octal as chmod reads them ("0644", 644) or symbolic, absolute ("u=rw,go=r")' }),
     owner: z.union([z.string().min(1), z.number().int().nonnegative()]).optional().meta({ description: 'user name or uid' }),
     group: z.union([z.string().min(1), z.number().int().nonnegative()]).optional().meta({ description: 'group name or gid' }),

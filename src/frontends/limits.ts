@@ -1,0 +1,208 @@
+import { isUtf8 } from 'node:buffer';
+import { open } from 'node:fs/promises';
+import { BackplaneError, ValidationErrors, type SourceLocation } from '../errors.js';
+
+/**
+ * Limits on what a graph may cost to read. The agent runs as root and reloads its graph file on every edit, so a
+ * hostile or broken file (an alias bomb, a 200 MB file, a thousand nested lists) must end in a clear error within
+ * a second, never in minutes of CPU, gigabytes of memory, or a V8 out-of-memory abort.
+ */
+
+/** Largest graph file read (YAML or a module), in bytes. Override with BACKPLANE_MAX_GRAPH_BYTES. */
+export const DEFAULT_MAX_GRAPH_BYTES = 32 * 1024 * 1024;
+/** Deepest nesting of lists and maps in a graph (js-yaml's own default too, passed explicitly so it cannot drift). */
+export const MAX_DEPTH = 100;
+/**
+ * How many values YAML aliases (or a TypeScript graph's shared objects) may add beyond what is written. Each alias
+ * is expanded wherever it is used: zod copies it, fingerprints serialise it. Nine levels of ten aliases each are a
+ * billion values from 200 bytes; a shared `meta:` block on 10,000 resources is well under this.
+ */
+export const MAX_ALIAS_EXPANSION = 1_000_000;
+
+/**
+ * Up to this size an error in a YAML graph names its line and column; above it, its path (`resources[3].mode`).
+ * Positions come from the `yaml` parser, which is ~20x slower and ~50x bigger than the data it reads.
+ */
+export const PRECISE_MAX_BYTES = 4 * 1024 * 1024;
+
+/** `resources[2].vars.x`: where a value is, for input whose lines are unknown (a module's result, a huge file). */
+export function pathText(path: readonly PropertyKey[]): string {
+  if (path.length === 0) return 'the document';
+  return path.map((p, i) => (typeof p === 'number' ? `[${p}]` : `${i === 0 ? '' : '.'}${String(p)}`)).join('');
+}
+
+export function maxGraphBytes(): number {
+  const env = process.env['BACKPLANE_MAX_GRAPH_BYTES'];
+  if (env === undefined || env === '') return DEFAULT_MAX_GRAPH_BYTES;
+  const n = Number(env);
+  if (!Number.isSafeInteger(n) || n <= 0) {
+    throw new BackplaneError('E_USAGE', `BACKPLANE_MAX_GRAPH_BYTES="${env}" is not a positive number of bytes`, {
+      hint: `unset it for the default (${DEFAULT_MAX_GRAPH_BYTES}), or give a size in bytes, e.g. 134217728`,
+    });
+  }
+  return n;
+}
+
+function fileError(file: string, message: string, hint: string, cause?: unknown): BackplaneError {
+  return new BackplaneError('E_IO', `cannot read graph file ${file}: ${message}`, { hint, cause });
+}
+
+/**
+ * Reads a graph file as text: its size is checked on the open descriptor before a byte is read (so a file that is
+ * swapped for a bigger one in between is still caught), and bytes that are not UTF-8 are refused with their
+ * position rather than silently turned into U+FFFD, which would make a path or a file's content differ from what
+ * the author meant.
+ */
+export async function readGraphText(file: string): Promise<string> {
+  const max = maxGraphBytes();
+  let buf: Buffer;
+  try {
+    const fh = await open(file, 'r');
+    try {
+      const st = await fh.stat();
+      if (!st.isFile()) throw fileError(file, 'not a regular file', 'give --file the path of a graph file');
+      if (st.size > max) throw tooBig(file, st.size, max);
+      // Read one byte past the limit: a file that grew since the stat is caught too.
+      buf = Buffer.alloc(Math.min(st.size, max) + 1);
+      let len = 0;
+      for (;;) {
+        const { bytesRead } = await fh.read(buf, len, buf.length - len, len);
+        if (bytesRead === 0) break;
+        len += bytesRead;
+        if (len > max) throw tooBig(file, len, max);
+        if (len === buf.length) buf = Buffer.concat([buf, Buffer.alloc(Math.min(buf.length, max + 1 - buf.length))]);
+      }
+      buf = buf.subarray(0, len);
+    } finally {
+      await fh.close();
+    }
+  } catch (err) {
+    if (err instanceof BackplaneError || err instanceof ValidationErrors) throw err;
+    const code = (err as NodeJS.ErrnoException).code;
+    throw fileError(file, code === 'ENOENT' ? 'no such file' : String(code ?? err), code === 'ENOENT' ? 'check the path given to --file' : 'check the file permissions', err);
+  }
+  if (!isUtf8(buf)) throw notUtf8(file, buf);
+  // A UTF-8 byte order mark is not part of the YAML.
+  const text = buf.toString('utf8');
+  return text.charCodeAt(0) === 0xfeff ? text.slice(1) : text;
+}
+
+function tooBig(file: string, size: number, max: number): ValidationErrors {
+  return new ValidationErrors([
+    new BackplaneError('E_LIMIT', `graph file is ${mib(size)} (${size} bytes), more than the limit of ${mib(max)}`, {
+      where: { file, line: 0, col: 0 },
+      hint: 'split it, or raise the limit with BACKPLANE_MAX_GRAPH_BYTES=<bytes> if a graph this big is intended; nothing was applied',
+    }),
+  ]);
+}
+
+function mib(n: number): string {
+  return `${(n / 1024 / 1024).toFixed(n < 10 * 1024 * 1024 ? 1 : 0)} MiB`;
+}
+
+/** Where the first byte that is not UTF-8 lies, as line:col (col counted in characters of the valid text before it). */
+function notUtf8(file: string, buf: Buffer): ValidationErrors {
+  const at = firstInvalidUtf8(buf);
+  const before = buf.subarray(0, at);
+  const lineStart = before.lastIndexOf(0x0a) + 1;
+  let line = 1;
+  for (let i = before.indexOf(0x0a); i !== -1; i = before.indexOf(0x0a, i + 1)) line++;
+  const col = [...before.subarray(lineStart).toString('utf8')].length + 1;
+  const hex = buf.subarray(at, at + 4).toString('hex').replace(/(..)/g, '\\x$1');
+  return new ValidationErrors([
+    new BackplaneError('E_YAML', `the file is not UTF-8: invalid byte sequence ${hex}`, {
+      where: { file, line, col },
+      hint: 'save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8); a path or content that needs other bytes cannot be written in a graph; nothing was applied',
+    }),
+  ]);
+}
+
+/** Offset of the first byte that does not start (or continue) a valid UTF-8 sequence. Only called on bad input. */
+function firstInvalidUtf8(buf: Buffer): number {
+  let i = 0;
+  while (i < buf.length) {
+    const b = buf[i] ?? 0;
+    const n = b < 0x80 ? 1 : b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3 : b >= 0xf0 && b <= 0xf4 ? 4 : 0;
+    if (n === 0 || i + n > buf.length || !isUtf8(buf.subarray(i, i + n))) return i;
+    i += n;
+  }
+  return i;
+}
+
+/**
+ * Refuses data whose aliases (shared references) expand past MAX_ALIAS_EXPANSION values, or that nests deeper
+ * than MAX_DEPTH once expanded (an alias inside an anchor inside an alias... nests deeper than any one place in the
+ * text; a TypeScript graph can return an object that contains itself). Sizes are memoised per object, so this costs
+ * one pass over what is written, however much it would expand to.
+ */
+export function checkExpansion(data: unknown, locate: (path: readonly PropertyKey[]) => SourceLocation): void {
+  const memo = new Map<object, { size: number; height: number }>();
+  // Capped: an alias bomb's real size does not fit a double exactly and does not need to.
+  const cap = Number.MAX_SAFE_INTEGER / 2;
+  const tooDeep = (path: readonly PropertyKey[]): ValidationErrors =>
+    new ValidationErrors([
+      new BackplaneError('E_LIMIT', `nested more than ${MAX_DEPTH} levels deep (counting what aliases copy in), or a value that contains itself`, {
+        where: locate(path),
+        hint: 'flatten the data; nothing was applied',
+      }),
+    ]);
+  const visit = (v: unknown, path: readonly PropertyKey[]): { size: number; height: number } => {
+    if (v === null || typeof v !== 'object') return { size: 1, height: 0 };
+    const known = memo.get(v);
+    if (known !== undefined) return known;
+    // Also what stops a cycle: a value that contains itself is never memoised before it recurses into itself.
+    if (path.length > MAX_DEPTH) throw tooDeep(path.slice(0, MAX_DEPTH));
+    let size = 1;
+    let height = 0;
+    for (const [k, c] of children(v)) {
+      const r = visit(c, [...path, k]);
+      size = Math.min(cap, size + r.size);
+      height = Math.max(height, r.height + 1);
+    }
+    const r = { size, height };
+    memo.set(v, r);
+    return r;
+  };
+  const root = visit(data, []);
+  /** The path to the first child, at each level, for which `bad` still holds: the smallest value at fault. */
+  const descend = (bad: (c: { size: number; height: number }) => boolean): PropertyKey[] => {
+    const path: PropertyKey[] = [];
+    let cur: unknown = data;
+    for (;;) {
+      if (cur === null || typeof cur !== 'object') return path;
+      const next = children(cur).find(([, c]) => c !== null && typeof c === 'object' && bad(memo.get(c) ?? { size: 0, height: 0 }));
+      if (next === undefined) return path;
+      path.push(next[0]);
+      cur = next[1];
+    }
+  };
+  if (root.height > MAX_DEPTH) {
+    // Follow the deepest branch: in YAML that ends at the alias that copies the depth in.
+    const path: PropertyKey[] = [];
+    let cur: unknown = data;
+    while (cur !== null && typeof cur === 'object' && path.length < MAX_DEPTH) {
+      let best: [PropertyKey, unknown] | undefined;
+      let bestHeight = -1;
+      for (const e of children(cur)) {
+        const h = e[1] !== null && typeof e[1] === 'object' ? (memo.get(e[1])?.height ?? 0) : -1;
+        if (h > bestHeight) [best, bestHeight] = [e, h];
+      }
+      if (best === undefined) break;
+      path.push(best[0]);
+      cur = best[1];
+    }
+    throw tooDeep(path);
+  }
+  const written = memo.size;
+  if (root.size - written <= MAX_ALIAS_EXPANSION) return;
+  throw new ValidationErrors([
+    new BackplaneError('E_LIMIT', `aliases expand this value to ${root.size >= cap ? 'more than 10^15' : root.size.toLocaleString('en-US')} values, more than the limit of ${MAX_ALIAS_EXPANSION.toLocaleString('en-US')} beyond what is written`, {
+      where: locate(descend((c) => c.size > MAX_ALIAS_EXPANSION)),
+      hint: 'an alias (*name) copies its anchor everywhere it is used, and nesting aliases multiplies; write the data out or share less; nothing was applied',
+    }),
+  ]);
+}
+
+function children(v: object): [PropertyKey, unknown][] {
+  return Array.isArray(v) ? v.map((c: unknown, i) => [i, c]) : Object.entries(v);
+}
