@@ -128,7 +128,11 @@ export class Engine implements WorkerHost {
         }
       }
     }
-    for (const w of this.workers.values()) w.wake();
+    // A swap may end a fight (the other writer removed): resources held for oscillating get to run again.
+    for (const w of this.workers.values()) {
+      w.release();
+      w.wake();
+    }
     this.checkSettled();
     return { added, removed, changed, unchanged: next.vertices.size - added.length - changed.length };
   }

@@ -19,6 +19,14 @@ export interface WorkerHost {
 }
 
 const WATCH_RESTART_MAX_MS = 30_000;
+/**
+ * Oscillation: this many changes within the window, each in a run woken by the resource's own watch alone. Two file
+ * resources fighting flipped ~390 times a second here; a person or a deploy tool editing what a resource manages
+ * does not come near 20 times in 2 s.
+ */
+const OSCILLATION_CHANGES = 20;
+const OSCILLATION_WINDOW_MS = 2000;
+const OSCILLATION_HOLD_MS = 60_000;
 
 /**
  * One worker per vertex: it owns the resource's watch and runs its check/apply whenever something marked it dirty
@@ -33,6 +41,12 @@ export class Worker {
   private attempts = 0;
   private runs = 0;
   private changeCount = 0;
+  /** Whether something other than this resource's own watch asked for a run since the last one (oscillation). */
+  private outsideCause = true;
+  /** When recent runs woken by the watch alone changed something: a fight shows as many of them close together. */
+  private watchChanges: number[] = [];
+  /** Held after an oscillation: runs only once the hold ends or the graph is swapped (release()). */
+  private holdTimer: NodeJS.Timeout | undefined;
   private lastError: string | undefined;
   private blockedBy: Vertex['id'] | undefined;
   private noopResult: CheckResult | undefined;
@@ -71,16 +85,56 @@ export class Worker {
   }
 
   /** Something changed that this vertex must re-check (refresh: a notify edge fired). */
-  poke(refresh: boolean, reason?: string): void {
+  poke(refresh: boolean, reason?: string, fromWatch = false): void {
     if (this.ac.signal.aborted) return;
     if (reason !== undefined) this.log.debug(`event: ${reason}`);
     this.dirty = true;
     if (refresh) this.refresh = true;
+    if (!fromWatch) this.outsideCause = true;
+    // Held after an oscillation: the event is remembered (dirty) for when the hold ends, and changes nothing now.
+    if (this.holdTimer !== undefined) return;
     // A failed resource gets a fresh set of retries when the world changes: the event may be the fix.
     if (this.state === 'failed') this.attempts = 0;
     // Become active synchronously, so the engine never sees a settled graph between a change and its re-run.
     if (this.state === 'converged' || this.state === 'failed' || this.state === 'blocked') this.setState('pending');
     this.wake();
+  }
+
+  /** Ends an oscillation hold (the graph was swapped: the fight may be over): a run follows if one is owed. */
+  release(): void {
+    if (this.holdTimer === undefined) return;
+    clearTimeout(this.holdTimer);
+    this.holdTimer = undefined;
+    this.watchChanges = [];
+    this.outsideCause = true;
+    if (this.dirty) this.poke(false, 'oscillation hold ended');
+  }
+
+  /**
+   * Two writers of one thing (another program, or a resource this graph cannot see overlapping) make a resource
+   * change, see its watch fire, change it back, forever. Counted are only changes made in runs its own watch alone
+   * woke: a dependency, a notify, a poll or a graph swap is an outside reason to run. Too many of those in a short
+   * time is reported and the resource held (failed) instead of spinning; a graph swap or the hold's end lets it run.
+   */
+  private oscillating(): boolean {
+    const now = Date.now();
+    this.watchChanges = this.watchChanges.filter((t) => now - t < OSCILLATION_WINDOW_MS);
+    this.watchChanges.push(now);
+    if (this.watchChanges.length < OSCILLATION_CHANGES) return false;
+    const n = this.watchChanges.length;
+    this.watchChanges = [];
+    this.lastError = new BackplaneError(
+      'E_OSCILLATION',
+      `oscillating: changed ${n} times in ${OSCILLATION_WINDOW_MS / 1000}s on nothing but its own watch events; something else keeps changing what it manages`,
+      {
+        hint: `find the other writer (another program, or a resource managing the same thing); held for ${OSCILLATION_HOLD_MS / 1000}s or until the graph changes`,
+      },
+    ).format();
+    this.log.error(this.lastError);
+    this.holdTimer = setTimeout(() => this.release(), OSCILLATION_HOLD_MS);
+    this.holdTimer.unref();
+    this.setState('failed');
+    return true;
   }
 
   /** Re-evaluate (a neighbour's state changed). */
@@ -133,8 +187,8 @@ export class Worker {
   private async runLoop(): Promise<void> {
     const signal = this.ac.signal;
     while (!signal.aborted) {
-      if (!this.dirty || !this.watchReady) {
-        if (this.dirty && this.state !== 'pending') this.setState('pending');
+      if (!this.dirty || !this.watchReady || this.holdTimer !== undefined) {
+        if (this.dirty && this.holdTimer === undefined && this.state !== 'pending') this.setState('pending');
         await this.sleepUntilWoken();
         continue;
       }
@@ -169,6 +223,8 @@ export class Worker {
 
   private async runOnce(signal: AbortSignal): Promise<void> {
     this.dirty = false;
+    const watchOnly = !this.outsideCause;
+    this.outsideCause = false;
     const refresh = this.refresh;
     this.refresh = false;
     this.setState('running');
@@ -196,6 +252,7 @@ export class Worker {
       this.log.debug(`checked in ${formatDuration(performance.now() - started)}`, { converged: result.converged });
       // Tell dependents before settling, so the engine never observes a settled graph with work still owed.
       if (!result.converged && apply) this.host.propagateChange(this);
+      if (!result.converged && apply && watchOnly && this.oscillating()) return;
       // An event that arrived during the run owes another run: stay active so nobody sees a false settle.
       this.setState(this.dirty ? 'pending' : 'converged');
     } catch (err) {
@@ -254,7 +311,7 @@ export class Worker {
         await this.resource.watch({
           signal,
           ready: () => this.markReady(),
-          changed: (reason) => this.poke(false, reason),
+          changed: (reason) => this.poke(false, reason, true),
           log: this.resLog,
         });
         if (signal.aborted) return;
