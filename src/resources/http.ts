@@ -130,7 +130,7 @@ function createHttp(id: ResourceId, p: HttpParams): Resource {
       const status = `${res.status}${res.statusText === '' ? '' : ` ${res.statusText}`}`;
       if (!ranges.some(([lo, hi]) => res.status >= lo && res.status <= hi)) {
         await res.body?.cancel().catch(() => undefined);
-        return { up: false, detail: `${what} answered ${status} (expected ${expected})` };
+        return { up: false, detail: `${what} answered ${status} (expected ${expected})`, hint: ANSWERED_HINT('status') };
       }
       if (!readBody) {
         // Not reading the body would keep the connection busy until the server gives up on it.
@@ -139,9 +139,9 @@ function createHttp(id: ResourceId, p: HttpParams): Resource {
       }
       const text = await bodyPrefix(res);
       if (p.body !== undefined && !text.includes(p.body))
-        return { up: false, detail: `${what} answered ${status}, but the body does not contain ${quote(p.body)} (it starts ${quote(text)})` };
+        return { up: false, detail: `${what} answered ${status}, but the body does not contain ${quote(p.body)} (it starts ${quote(text)})`, hint: ANSWERED_HINT('body') };
       if (re !== undefined && !re.test(text))
-        return { up: false, detail: `${what} answered ${status}, but the body does not match /${p.bodyMatch ?? ''}/ (it starts ${quote(text)})` };
+        return { up: false, detail: `${what} answered ${status}, but the body does not match /${p.bodyMatch ?? ''}/ (it starts ${quote(text)})`, hint: ANSWERED_HINT('bodyMatch') };
       return { up: true, detail: `${what} answered ${status} with the expected body` };
     } catch (err) {
       if (signal.aborted) throw aborted(id);
@@ -159,6 +159,13 @@ function createHttp(id: ResourceId, p: HttpParams): Resource {
     noopSkip: SAFE_METHODS.has(p.method) ? undefined : `would send ${what} (not sent in noop mode: ${p.method} may change something)`,
   });
 }
+
+/**
+ * The server is up and answering, just not as this check expects: "start the service" would send the reader the
+ * wrong way (the service runs); what differs is what it serves, or what the check asks for.
+ */
+const ANSWERED_HINT = (param: 'status' | 'body' | 'bodyMatch'): string =>
+  `the server runs and answers, but serves something else: fix what it serves, or change this check's ${param} to what it should serve`;
 
 /** Up to MAX_BODY_BYTES of the body as text; the rest is not downloaded. */
 async function bodyPrefix(res: Response): Promise<string> {

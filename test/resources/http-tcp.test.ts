@@ -183,6 +183,8 @@ describe('http', () => {
     const err = await rejection(check(http({ url: `http://127.0.0.1:${s.port}/` })));
     assert.equal(err.message, `GET http://127.0.0.1:${s.port}/ answered 503 Service Unavailable (expected 200)`);
     assert.equal(err.retryable, true);
+    // It answers, so "start the service" would be the wrong advice.
+    assert.equal(err.hint, "the server runs and answers, but serves something else: fix what it serves, or change this check's status to what it should serve");
   });
 
   test('status accepts classes and lists; redirects are followed unless told not to', async () => {
@@ -210,8 +212,11 @@ describe('http', () => {
     assert.equal((await check(http({ url, bodyMatch: '"nodes":[1-9]' }))).converged, true);
     const e1 = await rejection(check(http({ url, body: '"red"' })));
     assert.equal(e1.message, `GET ${url} answered 200 OK, but the body does not contain "\\"red\\"" (it starts "{\\"status\\":\\"green\\",\\"nodes\\":3}")`);
+    assert.match(e1.hint ?? '', /runs and answers, but serves something else: .* change this check's body /);
+    assert.doesNotMatch(e1.hint ?? '', /start the service/);
     const e2 = await rejection(check(http({ url, bodyMatch: '^\\[' })));
     assert.match(e2.message, /does not match \/\^\\\[\//);
+    assert.match(e2.hint ?? '', /change this check's bodyMatch /);
     assert.ok(!httpKind.schema.safeParse({ url, bodyMatch: '(' }).success, 'an invalid regex is a schema error');
   });
 
