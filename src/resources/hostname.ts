@@ -29,6 +29,8 @@ export const hostnameKind = defineKind({
       .meta({ description: 'the hostname; defaults to the resource name' }),
   }),
   defaults: (name) => ({ hostname: name }),
+  // Another host's export must not rename this one unless the collect rule says so (see CollectPolicy).
+  collect: { power: { hostname: "this host's name" }, fromName: ['hostname'] },
   create: (id, p) => ({
     async watch({ signal, ready, changed }) {
       // /etc is watched as a directory, because the file itself is replaced by rename (FACTS 9).
