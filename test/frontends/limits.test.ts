@@ -1,0 +1,104 @@
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { ValidationErrors } from '../../src/errors.js';
+import { loadGraphFile } from '../../src/frontends/load.js';
+import { startCli } from '../helpers/cli.js';
+import { withTempDir } from '../helpers/engine.js';
+import { registry } from '../helpers/graph.js';
+
+/** The error text a graph file fails with (and that it fails). */
+async function failure(file: string): Promise<string> {
+  try {
+    await loadGraphFile(file, registry);
+  } catch (err) {
+    assert.ok(err instanceof ValidationErrors, String(err));
+    return err.format();
+  }
+  assert.fail('the graph loaded');
+}
+
+describe('bounded under hostile input', () => {
+  test('an alias bomb in template vars is refused at once, at its line', async () => {
+    await withTempDir(async (dir) => {
+      let text = 'anchors:\n  - &a0 [x, x, x, x, x, x, x, x, x, x]\n';
+      for (let i = 1; i < 9; i++) text += `  - &a${i} [${Array(10).fill(`*a${i - 1}`).join(', ')}]\n`;
+      text += `resources:\n  - kind: template\n    name: ${dir}/out\n    template: "{{ vars.x }}"\n    vars:\n      x: *a8\n`;
+      const file = join(dir, 'bomb.yaml');
+      await writeFile(file, text);
+      const t0 = performance.now();
+      const msg = await failure(file);
+      assert.match(msg, /bomb\.yaml:\d+:\d+: aliases expand this value to [\d,]+ values, more than the limit/);
+      assert.ok(performance.now() - t0 < 5000, `took ${performance.now() - t0} ms`);
+    });
+  });
+
+  test('too deep, too big and not UTF-8 are refused with what to do', async () => {
+    await withTempDir(async (dir) => {
+      const deep = join(dir, 'deep.yaml');
+      await writeFile(deep, `x: ${'['.repeat(3000)}${']'.repeat(3000)}\n`);
+      assert.match(await failure(deep), /deep\.yaml:1:\d+: nested more than 100 levels deep/);
+      const latin1 = join(dir, 'latin1.yaml');
+      await writeFile(latin1, Buffer.from('resources:\n  - kind: file\n    name: /tmp/caf\xe9\n', 'latin1'));
+      assert.match(await failure(latin1), /latin1\.yaml:3:19: the file is not UTF-8: invalid byte sequence \\xe9/);
+      const big = join(dir, 'big.yaml');
+      await writeFile(big, `# ${'x'.repeat(2000)}\nresources: []\n`);
+      process.env['BACKPLANE_MAX_GRAPH_BYTES'] = '1000';
+      try {
+        assert.match(await failure(big), /graph file is 0\.0 MiB \(2017 bytes\), more than the limit[\s\S]*BACKPLANE_MAX_GRAPH_BYTES/);
+      } finally {
+        delete process.env['BACKPLANE_MAX_GRAPH_BYTES'];
+      }
+    });
+  });
+
+  test('strings that cannot be a path are refused at validation', async () => {
+    await withTempDir(async (dir) => {
+      const file = join(dir, 'paths.yaml');
+      await writeFile(
+        file,
+        `resources:\n  - kind: file\n    name: "/tmp/a\\0b"\n  - kind: file\n    name: "/tmp/\\uD800"\n  - kind: file\n    name: /tmp/${'n'.repeat(256)}\n  - kind: file\n    name: ${'/abc'.repeat(1100)}\n  - kind: file\n    name: /tmp/ok\n    type: symlink\n    target: "a\\0"\n`,
+      );
+      const msg = await failure(file);
+      assert.match(msg, /paths\.yaml:2:5: .*must not contain a NUL/);
+      assert.match(msg, /paths\.yaml:4:5: .*lone UTF-16 surrogate/);
+      assert.match(msg, /paths\.yaml:6:5: .*component of 256 bytes.*NAME_MAX/);
+      assert.match(msg, /paths\.yaml:8:5: .*4400 bytes long.*PATH_MAX/);
+      assert.match(msg, /paths\.yaml:13:5: .*"target": must not contain a NUL/);
+    });
+  });
+
+  test('a TypeScript graph that throws fails at its own line, one that loops is stopped by its time limit', async () => {
+    await withTempDir(async (dir) => {
+      const throwing = join(dir, 'throw.mts');
+      await writeFile(throwing, `const n: number = 1;\nexport default () => {\n  if (n === 1) throw new Error('no database');\n  return [];\n};\n`);
+      assert.match(await failure(throwing), /throw\.mts:3:\d+: the graph function threw: no database/);
+      const loop = join(dir, 'loop.mts');
+      await writeFile(loop, `export default () => { for (;;) {} };\n`);
+      process.env['BACKPLANE_MODULE_TIMEOUT_MS'] = '1500';
+      try {
+        assert.match(await failure(loop), /loop\.mts: the graph module did not return within 1\.5s/);
+      } finally {
+        delete process.env['BACKPLANE_MODULE_TIMEOUT_MS'];
+      }
+    });
+  });
+
+  test('SIGTERM stops validate and run while a TypeScript graph is still looping', async () => {
+    await withTempDir(async (dir) => {
+      const loop = join(dir, 'loop.mts');
+      await writeFile(loop, `export default () => { for (;;) {} };\n`);
+      for (const args of [['validate', '-f', loop], ['run', '-f', loop, '--state-dir', join(dir, 'state')]]) {
+        const cli = startCli(args, { timeoutMs: 30_000 });
+        // Give it time to be inside the module's loop (tsx's cold start is slow on a loaded machine).
+        await new Promise((r) => setTimeout(r, 1500));
+        const t0 = performance.now();
+        cli.proc.kill('SIGTERM');
+        const res = await cli.exited;
+        assert.ok(performance.now() - t0 < 3000, `${args[0]} took ${performance.now() - t0} ms after SIGTERM; ${res.stderr}`);
+        assert.match(res.stderr + res.stdout, args[0] === 'validate' ? /SIGTERM: validation stopped/ : /stopped while loading the graph; nothing was applied/);
+      }
+    });
+  });
+});
