@@ -63,12 +63,15 @@ export class BackplaneError extends Error {
     this.retryable = opts.retryable ?? false;
   }
 
-  /** `file:line:col: resource: message (hint)` — the one-line form every CLI error is printed in. */
-  format(): string {
+  /**
+   * `file:line:col: resource: message (hint)` — the one-line form every CLI error is printed in. `about` is the
+   * resource the line is already prefixed with (a resource's log line): its id is then not said twice.
+   */
+  format(about?: string): string {
     const parts: string[] = [];
     const loc = formatLocation(this.where);
     if (loc !== '') parts.push(loc);
-    if (this.resource !== undefined) parts.push(this.resource);
+    if (this.resource !== undefined && this.resource !== about) parts.push(this.resource);
     parts.push(this.message);
     const line = parts.join(': ');
     return this.hint === undefined ? line : `${line}\n  hint: ${this.hint}`;
@@ -88,8 +91,10 @@ export class ValidationErrors extends Error {
   }
 }
 
-export function errorMessage(err: unknown): string {
-  if (err instanceof BackplaneError || err instanceof ValidationErrors) return err.format();
+/** `about`: the resource the message will be printed under, so a BackplaneError about it does not repeat its id. */
+export function errorMessage(err: unknown, about?: string): string {
+  if (err instanceof BackplaneError) return err.format(about);
+  if (err instanceof ValidationErrors) return err.format();
   if (err instanceof Error) return err.message;
   return String(err);
 }

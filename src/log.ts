@@ -36,7 +36,33 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     );
     return new JsonLogger(base);
   }
-  return new HumanLogger(ORDER[level], opts.write ?? ((line) => process.stderr.write(line)), undefined);
+  const paint = opts.write === undefined && useColour(process.stderr) ? COLOURS : NO_COLOURS;
+  return new HumanLogger(ORDER[level], opts.write ?? ((line) => process.stderr.write(line)), undefined, paint);
+}
+
+/**
+ * Colour only for a person at a terminal: never in a pipe, a file or a journal (escape codes there are noise that
+ * breaks grep), and never when NO_COLOR is set to anything (https://no-color.org).
+ */
+export function useColour(stream: { readonly isTTY?: boolean }): boolean {
+  const no = process.env['NO_COLOR'];
+  return stream.isTTY === true && (no === undefined || no === '');
+}
+
+interface Paint {
+  readonly dim: (s: string) => string;
+  readonly bold: (s: string) => string;
+  readonly level: Partial<Record<LogLevel, (s: string) => string>>;
+}
+
+const sgr = (code: string) => (s: string): string => `\x1b[${code}m${s}\x1b[0m`;
+const COLOURS: Paint = { dim: sgr('2'), bold: sgr('1'), level: { warn: sgr('33'), error: sgr('31') } };
+const plain = (s: string): string => s;
+const NO_COLOURS: Paint = { dim: plain, bold: plain, level: {} };
+
+/** `error:` in red on a terminal, for errors the CLI prints itself. */
+export function errorLabel(stream: { readonly isTTY?: boolean }): string {
+  return useColour(stream) ? COLOURS.level.error?.('error:') ?? 'error:' : 'error:';
 }
 
 class HumanLogger implements Logger {
@@ -44,15 +70,17 @@ class HumanLogger implements Logger {
     private readonly min: number,
     private readonly write: (line: string) => void,
     private readonly resource: string | undefined,
+    private readonly paint: Paint,
   ) {}
   private emit(lvl: LogLevel, msg: string, fields: Fields | undefined): void {
     if (ORDER[lvl] < this.min) return;
     const t = new Date();
     const ts = `${pad(t.getHours())}:${pad(t.getMinutes())}:${pad(t.getSeconds())}.${String(t.getMilliseconds()).padStart(3, '0')}`;
-    const tag = lvl === 'info' ? '' : `${lvl.toUpperCase()} `;
-    const who = this.resource === undefined ? '' : `${this.resource}: `;
+    const p = this.paint;
+    const tag = lvl === 'info' ? '' : `${(p.level[lvl] ?? plain)(lvl.toUpperCase())} `;
+    const who = this.resource === undefined ? '' : `${p.bold(this.resource)}: `;
     const extra = fields === undefined ? '' : formatFields(fields);
-    this.write(`${ts} ${tag}${who}${msg}${extra}\n`);
+    this.write(`${p.dim(ts)} ${tag}${who}${msg}${extra}\n`);
   }
   debug(msg: string, f?: Fields): void {
     this.emit('debug', msg, f);
@@ -67,7 +95,7 @@ class HumanLogger implements Logger {
     this.emit('error', msg, f);
   }
   forResource(id: string): Logger {
-    return new HumanLogger(this.min, this.write, id);
+    return new HumanLogger(this.min, this.write, id, this.paint);
   }
 }
 

@@ -30,7 +30,10 @@ export interface AgentOptions {
   readonly log: Logger;
   readonly noop?: boolean;
   readonly parallel?: number;
-  /** Seconds of settled quiet after which the agent finishes; -1 runs until stopped. */
+  /**
+   * Seconds of quiet after which the agent finishes; -1 runs until stopped. Quiet: the graph is settled and nothing
+   * has changed, newly failed or been swapped in since it settled. Ignored in noop mode, which checks once and ends.
+   */
   readonly convergedTimeout?: number;
   /** Where to keep a Graphviz picture of the graph and its states up to date. */
   readonly graphviz?: string | undefined;
@@ -46,17 +49,23 @@ export interface AgentOptions {
 export interface AgentResult {
   readonly reason: 'converged' | 'stopped';
   readonly summary: ConvergeSummary;
+  /** noop mode: resources a notify edge would refresh if the changes were made, each with the resource notifying it. */
+  readonly wouldRefresh: readonly { readonly id: ResourceId; readonly by: ResourceId }[];
 }
 
 /**
  * `backplane run`: load the graph, hand it to the engine, swap in edits of the graph file, and finish once
- * converged and quiet for --converged-timeout seconds. Throws ValidationErrors before touching anything when the
+ * converged and quiet for --converged-timeout seconds (in noop mode: once everything has been checked). Throws ValidationErrors before touching anything when the
  * first graph is invalid; later broken edits are reported and the running graph is kept.
  */
 export class Agent {
   readonly engine: Engine;
   private readonly ac = new AbortController();
   private quietTimer: NodeJS.Timeout | undefined;
+  /** When the graph last settled with nothing happening since; undefined while there is news to wait out. */
+  private quietSince: number | undefined;
+  /** Each vertex's last settled state: a vertex that settles as it was before (a poll found all well) is no news. */
+  private readonly settledAs = new Map<ResourceId, string>();
   private finish: ((r: AgentResult) => void) | undefined;
   private dotTimer: NodeJS.Timeout | undefined;
   private reloadTimer: NodeJS.Timeout | undefined;
@@ -102,29 +111,49 @@ export class Agent {
     });
     if (graph === undefined) {
       this.opts.log.info('stopped while loading the graph; nothing was applied');
-      return { reason: 'stopped', summary: this.engine.summary() };
+      return { reason: 'stopped', summary: this.engine.summary(), wouldRefresh: [] };
     }
     const started = performance.now();
     const done = new Promise<AgentResult>((resolve) => (this.finish = resolve));
-    const timeout = this.opts.convergedTimeout ?? -1;
+    const noop = this.opts.noop === true;
     let firstSettle = true;
     this.engine.onSettledChange((settled) => {
-      if (this.quietTimer !== undefined) clearTimeout(this.quietTimer);
-      this.quietTimer = undefined;
-      if (!settled) return;
-      if (firstSettle) {
+      if (settled && firstSettle) {
         firstSettle = false;
         const s = this.engine.summary();
-        // Stopping settles the graph too; "converged: 0 of N" would read as success.
-        if (this.ac.signal.aborted) this.opts.log.info(`stopped before converging: ${s.converged} of ${this.engine.currentGraph()?.vertices.size ?? graph.vertices.size} resources converged`);
-        else this.opts.log.info(
-          `${s.ok ? 'converged' : 'settled with problems'}: ${s.converged} of ${this.engine.currentGraph()?.vertices.size ?? graph.vertices.size} resources in ${Math.round(performance.now() - started)}ms` +
-            (s.failed.length > 0 ? `, ${s.failed.length} failed` : '') +
-            (s.blocked.length > 0 ? `, ${s.blocked.length} blocked` : ''),
-        );
+        const n = this.engine.currentGraph()?.vertices.size ?? graph.vertices.size;
+        const ms = Math.round(performance.now() - started);
+        if (noop) {
+          // "converged" would be a lie about resources noop only looked at; the summary says what would change.
+          this.opts.log.info(`checked ${n} resources in ${ms}ms`);
+        } else if (this.ac.signal.aborted) {
+          // Stopping settles the graph too; "converged: 0 of N" would read as success.
+          this.opts.log.info(`stopped before converging: ${s.converged} of ${n} resources converged in ${ms}ms`);
+        } else {
+          this.opts.log.info(
+            `${s.ok ? 'converged' : 'settled with problems'}: ${s.converged} of ${n} resources in ${ms}ms` +
+              (s.failed.length > 0 ? `, ${s.failed.length} failed` : '') +
+              (s.blocked.length > 0 ? `, ${s.blocked.length} blocked` : ''),
+          );
+        }
       }
-      if (timeout < 0) return;
-      this.quietTimer = setTimeout(() => this.complete('converged'), timeout * 1000);
+      // noop checks once: nothing it finds will be fixed, so waiting longer could only repeat the same answer.
+      if (settled && noop) {
+        this.quietTimer ??= setTimeout(() => this.complete('converged'), 0);
+        return;
+      }
+      this.considerQuiet();
+    });
+    // What breaks the quiet: a change made, a vertex settling differently than before (newly failed, blocked or
+    // repaired), a graph swap. A re-check that finds everything in place (a poll tick, a spurious watch event) does not,
+    // or a resource polling more often than the timeout would keep the agent up for ever.
+    this.engine.onChange(() => this.news());
+    this.engine.onState(({ id, state }) => {
+      // retrying is active (the graph is not settled meanwhile); what counts is how the vertex settles after it.
+      if (state === 'pending' || state === 'running' || state === 'retrying' || state === 'stopped') return;
+      if (this.settledAs.get(id) === state) return;
+      this.settledAs.set(id, state);
+      this.news();
     });
     if (this.opts.graphviz !== undefined) this.engine.onState(() => this.scheduleDot());
     this.warn(graph);
@@ -136,6 +165,32 @@ export class Agent {
     }
     this.scheduleDot();
     return done;
+  }
+
+  /** Something happened: the quiet time starts again from the next time the graph is settled. */
+  private news(): void {
+    this.quietSince = undefined;
+    this.considerQuiet();
+  }
+
+  /**
+   * Finishes once the graph has been quiet for --converged-timeout. The clock is not stopped while a check runs (the
+   * graph is unsettled during a poll's re-check): the agent finishes at the first settled moment after the time is up.
+   */
+  private considerQuiet(): void {
+    const timeout = this.opts.convergedTimeout ?? -1;
+    if (timeout < 0 || this.opts.noop === true || this.finish === undefined) return;
+    if (this.quietTimer !== undefined) clearTimeout(this.quietTimer);
+    this.quietTimer = undefined;
+    if (!this.engine.settled) return;
+    const now = performance.now();
+    this.quietSince ??= now;
+    const left = this.quietSince + timeout * 1000 - now;
+    this.quietTimer = setTimeout(() => {
+      this.quietTimer = undefined;
+      if (left <= 0) this.complete('converged');
+      else this.considerQuiet();
+    }, Math.max(0, left));
   }
 
   /** Stops watching and working; in-flight applies are aborted. Resolves the run() promise. */
@@ -153,7 +208,31 @@ export class Agent {
     if (this.reloadTimer !== undefined) clearTimeout(this.reloadTimer);
     this.ac.abort();
     const summary = this.engine.summary();
-    finish({ reason, summary });
+    finish({ reason, summary, wouldRefresh: this.opts.noop === true ? this.wouldRefresh(summary) : [] });
+  }
+
+  /**
+   * noop cannot run a notify target (it changes nothing, so nothing notifies), but the operator needs to know that
+   * applying these changes would also restart a service or re-run a command: every resource reachable over notify
+   * edges from one that would change (a refreshed resource changes in turn, so its own notify edges count too).
+   */
+  private wouldRefresh(summary: ConvergeSummary): { id: ResourceId; by: ResourceId }[] {
+    const g = this.engine.currentGraph();
+    if (g === undefined) return [];
+    const out: { id: ResourceId; by: ResourceId }[] = [];
+    const seen = new Set<ResourceId>(summary.wouldChange.map((s) => s.id));
+    const queue = [...seen];
+    for (let i = 0; i < queue.length; i++) {
+      const from = queue[i];
+      if (from === undefined) continue;
+      for (const e of g.dependents(from)) {
+        if (!e.notify || seen.has(e.to)) continue;
+        seen.add(e.to);
+        out.push({ id: e.to, by: from });
+        queue.push(e.to);
+      }
+    }
+    return out;
   }
 
   /** Release everything: call after run() resolved. */
@@ -240,6 +319,7 @@ export class Agent {
     this.source.publish(next);
     if (cur !== undefined && sameGraph(cur, next)) return;
     const s: SwapSummary = await this.engine.setGraph(next);
+    this.news();
     this.opts.log.info(`graph swapped: ${s.added.length} added, ${s.removed.length} removed, ${s.changed.length} changed, ${s.unchanged} unchanged`);
   }
 

@@ -58,6 +58,7 @@ export function splitUrls(v: string | undefined): string[] {
  */
 export function etcdConnection(flags: EtcdFlags, env: NodeJS.ProcessEnv = process.env): EtcdConnection | undefined {
   const endpoints = splitUrls(flags.etcd);
+  for (const u of endpoints) checkEtcdUrl(u);
   const security: [string, string | undefined][] = [
     ['--etcd-ca', flags.etcdCa],
     ['--etcd-cert', flags.etcdCert],
@@ -90,6 +91,32 @@ export function etcdConnection(flags: EtcdFlags, env: NodeJS.ProcessEnv = proces
     ...(tlsGiven ? { tls } : {}),
     ...(auth === undefined ? {} : { auth }),
   };
+}
+
+/**
+ * `--etcd not-a-url` would otherwise get as far as the cluster's trust files or the first connection attempt and fail
+ * there with an error about something else entirely.
+ */
+function checkEtcdUrl(u: string): void {
+  let url: URL | undefined;
+  try {
+    url = new URL(u);
+  } catch {
+    url = undefined;
+  }
+  const ok =
+    url !== undefined &&
+    (url.protocol === 'http:' || url.protocol === 'https:') &&
+    url.hostname !== '' &&
+    url.pathname === '/' &&
+    url.search === '' &&
+    url.hash === '' &&
+    url.username === '';
+  if (!ok) {
+    throw new BackplaneError('E_USAGE', `--etcd "${u}" is not an etcd client URL`, {
+      hint: 'give http://host:port or https://host:port (comma-separated for several members), e.g. --etcd http://127.0.0.1:2379',
+    });
+  }
 }
 
 function etcdAuth(flags: EtcdFlags, env: NodeJS.ProcessEnv): EtcdAuthOptions | undefined {

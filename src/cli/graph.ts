@@ -3,19 +3,20 @@ import { loadGraphFile } from '../frontends/load.js';
 import { toDot } from '../graph/dot.js';
 import { createRegistry } from '../resources/registry.js';
 import { BackplaneError } from '../errors.js';
-import { EXIT, reportError } from './common.js';
+import { EXIT, graphFileArg, reportError } from './common.js';
 
 export function registerGraph(program: Command): void {
   program
     .command('graph')
     .description('print a graph file as Graphviz dot or JSON (in dependency order), without touching the machine')
-    .requiredOption('-f, --file <path>', 'graph file (YAML)')
+    .argument('[file]', 'graph file (YAML), or give it with -f')
+    .option('-f, --file <path>', 'graph file (YAML)')
     .option('--format <format>', 'dot or json', 'dot')
-    .action(async (opts: { file: string; format: string }) => {
+    .action(async (fileArg: string | undefined, opts: { file?: string; format: string }) => {
       try {
         if (opts.format !== 'dot' && opts.format !== 'json')
           throw new BackplaneError('E_USAGE', `unknown format "${opts.format}"`, { hint: 'use --format dot or --format json' });
-        const g = await loadGraphFile(opts.file, createRegistry());
+        const g = await loadGraphFile(graphFileArg(fileArg, opts.file), createRegistry());
         if (opts.format === 'dot') {
           process.stdout.write(toDot(g));
         } else {

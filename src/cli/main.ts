@@ -10,6 +10,13 @@ import { registerSchema } from './schema.js';
 import { registerValidate } from './validate.js';
 
 
+// `backplane schema | head -1`: the reader has what it wanted and closed the pipe. Writing more fails with EPIPE,
+// which is no error of ours: exit quietly instead of printing a stack trace.
+process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+  if (err.code === 'EPIPE') process.exit(EXIT.ok);
+  throw err;
+});
+
 const program = new Command()
   .name('backplane')
   .description('Parallel, event-driven configuration management: apply a resource graph and keep it converged.')

@@ -1,12 +1,11 @@
 import type { Command } from 'commander';
 import { readFile } from 'node:fs/promises';
-import { Agent } from '../agent/agent.js';
+import { Agent, type AgentResult } from '../agent/agent.js';
 import { parseLabels } from '../agent/graph-source.js';
-import type { ConvergeSummary } from '../engine/state.js';
 import { BackplaneError } from '../errors.js';
 import { createLogger, type LogFormat, type LogLevel, type Logger } from '../log.js';
 import { parseDuration } from '../util/duration.js';
-import { EXIT, parseIntOption, reportError } from './common.js';
+import { EXIT, checkWritableFile, parseIntOption, parseSecondsOption, reportError } from './common.js';
 import { addStoreFlags, etcdConnection, type EtcdConnection, type EtcdFlags } from './etcd-flags.js';
 
 export { splitUrls } from './etcd-flags.js';
@@ -36,10 +35,10 @@ export function registerRun(program: Command): void {
   addStoreFlags(program.command('run'), 'join a cluster through these etcd client URLs (comma-separated); default: embedded store')
     .description('apply a graph and keep it converged, repairing drift as it happens')
     .requiredOption('-f, --file <path>', 'graph file (YAML)')
-    .option('--converged-timeout <seconds>', 'exit once everything is converged and quiet this long; -1 = run until stopped', parseIntOption('--converged-timeout'), -1)
-    .option('--noop', 'check everything, change nothing, print what would change')
+    .option('--converged-timeout <duration>', 'exit once everything is converged and quiet this long (30s, 500ms, or seconds); -1 = run until stopped', parseSecondsOption('--converged-timeout', 'runs until stopped'), -1)
+    .option('--noop', `check everything once, change nothing, print what would change; exit ${EXIT.changesPending} if anything would`)
     .option('--graphviz <file>', 'keep a Graphviz dot file of the graph and each resource state up to date')
-    .option('--parallel <n>', 'at most n resources checked/applied at once; 0 = no limit', parseIntOption('--parallel'), 0)
+    .option('--parallel <n>', 'at most n resources checked/applied at once; 0 = no limit', parseIntOption('--parallel', 0), 0)
     .option('--log-format <format>', 'human or json', 'human')
     .option('--log-level <level>', 'debug, info, warn or error', 'info')
     .option('--no-watch-graph', 'do not reload the graph file when it changes')
@@ -69,6 +68,7 @@ async function runCommand(flags: RunFlags): Promise<number> {
   try {
     labels = parseLabels(flags.label);
     etcd = etcdConnection(flags);
+    if (flags.graphviz !== undefined) checkWritableFile('--graphviz', flags.graphviz);
     if (leaseTtlMs === undefined || leaseTtlMs < 1000)
       throw new BackplaneError('E_USAGE', `--lease-ttl "${flags.leaseTtl}" is not a duration of at least 1s`, { hint: 'e.g. --lease-ttl 5s' });
   } catch (err) {
@@ -123,9 +123,10 @@ async function runCommand(flags: RunFlags): Promise<number> {
   try {
     const result = await agent.run();
     await agent.close();
-    printSummary(result.summary, flags.noop === true, log);
+    printSummary(result, flags.noop === true, log);
     if (result.reason === 'stopped') return EXIT.ok;
-    return result.summary.ok ? EXIT.ok : EXIT.failed;
+    if (!result.summary.ok) return EXIT.failed;
+    return flags.noop === true && result.summary.wouldChange.length > 0 ? EXIT.changesPending : EXIT.ok;
   } catch (err) {
     await agent.close().catch(() => undefined);
     return reportError(err);
@@ -135,10 +136,15 @@ async function runCommand(flags: RunFlags): Promise<number> {
   }
 }
 
-function printSummary(s: ConvergeSummary, noop: boolean, log: Logger): void {
+function printSummary(result: AgentResult, noop: boolean, log: Logger): void {
+  const s = result.summary;
   for (const f of s.failed) log.error(`${f.id} failed: ${f.error ?? 'unknown error'}`);
   for (const b of s.blocked) log.error(`${b.id} not applied: it depends on ${b.blockedBy ?? 'a resource'} which did not converge`);
-  if (noop) log.info(`noop: ${s.wouldChange.length} resource${s.wouldChange.length === 1 ? '' : 's'} would change`);
+  if (noop) {
+    const n = s.wouldChange.length;
+    log.info(`noop: ${n} resource${n === 1 ? '' : 's'} would change${n === 0 ? '' : `: ${s.wouldChange.map((w) => w.id).join(', ')}`}`);
+    for (const r of result.wouldRefresh) log.info(`noop: ${r.id} would be refreshed (notified by ${r.by})`);
+  }
   if (!s.ok) log.error(`${s.failed.length} failed, ${s.blocked.length} blocked, ${s.converged} converged`);
 }
 

@@ -1,14 +1,15 @@
 import type { Command } from 'commander';
 import { loadGraphFile } from '../frontends/load.js';
 import { createRegistry } from '../resources/registry.js';
-import { EXIT, reportError } from './common.js';
+import { EXIT, graphFileArg, reportError } from './common.js';
 
 export function registerValidate(program: Command): void {
   program
     .command('validate')
     .description('check a graph file (syntax, kinds, parameters, references, cycles) without touching the machine')
-    .requiredOption('-f, --file <path>', 'graph file (YAML)')
-    .action(async (opts: { file: string }) => {
+    .argument('[file]', 'graph file (YAML), or give it with -f')
+    .option('-f, --file <path>', 'graph file (YAML)')
+    .action(async (fileArg: string | undefined, opts: { file?: string }) => {
       // validate changes nothing, so a signal can end it at once, whatever it is reading or evaluating.
       const onSignal = (sig: NodeJS.Signals): void => {
         process.stderr.write(`${sig}: validation stopped\n`);
@@ -17,7 +18,7 @@ export function registerValidate(program: Command): void {
       process.on('SIGINT', onSignal);
       process.on('SIGTERM', onSignal);
       try {
-        const g = await loadGraphFile(opts.file, createRegistry());
+        const g = await loadGraphFile(graphFileArg(fileArg, opts.file), createRegistry());
         for (const w of g.warnings) process.stderr.write(`warning: ${w.format()}\n`);
         const warned = g.warnings.length === 0 ? '' : `, ${g.warnings.length} warning${g.warnings.length === 1 ? '' : 's'}`;
         process.stdout.write(`ok: ${g.vertices.size} resources, ${g.edges.length} edges${warned}\n`);

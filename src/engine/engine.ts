@@ -50,6 +50,7 @@ export class Engine implements WorkerHost {
   private active = 0;
   private readonly listeners = new Set<EngineListener>();
   private readonly settleListeners = new Set<(settled: boolean) => void>();
+  private readonly changeListeners = new Set<(id: ResourceId) => void>();
   private wasSettled = false;
   /** Swaps are serialized: a second edit waits for the first to finish swapping. */
   private swapping: Promise<unknown> = Promise.resolve();
@@ -145,7 +146,7 @@ export class Engine implements WorkerHost {
       if (kind === undefined) throw new BackplaneError('E_UNKNOWN_KIND', `unknown kind ${v.kind}`);
       resource = kind.create(v.id, v.params, this.world);
     } catch (err) {
-      const message = errorMessage(err);
+      const message = errorMessage(err, v.id);
       resource = { checkApply: () => Promise.reject(new BackplaneError('E_APPLY', `could not be created: ${message}`, { resource: v.id })) };
     }
     const w = new Worker(v, resource, this, log, this.root.signal);
@@ -202,6 +203,7 @@ export class Engine implements WorkerHost {
   }
 
   propagateChange(w: Worker): void {
+    for (const l of this.changeListeners) l(w.id);
     for (const e of this.graph?.dependents(w.id) ?? []) this.workers.get(e.to)?.poke(e.notify, `${w.id} changed`);
   }
 
@@ -228,6 +230,12 @@ export class Engine implements WorkerHost {
   onSettledChange(l: (settled: boolean) => void): () => void {
     this.settleListeners.add(l);
     return () => this.settleListeners.delete(l);
+  }
+
+  /** Called each time a resource changed something (not in noop mode): a check that found all in place is quiet. */
+  onChange(l: (id: ResourceId) => void): () => void {
+    this.changeListeners.add(l);
+    return () => this.changeListeners.delete(l);
   }
 
   currentGraph(): Graph | undefined {

@@ -259,7 +259,8 @@ export class Worker {
       if (signal.aborted) return;
       this.runs++;
       this.attempts++;
-      this.lastError = errorMessage(err);
+      // Printed under this resource's id (its log lines, the run summary): the message need not name it again.
+      this.lastError = errorMessage(err, this.id);
       const { retry, delay } = this.vertex.meta;
       if (retry === -1 || this.attempts <= retry) {
         this.setState('retrying');

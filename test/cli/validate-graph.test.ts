@@ -207,10 +207,10 @@ collect:
     assert.ok(r.stderr.startsWith(`${path}:2:5: unknown resource kind "nop"`), r.stderr);
   });
 
-  test('no --file: exit 2 with usage help', async () => {
+  test('no file: exit 2, saying how to give one', async () => {
     const r = await cli('validate');
     assert.equal(r.code, 2);
-    assert.match(r.stderr, /required option '-f, --file <path>' not specified/);
+    assert.match(r.stderr, /no graph file given\n {2}hint: pass it as an argument \(FILE\) or with -f FILE/);
   });
 });
 
