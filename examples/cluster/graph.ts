@@ -8,7 +8,7 @@
  */
 import type { GraphFn } from '../../src/api.js';
 
-const root = process.env['BACKPLANE_DEMO_ROOT'] ?? '/tmp/backplane-demo';
+const root = process.env['BACKPLANE_DEMO_ROOT'] ?? '/tmp/backplane-cluster-demo';
 const banner = 'hello';
 
 const graph: GraphFn = ({ host, facts, collected }) => {

@@ -10,7 +10,15 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 REPO=$PWD
 
-export BACKPLANE_DEMO_ROOT="${BACKPLANE_DEMO_ROOT:-/tmp/backplane-demo}"
+# Not /tmp/backplane-demo: that is the quick start's (examples/demo.yaml), and this script removes its root at the end.
+export BACKPLANE_DEMO_ROOT="${BACKPLANE_DEMO_ROOT:-/tmp/backplane-cluster-demo}"
+# The root is removed at the end, so it must be one this script made: a marker file says so.
+MARKER=.backplane-cluster-demo
+if [ -e "$BACKPLANE_DEMO_ROOT" ] && [ ! -e "$BACKPLANE_DEMO_ROOT/$MARKER" ]; then
+  echo "$BACKPLANE_DEMO_ROOT exists and was not made by this demo; it would be deleted at the end." >&2
+  echo "Set BACKPLANE_DEMO_ROOT to a path that does not exist yet." >&2
+  exit 1
+fi
 ETCD_IP=127.0.0.2
 ETCD_PORT="${ETCD_PORT:-23790}"
 PEER_PORT=$((ETCD_PORT + 10))
@@ -47,7 +55,8 @@ cleanup() {
     wait "$ETCD_PID" 2>/dev/null || true
   fi
   # etcd preallocates ~120 MB of WAL: never leave its data dir behind.
-  rm -rf "$WORK" "$BACKPLANE_DEMO_ROOT"
+  rm -rf "$WORK"
+  [ -e "$BACKPLANE_DEMO_ROOT/$MARKER" ] && rm -rf "$BACKPLANE_DEMO_ROOT"
   echo "cleaned up $WORK and $BACKPLANE_DEMO_ROOT"
 }
 trap cleanup INT TERM EXIT
@@ -67,6 +76,7 @@ done
 
 rm -rf "$BACKPLANE_DEMO_ROOT"
 mkdir -p "$BACKPLANE_DEMO_ROOT"
+touch "$BACKPLANE_DEMO_ROOT/$MARKER"
 # Host a holds the cluster's CA (it decides which hosts the cluster believes); b and c join with a token it made.
 node bin/backplane.js cluster init --etcd "$ETCD_URL" --cluster "$CLUSTER" --state-dir "$WORK/state-a" --hostname a
 ( umask 077; node bin/backplane.js hosts token --etcd "$ETCD_URL" --cluster "$CLUSTER" --state-dir "$WORK/state-a" \
