@@ -243,7 +243,10 @@ export class GraphSource {
       if (problem !== undefined) {
         if (!this.rejected.has(tag)) {
           this.rejected.add(tag);
-          this.opts.log.warn(`not collecting ${id} exported by ${r.origin ?? 'an unknown host'}: ${problem}`);
+          // Named as the exporter named it: that is what its operator can find and fix.
+          const exported = resourceId(r.kind, r.exportedAs);
+          const here = exported === id ? '' : ` (here it would be ${id})`;
+          this.opts.log.warn(`not collecting ${exported} exported by ${r.origin ?? 'an unknown host'}: ${problem}${here}`);
         }
         continue;
       }

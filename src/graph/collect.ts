@@ -19,6 +19,8 @@ export interface ExportEntry {
  */
 export interface CollectedResource extends RawResource {
   readonly refused?: string;
+  /** The name the exporter gave it, when this host names it otherwise (see collectedName). */
+  readonly exportedAs: string;
 }
 
 /**
@@ -49,7 +51,8 @@ export function collectResources(
     const loc = { file: `exported by ${host}`, line: 0, col: 0 };
     out.push({
       kind: r.kind,
-      name: r.name,
+      name: collectedName(kind, params, r.name),
+      exportedAs: r.name,
       params,
       meta: isNoop(r.meta) ? { noop: true } : undefined,
       origin: host,
@@ -60,6 +63,19 @@ export function collectResources(
     });
   }
   return out;
+}
+
+/**
+ * A collected resource is named by what it manages here when that is not its name: a file is `file[<path>]` with
+ * the path the rule set (`/srv/in/b-motd`), not the exporter's `/etc/motd`. Log lines print `kind[name]`, and a
+ * reader of this host's log must see the file that was written; two hosts exporting the same name to different
+ * paths are then two resources, not a clash. Derived from the export and the rule alone, so the name is the same on
+ * every re-render and the graph swap leaves an unchanged resource alone.
+ */
+function collectedName(kind: AnyResourceKind | undefined, params: Readonly<Record<string, unknown>>, exported: string): string {
+  const from = kind?.collect?.fromName ?? [];
+  const p = from.length === 1 ? params[from[0] ?? ''] : undefined;
+  return typeof p === 'string' && p !== '' ? p : exported;
 }
 
 /**

@@ -53,21 +53,34 @@ collect:
     ];
     const rules = build(graph).collect;
     const onB = collectResources('b', rules, entries, registry);
+    // Named by where they are written (what this host's log lines show), and still knowing the exporter's name.
     assert.deepEqual(
-      onB.map((r) => [r.origin, r.name, r.params['path']]),
+      onB.map((r) => [r.origin, r.name, r.exportedAs, r.params['path']]),
       [
-        ['a', '/tmp/a/shared-1', '/tmp/in/a-shared-1'],
-        ['a', '/tmp/a/shared-2', '/tmp/in/a-shared-2'],
-        ['c', '/tmp/c/shared-1', '/tmp/in/c-shared-1'],
+        ['a', '/tmp/in/a-shared-1', '/tmp/a/shared-1', '/tmp/in/a-shared-1'],
+        ['a', '/tmp/in/a-shared-2', '/tmp/a/shared-2', '/tmp/in/a-shared-2'],
+        ['c', '/tmp/in/c-shared-1', '/tmp/c/shared-1', '/tmp/in/c-shared-1'],
       ],
     );
     const onC = collectResources('c', rules, entries, registry);
-    assert.deepEqual(onC.map((r) => r.name), ['/tmp/a/shared-1', '/tmp/c/shared-1'], 'shared-2 is only for b; exec is not collected');
+    assert.deepEqual(onC.map((r) => r.exportedAs), ['/tmp/a/shared-1', '/tmp/c/shared-1'], 'shared-2 is only for b; exec is not collected');
     // Collected resources build like local ones.
     const raw = parseGraphText(GRAPH_FILE, graph);
     const g = buildGraph({ ...raw, resources: [...raw.resources, ...onB] }, registry);
     assert.equal(g.vertices.size, 4);
-    assert.equal((g.vertices.get('file[/tmp/c/shared-1]' as never)?.params as { path: string }).path, '/tmp/in/c-shared-1');
+    assert.equal((g.vertices.get('file[/tmp/in/c-shared-1]' as never)?.params as { path: string }).path, '/tmp/in/c-shared-1');
+    // The same render twice names everything the same: a re-render swaps nothing that did not change.
+    const ids = (rs: readonly { kind: string; name: string }[]): string[] => rs.map((r) => `${r.kind}[${r.name}]`);
+    assert.deepEqual(ids(collectResources('b', rules, [...entries].reverse(), registry)), ids(onB));
+  });
+
+  test('two hosts exporting one name to different paths here are two resources, not a clash', () => {
+    const rules = build(graph).collect;
+    const same = (host: string): ExportEntry => ({ host, resource: { kind: 'file', name: '/etc/motd', params: { content: host }, meta: undefined, to: '*' } });
+    assert.deepEqual(collectResources('x', rules, [same('a'), same('b')], registry).map((r) => r.name), ['/tmp/in/a-motd', '/tmp/in/b-motd']);
+    // Without a path of its own, a resource keeps the exporter's name.
+    const taken = build(`resources: []\ncollect:\n  - { kind: file, from: [a], take: [path, content] }\n`).collect;
+    assert.deepEqual(collectResources('x', taken, [same('a')], registry).map((r) => r.name), ['/etc/motd']);
   });
 
   test('from limits the exporters collected from', () => {
@@ -76,7 +89,7 @@ collect:
       { host: 'a', resource: { kind: 'file', name: '/a', params: {}, meta: undefined, to: '*' } },
       { host: 'c', resource: { kind: 'file', name: '/c', params: {}, meta: undefined, to: '*' } },
     ];
-    assert.deepEqual(collectResources('b', g.collect, entries, registry).map((r) => r.name), ['/c']);
+    assert.deepEqual(collectResources('b', g.collect, entries, registry).map((r) => r.exportedAs), ['/c']);
   });
 });
 
