@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
-import { readFile, rm, rmdir } from 'node:fs/promises';
+import { readFile, rm, rmdir, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -178,5 +178,56 @@ describe('svc: user', () => {
     assert.deepEqual(new Set(groups), new Set(sh('id', ['-G', name]).split(' ')), 'the groups `id -G` gives the user');
     assert.ok(groups.includes(extraGid ?? '?'), `supplementary group ${extra} (${extraGid ?? '?'}) is there`);
     assert.ok(!groups.includes('0'), "root's group is not kept");
+  });
+});
+
+describe('svc: logs', () => {
+  test('a fast writer stays within maxSize × (keep + 1): every write goes through the rotating logger', async () => {
+    const dir = tempDir();
+    const log = join(dir, 'out.log');
+    const maxSize = 64 * 1024;
+    const keep = 2;
+    // As fast as it can, for as long as the test looks: a 1 s size check let such a writer fill gigabytes.
+    const s = make({ cmd: ['sh', '-c', 'exec yes "0123456789abcdefghijklmnopqrstuvwxyz"'], log: { stdout: log, maxSize, keep } });
+    await s.run();
+    let peak = 0;
+    let rotations = 0;
+    let last = 0;
+    const deadline = Date.now() + 1500;
+    while (Date.now() < deadline) {
+      let total = 0;
+      for (const name of ['out.log', 'out.log.1', 'out.log.2', 'out.log.3']) {
+        try {
+          const size = (await stat(join(dir, name))).size;
+          total += size;
+          if (name === 'out.log') {
+            if (size < last) rotations++;
+            last = size;
+            assert.ok(size <= maxSize, `out.log has ${size} bytes, more than maxSize`);
+          }
+        } catch {
+          // not there (yet)
+        }
+      }
+      peak = Math.max(peak, total);
+      await sleep(5);
+    }
+    assert.ok(peak <= maxSize * (keep + 1), `${peak} bytes on disk, more than ${maxSize * (keep + 1)}`);
+    assert.ok(rotations >= 3, `it wrote fast enough to rotate several times (${rotations})`);
+    assert.equal(existsSync(join(dir, 'out.log.3')), false, 'no more than keep rotated files');
+    // Stopped, and its logger done (sizes settle), so that no rotation runs while the files are read.
+    await s.res.close?.('removed');
+    let sizes = '';
+    await waitFor('the logger to finish', async () => {
+      const now = (await Promise.all(['out.log', 'out.log.1'].map((n) => stat(join(dir, n)).then((st) => st.size, () => -1)))).join();
+      const settled = now === sizes && !now.includes('-1');
+      sizes = now;
+      await sleep(100);
+      return settled;
+    });
+    const line = '0123456789abcdefghijklmnopqrstuvwxyz\n';
+    const rotated = await readFile(`${log}.1`, 'utf8');
+    assert.equal(rotated.length, Math.floor(maxSize / line.length) * line.length, 'rotated at the last whole line within maxSize');
+    assert.equal(rotated.replaceAll(line, ''), '', 'nothing lost or torn inside a file');
   });
 });

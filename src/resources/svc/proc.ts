@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, constants as fsConstants } from 'node:fs';
+import { closeSync, constants as fsConstants, fstatSync } from 'node:fs';
 import { access, readdir, readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import { openLogForAppend } from './logfile.js';
+import { startLogger } from './logger.js';
 
 /**
  * Processes as the supervisor sees them: one it spawned (its 'exit' event is exact and immediate) or one it adopted
@@ -30,6 +31,8 @@ export interface Proc {
   readonly adopted: boolean;
   /** Never rejects. */
   readonly exited: Promise<ExitInfo>;
+  /** Resolves when the logger has written all output and exited (at once for an adopted process). Never rejects. */
+  readonly outputDone: Promise<void>;
   /**
    * Stop watching: the process itself is left alone. Until then it keeps the agent's event loop alive (a child
    * handle, or the /proc poll for an adopted process), as any supervision in progress should.
@@ -120,6 +123,8 @@ export interface SpawnSpec {
   readonly cgroupProcs?: readonly string[] | undefined;
   readonly stdoutPath: string;
   readonly stderrPath: string;
+  /** Output to regular files goes through a logger that rotates at exactly maxSize; its pipes are made in fifoDir. */
+  readonly logRotation?: { readonly maxSize: number; readonly keep: number; readonly fifoDir: string } | undefined;
 }
 
 /**
@@ -186,7 +191,10 @@ export async function resolveProgram(file: string, env: NodeJS.ProcessEnv, cwd: 
  * Children this process spawned and that are still running, by pid. A supervisor object that replaces another in
  * the same agent (a graph swap) adopts through here and so keeps the exact, immediate exit event.
  */
-const ownChildren = new Map<number, { readonly starttime: string; readonly startedAt: number; readonly exited: Promise<ExitInfo>; readonly child: ChildProcess }>();
+const ownChildren = new Map<
+  number,
+  { readonly starttime: string; readonly startedAt: number; readonly exited: Promise<ExitInfo>; readonly outputDone: Promise<void>; readonly child: ChildProcess }
+>();
 
 /**
  * Starts a process in its own session and process group with stdout/stderr appended straight to files: no pipe
@@ -195,7 +203,7 @@ const ownChildren = new Map<number, { readonly starttime: string; readonly start
  */
 export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
   const program = await resolveProgram(spec.file, spec.env, spec.cwd);
-  const out = openLog(spec.stdoutPath, spec.uid);
+  let out = openLog(spec.stdoutPath, spec.uid);
   let err: number;
   try {
     err = spec.stderrPath === spec.stdoutPath ? out : openLog(spec.stderrPath, spec.uid);
@@ -203,8 +211,23 @@ export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
     closeSync(out);
     throw e;
   }
+  const files = [out, err];
+  let outputDone: Promise<void> = Promise.resolve();
   let child;
   try {
+    // Regular files get the logger in between (see logger.ts); a character device (/dev/null) is written directly.
+    const rot = spec.logRotation;
+    const regular = [...new Set([out, err])].filter((fd) => fstatSync(fd).isFile());
+    if (rot !== undefined && regular.length > 0) {
+      const logger = await startLogger(
+        regular.map((fd) => ({ fd, path: fd === out ? spec.stdoutPath : spec.stderrPath, maxSize: rot.maxSize, keep: rot.keep })),
+        rot.fifoDir,
+      );
+      files.push(...logger.inputs);
+      outputDone = logger.done;
+      const pipeOf = (fd: number): number => logger.inputs[regular.indexOf(fd)] ?? fd;
+      [out, err] = [pipeOf(out), pipeOf(err)];
+    }
     child = spawn('/bin/sh', wrappedArgv(program, spec), {
       cwd: spec.cwd,
       env: spec.env,
@@ -214,9 +237,9 @@ export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
       ...(spec.uid === undefined && spec.gid !== undefined ? { gid: spec.gid } : {}),
     });
   } finally {
-    // The child has its own copies now (spawn forks synchronously).
-    closeSync(out);
-    if (err !== out) closeSync(err);
+    // The children have their own copies now (spawn forks synchronously): the logger's pipe must see end of file
+    // once the service's processes are gone, so no copy of a write end may stay here.
+    for (const fd of new Set(files)) closeSync(fd);
   }
   const exited = new Promise<ExitInfo>((resolve) => {
     child.once('exit', (code, signal) => resolve({ code, signal, known: true, at: Date.now() }));
@@ -232,10 +255,10 @@ export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
   // Read at once: the child cannot have been reaped yet unless it already exited, and then there is nothing to adopt.
   const st = await readStat(pid);
   const starttime = st?.starttime ?? '';
-  ownChildren.set(pid, { starttime, startedAt, exited, child });
+  ownChildren.set(pid, { starttime, startedAt, exited, outputDone, child });
   void exited.then(() => ownChildren.delete(pid));
   // Released, the handle no longer keeps the agent up: it can exit while its services keep running.
-  return { pid, pgid: pid, starttime, startedAt, adopted: false, exited, release: () => child.unref() };
+  return { pid, pgid: pid, starttime, startedAt, adopted: false, exited, outputDone, release: () => child.unref() };
 }
 
 /** A log file that cannot be opened: not a spawn failure, and reported as such. */
@@ -266,7 +289,7 @@ export async function adoptProc(pid: number, starttime: string, startedAt: numbe
   const own = ownChildren.get(pid);
   if (own !== undefined && own.starttime === starttime) {
     own.child.ref();
-    return { pid, pgid: pid, starttime, startedAt: own.startedAt, adopted: false, exited: own.exited, release: () => own.child.unref() };
+    return { pid, pgid: pid, starttime, startedAt: own.startedAt, adopted: false, exited: own.exited, outputDone: own.outputDone, release: () => own.child.unref() };
   }
   const st = await readStat(pid);
   if (!isAlive(st) || st.starttime !== starttime) return undefined;
@@ -286,7 +309,7 @@ export async function adoptProc(pid: number, starttime: string, startedAt: numbe
         .finally(() => (polling = false));
     }, ADOPT_POLL_MS);
   });
-  return { pid, pgid: st.pgrp, starttime, startedAt, adopted: true, exited, release: () => clearInterval(timer) };
+  return { pid, pgid: st.pgrp, starttime, startedAt, adopted: true, exited, outputDone: Promise.resolve(), release: () => clearInterval(timer) };
 }
 
 export function describeExit(e: ExitInfo): string {

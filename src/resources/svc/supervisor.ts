@@ -53,11 +53,11 @@ interface Failure {
   readonly stderrFrom: number;
 }
 
-const LOG_CHECK_MS = 1000;
 const STOP_POLL_MS = 25;
 /** After SIGKILL, how long to wait for the exit before reporting anyway (a process stuck in the kernel cannot die). */
 const KILL_WAIT_MS = 2000;
 const TAIL_LINES = 10;
+const OUTPUT_WAIT_MS = 1000;
 const SILENT: ResourceLog = { change: () => undefined, info: () => undefined, warn: () => undefined, debug: () => undefined };
 
 export class Supervisor {
@@ -72,8 +72,6 @@ export class Supervisor {
   private restartTimer: NodeJS.Timeout | undefined;
   private leftover: Proc | undefined;
   private restartAt = 0;
-  private logTimer: NodeJS.Timeout | undefined;
-  private logCheck: Promise<void> | undefined;
   private lastFailure: Failure | undefined;
   private crashLoopFailures = 0;
   private events: string[] = [];
@@ -81,6 +79,8 @@ export class Supervisor {
   private reporter: ((reason: string) => void) | undefined;
   private log: ResourceLog = SILENT;
   private ops: Promise<unknown> = Promise.resolve();
+  /** The latest process's logger: resolves once all its output is in the files. */
+  private output: Promise<void> | undefined;
   private cgroup: SvcCgroup | undefined;
   private limitsChecked = false;
   private readonly warned = new Set<string>();
@@ -134,9 +134,6 @@ export class Supervisor {
 
   private async doAttach(): Promise<void> {
     this.dir = await this.world.stateDir(this.id);
-    this.logTimer ??= setInterval(() => {
-      if (this.logCheck === undefined) this.logCheck = this.checkLogs().finally(() => (this.logCheck = undefined));
-    }, LOG_CHECK_MS).unref();
     const rec = await readRecord(this.dir);
     if (rec === undefined || this.current !== undefined) return;
     const proc = await adoptProc(rec.pid, rec.starttime, rec.startedAt);
@@ -303,11 +300,9 @@ export class Supervisor {
     this.closed = true;
     this.supervising = false;
     this.cancelRestart();
-    clearInterval(this.logTimer);
     this.reporter = undefined;
-    // Whatever is in flight (finding the old process, a rotation) finishes before the resource is gone.
+    // Whatever is in flight (finding the old process) finishes before the resource is gone.
     await this.attaching?.catch(() => undefined);
-    await this.logCheck;
     const stop = reason === 'removed' || (reason === 'shutdown' && this.params.onAgentExit === 'stop');
     // Serialized: a start in flight finishes first, so nothing it spawns is left behind unsupervised.
     await this.serial(async () => {
@@ -335,7 +330,7 @@ export class Supervisor {
 
   async crashLoopError(): Promise<BackplaneError> {
     const f = this.lastFailure;
-    const tail = f === undefined ? [] : await tailLines(this.stderrPath, f.stderrFrom, TAIL_LINES);
+    const tail = f === undefined ? [] : await this.tail(f.stderrFrom);
     return new BackplaneError(
       'E_APPLY',
       `crash-looping: ${this.crashLoopFailures} failures in ${formatDuration(this.params.crashLoop.window)}; no more restarts; ` +
@@ -350,7 +345,7 @@ export class Supervisor {
   /** The process failed and restart: never (or on-failure for a clean exit is 'done', not an error). */
   async exitError(): Promise<BackplaneError> {
     const f = this.lastFailure;
-    const tail = f === undefined ? [] : await tailLines(this.stderrPath, f.stderrFrom, TAIL_LINES);
+    const tail = f === undefined ? [] : await this.tail(f.stderrFrom);
     return new BackplaneError('E_APPLY', `${f?.why ?? 'the process exited'} and restart is ${this.params.restart}${stderrText(tail)}`, {
       resource: this.id,
       hint: `notify ${this.id} or change its definition to start it again; restart: always or on-failure restarts it by itself`,
@@ -361,7 +356,7 @@ export class Supervisor {
   async attemptError(a: Attempt): Promise<BackplaneError> {
     if (this.phase === 'crash-loop') return this.crashLoopError();
     if (this.phase === 'failed') return this.exitError();
-    const tail = await tailLines(this.stderrPath, a.stderrFrom, TAIL_LINES);
+    const tail = await this.tail(a.stderrFrom);
     const wait = Math.max(0, this.restartAt - Date.now());
     const next = this.phase === 'backoff' ? (wait < 1 ? '; restarting now' : `; restarting in ${formatDuration(wait)}`) : '';
     const health = a.health?.lastFailure;
@@ -423,6 +418,8 @@ export class Supervisor {
 
   private async startLocked(): Promise<Attempt> {
     const spec = await this.spawnSpec();
+    // The previous process's logger must be done with the files before a new one writes and rotates them.
+    await this.outputWritten();
     const log = this.params.log;
     for (const path of new Set([spec.stdoutPath, spec.stderrPath])) {
       try {
@@ -445,7 +442,11 @@ export class Supervisor {
     await this.killStrays('left behind by an earlier run of this service');
     let proc: Proc;
     try {
-      proc = await spawnProc({ ...spec, cgroupProcs: this.cgroup.dirs.map((d) => join(d, 'cgroup.procs')) });
+      proc = await spawnProc({
+        ...spec,
+        cgroupProcs: this.cgroup.dirs.map((d) => join(d, 'cgroup.procs')),
+        logRotation: { maxSize: log.maxSize, keep: log.keep, fifoDir: this.dir },
+      });
     } catch (err) {
       if (err instanceof LogFileError) {
         throw new BackplaneError('E_IO', err.message, { resource: this.id, cause: err, hint: 'fix log.stdout/log.stderr, or the permissions of their directory', retryable: true });
@@ -475,7 +476,21 @@ export class Supervisor {
     return this.begin(proc, stderrFrom);
   }
 
+  /**
+   * Until the latest process's logger has written everything and exited (it does once the process and all it forked
+   * are gone), for at most OUTPUT_WAIT_MS: a leftover still holding the pipe must not stall errors or restarts.
+   */
+  private async outputWritten(): Promise<void> {
+    if (this.output !== undefined) await settledWithin(this.output, OUTPUT_WAIT_MS);
+  }
+
+  private async tail(from: number): Promise<string[]> {
+    await this.outputWritten();
+    return tailLines(this.stderrPath, from, TAIL_LINES);
+  }
+
   private begin(proc: Proc, stderrFrom: number): Attempt {
+    this.output = proc.outputDone;
     const a: Attempt = {
       proc,
       stderrFrom,
@@ -689,18 +704,6 @@ export class Supervisor {
   private async findCgroup(): Promise<SvcCgroup> {
     this.cgroup ??= await existingCgroup(this.id, this.dir);
     return this.cgroup;
-  }
-
-  private async checkLogs(): Promise<void> {
-    if (!this.supervising || this.current === undefined) return;
-    const { maxSize, keep } = this.params.log;
-    for (const path of new Set([this.stdoutPath, this.stderrPath])) {
-      try {
-        if (await rotateIfNeeded(path, maxSize, keep)) this.log.debug(`rotated ${path}`);
-      } catch (err) {
-        this.warnOnce(`cannot rotate ${path}: ${(err as Error).message}`);
-      }
-    }
   }
 }
 

@@ -1,0 +1,163 @@
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { closeSync, constants as fsc, fstatSync, openSync, unlinkSync } from 'node:fs';
+import { execFile } from 'node:child_process';
+import { join } from 'node:path';
+import { promisify } from 'node:util';
+
+/**
+ * Why a logger process: a log must stay within maxSize × (keep + 1) whatever the service writes, and the service
+ * must survive agent restarts with its logs. A size check from the agent (once a second, copy-then-truncate) let a
+ * fast writer put gigabytes on disk between two checks, and a kernel limit (RLIMIT_FSIZE) would kill the service
+ * instead of rotating. So every write goes through one small process per service start: the service writes into a
+ * pipe, and the logger appends to the file and rotates (by rename, losing nothing) the moment the next byte would
+ * pass maxSize. A slow disk slows the writer (the pipe fills), it never grows the file.
+ *
+ * The logger is not the agent: it lives in its own session, so it outlives an agent restart like the service does,
+ * and it ends by itself at end of file, when the last process holding the pipe (the service and all it forked) is
+ * gone. It ignores SIGTERM/SIGINT/SIGHUP for that reason: killing it would only give the service SIGPIPE.
+ *
+ * The pipe is a FIFO (not the socketpair that spawn's 'pipe' gives: `open("/dev/stderr")` fails on a socket, and
+ * nginx does that), made in the resource's private state directory and unlinked at once, so nobody else can open it.
+ * The log files are opened by the agent with every check of openLogForAppend and passed as descriptors; rotation
+ * moves names with rename (which never writes through a symlink) and creates the new file O_EXCL|O_NOFOLLOW, as
+ * logfile.ts does.
+ */
+
+/** Plain JavaScript for `node -e`: no import, so it runs the same from the sources and from the bundle. */
+const LOGGER_JS = String.raw`
+'use strict';
+const fs = require('fs');
+const net = require('net');
+const C = fs.constants;
+const cfg = JSON.parse(process.argv[1]);
+for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(s, () => {});
+let open = 0;
+for (const st of cfg.streams) {
+  open++;
+  const out = { fd: st.out, size: fs.fstatSync(st.out).size };
+  const rotate = () => {
+    if (st.keep === 0) {
+      fs.ftruncateSync(out.fd, 0);
+      out.size = 0;
+      return;
+    }
+    const old = fs.fstatSync(out.fd);
+    for (let i = st.keep - 1; i >= 1; i--) {
+      let l;
+      try { l = fs.lstatSync(st.path + '.' + i); } catch { continue; }
+      if (l.isFile()) fs.renameSync(st.path + '.' + i, st.path + '.' + (i + 1));
+      else fs.unlinkSync(st.path + '.' + i);
+    }
+    fs.renameSync(st.path, st.path + '.1');
+    let fd;
+    for (let attempt = 0; ; attempt++) {
+      try {
+        fd = fs.openSync(st.path, C.O_WRONLY | C.O_APPEND | C.O_CREAT | C.O_EXCL | C.O_NOFOLLOW, 0o600);
+        break;
+      } catch (e) {
+        if (e.code !== 'EEXIST' || attempt >= 3) throw e;
+        fs.unlinkSync(st.path);
+      }
+    }
+    fs.fchownSync(fd, old.uid, old.gid);
+    fs.fchmodSync(fd, old.mode & 0o666);
+    fs.closeSync(out.fd);
+    out.fd = fd;
+    out.size = 0;
+  };
+  const write = (b) => {
+    for (let pos = 0; pos < b.length; ) pos += fs.writeSync(out.fd, b, pos, b.length - pos);
+    out.size += b.length;
+  };
+  const take = (buf) => {
+    while (buf.length > 0) {
+      const room = st.maxSize - out.size;
+      if (buf.length <= room) { write(buf); return; }
+      if (room > 0) {
+        // Whole lines in each file where they fit; a line longer than maxSize is cut.
+        let cut = buf.lastIndexOf(10, room - 1) + 1;
+        if (cut === 0 && out.size === 0) cut = room;
+        if (cut > 0) { write(buf.subarray(0, cut)); buf = buf.subarray(cut); }
+      }
+      if (out.size === 0 && st.maxSize <= 0) return;
+      try {
+        rotate();
+      } catch (e) {
+        // Rotation failed (a name we may not move): start the file over rather than grow past the bound.
+        try { fs.ftruncateSync(out.fd, 0); } catch {}
+        out.size = 0;
+      }
+    }
+  };
+  const input = new net.Socket({ fd: st.in, readable: true, writable: false });
+  input.on('data', (b) => { try { take(b); } catch {} });
+  const done = () => { if (--open === 0) process.exit(0); };
+  input.once('end', done);
+  input.once('error', () => { input.destroy(); done(); });
+}
+`;
+
+export interface LoggedStream {
+  /** The log file, opened and checked by the agent (openLogForAppend). The logger gets its own copy. */
+  readonly fd: number;
+  readonly path: string;
+  readonly maxSize: number;
+  readonly keep: number;
+}
+
+export interface Logger {
+  /** Write ends of the pipes, one per stream, for the service's stdout/stderr. The caller closes them after the spawn. */
+  readonly inputs: readonly number[];
+  /** Resolves once the logger has exited: everything the service wrote is in the files. Never rejects. */
+  readonly done: Promise<void>;
+}
+
+const execFileP = promisify(execFile);
+
+/** Starts a logger for `streams`, with its FIFOs made (and unlinked) in the private directory `fifoDir`. */
+export async function startLogger(streams: readonly LoggedStream[], fifoDir: string): Promise<Logger> {
+  const readEnds: number[] = [];
+  const writeEnds: number[] = [];
+  try {
+    const names = streams.map(() => join(fifoDir, `.log-pipe-${randomBytes(6).toString('hex')}`));
+    // One mkfifo for all: Node has no mkfifo(3), and each exec costs milliseconds on the restart path.
+    await execFileP('mkfifo', ['-m', '0600', '--', ...names], { timeout: 10_000 });
+    for (const name of names) {
+      try {
+        // Read end first, non-blocking (it cannot wait for a writer); then the write end, which now has a reader.
+        const r = openSync(name, fsc.O_RDONLY | fsc.O_NONBLOCK | fsc.O_NOFOLLOW);
+        readEnds.push(r);
+        if (!fstatSync(r).isFIFO()) throw new Error(`${name} is not the pipe just made`);
+        writeEnds.push(openSync(name, fsc.O_WRONLY | fsc.O_NOFOLLOW));
+      } finally {
+        unlinkSync(name);
+      }
+    }
+    // fds 3.. in the logger: the read ends, then the log files.
+    const n = streams.length;
+    const cfg = { streams: streams.map((s, i) => ({ in: 3 + i, out: 3 + n + i, path: s.path, maxSize: s.maxSize, keep: s.keep })) };
+    const child = spawn(process.execPath, ['--max-old-space-size=16', '-e', LOGGER_JS, JSON.stringify(cfg)], {
+      detached: true,
+      env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' },
+      cwd: '/',
+      stdio: ['ignore', 'ignore', 'ignore', ...readEnds, ...streams.map((s) => s.fd)],
+    });
+    const done = new Promise<void>((resolve) => {
+      child.once('exit', () => resolve());
+      child.once('error', () => resolve());
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', reject);
+    });
+    // The agent must not wait for it, nor keep its event loop alive for it.
+    child.unref();
+    return { inputs: writeEnds, done };
+  } catch (err) {
+    for (const fd of writeEnds) closeSync(fd);
+    throw err;
+  } finally {
+    for (const fd of readEnds) closeSync(fd);
+  }
+}
