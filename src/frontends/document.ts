@@ -57,7 +57,7 @@ export function parseYamlDocument(file: string, text: string): GraphDocument {
   // js-yaml shares an anchor's value among its aliases, so loading a bomb is cheap; everything after (the walk below,
   // zod, the fingerprints, a template's vars) would copy it out. Refuse it first, pointing at where it expands.
   checkExpansion(data, (path) => find(path, false));
-  unquoteModes(data, (path) => source().scalarSource(path));
+  unquoteModes(data, (path, value) => (precise ? source().scalarSource(path) : modeTextOfHugeFile(file, text, path, value)));
   return { file, data, locate: (path) => find(path, false), locateValue: (path) => find(path, true) };
 }
 
@@ -66,9 +66,10 @@ export function parseYamlDocument(file: string, text: string): GraphDocument {
  * decimal 644 (which is 0o1204: sticky, and no read bit for the owner), while everyone who writes it means what chmod
  * means. With the text, the file-mode parser reads the digits as chmod does and refuses what chmod would (648, 644.0,
  * -644), and `0o644` keeps YAML's own octal meaning. Only the precise parser keeps that text, so a graph whose modes
- * are all quoted never pays for it. Any map key `mode` is meant: the file and template kinds, in either YAML format.
+ * are all quoted never pays for it, nor does a file too large for it (see modeTextOfHugeFile). Any map key `mode` is
+ * meant: the file and template kinds, in either YAML format.
  */
-function unquoteModes(data: unknown, sourceOf: (path: readonly PropertyKey[]) => string | undefined): void {
+function unquoteModes(data: unknown, sourceOf: (path: readonly PropertyKey[], value: number) => string | undefined): void {
   // A stack, not recursion: how deep a graph file nests is up to its author.
   const todo: [unknown, PropertyKey[]][] = [[data, []]];
   for (let next = todo.pop(); next !== undefined; next = todo.pop()) {
@@ -79,11 +80,30 @@ function unquoteModes(data: unknown, sourceOf: (path: readonly PropertyKey[]) =>
       });
     } else if (isMap(node)) {
       for (const [key, value] of Object.entries(node)) {
-        if (key === 'mode' && typeof value === 'number') node[key] = sourceOf([...path, key]) ?? value;
+        if (key === 'mode' && typeof value === 'number') node[key] = sourceOf([...path, key], value) ?? value;
         else if (value !== null && typeof value === 'object') todo.push([value, [...path, key]]);
       }
     }
   }
+}
+
+/**
+ * The text of an unquoted numeric mode in a file too large for the precise parser. Written in decimal digits, the
+ * number's own digits are what chmod reads (`0644` loaded as 644 reads back as "644", the same mode), so that is
+ * exact unless some mode is written another way (`0o644`, `0x1a4`, `644.0`, an alias): then refuse rather than guess.
+ */
+function modeTextOfHugeFile(file: string, text: string, path: readonly PropertyKey[], value: number): string {
+  for (const m of text.matchAll(/(?:^|[\s{,])["']?mode["']?[ \t]*:[ \t]*([^\s,}\]#]*)/gm)) {
+    const token = m[1] ?? '';
+    if (!/^["']/.test(token) && !/^\d+$/.test(token))
+      throw new ValidationErrors([
+        new BackplaneError('E_YAML', `an unquoted mode written as "${token}" cannot be read back in a file this large (over ${PRECISE_MAX_BYTES} bytes)`, {
+          where: { file: `${file}: ${pathText(path)}`, line: 0, col: 0 },
+          hint: 'quote the modes ("0644") or write them in plain digits (644); nothing was applied',
+        }),
+      ]);
+  }
+  return String(value);
 }
 
 export function isMap(v: unknown): v is Record<string, unknown> {

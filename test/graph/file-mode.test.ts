@@ -41,6 +41,15 @@ describe('file modes written in YAML', () => {
     }
   });
 
+  test('in a file too large for the precise parser, plain digits still read as chmod does and other forms are refused', () => {
+    const pad = `# ${'x'.repeat(4.2 * 1024 * 1024)}\n`;
+    assert.equal(modeOf(pad + native('0644')), 0o644);
+    assert.equal(modeOf(pad + native('"u=rw,go=r"')), 0o644);
+    const e = onlyError(pad + native('0o644'));
+    assert.match(e.message, /an unquoted mode written as "0o644" cannot be read back in a file this large/);
+    assert.match(where(e), /graph\.yaml: resources\[0\]\.mode/);
+  });
+
   test('mgmt graphs read unquoted modes the same way', () => {
     assert.equal(modeOf('graph: g\nresources:\n  file:\n    - name: f\n      path: /tmp/m\n      content: x\n      mode: 644\n', 'f'), 0o644);
   });
