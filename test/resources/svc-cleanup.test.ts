@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { readFile, rm, rmdir, stat } from 'node:fs/promises';
@@ -7,11 +7,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, afterEach, describe, test } from 'node:test';
+import { pathToFileURL } from 'node:url';
 import { resourceId, type ResourceId } from '../../src/graph/ids.js';
 import { svcKind } from '../../src/resources/svc.js';
 import { cgroupName, detectHierarchy, existingCgroup, removeCgroup, setupCgroup, type SvcCgroup } from '../../src/resources/svc/cgroup.js';
 import { readStat, spawnProc } from '../../src/resources/svc/proc.js';
 import type { CheckResult, Resource, ResourceLog, ResourceWorld } from '../../src/resources/types.js';
+import { ROOT } from '../helpers/cli.js';
 import { testWorld } from '../helpers/world.js';
 
 /** Services that must leave nothing behind: daemons that fork away, groups of the user, bounded logs. */
@@ -229,5 +231,56 @@ describe('svc: logs', () => {
     const rotated = await readFile(`${log}.1`, 'utf8');
     assert.equal(rotated.length, Math.floor(maxSize / line.length) * line.length, 'rotated at the last whole line within maxSize');
     assert.equal(rotated.replaceAll(line, ''), '', 'nothing lost or torn inside a file');
+  });
+});
+
+describe('svc: logs across agent restarts', () => {
+  test('the logger outlives a kill -9 of the agent: output keeps reaching the log, and the next agent adopts', async () => {
+    const dir = tempDir();
+    const stateRoot = join(dir, 'state');
+    const log = join(dir, 'tick.log');
+    const params = { cmd: ['sh', '-c', 'while :; do echo tick; sleep 0.02; done'], log: { stdout: log, maxSize: '1M', keep: 1 } };
+    const src = (p: string): string => JSON.stringify(pathToFileURL(join(ROOT, p)).href);
+    // A real agent process: the supervisor in its own node, killed with SIGKILL.
+    const agent = spawn(
+      process.execPath,
+      [
+        '--import',
+        'tsx',
+        '--input-type=module',
+        '-e',
+        [
+          `const { svcKind } = await import(${src('src/resources/svc.ts')});`,
+          `const { resourceStateDir } = await import(${src('src/state-dir.ts')});`,
+          `const world = { isProvided: () => false, stateDir: (id) => resourceStateDir(${JSON.stringify(stateRoot)}, id), facts: () => ({}) };`,
+          `const res = svcKind.create('svc[tick]', svcKind.schema.parse(${JSON.stringify(params)}), world);`,
+          `const q = () => undefined;`,
+          `await res.checkApply({ apply: true, refresh: false, signal: new AbortController().signal, log: { change: q, info: q, warn: q, debug: q } });`,
+          `console.log('up');`,
+          `setInterval(() => {}, 1 << 30);`,
+        ].join('\n'),
+      ],
+      { cwd: ROOT, stdio: ['ignore', 'pipe', 'inherit'] },
+    );
+    await new Promise<void>((resolve, reject) => {
+      agent.stdout.once('data', () => resolve());
+      agent.once('exit', (code) => reject(new Error(`the agent exited with ${String(code)}`)));
+    });
+    agent.kill('SIGKILL');
+    await new Promise((r) => agent.once('exit', r));
+    const before = (await stat(log)).size;
+    await waitFor('output after the agent died', async () => (await stat(log)).size > before + 50);
+    // The next agent (here: this process) adopts the service and, removing it, stops it and ends its logger.
+    const next = make(params, { world: testWorld({ stateRoot }), name: 'tick' });
+    await next.run();
+    await next.res.close?.('removed');
+    let last = -1;
+    await waitFor('the output to stop', async () => {
+      const now = (await stat(log)).size;
+      const same = now === last;
+      last = now;
+      await sleep(100);
+      return same;
+    });
   });
 });
