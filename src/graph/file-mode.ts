@@ -46,15 +46,17 @@ function parseSymbolic(text: string): ParsedMode {
   let mode = 0;
   const assigned = new Set<Cls>();
   for (const clause of text.split(',')) {
+    // Name the clause inside the mode only when the mode has more than one.
+    const where = clause === text ? `"${text}"` : `"${text}": "${clause}"`;
     const m = /^([ugoa]*)([=+-])(.*)$/.exec(clause);
-    if (m === null) return { ok: false, message: `"${text}": "${clause}" is not a clause like u=rw; ${WRITE}` };
+    if (m === null) return { ok: false, message: `${where} is not a clause like u=rw; ${WRITE}` };
     const [, whoText = '', op, perms = ''] = m;
     if (op !== '=')
       return {
         ok: false,
-        message: `"${text}": "${clause}" changes bits relative to the mode found on disk; a mode here is the whole desired mode, so assign every class with "=", e.g. "u=rwx,go=rx"`,
+        message: `${where} changes bits relative to the mode found on disk; a mode here is the whole desired mode, so assign every class with "=", e.g. "u=rwx,go=rx"`,
       };
-    if (whoText === '') return { ok: false, message: `"${text}": "${clause}" names no class; write u, g, o or a before "=", e.g. "a=r"` };
+    if (whoText === '') return { ok: false, message: `${where} names no class; write u, g, o or a before "=", e.g. "a=r"` };
     const who: Cls[] = whoText.includes('a') ? ['u', 'g', 'o'] : [...new Set(whoText.split('') as Cls[])];
     for (const letter of perms) {
       if (!'rwxst'.includes(letter))

@@ -78,8 +78,8 @@ describe('symbolic modes (absolute forms)', () => {
 
   test('relative forms and partial modes are refused with the absolute form to write', () => {
     const refused: [string, RegExp][] = [
-      ['a+x', /relative to the mode found on disk.*assign every class with "="/],
-      ['go-w', /relative to the mode found on disk/],
+      ['a+x', /^"a\+x" changes bits relative to the mode found on disk.*assign every class with "="/],
+      ['u=rwx,go-w', /^"u=rwx,go-w": "go-w" changes bits relative to the mode found on disk/],
       ['u=rw', /does not say what g and o may do.*"u=rw,go="/],
       ['u=rwX,go=rX', /"X" in "u=rwX" is not r, w, x, s or t/],
       ['g=u,u=rw,o=', /"u" in "g=u" is not r, w, x, s or t/],
