@@ -12,6 +12,7 @@ import { resourceId, type ResourceId } from '../../src/graph/ids.js';
 import { svcKind } from '../../src/resources/svc.js';
 import { cgroupName, detectHierarchy, existingCgroup, removeCgroup, setupCgroup, type SvcCgroup } from '../../src/resources/svc/cgroup.js';
 import { readStat, spawnProc } from '../../src/resources/svc/proc.js';
+import { clearRecord, readRecord } from '../../src/resources/svc/record.js';
 import type { CheckResult, Resource, ResourceLog, ResourceWorld } from '../../src/resources/types.js';
 import { ROOT } from '../helpers/cli.js';
 import { testWorld } from '../helpers/world.js';
@@ -142,6 +143,30 @@ describe('svc: a daemonizing service leaves no process behind', () => {
     assert.ok(third !== undefined && (await alive(third)));
     await again.res.close?.('removed');
     await allDead([third], 'removal');
+  });
+
+  test('a start first kills what an earlier run left in the cgroup (an agent that died before it could clean up)', async () => {
+    const dir = tempDir();
+    const pids = join(dir, 'pids');
+    const params = daemonizing(pids);
+    const s = make(params, { name: 'strays' });
+    await s.run();
+    const [daemon] = await daemonPids(pids, 1);
+    assert.ok(daemon !== undefined);
+    // The agent dies leaving the service; then its main process dies and its record is lost: nothing names the daemon.
+    await s.res.close?.('shutdown');
+    const stateDir = await s.world.stateDir(resourceId('svc', 'strays'));
+    const main = (await readRecord(stateDir))?.pid;
+    assert.ok(main !== undefined);
+    seen.add(main);
+    await clearRecord(stateDir);
+    process.kill(main, 'SIGKILL');
+    await waitFor('the main process to die', async () => !(await alive(main)));
+    assert.ok(await alive(daemon), 'the daemon outlived its main process');
+    const next = make(params, { world: s.world, name: 'strays' });
+    await next.run();
+    assert.equal(await alive(daemon), false, 'the stray daemon was killed before the new start');
+    await daemonPids(pids, 2);
   });
 
   test('a crash loop ends what each crashed process left (no orphan keeps its port)', async () => {
