@@ -627,8 +627,8 @@ export class Supervisor {
   /** SIGKILLs whatever is in the service's cgroup (only processes of this service are ever there) and waits for it. */
   private async killStrays(why: string): Promise<void> {
     const cg = await this.findCgroup();
-    if ((await cgroupMembers(cg)).length === 0) return;
     const pids = await cgroupMembers(cg);
+    if (pids.length === 0) return;
     this.log.info(`killing ${pids.length} process(es) ${why}: ${pids.join(', ')}`);
     const deadline = Date.now() + KILL_WAIT_MS;
     do {
