@@ -62,29 +62,32 @@ export function parseYamlDocument(file: string, text: string): GraphDocument {
 }
 
 /**
- * Puts back the text of every `mode` written as an unquoted number. YAML 1.2 reads `mode: 644` and `mode: 0644` as the
- * decimal 644 (which is 0o1204: sticky, and no read bit for the owner), while everyone who writes it means what chmod
- * means. With the text, the file-mode parser reads the digits as chmod does and refuses what chmod would (648, 644.0,
- * -644), and `0o644` keeps YAML's own octal meaning. Only the precise parser keeps that text, so a graph whose modes
- * are all quoted never pays for it, nor does a file too large for it (see modeTextOfHugeFile). Any map key `mode` is
- * meant: the file and template kinds, in either YAML format.
+ * Puts back the text of every resource's `mode` written as an unquoted number. YAML 1.2 reads `mode: 644` and
+ * `mode: 0644` as the decimal 644 (which is 0o1204: sticky, and no read bit for the owner), while everyone who writes
+ * it means what chmod means. With the text, the file-mode parser reads the digits as chmod does and refuses what chmod
+ * would (648, 644.0, -644), and `0o644` keeps YAML's own octal meaning. Only the precise parser keeps that text, so a
+ * graph whose modes are all quoted never pays for it, nor does a file too large for it (see modeTextOfHugeFile).
+ *
+ * Only a resource's own `mode` (file and template, in either YAML format) and a collect rule's `set.mode` are meant:
+ * a `mode` inside a template's `vars` is the user's data and stays the number YAML read.
  */
 function unquoteModes(data: unknown, sourceOf: (path: readonly PropertyKey[], value: number) => string | undefined): void {
-  // A stack, not recursion: how deep a graph file nests is up to its author.
-  const todo: [unknown, PropertyKey[]][] = [[data, []]];
-  for (let next = todo.pop(); next !== undefined; next = todo.pop()) {
-    const [node, path] = next;
-    if (Array.isArray(node)) {
-      node.forEach((item: unknown, i) => {
-        if (item !== null && typeof item === 'object') todo.push([item, [...path, i]]);
-      });
-    } else if (isMap(node)) {
-      for (const [key, value] of Object.entries(node)) {
-        if (key === 'mode' && typeof value === 'number') node[key] = sourceOf([...path, key], value) ?? value;
-        else if (value !== null && typeof value === 'object') todo.push([value, [...path, key]]);
-      }
-    }
+  if (!isMap(data)) return;
+  const fix = (m: unknown, path: readonly PropertyKey[]): void => {
+    if (isMap(m) && typeof m['mode'] === 'number') m['mode'] = sourceOf([...path, 'mode'], m['mode']) ?? m['mode'];
+  };
+  const each = (list: unknown, path: readonly PropertyKey[], at: (item: unknown, path: readonly PropertyKey[]) => void): void => {
+    if (Array.isArray(list)) list.forEach((item: unknown, i) => at(item, [...path, i]));
+  };
+  // Ours: resources: [...], collect: [{ set: {...} }]. mgmt's: resources (or types, res): { kind: [...] }.
+  for (const key of ['resources', 'types', 'res']) {
+    const top = data[key];
+    if (Array.isArray(top)) each(top, [key], fix);
+    else if (isMap(top)) for (const [kind, list] of Object.entries(top)) each(list, [key, kind], fix);
   }
+  each(data['collect'], ['collect'], (rule, path) => {
+    if (isMap(rule)) fix(rule['set'], [...path, 'set']);
+  });
 }
 
 /**

@@ -54,8 +54,12 @@ describe('file modes written in YAML', () => {
     assert.equal(modeOf('graph: g\nresources:\n  file:\n    - name: f\n      path: /tmp/m\n      content: x\n      mode: 644\n', 'f'), 0o644);
   });
 
-  test('templates too', () => {
-    assert.equal(modeOf('resources:\n  - { kind: template, name: /tmp/t, template: "x", mode: 0640 }\n', '/tmp/t', 'template'), 0o640);
+  test('templates and collect rules too; a `mode` in a template\'s vars is the user\'s data and stays a number', () => {
+    const g = build('resources:\n  - { kind: template, name: /tmp/t, template: "x", mode: 0640, vars: { mode: 644 } }\ncollect:\n  - { kind: file, set: { path: "/srv/{basename}", mode: 640 } }\n');
+    const params = g.vertices.get(id('template', '/tmp/t'))?.params as { mode: unknown; vars: { mode: unknown } };
+    assert.equal(params.mode, 0o640);
+    assert.equal(params.vars.mode, 644);
+    assert.equal(g.collect[0]?.set['mode'], '640', 'read as text, so the collected file gets 0640');
   });
 });
 
