@@ -2,6 +2,7 @@ import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, constants as fsc, fstatSync, openSync, unlinkSync } from 'node:fs';
 import { execFile } from 'node:child_process';
+import { lstat, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 
@@ -115,14 +116,54 @@ export interface Logger {
 
 const execFileP = promisify(execFile);
 
+async function makeFifos(dir: string, n: number): Promise<string[]> {
+  const names = Array.from({ length: n }, () => join(dir, `${FIFO_PREFIX}${randomBytes(6).toString('hex')}`));
+  // One mkfifo for all: Node has no mkfifo(3).
+  await execFileP('mkfifo', ['-m', '0600', '--', ...names], { timeout: 10_000 });
+  return names;
+}
+
+const FIFO_PREFIX = '.log-pipe-';
+/**
+ * FIFOs made ahead, per directory, for the next start: mkfifo is an exec, 25-100 ms on a loaded 2-core host, and a
+ * restart after a crash should not wait for it. They sit unopened in the private state directory.
+ */
+const spare = new Map<string, Promise<string[]>>();
+const swept = new Set<string>();
+
+async function takeFifos(dir: string, n: number): Promise<string[]> {
+  if (!swept.has(dir)) {
+    // Spares an earlier agent left (pipes in use are unlinked at once, so any such name is unused).
+    swept.add(dir);
+    for (const name of await readdir(dir).catch(() => [])) if (name.startsWith(FIFO_PREFIX)) await rm(join(dir, name), { force: true });
+  }
+  const ready = spare.get(dir);
+  spare.delete(dir);
+  let names = (await ready?.catch(() => undefined)) ?? [];
+  const usable = await Promise.all(names.map((f) => lstat(f).then((st) => st.isFIFO(), () => false)));
+  if (names.length !== n || usable.includes(false)) {
+    await Promise.all(names.map((f) => rm(f, { force: true })));
+    names = await makeFifos(dir, n);
+  }
+  const next = makeFifos(dir, n);
+  next.catch(() => undefined);
+  spare.set(dir, next);
+  return names;
+}
+
+/** Removes the spare FIFOs of `dir`: the service is gone, no start will take them. */
+export async function dropSpareFifos(dir: string): Promise<void> {
+  const ready = spare.get(dir);
+  spare.delete(dir);
+  for (const f of (await ready?.catch(() => undefined)) ?? []) await rm(f, { force: true });
+}
+
 /** Starts a logger for `streams`, with its FIFOs made (and unlinked) in the private directory `fifoDir`. */
 export async function startLogger(streams: readonly LoggedStream[], fifoDir: string): Promise<Logger> {
   const readEnds: number[] = [];
   const writeEnds: number[] = [];
   try {
-    const names = streams.map(() => join(fifoDir, `.log-pipe-${randomBytes(6).toString('hex')}`));
-    // One mkfifo for all: Node has no mkfifo(3), and each exec costs milliseconds on the restart path.
-    await execFileP('mkfifo', ['-m', '0600', '--', ...names], { timeout: 10_000 });
+    const names = await takeFifos(fifoDir, streams.length);
     for (const name of names) {
       try {
         // Read end first, non-blocking (it cannot wait for a writer); then the write end, which now has a reader.

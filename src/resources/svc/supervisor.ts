@@ -8,6 +8,7 @@ import type { SvcParams } from '../svc-schema.js';
 import type { CloseReason, ResourceLog, ResourceWorld } from '../types.js';
 import { cgroupMembers, existingCgroup, placeInCgroup, removeCgroup, setupCgroup, signalCgroup, type SvcCgroup } from './cgroup.js';
 import { HealthMonitor, makeProbe } from './health.js';
+import { dropSpareFifos } from './logger.js';
 import { resolveIdentity } from './identity.js';
 import { fileSize, prepareLogFile, rotateIfNeeded, tailLines } from './logfile.js';
 import { adoptProc, describeExit, groupMembers, isFailure, LogFileError, signalGroup, signalPid, spawnProc, type ExitInfo, type Proc, type SpawnSpec } from './proc.js';
@@ -319,6 +320,7 @@ export class Supervisor {
         await clearRecord(this.dir);
         await removeCgroup(await this.findCgroup());
       }
+      if (this.dir !== '') await dropSpareFifos(this.dir);
       this.current?.proc.release();
       this.stale?.release();
     });
