@@ -106,7 +106,9 @@ export class Agent {
     // ends: whatever is still pending is abandoned, and the process exits with nothing applied.
     const graph = await abortable(this.ac.signal, async () => {
       await ensureStateDir(this.stateDir);
-      if ((this.opts.cluster?.etcd.length ?? 0) > 0) await this.source.watch((cause) => this.scheduleReload(cause), this.ac.signal);
+      if ((this.opts.cluster?.etcd.length ?? 0) > 0) {
+        await this.source.watch((cause) => this.scheduleReload(cause), this.ac.signal, { file: this.opts.watchGraph !== false });
+      }
       return this.source.render(this.ac.signal);
     });
     if (graph === undefined) {
@@ -160,8 +162,9 @@ export class Agent {
     this.opts.log.info(`running ${graph.vertices.size} resources from ${graph.source}${this.opts.noop === true ? ' (noop: nothing will be changed)' : ''}`);
     await this.engine.setGraph(graph);
     this.source.publish(graph);
-    if (this.opts.watchGraph !== false && (this.opts.cluster?.etcd.length ?? 0) === 0) {
-      await this.source.watch((cause) => this.scheduleReload(cause), this.ac.signal);
+    // Collected data re-renders the graph even with --no-watch-graph: the flag is about the file, not the cluster.
+    if ((this.opts.cluster?.etcd.length ?? 0) === 0) {
+      await this.source.watch((cause) => this.scheduleReload(cause), this.ac.signal, { file: this.opts.watchGraph !== false });
     }
     this.scheduleDot();
     return done;

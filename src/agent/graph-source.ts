@@ -64,10 +64,10 @@ export class GraphSource {
   constructor(private readonly opts: GraphSourceOptions) {}
 
   /** Calls `cb` when a re-render may give a different graph (the file or collected data changed). */
-  async watch(cb: (cause: ChangeCause) => void, signal: AbortSignal): Promise<void> {
+  async watch(cb: (cause: ChangeCause) => void, signal: AbortSignal, opts: { file: boolean } = { file: true }): Promise<void> {
     this.changeListener = cb;
     if (this.opts.cluster.etcd.length > 0) await this.connect();
-    await watchPath(this.opts.file, () => cb('file'), signal);
+    if (opts.file) await watchPath(this.opts.file, () => cb('file'), signal);
   }
 
   /** `signal` stops a graph module's evaluation (its worker is terminated). */

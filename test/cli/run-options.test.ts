@@ -142,6 +142,29 @@ collect:
   });
 });
 
+describe('run: --no-watch-graph still follows the cluster', () => {
+  test('collected data is applied with --no-watch-graph: the flag is about the graph file, not collected data', async () => {
+    await withTempDir(async (dir) => {
+      const graph = join(dir, 'graph.yaml');
+      await writeFile(
+        graph,
+        `resources:
+  - { kind: file, name: ${dir}/in, type: directory }
+  - { kind: file, name: /anywhere/shared-1, content: "exported\\n", export: true }
+collect:
+  - { kind: file, set: { path: "${dir}/in/{host}-{basename}" } }
+`,
+      );
+      const agent = startCli(['run', '--file', graph, '--no-watch-graph', '--state-dir', join(dir, 'state'), '--hostname', 'solo']);
+      try {
+        await until(async () => (await content(join(dir, 'in', 'solo-shared-1'))) === 'exported\n', 10_000, 'the export collected');
+      } finally {
+        await stop(agent);
+      }
+    });
+  });
+});
+
 describe('run: TypeScript graphs (real processes)', () => {
   test('a graph module runs through run, and saving an edit of it swaps the new graph in', async () => {
     await withTempDir(async (dir) => {

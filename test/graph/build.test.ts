@@ -40,7 +40,7 @@ describe('buildGraph: valid graphs', () => {
       const e = onlyError(text);
       assert.equal(e.format(), `${GRAPH_FILE}:1:1: the graph file is empty\n  hint: write "resources: []" for a graph that manages nothing; nothing was applied`);
     }
-    assert.match(onlyError('resources:\n').format(), /^\/test\/graph\.yaml:1:1: "resources" is empty\n  hint: write "resources: \[\]"/);
+    assert.match(onlyError('resources:\n').format(), /^\/test\/graph\.yaml:1:1: "resources" is empty\n {2}hint: write "resources: \[\]"/);
   });
 
   test('the same name may be used by different kinds', () => {
