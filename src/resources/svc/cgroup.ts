@@ -17,7 +17,7 @@ export interface Limits {
   readonly memory?: number | undefined;
 }
 
-interface Hierarchy {
+export interface Hierarchy {
   readonly v1: ReadonlyMap<string, string>;
   readonly v2: string | undefined;
   readonly v2Controllers: ReadonlySet<string>;
@@ -25,27 +25,33 @@ interface Hierarchy {
 
 let detected: Promise<Hierarchy> | undefined;
 
-/** Mount points from /proc/self/mounts: `cgroup` mounts carry their controllers in the options. */
-export function detectHierarchy(): Promise<Hierarchy> {
-  detected ??= (async () => {
-    const v1 = new Map<string, string>();
-    let v2: string | undefined;
-    let mounts = '';
-    try {
-      mounts = await readFile('/proc/self/mounts', 'utf8');
-    } catch {
-      // no /proc: no cgroups either
-    }
-    for (const line of mounts.split('\n')) {
-      const [, dir, type, options] = line.split(' ');
-      if (dir === undefined || options === undefined) continue;
-      if (type === 'cgroup2') v2 ??= dir;
-      if (type === 'cgroup') for (const opt of options.split(',')) if (opt === 'cpu' || opt === 'memory') v1.set(opt, dir);
-    }
-    const controllers = v2 === undefined ? '' : await readFile(join(v2, 'cgroup.controllers'), 'utf8').catch(() => '');
-    return { v1, v2, v2Controllers: new Set(controllers.split(/\s+/).filter((c) => c !== '')) };
-  })();
+/**
+ * Mount points from /proc/self/mounts: `cgroup` mounts carry their controllers in the options. `mountsFile` reads
+ * another mount table instead (not cached): tests use it to lay out a host this one is not, e.g. v2-only.
+ */
+export function detectHierarchy(mountsFile?: string): Promise<Hierarchy> {
+  if (mountsFile !== undefined) return readHierarchy(mountsFile);
+  detected ??= readHierarchy('/proc/self/mounts');
   return detected;
+}
+
+async function readHierarchy(mountsFile: string): Promise<Hierarchy> {
+  const v1 = new Map<string, string>();
+  let v2: string | undefined;
+  let mounts = '';
+  try {
+    mounts = await readFile(mountsFile, 'utf8');
+  } catch {
+    // no /proc: no cgroups either
+  }
+  for (const line of mounts.split('\n')) {
+    const [, dir, type, options] = line.split(' ');
+    if (dir === undefined || options === undefined) continue;
+    if (type === 'cgroup2') v2 ??= dir;
+    if (type === 'cgroup') for (const opt of options.split(',')) if (opt === 'cpu' || opt === 'memory') v1.set(opt, dir);
+  }
+  const controllers = v2 === undefined ? '' : await readFile(join(v2, 'cgroup.controllers'), 'utf8').catch(() => '');
+  return { v1, v2, v2Controllers: new Set(controllers.split(/\s+/).filter((c) => c !== '')) };
 }
 
 /**
@@ -74,8 +80,9 @@ export async function setupCgroup(
   stateDir: string,
   limits: Limits | undefined,
   log: { warn(m: string): void; debug(m: string): void },
+  hierarchy?: Hierarchy,
 ): Promise<SvcCgroup> {
-  const h = await detectHierarchy();
+  const h = hierarchy ?? (await detectHierarchy());
   const name = cgroupName(id, stateDir);
   const dirs: string[] = [];
   let v2Dir: string | undefined;
@@ -152,8 +159,8 @@ export async function setupCgroup(
 }
 
 /** The service's cgroups that exist already (left by an earlier agent or supervisor), for stopping and removal. */
-export async function existingCgroup(id: string, stateDir: string): Promise<SvcCgroup> {
-  const h = await detectHierarchy();
+export async function existingCgroup(id: string, stateDir: string, hierarchy?: Hierarchy): Promise<SvcCgroup> {
+  const h = hierarchy ?? (await detectHierarchy());
   const name = cgroupName(id, stateDir);
   const exists = (dir: string): Promise<boolean> => access(dir).then(() => true, () => false);
   const dirs: string[] = [];
