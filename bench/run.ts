@@ -8,6 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { measureDriftRepair, measureIdleCost } from './live/index.js';
 import { parseOptions, type Options } from './lib/options.js';
+import { checkLimits } from './lib/limits.js';
 import { killAllChildren } from './lib/proc.js';
 import { renderMarkdown, renderText } from './lib/report.js';
 import type { BenchResults, LiveResults, WorkloadResult } from './lib/results.js';
@@ -62,11 +63,11 @@ async function runLive(opts: Options, tools: readonly Tool[], tmp: string): Prom
 }
 
 /** Timestamped files for the record, plus latest.* for pasting into the README. */
-function writeResults(results: BenchResults): string[] {
+function writeResults(results: BenchResults, limitLines: readonly string[]): string[] {
   mkdirSync(RESULTS_DIR, { recursive: true });
   const stamp = results.date.replace(/[:.]/g, '-');
   const json = JSON.stringify(results, null, 2) + '\n';
-  const md = renderMarkdown(results);
+  const md = `${renderMarkdown(results)}\n\`\`\`\n${limitLines.join('\n')}\n\`\`\`\n`;
   const paths = [`bench-${stamp}.json`, `bench-${stamp}.md`, 'latest.json', 'latest.md'].map((p) => join(RESULTS_DIR, p));
   const contents = [json, md, json, md];
   paths.forEach((p, i) => writeFileSync(p, contents[i] ?? ''));
@@ -120,10 +121,13 @@ async function main(): Promise<number> {
     live,
     notes: notesFor(missing, opts),
   };
-  console.log(`\n${renderText(results)}\n`);
-  for (const p of writeResults(results)) console.log(`Wrote ${p}`);
+  const limits = checkLimits(results);
+  console.log(`\n${renderText(results)}\n\n${limits.lines.join('\n')}\n`);
+  for (const p of writeResults(results, limits.lines)) console.log(`Wrote ${p}`);
   const failed = workloads.some((w) => Object.values(w.results).some((r) => r.runs.some((run) => run.problem !== undefined)));
-  return failed || live.errors.length > 0 ? 1 : 0;
+  // Last, so that it is the line one sees: a regression past a limit fails the bench like a broken run does.
+  if (limits.failures > 0) console.error(`\nbench: FAIL: ${limits.failures} figure(s) past their speed limit (the FAIL lines above)`);
+  return failed || live.errors.length > 0 || limits.failures > 0 ? 1 : 0;
 }
 
 main().then(
