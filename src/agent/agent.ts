@@ -94,6 +94,7 @@ export class Agent {
       log: opts.log,
       stateDir,
       facts: this.source.facts,
+      cluster: this.source.values,
       ...(opts.noop !== undefined ? { noop: opts.noop } : {}),
       ...(opts.parallel !== undefined ? { parallel: opts.parallel } : {}),
     });

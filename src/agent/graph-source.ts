@@ -15,7 +15,7 @@ import { resourceId } from '../graph/ids.js';
 import { metaSchema } from '../graph/meta.js';
 import type { RawGraph, RawResource } from '../graph/raw.js';
 import type { Logger } from '../log.js';
-import type { HostFacts } from '../resources/types.js';
+import type { ClusterValues, HostFacts } from '../resources/types.js';
 import { watchPath } from '../util/dirwatch.js';
 
 /** What made a re-render necessary: an edit of the graph file, or new data collected from the cluster. */
@@ -61,7 +61,47 @@ export class GraphSource {
   readonly facts: HostFacts = gatherFacts();
   private readonly closing = new AbortController();
 
+  private readonly kvWatchers = new Map<string, Set<() => void>>();
+  private linkReady: (() => void) | undefined;
+  private readonly linked = new Promise<void>((resolve) => (this.linkReady = resolve));
+
+  /**
+   * The `kv` kind's handle on this host's values in the store (ResourceWorld.cluster). Using it opens the store if
+   * the graph did not already (the embedded one, or etcd once reachable); until then its calls wait.
+   */
+  readonly values: ClusterValues = {
+    get: async (key, signal) => (await this.linkFor(signal)).kvGet(key),
+    set: async (key, value, signal) => (await this.linkFor(signal)).kvSet(key, value),
+    watch: (key, onChange) => {
+      const set = this.kvWatchers.get(key) ?? new Set();
+      set.add(onChange);
+      this.kvWatchers.set(key, set);
+      return () => {
+        set.delete(onChange);
+        if (set.size === 0) this.kvWatchers.delete(key);
+      };
+    },
+  };
+
   constructor(private readonly opts: GraphSourceOptions) {}
+
+  private async linkFor(signal: AbortSignal): Promise<ClusterLink> {
+    await this.connect();
+    if (this.link === undefined) {
+      // etcd unreachable: connect() retries in the background; wait for it (or for the resource to be stopped).
+      await new Promise<void>((resolve, reject) => {
+        const onAbort = (): void => reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+        signal.addEventListener('abort', onAbort, { once: true });
+        void this.linked.then(() => {
+          signal.removeEventListener('abort', onAbort);
+          resolve();
+        });
+      });
+    }
+    const link = this.link;
+    if (link === undefined) throw new BackplaneError('E_IO', 'not connected to the cluster store', { retryable: true });
+    return link;
+  }
 
   /** Calls `cb` when a re-render may give a different graph (the file or collected data changed). */
   async watch(cb: (cause: ChangeCause) => void, signal: AbortSignal, opts: { file: boolean } = { file: true }): Promise<void> {
@@ -190,6 +230,9 @@ export class GraphSource {
       log: this.opts.log,
       record,
       identity,
+      onOwnKv: (key) => {
+        for (const cb of this.kvWatchers.get(key) ?? []) cb();
+      },
       ...(cluster.leaseTtlMs === undefined ? {} : { leaseTtlMs: cluster.leaseTtlMs }),
     });
     await link.start((entries) => {
@@ -197,6 +240,7 @@ export class GraphSource {
       this.changeListener?.('cluster');
     });
     this.link = link;
+    this.linkReady?.();
     this.opts.log.info(
       cluster.etcd.length > 0
         ? `joined cluster "${cluster.cluster}" as ${this.opts.host} through etcd ${cluster.etcd.join(',')}`
@@ -284,7 +328,7 @@ export class GraphSource {
 }
 
 function needsCluster(raw: RawGraph): boolean {
-  return (raw.collect?.length ?? 0) > 0 || raw.resources.some((r) => r.export !== undefined);
+  return (raw.collect?.length ?? 0) > 0 || raw.resources.some((r) => r.export !== undefined || r.kind === 'kv');
 }
 
 export function parseLabels(items: readonly string[]): Record<string, string> {

@@ -1,7 +1,7 @@
 import type { Command } from 'commander';
 import { ClusterLink, type Member } from '../cluster/link.js';
 import { TrustFiles, trustScope } from '../cluster/trust.js';
-import { keys, parseExportedKey } from '../cluster/keys.js';
+import { keys, parseExportedKey, parseKvKey } from '../cluster/keys.js';
 import type { Store } from '../cluster/store.js';
 import { adminRole, etcdctlScript, hostRole } from '../cluster/etcd-roles.js';
 import { BackplaneError } from '../errors.js';
@@ -61,6 +61,40 @@ export function registerCluster(program: Command): void {
       });
     },
   );
+
+  common(cluster.command('kv').description("every host's kv values (the kv kind), each verified against its host's key"))
+    .option('--host <name>', 'only this host')
+    .action(async (flags: ClusterFlags & { host?: string }) => {
+      process.exitCode = await withStore(flags, async (store) => {
+        const { loadTrust } = await import('./hosts.js');
+        const files = await TrustFiles.open(flags.stateDir ?? defaultStateDir(), trustScope((flags.etcd ?? '') !== '', flags.cluster));
+        const trust = await loadTrust(store, files);
+        const { kvs } = await store.list(flags.host === undefined ? keys.kvPrefix : keys.kvByHost(flags.host));
+        const out: { host: string; key: string; value?: string; verified: boolean; problem?: string }[] = [];
+        for (const kv of kvs) {
+          const where = parseKvKey(kv.key);
+          if (where === undefined) continue;
+          const v = trust?.verify(where.host, kv.key, kv.value);
+          let value: string | undefined;
+          if (v?.ok === true) {
+            try {
+              const body = JSON.parse(v.body) as { value?: unknown };
+              if (typeof body.value === 'string') value = body.value;
+            } catch {
+              value = undefined;
+            }
+          }
+          const problem = v === undefined ? 'no CA pinned on this host to verify with' : !v.ok ? v.why : value === undefined ? 'the signed record holds no value' : undefined;
+          out.push({ host: where.host, key: where.key, ...(value === undefined ? {} : { value }), verified: problem === undefined, ...(problem === undefined ? {} : { problem }) });
+        }
+        if (flags.json === true) {
+          process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
+          return;
+        }
+        if (out.length === 0) process.stdout.write('no kv values\n');
+        for (const e of out) process.stdout.write(e.verified ? `${e.host}/${e.key} = ${JSON.stringify(e.value)}\n` : `${e.host}/${e.key} UNVERIFIED (${e.problem ?? ''}), ignored\n`);
+      });
+    });
 
   common(cluster.command('status').description("the store's health, the hosts and what each exports")).action(async (flags: ClusterFlags) => {
     process.exitCode = await withStore(flags, async (store) => {

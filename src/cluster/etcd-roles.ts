@@ -5,6 +5,7 @@ import { clusterRoot, keys, segment } from './keys.js';
  * (it collects what others export and sees who is alive) and writes only:
  *   nodes/<host>           its membership key (exact key: nodes/<host> must not cover nodes/<host>x)
  *   exported/<host>/       what it exports (prefix, ending in "/", with the host segment percent-encoded as keys.ts does)
+ *   kv/<host>/             the values its `kv` resources publish (prefix)
  *   joins/<host>           its join request (exact key)
  *   election/              elections (prefix): every candidate writes its own key there
  * `trust/` (the CA's public key and the signed list of approved hosts) and `meta/` are written by the admin role only.
@@ -42,6 +43,7 @@ export function hostRole(cluster: string, host: string): EtcdRole {
       { permission: 'read', key: root, prefix: true },
       { permission: 'readwrite', key: root + keys.node(host), prefix: false },
       { permission: 'readwrite', key: root + keys.exportedByHost(host), prefix: true },
+      { permission: 'readwrite', key: root + keys.kvByHost(host), prefix: true },
       { permission: 'readwrite', key: `${root}joins/${segment(host)}`, prefix: false },
       { permission: 'readwrite', key: root + keys.electionsPrefix, prefix: true },
     ],

@@ -10,6 +10,7 @@ import { StoreError } from './store.js';
  *   trust/ca                              the cluster CA's public key (believed only if it matches a pinned one)
  *   trust/hosts                           the CA-signed list of approved and revoked hosts (trust.ts)
  *   joins/<host>                          a host's request to be approved: its public key and token proof
+ *   kv/<host>/<key>                       a value the host publishes (the `kv` resource kind), signed like exports
  *   meta/<name>                           cluster-wide settings (e.g. meta/layout: the layout version)
  *
  * Every variable segment is percent-encoded, so a resource named `/etc/motd` or a host named `a/b` can never be
@@ -68,6 +69,10 @@ export const keys = {
   trustCa: 'trust/ca',
   trustHosts: 'trust/hosts',
 
+  kvPrefix: 'kv/',
+  kvByHost: (host: string): string => `kv/${segment(host)}/`,
+  kv: (host: string, key: string): string => `kv/${segment(host)}/${segment(key)}`,
+
   joinsPrefix: 'joins/',
   join: (host: string): string => `joins/${segment(host)}`,
 } as const;
@@ -75,6 +80,13 @@ export const keys = {
 /** The host a `nodes/<host>` key belongs to, or undefined for any other key. */
 export function parseNodeKey(key: string): string | undefined {
   return decodeOrUndefined(/^nodes\/([^/]+)$/.exec(key)?.[1]);
+}
+
+export function parseKvKey(key: string): { host: string; key: string } | undefined {
+  const m = /^kv\/([^/]+)\/([^/]+)$/.exec(key);
+  const host = decodeOrUndefined(m?.[1]);
+  const k = decodeOrUndefined(m?.[2]);
+  return host === undefined || k === undefined ? undefined : { host, key: k };
 }
 
 /** The host a `joins/<host>` key belongs to, or undefined for any other key. */

@@ -4,9 +4,9 @@ import type { ExportedResource } from '../graph/graph.js';
 import type { Logger } from '../log.js';
 import type { HostFacts } from '../resources/types.js';
 import { fingerprint, type KeyPair } from './identity.js';
-import { keys, parseExportedKey, parseJoinKey, parseNodeKey } from './keys.js';
+import { keys, parseExportedKey, parseJoinKey, parseKvKey, parseNodeKey } from './keys.js';
 import { isStoreError, writeInChunks, type KeyValue, type Lease, type Store, type TxnOp, type WatchBatch } from './store.js';
-import { approve, joinMac, parseJoinRequest, sealRecord, TrustView, updateHosts, type JoinToken, type TrustFiles, type Verified } from './trust.js';
+import { approve, joinMac, openRecord, parseJoinRequest, sealRecord, TrustView, updateHosts, type JoinToken, type TrustFiles, type Verified } from './trust.js';
 
 /** What an agent publishes about itself under `nodes/<host>`: its liveness is the key's lease. */
 export interface NodeRecord {
@@ -38,6 +38,8 @@ export interface ClusterLinkOptions {
   /** The node record's lease: when the agent dies, its record and its exports disappear after this long. */
   readonly leaseTtlMs?: number;
   readonly record: () => NodeRecord;
+  /** Called with the key of one of this host's `kv` values whenever the store's copy changes. */
+  readonly onOwnKv?: (key: string) => void;
 }
 
 const DEFAULT_TTL_MS = 3000;
@@ -60,6 +62,9 @@ export class ClusterLink {
   private published = new Map<string, string>();
   private wanted = new Map<string, ExportedResource>();
   private wantedSealed = new Map<string, string>();
+  /** The `kv` values this host publishes (store key -> sealed), and what the store holds under kv/<host>/. */
+  private readonly kvWanted = new Map<string, string>();
+  private readonly kvSeen = new Map<string, string>();
   private nodeValue: string | undefined;
   /** Everything under exported/ as read, verified or not: a change of the hosts list re-judges all of it. */
   private readonly raw = new Map<string, KeyValue>();
@@ -104,6 +109,7 @@ export class ClusterLink {
     await this.ensureApproved();
     await this.register();
     await this.watchExports();
+    await this.watchOwnKv();
     await this.opts.store.watch(keys.node(this.opts.host), this.nodeRevision + 1, (b) => this.onOwnNode(b), this.ac.signal);
     if (this.opts.identity.ca !== undefined) await this.watchJoins();
   }
@@ -408,10 +414,11 @@ export class ClusterLink {
       const lease = this.lease;
       if (lease === undefined) return;
       const ops: TxnOp[] = [];
-      for (const [key, value] of this.wantedSealed) if (this.published.get(key) !== value) ops.push({ put: key, value, lease });
-      for (const key of this.published.keys()) if (!this.wantedSealed.has(key)) ops.push({ delete: key });
+      const wanted = new Map([...this.wantedSealed, ...this.kvWanted]);
+      for (const [key, value] of wanted) if (this.published.get(key) !== value) ops.push({ put: key, value, lease });
+      for (const key of this.published.keys()) if (!wanted.has(key)) ops.push({ delete: key });
       if (ops.length > 0) await writeInChunks(this.opts.store, ops, { signal: this.ac.signal });
-      this.published = new Map(this.wantedSealed);
+      this.published = wanted;
       this.markReachable(true);
     } catch (err) {
       if (this.ac.signal.aborted) return;
@@ -439,6 +446,67 @@ export class ClusterLink {
   }
 
   // ------------------------------------------------------------------------------------------------------------
+  // This host's values (the `kv` kind): published and kept like exports, under kv/<host>/
+
+  /** This host's value for `key` as the store holds it: a record this host signed for that key, else undefined. */
+  kvGet(key: string): string | undefined {
+    const storeKey = keys.kv(this.opts.host, key);
+    const value = this.kvSeen.get(storeKey);
+    if (value === undefined) return undefined;
+    const opened = openRecord(this.opts.identity.hostKey.publicKey, storeKey, value);
+    if (opened === undefined) return undefined;
+    try {
+      const v = JSON.parse(opened) as { value?: unknown };
+      return typeof v.value === 'string' ? v.value : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** Publishes (or withdraws, with undefined) this host's value for `key`; resolves once synced (or retried later). */
+  kvSet(key: string, value: string | undefined): Promise<void> {
+    const storeKey = keys.kv(this.opts.host, key);
+    if (value === undefined) this.kvWanted.delete(storeKey);
+    else this.kvWanted.set(storeKey, this.seal(storeKey, JSON.stringify({ value })));
+    return this.sync();
+  }
+
+  private async watchOwnKv(): Promise<void> {
+    const prefix = keys.kvByHost(this.opts.host);
+    const { kvs, revision } = await this.opts.store.list(prefix, { signal: this.ac.signal });
+    for (const kv of kvs) this.kvSeen.set(kv.key, kv.value);
+    await this.opts.store.watch(
+      prefix,
+      revision + 1,
+      (batch) => {
+        const touched = new Set<string>();
+        if (batch.type === 'resync') {
+          for (const key of this.kvSeen.keys()) touched.add(key);
+          this.kvSeen.clear();
+          for (const kv of batch.kvs) {
+            this.kvSeen.set(kv.key, kv.value);
+            touched.add(kv.key);
+          }
+        } else {
+          for (const e of batch.events) {
+            if (e.type === 'put') this.kvSeen.set(e.kv.key, e.kv.value);
+            else this.kvSeen.delete(e.key);
+            touched.add(e.type === 'put' ? e.kv.key : e.key);
+          }
+        }
+        let restore = false;
+        for (const key of touched) {
+          if (this.published.has(key) && this.kvSeen.get(key) !== this.published.get(key)) restore = this.forget(key) || restore;
+          const parsed = parseKvKey(key);
+          if (parsed !== undefined) this.opts.onOwnKv?.(parsed.key);
+        }
+        if (restore) void this.sync();
+      },
+      this.ac.signal,
+    );
+  }
+
+  // ------------------------------------------------------------------------------------------------------------
   // Everyone's exports
 
   private async watchExports(): Promise<void> {
@@ -456,7 +524,9 @@ export class ClusterLink {
       this.verified.clear();
       for (const kv of batch.kvs) this.raw.set(kv.key, kv);
       for (const kv of batch.kvs) this.judge(kv);
-      for (const key of this.published.keys()) if (this.raw.get(key)?.value !== this.published.get(key)) restore = this.forget(key) || restore;
+      for (const key of this.published.keys()) {
+        if (key.startsWith(keys.exportedPrefix) && this.raw.get(key)?.value !== this.published.get(key)) restore = this.forget(key) || restore;
+      }
     } else {
       for (const e of batch.events) {
         if (e.type === 'put') {

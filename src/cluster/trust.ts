@@ -64,6 +64,13 @@ function parseEnvelope(value: string): Envelope | string {
   return { v: 1, seq: e['seq'], body: e['body'], sig: e['sig'] };
 }
 
+/** The body of a record at `key` if `publicKey` signed it (a host reading back its own records), else undefined. */
+export function openRecord(publicKey: string, key: string, value: string): string | undefined {
+  const env = parseEnvelope(value);
+  if (typeof env === 'string') return undefined;
+  return verifyText(publicKey, RECORD, key, `${env.seq}\n${env.body}`, env.sig) ? env.body : undefined;
+}
+
 /** Seals the hosts document with the CA key. */
 export function sealHosts(ca: KeyPair, doc: HostsDoc): string {
   const body = JSON.stringify(doc);

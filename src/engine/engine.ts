@@ -4,7 +4,7 @@ import type { KindRegistry } from '../graph/build.js';
 import type { Graph, Vertex } from '../graph/graph.js';
 import type { ResourceId } from '../graph/ids.js';
 import type { Logger } from '../log.js';
-import type { HostFacts, Resource, ResourceWorld } from '../resources/types.js';
+import type { ClusterValues, HostFacts, Resource, ResourceWorld } from '../resources/types.js';
 import { gatherFacts } from '../facts.js';
 import { defaultStateDir, resourceStateDir } from '../state-dir.js';
 import { Semaphore, SemaphoreSet } from '../util/semaphore.js';
@@ -21,6 +21,8 @@ export interface EngineOptions {
   /** Root of the agent's state directory (resources get private subdirectories). */
   readonly stateDir?: string;
   readonly facts?: HostFacts;
+  /** The `kv` kind's handle on this host's values in the cluster store (ResourceWorld.cluster). */
+  readonly cluster?: ClusterValues;
 }
 
 export interface SwapSummary {
@@ -67,6 +69,7 @@ export class Engine implements WorkerHost {
       isProvided: (key) => this.provided.has(key),
       stateDir: (id) => resourceStateDir(stateRoot, id),
       facts: () => facts,
+      ...(opts.cluster === undefined ? {} : { cluster: opts.cluster }),
     };
     // Every worker listens on the root signal; thousands of listeners are by design, not a leak.
     setMaxListeners(0, this.root.signal);

@@ -45,7 +45,6 @@ const REFUSED_KINDS: Readonly<Record<string, string>> = {
   augeas: 'Augeas edits need libaugeas; write the whole file with a file or template resource instead',
   'aws:ec2': 'AWS EC2 instances need the AWS API; create them outside Backplane',
   password: "mgmt's password generates a secret in its cluster store; Backplane has no secret store: provide the secret as a file",
-  kv: "mgmt's kv writes a key into its cluster-global store; Backplane's store holds only signed per-host records written by the agent itself: use export/collect to share data between hosts",
   docker: 'Docker needs the Docker API; supervise the container with a svc (cmd: [docker, run, ...]) instead',
   'docker:container': 'Docker needs the Docker API; supervise the container with a svc (cmd: [docker, run, ...]) instead',
   'consul:kv': 'Consul is not a store Backplane talks to',
@@ -107,6 +106,19 @@ const translators: Record<string, Translate> = {
     }
     if (typeof p['cwd'] === 'string' && p['cwd'] !== '') out['cwd'] = p['cwd'];
     if (p['env'] !== undefined && p['env'] !== null) out['env'] = p['env'];
+    return out;
+  },
+  // mgmt's kv is one cluster-wide namespace; ours is the host's own (kv/<host>/<key>, signed): the same key set by
+  // two hosts is two values, which `backplane cluster kv` lists side by side.
+  kv: (p, _meta, name, refuse) => {
+    const out: Record<string, unknown> = { key: typeof p['key'] === 'string' && p['key'] !== '' ? p['key'] : name };
+    // mgmt: a nil value means the key is unset.
+    if (p['value'] === undefined || p['value'] === null) out['state'] = 'absent';
+    else out['value'] = typeof p['value'] === 'string' ? p['value'] : String(p['value']);
+    if (p['skiplessthan'] === true) {
+      refuse('skiplessthan', "mgmt's kv skiplessthan (only write a value greater than the stored one) is not supported", 'leave it out: the value is always written as given');
+    }
+    for (const key of Object.keys(p)) if (!['key', 'value', 'skiplessthan', 'skipcmpstyle'].includes(key)) out[key] = p[key];
     return out;
   },
   noop: (p) => {

@@ -5,6 +5,7 @@ import { fileKind } from './file.js';
 import { groupKind } from './group.js';
 import { hostnameKind } from './hostname.js';
 import { httpKind } from './http.js';
+import { kvKind } from './kv.js';
 import { msgKind } from './msg.js';
 import { noopKind } from './noop.js';
 import { pkgKind } from './pkg.js';
@@ -31,6 +32,7 @@ export const builtinKinds: readonly AnyResourceKind[] = [
   timerKind,
   msgKind,
   hostnameKind,
+  kvKind,
 ];
 
 export function createRegistry(kinds: readonly AnyResourceKind[] = builtinKinds): KindRegistry {

@@ -126,6 +126,21 @@ export interface ResourceWorld {
   stateDir(id: ResourceId): Promise<string>;
   /** Facts about this host (hostname, cpus, memory, addresses), gathered once per agent start. */
   facts(): HostFacts;
+  /** This host's values in the cluster store (the `kv` kind); absent where no agent runs (validate, unit tests). */
+  readonly cluster?: ClusterValues;
+}
+
+/**
+ * The narrow handle a resource gets on the cluster store: this host's own values under `kv/<host>/`, signed and kept
+ * by the agent like its exports (under its lease: they go when the host goes). A resource never sees the store.
+ */
+export interface ClusterValues {
+  /** This host's value for `key` as the store holds it now (a record this host signed), or undefined. */
+  get(key: string, signal: AbortSignal): Promise<string | undefined>;
+  /** Publishes this host's value for `key` (undefined withdraws it); resolves once the store has it. */
+  set(key: string, value: string | undefined, signal: AbortSignal): Promise<void>;
+  /** Calls `onChange` whenever the store's value for `key` changes; returns the function that stops it. */
+  watch(key: string, onChange: () => void): () => void;
 }
 
 export interface HostFacts {

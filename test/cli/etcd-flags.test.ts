@@ -77,6 +77,7 @@ describe('etcd flags', () => {
         'read /backplane/prod/*',
         'readwrite /backplane/prod/nodes/web%2F1',
         'readwrite /backplane/prod/exported/web%2F1/*',
+        'readwrite /backplane/prod/kv/web%2F1/*',
         'readwrite /backplane/prod/joins/web%2F1',
         'readwrite /backplane/prod/election/*',
       ],

@@ -296,6 +296,31 @@ collect:
     assert.deepEqual(Object.keys(await collectedOnA()).sort(), ['b-out.txt', 'd-out.txt']);
     assert.equal(count(a.output(), /not collecting file\[.*\/b\/copy\]/), 1);
   });
+
+  test('kv: a host publishes a signed value under its own name, puts it back when someone else changes it, withdraws it when removed', async () => {
+    const kvList = async (): Promise<{ host: string; key: string; value?: string; verified: boolean; problem?: string }[]> => {
+      const r = await runCli(['cluster', 'kv', ...common(), '--state-dir', state('a'), '--json']);
+      assert.equal(r.code, 0, r.stderr);
+      return JSON.parse(r.stdout) as { host: string; key: string; value?: string; verified: boolean }[];
+    };
+    const key = keys.kv('b', 'greeting');
+    await writeGraph('b', `${exporter('b', 3)}  - { kind: kv, name: greeting, value: hello }\n`);
+    await poll('b’s kv value in the store', 10_000, async () => (await kvList()).some((e) => e.host === 'b' && e.key === 'greeting' && e.value === 'hello' && e.verified));
+    // Someone else writes b's key: readers refuse it, and b puts its own signed value back.
+    const evil = JSON.stringify({ value: 'evil' });
+    await store.put(key, evil);
+    await poll('b’s value put back', 5000, async () => {
+      const now = await store.get(key);
+      return now !== undefined && now.value !== evil && (await kvList()).some((e) => e.host === 'b' && e.key === 'greeting' && e.value === 'hello' && e.verified);
+    });
+    await store.put(keys.kv('ghost', 'greeting'), sealRecord(generateKeyPair(), keys.kv('ghost', 'greeting'), 1, JSON.stringify({ value: 'boo' })));
+    const list = await kvList();
+    assert.equal(list.find((e) => e.host === 'ghost')?.verified, false);
+    assert.match(list.find((e) => e.host === 'ghost')?.problem ?? '', /"ghost" is not approved/);
+    // Removed from the graph: withdrawn.
+    await writeGraph('b', exporter('b', 3));
+    await poll('b’s kv value withdrawn', 10_000, async () => (await store.get(key)) === undefined);
+  });
 });
 
 function escape(s: string): string {

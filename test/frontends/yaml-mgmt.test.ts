@@ -535,6 +535,18 @@ describe('mgmt YAML: translated faithfully, or refused by name', () => {
     assert.equal(param(one('pkg', 'cowsay', '    state: installed\n    allowuntrusted: false\n    allownonfree: false\n'), 'state'), 'installed');
   });
 
+  test("kv: key and value carried over (key defaults to the name); a nil value withdraws the key; skiplessthan refused", () => {
+    const v = one('kv', 'greeting', '    key: hello\n    value: world\n');
+    assert.equal(param(v, 'key'), 'hello');
+    assert.equal(param(v, 'value'), 'world');
+    assert.equal(param(v, 'state'), 'present');
+    assert.equal(param(one('kv', 'hello', '    value: 42\n'), 'value'), '42');
+    assert.equal(param(one('kv', 'hello', '    value: null\n'), 'state'), 'absent');
+    const r = refused('graph: g\nresources:\n  kv:\n  - name: n\n    value: "3"\n    skiplessthan: true\n');
+    assert.match(r.message, /skiplessthan/);
+    assert.equal(r.at, `${GRAPH_FILE}:6:5`);
+  });
+
   test('pkg: state newest is refused at its line, not taken as a version string', () => {
     const r = refused('graph: g\nresources:\n  pkg:\n  - name: cowsay\n    state: newest\n');
     assert.match(r.message, /pkg state "newest"/);
@@ -588,7 +600,7 @@ remote: "ssh://root:password@hostname:22"
     assert.equal(r.at, `${GRAPH_FILE}:4:5`);
   });
 
-  for (const kind of ['virt', 'nspawn', 'augeas', 'aws:ec2', 'kv', 'password']) {
+  for (const kind of ['virt', 'nspawn', 'augeas', 'aws:ec2', 'password']) {
     test(`kind ${kind} is refused by name`, () => {
       const r = refused(`graph: g\nresources:\n  "${kind}":\n  - name: x\n`);
       assert.equal(r.message, `mgmt's ${kind} resources are not supported`);

@@ -57,7 +57,7 @@ describe('Graph.topoOrder', () => {
   });
 
   test('an empty graph has an empty order', () => {
-    assert.deepEqual(build('').topoOrder(), []);
+    assert.deepEqual(build('resources: []').topoOrder(), []);
   });
 
   test('a chain declared backwards comes out forwards', () => {
@@ -188,7 +188,7 @@ describe('toDot', () => {
 
   test('an empty graph is still a valid digraph', () => {
     assert.equal(
-      toDot(build('')),
+      toDot(build('resources: []')),
       'digraph backplane {\n  rankdir=LR;\n  node [shape=box, style="rounded,filled", fontname="Helvetica", fillcolor="#ffffff"];\n}\n',
     );
   });
