@@ -114,7 +114,8 @@ const translators: Record<string, Translate> = {
     const out: Record<string, unknown> = { key: typeof p['key'] === 'string' && p['key'] !== '' ? p['key'] : name };
     // mgmt: a nil value means the key is unset.
     if (p['value'] === undefined || p['value'] === null) out['state'] = 'absent';
-    else out['value'] = typeof p['value'] === 'string' ? p['value'] : String(p['value']);
+    else if (typeof p['value'] === 'string' || typeof p['value'] === 'number' || typeof p['value'] === 'boolean') out['value'] = String(p['value']);
+    else out['value'] = p['value']; // not a scalar: the schema reports it at its line
     if (p['skiplessthan'] === true) {
       refuse('skiplessthan', "mgmt's kv skiplessthan (only write a value greater than the stored one) is not supported", 'leave it out: the value is always written as given');
     }

@@ -99,6 +99,9 @@ describe('backplane run (real processes)', () => {
       assert.equal(r.signal, null, 'exited by itself, not killed');
       const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => 'gone');
       assert.ok(stat === 'gone' || / Z /.test(stat), `child ${pid} still alive: ${stat}`);
+      // Stopped before anything converged: the summary must not read as a success.
+      assert.match(r.stderr, /stopped before converging: 0 of 1 resources converged/);
+      assert.doesNotMatch(r.stderr, /converged: 0 of 1 resources in/);
     });
   });
 
