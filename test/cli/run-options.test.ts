@@ -182,7 +182,7 @@ export default ({ host }: Ctx) => ({
         assert.equal(await content(join(dir, 'motd')), 'v1 on tshost\n');
         await save(file, mod('v2'));
         await until(async () => (await content(join(dir, 'motd'))) === 'v2 on tshost\n', 10_000, 'the edited module applied');
-        assert.match(agent.output(), /graph swapped: 0 added, 0 removed, 1 changed/);
+        await agent.waitFor(/graph swapped: 0 added, 0 removed, 1 changed/, 5000);
       } finally {
         await stop(agent);
       }
