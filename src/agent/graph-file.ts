@@ -20,6 +20,8 @@ import type { Logger } from '../log.js';
  * after a pause): the agent guards against the damage such a prefix does (removals) separately, see Agent.reload.
  */
 export const QUIET_MS = 100;
+/** The stat signature of each graph file when it was last found complete. */
+const complete = new Map<string, string>();
 const POLL_MIN_MS = 50;
 const POLL_MAX_MS = 500;
 
@@ -94,11 +96,18 @@ export async function waitUntilWritten(file: string, signal: AbortSignal, log: L
     } catch {
       return true;
     }
+    // Unchanged since it was last found complete (a re-render for collected data, not an edit): no /proc scan,
+    // which costs tens of milliseconds that every exported change would otherwise pay.
+    const signature = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+    if (complete.get(file) === signature) return true;
     const writers = await openWriters(st);
     let wait: number;
     if (writers.length === 0) {
       wait = QUIET_MS - (Date.now() - st.mtimeMs);
-      if (wait <= 0) return true;
+      if (wait <= 0) {
+        complete.set(file, signature);
+        return true;
+      }
     } else {
       if (!told) {
         told = true;
