@@ -85,6 +85,24 @@ describe('bounded under hostile input', () => {
     });
   });
 
+  test('a TypeScript graph that allocates without end is stopped by its memory limit, and the agent lives on', async () => {
+    await withTempDir(async (dir) => {
+      const hog = join(dir, 'hog.mts');
+      await writeFile(hog, `export default () => { const keep: string[][] = []; for (;;) keep.push(new Array(100000).fill('x')); };\n`);
+      process.env['BACKPLANE_MODULE_MEMORY_MB'] = '64';
+      try {
+        assert.match(await failure(hog), /hog\.mts: the graph module used more than 64 MB of memory/);
+      } finally {
+        delete process.env['BACKPLANE_MODULE_MEMORY_MB'];
+      }
+      // The limit ended the worker, not this process: a sane graph still loads here.
+      const ok = join(dir, 'ok.mts');
+      await writeFile(ok, `export default () => [];\n`);
+      const g = await loadGraphFile(ok, registry);
+      assert.equal(g.vertices.size, 0);
+    });
+  });
+
   test('SIGTERM stops validate and run while a TypeScript graph is still looping', async () => {
     await withTempDir(async (dir) => {
       const loop = join(dir, 'loop.mts');
