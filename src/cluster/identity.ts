@@ -1,8 +1,9 @@
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BackplaneError } from '../errors.js';
+import { writeFileAtomic } from '../util/atomic-write.js';
 
 /**
  * Ed25519 key pairs: one per host (it signs everything the host writes to the store) and one for the cluster's
@@ -147,7 +148,7 @@ export async function readPrivateFile(path: string): Promise<string | undefined>
 }
 
 /**
- * Writes a private file (0600) atomically: a fresh temp name created with O_EXCL|O_NOFOLLOW, fsync, rename. With
+ * Writes a private file (0600) atomically (writeFileAtomic: exclusive no-follow temp, fsync, rename). With
  * `exclusive`, the final name must not exist yet (link-free "create once": rename would replace, so the final step is
  * an exclusive open of the target instead).
  */
@@ -166,18 +167,5 @@ export async function writePrivateFile(path: string, text: string, opts: { exclu
     await fh.close();
     return;
   }
-  const tmp = `${path}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
-  const fh = await open(tmp, flags, 0o600);
-  try {
-    await fh.writeFile(text);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, path);
-  } catch (err) {
-    await rm(tmp, { force: true });
-    throw err;
-  }
+  await writeFileAtomic(path, text, 0o600);
 }

@@ -1,9 +1,9 @@
 import { watch as fsWatch } from 'node:fs';
-import { open, readFile, rename, unlink, writeFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
 import { hostname as kernelHostname } from 'node:os';
 import { z } from 'zod';
 import { BackplaneError, errorMessage } from '../errors.js';
+import { writeFileAtomic } from '../util/atomic-write.js';
 import { defineKind } from './types.js';
 
 const ETC = '/etc';
@@ -87,26 +87,7 @@ async function readStatic(): Promise<string | undefined> {
     .find((l) => l !== '' && !l.startsWith('#'));
 }
 
-/** Atomically: a temp file in /etc (only root writes there, so no one can race the name), fsync, rename, fsync /etc. */
+/** Atomically and durably (temp file in /etc, fsync, rename, fsync of /etc). */
 async function writeStatic(name: string): Promise<void> {
-  const tmp = `${ETC}/.hostname.backplane-${randomBytes(6).toString('hex')}`;
-  const fh = await open(tmp, 'wx', 0o644);
-  try {
-    await fh.writeFile(`${name}\n`);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await rename(tmp, STATIC_FILE);
-  } catch (err) {
-    await unlink(tmp).catch(() => undefined);
-    throw err;
-  }
-  const dir = await open(ETC, 'r');
-  try {
-    await dir.sync();
-  } finally {
-    await dir.close();
-  }
+  await writeFileAtomic(STATIC_FILE, `${name}\n`, 0o644);
 }

@@ -1,0 +1,32 @@
+import { randomBytes } from 'node:crypto';
+import { constants } from 'node:fs';
+import { open, rename, rm } from 'node:fs/promises';
+import { dirname } from 'node:path';
+import { syncDirectory } from './dirsync.js';
+
+/**
+ * Replaces `path` with `text` atomically and durably: a temp file under a random name next to it, created with
+ * O_EXCL|O_NOFOLLOW (a name planted by someone else is refused, never written through), fsync'd, renamed over the
+ * target, and the directory fsync'd so the rename survives a crash. For the agent's own small files (keys, the hosts
+ * list, /etc/hostname); managed files go through the file kind, which also guards the directory against races.
+ */
+export async function writeFileAtomic(path: string, text: string, mode: number): Promise<void> {
+  const tmp = `${path}.${randomBytes(6).toString('hex')}.tmp`;
+  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
+  try {
+    await fh.writeFile(text);
+    await fh.sync();
+  } catch (err) {
+    await fh.close();
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  await fh.close();
+  try {
+    await rename(tmp, path);
+  } catch (err) {
+    await rm(tmp, { force: true });
+    throw err;
+  }
+  await syncDirectory(dirname(path));
+}
