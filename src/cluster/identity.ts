@@ -1,9 +1,9 @@
 import { createHash, createPrivateKey, createPublicKey, generateKeyPairSync, sign, verify, type KeyObject } from 'node:crypto';
 import { constants } from 'node:fs';
-import { mkdir, open, rm, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BackplaneError } from '../errors.js';
-import { writeFileAtomic } from '../util/atomic-write.js';
+import { writeFileAtomic, writeNewFile } from '../util/atomic-write.js';
 
 /**
  * Ed25519 key pairs: one per host (it signs everything the host writes to the store) and one for the cluster's
@@ -153,19 +153,6 @@ export async function readPrivateFile(path: string): Promise<string | undefined>
  * an exclusive open of the target instead).
  */
 export async function writePrivateFile(path: string, text: string, opts: { exclusive?: boolean } = {}): Promise<void> {
-  const flags = constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW;
-  if (opts.exclusive === true) {
-    const fh = await open(path, flags, 0o600);
-    try {
-      await fh.writeFile(text);
-      await fh.sync();
-    } catch (err) {
-      await fh.close();
-      await rm(path, { force: true });
-      throw err;
-    }
-    await fh.close();
-    return;
-  }
-  await writeFileAtomic(path, text, 0o600);
+  if (opts.exclusive === true) await writeNewFile(path, text, 0o600);
+  else await writeFileAtomic(path, text, 0o600);
 }

@@ -346,18 +346,19 @@ export class ClusterLink {
     if (ca === undefined || view === undefined) return;
     const host = parseJoinKey(kv.key);
     const req = parseJoinRequest(kv.value);
-    const tag = `join:${kv.key}@${kv.modRevision}`;
-    if (host === undefined || req === undefined || req.host !== host || !HOST_NAME.test(host)) return this.warnOnce(tag, `ignoring the join request at ${kv.key}: it is malformed`);
+    // Per key and message, not per write: a store writer rewriting the same join request in a loop gets one line.
+    const say = (msg: string): void => this.warnOnce(`join:${kv.key}:${msg}`, msg);
+    if (host === undefined || req === undefined || req.host !== host || !HOST_NAME.test(host)) return say(`ignoring the join request at ${kv.key}: it is malformed`);
     if (view.keyOf(host) === req.publicKey) {
       await this.opts.store.cas(kv.key, kv.modRevision, null, { signal: this.ac.signal });
       return;
     }
-    if (req.token === undefined) return this.warnOnce(tag, `host ${host} asks to join (key ${fingerprint(req.publicKey)}); approve it with \`backplane hosts approve ${host}\``);
+    if (req.token === undefined) return say(`host ${host} asks to join (key ${fingerprint(req.publicKey)}); approve it with \`backplane hosts approve ${host}\``);
     if (view.state(host) !== 'unknown') {
-      return this.warnOnce(tag, `not approving ${host} by token: that name is already ${view.state(host)} with another key; \`backplane hosts approve ${host} --replace\` if it was reinstalled`);
+      return say(`not approving ${host} by token: that name is already ${view.state(host)} with another key; \`backplane hosts approve ${host} --replace\` if it was reinstalled`);
     }
     const ok = await files.redeem(req);
-    if (ok !== true) return this.warnOnce(tag, `not approving ${host}: ${ok}`);
+    if (ok !== true) return say(`not approving ${host}: ${ok}`);
     await updateHosts(this.opts.store, ca, view, approve(host, req.publicKey, false), { signal: this.ac.signal });
     await this.afterOwnUpdate();
     this.opts.log.info(`approved host ${host} (key ${fingerprint(req.publicKey)}) with join token ${req.token}`);

@@ -246,6 +246,12 @@ collect:
     const tokenId = /^bp1\.([0-9a-f]{8})\./.exec(await readFile(join(work, 'token'), 'utf8'))![1]!;
     await store.put(keys.join('d'), JSON.stringify({ host: 'd', publicKey: k.publicKey, at: new Date().toISOString(), token: tokenId, mac: '00'.repeat(32) }));
     await agents.get('a')!.waitFor(/not approving d: .*(proof of token .* is wrong|used up)/, 10_000);
+    // Rewritten again and again, the same bad request is one line, not one per write.
+    for (let i = 0; i < 4; i++) {
+      await store.put(keys.join('d'), JSON.stringify({ host: 'd', publicKey: k.publicKey, at: `again ${i}`, token: tokenId, mac: '00'.repeat(32) }));
+    }
+    await sleep(700);
+    assert.equal(count(agents.get('a')!.output(), /not approving d: /), 1, agents.get('a')!.output());
     const fresh = await runCli(['hosts', 'token', ...common(), '--state-dir', state('a')]);
     const freshId = /^bp1\.([0-9a-f]{8})\./.exec(fresh.stdout)![1]!;
     await store.put(keys.join('b'), JSON.stringify({ host: 'b', publicKey: k.publicKey, at: new Date().toISOString(), token: freshId, mac: '00'.repeat(32) }));
