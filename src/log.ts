@@ -1,4 +1,5 @@
 import { pino, type Logger as PinoLogger } from 'pino';
+import { terminalSafe } from './util/terminal.js';
 
 /**
  * Two audiences: people get one short line per event (`12:00:01.234 file[/etc/motd]: content changed`), machines
@@ -78,9 +79,10 @@ class HumanLogger implements Logger {
     const ts = `${pad(t.getHours())}:${pad(t.getMinutes())}:${pad(t.getSeconds())}.${String(t.getMilliseconds()).padStart(3, '0')}`;
     const p = this.paint;
     const tag = lvl === 'info' ? '' : `${(p.level[lvl] ?? plain)(lvl.toUpperCase())} `;
-    const who = this.resource === undefined ? '' : `${p.bold(this.resource)}: `;
+    const who = this.resource === undefined ? '' : `${p.bold(terminalSafe(this.resource))}: `;
     const extra = fields === undefined ? '' : formatFields(fields);
-    this.write(`${p.dim(ts)} ${tag}${who}${msg}${extra}\n`);
+    // Messages carry names from the store, graphs and other hosts: escaped, so none of them can drive the terminal.
+    this.write(`${p.dim(ts)} ${tag}${who}${terminalSafe(msg + extra)}\n`);
   }
   debug(msg: string, f?: Fields): void {
     this.emit('debug', msg, f);

@@ -6,7 +6,7 @@ import type { Store } from '../cluster/store.js';
 import { adminRole, etcdctlScript, hostRole } from '../cluster/etcd-roles.js';
 import { BackplaneError } from '../errors.js';
 import { defaultStateDir } from '../state-dir.js';
-import { EXIT, reportError } from './common.js';
+import { EXIT, print, reportError } from './common.js';
 import { addStoreFlags, openStore, type EtcdFlags } from './etcd-flags.js';
 
 /** The flags of every command that opens the cluster store (see storeFlags). */
@@ -47,16 +47,16 @@ export function registerCluster(program: Command): void {
           process.stdout.write(`${JSON.stringify(members, null, 2)}\n`);
           return;
         }
-        if (members.length === 0) process.stdout.write('no hosts registered\n');
+        if (members.length === 0) print('no hosts registered\n');
         for (const m of members) {
           const r = m.record;
           if (!m.verified) {
-            process.stdout.write(`${m.host.padEnd(20)} UNVERIFIED  ${m.problem ?? ''}\n`);
+            print(`${m.host.padEnd(20)} UNVERIFIED  ${m.problem ?? ''}\n`);
             continue;
           }
           const facts = r === undefined ? 'unreadable record' : `${r.facts.cpus} cpus, ${gib(r.facts.memory.total)} memory, ${r.facts.ipv4}, up since ${r.startedAt}`;
           const labels = r === undefined || Object.keys(r.labels).length === 0 ? '' : ` [${Object.entries(r.labels).map(([k, v]) => `${k}=${v}`).join(' ')}]`;
-          process.stdout.write(`${m.host.padEnd(20)} alive  ${facts}${labels}\n`);
+          print(`${m.host.padEnd(20)} alive  ${facts}${labels}\n`);
         }
       });
     },
@@ -91,8 +91,8 @@ export function registerCluster(program: Command): void {
           process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
           return;
         }
-        if (out.length === 0) process.stdout.write('no kv values\n');
-        for (const e of out) process.stdout.write(e.verified ? `${e.host}/${e.key} = ${JSON.stringify(e.value)}\n` : `${e.host}/${e.key} UNVERIFIED (${e.problem ?? ''}), ignored\n`);
+        if (out.length === 0) print('no kv values\n');
+        for (const e of out) print(e.verified ? `${e.host}/${e.key} = ${JSON.stringify(e.value)}\n` : `${e.host}/${e.key} UNVERIFIED (${e.problem ?? ''}), ignored\n`);
       });
     });
 
@@ -113,15 +113,15 @@ export function registerCluster(program: Command): void {
         process.stdout.write(`${JSON.stringify({ store: { kind: store.kind, ...health }, members, exports: Object.fromEntries(exports) }, null, 2)}\n`);
         return;
       }
-      process.stdout.write(`store: ${store.kind}, ${health.ok ? 'healthy' : 'UNHEALTHY'} (${health.detail})\n`);
-      process.stdout.write(`hosts: ${members.length}\n`);
+      print(`store: ${store.kind}, ${health.ok ? 'healthy' : 'UNHEALTHY'} (${health.detail})\n`);
+      print(`hosts: ${members.length}\n`);
       for (const m of members) {
         const ex = exports.get(m.host) ?? [];
-        if (!m.verified) process.stdout.write(`  ${m.host}: UNVERIFIED record (${m.problem ?? 'unknown'}), ignored\n`);
-        else process.stdout.write(`  ${m.host}: alive, exports ${ex.length}${ex.length > 0 ? `: ${ex.join(', ')}` : ''}\n`);
+        if (!m.verified) print(`  ${m.host}: UNVERIFIED record (${m.problem ?? 'unknown'}), ignored\n`);
+        else print(`  ${m.host}: alive, exports ${ex.length}${ex.length > 0 ? `: ${ex.join(', ')}` : ''}\n`);
       }
       for (const [host, ex] of exports) {
-        if (!members.some((m) => m.host === host)) process.stdout.write(`  ${host}: NOT registered, yet exports ${ex.join(', ')}\n`);
+        if (!members.some((m) => m.host === host)) print(`  ${host}: NOT registered, yet exports ${ex.join(', ')}\n`);
       }
       if (!health.ok) throw new Error('the store is not healthy');
     });

@@ -1,6 +1,7 @@
 import { accessSync, constants as fsc, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { BackplaneError, ValidationErrors, errorMessage } from '../errors.js';
+import { terminalSafe } from '../util/terminal.js';
 import { errorLabel } from '../log.js';
 import { parseDuration } from '../util/duration.js';
 
@@ -92,4 +93,9 @@ export function checkWritableFile(flag: string, path: string): void {
     if (err instanceof BackplaneError) throw err;
     // ENOENT: the file will be created.
   }
+}
+
+/** Writes text output that may hold names others wrote (store keys, host names) with control characters escaped. */
+export function print(text: string): void {
+  process.stdout.write(terminalSafe(text));
 }

@@ -7,7 +7,7 @@ import { BackplaneError } from '../errors.js';
 import { defaultStateDir } from '../state-dir.js';
 import { parseDuration } from '../util/duration.js';
 import { storeFlags, withStore, type StoreFlags } from './cluster.js';
-import { EXIT, reportError } from './common.js';
+import { EXIT, print, reportError } from './common.js';
 
 /**
  * `backplane cluster init` and `backplane hosts ...`: the operator's side of host identity (see cluster/trust.ts).
@@ -90,10 +90,10 @@ export function registerHosts(program: Command): void {
         );
         return;
       }
-      if (view === undefined) process.stdout.write('this host knows no cluster CA: nothing can be verified here\n');
-      else process.stdout.write(`CA ${fingerprint(view.caPublicKey)}, hosts list serial ${view.serial}\n`);
-      for (const h of list) process.stdout.write(`${h.host.padEnd(24)} ${h.state.padEnd(9)} ${h.fingerprint}  since ${h.since}\n`);
-      for (const p of pending) process.stdout.write(`${p.host.padEnd(24)} ${'pending'.padEnd(9)} ${fingerprint(p.publicKey)}  asked ${p.at}${p.token === undefined ? '' : ` (token ${p.token})`}\n`);
+      if (view === undefined) print('this host knows no cluster CA: nothing can be verified here\n');
+      else print(`CA ${fingerprint(view.caPublicKey)}, hosts list serial ${view.serial}\n`);
+      for (const h of list) print(`${h.host.padEnd(24)} ${h.state.padEnd(9)} ${h.fingerprint}  since ${h.since}\n`);
+      for (const p of pending) print(`${p.host.padEnd(24)} ${'pending'.padEnd(9)} ${fingerprint(p.publicKey)}  asked ${p.at}${p.token === undefined ? '' : ` (token ${p.token})`}\n`);
     });
   });
 
@@ -112,7 +112,7 @@ export function registerHosts(program: Command): void {
         const doc = await updateHosts(store, ca, view, approve(host, req.publicKey, flags.replace === true));
         if (view.sealed !== undefined) await files.saveHosts(view.sealed);
         if (kv !== undefined) await store.cas(kv.key, kv.modRevision, null);
-        process.stdout.write(doc === undefined ? `host ${host} was already approved with key ${fingerprint(req.publicKey)}\n` : `approved host ${host} with key ${fingerprint(req.publicKey)}\n`);
+        print(doc === undefined ? `host ${host} was already approved with key ${fingerprint(req.publicKey)}\n` : `approved host ${host} with key ${fingerprint(req.publicKey)}\n`);
       });
     });
 
@@ -129,7 +129,7 @@ export function registerHosts(program: Command): void {
       }
       const doc = await updateHosts(store, ca, view, revoke(host));
       if (view.sealed !== undefined) await files.saveHosts(view.sealed);
-      process.stdout.write(doc === undefined ? `host ${host} was already revoked\n` : `revoked host ${host}\n`);
+      print(doc === undefined ? `host ${host} was already revoked\n` : `revoked host ${host}\n`);
     });
   });
 
@@ -145,7 +145,7 @@ export function registerHosts(program: Command): void {
         if (!Number.isInteger(uses) || uses < 1) throw new BackplaneError('E_USAGE', `--uses "${flags.uses}" is not a whole number of at least 1`);
         const { token, expires } = await files.createToken(ttl, uses);
         if (flags.json === true) process.stdout.write(`${JSON.stringify({ token, expires, uses })}\n`);
-        else process.stdout.write(`${token}\n`);
+        else print(`${token}\n`);
         process.exitCode = EXIT.ok;
       } catch (err) {
         process.exitCode = reportError(err);

@@ -136,6 +136,9 @@ collect:
       // Signed by a host nobody approved.
       await store.put(asEvil, sealRecord(stranger, asEvil, Date.now(), body));
     }
+    // A key that would drive the operator's terminal: logged with its control characters escaped.
+    await store.put('exported/evil\u001b[2J/file/x', '{}');
+    written.push(['exported/evil\\x1b[2J/file/x', /is not a valid host name/]);
     // b's real, signed export copied under another name: the signature binds the key.
     const real = await store.get(keys.exported('b', 'file', `${work}/b/out.txt`));
     assert.ok(real !== undefined);
@@ -154,6 +157,7 @@ collect:
     const out = a.output();
     assert.equal(count(out, /host "evil" is not approved/), 1, out);
     for (const [key, why] of written.slice(2)) assert.equal(count(out, new RegExp(`${escape(key)}: .*${why.source}`)), 1, `${key}\n${out}`);
+    assert.ok(!out.includes('\u001b[2J'), 'a raw escape sequence reached the log');
     assert.deepEqual(await collectedOnA(), { 'b-out.txt': 'from b v0\n' });
     assert.equal(await exists(marker), false);
     assert.equal(await exists(join(work, 'x')), false);
