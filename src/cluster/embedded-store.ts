@@ -10,10 +10,13 @@ import { campaign } from './election.js';
 import {
   DEFAULT_LIMITS,
   StoreError,
+  alreadyApplied,
+  compareHolds,
   compareKeys,
   deliver,
   throwIfAborted,
   validateKey,
+  validateCompares,
   validateOps,
   type CasResult,
   type KeyValue,
@@ -23,6 +26,8 @@ import {
   type Store,
   type StoreLimits,
   type TxnOp,
+  type TxnOptions,
+  type TxnResult,
   type WatchBatch,
   type WatchEvent,
 } from './store.js';
@@ -313,10 +318,26 @@ export class EmbeddedStore implements Store {
     });
   }
 
-  async txn(ops: readonly TxnOp[], opts: OpOptions = {}): Promise<{ revision: number }> {
+  async txn(ops: readonly TxnOp[], opts: TxnOptions = {}): Promise<TxnResult> {
     this.checkOpen(opts.signal, 'txn');
     validateOps(ops, this.limits, NOMINAL_PREFIX_BYTES);
-    return this.enqueue((view, next) => {
+    const compares = opts.if ?? [];
+    validateCompares(compares, ops, this.limits);
+    return this.enqueue<TxnResult>((view, next) => {
+      // Decided in the commit loop against the view that includes every write queued before this one, so the
+      // conditions and the writes happen at one revision, as in etcd.
+      const failed = compares.filter((c) => !compareHolds(c, view.get(c.key)));
+      if (failed.length > 0) {
+        const current = (key: string): KeyValue | undefined => {
+          const e = view.get(key);
+          return e === undefined ? undefined : toKV(key, e);
+        };
+        const landed = alreadyApplied(ops, current);
+        return {
+          changes: [],
+          result: (revision): TxnResult => (landed === undefined ? { ok: false, revision, failed } : { ok: true, revision: landed }),
+        };
+      }
       const changes: Change[] = [];
       for (const op of ops) {
         if ('put' in op) {
@@ -326,7 +347,7 @@ export class EmbeddedStore implements Store {
           changes.push({ key: op.delete, entry: null });
         }
       }
-      return { changes, result: (revision) => ({ revision }) };
+      return { changes, result: (revision): TxnResult => ({ ok: true, revision }) };
     });
   }
 

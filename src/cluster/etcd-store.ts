@@ -10,6 +10,7 @@ import {
   EtcdLeaseInvalidError,
   GRPCCancelledError,
   isRecoverableError,
+  type ICompare,
   type IKeyValue,
   type IOptions,
   type IRequestOp,
@@ -23,9 +24,12 @@ import {
   DEFAULT_LIMITS,
   StoreError,
   abortedError,
+  alreadyApplied,
+  compareHolds,
   deliver,
   throwIfAborted,
   validateKey,
+  validateCompares,
   validateOps,
   type CasResult,
   type KeyValue,
@@ -35,6 +39,8 @@ import {
   type Store,
   type StoreLimits,
   type TxnOp,
+  type TxnOptions,
+  type TxnResult,
   type WatchBatch,
   type WatchEvent,
 } from './store.js';
@@ -310,17 +316,40 @@ export class EtcdStore implements Store {
     return { ok: false, current };
   }
 
-  async txn(ops: readonly TxnOp[], opts: OpOptions = {}): Promise<{ revision: number }> {
+  async txn(ops: readonly TxnOp[], opts: TxnOptions = {}): Promise<TxnResult> {
     validateOps(ops, this.limits, this.rootBytes.length);
+    const compares = opts.if ?? [];
+    validateCompares(compares, ops, this.limits);
     const success: IRequestOp[] = ops.map((op) =>
       'put' in op
         ? { request_put: { key: this.full(op.put), value: Buffer.from(op.value), ...(op.lease === undefined ? {} : { lease: op.lease.id }) } }
         : { request_delete_range: { key: this.full(op.delete) } },
     );
+    // etcd compares revisions as given, and an absent key has create and mod revision 0: `absent` is "== 0".
+    const compare: ICompare[] = compares.map((c) =>
+      'createRevision' in c
+        ? { key: this.full(c.key), target: 'Create', result: 'Equal', create_revision: c.createRevision }
+        : 'modRevision' in c
+          ? { key: this.full(c.key), target: 'Mod', result: 'Equal', mod_revision: c.modRevision }
+          : { key: this.full(c.key), target: 'Create', result: 'Equal', create_revision: 0 },
+    );
+    // When a condition fails, read back the compared and the written keys in the same request: which conditions
+    // failed, and whether a retried attempt finds its own first attempt already applied (see Store.txn).
+    const readBack = [...new Set([...compares.map((c) => c.key), ...ops.map((op) => ('put' in op ? op.put : op.delete))])];
+    const failure: IRequestOp[] = compare.length === 0 ? [] : readBack.map((key) => ({ request_range: { key: this.full(key) } }));
     const names = ops.map((op) => `"${'put' in op ? op.put : op.delete}"`);
     const target = `write ${names.length === 1 ? 'key' : 'keys'} ${names.slice(0, 5).join(', ')}${names.length > 5 ? ` and ${names.length - 5} more` : ''}`;
-    const res = await this.call('txn', opts.signal, () => this.client.kv.txn({ compare: [], success, failure: [] }), target);
-    return { revision: Number(res.header.revision) };
+    const res = await this.call('txn', opts.signal, () => this.client.kv.txn({ compare, success, failure }), target);
+    const revision = Number(res.header.revision);
+    if (res.succeeded) return { ok: true, revision };
+    const current = new Map<string, KeyValue>();
+    for (const r of res.responses) {
+      const raw = r.response_range?.kvs[0];
+      if (raw !== undefined) current.set(this.kv(raw).key, this.kv(raw));
+    }
+    const landed = alreadyApplied(ops, (key) => current.get(key));
+    if (landed !== undefined) return { ok: true, revision: landed };
+    return { ok: false, revision, failed: compares.filter((c) => !compareHolds(c, current.get(c.key))) };
   }
 
   async compact(revision: number, opts: OpOptions = {}): Promise<void> {

@@ -73,6 +73,32 @@ export interface OpOptions {
   readonly signal?: AbortSignal;
 }
 
+/**
+ * A condition of a fenced transaction, on one key. Exactly one of:
+ * - `createRevision: n`: the key exists and was created at revision n (a lease-held election key keeps its
+ *   createRevision for as long as its holder leads, and a new candidate's key gets a new one: the fencing token);
+ * - `modRevision: n`: the key exists and was last written at revision n (optimistic concurrency on a record read);
+ * - `absent: true`: the key does not exist.
+ * A revision of 0 also means "absent", as in etcd and Store.cas.
+ */
+export type TxnCompare =
+  | { readonly key: string; readonly createRevision: number }
+  | { readonly key: string; readonly modRevision: number }
+  | { readonly key: string; readonly absent: true };
+
+export interface TxnOptions extends OpOptions {
+  /** Conditions that must all hold for the operations to be applied; otherwise nothing is written. */
+  readonly if?: readonly TxnCompare[];
+}
+
+/**
+ * `ok: false`: a condition of `if` did not hold and nothing was written; `revision` is the store's revision at which
+ * that was decided, `failed` the conditions that did not hold. A transaction without `if` is always `ok: true`.
+ */
+export type TxnResult =
+  | { readonly ok: true; readonly revision: number }
+  | { readonly ok: false; readonly revision: number; readonly failed: readonly TxnCompare[] };
+
 export interface Store {
   readonly kind: 'embedded' | 'etcd';
   get(key: string, opts?: OpOptions): Promise<KeyValue | undefined>;
@@ -92,8 +118,16 @@ export interface Store {
    * Several puts and deletes applied atomically at one revision. Limited like etcd's defaults (128 operations,
    * about 1.5 MiB per request, no key twice): over a limit it rejects with a StoreError naming the limit. Use
    * writeInChunks() when atomicity is not needed.
+   *
+   * With `opts.if` the operations are applied only when every condition holds, decided at the same revision
+   * (a fenced write: `if (!(await store.txn(plan, { if: [{ key: leaderKey, createRevision: epoch }] })).ok)` means
+   * deposed, and nothing was written). The conditions' keys together with the operations' keys count against the
+   * operation limit (a failed transaction reads them back, in the same request). As with cas, when a condition fails
+   * but every put key already holds exactly the value (and lease) of this transaction, all at one revision, and every
+   * deleted key is absent, it reports success: a retried request whose first attempt landed (etcd) must not look
+   * like a lost race. So put writer-specific values (an epoch, a host name) in fenced transactions.
    */
-  txn(ops: readonly TxnOp[], opts?: OpOptions): Promise<{ revision: number }>;
+  txn(ops: readonly TxnOp[], opts?: TxnOptions): Promise<TxnResult>;
   /**
    * Watches every key under `prefix`, delivering changes with revision >= `fromRevision` (0 = from now on), so a
    * consumer that listed at revision R and watches from R + 1 misses nothing. Resolves once established; then keeps
@@ -129,6 +163,8 @@ export type StoreErrorReason =
   | 'aborted'
   | 'lease-lost'
   | 'compacted'
+  /** The store behind this handle cannot do that (a lease or an election through the agent's control socket). */
+  | 'unsupported'
   /** etcd refused the credentials: wrong user or password, or no user while etcd has authentication enabled. */
   | 'auth'
   /** The etcd user may not read or write that key (etcd's "permission denied"). */
@@ -151,6 +187,7 @@ const CODES: Record<StoreErrorReason, ErrorCode> = {
   auth: 'E_USAGE',
   permission: 'E_USAGE',
   tls: 'E_USAGE',
+  unsupported: 'E_USAGE',
 };
 
 const RETRYABLE: ReadonlySet<StoreErrorReason> = new Set(['unreachable', 'disk-full', 'io', 'lease-lost', 'compacted']);
@@ -232,6 +269,60 @@ export function validateOps(ops: readonly TxnOp[], limits: StoreLimits, keyPrefi
       hint: 'split it with writeInChunks() if the writes need not be atomic',
     });
   }
+}
+
+/**
+ * Checks the conditions of a fenced transaction (see Store.txn): well-formed, and within the operation limit
+ * together with the operations' keys. Call after validateOps.
+ */
+export function validateCompares(compares: readonly TxnCompare[], ops: readonly TxnOp[], limits: StoreLimits): void {
+  const keys = new Set(ops.map(opKey));
+  for (const c of compares) {
+    validateKey(c.key, 'key of a transaction condition');
+    const given = (['createRevision', 'modRevision', 'absent'] as const).filter((f) => f in c);
+    if (given.length !== 1) {
+      throw new StoreError('invalid', `a transaction condition on "${c.key}" must give exactly one of createRevision, modRevision, absent (got ${given.length === 0 ? 'none' : given.join(', ')})`);
+    }
+    if ('absent' in c && c.absent !== true) throw new StoreError('invalid', `a transaction condition on "${c.key}" has absent: ${String(c.absent)}; only absent: true means anything`);
+    const rev = 'createRevision' in c ? c.createRevision : 'modRevision' in c ? c.modRevision : 0;
+    if (!Number.isSafeInteger(rev) || rev < 0) {
+      throw new StoreError('invalid', `a transaction condition on "${c.key}" compares with revision ${String(rev)}; a revision is a non-negative integer`);
+    }
+    keys.add(c.key);
+  }
+  if (keys.size > limits.maxTxnOps) {
+    throw new StoreError('too-large', `a fenced store transaction touches ${keys.size} distinct keys in its operations and conditions; the limit is ${limits.maxTxnOps}`, {
+      hint: 'a failed fenced transaction reads every one of those keys back in the same request; split the operations into smaller fenced transactions',
+    });
+  }
+}
+
+/** Whether `c` holds for `kv` (undefined: the key is absent). */
+export function compareHolds(c: TxnCompare, kv: { createRevision: number; modRevision: number } | undefined): boolean {
+  if ('absent' in c) return kv === undefined;
+  if ('createRevision' in c) return c.createRevision === 0 ? kv === undefined : kv?.createRevision === c.createRevision;
+  return c.modRevision === 0 ? kv === undefined : kv?.modRevision === c.modRevision;
+}
+
+/**
+ * After a failed condition: whether the store already holds exactly what `ops` write (each put key our value and
+ * lease, all at one revision; each deleted key absent), i.e. a retried request whose first attempt landed. A
+ * transaction of deletes only cannot be told apart from someone else's delete, so it never counts as landed.
+ * Returns that revision, or undefined.
+ */
+export function alreadyApplied(ops: readonly TxnOp[], current: (key: string) => KeyValue | undefined): number | undefined {
+  let revision: number | undefined;
+  for (const op of ops) {
+    const kv = current(opKey(op));
+    if ('delete' in op) {
+      if (kv !== undefined) return undefined;
+      continue;
+    }
+    if (kv === undefined || kv.value !== op.value || kv.lease !== op.lease?.id) return undefined;
+    if (revision !== undefined && kv.modRevision !== revision) return undefined;
+    revision = kv.modRevision;
+  }
+  return revision;
 }
 
 /**

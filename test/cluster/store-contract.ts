@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, test } from 'node:test';
 import { electionLeader } from '../../src/cluster/election.js';
 import { keys } from '../../src/cluster/keys.js';
-import { StoreError, writeInChunks, type KeyValue, type Store, type TxnOp, type WatchBatch, type WatchEvent } from '../../src/cluster/store.js';
+import { StoreError, writeInChunks, type KeyValue, type Store, type TxnCompare, type TxnOp, type WatchBatch, type WatchEvent } from '../../src/cluster/store.js';
 
 /**
  * One behavioural contract for every Store backend. Each test gets a fresh, empty store from the factory (its own
@@ -154,6 +154,96 @@ export function storeContract(label: string, factory: StoreFactory): void {
         assert.equal((await s.list('t/many/')).kvs.length, 129);
         assert.equal((await s.list('t/h')).kvs.length, 4);
         assert.equal(res.revision, (await s.list('')).revision);
+      }),
+    );
+
+    test(
+      'fenced txn: commits while the election key holds; after it is deleted and re-created it fails and writes nothing',
+      withStore(async (s) => {
+        const ac = new AbortController();
+        const lead = await s.campaign('ctl', 'A', 2000, ac.signal);
+        const epoch = (await s.get(lead.key))!.createRevision;
+        const fence = [{ key: lead.key, createRevision: epoch }] as const;
+
+        const first = await s.txn([{ put: 'f/assign/1', value: 'e1' }, { delete: 'f/none' }], { if: fence });
+        assert.ok(first.ok, 'the leader commits');
+        assert.equal((await s.get('f/assign/1'))?.modRevision, first.revision);
+        // Rewriting the leader key (same lease) changes its modRevision, not its createRevision: still the same term.
+        await s.put(lead.key, 'A again', { lease: lead.lease });
+        assert.ok((await s.txn([{ put: 'f/assign/2', value: 'e1' }], { if: fence })).ok, 'a rewrite of the key keeps the term');
+
+        // The key is deleted and created again (a new term at a new createRevision): the old term's writes fail.
+        await s.delete(lead.key);
+        const rec = await s.put(lead.key, 'B');
+        const before = (await s.list('')).revision;
+        const stale = await s.txn([{ put: 'f/assign/1', value: 'deposed' }, { delete: 'f/assign/2' }], { if: fence });
+        assert.equal(stale.ok, false, 'a deposed leader cannot commit');
+        assert.ok(!stale.ok);
+        assert.deepEqual(stale.failed, fence);
+        assert.equal(stale.revision, before, 'the refusal is reported at the current revision');
+        assert.equal((await s.list('')).revision, before, 'a failed txn makes no revision');
+        assert.equal((await s.get('f/assign/1'))?.value, 'e1', 'nothing was written');
+        assert.equal((await s.get('f/assign/2'))?.value, 'e1');
+        assert.ok((await s.txn([{ put: 'f/assign/1', value: 'e2' }], { if: [{ key: lead.key, createRevision: rec.revision }] })).ok, 'the new term commits');
+
+        // Gone altogether (resigned): fails too.
+        await s.delete(lead.key);
+        const gone = await s.txn([{ put: 'f/assign/3', value: 'e1' }], { if: fence });
+        assert.equal(gone.ok, false);
+        assert.equal(await s.get('f/assign/3'), undefined);
+        await lead.resign();
+        ac.abort();
+      }),
+    );
+
+    test(
+      'fenced txn: mixed conditions are all decided at one revision; retries of a landed txn report success; limits',
+      withStore(async (s) => {
+        const a = await s.put('m/a', '1');
+        await s.put('m/b', '1');
+        const b = await s.put('m/b', '2');
+        const conds = [
+          { key: 'm/a', createRevision: a.revision },
+          { key: 'm/b', modRevision: b.revision },
+          { key: 'm/c', absent: true },
+          { key: 'm/d', modRevision: 0 },
+        ] as const;
+        const ok = await s.txn([{ put: 'm/c', value: 'mine' }, { put: 'm/x', value: 'x1' }], { if: conds });
+        assert.ok(ok.ok);
+        assert.equal((await s.get('m/c'))?.modRevision, ok.revision);
+
+        // The same request again (as etcd's client retries one whose answer was lost): m/c exists now, but it holds
+        // exactly what this txn wrote, at one revision, so this is the retry of a landed write, not a lost race.
+        const retry = await s.txn([{ put: 'm/c', value: 'mine' }, { put: 'm/x', value: 'x1' }], { if: conds });
+        assert.deepEqual(retry, { ok: true, revision: ok.revision });
+        const rival = await s.txn([{ put: 'm/c', value: 'theirs' }, { put: 'm/x', value: 'x1' }], { if: conds });
+        assert.equal(rival.ok, false, 'another writer with other values loses');
+        assert.ok(!rival.ok);
+        assert.deepEqual(rival.failed, [{ key: 'm/c', absent: true }], 'only the condition that failed is reported');
+        assert.equal((await s.get('m/c'))?.value, 'mine');
+
+        await s.put('m/b', '3');
+        const mixed = await s.txn([{ put: 'm/y', value: 'y' }], { if: [{ key: 'm/a', createRevision: a.revision }, { key: 'm/b', modRevision: b.revision }, { key: 'm/zz', absent: true }] });
+        assert.ok(!mixed.ok);
+        assert.deepEqual(mixed.failed, [{ key: 'm/b', modRevision: b.revision }]);
+        assert.equal(await s.get('m/y'), undefined);
+        // A txn of deletes only cannot tell its own landed retry from someone else's delete: a failure stays a failure.
+        const del = await s.txn([{ delete: 'm/a' }], { if: [{ key: 'm/never', createRevision: 5 }] });
+        assert.equal(del.ok, false);
+        assert.ok((await s.get('m/a')) !== undefined);
+        assert.deepEqual(await s.txn([{ put: 'm/plain', value: 'p' }], { if: [] }), { ok: true, revision: (await s.list('')).revision });
+
+        // Conditions are checked before anything is sent, and count against the operation limit with the writes.
+        const full: TxnOp[] = Array.from({ length: 128 }, (_, i) => ({ put: `m/many/${i}`, value: 'v' }));
+        await rejectsWith(s.txn(full, { if: [{ key: 'm/a', createRevision: a.revision }] }), 'too-large', /129 distinct keys/);
+        assert.ok((await s.txn(full, { if: [{ key: 'm/many/0', absent: true }] })).ok, 'a condition on a written key adds no key');
+        await rejectsWith(s.txn([...full, { put: 'm/one-more', value: 'v' }], { if: [{ key: 'm/a', absent: true }] }), 'too-large', /129 operations/);
+        await rejectsWith(s.txn([{ put: 'm/q', value: 'v' }], { if: [{ key: '', absent: true }] }), 'invalid');
+        await rejectsWith(s.txn([{ put: 'm/q', value: 'v' }], { if: [{ key: 'm/a', modRevision: -1 }] }), 'invalid', /non-negative/);
+        await rejectsWith(s.txn([{ put: 'm/q', value: 'v' }], { if: [{ key: 'm/a', modRevision: 1, absent: true } as unknown as TxnCompare] }), 'invalid', /exactly one/);
+        await rejectsWith(s.txn([{ put: 'm/q', value: 'v' }], { if: [{ key: 'm/a' } as unknown as TxnCompare] }), 'invalid', /exactly one/);
+        await rejectsWith(s.txn([{ put: 'm/q', value: 'x'.repeat(1_600_000) }], { if: [{ key: 'm/a', absent: true }] }), 'too-large');
+        assert.equal(await s.get('m/q'), undefined);
       }),
     );
 
