@@ -22,7 +22,7 @@ import type { pkgSchema } from './resources/pkg/schema.js';
 import type { svcSchema } from './resources/svc-schema.js';
 import type { tcpSchema } from './resources/tcp.js';
 import type { templateSchema } from './resources/template.js';
-import type { HostFacts } from './resources/types.js';
+import type { HostFacts, ServiceInstance, ServiceInstances } from './resources/types.js';
 import type { userSchema } from './resources/user.js';
 
 /** `kind[name]` or `kind:name`. */
@@ -82,6 +82,12 @@ export interface GraphContext {
   readonly facts: HostFacts;
   /** Every resource exported in the cluster that is addressed to this host (before any collect rule). */
   readonly collected: readonly ExportEntry[];
+  /**
+   * Service discovery: each scheduled service's healthy instances (host, address, ports, index, id, version), sorted
+   * by index; a service with none is absent, so read it as `services['api'] ?? []`. The graph is re-evaluated when
+   * they change. Empty where the agent has no cluster store open.
+   */
+  readonly services: ServiceInstances;
 }
 
 export interface GraphModule {
@@ -89,7 +95,7 @@ export interface GraphModule {
   collect?: readonly CollectDecl[];
 }
 
-/** A graph module's default export: re-evaluated whenever the module file or the collected data changes. */
+/** A graph module's default export: re-evaluated whenever the module file, the collected data or `services` changes. */
 export type GraphFn = (ctx: GraphContext) => GraphModule | Promise<GraphModule>;
 
-export type { ExportEntry, HostFacts };
+export type { ExportEntry, HostFacts, ServiceInstance, ServiceInstances };

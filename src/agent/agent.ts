@@ -95,6 +95,7 @@ export class Agent {
       stateDir,
       facts: this.source.facts,
       cluster: this.source.values,
+      services: this.source.services,
       ...(opts.noop !== undefined ? { noop: opts.noop } : {}),
       ...(opts.parallel !== undefined ? { parallel: opts.parallel } : {}),
     });

@@ -17,6 +17,8 @@ import type { RawGraph, RawResource } from '../graph/raw.js';
 import type { Logger } from '../log.js';
 import type { ClusterValues, HostFacts } from '../resources/types.js';
 import { watchPath } from '../util/dirwatch.js';
+import { isModuleGraph } from '../frontends/typescript.js';
+import { Discovery, DiscoveryHandle } from './discovery.js';
 
 /** What made a re-render necessary: an edit of the graph file, or new data collected from the cluster. */
 export type ChangeCause = 'file' | 'cluster';
@@ -62,6 +64,8 @@ export class GraphSource {
   private readonly closing = new AbortController();
 
   private readonly kvWatchers = new Map<string, Set<() => void>>();
+  /** Service discovery (ResourceWorld.services, GraphContext.services); fed once the store is open. */
+  readonly services = new DiscoveryHandle();
   private linkReady: (() => void) | undefined;
   private readonly linked = new Promise<void>((resolve) => (this.linkReady = resolve));
 
@@ -139,13 +143,14 @@ export class GraphSource {
 
   async close(): Promise<void> {
     this.closing.abort();
+    this.services.close();
     await this.connecting?.catch(() => undefined);
     await this.link?.close().catch(() => undefined);
     await this.store?.close().catch(() => undefined);
   }
 
   private context() {
-    return { host: this.opts.host, facts: this.facts, collected: this.collected };
+    return { host: this.opts.host, facts: this.facts, collected: this.collected, services: this.services.current() };
   }
 
   private connect(): Promise<void> {
@@ -241,6 +246,12 @@ export class GraphSource {
     });
     this.link = link;
     this.linkReady?.();
+    // Service discovery: a module graph is a function of ctx.services, so it re-renders; a YAML graph is not (its
+    // templates watch the services they list themselves).
+    const discovery = new Discovery({ store: this.store, trust: () => link.trust, log: this.opts.log });
+    await this.services.attach(discovery, () => {
+      if (isModuleGraph(this.opts.file)) this.changeListener?.('cluster');
+    });
     this.opts.log.info(
       cluster.etcd.length > 0
         ? `joined cluster "${cluster.cluster}" as ${this.opts.host} through etcd ${cluster.etcd.join(',')}`
@@ -328,7 +339,13 @@ export class GraphSource {
 }
 
 function needsCluster(raw: RawGraph): boolean {
-  return (raw.collect?.length ?? 0) > 0 || raw.resources.some((r) => r.export !== undefined || r.kind === 'kv');
+  return (raw.collect?.length ?? 0) > 0 || raw.resources.some((r) => r.export !== undefined || r.kind === 'kv' || usesServices(r));
+}
+
+/** A template that lists services reads service discovery, which lives in the store. */
+function usesServices(r: RawResource): boolean {
+  const s = r.params['services'];
+  return r.kind === 'template' && Array.isArray(s) && s.length > 0;
 }
 
 export function parseLabels(items: readonly string[]): Record<string, string> {

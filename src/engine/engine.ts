@@ -4,7 +4,7 @@ import type { KindRegistry } from '../graph/build.js';
 import type { Graph, Vertex } from '../graph/graph.js';
 import type { ResourceId } from '../graph/ids.js';
 import type { Logger } from '../log.js';
-import type { ClusterValues, HostFacts, Resource, ResourceWorld } from '../resources/types.js';
+import type { ClusterValues, HostFacts, Resource, ResourceWorld, ServiceDirectory } from '../resources/types.js';
 import { gatherFacts } from '../facts.js';
 import { defaultStateDir, resourceStateDir } from '../state-dir.js';
 import { Semaphore, SemaphoreSet } from '../util/semaphore.js';
@@ -23,6 +23,8 @@ export interface EngineOptions {
   readonly facts?: HostFacts;
   /** The `kv` kind's handle on this host's values in the cluster store (ResourceWorld.cluster). */
   readonly cluster?: ClusterValues;
+  /** Service discovery for the template kind's `services` (ResourceWorld.services). */
+  readonly services?: ServiceDirectory;
 }
 
 export interface SwapSummary {
@@ -70,6 +72,7 @@ export class Engine implements WorkerHost {
       stateDir: (id) => resourceStateDir(stateRoot, id),
       facts: () => facts,
       ...(opts.cluster === undefined ? {} : { cluster: opts.cluster }),
+      ...(opts.services === undefined ? {} : { services: opts.services }),
     };
     // Every worker listens on the root signal; thousands of listeners are by design, not a leak.
     setMaxListeners(0, this.root.signal);

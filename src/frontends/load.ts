@@ -19,7 +19,7 @@ export function parseGraphText(file: string, text: string): RawGraph {
 /** The context a graph is rendered in when no cluster is involved: this host, its facts, nothing collected. */
 export function localContext(host?: string): GraphContext {
   const facts = gatherFacts();
-  return { host: host ?? facts.hostname, facts, collected: [] };
+  return { host: host ?? facts.hostname, facts, collected: [], services: {} };
 }
 
 /**

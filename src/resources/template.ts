@@ -10,7 +10,7 @@ import { watchPath } from '../util/dirwatch.js';
 import { closest } from '../util/suggest.js';
 import type { FileParams } from './file-schema.js';
 import { createFile, fileKind } from './file.js';
-import { defineKind, type CheckApplyContext, type CheckResult, type HostFacts, type Resource, type ResourceWorld, type WatchContext } from './types.js';
+import { defineKind, type CheckApplyContext, type CheckResult, type HostFacts, type Resource, type ResourceWorld, type ServiceInstance, type WatchContext } from './types.js';
 
 /**
  * A file rendered from a Liquid template with this host's facts and values declared in the graph. Rendering is the
@@ -22,6 +22,9 @@ import { defineKind, type CheckApplyContext, type CheckResult, type HostFacts, t
  * in a branch not taken today is caught too, and an inline template is checked when the graph is loaded.
  */
 
+/** As the scheduler's spec schema has it (src/scheduler/records.ts). */
+const SERVICE_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
+
 export const templateSchema = z
   .strictObject({
     path: absolutePath().meta({ description: 'absolute path of the rendered file; defaults to the resource name' }),
@@ -29,6 +32,10 @@ export const templateSchema = z
     template: z.string().optional().meta({ description: 'inline Liquid template, e.g. "listen {{ vars.port }}"' }),
     source: absolutePath().optional().meta({ description: 'absolute path of a Liquid template file; editing it re-renders' }),
     vars: z.record(z.string(), z.unknown()).default({}).meta({ description: 'values the template sees as vars.*' }),
+    services: z
+      .array(z.string().regex(SERVICE_NAME, 'a service name is 1-63 characters of a-z, 0-9 and "-", starting with a letter or digit'))
+      .default([])
+      .meta({ description: 'services whose healthy instances this template sees as services.NAME (a list of {id, index, host, address, ports, version}); re-rendered when they change' }),
     mode: fileMode().optional().meta({ description: 'permission bits in octal as chmod reads them ("0644", 644) or symbolic, absolute ("u=rw,go=r")' }),
     owner: z.union([z.string().min(1), z.number().int().nonnegative()]).optional().meta({ description: 'user name or uid' }),
     group: z.union([z.string().min(1), z.number().int().nonnegative()]).optional().meta({ description: 'group name or gid' }),
@@ -42,7 +49,7 @@ export const templateSchema = z
     if (p.template === undefined) return;
     // Checked here so a broken inline template is a graph error with the file:line of its resource.
     const compiled = compile(p.template);
-    const problems = 'problem' in compiled ? [compiled.problem] : checkNames(compiled.templates, p.vars);
+    const problems = 'problem' in compiled ? [compiled.problem] : checkNames(compiled.templates, p.vars, p.services);
     for (const pr of problems.slice(0, MAX_PROBLEMS))
       ctx.addIssue({ code: 'custom', path: ['template'], message: `template line ${pr.line}, col ${pr.col}: ${pr.message}` });
   });
@@ -51,7 +58,7 @@ export type TemplateParams = z.output<typeof templateSchema>;
 
 export const templateKind = defineKind<TemplateParams>({
   kind: 'template',
-  description: 'a file rendered from a Liquid template (inline or a template file) with host facts and vars',
+  description: 'a file rendered from a Liquid template (inline or a template file) with host facts, vars and service instances',
   schema: templateSchema,
   refreshable: false,
   defaults: (name) => ({ path: name }),
@@ -112,7 +119,7 @@ function createTemplate(id: ResourceId, p: TemplateParams, world: ResourceWorld)
     if (lastSource?.text === text) return lastSource.templates;
     const compiled = compile(text);
     if ('problem' in compiled) throw templateError(id, source, [compiled.problem]);
-    const problems = checkNames(compiled.templates, p.vars);
+    const problems = checkNames(compiled.templates, p.vars, p.services);
     if (problems.length > 0) throw templateError(id, source, problems.slice(0, MAX_PROBLEMS));
     lastSource = { text, templates: compiled.templates };
     return compiled.templates;
@@ -127,7 +134,7 @@ function createTemplate(id: ResourceId, p: TemplateParams, world: ResourceWorld)
       templates = await sourceTemplates(p.source ?? '', ctx.signal);
     }
     try {
-      return (await liquid().render(templates, { facts: world.facts(), vars: p.vars })) as string;
+      return (await liquid().render(templates, { facts: world.facts(), vars: p.vars, services: await serviceValues(p.services, world, ctx.signal) })) as string;
     } catch (err) {
       const problem = toProblem(err);
       if (problem === undefined) throw err;
@@ -140,19 +147,32 @@ function createTemplate(id: ResourceId, p: TemplateParams, world: ResourceWorld)
       const cb = (reason: string): void => changed(reason);
       await watchPath(p.path, cb, signal);
       if (p.source !== undefined && p.state === 'exists') await watchPath(p.source, cb, signal);
+      // Subscribed before ready(): an instance turning healthy between the first render and here cannot be missed.
+      const stops = p.state === 'exists' ? p.services.map((name) => world.services?.watch(name, () => changed(`service ${name}'s healthy instances changed`))) : [];
       ready();
-      if (signal.aborted) return;
-      await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+      if (!signal.aborted) await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+      for (const stop of stops) stop?.();
     },
     async checkApply(ctx: CheckApplyContext): Promise<CheckResult> {
       if (ctx.signal.aborted) throw aborted(id);
-      // Facts are fixed for the agent's life, vars for the graph's; only a template file changes under us, but
-      // rendering is cheap next to the comparison the file kind then makes, so every run renders.
+      // Facts are fixed for the agent's life, vars for the graph's; a template file and service instances change
+      // under us, and rendering is cheap next to the comparison the file kind then makes, so every run renders.
       const content = p.state === 'absent' ? undefined : await render(ctx);
       if (ctx.signal.aborted) throw aborted(id);
       return createFile(id, toFileParams(p, content), world).checkApply(ctx);
     },
   };
+}
+
+/**
+ * The `services` the template sees: only the ones it lists (strict rendering then refuses any other, as the name
+ * check did), each [] without an agent (a plain `backplane run` with no scheduler, validation, unit tests).
+ */
+async function serviceValues(names: readonly string[], world: ResourceWorld, signal: AbortSignal): Promise<Record<string, readonly ServiceInstance[]>> {
+  const out: Record<string, readonly ServiceInstance[]> = {};
+  const dir = world.services;
+  for (const name of names) out[name] = dir === undefined ? [] : await dir.get(name, signal);
+  return out;
 }
 
 function toFileParams(p: TemplateParams, content: string | undefined): FileParams {
@@ -236,7 +256,7 @@ function templateError(id: ResourceId, source: string | undefined, problems: rea
     ...(source === undefined || first === undefined ? {} : { where: { file: source, line: first.line, col: first.col } }),
     hint: problems.some((pr) => pr.message.startsWith('undefined variable "facts.'))
       ? 'this host lacks that fact: test for it with {% if facts.… %} or give a fallback with | default: …'
-      : `fix the ${source === undefined ? 'template' : 'template file'}; it sees facts.* (${FACT_NAMES.join(', ')}) and vars.* (declared in vars)`,
+      : `fix the ${source === undefined ? 'template' : 'template file'}; it sees facts.* (${FACT_NAMES.join(', ')}), vars.* (declared in vars) and services.* (listed in services)`,
   });
 }
 
@@ -261,13 +281,13 @@ const SPECIAL = new Set(['size', 'first', 'last']);
  * Every global name the template uses must be `facts.<a fact>` or `vars.<declared>`, checked as deep as the path
  * is literal and the value is a map: what strict rendering would only report for the branch actually taken.
  */
-function checkNames(templates: Template[], vars: Readonly<Record<string, unknown>>): Problem[] {
+function checkNames(templates: Template[], vars: Readonly<Record<string, unknown>>, services: readonly string[]): Problem[] {
   const problems: Problem[] = [];
   const seen = new Set<string>();
   const analysis = liquid().analyzeSync(templates, { partials: false });
   for (const uses of Object.values(analysis.globals)) {
     for (const v of uses) {
-      const message = checkVariable(v, vars);
+      const message = checkVariable(v, vars, services);
       if (message === undefined) continue;
       const key = `${v.location.row}:${v.location.col}`;
       if (seen.has(key)) continue;
@@ -278,20 +298,22 @@ function checkNames(templates: Template[], vars: Readonly<Record<string, unknown
   return problems.sort((a, b) => a.line - b.line || a.col - b.col);
 }
 
-function checkVariable(v: Variable, vars: Readonly<Record<string, unknown>>): string | undefined {
+function checkVariable(v: Variable, vars: Readonly<Record<string, unknown>>, services: readonly string[]): string | undefined {
   const [root, ...rest] = v.segments;
   if (root === 'facts') return walk('facts', rest, FACT_SHAPE);
   if (root === 'vars') return walk('vars', rest, vars);
+  // Each listed service is a list: past its name, rendering checks the rest (an instance's fields, a port name).
+  if (root === 'services') return walk('services', rest, Object.fromEntries(services.map((s) => [s, []])));
   if (typeof root !== 'string') return undefined;
-  const guess = closest(root, ['facts', 'vars', ...Object.keys(vars), ...FACT_NAMES]);
+  const guess = closest(root, ['facts', 'vars', 'services', ...Object.keys(vars), ...FACT_NAMES]);
   const hint =
-    guess === 'facts' || guess === 'vars'
+    guess === 'facts' || guess === 'vars' || guess === 'services'
       ? `did you mean ${guess}?`
       : guess !== undefined && Object.hasOwn(vars, guess)
         ? `did you mean vars.${guess}?`
         : guess !== undefined
           ? `did you mean facts.${guess}?`
-          : 'a template sees facts.* and vars.*';
+          : 'a template sees facts.*, vars.* and services.*';
   return `unknown variable "${root}" (${hint})`;
 }
 
@@ -299,7 +321,7 @@ function checkVariable(v: Variable, vars: Readonly<Record<string, unknown>>): st
  * Follows literal segments while the value is a map and reports the first key that is not there. Past a list, a
  * scalar, a host-specific fact (`true` in FACT_SHAPE) or a computed key, rendering checks the rest.
  */
-function walk(root: 'facts' | 'vars', segments: readonly (string | number | Variable)[], start: unknown): string | undefined {
+function walk(root: 'facts' | 'vars' | 'services', segments: readonly (string | number | Variable)[], start: unknown): string | undefined {
   let node: unknown = start;
   let path: string = root;
   for (const seg of segments) {
@@ -308,6 +330,11 @@ function walk(root: 'facts' | 'vars', segments: readonly (string | number | Vari
       if (SPECIAL.has(seg)) return undefined;
       const keys = Object.keys(node);
       const guess = closest(seg, keys);
+      if (root === 'services') {
+        // A typo of a listed service, or a service the template forgot to list: both are told apart here.
+        const mean = guess !== undefined && guess !== seg ? `did you mean services.${guess}? or ` : '';
+        return `"services.${seg}" is not listed in this template's services (${mean}add "${seg}" to services: [...])`;
+      }
       const what = root === 'facts' ? 'is not a fact' : 'is not declared in vars';
       const known = keys.length === 0 ? '' : guess !== undefined ? `; did you mean ${path}.${guess}?` : `; known: ${keys.slice(0, 10).join(', ')}`;
       return `"${path}.${seg}" ${what}${known}`;

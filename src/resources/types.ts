@@ -128,6 +128,38 @@ export interface ResourceWorld {
   facts(): HostFacts;
   /** This host's values in the cluster store (the `kv` kind); absent where no agent runs (validate, unit tests). */
   readonly cluster?: ClusterValues;
+  /** The healthy instances of the cluster's services (the template kind's `services`); absent where no agent runs. */
+  readonly services?: ServiceDirectory;
+}
+
+/** One healthy instance of a scheduled service, as service discovery reports it (src/agent/discovery.ts). */
+export interface ServiceInstance {
+  /** The alloc id, `<service>.<index>.<8 hex>`: changes when the instance is replaced. */
+  readonly id: string;
+  readonly index: number;
+  readonly host: string;
+  /** The host's address (its facts.ipv4, from its verified membership record). */
+  readonly address: string;
+  /** Port name -> port number on that host. */
+  readonly ports: Readonly<Record<string, number>>;
+  readonly version: string;
+}
+
+/** Service name -> its healthy instances, sorted by index then id. A service with none is absent. */
+export type ServiceInstances = Readonly<Record<string, readonly ServiceInstance[]>>;
+
+/**
+ * The narrow handle a resource gets on service discovery: read-only, already verified by the agent (an unsigned or
+ * forged record never shows up here). A resource never sees the store.
+ */
+export interface ServiceDirectory {
+  /**
+   * The healthy instances of `service` now ([] when it has none). Waits for the agent's first read of the store, so
+   * a template rendered at start-up does not write an empty upstream list just because the store was not read yet.
+   */
+  get(service: string, signal: AbortSignal): Promise<readonly ServiceInstance[]>;
+  /** Calls `onChange` whenever `service`'s instances change; returns the function that stops it. */
+  watch(service: string, onChange: () => void): () => void;
 }
 
 /**

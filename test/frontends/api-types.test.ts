@@ -34,7 +34,7 @@ const badTake: CollectDecl = { kind: 'file', take: ['contnet'] };
 const relTake: CollectDecl = { kind: 'file', take: ['require'] };
 
 test('the typed API compiles for valid graphs and rejects mistakes at type-check time', async () => {
-  const g = await ok({ host: 'h', facts: { hostname: 'h', fqdn: 'h', os: { platform: 'linux', release: '', arch: 'x64' }, cpus: 2, memory: { total: 1, free: 1 }, interfaces: {}, ipv4: '127.0.0.1' }, collected: [] });
+  const g = await ok({ host: 'h', facts: { hostname: 'h', fqdn: 'h', os: { platform: 'linux', release: '', arch: 'x64' }, cpus: 2, memory: { total: 1, free: 1 }, interfaces: {}, ipv4: '127.0.0.1' }, collected: [], services: {} });
   assert.equal(g.resources.length, 5);
   assert.equal([typo, wrongType, unknownKind, missing, badTake, relTake].length, 6);
 });

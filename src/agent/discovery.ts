@@ -1,0 +1,266 @@
+import { keys } from '../cluster/keys.js';
+import type { Store, WatchBatch } from '../cluster/store.js';
+import type { TrustView } from '../cluster/trust.js';
+import { errorMessage } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { ServiceDirectory, ServiceInstance, ServiceInstances } from '../resources/types.js';
+import { readSchedState, type SchedState } from '../scheduler/state.js';
+
+export type { ServiceInstance, ServiceInstances };
+
+export interface DiscoveryOptions {
+  readonly store: Store;
+  /** The link's live view of the hosts list: undefined until a CA is pinned, and then nothing can be believed. */
+  readonly trust: () => TrustView | undefined;
+  readonly log: Logger;
+  /** Coalesces a burst of watch batches (a controller's plan lands as several writes) into one read. */
+  readonly debounceMs?: number;
+  /** After a failed read (store unreachable), the next attempt. */
+  readonly retryMs?: number;
+}
+
+/**
+ * Service discovery: which instances of each service are healthy now, and where they listen. This is what lets a
+ * graph or a template feed an nginx/haproxy upstream list from the scheduler's own records, with the same engine
+ * that runs everything else (Nomad needs consul-template for it, Kubernetes kube-proxy).
+ *
+ * The answer is recomputed from a full, verified read (readSchedState, the one the controller and `backplane
+ * service` use), so discovery believes exactly what the scheduler believes and nothing a stranger wrote in the store:
+ * an instance is listed only when its assignment verifies (controller-signed, operator-signed spec), its status is
+ * signed by the host the instance runs on and says healthy (or running, when the spec has no health check), and
+ * that host's membership record verifies (the address comes from its facts).
+ *
+ * When the store cannot be read the last answer stays: an upstream list that is a few seconds stale is far better
+ * than an empty one, which would take the whole proxied service down.
+ */
+export class Discovery {
+  private result: ServiceInstances = {};
+  private canonical = '{}';
+  private readonly ac = new AbortController();
+  private timer: NodeJS.Timeout | undefined;
+  /** A read is running; a change meanwhile asks for another one after it instead of a second one beside it. */
+  private reading: Promise<void> | undefined;
+  private again = false;
+  private readonly listeners = new Set<() => void>();
+  private firstResolve: (() => void) | undefined;
+  /** Resolves once the first read has succeeded: before that, "no instances" would be a guess, not an answer. */
+  readonly ready = new Promise<void>((resolve) => (this.firstResolve = resolve));
+  private loggedProblems = new Set<string>();
+
+  constructor(private readonly opts: DiscoveryOptions) {}
+
+  /**
+   * Watches what an answer depends on, then reads once (watching first, so no change between the read and the
+   * watch can be missed: any change after the watch is established triggers another full read). Resolves after the
+   * first read, successful or not (a failed one is retried in the background).
+   */
+  async start(): Promise<void> {
+    const { store } = this.opts;
+    const onBatch = (batch: WatchBatch): void => {
+      // The controller's event log lives under sched/ too; it says nothing about where instances are.
+      if (batch.type === 'events' && batch.events.every((e) => (e.type === 'put' ? e.kv.key : e.key).startsWith(keys.eventsPrefix))) return;
+      this.schedule();
+    };
+    const signal = this.ac.signal;
+    // trust/hosts: a revoked host's records stop counting at once, an approved one's start to.
+    await Promise.all([keys.assignPrefix, keys.statusPrefix, keys.nodesPrefix, keys.trustHosts].map((p) => store.watch(p, 0, onBatch, signal)));
+    await this.read();
+  }
+
+  /** The healthy instances of every service that has any, by service name; each list sorted by index, then id. */
+  current(): ServiceInstances {
+    return this.result;
+  }
+
+  /** Calls `cb` after each change of current() (never for a re-read that found the same thing). */
+  onChange(cb: () => void): () => void {
+    this.listeners.add(cb);
+    return () => this.listeners.delete(cb);
+  }
+
+  close(): void {
+    this.ac.abort();
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+  }
+
+  private schedule(delay = this.opts.debounceMs ?? 5): void {
+    if (this.ac.signal.aborted) return;
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = setTimeout(() => {
+      this.timer = undefined;
+      void this.read();
+    }, delay);
+  }
+
+  private read(): Promise<void> {
+    if (this.reading !== undefined) {
+      this.again = true;
+      return this.reading;
+    }
+    this.reading = this.readOnce().finally(() => {
+      this.reading = undefined;
+      if (this.again) {
+        this.again = false;
+        this.schedule(0);
+      }
+    });
+    return this.reading;
+  }
+
+  private async readOnce(): Promise<void> {
+    const view = this.opts.trust();
+    let next: ServiceInstances;
+    if (view === undefined) {
+      next = {};
+    } else {
+      let state: SchedState;
+      try {
+        state = await readSchedState(this.opts.store, view, { signal: this.ac.signal });
+      } catch (err) {
+        if (this.ac.signal.aborted) return;
+        this.opts.log.debug(`service discovery: cannot read the store (${errorMessage(err)}); keeping the last answer and retrying`);
+        this.schedule(this.opts.retryMs ?? 1000);
+        return;
+      }
+      this.logProblems(state.problems);
+      next = healthyInstances(state);
+    }
+    if (this.ac.signal.aborted) return;
+    this.firstResolve?.();
+    const canonical = JSON.stringify(next);
+    if (canonical === this.canonical) return;
+    this.canonical = canonical;
+    this.result = next;
+    for (const cb of [...this.listeners]) {
+      try {
+        cb();
+      } catch (err) {
+        this.opts.log.warn(`service discovery listener failed: ${errorMessage(err)}`);
+      }
+    }
+  }
+
+  /** Records that fail a check are refused here as everywhere; each reason is logged once, not on every re-read. */
+  private logProblems(problems: readonly string[]): void {
+    const now = new Set(problems);
+    for (const p of problems) if (!this.loggedProblems.has(p)) this.opts.log.debug(`service discovery ignores ${p}`);
+    this.loggedProblems = now;
+  }
+}
+
+/**
+ * What the agent hands resources (ResourceWorld.services) and graph modules (GraphContext.services) before and after
+ * the store is open: it exists from the agent's start, and a Discovery is attached to it once the cluster link is
+ * up. Watchers are told only about the services whose instances changed, so an upstream file of `api` is not
+ * re-rendered because `db` moved.
+ */
+export class DiscoveryHandle implements ServiceDirectory {
+  private discovery: Discovery | undefined;
+  private last: ServiceInstances = {};
+  private readonly watchers = new Map<string, Set<() => void>>();
+  private attachedResolve: ((d: Discovery) => void) | undefined;
+  private readonly attached = new Promise<Discovery>((resolve) => (this.attachedResolve = resolve));
+
+  /** Starts `d` (watch, first read) and serves from it; `onAnyChange` runs after each change, after the watchers. */
+  async attach(d: Discovery, onAnyChange: () => void): Promise<void> {
+    // Set first: a module graph re-rendered because of the first read's change must already see its answer.
+    this.discovery = d;
+    d.onChange(() => this.changed(d.current(), onAnyChange));
+    await d.start();
+    this.attachedResolve?.(d);
+  }
+
+  /** Empty until a Discovery is attached (no cluster store open): a module graph then sees no services. */
+  current(): ServiceInstances {
+    return this.discovery?.current() ?? {};
+  }
+
+  async get(service: string, signal: AbortSignal): Promise<readonly ServiceInstance[]> {
+    const d = await abortable(this.attached, signal);
+    await abortable(d.ready, signal);
+    return d.current()[service] ?? [];
+  }
+
+  watch(service: string, onChange: () => void): () => void {
+    const set = this.watchers.get(service) ?? new Set();
+    set.add(onChange);
+    this.watchers.set(service, set);
+    return () => {
+      set.delete(onChange);
+      if (set.size === 0) this.watchers.delete(service);
+    };
+  }
+
+  close(): void {
+    this.discovery?.close();
+  }
+
+  private changed(next: ServiceInstances, onAnyChange: () => void): void {
+    const prev = this.last;
+    this.last = next;
+    for (const name of new Set([...Object.keys(prev), ...Object.keys(next)])) {
+      if (JSON.stringify(prev[name] ?? []) === JSON.stringify(next[name] ?? [])) continue;
+      for (const cb of [...(this.watchers.get(name) ?? [])]) cb();
+    }
+    onAnyChange();
+  }
+}
+
+/** `p`, or a rejection as soon as `signal` aborts (the resource waiting for it was stopped). */
+function abortable<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) return Promise.reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = (): void => reject(signal.reason instanceof Error ? signal.reason : new Error('aborted'));
+    signal.addEventListener('abort', onAbort, { once: true });
+    p.then(
+      (v) => {
+        signal.removeEventListener('abort', onAbort);
+        resolve(v);
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort);
+        reject(err instanceof Error ? err : new Error(String(err)));
+      },
+    );
+  });
+}
+
+/**
+ * The pure part: healthy instances per service from a verified SchedState. Services with no healthy instance are
+ * left out (a template sees an empty list for them either way). Keys and lists are sorted, so the same state always
+ * gives the same JSON and a no-op rewrite in the store changes nothing downstream.
+ */
+export function healthyInstances(state: SchedState): ServiceInstances {
+  const address = new Map<string, string>();
+  for (const m of state.members) {
+    const ip: unknown = m.verified ? m.record?.facts.ipv4 : undefined;
+    if (typeof ip === 'string' && ip !== '') address.set(m.host, ip);
+  }
+  const out = new Map<string, ServiceInstance[]>();
+  for (const a of state.assigns.values()) {
+    const { alloc, spec } = a;
+    const status = state.statuses.get(alloc.id);
+    // The statuses map was keyed by alloc id only: a status under another host's key says nothing about this alloc.
+    if (status === undefined || status.host !== alloc.host) continue;
+    const up = status.state === 'healthy' || (status.state === 'running' && spec.health === undefined);
+    if (!up) continue;
+    // A host without a verified membership record is gone (its lease ended) or unknown: nothing to route to.
+    const addr = address.get(alloc.host);
+    if (addr === undefined) continue;
+    const list = out.get(alloc.service) ?? [];
+    list.push({ id: alloc.id, index: alloc.index, host: alloc.host, address: addr, ports: sortedPorts(alloc.ports), version: alloc.version });
+    out.set(alloc.service, list);
+  }
+  const result: Record<string, readonly ServiceInstance[]> = {};
+  for (const name of [...out.keys()].sort()) {
+    result[name] = (out.get(name) ?? []).sort((x, y) => x.index - y.index || (x.id < y.id ? -1 : x.id > y.id ? 1 : 0));
+  }
+  return result;
+}
+
+function sortedPorts(ports: Readonly<Record<string, number>>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const k of Object.keys(ports).sort()) out[k] = ports[k] ?? 0;
+  return out;
+}
