@@ -164,9 +164,13 @@ export class DiscoveryHandle implements ServiceDirectory {
 
   /** Starts `d` (watch, first read) and serves from it; `onAnyChange` runs after each change, after the watchers. */
   async attach(d: Discovery, onAnyChange: () => void): Promise<void> {
+    // A reconnection (the first attempt failed after attaching) replaces the Discovery on the store it closed.
+    if (this.discovery !== d) this.discovery?.close();
     // Set first: a module graph re-rendered because of the first read's change must already see its answer.
     this.discovery = d;
-    d.onChange(() => this.changed(d.current(), onAnyChange));
+    d.onChange(() => {
+      if (this.discovery === d) this.changed(d.current(), onAnyChange);
+    });
     await d.start();
     this.attachedResolve?.(d);
   }
@@ -177,7 +181,8 @@ export class DiscoveryHandle implements ServiceDirectory {
   }
 
   async get(service: string, signal: AbortSignal): Promise<readonly ServiceInstance[]> {
-    const d = await abortable(this.attached, signal);
+    const first = await abortable(this.attached, signal);
+    const d = this.discovery ?? first;
     await abortable(d.ready, signal);
     return d.current()[service] ?? [];
   }
