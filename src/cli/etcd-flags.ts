@@ -2,7 +2,7 @@ import type { Command } from 'commander';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { EtcdAuthOptions, EtcdTlsOptions } from '../cluster/etcd-store.js';
-import type { Store } from '../cluster/store.js';
+import { isStoreError, type Store } from '../cluster/store.js';
 import { BackplaneError } from '../errors.js';
 import { defaultStateDir } from '../state-dir.js';
 
@@ -160,13 +160,24 @@ export function readPasswordFile(file: string): string {
   return password;
 }
 
-/** The store the flags select: etcd with --etcd, otherwise the embedded store in `stateDir` (default: the state directory). */
+/**
+ * The store the flags select: etcd with --etcd, otherwise the embedded store in `stateDir` (default: the state
+ * directory). While an agent holds the embedded store (its lock), the same store through that agent's control socket
+ * (`<state dir>/control.sock`, see control-server.ts); when that does not answer either, the error says both.
+ */
 export async function openStore(flags: EtcdFlags & { stateDir?: string }): Promise<Store> {
   const conn = etcdConnection(flags);
   if (conn !== undefined) {
     const { EtcdStore } = await import('../cluster/etcd-store.js');
     return new EtcdStore(conn);
   }
+  const stateDir = flags.stateDir ?? defaultStateDir();
   const { EmbeddedStore } = await import('../cluster/embedded-store.js');
-  return EmbeddedStore.open({ dir: join(flags.stateDir ?? defaultStateDir(), 'store') });
+  try {
+    return await EmbeddedStore.open({ dir: join(stateDir, 'store') });
+  } catch (err) {
+    if (!isStoreError(err, 'locked')) throw err;
+    const { RemoteStore } = await import('../cluster/remote-store.js');
+    return RemoteStore.connect(stateDir, { heldBy: err });
+  }
 }

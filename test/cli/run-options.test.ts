@@ -102,7 +102,7 @@ describe('run: --parallel and --no-watch-graph (real processes)', () => {
 });
 
 describe('run: the embedded store (one host, no etcd)', () => {
-  test('export and collect on one host; cluster commands say the store is in use while the agent runs, and work after', async () => {
+  test('export and collect on one host; cluster commands work while the agent runs (its control socket), and after', async () => {
     await withTempDir(async (dir) => {
       const state = join(dir, 'state');
       const graph = join(dir, 'graph.yaml');
@@ -119,11 +119,10 @@ collect:
       try {
         await agent.waitFor(/cluster store: embedded/);
         await until(async () => (await content(join(dir, 'in', 'solo-shared-1'))) === 'exported\n', 10_000, 'the export collected');
+        // The agent holds the store; the commands reach it through the agent's control socket (control-server.ts).
         for (const cmd of ['members', 'status']) {
           const r = await runCli(['cluster', cmd, '--state-dir', state]);
-          assert.notEqual(r.code, 0, `cluster ${cmd} while the agent runs: ${r.stdout}`);
-          assert.match(r.stderr, new RegExp(`the store in ${state}/store is in use by another process \\(pid ${agent.proc.pid}\\)`));
-          assert.match(r.stderr, /hint: stop the other agent/);
+          assert.equal(r.code, 0, `cluster ${cmd} while the agent runs: ${r.stderr}`);
         }
         // Un-exporting is collected too: the purged directory loses the file.
         await save(graph, (await readFile(graph, 'utf8')).replace(', export: true', ''));
