@@ -116,6 +116,18 @@ export const svcSchema = z
       ])
       .optional()
       .meta({ description: 'how a refresh (notify) reloads the process; without it a refresh restarts it' }),
+    fence: z
+      .strictObject({
+        heartbeat: absolutePath().meta({ description: 'file the agent touches while it can confirm its place in the cluster' }),
+        maxAge: duration()
+          .refine((ms) => ms >= 300, 'must be at least 300ms: the watchdog looks every 100ms and a heartbeat is touched every ~250ms')
+          .meta({ description: 'once the heartbeat is older than this, the process is killed and not started again until it is fresh' }),
+      })
+      .optional()
+      .meta({
+        description:
+          'never run twice: a watchdog outside the agent kills the process once the heartbeat file is older than maxAge (also while the agent is frozen or dead), and the supervisor does not start it while it is',
+      }),
     onAgentExit: z
       .enum(['keep', 'stop'])
       .default('keep')

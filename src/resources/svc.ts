@@ -113,6 +113,12 @@ async function ensureRunning(sup: Supervisor, params: SvcParams, ctx: CheckApply
         throw await sup.crashLoopError();
       case 'failed':
         throw await sup.exitError();
+      case 'fenced': {
+        // Stale: fail with why (the supervisor calls changed() once it is fresh). Fresh: it is idle now, start it.
+        const fenced = sup.fenceError();
+        if (fenced !== undefined) throw fenced;
+        continue;
+      }
       case 'done':
         log.debug('the process completed (exit 0) and the restart policy does not restart it');
         return result([...sup.takeEvents(), ...changes]);

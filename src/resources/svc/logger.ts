@@ -5,6 +5,7 @@ import { execFile } from 'node:child_process';
 import { lstat, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
+import { FENCE_WATCHDOG_JS, type ServiceIdentity, type WatchdogConfig } from './fence.js';
 
 /**
  * Why a logger process: a log must stay within maxSize × (keep + 1) whatever the service writes, and the service
@@ -23,6 +24,10 @@ import { promisify } from 'node:util';
  * The log files are opened by the agent with every check of openLogForAppend and passed as descriptors; rotation
  * moves names with rename (which never writes through a symlink) and creates the new file O_EXCL|O_NOFOLLOW, as
  * logfile.ts does.
+ *
+ * With a fence (fence.ts), the logger is also the service's watchdog: it outlives the agent, which is what a watchdog
+ * against a frozen or partitioned agent needs, and it ends with the service. It then runs even for a service without
+ * log files (zero streams), and the agent tells it which process it started on its stdin right after the spawn.
  */
 
 /** Plain JavaScript for `node -e`: no import, so it runs the same from the sources and from the bundle. */
@@ -33,6 +38,9 @@ const net = require('net');
 const C = fs.constants;
 const cfg = JSON.parse(process.argv[1]);
 for (const s of ['SIGTERM', 'SIGINT', 'SIGHUP']) process.on(s, () => {});
+// With a fence, the watchdog (startFence, appended below) decides when to exit once the pipes are at end of file.
+const fence = cfg.fence ? startFence(cfg.fence, cfg.streams.map((st) => st.in)) : undefined;
+const allEnded = () => { if (fence) fence.streamsEnded(); else process.exit(0); };
 let open = 0;
 for (const st of cfg.streams) {
   open++;
@@ -93,11 +101,12 @@ for (const st of cfg.streams) {
   };
   const input = new net.Socket({ fd: st.in, readable: true, writable: false });
   input.on('data', (b) => { try { take(b); } catch {} });
-  const done = () => { if (--open === 0) process.exit(0); };
+  const done = () => { if (--open === 0) allEnded(); };
   input.once('end', done);
   input.once('error', () => { input.destroy(); done(); });
 }
-`;
+if (open === 0) allEnded();
+${FENCE_WATCHDOG_JS}`;
 
 export interface LoggedStream {
   /** The log file, opened and checked by the agent (openLogForAppend). The logger gets its own copy. */
@@ -112,6 +121,11 @@ export interface Logger {
   readonly inputs: readonly number[];
   /** Resolves once the logger has exited: everything the service wrote is in the files. Never rejects. */
   readonly done: Promise<void>;
+  /**
+   * Tells the watchdog which process is the service (undefined: none was started). Call once, right after the
+   * spawn; without a fence it does nothing.
+   */
+  announce(service: ServiceIdentity | undefined): void;
 }
 
 const execFileP = promisify(execFile);
@@ -132,6 +146,8 @@ const spare = new Map<string, Promise<string[]>>();
 const swept = new Set<string>();
 
 async function takeFifos(dir: string, n: number): Promise<string[]> {
+  // A fenced service without log files: a watchdog with no pipes.
+  if (n === 0) return [];
   if (!swept.has(dir)) {
     // Spares an earlier agent left (pipes in use are unlinked at once, so any such name is unused).
     swept.add(dir);
@@ -158,8 +174,11 @@ export async function dropSpareFifos(dir: string): Promise<void> {
   for (const f of (await ready?.catch(() => undefined)) ?? []) await rm(f, { force: true });
 }
 
-/** Starts a logger for `streams`, with its FIFOs made (and unlinked) in the private directory `fifoDir`. */
-export async function startLogger(streams: readonly LoggedStream[], fifoDir: string): Promise<Logger> {
+/**
+ * Starts a logger for `streams`, with its FIFOs made (and unlinked) in the private directory `fifoDir`; with
+ * `fence`, it is also the service's watchdog.
+ */
+export async function startLogger(streams: readonly LoggedStream[], fifoDir: string, fence?: WatchdogConfig): Promise<Logger> {
   const readEnds: number[] = [];
   const writeEnds: number[] = [];
   try {
@@ -177,12 +196,13 @@ export async function startLogger(streams: readonly LoggedStream[], fifoDir: str
     }
     // fds 3.. in the logger: the read ends, then the log files.
     const n = streams.length;
-    const cfg = { streams: streams.map((s, i) => ({ in: 3 + i, out: 3 + n + i, path: s.path, maxSize: s.maxSize, keep: s.keep })) };
+    const cfg = { streams: streams.map((s, i) => ({ in: 3 + i, out: 3 + n + i, path: s.path, maxSize: s.maxSize, keep: s.keep })), fence };
     const child = spawn(process.execPath, ['--max-old-space-size=16', '-e', LOGGER_JS, JSON.stringify(cfg)], {
       detached: true,
       env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' },
       cwd: '/',
-      stdio: ['ignore', 'ignore', 'ignore', ...readEnds, ...streams.map((s) => s.fd)],
+      // stdin: the watchdog learns the service's pid there (it is started before the service, to hold the pipes).
+      stdio: [fence !== undefined ? 'pipe' : 'ignore', 'ignore', 'ignore', ...readEnds, ...streams.map((s) => s.fd)],
     });
     const done = new Promise<void>((resolve) => {
       child.once('exit', () => resolve());
@@ -194,7 +214,17 @@ export async function startLogger(streams: readonly LoggedStream[], fifoDir: str
     });
     // The agent must not wait for it, nor keep its event loop alive for it.
     child.unref();
-    return { inputs: writeEnds, done };
+    const control = child.stdin;
+    // A watchdog that died already (EPIPE) must not take the agent down with an unhandled error.
+    control?.on('error', () => undefined);
+    let announced = false;
+    const announce = (service: ServiceIdentity | undefined): void => {
+      if (announced || control === null) return;
+      announced = true;
+      // End of file with no message means "no service": the watchdog then exits with its pipes.
+      control.end(service === undefined ? '' : JSON.stringify(service));
+    };
+    return { inputs: writeEnds, done, announce };
   } catch (err) {
     for (const fd of writeEnds) closeSync(fd);
     throw err;

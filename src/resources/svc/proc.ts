@@ -3,7 +3,8 @@ import { closeSync, constants as fsConstants, fstatSync } from 'node:fs';
 import { access, readdir, readFile, stat } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import { openLogForAppend } from './logfile.js';
-import { startLogger } from './logger.js';
+import type { WatchdogConfig } from './fence.js';
+import { startLogger, type Logger } from './logger.js';
 
 /**
  * Processes as the supervisor sees them: one it spawned (its 'exit' event is exact and immediate) or one it adopted
@@ -125,6 +126,8 @@ export interface SpawnSpec {
   readonly stderrPath: string;
   /** Output to regular files goes through a logger that rotates at exactly maxSize; its pipes are made in fifoDir. */
   readonly logRotation?: { readonly maxSize: number; readonly keep: number; readonly fifoDir: string } | undefined;
+  /** A fence watchdog in the logger (fence.ts); needs logRotation for its directory. Starts a logger even without log files. */
+  readonly fence?: WatchdogConfig | undefined;
 }
 
 /**
@@ -214,18 +217,21 @@ export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
   const files = [out, err];
   let outputDone: Promise<void> = Promise.resolve();
   let child;
+  let logger: Logger | undefined;
   try {
     // Regular files get the logger in between (see logger.ts); a character device (/dev/null) is written directly.
     const rot = spec.logRotation;
     const regular = [...new Set([out, err])].filter((fd) => fstatSync(fd).isFile());
-    if (rot !== undefined && regular.length > 0) {
-      const logger = await startLogger(
+    if (rot !== undefined && (regular.length > 0 || spec.fence !== undefined)) {
+      logger = await startLogger(
         regular.map((fd) => ({ fd, path: fd === out ? spec.stdoutPath : spec.stderrPath, maxSize: rot.maxSize, keep: rot.keep })),
         rot.fifoDir,
+        spec.fence,
       );
-      files.push(...logger.inputs);
+      const inputs = logger.inputs;
+      files.push(...inputs);
       outputDone = logger.done;
-      const pipeOf = (fd: number): number => logger.inputs[regular.indexOf(fd)] ?? fd;
+      const pipeOf = (fd: number): number => inputs[regular.indexOf(fd)] ?? fd;
       [out, err] = [pipeOf(out), pipeOf(err)];
     }
     child = spawn('/bin/sh', wrappedArgv(program, spec), {
@@ -236,6 +242,10 @@ export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
       // With a user, setpriv changes uid and gid after the cgroups are joined; a group alone is set here.
       ...(spec.uid === undefined && spec.gid !== undefined ? { gid: spec.gid } : {}),
     });
+  } catch (e) {
+    // No service: the watchdog must not wait for one.
+    logger?.announce(undefined);
+    throw e;
   } finally {
     // The children have their own copies now (spawn forks synchronously): the logger's pipe must see end of file
     // once the service's processes are gone, so no copy of a write end may stay here.
@@ -244,17 +254,27 @@ export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
   const exited = new Promise<ExitInfo>((resolve) => {
     child.once('exit', (code, signal) => resolve({ code, signal, known: true, at: Date.now() }));
   });
-  await new Promise<void>((resolve, reject) => {
-    child.once('spawn', resolve);
-    child.once('error', reject);
-  });
+  try {
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', reject);
+    });
+  } catch (e) {
+    logger?.announce(undefined);
+    throw e;
+  }
   child.on('error', () => undefined);
   const pid = child.pid;
-  if (pid === undefined) throw new Error('spawned process has no pid');
+  if (pid === undefined) {
+    logger?.announce(undefined);
+    throw new Error('spawned process has no pid');
+  }
   const startedAt = Date.now();
   // Read at once: the child cannot have been reaped yet unless it already exited, and then there is nothing to adopt.
   const st = await readStat(pid);
   const starttime = st?.starttime ?? '';
+  // The watchdog kills the process group only while this very process leads it (pid and start time).
+  logger?.announce({ pid, pgid: pid, starttime });
   ownChildren.set(pid, { starttime, startedAt, exited, outputDone, child });
   void exited.then(() => ownChildren.delete(pid));
   // Released, the handle no longer keeps the agent up: it can exit while its services keep running.

@@ -8,6 +8,7 @@ import type { SvcParams } from '../svc-schema.js';
 import type { CloseReason, ResourceLog, ResourceWorld } from '../types.js';
 import { cgroupMembers, existingCgroup, placeInCgroup, removeCgroup, setupCgroup, signalCgroup, type SvcCgroup } from './cgroup.js';
 import { HealthMonitor, makeProbe } from './health.js';
+import { clearFenceMarker, describeStale, fencedError, fenceMarkerPath, staleAge, takeFenceMarker, WATCHDOG_POLL_MS, whenFresh } from './fence.js';
 import { dropSpareFifos } from './logger.js';
 import { resolveIdentity } from './identity.js';
 import { fileSize, prepareLogFile, rotateIfNeeded, tailLines } from './logfile.js';
@@ -30,8 +31,9 @@ import { runCommand } from './run-command.js';
  *   crash-loop too many failures in the window; no more restarts until a fresh start (notify or new definition)
  *   done       it exited 0 and the restart policy says that is the end (on-failure, never)
  *   failed     it failed and the restart policy says not to restart (never)
+ *   fenced     the fence's heartbeat is stale: no process, and none is started until it is fresh (fence.ts)
  */
-export type Phase = 'idle' | 'running' | 'stopping' | 'backoff' | 'crash-loop' | 'done' | 'failed';
+export type Phase = 'idle' | 'running' | 'stopping' | 'backoff' | 'crash-loop' | 'done' | 'failed' | 'fenced';
 
 export interface Attempt {
   readonly proc: Proc;
@@ -59,6 +61,11 @@ const STOP_POLL_MS = 25;
 const KILL_WAIT_MS = 2000;
 const TAIL_LINES = 10;
 const OUTPUT_WAIT_MS = 1000;
+/**
+ * A fenced process's logger (its watchdog) exits only after the process is gone; when the process's exit has not
+ * come this long after the logger's, the watchdog died under a running process.
+ */
+const WATCHDOG_GONE_MS = 2000;
 const SILENT: ResourceLog = { change: () => undefined, info: () => undefined, warn: () => undefined, debug: () => undefined };
 
 export class Supervisor {
@@ -85,6 +92,8 @@ export class Supervisor {
   private cgroup: SvcCgroup | undefined;
   private limitsChecked = false;
   private readonly warned = new Set<string>();
+  /** While fenced: aborts the wait for a fresh heartbeat. */
+  private fenceWait: AbortController | undefined;
   private readonly policy: RestartPolicy;
   readonly specHash: string;
 
@@ -95,10 +104,11 @@ export class Supervisor {
   ) {
     this.policy = new RestartPolicy({ ...params.backoff, ...params.crashLoop });
     // What a running process cannot pick up without a restart; a change of anything else (health, limits, backoff)
-    // keeps an adopted process.
-    const { cmd, env, cwd, user, group } = params;
+    // keeps an adopted process. The fence is given to the watchdog at the start, so it is in; without a fence the
+    // key is left out and the hash stays what it was before fences existed.
+    const { cmd, env, cwd, user, group, fence } = params;
     this.specHash = createHash('sha256')
-      .update(JSON.stringify({ cmd, env, cwd, user, group, stdout: params.log.stdout, stderr: params.log.stderr }))
+      .update(JSON.stringify({ cmd, env, cwd, user, group, stdout: params.log.stdout, stderr: params.log.stderr, fence }))
       .digest('hex')
       .slice(0, 16);
   }
@@ -176,10 +186,14 @@ export class Supervisor {
   unsupervise(): void {
     this.supervising = false;
     this.cancelRestart();
-    if (this.phase === 'backoff' || this.phase === 'crash-loop' || this.phase === 'done' || this.phase === 'failed') this.setPhase('idle');
+    this.stopFenceWait();
+    if (this.phase === 'backoff' || this.phase === 'crash-loop' || this.phase === 'done' || this.phase === 'failed' || this.phase === 'fenced') this.setPhase('idle');
   }
 
-  /** A notify or a new definition: forget past failures, leave crash-loop/done/failed so the process may start. */
+  /**
+   * A notify or a new definition: forget past failures, leave crash-loop/done/failed so the process may start.
+   * Not 'fenced': nothing but a fresh heartbeat lifts a fence.
+   */
   freshStart(): void {
     this.policy.clear();
     this.cancelRestart();
@@ -301,6 +315,7 @@ export class Supervisor {
     this.closed = true;
     this.supervising = false;
     this.cancelRestart();
+    this.stopFenceWait();
     this.reporter = undefined;
     // Whatever is in flight (finding the old process) finishes before the resource is gone.
     await this.attaching?.catch(() => undefined);
@@ -342,6 +357,18 @@ export class Supervisor {
         hint: `fix the cause (all output: ${this.stderrPath}), then notify ${this.id} or change its definition to start it again`,
       },
     );
+  }
+
+  /**
+   * In phase 'fenced': the error to fail checkApply with while the heartbeat is still stale, or undefined when it
+   * is fresh again (the phase is then idle, and the caller starts the process).
+   */
+  fenceError(): BackplaneError | undefined {
+    const fence = this.params.fence;
+    const age = staleAge(fence);
+    if (fence !== undefined && age !== undefined) return fencedError(this.id, fence, age);
+    this.leaveFenced();
+    return undefined;
   }
 
   /** The process failed and restart: never (or on-failure for a clean exit is 'done', not an error). */
@@ -442,12 +469,25 @@ export class Supervisor {
     // Anything still in the service's cgroup is what an earlier run left (an agent killed mid-stop, a crash loop
     // under an older agent); it would compete with the new process for ports and locks.
     await this.killStrays('left behind by an earlier run of this service');
+    // The last moment before the spawn: whatever start asked (checkApply, a restart, the backoff timer), no process
+    // starts while the heartbeat is stale.
+    const fence = this.params.fence;
+    const age = staleAge(fence);
+    if (fence !== undefined && age !== undefined) {
+      this.enterFenced(age);
+      throw fencedError(this.id, fence, age);
+    }
+    if (fence !== undefined) clearFenceMarker(this.dir);
     let proc: Proc;
     try {
       proc = await spawnProc({
         ...spec,
         cgroupProcs: this.cgroup.dirs.map((d) => join(d, 'cgroup.procs')),
         logRotation: { maxSize: log.maxSize, keep: log.keep, fifoDir: this.dir },
+        fence:
+          fence === undefined
+            ? undefined
+            : { heartbeat: fence.heartbeat, maxAgeMs: fence.maxAge, pollMs: WATCHDOG_POLL_MS, cgroup: this.cgroup.v2Dir, marker: fenceMarkerPath(this.dir) },
       });
     } catch (err) {
       if (err instanceof LogFileError) {
@@ -506,6 +546,7 @@ export class Supervisor {
     this.current = a;
     if (this.supervising) this.startHealth(a);
     void proc.exited.then((exit) => this.onExit(a, exit));
+    if (this.params.fence !== undefined && !proc.adopted) void this.guardWatchdog(a);
     this.setPhase('running');
     this.bump();
     return a;
@@ -538,6 +579,84 @@ export class Supervisor {
     });
   }
 
+  /**
+   * A fenced process must not run without its watchdog: if the logger dies under it (killed by hand, out of memory),
+   * the process is restarted, which gives it a new one. (Only for processes this agent started: an adopted process's
+   * logger is not our child, and its exit cannot be seen.)
+   */
+  private async guardWatchdog(a: Attempt): Promise<void> {
+    await a.proc.outputDone;
+    if (await settledWithin(a.proc.exited, WATCHDOG_GONE_MS)) return;
+    if (this.current !== a || a.stopRequested || this.closed || !this.supervising) return;
+    this.log.warn(`the fence watchdog of pid ${a.proc.pid} (its logger process) exited while the process runs; restarting it under a new watchdog`);
+    a.killedFor = `pid ${a.proc.pid} lost its fence watchdog`;
+    this.report('fence watchdog gone');
+    await this.serial(async () => {
+      if (this.current !== a) return;
+      this.setPhase('stopping');
+      await this.terminate(a.proc, new AbortController().signal);
+    });
+  }
+
+  /** No process until the heartbeat is fresh; then idle, and the engine is told so that checkApply starts it. */
+  private enterFenced(age: number): void {
+    const fence = this.params.fence;
+    if (fence === undefined) return;
+    this.cancelRestart();
+    this.setPhase('fenced');
+    if (this.fenceWait !== undefined) return;
+    this.log.warn(`${describeStale(fence, age)}; the process is not started until it is fresh`);
+    const ac = new AbortController();
+    this.fenceWait = ac;
+    whenFresh(fence, ac.signal, () => {
+      if (this.fenceWait !== ac) return;
+      this.leaveFenced();
+      this.log.info(`the heartbeat ${fence.heartbeat} is fresh again`);
+      this.report('heartbeat fresh again');
+    });
+  }
+
+  private isFenced(): boolean {
+    return this.phase === 'fenced';
+  }
+
+  private leaveFenced(): void {
+    this.stopFenceWait();
+    if (this.phase === 'fenced') this.setPhase('idle');
+  }
+
+  private stopFenceWait(): void {
+    this.fenceWait?.abort();
+    this.fenceWait = undefined;
+  }
+
+  /**
+   * A fenced service's exit while supervised: the watchdog's kill (its marker names this very process), or a failed
+   * exit while the heartbeat is stale (the marker could not be written, or it died of something else meanwhile).
+   * Either way not the service's failure: no crash counted, no backoff, no restart until the heartbeat is fresh.
+   * A clean exit of its own goes through the restart policy as usual. Returns false for an ordinary exit.
+   */
+  private onFencedExit(a: Attempt, exit: ExitInfo): boolean {
+    const fence = this.params.fence;
+    if (fence === undefined) return false;
+    const marker = takeFenceMarker(this.dir);
+    const killed = marker !== undefined && marker.pid === a.proc.pid && marker.starttime === a.proc.starttime;
+    const age = staleAge(fence);
+    if (!killed && (age === undefined || !isFailure(exit))) return false;
+    const seen = marker?.ageMs ?? age ?? Infinity;
+    const why = `pid ${a.proc.pid} ${killed ? 'was killed by the fence watchdog' : 'exited while fenced'}: ${describeStale(fence, seen)}`;
+    this.log.warn(why);
+    this.events.push(why);
+    if (age !== undefined) {
+      this.enterFenced(age);
+    } else {
+      // Touched again between the kill and now: start it again at once (through checkApply, like any start).
+      this.setPhase('idle');
+    }
+    this.report(why);
+    return true;
+  }
+
   private onExit(a: Attempt, exit: ExitInfo): void {
     a.health?.stop();
     a.proc.release();
@@ -559,6 +678,7 @@ export class Supervisor {
       this.bump();
       return;
     }
+    if (a.killedFor === undefined && this.onFencedExit(a, exit)) return;
     const failed = a.killedFor !== undefined || isFailure(exit);
     const restart = this.params.restart === 'always' || (this.params.restart === 'on-failure' && failed);
     if (!restart) {
@@ -602,6 +722,12 @@ export class Supervisor {
         a = await this.startLocked();
       } catch (err) {
         const message = err instanceof Error ? err.message : String(err);
+        // (A method, not this.phase: the compiler still thinks the phase is the 'backoff' checked above.)
+        if (this.isFenced()) {
+          // Not a failure of the service: the restart waits for a fresh heartbeat.
+          this.report(message);
+          return;
+        }
         this.afterFailure(`could not restart: ${message}`, 0, await fileSize(this.stderrPath));
         return;
       }
