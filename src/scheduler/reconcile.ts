@@ -1,0 +1,417 @@
+/**
+ * The reconciler: from one snapshot of the cluster (hosts, specs, allocs with their reported status) to the plan that
+ * moves it toward the specs — which instances to place, which to stop, and why. Nomad's reconciler as a pure
+ * function: no I/O, no clock but `snapshot.now`, no randomness but the alloc id generator, so the controller,
+ * `deploy --dry-run` and the tests all get the same plan from the same snapshot.
+ *
+ * Per service, instance by instance (index 0..count-1), every alloc of the index is classified by where it is
+ * (healthy host, draining host, host past its drain deadline, host down within the fence grace, host down past it)
+ * and by what it is (current version or not, failed or not), and the index gets one decision:
+ *   - an alloc of the current version on a usable host is the index's *keeper*; once it has been healthy for
+ *     update.minHealthyMs, every other alloc of the index (old version, on a draining host, duplicate) is stopped;
+ *   - without a keeper: a host down within the grace holds the index (its instance may still run; replacing it now
+ *     could make two); a failed alloc is rescheduled with the policy's backoff; an old-version or draining alloc is
+ *     replaced surge-style (new first, old stopped once the new one is healthy), at most update.maxParallel at a time;
+ *     an alloc on a host down past the grace is replaced at once; an empty index gets a new alloc.
+ * Indexes >= count are stopped (scale down, highest index first). Every decision is an event with a human reason.
+ *
+ * Stops never free resources within the same plan (the old process holds its port until it is gone); the only
+ * exception is a failed alloc, whose reservation its own replacement may take over on the same host.
+ */
+import { placeInstances, type AllocIdGenerator, type PlacementRequest } from './placement.js';
+import type { Alloc, ClusterSnapshot, HostSnapshot, Infeasible, Placement, Plan, PlanEvent, ServiceSpec, Stop } from './types.js';
+
+export interface ReconcileOptions {
+  /** Default: `<service>.<index>.<8 random hex>`. */
+  readonly newAllocId?: AllocIdGenerator;
+}
+
+/** Where an alloc is, as far as this plan is concerned. */
+type Where =
+  /** alive, not draining */
+  | 'ok'
+  /** alive, draining, before its deadline */
+  | 'draining'
+  /** alive, draining, past its deadline: stopped now */
+  | 'gone'
+  /** host down for less than the fence grace: the instance may still run */
+  | 'waiting'
+  /** host down for the fence grace or longer: fenced, replaced */
+  | 'lost';
+
+interface View {
+  readonly a: Alloc;
+  readonly where: Where;
+  readonly host?: HostSnapshot;
+  /** Crash loop past the restart policy, or stopped by itself: the controller must act. */
+  readonly failed: boolean;
+  readonly current: boolean;
+  readonly healthy: boolean;
+  /** Healthy for update.minHealthyMs: counts, and the alloc it replaces can go. */
+  readonly settled: boolean;
+}
+
+/** A placement the reconciler asks for, with what to do once it has a host. */
+interface Intent {
+  readonly req: PlacementRequest;
+  readonly priority: number;
+  /** Allocs stopped only when the replacement got a host (a lost or failed alloc is kept while there is none). */
+  readonly stopOnPlaced: readonly { readonly view: View; readonly reason: string }[];
+  readonly describe: (placed: Alloc) => string;
+}
+
+/**
+ * Healing first (an instance is down), then scale-up, then moves off draining hosts, then updates, so that when
+ * capacity is short it goes to what is not running at all.
+ */
+const PRIORITY: Readonly<Record<Placement['reason'], number>> = { lost: 0, failed: 1, new: 2, drain: 3, update: 4 };
+
+/** Reschedule timestamps kept per alloc: enough for the delay to reach any sane maximum, and for a window of attempts. */
+const KEEP_RESCHEDULES = 32;
+
+/** 3100 -> "3.1s", 10000 -> "10s", 300000 -> "5m". */
+export function formatDuration(ms: number): string {
+  if (!Number.isFinite(ms)) return 'ever';
+  const trim = (n: number): string => String(Math.round(n * 10) / 10);
+  if (ms < 1000) return `${Math.round(ms)}ms`;
+  if (ms < 60_000) return `${trim(ms / 1000)}s`;
+  if (ms < 3_600_000) return `${trim(ms / 60_000)}m`;
+  return `${trim(ms / 3_600_000)}h`;
+}
+
+const name = (a: Alloc): string => `${a.service}.${a.index}`;
+
+function isFailed(a: Alloc): boolean {
+  // 'stopped' while still assigned means the process ended on its own and the supervisor will not start it again:
+  // for the service it is as gone as a crash loop.
+  return a.status?.state === 'failed' || a.status?.state === 'stopped';
+}
+
+function isHealthy(a: Alloc, spec: ServiceSpec): boolean {
+  const s = a.status?.state;
+  // Without a health check, running is as healthy as the agent can tell.
+  return s === 'healthy' || (s === 'running' && spec.health === undefined);
+}
+
+/** Best first: settled, healthy, running, starting, unknown, unhealthy; then the oldest; then by id. */
+function rank(v: View): number {
+  if (v.settled) return 0;
+  if (v.healthy) return 1;
+  switch (v.a.status?.state) {
+    case 'running':
+      return 2;
+    case 'starting':
+      return 3;
+    case 'unhealthy':
+      return 5;
+    default:
+      return 4;
+  }
+}
+
+function better(x: View, y: View): number {
+  return rank(x) - rank(y) || x.a.createdAt - y.a.createdAt || (x.a.id < y.a.id ? -1 : x.a.id > y.a.id ? 1 : 0);
+}
+
+export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}): Plan {
+  const { now } = snapshot;
+  const hosts = new Map<string, HostSnapshot>();
+  for (const h of snapshot.hosts) if (!hosts.has(h.name)) hosts.set(h.name, h);
+
+  const stops: Stop[] = [];
+  const events: PlanEvent[] = [];
+  const warnings: string[] = [];
+  const intents: Intent[] = [];
+  const wakes: number[] = [];
+  const wake = (at: number): void => {
+    if (at > now && Number.isFinite(at)) wakes.push(at);
+  };
+
+  const specs = new Map<string, ServiceSpec>();
+  for (const s of [...snapshot.services].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0))) {
+    if (specs.has(s.name)) warnings.push(`service ${s.name} is listed twice; the first spec is used`);
+    else specs.set(s.name, s);
+  }
+
+  const allocsOf = new Map<string, Alloc[]>();
+  for (const a of snapshot.allocs) {
+    let list = allocsOf.get(a.service);
+    if (list === undefined) allocsOf.set(a.service, (list = []));
+    list.push(a);
+  }
+  for (const [service, list] of [...allocsOf].sort((a, b) => (a[0] < b[0] ? -1 : 1))) {
+    // A spec the controller could not read (or verify) is unknown, not removed: removal comes as count 0.
+    if (!specs.has(service)) warnings.push(`${list.length} alloc${list.length === 1 ? '' : 's'} of service ${service}, which has no spec: left alone`);
+  }
+  const unknownHosts = new Set<string>();
+
+  const stop = (v: View, reason: string, message: string): void => {
+    stops.push({ allocId: v.a.id, host: v.a.host, service: v.a.service, index: v.a.index, reason });
+    events.push({ service: v.a.service, message, allocId: v.a.id, host: v.a.host });
+  };
+
+  for (const spec of specs.values()) {
+    const { update } = spec;
+    const viewOf = (a: Alloc): View => {
+      const host = hosts.get(a.host);
+      let where: Where;
+      if (host === undefined) {
+        // Not in the snapshot at all: nothing says how long it has been gone, so never replace on that basis (a
+        // duplicate is worse than a late replacement). The snapshot builder lists every host that holds an alloc.
+        unknownHosts.add(a.host);
+        where = 'waiting';
+      } else if (!host.alive) where = host.downForMs >= snapshot.fenceGraceMs ? 'lost' : 'waiting';
+      else if (!host.draining) where = 'ok';
+      else where = host.drainDeadline !== undefined && now >= host.drainDeadline ? 'gone' : 'draining';
+      const live = where === 'ok' || where === 'draining';
+      const healthy = live && isHealthy(a, spec);
+      return {
+        a,
+        where,
+        ...(host === undefined ? {} : { host }),
+        failed: isFailed(a),
+        current: a.version === spec.version,
+        healthy,
+        settled: healthy && now - (a.status?.since ?? now) >= update.minHealthyMs,
+      };
+    };
+    const views = (allocsOf.get(spec.name) ?? []).map(viewOf);
+
+    // Scale down (and removal: count 0): every alloc past the count goes, the newest instances first.
+    const excess = views
+      .filter((v) => !(Number.isInteger(v.a.index) && v.a.index >= 0 && v.a.index < spec.count))
+      .sort((x, y) => y.a.index - x.a.index || y.a.createdAt - x.a.createdAt);
+    for (const v of excess) {
+      if (!Number.isInteger(v.a.index) || v.a.index < 0) stop(v, `invalid index ${v.a.index}`, `stopped ${v.a.id} on ${v.a.host}: invalid index`);
+      else stop(v, `scale down to ${spec.count}`, `stopped ${name(v.a)} on ${v.a.host} (scale down to ${spec.count})`);
+    }
+
+    const excessSet = new Set(excess);
+    const byIndex = new Map<number, View[]>();
+    for (const v of views) {
+      if (excessSet.has(v)) continue;
+      let list = byIndex.get(v.a.index);
+      if (list === undefined) byIndex.set(v.a.index, (list = []));
+      list.push(v);
+    }
+
+    // Healthy instances (one per index at most), for the drain's minimum.
+    let healthyIndexes = 0;
+    for (const list of byIndex.values()) if (list.some((v) => v.healthy)) healthyIndexes++;
+    const minHealthy = Math.min(spec.minHealthy, spec.count);
+
+    let inFlight = 0;
+    /** Indexes whose old or draining alloc waits for a replacement slot. */
+    const budgeted: { index: number; source: View; drain: boolean }[] = [];
+
+    for (let i = 0; i < spec.count; i++) {
+      const list = byIndex.get(i) ?? [];
+      const label = `${spec.name}.${i}`;
+
+      for (const v of list.filter((x) => x.where === 'gone' && !x.failed)) {
+        stop(v, 'drain deadline passed', `stopped ${label} on ${v.a.host}: drain deadline passed${v.healthy ? ' (it was healthy)' : ''}`);
+      }
+
+      // Duplicates (a controller that died mid-plan, a host back from a partition): one per version and place.
+      const groups = new Map<string, View[]>();
+      for (const v of list) {
+        if (v.failed || (v.where !== 'ok' && v.where !== 'draining')) continue;
+        const key = `${v.a.version}\0${v.where}`;
+        const g = groups.get(key);
+        if (g === undefined) groups.set(key, [v]);
+        else g.push(v);
+      }
+      const kept: View[] = [];
+      for (const g of groups.values()) {
+        g.sort(better);
+        kept.push(g[0]!);
+        for (const d of g.slice(1)) stop(d, 'duplicate', `stopped duplicate ${label} on ${d.a.host} (keeping ${g[0]!.a.id} on ${g[0]!.a.host})`);
+      }
+      const keeper = kept.find((v) => v.current && v.where === 'ok');
+      const sources = kept.filter((v) => v !== keeper).sort((x, y) => (x.where === 'draining' ? 0 : 1) - (y.where === 'draining' ? 0 : 1) || better(x, y));
+      const waiting = list.filter((v) => v.where === 'waiting');
+      const lost = list.filter((v) => v.where === 'lost');
+      const failed = list.filter((v) => v.failed && (v.where === 'ok' || v.where === 'draining' || v.where === 'gone'));
+
+      if (keeper !== undefined) {
+        for (const v of lost) stop(v, 'lost', `stopped ${label} on ${v.a.host}: host down, replaced by ${keeper.a.id} on ${keeper.a.host}`);
+        for (const v of failed) stop(v, 'failed', `stopped failed ${label} on ${v.a.host}: replaced by ${keeper.a.id} on ${keeper.a.host}`);
+        const waitingOn = [...sources, ...waiting];
+        if (waitingOn.length === 0) continue;
+        if (keeper.settled) {
+          for (const v of waitingOn) {
+            const why =
+              v.where === 'draining'
+                ? `moved off draining ${v.a.host}`
+                : v.where === 'waiting'
+                  ? 'host down; replaced'
+                  : `replaced by version ${keeper.a.version}`;
+            stop(v, why, `stopped ${label} (${v.a.version}) on ${v.a.host}: ${why}; ${keeper.a.id} healthy on ${keeper.a.host}`);
+          }
+          continue;
+        }
+        // The new alloc is in flight: the old one stays until it has been healthy long enough.
+        inFlight++;
+        if (keeper.healthy) wake((keeper.a.status?.since ?? now) + update.minHealthyMs);
+        const deadline = keeper.a.createdAt + update.healthyDeadlineMs;
+        if (now >= deadline) {
+          events.push({
+            service: spec.name,
+            message: `${keeper.a.id} on ${keeper.a.host} not healthy within ${formatDuration(update.healthyDeadlineMs)} (${keeper.a.status?.state ?? 'no status'}); ${label} keeps ${sources[0]?.a.id ?? 'its old alloc'}`,
+            allocId: keeper.a.id,
+            host: keeper.a.host,
+          });
+        } else wake(deadline);
+        for (const v of sources) if (v.where === 'draining' && v.host?.drainDeadline !== undefined) wake(v.host.drainDeadline);
+        continue;
+      }
+
+      if (waiting.length > 0) {
+        // Its host may still run it until its fence has killed it: replacing it now could make two.
+        for (const v of waiting) {
+          const downFor = v.host?.downForMs ?? 0;
+          if (v.host !== undefined) wake(now + snapshot.fenceGraceMs - downFor);
+          events.push({
+            service: spec.name,
+            message: `${label} on ${v.a.host}: host down; replaced once it has been gone ${formatDuration(snapshot.fenceGraceMs)} (fence grace)`,
+            allocId: v.a.id,
+            host: v.a.host,
+          });
+        }
+        if (sources.length > 0) inFlight++;
+        continue;
+      }
+
+      if (failed.length > 0) {
+        // The latest failure decides; older failed allocs of the index are leftovers of earlier attempts.
+        failed.sort((x, y) => (y.a.status?.since ?? 0) - (x.a.status?.since ?? 0) || y.a.createdAt - x.a.createdAt);
+        const f = failed[0]!;
+        const others = [...failed.slice(1), ...lost];
+        if (sources.length > 0) inFlight++;
+        const r = spec.reschedule;
+        const failedAt = f.a.status?.since ?? f.a.createdAt;
+        const inWindow = f.a.reschedules.filter((t) => now - t < r.intervalMs);
+        const attempt = (r.unlimited ? f.a.reschedules.length : inWindow.length) + 1;
+        const attemptText = r.unlimited ? `attempt ${attempt}` : `attempt ${attempt} of ${r.attempts}`;
+        if (!r.unlimited && inWindow.length >= r.attempts) {
+          const oldest = Math.min(...inWindow);
+          if (r.attempts > 0) wake(oldest + r.intervalMs);
+          events.push({
+            service: spec.name,
+            message:
+              r.attempts === 0
+                ? `${label} failed on ${f.a.host} (crash loop); not rescheduled (reschedule policy: no attempts)`
+                : `${label} failed on ${f.a.host} (crash loop); not rescheduled: ${r.attempts} attempts in ${formatDuration(r.intervalMs)} used`,
+            allocId: f.a.id,
+            host: f.a.host,
+          });
+          continue;
+        }
+        // Exponential backoff over every reschedule of the instance so far (Nomad's default delay function).
+        const delay = Math.min(r.maxDelayMs, r.delayMs * 2 ** f.a.reschedules.length);
+        if (now < failedAt + delay) {
+          wake(failedAt + delay);
+          events.push({
+            service: spec.name,
+            message: `${label} failed on ${f.a.host} (crash loop); rescheduling in ${formatDuration(delay)} (${attemptText})`,
+            allocId: f.a.id,
+            host: f.a.host,
+          });
+          continue;
+        }
+        const history = [...f.a.reschedules, now].slice(-Math.max(KEEP_RESCHEDULES, r.attempts + 1));
+        intents.push({
+          req: { spec, index: i, reason: 'failed', previous: f.a.id, reschedules: history, avoidHost: f.a.host, reuse: f.a },
+          priority: PRIORITY.failed,
+          stopOnPlaced: [{ view: f, reason: 'failed' }, ...others.map((view) => ({ view, reason: view.where === 'lost' ? 'lost' : 'failed' }))],
+          describe: (p) => `${label} failed on ${f.a.host} (crash loop); rescheduled on ${p.host} (${attemptText})`,
+        });
+        continue;
+      }
+
+      if (sources.length > 0) {
+        for (const v of lost) stop(v, 'lost', `stopped ${label} on ${v.a.host}: host down; ${sources[0]!.a.id} still serves it`);
+        budgeted.push({ index: i, source: sources[0]!, drain: sources.some((v) => v.where === 'draining') });
+        for (const v of sources) if (v.where === 'draining' && v.host?.drainDeadline !== undefined) wake(v.host.drainDeadline);
+        continue;
+      }
+
+      if (lost.length > 0) {
+        lost.sort((x, y) => y.a.createdAt - x.a.createdAt);
+        const l = lost[0]!;
+        const downFor = l.host?.downForMs ?? 0;
+        intents.push({
+          req: { spec, index: i, reason: 'lost', previous: l.a.id, reschedules: l.a.reschedules },
+          priority: PRIORITY.lost,
+          stopOnPlaced: lost.map((view) => ({ view, reason: 'lost' })),
+          describe: (p) => `${label} on ${l.a.host} lost (host down ${formatDuration(downFor)}); replacing on ${p.host}`,
+        });
+        continue;
+      }
+
+      const gone = list.find((v) => v.where === 'gone');
+      if (gone !== undefined) {
+        intents.push({
+          req: { spec, index: i, reason: 'drain', previous: gone.a.id, reschedules: gone.a.reschedules },
+          priority: PRIORITY.lost,
+          stopOnPlaced: [],
+          describe: (p) => `${label} stopped on ${gone.a.host} at its drain deadline; placed on ${p.host}`,
+        });
+        continue;
+      }
+
+      intents.push({ req: { spec, index: i, reason: 'new' }, priority: PRIORITY.new, stopOnPlaced: [], describe: (p) => `placed ${label} on ${p.host}` });
+    }
+
+    // Surge replacements, at most maxParallel in flight; drains before updates (the host is going away).
+    budgeted.sort((x, y) => (x.drain === y.drain ? x.index - y.index : x.drain ? -1 : 1));
+    let drainHeld = false;
+    for (const b of budgeted) {
+      if (inFlight >= update.maxParallel) break;
+      const label = `${spec.name}.${b.index}`;
+      const src = b.source.a;
+      if (b.drain && healthyIndexes < minHealthy) {
+        // Moving one more now would leave the service with too few healthy instances if the move went wrong.
+        if (!drainHeld)
+          events.push({ service: spec.name, message: `drain waits: ${spec.name} has ${healthyIndexes} healthy instances, minimum ${minHealthy}` });
+        drainHeld = true;
+        continue;
+      }
+      inFlight++;
+      intents.push({
+        req: { spec, index: b.index, reason: b.drain ? 'drain' : 'update', previous: src.id, reschedules: src.reschedules },
+        priority: b.drain ? PRIORITY.drain : PRIORITY.update,
+        stopOnPlaced: [],
+        describe: b.drain
+          ? (p) => `moving ${label} off draining ${src.host} to ${p.host}`
+          : (p) => `updating ${label} to version ${spec.version} on ${p.host} (replaces ${src.id} on ${src.host}, version ${src.version})`,
+      });
+    }
+  }
+
+  for (const h of [...unknownHosts].sort()) warnings.push(`allocs on host ${h}, which is not in the snapshot: left in place`);
+
+  intents.sort((x, y) => x.priority - y.priority);
+  const byKey = new Map<string, Intent>();
+  for (const it of intents) byKey.set(`${it.req.spec.name}\0${it.req.index}`, it);
+  const result = placeInstances(
+    { now, hosts: snapshot.hosts, allocs: snapshot.allocs, services: [...specs.values()] },
+    intents.map((it) => it.req),
+    opts.newAllocId === undefined ? {} : { newAllocId: opts.newAllocId },
+  );
+  const place: Placement[] = [];
+  for (const alloc of result.placed) {
+    const it = byKey.get(`${alloc.service}\0${alloc.index}`)!;
+    place.push({ alloc, reason: it.req.reason });
+    events.push({ service: alloc.service, message: it.describe(alloc), allocId: alloc.id, host: alloc.host });
+    for (const s of it.stopOnPlaced) {
+      stops.push({ allocId: s.view.a.id, host: s.view.a.host, service: s.view.a.service, index: s.view.a.index, reason: `${s.reason}; replaced by ${alloc.id}` });
+    }
+  }
+  const infeasible: Infeasible[] = [...result.infeasible];
+  for (const inf of infeasible) events.push({ service: inf.service, message: inf.message });
+  warnings.push(...result.warnings);
+
+  const plan: Plan = { place, stop: stops, infeasible, events, warnings };
+  return wakes.length === 0 ? plan : { ...plan, wakeAt: Math.min(...wakes) };
+}
