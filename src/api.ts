@@ -24,6 +24,7 @@ import type { tcpSchema } from './resources/tcp.js';
 import type { templateSchema } from './resources/template.js';
 import type { HostFacts, ServiceInstance, ServiceInstances } from './resources/types.js';
 import type { userSchema } from './resources/user.js';
+import type { ServiceInput } from './scheduler/spec-schema.js';
 
 /** `kind[name]` or `kind:name`. */
 export type Ref = `${string}[${string}]` | `${string}:${string}`;
@@ -97,5 +98,21 @@ export interface GraphModule {
 
 /** A graph module's default export: re-evaluated whenever the module file, the collected data or `services` changes. */
 export type GraphFn = (ctx: GraphContext) => GraphModule | Promise<GraphModule>;
+
+/** A resource of an instance (a service's `files`): a graph resource without relations or export. */
+export type InstanceFileDecl = ResourceDecl extends infer R ? (R extends unknown ? Omit<R, 'require' | 'before' | 'notify' | 'subscribe' | 'export'> : never) : never;
+
+/**
+ * A service spec written in TypeScript (`backplane deploy -f web.ts`); the module's default export is one, a list,
+ * or a function returning either (docs/services.md):
+ *
+ *   import type { ServiceDecl } from 'backplane';
+ *   export default { name: 'web', count: 3, run: { cmd: ['python3', '-m', 'http.server', '{{ instance.port.http }}'] },
+ *     ports: { http: {} } } satisfies ServiceDecl;
+ */
+export type ServiceDecl = Omit<ServiceInput, 'files'> & { files?: readonly InstanceFileDecl[] };
+
+/** What a service module may export as its default. */
+export type ServiceModule = ServiceDecl | readonly ServiceDecl[] | (() => ServiceDecl | readonly ServiceDecl[] | Promise<ServiceDecl | readonly ServiceDecl[]>);
 
 export type { ExportEntry, HostFacts, ServiceInstance, ServiceInstances };
