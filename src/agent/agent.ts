@@ -88,6 +88,7 @@ export class Agent {
       stateDir,
       cluster: opts.cluster ?? { etcd: [], cluster: 'default', labels: {} },
       version: VERSION,
+      applied: () => this.appliedInstances(),
     });
     this.engine = new Engine({
       registry: this.registry,
@@ -160,6 +161,12 @@ export class Agent {
       this.news();
     });
     if (this.opts.graphviz !== undefined) this.engine.onState(() => this.scheduleDot());
+    this.engine.onState(({ id, state }) => {
+      const inst = this.source.instances;
+      if (inst === undefined) return;
+      const error = state === 'failed' || state === 'blocked' ? this.engine.status().find((s) => s.id === id)?.error : undefined;
+      inst.onVertexState(id, state, error);
+    });
     this.warn(graph);
     this.opts.log.info(`running ${graph.vertices.size} resources from ${graph.source}${this.opts.noop === true ? ' (noop: nothing will be changed)' : ''}`);
     await this.engine.setGraph(graph);
@@ -169,7 +176,20 @@ export class Agent {
       await this.source.watch((cause) => this.scheduleReload(cause), this.ac.signal, { file: this.opts.watchGraph !== false });
     }
     this.scheduleDot();
+    if (this.opts.cluster?.services === true && !noop) this.source.startServices();
     return done;
+  }
+
+  /** The scheduled instances in the running graph: their svc vertices are named after their alloc ids. */
+  private appliedInstances(): ReadonlySet<string> {
+    const out = new Set<string>();
+    const g = this.engine.currentGraph();
+    if (g === undefined) return out;
+    for (const id of g.vertices.keys()) {
+      const m = /^svc\[([a-z0-9][a-z0-9-]{0,62}\.\d{1,6}\.[0-9a-f]{8})\]$/.exec(id);
+      if (m?.[1] !== undefined) out.add(m[1]);
+    }
+    return out;
   }
 
   /** Something happened: the quiet time starts again from the next time the graph is settled. */

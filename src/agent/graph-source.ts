@@ -3,6 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { join } from 'node:path';
 import { ClusterLink, type LinkIdentity, type NodeRecord } from '../cluster/link.js';
 import { parseToken, TrustFiles, trustScope } from '../cluster/trust.js';
+import type { ControlServer } from '../cluster/control-server.js';
 import type { EtcdAuthOptions, EtcdTlsOptions } from '../cluster/etcd-store.js';
 import type { Store } from '../cluster/store.js';
 import { BackplaneError, errorMessage } from '../errors.js';
@@ -19,6 +20,9 @@ import type { ClusterValues, HostFacts } from '../resources/types.js';
 import { watchPath } from '../util/dirwatch.js';
 import { isModuleGraph } from '../frontends/typescript.js';
 import { Discovery, DiscoveryHandle } from './discovery.js';
+import { Controller } from '../scheduler/controller.js';
+import { defaultCapacity } from '../scheduler/state.js';
+import { Instances } from './instances.js';
 
 /** What made a re-render necessary: an edit of the graph file, or new data collected from the cluster. */
 export type ChangeCause = 'file' | 'cluster';
@@ -36,6 +40,15 @@ export interface ClusterOptions {
   readonly joinToken?: string | undefined;
   /** The CA's fingerprint, for a host approved by hand with `backplane hosts approve`. */
   readonly caFingerprint?: string | undefined;
+  /** What this host offers scheduled instances (--capacity); default: its cpus and memory less a reserve. */
+  readonly capacity?: { readonly cpu: number; readonly memory: number } | undefined;
+  /**
+   * Take part in the service backplane: be a controller candidate and run the instances assigned here. Set for an
+   * agent that runs until stopped; a one-shot run has no business holding instances.
+   */
+  readonly services?: boolean;
+  /** How long an instance outlives its agent's last confirmed place in the cluster (the fence); default TTL / 2. */
+  readonly fenceMs?: number | undefined;
 }
 
 export interface GraphSourceOptions {
@@ -46,6 +59,8 @@ export interface GraphSourceOptions {
   readonly stateDir: string;
   readonly cluster: ClusterOptions;
   readonly version: string;
+  /** The alloc ids whose instances are in the running graph (the engine's), for the fence (instances.ts). */
+  readonly applied?: () => ReadonlySet<string>;
 }
 
 /**
@@ -56,6 +71,8 @@ export interface GraphSourceOptions {
 export class GraphSource {
   private link: ClusterLink | undefined;
   private store: Store | undefined;
+  /** The control socket serving the embedded store to the CLI (control-server.ts); not with etcd. */
+  private control: ControlServer | undefined;
   private connecting: Promise<void> | undefined;
   private collected: readonly ExportEntry[] = [];
   private readonly rejected = new Set<string>();
@@ -66,6 +83,9 @@ export class GraphSource {
   private readonly kvWatchers = new Map<string, Set<() => void>>();
   /** Service discovery (ResourceWorld.services, GraphContext.services); fed once the store is open. */
   readonly services = new DiscoveryHandle();
+  /** The service backplane's agent side and controller candidate, once connected (ClusterOptions.services). */
+  instances: Instances | undefined;
+  controller: Controller | undefined;
   private linkReady: (() => void) | undefined;
   private readonly linked = new Promise<void>((resolve) => (this.linkReady = resolve));
 
@@ -132,7 +152,9 @@ export class GraphSource {
       if (thing !== undefined) local.add(thing);
     }
     const collected = this.admit(collectResources(this.opts.host, raw.collect ?? [], this.collected, this.opts.registry), local);
-    return buildGraph({ ...raw, resources: [...raw.resources, ...collected] }, this.opts.registry);
+    // The instances the controller assigned here: resources of the same graph, so the engine supervises them.
+    const inst = this.instances?.resources() ?? { resources: [], edges: [] };
+    return buildGraph({ ...raw, resources: [...raw.resources, ...collected, ...inst.resources], edges: [...raw.edges, ...inst.edges] }, this.opts.registry);
   }
 
   /** Publishes what the running graph exports (retried in the background while the store is down). */
@@ -141,11 +163,18 @@ export class GraphSource {
     this.link.publish(graph.exports).catch((err: unknown) => this.opts.log.warn(`publishing exports failed: ${errorMessage(err)}`));
   }
 
+  /** Joins the service backplane in the background (opening the store if nothing did yet). */
+  startServices(): void {
+    this.connect().catch((err: unknown) => this.opts.log.error(`cannot join the service backplane: ${errorMessage(err)}`));
+  }
+
   async close(): Promise<void> {
     this.closing.abort();
+    this.instances?.close();
     this.services.close();
     await this.connecting?.catch(() => undefined);
     await this.link?.close().catch(() => undefined);
+    await this.control?.close().catch(() => undefined);
     await this.store?.close().catch(() => undefined);
   }
 
@@ -199,6 +228,9 @@ export class GraphSource {
       // A half-made connection (a store client, a lease) must not linger into the next attempt.
       const store = this.store;
       this.store = undefined;
+      const control = this.control;
+      this.control = undefined;
+      await control?.close().catch(() => undefined);
       await store?.close().catch(() => undefined);
       throw err;
     }
@@ -219,6 +251,12 @@ export class GraphSource {
     } else {
       const { EmbeddedStore } = await import('../cluster/embedded-store.js');
       this.store = await EmbeddedStore.open({ dir: join(this.opts.stateDir, 'store') });
+      // Only this process can open the embedded store; the CLI reaches it through the agent while the agent runs.
+      const { serveControl } = await import('../cluster/control-server.js');
+      this.control = await serveControl(this.store, this.opts.stateDir, this.opts.log).catch((err: unknown) => {
+        this.opts.log.warn(`not serving the control socket: ${errorMessage(err)}; CLI commands cannot reach the store while this agent runs`);
+        return undefined;
+      });
     }
     const startedAt = new Date().toISOString();
     const record = (): NodeRecord => ({
@@ -228,6 +266,7 @@ export class GraphSource {
       startedAt,
       version: this.opts.version,
       free: { cpus: Math.max(0, this.facts.cpus - (loadavg()[0] ?? 0)), memory: freemem() },
+      capacity: cluster.capacity ?? defaultCapacity(this.facts.cpus, this.facts.memory.total),
     });
     const link = new ClusterLink({
       store: this.store,
@@ -252,11 +291,37 @@ export class GraphSource {
     await this.services.attach(discovery, () => {
       if (isModuleGraph(this.opts.file)) this.changeListener?.('cluster');
     });
+    if (cluster.services === true) await this.joinServices(link);
     this.opts.log.info(
       cluster.etcd.length > 0
         ? `joined cluster "${cluster.cluster}" as ${this.opts.host} through etcd ${cluster.etcd.join(',')}`
         : `cluster store: embedded (${join(this.opts.stateDir, 'store')})`,
     );
+  }
+
+  private async joinServices(link: ClusterLink): Promise<void> {
+    const store = this.store;
+    if (store === undefined) return;
+    const ttl = this.opts.cluster.leaseTtlMs ?? 3000;
+    const fenceMs = this.opts.cluster.fenceMs ?? Math.round(ttl / 2);
+    const instances = new Instances({
+      store,
+      link,
+      host: this.opts.host,
+      facts: this.facts,
+      labels: this.opts.cluster.labels,
+      stateDir: this.opts.stateDir,
+      log: this.opts.log,
+      fenceMs,
+      onChange: () => this.changeListener?.('cluster'),
+      applied: this.opts.applied ?? (() => new Set()),
+    });
+    await instances.start();
+    this.instances = instances;
+    const controller = new Controller({ store, host: this.opts.host, log: this.opts.log, ttlMs: ttl, fenceGraceMs: fenceMs, trust: () => link.trust, sign: (k, b) => link.sign(k, b) });
+    this.controller = controller;
+    void controller.run(this.closing.signal);
+    if (this.instances.ids().size > 0) this.changeListener?.('cluster');
   }
 
   /**

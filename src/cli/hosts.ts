@@ -59,7 +59,7 @@ export async function clusterInit(flags: HostsFlags): Promise<number> {
     const host = flags.hostname ?? (await import('../facts.js')).gatherFacts().hostname;
     const hostKey = await files.hostKey();
     const view = (await loadTrust(store, files)) ?? new TrustView(ca.publicKey);
-    await updateHosts(store, ca, view, approve(host, hostKey.publicKey, true));
+    await updateHosts(store, ca, view, approve(host, hostKey.publicKey, true, true));
     if (view.sealed !== undefined) await files.saveHosts(view.sealed);
     process.stdout.write(
       `${had === undefined ? 'created' : 'kept'} the cluster CA of "${flags.cluster}": ${fingerprint(ca.publicKey)}\n` +
@@ -71,7 +71,17 @@ export async function clusterInit(flags: HostsFlags): Promise<number> {
 }
 
 export function registerHosts(program: Command): void {
-  const hosts = program.command('hosts').description('which hosts the cluster believes: approve, revoke, join tokens');
+  const hosts = program.command('hosts').description('the hosts as a pool (capacity, reserved, free, instances, drain state); and which hosts the cluster believes: list, approve, revoke, token');
+  // `backplane hosts` alone: the capacity view of the service backplane.
+  storeFlags(hosts).action(async (flags: HostsFlags) => {
+    process.exitCode = await withStore(flags, async (store) => {
+      const { operatorContext } = await import('./operator.js');
+      const { hostRows, printHostRows } = await import('./services.js');
+      const rows = hostRows(await (await operatorContext(store, flags)).readState());
+      if (flags.json === true) process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+      else printHostRows(rows);
+    });
+  });
 
   storeFlags(hosts.command('list').description('approved, revoked and pending hosts, with their key fingerprints')).action(async (flags: HostsFlags) => {
     process.exitCode = await withStore(flags, async (store) => {
@@ -83,7 +93,7 @@ export function registerHosts(program: Command): void {
         const req = parseJoinRequest(kv.value);
         return host === undefined || req === undefined || req.host !== host || view?.keyOf(host) === req.publicKey ? [] : [req];
       });
-      const list = Object.entries(view?.hosts.hosts ?? {}).map(([host, e]) => ({ host, state: e.state, since: e.since, fingerprint: fingerprint(e.publicKey) }));
+      const list = Object.entries(view?.hosts.hosts ?? {}).map(([host, e]) => ({ host, state: e.state, since: e.since, fingerprint: fingerprint(e.publicKey), operator: e.operator === true }));
       if (flags.json === true) {
         process.stdout.write(
           `${JSON.stringify({ ca: view === undefined ? null : fingerprint(view.caPublicKey), serial: view?.serial ?? 0, hosts: list, pending: pending.map((p) => ({ host: p.host, fingerprint: fingerprint(p.publicKey), token: p.token ?? null, at: p.at })) }, null, 2)}\n`,
@@ -92,27 +102,32 @@ export function registerHosts(program: Command): void {
       }
       if (view === undefined) print('this host knows no cluster CA: nothing can be verified here\n');
       else print(`CA ${fingerprint(view.caPublicKey)}, hosts list serial ${view.serial}\n`);
-      for (const h of list) print(`${h.host.padEnd(24)} ${h.state.padEnd(9)} ${h.fingerprint}  since ${h.since}\n`);
+      for (const h of list) print(`${h.host.padEnd(24)} ${h.state.padEnd(9)} ${h.fingerprint}  since ${h.since}${h.operator ? '  operator' : ''}\n`);
       for (const p of pending) print(`${p.host.padEnd(24)} ${'pending'.padEnd(9)} ${fingerprint(p.publicKey)}  asked ${p.at}${p.token === undefined ? '' : ` (token ${p.token})`}\n`);
     });
   });
 
   storeFlags(hosts.command('approve <host>').description('approve a host that asked to join (compare its key fingerprint first)'))
     .option('--replace', 'replace the key of a host that is already approved or revoked (a reinstalled host)')
-    .action(async (host: string, flags: HostsFlags) => {
+    .option('--operator', 'let the host sign operator records too: deploy, scale, drain, remove (its root can then run anything on every host)')
+    .option('--no-operator', 'take operator rights away (the host stays approved)')
+    .action(async (host: string, flags: HostsFlags & { operator?: boolean }) => {
       process.exitCode = await withStore(flags, async (store) => {
         const files = await trustFiles(flags);
         const ca = await caOf(files);
         const kv = await store.get(keys.join(host));
+        const view = (await loadTrust(store, files)) ?? new TrustView(ca.publicKey);
         const req = kv === undefined ? undefined : parseJoinRequest(kv.value);
-        if (req === undefined || req.host !== host) {
+        // Changing operator rights of a host already approved needs no join request: its key is in the list.
+        const publicKey = req !== undefined && req.host === host ? req.publicKey : flags.operator !== undefined ? view.keyOf(host) : undefined;
+        if (publicKey === undefined) {
           throw new BackplaneError('E_USAGE', `host "${host}" has not asked to join`, { hint: `start its agent with --etcd and --ca-fingerprint; then see \`backplane hosts list\`` });
         }
-        const view = (await loadTrust(store, files)) ?? new TrustView(ca.publicKey);
-        const doc = await updateHosts(store, ca, view, approve(host, req.publicKey, flags.replace === true));
+        const doc = await updateHosts(store, ca, view, approve(host, publicKey, flags.replace === true, flags.operator));
         if (view.sealed !== undefined) await files.saveHosts(view.sealed);
         if (kv !== undefined) await store.cas(kv.key, kv.modRevision, null);
-        print(doc === undefined ? `host ${host} was already approved with key ${fingerprint(req.publicKey)}\n` : `approved host ${host} with key ${fingerprint(req.publicKey)}\n`);
+        const role = view.mayOperate(host) ? ' (operator)' : '';
+        print(doc === undefined ? `host ${host} was already approved with key ${fingerprint(publicKey)}${role}\n` : `approved host ${host} with key ${fingerprint(publicKey)}${role}\n`);
       });
     });
 

@@ -4,9 +4,11 @@ import { VERSION } from '../version.js';
 import { EXIT, reportError } from './common.js';
 import { registerCluster } from './cluster.js';
 import { registerGraph } from './graph.js';
+import { registerDeploy } from './deploy.js';
 import { registerHosts } from './hosts.js';
 import { registerRun } from './run.js';
 import { registerSchema } from './schema.js';
+import { registerServices } from './services.js';
 import { registerValidate } from './validate.js';
 
 
@@ -30,6 +32,8 @@ registerGraph(program);
 registerSchema(program);
 registerCluster(program);
 registerHosts(program);
+registerDeploy(program);
+registerServices(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -5,6 +5,9 @@ import { parseLabels } from '../agent/graph-source.js';
 import { BackplaneError } from '../errors.js';
 import { createLogger, type LogFormat, type LogLevel, type Logger } from '../log.js';
 import { parseDuration } from '../util/duration.js';
+import { gatherFacts } from '../facts.js';
+import { parseSize } from '../resources/svc-schema.js';
+import { defaultCapacity } from '../scheduler/state.js';
 import { EXIT, checkWritableFile, parseIntOption, parseSecondsOption, reportError } from './common.js';
 import { addStoreFlags, etcdConnection, type EtcdConnection, type EtcdFlags } from './etcd-flags.js';
 
@@ -26,6 +29,9 @@ interface RunFlags extends EtcdFlags {
   joinToken?: string;
   joinTokenFile?: string;
   caFingerprint?: string;
+  capacity?: string;
+  fence?: string;
+  services: boolean;
 }
 
 const STOP_GRACE_MS = 1500;
@@ -49,6 +55,9 @@ export function registerRun(program: Command): void {
     .option('--join-token-file <file>', 'read the join token from this file')
     .option('--ca-fingerprint <sha256:...>', "trust the cluster CA with this fingerprint; the host then waits for `backplane hosts approve`")
     .option('--label <key=value>', 'a label published with this host (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
+    .option('--capacity <cpu=N,memory=SIZE>', "what this host offers scheduled services (default: its cpus, and its memory less 10%, at least 256M)")
+    .option('--fence <duration>', "how long this host's instances outlive its last confirmed place in the cluster (default: half --lease-ttl)")
+    .option('--no-services', 'do not take part in the service backplane (no controller, no instances here)')
     .action(async (flags: RunFlags) => {
       // Exit explicitly: a graph may leave handles behind (a child a kind failed to reap) that must not keep us up.
       process.exit(await runCommand(flags));
@@ -64,9 +73,16 @@ async function runCommand(flags: RunFlags): Promise<number> {
   }
   let labels: Record<string, string>;
   let etcd: EtcdConnection | undefined;
+  let capacity: { cpu: number; memory: number } | undefined;
+  let fenceMs: number | undefined;
   const leaseTtlMs = parseDuration(flags.leaseTtl);
   try {
     labels = parseLabels(flags.label);
+    capacity = flags.capacity === undefined ? undefined : parseCapacity(flags.capacity);
+    fenceMs = flags.fence === undefined ? undefined : parseDuration(flags.fence);
+    if (flags.fence !== undefined && (fenceMs === undefined || fenceMs < 200)) {
+      throw new BackplaneError('E_USAGE', `--fence "${flags.fence}" is not a duration of at least 200ms`, { hint: 'e.g. --fence 1500ms' });
+    }
     etcd = etcdConnection(flags);
     if (flags.graphviz !== undefined) checkWritableFile('--graphviz', flags.graphviz);
     if (leaseTtlMs === undefined || leaseTtlMs < 1000)
@@ -99,6 +115,10 @@ async function runCommand(flags: RunFlags): Promise<number> {
       leaseTtlMs,
       joinToken,
       caFingerprint: flags.caFingerprint,
+      capacity,
+      fenceMs,
+      // Only an agent that stays up can hold instances; a one-shot or noop run must not be elected controller.
+      services: flags.services && flags.convergedTimeout < 0 && flags.noop !== true,
     },
   });
 
@@ -160,6 +180,31 @@ async function readJoinToken(flags: RunFlags): Promise<string | undefined> {
   }
   const env = process.env['BACKPLANE_JOIN_TOKEN'];
   return env === undefined || env === '' ? undefined : env;
+}
+
+/** `cpu=4,memory=8G` (either may be left out: it then defaults from the host). */
+export function parseCapacity(text: string): { cpu: number; memory: number } {
+  const facts = gatherFacts();
+  const def = defaultCapacity(facts.cpus, facts.memory.total);
+  let cpu = def.cpu;
+  let memory = def.memory;
+  for (const part of text.split(',')) {
+    const [k, v] = part.split('=', 2).map((x) => x.trim());
+    const bad = (why: string): never => {
+      throw new BackplaneError('E_USAGE', `--capacity "${text}": ${why}`, { hint: 'e.g. --capacity cpu=4,memory=8G (cpu in cores, memory with a unit)' });
+    };
+    if (k === undefined || v === undefined || v === '') return bad(`"${part}" is not key=value`);
+    if (k === 'cpu') {
+      const n = v.endsWith('m') ? Number(v.slice(0, -1)) / 1000 : Number(v);
+      if (!Number.isFinite(n) || n < 0) bad(`cpu "${v}" is not a number of cores`);
+      cpu = n;
+    } else if (k === 'memory') {
+      const n = parseSize(v);
+      if (n === undefined) bad(`memory "${v}" is not a size`);
+      memory = n ?? 0;
+    } else bad(`unknown resource "${k}" (cpu and memory are known)`);
+  }
+  return { cpu, memory };
 }
 
 function logFormat(v: string): LogFormat {

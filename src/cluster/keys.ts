@@ -12,6 +12,11 @@ import { StoreError } from './store.js';
  *   joins/<host>                          a host's request to be approved: its public key and token proof
  *   kv/<host>/<key>                       a value the host publishes (the `kv` resource kind), signed like exports
  *   meta/<name>                           cluster-wide settings (e.g. meta/layout: the layout version)
+ *   services/<name>                       a service spec (or its removal), signed by an operator host
+ *   sched/assign/<host>/<alloc>           an instance assigned to <host>, signed by the controller, fenced
+ *   sched/status/<host>/<alloc>           what <host> reports about it, signed by <host>, under its lease
+ *   sched/drain/<host>                    an operator's drain (or undrain) of <host>, signed
+ *   sched/events/<seq>                    what the controller decided and why, signed, newest 1,000 kept
  *
  * Every variable segment is percent-encoded, so a resource named `/etc/motd` or a host named `a/b` can never be
  * mistaken for extra path segments and prefix lists stay exact (`nodes/a/` does not match `nodes/ab`).
@@ -75,7 +80,40 @@ export const keys = {
 
   joinsPrefix: 'joins/',
   join: (host: string): string => `joins/${segment(host)}`,
+
+  servicesPrefix: 'services/',
+  service: (name: string): string => `services/${segment(name)}`,
+  schedPrefix: 'sched/',
+  assignPrefix: 'sched/assign/',
+  assignByHost: (host: string): string => `sched/assign/${segment(host)}/`,
+  assign: (host: string, alloc: string): string => `sched/assign/${segment(host)}/${segment(alloc)}`,
+  statusPrefix: 'sched/status/',
+  statusByHost: (host: string): string => `sched/status/${segment(host)}/`,
+  status: (host: string, alloc: string): string => `sched/status/${segment(host)}/${segment(alloc)}`,
+  drainPrefix: 'sched/drain/',
+  drain: (host: string): string => `sched/drain/${segment(host)}`,
+  eventsPrefix: 'sched/events/',
+  /** Zero-padded so keys sort in order. */
+  event: (seq: number): string => `sched/events/${String(seq).padStart(16, '0')}`,
 } as const;
+
+/** `services/<name>` -> name. */
+export function parseServiceKey(key: string): string | undefined {
+  return decodeOrUndefined(/^services\/([^/]+)$/.exec(key)?.[1]);
+}
+
+/** `sched/assign/<host>/<alloc>` or `sched/status/<host>/<alloc>` -> host and alloc. */
+export function parseAllocKey(key: string): { kind: 'assign' | 'status'; host: string; alloc: string } | undefined {
+  const m = /^sched\/(assign|status)\/([^/]+)\/([^/]+)$/.exec(key);
+  const host = decodeOrUndefined(m?.[2]);
+  const alloc = decodeOrUndefined(m?.[3]);
+  if (m === null || host === undefined || alloc === undefined) return undefined;
+  return { kind: m[1] === 'assign' ? 'assign' : 'status', host, alloc };
+}
+
+export function parseDrainKey(key: string): string | undefined {
+  return decodeOrUndefined(/^sched\/drain\/([^/]+)$/.exec(key)?.[1]);
+}
 
 /** The host a `nodes/<host>` key belongs to, or undefined for any other key. */
 export function parseNodeKey(key: string): string | undefined {

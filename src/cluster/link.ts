@@ -17,6 +17,8 @@ export interface NodeRecord {
   readonly version: string;
   /** Free capacity when the record was written (cpus from the load average, memory in bytes). */
   readonly free: { readonly cpus: number; readonly memory: number };
+  /** What this host offers scheduled instances (--capacity, else its cpus and memory less a reserve). */
+  readonly capacity?: { readonly cpu: number; readonly memory: number };
 }
 
 /** This host's part in the cluster's trust: see trust.ts. */
@@ -146,6 +148,16 @@ export class ClusterLink {
   private seal(key: string, body: string): string {
     this.seq = Math.max(Date.now(), this.seq + 1);
     return sealRecord(this.opts.identity.hostKey, key, this.seq, body);
+  }
+
+  /** A record for `key` signed with this host's key (the scheduler's assignments, statuses and events). */
+  sign(key: string, body: string): string {
+    return this.seal(key, body);
+  }
+
+  /** The lease this host's membership lives under (undefined while re-registering). */
+  get currentLease(): Lease | undefined {
+    return this.lease;
   }
 
   /** Logs a problem once while it lasts (per tag), so a hostile writer cannot flood the log. */
@@ -292,7 +304,7 @@ export class ClusterLink {
       );
     }
     if (ca !== undefined) {
-      await updateHosts(this.opts.store, ca, view, approve(this.opts.host, hostKey.publicKey, true), { signal: this.ac.signal });
+      await updateHosts(this.opts.store, ca, view, approve(this.opts.host, hostKey.publicKey, true, true), { signal: this.ac.signal });
       await this.afterOwnUpdate();
       return this.ensureApproved();
     }

@@ -26,6 +26,11 @@ export interface HostEntry {
   readonly state: HostState;
   /** When it was approved or revoked (ISO). */
   readonly since: string;
+  /**
+   * May this host's key sign operator records (service specs, drains)? A spec says what every host runs as root, so
+   * being an approved host is not enough: the CA's own host is an operator, others only when approved --operator.
+   */
+  readonly operator?: boolean;
 }
 
 export interface HostsDoc {
@@ -162,6 +167,12 @@ export class TrustView {
   keyOf(host: string): string | undefined {
     const e = Object.hasOwn(this.doc.hosts, host) ? this.doc.hosts[host] : undefined;
     return e?.state === 'approved' ? e.publicKey : undefined;
+  }
+
+  /** Whether `host` is approved and may sign operator records (see HostEntry.operator). */
+  mayOperate(host: string): boolean {
+    const e = Object.hasOwn(this.doc.hosts, host) ? this.doc.hosts[host] : undefined;
+    return e?.state === 'approved' && e.operator === true;
   }
 
   /** Checks that `value` at `key` was signed by `host` and that `host` is approved now. */
@@ -394,16 +405,18 @@ export async function updateHosts(
 }
 
 /** Approves `host` with `publicKey`; refuses to replace another key of an approved host unless `replace`. */
-export function approve(host: string, publicKey: string, replace: boolean): (doc: HostsDoc) => HostsDoc | undefined {
+export function approve(host: string, publicKey: string, replace: boolean, operator?: boolean): (doc: HostsDoc) => HostsDoc | undefined {
   return (doc) => {
     const cur = Object.hasOwn(doc.hosts, host) ? doc.hosts[host] : undefined;
-    if (cur?.state === 'approved' && cur.publicKey === publicKey) return undefined;
+    // Not given: keep what the host had (re-approving a key must not silently take operator rights away).
+    const op = operator ?? (cur?.publicKey === publicKey && cur.operator === true);
+    if (cur?.state === 'approved' && cur.publicKey === publicKey && (cur.operator === true) === op) return undefined;
     if (cur !== undefined && cur.publicKey !== publicKey && !replace) {
       throw new BackplaneError('E_USAGE', `host "${host}" is ${cur.state} with another key (${fingerprint(cur.publicKey)}); the new one is ${fingerprint(publicKey)}`, {
         hint: `if ${host} was reinstalled and this is its new key, approve it with --replace`,
       });
     }
-    return withHost(doc, host, { publicKey, state: 'approved', since: new Date().toISOString() });
+    return withHost(doc, host, { publicKey, state: 'approved', since: new Date().toISOString(), ...(op ? { operator: true } : {}) });
   };
 }
 

@@ -1,0 +1,211 @@
+import { setTimeout as sleep } from 'node:timers/promises';
+import { campaign } from '../cluster/election.js';
+import { keys } from '../cluster/keys.js';
+import type { Leadership, Store, TxnOp } from '../cluster/store.js';
+import type { TrustView } from '../cluster/trust.js';
+import { BackplaneError, errorMessage } from '../errors.js';
+import type { Logger } from '../log.js';
+import { wrapSigned, type AssignRecord, type EventRecord } from './records.js';
+import { reconcile } from './reconcile.js';
+import { readSchedState, toSnapshot, type SchedState } from './state.js';
+import type { Plan } from './types.js';
+
+export const ELECTION = 'controller';
+/** Events kept in the store: enough for `backplane service NAME` to explain the last hours of a busy cluster. */
+const MAX_EVENTS = 1000;
+/** A pass at least this often even when nothing changes: backoffs and graces end on the clock, not on an event. */
+const IDLE_PASS_MS = 1000;
+/** etcd's default limits are 128 operations and 1.5 MiB per request: stay well inside both. */
+const OPS_PER_TXN = 100;
+const BYTES_PER_TXN = 1024 * 1024;
+
+export interface ControllerOptions {
+  readonly store: Store;
+  readonly host: string;
+  readonly log: Logger;
+  /** The controller's lease TTL: when it dies, another agent takes over after about this long. */
+  readonly ttlMs: number;
+  readonly fenceGraceMs: number;
+  readonly trust: () => TrustView | undefined;
+  /** Signs a record for a key with this host's key (ClusterLink.sign). */
+  readonly sign: (key: string, body: string) => string;
+}
+
+/**
+ * The controller: one at a time in the whole cluster, elected through the store (any agent can be it). While it
+ * leads, it runs passes — read a fresh snapshot, plan with the pure reconciler, commit — on every change under
+ * services/, sched/ and nodes/, and on a timer, so a missed event costs latency, never correctness (Patroni's
+ * loop). Every write is a transaction fenced on its own election key's createRevision (the epoch): once another
+ * candidate has taken over, the key is gone and the write fails, so two controllers can never both commit. It keeps
+ * nothing it cannot rebuild from the store, except when it last saw each host alive; a new controller counts a host
+ * it never saw alive as gone since it took over, which only delays a replacement, never duplicates one.
+ */
+export class Controller {
+  private readonly lastAlive = new Map<string, number>();
+  private leading: { leadership: Leadership; epoch: number; since: number } | undefined;
+  private wake: (() => void) | undefined;
+  private dirty = true;
+  private eventSeq = 0;
+  private eventKeys: string[] | undefined;
+  /** Events already recorded, so a plan repeated pass after pass (waiting for capacity) is recorded once. */
+  private readonly recent = new Map<string, number>();
+
+  constructor(private readonly opts: ControllerOptions) {}
+
+  get isLeader(): boolean {
+    return this.leading !== undefined && !this.leading.leadership.lost.aborted;
+  }
+
+  /** Campaigns, leads while elected, campaigns again when deposed; until `signal` aborts (then resigns). */
+  async run(signal: AbortSignal): Promise<void> {
+    while (!signal.aborted) {
+      let leadership: Leadership;
+      try {
+        leadership = await campaign(this.opts.store, ELECTION, this.opts.host, this.opts.ttlMs, signal);
+      } catch (err) {
+        if (signal.aborted) return;
+        this.opts.log.debug(`controller election: ${errorMessage(err)}; trying again`);
+        await sleep(500, undefined, { signal }).catch(() => undefined);
+        continue;
+      }
+      try {
+        await this.lead(leadership, signal);
+      } catch (err) {
+        if (!signal.aborted) this.opts.log.warn(`controller: ${errorMessage(err)}`);
+      } finally {
+        this.leading = undefined;
+        // Resigning lets the next candidate take over at once instead of after the TTL.
+        await leadership.resign().catch(() => undefined);
+      }
+    }
+  }
+
+  private async lead(leadership: Leadership, signal: AbortSignal): Promise<void> {
+    const kv = await this.opts.store.get(leadership.key, { signal });
+    if (kv === undefined) return;
+    const epoch = kv.createRevision;
+    const since = Date.now();
+    this.leading = { leadership, epoch, since };
+    this.opts.log.info(`this host is the controller now (epoch ${epoch})`);
+    const stop = AbortSignal.any([signal, leadership.lost]);
+    stop.addEventListener('abort', () => this.wake?.(), { once: true });
+    const poke = (): void => {
+      this.dirty = true;
+      this.wake?.();
+    };
+    for (const prefix of [keys.servicesPrefix, keys.assignPrefix, keys.statusPrefix, keys.drainPrefix, keys.nodesPrefix, keys.trustPrefix]) {
+      await this.opts.store.watch(prefix, 0, poke, stop);
+    }
+    let wakeAt: number | undefined;
+    while (!stop.aborted) {
+      const wait = wakeAt === undefined ? IDLE_PASS_MS : Math.max(0, Math.min(IDLE_PASS_MS, wakeAt - Date.now()));
+      if (!this.dirty) {
+        await new Promise<void>((resolve) => {
+          const t = setTimeout(resolve, wait);
+          this.wake = () => {
+            clearTimeout(t);
+            resolve();
+          };
+        });
+        this.wake = undefined;
+        // Let a burst of watch events land before reading the store again.
+        await sleep(5);
+      }
+      if (stop.aborted) break;
+      this.dirty = false;
+      try {
+        wakeAt = await this.pass(epoch, leadership, since, stop);
+      } catch (err) {
+        if (stop.aborted) break;
+        this.opts.log.warn(`controller pass failed: ${errorMessage(err)}; retrying`);
+        await sleep(500, undefined, { signal: stop }).catch(() => undefined);
+        this.dirty = true;
+      }
+    }
+    if (leadership.lost.aborted && !signal.aborted) this.opts.log.warn(`this host is no longer the controller (${errorMessage(leadership.lost.reason)})`);
+  }
+
+  /** One pass: snapshot, plan, commit. Returns when the plan may change on its own (wakeAt). */
+  private async pass(epoch: number, leadership: Leadership, since: number, signal: AbortSignal): Promise<number | undefined> {
+    const view = this.opts.trust();
+    if (view === undefined) return undefined;
+    const state = await readSchedState(this.opts.store, view, { signal });
+    const now = Date.now();
+    for (const m of state.members) if (m.verified) this.lastAlive.set(m.host, now);
+    const snapshot = toSnapshot(state, now, { lastAlive: this.lastAlive, since, fenceGraceMs: this.opts.fenceGraceMs });
+    const plan = reconcile(snapshot);
+    for (const w of plan.warnings) this.once(`warn:${w}`, () => this.opts.log.warn(w));
+    await this.commit(plan, state, epoch, leadership, signal);
+    return plan.wakeAt;
+  }
+
+  private async commit(plan: Plan, state: SchedState, epoch: number, leadership: Leadership, signal: AbortSignal): Promise<void> {
+    const ops: TxnOp[] = [];
+    for (const p of plan.place) {
+      const svc = state.services.get(p.alloc.service);
+      if (svc?.spec === undefined) continue;
+      const { status: _status, ...alloc } = p.alloc;
+      const body: AssignRecord = { alloc, epoch, controller: this.opts.host, specRecord: svc.record, specBy: svc.by };
+      const key = keys.assign(alloc.host, alloc.id);
+      ops.push({ put: key, value: wrapSigned(this.opts.host, this.opts.sign(key, JSON.stringify(body))) });
+    }
+    for (const s of plan.stop) ops.push({ delete: keys.assign(s.host, s.allocId) });
+    const events = plan.events.filter((e) => this.once(`event:${e.service}:${e.allocId ?? ''}:${e.message}`));
+    for (const e of events) {
+      const rec: EventRecord = { at: Date.now(), service: e.service, message: e.message, ...(e.allocId === undefined ? {} : { allocId: e.allocId }), ...(e.host === undefined ? {} : { host: e.host }) };
+      const key = keys.event(this.nextEventSeq());
+      ops.push({ put: key, value: wrapSigned(this.opts.host, this.opts.sign(key, JSON.stringify(rec))) });
+      this.opts.log.info(`${e.service}: ${e.message}`);
+    }
+    for (const i of plan.infeasible) this.once(`infeasible:${i.service}:${i.message}`, () => this.opts.log.warn(`${i.service}: ${i.message}`));
+    ops.push(...(await this.trimEvents(events.length, signal)));
+    // The fence: each transaction commits only while our election key is the one we won with.
+    let chunk: TxnOp[] = [];
+    let bytes = 0;
+    const flush = async (): Promise<void> => {
+      if (chunk.length === 0) return;
+      const r = await this.opts.store.txn(chunk, { signal, if: [{ key: leadership.key, createRevision: epoch }] });
+      chunk = [];
+      bytes = 0;
+      if (!r.ok) throw new BackplaneError('E_IO', 'a plan could not be committed: this host is no longer the controller', { retryable: false });
+    };
+    for (const op of ops) {
+      const b = ('put' in op ? op.put.length + op.value.length : op.delete.length) + 64;
+      if (chunk.length >= OPS_PER_TXN || bytes + b > BYTES_PER_TXN) await flush();
+      chunk.push(op);
+      bytes += b;
+    }
+    await flush();
+  }
+
+  private nextEventSeq(): number {
+    // Wall-clock microseconds, strictly increasing in this process: a later controller's keys sort after ours.
+    this.eventSeq = Math.max(Date.now() * 1000, this.eventSeq + 1);
+    return this.eventSeq;
+  }
+
+  private async trimEvents(added: number, signal: AbortSignal): Promise<TxnOp[]> {
+    if (this.eventKeys === undefined) {
+      const { kvs } = await this.opts.store.list(keys.eventsPrefix, { signal });
+      this.eventKeys = kvs.map((kv) => kv.key);
+      const last = this.eventKeys.at(-1);
+      const seq = last === undefined ? 0 : Number(last.slice(keys.eventsPrefix.length));
+      if (Number.isSafeInteger(seq)) this.eventSeq = Math.max(this.eventSeq, seq);
+    }
+    for (let i = 0; i < added; i++) this.eventKeys.push(keys.event(this.eventSeq - added + 1 + i));
+    const excess = this.eventKeys.length - MAX_EVENTS;
+    if (excess <= 0) return [];
+    return this.eventKeys.splice(0, excess).map((key) => ({ delete: key }));
+  }
+
+  /** Runs `fn` (or just answers true) the first time `tag` is seen in a while, so repeated passes do not repeat. */
+  private once(tag: string, fn?: () => void): boolean {
+    const now = Date.now();
+    const seen = this.recent.get(tag);
+    if (seen !== undefined && now - seen < 60_000) return false;
+    if (this.recent.size > 10_000) this.recent.clear();
+    this.recent.set(tag, now);
+    fn?.();
+    return true;
+  }
+}

@@ -1,0 +1,239 @@
+import { z } from 'zod';
+import { keys } from '../cluster/keys.js';
+import type { TrustView } from '../cluster/trust.js';
+import type { Alloc, AllocStatus, ServiceSpec } from './types.js';
+
+/**
+ * The scheduler's records in the store, and how a reader decides to believe one. Everything read here is hostile
+ * until checked: a record is a signed envelope (trust.ts); this module says *who* must have signed *what*:
+ *
+ * - a service spec (`services/<name>`) and a drain (`sched/drain/<host>`): an operator host (HostEntry.operator);
+ * - an assignment (`sched/assign/<host>/<alloc>`): any approved host (the controller of its epoch; the store fenced
+ *   the write on that controller's election key), and it carries the operator-signed spec record it runs, verbatim,
+ *   so even a rogue controller can place only what an operator declared;
+ * - a status (`sched/status/<host>/<alloc>`): the host it is about.
+ *
+ * The shapes are checked with zod after the signature: a signed record from a newer or buggy writer must not crash
+ * or mislead a reader either.
+ */
+
+const num = z.number().finite();
+const nonneg = num.nonnegative();
+const resources = z.strictObject({ cpu: nonneg, memory: nonneg });
+const instanceResource = z.strictObject({ kind: z.string().min(1), name: z.string().min(1), params: z.record(z.string(), z.unknown()), meta: z.unknown().optional() });
+
+export const serviceSpecSchema = z.strictObject({
+  name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/),
+  count: z.number().int().min(0).max(100_000),
+  version: z.string().min(1).max(200),
+  task: z.strictObject({
+    cmd: z.array(z.string()).min(1),
+    env: z.record(z.string(), z.string()),
+    cwd: z.string().optional(),
+    user: z.union([z.string(), z.number().int().nonnegative()]).optional(),
+    group: z.union([z.string(), z.number().int().nonnegative()]).optional(),
+    stopSignal: z.string().optional(),
+    stopTimeoutMs: nonneg.optional(),
+  }),
+  resources,
+  ports: z.array(z.strictObject({ name: z.string().min(1), static: z.number().int().min(1).max(65535).optional() })),
+  health: z
+    .strictObject({
+      exec: z.array(z.string()).min(1).optional(),
+      http: z.string().optional(),
+      tcp: z.string().optional(),
+      intervalMs: nonneg,
+      timeoutMs: nonneg,
+      failures: z.number().int().min(1),
+      graceMs: nonneg,
+    })
+    .optional(),
+  placement: z.strictObject({
+    constraints: z.array(z.strictObject({ label: z.string(), op: z.enum(['eq', 'in', 'not_in']), values: z.array(z.string()) })),
+    distinctHosts: z.boolean(),
+    spread: z.string().optional(),
+    maxPerHost: z.number().int().min(1).optional(),
+    antiAffinity: z.array(z.string()),
+    strategy: z.enum(['binpack', 'spread']),
+  }),
+  restart: z.strictObject({ attempts: z.number().int().min(0), intervalMs: nonneg, delayMs: nonneg }),
+  reschedule: z.strictObject({ attempts: z.number().int().min(0), intervalMs: nonneg, delayMs: nonneg, maxDelayMs: nonneg, unlimited: z.boolean() }),
+  update: z.strictObject({ maxParallel: z.number().int().min(1), minHealthyMs: nonneg, healthyDeadlineMs: nonneg }),
+  files: z.array(instanceResource),
+  minHealthy: z.number().int().min(0),
+});
+
+/** What `services/<name>` holds (signed by an operator host). */
+export type ServiceRecord =
+  | { readonly spec: ServiceSpec; readonly source: string; readonly deployedAt: string }
+  | { readonly removed: true; readonly name: string; readonly at: string };
+
+const serviceRecordSchema = z.union([
+  z.strictObject({ spec: serviceSpecSchema, source: z.string(), deployedAt: z.string() }),
+  z.strictObject({ removed: z.literal(true), name: z.string(), at: z.string() }),
+]);
+
+const allocSchema = z.strictObject({
+  id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}\.\d{1,6}\.[0-9a-f]{8}$/),
+  service: z.string(),
+  index: z.number().int().min(0),
+  version: z.string(),
+  host: z.string(),
+  resources,
+  ports: z.record(z.string(), z.number().int().min(1).max(65535)),
+  createdAt: num,
+  previous: z.string().optional(),
+  reschedules: z.array(num),
+});
+
+/** What `sched/assign/<host>/<alloc>` holds (signed by the controller that placed it). */
+export interface AssignRecord {
+  readonly alloc: Omit<Alloc, 'status'>;
+  /** createRevision of the controller's election key when it wrote this: the fencing token. */
+  readonly epoch: number;
+  readonly controller: string;
+  /** The signed `services/<name>` value the alloc runs, exactly as the operator's host signed it, and by whom. */
+  readonly specRecord: string;
+  readonly specBy: string;
+}
+
+const assignSchema = z.strictObject({
+  alloc: allocSchema,
+  epoch: z.number().int().min(1),
+  controller: z.string(),
+  specRecord: z.string(),
+  specBy: z.string(),
+});
+
+const statusSchema = z.strictObject({
+  state: z.enum(['pending', 'starting', 'running', 'healthy', 'unhealthy', 'failed', 'stopped']),
+  restarts: z.number().int().min(0),
+  since: num,
+  message: z.string().max(2000).optional(),
+  version: z.string().optional(),
+});
+
+export type StatusRecord = AllocStatus & { readonly version?: string };
+
+/** `sched/drain/<host>` (operator-signed). */
+export interface DrainRecord {
+  readonly drain: boolean;
+  /** Wall-clock ms; past it the remaining instances are stopped without waiting. */
+  readonly deadline?: number;
+  readonly at: string;
+}
+
+const drainSchema = z.strictObject({ drain: z.boolean(), deadline: num.optional(), at: z.string() });
+
+export type Checked<T> = { readonly ok: true; readonly value: T; readonly seq: number } | { readonly ok: false; readonly why: string };
+
+function parseBody<T>(body: string, schema: z.ZodType<T>, what: string): Checked<T> {
+  let data: unknown;
+  try {
+    data = JSON.parse(body);
+  } catch {
+    return { ok: false, why: `the signed ${what} is not JSON` };
+  }
+  const r = schema.safeParse(data);
+  if (!r.success) {
+    const i = r.error.issues[0];
+    return { ok: false, why: `the signed ${what} is malformed (${i === undefined ? '?' : `${i.path.join('.') || 'value'}: ${i.message}`})` };
+  }
+  return { ok: true, value: r.data, seq: 0 };
+}
+
+/** A `services/<name>` value, believed only when signed by an operator host (`by`). */
+export function openServiceRecord(view: TrustView, by: string, name: string, value: string): Checked<ServiceRecord> {
+  if (!view.mayOperate(by)) return { ok: false, why: `host "${by}" may not sign service specs (not an operator: \`backplane hosts approve ${by} --operator\`)` };
+  const v = view.verify(by, keys.service(name), value);
+  if (!v.ok) return { ok: false, why: v.why };
+  const r = parseBody<ServiceRecord>(v.body, serviceRecordSchema as z.ZodType<ServiceRecord>, 'service record');
+  if (!r.ok) return r;
+  const recName = 'spec' in r.value ? r.value.spec.name : r.value.name;
+  if (recName !== name) return { ok: false, why: `the record is for service "${recName}", not "${name}"` };
+  return { ok: true, value: r.value, seq: v.seq };
+}
+
+/**
+ * Who signed a service record: the envelope does not name its signer, so the record is wrapped as `{by, record}`
+ * (the signer's name is not trusted: the signature is checked against that host's key, and that host must operate).
+ */
+export interface SignedBy {
+  readonly by: string;
+  readonly record: string;
+}
+
+export function wrapSigned(by: string, record: string): string {
+  return JSON.stringify({ by, record } satisfies SignedBy);
+}
+
+export function unwrapSigned(value: string): SignedBy | undefined {
+  try {
+    const v = JSON.parse(value) as Record<string, unknown>;
+    return typeof v['by'] === 'string' && typeof v['record'] === 'string' ? { by: v['by'], record: v['record'] } : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** A service key's value: `{by, record}` whose record an operator host signed. */
+export function readServiceValue(view: TrustView, name: string, value: string): Checked<ServiceRecord & { by?: string }> & { by?: string; record?: string } {
+  const w = unwrapSigned(value);
+  if (w === undefined) return { ok: false, why: 'not a signed service record ({by, record})' };
+  const r = openServiceRecord(view, w.by, name, w.record);
+  return r.ok ? { ...r, by: w.by, record: w.record } : r;
+}
+
+/** An assignment for `host`, signed by an approved host (the controller), running an operator-signed spec. */
+export function openAssignRecord(view: TrustView, host: string, allocId: string, value: string): Checked<AssignRecord & { spec: ServiceSpec }> & { signer?: string } {
+  const w = unwrapSigned(value);
+  if (w === undefined) return { ok: false, why: 'not a signed assignment ({by, record})' };
+  const v = view.verify(w.by, keys.assign(host, allocId), w.record);
+  if (!v.ok) return { ok: false, why: v.why };
+  const r = parseBody<AssignRecord>(v.body, assignSchema as z.ZodType<AssignRecord>, 'assignment');
+  if (!r.ok) return r;
+  const a = r.value;
+  if (a.alloc.host !== host || a.alloc.id !== allocId) return { ok: false, why: `the assignment is for ${a.alloc.id} on ${a.alloc.host}, not what its key names` };
+  if (a.controller !== w.by) return { ok: false, why: `the assignment names controller ${a.controller} but was signed by ${w.by}` };
+  const spec = openServiceRecord(view, a.specBy, a.alloc.service, a.specRecord);
+  if (!spec.ok) return { ok: false, why: `its service spec: ${spec.why}` };
+  if (!('spec' in spec.value)) return { ok: false, why: `its service record is a removal` };
+  if (spec.value.spec.version !== a.alloc.version) return { ok: false, why: `the alloc is version ${a.alloc.version} but its spec is ${spec.value.spec.version}` };
+  return { ok: true, value: { ...a, spec: spec.value.spec }, seq: v.seq, signer: w.by };
+}
+
+export function openStatusRecord(view: TrustView, host: string, allocId: string, value: string): Checked<StatusRecord> {
+  const v = view.verify(host, keys.status(host, allocId), value);
+  if (!v.ok) return { ok: false, why: v.why };
+  const r = parseBody<StatusRecord>(v.body, statusSchema as z.ZodType<StatusRecord>, 'status');
+  return r.ok ? { ...r, seq: v.seq } : r;
+}
+
+export function openDrainRecord(view: TrustView, host: string, value: string): Checked<DrainRecord> {
+  const w = unwrapSigned(value);
+  if (w === undefined) return { ok: false, why: 'not a signed drain record ({by, record})' };
+  if (!view.mayOperate(w.by)) return { ok: false, why: `host "${w.by}" may not drain hosts (not an operator)` };
+  const v = view.verify(w.by, keys.drain(host), w.record);
+  if (!v.ok) return { ok: false, why: v.why };
+  const r = parseBody<DrainRecord>(v.body, drainSchema as z.ZodType<DrainRecord>, 'drain record');
+  return r.ok ? { ...r, seq: v.seq } : r;
+}
+
+/** An event the controller recorded. */
+export interface EventRecord {
+  readonly at: number;
+  readonly service: string;
+  readonly message: string;
+  readonly allocId?: string;
+  readonly host?: string;
+}
+
+const eventSchema = z.strictObject({ at: num, service: z.string(), message: z.string().max(4000), allocId: z.string().optional(), host: z.string().optional() });
+
+export function openEventRecord(view: TrustView, key: string, value: string): Checked<EventRecord> {
+  const w = unwrapSigned(value);
+  if (w === undefined) return { ok: false, why: 'not a signed event' };
+  const v = view.verify(w.by, key, w.record);
+  if (!v.ok) return { ok: false, why: v.why };
+  return parseBody<EventRecord>(v.body, eventSchema as z.ZodType<EventRecord>, 'event');
+}

@@ -1,0 +1,152 @@
+import { ClusterLink, type Member } from '../cluster/link.js';
+import { keys, parseAllocKey, parseDrainKey, parseServiceKey } from '../cluster/keys.js';
+import type { Store } from '../cluster/store.js';
+import type { TrustView } from '../cluster/trust.js';
+import { openAssignRecord, openDrainRecord, openEventRecord, openStatusRecord, readServiceValue, type AssignRecord, type DrainRecord, type EventRecord, type StatusRecord } from './records.js';
+import type { Alloc, ClusterSnapshot, HostSnapshot, Resources, ServiceSpec } from './types.js';
+
+/**
+ * The scheduler's view of the store, read in one go and checked record by record (records.ts). Shared by the
+ * controller (each pass), `deploy --dry-run` and the status commands, so all three see exactly the same thing.
+ * Anything that fails a check is listed in `problems` and otherwise ignored.
+ */
+export interface SchedState {
+  readonly revision: number;
+  readonly members: readonly Member[];
+  /** Current service records by name: a spec, or a signed removal. */
+  readonly services: ReadonlyMap<string, { readonly spec?: ServiceSpec; readonly removed?: boolean; readonly record: string; readonly by: string; readonly deployedAt: string }>;
+  readonly assigns: ReadonlyMap<string, AssignRecord & { readonly spec: ServiceSpec; readonly key: string; readonly modRevision: number }>;
+  /** By alloc id. */
+  readonly statuses: ReadonlyMap<string, StatusRecord & { readonly host: string }>;
+  readonly drains: ReadonlyMap<string, DrainRecord>;
+  readonly problems: readonly string[];
+}
+
+export const DEFAULT_DYNAMIC_PORTS = { from: 20000, to: 32767 } as const;
+
+export async function readSchedState(store: Store, view: TrustView, opts: { signal?: AbortSignal } = {}): Promise<SchedState> {
+  const signal = opts.signal === undefined ? {} : { signal: opts.signal };
+  const [members, services, sched] = await Promise.all([
+    ClusterLink.members(store, view, signal),
+    store.list(keys.servicesPrefix, signal),
+    store.list(keys.schedPrefix, signal),
+  ]);
+  const problems: string[] = [];
+  const svc = new Map<string, { spec?: ServiceSpec; removed?: boolean; record: string; by: string; deployedAt: string }>();
+  for (const kv of services.kvs) {
+    const name = parseServiceKey(kv.key);
+    if (name === undefined) continue;
+    const r = readServiceValue(view, name, kv.value);
+    if (!r.ok || r.by === undefined || r.record === undefined) {
+      problems.push(`${kv.key}: ${r.ok ? 'unsigned' : r.why}`);
+      continue;
+    }
+    const v = r.value;
+    svc.set(name, 'spec' in v ? { spec: v.spec, record: r.record, by: r.by, deployedAt: v.deployedAt } : { removed: true, record: r.record, by: r.by, deployedAt: v.at });
+  }
+  const assigns = new Map<string, AssignRecord & { spec: ServiceSpec; key: string; modRevision: number }>();
+  const statuses = new Map<string, StatusRecord & { host: string }>();
+  const drains = new Map<string, DrainRecord>();
+  for (const kv of sched.kvs) {
+    if (kv.key.startsWith(keys.eventsPrefix)) continue;
+    const drainHost = parseDrainKey(kv.key);
+    if (drainHost !== undefined) {
+      const d = openDrainRecord(view, drainHost, kv.value);
+      if (d.ok) drains.set(drainHost, d.value);
+      else problems.push(`${kv.key}: ${d.why}`);
+      continue;
+    }
+    const where = parseAllocKey(kv.key);
+    if (where === undefined) {
+      problems.push(`${kv.key}: not a scheduler key`);
+      continue;
+    }
+    if (where.kind === 'assign') {
+      const a = openAssignRecord(view, where.host, where.alloc, kv.value);
+      if (a.ok) assigns.set(where.alloc, { ...a.value, key: kv.key, modRevision: kv.modRevision });
+      else problems.push(`${kv.key}: ${a.why}`);
+    } else {
+      const s = openStatusRecord(view, where.host, where.alloc, kv.value);
+      if (s.ok) statuses.set(where.alloc, { ...s.value, host: where.host });
+      else problems.push(`${kv.key}: ${s.why}`);
+    }
+  }
+  return { revision: Math.max(services.revision, sched.revision), members, services: svc, assigns, statuses, drains, problems };
+}
+
+export async function readEvents(store: Store, view: TrustView, opts: { service?: string; limit?: number } = {}): Promise<EventRecord[]> {
+  const { kvs } = await store.list(keys.eventsPrefix);
+  const out: EventRecord[] = [];
+  for (const kv of kvs) {
+    const e = openEventRecord(view, kv.key, kv.value);
+    if (e.ok && (opts.service === undefined || e.value.service === opts.service)) out.push(e.value);
+  }
+  return opts.limit === undefined ? out : out.slice(-opts.limit);
+}
+
+/** What a node record declares it can give instances (capacity), or its facts less the default reserve. */
+export function capacityOf(m: Member): Resources {
+  const r = m.record;
+  if (r === undefined) return { cpu: 0, memory: 0 };
+  if (r.capacity !== undefined) return r.capacity;
+  return defaultCapacity(r.facts.cpus, r.facts.memory.total);
+}
+
+/** The host's cpus and memory less a reserve for the system and the agent: 10% of memory, at least 256 MiB. */
+export function defaultCapacity(cpus: number, memory: number): Resources {
+  return { cpu: cpus, memory: Math.max(0, memory - Math.max(256 * 1024 ** 2, Math.round(memory * 0.1))) };
+}
+
+/**
+ * The pure planner's input from a SchedState. `lastAlive` (host -> wall-clock ms it was last seen alive) is the
+ * controller's memory of when each host went away; a host never seen alive counts as gone since `since`.
+ */
+export function toSnapshot(state: SchedState, now: number, opts: { lastAlive: ReadonlyMap<string, number>; since: number; fenceGraceMs: number; override?: ServiceSpec }): ClusterSnapshot {
+  const hosts = new Map<string, HostSnapshot>();
+  for (const m of state.members) {
+    if (!m.verified || m.record === undefined) continue;
+    const d = state.drains.get(m.host);
+    hosts.set(m.host, {
+      name: m.host,
+      alive: true,
+      downForMs: 0,
+      draining: d?.drain === true,
+      ...(d?.drain === true && d.deadline !== undefined ? { drainDeadline: d.deadline } : {}),
+      labels: m.record.labels,
+      capacity: capacityOf(m),
+      reservedPorts: [],
+      dynamicPorts: DEFAULT_DYNAMIC_PORTS,
+    });
+  }
+  const allocs: Alloc[] = [];
+  for (const a of state.assigns.values()) {
+    const status = state.statuses.get(a.alloc.id);
+    allocs.push({ ...a.alloc, ...(status === undefined || status.host !== a.alloc.host ? {} : { status }) });
+    if (!hosts.has(a.alloc.host)) {
+      const last = opts.lastAlive.get(a.alloc.host) ?? opts.since;
+      const d = state.drains.get(a.alloc.host);
+      hosts.set(a.alloc.host, {
+        name: a.alloc.host,
+        alive: false,
+        downForMs: Math.max(0, now - last),
+        draining: d?.drain === true,
+        labels: {},
+        capacity: { cpu: 0, memory: 0 },
+        reservedPorts: [],
+        dynamicPorts: DEFAULT_DYNAMIC_PORTS,
+      });
+    }
+  }
+  const services: ServiceSpec[] = [];
+  for (const [name, s] of state.services) {
+    if (opts.override?.name === name) continue;
+    if (s.spec !== undefined) services.push(s.spec);
+    else if (s.removed === true) {
+      // A signed removal: count 0 of whatever version its instances run, so every one of them is stopped.
+      const any = [...state.assigns.values()].find((a) => a.alloc.service === name);
+      if (any !== undefined) services.push({ ...any.spec, count: 0 });
+    }
+  }
+  if (opts.override !== undefined) services.push(opts.override);
+  return { now, hosts: [...hosts.values()], services, allocs, fenceGraceMs: opts.fenceGraceMs };
+}

@@ -1,0 +1,228 @@
+/**
+ * The service backplane's shared vocabulary. Everything here is plain data: specs as the operator declared them
+ * (after validation), hosts and allocations as the controller sees them in one snapshot, and the plan the
+ * reconciler makes from a snapshot. Placement and reconciliation are pure functions over these types (placement.ts,
+ * reconcile.ts); the controller (controller.ts) reads a snapshot from the store, asks for a plan and commits it
+ * with fenced writes; agents run what is assigned to them (src/agent/instances.ts).
+ *
+ * Terms (Nomad's, where it has one): a *service* is what the operator declares; an *instance* is one of its `count`
+ * copies, numbered by `index` (0..count-1); an *allocation* (alloc) is one instance placed on one host, with an id
+ * of its own: replacing an instance (new version, dead host, crash loop) makes a new alloc with the same index.
+ */
+
+/** cpu in cores (0.5 = half a core), memory in bytes. */
+export interface Resources {
+  readonly cpu: number;
+  readonly memory: number;
+}
+
+export interface PortSpec {
+  readonly name: string;
+  /** A fixed port; undefined = dynamic (a free port picked per host from the agent's dynamic range). */
+  readonly static?: number;
+}
+
+/** A host label constraint. `eq` has one value; `in` / `not_in` a set. */
+export interface LabelConstraint {
+  readonly label: string;
+  readonly op: 'eq' | 'in' | 'not_in';
+  readonly values: readonly string[];
+}
+
+export interface HealthSpec {
+  readonly exec?: readonly string[];
+  /** A URL; `{{ instance.port.NAME }}` is substituted per instance before it reaches the svc kind. */
+  readonly http?: string;
+  readonly tcp?: string;
+  readonly intervalMs: number;
+  readonly timeoutMs: number;
+  readonly failures: number;
+  /** Grace after start: failed checks do not count. */
+  readonly graceMs: number;
+}
+
+/** In place, by the agent's svc supervisor. After `attempts` failures within `intervalMs` the instance has failed. */
+export interface RestartPolicy {
+  readonly attempts: number;
+  readonly intervalMs: number;
+  readonly delayMs: number;
+}
+
+/** Elsewhere, by the controller, once an instance has failed (crash loop) or its host is gone. */
+export interface ReschedulePolicy {
+  /** 0 with unlimited = false: never reschedule a failed instance (a lost host's instances are always replaced). */
+  readonly attempts: number;
+  readonly intervalMs: number;
+  readonly delayMs: number;
+  readonly maxDelayMs: number;
+  readonly unlimited: boolean;
+}
+
+export interface UpdatePolicy {
+  /** Instances replaced at a time when the spec changes (or a drained host's instances move). */
+  readonly maxParallel: number;
+  /** A new instance must be healthy this long before it counts and the next old one goes. */
+  readonly minHealthyMs: number;
+  /** A new instance not healthy within this is a failed update step (#10 will roll back; here it is reported). */
+  readonly healthyDeadlineMs: number;
+}
+
+export interface PlacementPolicy {
+  readonly constraints: readonly LabelConstraint[];
+  readonly distinctHosts: boolean;
+  /** Spread instances evenly over this label's values (e.g. zone). */
+  readonly spread?: string;
+  readonly maxPerHost?: number;
+  /** Never on a host that runs an instance of one of these services. */
+  readonly antiAffinity: readonly string[];
+  /** Bin-packing (default: fill the fullest host that fits) or spread (the emptiest). */
+  readonly strategy: 'binpack' | 'spread';
+}
+
+/**
+ * One graph resource of each instance, as declared in the spec, before per-instance rendering: strings may hold
+ * `{{ instance.index }}`, `{{ instance.id }}`, `{{ instance.port.NAME }}`, `{{ service.name }}`, `{{ host.NAME }}`
+ * and `{{ host.facts.X }}` (see render.ts).
+ */
+export interface InstanceResource {
+  readonly kind: string;
+  readonly name: string;
+  readonly params: Readonly<Record<string, unknown>>;
+  readonly meta?: unknown;
+}
+
+/** What each instance runs: becomes a `svc` resource named after the alloc. */
+export interface TaskSpec {
+  readonly cmd: readonly string[];
+  readonly env: Readonly<Record<string, string>>;
+  readonly cwd?: string;
+  readonly user?: string | number;
+  readonly group?: string | number;
+  readonly stopSignal?: string;
+  readonly stopTimeoutMs?: number;
+}
+
+export interface ServiceSpec {
+  readonly name: string;
+  readonly count: number;
+  /**
+   * Changes on every edit that changes what an instance is (not on a count change): the operator's `version` label
+   * when given, else a hash of the spec without `count`. Instances of another version are replaced (rolling).
+   */
+  readonly version: string;
+  readonly task: TaskSpec;
+  readonly resources: Resources;
+  readonly ports: readonly PortSpec[];
+  readonly health?: HealthSpec;
+  readonly placement: PlacementPolicy;
+  readonly restart: RestartPolicy;
+  readonly reschedule: ReschedulePolicy;
+  readonly update: UpdatePolicy;
+  /** Extra resources per instance (files, templates, packages, ...), rendered per instance. */
+  readonly files: readonly InstanceResource[];
+  /** Healthy instances below which a drain waits instead of moving the next one (default count - maxParallel). */
+  readonly minHealthy: number;
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// The snapshot the controller plans over
+
+export interface HostSnapshot {
+  readonly name: string;
+  /** Its membership record is in the store (the lease holds). */
+  readonly alive: boolean;
+  /** ms (snapshot clock) since the host was last seen alive, when it is not; 0 when alive. */
+  readonly downForMs: number;
+  readonly draining: boolean;
+  /** Drain deadline (snapshot clock, ms): past it, the remaining instances are stopped without waiting. */
+  readonly drainDeadline?: number;
+  readonly labels: Readonly<Record<string, string>>;
+  readonly capacity: Resources;
+  /** Ports this host reserves for itself (the agent's own, a static port something else holds). */
+  readonly reservedPorts: readonly number[];
+  /** Dynamic ports are picked from this range, inclusive. */
+  readonly dynamicPorts: { readonly from: number; readonly to: number };
+}
+
+/** What the agent running an alloc reports. */
+export type InstanceState = 'pending' | 'starting' | 'running' | 'healthy' | 'unhealthy' | 'failed' | 'stopped';
+
+export interface AllocStatus {
+  readonly state: InstanceState;
+  readonly restarts: number;
+  /** Snapshot-clock ms when `state` began. */
+  readonly since: number;
+  readonly message?: string;
+}
+
+export interface Alloc {
+  readonly id: string;
+  readonly service: string;
+  readonly index: number;
+  readonly version: string;
+  readonly host: string;
+  readonly resources: Resources;
+  readonly ports: Readonly<Record<string, number>>;
+  /** Snapshot-clock ms when the controller placed it. */
+  readonly createdAt: number;
+  /** The alloc this one replaced (rescheduling, migration, update), if any. */
+  readonly previous?: string;
+  /** Reschedules of this instance so far, with when each happened (ms), for the reschedule policy's window. */
+  readonly reschedules: readonly number[];
+  /** What the agent last reported; undefined = nothing yet. */
+  readonly status?: AllocStatus;
+}
+
+export interface ClusterSnapshot {
+  readonly now: number;
+  readonly hosts: readonly HostSnapshot[];
+  readonly services: readonly ServiceSpec[];
+  readonly allocs: readonly Alloc[];
+  /** How long after a host's lease is gone its instances may be replaced (its agent's fence has killed them by then). */
+  readonly fenceGraceMs: number;
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// The plan
+
+export interface Placement {
+  readonly alloc: Alloc;
+  /** Why: 'new' (scale up, first deploy), 'lost' (host gone), 'failed' (crash loop), 'update' (new version), 'drain'. */
+  readonly reason: 'new' | 'lost' | 'failed' | 'update' | 'drain';
+}
+
+export interface Stop {
+  readonly allocId: string;
+  readonly host: string;
+  readonly service: string;
+  readonly index: number;
+  readonly reason: string;
+}
+
+/** Why some instances of a service could not be placed, counted per reason (Nomad's "dimension exhausted"). */
+export interface Infeasible {
+  readonly service: string;
+  readonly wanted: number;
+  readonly unplaced: number;
+  /** reason -> number of hosts it ruled out, e.g. "memory short" -> 4, "label zone=b" -> 6. */
+  readonly hostsFiltered: Readonly<Record<string, number>>;
+  /** One line: "3 of 6 instances cannot be placed: memory short on 4 hosts, label zone=b matches no host". */
+  readonly message: string;
+}
+
+export interface PlanEvent {
+  readonly service: string;
+  readonly message: string;
+  readonly allocId?: string;
+  readonly host?: string;
+}
+
+export interface Plan {
+  readonly place: readonly Placement[];
+  readonly stop: readonly Stop[];
+  readonly infeasible: readonly Infeasible[];
+  readonly events: readonly PlanEvent[];
+  readonly warnings: readonly string[];
+  /** Snapshot-clock ms at which the plan may differ although nothing else changes (a backoff or grace ends). */
+  readonly wakeAt?: number;
+}

@@ -1,0 +1,200 @@
+import assert from 'node:assert/strict';
+import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { ROOT, runCli, startCli, type CliResult, type RunningCli } from './cli.js';
+
+/**
+ * A service-backplane cluster for tests: agents as separate `backplane run` processes with declared capacity, on a
+ * real etcd (or alone on the embedded store), driven through the CLI as an operator would, and checked against
+ * the truth of /proc: which workload processes really run, for which service and instance index.
+ */
+
+export const WORKLOAD = join(ROOT, 'test', 'fixtures', 'workload.mjs');
+
+export interface TestAgent {
+  readonly host: string;
+  readonly stateDir: string;
+  readonly graph: string;
+  cli: RunningCli;
+}
+
+export interface TestCluster {
+  readonly root: string;
+  readonly etcd: readonly string[];
+  readonly name: string;
+  readonly agents: Map<string, TestAgent>;
+  readonly tokenFile: string;
+  /** Store flags for CLI commands run as the operator (host h1, which holds the CA). */
+  readonly op: readonly string[];
+}
+
+export interface AgentOptions {
+  readonly capacity?: string;
+  readonly labels?: Readonly<Record<string, string>>;
+  readonly leaseTtl?: string;
+  readonly graph?: string;
+}
+
+export async function newCluster(root: string, etcd: readonly string[], name: string): Promise<TestCluster> {
+  await mkdir(root, { recursive: true });
+  const stateDir = join(root, 'state-h1');
+  const store = etcd.length > 0 ? ['--etcd', etcd.join(','), '--cluster', name] : [];
+  const tokenFile = join(root, 'join-token');
+  if (etcd.length > 0) {
+    const init = await runCli(['cluster', 'init', ...store, '--state-dir', stateDir, '--hostname', 'h1']);
+    assert.equal(init.code, 0, init.stderr);
+    const token = await runCli(['hosts', 'token', ...store, '--state-dir', stateDir, '--uses', '50']);
+    assert.equal(token.code, 0, token.stderr);
+    await writeFile(tokenFile, token.stdout, { mode: 0o600 });
+  }
+  return { root, etcd, name, agents: new Map(), tokenFile, op: [...store, '--state-dir', stateDir] };
+}
+
+export async function startAgent(c: TestCluster, host: string, opts: AgentOptions = {}): Promise<TestAgent> {
+  const stateDir = join(c.root, `state-${host}`);
+  const graph = join(c.root, `${host}.yaml`);
+  await writeAtomic(graph, opts.graph ?? 'resources: []\n');
+  const store = c.etcd.length > 0 ? ['--etcd', c.etcd.join(','), '--cluster', c.name, ...(host === 'h1' ? [] : ['--join-token-file', c.tokenFile])] : [];
+  const labels = Object.entries(opts.labels ?? {}).flatMap(([k, v]) => ['--label', `${k}=${v}`]);
+  const cli = startCli(
+    ['run', '-f', graph, '--hostname', host, '--state-dir', stateDir, '--capacity', opts.capacity ?? 'cpu=2,memory=1G', '--lease-ttl', opts.leaseTtl ?? '3s', ...labels, ...store],
+    { timeoutMs: 600_000 },
+  );
+  const agent = { host, stateDir, graph, cli };
+  c.agents.set(host, agent);
+  await cli.waitFor(/cluster store: embedded|joined cluster/, 30_000);
+  return agent;
+}
+
+export async function stopAgent(a: TestAgent, signal: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  const p = a.cli.proc;
+  if (p.exitCode !== null || p.signalCode !== null) return;
+  if (signal === 'SIGKILL') {
+    p.kill('SIGKILL');
+    await a.cli.exited;
+    return;
+  }
+  const killer = setTimeout(() => p.kill('SIGKILL'), 15_000);
+  p.kill('SIGCONT');
+  p.kill(signal);
+  await a.cli.exited;
+  clearTimeout(killer);
+}
+
+export async function stopCluster(c: TestCluster): Promise<void> {
+  await Promise.all([...c.agents.values()].map((a) => stopAgent(a)));
+  // What a killed agent left behind (its instances die by their fence, but do not wait on it here).
+  await killWorkloads(c.root);
+}
+
+/** Runs a CLI command as the operator (h1's state dir). */
+export function op(c: TestCluster, args: readonly string[]): Promise<CliResult> {
+  return runCli([...args, ...c.op], { timeoutMs: 120_000 });
+}
+
+export async function opJson<T>(c: TestCluster, args: readonly string[]): Promise<T> {
+  const r = await op(c, [...args, '--json']);
+  assert.equal(r.code, 0, `${args.join(' ')}: ${r.stderr}`);
+  return JSON.parse(r.stdout) as T;
+}
+
+export async function deploy(c: TestCluster, name: string, yaml: string, extra: readonly string[] = []): Promise<CliResult> {
+  const file = join(c.root, `${name}-${Date.now()}.yaml`);
+  await writeFile(file, yaml);
+  return op(c, ['deploy', '-f', file, ...extra]);
+}
+
+export interface Instance {
+  readonly id: string;
+  readonly index: number;
+  readonly host: string;
+  readonly version: string;
+  readonly state: string;
+  readonly restarts: number;
+  readonly ports: Record<string, number>;
+}
+
+export async function instances(c: TestCluster, service: string): Promise<Instance[]> {
+  return (await opJson<{ instances: Instance[] }>(c, ['service', service])).instances;
+}
+
+/** A workload spec: the fixture's HTTP server with a health check, steered by files in `flagDir`. */
+export function workloadSpec(name: string, count: number, flagDir: string, extra = ''): string {
+  return `name: ${name}
+count: ${count}
+run:
+  cmd: ["${process.execPath}", "${WORKLOAD}"]
+  env: { FLAG_DIR: "${flagDir}" }
+resources: { cpu: 0.5, memory: 128M }
+ports: { http: {} }
+health:
+  http: "http://127.0.0.1:{{ instance.port.http }}/health"
+  interval: 500ms
+  timeout: 1s
+  failures: 2
+  grace: 10s
+${extra}`;
+}
+
+/**
+ * The workload processes alive right now (not zombies), per service and index, from /proc: the ground truth a
+ * duplicate would show up in, whatever the store or the agents believe.
+ */
+export async function liveWorkloads(root?: string): Promise<Map<string, number[]>> {
+  const out = new Map<string, number[]>();
+  for (const pid of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8');
+      if (!cmd.includes(WORKLOAD)) continue;
+      const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+      const st = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      if (st === 'Z' || st === 'X') continue;
+      const env = (await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0');
+      const get = (k: string): string | undefined => env.find((e) => e.startsWith(`${k}=`))?.slice(k.length + 1);
+      if (root !== undefined && !(get('FLAG_DIR') ?? '').startsWith(root)) continue;
+      const key = `${get('SERVICE_NAME') ?? '?'}.${get('INSTANCE_INDEX') ?? '?'}`;
+      out.set(key, [...(out.get(key) ?? []), Number(pid)]);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+export async function killWorkloads(root: string): Promise<void> {
+  for (const pids of (await liveWorkloads(root)).values()) for (const pid of pids) {
+    try {
+      process.kill(pid, 'SIGKILL');
+    } catch {
+      // gone
+    }
+  }
+}
+
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000, everyMs = 200): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  let last: unknown;
+  for (;;) {
+    try {
+      const v = await fn();
+      if (v !== undefined && v !== false) return v;
+    } catch (err) {
+      last = err;
+    }
+    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}${last === undefined ? "" : `: ${last instanceof Error ? last.message : JSON.stringify(last)}`}`);
+    await sleep(everyMs);
+  }
+}
+
+/** Healthy instances of `service` of `version` (any, when undefined), one per index. */
+export async function healthyIndexes(c: TestCluster, service: string, version?: string): Promise<Set<number>> {
+  const list = await instances(c, service);
+  return new Set(list.filter((i) => i.state === 'healthy' && (version === undefined || i.version === version)).map((i) => i.index));
+}
+
+async function writeAtomic(path: string, text: string): Promise<void> {
+  await writeFile(`${path}.tmp`, text);
+  await rename(`${path}.tmp`, path);
+}
