@@ -167,6 +167,7 @@ export class Agent {
       const error = state === 'failed' || state === 'blocked' ? this.engine.status().find((s) => s.id === id)?.error : undefined;
       inst.onVertexState(id, state, error);
     });
+    this.engine.onChange((id) => this.source.instances?.onVertexChanged(id));
     this.warn(graph);
     this.opts.log.info(`running ${graph.vertices.size} resources from ${graph.source}${this.opts.noop === true ? ' (noop: nothing will be changed)' : ''}`);
     await this.engine.setGraph(graph);

@@ -42,6 +42,8 @@ export interface ClusterOptions {
   readonly caFingerprint?: string | undefined;
   /** What this host offers scheduled instances (--capacity); default: its cpus and memory less a reserve. */
   readonly capacity?: { readonly cpu: number; readonly memory: number } | undefined;
+  /** Dynamic ports for instances placed here (--ports); default 20000-32767. */
+  readonly ports?: { readonly from: number; readonly to: number } | undefined;
   /**
    * Take part in the service backplane: be a controller candidate and run the instances assigned here. Set for an
    * agent that runs until stopped; a one-shot run has no business holding instances.
@@ -267,6 +269,7 @@ export class GraphSource {
       version: this.opts.version,
       free: { cpus: Math.max(0, this.facts.cpus - (loadavg()[0] ?? 0)), memory: freemem() },
       capacity: cluster.capacity ?? defaultCapacity(this.facts.cpus, this.facts.memory.total),
+      ...(cluster.ports === undefined ? {} : { ports: cluster.ports }),
     });
     const link = new ClusterLink({
       store: this.store,

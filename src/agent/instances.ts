@@ -109,23 +109,38 @@ export class Instances {
 
   /** The engine's state of a vertex: reported when it is an instance's svc. */
   onVertexState(id: string, state: VertexState, error?: string): void {
-    const m = /^svc\[(.+)\]$/.exec(id);
-    const allocId = m?.[1];
-    if (allocId === undefined) return;
-    const a = this.accepted.get(allocId);
+    const a = this.allocOf(id);
     if (a === undefined) return;
-    const s: InstanceState | undefined =
-      state === 'converged' ? (a.spec.health === undefined ? 'running' : 'healthy') : state === 'failed' || state === 'blocked' ? 'failed' : state === 'stopped' ? undefined : 'starting';
-    if (s === undefined) return;
-    this.setState(allocId, s, state === 'failed' || state === 'blocked' ? error : undefined);
+    const prev = this.states.get(a.alloc.id)?.state;
+    let s: InstanceState;
+    if (state === 'converged') s = a.spec.health === undefined ? 'running' : 'healthy';
+    else if (state === 'failed' || state === 'blocked') s = 'failed';
+    else if (state === 'stopped') return;
+    // A re-check of an instance that is up (a watch event, a poll) is no restart; a real one shows as a change.
+    else if (prev === 'healthy' || prev === 'running') return;
+    else s = 'starting';
+    this.setState(a.alloc.id, s, s === 'failed' ? error : undefined);
+  }
+
+  /** The engine changed something for a vertex: for an instance's svc that was up, that is a restart. */
+  onVertexChanged(id: string): void {
+    const a = this.allocOf(id);
+    if (a === undefined) return;
+    const cur = this.states.get(a.alloc.id);
+    if (cur === undefined || (cur.state !== 'healthy' && cur.state !== 'running')) return;
+    this.states.set(a.alloc.id, { ...cur, restarts: cur.restarts + 1 });
+    void this.report(a.alloc.id);
+  }
+
+  private allocOf(vertexId: string): Accepted | undefined {
+    const allocId = /^svc\[(.+)\]$/.exec(vertexId)?.[1];
+    return allocId === undefined ? undefined : this.accepted.get(allocId);
   }
 
   private setState(allocId: string, state: InstanceState, message?: string): void {
     const prev = this.states.get(allocId);
     if (prev?.state === state && prev.message === message) return;
-    // A healthy instance that starts again was restarted (by its supervisor, or for a refresh).
-    const restarts = (prev?.restarts ?? 0) + (prev !== undefined && (prev.state === 'healthy' || prev.state === 'running') && state === 'starting' ? 1 : 0);
-    this.states.set(allocId, { state, since: Date.now(), restarts, ...(message === undefined ? {} : { message: message.slice(0, 1900) }) });
+    this.states.set(allocId, { state, since: Date.now(), restarts: prev?.restarts ?? 0, ...(message === undefined ? {} : { message: message.slice(0, 1900) }) });
     void this.report(allocId);
   }
 

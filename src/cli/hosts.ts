@@ -72,7 +72,9 @@ export async function clusterInit(flags: HostsFlags): Promise<number> {
 
 export function registerHosts(program: Command): void {
   const hosts = program.command('hosts').description('the hosts as a pool (capacity, reserved, free, instances, drain state); and which hosts the cluster believes: list, approve, revoke, token');
-  // `backplane hosts` alone: the capacity view of the service backplane.
+  // `backplane hosts` alone: the capacity view of the service backplane. Its options are positional (they belong to
+  // `hosts` only when given before a subcommand), or `hosts token --state-dir D` would hand D to `hosts`, not `token`.
+  hosts.enablePositionalOptions();
   storeFlags(hosts).action(async (flags: HostsFlags) => {
     process.exitCode = await withStore(flags, async (store) => {
       const { operatorContext } = await import('./operator.js');

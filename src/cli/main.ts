@@ -24,6 +24,8 @@ const program = new Command()
   .description('Parallel, event-driven configuration management: apply a resource graph and keep it converged.')
   .version(VERSION)
   .showHelpAfterError('(run with --help for usage)')
+  // A command's options are its own, never its parent's (`hosts` has options and subcommands with the same names).
+  .enablePositionalOptions()
   .exitOverride();
 
 registerRun(program);

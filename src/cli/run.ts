@@ -30,6 +30,7 @@ interface RunFlags extends EtcdFlags {
   joinTokenFile?: string;
   caFingerprint?: string;
   capacity?: string;
+  ports?: string;
   fence?: string;
   services: boolean;
 }
@@ -56,6 +57,7 @@ export function registerRun(program: Command): void {
     .option('--ca-fingerprint <sha256:...>', "trust the cluster CA with this fingerprint; the host then waits for `backplane hosts approve`")
     .option('--label <key=value>', 'a label published with this host (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--capacity <cpu=N,memory=SIZE>', "what this host offers scheduled services (default: its cpus, and its memory less 10%, at least 256M)")
+    .option('--ports <from-to>', 'the range dynamic ports of instances placed here come from (default 20000-32767); give agents sharing one machine ranges of their own')
     .option('--fence <duration>', "how long this host's instances outlive its last confirmed place in the cluster (default: half --lease-ttl)")
     .option('--no-services', 'do not take part in the service backplane (no controller, no instances here)')
     .action(async (flags: RunFlags) => {
@@ -75,11 +77,19 @@ async function runCommand(flags: RunFlags): Promise<number> {
   let etcd: EtcdConnection | undefined;
   let capacity: { cpu: number; memory: number } | undefined;
   let fenceMs: number | undefined;
+  let ports: { from: number; to: number } | undefined;
   const leaseTtlMs = parseDuration(flags.leaseTtl);
   try {
     labels = parseLabels(flags.label);
     capacity = flags.capacity === undefined ? undefined : parseCapacity(flags.capacity);
     fenceMs = flags.fence === undefined ? undefined : parseDuration(flags.fence);
+    if (flags.ports !== undefined) {
+      const m = /^(\d{1,5})-(\d{1,5})$/.exec(flags.ports.trim());
+      const from = Number(m?.[1]);
+      const to = Number(m?.[2]);
+      if (m === null || from < 1 || to > 65535 || from > to) throw new BackplaneError('E_USAGE', `--ports "${flags.ports}" is not a port range`, { hint: 'e.g. --ports 21000-21999' });
+      ports = { from, to };
+    }
     if (flags.fence !== undefined && (fenceMs === undefined || fenceMs < 200)) {
       throw new BackplaneError('E_USAGE', `--fence "${flags.fence}" is not a duration of at least 200ms`, { hint: 'e.g. --fence 1500ms' });
     }
@@ -116,6 +126,7 @@ async function runCommand(flags: RunFlags): Promise<number> {
       joinToken,
       caFingerprint: flags.caFingerprint,
       capacity,
+      ports,
       fenceMs,
       // Only an agent that stays up can hold instances; a one-shot or noop run must not be elected controller.
       services: flags.services && flags.convergedTimeout < 0 && flags.noop !== true,

@@ -19,6 +19,8 @@ export interface NodeRecord {
   readonly free: { readonly cpus: number; readonly memory: number };
   /** What this host offers scheduled instances (--capacity, else its cpus and memory less a reserve). */
   readonly capacity?: { readonly cpu: number; readonly memory: number };
+  /** The range dynamic ports of instances placed here are picked from (--ports). */
+  readonly ports?: { readonly from: number; readonly to: number };
 }
 
 /** This host's part in the cluster's trust: see trust.ts. */

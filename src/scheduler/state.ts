@@ -84,6 +84,13 @@ export async function readEvents(store: Store, view: TrustView, opts: { service?
   return opts.limit === undefined ? out : out.slice(-opts.limit);
 }
 
+/** A host's declared port range, if it is one (a signed record can still hold nonsense from a buggy writer). */
+function validRange(r: { from: number; to: number } | undefined): { from: number; to: number } | undefined {
+  if (r === undefined || typeof r !== 'object') return undefined;
+  const ok = Number.isInteger(r.from) && Number.isInteger(r.to) && r.from >= 1 && r.to <= 65535 && r.from <= r.to;
+  return ok ? { from: r.from, to: r.to } : undefined;
+}
+
 /** What a node record declares it can give instances (capacity), or its facts less the default reserve. */
 export function capacityOf(m: Member): Resources {
   const r = m.record;
@@ -115,7 +122,7 @@ export function toSnapshot(state: SchedState, now: number, opts: { lastAlive: Re
       labels: m.record.labels,
       capacity: capacityOf(m),
       reservedPorts: [],
-      dynamicPorts: DEFAULT_DYNAMIC_PORTS,
+      dynamicPorts: validRange(m.record.ports) ?? DEFAULT_DYNAMIC_PORTS,
     });
   }
   const allocs: Alloc[] = [];

@@ -36,6 +36,14 @@ export interface AgentOptions {
   readonly graph?: string;
 }
 
+/** Agents of a test share one machine: each gets ports of its own, as separate hosts would. */
+function portRange(host: string): string {
+  let h = 0;
+  for (const ch of host) h = (h * 31 + ch.charCodeAt(0)) % 200;
+  const from = 21000 + h * 100;
+  return `${from}-${from + 99}`;
+}
+
 export async function newCluster(root: string, etcd: readonly string[], name: string): Promise<TestCluster> {
   await mkdir(root, { recursive: true });
   const stateDir = join(root, 'state-h1');
@@ -58,7 +66,7 @@ export async function startAgent(c: TestCluster, host: string, opts: AgentOption
   const store = c.etcd.length > 0 ? ['--etcd', c.etcd.join(','), '--cluster', c.name, ...(host === 'h1' ? [] : ['--join-token-file', c.tokenFile])] : [];
   const labels = Object.entries(opts.labels ?? {}).flatMap(([k, v]) => ['--label', `${k}=${v}`]);
   const cli = startCli(
-    ['run', '-f', graph, '--hostname', host, '--state-dir', stateDir, '--capacity', opts.capacity ?? 'cpu=2,memory=1G', '--lease-ttl', opts.leaseTtl ?? '3s', ...labels, ...store],
+    ['run', '-f', graph, '--hostname', host, '--state-dir', stateDir, '--capacity', opts.capacity ?? 'cpu=2,memory=1G', '--lease-ttl', opts.leaseTtl ?? '3s', '--ports', portRange(host), ...labels, ...store],
     { timeoutMs: 600_000 },
   );
   const agent = { host, stateDir, graph, cli };

@@ -1,0 +1,86 @@
+import assert from 'node:assert/strict';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { deploy, instances, liveWorkloads, newCluster, op, opJson, startAgent, stopCluster, waitFor, workloadSpec, type TestCluster } from '../helpers/services.js';
+
+/**
+ * The same service backplane on one machine with the embedded store: one agent owns the store, and every CLI
+ * command reaches it through the agent's control socket while it runs.
+ */
+
+describe('service backplane on the embedded store', { timeout: 300_000 }, () => {
+  let work: string;
+  let c: TestCluster;
+  let flags: string;
+
+  before(async () => {
+    work = await mkdtemp(join(tmpdir(), 'bp-services-emb-'));
+    c = await newCluster(join(work, 'c'), [], 'default');
+    // The operator is the agent's own host: the CLI signs with the key in its state dir.
+    (c.op as string[]).splice(0, c.op.length, '--state-dir', join(c.root, 'state-solo'));
+    flags = join(c.root, 'flags');
+    await mkdir(flags, { recursive: true });
+    await startAgent(c, 'solo', { capacity: 'cpu=2,memory=1G' });
+  });
+
+  after(async () => {
+    await stopCluster(c);
+    await rm(work, { recursive: true, force: true });
+  });
+
+  test('a spec with mistakes is refused with file:line and nothing is deployed', async () => {
+    const r = await deploy(c, 'bad', 'name: bad\ncount: -1\nrun: { cmd: [x] }\nresources: { cpu: lots }\nbogus: 1\n');
+    assert.equal(r.code, 2, r.stdout);
+    assert.match(r.stderr, /:2:\d+/);
+    assert.match(r.stderr, /:4:\d+/);
+    assert.match(r.stderr, /bogus/);
+    const list = await opJson<unknown[]>(c, ['services']);
+    assert.deepEqual(list, []);
+  });
+
+  test('dry run explains what cannot be placed, and changes nothing', async () => {
+    const r = await deploy(c, 'huge', workloadSpec('huge', 3, flags).replace('memory: 128M', 'memory: 600M'), ['--dry-run']);
+    assert.equal(r.code, 1, r.stderr);
+    assert.match(r.stdout, /1 of 3 instances cannot be placed: memory short on 1 host/);
+    assert.match(r.stdout, /dry run: nothing was changed/);
+    assert.deepEqual(await opJson<unknown[]>(c, ['services']), []);
+  });
+
+  test('deploy, scale 3 -> 5 -> 2 (newest stopped first), remove leaves nothing', async () => {
+    const r = await deploy(c, 'web', workloadSpec('web', 3, flags), ['--wait', '60s']);
+    assert.equal(r.code, 0, r.stderr + r.stdout);
+    assert.match(r.stdout, /all healthy/);
+    assert.equal((await op(c, ['scale', 'web', '5'])).code, 0);
+    await waitFor('5 healthy', async () => (await instances(c, 'web')).filter((i) => i.state === 'healthy').length === 5, 60_000);
+    const five = await instances(c, 'web');
+    assert.equal((await op(c, ['scale', 'web', '2'])).code, 0);
+    await waitFor('2 left', async () => (await instances(c, 'web')).length === 2);
+    const two = await instances(c, 'web');
+    assert.deepEqual(two.map((i) => i.id), five.filter((i) => i.index < 2).map((i) => i.id));
+    await waitFor('3 processes stopped', async () => [...(await liveWorkloads(c.root)).keys()].length === 2);
+    const hosts = await opJson<{ host: string; instances: number; reserved: { cpu: number } }[]>(c, ['hosts']);
+    assert.equal(hosts[0]?.instances, 2);
+    assert.equal(hosts[0]?.reserved.cpu, 1);
+    assert.equal((await op(c, ['remove', 'web'])).code, 0);
+    await waitFor('every web process gone', async () => (await liveWorkloads(c.root)).size === 0);
+    const svc = await opJson<{ name: string; removed: boolean; placed: number }[]>(c, ['services']);
+    assert.deepEqual(svc.map((s) => [s.name, s.removed, s.placed]), [['web', true, 0]]);
+  });
+
+  test('a crash loop is reported, and a rescheduled instance runs once the fault is gone', async () => {
+    const dir = join(c.root, 'crash-flags');
+    await mkdir(dir, { recursive: true });
+    await writeFile(join(dir, 'crash'), '');
+    const spec = workloadSpec('crashy', 1, dir, 'restart: { attempts: 1, interval: 1m, delay: 100ms }\nreschedule: { delay: 500ms, maxDelay: 1s }\n');
+    assert.equal((await deploy(c, 'crashy', spec)).code, 0);
+    await waitFor('a failure and a reschedule in the events', async () => {
+      const r = await opJson<{ events: { message: string }[] }>(c, ['service', 'crashy']);
+      return r.events.some((e) => /fail/i.test(e.message)) && r.events.some((e) => /reschedul/i.test(e.message));
+    }, 60_000);
+    await rm(join(dir, 'crash'));
+    await waitFor('crashy healthy', async () => (await instances(c, 'crashy')).some((i) => i.state === 'healthy'), 60_000);
+    assert.equal((await op(c, ['remove', 'crashy'])).code, 0);
+  });
+});
