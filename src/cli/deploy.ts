@@ -29,12 +29,12 @@ export function registerDeploy(program: Command): void {
     .option('--dry-run', 'print what would change (instances to start, stop, move or replace, and where) and change nothing')
     .option('--wait [timeout]', 'wait until every instance of the new version is healthy (default timeout 5m)')
     .action(async (flags: DeployFlags) => {
-      process.exitCode = await withStore(flags, async (store) => {
+      let infeasible = false;
+      const code = await withStore(flags, async (store) => {
         const specs = await readServiceFile(flags.file);
         const ctx = await operatorContext(store, flags);
         const signer = flags.dryRun === true ? undefined : await operatorSigner(ctx);
         const state = await ctx.readState();
-        let infeasible = false;
         for (const spec of specs) {
           const current = state.services.get(spec.name)?.spec;
           const plan = planFor(state, spec);
@@ -53,7 +53,6 @@ export function registerDeploy(program: Command): void {
         }
         if (flags.dryRun === true) {
           print('dry run: nothing was changed\n');
-          if (infeasible) process.exitCode = 1;
           return;
         }
         if (flags.wait !== undefined && flags.wait !== false) {
@@ -62,6 +61,8 @@ export function registerDeploy(program: Command): void {
           await waitHealthy(() => ctx.readState(), specs, timeoutMs);
         }
       });
+      // A dry run that finds instances it cannot place exits 1, so a pipeline can stop before deploying.
+      process.exitCode = code === 0 && infeasible && flags.dryRun === true ? 1 : code;
     });
 }
 

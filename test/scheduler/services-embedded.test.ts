@@ -22,7 +22,7 @@ describe('service backplane on the embedded store', { timeout: 300_000 }, () => 
     (c.op as string[]).splice(0, c.op.length, '--state-dir', join(c.root, 'state-solo'));
     flags = join(c.root, 'flags');
     await mkdir(flags, { recursive: true });
-    await startAgent(c, 'solo', { capacity: 'cpu=2,memory=1G' });
+    await startAgent(c, 'solo', { capacity: 'cpu=4,memory=1G' });
   });
 
   after(async () => {
@@ -41,7 +41,7 @@ describe('service backplane on the embedded store', { timeout: 300_000 }, () => 
   });
 
   test('dry run explains what cannot be placed, and changes nothing', async () => {
-    const r = await deploy(c, 'huge', workloadSpec('huge', 3, flags).replace('memory: 128M', 'memory: 600M'), ['--dry-run']);
+    const r = await deploy(c, 'huge', workloadSpec('huge', 3, flags).replace('memory: 128M', 'memory: 400M'), ['--dry-run']);
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stdout, /1 of 3 instances cannot be placed: memory short on 1 host/);
     assert.match(r.stdout, /dry run: nothing was changed/);
