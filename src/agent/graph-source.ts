@@ -270,6 +270,7 @@ export class GraphSource {
       free: { cpus: Math.max(0, this.facts.cpus - (loadavg()[0] ?? 0)), memory: freemem() },
       capacity: cluster.capacity ?? defaultCapacity(this.facts.cpus, this.facts.memory.total),
       ...(cluster.ports === undefined ? {} : { ports: cluster.ports }),
+      ...(cluster.services === true ? { fence: { ttlMs: cluster.leaseTtlMs ?? 3000, fenceMs: this.fenceMs() } } : {}),
     });
     const link = new ClusterLink({
       store: this.store,
@@ -302,11 +303,21 @@ export class GraphSource {
     );
   }
 
+  /**
+   * How long this host's instances outlive the last renewal of its lease: the TTL by default. Keep-alives go out
+   * every third of the TTL, so a renewal can be late by more than a TTL's half before the instances are killed,
+   * and the controller waits only the watchdog's slack after the lease is gone before it replaces them
+   * (Controller: fence + slack - TTL).
+   */
+  private fenceMs(): number {
+    return this.opts.cluster.fenceMs ?? this.opts.cluster.leaseTtlMs ?? 3000;
+  }
+
   private async joinServices(link: ClusterLink): Promise<void> {
     const store = this.store;
     if (store === undefined) return;
     const ttl = this.opts.cluster.leaseTtlMs ?? 3000;
-    const fenceMs = this.opts.cluster.fenceMs ?? Math.round(ttl / 2);
+    const fenceMs = this.fenceMs();
     const instances = new Instances({
       store,
       link,
@@ -321,7 +332,7 @@ export class GraphSource {
     });
     await instances.start();
     this.instances = instances;
-    const controller = new Controller({ store, host: this.opts.host, log: this.opts.log, ttlMs: ttl, fenceGraceMs: fenceMs, trust: () => link.trust, sign: (k, b) => link.sign(k, b) });
+    const controller = new Controller({ store, host: this.opts.host, log: this.opts.log, ttlMs: ttl, fenceMs, trust: () => link.trust, sign: (k, b) => link.sign(k, b) });
     this.controller = controller;
     void controller.run(this.closing.signal);
     if (this.instances.ids().size > 0) this.changeListener?.('cluster');

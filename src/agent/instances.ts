@@ -252,7 +252,8 @@ export class Instances {
   private async confirmLoop(): Promise<void> {
     while (!this.ac.signal.aborted) {
       try {
-        if (await this.confirm()) await this.touch();
+        const renewedAt = await this.confirm();
+        if (renewedAt !== undefined) await this.touch(renewedAt);
       } catch (err) {
         if (this.ac.signal.aborted) return;
         this.opts.log.debug(`confirming this host's place in the cluster failed: ${errorMessage(err)}`);
@@ -261,11 +262,17 @@ export class Instances {
     }
   }
 
-  private async confirm(): Promise<boolean> {
+  /**
+   * The time to give the heartbeat, or undefined when this host cannot vouch for its instances now. Not "now" but
+   * the lease's last renewal: the lease cannot expire before renewedAt + TTL, and the instances die at renewedAt +
+   * fenceMs, which is earlier — so by the time the controller sees the lease gone, they are dead.
+   */
+  private async confirm(): Promise<number | undefined> {
     const lease = this.opts.link.currentLease;
-    if (lease === undefined || lease.lost.aborted) return false;
+    if (lease === undefined || lease.lost.aborted) return undefined;
+    const renewedAt = lease.renewedAt;
     const node = await this.opts.store.get(keys.node(this.opts.host), { signal: this.ac.signal });
-    if (node === undefined || node.lease !== lease.id) return false;
+    if (node === undefined || node.lease !== lease.id) return undefined;
     if (this.lastLeaseId !== lease.id) {
       // A new lease took our statuses with the old one: report everything again.
       this.lastLeaseId = lease.id;
@@ -274,21 +281,22 @@ export class Instances {
     const listed = await this.opts.store.list(keys.assignByHost(this.opts.host), { signal: this.ac.signal });
     const present = new Set(listed.kvs.map((kv) => parseAllocKey(kv.key)?.alloc));
     const stale = [...this.opts.applied()].filter((id) => !present.has(id));
-    if (stale.length === 0) return true;
+    if (stale.length === 0) return renewedAt;
     // The watch has not told us yet (it may be resuming after a pause): take the list as it is now, and keep the
     // heartbeat stale until the graph no longer holds the unassigned instances.
     this.onAssign({ type: 'resync', kvs: listed.kvs, revision: listed.revision });
     this.warnOnce(`stale:${stale.join(',')}`, `no longer assigned here: ${stale.join(', ')}; stopping before anything else`);
-    return false;
+    return undefined;
   }
 
-  private async touch(): Promise<void> {
-    const now = new Date();
+  private async touch(at: number): Promise<void> {
+    const t = new Date(Math.min(at, Date.now()));
     try {
-      await utimes(this.heartbeat, now, now);
+      await utimes(this.heartbeat, t, t);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err;
       await writeFile(this.heartbeat, '', { mode: 0o600 });
+      await utimes(this.heartbeat, t, t);
     }
   }
 

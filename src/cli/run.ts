@@ -58,7 +58,7 @@ export function registerRun(program: Command): void {
     .option('--label <key=value>', 'a label published with this host (repeatable)', (v: string, acc: string[]) => [...acc, v], [] as string[])
     .option('--capacity <cpu=N,memory=SIZE>', "what this host offers scheduled services (default: its cpus, and its memory less 10%, at least 256M)")
     .option('--ports <from-to>', 'the range dynamic ports of instances placed here come from (default 20000-32767); give agents sharing one machine ranges of their own')
-    .option('--fence <duration>', "how long this host's instances outlive its last confirmed place in the cluster (default: half --lease-ttl)")
+    .option('--fence <duration>', "how long this host's instances outlive its last confirmed place in the cluster (default: --lease-ttl); the controller replaces them that long (less the TTL) after the host's lease is gone")
     .option('--no-services', 'do not take part in the service backplane (no controller, no instances here)')
     .action(async (flags: RunFlags) => {
       // Exit explicitly: a graph may leave handles behind (a child a kind failed to reap) that must not keep us up.

@@ -416,6 +416,10 @@ export class EmbeddedStore implements Store {
     return {
       id: st.id,
       ttlMs,
+      // Kept alive in this process for as long as it lives: renewed now, until released.
+      get renewedAt() {
+        return st.alive && st.timer === undefined ? Date.now() : 0;
+      },
       lost: st.controller.signal,
       revoke: () => this.endLease(st, new StoreError('lease-lost', `lease ${st.id} was revoked`)),
       release: () => {

@@ -596,6 +596,9 @@ export class EtcdStore implements Store {
       get ttlMs() {
         return granted;
       },
+      get renewedAt() {
+        return lastRenew;
+      },
       lost: controller.signal,
       revoke: () => tracker.end(),
       release: () => {

@@ -21,6 +21,11 @@ export interface NodeRecord {
   readonly capacity?: { readonly cpu: number; readonly memory: number };
   /** The range dynamic ports of instances placed here are picked from (--ports). */
   readonly ports?: { readonly from: number; readonly to: number };
+  /**
+   * This host's lease TTL and instance fence: its instances die at most fenceMs after the lease's last renewal,
+   * so the controller knows how long after the lease is gone they may still run (Controller.graceFor).
+   */
+  readonly fence?: { readonly ttlMs: number; readonly fenceMs: number };
 }
 
 /** This host's part in the cluster's trust: see trust.ts. */

@@ -44,6 +44,12 @@ export interface Lease {
    * be within the TTL, once it aborts.
    */
   readonly lost: AbortSignal;
+  /**
+   * Wall-clock ms no later than the moment the store last restarted the lease's TTL (etcd: when the acknowledged
+   * keep-alive was sent). The lease cannot expire before renewedAt + ttlMs, which is what lets an agent's fence kill
+   * its instances before the store lets the controller replace them (see src/agent/instances.ts).
+   */
+  readonly renewedAt: number;
   /** Ends the lease now; its keys are deleted. Resolves also when the lease had already ended. */
   revoke(): Promise<void>;
   /** Stops renewing without revoking, as a crashed holder would: the lease and its keys expire after the TTL. */

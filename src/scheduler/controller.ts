@@ -1,6 +1,7 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import { campaign } from '../cluster/election.js';
-import { keys } from '../cluster/keys.js';
+import { keys, parseNodeKey } from '../cluster/keys.js';
+import type { NodeRecord } from '../cluster/link.js';
 import type { Leadership, Store, TxnOp } from '../cluster/store.js';
 import type { TrustView } from '../cluster/trust.js';
 import { BackplaneError, errorMessage } from '../errors.js';
@@ -15,6 +16,8 @@ export const ELECTION = 'controller';
 const MAX_EVENTS = 1000;
 /** A pass at least this often even when nothing changes: backoffs and graces end on the clock, not on an event. */
 const IDLE_PASS_MS = 1000;
+/** The watchdog polls every 100 ms; timers on a loaded machine run late: margin on top of the fence arithmetic. */
+const FENCE_SLACK_MS = 400;
 /** etcd's default limits are 128 operations and 1.5 MiB per request: stay well inside both. */
 const OPS_PER_TXN = 100;
 const BYTES_PER_TXN = 1024 * 1024;
@@ -25,7 +28,8 @@ export interface ControllerOptions {
   readonly log: Logger;
   /** The controller's lease TTL: when it dies, another agent takes over after about this long. */
   readonly ttlMs: number;
-  readonly fenceGraceMs: number;
+  /** This agent's own fence: the grace for a host whose record never said what its fence is. */
+  readonly fenceMs: number;
   readonly trust: () => TrustView | undefined;
   /** Signs a record for a key with this host's key (ClusterLink.sign). */
   readonly sign: (key: string, body: string) => string;
@@ -41,7 +45,15 @@ export interface ControllerOptions {
  * it never saw alive as gone since it took over, which only delays a replacement, never duplicates one.
  */
 export class Controller {
-  private readonly lastAlive = new Map<string, number>();
+  /**
+   * Followed from the moment this agent is a candidate, not only while it leads: when a host's membership went away
+   * and what its fence is. A controller that takes over after the host died (the dead host was often the controller
+   * itself) then knows how long it has been gone, instead of counting from its own takeover.
+   */
+  private readonly present = new Set<string>();
+  private readonly goneAt = new Map<string, number>();
+  private readonly graceOf = new Map<string, number>();
+  private readonly startedAt = Date.now();
   private leading: { leadership: Leadership; epoch: number; since: number } | undefined;
   private wake: (() => void) | undefined;
   private dirty = true;
@@ -58,6 +70,7 @@ export class Controller {
 
   /** Campaigns, leads while elected, campaigns again when deposed; until `signal` aborts (then resigns). */
   async run(signal: AbortSignal): Promise<void> {
+    await this.followHosts(signal).catch((err: unknown) => this.opts.log.warn(`controller: cannot follow the hosts' membership: ${errorMessage(err)}`));
     while (!signal.aborted) {
       let leadership: Leadership;
       try {
@@ -78,6 +91,46 @@ export class Controller {
         await leadership.resign().catch(() => undefined);
       }
     }
+  }
+
+  private async followHosts(signal: AbortSignal): Promise<void> {
+    const onKv = (key: string, value: string | undefined): void => {
+      const host = parseNodeKey(key);
+      if (host === undefined) return;
+      if (value === undefined) {
+        if (this.present.delete(host)) this.goneAt.set(host, Date.now());
+        return;
+      }
+      this.present.add(host);
+      this.goneAt.delete(host);
+      const view = this.opts.trust();
+      const v = view?.verify(host, key, value);
+      if (v?.ok !== true) return;
+      try {
+        const rec = JSON.parse(v.body) as NodeRecord;
+        const f = rec.fence;
+        if (f !== undefined && Number.isFinite(f.fenceMs) && Number.isFinite(f.ttlMs) && f.fenceMs > 0 && f.ttlMs > 0) {
+          // Its instances die by renewal + fenceMs; its lease ends no earlier than renewal + ttlMs.
+          this.graceOf.set(host, Math.max(0, f.fenceMs + FENCE_SLACK_MS - f.ttlMs));
+        }
+      } catch {
+        // not a record we can read: the default grace applies
+      }
+    };
+    const { kvs, revision } = await this.opts.store.list(keys.nodesPrefix, { signal });
+    for (const kv of kvs) onKv(kv.key, kv.value);
+    await this.opts.store.watch(
+      keys.nodesPrefix,
+      revision + 1,
+      (b) => {
+        if (b.type === 'resync') {
+          const now = new Set(b.kvs.map((kv) => kv.key));
+          for (const host of [...this.present]) if (!now.has(keys.node(host))) onKv(keys.node(host), undefined);
+          for (const kv of b.kvs) onKv(kv.key, kv.value);
+        } else for (const e of b.events) onKv(e.type === 'put' ? e.kv.key : e.key, e.type === 'put' ? e.kv.value : undefined);
+      },
+      signal,
+    );
   }
 
   private async lead(leadership: Leadership, signal: AbortSignal): Promise<void> {
@@ -126,13 +179,15 @@ export class Controller {
   }
 
   /** One pass: snapshot, plan, commit. Returns when the plan may change on its own (wakeAt). */
-  private async pass(epoch: number, leadership: Leadership, since: number, signal: AbortSignal): Promise<number | undefined> {
+  private async pass(epoch: number, leadership: Leadership, _since: number, signal: AbortSignal): Promise<number | undefined> {
     const view = this.opts.trust();
     if (view === undefined) return undefined;
     const state = await readSchedState(this.opts.store, view, { signal });
     const now = Date.now();
-    for (const m of state.members) if (m.verified) this.lastAlive.set(m.host, now);
-    const snapshot = toSnapshot(state, now, { lastAlive: this.lastAlive, since, fenceGraceMs: this.opts.fenceGraceMs });
+    const lastAlive = new Map<string, number>(this.goneAt);
+    for (const m of state.members) if (m.verified) lastAlive.set(m.host, now);
+    // A host never seen here went away before this agent started following (or took over): count from then.
+    const snapshot = toSnapshot(state, now, { lastAlive, since: Math.max(this.startedAt, 0), fenceGraceMs: this.opts.fenceMs + FENCE_SLACK_MS, graceOf: this.graceOf });
     const plan = reconcile(snapshot);
     for (const w of plan.warnings) this.once(`warn:${w}`, () => this.opts.log.warn(w));
     await this.commit(plan, state, epoch, leadership, signal);

@@ -160,7 +160,7 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
         // duplicate is worse than a late replacement). The snapshot builder lists every host that holds an alloc.
         unknownHosts.add(a.host);
         where = 'waiting';
-      } else if (!host.alive) where = host.downForMs >= snapshot.fenceGraceMs ? 'lost' : 'waiting';
+      } else if (!host.alive) where = host.downForMs >= (host.fenceGraceMs ?? snapshot.fenceGraceMs) ? 'lost' : 'waiting';
       else if (!host.draining) where = 'ok';
       else where = host.drainDeadline !== undefined && now >= host.drainDeadline ? 'gone' : 'draining';
       const live = where === 'ok' || where === 'draining';
@@ -270,10 +270,11 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
         // Its host may still run it until its fence has killed it: replacing it now could make two.
         for (const v of waiting) {
           const downFor = v.host?.downForMs ?? 0;
-          if (v.host !== undefined) wake(now + snapshot.fenceGraceMs - downFor);
+          const grace = v.host?.fenceGraceMs ?? snapshot.fenceGraceMs;
+          if (v.host !== undefined) wake(now + grace - downFor);
           events.push({
             service: spec.name,
-            message: `${label} on ${v.a.host}: host down; replaced once it has been gone ${formatDuration(snapshot.fenceGraceMs)} (fence grace)`,
+            message: `${label} on ${v.a.host}: host down; replaced once it has been gone ${formatDuration(grace)} (fence grace)`,
             allocId: v.a.id,
             host: v.a.host,
           });

@@ -108,7 +108,11 @@ export function defaultCapacity(cpus: number, memory: number): Resources {
  * The pure planner's input from a SchedState. `lastAlive` (host -> wall-clock ms it was last seen alive) is the
  * controller's memory of when each host went away; a host never seen alive counts as gone since `since`.
  */
-export function toSnapshot(state: SchedState, now: number, opts: { lastAlive: ReadonlyMap<string, number>; since: number; fenceGraceMs: number; override?: ServiceSpec }): ClusterSnapshot {
+export function toSnapshot(
+  state: SchedState,
+  now: number,
+  opts: { lastAlive: ReadonlyMap<string, number>; since: number; fenceGraceMs: number; graceOf?: ReadonlyMap<string, number>; override?: ServiceSpec },
+): ClusterSnapshot {
   const hosts = new Map<string, HostSnapshot>();
   for (const m of state.members) {
     if (!m.verified || m.record === undefined) continue;
@@ -136,6 +140,7 @@ export function toSnapshot(state: SchedState, now: number, opts: { lastAlive: Re
         name: a.alloc.host,
         alive: false,
         downForMs: Math.max(0, now - last),
+        ...(opts.graceOf?.has(a.alloc.host) === true ? { fenceGraceMs: opts.graceOf.get(a.alloc.host) ?? opts.fenceGraceMs } : {}),
         draining: d?.drain === true,
         labels: {},
         capacity: { cpu: 0, memory: 0 },

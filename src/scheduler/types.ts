@@ -133,6 +133,11 @@ export interface HostSnapshot {
   readonly alive: boolean;
   /** ms (snapshot clock) since the host was last seen alive, when it is not; 0 when alive. */
   readonly downForMs: number;
+  /**
+   * How long after its lease is gone this host's instances may still run (its fence), when known from its record;
+   * else the snapshot's fenceGraceMs applies.
+   */
+  readonly fenceGraceMs?: number;
   readonly draining: boolean;
   /** Drain deadline (snapshot clock, ms): past it, the remaining instances are stopped without waiting. */
   readonly drainDeadline?: number;

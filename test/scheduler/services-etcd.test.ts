@@ -204,7 +204,12 @@ describe('service backplane on etcd', { skip, timeout: 600_000 }, () => {
     })();
     const r = await op(c, ['drain', host]);
     assert.equal(r.code, 0, r.stderr);
-    await waitFor(`${host} to hold no instance`, async () => (await instances(c, 'web')).every((i) => i.host !== host) && (await allHealthy(c, 'web', 6)), 90_000);
+    await waitFor(`${host} to hold no instance`, async () => (await instances(c, 'web')).every((i) => i.host !== host) && (await allHealthy(c, 'web', 6)), 90_000).catch(async (err: unknown) => {
+      // What the operator would look at: the service, the hosts, and the controller's log.
+      const ctl = controllerOf(c);
+      process.stderr.write(`${(await op(c, ['service', 'web'])).stdout}\n${(await op(c, ['hosts'])).stdout}\n${ctl?.host ?? '?'}:\n${ctl?.cli.output().slice(-6000) ?? ''}\n`);
+      throw err;
+    });
     sampling = false;
     await sampler;
     // minHealthy defaults to count - maxParallel = 5.
