@@ -53,6 +53,7 @@ export class Controller {
   private readonly present = new Set<string>();
   private readonly goneAt = new Map<string, number>();
   private readonly graceOf = new Map<string, number>();
+  private readonly lastRecord = new Map<string, string>();
   private readonly startedAt = Date.now();
   private leading: { leadership: Leadership; epoch: number; since: number } | undefined;
   private wake: (() => void) | undefined;
@@ -103,19 +104,10 @@ export class Controller {
       }
       this.present.add(host);
       this.goneAt.delete(host);
-      const view = this.opts.trust();
-      const v = view?.verify(host, key, value);
-      if (v?.ok !== true) return;
-      try {
-        const rec = JSON.parse(v.body) as NodeRecord;
-        const f = rec.fence;
-        if (f !== undefined && Number.isFinite(f.fenceMs) && Number.isFinite(f.ttlMs) && f.fenceMs > 0 && f.ttlMs > 0) {
-          // Its instances die by renewal + fenceMs; its lease ends no earlier than renewal + ttlMs.
-          this.graceOf.set(host, Math.max(0, f.fenceMs + FENCE_SLACK_MS - f.ttlMs));
-        }
-      } catch {
-        // not a record we can read: the default grace applies
-      }
+      // Judged when it is needed (graceFor), against the hosts list of that moment: a joining host's record often
+      // arrives before the list that approves it.
+      this.lastRecord.set(host, value);
+      this.graceOf.delete(host);
     };
     const { kvs, revision } = await this.opts.store.list(keys.nodesPrefix, { signal });
     for (const kv of kvs) onKv(kv.key, kv.value);
@@ -131,6 +123,25 @@ export class Controller {
       },
       signal,
     );
+  }
+
+  /** How long after its lease is gone `host`'s instances may still run, from its last verified record. */
+  private graceFor(host: string, view: TrustView): number | undefined {
+    const known = this.graceOf.get(host);
+    if (known !== undefined) return known;
+    const value = this.lastRecord.get(host);
+    const v = value === undefined ? undefined : view.verify(host, keys.node(host), value);
+    if (v?.ok !== true) return undefined;
+    try {
+      const f = (JSON.parse(v.body) as NodeRecord).fence;
+      if (f === undefined || !(Number.isFinite(f.fenceMs) && Number.isFinite(f.ttlMs) && f.fenceMs > 0 && f.ttlMs > 0)) return undefined;
+      // Its instances die by renewal + fenceMs; its lease ends no earlier than renewal + ttlMs.
+      const grace = Math.max(0, f.fenceMs + FENCE_SLACK_MS - f.ttlMs);
+      this.graceOf.set(host, grace);
+      return grace;
+    } catch {
+      return undefined;
+    }
   }
 
   private async lead(leadership: Leadership, signal: AbortSignal): Promise<void> {
@@ -187,7 +198,12 @@ export class Controller {
     const lastAlive = new Map<string, number>(this.goneAt);
     for (const m of state.members) if (m.verified) lastAlive.set(m.host, now);
     // A host never seen here went away before this agent started following (or took over): count from then.
-    const snapshot = toSnapshot(state, now, { lastAlive, since: Math.max(this.startedAt, 0), fenceGraceMs: this.opts.fenceMs + FENCE_SLACK_MS, graceOf: this.graceOf });
+    const graceOf = new Map<string, number>();
+    for (const host of new Set([...this.lastRecord.keys(), ...[...state.assigns.values()].map((a) => a.alloc.host)])) {
+      const g = this.graceFor(host, view);
+      if (g !== undefined) graceOf.set(host, g);
+    }
+    const snapshot = toSnapshot(state, now, { lastAlive, since: this.startedAt, fenceGraceMs: this.opts.fenceMs + FENCE_SLACK_MS, graceOf });
     const plan = reconcile(snapshot);
     for (const w of plan.warnings) this.once(`warn:${w}`, () => this.opts.log.warn(w));
     await this.commit(plan, state, epoch, leadership, signal);

@@ -157,6 +157,15 @@ describe('service backplane on etcd', { skip, timeout: 600_000 }, () => {
     });
     assert.deepEqual(await dups.stop(), [], 'no instance ran twice');
     await assertNoOvercommit(c);
+    // Replaced as soon as the host's published fence allows: fence (3s) + 400ms slack - TTL (3s), not a whole fence
+    // more. The events name how long the host had been gone when each replacement was placed.
+    const events = await opJson<{ events: { message: string }[] }>(c, ['service', 'web', '--events', '100']);
+    const downs = events.events.flatMap((e) => {
+      const m = new RegExp(`on ${victimHost} lost \\(host down ([\\d.]+)(ms|s)\\)`).exec(e.message);
+      return m === null ? [] : [Number(m[1]) * (m[2] === 's' ? 1000 : 1)];
+    });
+    assert.ok(downs.length > 0, JSON.stringify(events.events.map((e) => e.message)));
+    assert.ok(Math.min(...downs) < 2000, `replaced ${Math.min(...downs)}ms after the host was gone`);
     // Its instances were killed by their fence, not left behind.
     const after = await liveWorkloads(c.root);
     for (const [k, pids] of after) assert.equal(pids.length, 1, k);
