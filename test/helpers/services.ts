@@ -34,6 +34,8 @@ export interface AgentOptions {
   readonly labels?: Readonly<Record<string, string>>;
   readonly leaseTtl?: string;
   readonly graph?: string;
+  /** The agent is SIGKILLed after this long (default 10 min), so a hung test cannot leave it behind. */
+  readonly timeoutMs?: number;
 }
 
 /** Agents of a test share one machine: each gets ports of its own, as separate hosts would. */
@@ -67,7 +69,7 @@ export async function startAgent(c: TestCluster, host: string, opts: AgentOption
   const labels = Object.entries(opts.labels ?? {}).flatMap(([k, v]) => ['--label', `${k}=${v}`]);
   const cli = startCli(
     ['run', '-f', graph, '--hostname', host, '--state-dir', stateDir, '--capacity', opts.capacity ?? 'cpu=2,memory=1G', '--lease-ttl', opts.leaseTtl ?? '3s', '--ports', portRange(host), ...labels, ...store],
-    { timeoutMs: 600_000 },
+    { timeoutMs: opts.timeoutMs ?? 600_000 },
   );
   const agent = { host, stateDir, graph, cli };
   c.agents.set(host, agent);
