@@ -2,7 +2,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['dist/', 'node_modules/', 'bench/results/', 'bin/', 'scripts/', 'eslint.config.js', 'test/fixtures/'] },
+  { ignores: ['dist/', 'node_modules/', 'bench/results/', 'bin/', 'scripts/', 'eslint.config.js', 'test/fixtures/', 'examples/**/*.mjs'] },
   js.configs.recommended,
   ...tseslint.configs.recommendedTypeChecked,
   {

@@ -14,8 +14,12 @@ import { openAssignRecord, type AssignRecord, type StatusRecord } from '../sched
 import { renderInstance } from '../scheduler/render.js';
 import type { InstanceState, ServiceSpec } from '../scheduler/types.js';
 
-/** How often the agent confirms its place in the cluster (and so refreshes its instances' fence). */
-const CONFIRM_EVERY_MS = 250;
+/**
+ * How often the agent confirms its place in the cluster (and so refreshes its instances' fence). The heartbeat
+ * carries the lease's last renewal, which etcd's keep-alives move every third of the TTL: confirming much more often
+ * would gain nothing but reads.
+ */
+const CONFIRM_EVERY_MS = 500;
 
 export interface InstancesOptions {
   readonly store: Store;

@@ -14,8 +14,11 @@ import type { Plan } from './types.js';
 export const ELECTION = 'controller';
 /** Events kept in the store: enough for `backplane service NAME` to explain the last hours of a busy cluster. */
 const MAX_EVENTS = 1000;
-/** A pass at least this often even when nothing changes: backoffs and graces end on the clock, not on an event. */
-const IDLE_PASS_MS = 1000;
+/**
+ * A pass at least this often even when nothing changes. Backoffs and graces that end on the clock are woken for
+ * (the plan's wakeAt), so this only bounds what a missed event could cost; an idle cluster costs one pass per 10 s.
+ */
+const IDLE_PASS_MS = 10_000;
 /** The watchdog polls every 100 ms; timers on a loaded machine run late: margin on top of the fence arithmetic. */
 const FENCE_SLACK_MS = 400;
 /** etcd's default limits are 128 operations and 1.5 MiB per request: stay well inside both. */
