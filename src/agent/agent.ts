@@ -89,6 +89,7 @@ export class Agent {
       cluster: opts.cluster ?? { etcd: [], cluster: 'default', labels: {} },
       version: VERSION,
       applied: () => this.appliedInstances(),
+      pinFile: opts.watchGraph === false,
     });
     this.engine = new Engine({
       registry: this.registry,

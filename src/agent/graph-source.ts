@@ -63,6 +63,12 @@ export interface GraphSourceOptions {
   readonly version: string;
   /** The alloc ids whose instances are in the running graph (the engine's), for the fence (instances.ts). */
   readonly applied?: () => ReadonlySet<string>;
+  /**
+   * --no-watch-graph: the graph file is read once. Re-renders for cluster data (collected exports, assigned
+   * instances) reuse what was read then, so an edit of the file is not picked up through them either. A graph
+   * module is a function of the cluster data and is evaluated again (its file is read again with it).
+   */
+  readonly pinFile?: boolean;
 }
 
 /**
@@ -138,10 +144,10 @@ export class GraphSource {
 
   /** `signal` stops a graph module's evaluation (its worker is terminated). */
   async render(signal?: AbortSignal): Promise<Graph> {
-    let raw = await readGraphSource(this.opts.file, this.context(), signal);
+    let raw = await this.readRaw(signal);
     if (this.link === undefined && (this.opts.cluster.etcd.length > 0 || needsCluster(raw))) {
       await this.connect();
-      raw = await readGraphSource(this.opts.file, this.context(), signal);
+      raw = await this.readRaw(signal);
     }
     // An exported resource is not managed here, so collecting it back (a rule whose `from` includes this host)
     // is no clash: the collected copy is the one this host manages.
@@ -157,6 +163,15 @@ export class GraphSource {
     // The instances the controller assigned here: resources of the same graph, so the engine supervises them.
     const inst = this.instances?.resources() ?? { resources: [], edges: [] };
     return buildGraph({ ...raw, resources: [...raw.resources, ...collected, ...inst.resources], edges: [...raw.edges, ...inst.edges] }, this.opts.registry);
+  }
+
+  private pinned: RawGraph | undefined;
+
+  private async readRaw(signal?: AbortSignal): Promise<RawGraph> {
+    if (this.pinned !== undefined) return this.pinned;
+    const raw = await readGraphSource(this.opts.file, this.context(), signal);
+    if (this.opts.pinFile === true && !isModuleGraph(this.opts.file) && raw.errors.length === 0) this.pinned = raw;
+    return raw;
   }
 
   /** Publishes what the running graph exports (retried in the background while the store is down). */
