@@ -295,8 +295,9 @@ describe('svc: supervision', () => {
     const respawnMs = performance.now() - t0;
     await waitFor('answering again', () => answers(port));
     const backMs = performance.now() - t0;
-    // A poll would take its interval; the exit event takes milliseconds (FACTS.md fact 10).
-    assert.ok(respawnMs < 500, `respawn took ${respawnMs.toFixed(1)} ms`);
+    // A poll would take its interval; the exit event takes milliseconds (FACTS.md fact 10) plus the start of the
+    // per-start logger (~90 ms idle, 600 ms seen on a loaded 2-core machine). The figure itself is bench/svc-restart.ts's.
+    assert.ok(respawnMs < 1500, `respawn took ${respawnMs.toFixed(1)} ms`);
     // Answering also includes node's own start-up (~85 ms idle, much more on a loaded machine).
     assert.ok(backMs < 3000, `back after ${backMs.toFixed(1)} ms`);
     assert.ok(s.reasons.some((r) => /pid \d+ was killed by SIGKILL/.test(r)), s.reasons.join('; '));
