@@ -90,8 +90,8 @@ async function runCommand(flags: RunFlags): Promise<number> {
       if (m === null || from < 1 || to > 65535 || from > to) throw new BackplaneError('E_USAGE', `--ports "${flags.ports}" is not a port range`, { hint: 'e.g. --ports 21000-21999' });
       ports = { from, to };
     }
-    if (flags.fence !== undefined && (fenceMs === undefined || fenceMs < 200)) {
-      throw new BackplaneError('E_USAGE', `--fence "${flags.fence}" is not a duration of at least 200ms`, { hint: 'e.g. --fence 1500ms' });
+    if (flags.fence !== undefined && (fenceMs === undefined || fenceMs < 300)) {
+      throw new BackplaneError('E_USAGE', `--fence "${flags.fence}" is not a duration of at least 300ms (the svc fence minimum)`, { hint: "e.g. --fence 3s" });
     }
     etcd = etcdConnection(flags);
     if (flags.graphviz !== undefined) checkWritableFile('--graphviz', flags.graphviz);

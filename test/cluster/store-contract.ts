@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, test } from 'node:test';
 import { electionLeader } from '../../src/cluster/election.js';
 import { keys } from '../../src/cluster/keys.js';
-import { StoreError, writeInChunks, type KeyValue, type Store, type TxnCompare, type TxnOp, type WatchBatch, type WatchEvent } from '../../src/cluster/store.js';
+import { isStoreError, StoreError, writeInChunks, type KeyValue, type Store, type TxnCompare, type TxnOp, type WatchBatch, type WatchEvent } from '../../src/cluster/store.js';
 
 /**
  * One behavioural contract for every Store backend. Each test gets a fresh, empty store from the factory (its own
@@ -305,9 +305,19 @@ export function storeContract(label: string, factory: StoreFactory): void {
       }),
     );
 
-    test(
+    if (factory.leases === false) {
+      // A store without leases says so clearly, rather than leaving a caller to find out some other way.
+      test(
+        'leases and elections are refused with reason unsupported',
+        withStore(async (s) => {
+          await assert.rejects(s.lease(1000), (err: unknown) => isStoreError(err, 'unsupported'));
+          await assert.rejects(s.campaign('x', 'v', 1000, new AbortController().signal), (err: unknown) => isStoreError(err, 'unsupported'));
+        }),
+      );
+    }
+
+    if (factory.leases !== false) test(
       'leases: keys go with a revoked lease, and with a released one after its TTL',
-      { skip: factory.leases === false && 'this store has no leases' },
       withStore(async (s) => {
         const lease = await s.lease(1000);
         assert.ok(lease.ttlMs >= 1000);
@@ -334,9 +344,8 @@ export function storeContract(label: string, factory: StoreFactory): void {
       }),
     );
 
-    test(
+    if (factory.leases !== false) test(
       'campaign: one leader at a time; resign hands over at once; a dead leader is replaced after its TTL',
-      { skip: factory.leases === false && 'this store has no leases' },
       withStore(async (s) => {
         const ac = new AbortController();
         const a = await s.campaign('lead', 'A', 1000, ac.signal);
