@@ -102,15 +102,19 @@ export class Controller {
       const host = parseNodeKey(key);
       if (host === undefined) return;
       if (value === undefined) {
-        if (this.present.delete(host)) this.goneAt.set(host, Date.now());
+        this.present.delete(host);
+        if (!this.goneAt.has(host)) this.goneAt.set(host, Date.now());
         return;
       }
-      this.present.add(host);
-      this.goneAt.delete(host);
-      // Judged when it is needed (graceFor), against the hosts list of that moment: a joining host's record often
-      // arrives before the list that approves it.
+      // Its fence is judged when it is needed (graceFor), against the hosts list of that moment: a joining host's
+      // record often arrives before the list that approves it.
       this.lastRecord.set(host, value);
       this.graceOf.delete(host);
+      // Only a record its host signed says it is back: junk written under its key must not erase when it went away
+      // (that would count it as gone since this agent started, and cut its fence grace short).
+      if (this.opts.trust()?.verify(host, key, value).ok !== true) return;
+      this.present.add(host);
+      this.goneAt.delete(host);
     };
     const { kvs, revision } = await this.opts.store.list(keys.nodesPrefix, { signal });
     for (const kv of kvs) onKv(kv.key, kv.value);
