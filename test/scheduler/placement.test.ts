@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { constraintHolds, placeInstances, randomAllocId, type PlacementInput, type PlacementRequest } from '../../src/scheduler/placement.js';
 import type { Alloc, HostSnapshot, PlacementPolicy, PortSpec, Resources, ServiceSpec } from '../../src/scheduler/types.js';
+import { seededRandom } from '../../bench/lib/stats.js';
 
 /** Placement as a pure function: unit cases, then properties over thousands of random clusters. */
 
@@ -217,17 +218,8 @@ describe('placement: checkers and why', () => {
 // ------------------------------------------------------------------------------------------------------------------
 // Properties
 
-/** mulberry32: the same cases on every run, so a failure names its seed. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32 (bench/lib/stats.ts): the same cases on every run, so a failure names its seed. */
+const prng = seededRandom;
 
 interface Case {
   readonly hosts: HostSnapshot[];
