@@ -1,3 +1,4 @@
+import { isIP } from 'node:net';
 import { keys } from '../cluster/keys.js';
 import type { Store, WatchBatch } from '../cluster/store.js';
 import type { TrustView } from '../cluster/trust.js';
@@ -240,7 +241,9 @@ export function healthyInstances(state: SchedState): ServiceInstances {
   const address = new Map<string, string>();
   for (const m of state.members) {
     const ip: unknown = m.verified ? m.record?.facts.ipv4 : undefined;
-    if (typeof ip === 'string' && ip !== '') address.set(m.host, ip);
+    // It ends up in config files root writes (an upstream list): a signed record from a misbehaving host must not
+    // smuggle in more than an address ("1.2.3.4;\nserver evil:80").
+    if (typeof ip === 'string' && isIP(ip) !== 0) address.set(m.host, ip);
   }
   const out = new Map<string, ServiceInstance[]>();
   for (const a of state.assigns.values()) {

@@ -78,11 +78,11 @@ function status(host: string, alloc: string, state: InstanceState, signer: KeyPa
   return { key, value: signer === 'unsigned' ? body : sealRecord(signer, key, seq++, body) };
 }
 
-function node(host: string): { key: string; value: string } {
+function node(host: string, ipv4?: string): { key: string; value: string } {
   const key = keys.node(host);
   const record = {
     host,
-    facts: { hostname: host, fqdn: host, os: { platform: 'linux', release: '6', arch: 'x64' }, cpus: 4, memory: { total: 8e9, free: 4e9 }, interfaces: {}, ipv4: ADDRESS[host] ?? '127.0.0.1' },
+    facts: { hostname: host, fqdn: host, os: { platform: 'linux', release: '6', arch: 'x64' }, cpus: 4, memory: { total: 8e9, free: 4e9 }, interfaces: {}, ipv4: ipv4 ?? ADDRESS[host] ?? '127.0.0.1' },
     labels: {},
     startedAt: since,
     version: 'test',
@@ -138,6 +138,21 @@ describe('service discovery', () => {
       });
     } finally {
       d.close();
+    }
+  });
+
+  test('an address that is not an IP (a line of config smuggled in a signed record) is never listed', async () => {
+    const d = new Discovery({ store, trust: () => view, log });
+    const a = assignment('inj', 0, 'b', 20100);
+    try {
+      await put(node('b', '10.0.0.2;\nserver evil:80'), a, status('b', a.id, 'healthy'));
+      await d.start();
+      assert.equal(d.current()['inj'], undefined);
+    } finally {
+      d.close();
+      await put(node('b'));
+      await store.delete(a.key);
+      await store.delete(keys.status('b', a.id));
     }
   });
 
