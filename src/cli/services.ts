@@ -72,7 +72,7 @@ export function registerServices(program: Command): void {
         const key = keys.service(name);
         const kv = await store.get(key);
         // The count changes, the version does not: scaling never replaces running instances.
-        const record: ServiceRecord = { spec: { ...svc.spec, count, minHealthy: Math.min(svc.spec.minHealthy, count) }, source: `scale (was ${svc.spec.count})`, deployedAt: new Date().toISOString() };
+        const record: ServiceRecord = { spec: { ...svc.spec, count }, source: `scale (was ${svc.spec.count})`, deployedAt: new Date().toISOString() };
         const r = await store.cas(key, kv?.modRevision ?? 0, signer.sign(key, JSON.stringify(record)));
         if (!r.ok) throw new BackplaneError('E_IO', `service ${name} changed while scaling it`, { retryable: true, hint: 'run the command again' });
         print(`${name}: ${svc.spec.count} -> ${count} instances\n`);

@@ -93,6 +93,16 @@ export const keys = {
   drainPrefix: 'sched/drain/',
   drain: (host: string): string => `sched/drain/${segment(host)}`,
   eventsPrefix: 'sched/events/',
+  /** The current (or last) plan of each service (plan-types.ts), written by the controller. */
+  planPrefix: 'sched/plan/',
+  plan: (service: string): string => `sched/plan/${segment(service)}`,
+  /** Finished plans, per service, by sequence number (zero-padded so they sort). */
+  historyPrefix: 'sched/history/',
+  historyOf: (service: string): string => `sched/history/${segment(service)}/`,
+  history: (service: string, seq: number): string => `sched/history/${segment(service)}/${String(seq).padStart(10, '0')}`,
+  /** Operator commands for a service's plan (pause, promote, ...), consumed by the controller. */
+  cmdPrefix: 'sched/cmd/',
+  cmd: (service: string, id: string): string => `sched/cmd/${segment(service)}/${segment(id)}`,
   /** Zero-padded so keys sort in order. */
   event: (seq: number): string => `sched/events/${String(seq).padStart(16, '0')}`,
 } as const;
@@ -109,6 +119,26 @@ export function parseAllocKey(key: string): { kind: 'assign' | 'status'; host: s
   const alloc = decodeOrUndefined(m?.[3]);
   if (m === null || host === undefined || alloc === undefined) return undefined;
   return { kind: m[1] === 'assign' ? 'assign' : 'status', host, alloc };
+}
+
+/** `sched/plan/<service>` -> service. */
+export function parsePlanKey(key: string): string | undefined {
+  return decodeOrUndefined(/^sched\/plan\/([^/]+)$/.exec(key)?.[1]);
+}
+
+/** `sched/history/<service>/<seq>` -> service and seq. */
+export function parseHistoryKey(key: string): { service: string; seq: number } | undefined {
+  const m = /^sched\/history\/([^/]+)\/(\d{1,15})$/.exec(key);
+  const service = decodeOrUndefined(m?.[1]);
+  return m === null || service === undefined ? undefined : { service, seq: Number(m[2]) };
+}
+
+/** `sched/cmd/<service>/<id>` -> service and id. */
+export function parseCmdKey(key: string): { service: string; id: string } | undefined {
+  const m = /^sched\/cmd\/([^/]+)\/([^/]+)$/.exec(key);
+  const service = decodeOrUndefined(m?.[1]);
+  const id = decodeOrUndefined(m?.[2]);
+  return service === undefined || id === undefined ? undefined : { service, id };
 }
 
 export function parseDrainKey(key: string): string | undefined {

@@ -19,11 +19,57 @@
  * exception is a failed alloc, whose reservation its own replacement may take over on the same host.
  */
 import { placeInstances, type AllocIdGenerator, type PlacementRequest } from './placement.js';
-import type { Alloc, ClusterSnapshot, HostSnapshot, Infeasible, Placement, Plan, PlanEvent, ServiceSpec, Stop } from './types.js';
+import type { Alloc, ClusterSnapshot, HookRequest, HostSnapshot, Infeasible, Placement, Plan, PlanEvent, ServiceSpec, Stop } from './types.js';
 
 export interface ReconcileOptions {
   /** Default: `<service>.<index>.<8 random hex>`. */
   readonly newAllocId?: AllocIdGenerator;
+  /** Per service: what its plan allows this pass (plans.ts). A service without one rolls with its spec's policy. */
+  readonly gates?: ReadonlyMap<string, Gate>;
+}
+
+/**
+ * What a service's plan lets the reconciler do in one pass. The reconciler still decides every placement and stop;
+ * the gate says which voluntary changes (update steps, drain moves, scale-down stops) may start.
+ */
+export interface Gate {
+  /** No new voluntary change starts (paused, or a failed rollout waiting for the operator); ones in flight finish. */
+  readonly hold: boolean;
+  readonly holdWhy?: string;
+  /** Indexes that get their new-version instance next to the old one before promotion (the canaries). */
+  readonly canaries: ReadonlySet<number>;
+  /** Canaries promoted (or none): the old instances of canary indexes go, and the other indexes roll. */
+  readonly promoted: boolean;
+  readonly startFirst: boolean;
+  /** >= 1. */
+  readonly maxParallel: number;
+  readonly maxUnavailable: number;
+  /** Force-completed indexes: a running new instance is accepted now; an index not started is left as it is. */
+  readonly forced: ReadonlySet<number>;
+  /** Restarted this pass: the index's new-version instances that are not settled are stopped and placed again. */
+  readonly restart: ReadonlySet<number>;
+  /** Hook requests older than this nonce (per index) are asked again (restart-step). */
+  readonly hookNonce?: ReadonlyMap<number, number>;
+}
+
+/** The gate of a service without a plan: its own update policy, nothing held. */
+export function defaultGate(spec: ServiceSpec): Gate {
+  const maxParallel = effectiveParallel(spec);
+  return {
+    hold: false,
+    canaries: new Set(),
+    promoted: true,
+    startFirst: spec.update.startFirst ?? spec.count <= 1,
+    maxParallel,
+    maxUnavailable: spec.maxUnavailable ?? maxParallel,
+    forced: new Set(),
+    restart: new Set(),
+  };
+}
+
+/** maxParallel 0 means all at once. */
+export function effectiveParallel(spec: ServiceSpec): number {
+  return spec.update.maxParallel === 0 ? Math.max(1, spec.count) : spec.update.maxParallel;
 }
 
 /** Where an alloc is, as far as this plan is concerned. */
@@ -145,6 +191,7 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
   }
   const unknownHosts = new Set<string>();
 
+  const hookRequests: HookRequest[] = [];
   const stop = (v: View, reason: string, message: string): void => {
     stops.push({ allocId: v.a.id, host: v.a.host, service: v.a.service, index: v.a.index, reason });
     events.push({ service: v.a.service, message, allocId: v.a.id, host: v.a.host });
@@ -152,6 +199,8 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
 
   for (const spec of specs.values()) {
     const { update } = spec;
+    const gate = opts.gates?.get(spec.name) ?? defaultGate(spec);
+    const afterStart = spec.hooks?.afterStart !== undefined;
     const viewOf = (a: Alloc): View => {
       const host = hosts.get(a.host);
       let where: Where;
@@ -165,26 +214,77 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
       else where = host.drainDeadline !== undefined && now >= host.drainDeadline ? 'gone' : 'draining';
       const live = where === 'ok' || where === 'draining';
       const healthy = live && isHealthy(a, spec);
+      const current = a.version === spec.version;
+      // An after-start hook must have succeeded before a new instance counts (it is the step's last act).
+      const hooked = !current || !afterStart || a.status?.hooks?.afterStart?.state === 'ok';
       return {
         a,
         where,
         ...(host === undefined ? {} : { host }),
         failed: isFailed(a),
-        current: a.version === spec.version,
+        current,
         healthy,
-        settled: healthy && now - (a.status?.since ?? now) >= update.minHealthyMs,
+        settled: healthy && hooked && now - (a.status?.since ?? now) >= update.minHealthyMs,
       };
     };
     const views = (allocsOf.get(spec.name) ?? []).map(viewOf);
 
-    // Scale down (and removal: count 0): every alloc past the count goes, the newest instances first.
+    /**
+     * A voluntary stop (an update, a drain's move, a scale-down): an alloc whose spec has a before-stop hook and
+     * whose agent reports on it is stopped only once the hook ran ok for the latest request (the plan shows a failed
+     * hook as its step's error). Returns whether it was stopped now.
+     */
+    const letGo = (v: View, reason: string, message: string, forced: boolean): boolean => {
+      const wantsHook = v.a.hooks?.includes('beforeStop') === true && (v.where === 'ok' || v.where === 'draining') && v.a.status !== undefined && !v.failed;
+      if (!wantsHook || forced) {
+        stop(v, reason, message);
+        return true;
+      }
+      const min = gate.hookNonce?.get(v.a.index) ?? 0;
+      const asked = v.a.hookRequests?.beforeStop;
+      if (asked === undefined || asked < min) {
+        hookRequests.push({ allocId: v.a.id, host: v.a.host, service: v.a.service, index: v.a.index, hook: 'beforeStop', nonce: Math.max(now, min) });
+        events.push({ service: v.a.service, message: `running the before-stop hook of ${name(v.a)} on ${v.a.host} (${reason})`, allocId: v.a.id, host: v.a.host });
+        return false;
+      }
+      const r = v.a.status?.hooks?.beforeStop;
+      if (r?.nonce === asked && r.state === 'ok') {
+        stop(v, reason, message);
+        return true;
+      }
+      return false;
+    };
+
+    // Healthy instances, one per index at most: what the disruption budget is counted against.
+    const healthyAt = new Set<number>();
+    for (const v of views) if (v.healthy && Number.isInteger(v.a.index) && v.a.index >= 0 && v.a.index < spec.count) healthyAt.add(v.a.index);
+    const stoppingOf = (snapshot.stopping ?? []).filter((x) => x.service === spec.name);
+    const budget = gate.maxUnavailable;
+    let down = spec.count - healthyAt.size + stoppingOf.filter((x) => x.index >= spec.count).length;
+
+    // Scale down (and removal: count 0): every alloc past the count goes, the newest instances first. With a count
+    // above 0 a scale-down is a voluntary change: healthy instances go at most `budget` at a time (each fully
+    // stopped before the next); unhealthy ones go at once.
     const excess = views
       .filter((v) => !(Number.isInteger(v.a.index) && v.a.index >= 0 && v.a.index < spec.count))
-      .sort((x, y) => y.a.index - x.a.index || y.a.createdAt - x.a.createdAt);
+      .sort((x, y) => Number(x.healthy) - Number(y.healthy) || y.a.index - x.a.index || y.a.createdAt - x.a.createdAt);
+    let scaleHeld = 0;
     for (const v of excess) {
-      if (!Number.isInteger(v.a.index) || v.a.index < 0) stop(v, `invalid index ${v.a.index}`, `stopped ${v.a.id} on ${v.a.host}: invalid index`);
-      else stop(v, `scale down to ${spec.count}`, `stopped ${name(v.a)} on ${v.a.host} (scale down to ${spec.count})`);
+      if (!Number.isInteger(v.a.index) || v.a.index < 0) {
+        stop(v, `invalid index ${v.a.index}`, `stopped ${v.a.id} on ${v.a.host}: invalid index`);
+        continue;
+      }
+      const costs = spec.count > 0 && v.healthy;
+      if (costs && (gate.hold || down >= Math.max(1, budget))) {
+        scaleHeld++;
+        continue;
+      }
+      // Counted from the moment it starts going (its before-stop hook included) until its process is gone.
+      letGo(v, `scale down to ${spec.count}`, `stopped ${name(v.a)} on ${v.a.host} (scale down to ${spec.count})`, gate.forced.has(v.a.index));
+      if (costs) down++;
     }
+    if (scaleHeld > 0)
+      events.push({ service: spec.name, message: gate.hold ? `scale-down of ${scaleHeld} instance${scaleHeld === 1 ? '' : 's'} held: ${gate.holdWhy ?? 'plan held'}` : `scale-down waits: ${down} of ${Math.max(1, budget)} instances may be down at once (disruption budget)` });
 
     const excessSet = new Set(excess);
     const byIndex = new Map<number, View[]>();
@@ -195,18 +295,21 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
       list.push(v);
     }
 
-    // Healthy instances (one per index at most), for the drain's minimum.
-    let healthyIndexes = 0;
-    for (const list of byIndex.values()) if (list.some((v) => v.healthy)) healthyIndexes++;
-    const minHealthy = Math.min(spec.minHealthy, spec.count);
-
     let inFlight = 0;
     /** Indexes whose old or draining alloc waits for a replacement slot. */
     const budgeted: { index: number; source: View; drain: boolean }[] = [];
 
     for (let i = 0; i < spec.count; i++) {
-      const list = byIndex.get(i) ?? [];
+      let list = byIndex.get(i) ?? [];
       const label = `${spec.name}.${i}`;
+      const forced = gate.forced.has(i);
+
+      if (gate.restart.has(i)) {
+        // The operator restarts the step: its new-version instances that have not made it are replaced.
+        const again = list.filter((v) => v.current && !v.settled && v.where !== 'waiting');
+        for (const v of again) stop(v, 'step restarted', `stopped ${label} (${v.a.id}) on ${v.a.host}: step restarted by the operator`);
+        list = list.filter((v) => !again.includes(v));
+      }
 
       for (const v of list.filter((x) => x.where === 'gone' && !x.failed)) {
         stop(v, 'drain deadline passed', `stopped ${label} on ${v.a.host}: drain deadline passed${v.healthy ? ' (it was healthy)' : ''}`);
@@ -238,7 +341,10 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
         for (const v of failed) stop(v, 'failed', `stopped failed ${label} on ${v.a.host}: replaced by ${keeper.a.id} on ${keeper.a.host}`);
         const waitingOn = [...sources, ...waiting];
         if (waitingOn.length === 0) continue;
-        if (keeper.settled) {
+        // A canary keeps its old instance next to it until the canaries are promoted.
+        const canaryHeld = gate.canaries.has(i) && !gate.promoted && sources.some((v) => v.where === 'ok');
+        const accepted = forced && keeper.a.status !== undefined && !keeper.failed;
+        if ((keeper.settled && !canaryHeld) || accepted) {
           for (const v of waitingOn) {
             const why =
               v.where === 'draining'
@@ -246,22 +352,24 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
                 : v.where === 'waiting'
                   ? 'host down; replaced'
                   : `replaced by version ${keeper.a.version}`;
-            stop(v, why, `stopped ${label} (${v.a.version}) on ${v.a.host}: ${why}; ${keeper.a.id} healthy on ${keeper.a.host}`);
+            const message = `stopped ${label} (${v.a.version}) on ${v.a.host}: ${why}; ${keeper.a.id} ${accepted && !keeper.settled ? 'accepted by the operator' : 'healthy'} on ${keeper.a.host}`;
+            if (v.where === 'waiting') stop(v, why, message);
+            else letGo(v, why, message, forced);
           }
           continue;
         }
-        // The new alloc is in flight: the old one stays until it has been healthy long enough.
-        inFlight++;
+        // The new alloc is in flight (or a canary waiting for promotion): the old one stays.
+        if (!canaryHeld) inFlight++;
         if (keeper.healthy) wake((keeper.a.status?.since ?? now) + update.minHealthyMs);
         const deadline = keeper.a.createdAt + update.healthyDeadlineMs;
-        if (now >= deadline) {
+        if (!keeper.healthy && now >= deadline) {
           events.push({
             service: spec.name,
             message: `${keeper.a.id} on ${keeper.a.host} not healthy within ${formatDuration(update.healthyDeadlineMs)} (${keeper.a.status?.state ?? 'no status'}); ${label} keeps ${sources[0]?.a.id ?? 'its old alloc'}`,
             allocId: keeper.a.id,
             host: keeper.a.host,
           });
-        } else wake(deadline);
+        } else if (!keeper.healthy) wake(deadline);
         for (const v of sources) if (v.where === 'draining' && v.host?.drainDeadline !== undefined) wake(v.host.drainDeadline);
         continue;
       }
@@ -308,6 +416,9 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
           });
           continue;
         }
+        // A failed new-version instance next to a running old one is the rollout's business (its step failed): the
+        // old one keeps serving, and the plan decides (revert, or the operator restarts the step).
+        if (f.current && sources.length > 0 && (gate.hold || !gate.promoted || forced)) continue;
         // Exponential backoff over every reschedule of the instance so far (Nomad's default delay function).
         const delay = Math.min(r.maxDelayMs, r.delayMs * 2 ** f.a.reschedules.length);
         if (now < failedAt + delay) {
@@ -332,6 +443,8 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
 
       if (sources.length > 0) {
         for (const v of lost) stop(v, 'lost', `stopped ${label} on ${v.a.host}: host down; ${sources[0]!.a.id} still serves it`);
+        // Force-completed without a new instance: the index stays as it is.
+        if (forced && !sources.some((v) => v.where === 'draining')) continue;
         budgeted.push({ index: i, source: sources[0]!, drain: sources.some((v) => v.where === 'draining') });
         for (const v of sources) if (v.where === 'draining' && v.host?.drainDeadline !== undefined) wake(v.host.drainDeadline);
         continue;
@@ -361,33 +474,54 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
         continue;
       }
 
+      // Nothing runs it: a first deploy, a scale-up, or the second half of a stop-first update step (the old one
+      // was stopped; placement counts it while it is still stopping). Counted in flight for the rollout.
+      if (stoppingOf.some((x) => x.index === i)) inFlight++;
       intents.push({ req: { spec, index: i, reason: 'new' }, priority: PRIORITY.new, stopOnPlaced: [], describe: (p) => `placed ${label} on ${p.host}` });
     }
 
-    // Surge replacements, at most maxParallel in flight; drains before updates (the host is going away).
+    // Voluntary replacements, at most maxParallel in flight, within the disruption budget; drains before updates
+    // (the host is going away). Canaries first, all at once, before anything else rolls.
     budgeted.sort((x, y) => (x.drain === y.drain ? x.index - y.index : x.drain ? -1 : 1));
-    let drainHeld = false;
+    let heldWhy: string | undefined;
     for (const b of budgeted) {
-      if (inFlight >= update.maxParallel) break;
       const label = `${spec.name}.${b.index}`;
       const src = b.source.a;
-      if (b.drain && healthyIndexes < minHealthy) {
-        // Moving one more now would leave the service with too few healthy instances if the move went wrong.
-        if (!drainHeld)
-          events.push({ service: spec.name, message: `drain waits: ${spec.name} has ${healthyIndexes} healthy instances, minimum ${minHealthy}` });
-        drainHeld = true;
+      const canary = gate.canaries.has(b.index) && !gate.promoted && !b.drain;
+      if (gate.hold) {
+        heldWhy ??= `rollout waits: ${gate.holdWhy ?? 'the plan is held'}`;
+        break;
+      }
+      if (!b.drain && !gate.promoted && !canary) {
+        heldWhy ??= 'rollout waits: the canaries are not promoted yet';
+        continue;
+      }
+      // In flight up to maxParallel: the normal pace of a rollout, not worth an event.
+      if (!canary && inFlight >= gate.maxParallel) break;
+      // Starting the new one first costs no availability; stopping first costs one healthy instance.
+      const startFirst = canary || b.drain || gate.startFirst;
+      const costs = b.source.healthy && !startFirst ? 1 : 0;
+      if (down + costs > Math.max(1, budget) || (b.drain && down >= Math.max(1, budget))) {
+        heldWhy ??= `${b.drain ? 'drain' : 'rollout'} waits: ${down} of ${Math.max(1, budget)} instances may be down at once (disruption budget)`;
         continue;
       }
       inFlight++;
+      if (!startFirst) {
+        // Stop first: the replacement is placed once the old alloc's assignment is gone (the next pass).
+        letGo(b.source, `update to ${spec.version} (stop first)`, `stopping ${label} (${src.version}) on ${src.host} to update it to ${spec.version}`, false);
+        down += costs;
+        continue;
+      }
       intents.push({
         req: { spec, index: b.index, reason: b.drain ? 'drain' : 'update', previous: src.id, reschedules: src.reschedules },
         priority: b.drain ? PRIORITY.drain : PRIORITY.update,
         stopOnPlaced: [],
         describe: b.drain
           ? (p) => `moving ${label} off draining ${src.host} to ${p.host}`
-          : (p) => `updating ${label} to version ${spec.version} on ${p.host} (replaces ${src.id} on ${src.host}, version ${src.version})`,
+          : (p) => `${canary ? 'canary ' : ''}updating ${label} to version ${spec.version} on ${p.host} (replaces ${src.id} on ${src.host}, version ${src.version})`,
       });
     }
+    if (heldWhy !== undefined) events.push({ service: spec.name, message: heldWhy });
   }
 
   for (const h of [...unknownHosts].sort()) warnings.push(`allocs on host ${h}, which is not in the snapshot: left in place`);
@@ -395,8 +529,10 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
   intents.sort((x, y) => x.priority - y.priority);
   const byKey = new Map<string, Intent>();
   for (const it of intents) byKey.set(`${it.req.spec.name}\0${it.req.index}`, it);
+  // Allocs still stopping hold their ports and resources until their process is gone.
+  const held: Alloc[] = (snapshot.stopping ?? []).map((x) => ({ ...x, version: '', createdAt: 0, reschedules: [] }));
   const result = placeInstances(
-    { now, hosts: snapshot.hosts, allocs: snapshot.allocs, services: [...specs.values()] },
+    { now, hosts: snapshot.hosts, allocs: held.length === 0 ? snapshot.allocs : [...snapshot.allocs, ...held], services: [...specs.values()] },
     intents.map((it) => it.req),
     opts.newAllocId === undefined ? {} : { newAllocId: opts.newAllocId },
   );
@@ -413,6 +549,6 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
   for (const inf of infeasible) events.push({ service: inf.service, message: inf.message });
   warnings.push(...result.warnings);
 
-  const plan: Plan = { place, stop: stops, infeasible, events, warnings };
+  const plan: Plan = { place, stop: stops, infeasible, events, warnings, ...(hookRequests.length === 0 ? {} : { hookRequests }) };
   return wakes.length === 0 ? plan : { ...plan, wakeAt: Math.min(...wakes) };
 }

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { keys } from '../cluster/keys.js';
 import type { TrustView } from '../cluster/trust.js';
+import type { PlanCommand, ServicePlan, SpecRef } from './plan-types.js';
 import type { Alloc, AllocStatus, ServiceSpec } from './types.js';
 
 /**
@@ -20,6 +21,7 @@ import type { Alloc, AllocStatus, ServiceSpec } from './types.js';
 const num = z.number().finite();
 const nonneg = num.nonnegative();
 const resources = z.strictObject({ cpu: nonneg, memory: nonneg });
+const hookSchema = z.strictObject({ cmd: z.array(z.string()).min(1), timeoutMs: nonneg });
 const instanceResource = z.strictObject({ kind: z.string().min(1), name: z.string().min(1), params: z.record(z.string(), z.unknown()), meta: z.unknown().optional() });
 
 export const serviceSpecSchema = z.strictObject({
@@ -58,9 +60,19 @@ export const serviceSpecSchema = z.strictObject({
   }),
   restart: z.strictObject({ attempts: z.number().int().min(0), intervalMs: nonneg, delayMs: nonneg }),
   reschedule: z.strictObject({ attempts: z.number().int().min(0), intervalMs: nonneg, delayMs: nonneg, maxDelayMs: nonneg, unlimited: z.boolean() }),
-  update: z.strictObject({ maxParallel: z.number().int().min(1), minHealthyMs: nonneg, healthyDeadlineMs: nonneg }),
+  update: z.strictObject({
+    maxParallel: z.number().int().min(0),
+    minHealthyMs: nonneg,
+    healthyDeadlineMs: nonneg,
+    progressDeadlineMs: nonneg,
+    canary: z.number().int().min(0),
+    autoPromote: z.boolean(),
+    autoRevert: z.boolean(),
+    startFirst: z.boolean().optional(),
+  }),
   files: z.array(instanceResource),
-  minHealthy: z.number().int().min(0),
+  maxUnavailable: z.number().int().min(0).optional(),
+  hooks: z.strictObject({ afterStart: hookSchema.optional(), beforeStop: hookSchema.optional(), beforePromote: hookSchema.optional() }).optional(),
 });
 
 /** What `services/<name>` holds (signed by an operator host). */
@@ -84,6 +96,7 @@ const allocSchema = z.strictObject({
   createdAt: num,
   previous: z.string().optional(),
   reschedules: z.array(num),
+  hookRequests: z.strictObject({ beforeStop: num.optional(), beforePromote: num.optional() }).optional(),
 });
 
 /** What `sched/assign/<host>/<alloc>` holds (signed by the controller that placed it). */
@@ -105,15 +118,25 @@ const assignSchema = z.strictObject({
   specBy: z.string(),
 });
 
+const hookResult = z.strictObject({ nonce: num, state: z.enum(['running', 'ok', 'failed']), output: z.string().max(5000).optional(), at: num });
+
 const statusSchema = z.strictObject({
-  state: z.enum(['pending', 'starting', 'running', 'healthy', 'unhealthy', 'failed', 'stopped']),
+  state: z.enum(['pending', 'starting', 'running', 'healthy', 'unhealthy', 'failed', 'stopped', 'stopping']),
   restarts: z.number().int().min(0),
   since: num,
   message: z.string().max(2000).optional(),
   version: z.string().optional(),
+  hooks: z.strictObject({ afterStart: hookResult.optional(), beforeStop: hookResult.optional(), beforePromote: hookResult.optional() }).optional(),
+  /** With state 'stopping': what the alloc holds until its process is gone (its assignment, which said so, is deleted). */
+  stopping: z
+    .strictObject({ service: z.string(), index: z.number().int().min(0), resources, ports: z.record(z.string(), z.number().int().min(1).max(65535)) })
+    .optional(),
 });
 
-export type StatusRecord = AllocStatus & { readonly version?: string };
+export type StatusRecord = AllocStatus & {
+  readonly version?: string;
+  readonly stopping?: { readonly service: string; readonly index: number; readonly resources: { cpu: number; memory: number }; readonly ports: Readonly<Record<string, number>> };
+};
 
 /** `sched/drain/<host>` (operator-signed). */
 export interface DrainRecord {
@@ -236,4 +259,109 @@ export function openEventRecord(view: TrustView, key: string, value: string): Ch
   const v = view.verify(w.by, key, w.record);
   if (!v.ok) return { ok: false, why: v.why };
   return parseBody<EventRecord>(v.body, eventSchema as z.ZodType<EventRecord>, 'event');
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// Plans (plan-types.ts) and the operator's commands
+
+const specRef = z.strictObject({ version: z.string(), record: z.string(), by: z.string(), deployedAt: z.string() });
+const stepSchema = z.strictObject({
+  name: z.string(),
+  index: z.number().int().min(0),
+  action: z.enum(['replace', 'place', 'stop', 'move']),
+  state: z.enum(['pending', 'prepared', 'starting', 'waiting-health', 'complete', 'waiting-operator', 'error']),
+  why: z.string().max(2000).optional(),
+  since: num,
+  from: z.strictObject({ allocId: z.string(), host: z.string(), version: z.string() }).optional(),
+  to: z.strictObject({ allocId: z.string(), host: z.string() }).optional(),
+  output: z.string().max(5000).optional(),
+  forced: z.boolean().optional(),
+});
+const commandAction = z.enum(['pause', 'resume', 'promote', 'abort', 'restart-step', 'force-complete']);
+const planSchema = z.strictObject({
+  id: z.string(),
+  seq: z.number().int().min(1),
+  service: z.string(),
+  kind: z.enum(['deploy', 'update', 'rollback', 'scale', 'config', 'recover', 'drain', 'remove']),
+  fromVersion: z.string().optional(),
+  toVersion: z.string(),
+  fromCount: z.number().int().min(0).optional(),
+  toCount: z.number().int().min(0),
+  target: specRef,
+  trigger: z.strictObject({ deployedAt: z.string(), version: z.string() }),
+  stable: specRef.optional(),
+  strategy: z.strictObject({
+    canary: z.number().int().min(0),
+    maxParallel: z.number().int().min(1),
+    startFirst: z.boolean(),
+    autoPromote: z.boolean(),
+    autoRevert: z.boolean(),
+    minHealthyMs: nonneg,
+    healthyDeadlineMs: nonneg,
+    progressDeadlineMs: nonneg,
+    maxUnavailable: z.number().int().min(0),
+  }),
+  status: z.enum(['running', 'paused', 'waiting', 'complete', 'failed', 'rolled-back', 'superseded', 'aborted']),
+  why: z.string().max(4000).optional(),
+  paused: z.boolean(),
+  promote: z.enum(['no', 'requested', 'done']),
+  createdAt: num,
+  updatedAt: num,
+  lastProgressAt: num,
+  finishedAt: num.optional(),
+  phases: z.array(z.strictObject({ name: z.string(), strategy: z.string(), steps: z.array(stepSchema) })),
+  forced: z.array(z.string()),
+  restarted: z.record(z.string(), num),
+  log: z.array(z.strictObject({ at: num, message: z.string().max(4000) })),
+  commands: z.array(z.strictObject({ id: z.string(), action: commandAction, ok: z.boolean(), message: z.string().max(4000), at: num })),
+});
+
+/**
+ * A plan record (`sched/plan/<service>` or a history entry), written by a controller: signed by an approved host (the
+ * store fenced the write on that controller's election key, as for assignments). Its target and stable spec records
+ * must still carry an operator's signature: a rollback can only go to a version an operator once deployed.
+ */
+export function openPlanRecord(view: TrustView, key: string, service: string, value: string): Checked<ServicePlan> & { signer?: string } {
+  const w = unwrapSigned(value);
+  if (w === undefined) return { ok: false, why: 'not a signed plan ({by, record})' };
+  const v = view.verify(w.by, key, w.record);
+  if (!v.ok) return { ok: false, why: v.why };
+  const r = parseBody<ServicePlan>(v.body, planSchema as z.ZodType<ServicePlan>, 'plan');
+  if (!r.ok) return r;
+  if (r.value.service !== service) return { ok: false, why: `the plan is for service "${r.value.service}", not "${service}"` };
+  for (const [what, ref] of [['target', r.value.target], ['stable', r.value.stable]] as const) {
+    if (ref === undefined) continue;
+    const spec = openServiceRecord(view, ref.by, service, ref.record);
+    if (!spec.ok) return { ok: false, why: `its ${what} spec: ${spec.why}` };
+    if (!('spec' in spec.value) || spec.value.spec.version !== ref.version) return { ok: false, why: `its ${what} spec is not version ${ref.version}` };
+  }
+  return { ok: true, value: r.value, seq: v.seq, signer: w.by };
+}
+
+/** The spec inside a SpecRef (already checked by openPlanRecord or taken from a checked service record). */
+export function specOfRef(view: TrustView, service: string, ref: SpecRef): ServiceSpec | undefined {
+  const r = openServiceRecord(view, ref.by, service, ref.record);
+  return r.ok && 'spec' in r.value ? r.value.spec : undefined;
+}
+
+const commandSchema = z.strictObject({
+  id: z.string().regex(/^[0-9a-f]{8,32}$/),
+  service: z.string(),
+  action: commandAction,
+  planId: z.string(),
+  step: z.string().max(200).optional(),
+  at: z.string(),
+});
+
+/** `sched/cmd/<service>/<id>`, believed only when an operator host signed it. */
+export function openCommandRecord(view: TrustView, service: string, id: string, value: string): Checked<PlanCommand> {
+  const w = unwrapSigned(value);
+  if (w === undefined) return { ok: false, why: 'not a signed command ({by, record})' };
+  if (!view.mayOperate(w.by)) return { ok: false, why: `host "${w.by}" may not steer plans (not an operator)` };
+  const v = view.verify(w.by, keys.cmd(service, id), w.record);
+  if (!v.ok) return { ok: false, why: v.why };
+  const r = parseBody<PlanCommand>(v.body, commandSchema as z.ZodType<PlanCommand>, 'command');
+  if (!r.ok) return r;
+  if (r.value.service !== service || r.value.id !== id) return { ok: false, why: 'the command names another service or id than its key' };
+  return { ok: true, value: { ...r.value, by: w.by }, seq: v.seq };
 }

@@ -59,12 +59,37 @@ export interface ReschedulePolicy {
 }
 
 export interface UpdatePolicy {
-  /** Instances replaced at a time when the spec changes (or a drained host's instances move). */
+  /**
+   * Instances replaced at a time when the spec changes (or a drained host's instances move). 0 = all at once (the
+   * `parallel` strategy); 1 = one by one (`serial`).
+   */
   readonly maxParallel: number;
   /** A new instance must be healthy this long before it counts and the next old one goes. */
   readonly minHealthyMs: number;
-  /** A new instance not healthy within this is a failed update step (#10 will roll back; here it is reported). */
+  /** A new instance not healthy within this (from its placement) fails its step: the rollout fails (plans.ts). */
   readonly healthyDeadlineMs: number;
+  /** No step completed for this long: the rollout fails. 0 = no deadline. */
+  readonly progressDeadlineMs: number;
+  /** New-version instances started first, next to the old ones, which stay until the canaries are promoted. */
+  readonly canary: number;
+  /** Promote healthy canaries without waiting for `backplane rollout promote`. */
+  readonly autoPromote: boolean;
+  /** A failed rollout goes back to the last version that was healthy, by itself (no canary phase). */
+  readonly autoRevert: boolean;
+  /**
+   * Start the new instance before stopping the old one (surge). Undefined: yes for a service of one instance (so it
+   * is never down), no otherwise (Nomad's default: stop first, so capacity and static ports are free).
+   */
+  readonly startFirst?: boolean;
+}
+
+export type HookName = 'afterStart' | 'beforeStop' | 'beforePromote';
+export const HOOK_NAMES: readonly HookName[] = ['afterStart', 'beforeStop', 'beforePromote'];
+
+/** A command the agent runs in an instance's context (its user, cwd, env, PORT_*), killed after timeoutMs. */
+export interface HookSpec {
+  readonly cmd: readonly string[];
+  readonly timeoutMs: number;
 }
 
 export interface PlacementPolicy {
@@ -120,8 +145,13 @@ export interface ServiceSpec {
   readonly update: UpdatePolicy;
   /** Extra resources per instance (files, templates, packages, ...), rendered per instance. */
   readonly files: readonly InstanceResource[];
-  /** Healthy instances below which a drain waits instead of moving the next one (default count - maxParallel). */
-  readonly minHealthy: number;
+  /**
+   * The disruption budget: how many instances may be down at once before a voluntary change (a rollout's step, a
+   * drain's move, a scale-down's stop) waits. Undefined: the update's parallelism (maxParallel, or count for 0).
+   */
+  readonly maxUnavailable?: number;
+  /** Commands run at points of an instance's life (not part of the version: changing one rolls nothing). */
+  readonly hooks?: Readonly<Partial<Record<HookName, HookSpec>>>;
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -150,7 +180,17 @@ export interface HostSnapshot {
 }
 
 /** What the agent running an alloc reports. */
-export type InstanceState = 'pending' | 'starting' | 'running' | 'healthy' | 'unhealthy' | 'failed' | 'stopped';
+/** 'stopping': no longer assigned, its process not gone yet (reported until the agent's graph no longer holds it). */
+export type InstanceState = 'pending' | 'starting' | 'running' | 'healthy' | 'unhealthy' | 'failed' | 'stopped' | 'stopping';
+
+/** What became of a hook the agent ran for an alloc; `nonce` is the request it answers (afterStart: 1). */
+export interface HookResult {
+  readonly nonce: number;
+  readonly state: 'running' | 'ok' | 'failed';
+  /** Its output (stdout and stderr, the last 4 KiB) and how it ended, for the plan's error. */
+  readonly output?: string;
+  readonly at: number;
+}
 
 export interface AllocStatus {
   readonly state: InstanceState;
@@ -158,6 +198,7 @@ export interface AllocStatus {
   /** Snapshot-clock ms when `state` began. */
   readonly since: number;
   readonly message?: string;
+  readonly hooks?: Readonly<Partial<Record<HookName, HookResult>>>;
 }
 
 export interface Alloc {
@@ -174,8 +215,25 @@ export interface Alloc {
   readonly previous?: string;
   /** Reschedules of this instance so far, with when each happened (ms), for the reschedule policy's window. */
   readonly reschedules: readonly number[];
+  /**
+   * Hooks the controller asked the agent to run for this alloc (in its assignment), by request nonce: a new nonce
+   * runs the hook again (restart-step). afterStart is not requested: the agent runs it once the instance is up.
+   */
+  readonly hookRequests?: Readonly<{ beforeStop?: number; beforePromote?: number }>;
+  /** The hooks its spec declares (filled from its spec when the snapshot is built; not stored in the alloc). */
+  readonly hooks?: readonly HookName[];
   /** What the agent last reported; undefined = nothing yet. */
   readonly status?: AllocStatus;
+}
+
+/** An alloc whose assignment is gone but whose process its agent has not finished stopping: it still holds its ports. */
+export interface StoppingAlloc {
+  readonly id: string;
+  readonly service: string;
+  readonly index: number;
+  readonly host: string;
+  readonly resources: Resources;
+  readonly ports: Readonly<Record<string, number>>;
 }
 
 export interface ClusterSnapshot {
@@ -185,6 +243,8 @@ export interface ClusterSnapshot {
   readonly allocs: readonly Alloc[];
   /** How long after a host's lease is gone its instances may be replaced (its agent's fence has killed them by then). */
   readonly fenceGraceMs: number;
+  /** Allocs being stopped (status 'stopping', no assignment): they use resources and ports, and count as down. */
+  readonly stopping?: readonly StoppingAlloc[];
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -230,4 +290,15 @@ export interface Plan {
   readonly warnings: readonly string[];
   /** Snapshot-clock ms at which the plan may differ although nothing else changes (a backoff or grace ends). */
   readonly wakeAt?: number;
+  /** Hooks to ask agents to run (written into the allocs' assignments): before-stop before a voluntary stop. */
+  readonly hookRequests?: readonly HookRequest[];
+}
+
+export interface HookRequest {
+  readonly allocId: string;
+  readonly host: string;
+  readonly service: string;
+  readonly index: number;
+  readonly hook: 'beforeStop' | 'beforePromote';
+  readonly nonce: number;
 }

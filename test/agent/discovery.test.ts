@@ -49,9 +49,8 @@ function spec(name: string, health: boolean): ServiceSpec {
     placement: { constraints: [], distinctHosts: false, antiAffinity: [], strategy: 'binpack' },
     restart: { attempts: 2, intervalMs: 60_000, delayMs: 1000 },
     reschedule: { attempts: 0, intervalMs: 0, delayMs: 0, maxDelayMs: 0, unlimited: true },
-    update: { maxParallel: 1, minHealthyMs: 0, healthyDeadlineMs: 60_000 },
+    update: { maxParallel: 1, minHealthyMs: 0, healthyDeadlineMs: 60_000, progressDeadlineMs: 0, canary: 0, autoPromote: false, autoRevert: false },
     files: [],
-    minHealthy: 0,
   };
 }
 

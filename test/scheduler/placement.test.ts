@@ -32,9 +32,8 @@ function spec(name: string, over: Partial<Omit<ServiceSpec, 'placement'>> & { pl
     placement: { constraints: [], distinctHosts: false, antiAffinity: [], strategy: 'binpack', ...placement },
     restart: { attempts: 2, intervalMs: 60_000, delayMs: 1000 },
     reschedule: { attempts: 0, intervalMs: 3_600_000, delayMs: 5000, maxDelayMs: 3_600_000, unlimited: true },
-    update: { maxParallel: 1, minHealthyMs: 2000, healthyDeadlineMs: 300_000 },
+    update: { maxParallel: 1, minHealthyMs: 2000, healthyDeadlineMs: 300_000, progressDeadlineMs: 0, canary: 0, autoPromote: false, autoRevert: false },
     files: [],
-    minHealthy: 2,
     ...rest,
   };
 }

@@ -33,9 +33,8 @@ function spec(over: Partial<ServiceSpec> = {}): ServiceSpec {
     placement: { constraints: [], distinctHosts: false, antiAffinity: [], strategy: 'binpack' },
     restart: { attempts: 2, intervalMs: 60_000, delayMs: 1000 },
     reschedule: { attempts: 0, intervalMs: 3_600_000, delayMs: 5000, maxDelayMs: 60_000, unlimited: true },
-    update: { maxParallel: 1, minHealthyMs: 2000, healthyDeadlineMs: 300_000 },
+    update: { maxParallel: 1, minHealthyMs: 2000, healthyDeadlineMs: 300_000, progressDeadlineMs: 0, canary: 0, autoPromote: false, autoRevert: false },
     files: [],
-    minHealthy: 2,
     ...over,
   };
 }
@@ -90,7 +89,7 @@ describe('reconcile: count', () => {
     const five = [0, 1, 2, 3, 4].map((i) => alloc(i, `h${(i % 3) + 1}`));
     const up = plan(snap({ services: [spec({ count: 5 })], allocs: five.slice(0, 3) }));
     assert.deepEqual(placed(up).map((s) => s.split('@')[0]), ['web.3', 'web.4']);
-    const down = plan(snap({ services: [spec({ count: 2 })], allocs: five }));
+    const down = plan(snap({ services: [spec({ count: 2, maxUnavailable: 3 })], allocs: five }));
     assert.deepEqual(stopped(down), ['web.4.h2v1', 'web.3.h1v1', 'web.2.h3v1']);
     assert.deepEqual(down.place, []);
     assert.equal(said(down)[0], 'stopped web.4 on h2 (scale down to 2)');
@@ -198,7 +197,7 @@ describe('reconcile: crash loops', () => {
 });
 
 describe('reconcile: rolling update (surge)', () => {
-  const v2 = spec({ version: 'v2', update: { maxParallel: 1, minHealthyMs: 2000, healthyDeadlineMs: 300_000 } });
+  const v2 = spec({ version: 'v2', update: { maxParallel: 1, minHealthyMs: 2000, healthyDeadlineMs: 300_000, progressDeadlineMs: 0, canary: 0, autoPromote: false, autoRevert: false, startFirst: true } });
   const olds = [alloc(0, 'h1'), alloc(1, 'h2'), alloc(2, 'h3')];
 
   test('starts at most maxParallel new allocs, stops nothing yet', () => {
@@ -242,7 +241,7 @@ describe('reconcile: rolling update (surge)', () => {
 });
 
 describe('reconcile: drain', () => {
-  const drainSpec = spec({ count: 3, minHealthy: 2 });
+  const drainSpec = spec({ count: 3, maxUnavailable: 1 });
   const hosts = (over: Partial<HostSnapshot> = {}): HostSnapshot[] => [host('h1', { draining: true, ...over }), host('h2'), host('h3'), host('h4')];
   const allocs = [alloc(0, 'h1'), alloc(1, 'h1'), alloc(2, 'h2')];
 
@@ -257,11 +256,11 @@ describe('reconcile: drain', () => {
     assert.deepEqual(placed(next).map((s) => s.split('@')[0]), ['web.1']);
   });
 
-  test('waits while the service has fewer healthy instances than its minimum', () => {
+  test('waits while the service has as many instances down as its disruption budget allows', () => {
     const sick = [alloc(0, 'h1'), alloc(1, 'h1', { status: { state: 'unhealthy', restarts: 1, since: 0 } }), alloc(2, 'h2', { status: { state: 'starting', restarts: 0, since: 0 } })];
     const p = plan(snap({ hosts: hosts(), services: [drainSpec], allocs: sick }));
     assert.deepEqual(p.place, []);
-    assert.deepEqual(said(p), ['drain waits: web has 1 healthy instances, minimum 2']);
+    assert.deepEqual(said(p), ['drain waits: 2 of 1 instances may be down at once (disruption budget)']);
   });
 
   test('past the deadline the remaining instances are stopped at once and replaced', () => {
