@@ -5,7 +5,8 @@ import { parseSize } from '../resources/svc-schema.js';
 /**
  * The service spec as an operator writes it (YAML or a TypeScript module), as one zod schema: validation, defaults
  * and the JSON Schema for editors all come from here. spec.ts turns the parsed value into a ServiceSpec (types.ts),
- * derives what depends on other fields (version, minHealthy) and checks what needs the resource kinds (files).
+ * derives what depends on other fields (the version, the update strategy's parallelism), checks what spans fields
+ * (canary against count, the deadlines, beforePromote without canaries) and what needs the resource kinds (files).
  *
  * Defaults follow Nomad's service jobs, scaled for a pool that aims to react in seconds (see docs/services.md for
  * the reasoning behind each).
@@ -24,7 +25,9 @@ export const DEFAULTS = {
   health: { intervalMs: 2000, timeoutMs: 1000, failures: 3, graceMs: 10_000 },
   restart: { attempts: 2, intervalMs: 30 * 60_000, delayMs: 1000 },
   reschedule: { attempts: 0, intervalMs: 60 * 60_000, delayMs: 5000, maxDelayMs: 60 * 60_000, unlimited: true },
-  update: { maxParallel: 1, minHealthyMs: 2000, healthyDeadlineMs: 5 * 60_000 },
+  update: { maxParallel: 1, minHealthyMs: 2000, healthyDeadlineMs: 5 * 60_000, progressDeadlineMs: 10 * 60_000, canary: 0, autoPromote: false, autoRevert: true },
+  hookTimeoutMs: 30_000,
+  hookMaxTimeoutMs: 60 * 60_000,
 } as const;
 
 /** Cores: a number (0.5) or Kubernetes-style millicores ("500m"). */
@@ -48,10 +51,10 @@ const portNumber = () =>
     .min(1, 'a port is a number from 1 to 65535')
     .max(65535, 'a port is a number from 1 to 65535');
 
-const argv = (what: string) =>
+const argv = (what: string, example = '[python3, -m, http.server, "8080"]') =>
   z
-    .array(z.string(), { error: (i) => (i.input === undefined ? undefined : `${what} is a list of strings (argv, no shell), e.g. [python3, -m, http.server, "8080"]`) })
-    .min(1, `${what} needs at least the program`)
+    .array(z.string(), { error: (i) => (i.input === undefined ? undefined : `${what} is a list of strings (argv, no shell), e.g. ${example}`) })
+    .min(1, { message: `${what} needs at least the program`, abort: true })
     .refine((a) => (a[0] ?? '') !== '', 'the program (first element) must not be empty');
 
 /** YAML writes `PORT: 8080` and `DEBUG: true` unquoted; the environment only holds text. */
@@ -168,12 +171,70 @@ const rescheduleSchema = z
       ctx.addIssue({ code: 'custom', path: ['attempts'], message: 'attempts has no effect with unlimited: true; give one of them' });
   });
 
-const updateSchema = z.strictObject({
-  maxParallel: z.number().int().min(1).default(DEFAULTS.update.maxParallel).meta({ description: 'instances replaced at a time on a spec change or a drain (default 1)' }),
-  minHealthy: duration().default(DEFAULTS.update.minHealthyMs).meta({ description: 'a new instance must be healthy this long before the next old one goes (default 2s)' }),
-  healthyDeadline: duration()
-    .default(DEFAULTS.update.healthyDeadlineMs)
-    .meta({ description: 'a new instance not healthy within this is a failed update step (default 5m)' }),
+/** How a spec change rolls: `rolling` replaces maxParallel at a time; `serial` is maxParallel 1, `parallel` all at once. */
+export const UPDATE_STRATEGIES = ['rolling', 'serial', 'parallel'] as const;
+
+const updateSchema = z
+  .strictObject({
+    strategy: z
+      .enum(UPDATE_STRATEGIES)
+      .optional()
+      .meta({ description: 'rolling (default): maxParallel instances at a time; serial: one at a time; parallel: all at once' }),
+    maxParallel: z
+      .number()
+      .int()
+      .min(1)
+      .optional()
+      .meta({ description: 'with strategy rolling: instances replaced at a time on a spec change (default 1)' }),
+    minHealthy: duration().default(DEFAULTS.update.minHealthyMs).meta({ description: 'a new instance must be healthy this long before it counts and the next step starts (default 2s)' }),
+    healthyDeadline: duration()
+      .default(DEFAULTS.update.healthyDeadlineMs)
+      .meta({ description: 'a new instance not healthy within this fails its step, and so the rollout (default 5m)' }),
+    progressDeadline: duration()
+      .default(DEFAULTS.update.progressDeadlineMs)
+      .meta({ description: 'no step completed for this long fails the rollout; 0 = no deadline; at least healthyDeadline (default 10m)' }),
+    canary: z
+      .number({ error: (i) => (i.input === undefined ? undefined : 'canary is a whole number >= 0') })
+      .int('canary is a whole number >= 0')
+      .min(0, 'canary is a whole number >= 0')
+      .default(DEFAULTS.update.canary)
+      .meta({ description: 'new-version instances started next to the old ones first; the rest roll once they are promoted (default 0: no canaries)' }),
+    autoPromote: z.boolean().default(DEFAULTS.update.autoPromote).meta({ description: 'promote healthy canaries without `backplane rollout promote` (default false)' }),
+    autoRevert: z
+      .boolean()
+      .default(DEFAULTS.update.autoRevert)
+      .meta({ description: 'a failed rollout goes back by itself to the last version that was healthy (default true)' }),
+    startFirst: z
+      .boolean()
+      .optional()
+      .meta({ description: 'start the new instance before stopping the old one (default: true for a service of one instance, false otherwise)' }),
+  })
+  .superRefine((u, ctx) => {
+    if (u.maxParallel === undefined) return;
+    if (u.strategy === 'parallel')
+      ctx.addIssue({ code: 'custom', path: ['maxParallel'], message: 'strategy parallel replaces every instance at once; leave maxParallel out, or use strategy rolling' });
+    else if (u.strategy === 'serial' && u.maxParallel !== 1)
+      ctx.addIssue({ code: 'custom', path: ['maxParallel'], message: `strategy serial replaces one instance at a time, not ${u.maxParallel}; leave maxParallel out, or use strategy rolling` });
+  });
+
+/** A hook: argv, or `{ cmd: argv, timeout }`. */
+const hookSchema = z
+  .union([
+    argv('a hook', '[/srv/api/bin/warm, --port, "8080"] or { cmd: [...], timeout: 30s }'),
+    z.strictObject({
+      cmd: argv('cmd', '[/srv/api/bin/warm, --port, "8080"]'),
+      timeout: duration()
+        .refine((n) => n > 0 && n <= DEFAULTS.hookMaxTimeoutMs, 'a hook\'s timeout is more than 0 and at most 1h')
+        .default(DEFAULTS.hookTimeoutMs)
+        .meta({ description: 'the hook is killed (its process group) after this and has failed (default 30s, at most 1h)' }),
+    }),
+  ])
+  .meta({ description: 'argv (no shell) run in the instance\'s context (its user, cwd, env and PORT_<NAME>), or { cmd: argv, timeout: 30s }' });
+
+const hooksSchema = z.strictObject({
+  afterStart: hookSchema.optional().meta({ description: 'runs once a new instance is up (healthy, or running without a health check); its step completes only when it succeeded' }),
+  beforeStop: hookSchema.optional().meta({ description: 'runs before an instance is stopped by a rollout, a drain or a scale-down' }),
+  beforePromote: hookSchema.optional().meta({ description: 'runs on each canary before promotion; needs update.canary' }),
 });
 
 /**
@@ -207,7 +268,13 @@ export const serviceSchema = z.strictObject({
   restart: restartSchema.prefault({}),
   reschedule: rescheduleSchema.prefault({}),
   update: updateSchema.prefault({}),
-  minHealthy: z.number().int().min(0).optional().meta({ description: 'healthy instances a drain keeps (default count - update.maxParallel)' }),
+  maxUnavailable: z
+    .number({ error: (i) => (i.input === undefined ? undefined : 'maxUnavailable is a whole number >= 0') })
+    .int('maxUnavailable is a whole number >= 0')
+    .min(0, 'maxUnavailable is a whole number >= 0')
+    .optional()
+    .meta({ description: 'the disruption budget: instances that may be down at once before a rollout step, a drain move or a scale-down waits (default the update\'s parallelism)' }),
+  hooks: hooksSchema.optional().meta({ description: 'commands run at points of an instance\'s life: afterStart, beforeStop, beforePromote' }),
   files: z.array(fileSchema).default([]).meta({ description: 'graph resources each instance needs (files, templates, packages...), rendered per instance' }),
 });
 

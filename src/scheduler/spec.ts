@@ -18,7 +18,7 @@ import { canonicalJson } from '../util/canonical.js';
 import { closest } from '../util/suggest.js';
 import { portEnvName, renderWith, RESERVED_ENV, type InstanceHost, type SpecLocator } from './render.js';
 import { DEFAULTS, serviceSchema, type ParsedService } from './spec-schema.js';
-import type { Alloc, HealthSpec, InstanceResource, LabelConstraint, PortSpec, ServiceSpec } from './types.js';
+import { HOOK_NAMES, type Alloc, type HealthSpec, type HookName, type HookSpec, type InstanceResource, type LabelConstraint, type PortSpec, type ServiceSpec, type UpdatePolicy } from './types.js';
 
 /**
  * The service spec frontend: a YAML file (one service, or `services: [...]`) or a TypeScript/JavaScript module whose
@@ -157,8 +157,8 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
     const { kind, name, meta, ...params } = f;
     files.push({ kind, name, params, ...(meta === undefined ? {} : { meta }) });
   });
-  if (p.minHealthy !== undefined && p.minHealthy > p.count)
-    fail(`minHealthy (${p.minHealthy}) is more than count (${p.count})`, ['minHealthy'], 'a drain could never move an instance; lower it or leave it out (default count - update.maxParallel)');
+  const update = readUpdate(p, item, fail);
+  const hooks = readHooks(p, fail);
   if (errors.length > before) return undefined;
 
   const constraints: LabelConstraint[] = p.placement.constraints.map((c) =>
@@ -196,9 +196,10 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
       // Giving a number of attempts means a limit: Nomad ignores attempts while unlimited stays true, a known trap.
       unlimited: p.reschedule.unlimited ?? p.reschedule.attempts === undefined,
     },
-    update: { maxParallel: p.update.maxParallel, minHealthyMs: p.update.minHealthy, healthyDeadlineMs: p.update.healthyDeadline },
+    update,
     files,
-    minHealthy: p.minHealthy ?? Math.max(0, p.count - p.update.maxParallel),
+    ...(p.maxUnavailable === undefined ? {} : { maxUnavailable: p.maxUnavailable }),
+    ...(hooks === undefined ? {} : { hooks }),
   };
   const spec: ServiceSpec = { ...unversioned, version: specVersion(unversioned, p.version) };
   checkInstances(spec, at, registry, errors);
@@ -213,7 +214,65 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
   return errors.length > before ? undefined : spec;
 }
 
-function readPorts(p: ParsedService, fail: (msg: string, path: readonly PropertyKey[], hint: string) => void): PortSpec[] {
+type Fail = (msg: string, path: readonly PropertyKey[], hint: string) => void;
+
+/**
+ * The update policy: the strategy's parallelism (serial 1, parallel 0 = all at once, rolling maxParallel) and the
+ * checks that span fields. A deadline the operator did not write is the default: a check that fails on it points
+ * at the one that was written.
+ */
+function readUpdate(p: ParsedService, item: unknown, fail: Fail): UpdatePolicy {
+  const u = p.update;
+  const maxParallel = u.strategy === 'serial' ? 1 : u.strategy === 'parallel' ? 0 : (u.maxParallel ?? DEFAULTS.update.maxParallel);
+  if (u.progressDeadline !== 0 && u.healthyDeadline !== 0 && u.progressDeadline < u.healthyDeadline) {
+    const written = valueAt(item, ['update', 'progressDeadline']) !== undefined ? 'progressDeadline' : 'healthyDeadline';
+    fail(
+      `update.progressDeadline (${formatMs(u.progressDeadline)}) is shorter than update.healthyDeadline (${formatMs(u.healthyDeadline)})`,
+      ['update', written],
+      'a step may take up to healthyDeadline, so the rollout would fail while a step is still within its deadline; raise progressDeadline (or 0: none) or lower healthyDeadline',
+    );
+  }
+  // A service scaled to 0 keeps its update policy: nothing rolls, so its canaries are no contradiction.
+  if (p.count > 0 && u.canary > p.count)
+    fail(
+      `update.canary (${u.canary}) is more than count (${p.count})`,
+      ['update', 'canary'],
+      `at most count instances can be canaries (canary: ${p.count} tries the new version on every instance before the old ones go); lower it or raise count`,
+    );
+  return {
+    maxParallel,
+    minHealthyMs: u.minHealthy,
+    healthyDeadlineMs: u.healthyDeadline,
+    progressDeadlineMs: u.progressDeadline,
+    canary: u.canary,
+    autoPromote: u.autoPromote,
+    autoRevert: u.autoRevert,
+    ...(u.startFirst === undefined ? {} : { startFirst: u.startFirst }),
+  };
+}
+
+function readHooks(p: ParsedService, fail: Fail): ServiceSpec['hooks'] {
+  if (p.hooks === undefined) return undefined;
+  const out: Partial<Record<HookName, HookSpec>> = {};
+  for (const name of HOOK_NAMES) {
+    const h = p.hooks[name];
+    if (h === undefined) continue;
+    out[name] = Array.isArray(h) ? { cmd: h, timeoutMs: DEFAULTS.hookTimeoutMs } : { cmd: h.cmd, timeoutMs: h.timeout };
+  }
+  if (out.beforePromote !== undefined && p.update.canary === 0)
+    fail('hooks.beforePromote is given but the service has no canaries', ['hooks', 'beforePromote'], 'beforePromote runs on canaries before promotion; set update.canary');
+  return Object.keys(out).length === 0 ? undefined : out;
+}
+
+/** 600000 -> "10m", 90000 -> "90s", 250 -> "250ms": as an operator would write it. */
+function formatMs(ms: number): string {
+  if (ms % 3_600_000 === 0) return `${ms / 3_600_000}h`;
+  if (ms % 60_000 === 0) return `${ms / 60_000}m`;
+  if (ms % 1000 === 0) return `${ms / 1000}s`;
+  return `${ms}ms`;
+}
+
+function readPorts(p: ParsedService, fail: Fail): PortSpec[] {
   const entries: [string, number | undefined, PropertyKey[]][] = Array.isArray(p.ports)
     ? p.ports.map((e, i) => [e.name, e.static, ['ports', i]])
     : Object.entries(p.ports).map(([name, v]) => [name, v === null ? undefined : typeof v === 'number' ? v : v.static, ['ports', name]]);
@@ -247,7 +306,7 @@ function readPorts(p: ParsedService, fail: (msg: string, path: readonly Property
   return out;
 }
 
-function readHealth(p: ParsedService, ports: readonly PortSpec[], fail: (msg: string, path: readonly PropertyKey[], hint: string) => void): HealthSpec | undefined {
+function readHealth(p: ParsedService, ports: readonly PortSpec[], fail: Fail): HealthSpec | undefined {
   const h = p.health;
   if (h === undefined) return undefined;
   const names = ports.map((x) => x.name);
@@ -275,8 +334,9 @@ function readHealth(p: ParsedService, ports: readonly PortSpec[], fail: (msg: st
 
 /**
  * What an instance *is*: everything that reaches the rendered graph or decides where it may run. Left out are
- * count and minHealthy (scaling must never roll the instances), and the update and reschedule policies (changing
- * how a rollout goes must not itself be a rollout).
+ * count (scaling must never roll the instances), and the update and reschedule policies, the disruption budget
+ * (maxUnavailable) and the hooks (changing how a rollout goes, or what runs around an instance's start and stop,
+ * must not itself be a rollout). The fields are picked by name, so a new field of ServiceSpec stays out until added.
  */
 export function specHash(spec: Omit<ServiceSpec, 'version'>): string {
   const { name, task, resources, ports, health, placement, restart, files } = spec;
@@ -397,6 +457,14 @@ function svcParamName(p: string): string {
 
 // ---- errors ------------------------------------------------------------------------------------------------------------
 
+/** Top-level keys an earlier spec format had: what replaced each, said plainly rather than "unknown key". */
+const REPLACED_KEYS: Readonly<Record<string, { message: string; hint: string }>> = {
+  minHealthy: {
+    message: '"minHealthy" was replaced by "maxUnavailable": how many instances may be down at once (a rollout step, a drain move and a scale-down all respect it)',
+    hint: 'write maxUnavailable: count - the old minHealthy, or leave it out (default: the update\'s parallelism); update.minHealthy (a duration) is unchanged',
+  },
+};
+
 /** Known keys at each level of a spec, for "did you mean". */
 function knownKeys(path: readonly PropertyKey[]): readonly string[] {
   const shape = (s: z.ZodType): string[] => {
@@ -410,6 +478,7 @@ function knownKeys(path: readonly PropertyKey[]): readonly string[] {
   if (head === 'ports') return ['name', 'static'];
   if (head === 'placement' && second === 'constraints') return ['label', 'eq', 'in', 'notIn'];
   if (head === 'health' && (second === 'http' || second === 'tcp')) return ['port', 'path', 'host', 'scheme'];
+  if (head === 'hooks' && second !== undefined) return ['cmd', 'timeout'];
   const sub = typeof head === 'string' && Object.hasOwn(top, head) ? (top as Record<string, z.ZodType>)[head] : undefined;
   return sub === undefined ? [] : shape(sub);
 }
@@ -435,6 +504,11 @@ function issuesToErrors(issues: readonly z.core.$ZodIssue[], at: SpecLocator): B
     if (issue.code === 'unrecognized_keys') {
       const known = knownKeys(full);
       for (const key of issue.keys) {
+        const replaced = full.length === 0 && Object.hasOwn(REPLACED_KEYS, key) ? REPLACED_KEYS[key] : undefined;
+        if (replaced !== undefined) {
+          out.push(new BackplaneError('E_SCHEMA', replaced.message, { where: at([key]), hint: replaced.hint }));
+          continue;
+        }
         const guess = closest(key, known);
         out.push(
           new BackplaneError('E_SCHEMA', `unknown key "${[...full, key].map(String).join('.')}"`, {

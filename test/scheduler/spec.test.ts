@@ -96,8 +96,12 @@ placement:
   strategy: spread
 restart: { attempts: 5, interval: 10m, delay: 2s }
 reschedule: { attempts: 3, interval: 30m }
-update: { maxParallel: 2, minHealthy: 5s, healthyDeadline: 2m }
-minHealthy: 3
+update: { maxParallel: 2, minHealthy: 5s, healthyDeadline: 2m, progressDeadline: 15m, canary: 1, autoPromote: true, autoRevert: false, startFirst: true }
+maxUnavailable: 1
+hooks:
+  afterStart: [/usr/bin/api-warm, --quick]
+  beforeStop: { cmd: [/usr/bin/api-drain], timeout: 2m }
+  beforePromote: { cmd: [/usr/bin/api-check] }
 files:
   - kind: file
     name: "/etc/api/{{ instance.id }}.conf"
@@ -134,13 +138,18 @@ files:
     assert.deepEqual(s.restart, { attempts: 5, intervalMs: 600_000, delayMs: 2000 });
     // Giving attempts makes the policy limited (unlimited: true would ignore them).
     assert.deepEqual(s.reschedule, { attempts: 3, intervalMs: 1_800_000, delayMs: 5000, maxDelayMs: 3_600_000, unlimited: false });
-    assert.deepEqual(s.update, { maxParallel: 2, minHealthyMs: 5000, healthyDeadlineMs: 120_000 });
-    assert.equal(s.minHealthy, 3);
+    assert.deepEqual(s.update, { maxParallel: 2, minHealthyMs: 5000, healthyDeadlineMs: 120_000, progressDeadlineMs: 900_000, canary: 1, autoPromote: true, autoRevert: false, startFirst: true });
+    assert.equal(s.maxUnavailable, 1);
+    assert.deepEqual(s.hooks, {
+      afterStart: { cmd: ['/usr/bin/api-warm', '--quick'], timeoutMs: 30_000 },
+      beforeStop: { cmd: ['/usr/bin/api-drain'], timeoutMs: 120_000 },
+      beforePromote: { cmd: ['/usr/bin/api-check'], timeoutMs: 30_000 },
+    });
     // An unquoted 0640 is what chmod means, not YAML's decimal 640.
     assert.deepEqual(s.files, [{ kind: 'file', name: '/etc/api/{{ instance.id }}.conf', params: { content: 'port={{ instance.port.http }}\n', mode: '0640' } }]);
   });
 
-  test('defaults: Nomad-like policies scaled for fast reaction; minHealthy = count - maxParallel', () => {
+  test('defaults: Nomad-like policies scaled for fast reaction; autoRevert on; no budget, startFirst or hooks unless given', () => {
     const s = one(BASE);
     assert.equal(s.count, 3);
     assert.deepEqual(s.resources, { cpu: 0.1, memory: 128 * 1024 * 1024 });
@@ -148,10 +157,13 @@ files:
     assert.deepEqual(s.placement, { constraints: [], distinctHosts: false, antiAffinity: [], strategy: 'binpack' });
     assert.deepEqual(s.restart, { attempts: 2, intervalMs: 1_800_000, delayMs: 1000 });
     assert.deepEqual(s.reschedule, { attempts: 0, intervalMs: 3_600_000, delayMs: 5000, maxDelayMs: 3_600_000, unlimited: true });
-    assert.deepEqual(s.update, { maxParallel: 1, minHealthyMs: 2000, healthyDeadlineMs: 300_000 });
-    assert.equal(s.minHealthy, 2);
+    // Exactly these keys: startFirst absent (its default depends on count, decided by the planner), autoRevert true.
+    assert.deepEqual(s.update, { maxParallel: 1, minHealthyMs: 2000, healthyDeadlineMs: 300_000, progressDeadlineMs: 600_000, canary: 0, autoPromote: false, autoRevert: true });
+    assert.ok(!('startFirst' in s.update));
+    assert.ok(!('maxUnavailable' in s), 'the budget defaults in the planner (the update\'s parallelism)');
+    assert.ok(!('hooks' in s));
+    assert.ok(!('hooks' in one(`${BASE}hooks: {}\n`)), 'an empty hooks map is no hooks');
     assert.match(s.version, /^[0-9a-f]{12}$/);
-    assert.equal(one(BASE.replace('count: 3', 'count: 0')).minHealthy, 0);
     assert.equal(one(BASE.replace('count: 3', 'count: 1')).count, 1);
   });
 
@@ -252,7 +264,6 @@ describe('service specs: bad input is refused with its file:line:col', () => {
   test('the scheduler\'s own environment cannot be overridden; a contradictory reschedule policy', () => {
     refusedAt(BASE.replace('run:\n', 'run:\n  env: { PORT_HTTP: "1" }\n'), 'PORT_HTTP', /set by the scheduler/);
     refusedAt(`${BASE}reschedule: { attempts: 3, unlimited: true }\n`, 'attempts: |3', /attempts has no effect with unlimited/);
-    refusedAt(`${BASE}minHealthy: 5\n`, 'minHealthy: |5', /more than count/);
   });
 
   test('a spec too large for one store request is E_LIMIT naming the file', () => {
@@ -278,12 +289,96 @@ describe('service specs: bad input is refused with its file:line:col', () => {
   });
 });
 
+describe('service specs: update policy, disruption budget and hooks', () => {
+  const update = (body: string): ServiceSpec['update'] => one(`${BASE}update: ${body}\n`).update;
+
+  test('strategy: serial is one at a time, parallel all at once (0), rolling maxParallel (default 1)', () => {
+    assert.equal(update('{ strategy: serial }').maxParallel, 1);
+    assert.equal(update('{ strategy: serial, maxParallel: 1 }').maxParallel, 1, 'agrees with serial');
+    assert.equal(update('{ strategy: parallel }').maxParallel, 0);
+    assert.equal(update('{ strategy: rolling, maxParallel: 3 }').maxParallel, 3);
+    assert.equal(update('{ strategy: rolling }').maxParallel, 1);
+    assert.equal(update('{ maxParallel: 2 }').maxParallel, 2, 'rolling is the default strategy');
+  });
+
+  test('a strategy contradicted by maxParallel, an unknown strategy, maxParallel 0, at the value', () => {
+    refusedAt(`${BASE}update: { strategy: serial, maxParallel: 2 }\n`, 'maxParallel: |2', /strategy serial replaces one instance at a time, not 2/);
+    refusedAt(`${BASE}update: { strategy: parallel, maxParallel: 2 }\n`, 'maxParallel: |2', /strategy parallel replaces every instance at once/);
+    refusedAt(`${BASE}update: { strategy: canary }\n`, 'strategy: |canary', /"update.strategy"/);
+    refusedAt(`${BASE}update: { maxParallel: 0 }\n`, 'maxParallel: |0', /"update.maxParallel"/);
+  });
+
+  test('each policy key is read: deadlines, canary, autoPromote, autoRevert, startFirst', () => {
+    assert.equal(update('{ progressDeadline: 0 }').progressDeadlineMs, 0, '0 = no deadline');
+    assert.equal(update('{ progressDeadline: 1h, healthyDeadline: 20m }').progressDeadlineMs, 3_600_000);
+    assert.equal(update('{ progressDeadline: 5m }').progressDeadlineMs, 300_000, 'equal to healthyDeadline is enough');
+    assert.equal(update('{ progressDeadline: 1m, healthyDeadline: 0 }').healthyDeadlineMs, 0);
+    assert.equal(update('{ canary: 2 }').canary, 2);
+    assert.equal(update('{ canary: 3 }').canary, 3, 'every instance may be a canary');
+    assert.equal(one(`${BASE.replace('count: 3', 'count: 0')}update: { canary: 2 }\n`).update.canary, 2, 'a service scaled to 0 keeps its policy');
+    assert.equal(update('{ autoPromote: true }').autoPromote, true, 'without canaries: nothing to promote, no error');
+    assert.equal(update('{ autoRevert: false }').autoRevert, false);
+    assert.equal(update('{ startFirst: false }').startFirst, false);
+    assert.equal(update('{ startFirst: true }').startFirst, true);
+  });
+
+  test('progressDeadline shorter than healthyDeadline is refused at the one written', () => {
+    refusedAt(`${BASE}update: { progressDeadline: 1m }\n`, 'progressDeadline: |1m', /update.progressDeadline \(1m\) is shorter than update.healthyDeadline \(5m\)/);
+    // healthyDeadline above the default progressDeadline: the operator wrote healthyDeadline, so that is where.
+    refusedAt(`${BASE}update:\n  healthyDeadline: 15m\n`, 'healthyDeadline: |15m', /\(10m\) is shorter than update.healthyDeadline \(15m\)/);
+    refusedAt(`${BASE}update: { healthyDeadline: 15m, progressDeadline: 90s }\n`, 'progressDeadline: |90s', /\(90s\) is shorter/);
+  });
+
+  test('canary: more than count, negative, not whole; beforePromote without canaries', () => {
+    const e = refusedAt(`${BASE}update:\n  canary: 4\n`, 'canary: |4', /update.canary \(4\) is more than count \(3\)/);
+    assert.match(e.hint ?? '', /lower it or raise count/);
+    refusedAt(`${BASE}update: { canary: -1 }\n`, 'canary: |-1', /canary is a whole number >= 0/);
+    refusedAt(`${BASE}update: { canary: 1.5 }\n`, 'canary: |1.5', /canary is a whole number/);
+    const p = refusedAt(`${BASE}hooks:\n  beforePromote: [/bin/check]\n`, 'beforePromote', /hooks.beforePromote is given but the service has no canaries/);
+    assert.match(p.hint ?? '', /beforePromote runs on canaries before promotion; set update.canary/);
+    assert.ok(one(`${BASE}update: { canary: 1 }\nhooks:\n  beforePromote: [/bin/check]\n`).hooks?.beforePromote);
+  });
+
+  test('maxUnavailable: any whole number >= 0, more than count included', () => {
+    assert.equal(one(`${BASE}maxUnavailable: 0\n`).maxUnavailable, 0);
+    assert.equal(one(`${BASE}maxUnavailable: 5\n`).maxUnavailable, 5, 'more than count caps at count in the planner');
+    refusedAt(`${BASE}maxUnavailable: -1\n`, 'maxUnavailable: |-1', /maxUnavailable is a whole number >= 0/);
+    refusedAt(`${BASE}maxUnavailable: 1.5\n`, 'maxUnavailable: |1.5', /maxUnavailable is a whole number/);
+  });
+
+  test('the old top-level minHealthy says what replaced it; update.minHealthy (a duration) stays', () => {
+    const e = refusedAt(`${BASE}minHealthy: 2\n`, 'minHealthy', /"minHealthy" was replaced by "maxUnavailable": how many instances may be down at once/);
+    assert.match(e.hint ?? '', /maxUnavailable: count - the old minHealthy/);
+    const list = `services:\n  - ${BASE.trimEnd().split('\n').join('\n    ')}\n    minHealthy: 1\n`;
+    refusedAt(list, 'minHealthy', /replaced by "maxUnavailable"/);
+    assert.equal(update('{ minHealthy: 3s }').minHealthyMs, 3000);
+  });
+
+  test('hooks: argv or { cmd, timeout }; unknown names with a suggestion; bad timeouts and commands at the value', () => {
+    const hooks = (body: string) => one(`${BASE}hooks:\n${body}`).hooks;
+    assert.deepEqual(hooks('  beforeStop: [curl, -fsS, "http://127.0.0.1:9000/drain"]\n'), { beforeStop: { cmd: ['curl', '-fsS', 'http://127.0.0.1:9000/drain'], timeoutMs: 30_000 } });
+    assert.deepEqual(hooks('  afterStart: { cmd: [/bin/warm], timeout: 1h }\n'), { afterStart: { cmd: ['/bin/warm'], timeoutMs: 3_600_000 } });
+    assert.match(refusedAt(`${BASE}hooks:\n  afterStrat: [/bin/warm]\n`, 'afterStrat', /unknown key "hooks.afterStrat"/).hint ?? '', /did you mean "afterStart"/);
+    assert.match(refusedAt(`${BASE}hooks:\n  beforeStop: { cmd: [/bin/x], timout: 5s }\n`, 'timout', /unknown key "hooks.beforeStop.timout"/).hint ?? '', /did you mean "timeout"/);
+    refusedAt(`${BASE}hooks:\n  beforeStop: { cmd: [/bin/x], timeout: 2h }\n`, 'timeout: |2h', /more than 0 and at most 1h/);
+    refusedAt(`${BASE}hooks:\n  beforeStop: { cmd: [/bin/x], timeout: 0 }\n`, 'timeout: |0', /more than 0 and at most 1h/);
+    refusedAt(`${BASE}hooks:\n  beforeStop: { cmd: [/bin/x], timeout: soon }\n`, 'timeout: |soon', /"soon" is not a duration/);
+    refusedAt(`${BASE}hooks:\n  afterStart: /bin/warm --now\n`, 'afterStart: |/bin', /a hook is a list of strings \(argv, no shell\)/);
+    refusedAt(`${BASE}hooks:\n  afterStart: []\n`, 'afterStart', /needs at least the program/);
+    refusedAt(`${BASE}hooks:\n  afterStart: { timeout: 5s }\n`, 'afterStart', /"hooks.afterStart.cmd" is required/);
+  });
+});
+
 describe('service specs: version', () => {
   test('changes on an edit of what an instance is, not on count or rollout policy', () => {
     const v = one(BASE).version;
     assert.equal(one(BASE).version, v, 'deterministic');
     assert.equal(one(BASE.replace('count: 3', 'count: 7')).version, v, 'scaling never rolls');
-    assert.equal(one(`${BASE}update: { maxParallel: 2 }\nreschedule: { delay: 10s }\nminHealthy: 1\n`).version, v, 'rollout policy is not the instance');
+    assert.equal(one(`${BASE}update: { maxParallel: 2 }\nreschedule: { delay: 10s }\n`).version, v, 'rollout policy is not the instance');
+    const policy = 'update: { strategy: parallel, canary: 1, autoPromote: true, autoRevert: false, startFirst: true, progressDeadline: 0, minHealthy: 9s }\n';
+    assert.equal(one(`${BASE}${policy}`).version, v, 'no update key is the instance');
+    assert.equal(one(`${BASE}maxUnavailable: 2\n`).version, v, 'the disruption budget is not the instance');
+    assert.equal(one(`${BASE}hooks:\n  afterStart: [/bin/warm]\n  beforeStop: { cmd: [/bin/drain], timeout: 1m }\n`).version, v, 'hooks are not the instance');
     assert.notEqual(one(BASE.replace('http.server', 'http.server2')).version, v, 'the command');
     assert.notEqual(one(`${BASE}resources: { memory: 256M }\n`).version, v, 'resources');
     assert.notEqual(one(`${BASE}files:\n  - kind: file\n    name: "/tmp/{{ instance.id }}"\n`).version, v, 'files');
@@ -351,7 +446,7 @@ export default () => [web(2), { ...web(1), name: 'web2' }];
   test('the JSON Schema covers the spec and the files kinds', () => {
     const schema = serviceJsonSchema() as { $defs: { service: { properties: Record<string, { items?: { oneOf?: unknown[] } }>; additionalProperties: boolean } } };
     const props = schema.$defs.service.properties;
-    for (const key of ['name', 'count', 'version', 'run', 'resources', 'ports', 'health', 'placement', 'restart', 'reschedule', 'update', 'minHealthy', 'files']) {
+    for (const key of ['name', 'count', 'version', 'run', 'resources', 'ports', 'health', 'placement', 'restart', 'reschedule', 'update', 'maxUnavailable', 'hooks', 'files']) {
       assert.ok(key in props, key);
     }
     assert.equal(schema.$defs.service.additionalProperties, false);
