@@ -80,6 +80,13 @@ export function checkCommand(plan: ServicePlan | undefined, cmd: Pick<PlanComman
   }
 }
 
+/** The operator acted on a failed plan: it runs again (the plan engine fails it again if the step still fails). */
+function unfail(plan: ServicePlan): ServicePlan {
+  if (plan.failedAt === undefined) return plan;
+  const { failedAt: _f, why: _w, ...rest } = plan;
+  return { ...rest, status: plan.paused ? 'paused' : 'running' };
+}
+
 const MAX_LOG = 50;
 const MAX_COMMANDS = 20;
 
@@ -111,11 +118,12 @@ export function applyCommand(plan: ServicePlan | undefined, cmd: PlanCommand, no
       message = `paused${by}`;
       break;
     case 'resume':
-      next = { ...plan, paused: false, status: 'running' };
+      // Time paused does not count against the progress deadline.
+      next = { ...plan, paused: false, status: plan.failedAt !== undefined ? 'waiting' : 'running', lastProgressAt: now };
       message = `resumed${by}`;
       break;
     case 'promote':
-      next = { ...plan, promote: 'requested', status: plan.paused ? 'paused' : 'running' };
+      next = { ...plan, promote: 'requested', status: plan.paused ? 'paused' : 'running', lastProgressAt: now };
       message = `promote requested${by}`;
       break;
     case 'abort':
@@ -124,15 +132,14 @@ export function applyCommand(plan: ServicePlan | undefined, cmd: PlanCommand, no
       break;
     case 'restart-step': {
       const step = cmd.step ?? '';
-      next = { ...plan, restarted: { ...plan.restarted, [step]: now }, forced: plan.forced.filter((s) => s !== step) };
-      if (plan.status === 'waiting' && !plan.paused) next = { ...next, status: 'running' };
+      next = { ...plan, restarted: { ...plan.restarted, [step]: now }, forced: plan.forced.filter((s) => s !== step), lastProgressAt: now };
+      next = unfail(next);
       message = `step ${step} restarted${by}`;
       break;
     }
     case 'force-complete': {
       const step = cmd.step ?? '';
-      next = { ...plan, forced: [...new Set([...plan.forced, step])] };
-      if (plan.status === 'waiting' && !plan.paused) next = { ...next, status: 'running' };
+      next = unfail({ ...plan, forced: [...new Set([...plan.forced, step])], lastProgressAt: now });
       message = `step ${step} force-completed${by}`;
       break;
     }

@@ -6,12 +6,23 @@ import type { Leadership, Store, TxnOp } from '../cluster/store.js';
 import type { TrustView } from '../cluster/trust.js';
 import { BackplaneError, errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
-import { wrapSigned, type AssignRecord, type EventRecord } from './records.js';
-import { reconcile } from './reconcile.js';
+import { PLAN_HISTORY_KEPT, type ServicePlan } from './plan-types.js';
+import { planPass, type PlanPassOutput, type ServiceInput } from './plans.js';
+import { specOfRef, wrapSigned, type AssignRecord, type EventRecord } from './records.js';
 import { readSchedState, toSnapshot, type SchedState } from './state.js';
-import type { Plan } from './types.js';
+import type { PlanEvent } from './types.js';
 
 export const ELECTION = 'controller';
+
+/** The operator's current service records, as the plan engine takes them. */
+export function serviceInputs(state: SchedState): Map<string, ServiceInput> {
+  const out = new Map<string, ServiceInput>();
+  for (const [name, s] of state.services) {
+    const ref = { version: s.spec?.version ?? '', record: s.record, by: s.by, deployedAt: s.deployedAt };
+    out.set(name, s.spec !== undefined ? { spec: s.spec, ref } : { removed: true, ref });
+  }
+  return out;
+}
 /** Events kept in the store: enough for `backplane service NAME` to explain the last hours of a busy cluster. */
 const MAX_EVENTS = 1000;
 /**
@@ -211,24 +222,59 @@ export class Controller {
       if (g !== undefined) graceOf.set(host, g);
     }
     const snapshot = toSnapshot(state, now, { lastAlive, since: this.startedAt, fenceGraceMs: this.opts.fenceMs + FENCE_SLACK_MS, graceOf });
-    const plan = reconcile(snapshot);
-    for (const w of plan.warnings) this.once(`warn:${w}`, () => this.opts.log.warn(w));
-    await this.commit(plan, state, epoch, leadership, signal);
-    return plan.wakeAt;
+    const out = planPass({
+      snapshot,
+      services: serviceInputs(state),
+      plans: state.plans,
+      lastSeq: new Map([...state.history].map(([svc, list]) => [svc, list.at(-1)?.seq ?? 0])),
+      commands: state.commands,
+      specOf: (service, ref) => specOfRef(view, service, ref),
+    });
+    for (const w of out.plan.warnings) this.once(`warn:${w}`, () => this.opts.log.warn(w));
+    for (const key of state.badCommands) this.once(`badcmd:${key}`, () => this.opts.log.warn(`ignoring ${key}: not a command an operator host signed; deleted`));
+    await this.commit(out, state, epoch, leadership, signal);
+    // A plan that started this pass (a rollback) acts in the next one, at once.
+    if (out.again) this.dirty = true;
+    return out.plan.wakeAt;
   }
 
-  private async commit(plan: Plan, state: SchedState, epoch: number, leadership: Leadership, signal: AbortSignal): Promise<void> {
+  private async commit(out: PlanPassOutput, state: SchedState, epoch: number, leadership: Leadership, signal: AbortSignal): Promise<void> {
+    const plan = out.plan;
     const ops: TxnOp[] = [];
+    const signed = (key: string, body: unknown): TxnOp => ({ put: key, value: wrapSigned(this.opts.host, this.opts.sign(key, JSON.stringify(body))) });
     for (const p of plan.place) {
-      const svc = state.services.get(p.alloc.service);
-      if (svc?.spec === undefined) continue;
-      const { status: _status, ...alloc } = p.alloc;
-      const body: AssignRecord = { alloc, epoch, controller: this.opts.host, specRecord: svc.record, specBy: svc.by };
-      const key = keys.assign(alloc.host, alloc.id);
-      ops.push({ put: key, value: wrapSigned(this.opts.host, this.opts.sign(key, JSON.stringify(body))) });
+      // What the plan rolls to: the operator's spec, or for a rollback the last healthy version's record.
+      const target = out.targets.get(p.alloc.service);
+      if (target === undefined) continue;
+      const { status: _status, hooks: _hooks, ...alloc } = p.alloc;
+      const body: AssignRecord = { alloc, epoch, controller: this.opts.host, specRecord: target.record, specBy: target.by };
+      ops.push(signed(keys.assign(alloc.host, alloc.id), body));
     }
     for (const s of plan.stop) ops.push({ delete: keys.assign(s.host, s.allocId) });
-    const events = plan.events.filter((e) => this.once(`event:${e.service}:${e.allocId ?? ''}:${e.message}`));
+    const stopped = new Set(plan.stop.map((s) => s.allocId));
+    for (const r of plan.hookRequests ?? []) {
+      // A hook request rides in the alloc's assignment, re-signed by this controller (the agent re-checks it).
+      const a = state.assigns.get(r.allocId);
+      if (a === undefined || stopped.has(r.allocId)) continue;
+      const body: AssignRecord = { alloc: { ...a.alloc, hookRequests: { ...a.alloc.hookRequests, [r.hook]: r.nonce } }, epoch, controller: this.opts.host, specRecord: a.specRecord, specBy: a.specBy };
+      ops.push(signed(a.key, body));
+    }
+    const planEvents: PlanEvent[] = [];
+    for (const p of out.write) {
+      ops.push(signed(keys.plan(p.service), p));
+      const before = state.plans.get(p.service);
+      const seen = before?.id === p.id ? before.log.length : 0;
+      for (const l of p.log.slice(seen)) planEvents.push({ service: p.service, message: `plan ${p.id}: ${l.message}` });
+    }
+    for (const p of out.finished) ops.push(...this.archive(p, state));
+    for (const c of out.commands) {
+      ops.push({ delete: keys.cmd(c.command.service, c.command.id) });
+      const line = `${c.command.action}${c.command.step === undefined ? '' : ` ${c.command.step}`} by ${c.command.by ?? '?'}: ${c.result.ok ? 'done' : 'refused'}: ${c.result.message}`;
+      if (c.result.ok) this.opts.log.info(`${c.command.service}: ${line}`);
+      else this.opts.log.warn(`${c.command.service}: ${line}`);
+    }
+    for (const key of state.badCommands) ops.push({ delete: key });
+    const events = [...plan.events, ...planEvents].filter((e) => this.once(`event:${e.service}:${e.allocId ?? ''}:${e.message}`));
     for (const e of events) {
       const rec: EventRecord = { at: Date.now(), service: e.service, message: e.message, ...(e.allocId === undefined ? {} : { allocId: e.allocId }), ...(e.host === undefined ? {} : { host: e.host }) };
       const key = keys.event(this.nextEventSeq());
@@ -254,6 +300,16 @@ export class Controller {
       bytes += b;
     }
     await flush();
+  }
+
+  /** A finished plan goes to the history; the oldest entries beyond PLAN_HISTORY_KEPT go. */
+  private archive(p: ServicePlan, state: SchedState): TxnOp[] {
+    const key = keys.history(p.service, p.seq);
+    const ops: TxnOp[] = [{ put: key, value: wrapSigned(this.opts.host, this.opts.sign(key, JSON.stringify(p))) }];
+    const list = (state.history.get(p.service) ?? []).filter((h) => h.seq !== p.seq);
+    const excess = list.length + 1 - PLAN_HISTORY_KEPT;
+    for (const h of list.slice(0, Math.max(0, excess))) ops.push({ delete: h.key });
+    return ops;
   }
 
   private nextEventSeq(): number {

@@ -136,6 +136,11 @@ export interface ServicePlan {
   /** The last time a step completed (or the plan started): the progress deadline counts from here. */
   readonly lastProgressAt: number;
   readonly finishedAt?: number;
+  /**
+   * When a step failure (or the progress deadline) stopped the plan and it waits for the operator (status
+   * 'waiting'); cleared when the operator restarts or force-completes a step. Unset while it waits for promote.
+   */
+  readonly failedAt?: number;
   readonly phases: readonly PlanPhase[];
   /** Steps the operator force-completed. */
   readonly forced: readonly string[];

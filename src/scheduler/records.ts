@@ -309,6 +309,7 @@ const planSchema = z.strictObject({
   updatedAt: num,
   lastProgressAt: num,
   finishedAt: num.optional(),
+  failedAt: num.optional(),
   phases: z.array(z.strictObject({ name: z.string(), strategy: z.string(), steps: z.array(stepSchema) })),
   forced: z.array(z.string()),
   restarted: z.record(z.string(), num),

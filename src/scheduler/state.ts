@@ -1,9 +1,22 @@
 import { ClusterLink, type Member } from '../cluster/link.js';
-import { keys, parseAllocKey, parseDrainKey, parseServiceKey } from '../cluster/keys.js';
+import { keys, parseAllocKey, parseCmdKey, parseDrainKey, parseHistoryKey, parsePlanKey, parseServiceKey } from '../cluster/keys.js';
 import type { Store } from '../cluster/store.js';
 import type { TrustView } from '../cluster/trust.js';
-import { openAssignRecord, openDrainRecord, openEventRecord, openStatusRecord, readServiceValue, type AssignRecord, type DrainRecord, type EventRecord, type StatusRecord } from './records.js';
-import type { Alloc, ClusterSnapshot, HostSnapshot, Resources, ServiceSpec } from './types.js';
+import type { PlanCommand, ServicePlan } from './plan-types.js';
+import {
+  openAssignRecord,
+  openCommandRecord,
+  openDrainRecord,
+  openEventRecord,
+  openPlanRecord,
+  openStatusRecord,
+  readServiceValue,
+  type AssignRecord,
+  type DrainRecord,
+  type EventRecord,
+  type StatusRecord,
+} from './records.js';
+import type { Alloc, ClusterSnapshot, HookName, HostSnapshot, Resources, ServiceSpec, StoppingAlloc } from './types.js';
 
 /**
  * The scheduler's view of the store, read in one go and checked record by record (records.ts). Shared by the
@@ -19,6 +32,13 @@ export interface SchedState {
   /** By alloc id. */
   readonly statuses: ReadonlyMap<string, StatusRecord & { readonly host: string }>;
   readonly drains: ReadonlyMap<string, DrainRecord>;
+  /** The current plan record of each service. */
+  readonly plans: ReadonlyMap<string, ServicePlan>;
+  /** History keys per service, oldest first, with their seq. */
+  readonly history: ReadonlyMap<string, readonly { readonly key: string; readonly seq: number }[]>;
+  /** Operator commands waiting for the controller, and the keys of ones that failed their checks. */
+  readonly commands: readonly PlanCommand[];
+  readonly badCommands: readonly string[];
   readonly problems: readonly string[];
 }
 
@@ -47,8 +67,37 @@ export async function readSchedState(store: Store, view: TrustView, opts: { sign
   const assigns = new Map<string, AssignRecord & { spec: ServiceSpec; key: string; modRevision: number }>();
   const statuses = new Map<string, StatusRecord & { host: string }>();
   const drains = new Map<string, DrainRecord>();
+  const plans = new Map<string, ServicePlan>();
+  const history = new Map<string, { key: string; seq: number }[]>();
+  const commands: PlanCommand[] = [];
+  const badCommands: string[] = [];
   for (const kv of sched.kvs) {
     if (kv.key.startsWith(keys.eventsPrefix)) continue;
+    const planOf = parsePlanKey(kv.key);
+    if (planOf !== undefined) {
+      const r = openPlanRecord(view, kv.key, planOf, kv.value);
+      if (r.ok) plans.set(planOf, r.value);
+      else problems.push(`${kv.key}: ${r.why}`);
+      continue;
+    }
+    const hist = parseHistoryKey(kv.key);
+    if (hist !== undefined) {
+      // Only the keys: the history is read in full by `backplane plan --history`, not on every pass.
+      let list = history.get(hist.service);
+      if (list === undefined) history.set(hist.service, (list = []));
+      list.push({ key: kv.key, seq: hist.seq });
+      continue;
+    }
+    const cmd = parseCmdKey(kv.key);
+    if (cmd !== undefined) {
+      const r = openCommandRecord(view, cmd.service, cmd.id, kv.value);
+      if (r.ok) commands.push(r.value);
+      else {
+        badCommands.push(kv.key);
+        problems.push(`${kv.key}: ${r.why}`);
+      }
+      continue;
+    }
     const drainHost = parseDrainKey(kv.key);
     if (drainHost !== undefined) {
       const d = openDrainRecord(view, drainHost, kv.value);
@@ -71,7 +120,8 @@ export async function readSchedState(store: Store, view: TrustView, opts: { sign
       else problems.push(`${kv.key}: ${s.why}`);
     }
   }
-  return { revision: Math.max(services.revision, sched.revision), members, services: svc, assigns, statuses, drains, problems };
+  for (const list of history.values()) list.sort((a, b) => a.seq - b.seq);
+  return { revision: Math.max(services.revision, sched.revision), members, services: svc, assigns, statuses, drains, plans, history, commands, badCommands, problems };
 }
 
 export async function readEvents(store: Store, view: TrustView, opts: { service?: string; limit?: number } = {}): Promise<EventRecord[]> {
@@ -132,7 +182,8 @@ export function toSnapshot(
   const allocs: Alloc[] = [];
   for (const a of state.assigns.values()) {
     const status = state.statuses.get(a.alloc.id);
-    allocs.push({ ...a.alloc, ...(status === undefined || status.host !== a.alloc.host ? {} : { status }) });
+    const hooks = Object.keys(a.spec.hooks ?? {}) as HookName[];
+    allocs.push({ ...a.alloc, ...(hooks.length === 0 ? {} : { hooks }), ...(status === undefined || status.host !== a.alloc.host ? {} : { status }) });
     if (!hosts.has(a.alloc.host)) {
       const last = opts.lastAlive.get(a.alloc.host) ?? opts.since;
       const d = state.drains.get(a.alloc.host);
@@ -160,5 +211,11 @@ export function toSnapshot(
     }
   }
   if (opts.override !== undefined) services.push(opts.override);
-  return { now, hosts: [...hosts.values()], services, allocs, fenceGraceMs: opts.fenceGraceMs };
+  // Allocs whose assignment is gone but whose agent still reports them stopping: they hold their host's resources.
+  const stopping: StoppingAlloc[] = [];
+  for (const [id, st] of state.statuses) {
+    if (st.state !== 'stopping' || st.stopping === undefined || state.assigns.has(id)) continue;
+    stopping.push({ id, host: st.host, service: st.stopping.service, index: st.stopping.index, resources: st.stopping.resources, ports: st.stopping.ports });
+  }
+  return { now, hosts: [...hosts.values()], services, allocs, fenceGraceMs: opts.fenceGraceMs, ...(stopping.length === 0 ? {} : { stopping }) };
 }
