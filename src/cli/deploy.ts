@@ -2,10 +2,13 @@ import type { Command } from 'commander';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { keys } from '../cluster/keys.js';
 import { BackplaneError } from '../errors.js';
-import { reconcile } from '../scheduler/reconcile.js';
+import type { ServicePlan } from '../scheduler/plan-types.js';
+import { planPass } from '../scheduler/plans.js';
+import { specOfRef } from '../scheduler/records.js';
 import type { ServiceRecord } from '../scheduler/records.js';
 import { readServiceFile } from '../scheduler/spec.js';
-import { toSnapshot, type SchedState } from '../scheduler/state.js';
+import { serviceInputs, toSnapshot, type SchedState } from '../scheduler/state.js';
+import type { TrustView } from '../cluster/trust.js';
 import type { Plan, ServiceSpec } from '../scheduler/types.js';
 import { parseDuration } from '../util/duration.js';
 import { storeFlags, withStore, type StoreFlags } from './cluster.js';
@@ -35,9 +38,10 @@ export function registerDeploy(program: Command): void {
         const ctx = await operatorContext(store, flags);
         const signer = flags.dryRun === true ? undefined : await operatorSigner(ctx);
         const state = await ctx.readState();
+        const deployedAt = new Map<string, string>();
         for (const spec of specs) {
           const current = state.services.get(spec.name)?.spec;
-          const plan = planFor(state, spec);
+          const plan = planFor(state, spec, ctx.view);
           printPlan(spec, current, plan, state);
           if (plan.infeasible.some((i) => i.service === spec.name)) infeasible = true;
           if (signer === undefined) continue;
@@ -49,6 +53,7 @@ export function registerDeploy(program: Command): void {
           const record: ServiceRecord = { spec, source: flags.file, deployedAt: new Date().toISOString() };
           const value = signer.sign(key, JSON.stringify(record));
           await store.put(key, value);
+          deployedAt.set(spec.name, record.deployedAt);
           print(`${spec.name}: deployed version ${spec.version}, ${spec.count} instance${spec.count === 1 ? '' : 's'}${current === undefined ? '' : ` (was ${current.version}, ${current.count})`}\n`);
         }
         if (flags.dryRun === true) {
@@ -58,7 +63,7 @@ export function registerDeploy(program: Command): void {
         if (flags.wait !== undefined && flags.wait !== false) {
           const timeoutMs = flags.wait === true ? 300_000 : parseDuration(flags.wait);
           if (timeoutMs === undefined) throw new BackplaneError('E_USAGE', `--wait "${String(flags.wait)}" is not a duration`, { hint: 'e.g. --wait 60s' });
-          await waitHealthy(() => ctx.readState(), specs, timeoutMs);
+          await waitHealthy(() => ctx.readState(), specs, deployedAt, timeoutMs);
         }
       });
       // A dry run that finds instances it cannot place exits 1, so a pipeline can stop before deploying.
@@ -66,15 +71,32 @@ export function registerDeploy(program: Command): void {
     });
 }
 
-/** The plan the controller would make with `spec` in place of the current one. */
-export function planFor(state: SchedState, spec: ServiceSpec): Plan {
+/**
+ * The plan the controller would make with `spec` in place of the current one: the same plan engine over the same
+ * snapshot, with the spec as a new operator record. Returns the reconciler's first pass and the service's plan.
+ */
+export function planFor(state: SchedState, spec: ServiceSpec, view?: TrustView): Plan & { servicePlan?: ServicePlan } {
   const now = Date.now();
   // Hosts not alive now are taken as gone for longer than any fence: the plan shows their instances replaced.
   const lastAlive = new Map(state.members.filter((m) => m.verified).map((m) => [m.host, now]));
-  return reconcile(toSnapshot(state, now, { lastAlive, since: 0, fenceGraceMs: 0, override: spec }));
+  const snapshot = toSnapshot(state, now, { lastAlive, since: 0, fenceGraceMs: 0, override: spec });
+  const services = serviceInputs(state);
+  const ref = { version: spec.version, record: DRY_RUN, by: '', deployedAt: `dry-run ${now}` };
+  services.set(spec.name, { spec, ref });
+  const out = planPass({
+    snapshot,
+    services,
+    plans: state.plans,
+    lastSeq: new Map([...state.history].map(([svc, list]) => [svc, list.at(-1)?.seq ?? 0])),
+    specOf: (service, r) => (r.record === DRY_RUN ? spec : view === undefined ? undefined : specOfRef(view, service, r)),
+  });
+  const servicePlan = out.write.find((p) => p.service === spec.name) ?? state.plans.get(spec.name);
+  return { ...out.plan, ...(servicePlan === undefined ? {} : { servicePlan }) };
 }
 
-function printPlan(spec: ServiceSpec, current: ServiceSpec | undefined, plan: Plan, state: SchedState): void {
+const DRY_RUN = '(dry run)';
+
+function printPlan(spec: ServiceSpec, current: ServiceSpec | undefined, plan: Plan & { servicePlan?: ServicePlan }, state: SchedState): void {
   const mine = plan.place.filter((p) => p.alloc.service === spec.name);
   const stops = plan.stop.filter((s) => s.service === spec.name);
   const running = [...state.assigns.values()].filter((a) => a.alloc.service === spec.name).length;
@@ -88,10 +110,12 @@ function printPlan(spec: ServiceSpec, current: ServiceSpec | undefined, plan: Pl
   for (const s of stops) if (!replaced.has(s.allocId)) print(`  ${'stop'.padEnd(20)} ${s.allocId} on ${s.host}: ${s.reason}\n`);
   for (const i of plan.infeasible) if (i.service === spec.name) print(`  CANNOT PLACE: ${i.message}\n`);
   for (const w of plan.warnings) print(`  warning: ${w}\n`);
-  const updates = mine.filter((p) => p.reason === 'update').length;
-  const outdated = [...state.assigns.values()].filter((a) => a.alloc.service === spec.name && a.alloc.version !== spec.version).length;
-  if (outdated > updates) print(`  (${outdated} instances of older versions are replaced ${spec.update.maxParallel} at a time, each new one healthy before its old one stops)\n`);
-  if (mine.length === 0 && stops.length === 0 && plan.infeasible.every((i) => i.service !== spec.name)) print('  no change to instances\n');
+  const sp = plan.servicePlan;
+  if (sp !== undefined && sp.phases.length > 0) {
+    print(`  plan: ${sp.kind}${sp.fromVersion === undefined || sp.kind === 'deploy' ? '' : ` ${sp.fromVersion} ->`} ${sp.toVersion}; ${sp.strategy.autoRevert ? 'rolls back by itself if it fails' : 'auto-revert off'}\n`);
+    for (const ph of sp.phases) print(`    ${ph.name}: ${ph.steps.length} step${ph.steps.length === 1 ? '' : 's'}, ${ph.strategy}\n`);
+  }
+  if (mine.length === 0 && stops.length === 0 && plan.infeasible.every((i) => i.service !== spec.name)) print('  no change to instances now\n');
 }
 
 function hostOf(state: SchedState, allocId: string): string {
@@ -99,12 +123,29 @@ function hostOf(state: SchedState, allocId: string): string {
   return a === undefined ? '' : ` on ${a.alloc.host}`;
 }
 
-async function waitHealthy(read: () => Promise<SchedState>, specs: readonly ServiceSpec[], timeoutMs: number): Promise<void> {
+/**
+ * Waits until every instance runs the new version, healthy. Ends early, with an error, when the change's plan failed
+ * (rolled back, or waiting for the operator after a failed step), and with success when healthy canaries wait for
+ * promote (there is nothing more to wait for without the operator).
+ */
+async function waitHealthy(read: () => Promise<SchedState>, specs: readonly ServiceSpec[], deployedAt: ReadonlyMap<string, string>, timeoutMs: number): Promise<void> {
   const deadline = Date.now() + timeoutMs;
+  const promotable = new Set<string>();
   for (;;) {
     const state = await read();
     const missing: string[] = [];
     for (const spec of specs) {
+      const plan = state.plans.get(spec.name);
+      if (plan !== undefined && plan.trigger.deployedAt === deployedAt.get(spec.name)) {
+        if (plan.kind === 'rollback')
+          throw new BackplaneError('E_APPLY', `${spec.name}: version ${spec.version} failed and was rolled back: ${plan.log[0]?.message ?? plan.why ?? ''}`, { hint: `see: backplane plan ${spec.name} --history` });
+        if (plan.failedAt !== undefined) throw new BackplaneError('E_APPLY', `${spec.name}: plan ${plan.id} failed: ${plan.why ?? ''}`, { hint: `see: backplane plan ${spec.name}` });
+        if (plan.status === 'waiting' && plan.promote === 'no') {
+          if (!promotable.has(spec.name)) print(`${spec.name}: canaries healthy; waiting for promote (backplane rollout promote ${spec.name})\n`);
+          promotable.add(spec.name);
+          continue;
+        }
+      }
       const ok = [...state.assigns.values()].filter((a) => {
         if (a.alloc.service !== spec.name || a.alloc.version !== spec.version) return false;
         const st = state.statuses.get(a.alloc.id)?.state;

@@ -7,22 +7,14 @@ import type { TrustView } from '../cluster/trust.js';
 import { BackplaneError, errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import { PLAN_HISTORY_KEPT, type ServicePlan } from './plan-types.js';
-import { planPass, type PlanPassOutput, type ServiceInput } from './plans.js';
+import { planPass, type PlanPassOutput } from './plans.js';
 import { specOfRef, wrapSigned, type AssignRecord, type EventRecord } from './records.js';
-import { readSchedState, toSnapshot, type SchedState } from './state.js';
+import { readSchedState, serviceInputs, toSnapshot, type SchedState } from './state.js';
 import type { PlanEvent } from './types.js';
 
 export const ELECTION = 'controller';
 
-/** The operator's current service records, as the plan engine takes them. */
-export function serviceInputs(state: SchedState): Map<string, ServiceInput> {
-  const out = new Map<string, ServiceInput>();
-  for (const [name, s] of state.services) {
-    const ref = { version: s.spec?.version ?? '', record: s.record, by: s.by, deployedAt: s.deployedAt };
-    out.set(name, s.spec !== undefined ? { spec: s.spec, ref } : { removed: true, ref });
-  }
-  return out;
-}
+
 /** Events kept in the store: enough for `backplane service NAME` to explain the last hours of a busy cluster. */
 const MAX_EVENTS = 1000;
 /**

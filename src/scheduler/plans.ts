@@ -21,7 +21,7 @@
  * - Recoveries and drains outside a rollout get a plan of their own (recover, drain), so every change shows.
  */
 import { allSteps, applyCommand, isActive, withLog } from './commands.js';
-import type { CommandResult, PlanCommand, PlanKind, PlanPhase, PlanStep, PlanStrategy, ServicePlan, SpecRef, StepAction, StepState } from './plan-types.js';
+import type { CommandResult, PlanCommand, PlanKind, PlanPhase, PlanStep, PlanStrategy, ServicePlan, SpecRef, StepAction } from './plan-types.js';
 import type { AllocIdGenerator } from './placement.js';
 import { effectiveParallel, formatDuration, reconcile, type Gate } from './reconcile.js';
 import type { Alloc, ClusterSnapshot, HookRequest, HostSnapshot, Plan, ServiceSpec } from './types.js';
@@ -508,7 +508,7 @@ export function planPass(input: PlanPassInput): PlanPassOutput {
         if (set === undefined) restarts.set(command.service, (set = new Set()));
         set.add(s.index);
         // The error is cleared: the step runs again from the allocs' state.
-        next = { ...next, phases: next.phases.map((p) => ({ ...p, steps: p.steps.map((x) => (x.name === s.name ? { ...x, state: 'pending' as StepState, since: now } : x)) })) };
+        next = { ...next, phases: next.phases.map((p) => ({ ...p, steps: p.steps.map((x) => (x.name === s.name ? { ...x, state: 'pending', since: now } : x)) })) };
         if (s.action === 'replace' && next.promote === 'requested') next = { ...next, restarted: { ...next.restarted, [PROMOTE_NONCE]: now } };
       }
     }

@@ -102,17 +102,7 @@ export function renderWith(spec: ServiceSpec, alloc: Alloc, host: InstanceHost, 
 
   // ---- the task: one svc named after the alloc
   const t = spec.task;
-  const env: Record<string, string> = {};
-  for (const [k, v] of Object.entries(t.env)) env[k] = str(v, ['run', 'env', k]);
-  env['INSTANCE_INDEX'] = String(alloc.index);
-  env['INSTANCE_ID'] = alloc.id;
-  env['SERVICE_NAME'] = spec.name;
-  env['SERVICE_VERSION'] = spec.version;
-  for (const p of spec.ports) {
-    const n = alloc.ports[p.name];
-    if (n === undefined) errors.push(new BackplaneError('E_SCHEMA', `the alloc has no port "${p.name}"`, { where: at(['ports']), hint: 'the controller assigns every declared port; this assignment is stale or broken' }));
-    else env[portEnvName(p.name)] = String(n);
-  }
+  const env = taskEnv(spec, alloc, str, errors, at);
   const ms = (n: number): string => `${n}ms`;
   const params: Record<string, unknown> = {
     cmd: t.cmd.map((c, i) => str(c, ['run', 'cmd', i])),
@@ -126,9 +116,7 @@ export function renderWith(spec: ServiceSpec, alloc: Alloc, host: InstanceHost, 
     // An agent restart (an upgrade) must not restart every instance it runs: the next agent adopts them.
     onAgentExit: 'keep',
   };
-  if (t.cwd !== undefined) params['cwd'] = str(t.cwd, ['run', 'cwd']);
-  if (t.user !== undefined) params['user'] = typeof t.user === 'string' ? str(t.user, ['run', 'user']) : t.user;
-  if (t.group !== undefined) params['group'] = typeof t.group === 'string' ? str(t.group, ['run', 'group']) : t.group;
+  Object.assign(params, taskIdentity(spec, str));
   if (t.stopSignal !== undefined) params['stopSignal'] = t.stopSignal;
   if (t.stopTimeoutMs !== undefined) params['stopTimeout'] = ms(t.stopTimeoutMs);
   const h = spec.health;
@@ -175,6 +163,63 @@ export function renderWith(spec: ServiceSpec, alloc: Alloc, host: InstanceHost, 
   });
   if (errors.length > 0) throw new ValidationErrors(errors);
   return { resources, edges };
+}
+
+type Str = (s: string, path: readonly PropertyKey[]) => string;
+
+/** The instance's environment: the task's env, then INSTANCE_INDEX, INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, PORT_<NAME>. */
+function taskEnv(spec: ServiceSpec, alloc: Alloc, str: Str, errors: BackplaneError[], at: SpecLocator): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [k, v] of Object.entries(spec.task.env)) env[k] = str(v, ['run', 'env', k]);
+  env['INSTANCE_INDEX'] = String(alloc.index);
+  env['INSTANCE_ID'] = alloc.id;
+  env['SERVICE_NAME'] = spec.name;
+  env['SERVICE_VERSION'] = spec.version;
+  for (const p of spec.ports) {
+    const n = alloc.ports[p.name];
+    if (n === undefined) errors.push(new BackplaneError('E_SCHEMA', `the alloc has no port "${p.name}"`, { where: at(['ports']), hint: 'the controller assigns every declared port; this assignment is stale or broken' }));
+    else env[portEnvName(p.name)] = String(n);
+  }
+  return env;
+}
+
+/** Where and as whom the task runs (each only when the spec says). */
+function taskIdentity(spec: ServiceSpec, str: Str): { cwd?: string; user?: string | number; group?: string | number } {
+  const t = spec.task;
+  const out: { cwd?: string; user?: string | number; group?: string | number } = {};
+  if (t.cwd !== undefined) out.cwd = str(t.cwd, ['run', 'cwd']);
+  if (t.user !== undefined) out.user = typeof t.user === 'string' ? str(t.user, ['run', 'user']) : t.user;
+  if (t.group !== undefined) out.group = typeof t.group === 'string' ? str(t.group, ['run', 'group']) : t.group;
+  return out;
+}
+
+/** What a command run in an instance's context (a hook) gets: the svc's env, cwd, user and group, exactly as rendered for it. */
+export interface InstanceContext {
+  readonly env: Readonly<Record<string, string>>;
+  readonly cwd?: string;
+  readonly user?: string | number;
+  readonly group?: string | number;
+}
+
+/**
+ * The environment, cwd, user and group renderInstance gives the alloc's svc, for commands run beside it (hooks.ts).
+ * Throws ValidationErrors as renderInstance does.
+ */
+export function instanceContext(spec: ServiceSpec, alloc: Alloc, host: InstanceHost): InstanceContext {
+  const label = instanceLabel(spec.name, alloc.id);
+  const at: SpecLocator = (path) => ({ file: path.length === 0 ? label : `${label}: ${pathText(path)}`, line: 0, col: 0 });
+  const errors: BackplaneError[] = [];
+  const scope = new Scope(spec, alloc, host, false);
+  const str: Str = (s, path) => {
+    const out = substitute(s, scope);
+    if (typeof out === 'string') return out;
+    errors.push(new BackplaneError('E_SCHEMA', out.error, { where: at(path, true), hint: out.hint }));
+    return s;
+  };
+  const env = taskEnv(spec, alloc, str, errors, at);
+  const id = taskIdentity(spec, str);
+  if (errors.length > 0) throw new ValidationErrors(errors);
+  return { env, ...id };
 }
 
 /** Where each svc parameter came from in the spec, so a deploy-time error about it points at the operator's line. */

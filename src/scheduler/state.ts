@@ -3,6 +3,7 @@ import { keys, parseAllocKey, parseCmdKey, parseDrainKey, parseHistoryKey, parse
 import type { Store } from '../cluster/store.js';
 import type { TrustView } from '../cluster/trust.js';
 import type { PlanCommand, ServicePlan } from './plan-types.js';
+import type { ServiceInput } from './plans.js';
 import {
   openAssignRecord,
   openCommandRecord,
@@ -218,4 +219,14 @@ export function toSnapshot(
     stopping.push({ id, host: st.host, service: st.stopping.service, index: st.stopping.index, resources: st.stopping.resources, ports: st.stopping.ports });
   }
   return { now, hosts: [...hosts.values()], services, allocs, fenceGraceMs: opts.fenceGraceMs, ...(stopping.length === 0 ? {} : { stopping }) };
+}
+
+/** The operator's current service records, as the plan engine takes them. */
+export function serviceInputs(state: SchedState): Map<string, ServiceInput> {
+  const out = new Map<string, ServiceInput>();
+  for (const [name, s] of state.services) {
+    const ref = { version: s.spec?.version ?? '', record: s.record, by: s.by, deployedAt: s.deployedAt };
+    out.set(name, s.spec !== undefined ? { spec: s.spec, ref } : { removed: true, ref });
+  }
+  return out;
 }

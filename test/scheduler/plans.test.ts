@@ -157,12 +157,13 @@ describe('plans: failure and rollback', () => {
     assert.deepEqual(s.versions(), ['0:v1', '1:v1', '2:v1']);
     const again = s.command('web', 'abort');
     s.commands = [{ ...again, planId: id }];
-    const planBefore = JSON.stringify({ ...s.plan(), commands: [] });
+    const before = s.plan();
     s.pass();
     const r = s.results.at(-1)!;
     assert.equal(r.result.ok, false);
     assert.match(r.result.message, /not the current plan/);
-    assert.equal(JSON.stringify({ ...s.plan(), commands: [], updatedAt: JSON.parse(planBefore).updatedAt, phases: JSON.parse(planBefore).phases, lastProgressAt: JSON.parse(planBefore).lastProgressAt }), planBefore);
+    const after = s.plan();
+    assert.deepEqual([after.id, after.status, after.kind, after.paused, after.toVersion], [before.id, before.status, before.kind, before.paused, before.toVersion]);
     s.run(complete);
     assert.deepEqual(s.versions(), ['0:v1', '1:v1', '2:v1']);
   });
