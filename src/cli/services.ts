@@ -1,5 +1,6 @@
 import type { Command } from 'commander';
 import { keys } from '../cluster/keys.js';
+import type { ServicePlan } from '../scheduler/plan-types.js';
 import { BackplaneError } from '../errors.js';
 import type { DrainRecord, ServiceRecord } from '../scheduler/records.js';
 import { capacityOf, readEvents, type SchedState } from '../scheduler/state.js';
@@ -25,9 +26,9 @@ export function registerServices(program: Command): void {
         return;
       }
       if (rows.length === 0) print('no services (deploy one with `backplane deploy -f spec.yaml`)\n');
-      else print(`${'NAME'.padEnd(20)} ${'VERSION'.padEnd(14)} ${'WANTED'.padStart(6)} ${'PLACED'.padStart(6)} ${'HEALTHY'.padStart(7)}  DEPLOYED\n`);
+      else print(`${'NAME'.padEnd(20)} ${'VERSION'.padEnd(14)} ${'WANTED'.padStart(6)} ${'PLACED'.padStart(6)} ${'HEALTHY'.padStart(7)}  ${'DEPLOYED'.padEnd(24)}  PLAN\n`);
       for (const r of rows) {
-        print(`${r.name.padEnd(20)} ${(r.removed ? '(removed)' : r.version).slice(0, 14).padEnd(14)} ${String(r.count).padStart(6)} ${String(r.placed).padStart(6)} ${String(r.healthy).padStart(7)}  ${r.deployedAt}\n`);
+        print(`${r.name.padEnd(20)} ${(r.removed ? '(removed)' : r.version).slice(0, 14).padEnd(14)} ${String(r.count).padStart(6)} ${String(r.placed).padStart(6)} ${String(r.healthy).padStart(7)}  ${r.deployedAt.padEnd(24)}  ${r.plan ?? '-'}\n`);
       }
       warnProblems(state);
     });
@@ -50,6 +51,8 @@ export function registerServices(program: Command): void {
         const spec = svc?.spec;
         print(`service ${name}: ${svc?.removed === true ? 'removed' : `version ${spec?.version ?? '?'}, ${spec?.count ?? 0} wanted`}, deployed ${svc?.deployedAt ?? '?'} by ${svc?.by ?? '?'}\n`);
         if (spec !== undefined) print(`  each: ${spec.resources.cpu} cpu, ${size(spec.resources.memory)} memory${spec.ports.length === 0 ? '' : `, ports ${spec.ports.map((p) => p.name + (p.static === undefined ? '' : `=${p.static}`)).join(' ')}`}\n`);
+        const plan = state.plans.get(name);
+        if (plan !== undefined) print(`  plan: ${planSummary(plan)}${plan.why === undefined ? '' : ` - ${plan.why}`} (backplane plan ${name})\n`);
         print(`\n${'INSTANCE'.padEnd(28)} ${'HOST'.padEnd(16)} ${'VERSION'.padEnd(14)} ${'STATE'.padEnd(10)} ${'RESTARTS'.padStart(8)}  SINCE  PORTS\n`);
         for (const i of instances) {
           print(`${i.id.padEnd(28)} ${i.host.padEnd(16)} ${i.version.slice(0, 14).padEnd(14)} ${i.state.padEnd(10)} ${String(i.restarts).padStart(8)}  ${(i.since === undefined ? '-' : ago(i.since)).padEnd(5)}  ${Object.entries(i.ports).map(([k, v]) => `${k}=${v}`).join(' ')}${i.message === undefined ? '' : `\n${' '.repeat(30)}${i.message}`}\n`);
@@ -94,7 +97,7 @@ export function registerServices(program: Command): void {
     });
   });
 
-  storeFlags(program.command('drain <host>').description("move every instance off a host, keeping each service's healthy count at or above its minimum"))
+  storeFlags(program.command('drain <host>').description("move every instance off a host, within each service's disruption budget"))
     .option('--deadline <duration>', 'after this long, stop whatever is still there without waiting (e.g. 10m)')
     .action(async (host: string, flags: StoreFlags & { deadline?: string }) => {
       process.exitCode = await withStore(flags, async (store) => {
@@ -129,6 +132,16 @@ export interface ServiceRow {
   readonly healthy: number;
   readonly removed: boolean;
   readonly deployedAt: string;
+  /** The current plan in one phrase: "web-4 update v1 -> v2 running 3/6". */
+  readonly plan?: string;
+}
+
+/** One line for a plan: id, kind, versions, status, steps complete of all. */
+export function planSummary(p: ServicePlan): string {
+  const steps = p.phases.flatMap((ph) => ph.steps);
+  const done = steps.filter((x) => x.state === 'complete').length;
+  const versions = p.kind === 'update' || p.kind === 'rollback' ? ` ${p.fromVersion ?? '?'} -> ${p.toVersion}` : '';
+  return `${p.id} ${p.kind}${versions} ${p.failedAt === undefined ? p.status : 'failed, waiting'} ${done}/${steps.length}`;
 }
 
 export function serviceRows(state: SchedState): ServiceRow[] {
@@ -144,6 +157,7 @@ export function serviceRows(state: SchedState): ServiceRow[] {
       healthy: inst.filter((i) => i.state === 'healthy' || (i.state === 'running' && svc?.spec?.health === undefined)).length,
       removed: svc?.removed === true,
       deployedAt: svc?.deployedAt ?? '?',
+      ...(state.plans.has(name) ? { plan: planSummary(state.plans.get(name)!) } : {}),
     };
   });
 }
