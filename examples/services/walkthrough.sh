@@ -6,7 +6,7 @@
 #   examples/services/walkthrough.sh up          # etcd, cluster init, three agents, deploy web; wait until healthy
 #   examples/services/walkthrough.sh kill h2     # kill -9 an agent; time until its instances are healthy elsewhere
 #   examples/services/walkthrough.sh start h2    # start a stopped or killed agent again
-#   examples/services/walkthrough.sh drain h3    # move every instance off h3, keeping web's minimum healthy
+#   examples/services/walkthrough.sh drain h3    # move every instance off h3, within web's disruption budget
 #   examples/services/walkthrough.sh undrain h3
 #   examples/services/walkthrough.sh scale web 3 # scale down: the newest instances stop first
 #   examples/services/walkthrough.sh status      # services, hosts, the proxy's upstream list
@@ -302,7 +302,7 @@ case "${1:-}" in
   drain)
     load_env
     h="${2:?which host}"
-    say "drain $h: its instances move, at most update.maxParallel at a time, web never below its minHealthy"
+    say "drain $h: its instances move, at most update.maxParallel at a time, within web's disruption budget (maxUnavailable)"
     bp drain "$h"
     wait_web "$h" 120
     bp hosts

@@ -257,6 +257,14 @@ function failedState(a: Alloc): boolean {
   return a.status?.state === 'failed' || a.status?.state === 'stopped';
 }
 
+/**
+ * Failed for good: its restart policy is used up. A fenced instance (its agent could not vouch for it for a moment)
+ * is stopped by the watchdog and starts again by itself: not a failed step — the healthy deadline still applies.
+ */
+function crashed(a: Alloc): boolean {
+  return failedState(a) && !(a.status?.message ?? '').startsWith('fenced');
+}
+
 type Derived = Pick<PlanStep, 'state'> & { readonly why?: string; readonly output?: string; readonly from?: PlanStep['from']; readonly to?: PlanStep['to'] };
 
 function describeOld(a: Alloc): string {
@@ -285,7 +293,7 @@ function deriveStep(ctx: StepContext, s: PlanStep): Derived {
   const isNew = (a: Alloc): boolean => a.version === target && (s.action !== 'move' || (!draining(a) && alive(ctx, a)));
   const news = list.filter(isNew);
   const olds = list.filter((a) => !isNew(a));
-  const keeper = news.filter((a) => alive(ctx, a) && !failedState(a)).sort((x, y) => Number(isHealthy(y, spec)) - Number(isHealthy(x, spec)) || x.createdAt - y.createdAt)[0];
+  const keeper = news.filter((a) => alive(ctx, a) && !crashed(a)).sort((x, y) => Number(isHealthy(y, spec)) - Number(isHealthy(x, spec)) || x.createdAt - y.createdAt)[0];
   const from = olds[0] ?? ctx.allocs.find((a) => a.index === i && stoppedNow.has(a.id));
   const fromRef = from === undefined ? {} : { from: { allocId: from.id, host: from.host, version: from.version } };
   const toRef = (a: Alloc): Derived['to'] => ({ allocId: a.id, host: a.host });
@@ -363,7 +371,7 @@ function deriveStep(ctx: StepContext, s: PlanStep): Derived {
     return { state: 'complete', why: `healthy on ${keeper.host}`, ...fromRef, ...to };
   }
 
-  const failedNew = news.filter(failedState).sort((x, y) => y.createdAt - x.createdAt)[0];
+  const failedNew = news.filter(crashed).sort((x, y) => y.createdAt - x.createdAt)[0];
   if (failedNew !== undefined && !ctx.restarted.has(i))
     return {
       state: 'error',

@@ -221,7 +221,7 @@ describe('service backplane on etcd', { skip, timeout: 600_000 }, () => {
     });
     sampling = false;
     await sampler;
-    // minHealthy defaults to count - maxParallel = 5.
+    // The disruption budget (maxUnavailable) defaults to update.maxParallel = 1: never fewer than 5 of 6 healthy.
     assert.ok(low >= 5, `healthy count fell to ${low}`);
     const hosts = await opJson<{ host: string; draining: boolean; instances: number }[]>(c, ['hosts']);
     assert.deepEqual(hosts.find((h) => h.host === host), { ...hosts.find((h) => h.host === host), draining: true, instances: 0 });
