@@ -33,7 +33,7 @@ export interface ReconcileOptions {
  * the gate says which voluntary changes (update steps, drain moves, scale-down stops) may start.
  */
 export interface Gate {
-  /** No new voluntary change starts (paused, or a failed rollout waiting for the operator); ones in flight finish. */
+  /** No new rollout step or scale-down stop starts (paused, or failed and waiting for the operator); ones in flight finish. Drains are not held. */
   readonly hold: boolean;
   readonly holdWhy?: string;
   /** Indexes that get their new-version instance next to the old one before promotion (the canaries). */
@@ -488,9 +488,11 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
       const label = `${spec.name}.${b.index}`;
       const src = b.source.a;
       const canary = gate.canaries.has(b.index) && !gate.promoted && !b.drain;
-      if (gate.hold) {
+      // A held rollout (paused, failed) holds its own steps, not a drain: the operator drains a host for reasons
+      // of its own, with its own deadline, and the disruption budget still applies.
+      if (gate.hold && !b.drain) {
         heldWhy ??= `rollout waits: ${gate.holdWhy ?? 'the plan is held'}`;
-        break;
+        continue;
       }
       if (!b.drain && !gate.promoted && !canary) {
         heldWhy ??= 'rollout waits: the canaries are not promoted yet';
