@@ -1,4 +1,4 @@
-import { mkdir, utimes, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { ELECTION } from '../scheduler/controller.js';
@@ -11,8 +11,9 @@ import type { RawEdge, RawResource } from '../graph/raw.js';
 import type { Logger } from '../log.js';
 import type { HostFacts } from '../resources/types.js';
 import { openAssignRecord, type AssignRecord, type StatusRecord } from '../scheduler/records.js';
-import { renderInstance } from '../scheduler/render.js';
-import type { InstanceState, ServiceSpec } from '../scheduler/types.js';
+import { renderInstance, type InstanceHost } from '../scheduler/render.js';
+import type { HookName, HookResult, InstanceState, ServiceSpec } from '../scheduler/types.js';
+import { runHook } from './hooks.js';
 
 /**
  * How often the agent confirms its place in the cluster (and so refreshes its instances' fence). The heartbeat
@@ -23,7 +24,8 @@ const CONFIRM_EVERY_MS = 500;
 
 export interface InstancesOptions {
   readonly store: Store;
-  readonly link: ClusterLink;
+  /** What of the cluster link this needs: its trust, its signature, its lease. */
+  readonly link: Pick<ClusterLink, 'trust' | 'sign' | 'currentLease'>;
   readonly host: string;
   readonly facts: HostFacts;
   readonly labels: Readonly<Record<string, string>>;
@@ -38,6 +40,11 @@ export interface InstancesOptions {
 }
 
 type Accepted = AssignRecord & { readonly spec: ServiceSpec };
+type HookResults = Partial<Record<HookName, HookResult>>;
+type StoppingInfo = NonNullable<StatusRecord['stopping']>;
+
+/** The hooks the controller requests in an alloc's assignment (afterStart is the agent's own doing). */
+const REQUESTED_HOOKS = ['beforeStop', 'beforePromote'] as const;
 
 /**
  * The agent's side of the service backplane: it runs what the controller assigned to this host, and only that.
@@ -55,6 +62,17 @@ type Accepted = AssignRecord & { readonly spec: ServiceSpec };
  * after fenceMs — which is exactly how long the controller waits after the host's lease is gone before it starts
  * replacements. On coming back, the stale instances are dropped from the graph before the heartbeat is fresh
  * again, so their supervisors never restart them.
+ *
+ * Hooks (hooks.ts): afterStart runs once per alloc, when it is first up (healthy; running, without a health check),
+ * never again for a restart of its process; beforeStop and beforePromote run when the alloc's assignment requests them
+ * with a nonce this agent has not run yet for it (a new nonce runs the hook again). Each is reported in the status
+ * record, `hooks.<name> = {nonce, state: running|ok|failed, output, at}`; a requested hook the spec does not have is
+ * ok at once ("no beforeStop hook"), so the controller never waits for nothing. The finished results are also kept in
+ * the state directory, so an agent restart (which adopts the running instances) does not run them again.
+ *
+ * Stopping: an alloc no longer assigned is reported `stopping` (with the service, index, resources and ports it
+ * holds) until the running graph no longer has it (the engine's swap returns once its svc has stopped); only then is
+ * its status deleted, so the controller never counts its ports and capacity free while the process still runs.
  */
 export class Instances {
   private readonly accepted = new Map<string, Accepted>();
@@ -64,16 +82,29 @@ export class Instances {
   private leader: { epoch: number; host: string } | undefined;
   private readonly reported = new Map<string, string>();
   private readonly states = new Map<string, { state: InstanceState; since: number; restarts: number; message?: string }>();
+  /** What became of each alloc's hooks (reported in its status); the finished ones are kept in hooksDir too. */
+  private readonly hookResults = new Map<string, HookResults>();
+  /** Hooks running now, by `alloc/hook`. */
+  private readonly hookRuns = new Map<string, { readonly nonce: number; readonly ac: AbortController }>();
+  /** Allocs no longer assigned whose svc the running graph still holds: reported 'stopping' until it does not. */
+  private readonly stopping = new Map<string, { readonly info: StoppingInfo; readonly version: string; readonly since: number }>();
+  /** Allocs whose status key is to be deleted once the running graph does not hold them (retried until it is). */
+  private readonly unreport = new Set<string>();
+  /** Store writes (and hook files) per key, one after the other: a late put must never land after the delete. */
+  private readonly writes = new Map<string, Promise<void>>();
   private readonly ac = new AbortController();
   private lastLeaseId: string | undefined;
   readonly heartbeat: string;
+  private readonly hooksDir: string;
 
   constructor(private readonly opts: InstancesOptions) {
     this.heartbeat = join(opts.stateDir, 'sched', 'heartbeat');
+    this.hooksDir = join(opts.stateDir, 'sched', 'hooks');
   }
 
   async start(): Promise<void> {
-    await mkdir(join(this.opts.stateDir, 'sched'), { recursive: true, mode: 0o700 });
+    await mkdir(this.hooksDir, { recursive: true, mode: 0o700 });
+    await this.loadHookResults();
     const { store } = this.opts;
     const election = await store.list(keys.election(ELECTION), { signal: this.ac.signal });
     this.onElection({ type: 'resync', kvs: election.kvs, revision: election.revision });
@@ -82,6 +113,7 @@ export class Instances {
     const listed = await store.list(prefix, { signal: this.ac.signal });
     this.onAssign({ type: 'resync', kvs: listed.kvs, revision: listed.revision });
     await store.watch(prefix, listed.revision + 1, (b) => this.onAssign(b), this.ac.signal);
+    await this.forgetLeftovers();
     void this.confirmLoop();
   }
 
@@ -146,22 +178,194 @@ export class Instances {
     if (prev?.state === state && prev.message === message) return;
     this.states.set(allocId, { state, since: Date.now(), restarts: prev?.restarts ?? 0, ...(message === undefined ? {} : { message: message.slice(0, 1900) }) });
     void this.report(allocId);
+    this.afterStart(allocId, state);
+  }
+
+  /** What the status record of an alloc says now (undefined: nothing to say yet, or nothing any more). */
+  private statusBody(allocId: string): StatusRecord | undefined {
+    const s = this.states.get(allocId);
+    const st = this.stopping.get(allocId);
+    if (st !== undefined) return { state: 'stopping', restarts: s?.restarts ?? 0, since: st.since, version: st.version, stopping: st.info };
+    const a = this.accepted.get(allocId);
+    if (s === undefined || a === undefined) return undefined;
+    const hooks = this.hookResults.get(allocId);
+    return { ...s, version: a.alloc.version, ...(hooks === undefined || Object.keys(hooks).length === 0 ? {} : { hooks }) };
   }
 
   private async report(allocId: string): Promise<void> {
     const lease = this.opts.link.currentLease;
-    const s = this.states.get(allocId);
-    const a = this.accepted.get(allocId);
-    if (lease === undefined || s === undefined || a === undefined) return;
+    const body = this.statusBody(allocId);
+    if (lease === undefined || body === undefined || this.ac.signal.aborted) return;
     const key = keys.status(this.opts.host, allocId);
-    const body: StatusRecord = { ...s, version: a.alloc.version };
     const text = JSON.stringify(body);
     if (this.reported.get(key) === text && this.lastLeaseId === lease.id) return;
     this.reported.set(key, text);
-    await this.opts.store.put(key, this.opts.link.sign(key, text), { lease, signal: this.ac.signal }).catch((err: unknown) => {
-      this.reported.delete(key);
+    const signed = this.opts.link.sign(key, text);
+    await this.serially(key, () => this.opts.store.put(key, signed, { lease, signal: this.ac.signal })).catch((err: unknown) => {
+      if (this.reported.get(key) === text) this.reported.delete(key);
       if (!this.ac.signal.aborted) this.opts.log.debug(`reporting ${allocId} failed: ${errorMessage(err)}`);
     });
+  }
+
+  /** Runs `op` after every earlier write for `key` has settled. */
+  private serially(key: string, op: () => Promise<unknown>): Promise<void> {
+    const run = (this.writes.get(key) ?? Promise.resolve()).then(op).then(() => undefined);
+    const tail = run.catch(() => undefined);
+    this.writes.set(key, tail);
+    void tail.then(() => {
+      if (this.writes.get(key) === tail) this.writes.delete(key);
+    });
+    return run;
+  }
+
+  // ---- hooks ------------------------------------------------------------------------------------------------------
+
+  private hostInfo(): InstanceHost {
+    return { name: this.opts.host, facts: this.opts.facts, labels: this.opts.labels };
+  }
+
+  /** The alloc is up (healthy; running, without a health check): its afterStart hook runs, once per alloc. */
+  private afterStart(allocId: string, state: InstanceState): void {
+    const a = this.accepted.get(allocId);
+    if (a?.spec.hooks?.afterStart === undefined || state !== (a.spec.health === undefined ? 'running' : 'healthy')) return;
+    if (this.hookResults.get(allocId)?.afterStart !== undefined || this.hookRuns.has(`${allocId}/afterStart`)) return;
+    this.startHook(a, 'afterStart', 1);
+  }
+
+  /** Runs the hooks the assignment requests with a nonce not run yet. */
+  private requestedHooks(a: Accepted): void {
+    const id = a.alloc.id;
+    for (const hook of REQUESTED_HOOKS) {
+      const nonce = a.alloc.hookRequests?.[hook];
+      if (nonce === undefined) continue;
+      const running = this.hookRuns.get(`${id}/${hook}`);
+      if (running !== undefined ? running.nonce === nonce : this.hookResults.get(id)?.[hook]?.nonce === nonce) continue;
+      if (a.spec.hooks?.[hook] !== undefined) {
+        this.startHook(a, hook, nonce);
+        continue;
+      }
+      running?.ac.abort();
+      this.hookRuns.delete(`${id}/${hook}`);
+      this.setHook(id, hook, { nonce, state: 'ok', output: `no ${hook} hook`, at: Date.now() });
+    }
+  }
+
+  private startHook(a: Accepted, hook: HookName, nonce: number): void {
+    const id = a.alloc.id;
+    const runKey = `${id}/${hook}`;
+    this.hookRuns.get(runKey)?.ac.abort();
+    const run = { nonce, ac: new AbortController() };
+    this.hookRuns.set(runKey, run);
+    this.setHook(id, hook, { nonce, state: 'running', at: Date.now() });
+    const signal = AbortSignal.any([this.ac.signal, run.ac.signal]);
+    const ran = runHook({ spec: a.spec, alloc: a.alloc, host: this.hostInfo(), hook, signal }).catch((err: unknown) => ({ ok: false, output: errorMessage(err).slice(0, 2000), aborted: false }));
+    void ran.then((r) => {
+      // Superseded by a newer request, or aborted (the alloc is gone, the agent stops): nothing more to say.
+      if (this.hookRuns.get(runKey) !== run) return;
+      this.hookRuns.delete(runKey);
+      if (r.aborted === true || signal.aborted || !this.accepted.has(id)) return;
+      const line = r.output.split('\n').at(-1) ?? '';
+      if (r.ok) this.opts.log.info(`${hook} hook of ${id} succeeded`);
+      else this.opts.log.warn(`${hook} hook of ${id} failed: ${line}`);
+      this.setHook(id, hook, { nonce, state: r.ok ? 'ok' : 'failed', output: r.output, at: Date.now() });
+    });
+  }
+
+  private setHook(allocId: string, hook: HookName, result: HookResult): void {
+    this.hookResults.set(allocId, { ...this.hookResults.get(allocId), [hook]: result });
+    // A hook may be asked for before the engine said anything about the instance: its status says so much.
+    if (!this.states.has(allocId)) this.states.set(allocId, { state: 'pending', since: Date.now(), restarts: 0 });
+    void this.report(allocId);
+    if (result.state !== 'running') void this.saveHookResults(allocId);
+  }
+
+  private abortHooks(allocId: string): void {
+    for (const hook of ['afterStart', ...REQUESTED_HOOKS] as const) {
+      const k = `${allocId}/${hook}`;
+      const run = this.hookRuns.get(k);
+      this.hookRuns.delete(k);
+      run?.ac.abort();
+    }
+  }
+
+  /** The finished hooks of an alloc, for the next agent on this host (which adopts the instance). */
+  private saveHookResults(allocId: string): Promise<void> {
+    const done: HookResults = {};
+    for (const [hook, r] of Object.entries(this.hookResults.get(allocId) ?? {})) if (r.state !== 'running') done[hook as HookName] = r;
+    const file = join(this.hooksDir, `${allocId}.json`);
+    return this.serially(file, () => writeFile(file, JSON.stringify(done), { mode: 0o600 })).catch((err: unknown) => {
+      this.opts.log.debug(`cannot keep the hook results of ${allocId}: ${errorMessage(err)}`);
+    });
+  }
+
+  private async loadHookResults(): Promise<void> {
+    for (const name of await readdir(this.hooksDir)) {
+      const id = /^(.+)\.json$/.exec(name)?.[1];
+      if (id === undefined) continue;
+      try {
+        const data = JSON.parse(await readFile(join(this.hooksDir, name), 'utf8')) as Record<string, unknown>;
+        const results: HookResults = {};
+        for (const hook of ['afterStart', ...REQUESTED_HOOKS] as const) {
+          const r = data[hook] as Partial<HookResult> | undefined;
+          if (typeof r?.nonce === 'number' && (r.state === 'ok' || r.state === 'failed') && typeof r.at === 'number')
+            results[hook] = { nonce: r.nonce, state: r.state, at: r.at, ...(typeof r.output === 'string' ? { output: r.output.slice(0, 4900) } : {}) };
+        }
+        this.hookResults.set(id, results);
+      } catch {
+        // Unreadable: the hooks run again, as after a first start.
+      }
+    }
+  }
+
+  // ---- stopping ---------------------------------------------------------------------------------------------------
+
+  /**
+   * Allocs being stopped (or leftover status keys) that the running graph no longer holds: their status keys go.
+   * Called after every re-judgement and on every confirm tick.
+   */
+  private sweep(): void {
+    if (this.stopping.size === 0 && this.unreport.size === 0) return;
+    const applied = this.opts.applied();
+    for (const id of new Set([...this.stopping.keys(), ...this.unreport])) {
+      if (applied.has(id) || this.ac.signal.aborted) continue;
+      if (this.stopping.delete(id)) {
+        this.states.delete(id);
+        this.hookResults.delete(id);
+        const file = join(this.hooksDir, `${id}.json`);
+        void this.serially(file, () => rm(file, { force: true })).catch(() => undefined);
+      }
+      const key = keys.status(this.opts.host, id);
+      this.reported.delete(key);
+      this.unreport.delete(id);
+      void this.serially(key, () => this.opts.store.delete(key, { signal: this.ac.signal })).catch(() => {
+        // Tried again on the next tick, unless the alloc came back meanwhile.
+        if (!this.accepted.has(id) && !this.stopping.has(id)) this.unreport.add(id);
+      });
+    }
+  }
+
+  /**
+   * At start: status keys of this host about allocs neither assigned here nor in the running graph are what an
+   * earlier agent left (a stop it did not finish; its lease may still hold them): they go, as do its hook files.
+   */
+  private async forgetLeftovers(): Promise<void> {
+    const assigned = new Set<string>();
+    for (const kv of this.raw.values()) {
+      const where = parseAllocKey(kv.key);
+      if (where !== undefined) assigned.add(where.alloc);
+    }
+    const listed = await this.opts.store.list(keys.statusByHost(this.opts.host), { signal: this.ac.signal });
+    for (const kv of listed.kvs) {
+      const where = parseAllocKey(kv.key);
+      if (where === undefined || where.kind !== 'status' || where.host !== this.opts.host) continue;
+      if (!assigned.has(where.alloc) && !this.stopping.has(where.alloc)) this.unreport.add(where.alloc);
+    }
+    for (const id of this.hookResults.keys()) {
+      if (assigned.has(id)) continue;
+      this.hookResults.delete(id);
+      await rm(join(this.hooksDir, `${id}.json`), { force: true });
+    }
+    this.sweep();
   }
 
   private onElection(batch: WatchBatch): void {
@@ -206,22 +410,28 @@ export class Instances {
       const a = this.judge(kv, where.alloc);
       if (a !== undefined) next.set(where.alloc, a);
     }
+    // Only what the rendered graph depends on: a new hook request is no reason to re-render.
     let changed = next.size !== this.accepted.size;
     for (const [id, a] of next) {
       const cur = this.accepted.get(id);
       if (cur === undefined || cur.alloc.version !== a.alloc.version || JSON.stringify(cur.alloc.ports) !== JSON.stringify(a.alloc.ports)) changed = true;
     }
-    for (const id of this.accepted.keys()) {
-      if (!next.has(id)) {
-        this.states.delete(id);
-        const key = keys.status(this.opts.host, id);
-        this.reported.delete(key);
-        void this.opts.store.delete(key, { signal: this.ac.signal }).catch(() => undefined);
-      }
+    const gone: string[] = [];
+    for (const [id, cur] of this.accepted) {
+      if (next.has(id)) continue;
+      // Its hooks stop with it; its status says 'stopping' until its svc is out of the running graph (sweep).
+      this.abortHooks(id);
+      const { service, index, resources, ports } = cur.alloc;
+      this.stopping.set(id, { info: { service, index, resources, ports }, version: cur.alloc.version, since: Date.now() });
+      gone.push(id);
     }
+    const back = [...next.keys()].filter((id) => this.stopping.delete(id) || this.unreport.delete(id));
     this.accepted.clear();
     for (const [id, a] of next) this.accepted.set(id, a);
     if (changed) this.opts.onChange();
+    this.sweep();
+    for (const id of [...gone, ...back]) void this.report(id);
+    for (const a of this.accepted.values()) this.requestedHooks(a);
   }
 
   private judge(kv: KeyValue, allocId: string): Accepted | undefined {
@@ -256,6 +466,7 @@ export class Instances {
   private async confirmLoop(): Promise<void> {
     while (!this.ac.signal.aborted) {
       try {
+        this.sweep();
         const renewedAt = await this.confirm();
         if (renewedAt !== undefined) await this.touch(renewedAt);
       } catch (err) {
@@ -280,7 +491,7 @@ export class Instances {
     if (this.lastLeaseId !== lease.id) {
       // A new lease took our statuses with the old one: report everything again.
       this.lastLeaseId = lease.id;
-      for (const id of this.states.keys()) void this.report(id);
+      for (const id of new Set([...this.states.keys(), ...this.stopping.keys()])) void this.report(id);
     }
     const listed = await this.opts.store.list(keys.assignByHost(this.opts.host), { signal: this.ac.signal });
     const present = new Set(listed.kvs.map((kv) => parseAllocKey(kv.key)?.alloc));
