@@ -87,7 +87,15 @@ export class Instances {
   /** Hooks running now, by `alloc/hook`. */
   private readonly hookRuns = new Map<string, { readonly nonce: number; readonly ac: AbortController }>();
   /** Allocs no longer assigned whose svc the running graph still holds: reported 'stopping' until it does not. */
-  private readonly stopping = new Map<string, { readonly info: StoppingInfo; readonly version: string; readonly since: number }>();
+  /**
+   * Allocs no longer assigned whose svc the graph still holds. `vouched`: this agent was confirming its place in
+   * the cluster when it learned of the unassignment (its heartbeat was fresh), so it stops the instance in good
+   * order and may keep vouching for the host's other instances meanwhile — a service that takes 10 s to stop must not
+   * fence every instance on the host. An agent that learns of it after a pause or a partition does not vouch until
+   * the graph has dropped the instance (the supervisor could otherwise restart it next to its replacement).
+   */
+  private readonly stopping = new Map<string, { readonly info: StoppingInfo; readonly version: string; readonly since: number; readonly vouched: boolean }>();
+  private lastTouchAt = 0;
   /** Allocs whose status key is to be deleted once the running graph does not hold them (retried until it is). */
   private readonly unreport = new Set<string>();
   /** Store writes (and hook files) per key, one after the other: a late put must never land after the delete. */
@@ -422,7 +430,7 @@ export class Instances {
       // Its hooks stop with it; its status says 'stopping' until its svc is out of the running graph (sweep).
       this.abortHooks(id);
       const { service, index, resources, ports } = cur.alloc;
-      this.stopping.set(id, { info: { service, index, resources, ports }, version: cur.alloc.version, since: Date.now() });
+      this.stopping.set(id, { info: { service, index, resources, ports }, version: cur.alloc.version, since: Date.now(), vouched: Date.now() - this.lastTouchAt < this.opts.fenceMs / 2 });
       gone.push(id);
     }
     const back = [...next.keys()].filter((id) => this.stopping.delete(id) || this.unreport.delete(id));
@@ -495,7 +503,7 @@ export class Instances {
     }
     const listed = await this.opts.store.list(keys.assignByHost(this.opts.host), { signal: this.ac.signal });
     const present = new Set(listed.kvs.map((kv) => parseAllocKey(kv.key)?.alloc));
-    const stale = [...this.opts.applied()].filter((id) => !present.has(id));
+    const stale = [...this.opts.applied()].filter((id) => !present.has(id) && this.stopping.get(id)?.vouched !== true);
     if (stale.length === 0) return renewedAt;
     // The watch has not told us yet (it may be resuming after a pause): take the list as it is now, and keep the
     // heartbeat stale until the graph no longer holds the unassigned instances.
@@ -506,6 +514,7 @@ export class Instances {
 
   private async touch(at: number): Promise<void> {
     const t = new Date(Math.min(at, Date.now()));
+    this.lastTouchAt = Date.now();
     try {
       await utimes(this.heartbeat, t, t);
     } catch (err) {

@@ -83,4 +83,25 @@ describe('service backplane on the embedded store', { timeout: 300_000 }, () => 
     await waitFor('crashy healthy', async () => (await instances(c, 'crashy')).some((i) => i.state === 'healthy'), 60_000);
     assert.equal((await op(c, ['remove', 'crashy'])).code, 0);
   });
+
+  test('an instance that takes 6 s to stop does not fence the other instances on its host (the fence is 3 s)', async () => {
+    const slowFlags = join(c.root, 'slow-flags');
+    await mkdir(slowFlags, { recursive: true });
+    await writeFile(join(slowFlags, 'slowstop'), '');
+    assert.equal((await deploy(c, 'steady', workloadSpec('steady', 1, flags), ['--wait', '60s'])).code, 0);
+    const slow = workloadSpec('slow', 1, slowFlags).replace(`env: { FLAG_DIR: "${slowFlags}" }\n`, `env: { FLAG_DIR: "${slowFlags}" }\n  stopTimeout: 20s\n`);
+    assert.match(slow, /stopTimeout: 20s/);
+    assert.equal((await deploy(c, 'slow', slow, ['--wait', '60s'])).code, 0);
+    const before = (await liveWorkloads(c.root)).get('steady.0')?.[0];
+    assert.ok(before !== undefined);
+    assert.equal((await op(c, ['remove', 'slow'])).code, 0);
+    const t0 = Date.now();
+    // While the slow one stops (6 s), the steady one keeps its process: its watchdog never fired.
+    await waitFor('the slow instance to be gone', async () => !(await liveWorkloads(c.root)).has('slow.0'), 30_000);
+    assert.ok(Date.now() - t0 >= 4000, 'the slow instance took its time to stop');
+    assert.deepEqual((await liveWorkloads(c.root)).get('steady.0'), [before]);
+    const steady = await instances(c, 'steady');
+    assert.equal(steady[0]?.state, 'healthy');
+    assert.equal((await op(c, ['remove', 'steady'])).code, 0);
+  });
 });
