@@ -244,11 +244,14 @@ export class Controller {
     }
     for (const s of plan.stop) ops.push({ delete: keys.assign(s.host, s.allocId) });
     const stopped = new Set(plan.stop.map((s) => s.allocId));
-    for (const r of plan.hookRequests ?? []) {
-      // A hook request rides in the alloc's assignment, re-signed by this controller (the agent re-checks it).
-      const a = state.assigns.get(r.allocId);
-      if (a === undefined || stopped.has(r.allocId)) continue;
-      const body: AssignRecord = { alloc: { ...a.alloc, hookRequests: { ...a.alloc.hookRequests, [r.hook]: r.nonce } }, epoch, controller: this.opts.host, specRecord: a.specRecord, specBy: a.specBy };
+    // A hook request rides in the alloc's assignment, re-signed by this controller (the agent re-checks it); one
+    // rewrite per alloc, whatever it is asked to run.
+    const asks = new Map<string, Record<string, number>>();
+    for (const r of plan.hookRequests ?? []) asks.set(r.allocId, { ...asks.get(r.allocId), [r.hook]: r.nonce });
+    for (const [allocId, hookRequests] of asks) {
+      const a = state.assigns.get(allocId);
+      if (a === undefined || stopped.has(allocId)) continue;
+      const body: AssignRecord = { alloc: { ...a.alloc, hookRequests: { ...a.alloc.hookRequests, ...hookRequests } }, epoch, controller: this.opts.host, specRecord: a.specRecord, specBy: a.specBy };
       ops.push(signed(a.key, body));
     }
     const planEvents: PlanEvent[] = [];
