@@ -388,7 +388,9 @@ function deriveStep(ctx: StepContext, s: PlanStep): Derived {
   const waiting = news.find((a) => !alive(ctx, a));
   if (waiting !== undefined) return { state: 'starting', why: `${waiting.id} on ${waiting.host}: host down, waiting for its fence grace`, ...fromRef, to: toRef(waiting) };
   if (olds.length === 0 && s.action === 'move' && list.length === 0) return { state: 'pending', why: ctx.infeasible ?? 'waiting for a host', ...fromRef };
-  return { state: 'pending', why: pendingWhy(ctx, s), ...fromRef };
+  // Say where the instance is leaving from when that is the reason for the step.
+  const leaving = olds.find(draining);
+  return { state: 'pending', why: `${leaving === undefined ? '' : `host ${leaving.host} draining; `}${pendingWhy(ctx, s)}`, ...fromRef };
 }
 
 function sameStep(a: PlanStep, b: PlanStep): boolean {
