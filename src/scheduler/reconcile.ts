@@ -340,7 +340,11 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
         for (const v of lost) stop(v, 'lost', `stopped ${label} on ${v.a.host}: host down, replaced by ${keeper.a.id} on ${keeper.a.host}`);
         for (const v of failed) stop(v, 'failed', `stopped failed ${label} on ${v.a.host}: replaced by ${keeper.a.id} on ${keeper.a.host}`);
         const waitingOn = [...sources, ...waiting];
-        if (waitingOn.length === 0) continue;
+        if (waitingOn.length === 0) {
+          // A new instance not settled yet is a step in flight, also once its old one is gone (stop first).
+          if (!keeper.settled) inFlight++;
+          continue;
+        }
         // A canary keeps its old instance next to it until the canaries are promoted.
         const canaryHeld = gate.canaries.has(i) && !gate.promoted && sources.some((v) => v.where === 'ok');
         const accepted = forced && keeper.a.status !== undefined && !keeper.failed;
@@ -475,8 +479,8 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
       }
 
       // Nothing runs it: a first deploy, a scale-up, or the second half of a stop-first update step (the old one
-      // was stopped; placement counts it while it is still stopping). Counted in flight for the rollout.
-      if (stoppingOf.some((x) => x.index === i)) inFlight++;
+      // was stopped; placement counts it while it is still stopping). In flight until its new instance settles.
+      inFlight++;
       intents.push({ req: { spec, index: i, reason: 'new' }, priority: PRIORITY.new, stopOnPlaced: [], describe: (p) => `placed ${label} on ${p.host}` });
     }
 

@@ -32,8 +32,9 @@ describe('plans: deploy and update', () => {
   });
 
   test('a rolling update (stop first, max_parallel 2) never has more than 2 instances down, and ends on the new version', () => {
-    const s = deployed({ count: 6, update: { maxParallel: 2 } });
-    s.deploy(spec({ count: 6, version: 'v2', update: { maxParallel: 2 } }));
+    // A budget larger than maxParallel, so that maxParallel alone is what limits the rollout here.
+    const s = deployed({ count: 6, maxUnavailable: 6, update: { maxParallel: 2 } });
+    s.deploy(spec({ count: 6, maxUnavailable: 6, version: 'v2', update: { maxParallel: 2 } }));
     let worst = 0;
     s.run(complete, { sample: (x) => (worst = Math.max(worst, x.down())) });
     assert.equal(s.plan().kind, 'update');
@@ -41,6 +42,32 @@ describe('plans: deploy and update', () => {
     assert.equal(worst, 2, 'two at a time: exactly max_parallel down at the worst moment');
     assert.deepEqual(s.versions(), ['0:v2', '1:v2', '2:v2', '3:v2', '4:v2', '5:v2']);
     assert.equal(s.plan().strategy.startFirst, false);
+  });
+
+  test('strategies: serial replaces one at a time, parallel (maxParallel 0) all at once', () => {
+    for (const [maxParallel, expected] of [
+      [1, 1],
+      [0, 5],
+    ] as const) {
+      const s = deployed({ count: 5, update: { maxParallel } });
+      s.deploy(spec({ count: 5, version: 'v2', update: { maxParallel } }));
+      let worst = 0;
+      s.run(complete, { sample: (x) => (worst = Math.max(worst, x.down())) });
+      assert.equal(worst, expected, `maxParallel ${maxParallel}`);
+      assert.match(s.plan().phases[0]?.strategy ?? '', maxParallel === 0 ? /^all at once, stop first$/ : /^one at a time, stop first$/);
+    }
+  });
+
+  test('a lost host\'s instances are replaced under a recover plan once its fence grace has passed', () => {
+    const s = deployed({ count: 3 });
+    const lost = s.allocs[0]!.host;
+    s.hosts = s.hosts.map((h) => (h.name === lost ? { ...h, alive: false, downForMs: 10_000 } : h));
+    s.pass();
+    const p = s.plan();
+    assert.equal(p.kind, 'recover');
+    assert.deepEqual(allSteps(p).map((x) => `${x.name}:${x.action}:${x.state}`), [`web.0:move:starting`]);
+    s.run(complete);
+    assert.ok(s.allocs.every((a) => a.host !== lost || a.index !== 0));
   });
 
   test('a service of one instance starts the new one before stopping the old (never down)', () => {

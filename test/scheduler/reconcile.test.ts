@@ -258,7 +258,8 @@ describe('reconcile: drain', () => {
 
   test('waits while the service has as many instances down as its disruption budget allows', () => {
     const sick = [alloc(0, 'h1'), alloc(1, 'h1', { status: { state: 'unhealthy', restarts: 1, since: 0 } }), alloc(2, 'h2', { status: { state: 'starting', restarts: 0, since: 0 } })];
-    const p = plan(snap({ hosts: hosts(), services: [drainSpec], allocs: sick }));
+    // maxParallel 3: the budget, not the pace, is what holds the move.
+    const p = plan(snap({ hosts: hosts(), services: [{ ...drainSpec, update: { ...drainSpec.update, maxParallel: 3 } }], allocs: sick }));
     assert.deepEqual(p.place, []);
     assert.deepEqual(said(p), ['drain waits: 2 of 1 instances may be down at once (disruption budget)']);
   });
