@@ -6,6 +6,7 @@ import { registerCluster } from './cluster.js';
 import { registerGraph } from './graph.js';
 import { registerDeploy } from './deploy.js';
 import { registerHosts } from './hosts.js';
+import { registerPlans } from './plan.js';
 import { registerRun } from './run.js';
 import { registerSchema } from './schema.js';
 import { registerServices } from './services.js';
@@ -36,6 +37,7 @@ registerCluster(program);
 registerHosts(program);
 registerDeploy(program);
 registerServices(program);
+registerPlans(program);
 
 try {
   await program.parseAsync(process.argv);

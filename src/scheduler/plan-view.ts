@@ -100,7 +100,7 @@ export function stepAllocs(step: PlanStep): string | undefined {
   const to = step.to === undefined ? undefined : `${step.to.allocId} on ${step.to.host}`;
   if (from === undefined && to === undefined) return undefined;
   if (from === undefined) return `-> ${to ?? ''}`;
-  if (to === undefined) return step.action === 'stop' ? `${from} stops` : `${from} -> (not placed yet)`;
+  if (to === undefined) return step.action === 'stop' ? `${from} stops` : step.state === 'pending' ? from : `${from} -> (not placed yet)`;
   return `${from} -> ${to}`;
 }
 
