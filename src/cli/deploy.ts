@@ -124,7 +124,8 @@ function hostOf(state: SchedState, allocId: string): string {
 }
 
 /**
- * Waits until every instance runs the new version, healthy. Ends early, with an error, when the change's plan failed
+ * Waits until the change's plan is complete (every instance on the new version, healthy for minHealthy, the old
+ * ones stopped), or, before the controller has made a plan, until every instance runs it healthy. Ends early, with an error, when the change's plan failed
  * (rolled back, or waiting for the operator after a failed step), and with success when healthy canaries wait for
  * promote (there is nothing more to wait for without the operator).
  */
@@ -145,6 +146,12 @@ async function waitHealthy(read: () => Promise<SchedState>, specs: readonly Serv
           promotable.add(spec.name);
           continue;
         }
+        // The change is done when its plan is: every step complete (healthy for minHealthy, old ones stopped).
+        if (plan.status !== 'complete') {
+          const steps = plan.phases.flatMap((p) => p.steps);
+          missing.push(`${spec.name}: plan ${plan.id} ${plan.status}, ${steps.filter((x) => x.state === 'complete').length} of ${steps.length} steps complete`);
+          continue;
+        }
       }
       const ok = [...state.assigns.values()].filter((a) => {
         if (a.alloc.service !== spec.name || a.alloc.version !== spec.version) return false;
@@ -155,7 +162,7 @@ async function waitHealthy(read: () => Promise<SchedState>, specs: readonly Serv
       if (indexes.size < spec.count) missing.push(`${spec.name}: ${indexes.size} of ${spec.count} healthy`);
     }
     if (missing.length === 0) {
-      print(`all healthy\n`);
+      print(promotable.size === specs.length ? 'canaries healthy; the rest waits for promote\n' : promotable.size > 0 ? 'all healthy, except what waits for promote\n' : 'all healthy\n');
       return;
     }
     if (Date.now() > deadline) throw new BackplaneError('E_TIMEOUT', `not healthy within ${Math.round(timeoutMs / 1000)}s: ${missing.join('; ')}`, { hint: 'see `backplane service NAME` for each instance and its events' });

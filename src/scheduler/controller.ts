@@ -167,7 +167,8 @@ export class Controller {
       this.dirty = true;
       this.wake?.();
     };
-    for (const prefix of [keys.servicesPrefix, keys.assignPrefix, keys.statusPrefix, keys.drainPrefix, keys.nodesPrefix, keys.trustPrefix]) {
+    // Operator commands wake it too; its own plan writes do not need to (it runs again after writing one).
+    for (const prefix of [keys.servicesPrefix, keys.assignPrefix, keys.statusPrefix, keys.drainPrefix, keys.nodesPrefix, keys.trustPrefix, keys.cmdPrefix]) {
       await this.opts.store.watch(prefix, 0, poke, stop);
     }
     let wakeAt: number | undefined;
@@ -225,8 +226,9 @@ export class Controller {
     for (const w of out.plan.warnings) this.once(`warn:${w}`, () => this.opts.log.warn(w));
     for (const key of state.badCommands) this.once(`badcmd:${key}`, () => this.opts.log.warn(`ignoring ${key}: not a command an operator host signed; deleted`));
     await this.commit(out, state, epoch, leadership, signal);
-    // A plan that started this pass (a rollback) acts in the next one, at once.
-    if (out.again) this.dirty = true;
+    // A plan that changed this pass (a rollback started, canaries promoted, a step completed) may let the reconciler
+    // do more at once: run again rather than wait for the next event.
+    if (out.again || out.write.length > 0) this.dirty = true;
     return out.plan.wakeAt;
   }
 

@@ -334,7 +334,7 @@ function deriveStep(ctx: StepContext, s: PlanStep): Derived {
       const deadline = keeper.createdAt + plan.strategy.healthyDeadlineMs;
       const state = st?.state ?? 'no status yet';
       if (now >= deadline)
-        return { state: 'error', why: `${keeper.id} on ${keeper.host} not healthy within ${formatDuration(plan.strategy.healthyDeadlineMs)} (${state}${st?.message === undefined ? '' : `: ${st.message}`})`, ...(st?.message === undefined ? {} : { output: st.message }), ...fromRef, ...to };
+        return { state: 'error', why: `${keeper.id} on ${keeper.host} not healthy within ${formatDuration(plan.strategy.healthyDeadlineMs)} (${state}${st?.message === undefined ? '' : `: ${firstLine(st.message)}`})`, ...(st?.message === undefined ? {} : { output: st.message }), ...fromRef, ...to };
       if (st === undefined || st.state === 'pending' || st.state === 'starting')
         return { state: 'starting', why: `placed on ${keeper.host}; starting (healthy deadline ${formatDuration(plan.strategy.healthyDeadlineMs)})`, ...fromRef, ...to };
       return { state: 'waiting-health', why: `${state} on ${keeper.host}, not healthy yet${st.message === undefined ? '' : ` (${st.message})`}`, ...fromRef, ...to };
@@ -375,7 +375,8 @@ function deriveStep(ctx: StepContext, s: PlanStep): Derived {
   if (failedNew !== undefined && !ctx.restarted.has(i))
     return {
       state: 'error',
-      why: `${failedNew.id} failed on ${failedNew.host}${failedNew.status?.message === undefined ? '' : `: ${failedNew.status.message}`}`,
+      // The first line says what happened; the whole message (last output, hints) is the step's output.
+      why: `${failedNew.id} failed on ${failedNew.host}${failedNew.status?.message === undefined ? '' : `: ${firstLine(failedNew.status.message)}`}`,
       ...(failedNew.status?.message === undefined ? {} : { output: failedNew.status.message }),
       ...fromRef,
       to: toRef(failedNew),
@@ -391,6 +392,11 @@ function deriveStep(ctx: StepContext, s: PlanStep): Derived {
   // Say where the instance is leaving from when that is the reason for the step.
   const leaving = olds.find(draining);
   return { state: 'pending', why: `${leaving === undefined ? '' : `host ${leaving.host} draining; `}${pendingWhy(ctx, s)}`, ...fromRef };
+}
+
+function firstLine(s: string): string {
+  const line = s.split('\n', 1)[0] ?? '';
+  return line.length > 300 ? `${line.slice(0, 300)}...` : line;
 }
 
 function sameStep(a: PlanStep, b: PlanStep): boolean {

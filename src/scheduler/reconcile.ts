@@ -342,7 +342,11 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
         const waitingOn = [...sources, ...waiting];
         if (waitingOn.length === 0) {
           // A new instance not settled yet is a step in flight, also once its old one is gone (stop first).
-          if (!keeper.settled) inFlight++;
+          if (!keeper.settled) {
+            inFlight++;
+            if (keeper.healthy) wake((keeper.a.status?.since ?? now) + update.minHealthyMs);
+            else wake(keeper.a.createdAt + update.healthyDeadlineMs);
+          }
           continue;
         }
         // A canary keeps its old instance next to it until the canaries are promoted.
