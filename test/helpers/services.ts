@@ -208,3 +208,57 @@ async function writeAtomic(path: string, text: string): Promise<void> {
   await writeFile(`${path}.tmp`, text);
   await rename(`${path}.tmp`, path);
 }
+
+/** A live workload process (from /proc), with what its environment says about it. */
+export interface LiveWorkload {
+  readonly pid: number;
+  readonly service: string;
+  readonly index: number;
+  readonly id: string;
+  readonly port: number;
+  readonly release: string;
+  readonly flagDir: string;
+}
+
+/** Like liveWorkloads, with each process's instance id, HTTP port, RELEASE and FLAG_DIR. */
+export async function liveWorkloadDetails(root?: string): Promise<LiveWorkload[]> {
+  const out: LiveWorkload[] = [];
+  for (const pid of await readdir('/proc').catch(() => [] as string[])) {
+    if (!/^\d+$/.test(pid)) continue;
+    try {
+      const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8');
+      if (!cmd.includes(WORKLOAD)) continue;
+      const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+      const st = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+      if (st === 'Z' || st === 'X') continue;
+      const env = (await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0');
+      const get = (k: string): string => env.find((e) => e.startsWith(`${k}=`))?.slice(k.length + 1) ?? '';
+      const flagDir = get('FLAG_DIR');
+      if (root !== undefined && !flagDir.startsWith(root)) continue;
+      out.push({ pid: Number(pid), service: get('SERVICE_NAME'), index: Number(get('INSTANCE_INDEX')), id: get('INSTANCE_ID'), port: Number(get('PORT_HTTP')), release: get('RELEASE'), flagDir });
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+/**
+ * The indexes of `service` that really serve right now: a live process (from /proc) whose /health answers 200 —
+ * what a load balancer would see, whatever the store or the agents believe.
+ */
+export async function servingIndexes(root: string, service: string, timeoutMs = 2000): Promise<Set<number>> {
+  const procs = (await liveWorkloadDetails(root)).filter((p) => p.service === service && Number.isInteger(p.port) && p.port > 0);
+  const ok = await Promise.all(
+    procs.map(async (p) => {
+      try {
+        const res = await fetch(`http://127.0.0.1:${p.port}/health`, { signal: AbortSignal.timeout(timeoutMs) });
+        await res.arrayBuffer();
+        return res.status === 200;
+      } catch {
+        return false;
+      }
+    }),
+  );
+  return new Set(procs.filter((_, i) => ok[i] === true).map((p) => p.index));
+}
