@@ -221,34 +221,62 @@ export interface LiveWorkload {
 }
 
 /** Like liveWorkloads, with each process's instance id, HTTP port, RELEASE and FLAG_DIR. */
-export async function liveWorkloadDetails(root?: string): Promise<LiveWorkload[]> {
-  const out: LiveWorkload[] = [];
-  for (const pid of await readdir('/proc').catch(() => [] as string[])) {
-    if (!/^\d+$/.test(pid)) continue;
-    try {
-      const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8');
-      if (!cmd.includes(WORKLOAD)) continue;
-      const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-      const st = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
-      if (st === 'Z' || st === 'X') continue;
-      const env = (await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0');
-      const get = (k: string): string => env.find((e) => e.startsWith(`${k}=`))?.slice(k.length + 1) ?? '';
-      const flagDir = get('FLAG_DIR');
-      if (root !== undefined && !flagDir.startsWith(root)) continue;
-      out.push({ pid: Number(pid), service: get('SERVICE_NAME'), index: Number(get('INSTANCE_INDEX')), id: get('INSTANCE_ID'), port: Number(get('PORT_HTTP')), release: get('RELEASE'), flagDir });
-    } catch {
-      // gone meanwhile
+export function liveWorkloadDetails(root?: string): Promise<LiveWorkload[]> {
+  return workloadScanner(root)();
+}
+
+/**
+ * A scan of /proc for live workload processes that remembers what it read, for samplers that scan every 100 ms on a
+ * loaded machine: a process known to be a workload only has its state re-read (a zombie is gone); one known not to
+ * be is skipped, unless it was first seen in the last few seconds (a child the supervisor just forked still shows
+ * the agent's command line until it execs the workload).
+ */
+export function workloadScanner(root?: string): () => Promise<LiveWorkload[]> {
+  const known = new Map<number, { readonly w: LiveWorkload | undefined; readonly at: number }>();
+  const RECHECK_MS = 5000;
+  return async () => {
+    const out: LiveWorkload[] = [];
+    const now = Date.now();
+    const seen = new Set<number>();
+    for (const name of await readdir('/proc').catch(() => [] as string[])) {
+      if (!/^\d+$/.test(name)) continue;
+      const pid = Number(name);
+      seen.add(pid);
+      try {
+        let k = known.get(pid);
+        if (k === undefined || (k.w === undefined && now - k.at < RECHECK_MS)) {
+          const cmd = await readFile(`/proc/${pid}/cmdline`, 'utf8');
+          let w: LiveWorkload | undefined;
+          if (cmd.includes(WORKLOAD)) {
+            const env = (await readFile(`/proc/${pid}/environ`, 'utf8')).split('\0');
+            const get = (key: string): string => env.find((e) => e.startsWith(`${key}=`))?.slice(key.length + 1) ?? '';
+            w = { pid, service: get('SERVICE_NAME'), index: Number(get('INSTANCE_INDEX')), id: get('INSTANCE_ID'), port: Number(get('PORT_HTTP')), release: get('RELEASE'), flagDir: get('FLAG_DIR') };
+          }
+          k = { w, at: k?.at ?? now };
+          known.set(pid, k);
+        }
+        const w = k.w;
+        if (w === undefined || (root !== undefined && !w.flagDir.startsWith(root))) continue;
+        const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+        const st = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+        if (st === 'Z' || st === 'X') continue;
+        out.push(w);
+      } catch {
+        // gone meanwhile
+      }
     }
-  }
-  return out;
+    for (const pid of known.keys()) if (!seen.has(pid)) known.delete(pid);
+    return out;
+  };
 }
 
 /**
  * The indexes of `service` that really serve right now: a live process (from /proc) whose /health answers 200 —
  * what a load balancer would see, whatever the store or the agents believe.
  */
-export async function servingIndexes(root: string, service: string, timeoutMs = 2000): Promise<Set<number>> {
-  const procs = (await liveWorkloadDetails(root)).filter((p) => p.service === service && Number.isInteger(p.port) && p.port > 0);
+export async function servingIndexes(root: string, service: string, opts: { timeoutMs?: number; scan?: () => Promise<LiveWorkload[]> } = {}): Promise<Set<number>> {
+  const timeoutMs = opts.timeoutMs ?? 2000;
+  const procs = (await (opts.scan ?? workloadScanner(root))()).filter((p) => p.service === service && Number.isInteger(p.port) && p.port > 0);
   const ok = await Promise.all(
     procs.map(async (p) => {
       try {
