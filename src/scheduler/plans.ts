@@ -223,6 +223,7 @@ function gateOf(plan: ServicePlan | undefined, spec: ServiceSpec, restart: Reado
     forced,
     restart,
     hookNonce,
+    minHookNonce: plan.createdAt,
   };
 }
 
@@ -299,17 +300,19 @@ function deriveStep(ctx: StepContext, s: PlanStep): Derived {
   const toRef = (a: Alloc): Derived['to'] => ({ allocId: a.id, host: a.host });
 
   // A failed before-stop hook on the instance this step stops.
+  // Hook results from before this plan, or from before the operator restarted the step, are stale.
+  const minNonce = Math.max(plan.createdAt, plan.restarted[s.name] ?? 0);
   const hookFailure = (): Derived | undefined => {
     for (const a of olds) {
       const asked = a.hookRequests?.beforeStop;
       const r = a.status?.hooks?.beforeStop;
-      if (asked !== undefined && r?.nonce === asked && r.state === 'failed')
+      if (asked !== undefined && asked >= minNonce && r?.nonce === asked && r.state === 'failed')
         return { state: 'error', why: `the before-stop hook of ${describeOld(a)} failed`, ...(r.output === undefined ? {} : { output: r.output }), ...fromRef };
     }
     return undefined;
   };
   const stopping = (): Derived | undefined => {
-    const hooked = olds.find((a) => a.hookRequests?.beforeStop !== undefined && a.status?.hooks?.beforeStop?.state !== 'ok');
+    const hooked = olds.find((a) => (a.hookRequests?.beforeStop ?? 0) >= minNonce && a.status?.hooks?.beforeStop?.state !== 'ok');
     if (hooked !== undefined) return { state: 'prepared', why: `running the before-stop hook of ${describeOld(hooked)}`, ...fromRef };
     const going = ctx.allocs.find((a) => a.index === i && stoppedNow.has(a.id));
     if (going !== undefined) return { state: 'prepared', why: `stopping ${describeOld(going)}`, ...fromRef };
@@ -394,8 +397,11 @@ function deriveStep(ctx: StepContext, s: PlanStep): Derived {
   return { state: 'pending', why: `${leaving === undefined ? '' : `host ${leaving.host} draining; `}${pendingWhy(ctx, s)}`, ...fromRef };
 }
 
+/** The gist of a failure message: its first line, and the line after it when the first one announces it. */
 function firstLine(s: string): string {
-  const line = s.split('\n', 1)[0] ?? '';
+  const lines = s.split('\n').map((l) => l.trim());
+  let line = lines[0] ?? '';
+  if (line.endsWith(':') && (lines[1] ?? '') !== '') line = `${line} ${lines[1]!.replace(/^\|\s*/, '')}`;
   return line.length > 300 ? `${line.slice(0, 300)}...` : line;
 }
 
@@ -589,9 +595,12 @@ export function planPass(input: PlanPassInput): PlanPassOutput {
     // Recoveries and drains outside a rollout become a plan of their own.
     if (plan.status === 'complete' || ((plan.kind === 'recover' || plan.kind === 'drain') && isActive(plan))) {
       const moves = [...result.place.filter((p) => p.alloc.service === name && (p.reason === 'lost' || p.reason === 'failed' || p.reason === 'drain'))];
-      const idx = [...new Set(moves.map((p) => p.alloc.index))].filter((i) => !allSteps(plan).some((s) => s.index === i && plan.status !== 'complete'));
+      // An instance on a draining host is a step of the drain even while it cannot move (no host fits, the budget
+      // holds it): the drain is not complete while it is there.
+      const stuck = (allocsOf.get(name) ?? []).filter((a) => a.index < spec.count && hosts.get(a.host)?.draining === true && hosts.get(a.host)?.alive === true);
+      const idx = [...new Set([...moves.map((p) => p.alloc.index), ...stuck.map((a) => a.index)])].filter((i) => !allSteps(plan).some((s) => s.index === i && plan.status !== 'complete'));
       if (idx.length > 0) {
-        const kind: PlanKind = moves.some((p) => p.reason === 'drain') ? 'drain' : 'recover';
+        const kind: PlanKind = moves.some((p) => p.reason === 'drain') || stuck.length > 0 ? 'drain' : 'recover';
         if (plan.status === 'complete') {
           const why = moves.map((p) => `${stepName(name, p.alloc.index)} (${p.reason})`).join(', ');
           const next = makePlan({
@@ -629,7 +638,8 @@ export function planPass(input: PlanPassInput): PlanPassOutput {
       ...ph,
       steps: ph.steps.map((s) => {
         let d: Derived;
-        if (forced.has(s.name)) d = { state: 'complete', why: 'force-completed by the operator' };
+        // The view says "forced" from the flag; no why of its own.
+        if (forced.has(s.name)) d = { state: 'complete' };
         else if (s.state === 'error' && !ctx.restarted.has(s.index)) return s;
         else d = deriveStep(ctx2, s);
         if (d.state === 'complete' && s.state !== 'complete') completedNow++;

@@ -50,6 +50,11 @@ export interface Gate {
   readonly restart: ReadonlySet<number>;
   /** Hook requests older than this nonce (per index) are asked again (restart-step). */
   readonly hookNonce?: ReadonlyMap<number, number>;
+  /**
+   * Hook requests (and their results) older than this are from an earlier plan: asked again, so that a before-stop
+   * hook that failed once does not block every later stop of its instance.
+   */
+  readonly minHookNonce?: number;
 }
 
 /** The gate of a service without a plan: its own update policy, nothing held. */
@@ -240,7 +245,7 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
         stop(v, reason, message);
         return true;
       }
-      const min = gate.hookNonce?.get(v.a.index) ?? 0;
+      const min = Math.max(gate.hookNonce?.get(v.a.index) ?? 0, gate.minHookNonce ?? 0);
       const asked = v.a.hookRequests?.beforeStop;
       if (asked === undefined || asked < min) {
         hookRequests.push({ allocId: v.a.id, host: v.a.host, service: v.a.service, index: v.a.index, hook: 'beforeStop', nonce: Math.max(now, min) });
@@ -427,8 +432,10 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
         // A failed new-version instance next to a running old one is the rollout's business (its step failed): the
         // old one keeps serving, and the plan decides (revert, or the operator restarts the step).
         if (f.current && sources.length > 0 && (gate.hold || !gate.promoted || forced)) continue;
-        // Exponential backoff over every reschedule of the instance so far (Nomad's default delay function).
-        const delay = Math.min(r.maxDelayMs, r.delayMs * 2 ** f.a.reschedules.length);
+        // Exponential backoff over every reschedule of the instance so far (Nomad's default delay function). A
+        // failed instance of another version (a rollback replacing the version that crashed) is no crash loop of
+        // what is wanted now: replaced at once.
+        const delay = f.current ? Math.min(r.maxDelayMs, r.delayMs * 2 ** f.a.reschedules.length) : 0;
         if (now < failedAt + delay) {
           wake(failedAt + delay);
           events.push({
@@ -451,8 +458,17 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
 
       if (sources.length > 0) {
         for (const v of lost) stop(v, 'lost', `stopped ${label} on ${v.a.host}: host down; ${sources[0]!.a.id} still serves it`);
-        // Force-completed without a new instance: the index stays as it is.
-        if (forced && !sources.some((v) => v.where === 'draining')) continue;
+        if (forced && !sources.some((v) => v.where === 'draining')) {
+          // Force-completed: a step whose old instance was already being stopped (its before-stop hook asked for
+          // in this plan, and failed or hangs) goes on without the hook; one not started stays as it is.
+          const src = sources[0]!;
+          const asked = src.a.hookRequests?.beforeStop;
+          if (asked !== undefined && asked >= (gate.minHookNonce ?? 0) && src.where === 'ok') {
+            stop(src, 'force-completed by the operator', `stopped ${label} (${src.a.version}) on ${src.a.host}: step force-completed by the operator (before-stop hook skipped)`);
+            inFlight++;
+          }
+          continue;
+        }
         budgeted.push({ index: i, source: sources[0]!, drain: sources.some((v) => v.where === 'draining') });
         for (const v of sources) if (v.where === 'draining' && v.host?.drainDeadline !== undefined) wake(v.host.drainDeadline);
         continue;

@@ -132,7 +132,7 @@ export async function readEvents(store: Store, view: TrustView, opts: { service?
     const e = openEventRecord(view, kv.key, kv.value);
     if (e.ok && (opts.service === undefined || e.value.service === opts.service)) out.push(e.value);
   }
-  return opts.limit === undefined ? out : out.slice(-opts.limit);
+  return opts.limit === undefined ? out : opts.limit <= 0 ? [] : out.slice(-opts.limit);
 }
 
 /** A host's declared port range, if it is one (a signed record can still hold nonsense from a buggy writer). */

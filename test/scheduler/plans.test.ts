@@ -279,6 +279,45 @@ describe('plans: hooks', () => {
     s.run(complete);
   });
 
+  test('restart-step after a failed before-stop hook asks for the hook again and goes on once it passes', () => {
+    const h = { beforeStop: { cmd: ['/bin/false'], timeoutMs: 1000 } };
+    const s = deployed({ count: 3, update: { autoRevert: false }, hooks: h });
+    s.hooks.set('beforeStop', false);
+    s.deploy(spec({ count: 3, version: 'v2', update: { autoRevert: false }, hooks: h }));
+    s.run((x) => x.plan().failedAt !== undefined);
+    const bad = allSteps(s.plan()).find((x) => x.state === 'error')!;
+    s.hooks.set('beforeStop', true);
+    s.command('web', 'restart-step', bad.name);
+    s.run(complete);
+    assert.deepEqual(s.versions(), ['0:v2', '1:v2', '2:v2']);
+  });
+
+  test('a before-stop hook that failed in one plan does not block the next plan (a removal stops the instance)', () => {
+    const h = { beforeStop: { cmd: ['/bin/false'], timeoutMs: 1000 } };
+    const s = deployed({ count: 2, update: { autoRevert: false }, hooks: h });
+    s.hooks.set('beforeStop', false);
+    s.deploy(spec({ count: 2, version: 'v2', update: { autoRevert: false }, hooks: h }));
+    s.run((x) => x.plan().failedAt !== undefined);
+    s.hooks.set('beforeStop', true);
+    s.remove('web');
+    s.run((x) => x.plan().kind === 'remove' && x.plan().status === 'complete');
+    assert.deepEqual(s.versions(), []);
+  });
+
+  test('force-complete of a step whose before-stop hook failed stops the old instance without the hook and rolls on', () => {
+    const h = { beforeStop: { cmd: ['/bin/false'], timeoutMs: 1000 } };
+    const s = deployed({ count: 2, update: { autoRevert: false }, hooks: h });
+    s.hooks.set('beforeStop', false);
+    s.deploy(spec({ count: 2, version: 'v2', update: { autoRevert: false }, hooks: h }));
+    s.run((x) => x.plan().failedAt !== undefined);
+    const bad = allSteps(s.plan()).find((x) => x.state === 'error')!;
+    s.command('web', 'force-complete', bad.name);
+    // The hook works again for the other instance's step.
+    s.hooks.set('beforeStop', true);
+    s.run((x) => complete(x) && x.versions().includes(`${bad.index}:v2`), { max: 60 });
+    assert.ok(!s.versions().includes(`${bad.index}:v1`), `the forced step's old instance is gone: ${s.versions().join(' ')}`);
+  });
+
   test('a failing after-start hook fails the step; with auto-revert the version is rolled back', () => {
     const s = deployed({ count: 2 });
     s.hooks.set('afterStart', false);
