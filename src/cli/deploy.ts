@@ -100,7 +100,9 @@ function printPlan(spec: ServiceSpec, current: ServiceSpec | undefined, plan: Pl
   const mine = plan.place.filter((p) => p.alloc.service === spec.name);
   const stops = plan.stop.filter((s) => s.service === spec.name);
   const running = [...state.assigns.values()].filter((a) => a.alloc.service === spec.name).length;
-  print(`${spec.name}: ${current === undefined ? 'new service' : current.version === spec.version ? `version ${spec.version}` : `version ${current.version} -> ${spec.version}`}, count ${current?.count ?? 0} -> ${spec.count} (${running} placed now)\n`);
+  // From the version the instances run (after a rollback, not the last spec written: the plan's target).
+  const from = state.plans.get(spec.name)?.target.version ?? current?.version;
+  print(`${spec.name}: ${current === undefined ? 'new service' : from === spec.version ? `version ${spec.version}` : `version ${from ?? '?'} -> ${spec.version}`}, count ${current?.count ?? 0} -> ${spec.count} (${running} placed now)\n`);
   const replaced = new Set(mine.flatMap((p) => (p.alloc.previous === undefined ? [] : [p.alloc.previous])));
   for (const p of mine) {
     const verb = p.reason === 'new' ? 'start' : p.reason === 'update' ? 'replace' : p.reason === 'drain' ? 'move' : p.reason === 'lost' ? 'replace (host lost)' : 'reschedule';
