@@ -375,6 +375,12 @@ function deriveStep(ctx: StepContext, s: PlanStep): Derived {
   }
 
   const failedNew = news.filter(crashed).sort((x, y) => y.createdAt - x.createdAt)[0];
+  // A new version that crash-loops fails its update at once: the old version is there to go back to, and waiting
+  // would only cost time. Anything else (a first deploy, a scale-up, a recovery, a rollback) has nothing better to
+  // go back to: the crashed instance is rescheduled by its policy, and only the progress deadline fails the plan
+  // (Nomad's rule) — a machine too loaded to start a process in time must not fail a deploy for good.
+  if (failedNew !== undefined && !ctx.restarted.has(i) && plan.kind !== 'update')
+    return { state: 'starting', why: `${failedNew.id} failed on ${failedNew.host}${failedNew.status?.message === undefined ? '' : `: ${firstLine(failedNew.status.message)}`}; rescheduled by its policy`, ...fromRef, to: toRef(failedNew) };
   if (failedNew !== undefined && !ctx.restarted.has(i))
     return {
       state: 'error',

@@ -163,12 +163,25 @@ describe('plans: failure and rollback', () => {
     assert.deepEqual(s.versions(), ['0:v2', '1:v2', '2:v2']);
   });
 
-  test('a first deploy that fails has nothing to roll back to: it waits and says so', () => {
+  test('a first deploy that crash-loops is rescheduled, not failed at once; its progress deadline fails it, with nothing to roll back to', () => {
+    const s = new Sim();
+    s.behaviour.set('v1', 'crash');
+    s.deploy(spec({ count: 2, update: { progressDeadlineMs: 60_000 } }));
+    const start = s.now;
+    s.run((x) => x.plan().failedAt !== undefined, { max: 300 });
+    assert.ok(s.now - start >= 60_000, 'not before the progress deadline');
+    assert.match(s.plan().why ?? '', /no step completed for 1m \(progress deadline\); no earlier healthy version to roll back to/);
+  });
+
+  test('a first deploy whose instance crashes once under load still completes (the reschedule heals it)', () => {
     const s = new Sim();
     s.behaviour.set('v1', 'crash');
     s.deploy(spec({ count: 2 }));
-    s.run((x) => x.plan().failedAt !== undefined);
-    assert.match(s.plan().why ?? '', /no earlier healthy version to roll back to/);
+    s.run((x) => x.allocs.some((a) => a.status?.state === 'failed'));
+    s.behaviour.set('v1', 'ok');
+    s.run(complete);
+    assert.equal(s.plan().kind, 'deploy');
+    assert.equal(s.plan().failedAt, undefined);
   });
 
   test('abort rolls back to the last healthy version; aborting twice is refused and changes nothing', () => {
