@@ -13,8 +13,6 @@ import { readSchedState, serviceInputs, toSnapshot, type SchedState } from './st
 import type { PlanEvent } from './types.js';
 
 export const ELECTION = 'controller';
-
-
 /** Events kept in the store: enough for `backplane service NAME` to explain the last hours of a busy cluster. */
 const MAX_EVENTS = 1000;
 /**
