@@ -34,8 +34,7 @@
  * healthyDeadline + 10 s (measured deadline + 0.1-0.2 s); every stage and every run reaching its end state.
  * Prints a table and a JSON line; writes bench/results/rollout-latest.json.
  */
-import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -46,6 +45,7 @@ import type { WatchBatch } from '../src/cluster/store.js';
 import { ensureBuilt, ROOT } from '../test/helpers/cli.js';
 import { startEtcd, type EtcdCluster } from '../test/helpers/etcd.js';
 import { deploy, killWorkloads, newCluster, op, startAgent, stopAgent, stopCluster, workloadSpec, type TestAgent, type TestCluster } from '../test/helpers/services.js';
+import { envelopeBody, etcdVersion, loadavg, obj, parseJson, progress, s } from './lib/cluster-bench.js';
 import { median } from './lib/stats.js';
 import { machineInfo } from './lib/sysinfo.js';
 
@@ -148,24 +148,7 @@ interface PlanSeen {
   readonly at: number;
 }
 
-function obj(v: unknown): Record<string, unknown> | undefined {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
-}
-
-function parseJson(text: string): unknown {
-  try {
-    return JSON.parse(text) as unknown;
-  } catch {
-    return undefined;
-  }
-}
-
 /** The signed body of an envelope `{v, seq, body, sig}` (not verified: the bench only reads its own cluster). */
-function envelopeBody(text: string): Record<string, unknown> | undefined {
-  const body = obj(parseJson(text))?.['body'];
-  return typeof body === 'string' ? obj(parseJson(body)) : undefined;
-}
-
 /** A `{by, record}` wrapped value -> the record's signed body. */
 function wrappedBody(value: string): Record<string, unknown> | undefined {
   const record = obj(parseJson(value))?.['record'];
@@ -363,22 +346,6 @@ class HeartbeatMonitor {
 
   close(): void {
     clearInterval(this.timer);
-  }
-}
-
-function progress(line: string): void {
-  process.stderr.write(`${line}\n`);
-}
-
-function s(ms: number | undefined): string {
-  return ms === undefined || !Number.isFinite(ms) ? '-' : `${(ms / 1000).toFixed(2)} s`;
-}
-
-function loadavg(): string {
-  try {
-    return readFileSync('/proc/loadavg', 'utf8').trim();
-  } catch {
-    return 'unknown';
   }
 }
 
@@ -596,11 +563,6 @@ function table(head: readonly string[], rows: readonly (readonly string[])[]): s
   const widths = head.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (cells: readonly string[]): string => `| ${cells.map((x, i) => x.padEnd(widths[i] ?? 0)).join(' | ')} |`;
   return [line(head), `| ${widths.map((w) => '-'.repeat(w)).join(' | ')} |`, ...rows.map(line)].join('\n');
-}
-
-function etcdVersion(): string {
-  const out = spawnSync('etcd', ['--version'], { encoding: 'utf8' }).stdout ?? '';
-  return /etcd Version: (\S+)/.exec(out)?.[1] ?? 'unknown';
 }
 
 async function main(): Promise<void> {

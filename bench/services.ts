@@ -33,7 +33,7 @@
  * issue #9 (not measured here) and a JSON line; writes bench/results/services-latest.json.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { mkdirSync, statSync, writeFileSync } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -58,6 +58,7 @@ import {
   type TestAgent,
   type TestCluster,
 } from '../test/helpers/services.js';
+import { envelopeBody, etcdVersion, loadavg, obj, parseJson, progress, s } from './lib/cluster-bench.js';
 import { median, percentile } from './lib/stats.js';
 import { machineInfo } from './lib/sysinfo.js';
 
@@ -137,24 +138,7 @@ interface AllocSeen {
   healthyAt: number | undefined;
 }
 
-function obj(v: unknown): Record<string, unknown> | undefined {
-  return v !== null && typeof v === 'object' && !Array.isArray(v) ? (v as Record<string, unknown>) : undefined;
-}
-
-function parseJson(text: string): unknown {
-  try {
-    return JSON.parse(text) as unknown;
-  } catch {
-    return undefined;
-  }
-}
-
 /** The signed body of an envelope `{v, seq, body, sig}` (not verified: the bench only reads its own cluster). */
-function envelopeBody(text: string): Record<string, unknown> | undefined {
-  const body = obj(parseJson(text))?.['body'];
-  return typeof body === 'string' ? obj(parseJson(body)) : undefined;
-}
-
 /** An assignment value `{by, record}` -> its alloc's id, service, index and host. */
 function assignOf(value: string): { id: string; service: string; index: number; host: string } | undefined {
   const record = obj(parseJson(value))?.['record'];
@@ -368,22 +352,6 @@ interface KillRun {
   /** The longest any live agent's fence heartbeat went untouched during the run, and on which host. */
   readonly heartbeatMaxAgeMs: number;
   readonly heartbeatMaxAgeHost: string;
-}
-
-function progress(line: string): void {
-  process.stderr.write(`${line}\n`);
-}
-
-function s(ms: number | undefined): string {
-  return ms === undefined || !Number.isFinite(ms) ? '-' : `${(ms / 1000).toFixed(2)} s`;
-}
-
-function loadavg(): string {
-  try {
-    return readFileSync('/proc/loadavg', 'utf8').trim();
-  } catch {
-    return 'unknown';
-  }
 }
 
 /** All `count` indexes of `service` healthy per the CLI, on live hosts (`host-down` is what the CLI shows otherwise). */
@@ -882,11 +850,6 @@ async function main(): Promise<void> {
   process.stdout.write(`${JSON.stringify(result)}\n`);
   progress(`written to ${file}`);
   if (failures.length > 0) process.exitCode = 1;
-}
-
-function etcdVersion(): string {
-  const out = spawnSync('etcd', ['--version'], { encoding: 'utf8' }).stdout ?? '';
-  return /etcd Version: (\S+)/.exec(out)?.[1] ?? 'unknown';
 }
 
 main().catch((err: unknown) => {
