@@ -17,6 +17,11 @@ import { StoreError } from './store.js';
  *   sched/status/<host>/<alloc>           what <host> reports about it, signed by <host>, under its lease
  *   sched/drain/<host>                    an operator's drain (or undrain) of <host>, signed
  *   sched/events/<seq>                    what the controller decided and why, signed, newest 1,000 kept
+ *   sched/plan|history|cmd/...            rollout plans, their history, operator commands (plan-types.ts)
+ *   apps/<name>                           an application object (`kind: redis`), signed by an operator host
+ *   sched/app/<name>                      its backplane's state (members' roles, discovery entries), controller-signed
+ *   sched/scale/<service>                 a count chosen within the operator's scale bounds, controller-signed
+ *   sched/scalereq/<host>/<alloc>         an instance's request to scale its service, signed by <host>
  *
  * Every variable segment is percent-encoded, so a resource named `/etc/motd` or a host named `a/b` can never be
  * mistaken for extra path segments and prefix lists stay exact (`nodes/a/` does not match `nodes/ab`).
@@ -103,6 +108,19 @@ export const keys = {
   /** Operator commands for a service's plan (pause, promote, ...), consumed by the controller. */
   cmdPrefix: 'sched/cmd/',
   cmd: (service: string, id: string): string => `sched/cmd/${segment(service)}/${segment(id)}`,
+  /** Application objects (`kind: redis`, ...), operator-signed like services: `apps/<name>`. */
+  appsPrefix: 'apps/',
+  app: (name: string): string => `apps/${segment(name)}`,
+  /** Each application object's state as its backplane keeps it (controller-signed). */
+  appStatePrefix: 'sched/app/',
+  appState: (name: string): string => `sched/app/${segment(name)}`,
+  /** A count chosen within the operator's bounds (by an instance's request or a backplane), controller-signed. */
+  scalePrefix: 'sched/scale/',
+  scale: (service: string): string => `sched/scale/${segment(service)}`,
+  /** An instance's request to scale its service, written by its agent (host-signed), consumed by the controller. */
+  scaleReqPrefix: 'sched/scalereq/',
+  scaleReqByHost: (host: string): string => `sched/scalereq/${segment(host)}/`,
+  scaleReq: (host: string, alloc: string): string => `sched/scalereq/${segment(host)}/${segment(alloc)}`,
   /** Zero-padded so keys sort in order. */
   event: (seq: number): string => `sched/events/${String(seq).padStart(16, '0')}`,
 } as const;
@@ -119,6 +137,29 @@ export function parseAllocKey(key: string): { kind: 'assign' | 'status'; host: s
   const alloc = decodeOrUndefined(m?.[3]);
   if (m === null || host === undefined || alloc === undefined) return undefined;
   return { kind: m[1] === 'assign' ? 'assign' : 'status', host, alloc };
+}
+
+/** `apps/<name>` -> name. */
+export function parseAppKey(key: string): string | undefined {
+  return decodeOrUndefined(/^apps\/([^/]+)$/.exec(key)?.[1]);
+}
+
+/** `sched/app/<name>` -> name. */
+export function parseAppStateKey(key: string): string | undefined {
+  return decodeOrUndefined(/^sched\/app\/([^/]+)$/.exec(key)?.[1]);
+}
+
+/** `sched/scale/<service>` -> service. */
+export function parseScaleKey(key: string): string | undefined {
+  return decodeOrUndefined(/^sched\/scale\/([^/]+)$/.exec(key)?.[1]);
+}
+
+/** `sched/scalereq/<host>/<alloc>` -> host and alloc. */
+export function parseScaleReqKey(key: string): { host: string; alloc: string } | undefined {
+  const m = /^sched\/scalereq\/([^/]+)\/([^/]+)$/.exec(key);
+  const host = decodeOrUndefined(m?.[1]);
+  const alloc = decodeOrUndefined(m?.[2]);
+  return host === undefined || alloc === undefined ? undefined : { host, alloc };
 }
 
 /** `sched/plan/<service>` -> service. */

@@ -73,7 +73,14 @@ export const serviceSpecSchema = z.strictObject({
   files: z.array(instanceResource),
   maxUnavailable: z.number().int().min(0).optional(),
   hooks: z.strictObject({ afterStart: hookSchema.optional(), beforeStop: hookSchema.optional(), beforePromote: hookSchema.optional() }).optional(),
+  scale: z.strictObject({ min: z.number().int().min(0), max: z.number().int().min(0).max(100_000) }).optional(),
+  app: z.strictObject({ kind: z.string().regex(/^[a-z][a-z0-9-]{0,62}$/), name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/), role: z.string().max(64).optional() }).optional(),
 });
+
+/** Free-form JSON a backplane or an instance hands over, bounded so a hostile one cannot bloat every record. */
+export const MAX_APP_JSON_BYTES = 8192;
+export const boundedJson = z.record(z.string(), z.unknown()).refine((v) => JSON.stringify(v).length <= MAX_APP_JSON_BYTES, { message: `at most ${MAX_APP_JSON_BYTES} bytes of JSON` });
+const appReportSchema = z.strictObject({ ready: z.boolean().optional(), state: boundedJson.optional(), message: z.string().max(200).optional(), at: num });
 
 /** What `services/<name>` holds (signed by an operator host). */
 export type ServiceRecord =
@@ -97,6 +104,7 @@ const allocSchema = z.strictObject({
   previous: z.string().optional(),
   reschedules: z.array(num),
   hookRequests: z.strictObject({ beforeStop: num.optional(), beforePromote: num.optional() }).optional(),
+  config: boundedJson.optional(),
 });
 
 /** What `sched/assign/<host>/<alloc>` holds (signed by the controller that placed it). */
@@ -131,6 +139,7 @@ const statusSchema = z.strictObject({
   stopping: z
     .strictObject({ service: z.string(), index: z.number().int().min(0), resources, ports: z.record(z.string(), z.number().int().min(1).max(65535)) })
     .optional(),
+  app: appReportSchema.optional(),
 });
 
 export type StatusRecord = AllocStatus & {
@@ -365,4 +374,169 @@ export function openCommandRecord(view: TrustView, service: string, id: string, 
   if (!r.ok) return r;
   if (r.value.service !== service || r.value.id !== id) return { ok: false, why: 'the command names another service or id than its key' };
   return { ok: true, value: { ...r.value, by: w.by }, seq: v.seq };
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// Application objects (src/backplanes/) and scaling within the operator's bounds
+
+/** What `apps/<name>` holds (signed by an operator host): the object as deployed, and the services it became. */
+export type AppRecord =
+  | {
+      readonly object: { readonly kind: string; readonly name: string; readonly params: Readonly<Record<string, unknown>> };
+      /** The services its backplane expanded it into (each deployed beside it, with `app` naming this object). */
+      readonly services: readonly string[];
+      readonly source: string;
+      readonly deployedAt: string;
+    }
+  | { readonly removed: true; readonly name: string; readonly at: string };
+
+const appRecordSchema = z.union([
+  z.strictObject({
+    object: z.strictObject({ kind: z.string().regex(/^[a-z][a-z0-9-]{0,62}$/), name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/), params: z.record(z.string(), z.unknown()) }),
+    services: z.array(z.string()).max(100),
+    source: z.string(),
+    deployedAt: z.string(),
+  }),
+  z.strictObject({ removed: z.literal(true), name: z.string(), at: z.string() }),
+]);
+
+/** An `apps/<name>` value: `{by, record}` whose record an operator host signed for that key. */
+export function openAppRecord(view: TrustView, name: string, value: string): Checked<AppRecord> & { by?: string } {
+  const w = unwrapSigned(value);
+  if (w === undefined) return { ok: false, why: 'not a signed application record ({by, record})' };
+  if (!view.mayOperate(w.by)) return { ok: false, why: `host "${w.by}" may not deploy applications (not an operator)` };
+  const v = view.verify(w.by, keys.app(name), w.record);
+  if (!v.ok) return { ok: false, why: v.why };
+  const r = parseBody<AppRecord>(v.body, appRecordSchema as z.ZodType<AppRecord>, 'application record');
+  if (!r.ok) return r;
+  const named = 'removed' in r.value ? r.value.name : r.value.object.name;
+  if (named !== name) return { ok: false, why: `the record is for "${named}", not "${name}"` };
+  return { ok: true, value: r.value, seq: v.seq, by: w.by };
+}
+
+/**
+ * What `sched/app/<name>` holds: the object's backplane's state, written by the controller after each call of the
+ * backplane's `react` (src/backplanes/host.ts). The backplane's `memory` is its own, handed back on the next call.
+ */
+export interface AppStateRecord {
+  readonly name: string;
+  readonly kind: string;
+  /** The operator record this state is for: a new deploy of the object is seen by the backplane as a change. */
+  readonly deployedAt: string;
+  readonly updatedAt: number;
+  readonly memory?: unknown;
+  readonly status?: AppStatus;
+  /** Discovery entries: `<name>.<entry>` lists these members (e.g. cache.primary). */
+  readonly discovery: Readonly<Record<string, readonly DiscoveryTarget[]>>;
+  /** Per service: steering of its rollouts (update order; indexes held back). */
+  readonly gates: Readonly<Record<string, AppGate>>;
+  /** The backplane's last failure (threw, timed out, returned nonsense), when its last call failed. */
+  readonly error?: { readonly message: string; readonly at: number };
+}
+
+export interface DiscoveryTarget {
+  readonly allocId: string;
+  /** The port name on that alloc clients connect to. */
+  readonly port: string;
+}
+
+export interface AppGate {
+  /** Indexes in the order a rolling update replaces them (the rest after, by index). */
+  readonly order?: readonly number[];
+  /** Indexes a rollout must not replace yet (e.g. the primary until its switchover is done). */
+  readonly hold?: readonly number[];
+}
+
+/** What `backplane app NAME` shows: the backplane's own summary. */
+export interface AppStatus {
+  /** One line: "primary cache.0 on h1; 2 replicas in sync". */
+  readonly summary: string;
+  /** Named facts, e.g. {primary: "cache.0.ab12cd34", "replication lag max (ms)": 12}. */
+  readonly fields?: Readonly<Record<string, string | number | boolean>>;
+  /** Per member: its role and one line. */
+  readonly members?: Readonly<Record<string, { readonly role?: string; readonly message?: string }>>;
+  /** The last failover (or switchover), step by step. */
+  readonly lastFailover?: { readonly at: number; readonly from?: string; readonly to: string; readonly reason: string; readonly timeline: readonly { readonly at: number; readonly message: string }[] };
+}
+
+const discoveryTarget = z.strictObject({ allocId: z.string().max(200), port: z.string().max(64) });
+export const appStatusSchema = z.strictObject({
+  summary: z.string().max(500),
+  fields: z.record(z.string().max(100), z.union([z.string().max(500), z.number(), z.boolean()])).optional(),
+  members: z.record(z.string().max(200), z.strictObject({ role: z.string().max(64).optional(), message: z.string().max(200).optional() })).optional(),
+  lastFailover: z
+    .strictObject({ at: num, from: z.string().max(200).optional(), to: z.string().max(200), reason: z.string().max(500), timeline: z.array(z.strictObject({ at: num, message: z.string().max(500) })).max(50) })
+    .optional(),
+});
+export const appGateSchema = z.strictObject({ order: z.array(z.number().int().min(0)).max(1000).optional(), hold: z.array(z.number().int().min(0)).max(1000).optional() });
+const appStateSchema = z.strictObject({
+  name: z.string(),
+  kind: z.string(),
+  deployedAt: z.string(),
+  updatedAt: num,
+  memory: z.unknown().optional(),
+  status: appStatusSchema.optional(),
+  discovery: z.record(z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/), z.array(discoveryTarget).max(1000)),
+  gates: z.record(z.string(), appGateSchema),
+  error: z.strictObject({ message: z.string().max(4000), at: num }).optional(),
+});
+
+/** `sched/app/<name>`, written by a controller (any approved host; the write was fenced on its election key). */
+export function openAppStateRecord(view: TrustView, name: string, value: string): Checked<AppStateRecord> {
+  const w = unwrapSigned(value);
+  if (w === undefined) return { ok: false, why: 'not a signed application state ({by, record})' };
+  const v = view.verify(w.by, keys.appState(name), w.record);
+  if (!v.ok) return { ok: false, why: v.why };
+  const r = parseBody<AppStateRecord>(v.body, appStateSchema as z.ZodType<AppStateRecord>, 'application state');
+  if (!r.ok) return r;
+  if (r.value.name !== name) return { ok: false, why: `the state is for "${r.value.name}", not "${name}"` };
+  return { ok: true, value: r.value, seq: v.seq };
+}
+
+/**
+ * What `sched/scale/<service>` holds (controller-signed): a count within the operator's `scale` bounds that replaces
+ * the spec's count while `deployedAt` is the service record's (a new deploy by the operator drops it).
+ */
+export interface ScaleRecord {
+  readonly service: string;
+  readonly count: number;
+  readonly deployedAt: string;
+  /** Who asked: "instance worker.0.1a2b3c4d", "backplane redis". */
+  readonly by: string;
+  readonly reason?: string;
+  readonly at: number;
+}
+
+const scaleSchema = z.strictObject({ service: z.string(), count: z.number().int().min(0).max(100_000), deployedAt: z.string(), by: z.string().max(300), reason: z.string().max(200).optional(), at: num });
+
+export function openScaleRecord(view: TrustView, service: string, value: string): Checked<ScaleRecord> {
+  const w = unwrapSigned(value);
+  if (w === undefined) return { ok: false, why: 'not a signed scale record ({by, record})' };
+  const v = view.verify(w.by, keys.scale(service), w.record);
+  if (!v.ok) return { ok: false, why: v.why };
+  const r = parseBody<ScaleRecord>(v.body, scaleSchema as z.ZodType<ScaleRecord>, 'scale record');
+  if (!r.ok) return r;
+  if (r.value.service !== service) return { ok: false, why: `the scale record is for "${r.value.service}", not "${service}"` };
+  return { ok: true, value: r.value, seq: v.seq };
+}
+
+/** What `sched/scalereq/<host>/<alloc>` holds, signed by <host> (the agent relaying its instance's request). */
+export interface ScaleRequest {
+  readonly allocId: string;
+  readonly service: string;
+  readonly count: number;
+  readonly reason?: string;
+  /** Wall-clock ms; also the request's identity (a newer request from the same instance replaces it). */
+  readonly at: number;
+}
+
+const scaleReqSchema = z.strictObject({ allocId: z.string(), service: z.string(), count: z.number().int().min(0).max(100_000), reason: z.string().max(200).optional(), at: num });
+
+export function openScaleRequest(view: TrustView, host: string, allocId: string, value: string): Checked<ScaleRequest> {
+  const v = view.verify(host, keys.scaleReq(host, allocId), value);
+  if (!v.ok) return { ok: false, why: v.why };
+  const r = parseBody<ScaleRequest>(v.body, scaleReqSchema as z.ZodType<ScaleRequest>, 'scale request');
+  if (!r.ok) return r;
+  if (r.value.allocId !== allocId) return { ok: false, why: 'the request names another alloc than its key' };
+  return { ok: true, value: r.value, seq: v.seq };
 }

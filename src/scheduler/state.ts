@@ -1,19 +1,27 @@
 import { ClusterLink, type Member } from '../cluster/link.js';
-import { keys, parseAllocKey, parseCmdKey, parseDrainKey, parseHistoryKey, parsePlanKey, parseServiceKey } from '../cluster/keys.js';
+import { keys, parseAllocKey, parseAppKey, parseAppStateKey, parseCmdKey, parseDrainKey, parseHistoryKey, parsePlanKey, parseScaleKey, parseScaleReqKey, parseServiceKey } from '../cluster/keys.js';
 import type { Store } from '../cluster/store.js';
 import type { TrustView } from '../cluster/trust.js';
 import type { PlanCommand, ServicePlan } from './plan-types.js';
 import type { ServiceInput } from './plans.js';
 import {
+  openAppRecord,
+  openAppStateRecord,
   openAssignRecord,
+  openScaleRecord,
+  openScaleRequest,
   openCommandRecord,
   openDrainRecord,
   openEventRecord,
   openPlanRecord,
   openStatusRecord,
   readServiceValue,
+  type AppRecord,
+  type AppStateRecord,
   type AssignRecord,
   type DrainRecord,
+  type ScaleRecord,
+  type ScaleRequest,
   type EventRecord,
   type StatusRecord,
 } from './records.js';
@@ -40,6 +48,14 @@ export interface SchedState {
   /** Operator commands waiting for the controller, and the keys of ones that failed their checks. */
   readonly commands: readonly PlanCommand[];
   readonly badCommands: readonly string[];
+  /** Application objects (operator-signed `apps/<name>`), and their backplanes' state (`sched/app/<name>`). */
+  readonly apps: ReadonlyMap<string, { readonly record: AppRecord; readonly by: string }>;
+  readonly appStates: ReadonlyMap<string, AppStateRecord>;
+  /** Counts chosen within the operator's scale bounds (`sched/scale/<service>`), by service. */
+  readonly scales: ReadonlyMap<string, ScaleRecord>;
+  /** Instances' requests to scale (host-signed), and the keys of ones that failed their checks (to delete). */
+  readonly scaleRequests: readonly (ScaleRequest & { readonly host: string; readonly key: string })[];
+  readonly badScaleRequests: readonly string[];
   readonly problems: readonly string[];
 }
 
@@ -47,12 +63,24 @@ export const DEFAULT_DYNAMIC_PORTS = { from: 20000, to: 32767 } as const;
 
 export async function readSchedState(store: Store, view: TrustView, opts: { signal?: AbortSignal } = {}): Promise<SchedState> {
   const signal = opts.signal === undefined ? {} : { signal: opts.signal };
-  const [members, services, sched] = await Promise.all([
+  const [members, services, sched, appKvs] = await Promise.all([
     ClusterLink.members(store, view, signal),
     store.list(keys.servicesPrefix, signal),
     store.list(keys.schedPrefix, signal),
+    store.list(keys.appsPrefix, signal),
   ]);
   const problems: string[] = [];
+  const apps = new Map<string, { record: AppRecord; by: string }>();
+  for (const kv of appKvs.kvs) {
+    const name = parseAppKey(kv.key);
+    const r = name === undefined ? undefined : openAppRecord(view, name, kv.value);
+    if (name !== undefined && r?.ok === true && r.by !== undefined) apps.set(name, { record: r.value, by: r.by });
+    else problems.push(`${kv.key}: ${r === undefined ? 'not an application key' : r.ok ? 'unsigned' : r.why}`);
+  }
+  const appStates = new Map<string, AppStateRecord>();
+  const scales = new Map<string, ScaleRecord>();
+  const scaleRequests: (ScaleRequest & { host: string; key: string })[] = [];
+  const badScaleRequests: string[] = [];
   const svc = new Map<string, { spec?: ServiceSpec; removed?: boolean; record: string; by: string; deployedAt: string }>();
   for (const kv of services.kvs) {
     const name = parseServiceKey(kv.key);
@@ -99,6 +127,30 @@ export async function readSchedState(store: Store, view: TrustView, opts: { sign
       }
       continue;
     }
+    const appOf = parseAppStateKey(kv.key);
+    if (appOf !== undefined) {
+      const r = openAppStateRecord(view, appOf, kv.value);
+      if (r.ok) appStates.set(appOf, r.value);
+      else problems.push(`${kv.key}: ${r.why}`);
+      continue;
+    }
+    const scaleOf = parseScaleKey(kv.key);
+    if (scaleOf !== undefined) {
+      const r = openScaleRecord(view, scaleOf, kv.value);
+      if (r.ok) scales.set(scaleOf, r.value);
+      else problems.push(`${kv.key}: ${r.why}`);
+      continue;
+    }
+    const req = parseScaleReqKey(kv.key);
+    if (req !== undefined) {
+      const r = openScaleRequest(view, req.host, req.alloc, kv.value);
+      if (r.ok) scaleRequests.push({ ...r.value, host: req.host, key: kv.key });
+      else {
+        badScaleRequests.push(kv.key);
+        problems.push(`${kv.key}: ${r.why}`);
+      }
+      continue;
+    }
     const drainHost = parseDrainKey(kv.key);
     if (drainHost !== undefined) {
       const d = openDrainRecord(view, drainHost, kv.value);
@@ -122,7 +174,24 @@ export async function readSchedState(store: Store, view: TrustView, opts: { sign
     }
   }
   for (const list of history.values()) list.sort((a, b) => a.seq - b.seq);
-  return { revision: Math.max(services.revision, sched.revision), members, services: svc, assigns, statuses, drains, plans, history, commands, badCommands, problems };
+  return {
+    revision: Math.max(services.revision, sched.revision, appKvs.revision),
+    members,
+    services: svc,
+    assigns,
+    statuses,
+    drains,
+    plans,
+    history,
+    commands,
+    badCommands,
+    apps,
+    appStates,
+    scales,
+    scaleRequests,
+    badScaleRequests,
+    problems,
+  };
 }
 
 export async function readEvents(store: Store, view: TrustView, opts: { service?: string; limit?: number } = {}): Promise<EventRecord[]> {

@@ -152,6 +152,42 @@ export interface ServiceSpec {
   readonly maxUnavailable?: number;
   /** Commands run at points of an instance's life (not part of the version: changing one rolls nothing). */
   readonly hooks?: Readonly<Partial<Record<HookName, HookSpec>>>;
+  /**
+   * The bounds within which the service's instances (through the instance API) or its application backplane may
+   * change `count` without the operator (not part of the version). Undefined: only the operator changes count.
+   */
+  readonly scale?: ScaleBounds;
+  /** Set when an application backplane expanded this service from an object (`kind: redis`, ...). */
+  readonly app?: AppRef;
+}
+
+export interface ScaleBounds {
+  readonly min: number;
+  readonly max: number;
+}
+
+/** The application object a service belongs to: its backplane's kind, the object's name, the service's role in it. */
+export interface AppRef {
+  readonly kind: string;
+  readonly name: string;
+  /** What the service is to its backplane (e.g. "member"); free-form, the backplane's own. */
+  readonly role?: string;
+}
+
+/**
+ * What an instance last told the platform through its local API (src/api/instance-api.ts), relayed by its agent in
+ * the alloc's status record (host-signed). The instance's own claims: used to steer (readiness, which member is the
+ * primary), never as a proof of identity.
+ */
+export interface AppReport {
+  /** undefined: never said. false keeps an otherwise healthy instance out of discovery and rollouts' counts. */
+  readonly ready?: boolean;
+  /** The application's own state, e.g. {role: "replica", offset: 1234, lagMs: 12}. JSON, at most 8 KiB. */
+  readonly state?: Readonly<Record<string, unknown>>;
+  /** One line for humans: "replica of h1, lag 12 ms". At most 200 characters. */
+  readonly message?: string;
+  /** Wall-clock ms of the report. */
+  readonly at: number;
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -199,6 +235,8 @@ export interface AllocStatus {
   readonly since: number;
   readonly message?: string;
   readonly hooks?: Readonly<Partial<Record<HookName, HookResult>>>;
+  /** What the instance reported through its local API, when it did. */
+  readonly app?: AppReport;
 }
 
 export interface Alloc {
@@ -220,6 +258,12 @@ export interface Alloc {
    * runs the hook again (restart-step). afterStart is not requested: the agent runs it once the instance is up.
    */
   readonly hookRequests?: Readonly<{ beforeStop?: number; beforePromote?: number }>;
+  /**
+   * What its application backplane tells this member (e.g. {role: "replica", primary: {...}, epoch: 3}), set by the
+   * controller in the assignment (signed like it); a change reaches the instance through its local API as a
+   * `config` event and never restarts it. JSON, at most 8 KiB.
+   */
+  readonly config?: Readonly<Record<string, unknown>>;
   /** The hooks its spec declares (filled from its spec when the snapshot is built; not stored in the alloc). */
   readonly hooks?: readonly HookName[];
   /** What the agent last reported; undefined = nothing yet. */
