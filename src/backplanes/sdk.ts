@@ -28,12 +28,14 @@ export interface AppObject<P> {
   readonly params: P;
 }
 
-/** What `expand` may use besides the object: where the shipped files of this backplane are (for its member's cmd). */
+/** What `expand` may use besides the object. */
 export interface ExpandEnv {
-  /** The directory of the backplane's built module (dist/backplanes/<kind> for shipped ones). */
-  readonly dir: string;
-  /** The Node binary running Backplane (a member written in JS runs with it). */
-  readonly node: string;
+  /**
+   * The command that runs one of this backplane's own scripts with the Node running Backplane, e.g.
+   * `env.script('member')` -> ['/usr/bin/node', '/opt/backplane/dist/backplanes/redis/member.mjs'] (shipped backplanes
+   * are built to dist/backplanes/<kind>/<entry>.mjs; from a source checkout, tsx runs src/backplanes/<kind>/<entry>.ts).
+   */
+  script(entry: string): string[];
 }
 
 /**
