@@ -237,6 +237,19 @@ const hooksSchema = z.strictObject({
   beforePromote: hookSchema.optional().meta({ description: 'runs on each canary before promotion; needs update.canary' }),
 });
 
+/** `scale: { min, max }`: how far the count may be moved without the operator (min <= count <= max is checked in spec.ts). */
+const boundNumber = (what: string) =>
+  z
+    .number({ error: (i) => (i.input === undefined ? `scale.${what} is required` : `scale.${what} is a whole number from 0 to 100000`) })
+    .int(`scale.${what} is a whole number from 0 to 100000`)
+    .min(0, `scale.${what} is a whole number from 0 to 100000`)
+    .max(100_000, `scale.${what} is at most 100000`);
+
+const scaleSchema = z.strictObject({
+  min: boundNumber('min').meta({ description: 'the fewest instances an instance or backplane may ask for' }),
+  max: boundNumber('max').meta({ description: 'the most instances an instance or backplane may ask for (at most 100000)' }),
+});
+
 /**
  * A graph resource per instance: `kind`, `name`, the kind's parameters inline (as in a graph file) and `meta`.
  * The parameters are checked against the kind's own schema once rendered (spec.ts), where every kind is known.
@@ -275,6 +288,7 @@ export const serviceSchema = z.strictObject({
     .optional()
     .meta({ description: 'the disruption budget: instances that may be down at once before a rollout step, a drain move or a scale-down waits (default the update\'s parallelism)' }),
   hooks: hooksSchema.optional().meta({ description: 'commands run at points of an instance\'s life: afterStart, beforeStop, beforePromote' }),
+  scale: scaleSchema.optional().meta({ description: 'bounds within which the service\'s own instances (through the instance API) or its application backplane may change count; count must lie within them' }),
   files: z.array(fileSchema).default([]).meta({ description: 'graph resources each instance needs (files, templates, packages...), rendered per instance' }),
 });
 

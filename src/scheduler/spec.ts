@@ -159,6 +159,7 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
   });
   const update = readUpdate(p, item, fail);
   const hooks = readHooks(p, fail);
+  const scale = readScale(p, item, fail);
   if (errors.length > before) return undefined;
 
   const constraints: LabelConstraint[] = p.placement.constraints.map((c) =>
@@ -200,6 +201,7 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
     files,
     ...(p.maxUnavailable === undefined ? {} : { maxUnavailable: p.maxUnavailable }),
     ...(hooks === undefined ? {} : { hooks }),
+    ...(scale === undefined ? {} : { scale }),
   };
   const spec: ServiceSpec = { ...unversioned, version: specVersion(unversioned, p.version) };
   checkInstances(spec, at, registry, errors);
@@ -262,6 +264,27 @@ function readHooks(p: ParsedService, fail: Fail): ServiceSpec['hooks'] {
   if (out.beforePromote !== undefined && p.update.canary === 0)
     fail('hooks.beforePromote is given but the service has no canaries', ['hooks', 'beforePromote'], 'beforePromote runs on canaries before promotion; set update.canary');
   return Object.keys(out).length === 0 ? undefined : out;
+}
+
+/**
+ * `scale: { min, max }`: the operator's count must lie within the bounds, since it is the count a deploy starts from
+ * (and the one a new deploy goes back to); min above max bounds nothing.
+ */
+function readScale(p: ParsedService, item: unknown, fail: Fail): ServiceSpec['scale'] {
+  if (p.scale === undefined) return undefined;
+  const { min, max } = p.scale;
+  if (min > max) {
+    fail(`scale.min (${min}) is more than scale.max (${max})`, ['scale', 'min'], 'min is the fewest instances and max the most that may be asked for; swap them');
+    return undefined;
+  }
+  const written = valueAt(item, ['count']) !== undefined;
+  if (p.count < min || p.count > max)
+    fail(
+      `count (${p.count}${written ? '' : ', the default'}) is outside the scale bounds ${min}..${max}`,
+      written ? ['count'] : ['scale'],
+      `the operator's count must lie within scale.min..scale.max: it is where the service starts after each deploy, and instances may then move it only within the bounds; set count to a value from ${min} to ${max}, or widen the bounds`,
+    );
+  return { min, max };
 }
 
 /** 600000 -> "10m", 90000 -> "90s", 250 -> "250ms": as an operator would write it. */

@@ -4,6 +4,7 @@ import type { Store } from '../cluster/store.js';
 import type { TrustView } from '../cluster/trust.js';
 import type { PlanCommand, ServicePlan } from './plan-types.js';
 import type { ServiceInput } from './plans.js';
+import { scaleInForce } from './scale.js';
 import {
   openAppRecord,
   openAppStateRecord,
@@ -273,7 +274,7 @@ export function toSnapshot(
   const services: ServiceSpec[] = [];
   for (const [name, s] of state.services) {
     if (opts.override?.name === name) continue;
-    if (s.spec !== undefined) services.push(s.spec);
+    if (s.spec !== undefined) services.push(specInForce(state, name)?.spec ?? s.spec);
     else if (s.removed === true) {
       // A signed removal: count 0 of whatever version its instances run, so every one of them is stopped.
       const any = [...state.assigns.values()].find((a) => a.alloc.service === name);
@@ -290,12 +291,26 @@ export function toSnapshot(
   return { now, hosts: [...hosts.values()], services, allocs, fenceGraceMs: opts.fenceGraceMs, ...(stopping.length === 0 ? {} : { stopping }) };
 }
 
-/** The operator's current service records, as the plan engine takes them. */
+/**
+ * The operator's current service records, as the plan engine takes them, each with the count in force (scale.ts).
+ * A count chosen within the bounds is a change of its own: its trigger is the record's deployedAt with the scale
+ * record's time after it (`<deployedAt>+scale@<at>`), so the plan engine makes a scale plan for it, as for the
+ * operator's `backplane scale`; the version does not change.
+ */
 export function serviceInputs(state: SchedState): Map<string, ServiceInput> {
   const out = new Map<string, ServiceInput>();
   for (const [name, s] of state.services) {
     const ref = { version: s.spec?.version ?? '', record: s.record, by: s.by, deployedAt: s.deployedAt };
-    out.set(name, s.spec !== undefined ? { spec: s.spec, ref } : { removed: true, ref });
+    const scaled = specInForce(state, name);
+    out.set(name, s.spec === undefined ? { removed: true, ref } : scaled === undefined ? { spec: s.spec, ref } : { spec: scaled.spec, ref: { ...ref, deployedAt: `${s.deployedAt}+scale@${scaled.at}` } });
   }
   return out;
+}
+
+/** A service's spec with the count in force, when a scale record (within the bounds, for this deploy) sets it. */
+export function specInForce(state: SchedState, name: string): { spec: ServiceSpec; at: number } | undefined {
+  const s = state.services.get(name);
+  const rec = state.scales.get(name);
+  if (s?.spec === undefined || !scaleInForce(s.spec, s.deployedAt, rec)) return undefined;
+  return { spec: { ...s.spec, count: rec.count }, at: rec.at };
 }
