@@ -2,9 +2,10 @@ import type { Command } from 'commander';
 import { keys } from '../cluster/keys.js';
 import type { ServicePlan } from '../scheduler/plan-types.js';
 import { BackplaneError } from '../errors.js';
-import type { DrainRecord, ServiceRecord } from '../scheduler/records.js';
+import type { DrainRecord, ScaleRecord, ServiceRecord } from '../scheduler/records.js';
+import { outOfBounds, scaleSource } from '../scheduler/scale.js';
 import { capacityOf, readEvents, type SchedState } from '../scheduler/state.js';
-import type { Resources } from '../scheduler/types.js';
+import type { Resources, ServiceSpec } from '../scheduler/types.js';
 import { parseDuration } from '../util/duration.js';
 import { storeFlags, withStore, type StoreFlags } from './cluster.js';
 import { parseIntOption, print } from './common.js';
@@ -28,8 +29,11 @@ export function registerServices(program: Command): void {
       if (rows.length === 0) print('no services (deploy one with `backplane deploy -f spec.yaml`)\n');
       else print(`${'NAME'.padEnd(20)} ${'VERSION'.padEnd(14)} ${'WANTED'.padStart(6)} ${'PLACED'.padStart(6)} ${'HEALTHY'.padStart(7)}  ${'DEPLOYED'.padEnd(24)}  PLAN\n`);
       for (const r of rows) {
-        print(`${r.name.padEnd(20)} ${(r.removed ? '(removed)' : r.version).slice(0, 14).padEnd(14)} ${String(r.count).padStart(6)} ${String(r.placed).padStart(6)} ${String(r.healthy).padStart(7)}  ${r.deployedAt.padEnd(24)}  ${r.plan ?? '-'}\n`);
+        print(`${r.name.padEnd(20)} ${(r.removed ? '(removed)' : r.version).slice(0, 14).padEnd(14)} ${`${r.scaledBy === undefined ? '' : '*'}${r.count}`.padStart(6)} ${String(r.placed).padStart(6)} ${String(r.healthy).padStart(7)}  ${r.deployedAt.padEnd(24)}  ${r.plan ?? '-'}\n`);
       }
+      const scaled = rows.filter((r) => r.scaledBy !== undefined);
+      if (scaled.length > 0) print('\n');
+      for (const r of scaled) print(`* ${r.name}: ${countText(r)}\n`);
       warnProblems(state);
     });
   });
@@ -45,11 +49,13 @@ export function registerServices(program: Command): void {
         if (svc === undefined && instances.length === 0) throw new BackplaneError('E_USAGE', `no service "${name}"`, { hint: 'see `backplane services`' });
         const events = await readEvents(store, ctx.view, { service: name, limit: flags.events });
         if (flags.json === true) {
-          process.stdout.write(`${JSON.stringify({ name, spec: svc?.spec ?? null, removed: svc?.removed === true, deployedAt: svc?.deployedAt, by: svc?.by, instances, events }, null, 2)}\n`);
+          const scale = svc?.spec === undefined ? undefined : { ...scaleSource(svc.spec, svc.deployedAt, state.scales.get(name)), bounds: svc.spec.scale ?? null };
+          process.stdout.write(`${JSON.stringify({ name, spec: svc?.spec ?? null, removed: svc?.removed === true, deployedAt: svc?.deployedAt, by: svc?.by, ...(scale === undefined ? {} : { scale }), instances, events }, null, 2)}\n`);
           return;
         }
         const spec = svc?.spec;
-        print(`service ${name}: ${svc?.removed === true ? 'removed' : `version ${spec?.version ?? '?'}, ${spec?.count ?? 0} wanted`}, deployed ${svc?.deployedAt ?? '?'} by ${svc?.by ?? '?'}\n`);
+        print(`service ${name}: ${svc?.removed === true ? 'removed' : `version ${spec?.version ?? '?'}, ${countOf(state, name)} wanted`}, deployed ${svc?.deployedAt ?? '?'} by ${svc?.by ?? '?'}\n`);
+        if (spec !== undefined && svc !== undefined) print(`  ${countText(countRow(spec, svc.deployedAt, state.scales.get(name)))}\n`);
         if (spec !== undefined) print(`  each: ${spec.resources.cpu} cpu, ${size(spec.resources.memory)} memory${spec.ports.length === 0 ? '' : `, ports ${spec.ports.map((p) => p.name + (p.static === undefined ? '' : `=${p.static}`)).join(' ')}`}\n`);
         const plan = state.plans.get(name);
         if (plan !== undefined) print(`  plan: ${planSummary(plan)}${plan.why === undefined ? '' : ` - ${plan.why}`} (backplane plan ${name})\n`);
@@ -72,13 +78,19 @@ export function registerServices(program: Command): void {
         const state = await ctx.readState();
         const svc = state.services.get(name);
         if (svc?.spec === undefined) throw new BackplaneError('E_USAGE', `no service "${name}" to scale`, { hint: 'deploy it first: `backplane deploy -f spec.yaml`' });
+        const b = svc.spec.scale;
+        if (b !== undefined && outOfBounds(svc.spec, count) !== undefined)
+          throw new BackplaneError('E_USAGE', `${count} is outside ${name}'s scale bounds ${b.min}..${b.max}`, {
+            hint: `the operator's count must lie within the bounds; to go beyond them, change scale: { min, max } in the spec and deploy it`,
+          });
         const key = keys.service(name);
         const kv = await store.get(key);
         // The count changes, the version does not: scaling never replaces running instances.
         const record: ServiceRecord = { spec: { ...svc.spec, count }, source: `scale (was ${svc.spec.count})`, deployedAt: new Date().toISOString() };
         const r = await store.cas(key, kv?.modRevision ?? 0, signer.sign(key, JSON.stringify(record)));
         if (!r.ok) throw new BackplaneError('E_IO', `service ${name} changed while scaling it`, { retryable: true, hint: 'run the command again' });
-        print(`${name}: ${svc.spec.count} -> ${count} instances\n`);
+        const was = countOf(state, name);
+        print(`${name}: ${was} -> ${count} instances${was !== svc.spec.count ? ` (it ran ${was} as scaled by ${state.scales.get(name)?.by ?? '?'}; this count replaces that)` : ''}\n`);
       });
     },
   );
@@ -134,6 +146,36 @@ export interface ServiceRow {
   readonly deployedAt: string;
   /** The current plan in one phrase: "web-4 update v1 -> v2 running 3/6". */
   readonly plan?: string;
+  /** The operator's count, when `count` (the count in force) is not it. */
+  readonly operatorCount: number;
+  readonly bounds?: { readonly min: number; readonly max: number };
+  /** Who chose the count in force within the bounds ("instance worker.0.1a2b3c4d"), and why. */
+  readonly scaledBy?: string;
+  readonly scaleReason?: string;
+}
+
+/** The count in force and where it came from. */
+function countRow(spec: ServiceSpec, deployedAt: string, record: ScaleRecord | undefined): Pick<ServiceRow, 'count' | 'operatorCount' | 'bounds' | 'scaledBy' | 'scaleReason'> {
+  const src = scaleSource(spec, deployedAt, record);
+  return {
+    count: src.count,
+    operatorCount: src.operatorCount,
+    ...(spec.scale === undefined ? {} : { bounds: spec.scale }),
+    ...(src.scaledBy === undefined ? {} : { scaledBy: src.scaledBy }),
+    ...(src.reason === undefined ? {} : { scaleReason: src.reason }),
+  };
+}
+
+/** "count 4 (scaled by instance worker.0.1a2b3c4d: queue length 40; bounds 1..5; operator's count 2)". */
+export function countText(r: Pick<ServiceRow, 'count' | 'operatorCount' | 'bounds' | 'scaledBy' | 'scaleReason'>): string {
+  const bounds = r.bounds === undefined ? 'no scale bounds: only the operator changes it' : `bounds ${r.bounds.min}..${r.bounds.max}`;
+  if (r.scaledBy === undefined) return `count ${r.count} (the operator's; ${bounds})`;
+  return `count ${r.count} (scaled by ${r.scaledBy}${r.scaleReason === undefined ? '' : `: ${r.scaleReason}`}; ${bounds}; operator's count ${r.operatorCount})`;
+}
+
+function countOf(state: SchedState, name: string): number {
+  const svc = state.services.get(name);
+  return svc?.spec === undefined ? 0 : scaleSource(svc.spec, svc.deployedAt, state.scales.get(name)).count;
 }
 
 /** One line for a plan: id, kind, versions, status, steps complete of all. */
@@ -152,7 +194,7 @@ export function serviceRows(state: SchedState): ServiceRow[] {
     return {
       name,
       version: svc?.spec?.version ?? '?',
-      count: svc?.spec?.count ?? 0,
+      ...(svc?.spec === undefined ? { count: 0, operatorCount: 0 } : countRow(svc.spec, svc.deployedAt, state.scales.get(name))),
       placed: inst.length,
       healthy: inst.filter((i) => i.state === 'healthy' || (i.state === 'running' && svc?.spec?.health === undefined)).length,
       removed: svc?.removed === true,

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import { countText, serviceRows } from '../../src/cli/services.js';
 import { keys } from '../../src/cluster/keys.js';
 import type { ScaleRecord, ScaleRequest } from '../../src/scheduler/records.js';
 import { effectiveCount, scalePass, type ScaleAsk } from '../../src/scheduler/scale.js';
@@ -237,5 +238,22 @@ describe('the count in force reaches the plan engine', () => {
     sim.run((s) => s.plan('worker').status === 'complete' && s.allocs.length === 1);
     assert.equal(sim.plan('worker').kind, 'scale');
     assert.deepEqual(sim.versions('worker'), ['0:v1']);
+  });
+});
+
+describe('status shows the count in force and where it came from', () => {
+  test('scaled by an instance', () => {
+    const scales: ScaleRecord[] = [{ service: 'worker', count: 4, deployedAt: DEPLOYED, by: 'instance worker.0.1a2b3c4d', reason: 'queue length 40', at: NOW }];
+    const [row] = serviceRows(state({ allocs: [w0, w1], scales }));
+    assert.equal(row?.count, 4);
+    assert.ok(row !== undefined);
+    assert.equal(countText(row), "count 4 (scaled by instance worker.0.1a2b3c4d: queue length 40; bounds 1..5; operator's count 2)");
+  });
+  test('the operator\'s count, after a new deploy', () => {
+    const scales: ScaleRecord[] = [{ service: 'worker', count: 4, deployedAt: '2026-12-01T09:00:00.000Z', by: 'instance worker.0.1a2b3c4d', at: NOW }];
+    const [row] = serviceRows(state({ allocs: [w0, w1], scales }));
+    assert.ok(row !== undefined);
+    assert.equal(row.count, 2);
+    assert.equal(countText(row), "count 2 (the operator's; bounds 1..5)");
   });
 });
