@@ -7,7 +7,14 @@ import { rm } from 'node:fs/promises';
 await rm('dist', { recursive: true, force: true });
 await build({
   // The graph module worker is its own entry: a worker thread starts from a file (src/frontends/typescript.ts).
-  entryPoints: { backplane: 'src/cli/main.ts', 'graph-module-worker': 'src/frontends/module-worker.ts' },
+  // Each shipped backplane's member runs as an instance's task: a file of its own (dist/backplanes/<kind>/member.mjs).
+  entryPoints: {
+    backplane: 'src/cli/main.ts',
+    'graph-module-worker': 'src/frontends/module-worker.ts',
+    'backplane-react-worker': 'src/backplanes/react-worker.ts',
+    'backplanes/redis/member': 'src/backplanes/redis/member.ts',
+    'backplanes/postgres/member': 'src/backplanes/postgres/member.ts',
+  },
   outdir: 'dist',
   outExtension: { '.js': '.mjs' },
   // The etcd client (gRPC) is big and only needed in a cluster: dynamic imports become chunks loaded on demand.

@@ -260,6 +260,25 @@ export function healthyInstances(state: SchedState): ServiceInstances {
     list.push({ id: alloc.id, index: alloc.index, host: alloc.host, address: addr, ports: sortedPorts(alloc.ports), version: alloc.version });
     out.set(alloc.service, list);
   }
+  // Application backplanes' entries (`cache.primary`): the members a backplane says clients should reach. Only a
+  // member of that object's own services, assigned and up on a live host, however the entry was written.
+  for (const [app, st] of state.appStates) {
+    const rec = state.apps.get(app)?.record;
+    if (rec === undefined || 'removed' in rec) continue;
+    for (const [entry, targets] of Object.entries(st.discovery)) {
+      const list: ServiceInstance[] = [];
+      for (const t of targets) {
+        const a = state.assigns.get(t.allocId);
+        const status = state.statuses.get(t.allocId);
+        if (a === undefined || a.spec.app?.name !== app || !rec.services.includes(a.alloc.service) || a.alloc.ports[t.port] === undefined) continue;
+        if (status === undefined || status.host !== a.alloc.host || !(status.state === 'healthy' || status.state === 'running')) continue;
+        const addr = address.get(a.alloc.host);
+        if (addr === undefined) continue;
+        list.push({ id: a.alloc.id, index: a.alloc.index, host: a.alloc.host, address: addr, ports: sortedPorts(a.alloc.ports), version: a.alloc.version });
+      }
+      if (list.length > 0) out.set(`${app}.${entry}`, list);
+    }
+  }
   const result: Record<string, readonly ServiceInstance[]> = {};
   for (const name of [...out.keys()].sort()) {
     result[name] = (out.get(name) ?? []).sort((x, y) => x.index - y.index || (x.id < y.id ? -1 : x.id > y.id ? 1 : 0));

@@ -5,8 +5,10 @@ import { BackplaneError } from '../errors.js';
 import type { ServicePlan } from '../scheduler/plan-types.js';
 import { planPass } from '../scheduler/plans.js';
 import { specOfRef } from '../scheduler/records.js';
-import type { ServiceRecord } from '../scheduler/records.js';
-import { readServiceFile } from '../scheduler/spec.js';
+import type { AppRecord, ServiceRecord } from '../scheduler/records.js';
+import { readDeployFile } from '../scheduler/spec.js';
+import { expandObjects } from '../backplanes/objects.js';
+import { canonicalJson } from '../util/canonical.js';
 import { serviceInputs, toSnapshot, type SchedState } from '../scheduler/state.js';
 import type { TrustView } from '../cluster/trust.js';
 import type { Plan, ServiceSpec } from '../scheduler/types.js';
@@ -34,11 +36,30 @@ export function registerDeploy(program: Command): void {
     .action(async (flags: DeployFlags) => {
       let infeasible = false;
       const code = await withStore(flags, async (store) => {
-        const specs = await readServiceFile(flags.file);
+        const file = await readDeployFile(flags.file);
+        // Application objects (`kind: redis`): their backplanes validate and expand them into services.
+        const objects = await expandObjects(file.objects);
+        const specs = [...file.services, ...objects.flatMap((o) => o.services)];
         const ctx = await operatorContext(store, flags);
         const signer = flags.dryRun === true ? undefined : await operatorSigner(ctx);
         const state = await ctx.readState();
+        for (const spec of specs) {
+          // An object may not take over a service someone else declared (by hand, or another object).
+          const owner = state.services.get(spec.name)?.spec?.app?.name;
+          const cur = state.services.get(spec.name);
+          if (cur?.spec !== undefined && owner !== spec.app?.name)
+            throw new BackplaneError('E_DUPLICATE', `service "${spec.name}" already exists${owner === undefined ? ' (deployed on its own)' : ` (part of ${owner})`}`, { hint: 'give the object or service another name, or remove the existing one first; nothing was deployed' });
+        }
         const deployedAt = new Map<string, string>();
+        for (const o of objects) {
+          const prev = state.apps.get(o.object.name)?.record;
+          const same = prev !== undefined && !('removed' in prev) && canonicalJson(prev.object) === canonicalJson(o.object) && canonicalJson(prev.services) === canonicalJson(o.services.map((x) => x.name));
+          print(`${o.object.name}: ${o.object.kind} object${prev === undefined || 'removed' in prev ? ', new' : same ? ', unchanged' : ', changed'}: ${o.services.map((x) => `${x.name} (${x.count} instance${x.count === 1 ? '' : 's'})`).join(', ')}\n`);
+          if (signer === undefined || same) continue;
+          const key = keys.app(o.object.name);
+          const record: AppRecord = { object: o.object, services: o.services.map((x) => x.name), source: flags.file, deployedAt: new Date().toISOString() };
+          await store.put(key, signer.sign(key, JSON.stringify(record)));
+        }
         for (const spec of specs) {
           const current = state.services.get(spec.name)?.spec;
           const plan = planFor(state, spec, ctx.view);

@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { BackplaneError } from '../errors.js';
 import { VERSION } from '../version.js';
 import { EXIT, reportError } from './common.js';
+import { registerApps } from './app.js';
 import { registerCluster } from './cluster.js';
 import { registerGraph } from './graph.js';
 import { registerDeploy } from './deploy.js';
@@ -38,6 +39,7 @@ registerHosts(program);
 registerDeploy(program);
 registerServices(program);
 registerPlans(program);
+registerApps(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -6,7 +6,10 @@ import type { Leadership, Store, TxnOp } from '../cluster/store.js';
 import type { TrustView } from '../cluster/trust.js';
 import { BackplaneError, errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
+import { BackplaneHost } from '../backplanes/host.js';
+import { applyReact, appWork, type AppApplied } from './apps.js';
 import { PLAN_HISTORY_KEPT, type ServicePlan } from './plan-types.js';
+import { scalePass, type ScalePassOutput } from './scale.js';
 import { planPass, type PlanPassOutput } from './plans.js';
 import { specOfRef, wrapSigned, type AssignRecord, type EventRecord } from './records.js';
 import { readSchedState, serviceInputs, toSnapshot, type SchedState } from './state.js';
@@ -37,6 +40,8 @@ export interface ControllerOptions {
   readonly trust: () => TrustView | undefined;
   /** Signs a record for a key with this host's key (ClusterLink.sign). */
   readonly sign: (key: string, body: string) => string;
+  /** Runs application backplanes' react (default: a host of its own, ended when run() ends). */
+  readonly backplanes?: BackplaneHost;
 }
 
 /**
@@ -67,7 +72,11 @@ export class Controller {
   /** Events already recorded, so a plan repeated pass after pass (waiting for capacity) is recorded once. */
   private readonly recent = new Map<string, number>();
 
-  constructor(private readonly opts: ControllerOptions) {}
+  private readonly backplanes: BackplaneHost;
+
+  constructor(private readonly opts: ControllerOptions) {
+    this.backplanes = opts.backplanes ?? new BackplaneHost();
+  }
 
   get isLeader(): boolean {
     return this.leading !== undefined && !this.leading.leadership.lost.aborted;
@@ -75,6 +84,14 @@ export class Controller {
 
   /** Campaigns, leads while elected, campaigns again when deposed; until `signal` aborts (then resigns). */
   async run(signal: AbortSignal): Promise<void> {
+    try {
+      await this.campaignLoop(signal);
+    } finally {
+      if (this.opts.backplanes === undefined) await this.backplanes.close();
+    }
+  }
+
+  private async campaignLoop(signal: AbortSignal): Promise<void> {
     await this.followHosts(signal).catch((err: unknown) => this.opts.log.warn(`controller: cannot follow the hosts' membership: ${errorMessage(err)}`));
     while (!signal.aborted) {
       let leadership: Leadership;
@@ -166,7 +183,7 @@ export class Controller {
       this.wake?.();
     };
     // Operator commands wake it too; its own plan writes do not need to (it runs again after writing one).
-    for (const prefix of [keys.servicesPrefix, keys.assignPrefix, keys.statusPrefix, keys.drainPrefix, keys.nodesPrefix, keys.trustPrefix, keys.cmdPrefix]) {
+    for (const prefix of [keys.servicesPrefix, keys.assignPrefix, keys.statusPrefix, keys.drainPrefix, keys.nodesPrefix, keys.trustPrefix, keys.cmdPrefix, keys.appsPrefix, keys.scaleReqPrefix]) {
       await this.opts.store.watch(prefix, 0, poke, stop);
     }
     let wakeAt: number | undefined;
@@ -220,17 +237,24 @@ export class Controller {
       lastSeq: new Map([...state.history].map(([svc, list]) => [svc, list.at(-1)?.seq ?? 0])),
       commands: state.commands,
       specOf: (service, ref) => specOfRef(view, service, ref),
+      appGates: new Map([...state.appStates.values()].flatMap((a) => (state.apps.has(a.name) ? Object.entries(a.gates) : []))),
     });
+    // Application backplanes, each in its own worker with a time limit: one that fails leaves its object as it was.
+    const apps = await Promise.all(appWork(state, snapshot, now).map(async (w) => applyReact(w, await this.backplanes.react(w.kind, w.input), now)));
     for (const w of out.plan.warnings) this.once(`warn:${w}`, () => this.opts.log.warn(w));
     for (const key of state.badCommands) this.once(`badcmd:${key}`, () => this.opts.log.warn(`ignoring ${key}: not a command an operator host signed; deleted`));
-    await this.commit(out, state, epoch, leadership, signal);
+    // Counts chosen within the operator's bounds: instances' requests and backplanes' asks.
+    const scaled = scalePass({ state, now, asks: apps.flatMap((a) => a.asks) });
+    await this.commit(out, state, epoch, leadership, signal, apps, scaled);
+    if (scaled.put.length > 0) this.dirty = true;
     // A plan that changed this pass (a rollback started, canaries promoted, a step completed) may let the reconciler
     // do more at once: run again rather than wait for the next event.
     if (out.again || out.write.length > 0) this.dirty = true;
-    return out.plan.wakeAt;
+    const wakes = [out.plan.wakeAt, ...apps.map((a) => a.wakeAt)].filter((w): w is number => w !== undefined);
+    return wakes.length === 0 ? undefined : Math.min(...wakes);
   }
 
-  private async commit(out: PlanPassOutput, state: SchedState, epoch: number, leadership: Leadership, signal: AbortSignal): Promise<void> {
+  private async commit(out: PlanPassOutput, state: SchedState, epoch: number, leadership: Leadership, signal: AbortSignal, apps: readonly AppApplied[], scaled: ScalePassOutput): Promise<void> {
     const plan = out.plan;
     const ops: TxnOp[] = [];
     const signed = (key: string, body: unknown): TxnOp => ({ put: key, value: wrapSigned(this.opts.host, this.opts.sign(key, JSON.stringify(body))) });
@@ -246,13 +270,27 @@ export class Controller {
     const stopped = new Set(plan.stop.map((s) => s.allocId));
     // A hook request rides in the alloc's assignment, re-signed by this controller (the agent re-checks it); one
     // rewrite per alloc, whatever it is asked to run.
+    // A backplane's config for a member rides there too (the agent hands it to the instance; it never restarts it).
     const asks = new Map<string, Record<string, number>>();
     for (const r of plan.hookRequests ?? []) asks.set(r.allocId, { ...asks.get(r.allocId), [r.hook]: r.nonce });
-    for (const [allocId, hookRequests] of asks) {
+    const configs = new Map<string, Readonly<Record<string, unknown>>>();
+    for (const a of apps) for (const [id, c] of a.configs) configs.set(id, c);
+    for (const allocId of new Set([...asks.keys(), ...configs.keys()])) {
       const a = state.assigns.get(allocId);
       if (a === undefined || stopped.has(allocId)) continue;
-      const body: AssignRecord = { alloc: { ...a.alloc, hookRequests: { ...a.alloc.hookRequests, ...hookRequests } }, epoch, controller: this.opts.host, specRecord: a.specRecord, specBy: a.specBy };
+      const hookRequests = asks.get(allocId);
+      const config = configs.get(allocId);
+      const alloc = { ...a.alloc, ...(hookRequests === undefined ? {} : { hookRequests: { ...a.alloc.hookRequests, ...hookRequests } }), ...(config === undefined ? {} : { config }) };
+      const body: AssignRecord = { alloc, epoch, controller: this.opts.host, specRecord: a.specRecord, specBy: a.specBy };
       ops.push(signed(a.key, body));
+    }
+    for (const a of apps) if (a.changed) ops.push(signed(keys.appState(a.record.name), a.record));
+    for (const r of scaled.put) ops.push(signed(keys.scale(r.service), r));
+    for (const key of scaled.deleteKeys) ops.push({ delete: key });
+    // The state of an object that is no longer deployed goes with it.
+    for (const name of state.appStates.keys()) {
+      const rec = state.apps.get(name)?.record;
+      if (rec === undefined || 'removed' in rec) ops.push({ delete: keys.appState(name) });
     }
     const planEvents: PlanEvent[] = [];
     for (const p of out.write) {
@@ -269,7 +307,7 @@ export class Controller {
       else this.opts.log.warn(`${c.command.service}: ${line}`);
     }
     for (const key of state.badCommands) ops.push({ delete: key });
-    const events = [...plan.events, ...planEvents].filter((e) => this.once(`event:${e.service}:${e.allocId ?? ''}:${e.message}`));
+    const events = [...plan.events, ...planEvents, ...apps.flatMap((a) => a.events), ...scaled.events].filter((e) => this.once(`event:${e.service}:${e.allocId ?? ''}:${e.message}`));
     for (const e of events) {
       const rec: EventRecord = { at: Date.now(), service: e.service, message: e.message, ...(e.allocId === undefined ? {} : { allocId: e.allocId }), ...(e.host === undefined ? {} : { host: e.host }) };
       const key = keys.event(this.nextEventSeq());

@@ -23,7 +23,8 @@
 import { allSteps, applyCommand, isActive, withLog } from './commands.js';
 import type { CommandResult, PlanCommand, PlanKind, PlanPhase, PlanStep, PlanStrategy, ServicePlan, SpecRef, StepAction } from './plan-types.js';
 import type { AllocIdGenerator } from './placement.js';
-import { effectiveParallel, formatDuration, reconcile, type Gate } from './reconcile.js';
+import { defaultGate, effectiveParallel, formatDuration, reconcile, type Gate } from './reconcile.js';
+import type { AppGate } from './records.js';
 import type { Alloc, ClusterSnapshot, HookRequest, HostSnapshot, Plan, ServiceSpec } from './types.js';
 
 /** The operator's current record of a service. */
@@ -47,6 +48,8 @@ export interface PlanPassInput {
   /** The (checked) spec in a SpecRef. */
   readonly specOf: (service: string, ref: SpecRef) => ServiceSpec | undefined;
   readonly newAllocId?: AllocIdGenerator;
+  /** Application backplanes' steering of their services' rollouts (update order, indexes held back). */
+  readonly appGates?: ReadonlyMap<string, AppGate>;
 }
 
 export interface PlanPassOutput {
@@ -568,7 +571,9 @@ export function planPass(input: PlanPassInput): PlanPassOutput {
     covered.add(name);
     targets.set(name, plan?.target ?? svc.ref);
     const gate = gateOf(plan, spec, restarts.get(name) ?? new Set());
-    if (gate !== undefined) gates.set(name, gate);
+    const steer = input.appGates?.get(name);
+    if (steer !== undefined) gates.set(name, { ...(gate ?? defaultGate(spec)), ...(steer.order === undefined ? {} : { order: steer.order }), ...(steer.hold === undefined ? {} : { holdIndexes: new Set(steer.hold) }) });
+    else if (gate !== undefined) gates.set(name, gate);
   }
   // Services the snapshot has without an operator record here (a removal of a never-planned service): as given.
   for (const s of snapshot.services) if (!covered.has(s.name)) specs.push(s);

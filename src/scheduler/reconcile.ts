@@ -55,6 +55,10 @@ export interface Gate {
    * hook that failed once does not block every later stop of its instance.
    */
   readonly minHookNonce?: number;
+  /** An application backplane's update order (indexes; the rest after, by index): e.g. replicas first, primary last. */
+  readonly order?: readonly number[];
+  /** Indexes an application backplane holds back from a rollout for now (the primary, until its switchover is done). */
+  readonly holdIndexes?: ReadonlySet<number>;
 }
 
 /** The gate of a service without a plan: its own update policy, nothing held. */
@@ -506,7 +510,11 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
 
     // Voluntary replacements, at most maxParallel in flight, within the disruption budget; drains before updates
     // (the host is going away). Canaries first, all at once, before anything else rolls.
-    budgeted.sort((x, y) => (x.drain === y.drain ? x.index - y.index : x.drain ? -1 : 1));
+    const rank = (i: number): number => {
+      const at = gate.order?.indexOf(i) ?? -1;
+      return at < 0 ? (gate.order?.length ?? 0) + i : at;
+    };
+    budgeted.sort((x, y) => (x.drain === y.drain ? rank(x.index) - rank(y.index) : x.drain ? -1 : 1));
     let heldWhy: string | undefined;
     for (const b of budgeted) {
       const label = `${spec.name}.${b.index}`;
@@ -520,6 +528,10 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
       }
       if (!b.drain && !gate.promoted && !canary) {
         heldWhy ??= 'rollout waits: the canaries are not promoted yet';
+        continue;
+      }
+      if (!b.drain && gate.holdIndexes?.has(b.index) === true) {
+        heldWhy ??= `rollout waits: its application backplane holds ${label} back for now (e.g. until a switchover)`;
         continue;
       }
       // In flight up to maxParallel: the normal pace of a rollout, not worth an event.

@@ -55,9 +55,51 @@ export async function readServiceFile(path: string, registry: KindRegistry = cre
   return parseServiceText(file, await readGraphText(file), registry);
 }
 
+/** An application object in a deploy file (a document with `kind:`, see src/backplanes/), and where it is. */
+export interface ObjectDoc {
+  readonly data: Readonly<Record<string, unknown>>;
+  readonly file: string;
+  readonly at: (path: readonly PropertyKey[]) => SourceLocation;
+}
+
+/**
+ * A deploy file: its services, and its application objects (left for src/backplanes/objects.ts to validate and
+ * expand with their backplanes). Throws ValidationErrors for any invalid service.
+ */
+export async function readDeployFile(path: string, registry: KindRegistry = createRegistry()): Promise<{ services: ServiceSpec[]; objects: ObjectDoc[] }> {
+  const file = resolve(path);
+  const objects: ObjectDoc[] = [];
+  if (isModuleGraph(file)) {
+    const out = await evaluateModule(file);
+    checkExpansion(out, (p) => ({ file: `${file}: ${pathText(p)}`, line: 0, col: 0 }));
+    const locate = (p: readonly PropertyKey[]): SourceLocation => ({ file: `${file}: ${pathText(p)}`, line: 0, col: 0 });
+    return { services: readServices({ file, data: out, locate, locateValue: locate }, registry, objects), objects };
+  }
+  const text = await readGraphText(file);
+  const doc = parseYamlDocument(file, text);
+  fixUnquotedModes(doc.data, file, text);
+  return { services: readServices(doc, registry, objects), objects };
+}
+
+/**
+ * The services a backplane expanded an object into, validated exactly like an operator's; an error points at the
+ * object (the generated document has no lines of its own) and names the path inside the generated service.
+ */
+export function readExpandedServices(docs: readonly unknown[], where: SourceLocation, what: string, registry: KindRegistry = createRegistry()): ServiceSpec[] {
+  const errors: BackplaneError[] = [];
+  const specs: ServiceSpec[] = [];
+  docs.forEach((d, i) => {
+    const locate = (p: readonly PropertyKey[]): SourceLocation => ({ ...where, file: `${where.file} (${what}, service ${i}${p.length === 0 ? '' : `: ${pathText(p)}`})` });
+    const spec = readService(d, (p) => locate(p), where.file, registry, errors);
+    if (spec !== undefined) specs.push(spec);
+  });
+  if (errors.length > 0) throw new ValidationErrors(errors);
+  return specs;
+}
+
 // ---- reading --------------------------------------------------------------------------------------------------------
 
-function readServices(src: SpecSource, registry: KindRegistry): ServiceSpec[] {
+function readServices(src: SpecSource, registry: KindRegistry, objects?: ObjectDoc[]): ServiceSpec[] {
   const errors: BackplaneError[] = [];
   const fail = (msg: string, where: SourceLocation, hint: string): void => {
     errors.push(new BackplaneError('E_SCHEMA', msg, { where, hint }));
@@ -82,6 +124,10 @@ function readServices(src: SpecSource, registry: KindRegistry): ServiceSpec[] {
   const specs: ServiceSpec[] = [];
   const seen = new Map<string, SourceLocation>();
   for (const [item, prefix] of items) {
+    if (objects !== undefined && isMap(item) && 'kind' in item) {
+      objects.push({ data: item, file: src.file, at: (p) => src.locate([...prefix, ...p]) });
+      continue;
+    }
     const at = specLocator(src, prefix, item);
     const spec = readService(item, at, src.file, registry, errors);
     if (spec === undefined) continue;
@@ -144,7 +190,7 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
       errors.push(
         new BackplaneError('E_SCHEMA', `run.env.${key} is set by the scheduler`, {
           where: at(['run', 'env', key]),
-          hint: 'INSTANCE_INDEX, INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION and PORT_<NAME> are set for every instance; use another name',
+          hint: 'INSTANCE_INDEX, INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, BACKPLANE_API, BACKPLANE_TOKEN and PORT_<NAME> are set for every instance; use another name',
         }),
       );
   }
@@ -176,6 +222,7 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
       ...(p.run.group === undefined ? {} : { group: p.run.group }),
       ...(p.run.stopSignal === undefined ? {} : { stopSignal: p.run.stopSignal }),
       ...(p.run.stopTimeout === undefined ? {} : { stopTimeoutMs: p.run.stopTimeout }),
+      ...(p.run.stopNotice === undefined || p.run.stopNotice === 0 ? {} : { stopNoticeMs: p.run.stopNotice }),
     },
     resources: { cpu: p.resources.cpu, memory: p.resources.memory },
     ports,
