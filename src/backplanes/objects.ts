@@ -3,7 +3,6 @@
  * backplane's parameter schema (errors at the file:line of the offending value) and expanded into services, which
  * are then validated exactly like an operator's own. Nothing is deployed unless every object and service is valid.
  */
-import type { z } from 'zod';
 import { BackplaneError, ValidationErrors, errorMessage, type SourceLocation } from '../errors.js';
 import { readExpandedServices, type ObjectDoc } from '../scheduler/spec.js';
 import type { ServiceSpec } from '../scheduler/types.js';
