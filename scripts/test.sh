@@ -6,7 +6,8 @@ source scripts/setup.sh
 # etcd-server: the cluster tests start real etcd members on loopback. openssl: test certificates (https check, etcd TLS).
 # etcd-client: etcdctl, to set up etcd users and roles the way docs/etcd-security.md tells operators to.
 # strace: test/cli/fsync.test.ts counts the agent's fsync calls. python3-minimal: the renameat2 swap helper of the race tests.
-apt_install etcd-server etcd-client openssl strace python3-minimal
+# redis-server, redis-tools, postgresql: the shipped application backplanes are tested with the real servers.
+apt_install etcd-server etcd-client openssl strace python3-minimal redis-server redis-tools postgresql
 
 echo "== typecheck"; npx tsc -p tsconfig.json --noEmit
 echo "== lint"; npx eslint --max-warnings 0 .
