@@ -344,6 +344,8 @@ export class GraphSource {
       fenceMs,
       onChange: () => this.changeListener?.('cluster'),
       applied: this.opts.applied ?? (() => new Set()),
+      // The instance API's peers are service discovery's answer.
+      services: this.services,
     });
     await instances.start();
     this.instances = instances;

@@ -6,7 +6,7 @@ import { errorMessage } from '../errors.js';
 import { resolveIdentity } from '../resources/svc/identity.js';
 import { groupMembers, resolveProgram, signalGroup, wrappedArgv } from '../resources/svc/proc.js';
 import { formatDuration } from '../util/duration.js';
-import { instanceContext, type InstanceHost } from '../scheduler/render.js';
+import { instanceContext, type InstanceApiEnv, type InstanceHost } from '../scheduler/render.js';
 import type { Alloc, HookName, ServiceSpec } from '../scheduler/types.js';
 
 /**
@@ -32,6 +32,8 @@ export interface HookRunOptions {
   readonly hook: HookName;
   /** Aborting kills the hook's process group at once; the result is then { ok: false, aborted: true }. */
   readonly signal?: AbortSignal;
+  /** The instance API's env for this alloc (BACKPLANE_API, BACKPLANE_TOKEN), as its svc has it. */
+  readonly api?: InstanceApiEnv;
 }
 
 export interface HookOutcome {
@@ -58,7 +60,7 @@ export async function runHook(opts: HookRunOptions): Promise<HookOutcome> {
   const fail = (why: string): HookOutcome => ({ ok: false, output: why.slice(0, 2000) });
   let ctx;
   try {
-    ctx = instanceContext(spec, alloc, host);
+    ctx = instanceContext(spec, alloc, host, opts.api === undefined ? {} : { api: opts.api });
   } catch (err) {
     return fail(`cannot render the instance's environment: ${errorMessage(err)}`);
   }

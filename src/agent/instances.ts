@@ -10,9 +10,15 @@ import type { VertexState } from '../engine/state.js';
 import type { RawEdge, RawResource } from '../graph/raw.js';
 import type { Logger } from '../log.js';
 import type { HostFacts } from '../resources/types.js';
-import { openAssignRecord, type AssignRecord, type StatusRecord } from '../scheduler/records.js';
-import { renderInstance, type InstanceHost } from '../scheduler/render.js';
-import type { HookName, HookResult, InstanceState, ServiceSpec } from '../scheduler/types.js';
+import { openAssignRecord, type AssignRecord, type ScaleRequest, type StatusRecord } from '../scheduler/records.js';
+import { renderInstance, type InstanceApiEnv, type InstanceHost } from '../scheduler/render.js';
+import type { AppReport, HookName, HookResult, InstanceState, ServiceSpec } from '../scheduler/types.js';
+import { InstanceApi, type ApiInstance, type InstanceApiBackend, type StateBody } from '../api/instance-api.js';
+import type { Peer } from '../api/instance-client.js';
+import { processTreeRss, readProcTable } from '../api/memory.js';
+import type { ServiceInstances } from '../resources/types.js';
+import { readRecord } from '../resources/svc/record.js';
+import { resourceStateDir } from '../state-dir.js';
 import { runHook } from './hooks.js';
 
 /**
@@ -21,6 +27,16 @@ import { runHook } from './hooks.js';
  * would gain nothing but reads.
  */
 const CONFIRM_EVERY_MS = 500;
+
+/** Non-urgent state reports of an instance reach the store at most this often (urgent ones: APP_URGENT_MS). */
+export const APP_REPORT_EVERY_MS = 1000;
+/** Even urgent reports of one instance are written at most this often (a hostile instance cannot flood the store). */
+const APP_URGENT_MS = 100;
+/** How often each instance's process tree is measured against its memory limit. */
+export const MEMORY_CHECK_MS = 2000;
+/** The `memory` event fires when the tree crosses this share of resources.memory, and again after it fell below REARM. */
+export const MEMORY_WARN_RATIO = 0.9;
+const MEMORY_REARM_RATIO = 0.8;
 
 export interface InstancesOptions {
   readonly store: Store;
@@ -37,6 +53,10 @@ export interface InstancesOptions {
   readonly onChange: () => void;
   /** The alloc ids whose resources are in the running graph now. */
   readonly applied: () => ReadonlySet<string>;
+  /** Service discovery, for the instance API's peers (none: every instance sees no peers). */
+  readonly services?: { current(): ServiceInstances; watch(service: string, onChange: () => void): () => void };
+  /** The engine's state directory (where each svc keeps its pid record), for the memory check; default stateDir. */
+  readonly engineStateDir?: string;
 }
 
 type Accepted = AssignRecord & { readonly spec: ServiceSpec };
@@ -104,6 +124,18 @@ export class Instances {
   private lastLeaseId: string | undefined;
   readonly heartbeat: string;
   private readonly hooksDir: string;
+  /** The instance API (src/api/instance-api.ts) this host's instances reach through BACKPLANE_API. */
+  api: InstanceApi | undefined;
+  /** What each instance last reported through the API: relayed as `app` in its status record. */
+  private readonly appReports = new Map<string, AppReport>();
+  private readonly appWrittenAt = new Map<string, number>();
+  private readonly appTimers = new Map<string, NodeJS.Timeout>();
+  /** Allocs no longer assigned whose process still runs (their stop notice, then their stop): the API still serves them. */
+  private readonly leaving = new Map<string, Accepted>();
+  /** Allocs kept in the graph for their spec's stopNotice after the `stopping` event; the timer lets them go. */
+  private readonly notices = new Map<string, NodeJS.Timeout>();
+  /** Allocs over MEMORY_WARN_RATIO of their memory at the last check (told once, until they fall below the rearm). */
+  private readonly memoryOver = new Set<string>();
 
   constructor(private readonly opts: InstancesOptions) {
     this.heartbeat = join(opts.stateDir, 'sched', 'heartbeat');
@@ -113,6 +145,10 @@ export class Instances {
   async start(): Promise<void> {
     await mkdir(this.hooksDir, { recursive: true, mode: 0o700 });
     await this.loadHookResults();
+    // Before the first assignment is rendered: its env names the API's URL and the alloc's token.
+    const api = new InstanceApi({ backend: this.apiBackend(), log: this.opts.log, stateFile: join(this.opts.stateDir, 'sched', 'api.json') });
+    await api.start();
+    this.api = api;
     const { store } = this.opts;
     const election = await store.list(keys.election(ELECTION), { signal: this.ac.signal });
     this.onElection({ type: 'resync', kvs: election.kvs, revision: election.revision });
@@ -123,19 +159,24 @@ export class Instances {
     await store.watch(prefix, listed.revision + 1, (b) => this.onAssign(b), this.ac.signal);
     await this.forgetLeftovers();
     void this.confirmLoop();
+    void this.memoryLoop();
   }
 
   close(): void {
     this.ac.abort();
+    for (const t of [...this.appTimers.values(), ...this.notices.values()]) clearTimeout(t);
+    this.api?.close().catch(() => undefined);
   }
 
   /** The graph resources of every accepted alloc. */
   resources(): { resources: RawResource[]; edges: RawEdge[] } {
     const resources: RawResource[] = [];
     const edges: RawEdge[] = [];
-    for (const a of this.accepted.values()) {
+    // An alloc in its stop notice stays in the graph (running) until the notice is over.
+    const noticed = [...this.notices.keys()].flatMap((id) => this.leaving.get(id) ?? []);
+    for (const a of [...this.accepted.values(), ...noticed]) {
       try {
-        const r = renderInstance(a.spec, { ...a.alloc }, { name: this.opts.host, facts: this.opts.facts, labels: this.opts.labels }, { fence: { heartbeat: this.heartbeat, maxAgeMs: this.opts.fenceMs } });
+        const r = renderInstance(a.spec, { ...a.alloc }, { name: this.opts.host, facts: this.opts.facts, labels: this.opts.labels }, { fence: { heartbeat: this.heartbeat, maxAgeMs: this.opts.fenceMs }, ...this.apiEnv(a.alloc.id) });
         resources.push(...r.resources);
         edges.push(...r.edges);
       } catch (err) {
@@ -193,11 +234,15 @@ export class Instances {
   private statusBody(allocId: string): StatusRecord | undefined {
     const s = this.states.get(allocId);
     const st = this.stopping.get(allocId);
-    if (st !== undefined) return { state: 'stopping', restarts: s?.restarts ?? 0, since: st.since, version: st.version, stopping: st.info };
+    const app = this.appReports.get(allocId);
+    const withApp = app === undefined ? {} : { app };
+    if (st !== undefined) return { state: 'stopping', restarts: s?.restarts ?? 0, since: st.since, version: st.version, stopping: st.info, ...withApp };
     const a = this.accepted.get(allocId);
     if (s === undefined || a === undefined) return undefined;
     const hooks = this.hookResults.get(allocId);
-    return { ...s, version: a.alloc.version, ...(hooks === undefined || Object.keys(hooks).length === 0 ? {} : { hooks }) };
+    // An instance that says it is not ready is up but not healthy: out of discovery and of the rollouts' counts.
+    const state = s.state === 'healthy' && app?.ready === false ? 'running' : s.state;
+    return { ...s, state, version: a.alloc.version, ...(hooks === undefined || Object.keys(hooks).length === 0 ? {} : { hooks }), ...withApp };
   }
 
   private async report(allocId: string): Promise<void> {
@@ -224,6 +269,145 @@ export class Instances {
       if (this.writes.get(key) === tail) this.writes.delete(key);
     });
     return run;
+  }
+
+  // ---- the instance API -------------------------------------------------------------------------------------------
+
+  /** BACKPLANE_API and BACKPLANE_TOKEN for an alloc's svc and hooks. */
+  private apiEnv(allocId: string): { api?: InstanceApiEnv } {
+    const api = this.api;
+    return api === undefined ? {} : { api: { url: api.url, token: api.tokenFor(allocId) } };
+  }
+
+  private apiBackend(): InstanceApiBackend {
+    return {
+      host: this.opts.host,
+      instance: (id) => this.apiInstance(id),
+      ids: () => new Set([...this.accepted.keys(), ...this.leaving.keys()]),
+      address: () => this.opts.facts.ipv4,
+      peers: (service) => (this.opts.services?.current()[service] ?? []).map((i): Peer => ({ allocId: i.id, index: i.index, host: i.host, address: i.address, ports: i.ports })),
+      watchPeers: (service, cb) => this.opts.services?.watch(service, cb) ?? (() => undefined),
+      report: (id, body) => this.relay(id, body),
+      scale: (id, count, reason) => this.requestScale(id, count, reason),
+    };
+  }
+
+  /**
+   * Whom a token may act for: an alloc assigned here, or one no longer assigned whose process is still running (its
+   * stop notice, its stop: it may still say it is going down). Once its process is gone, nothing.
+   */
+  private apiInstance(allocId: string): ApiInstance | undefined {
+    return this.accepted.get(allocId) ?? this.leaving.get(allocId);
+  }
+
+  /**
+   * An alloc is no longer assigned here: the instance hears `stopping` and, when its spec has a stopNotice and this
+   * agent vouches for the stop (it learned of it in good order, see `stopping`), keeps running that long before the
+   * graph drops it (and its svc gets the stop signal). An agent that learns of it late stops it at once.
+   */
+  private notice(a: Accepted, vouched: boolean): void {
+    const id = a.alloc.id;
+    const ms = vouched ? (a.spec.task.stopNoticeMs ?? 0) : 0;
+    this.api?.stopping(id, ms, 'no longer assigned to this host (a rollout, a drain, a scale-down or a move)');
+    if (ms <= 0 || this.notices.has(id)) return;
+    this.notices.set(
+      id,
+      setTimeout(() => {
+        if (!this.notices.delete(id)) return;
+        this.opts.log.info(`stop notice of ${id} over: stopping it`);
+        this.opts.onChange();
+      }, ms),
+    );
+  }
+
+  /** A PUT /v1/state: kept, and written into the status record now (urgent) or coalesced to one write a second. */
+  private relay(allocId: string, body: StateBody): void {
+    const prev = this.appReports.get(allocId);
+    const ready = body.ready ?? prev?.ready;
+    const state = body.state ?? prev?.state;
+    const message = body.message ?? prev?.message;
+    this.appReports.set(allocId, { ...(ready === undefined ? {} : { ready }), ...(state === undefined ? {} : { state }), ...(message === undefined ? {} : { message }), at: Date.now() });
+    const urgent = body.urgent === true;
+    const wait = (this.appWrittenAt.get(allocId) ?? 0) + (urgent ? APP_URGENT_MS : APP_REPORT_EVERY_MS) - Date.now();
+    const pending = this.appTimers.get(allocId);
+    if (pending !== undefined) {
+      // A write is coming anyway (with this report in it), unless this one may not wait as long.
+      if (!urgent) return;
+      clearTimeout(pending);
+      this.appTimers.delete(allocId);
+    }
+    if (wait <= 0) {
+      this.writeApp(allocId);
+      return;
+    }
+    this.appTimers.set(
+      allocId,
+      setTimeout(() => {
+        this.appTimers.delete(allocId);
+        this.writeApp(allocId);
+      }, wait),
+    );
+  }
+
+  private writeApp(allocId: string): void {
+    this.appWrittenAt.set(allocId, Date.now());
+    void this.report(allocId);
+  }
+
+  private forgetApp(allocId: string): void {
+    const t = this.appTimers.get(allocId);
+    if (t !== undefined) clearTimeout(t);
+    this.appTimers.delete(allocId);
+    this.appReports.delete(allocId);
+    this.appWrittenAt.delete(allocId);
+    this.memoryOver.delete(allocId);
+    const n = this.notices.get(allocId);
+    if (n !== undefined) clearTimeout(n);
+    this.notices.delete(allocId);
+    this.leaving.delete(allocId);
+    this.api?.revoke(allocId);
+  }
+
+  /** An accepted POST /v1/scale (in bounds): written signed by this host, under this host's lease, for the controller. */
+  private async requestScale(allocId: string, count: number, reason: string | undefined): Promise<void> {
+    const a = this.accepted.get(allocId) ?? this.leaving.get(allocId);
+    const lease = this.opts.link.currentLease;
+    if (a === undefined) throw new Error(`${allocId} does not run here`);
+    if (lease === undefined) throw new Error('this agent has no lease in the cluster store now');
+    const key = keys.scaleReq(this.opts.host, allocId);
+    const req: ScaleRequest = { allocId, service: a.alloc.service, count, ...(reason === undefined ? {} : { reason }), at: Date.now() };
+    const signed = this.opts.link.sign(key, JSON.stringify(req));
+    await this.serially(key, () => this.opts.store.put(key, signed, { lease, signal: this.ac.signal }));
+    this.opts.log.info(`instance ${allocId} asks for ${count} instances of ${a.alloc.service}${reason === undefined ? '' : `: ${reason}`}`);
+  }
+
+  /** Every MEMORY_CHECK_MS: each instance's process tree against its memory; crossing MEMORY_WARN_RATIO is an event. */
+  private async memoryLoop(): Promise<void> {
+    const root = this.opts.engineStateDir ?? this.opts.stateDir;
+    while (!this.ac.signal.aborted) {
+      await sleep(MEMORY_CHECK_MS, undefined, { signal: this.ac.signal }).catch(() => undefined);
+      if (this.ac.signal.aborted || this.api === undefined) return;
+      try {
+        const all = [...this.accepted.values(), ...this.leaving.values()];
+        if (all.length === 0) continue;
+        const table = await readProcTable();
+        for (const a of all) {
+          const id = a.alloc.id;
+          const limit = a.alloc.resources.memory;
+          if (!(limit > 0)) continue;
+          const rec = await readRecord(await resourceStateDir(root, `svc[${id}]`));
+          const rss = rec === undefined ? undefined : await processTreeRss(rec.pid, table);
+          if (rss === undefined) continue;
+          if (rss >= limit * MEMORY_WARN_RATIO && !this.memoryOver.has(id)) {
+            this.memoryOver.add(id);
+            this.opts.log.info(`instance ${id} uses ${Math.round((rss / limit) * 100)}% of its memory (${rss} of ${limit} bytes)`);
+            this.api.memory(id, rss, limit);
+          } else if (rss < limit * MEMORY_REARM_RATIO) this.memoryOver.delete(id);
+        }
+      } catch (err) {
+        if (!this.ac.signal.aborted) this.opts.log.debug(`memory check failed: ${errorMessage(err)}`);
+      }
+    }
   }
 
   // ---- hooks ------------------------------------------------------------------------------------------------------
@@ -266,7 +450,7 @@ export class Instances {
     this.hookRuns.set(runKey, run);
     this.setHook(id, hook, { nonce, state: 'running', at: Date.now() });
     const signal = AbortSignal.any([this.ac.signal, run.ac.signal]);
-    const ran = runHook({ spec: a.spec, alloc: a.alloc, host: this.hostInfo(), hook, signal }).catch((err: unknown) => ({ ok: false, output: errorMessage(err).slice(0, 2000), aborted: false }));
+    const ran = runHook({ spec: a.spec, alloc: a.alloc, host: this.hostInfo(), hook, signal, ...this.apiEnv(id) }).catch((err: unknown) => ({ ok: false, output: errorMessage(err).slice(0, 2000), aborted: false }));
     void ran.then((r) => {
       // Superseded by a newer request, or aborted (the alloc is gone, the agent stops): nothing more to say.
       if (this.hookRuns.get(runKey) !== run) return;
@@ -339,6 +523,7 @@ export class Instances {
       if (this.stopping.delete(id)) {
         this.states.delete(id);
         this.hookResults.delete(id);
+        this.forgetApp(id);
         const file = join(this.hooksDir, `${id}.json`);
         void this.serially(file, () => rm(file, { force: true })).catch(() => undefined);
       }
@@ -424,16 +609,30 @@ export class Instances {
       const cur = this.accepted.get(id);
       if (cur === undefined || cur.alloc.version !== a.alloc.version || JSON.stringify(cur.alloc.ports) !== JSON.stringify(a.alloc.ports)) changed = true;
     }
+    // A new config in a rewritten assignment reaches the instance as an event; it never restarts it (not rendered).
+    for (const [id, a] of next) {
+      const cur = this.accepted.get(id);
+      if (cur !== undefined && JSON.stringify(cur.alloc.config ?? null) !== JSON.stringify(a.alloc.config ?? null)) this.api?.configChanged(id, a.alloc.config);
+    }
     const gone: string[] = [];
     for (const [id, cur] of this.accepted) {
       if (next.has(id)) continue;
       // Its hooks stop with it; its status says 'stopping' until its svc is out of the running graph (sweep).
       this.abortHooks(id);
       const { service, index, resources, ports } = cur.alloc;
-      this.stopping.set(id, { info: { service, index, resources, ports }, version: cur.alloc.version, since: Date.now(), vouched: Date.now() - this.lastTouchAt < this.opts.fenceMs / 2 });
+      const vouched = Date.now() - this.lastTouchAt < this.opts.fenceMs / 2;
+      this.stopping.set(id, { info: { service, index, resources, ports }, version: cur.alloc.version, since: Date.now(), vouched });
+      this.leaving.set(id, cur);
+      this.notice(cur, vouched);
       gone.push(id);
     }
-    const back = [...next.keys()].filter((id) => this.stopping.delete(id) || this.unreport.delete(id));
+    const back = [...next.keys()].filter((id) => {
+      const t = this.notices.get(id);
+      if (t !== undefined) clearTimeout(t);
+      this.notices.delete(id);
+      this.leaving.delete(id);
+      return this.stopping.delete(id) || this.unreport.delete(id);
+    });
     this.accepted.clear();
     for (const [id, a] of next) this.accepted.set(id, a);
     if (changed) this.opts.onChange();

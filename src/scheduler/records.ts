@@ -36,6 +36,7 @@ export const serviceSpecSchema = z.strictObject({
     group: z.union([z.string(), z.number().int().nonnegative()]).optional(),
     stopSignal: z.string().optional(),
     stopTimeoutMs: nonneg.optional(),
+    stopNoticeMs: nonneg.optional(),
   }),
   resources,
   ports: z.array(z.strictObject({ name: z.string().min(1), static: z.number().int().min(1).max(65535).optional() })),

@@ -31,6 +31,14 @@ export interface InstanceHost {
 export interface RenderOptions {
   /** The agent's heartbeat fence (see /tmp/design.md "Fence"): the svc kind kills the instance when it goes stale. */
   readonly fence?: { readonly heartbeat: string; readonly maxAgeMs: number };
+  /** The agent's instance API (src/api/instance-api.ts): BACKPLANE_API and BACKPLANE_TOKEN in the instance's env. */
+  readonly api?: InstanceApiEnv;
+}
+
+/** Where an instance reaches its agent's instance API, and its token there (scoped to its alloc). */
+export interface InstanceApiEnv {
+  readonly url: string;
+  readonly token: string;
 }
 
 export interface RenderedInstance {
@@ -47,7 +55,7 @@ export type SpecLocator = (path: readonly PropertyKey[], value?: boolean) => Sou
 /** Values in a template's `vars` that the scheduler sets; a spec may not declare them itself. */
 export const RESERVED_TEMPLATE_VARS = ['instance', 'service', 'host'] as const;
 /** Environment the scheduler sets for every instance (plus PORT_<NAME>). */
-export const RESERVED_ENV = ['INSTANCE_INDEX', 'INSTANCE_ID', 'SERVICE_NAME', 'SERVICE_VERSION'] as const;
+export const RESERVED_ENV = ['INSTANCE_INDEX', 'INSTANCE_ID', 'SERVICE_NAME', 'SERVICE_VERSION', 'BACKPLANE_API', 'BACKPLANE_TOKEN'] as const;
 
 /**
  * Kinds whose change means the instance must restart to see it (a config file, a package, a user it runs as).
@@ -102,7 +110,7 @@ export function renderWith(spec: ServiceSpec, alloc: Alloc, host: InstanceHost, 
 
   // ---- the task: one svc named after the alloc
   const t = spec.task;
-  const env = taskEnv(spec, alloc, str, errors, at);
+  const env = taskEnv(spec, alloc, str, errors, at, opts.api);
   const ms = (n: number): string => `${n}ms`;
   const params: Record<string, unknown> = {
     cmd: t.cmd.map((c, i) => str(c, ['run', 'cmd', i])),
@@ -167,14 +175,21 @@ export function renderWith(spec: ServiceSpec, alloc: Alloc, host: InstanceHost, 
 
 type Str = (s: string, path: readonly PropertyKey[]) => string;
 
-/** The instance's environment: the task's env, then INSTANCE_INDEX, INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, PORT_<NAME>. */
-function taskEnv(spec: ServiceSpec, alloc: Alloc, str: Str, errors: BackplaneError[], at: SpecLocator): Record<string, string> {
+/**
+ * The instance's environment: the task's env, then INSTANCE_INDEX, INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION,
+ * BACKPLANE_API and BACKPLANE_TOKEN (when the agent serves the instance API), PORT_<NAME>.
+ */
+function taskEnv(spec: ServiceSpec, alloc: Alloc, str: Str, errors: BackplaneError[], at: SpecLocator, api?: InstanceApiEnv): Record<string, string> {
   const env: Record<string, string> = {};
   for (const [k, v] of Object.entries(spec.task.env)) env[k] = str(v, ['run', 'env', k]);
   env['INSTANCE_INDEX'] = String(alloc.index);
   env['INSTANCE_ID'] = alloc.id;
   env['SERVICE_NAME'] = spec.name;
   env['SERVICE_VERSION'] = spec.version;
+  if (api !== undefined) {
+    env['BACKPLANE_API'] = api.url;
+    env['BACKPLANE_TOKEN'] = api.token;
+  }
   for (const p of spec.ports) {
     const n = alloc.ports[p.name];
     if (n === undefined) errors.push(new BackplaneError('E_SCHEMA', `the alloc has no port "${p.name}"`, { where: at(['ports']), hint: 'the controller assigns every declared port; this assignment is stale or broken' }));
@@ -205,7 +220,7 @@ export interface InstanceContext {
  * The environment, cwd, user and group renderInstance gives the alloc's svc, for commands run beside it (hooks.ts).
  * Throws ValidationErrors as renderInstance does.
  */
-export function instanceContext(spec: ServiceSpec, alloc: Alloc, host: InstanceHost): InstanceContext {
+export function instanceContext(spec: ServiceSpec, alloc: Alloc, host: InstanceHost, opts: Pick<RenderOptions, 'api'> = {}): InstanceContext {
   const label = instanceLabel(spec.name, alloc.id);
   const at: SpecLocator = (path) => ({ file: path.length === 0 ? label : `${label}: ${pathText(path)}`, line: 0, col: 0 });
   const errors: BackplaneError[] = [];
@@ -216,7 +231,7 @@ export function instanceContext(spec: ServiceSpec, alloc: Alloc, host: InstanceH
     errors.push(new BackplaneError('E_SCHEMA', out.error, { where: at(path, true), hint: out.hint }));
     return s;
   };
-  const env = taskEnv(spec, alloc, str, errors, at);
+  const env = taskEnv(spec, alloc, str, errors, at, opts.api);
   const id = taskIdentity(spec, str);
   if (errors.length > 0) throw new ValidationErrors(errors);
   return { env, ...id };

@@ -67,12 +67,15 @@ const runSchema = z.strictObject({
   env: z
     .record(z.string().regex(ENV_NAME, 'an environment variable name is letters, digits and "_", not starting with a digit'), scalarText())
     .default({})
-    .meta({ description: 'extra environment; INSTANCE_INDEX, INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION and PORT_<NAME> are set by the scheduler' }),
+    .meta({ description: 'extra environment; INSTANCE_INDEX, INSTANCE_ID, SERVICE_NAME, SERVICE_VERSION, BACKPLANE_API, BACKPLANE_TOKEN and PORT_<NAME> are set by the scheduler' }),
   cwd: z.string().min(1).optional().meta({ description: 'working directory (absolute; default /)' }),
   user: uid().optional().meta({ description: 'run as this user (name or uid); default root' }),
   group: uid().optional().meta({ description: "run with this group (name or gid); default the user's primary group" }),
   stopSignal: z.string().min(1).optional().meta({ description: 'signal that asks the process to stop (default SIGTERM)' }),
   stopTimeout: duration().optional().meta({ description: 'after stopSignal, wait this long before SIGKILL (default 10s)' }),
+  stopNotice: duration()
+    .optional()
+    .meta({ description: 'before stopping an instance the agent sends it a `stopping` event through the instance API and waits this long before stopSignal (default 0)' }),
 });
 
 const resourcesSchema = z.strictObject({

@@ -125,6 +125,11 @@ export interface TaskSpec {
   readonly group?: string | number;
   readonly stopSignal?: string;
   readonly stopTimeoutMs?: number;
+  /**
+   * Before the agent stops an instance it sends a `stopping` event through the instance API (src/api/) and waits
+   * this long before the stop signal (run.stopNotice). Undefined: no wait.
+   */
+  readonly stopNoticeMs?: number;
 }
 
 export interface ServiceSpec {
