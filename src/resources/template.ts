@@ -23,7 +23,8 @@ import { defineKind, type CheckApplyContext, type CheckResult, type HostFacts, t
  */
 
 /** As the scheduler's spec schema has it (src/scheduler/records.ts). */
-const SERVICE_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
+/** A service, or an application object's discovery entry (`cache.primary`, read as services["cache.primary"]). */
+const SERVICE_NAME = /^[a-z0-9][a-z0-9-]{0,62}(\.[a-z0-9][a-z0-9-]{0,62})?$/;
 
 export const templateSchema = z
   .strictObject({
@@ -33,9 +34,9 @@ export const templateSchema = z
     source: absolutePath().optional().meta({ description: 'absolute path of a Liquid template file; editing it re-renders' }),
     vars: z.record(z.string(), z.unknown()).default({}).meta({ description: 'values the template sees as vars.*' }),
     services: z
-      .array(z.string().regex(SERVICE_NAME, 'a service name is 1-63 characters of a-z, 0-9 and "-", starting with a letter or digit'))
+      .array(z.string().regex(SERVICE_NAME, 'a service name is 1-63 characters of a-z, 0-9 and "-", starting with a letter or digit; an application\'s entry is OBJECT.ENTRY (cache.primary)'))
       .default([])
-      .meta({ description: 'services whose healthy instances this template sees as services.NAME (a list of {id, index, host, address, ports, version}); re-rendered when they change' }),
+      .meta({ description: 'services whose healthy instances this template sees as services.NAME (a list of {id, index, host, address, ports, version}), and application discovery entries (cache.primary, seen as services["cache.primary"]); re-rendered when they change' }),
     mode: fileMode().optional().meta({ description: 'permission bits in octal as chmod reads them ("0644", 644) or symbolic, absolute ("u=rw,go=r")' }),
     owner: z.union([z.string().min(1), z.number().int().nonnegative()]).optional().meta({ description: 'user name or uid' }),
     group: z.union([z.string().min(1), z.number().int().nonnegative()]).optional().meta({ description: 'group name or gid' }),
