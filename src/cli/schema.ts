@@ -1,4 +1,7 @@
 import type { Command } from 'commander';
+import { z } from 'zod';
+import { findBackplane, loadBackplane, searchPath, shippedKinds } from '../backplanes/registry.js';
+import { BackplaneError } from '../errors.js';
 import { graphJsonSchema } from '../frontends/json-schema.js';
 import { builtinKinds } from '../resources/registry.js';
 import { serviceJsonSchema } from '../scheduler/spec.js';
@@ -8,9 +11,22 @@ export function registerSchema(program: Command): void {
     .command('schema')
     .description('print the JSON Schema of the graph format, or with --service of a service spec (for editors and yaml-language-server)')
     .option('--service', 'the schema of service specs (backplane deploy -f) instead of graphs')
-    .action((flags: { service?: boolean }) => {
-      const schema = flags.service === true ? serviceJsonSchema() : graphJsonSchema(builtinKinds);
+    .option('--backplane <kind>', "the schema of an application object of that kind (kind: redis), from its backplane's parameters")
+    .action(async (flags: { service?: boolean; backplane?: string }) => {
+      const schema = flags.backplane !== undefined ? await objectJsonSchema(flags.backplane) : flags.service === true ? serviceJsonSchema() : graphJsonSchema(builtinKinds);
       process.stdout.write(`${JSON.stringify(schema, null, 2)}\n`);
+    });
+  program
+    .command('backplanes')
+    .description('list the application backplanes this host can run (shipped, and on BACKPLANE_PATH)')
+    .action(async () => {
+      for (const kind of shippedKinds()) {
+        const ref = await findBackplane(kind);
+        const def = ref === undefined ? undefined : await loadBackplane(ref);
+        process.stdout.write(`${kind.padEnd(10)} ${def?.description ?? ''}\n`);
+      }
+      const path = searchPath();
+      process.stdout.write(path.length === 0 ? '(BACKPLANE_PATH is empty: only the shipped backplanes)\n' : `and any <dir>/<kind>/ on BACKPLANE_PATH=${path.join(':')}\n`);
     });
   program
     .command('kinds')
@@ -18,4 +34,21 @@ export function registerSchema(program: Command): void {
     .action(() => {
       for (const k of builtinKinds) process.stdout.write(`${k.kind.padEnd(10)} ${k.description}\n`);
     });
+}
+
+/** An object document: kind and name, then the backplane's own parameters (zod's JSON Schema of them). */
+async function objectJsonSchema(kind: string): Promise<Record<string, unknown>> {
+  const ref = await findBackplane(kind);
+  if (ref === undefined) throw new BackplaneError('E_UNKNOWN_KIND', `no backplane for kind "${kind}"`, { hint: `shipped: ${shippedKinds().join(', ')}; others are found on BACKPLANE_PATH` });
+  const def = await loadBackplane(ref);
+  const params = z.toJSONSchema(def.params, { io: 'input', unrepresentable: 'any' }) as { properties?: Record<string, unknown>; required?: string[] };
+  return {
+    $schema: 'https://json-schema.org/draft/2020-12/schema',
+    title: `${kind} object`,
+    description: def.description,
+    type: 'object',
+    properties: { kind: { const: kind }, name: { type: 'string', pattern: '^[a-z0-9][a-z0-9-]{0,62}$' }, ...(params.properties ?? {}) },
+    required: ['kind', 'name', ...(params.required ?? [])],
+    additionalProperties: false,
+  };
 }

@@ -3,6 +3,7 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { runCli } from '../helpers/cli.js';
 import { deploy, instances, newCluster, op, opJson, startAgent, stopCluster, waitFor, WORKLOAD, workloadSpec, type TestCluster } from '../helpers/services.js';
 
 /**
@@ -61,6 +62,24 @@ export default {
     else process.env['BACKPLANE_PATH'] = saved;
     await stopCluster(c);
     await rm(work, { recursive: true, force: true });
+  });
+
+  test('mistakes in an object are refused with file:line, and nothing is deployed', async () => {
+    const r = await deploy(c, 'bad', 'kind: redis\nname: cache\nreplicas: -1\nmemory: lots\n');
+    assert.equal(r.code, 2, r.stdout);
+    assert.match(r.stderr, /:3:\d+.*replicas/);
+    assert.match(r.stderr, /:4:\d+.*"lots" is not a size/);
+    const typo = await deploy(c, 'typo', 'kind: rediss\nname: cache\nmemory: 64M\n');
+    assert.equal(typo.code, 2);
+    assert.match(typo.stderr, /:1:\d+.*no backplane for kind "rediss"/);
+    assert.match(typo.stderr, /did you mean "redis"/);
+    assert.deepEqual(await opJson<unknown[]>(c, ['apps']), []);
+    assert.deepEqual(await opJson<unknown[]>(c, ['services']), []);
+    const schema = await runCli(['schema', '--backplane', 'redis']);
+    assert.equal(schema.code, 0, schema.stderr);
+    const s = JSON.parse(schema.stdout) as { required: string[]; properties: Record<string, unknown> };
+    assert.deepEqual(s.required.slice(0, 2), ['kind', 'name']);
+    assert.ok('replicas' in s.properties && 'memory' in s.properties);
   });
 
   test('the object is expanded, placed, and its backplane publishes a discovery entry', async () => {
