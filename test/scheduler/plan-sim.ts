@@ -4,6 +4,7 @@
  * is stopped one pass later. Each `pass()` is what the controller does: planPass over a snapshot, then apply its
  * output exactly as controller.ts commits it (plans, history, allocs, hook requests, consumed commands).
  */
+import type { AppGate } from '../../src/scheduler/records.js';
 import { planPass, type PlanPassOutput, type ServiceInput } from '../../src/scheduler/plans.js';
 import type { PlanCommand, PlanCommandAction, ServicePlan, SpecRef } from '../../src/scheduler/plan-types.js';
 import type { Alloc, ClusterSnapshot, HookName, HookResult, HostSnapshot, ServiceSpec, StoppingAlloc } from '../../src/scheduler/types.js';
@@ -58,6 +59,8 @@ export class Sim {
   /** Hook outcomes by hook name: true = ok. */
   hooks = new Map<HookName, boolean>();
   last: PlanPassOutput | undefined;
+  /** What application backplanes steer (update order, indexes held), by service. */
+  appGates = new Map<string, AppGate>();
   private readonly specs = new Map<string, ServiceSpec>();
   private seq = 0;
   private n = 0;
@@ -100,6 +103,7 @@ export class Sim {
       commands: this.commands,
       specOf: (_svc, ref) => this.specs.get(ref.record),
       newAllocId: (service, index) => `${service}.${index}.${(this.n++).toString(16).padStart(8, '0')}`,
+      appGates: this.appGates,
     });
     this.last = out;
     for (const p of out.write) this.plans.set(p.service, p);

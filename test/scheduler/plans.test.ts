@@ -378,3 +378,31 @@ describe('plans: disruption budget', () => {
     assert.match(s.plan().why ?? '', /no step completed for 15s \(progress deadline\)/);
   });
 });
+
+describe('plans: an application backplane steers a rolling update', () => {
+  test('replicas first in its order, the primary held until the backplane lets it go (after its switchover)', () => {
+    const s = new Sim();
+    s.deploy(spec({ count: 3, version: 'v1' }));
+    s.run(complete);
+    // Member 0 is the primary: update 2, then 1, and hold 0 back.
+    s.appGates.set('web', { order: [2, 1, 0], hold: [0] });
+    s.deploy(spec({ count: 3, version: 'v2', update: { maxParallel: 1 } }));
+    const order: number[] = [];
+    const sample = (x: Sim): void => {
+      for (const p of x.last?.plan.place ?? []) if (p.reason !== 'new' || p.alloc.version === 'v2') if (!order.includes(p.alloc.index)) order.push(p.alloc.index);
+    };
+    s.run((x) => x.versions().join(' ') === '0:v1 1:v2 2:v2', { sample });
+    assert.deepEqual(order, [2, 1]);
+    // Held: passes go by and index 0 stays on v1, with the reason in its step.
+    for (let i = 0; i < 5; i++) {
+      s.pass();
+      s.agents();
+    }
+    assert.deepEqual(s.versions(), ['0:v1', '1:v2', '2:v2']);
+    assert.match(allSteps(s.plan()).find((x) => x.index === 0)?.why ?? '', /application backplane holds web\.0/);
+    s.appGates.set('web', { order: [2, 1, 0] });
+    s.run(complete, { sample });
+    assert.deepEqual(order, [2, 1, 0]);
+    assert.deepEqual(s.versions(), ['0:v2', '1:v2', '2:v2']);
+  });
+});
