@@ -100,6 +100,8 @@ class Member {
   private wakeUp: (() => void) | undefined;
   private woken = false;
   private reporting: Promise<void> = Promise.resolve();
+  private pending = false;
+  private lastSentAt = 0;
   private readonly abort = new AbortController();
   private child: ChildProcess | undefined;
 
@@ -147,7 +149,8 @@ class Member {
       .catch((err: unknown) => {
         log(`events stopped: ${err instanceof Error ? err.message : String(err)}`);
       });
-    const rep = setInterval(() => this.report(false), 500);
+    // Observed every 100 ms (a standby's lost link is reported at once: react waits for it); sent every 500 ms otherwise.
+    const rep = setInterval(() => this.report(false), 100);
     this.report(true);
     while (!this.stopping) {
       try {
@@ -651,7 +654,10 @@ class Member {
 
   /** Reports the state (urgent: written at once; also when the role, link or run changed). Serialized. */
   report(urgent: boolean): void {
+    if (!urgent && this.pending) return;
+    this.pending = true;
     this.reporting = this.reporting.then(async () => {
+      this.pending = false;
       if (this.stopping && this.pg === undefined && this.last.role === 'down') urgent = true;
       let s: PgMemberState;
       try {
@@ -663,6 +669,8 @@ class Member {
       this.last = s;
       const changed = this.lastSent === undefined || this.lastSent.role !== s.role || this.lastSent.link !== s.link || this.lastSent.runId !== s.runId;
       const ready = s.role === 'primary' || (s.role === 'replica' && s.link === 'up');
+      if (!urgent && !changed && Date.now() - this.lastSentAt < 500) return;
+      this.lastSentAt = Date.now();
       try {
         await this.api.report({ ready, state: s as unknown as Record<string, unknown>, message: this.message(s).slice(0, 200), urgent: urgent || changed });
         this.lastSent = { role: s.role, ...(s.link === undefined ? {} : { link: s.link }), ...(s.runId === undefined ? {} : { runId: s.runId }) };
