@@ -4,8 +4,9 @@
 // Every instance pops jobs from the queue (examples/worker/queue.mjs) and "works" JOB_MS on each. Instance 0 alone
 // decides the count, so two instances never argue about it: every POLL_MS it reads the queue's length and asks for
 //   count = clamp(ceil(length / PER_INSTANCE), min, max)        (min, max: the operator's scale bounds)
-// at once when that is more instances than now, and only after DOWN_AFTER_MS of wanting fewer when it is fewer
-// (hysteresis: a queue that empties for a moment does not stop workers it needs again a second later).
+// at once when that is more instances than now, and only after DOWN_AFTER_MS of wanting fewer when it is fewer, then
+// the most it wanted during that time (hysteresis, as Kubernetes' autoscaler's stabilization window: a queue that
+// empties for a moment does not stop workers it needs again a second later, and it steps down, 4 -> 3 -> 2 -> 1).
 //
 // The platform's side: BACKPLANE_API and BACKPLANE_TOKEN are set by the agent in every instance's environment.
 //   GET  /v1/self    -> {allocId, service, index, scale: {min, max} | null, ...}
@@ -88,6 +89,8 @@ async function decide() {
   log(`deciding the count of ${self.body.service} within ${bounds.min}..${bounds.max}, ${PER_INSTANCE} jobs per instance`);
   let belowSince;
   let differsSince;
+  /** What it wanted, with when, over the last DOWN_AFTER_MS. */
+  let wants = [];
   while (!state.stopping) {
     await sleep(POLL_MS);
     try {
@@ -102,20 +105,27 @@ async function decide() {
         state.count = Math.min(bounds.max, Math.max(bounds.min, peers));
         differsSince = undefined;
       }
+      const now = Date.now();
       const want = Math.min(bounds.max, Math.max(bounds.min, Math.ceil(length / PER_INSTANCE)));
-      if (want >= state.count) belowSince = undefined;
-      else belowSince ??= Date.now();
-      const due = want > state.count || (want < state.count && Date.now() - belowSince >= DOWN_AFTER_MS);
-      if (!due) continue;
+      wants = [...wants.filter((w) => now - w.at < DOWN_AFTER_MS), { at: now, want }];
+      // Fewer is judged only once what was asked for runs: new instances still starting are not yet working.
+      if (want >= state.count || peers < state.count) belowSince = undefined;
+      else belowSince ??= now;
+      const down = belowSince !== undefined && now - belowSince >= DOWN_AFTER_MS;
+      if (want <= state.count && !down) continue;
+      // Up: what it wants now. Down: the most it wanted in the window, which is still fewer than now.
+      const count = want > state.count ? want : Math.max(...wants.map((w) => w.want));
       const reason = `queue length ${length}`;
-      const r = await api('POST', '/v1/scale', { count: want, reason });
+      const r = await api('POST', '/v1/scale', { count, reason });
       state.lastAnswer = r.body;
       if (r.status === 202) {
-        log(`asked for ${want} instances (${reason}): accepted`);
-        state.count = want;
-        state.asked = want;
-        belowSince = undefined;
-      } else log(`asked for ${want} instances (${reason}): ${r.status} ${r.body?.reason ?? ''}`);
+        log(`asked for ${count} instances (${reason}): accepted`);
+        state.count = count;
+        state.asked = count;
+        // A step down starts a new window: the next one comes DOWN_AFTER_MS later at the earliest.
+        belowSince = count > want ? now : undefined;
+        wants = [];
+      } else log(`asked for ${count} instances (${reason}): ${r.status} ${r.body?.reason ?? ''}`);
     } catch (err) {
       log(`scale: ${err.message}`);
     }
