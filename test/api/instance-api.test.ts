@@ -516,9 +516,12 @@ test('memory: crossing 90% of resources.memory (the whole process tree) is an ev
 test('the API keeps its port and tokens across an agent restart (an instance\'s env must not change, or it would restart)', async () => {
   const r = await setup();
   const id = 'web.0.00000013';
-  await running(r, id, spec());
+  const c = await running(r, id, spec(), { config: { n: 1 } });
   const env = svcEnv(r, id);
+  const stream = listen(c);
+  await until(() => stream.events.some((x) => x.e.type === 'hello'), 5000, 'hello');
   r.inst.close();
+  await r.inst.api?.close();
   await sleep(100);
   const inst = new Instances({
     store: r.store,
@@ -538,4 +541,31 @@ test('the API keeps its port and tokens across an agent restart (an instance\'s 
   assert.deepEqual(svcEnv(r, id), env);
   inst.onVertexState(`svc[${id}]`, 'converged');
   assert.equal((await client(r, id).self()).allocId, id);
+  // The client's stream came back by itself to the new agent, and was greeted with the config in force.
+  await until(() => stream.events.filter((x) => x.e.type === 'hello').length === 2, 5000, 'a second hello');
+  assert.deepEqual(stream.events.filter((x) => x.e.type === 'hello')[1]?.e.data, { config: { n: 1 } });
+  stream.stop();
+});
+
+test('the client: fromEnv needs both variables; events() rejects with 401 once the alloc is gone, and ends when aborted', async () => {
+  assert.throws(() => InstanceClient.fromEnv({}), /BACKPLANE_API and BACKPLANE_TOKEN are not set/);
+  assert.equal(InstanceClient.fromEnv({ BACKPLANE_API: 'http://127.0.0.1:1/', BACKPLANE_TOKEN: 'x' }).url, 'http://127.0.0.1:1');
+  await assert.rejects(new InstanceClient({ url: 'http://127.0.0.1:1', token: 'x' }).self(), (err: Error & { status?: number }) => err.status === 0);
+  const r = await setup();
+  const id = 'web.0.00000014';
+  const c = await running(r, id, spec());
+  const ac = new AbortController();
+  const seen: string[] = [];
+  const done = c.events((e) => seen.push(e.type), ac.signal, { retryMs: 50 });
+  await until(() => seen.includes('hello'), 5000, 'hello');
+  await r.store.delete(keys.assign('h1', id));
+  r.applied.delete(id);
+  await assert.rejects(done, (err: Error & { status?: number }) => err.status === 401);
+  assert.ok(seen.includes('stopping'));
+  const c2 = await running(r, 'web.1.00000014', spec());
+  const ac2 = new AbortController();
+  const done2 = c2.events(() => undefined, ac2.signal);
+  await sleep(200);
+  ac2.abort();
+  await done2;
 });
