@@ -351,12 +351,14 @@ test('PUT /v1/state reaches the host-signed status record: coalesced to one writ
     await c.report({ state: { role: 'replica', offset: 12 } });
     await waitStatus(r, id, 'offset 12', (s) => s.app?.state?.['offset'] === 12, 5000);
     const coalesced = Date.now() - t1;
-    assert.ok(coalesced >= 700, `a non-urgent report right after a write waited ${coalesced} ms`);
+    // ~1000 ms less the time it took to see the earlier write; broken, it would be a few ms.
+    assert.ok(coalesced >= 500, `a non-urgent report right after a write waited ${coalesced} ms`);
     const t2 = Date.now();
     await c.report({ state: { role: 'primary', epoch: 2 }, urgent: true });
     await waitStatus(r, id, 'primary', (s) => s.app?.state?.['role'] === 'primary', 5000);
     const urgent = Date.now() - t2;
-    assert.ok(urgent < 400, `an urgent report right after a write reached the store in ${urgent} ms`);
+    // Broken (coalesced like the others), it would be ~1000 ms.
+    assert.ok(urgent < 600, `an urgent report right after a write reached the store in ${urgent} ms`);
     const rec = await status(r, id);
     assert.equal(rec?.state, 'healthy');
     assert.deepEqual(rec?.app?.state, { role: 'primary', epoch: 2 });
@@ -466,7 +468,8 @@ test('stopping: the event comes stopNotice before the agent lets the instance go
   await waitStatus(r, id, 'down reported', (s) => s.app?.state?.['role'] === 'down', 5000);
   await until(() => !rendered().includes(id), 5000, 'out of the graph after the notice');
   const gap = Date.now() - (ev?.at ?? 0);
-  assert.ok(gap >= 1400, `dropped ${gap} ms after the notice`);
+  // The timer runs from before the event was sent: less the event's delivery (broken: ~0 ms).
+  assert.ok(gap >= 1200, `dropped ${gap} ms after the notice`);
   stream.stop();
   sq.stop();
 });
