@@ -119,7 +119,7 @@ async function decide() {
       const r = await api('POST', '/v1/scale', { count, reason });
       state.lastAnswer = r.body;
       if (r.status === 202) {
-        log(`asked for ${count} instances (${reason}): accepted`);
+        log(`asked for ${count} instance${count === 1 ? "" : "s"} (${reason}): accepted`);
         state.count = count;
         state.asked = count;
         // A step down starts a new window: the next one comes DOWN_AFTER_MS later at the earliest.
