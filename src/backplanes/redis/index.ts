@@ -71,8 +71,6 @@ function expand(object: AppObject<RedisParams>, env: ExpandEnv): ServiceDocument
     // One member at a time, stopped before its replacement starts (one per host); react orders replicas first and
     // holds the primary until a switchover has handed its role to an up-to-date replica.
     update: { strategy: 'rolling', maxParallel: 1, startFirst: false, minHealthy: '2s' },
-    // deploy adds kind and name; the role says what this service is to the backplane.
-    app: { role: 'member' },
   };
   return [service as ServiceDocument];
 }

@@ -141,8 +141,9 @@ class Member {
       '--maxmemory-policy', process.env.REDIS_MAXMEMORY_POLICY ?? 'noeviction',
       '--replicaof', follow.address, String(follow.port),
     ];
+    // Peers on other hosts reach it on the host's address: protected mode (no password) would refuse them.
     // FAILOVER TO names a replica by the address it announces: the one peers reach it on.
-    if (binds.length > 1) args.push('--replica-announce-ip', this.self.address);
+    if (binds.length > 1) args.push('--protected-mode', 'no', '--replica-announce-ip', this.self.address);
     const settings = process.env.REDIS_SETTINGS;
     if (settings !== undefined && settings !== '') {
       for (const [k, v] of Object.entries(JSON.parse(settings) as Record<string, string | number>)) args.push(`--${k}`, String(v));

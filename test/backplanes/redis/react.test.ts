@@ -332,7 +332,7 @@ test('expand: one service, one member per host, count = replicas + 1, the member
   assert.deepEqual(svc?.ports, { redis: {} });
   assert.deepEqual(svc?.placement, { distinctHosts: true });
   assert.deepEqual(svc?.update, { strategy: 'rolling', maxParallel: 1, startFirst: false, minHealthy: '2s' });
-  assert.deepEqual(svc?.app, { role: 'member' });
+  assert.equal(svc?.app, undefined, 'deploy sets app itself (a service document as an operator writes it has none)');
   assert.equal((svc?.resources as { memory: number }).memory, (96 + 96) * 1024 * 1024);
   const err = (v: unknown): string => {
     const r = redis.params.safeParse(v);
