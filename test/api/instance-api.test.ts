@@ -477,7 +477,7 @@ test('stopping: the event comes stopNotice before the agent lets the instance go
 test('memory: crossing 90% of resources.memory (the whole process tree) is an event; under it, none', async () => {
   const r = await setup();
   // A shell whose child holds ~60 MB: the tree, not the root alone, is what counts.
-  const hog: ChildProcess = spawn('/bin/sh', ['-c', `${process.execPath} -e "const b = Buffer.alloc(60e6, 1); setInterval(() => b[0]++, 1000)" & wait`], { stdio: 'ignore' });
+  const hog: ChildProcess = spawn('/bin/sh', ['-c', `${process.execPath} -e "const b = Buffer.alloc(60e6, 1); setInterval(() => b[0]++, 1000)" & wait`], { stdio: 'ignore', detached: true });
   try {
     assert.ok(hog.pid !== undefined);
     let rss = 0;
@@ -511,7 +511,8 @@ test('memory: crossing 90% of resources.memory (the whole process tree) is an ev
     sh.stop();
     sc.stop();
   } finally {
-    hog.kill('SIGKILL');
+    // The whole group: the shell and its child.
+    if (hog.pid !== undefined) process.kill(-hog.pid, 'SIGKILL');
     await until(() => processTreeRss(hog.pid ?? 0).then((x) => x === undefined), 5000, 'hog gone').catch(() => undefined);
   }
 });
