@@ -9,7 +9,7 @@ import type { AppRecord, ServiceRecord } from '../scheduler/records.js';
 import { readDeployFile } from '../scheduler/spec.js';
 import { expandObjects } from '../backplanes/objects.js';
 import { canonicalJson } from '../util/canonical.js';
-import { serviceInputs, toSnapshot, type SchedState } from '../scheduler/state.js';
+import { serviceInputs, specInForce, toSnapshot, type SchedState } from '../scheduler/state.js';
 import type { TrustView } from '../cluster/trust.js';
 import type { Plan, ServiceSpec } from '../scheduler/types.js';
 import { parseDuration } from '../util/duration.js';
@@ -160,7 +160,9 @@ async function waitHealthy(read: () => Promise<SchedState>, specs: readonly Serv
     const missing: string[] = [];
     for (const spec of specs) {
       const plan = state.plans.get(spec.name);
-      if (plan !== undefined && plan.trigger.deployedAt === deployedAt.get(spec.name)) {
+      const at = deployedAt.get(spec.name);
+      // A count chosen within the scale bounds after this deploy makes a plan of its own, triggered by `<at>+scale@…`.
+      if (plan !== undefined && at !== undefined && (plan.trigger.deployedAt === at || plan.trigger.deployedAt.startsWith(`${at}+scale@`))) {
         if (plan.kind === 'rollback')
           throw new BackplaneError('E_APPLY', `${spec.name}: version ${spec.version} failed and was rolled back: ${plan.log[0]?.message ?? plan.why ?? ''}`, { hint: `see: backplane plan ${spec.name} --history` });
         if (plan.failedAt !== undefined) throw new BackplaneError('E_APPLY', `${spec.name}: plan ${plan.id} failed: ${plan.why ?? ''}`, { hint: `see: backplane plan ${spec.name}` });
@@ -182,7 +184,8 @@ async function waitHealthy(read: () => Promise<SchedState>, specs: readonly Serv
         return st === 'healthy' || (spec.health === undefined && st === 'running');
       });
       const indexes = new Set(ok.map((a) => a.alloc.index));
-      if (indexes.size < spec.count) missing.push(`${spec.name}: ${indexes.size} of ${spec.count} healthy`);
+      const want = specInForce(state, spec.name)?.spec.count ?? spec.count;
+      if (indexes.size < want) missing.push(`${spec.name}: ${indexes.size} of ${want} healthy`);
     }
     if (missing.length === 0) {
       print(promotable.size === specs.length ? 'canaries healthy; the rest waits for promote\n' : promotable.size > 0 ? 'all healthy, except what waits for promote\n' : 'all healthy\n');
