@@ -118,7 +118,6 @@ function expand(object: AppObject<PostgresParams>, env: ExpandEnv): ServiceDocum
     // One member at a time, stopped before its replacement starts (one per host); react orders standbys first and
     // holds the primary until it has stepped down for an up-to-date standby.
     update: { strategy: 'rolling', maxParallel: 1, startFirst: false, minHealthy: '2s' },
-    app: { role: 'member' },
   };
   return [{ ...service, name: object.name }];
 }

@@ -101,6 +101,7 @@ class Member {
   private woken = false;
   private reporting: Promise<void> = Promise.resolve();
   private pending = false;
+  private reportError = '';
   private lastSentAt = 0;
   private readonly abort = new AbortController();
   private child: ChildProcess | undefined;
@@ -580,7 +581,6 @@ class Member {
     // The synchronous standbys first, so that the first commit it accepts already waits for one.
     const sync = syncValue(c.sync);
     await this.q(sync === '' ? 'ALTER SYSTEM RESET synchronous_standby_names' : `ALTER SYSTEM SET synchronous_standby_names = ${sqlString(sync)}`);
-    await this.q('ALTER SYSTEM RESET primary_conninfo');
     await this.q('SELECT pg_reload_conf()');
     this.syncApplied = sync;
     await this.q('SELECT pg_promote(wait => false)');
@@ -672,10 +672,15 @@ class Member {
       if (!urgent && !changed && Date.now() - this.lastSentAt < 500) return;
       this.lastSentAt = Date.now();
       try {
-        await this.api.report({ ready, state: s as unknown as Record<string, unknown>, message: this.message(s).slice(0, 200), urgent: urgent || changed });
+        // One line for humans: tool output (pg_basebackup's "\tIs the server running...") must not make the API refuse the report.
+        const message = [...this.message(s)].map((ch) => (ch.charCodeAt(0) < 32 || ch.charCodeAt(0) === 127 ? ' ' : ch)).join('').slice(0, 200);
+        await this.api.report({ ready, state: s as unknown as Record<string, unknown>, message, urgent: urgent || changed });
+        this.reportError = '';
         this.lastSent = { role: s.role, ...(s.link === undefined ? {} : { link: s.link }), ...(s.runId === undefined ? {} : { runId: s.runId }) };
       } catch (err) {
-        log(`report: ${err instanceof Error ? err.message : String(err)}`);
+        const why = err instanceof Error ? err.message : String(err);
+        if (why !== this.reportError) log(`report: ${why}`);
+        this.reportError = why;
       }
       if (changed && s.role === 'replica' && s.link === 'up') this.wake();
     });
