@@ -129,6 +129,8 @@ export class Instances {
   /** What each instance last reported through the API: relayed as `app` in its status record. */
   private readonly appReports = new Map<string, AppReport>();
   private readonly appWrittenAt = new Map<string, number>();
+  /** When each instance's `ready` last changed: a healthy instance that becomes ready is healthy from then on. */
+  private readonly readyAt = new Map<string, number>();
   private readonly appTimers = new Map<string, NodeJS.Timeout>();
   /** Allocs no longer assigned whose process still runs (their stop notice, then their stop): the API still serves them. */
   private readonly leaving = new Map<string, Accepted>();
@@ -242,7 +244,8 @@ export class Instances {
     const hooks = this.hookResults.get(allocId);
     // An instance that says it is not ready is up but not healthy: out of discovery and of the rollouts' counts.
     const state = s.state === 'healthy' && app?.ready === false ? 'running' : s.state;
-    return { ...s, state, version: a.alloc.version, ...(hooks === undefined || Object.keys(hooks).length === 0 ? {} : { hooks }), ...withApp };
+    const since = s.state === 'healthy' ? Math.max(s.since, this.readyAt.get(allocId) ?? 0) : s.since;
+    return { ...s, state, since, version: a.alloc.version, ...(hooks === undefined || Object.keys(hooks).length === 0 ? {} : { hooks }), ...withApp };
   }
 
   private async report(allocId: string): Promise<void> {
@@ -324,6 +327,7 @@ export class Instances {
   private relay(allocId: string, body: StateBody): void {
     const prev = this.appReports.get(allocId);
     const ready = body.ready ?? prev?.ready;
+    if (ready !== prev?.ready) this.readyAt.set(allocId, Date.now());
     const state = body.state ?? prev?.state;
     const message = body.message ?? prev?.message;
     this.appReports.set(allocId, { ...(ready === undefined ? {} : { ready }), ...(state === undefined ? {} : { state }), ...(message === undefined ? {} : { message }), at: Date.now() });
@@ -360,6 +364,7 @@ export class Instances {
     this.appTimers.delete(allocId);
     this.appReports.delete(allocId);
     this.appWrittenAt.delete(allocId);
+    this.readyAt.delete(allocId);
     this.memoryOver.delete(allocId);
     const n = this.notices.get(allocId);
     if (n !== undefined) clearTimeout(n);

@@ -378,8 +378,11 @@ test('ready: false keeps an otherwise healthy instance "running" (out of discove
   r.inst.onVertexState(`svc[${id}]`, 'converged');
   await sleep(300);
   assert.equal((await status(r, id))?.state, 'running');
+  const t = Date.now();
   await c.report({ ready: true, urgent: true });
-  await waitStatus(r, id, 'healthy again', (s) => s.state === 'healthy' && s.app?.ready === true, 5000);
+  const back = await waitStatus(r, id, 'healthy again', (s) => s.state === 'healthy' && s.app?.ready === true, 5000);
+  // Healthy from when it became ready (minHealthy counts from there), not from when its process came up.
+  assert.ok(back.since >= t - 5 && back.since >= st.since, `since ${back.since}, ready at ${t}`);
 });
 
 test('a new config in the rewritten assignment is a config event and /v1/self answer; the instance is not re-rendered (no restart)', async () => {
