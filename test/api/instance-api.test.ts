@@ -576,3 +576,13 @@ test('the client: fromEnv needs both variables; events() rejects with 401 once t
   ac2.abort();
   await done2;
 });
+
+test('hooks run with the instance\'s BACKPLANE_API and BACKPLANE_TOKEN, as its process does', async () => {
+  const r = await setup();
+  const id = 'web.0.00000015';
+  const file = join(r.dir, 'hook.env');
+  await running(r, id, spec({ hooks: { afterStart: { cmd: ['/bin/sh', '-c', `echo "$BACKPLANE_API $BACKPLANE_TOKEN" > ${file}`], timeoutMs: 10_000 } } }));
+  await waitStatus(r, id, 'afterStart ok', (s) => s.hooks?.afterStart?.state === 'ok');
+  const env = svcEnv(r, id);
+  assert.equal((await readFile(file, 'utf8')).trim(), `${env['BACKPLANE_API'] ?? ''} ${env['BACKPLANE_TOKEN'] ?? ''}`);
+});
