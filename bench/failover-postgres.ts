@@ -42,6 +42,7 @@ async function main(): Promise<void> {
   const c = await newCluster(join(work, 'c'), etcd.endpoints, 'pgbench');
   let ids: string[] = [];
   let failed = false;
+  let keep = false;
   try {
     for (const h of ['h1', 'h2', 'h3']) await startAgent(c, h, { capacity: 'cpu=2,memory=1G', leaseTtl: LEASE_TTL });
     const r = await deploy(c, 'main', `kind: postgres\nname: main\nreplicas: 2\nsynchronous: true\nmemory: 128M\ndataDir: ${dataDir}\n`);
@@ -65,7 +66,14 @@ async function main(): Promise<void> {
         const n = committer.acked.length;
         await waitFor('commits flowing', async () => committer.acked.length >= n + 20, 30_000, 10);
         const killedAt = killPostmaster(dataDir, old.id);
-        const first = await waitFor('a commit on a new primary', async () => committer.acked.find((w) => w.at > killedAt && w.to !== old.id), 60_000, 5);
+        let first: { at: number; to: string };
+        try {
+          first = await waitFor('a commit on a new primary', async () => committer.acked.find((w) => w.at > killedAt && w.to !== old.id), 60_000, 5);
+        } catch (err) {
+          keep = true;
+          process.stdout.write(`kill ${k}: no commit on a new primary within 60 s; the application now:\n${JSON.stringify(await appOf(c, 'main'), null, 2)}\nmember logs: ${work}/c/state-h*/resources/svc_main*/stderr.log (kept)\n`);
+          throw err;
+        }
         times.push(first.at - killedAt);
         await waitFor('healed: the old primary streaming as a standby', async () => {
           const a = await appOf(c, 'main');
@@ -117,7 +125,7 @@ async function main(): Promise<void> {
       }
     }
     await etcd.stop();
-    await rm(work, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
+    if (!keep) await rm(work, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 });
   }
   process.exit(failed ? 1 : 0);
 }

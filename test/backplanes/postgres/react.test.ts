@@ -291,3 +291,31 @@ test('discovery: only the member told primary, once it reports primary at the ep
   v.pass();
   assert.deepEqual(v.out.discovery?.primary, [{ allocId: ids[0], port: 'pg' }]);
 });
+
+test('params and expand: one service of replicas + 1 members, one per host, a pg port, heartbeat health, settings allow-listed; it passes the service parser', async () => {
+  const { default: pg } = await import('../../../src/backplanes/postgres/index.js');
+  const { readExpandedServices } = await import('../../../src/scheduler/spec.js');
+  const params = pg.params.parse({ replicas: 2, memory: '128M', synchronous: true, settings: { work_mem: '8MB', max_connections: 80 } });
+  assert.equal(params.synchronous, true);
+  const docs = pg.expand({ kind: 'postgres', name: 'main', params }, { script: (e) => ['/usr/bin/node', `/opt/bp/${e}.mjs`] });
+  assert.equal(docs.length, 1);
+  const [svc] = readExpandedServices(docs, { file: 'x.yaml', line: 1, col: 1 }, 'main');
+  assert.ok(svc !== undefined);
+  assert.equal(svc.name, 'main');
+  assert.equal(svc.count, 3);
+  assert.deepEqual(svc.task.cmd, ['/usr/bin/node', '/opt/bp/member.mjs']);
+  assert.equal(svc.task.env.PG_SETTINGS, JSON.stringify({ work_mem: '8MB', max_connections: 80 }));
+  assert.equal(svc.placement.distinctHosts, true);
+  assert.equal(svc.resources.memory, 224 * 1024 * 1024);
+  assert.equal(pg.params.parse({ memory: '64M' }).replicas, 1);
+  assert.equal(pg.params.parse({ memory: '64M' }).synchronous, false);
+  assert.throws(() => pg.params.parse({ memory: '64M', settings: { synchronous_commit: 'off' } }), /synchronous_commit is not one the postgres backplane lets you set/);
+  assert.throws(() => pg.params.parse({ memory: '64M', settings: { work_mem: "8MB'; x" } }), /a setting value/);
+  assert.throws(() => pg.params.parse({ replicas: 1 }), /memory/);
+  assert.throws(() => pg.params.parse({ memory: '16M' }), /too small/);
+  // A settings change is a new version (a rolling restart); the same params are the same version.
+  const again = readExpandedServices(pg.expand({ kind: 'postgres', name: 'main', params }, { script: (e) => ['/usr/bin/node', `/opt/bp/${e}.mjs`] }), { file: 'x.yaml', line: 1, col: 1 }, 'main')[0];
+  const changed = readExpandedServices(pg.expand({ kind: 'postgres', name: 'main', params: { ...params, settings: { work_mem: '16MB' } } }, { script: (e) => ['/usr/bin/node', `/opt/bp/${e}.mjs`] }), { file: 'x.yaml', line: 1, col: 1 }, 'main')[0];
+  assert.equal(again?.version, svc.version);
+  assert.notEqual(changed?.version, svc.version);
+});
