@@ -252,7 +252,8 @@ export function healthyInstances(state: SchedState): ServiceInstances {
     // The statuses map was keyed by alloc id only: a status under another host's key says nothing about this alloc.
     if (status === undefined || status.host !== alloc.host) continue;
     const up = status.state === 'healthy' || (status.state === 'running' && spec.health === undefined);
-    if (!up) continue;
+    // An instance that said it is not ready is not routed to, health check or not.
+    if (!up || status.app?.ready === false) continue;
     // A host without a verified membership record is gone (its lease ended) or unknown: nothing to route to.
     const addr = address.get(alloc.host);
     if (addr === undefined) continue;
