@@ -112,13 +112,17 @@ function readMemory(raw: unknown, members: readonly Member[], now: number): Redi
     const s = readState(m);
     if (s !== undefined) maxEpoch = Math.max(maxEpoch, s.epoch);
   }
-  if (!parsed.success || mem.primary === undefined) {
-    // Adopt the member whose config says primary at the highest epoch (memory lost, or a controller of an older version).
-    const p = members
-      .map((m) => ({ m, c: readConfig(m) }))
-      .filter((x) => x.c?.role === 'primary' && x.c.runId !== undefined)
-      .sort((a, b) => (b.c?.epoch ?? 0) - (a.c?.epoch ?? 0))[0];
-    if (p?.c?.runId !== undefined && p.c.epoch === maxEpoch) mem.primary = { allocId: p.m.allocId, runId: p.c.runId, since: now };
+  // The members' configs are the truth the members act on. A member told primary at an epoch the memory does not know
+  // (the memory was lost, or a pass's configs were committed but not its memory) is the primary: adopt it, so a
+  // second member is never promoted beside it.
+  const p = members
+    .map((m) => ({ m, c: readConfig(m) }))
+    .filter((x) => x.c?.role === 'primary' && x.c.runId !== undefined)
+    .sort((a, b) => (b.c?.epoch ?? 0) - (a.c?.epoch ?? 0))[0];
+  if (p?.c?.runId !== undefined && p.c.epoch === maxEpoch && (mem.primary === undefined || p.c.epoch > mem.epoch || (p.c.epoch === mem.epoch && mem.primary.allocId !== p.m.allocId))) {
+    mem.primary = { allocId: p.m.allocId, runId: p.c.runId, since: now };
+    mem.lost = undefined;
+    if (mem.switchover !== undefined && mem.switchover.epoch <= p.c.epoch) mem.switchover = undefined;
   }
   mem.epoch = maxEpoch;
   return mem;
