@@ -107,6 +107,8 @@ function readMemory(raw: unknown, members: readonly Member[], now: number): Redi
   const mem: RedisMemory = parsed.success ? structuredClone(parsed.data) : { epoch: 0 };
   let maxEpoch = mem.epoch;
   for (const m of members) {
+    // During a switchover its old primary already follows the switchover's epoch: that epoch is not in force yet.
+    if (mem.switchover !== undefined && m.allocId === mem.switchover.from) continue;
     const c = readConfig(m);
     if (c !== undefined) maxEpoch = Math.max(maxEpoch, c.epoch);
     const s = readState(m);

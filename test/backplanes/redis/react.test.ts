@@ -286,14 +286,19 @@ test('rolling upgrade: replicas first, the primary held, then a switchover to an
   assert.equal(primaryOf(o2), undefined, 'during the handover no config says primary');
   assert.match(o2.events?.join('\n') ?? '', /switchover from a \(version v1\) to b2/);
   cur = cur.map((m) => ({ ...m, config: cfg(o2, m.id) }));
+  // While it is handed over, the others keep epoch 1: the switchover's epoch is not in force before the target is told.
+  const during = run(2610, cur, o2.memory, v2);
+  assert.deepEqual(cfg(during, 'b2'), cfg(o2, 'b2'));
+  assert.deepEqual(cfg(during, 'c2'), cfg(o2, 'c2'));
   // FAILOVER TO done: b2 became master by itself, a is its replica now at epoch 2.
   cur[1] = { ...cur[1]!, state: { role: 'primary', epoch: 1, runId: 'rb2', offset: 310 }, reportAt: 2700 };
-  const o3a = run(2650, cur, o2.memory, v2);
+  const o3a = run(2650, cur, during.memory, v2);
   assert.equal(primaryOf(o3a), undefined, 'not before the old primary says it is a replica');
-  assert.deepEqual(o3a.discovery?.primary, []);
+  assert.deepEqual(o3a.discovery?.primary, [{ allocId: 'a', port: 'redis' }], 'a is listed until it says it handed over (FAILOVER pauses its writers meanwhile)');
   cur[0] = { ...cur[0]!, state: replica(2, 'ra', 310), reportAt: 2710 };
   const o3 = run(2720, cur, o3a.memory, v2);
   assert.deepEqual(cfg(o3, 'b2'), { epoch: 2, role: 'primary', runId: 'rb2' });
+  assert.deepEqual(o3.discovery?.primary, [], 'not listed before b2 reports primary at epoch 2 (it said epoch 1)');
   assert.deepEqual(cfg(o3, 'a'), { epoch: 2, role: 'replica', primary: { allocId: 'b2', address: '10.0.0.2', port: 20001 } });
   // The old primary is now last in the order and no longer held.
   assert.deepEqual(o3.gates?.[NAME], { order: [0, 2, 1] });
