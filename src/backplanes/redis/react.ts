@@ -170,6 +170,8 @@ function target(m: Member): { allocId: string; address: string; port: number } |
 function note(f: Failover | undefined, at: number, message: string): void {
   if (f === undefined) return;
   f.timeline.push({ at, message });
+  // Reports carry their own times: one may predate the pass that reads it (kept in time order).
+  f.timeline.sort((a, b) => a.at - b.at);
   if (f.timeline.length > MAX_TIMELINE) f.timeline.splice(0, f.timeline.length - MAX_TIMELINE);
 }
 
