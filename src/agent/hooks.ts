@@ -30,6 +30,11 @@ export interface HookRunOptions {
   readonly alloc: Omit<Alloc, 'status'>;
   readonly host: InstanceHost;
   readonly hook: HookName;
+  /**
+   * Instead of the hook: one of the spec's named actions (spec.actions), run the same way with ACTION=<name> and
+   * ACTION_ID=<id> in its environment (an application backplane asked for it: react's `exec`).
+   */
+  readonly action?: { readonly name: string; readonly id: string };
   /** Aborting kills the hook's process group at once; the result is then { ok: false, aborted: true }. */
   readonly signal?: AbortSignal;
   /** The instance API's env for this alloc (BACKPLANE_API, BACKPLANE_TOKEN), as its svc has it. */
@@ -52,9 +57,10 @@ const KILL_WAIT_MS = 2000;
 const POLL_MS = 25;
 
 export async function runHook(opts: HookRunOptions): Promise<HookOutcome> {
-  const { spec, alloc, host, hook } = opts;
-  const def = spec.hooks?.[hook];
-  if (def === undefined) return { ok: true, output: `no ${hook} hook` };
+  const { spec, alloc, host, hook, action } = opts;
+  const def = action === undefined ? spec.hooks?.[hook] : spec.actions?.[action.name];
+  // An action the spec does not name is refused, never run: only what an operator signed may run.
+  if (def === undefined) return action === undefined ? { ok: true, output: `no ${hook} hook` } : { ok: false, output: `the spec of ${spec.name} has no action "${action.name}"` };
   const signal = opts.signal ?? new AbortController().signal;
   if (signal.aborted) return { ok: false, output: 'aborted', aborted: true };
   const fail = (why: string): HookOutcome => ({ ok: false, output: why.slice(0, 2000) });
@@ -68,7 +74,7 @@ export async function runHook(opts: HookRunOptions): Promise<HookOutcome> {
   if ('problem' in ident) return fail(`cannot run as ${String(ctx.user ?? '')}${ctx.group !== undefined ? `:${String(ctx.group)}` : ''}: ${ident.problem}`);
   const env: NodeJS.ProcessEnv = { ...process.env };
   if (ident.name !== undefined) Object.assign(env, { HOME: ident.home, USER: ident.name, LOGNAME: ident.name });
-  Object.assign(env, ctx.env, { HOOK: hook });
+  Object.assign(env, ctx.env, action === undefined ? { HOOK: hook } : { ACTION: action.name, ACTION_ID: action.id });
   const cwd = ctx.cwd ?? '/';
   const [file, ...args] = def.cmd;
   if (file === undefined) return fail('the hook has no command');

@@ -12,7 +12,7 @@ import type { Logger } from '../log.js';
 import type { HostFacts } from '../resources/types.js';
 import { openAssignRecord, type AssignRecord, type ScaleRequest, type StatusRecord } from '../scheduler/records.js';
 import { renderInstance, type InstanceApiEnv, type InstanceHost } from '../scheduler/render.js';
-import type { AppReport, HookName, HookResult, InstanceState, ServiceSpec } from '../scheduler/types.js';
+import type { ActionResult, AppReport, HookName, HookResult, InstanceState, ServiceSpec } from '../scheduler/types.js';
 import { InstanceApi, type ApiInstance, type InstanceApiBackend, type StateBody } from '../api/instance-api.js';
 import type { Peer } from '../api/instance-client.js';
 import { processTreeRss, readProcTable } from '../api/memory.js';
@@ -106,6 +106,9 @@ export class Instances {
   private readonly hookResults = new Map<string, HookResults>();
   /** Hooks running now, by `alloc/hook`. */
   private readonly hookRuns = new Map<string, { readonly nonce: number; readonly ac: AbortController }>();
+  /** The last action each alloc's backplane asked for (alloc.action) and how it went; the run of one in progress. */
+  private readonly actionResults = new Map<string, ActionResult>();
+  private readonly actionRuns = new Map<string, { readonly id: string; readonly ac: AbortController }>();
   /** Allocs no longer assigned whose svc the running graph still holds: reported 'stopping' until it does not. */
   /**
    * Allocs no longer assigned whose svc the graph still holds. `vouched`: this agent was confirming its place in
@@ -242,10 +245,11 @@ export class Instances {
     const a = this.accepted.get(allocId);
     if (s === undefined || a === undefined) return undefined;
     const hooks = this.hookResults.get(allocId);
+    const action = this.actionResults.get(allocId);
     // An instance that says it is not ready is up but not healthy: out of discovery and of the rollouts' counts.
     const state = s.state === 'healthy' && app?.ready === false ? 'running' : s.state;
     const since = s.state === 'healthy' ? Math.max(s.since, this.readyAt.get(allocId) ?? 0) : s.since;
-    return { ...s, state, since, version: a.alloc.version, ...(hooks === undefined || Object.keys(hooks).length === 0 ? {} : { hooks }), ...withApp };
+    return { ...s, state, since, version: a.alloc.version, ...(hooks === undefined || Object.keys(hooks).length === 0 ? {} : { hooks }), ...withApp, ...(action === undefined ? {} : { action }) };
   }
 
   private async report(allocId: string): Promise<void> {
@@ -528,6 +532,7 @@ export class Instances {
       if (this.stopping.delete(id)) {
         this.states.delete(id);
         this.hookResults.delete(id);
+        this.actionResults.delete(id);
         this.forgetApp(id);
         const file = join(this.hooksDir, `${id}.json`);
         void this.serially(file, () => rm(file, { force: true })).catch(() => undefined);
@@ -624,6 +629,8 @@ export class Instances {
       if (next.has(id)) continue;
       // Its hooks stop with it; its status says 'stopping' until its svc is out of the running graph (sweep).
       this.abortHooks(id);
+      this.actionRuns.get(id)?.ac.abort();
+      this.actionRuns.delete(id);
       const { service, index, resources, ports } = cur.alloc;
       const vouched = Date.now() - this.lastTouchAt < this.opts.fenceMs / 2;
       this.stopping.set(id, { info: { service, index, resources, ports }, version: cur.alloc.version, since: Date.now(), vouched });
@@ -643,7 +650,41 @@ export class Instances {
     if (changed) this.opts.onChange();
     this.sweep();
     for (const id of [...gone, ...back]) void this.report(id);
-    for (const a of this.accepted.values()) this.requestedHooks(a);
+    for (const a of this.accepted.values()) {
+      this.requestedHooks(a);
+      this.requestedAction(a);
+    }
+  }
+
+  /**
+   * Runs the action the assignment asks for, once per request id: only one of the spec's own `actions` (an
+   * operator signed them; the controller only picks one), in the instance's context, like a hook.
+   */
+  private requestedAction(a: Accepted): void {
+    const id = a.alloc.id;
+    const want = a.alloc.action;
+    if (want === undefined || this.actionRuns.get(id)?.id === want.id || this.actionResults.get(id)?.id === want.id) return;
+    this.actionRuns.get(id)?.ac.abort();
+    const run = { id: want.id, ac: new AbortController() };
+    this.actionRuns.set(id, run);
+    this.setAction(id, { name: want.name, id: want.id, state: 'running', at: Date.now() });
+    const signal = AbortSignal.any([this.ac.signal, run.ac.signal]);
+    void runHook({ spec: a.spec, alloc: a.alloc, host: this.hostInfo(), hook: 'afterStart', action: want, signal, ...this.apiEnv(id) })
+      .catch((err: unknown) => ({ ok: false, output: errorMessage(err).slice(0, 2000), aborted: false }))
+      .then((r) => {
+        if (this.actionRuns.get(id) !== run) return;
+        this.actionRuns.delete(id);
+        if (r.aborted === true || signal.aborted || !this.accepted.has(id)) return;
+        if (r.ok) this.opts.log.info(`action ${want.name} (${want.id}) of ${id} succeeded`);
+        else this.opts.log.warn(`action ${want.name} (${want.id}) of ${id} failed: ${r.output.split('\n').at(-1) ?? ''}`);
+        this.setAction(id, { name: want.name, id: want.id, state: r.ok ? 'ok' : 'failed', output: r.output, at: Date.now() });
+      });
+  }
+
+  private setAction(allocId: string, result: ActionResult): void {
+    this.actionResults.set(allocId, result);
+    if (!this.states.has(allocId)) this.states.set(allocId, { state: 'pending', since: Date.now(), restarts: 0 });
+    void this.report(allocId);
   }
 
   private judge(kv: KeyValue, allocId: string): Accepted | undefined {

@@ -18,7 +18,7 @@
  */
 import { z } from 'zod';
 import { appGateSchema, appStatusSchema, boundedJson, type AppGate, type AppStatus, type DiscoveryTarget } from '../scheduler/records.js';
-import type { AppReport, InstanceState } from '../scheduler/types.js';
+import type { ActionResult, AppReport, InstanceState } from '../scheduler/types.js';
 
 export type { AppGate, AppStatus, DiscoveryTarget };
 
@@ -73,6 +73,10 @@ export interface Member {
   readonly config?: Readonly<Record<string, unknown>>;
   /** What the instance reported through its local API (role, offset, lag, ...). */
   readonly report?: AppReport;
+  /** The action last asked of it (`exec`) and how it went (running, ok, failed with its output). */
+  readonly action?: ActionResult;
+  /** The actions its spec declares (the only ones `exec` can run). */
+  readonly actions?: readonly string[];
 }
 
 export interface ServiceView {
@@ -113,6 +117,11 @@ export interface ReactOutput {
   readonly scale?: Readonly<Record<string, number>>;
   /** service -> rollout steering: update order, indexes held back. */
   readonly gates?: Readonly<Record<string, AppGate>>;
+  /**
+   * allocId -> run one of the member's spec `actions` in it (in its context, like a hook), once per id: a new id runs it
+   * again. The result comes back as the member's `action`. Only actions the operator's spec names can run.
+   */
+  readonly exec?: Readonly<Record<string, { readonly action: string; readonly id: string }>>;
   /** Call again after this many ms even if nothing changes (a timeout the backplane waits on). */
   readonly wakeInMs?: number;
 }
@@ -143,6 +152,7 @@ export const reactOutputSchema = z.strictObject({
   events: z.array(z.string().max(1000)).max(50).optional(),
   scale: z.record(z.string(), z.number().int().min(0).max(100_000)).optional(),
   gates: z.record(z.string(), appGateSchema).optional(),
+  exec: z.record(z.string().max(200), z.strictObject({ action: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/), id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/) })).optional(),
   wakeInMs: z.number().int().min(10).max(3_600_000).optional(),
 });
 

@@ -19,6 +19,8 @@ export interface AppWork {
   readonly services: readonly string[];
   readonly input: ReactInput<unknown>;
   readonly prev?: AppStateRecord;
+  /** allocId -> the id of the action its assignment asks for now. */
+  readonly requested: ReadonlyMap<string, string>;
 }
 
 /** One unit of work per deployed (not removed) application object. */
@@ -49,6 +51,7 @@ export function appWork(state: SchedState, snapshot: ClusterSnapshot, now: numbe
       });
     }
     const members: Member[] = [];
+    const requested = new Map<string, string>();
     const hostFacts = (host: string): { hostAlive: boolean; fenced: boolean } => {
       const h = hosts.get(host);
       if (h === undefined) return { hostAlive: false, fenced: true };
@@ -58,6 +61,7 @@ export function appWork(state: SchedState, snapshot: ClusterSnapshot, now: numbe
       if (!own.has(a.alloc.service) || a.spec.app?.name !== name) continue;
       const st = state.statuses.get(a.alloc.id);
       const status = st !== undefined && st.host === a.alloc.host ? st : undefined;
+      if (a.alloc.action !== undefined) requested.set(a.alloc.id, a.alloc.action.id);
       members.push({
         allocId: a.alloc.id,
         service: a.alloc.service,
@@ -72,6 +76,8 @@ export function appWork(state: SchedState, snapshot: ClusterSnapshot, now: numbe
         stopping: false,
         ...(a.alloc.config === undefined ? {} : { config: a.alloc.config }),
         ...(status?.app === undefined ? {} : { report: status.app }),
+        ...(status?.action === undefined ? {} : { action: status.action }),
+        actions: Object.keys(a.spec.actions ?? {}).sort(),
       });
     }
     // Stopped by a rollout or a scale-down but not gone yet: the backplane must know it may still serve.
@@ -91,6 +97,7 @@ export function appWork(state: SchedState, snapshot: ClusterSnapshot, now: numbe
         ...hostFacts(st.host),
         stopping: true,
         ...(st.app === undefined ? {} : { report: st.app }),
+        actions: [],
       });
     }
     members.sort((x, y) => (x.service < y.service ? -1 : x.service > y.service ? 1 : x.index - y.index || (x.allocId < y.allocId ? -1 : 1)));
@@ -101,6 +108,7 @@ export function appWork(state: SchedState, snapshot: ClusterSnapshot, now: numbe
       deployedAt: record.deployedAt,
       services: record.services,
       prev,
+      requested,
       input: {
         now,
         object: record.object,
@@ -120,6 +128,8 @@ export interface AppApplied {
   readonly changed: boolean;
   /** allocId -> new config, only where it differs from what the member has. */
   readonly configs: ReadonlyMap<string, Readonly<Record<string, unknown>>>;
+  /** allocId -> the action to ask of it, only where it is a new request for an action its spec declares. */
+  readonly actions: ReadonlyMap<string, { readonly name: string; readonly id: string }>;
   readonly events: readonly PlanEvent[];
   readonly asks: readonly { readonly service: string; readonly count: number; readonly by: string; readonly reason?: string }[];
   /** Wall-clock ms when the backplane wants to be asked again. */
@@ -143,7 +153,7 @@ export function applyReact(work: AppWork, result: ReactResult, now: number): App
       error: { message: result.error.slice(0, 4000), at: prev?.error?.message === result.error.slice(0, 4000) ? prev.error.at : now },
     };
     if (prev?.error?.message !== record.error?.message) events.push({ service: work.name, message: `backplane ${work.kind} failed: ${result.error}; its last state stays (members keep their roles)` });
-    return { record, changed: !same(prev, record), configs: new Map(), events, asks: [] };
+    return { record, changed: !same(prev, record), configs: new Map(), actions: new Map(), events, asks: [] };
   }
   const out = result.output;
   const configs = new Map<string, Readonly<Record<string, unknown>>>();
@@ -151,6 +161,17 @@ export function applyReact(work: AppWork, result: ReactResult, now: number): App
     const m = live.get(id);
     if (m === undefined) continue;
     if (m.config === undefined || canonicalJson(m.config) !== canonicalJson(config)) configs.set(id, config);
+  }
+  const actions = new Map<string, { name: string; id: string }>();
+  for (const [id, x] of Object.entries(out.exec ?? {})) {
+    const m = live.get(id);
+    if (m === undefined) continue;
+    if (!(m.actions ?? []).includes(x.action)) {
+      events.push({ service: work.name, message: `backplane ${work.kind} asked to run "${x.action}" in ${id}, which its spec does not declare: refused` });
+      continue;
+    }
+    // Asked already (in its assignment) or answered: nothing to write.
+    if (work.requested.get(id) !== x.id && m.action?.id !== x.id) actions.set(id, { name: x.action, id: x.id });
   }
   const discovery: Record<string, DiscoveryTarget[]> = {};
   for (const [entry, targets] of Object.entries(out.discovery ?? prev?.discovery ?? {})) {
@@ -175,7 +196,7 @@ export function applyReact(work: AppWork, result: ReactResult, now: number): App
     discovery,
     gates,
   };
-  return { record, changed: !same(prev, record), configs, events, asks, ...(out.wakeInMs === undefined ? {} : { wakeAt: now + out.wakeInMs }) };
+  return { record, changed: !same(prev, record), configs, actions, events, asks, ...(out.wakeInMs === undefined ? {} : { wakeAt: now + out.wakeInMs }) };
 }
 
 function same(a: AppStateRecord | undefined, b: AppStateRecord): boolean {

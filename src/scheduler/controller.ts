@@ -275,12 +275,20 @@ export class Controller {
     for (const r of plan.hookRequests ?? []) asks.set(r.allocId, { ...asks.get(r.allocId), [r.hook]: r.nonce });
     const configs = new Map<string, Readonly<Record<string, unknown>>>();
     for (const a of apps) for (const [id, c] of a.configs) configs.set(id, c);
-    for (const allocId of new Set([...asks.keys(), ...configs.keys()])) {
+    const actions = new Map<string, { name: string; id: string }>();
+    for (const a of apps) for (const [id, x] of a.actions) actions.set(id, x);
+    for (const allocId of new Set([...asks.keys(), ...configs.keys(), ...actions.keys()])) {
       const a = state.assigns.get(allocId);
       if (a === undefined || stopped.has(allocId)) continue;
       const hookRequests = asks.get(allocId);
       const config = configs.get(allocId);
-      const alloc = { ...a.alloc, ...(hookRequests === undefined ? {} : { hookRequests: { ...a.alloc.hookRequests, ...hookRequests } }), ...(config === undefined ? {} : { config }) };
+      const action = actions.get(allocId);
+      const alloc = {
+        ...a.alloc,
+        ...(hookRequests === undefined ? {} : { hookRequests: { ...a.alloc.hookRequests, ...hookRequests } }),
+        ...(config === undefined ? {} : { config }),
+        ...(action === undefined ? {} : { action }),
+      };
       const body: AssignRecord = { alloc, epoch, controller: this.opts.host, specRecord: a.specRecord, specBy: a.specBy };
       ops.push(signed(a.key, body));
     }

@@ -74,6 +74,7 @@ export const serviceSpecSchema = z.strictObject({
   files: z.array(instanceResource),
   maxUnavailable: z.number().int().min(0).optional(),
   hooks: z.strictObject({ afterStart: hookSchema.optional(), beforeStop: hookSchema.optional(), beforePromote: hookSchema.optional() }).optional(),
+  actions: z.record(z.string().regex(/^[a-z][a-z0-9-]{0,31}$/), hookSchema).optional(),
   scale: z.strictObject({ min: z.number().int().min(0), max: z.number().int().min(0).max(100_000) }).optional(),
   app: z.strictObject({ kind: z.string().regex(/^[a-z][a-z0-9-]{0,62}$/), name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/), role: z.string().max(64).optional() }).optional(),
 });
@@ -106,6 +107,7 @@ const allocSchema = z.strictObject({
   reschedules: z.array(num),
   hookRequests: z.strictObject({ beforeStop: num.optional(), beforePromote: num.optional() }).optional(),
   config: boundedJson.optional(),
+  action: z.strictObject({ name: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/), id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/) }).optional(),
 });
 
 /** What `sched/assign/<host>/<alloc>` holds (signed by the controller that placed it). */
@@ -141,6 +143,7 @@ const statusSchema = z.strictObject({
     .strictObject({ service: z.string(), index: z.number().int().min(0), resources, ports: z.record(z.string(), z.number().int().min(1).max(65535)) })
     .optional(),
   app: appReportSchema.optional(),
+  action: z.strictObject({ name: z.string().max(32), id: z.string().max(64), state: z.enum(['running', 'ok', 'failed']), output: z.string().max(5000).optional(), at: num }).optional(),
 });
 
 export type StatusRecord = AllocStatus & {
@@ -408,7 +411,7 @@ export function openAppRecord(view: TrustView, name: string, value: string): Che
   if (!view.mayOperate(w.by)) return { ok: false, why: `host "${w.by}" may not deploy applications (not an operator)` };
   const v = view.verify(w.by, keys.app(name), w.record);
   if (!v.ok) return { ok: false, why: v.why };
-  const r = parseBody<AppRecord>(v.body, appRecordSchema as z.ZodType<AppRecord>, 'application record');
+  const r = parseBody<AppRecord>(v.body, appRecordSchema, 'application record');
   if (!r.ok) return r;
   const named = 'removed' in r.value ? r.value.name : r.value.object.name;
   if (named !== name) return { ok: false, why: `the record is for "${named}", not "${name}"` };

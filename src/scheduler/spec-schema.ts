@@ -291,6 +291,10 @@ export const serviceSchema = z.strictObject({
     .optional()
     .meta({ description: 'the disruption budget: instances that may be down at once before a rollout step, a drain move or a scale-down waits (default the update\'s parallelism)' }),
   hooks: hooksSchema.optional().meta({ description: 'commands run at points of an instance\'s life: afterStart, beforeStop, beforePromote' }),
+  actions: z
+    .record(z.string().regex(/^[a-z][a-z0-9-]{0,31}$/, 'an action name is 1-32 characters of a-z, 0-9 and "-", starting with a letter'), hookSchema)
+    .optional()
+    .meta({ description: 'named commands its application backplane may run in an instance (argv or { cmd, timeout }, in the instance\'s context); only these can be run, and changing them rolls nothing' }),
   scale: scaleSchema.optional().meta({ description: 'bounds within which the service\'s own instances (through the instance API) or its application backplane may change count; count must lie within them' }),
   files: z.array(fileSchema).default([]).meta({ description: 'graph resources each instance needs (files, templates, packages...), rendered per instance' }),
 });

@@ -205,6 +205,7 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
   });
   const update = readUpdate(p, item, fail);
   const hooks = readHooks(p, fail);
+  const actions = p.actions === undefined ? undefined : Object.fromEntries(Object.entries(p.actions).map(([n, h]) => [n, Array.isArray(h) ? { cmd: h, timeoutMs: DEFAULTS.hookTimeoutMs } : { cmd: h.cmd, timeoutMs: h.timeout }]));
   const scale = readScale(p, item, fail);
   if (errors.length > before) return undefined;
 
@@ -248,6 +249,7 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
     files,
     ...(p.maxUnavailable === undefined ? {} : { maxUnavailable: p.maxUnavailable }),
     ...(hooks === undefined ? {} : { hooks }),
+    ...(actions === undefined || Object.keys(actions).length === 0 ? {} : { actions }),
     ...(scale === undefined ? {} : { scale }),
   };
   const spec: ServiceSpec = { ...unversioned, version: specVersion(unversioned, p.version) };

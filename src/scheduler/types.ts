@@ -162,6 +162,11 @@ export interface ServiceSpec {
    * change `count` without the operator (not part of the version). Undefined: only the operator changes count.
    */
   readonly scale?: ScaleBounds;
+  /**
+   * Named commands its application backplane may have run in an instance (react's `exec`), in the instance's context.
+   * Only what the operator's signed spec names can run: a controller cannot run anything else (not part of the version).
+   */
+  readonly actions?: Readonly<Record<string, HookSpec>>;
   /** Set when an application backplane expanded this service from an object (`kind: redis`, ...). */
   readonly app?: AppRef;
 }
@@ -242,6 +247,18 @@ export interface AllocStatus {
   readonly hooks?: Readonly<Partial<Record<HookName, HookResult>>>;
   /** What the instance reported through its local API, when it did. */
   readonly app?: AppReport;
+  /** The last action its backplane asked to run (alloc.action), and how it went. */
+  readonly action?: ActionResult;
+}
+
+/** An action run in an instance: which request (`id`) it answers. */
+export interface ActionResult {
+  readonly name: string;
+  readonly id: string;
+  readonly state: 'running' | 'ok' | 'failed';
+  /** Its output (stdout and stderr, the last 4 KiB) and how it ended. */
+  readonly output?: string;
+  readonly at: number;
 }
 
 export interface Alloc {
@@ -269,6 +286,8 @@ export interface Alloc {
    * `config` event and never restarts it. JSON, at most 8 KiB.
    */
   readonly config?: Readonly<Record<string, unknown>>;
+  /** An action of its spec its backplane asks to run once (a new id runs it again). */
+  readonly action?: Readonly<{ name: string; id: string }>;
   /** The hooks its spec declares (filled from its spec when the snapshot is built; not stored in the alloc). */
   readonly hooks?: readonly HookName[];
   /** What the agent last reported; undefined = nothing yet. */

@@ -189,3 +189,22 @@ describe('runHook', () => {
     });
   });
 });
+
+describe('actions (an application backplane\'s exec): only what the spec names runs', () => {
+  test('a declared action runs in the instance context with ACTION and ACTION_ID; anything else is refused, not run', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'bp-action-'));
+    try {
+      const out = join(dir, 'out');
+      const s: ServiceSpec = { ...spec({}), actions: { mark: { cmd: ['/bin/sh', '-c', `echo "$ACTION $ACTION_ID $INSTANCE_ID" > ${out}`], timeoutMs: 5000 } } };
+      const ok = await runHook({ spec: s, alloc, host, hook: 'afterStart', action: { name: 'mark', id: 'a1' } });
+      assert.equal(ok.ok, true, ok.output);
+      assert.equal((await readFile(out, 'utf8')).trim(), 'mark a1 web.2.0badcafe');
+      // A controller that is not an operator could name any command: only the spec's own actions can run.
+      const refused = await runHook({ spec: s, alloc, host, hook: 'afterStart', action: { name: 'wipe', id: 'a2' } });
+      assert.equal(refused.ok, false);
+      assert.match(refused.output, /has no action "wipe"/);
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });
+});

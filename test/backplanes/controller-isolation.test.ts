@@ -1,5 +1,7 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -15,6 +17,7 @@ import { deploy, instances, newCluster, op, opJson, startAgent, stopCluster, wai
 
 interface AppJson {
   readonly summary?: string;
+  readonly fields: Record<string, string>;
   readonly error?: string;
   readonly discovery: Record<string, string[]>;
   readonly members: { allocId: string }[];
@@ -39,13 +42,16 @@ describe('a broken backplane and the controller', { timeout: 240_000 }, () => {
 export default {
   kind: 'flaky', description: 'a backplane that misbehaves on request', reactTimeoutMs: 500,
   params: { safeParse: (v) => ({ success: true, data: v }) },
-  expand: (o) => [{ name: o.name, count: 1, run: { cmd: [${JSON.stringify(process.execPath)}, ${JSON.stringify(WORKLOAD)}], env: { FLAG_DIR: ${JSON.stringify(work)} } }, resources: { cpu: 0.25, memory: '64M' }, ports: { http: {} } }],
+  expand: (o) => [{ name: o.name, count: 1, run: { cmd: [${JSON.stringify(process.execPath)}, ${JSON.stringify(WORKLOAD)}], env: { FLAG_DIR: ${JSON.stringify(work)} } }, resources: { cpu: 0.25, memory: '64M' }, ports: { http: {} },
+    actions: { mark: [${JSON.stringify(process.execPath)}, '-e', 'require("fs").writeFileSync(process.argv[1], process.env.ACTION + " " + process.env.ACTION_ID + " " + process.env.INSTANCE_ID)', ${JSON.stringify(join(work, 'marked'))}] } }],
   react: (i) => {
     const m = readFileSync(${JSON.stringify(mode)}, 'utf8').trim();
     if (m === 'hang') for (;;) {}
     if (m === 'throw') throw new Error('flaky is throwing');
     if (m === 'exit') process.exit(7);
-    return { status: { summary: 'flaky ok with ' + i.members.length + ' member(s)' }, discovery: { main: i.members.map((x) => ({ allocId: x.allocId, port: 'http' })) } };
+    const first = i.members[0];
+    const exec = first === undefined ? {} : m === 'evil' ? { [first.allocId]: { action: 'wipe', id: 'e1' } } : { [first.allocId]: { action: 'mark', id: 'm1' } };
+    return { exec, status: { summary: 'flaky ok with ' + i.members.length + ' member(s)', fields: { action: first?.action === undefined ? 'none' : first.action.name + ' ' + first.action.id + ' ' + first.action.state } }, discovery: { main: i.members.map((x) => ({ allocId: x.allocId, port: 'http' })) } };
   },
 };
 `,
@@ -91,6 +97,21 @@ export default {
       return a.summary === 'flaky ok with 1 member(s)' && (a.discovery['main']?.length ?? 0) === 1 ? a : undefined;
     });
     assert.equal(app.error, undefined);
+  });
+
+  test('its backplane runs an action the spec declares in the member, once; an undeclared one is refused', async () => {
+    await waitFor('the action ran and its result came back', async () => (await opJson<AppJson>(c, ['app', 'f1'])).fields['action'] === 'mark m1 ok');
+    const [id] = (await instances(c, 'f1')).map((i) => i.id);
+    assert.equal(await readFile(join(work, 'marked'), 'utf8'), `mark m1 ${id ?? '?'}`);
+    await rm(join(work, 'marked'));
+    await writeFile(mode, 'evil');
+    await waitFor('the refusal in the events', async () => {
+      const ev = await opJson<{ events: { message: string }[] }>(c, ['service', 'f1', '--events', '50']);
+      return ev.events.some((e) => /asked to run "wipe" in .*which its spec does not declare: refused/.test(e.message));
+    });
+    await writeFile(mode, 'ok');
+    await sleep(1000);
+    assert.equal(existsSync(join(work, 'marked')), false, 'the same action id does not run again');
   });
 
   for (const [how, pattern] of [

@@ -17,6 +17,7 @@ function work(members: Member[], prev?: AppStateRecord): AppWork {
     kind: 'redis',
     deployedAt: 'd1',
     services: ['cache'],
+    requested: new Map([['cache.1.bbbbbbbb', 'asked-1']]),
     ...(prev === undefined ? {} : { prev }),
     input: { now: 1000, object: { kind: 'redis', name: 'cache', params: {} }, deployedAt: 'd1', services: [], members },
   };
@@ -67,6 +68,19 @@ describe('applyReact', () => {
     const back = applyReact(work(members, r.record), { ok: true, output: { memory: prev.memory } }, 4000);
     assert.equal(back.record.error, undefined);
     assert.match(back.events[0]?.message ?? '', /works again/);
+  });
+
+  it('runs only actions the member\'s spec declares, once per request id', () => {
+    const ms = [member('cache.0.aaaaaaaa', { actions: ['bgsave'] }), member('cache.1.bbbbbbbb', { index: 1, actions: ['bgsave'] }), member('cache.2.dddddddd', { index: 2, actions: ['bgsave'], action: { name: 'bgsave', id: 'done-1', state: 'ok', at: 1 } })];
+    const r = applyReact(
+      work(ms),
+      { ok: true, output: { exec: { 'cache.0.aaaaaaaa': { action: 'rm-rf', id: 'x1' }, 'cache.1.bbbbbbbb': { action: 'bgsave', id: 'asked-1' }, 'cache.2.dddddddd': { action: 'bgsave', id: 'done-1' } } } },
+      1000,
+    );
+    assert.equal(r.actions.size, 0, 'an undeclared action is refused; an asked or answered one is not asked again');
+    assert.match(r.events.map((e) => e.message).join('\n'), /asked to run "rm-rf" in cache\.0\.aaaaaaaa, which its spec does not declare: refused/);
+    const again = applyReact(work(ms), { ok: true, output: { exec: { 'cache.0.aaaaaaaa': { action: 'bgsave', id: 'x2' }, 'cache.1.bbbbbbbb': { action: 'bgsave', id: 'asked-2' } } } }, 1000);
+    assert.deepEqual([...again.actions.keys()].sort(), ['cache.0.aaaaaaaa', 'cache.1.bbbbbbbb']);
   });
 
   it('an unchanged answer is not a write', () => {
