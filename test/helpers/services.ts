@@ -36,6 +36,8 @@ export interface AgentOptions {
   readonly graph?: string;
   /** The agent is SIGKILLed after this long (default 10 min), so a hung test cannot leave it behind. */
   readonly timeoutMs?: number;
+  /** More `backplane run` flags, e.g. `['--fence', '8s']`. */
+  readonly args?: readonly string[];
 }
 
 /** Agents of a test share one machine: each gets ports of its own, as separate hosts would. */
@@ -68,7 +70,7 @@ export async function startAgent(c: TestCluster, host: string, opts: AgentOption
   const store = c.etcd.length > 0 ? ['--etcd', c.etcd.join(','), '--cluster', c.name, ...(host === 'h1' ? [] : ['--join-token-file', c.tokenFile])] : [];
   const labels = Object.entries(opts.labels ?? {}).flatMap(([k, v]) => ['--label', `${k}=${v}`]);
   const cli = startCli(
-    ['run', '-f', graph, '--hostname', host, '--state-dir', stateDir, '--capacity', opts.capacity ?? 'cpu=2,memory=1G', '--lease-ttl', opts.leaseTtl ?? '3s', '--ports', portRange(host), ...labels, ...store],
+    ['run', '-f', graph, '--hostname', host, '--state-dir', stateDir, '--capacity', opts.capacity ?? 'cpu=2,memory=1G', '--lease-ttl', opts.leaseTtl ?? '3s', '--ports', portRange(host), ...labels, ...store, ...(opts.args ?? [])],
     { timeoutMs: opts.timeoutMs ?? 600_000 },
   );
   const agent = { host, stateDir, graph, cli };

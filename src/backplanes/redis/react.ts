@@ -259,7 +259,7 @@ export function reactRedis(input: ReactInput<unknown>): ReactOutput {
       // when that worked; REPLICAOF NO ONE otherwise).
       mem.switchover = undefined;
       if (to !== undefined && ts !== undefined && ts.runId === sw.toRunId && (ts.role === 'replica' || ts.role === 'primary') && !to.fenced) {
-        note(mem.failover, now, `${sw.from} reports it is a replica (epoch ${fs.epoch})`);
+        note(mem.failover, Math.min(from.report?.at ?? now, now), `${sw.from} reports it is a replica (epoch ${fs.epoch})`);
         promote({ m: to, s: { ...ts, runId: sw.toRunId } }, sw.epoch, ' (switchover)');
       } else {
         // The target went away meanwhile: the old primary is read-only, so any candidate may take over.

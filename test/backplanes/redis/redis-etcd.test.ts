@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { parseInfo, RedisConnection } from '../../../src/backplanes/redis/resp.js';
 import { etcdAvailable, startEtcd, type EtcdCluster } from '../../helpers/etcd.js';
-import { deploy, instances, newCluster, startAgent, stopCluster, waitFor, type TestCluster } from '../../helpers/services.js';
+import { deploy, instances, newCluster, startAgent, stopAgent, stopCluster, waitFor, type TestCluster } from '../../helpers/services.js';
 import { appOf, killRedis, openDiscovery, primaryOf, redisCmd, RoleSampler, Writer, type AppJson } from './cluster.js';
 
 /**
@@ -19,7 +19,7 @@ import { appOf, killRedis, openDiscovery, primaryOf, redisCmd, RoleSampler, Writ
 const skip = process.env['CI'] === 'true' ? false : etcdAvailable() ? false : 'etcd is not installed';
 const HOSTS = ['h1', 'h2', 'h3'];
 
-describe('redis on etcd: failover through discovery, rolling upgrade', { skip, timeout: 400_000 }, () => {
+describe('redis on etcd: failover through discovery, rolling upgrade, host lost', { skip, timeout: 400_000 }, () => {
   let work: string;
   let etcd: EtcdCluster;
   let c: TestCluster;
@@ -29,7 +29,9 @@ describe('redis on etcd: failover through discovery, rolling upgrade', { skip, t
     work = await mkdtemp(join(tmpdir(), 'bp-redis-e2e-'));
     etcd = await startEtcd({ members: 1 });
     c = await newCluster(join(work, 'c'), etcd.endpoints, 'redis1');
-    for (const h of HOSTS) await startAgent(c, h, { capacity: 'cpu=2,memory=1G', labels: { node: h } });
+    // A fence longer than the lease TTL: a lost host's instances outlive its lease by seconds, so a backplane that
+    // promoted on the lease alone would make two masters the sampler sees.
+    for (const h of HOSTS) await startAgent(c, h, { capacity: 'cpu=2,memory=1G', labels: { node: h }, args: ['--fence', '8s'] });
   });
 
   after(async () => {
@@ -166,6 +168,38 @@ describe('redis on etcd: failover through discovery, rolling upgrade', { skip, t
     } finally {
       watching = false;
       await follow;
+      await d.close();
+    }
+  });
+
+  test('host lost: kill -9 of the agent of the primary: nothing is promoted while the old primary may still be writable; after its fence it is', async () => {
+    const d = await openDiscovery(c);
+    try {
+      const app = await appOf(c);
+      const oldId = String(app.fields['primary']);
+      const host = app.members.find((m) => m.allocId === oldId)?.host ?? '';
+      const agent = c.agents.get(host);
+      assert.ok(agent !== undefined, `the primary's host ${host}`);
+      const ports = (await instances(c, 'cache')).map((m) => ({ id: m.id, port: m.ports['redis'] ?? 0 }));
+      const oldPort = ports.find((p) => p.id === oldId)?.port ?? 0;
+      const sampler = new RoleSampler(() => ports);
+      const writer = new Writer(d.discovery);
+      await waitFor('writes accepted', async () => writer.accepted.length >= 30);
+      const killedAt = Date.now();
+      await stopAgent(agent, 'SIGKILL');
+      // Its instances outlive it until its fence (8 s): the old primary still answers meanwhile.
+      const goneAt = await waitFor('the old primary killed by its fence', async () => ((await redisCmd(oldPort, ['PING'], '127.0.0.1', 200)).startsWith('ERR') ? Date.now() : undefined), 30_000, 20);
+      const first = await waitFor('a write on a new primary', async () => writer.accepted.find((w) => w.at > killedAt && w.to !== oldId), 60_000, 20);
+      await writer.stop();
+      await sampler.stop();
+      process.stdout.write(`# kill -9 of ${host}'s agent: its redis gone after ${goneAt - killedAt} ms (fence), first write on ${first.to} after ${first.at - killedAt} ms\n`);
+      assert.deepEqual(sampler.violations, [], 'never two masters');
+      const after = await appOf(c);
+      assert.equal(after.lastFailover?.from, oldId);
+      assert.match(after.lastFailover?.reason ?? '', /fenced|exited|gone/);
+      const promoted = after.lastFailover?.timeline.find((e) => /^promoted/.test(e.message))?.at ?? 0;
+      assert.ok(promoted >= goneAt - 100, `promoted ${promoted - killedAt} ms after the kill, not before its redis was gone (${goneAt - killedAt} ms)`);
+    } finally {
       await d.close();
     }
   });
