@@ -75,10 +75,16 @@ async function main(): Promise<void> {
           throw err;
         }
         times.push(first.at - killedAt);
-        await waitFor('healed: the old primary streaming as a standby', async () => {
-          const a = await appOf(c, 'main');
-          return settled(a, k + 1) && (a.lastFailover?.timeline.some((e) => /rejoined as a standby/.test(e.message)) ?? false);
-        }, 120_000, 250);
+        try {
+          await waitFor('healed: the old primary streaming as a standby', async () => {
+            const a = await appOf(c, 'main');
+            return settled(a, k + 1) && (a.lastFailover?.timeline.some((e) => /rejoined as a standby/.test(e.message)) ?? false);
+          }, 120_000, 250);
+        } catch (err) {
+          keep = true;
+          process.stdout.write(`kill ${k}: not healed within 120 s; the application now:\n${JSON.stringify(await appOf(c, 'main'), null, 2)}\nmember logs: ${work}/c/state-h*/resources/svc_main*/stderr.log (kept)\n`);
+          throw err;
+        }
         process.stdout.write(`kill ${String(k).padStart(2)}: ${old.id} -> ${first.to}: first commit after ${first.at - killedAt} ms (load ${loadavg()})\n`);
         await sleep(500);
       }

@@ -25,7 +25,7 @@ const BIN = process.env.PG_BIN ?? '/usr/lib/postgresql/15/bin';
 const ROOT = process.env.PG_ROOT ?? (process.cwd() === '/' ? '/var/lib/backplane/postgres' : process.cwd());
 const MEMORY = Number(process.env.PG_MEMORY ?? String(128 * 1024 * 1024));
 /** How long a standby may fail to stream from a reachable primary before it rewinds (a diverged timeline). */
-const STREAM_GRACE_MS = 5000;
+const STREAM_GRACE_MS = 10_000;
 
 function log(msg: string): void {
   process.stderr.write(`[pg-member ${new Date().toISOString()}] ${msg}\n`);
@@ -433,6 +433,7 @@ class Member {
       try {
         await pgQueryOnce(this.localOpts(), 'SELECT 1');
         this.pgUp = true;
+        this.followSince = Date.now(); // the grace to start streaming counts from here
         return true;
       } catch {
         await sleep(50);
@@ -490,7 +491,16 @@ class Member {
       return;
     }
     if (this.pg !== undefined) {
-      if (!this.pgUp) return;
+      if (!this.pgUp) {
+        // Still starting (a standby replays until consistent, which may take longer than startPg waited): probe.
+        try {
+          await pgQueryOnce(this.localOpts(), 'SELECT 1');
+          this.pgUp = true;
+          this.followSince = Date.now();
+        } catch {
+          return;
+        }
+      }
       const inRecovery = (await this.q('SELECT pg_is_in_recovery()'))[0]?.[0] === 't';
       if (c.role === 'primary') {
         if (inRecovery) {
