@@ -17,7 +17,9 @@ shopt -s globstar nullglob
 # The cluster suites that run several agents and a 3-member etcd each: alone they take 2-4 minutes; two at once on
 # 2 cores starve each other's agents (missed leases, health checks timing out), which is a broken machine, not a
 # broken test. They run after the rest, one at a time.
-heavy=(test/scheduler/services-etcd.test.ts test/scheduler/rollouts-etcd.test.ts)
+# The backplanes' end-to-end suites (real Redis / PostgreSQL members on three agents, kill -9 of the primary while a
+# client writes) are of the same kind: their failover timings are what they prove, so they get the machine to themselves.
+heavy=(test/scheduler/services-etcd.test.ts test/scheduler/rollouts-etcd.test.ts test/backplanes/redis/redis-etcd.test.ts test/backplanes/postgres/postgres-etcd.test.ts)
 files=()
 for f in test/**/*.test.ts; do
   [[ " ${heavy[*]} " == *" $f "* ]] || files+=("$f")
