@@ -13,11 +13,10 @@
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseInfo } from '../src/backplanes/redis/resp.js';
 import { ensureBuilt } from '../test/helpers/cli.js';
 import { startEtcd } from '../test/helpers/etcd.js';
 import { deploy, instances, newCluster, startAgent, stopCluster, waitFor } from '../test/helpers/services.js';
-import { appOf, killRedis, median, openDiscovery, percentile, primaryOf, redisCmd, RoleSampler, Writer, type AppJson } from '../test/backplanes/redis/cluster.js';
+import { appOf, killRedis, median, openDiscovery, percentile, primaryOf, RedisLeftovers, RoleSampler, Writer, type AppJson } from '../test/backplanes/redis/cluster.js';
 
 const arg = (name: string, dflt: number): number => {
   const i = process.argv.indexOf(`--${name}`);
@@ -31,7 +30,7 @@ ensureBuilt();
 const work = await mkdtemp(join(tmpdir(), 'bp-bench-redis-'));
 const etcd = await startEtcd({ members: 1 });
 const c = await newCluster(join(work, 'c'), etcd.endpoints, 'redisbench');
-const pids = new Set<number>();
+const leftovers = new RedisLeftovers();
 let failed = false;
 try {
   for (const h of ['h1', 'h2', 'h3']) await startAgent(c, h, { capacity: 'cpu=2,memory=1G' });
@@ -48,7 +47,7 @@ try {
     await waitFor('writes', async () => writer.accepted.length > 20);
     for (let k = 1; k <= KILLS; k++) {
       const old = await waitFor('a primary in discovery', async () => primaryOf(d.discovery));
-      for (const p of ports) pids.add(Number(parseInfo(await redisCmd(p.port, ['INFO', 'server'])).get('process_id')));
+      for (const p of ports) await leftovers.record(p.port);
       const killedAt = await killRedis(old.port);
       const first = await waitFor('a write on a new primary', async () => writer.accepted.find((w) => w.at > killedAt && w.to !== old.id), 30_000, 5);
       const app = await waitFor('settled again', async () => {
@@ -89,13 +88,7 @@ try {
   process.stdout.write(`FAIL: ${err instanceof Error ? err.stack ?? err.message : String(err)}\n`);
 } finally {
   await stopCluster(c);
-  for (const pid of pids) {
-    try {
-      process.kill(pid, 'SIGKILL');
-    } catch {
-      // gone
-    }
-  }
+  leftovers.killAll();
   await etcd.stop();
   await rm(work, { recursive: true, force: true });
 }

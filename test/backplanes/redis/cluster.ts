@@ -4,6 +4,7 @@
  * that writes through the discovery entry `cache.primary` (read from the store by the agent's own Discovery, which
  * verifies every record), and a sampler of every member's role.
  */
+import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Discovery } from '../../../src/agent/discovery.js';
@@ -176,4 +177,28 @@ export function median(xs: readonly number[]): number {
 export function percentile(xs: readonly number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   return s.length === 0 ? NaN : (s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] ?? NaN);
+}
+
+/**
+ * The redis-servers a test saw, by pid and port: what a killed agent's members may leave behind. Killed at the end
+ * only while /proc still shows that redis-server on that port (a pid may have been reused by then).
+ */
+export class RedisLeftovers {
+  private readonly seen = new Map<number, number>();
+
+  async record(port: number): Promise<void> {
+    const pid = Number(parseInfo(await redisCmd(port, ['INFO', 'server'])).get('process_id'));
+    if (Number.isInteger(pid) && pid > 0) this.seen.set(pid, port);
+  }
+
+  killAll(): void {
+    for (const [pid, port] of this.seen) {
+      try {
+        const cmd = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
+        if (cmd.startsWith('redis-server') && cmd.includes(`:${port}`)) process.kill(pid, 'SIGKILL');
+      } catch {
+        // gone
+      }
+    }
+  }
 }

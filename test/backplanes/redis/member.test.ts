@@ -14,6 +14,7 @@ import type { Alloc, ServiceSpec } from '../../../src/scheduler/types.js';
 import type { RedisConfig, RedisMemberState } from '../../../src/backplanes/redis/react.js';
 import { RedisConnection, parseInfo } from '../../../src/backplanes/redis/resp.js';
 import { freePort } from '../../helpers/net.js';
+import { RedisLeftovers } from './cluster.js';
 
 const ROOT = new URL('../../..', import.meta.url).pathname;
 
@@ -83,8 +84,11 @@ test('member: read-only at start, promotes only for its own run id, reports down
   const dir = await mkdtemp(join(tmpdir(), 'bp-redis-member-'));
   const api = new InstanceApi({ backend, log: createLogger({ level: 'silent' }), stateFile: join(dir, 'api.json') });
   await api.start();
+  const leftovers = new RedisLeftovers();
   cleanups.push(async () => {
+    // A failed run: members killed outright would leave their redis behind.
     for (const i of insts.values()) i.proc?.kill('SIGKILL');
+    leftovers.killAll();
     await api.close();
     await rm(dir, { recursive: true, force: true });
   });
@@ -132,6 +136,8 @@ test('member: read-only at start, promotes only for its own run id, reports down
   // 1. Both start read-only (no config yet) and report a run id.
   const ra = await until('a reports', () => lastState(a)?.runId);
   const rb = await until('b reports', () => lastState(b)?.runId);
+  await leftovers.record(port(a));
+  await leftovers.record(port(b));
   assert.equal(lastState(a)?.role, 'replica');
   assert.match(await redis(port(a), ['SET', 'k', '1']), /READONLY/);
   assert.match(await redis(port(b), ['SET', 'k', '1']), /READONLY/);
@@ -162,6 +168,7 @@ test('member: read-only at start, promotes only for its own run id, reports down
   assert.equal((down.body.state as { runId?: string }).runId, ra);
   assert.ok(down.at - killedAt < 500, `down reported ${down.at - killedAt} ms after the kill`);
   const ra2 = await until('a restarted', () => (lastState(a)?.runId !== ra && lastState(a)?.role === 'replica' ? lastState(a)?.runId : undefined));
+  await leftovers.record(port(a));
   assert.match(await redis(port(a), ['SET', 'k', 'x']), /READONLY/, 'a restarted primary is read-only although its config still says primary at epoch 2');
   await until('b sees the link down', () => lastState(b)?.link === 'down');
 

@@ -6,7 +6,7 @@ import { after, before, describe, test } from 'node:test';
 import { parseInfo, RedisConnection } from '../../../src/backplanes/redis/resp.js';
 import { etcdAvailable, startEtcd, type EtcdCluster } from '../../helpers/etcd.js';
 import { deploy, instances, newCluster, startAgent, stopAgent, stopCluster, waitFor, type TestCluster } from '../../helpers/services.js';
-import { appOf, killRedis, openDiscovery, primaryOf, redisCmd, RoleSampler, Writer, type AppJson } from './cluster.js';
+import { appOf, killRedis, openDiscovery, primaryOf, redisCmd, RedisLeftovers, RoleSampler, Writer, type AppJson } from './cluster.js';
 
 /**
  * The Redis backplane end to end (#11 Proof): three agents on a real etcd, `{kind: redis, name: cache, replicas: 2,
@@ -23,7 +23,7 @@ describe('redis on etcd: failover through discovery, rolling upgrade, host lost'
   let work: string;
   let etcd: EtcdCluster;
   let c: TestCluster;
-  const redisPids = new Set<number>();
+  const leftovers = new RedisLeftovers();
 
   before(async () => {
     work = await mkdtemp(join(tmpdir(), 'bp-redis-e2e-'));
@@ -36,14 +36,8 @@ describe('redis on etcd: failover through discovery, rolling upgrade, host lost'
 
   after(async () => {
     if (c !== undefined) await stopCluster(c);
-    // Members stop their redis on SIGTERM; a killed agent's would linger.
-    for (const pid of redisPids) {
-      try {
-        process.kill(pid, 'SIGKILL');
-      } catch {
-        // gone
-      }
-    }
+    // Members stop their redis on SIGTERM; a killed agent's are killed by its fence, unless the test ended first.
+    leftovers.killAll();
     await etcd?.stop();
     if (work !== undefined) await rm(work, { recursive: true, force: true });
   });
@@ -65,7 +59,7 @@ describe('redis on etcd: failover through discovery, rolling upgrade, host lost'
     assert.equal(members.length, 3);
     assert.equal(new Set(members.map((m) => m.host)).size, 3, 'one member per host');
     const ports = members.map((m) => ({ id: m.id, port: m.ports['redis'] ?? 0 }));
-    for (const m of ports) redisPids.add(Number(parseInfo(await redisCmd(m.port, ['INFO', 'server'])).get('process_id')));
+    for (const m of ports) await leftovers.record(m.port);
 
     const d = await openDiscovery(c);
     try {
@@ -90,7 +84,7 @@ describe('redis on etcd: failover through discovery, rolling upgrade, host lost'
         const a = await appOf(c);
         return settled(a) && (a.lastFailover?.timeline.some((e) => /rejoined/.test(e.message)) ?? false) ? a : undefined;
       }, 30_000);
-      for (const p of ports) redisPids.add(Number(parseInfo(await redisCmd(p.port, ['INFO', 'server'])).get('process_id')));
+      for (const p of ports) await leftovers.record(p.port);
       await waitFor('more writes', async () => writer.accepted.length > writer.accepted.indexOf(first) + 30);
       await writer.stop();
       await sampler.stop();
@@ -124,7 +118,7 @@ describe('redis on etcd: failover through discovery, rolling upgrade, host lost'
       while (watching) {
         const list = await instances(c, 'cache').catch(() => undefined);
         if (list !== undefined) ports = list.map((m) => ({ id: m.id, port: m.ports['redis'] ?? 0 }));
-        for (const p of ports) redisPids.add(Number(parseInfo(await redisCmd(p.port, ['INFO', 'server'])).get('process_id')));
+        for (const p of ports) await leftovers.record(p.port);
         await new Promise((r) => setTimeout(r, 300));
       }
     })();
