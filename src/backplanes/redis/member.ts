@@ -23,7 +23,7 @@ import { InstanceApiError, InstanceClient, type InstanceEvent, type SelfInfo } f
 import type { RedisConfig, RedisMemberState } from './react.js';
 import { parseInfo, RedisConnection, RespError } from './resp.js';
 
-const POLL_MS = 200;
+const POLL_MS = 100;
 const REPORT_EVERY_MS = 500;
 /** "Replica of nothing": read-only, never reaches anyone (port 0 refuses at once). */
 const NOWHERE = { address: '127.0.0.1', port: 0 };
