@@ -5,6 +5,7 @@
  * as a standby (pg_rewind), and a switchover for a rolling update (the old primary steps down first).
  */
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { after, before, test } from 'node:test';
 import { PgConn } from '../../../src/backplanes/postgres/pgwire.js';
 import { Sim, until, type SimMember } from './harness.js';
@@ -22,6 +23,15 @@ before(async () => {
 after(async () => {
   await sim.stop();
 });
+
+/** A live process (a zombie has no command line: it waits for a reaper that may not exist in a container). */
+function running(pid: number): boolean {
+  try {
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes('postgres');
+  } catch {
+    return false;
+  }
+}
 
 function role(m: SimMember): string | undefined {
   return sim.state(m)?.role as string | undefined;
@@ -187,4 +197,36 @@ test('switchover for a rolling update: the old primary steps down first, the tar
   assert.deepEqual(client.acked.filter((i) => !have.has(i)), []);
   assert.equal(samples.doubles, 0);
   assert.match(sim.out?.status?.lastFailover?.reason ?? '', /switchover/);
+});
+
+test('kill -9 of the primary member process (its postgres orphaned, still writable): the restarted member stops the orphan before it reports; failover, nothing lost, never two writable', { timeout: 180_000 }, async () => {
+  const oldPort = await until('a primary', () => sim.primaryPort());
+  const old = sim.members.find((m) => m.port === oldPort);
+  assert.ok(old !== undefined);
+  await until('all standbys streaming', () => sim.members.filter((m) => role(m) === 'replica' && sim.state(m)?.link === 'up').length === 2, 60_000);
+  const samples = sampler();
+  const client = committer();
+  await until('some commits', () => client.acked.length >= 30, 20_000);
+  const pid = sim.postmasterPid(old);
+  old.proc?.kill('SIGKILL');
+  await new Promise((r) => setTimeout(r, 300));
+  // The orphan still runs (nobody told it anything); the agent restarts the member in place.
+  assert.equal(running(pid), true, 'the orphaned postmaster outlives its member');
+  sim.spawn(old);
+  await until('another primary', () => {
+    const p = sim.primaryPort();
+    return p !== undefined && p !== oldPort ? p : undefined;
+  }, 30_000);
+  assert.equal(running(pid), false, 'the orphan was stopped');
+  const n = client.acked.length;
+  await until('commits on the new primary', () => client.acked.length >= n + 30, 30_000);
+  await until('the old primary back as a standby', () => role(old) === 'replica' && sim.state(old)?.link === 'up', 60_000);
+  await client.stop();
+  await samples.stop();
+  const c = await PgConn.connect({ host: '127.0.0.1', port: sim.primaryPort() ?? 0 });
+  const have = new Set((await c.query('SELECT i FROM t')).rows.map((r) => Number(r[0])));
+  c.close();
+  assert.deepEqual(client.acked.filter((i) => !have.has(i)), []);
+  assert.equal(samples.doubles, 0);
+  assert.match(old.log, /still running: immediate shutdown/);
 });
