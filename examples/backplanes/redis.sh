@@ -35,7 +35,7 @@ primary() {
     });'
 }
 # The primary's address: discovery lists the host name; on this one-machine cluster every host is 127.0.0.1.
-write() { redis-cli -h 127.0.0.1 -p "${1##*:}" -t 0.5 SET "walkthrough:$2" "$2" 2>/dev/null; }
+write() { timeout 1 redis-cli -h 127.0.0.1 -p "${1##*:}" SET "walkthrough:$2" "$2" 2>/dev/null; }
 
 up() {
   command -v redis-server >/dev/null || die "redis-server is not installed (apt-get install redis-server redis-tools)"
