@@ -230,7 +230,10 @@ EOF
   (umask 077 && node "$REPO/bin/backplane.js" hosts token --uses 10 "${OP_ARGS[@]}" >"$DIR/join-token")
 
   # h1's own graph: the proxy, and its upstream list rendered from web's healthy instances (service discovery).
-  cat >"$DIR/h1.yaml" <<EOF
+  if [ "${WALKTHROUGH_WEB:-1}" = 0 ]; then
+    echo 'resources: []' >"$DIR/h1.yaml"
+  else
+    cat >"$DIR/h1.yaml" <<EOF
 resources:
   - kind: template
     name: $DIR/upstreams
@@ -243,6 +246,7 @@ resources:
     health: { http: "http://127.0.0.1:$proxy_port/health" }
     onAgentExit: stop
 EOF
+  fi
   echo 'resources: []' >"$DIR/h2.yaml"
   echo 'resources: []' >"$DIR/h3.yaml"
 
