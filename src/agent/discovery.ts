@@ -64,7 +64,8 @@ export class Discovery {
     };
     const signal = this.ac.signal;
     // trust/hosts: a revoked host's records stop counting at once, an approved one's start to.
-    await Promise.all([keys.assignPrefix, keys.statusPrefix, keys.nodesPrefix, keys.trustHosts].map((p) => store.watch(p, 0, onBatch, signal)));
+    // sched/app/: an application backplane's entries (cache.primary) change without any alloc changing.
+    await Promise.all([keys.assignPrefix, keys.statusPrefix, keys.nodesPrefix, keys.trustHosts, keys.appStatePrefix, keys.appsPrefix].map((p) => store.watch(p, 0, onBatch, signal)));
     await this.read();
   }
 

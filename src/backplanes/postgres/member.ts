@@ -9,7 +9,7 @@
  * postgres and every start of a standby: a primary whose postgres died, or whose member restarted, never becomes
  * writable again on the strength of an old promotion — react must choose it again, at a new epoch, knowing it was down.
  *
- * Layout on the host: <PG_ROOT>/<alloc id>/{data, backplane.json, heartbeat, socket}; <PG_ROOT>/.template-15 is an
+ * Layout on the host: <PG_ROOT>/<alloc id>/{data, backplane.json, heartbeat, socket}; <PG_ROOT>/.template-15-v2 is an
  * initdb'ed directory copied for each first primary (initdb once: ~2 s, a copy ~0.1 s).
  */
 import { spawn, type ChildProcess } from 'node:child_process';
@@ -280,9 +280,10 @@ class Member {
 
   /** initdb once per host (into a template), then a copy per first primary. */
   private async initData(): Promise<void> {
-    const template = join(ROOT, '.template-15');
+    // Versioned: a template made by an older member (other pg_hba.conf) is not reused.
+    const template = join(ROOT, '.template-15-v2');
     if (!existsSync(join(template, 'PG_VERSION'))) {
-      const tmp = join(ROOT, `.template-15.tmp-${process.pid}-${this.boot}`);
+      const tmp = join(ROOT, `.template-15-v2.tmp-${process.pid}-${this.boot}`);
       await rm(tmp, { recursive: true, force: true });
       await mkdir(tmp, { mode: 0o700 });
       await chown(tmp, this.ids.uid, this.ids.gid);
@@ -292,7 +293,7 @@ class Member {
       await writeFile(join(tmp, 'postgresql.conf'), `${await readFile(join(tmp, 'postgresql.conf'), 'utf8')}\n# Backplane: the member writes its settings here before every start.\ninclude_if_exists = 'backplane.conf'\n`);
       await writeFile(
         join(tmp, 'pg_hba.conf'),
-        `${await readFile(join(tmp, 'pg_hba.conf'), 'utf8')}\n# Backplane: members and clients (no passwords yet: docs/backplanes/postgres.md)\nhost all all 0.0.0.0/0 trust\nhost all all ::/0 trust\nhost replication all 0.0.0.0/0 trust\nhost replication all ::/0 trust\n`,
+        `${await readFile(join(tmp, 'pg_hba.conf'), 'utf8')}\n# Backplane: members and clients on this host's own subnets only (no passwords yet: docs/backplanes/postgres.md)\nhost all all samenet trust\nhost replication all samenet trust\n`,
       );
       try {
         await rename(tmp, template);
