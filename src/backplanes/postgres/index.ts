@@ -4,7 +4,7 @@
  * the `postgres` user). react.ts keeps exactly one of them primary: docs/backplanes/postgres.md says how.
  */
 import { z } from 'zod';
-import { parseSize } from '../../resources/svc-schema.js';
+import { cpuParam, sizeParam } from '../kit.js';
 import { defineBackplane, type AppObject, type ExpandEnv, type ServiceDocument } from '../sdk.js';
 import { PG_PORT, reactPostgres } from './react.js';
 
@@ -14,20 +14,9 @@ const MEMBER_OVERHEAD = 96 * MiB;
 /** Where members keep their data directories (one per alloc) unless `dataDir` says otherwise. */
 export const DEFAULT_DATA_DIR = '/var/lib/backplane/postgres';
 
-const size = z.union([z.number(), z.string()]).transform((v, ctx) => {
-  const n = parseSize(v);
-  if (n === undefined) {
-    ctx.addIssue({ code: 'custom', message: `"${String(v)}" is not a size; write bytes (134217728) or a value with a unit (128M, 1G)` });
-    return z.NEVER;
-  }
-  if (n < 64 * MiB) {
-    ctx.addIssue({ code: 'custom', message: `memory ${String(v)} is too small for postgres: at least 64M` });
-    return z.NEVER;
-  }
-  return n;
-});
+const size = sizeParam('postgres', 64 * MiB);
 
-const cpu = z.union([z.number().positive(), z.string().regex(/^(\d+m|\d+(\.\d+)?)$/, 'cpu is cores (0.5) or millicores ("500m")')]);
+const cpu = cpuParam;
 
 /**
  * postgresql.conf settings an operator may set. The member owns the rest (port, listen addresses, replication,

@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { InstanceClient, type InstanceEvent, type SelfInfo } from '../../api/instance-client.js';
 import { PgConn, pgQueryOnce, sqlString, type PgConnectOptions } from './pgwire.js';
 import type { PgConfig, PgMemberState, PgStandbyReport, PgTarget } from './react.js';
+import { selfWithRetry } from '../kit.js';
 
 const BIN = process.env.PG_BIN ?? '/usr/lib/postgresql/15/bin';
 const ROOT = process.env.PG_ROOT ?? (process.cwd() === '/' ? '/var/lib/backplane/postgres' : process.cwd());
@@ -712,15 +713,7 @@ class Member {
 
 async function main(): Promise<void> {
   const api = InstanceClient.fromEnv();
-  let self: SelfInfo | undefined;
-  for (let i = 0; self === undefined; i++) {
-    try {
-      self = await api.self();
-    } catch (err) {
-      if (i > 100) throw err;
-      await sleep(200);
-    }
-  }
+  const self = await selfWithRetry(api, 100);
   const member = new Member(api, self);
   let exiting = false;
   const onSignal = (sig: NodeJS.Signals): void => {

@@ -21,6 +21,7 @@
  */
 import { z } from 'zod';
 import type { AppGate, AppStatus, DiscoveryTarget, Member, ReactInput, ReactOutput } from '../sdk.js';
+import { lastFailoverStatus, primaryLastGate } from '../kit.js';
 
 /** The port name of postgres on every member. */
 export const PG_PORT = 'pg';
@@ -424,19 +425,13 @@ export function reactPostgres(input: ReactInput<unknown>): ReactOutput {
     summary: summary.slice(0, 500),
     fields,
     members,
-    ...(f === undefined || f.to === '' ? {} : { lastFailover: { at: f.at, ...(f.from === undefined ? {} : { from: f.from }), to: f.to, reason: f.reason.slice(0, 500), timeline: f.timeline.slice(-50) } }),
+    ...lastFailoverStatus(f),
   };
 
   // 6. Rollout gates: standbys first, the primary last; the primary is held while it is primary on an old version
   //    (the switchover above releases it).
   const gates: Record<string, AppGate> = {};
-  if (svc !== undefined) {
-    const pIndex = primaryMember !== undefined && mem.lost === undefined ? primaryMember.index : undefined;
-    const indexes = [...new Set(all.filter((m) => !m.stopping).map((m) => m.index))].sort((a, b) => a - b);
-    const order = [...indexes.filter((i) => i !== pIndex), ...(pIndex === undefined ? [] : [pIndex])];
-    const holdPrimary = pIndex !== undefined && primaryMember !== undefined && primaryMember.version !== svc.version && svc.count > 1;
-    gates[name] = { order, ...(holdPrimary ? { hold: [pIndex] } : {}) };
-  }
+  if (svc !== undefined) gates[name] = primaryLastGate(all, svc, mem.lost === undefined ? primaryMember : undefined);
 
   return {
     memory: mem,

@@ -4,7 +4,7 @@
  * exactly one of them primary: docs/backplanes/redis.md says how, docs/backplanes.md is the guide it illustrates.
  */
 import { z } from 'zod';
-import { parseSize } from '../../resources/svc-schema.js';
+import { cpuParam, sizeParam } from '../kit.js';
 import { defineBackplane, type AppObject, type ExpandEnv, type ServiceDocument } from '../sdk.js';
 import { REDIS_PORT, reactRedis } from './react.js';
 
@@ -14,20 +14,9 @@ const MEMBER_OVERHEAD = 96 * MiB;
 
 const POLICIES = ['noeviction', 'allkeys-lru', 'allkeys-lfu', 'allkeys-random', 'volatile-lru', 'volatile-lfu', 'volatile-random', 'volatile-ttl'] as const;
 
-const size = z.union([z.number(), z.string()]).transform((v, ctx) => {
-  const n = parseSize(v);
-  if (n === undefined) {
-    ctx.addIssue({ code: 'custom', message: `"${String(v)}" is not a size; write bytes (67108864) or a value with a unit (64M, 1G)` });
-    return z.NEVER;
-  }
-  if (n < 8 * MiB) {
-    ctx.addIssue({ code: 'custom', message: `memory ${String(v)} is too small for redis: at least 8M` });
-    return z.NEVER;
-  }
-  return n;
-});
+const size = sizeParam('redis', 8 * MiB);
 
-const cpu = z.union([z.number().positive(), z.string().regex(/^(\d+m|\d+(\.\d+)?)$/, 'cpu is cores (0.5) or millicores ("500m")')]);
+const cpu = cpuParam;
 
 /** The object's parameters (everything besides kind and name). */
 export const redisParams = z.strictObject({

@@ -22,6 +22,7 @@ import { createInterface } from 'node:readline';
 import { InstanceApiError, InstanceClient, type InstanceEvent, type SelfInfo } from '../../api/instance-client.js';
 import type { RedisConfig, RedisMemberState } from './react.js';
 import { parseInfo, RedisConnection, RespError } from './resp.js';
+import { selfWithRetry } from '../kit.js';
 
 const POLL_MS = 100;
 const REPORT_EVERY_MS = 500;
@@ -341,15 +342,7 @@ function sleep(ms: number): Promise<void> {
 
 async function main(): Promise<void> {
   const api = InstanceClient.fromEnv();
-  let self: SelfInfo | undefined;
-  for (let i = 0; self === undefined; i++) {
-    try {
-      self = await api.self();
-    } catch (err) {
-      if (i >= 50) throw err;
-      await sleep(200);
-    }
-  }
+  const self = await selfWithRetry(api, 50);
   const port = self.ports.redis;
   if (port === undefined) throw new Error(`the service has no port named "redis" (ports: ${Object.keys(self.ports).join(', ') || 'none'})`);
   await new Member(api, self, port).run();
