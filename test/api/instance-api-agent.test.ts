@@ -147,19 +147,4 @@ ${
     await waitFor('a peer of itself', async () => (await ci.peers()).length === 1, 20_000);
     assert.equal((await op(c, ['remove', 'shy'])).code, 0);
   });
-
-  test('memory: an instance holding 93% of its limit hears it', async () => {
-    // 512M: the 7% between what it holds (93%) and its cgroup's limit must cover Node growing under load (JIT, buffers),
-    // or the kernel kills it before it hears anything.
-    const r = await deploy(c, 'hog', spec('hog', 1, { env: ', HOG: "1"', memory: '512M' }), ['--wait', '90s']);
-    assert.equal(r.code, 0, r.stderr + r.stdout);
-    const [i] = await instances(c, 'hog');
-    assert.ok(i !== undefined);
-    await waitFor('hogged', async () => (await notes(i.id)).some((n) => n.type === 'hogged'), 60_000);
-    await waitFor('the memory event', async () => (await notes(i.id)).some((n) => n.type === 'event:memory'), 60_000);
-    const m = (await notes(i.id)).find((n) => n.type === 'event:memory')?.['data'] as { rss: number; limit: number; ratio: number };
-    assert.equal(m.limit, 512 * 1024 * 1024);
-    assert.ok(m.ratio >= 0.9 && m.ratio < 1, JSON.stringify(m));
-    assert.equal((await op(c, ['remove', 'hog'])).code, 0);
-  });
 });
