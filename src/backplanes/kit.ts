@@ -39,6 +39,17 @@ export function primaryLastGate(all: readonly Member[], svc: ServiceView, primar
   return { order, ...(hold ? { hold: [pIndex] } : {}) };
 }
 
+/** The zod schema of a failover kept in a backplane's memory (FailoverMemory plus the milestones already logged). */
+export const failoverMemorySchema = z.object({
+  at: z.number(),
+  from: z.string().optional(),
+  to: z.string(),
+  reason: z.string(),
+  timeline: z.array(z.object({ at: z.number(), message: z.string() })),
+  /** Milestones already written to the timeline (e.g. 'writable', 'rejoined', 'linked'). */
+  done: z.array(z.string()),
+});
+
 /** What a backplane remembers of its last failover (or switchover), as `backplane app` shows it. */
 export interface FailoverMemory {
   readonly at: number;

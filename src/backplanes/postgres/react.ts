@@ -21,7 +21,7 @@
  */
 import { z } from 'zod';
 import type { AppGate, AppStatus, DiscoveryTarget, Member, ReactInput, ReactOutput } from '../sdk.js';
-import { lastFailoverStatus, primaryLastGate } from '../kit.js';
+import { failoverMemorySchema, lastFailoverStatus, primaryLastGate } from '../kit.js';
 
 /** The port name of postgres on every member. */
 export const PG_PORT = 'pg';
@@ -94,7 +94,6 @@ const stateSchema = z.object({
   standbys: z.array(z.object({ name: z.string().max(100), state: z.string().max(40), sync: z.string().max(40), lagBytes: z.number() })).max(100).optional(),
 });
 
-const timelineEntry = z.object({ at: z.number(), message: z.string() });
 const memorySchema = z.object({
   epoch: z.number().int().min(0),
   /** The member told to be primary last, with the run id it must keep (updated once it reports primary). */
@@ -105,16 +104,7 @@ const memorySchema = z.object({
   switchover: z.object({ from: z.string(), to: z.string(), at: z.number() }).optional(),
   /** The standby the primary last reported as synchronous (alloc id). */
   syncStandby: z.string().optional(),
-  failover: z
-    .object({
-      at: z.number(),
-      from: z.string().optional(),
-      to: z.string(),
-      reason: z.string(),
-      timeline: z.array(timelineEntry),
-      done: z.array(z.string()),
-    })
-    .optional(),
+  failover: failoverMemorySchema.optional(),
 });
 export type PgMemory = z.infer<typeof memorySchema>;
 type Failover = NonNullable<PgMemory['failover']>;

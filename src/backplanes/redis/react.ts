@@ -18,7 +18,7 @@
  */
 import { z } from 'zod';
 import type { AppGate, AppStatus, DiscoveryTarget, Member, ReactInput, ReactOutput } from '../sdk.js';
-import { lastFailoverStatus, primaryLastGate } from '../kit.js';
+import { failoverMemorySchema, lastFailoverStatus, primaryLastGate } from '../kit.js';
 
 /** The port name of the redis server on every member. */
 export const REDIS_PORT = 'redis';
@@ -57,7 +57,6 @@ const stateSchema = z.object({
   lagMs: z.number().min(0).optional(),
 });
 
-const timelineEntry = z.object({ at: z.number(), message: z.string() });
 /** What this backplane keeps between calls (ReactOutput.memory). */
 const memorySchema = z.object({
   epoch: z.number().int().min(0),
@@ -67,17 +66,7 @@ const memorySchema = z.object({
   lost: z.object({ at: z.number(), reason: z.string() }).optional(),
   /** A planned handover in progress: `from` was told to become a replica of `to` at `epoch`. */
   switchover: z.object({ from: z.string(), to: z.string(), toRunId: z.string(), epoch: z.number().int(), at: z.number() }).optional(),
-  failover: z
-    .object({
-      at: z.number(),
-      from: z.string().optional(),
-      to: z.string(),
-      reason: z.string(),
-      timeline: z.array(timelineEntry),
-      /** Milestones already written to the timeline: 'writable', 'rejoined', 'linked'. */
-      done: z.array(z.string()),
-    })
-    .optional(),
+  failover: failoverMemorySchema.optional(),
 });
 export type RedisMemory = z.infer<typeof memorySchema>;
 type Failover = NonNullable<RedisMemory['failover']>;
