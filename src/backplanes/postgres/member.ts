@@ -14,8 +14,8 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
-import { chmod, chown, cp, mkdir, readFile, rename, rm, utimes, writeFile } from 'node:fs/promises';
+import { constants as fsConstants, existsSync, readFileSync } from 'node:fs';
+import { chmod, chown, cp, lutimes, mkdir, open, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { InstanceClient, type InstanceEvent, type SelfInfo } from '../../api/instance-client.js';
 import { PgConn, pgQueryOnce, sqlString, type PgConnectOptions } from './pgwire.js';
@@ -201,16 +201,17 @@ class Member {
     const f = join(this.dir, 'heartbeat');
     const now = new Date();
     try {
-      await utimes(f, now, now);
+      // lutimes: the postgres user owns this directory and could put a symlink here; never follow it as root.
+      await lutimes(f, now, now);
     } catch {
-      await writeFile(f, '').catch(() => undefined);
+      await writeNoFollow(f, '').catch(() => undefined);
     }
   }
 
   private async persist(p: Persisted): Promise<void> {
     this.persisted = p;
     const tmp = join(this.dir, 'backplane.json.tmp');
-    await writeFile(tmp, JSON.stringify(p));
+    await writeNoFollow(tmp, JSON.stringify(p));
     await rename(tmp, join(this.dir, 'backplane.json'));
   }
 
@@ -274,9 +275,9 @@ class Member {
     });
   }
 
+  /** A file in a directory the postgres user owns: opened without following a symlink there, chowned by handle. */
   private async writeOwned(path: string, text: string): Promise<void> {
-    await writeFile(path, text, { mode: 0o600 });
-    await chown(path, this.ids.uid, this.ids.gid);
+    await writeNoFollow(path, text, { uid: this.ids.uid, gid: this.ids.gid });
   }
 
   /** initdb once per host (into a template), then a copy per first primary. */
@@ -730,3 +731,18 @@ main().catch((err: unknown) => {
   log(`fatal: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}`);
   process.exit(1);
 });
+
+/**
+ * Writes `text` to `path` as root without following a symlink at `path` (O_NOFOLLOW; an existing one is an error),
+ * truncating what is there, and optionally hands the file to `owner` through the open handle, so nothing the postgres
+ * user plants in its own directories can redirect a root write or chown.
+ */
+async function writeNoFollow(path: string, text: string, owner?: { uid: number; gid: number }): Promise<void> {
+  const fh = await open(path, fsConstants.O_WRONLY | fsConstants.O_CREAT | fsConstants.O_TRUNC | fsConstants.O_NOFOLLOW, 0o600);
+  try {
+    await fh.writeFile(text);
+    if (owner !== undefined) await fh.chown(owner.uid, owner.gid);
+  } finally {
+    await fh.close();
+  }
+}
