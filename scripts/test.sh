@@ -7,7 +7,8 @@ source scripts/setup.sh
 # etcd-client: etcdctl, to set up etcd users and roles the way docs/etcd-security.md tells operators to.
 # strace: test/cli/fsync.test.ts counts the agent's fsync calls. python3-minimal: the renameat2 swap helper of the race tests.
 # redis-server, redis-tools, postgresql: the shipped application backplanes are tested with the real servers.
-apt_install etcd-server etcd-client openssl strace python3-minimal redis-server redis-tools postgresql
+# chromium: the dashboard is tested in a real browser (playwright-core drives it; no browser download).
+apt_install etcd-server etcd-client openssl strace python3-minimal redis-server redis-tools postgresql chromium
 
 echo "== typecheck"; npx tsc -p tsconfig.json --noEmit
 echo "== lint"; npx eslint --max-warnings 0 .
