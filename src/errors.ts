@@ -15,6 +15,14 @@ export type ErrorCode =
   | 'E_TIMEOUT'
   | 'E_ABORTED'
   | 'E_USAGE'
+  /** The operator API: no token, or one that is malformed, unknown, forged, expired or revoked. */
+  | 'E_AUTH'
+  /** The operator API: the caller's role or namespace does not allow it. */
+  | 'E_DENIED'
+  | 'E_NOT_FOUND'
+  | 'E_CONFLICT'
+  /** Not now: this agent has no cluster store connection yet. */
+  | 'E_UNAVAILABLE'
   /** Input past a limit that keeps the agent bounded: file size, alias expansion, nesting, a module's time or memory. */
   | 'E_LIMIT'
   /** Two resources manage the same thing (a path, a package, an account) under different names. */

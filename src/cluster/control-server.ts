@@ -1,16 +1,13 @@
-import { randomBytes } from 'node:crypto';
-import { chmod, lstat, rename, stat, unlink } from 'node:fs/promises';
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
-import { join } from 'node:path';
-import { BackplaneError, errorMessage } from '../errors.js';
+import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
-import { ensureStateDir } from '../state-dir.js';
+import { listenPrivate } from './private-socket.js';
 import {
   CONTROL_HEADER,
+  CONTROL_SOCKET,
   CONTROL_VERSION,
   OPS,
   REQUESTS,
-  controlSocketPath,
   maxBodyBytes,
   statusFor,
   toWire,
@@ -23,14 +20,8 @@ import { DEFAULT_LIMITS, StoreError, type Store, type StoreLimits, type TxnCompa
  * same machine. The embedded store is single-process (its flock), so without this no command could read or write
  * the cluster while an agent runs.
  *
- * Who can connect: Node exposes neither SO_PEERCRED nor getpeereid, so the server cannot ask the kernel who is on the
- * other end. It relies on the file system instead, which Linux checks on connect(2): the socket is made only in a
- * state directory that is the agent user's own and closed to group and others (0700: nobody else can even reach the
- * path), and the socket itself is chmod 0600 (connect needs write permission on it). Both are checked or set before
- * the first connection can be accepted; a state directory that lets others in is refused rather than served.
- *
- * Serve only while holding the store in `stateDir` (its flock): a socket left on the path is then a stale one of an
- * earlier agent (kill -9 leaves it behind), never a live one, and is replaced.
+ * Who can connect: only the agent's user (private-socket.ts). Serve only while holding the store in `stateDir`
+ * (its flock): a socket left on the path is then a stale one of an earlier agent, and is replaced.
  */
 
 export interface ControlServer {
@@ -41,17 +32,8 @@ export interface ControlServer {
 
 /** A watch whose consumer stops reading is cut off past this much unsent output; the client resumes from where it was. */
 const WATCH_BACKLOG_BYTES = 16 * 1024 * 1024;
-/** sun_path is 108 bytes on Linux, including the terminating NUL. */
-const MAX_SOCKET_PATH = 107;
 
 export async function serveControl(store: Store, stateDir: string, log: Logger, opts: { limits?: StoreLimits } = {}): Promise<ControlServer> {
-  const path = controlSocketPath(stateDir);
-  // Bound under a temporary name, then renamed into place: the rename replaces a stale socket atomically, and
-  // libuv, which unlinks the name it bound when the server closes, then unlinks nothing that matters (a later
-  // agent's socket on the path, say). close() removes ours itself, after checking it is still ours.
-  const bindPath = join(stateDir, `.control-${randomBytes(4).toString('hex')}.sock`);
-  await checkPrivate(stateDir, bindPath);
-  await checkReplaceable(path);
   const limits = opts.limits ?? DEFAULT_LIMITS;
   const maxBody = maxBodyBytes(limits);
   const watches = new Set<AbortController>();
@@ -160,40 +142,17 @@ export async function serveControl(store: Store, stateDir: string, log: Logger, 
     ac.signal.addEventListener('abort', () => res.end(), { once: true });
   }
 
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(bindPath, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  server.on('error', (err) => log.warn(`control socket ${path}: ${err.message}`));
-  let ino: number;
-  try {
-    // Before anyone can know the name: the directory already keeps everyone else out (checkPrivate).
-    await chmod(bindPath, 0o600);
-    ino = (await stat(bindPath)).ino;
-    await rename(bindPath, path);
-  } catch (err) {
-    server.close();
-    await unlink(bindPath).catch(() => undefined);
-    throw new BackplaneError('E_IO', `cannot set up the control socket ${path}: ${errorMessage(err)}`, { cause: err });
-  }
-  log.debug(`control socket: serving the store on ${path}`);
+  const socket = await listenPrivate(server, stateDir, CONTROL_SOCKET, 'control socket');
+  server.on('error', (err) => log.warn(`control socket ${socket.path}: ${err.message}`));
+  log.debug(`control socket: serving the store on ${socket.path}`);
 
   let closing: Promise<void> | undefined;
   return {
-    path,
+    path: socket.path,
     close: () => {
       closing ??= (async () => {
-        // Only our own socket: a later server may already have put its own on the path. Checked while ours still
-        // listens, so its inode number cannot have been reused by another file.
-        const st = await lstat(path).catch(() => undefined);
-        if (st?.isSocket() === true && st.ino === ino) await unlink(path).catch(() => undefined);
-        const done = new Promise<void>((resolve) => server.close(() => resolve()));
         for (const w of watches) w.abort(new StoreError('closed', 'the agent is closing its control socket'));
-        server.closeAllConnections();
-        await done;
+        await socket.close();
       })();
       return closing;
     },
@@ -249,37 +208,4 @@ function fail(res: ServerResponse, err: unknown): void {
   const text = JSON.stringify({ error });
   res.writeHead(statusFor(error.reason), { 'content-type': 'application/json', 'content-length': Buffer.byteLength(text) });
   res.end(text);
-}
-
-/**
- * The state directory must be the agent user's own and closed to everyone else: that is what keeps other users
- * away from the socket (see the file comment). ensureStateDir refuses one others can write; a socket needs more.
- */
-async function checkPrivate(stateDir: string, bindPath: string): Promise<void> {
-  await ensureStateDir(stateDir);
-  const st = await lstat(stateDir);
-  if ((st.mode & 0o077) !== 0) {
-    throw new BackplaneError('E_USAGE', `the state directory ${stateDir} is open to group or others (mode ${(st.mode & 0o7777).toString(8).padStart(4, '0')}); the agent's control socket there could be reached by other users`, {
-      hint: `chmod 700 ${stateDir}`,
-    });
-  }
-  if (Buffer.byteLength(bindPath) > MAX_SOCKET_PATH) {
-    throw new BackplaneError('E_USAGE', `the state directory ${stateDir} is too long a path for the agent's control socket: a Unix socket address holds ${MAX_SOCKET_PATH} bytes, and ${bindPath} is ${Buffer.byteLength(bindPath)}`, {
-      hint: 'use a shorter --state-dir',
-    });
-  }
-}
-
-/** A socket left by an earlier agent is replaced; anything else on the path is the user's and is left alone. */
-async function checkReplaceable(path: string): Promise<void> {
-  const st = await lstat(path).catch((err: NodeJS.ErrnoException) => {
-    if (err.code === 'ENOENT') return undefined;
-    throw err;
-  });
-  if (st === undefined) return;
-  if (!st.isSocket()) {
-    throw new BackplaneError('E_USAGE', `${path} exists and is not a socket; refusing to replace it with the agent's control socket`, {
-      hint: `move ${path} away`,
-    });
-  }
 }

@@ -22,6 +22,8 @@ import { StoreError } from './store.js';
  *   sched/app/<name>                      its backplane's state (members' roles, discovery entries), controller-signed
  *   sched/scale/<service>                 a count chosen within the operator's scale bounds, controller-signed
  *   sched/scalereq/<host>/<alloc>         an instance's request to scale its service, signed by <host>
+ *   api/tokens/<id>                       an API token's record (its role, namespace, expiry, secret's hash), operator-signed
+ *   policy/namespaces/<ns>                a namespace's quota and defaults (or their removal), signed by an operator host
  *
  * Every variable segment is percent-encoded, so a resource named `/etc/motd` or a host named `a/b` can never be
  * mistaken for extra path segments and prefix lists stay exact (`nodes/a/` does not match `nodes/ab`).
@@ -121,6 +123,13 @@ export const keys = {
   scaleReqPrefix: 'sched/scalereq/',
   scaleReqByHost: (host: string): string => `sched/scalereq/${segment(host)}/`,
   scaleReq: (host: string, alloc: string): string => `sched/scalereq/${segment(host)}/${segment(alloc)}`,
+  /** Cluster-wide policy set by operators (src/scheduler/policy.ts). */
+  policyPrefix: 'policy/',
+  /** A namespace's quota and defaults, operator-signed: `policy/namespaces/<ns>`. */
+  namespacePolicyPrefix: 'policy/namespaces/',
+  namespacePolicy: (ns: string): string => `policy/namespaces/${segment(ns)}`,
+  /** API tokens (src/api/tokens.ts), operator-signed. */
+  apiTokensPrefix: 'api/tokens/',
   /** Zero-padded so keys sort in order. */
   event: (seq: number): string => `sched/events/${String(seq).padStart(16, '0')}`,
 } as const;
@@ -128,6 +137,11 @@ export const keys = {
 /** `services/<name>` -> name. */
 export function parseServiceKey(key: string): string | undefined {
   return decodeOrUndefined(/^services\/([^/]+)$/.exec(key)?.[1]);
+}
+
+/** `policy/namespaces/<ns>` -> ns. */
+export function parseNamespacePolicyKey(key: string): string | undefined {
+  return decodeOrUndefined(/^policy\/namespaces\/([^/]+)$/.exec(key)?.[1]);
 }
 
 /** `sched/assign/<host>/<alloc>` or `sched/status/<host>/<alloc>` -> host and alloc. */
