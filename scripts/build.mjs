@@ -2,7 +2,7 @@
 // ~90 ms of module loading), which halves start-up — and start-up is paid on every cron-style run.
 import { build } from 'esbuild';
 
-import { rm } from 'node:fs/promises';
+import { copyFile, rm } from 'node:fs/promises';
 
 await rm('dist', { recursive: true, force: true });
 await build({
@@ -32,3 +32,19 @@ await build({
   // Some dependencies are CommonJS and call require(); give them one in the ESM bundle.
   banner: { js: "import { createRequire as __bpCreateRequire } from 'node:module'; const require = __bpCreateRequire(import.meta.url);" },
 });
+
+// The web dashboard (web/): a browser bundle, its stylesheet and page, in dist/web/, which the agent's API serves at
+// `/` and `/assets/*` (src/api/web-assets.ts). No framework; every module is bundled into one app.js.
+await build({
+  entryPoints: { app: 'web/app.ts', style: 'web/style.css' },
+  outdir: 'dist/web',
+  bundle: true,
+  platform: 'browser',
+  format: 'esm',
+  target: ['chrome110', 'firefox110', 'safari16'],
+  minify: true,
+  logLevel: 'warning',
+  tsconfig: 'web/tsconfig.json',
+});
+await copyFile('web/index.html', 'dist/web/index.html');
+await copyFile('web/favicon.svg', 'dist/web/favicon.svg');
