@@ -4,6 +4,7 @@ import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { errorMessage } from '../errors.js';
 import { Engine, type SwapSummary } from '../engine/engine.js';
+import { Metrics } from '../api/metrics.js';
 import type { ConvergeSummary } from '../engine/state.js';
 import { toDot } from '../graph/dot.js';
 import type { ResourceId } from '../graph/ids.js';
@@ -60,6 +61,8 @@ export interface AgentResult {
  */
 export class Agent {
   readonly engine: Engine;
+  /** This agent's Prometheus metrics (its own registry), served by the API at GET /metrics. */
+  readonly metrics = new Metrics({ version: VERSION });
   private readonly ac = new AbortController();
   private quietTimer: NodeJS.Timeout | undefined;
   /** When the graph last settled with nothing happening since; undefined while there is news to wait out. */
@@ -90,6 +93,7 @@ export class Agent {
       version: VERSION,
       applied: () => this.appliedInstances(),
       pinFile: opts.watchGraph === false,
+      metrics: this.metrics,
     });
     this.engine = new Engine({
       registry: this.registry,
@@ -98,6 +102,7 @@ export class Agent {
       facts: this.source.facts,
       cluster: this.source.values,
       services: this.source.services,
+      metrics: this.metrics,
       ...(opts.noop !== undefined ? { noop: opts.noop } : {}),
       ...(opts.parallel !== undefined ? { parallel: opts.parallel } : {}),
     });
@@ -338,6 +343,7 @@ export class Agent {
       next = await this.renderWhenWritten();
       if (next === undefined) return;
     } catch (err) {
+      this.metrics.graphReloadFailed();
       this.opts.log.error(`graph changed but is not valid; keeping the running graph:\n${errorMessage(err)}`);
       return;
     }

@@ -6,6 +6,7 @@ import { parseToken, TrustFiles, trustScope } from '../cluster/trust.js';
 import type { ControlServer } from '../cluster/control-server.js';
 import type { EtcdAuthOptions, EtcdTlsOptions } from '../cluster/etcd-store.js';
 import type { Store } from '../cluster/store.js';
+import { timedStore, type Metrics } from '../api/metrics.js';
 import { BackplaneError, errorMessage } from '../errors.js';
 import { gatherFacts } from '../facts.js';
 import { readGraphSource } from '../frontends/load.js';
@@ -69,6 +70,8 @@ export interface GraphSourceOptions {
    * module is a function of the cluster data and is evaluated again (its file is read again with it).
    */
   readonly pinFile?: boolean;
+  /** The agent's metrics: store requests timed, lease and link state, instances, the controller. */
+  readonly metrics?: Metrics;
 }
 
 /**
@@ -79,6 +82,8 @@ export interface GraphSourceOptions {
 export class GraphSource {
   private link: ClusterLink | undefined;
   private store: Store | undefined;
+  /** The store as the link, discovery, instances and controller use it: timed when the agent has metrics. */
+  private clusterStore: Store | undefined;
   /** The control socket serving the embedded store to the CLI (control-server.ts); not with etcd. */
   private control: ControlServer | undefined;
   private connecting: Promise<void> | undefined;
@@ -257,6 +262,9 @@ export class GraphSource {
     const { cluster } = this.opts;
     // Before the store: a host that cannot tell real cluster data from forged must not start pretending it can.
     const identity = await this.identity();
+    const metrics = this.opts.metrics;
+    const storeKind = cluster.etcd.length > 0 ? 'etcd' : 'embedded';
+    metrics?.observeLink(() => ({ store: storeKind, reachable: this.link?.storeReachable ?? false, lease: this.link?.currentLease }));
     if (cluster.etcd.length > 0) {
       const { EtcdStore } = await import('../cluster/etcd-store.js');
       this.store = new EtcdStore({
@@ -275,6 +283,8 @@ export class GraphSource {
         return undefined;
       });
     }
+    const store = metrics === undefined ? this.store : timedStore(this.store, metrics);
+    this.clusterStore = store;
     const startedAt = new Date().toISOString();
     const record = (): NodeRecord => ({
       host: this.opts.host,
@@ -288,7 +298,7 @@ export class GraphSource {
       ...(cluster.services === true ? { fence: { ttlMs: cluster.leaseTtlMs ?? 3000, fenceMs: this.fenceMs() } } : {}),
     });
     const link = new ClusterLink({
-      store: this.store,
+      store,
       host: this.opts.host,
       log: this.opts.log,
       record,
@@ -297,6 +307,7 @@ export class GraphSource {
         for (const cb of this.kvWatchers.get(key) ?? []) cb();
       },
       ...(cluster.leaseTtlMs === undefined ? {} : { leaseTtlMs: cluster.leaseTtlMs }),
+      ...(metrics === undefined ? {} : { onLeaseLost: () => metrics.leaseLost() }),
     });
     await link.start((entries) => {
       this.collected = entries;
@@ -306,7 +317,7 @@ export class GraphSource {
     this.linkReady?.();
     // Service discovery: a module graph is a function of ctx.services, so it re-renders; a YAML graph is not (its
     // templates watch the services they list themselves).
-    const discovery = new Discovery({ store: this.store, trust: () => link.trust, log: this.opts.log });
+    const discovery = new Discovery({ store, trust: () => link.trust, log: this.opts.log });
     await this.services.attach(discovery, () => {
       if (isModuleGraph(this.opts.file)) this.changeListener?.('cluster');
     });
@@ -329,7 +340,7 @@ export class GraphSource {
   }
 
   private async joinServices(link: ClusterLink): Promise<void> {
-    const store = this.store;
+    const store = this.clusterStore;
     if (store === undefined) return;
     const ttl = this.opts.cluster.leaseTtlMs ?? 3000;
     const fenceMs = this.fenceMs();
@@ -346,10 +357,20 @@ export class GraphSource {
       applied: this.opts.applied ?? (() => new Set()),
       // The instance API's peers are service discovery's answer.
       services: this.services,
+      ...(this.opts.metrics === undefined ? {} : { metrics: this.opts.metrics }),
     });
     await instances.start();
     this.instances = instances;
-    const controller = new Controller({ store, host: this.opts.host, log: this.opts.log, ttlMs: ttl, fenceMs, trust: () => link.trust, sign: (k, b) => link.sign(k, b) });
+    const controller = new Controller({
+      store,
+      host: this.opts.host,
+      log: this.opts.log,
+      ttlMs: ttl,
+      fenceMs,
+      trust: () => link.trust,
+      sign: (k, b) => link.sign(k, b),
+      ...(this.opts.metrics === undefined ? {} : { metrics: this.opts.metrics }),
+    });
     this.controller = controller;
     void controller.run(this.closing.signal);
     if (this.instances.ids().size > 0) this.changeListener?.('cluster');

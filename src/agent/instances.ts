@@ -15,6 +15,7 @@ import { renderInstance, type InstanceApiEnv, type InstanceHost } from '../sched
 import type { ActionResult, AppReport, HookName, HookResult, InstanceState, ServiceSpec } from '../scheduler/types.js';
 import { InstanceApi, type ApiInstance, type InstanceApiBackend, type StateBody } from '../api/instance-api.js';
 import type { Peer } from '../api/instance-client.js';
+import type { Metrics } from '../api/metrics.js';
 import { processTreeRss, readProcTable } from '../api/memory.js';
 import type { ServiceInstances } from '../resources/types.js';
 import { readRecord } from '../resources/svc/record.js';
@@ -57,6 +58,8 @@ export interface InstancesOptions {
   readonly services?: { current(): ServiceInstances; watch(service: string, onChange: () => void): () => void };
   /** The engine's state directory (where each svc keeps its pid record), for the memory check; default stateDir. */
   readonly engineStateDir?: string;
+  /** The agent's metrics: instances by state, restarts. */
+  readonly metrics?: Metrics;
 }
 
 type Accepted = AssignRecord & { readonly spec: ServiceSpec };
@@ -145,6 +148,19 @@ export class Instances {
   constructor(private readonly opts: InstancesOptions) {
     this.heartbeat = join(opts.stateDir, 'sched', 'heartbeat');
     this.hooksDir = join(opts.stateDir, 'sched', 'hooks');
+    opts.metrics?.observeInstances(() => this.countStates());
+  }
+
+  /** Instances assigned here (and ones stopping) by state, for backplane_instances. */
+  private countStates(): Map<string, number> {
+    const out = new Map<string, number>();
+    for (const id of this.accepted.keys()) {
+      if (this.stopping.has(id)) continue;
+      const s = this.states.get(id)?.state ?? 'pending';
+      out.set(s, (out.get(s) ?? 0) + 1);
+    }
+    if (this.stopping.size > 0) out.set('stopping', this.stopping.size);
+    return out;
   }
 
   async start(): Promise<void> {
@@ -219,6 +235,7 @@ export class Instances {
     const cur = this.states.get(a.alloc.id);
     if (cur === undefined || (cur.state !== 'healthy' && cur.state !== 'running')) return;
     this.states.set(a.alloc.id, { ...cur, restarts: cur.restarts + 1 });
+    this.opts.metrics?.instanceRestarted(a.alloc.service);
     void this.report(a.alloc.id);
   }
 

@@ -49,6 +49,8 @@ export interface ClusterLinkOptions {
   readonly record: () => NodeRecord;
   /** Called with the key of one of this host's `kv` values whenever the store's copy changes. */
   readonly onOwnKv?: (key: string) => void;
+  /** Called each time the membership lease is lost (before registering again): counted in the agent's metrics. */
+  readonly onLeaseLost?: () => void;
 }
 
 const DEFAULT_TTL_MS = 3000;
@@ -160,6 +162,11 @@ export class ClusterLink {
   /** A record for `key` signed with this host's key (the scheduler's assignments, statuses and events). */
   sign(key: string, body: string): string {
     return this.seal(key, body);
+  }
+
+  /** Whether the store answered this link's last writes (false from a failed sync until one succeeds). */
+  get storeReachable(): boolean {
+    return this.reachable;
   }
 
   /** The lease this host's membership lives under (undefined while re-registering). */
@@ -398,6 +405,7 @@ export class ClusterLink {
       () => {
         if (this.ac.signal.aborted) return;
         this.opts.log.warn(`cluster lease lost (${errorMessage(lease.lost.reason)}); registering again`);
+        this.opts.onLeaseLost?.();
         this.lease = undefined;
         this.published = new Map(); // the lease took our exports with it
         this.scheduleRetry(0);

@@ -5,6 +5,7 @@ import type { Graph, Vertex } from '../graph/graph.js';
 import type { ResourceId } from '../graph/ids.js';
 import type { Logger } from '../log.js';
 import type { ClusterValues, HostFacts, Resource, ResourceWorld, ServiceDirectory } from '../resources/types.js';
+import type { Metrics } from '../api/metrics.js';
 import { gatherFacts } from '../facts.js';
 import { defaultStateDir, resourceStateDir } from '../state-dir.js';
 import { Semaphore, SemaphoreSet } from '../util/semaphore.js';
@@ -25,6 +26,8 @@ export interface EngineOptions {
   readonly cluster?: ClusterValues;
   /** Service discovery for the template kind's `services` (ResourceWorld.services). */
   readonly services?: ServiceDirectory;
+  /** Where runs, watch events, repairs and resource states are counted (src/api/metrics.ts); none in most tests. */
+  readonly metrics?: Metrics;
 }
 
 export interface SwapSummary {
@@ -58,6 +61,7 @@ export class Engine implements WorkerHost {
   private wasSettled = false;
   /** Swaps are serialized: a second edit waits for the first to finish swapping. */
   private swapping: Promise<unknown> = Promise.resolve();
+  private readonly metrics: Metrics | undefined;
 
   readonly world: ResourceWorld;
 
@@ -77,6 +81,8 @@ export class Engine implements WorkerHost {
     // Every worker listens on the root signal; thousands of listeners are by design, not a leak.
     setMaxListeners(0, this.root.signal);
     this.global = opts.parallel !== undefined && opts.parallel > 0 ? new Semaphore(opts.parallel) : undefined;
+    this.metrics = opts.metrics;
+    opts.metrics?.observeEngine(() => this.countStates(), () => this.settled);
   }
 
   /** Starts the first graph, or swaps in a new one: unchanged resources keep running, watches included. */
@@ -141,6 +147,7 @@ export class Engine implements WorkerHost {
       w.wake();
     }
     this.checkSettled();
+    if (prev !== undefined) this.metrics?.graphSwapped();
     return { added, removed, changed, unchanged: next.vertices.size - added.length - changed.length };
   }
 
@@ -155,7 +162,7 @@ export class Engine implements WorkerHost {
       const message = errorMessage(err, v.id);
       resource = { checkApply: () => Promise.reject(new BackplaneError('E_APPLY', `could not be created: ${message}`, { resource: v.id })) };
     }
-    const w = new Worker(v, resource, this, log, this.root.signal);
+    const w = new Worker(v, resource, this, log, this.root.signal, this.metrics?.forKind(v.kind));
     this.workers.set(v.id, w);
     this.active++; // workers start pending
     w.start();
@@ -250,6 +257,17 @@ export class Engine implements WorkerHost {
 
   status(): VertexStatus[] {
     return [...this.workers.values()].map((w) => w.status());
+  }
+
+  /** Vertices by kind and state, for backplane_resources (read when metrics are scraped). */
+  countStates(): Map<string, Map<VertexState, number>> {
+    const out = new Map<string, Map<VertexState, number>>();
+    for (const w of this.workers.values()) {
+      let byState = out.get(w.vertex.kind);
+      if (byState === undefined) out.set(w.vertex.kind, (byState = new Map<VertexState, number>()));
+      byState.set(w.state, (byState.get(w.state) ?? 0) + 1);
+    }
+    return out;
   }
 
   summary(): ConvergeSummary {

@@ -2,6 +2,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { BackplaneError, errorMessage } from '../errors.js';
 import type { Vertex } from '../graph/graph.js';
 import type { Logger } from '../log.js';
+import type { KindMetrics } from '../api/metrics.js';
 import type { CheckResult, CloseReason, Resource, ResourceLog } from '../resources/types.js';
 import { formatDuration } from '../util/duration.js';
 import { TokenBucket } from './rate-limit.js';
@@ -43,6 +44,10 @@ export class Worker {
   private changeCount = 0;
   /** Whether something other than this resource's own watch asked for a run since the last one (oscillation). */
   private outsideCause = true;
+  /** Whether something other than its watch or a poll tick asked for a run since the last one (drift repairs). */
+  private nonDriftCause = true;
+  /** The vertex last settled as converged (not failed or blocked): a change made now is a repair of drift. */
+  private wasConverged = false;
   /** When recent runs woken by the watch alone changed something: a fight shows as many of them close together. */
   private watchChanges: number[] = [];
   /** Held after an oscillation: runs only once the hold ends or the graph is swapped (release()). */
@@ -63,6 +68,7 @@ export class Worker {
     private readonly host: WorkerHost,
     private readonly log: Logger,
     parent: AbortSignal,
+    private readonly metrics?: KindMetrics,
   ) {
     parent.addEventListener('abort', () => this.ac.abort(parent.reason), { once: true, signal: this.ac.signal });
     const { limit, burst } = vertex.meta;
@@ -85,12 +91,13 @@ export class Worker {
   }
 
   /** Something changed that this vertex must re-check (refresh: a notify edge fired). */
-  poke(refresh: boolean, reason?: string, fromWatch = false): void {
+  poke(refresh: boolean, reason?: string, fromWatch = false, poll = false): void {
     if (this.ac.signal.aborted) return;
     if (reason !== undefined) this.log.debug(`event: ${reason}`);
     this.dirty = true;
     if (refresh) this.refresh = true;
     if (!fromWatch) this.outsideCause = true;
+    if (!fromWatch && !poll) this.nonDriftCause = true;
     // Held after an oscillation: the event is remembered (dirty) for when the hold ends, and changes nothing now.
     if (this.holdTimer !== undefined) return;
     // A failed resource gets a fresh set of retries when the world changes: the event may be the fix.
@@ -175,6 +182,8 @@ export class Worker {
     if (next === this.state) return;
     const prev = this.state;
     this.state = next;
+    if (next === 'converged') this.wasConverged = true;
+    else if (next === 'failed' || next === 'blocked') this.wasConverged = false;
     this.host.stateChanged(this, prev);
   }
 
@@ -225,15 +234,27 @@ export class Worker {
     this.dirty = false;
     const watchOnly = !this.outsideCause;
     this.outsideCause = false;
+    const driftOnly = !this.nonDriftCause && this.wasConverged;
+    this.nonDriftCause = false;
     const refresh = this.refresh;
     this.refresh = false;
     this.setState('running');
     let release: (() => void) | undefined;
     const started = performance.now();
+    /** When the check began (after waiting for a slot), for the run's duration in the metrics. */
+    let t0: number | undefined;
     try {
       release = await this.host.acquire(this, signal);
       const apply = !this.host.noop && !this.vertex.meta.noop;
+      t0 = performance.now();
       const result = await this.resource.checkApply({ apply, refresh, signal, log: this.resLog });
+      if (this.metrics !== undefined) {
+        const s = (performance.now() - t0) / 1000;
+        if (!result.converged && apply) {
+          this.metrics.applied(s, 'changed');
+          if (driftOnly) this.metrics.repaired();
+        } else this.metrics.checked(s);
+      }
       this.runs++;
       this.attempts = 0;
       this.lastError = undefined;
@@ -257,6 +278,7 @@ export class Worker {
       this.setState(this.dirty ? 'pending' : 'converged');
     } catch (err) {
       if (signal.aborted) return;
+      if (t0 !== undefined) this.metrics?.applied((performance.now() - t0) / 1000, 'failed');
       this.runs++;
       this.attempts++;
       // Printed under this resource's id (its log lines, the run summary): the message need not name it again.
@@ -298,7 +320,7 @@ export class Worker {
         } catch {
           return;
         }
-        this.poke(false, 'poll');
+        this.poke(false, 'poll', false, true);
       }
       return;
     }
@@ -312,7 +334,10 @@ export class Worker {
         await this.resource.watch({
           signal,
           ready: () => this.markReady(),
-          changed: (reason) => this.poke(false, reason, true),
+          changed: (reason) => {
+            this.metrics?.watchEvent();
+            this.poke(false, reason, true);
+          },
           log: this.resLog,
         });
         if (signal.aborted) return;

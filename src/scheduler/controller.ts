@@ -14,6 +14,8 @@ import { planPass, type PlanPassOutput } from './plans.js';
 import { specOfRef, wrapSigned, type AssignRecord, type EventRecord } from './records.js';
 import { readSchedState, serviceInputs, toSnapshot, type SchedState } from './state.js';
 import type { PlanEvent } from './types.js';
+import type { Metrics } from '../api/metrics.js';
+import { ControllerMetrics } from './controller-metrics.js';
 
 export const ELECTION = 'controller';
 /** Events kept in the store: enough for `backplane service NAME` to explain the last hours of a busy cluster. */
@@ -42,6 +44,8 @@ export interface ControllerOptions {
   readonly sign: (key: string, body: string) => string;
   /** Runs application backplanes' react (default: a host of its own, ended when run() ends). */
   readonly backplanes?: BackplaneHost;
+  /** The agent's metrics: leadership, passes, placements, plan steps, failovers, recoveries (controller-metrics.ts). */
+  readonly metrics?: Metrics;
 }
 
 /**
@@ -73,9 +77,12 @@ export class Controller {
   private readonly recent = new Map<string, number>();
 
   private readonly backplanes: BackplaneHost;
+  private readonly metrics: ControllerMetrics | undefined;
 
   constructor(private readonly opts: ControllerOptions) {
     this.backplanes = opts.backplanes ?? new BackplaneHost();
+    this.metrics = opts.metrics === undefined ? undefined : new ControllerMetrics(opts.metrics);
+    opts.metrics?.observeLeader(() => this.isLeader);
   }
 
   get isLeader(): boolean {
@@ -203,10 +210,13 @@ export class Controller {
       }
       if (stop.aborted) break;
       this.dirty = false;
+      const t0 = performance.now();
       try {
         wakeAt = await this.pass(epoch, leadership, since, stop);
+        this.metrics?.pass((performance.now() - t0) / 1000, true);
       } catch (err) {
         if (stop.aborted) break;
+        this.metrics?.pass((performance.now() - t0) / 1000, false);
         this.opts.log.warn(`controller pass failed: ${errorMessage(err)}; retrying`);
         await sleep(500, undefined, { signal: stop }).catch(() => undefined);
         this.dirty = true;
@@ -246,6 +256,7 @@ export class Controller {
     // Counts chosen within the operator's bounds: instances' requests and backplanes' asks.
     const scaled = scalePass({ state, now, asks: apps.flatMap((a) => a.asks) });
     await this.commit(out, state, epoch, leadership, signal, apps, scaled);
+    this.metrics?.committed({ epoch, out, state, snapshot, apps, now });
     if (scaled.put.length > 0) this.dirty = true;
     // A plan that changed this pass (a rollback started, canaries promoted, a step completed) may let the reconciler
     // do more at once: run again rather than wait for the next event.
