@@ -5,6 +5,8 @@ import { basename, dirname, join, resolve } from 'node:path';
 import { errorMessage } from '../errors.js';
 import { Engine, type SwapSummary } from '../engine/engine.js';
 import { Metrics } from '../api/metrics.js';
+import type { ApiServer, TlsListen } from '../api/server.js';
+import { agentView } from './agent-view.js';
 import type { ConvergeSummary } from '../engine/state.js';
 import { toDot } from '../graph/dot.js';
 import type { ResourceId } from '../graph/ids.js';
@@ -45,6 +47,8 @@ export interface AgentOptions {
   /** This host's name in the cluster (default: the machine's hostname). */
   readonly hostname?: string | undefined;
   readonly cluster?: ClusterOptions;
+  /** The operator API: always on the state dir's Unix socket (root only); on TCP with TLS when `tls` is set. `false`: no API. */
+  readonly api?: { readonly tls?: TlsListen | undefined } | false;
 }
 
 export interface AgentResult {
@@ -79,6 +83,8 @@ export class Agent {
   private readonly stateDir: string;
   readonly source: GraphSource;
   private readonly warned = new Set<string>();
+  private api: ApiServer | undefined;
+  private view: ReturnType<typeof agentView> | undefined;
 
   constructor(private readonly opts: AgentOptions) {
     const stateDir = opts.stateDir ?? defaultStateDir();
@@ -115,6 +121,7 @@ export class Agent {
     // ends: whatever is still pending is abandoned, and the process exits with nothing applied.
     const graph = await abortable(this.ac.signal, async () => {
       await ensureStateDir(this.stateDir);
+      await this.startApi();
       if ((this.opts.cluster?.etcd.length ?? 0) > 0) {
         await this.source.watch((cause) => this.scheduleReload(cause), this.ac.signal, { file: this.opts.watchGraph !== false });
       }
@@ -276,8 +283,45 @@ export class Agent {
     }
     // The picture shows where the graph ended up, not the 'stopped' every vertex passes through on the way out.
     if (this.opts.graphviz !== undefined) await this.writeDot().catch((err: unknown) => this.opts.log.warn(`cannot write graphviz file: ${errorMessage(err)}`));
+    await this.api?.close().catch(() => undefined);
+    this.view?.close();
     await this.engine.stop();
     await this.source.close();
+  }
+
+  /**
+   * The operator API, before the graph loads: `backplane status` answers while the agent converges. Its Unix socket
+   * failing (a state dir open to others) is a warning, as the control socket's is; a TCP listener the operator
+   * asked for and cannot have is an error.
+   */
+  private async startApi(): Promise<void> {
+    const api = this.opts.api;
+    if (api === false) return;
+    const { serveApi } = await import('../api/server.js');
+    const view = agentView({
+      host: this.source.host,
+      stateDir: this.stateDir,
+      graphFile: resolve(this.opts.file),
+      engine: this.engine,
+      cluster: () => this.source.clusterStatus(),
+    });
+    this.view = view;
+    const { serveWebAsset } = await import('../api/web-assets.js');
+    try {
+      this.api = await serveApi({
+        host: this.source.host,
+        stateDir: this.stateDir,
+        log: this.opts.log,
+        agent: view,
+        cluster: () => this.source.clusterAccess(),
+        metrics: async () => ({ text: await this.metrics.text(), contentType: this.metrics.contentType }),
+        web: (req, res) => serveWebAsset(req, res),
+        tls: api?.tls,
+      });
+    } catch (err) {
+      if (api?.tls !== undefined) throw err;
+      this.opts.log.warn(`not serving the API socket: ${errorMessage(err)}; \`backplane status\` and the CLI cannot reach this agent`);
+    }
   }
 
   private scheduleReload(cause: ChangeCause): void {

@@ -24,6 +24,9 @@ import { Discovery, DiscoveryHandle } from './discovery.js';
 import { Controller } from '../scheduler/controller.js';
 import { defaultCapacity } from '../scheduler/state.js';
 import { Instances } from './instances.js';
+import { ApiError, type ClusterAccess } from '../api/ops.js';
+import { wrapSigned } from '../scheduler/records.js';
+import { StateCache } from '../api/state-cache.js';
 
 /** What made a re-render necessary: an edit of the graph file, or new data collected from the cluster. */
 export type ChangeCause = 'file' | 'cluster';
@@ -195,9 +198,62 @@ export class GraphSource {
     this.instances?.close();
     this.services.close();
     await this.connecting?.catch(() => undefined);
+    this.stateCache?.cache.close();
     await this.link?.close().catch(() => undefined);
     await this.control?.close().catch(() => undefined);
     await this.store?.close().catch(() => undefined);
+  }
+
+  get host(): string {
+    return this.opts.host;
+  }
+
+  /**
+   * The cluster as this agent sees it, for its operator API; undefined while it has no store connection. Operator
+   * records are signed with this host's key, so only an operator host's API can make changes (others answer 403).
+   */
+  clusterAccess(): ClusterAccess | undefined {
+    const store = this.store;
+    const link = this.link;
+    const view = link?.trust;
+    if (store === undefined || link === undefined || view === undefined) return undefined;
+    const host = this.opts.host;
+    return {
+      store,
+      view,
+      host,
+      readState: () => this.stateCacheFor(store).read(view),
+      signer: async () => {
+        if (!view.mayOperate(host)) {
+          throw new ApiError(403, `host ${host} may not sign operator records (it is not an operator host), so its API cannot make changes`, {
+            hint: `send the request to an operator host's API, or on the CA's host: backplane hosts approve ${host} --operator`,
+          });
+        }
+        return { name: host, sign: (key: string, body: string) => wrapSigned(host, link.sign(key, body)) };
+      },
+    };
+  }
+
+  private stateCache: { store: Store; cache: StateCache } | undefined;
+
+  /** One state cache per store connection (the API's reads share it). */
+  private stateCacheFor(store: Store): StateCache {
+    if (this.stateCache?.store !== store) {
+      this.stateCache?.cache.close();
+      this.stateCache = { store, cache: new StateCache(store, this.opts.log) };
+    }
+    return this.stateCache.cache;
+  }
+
+  /** What `backplane status` shows of the cluster link. */
+  clusterStatus(): { connected: boolean; store?: string; leader: boolean; services: boolean } {
+    const store = this.store;
+    return {
+      connected: store !== undefined && this.link?.trust !== undefined,
+      ...(store === undefined ? {} : { store: this.opts.cluster.etcd.length > 0 ? `etcd ${this.opts.cluster.etcd.join(',')}` : 'embedded' }),
+      leader: this.controller?.isLeader === true,
+      services: this.opts.cluster.services === true,
+    };
   }
 
   private context() {
