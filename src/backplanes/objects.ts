@@ -4,6 +4,7 @@
  * are then validated exactly like an operator's own. Nothing is deployed unless every object and service is valid.
  */
 import { BackplaneError, ValidationErrors, errorMessage, type SourceLocation } from '../errors.js';
+import { DEFAULT_NAMESPACE, NAMESPACE_NAME } from '../scheduler/spec-schema.js';
 import { readExpandedServices, type ObjectDoc } from '../scheduler/spec.js';
 import type { ServiceSpec } from '../scheduler/types.js';
 import { closest } from '../util/suggest.js';
@@ -11,6 +12,8 @@ import { expandEnv, findBackplane, KIND_PATTERN, loadBackplane, searchPath, ship
 
 export interface ExpandedObject {
   readonly object: { readonly kind: string; readonly name: string; readonly params: Readonly<Record<string, unknown>> };
+  /** The object's `namespace`, given to each of its services (they inherit its defaults and count in its quota). */
+  readonly namespace?: string;
   readonly services: readonly ServiceSpec[];
   readonly where: SourceLocation;
 }
@@ -21,7 +24,8 @@ export async function expandObjects(docs: readonly ObjectDoc[]): Promise<Expande
   const errors: BackplaneError[] = [];
   const out: ExpandedObject[] = [];
   for (const doc of docs) {
-    const { kind, name, ...params } = doc.data;
+    // `namespace` is the object's, not its backplane's: every service it expands to is in that namespace.
+    const { kind, name, namespace, ...params } = doc.data;
     const where = doc.at(['kind']);
     if (typeof kind !== 'string' || !KIND_PATTERN.test(kind)) {
       errors.push(new BackplaneError('E_SCHEMA', `"kind" must be a backplane's name (lowercase letters, digits, '-')`, { where, hint: `shipped: ${shippedKinds().join(', ')}` }));
@@ -29,6 +33,10 @@ export async function expandObjects(docs: readonly ObjectDoc[]): Promise<Expande
     }
     if (typeof name !== 'string' || !NAME.test(name)) {
       errors.push(new BackplaneError('E_SCHEMA', `a ${kind} object needs a "name" (lowercase letters, digits, '-', at most 63)`, { where: doc.at(typeof name === 'string' ? ['name'] : []), hint: 'e.g. name: cache' }));
+      continue;
+    }
+    if (namespace !== undefined && (typeof namespace !== 'string' || !NAMESPACE_NAME.test(namespace))) {
+      errors.push(new BackplaneError('E_SCHEMA', `${kind} ${name}: "namespace" must be a namespace's name: 1-63 characters of a-z, 0-9 and "-", starting and ending with a letter or digit`, { where: doc.at(['namespace']), hint: 'e.g. namespace: team-a; nothing was deployed' }));
       continue;
     }
     const ref = await findBackplane(kind, searchPath());
@@ -73,7 +81,12 @@ export async function expandObjects(docs: readonly ObjectDoc[]): Promise<Expande
       else errors.push(new BackplaneError('E_APPLY', errorMessage(err), { where }));
       continue;
     }
-    out.push({ object: { kind, name, params: params }, services: specs.map((s) => ({ ...s, app: { kind, name } })), where });
+    const inNamespace = (s: ServiceSpec): ServiceSpec => {
+      if (namespace === undefined) return s;
+      const { namespace: _own, ...rest } = s;
+      return namespace === DEFAULT_NAMESPACE ? rest : { ...rest, namespace };
+    };
+    out.push({ object: { kind, name, params: params }, services: specs.map((s) => ({ ...inNamespace(s), app: { kind, name } })), ...(namespace === undefined ? {} : { namespace }), where });
   }
   const seen = new Map<string, string>();
   for (const o of out) {

@@ -11,8 +11,8 @@ import { applyReact, appWork, type AppApplied } from './apps.js';
 import { PLAN_HISTORY_KEPT, type ServicePlan } from './plan-types.js';
 import { scalePass, type ScalePassOutput } from './scale.js';
 import { planPass, type PlanPassOutput } from './plans.js';
-import { specOfRef, wrapSigned, type AssignRecord, type EventRecord } from './records.js';
-import { readSchedState, serviceInputs, toSnapshot, type SchedState } from './state.js';
+import { wrapSigned, type AssignRecord, type EventRecord } from './records.js';
+import { readSchedState, serviceInputs, specOfRefIn, toSnapshot, type SchedState } from './state.js';
 import type { PlanEvent } from './types.js';
 import type { Metrics } from '../api/metrics.js';
 import { ControllerMetrics } from './controller-metrics.js';
@@ -190,7 +190,7 @@ export class Controller {
       this.wake?.();
     };
     // Operator commands wake it too; its own plan writes do not need to (it runs again after writing one).
-    for (const prefix of [keys.servicesPrefix, keys.assignPrefix, keys.statusPrefix, keys.drainPrefix, keys.nodesPrefix, keys.trustPrefix, keys.cmdPrefix, keys.appsPrefix, keys.scaleReqPrefix]) {
+    for (const prefix of [keys.servicesPrefix, keys.assignPrefix, keys.statusPrefix, keys.drainPrefix, keys.nodesPrefix, keys.trustPrefix, keys.cmdPrefix, keys.appsPrefix, keys.scaleReqPrefix, keys.policyPrefix]) {
       await this.opts.store.watch(prefix, 0, poke, stop);
     }
     let wakeAt: number | undefined;
@@ -246,7 +246,7 @@ export class Controller {
       plans: state.plans,
       lastSeq: new Map([...state.history].map(([svc, list]) => [svc, list.at(-1)?.seq ?? 0])),
       commands: state.commands,
-      specOf: (service, ref) => specOfRef(view, service, ref),
+      specOf: (service, ref) => specOfRefIn(state, view, service, ref),
       appGates: new Map([...state.appStates.values()].flatMap((a) => (state.apps.has(a.name) ? Object.entries(a.gates) : []))),
     });
     // Application backplanes, each in its own worker with a time limit: one that fails leaves its object as it was.

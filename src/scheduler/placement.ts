@@ -14,8 +14,14 @@
  * When no host can take an instance, every host is counted under the first checker that rejected it (Nomad's
  * "constraint filtered" / "dimension exhausted" metrics), which gives the operator's one-line explanation:
  * "3 of 6 instances cannot be placed: memory short on 4 hosts, label zone=b matches no host".
+ *
+ * Before any host is looked at, the request's namespace quota (policy.ts) must have room for it: counted per instance
+ * index over every alloc in the input (and those placed here), so a replacement takes over the share of the instance
+ * it replaces and only new instances (or a bigger new version) need room. A refused request stays unplaced with
+ * "namespace team-a quota: memory 1G of 1G used (raise it: ...)".
  */
 import { randomBytes } from 'node:crypto';
+import { namespaceOf, QuotaLedger, quotaReason, quotasOf, type QuotaDimension } from './policy.js';
 import type { Alloc, ClusterSnapshot, Infeasible, LabelConstraint, Placement, ServiceSpec } from './types.js';
 
 /** Makes the id of a new alloc: `<service>.<index>.<8 hex>` by default. Injectable so tests and benches are reproducible. */
@@ -33,8 +39,13 @@ export interface PlacementInput {
    * is gone, so it is counted too).
    */
   readonly allocs: ClusterSnapshot['allocs'];
-  /** Every service spec, so that anti-affinity declared by another service is honoured both ways. */
+  /**
+   * Every service spec, so that anti-affinity declared by another service is honoured both ways (and so that each
+   * alloc's namespace is known, for quotas).
+   */
   readonly services?: ClusterSnapshot['services'];
+  /** Namespace policies: their quotas are enforced. */
+  readonly policies?: ClusterSnapshot['policies'];
 }
 
 export interface PlacementRequest {
@@ -111,8 +122,12 @@ interface ServiceCtx {
 interface InfeasibleTally {
   readonly spec: ServiceSpec;
   unplaced: number;
+  /** Hosts' reasons are counted once, at the first request no host could take (none when only the quota refused). */
+  hostsExplained: boolean;
   hostsFiltered: Map<string, number>;
-  matchesNoHost: Set<string>;
+  matchesNoHost: ReadonlySet<string>;
+  /** The quota's refusals: use and limit at the first, and what every refused request together needed. */
+  quota?: { namespace: string; over: Map<QuotaDimension, { dim: QuotaDimension; used: number; limit: number; need: number }> };
 }
 
 export function constraintText(c: LabelConstraint): string {
@@ -136,11 +151,12 @@ function reasonPhrase(reason: string, n: number, matchesNoHost: ReadonlySet<stri
   return `${reason} on ${plural(n, 'host')}`;
 }
 
-export function infeasibleMessage(unplaced: number, wanted: number, hostsFiltered: ReadonlyMap<string, number>, matchesNoHost: ReadonlySet<string>): string {
+export function infeasibleMessage(unplaced: number, wanted: number, hostsFiltered: ReadonlyMap<string, number>, matchesNoHost: ReadonlySet<string>, quota?: string): string {
   const parts = [...hostsFiltered]
     .sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0))
     .map(([reason, n]) => reasonPhrase(reason, n, matchesNoHost));
   const what = `${unplaced} of ${plural(wanted, 'instance')} cannot be placed`;
+  if (quota !== undefined) return `${what}: ${quota}${parts.length === 0 ? '' : `; ${parts.join(', ')}`}`;
   return `${what}: ${parts.length === 0 ? 'no hosts' : parts.join(', ')}`;
 }
 
@@ -343,6 +359,19 @@ export function placeInstances(input: PlacementInput, requests: readonly Placeme
   const labelsAnyHostHas = new Set<string>();
   for (const labels of t.labels) for (const k of Object.keys(labels)) labelsAnyHostHas.add(k);
 
+  // Quotas: each alloc counts in its service's namespace (the requests' specs are the ones in force).
+  const quotas = quotasOf(input.policies);
+  const ledger = quotas.size === 0 ? undefined : new QuotaLedger(quotas);
+  if (ledger !== undefined) {
+    const nsOf = new Map<string, string>();
+    for (const s of input.services ?? []) nsOf.set(s.name, namespaceOf(s));
+    for (const r of requests) nsOf.set(r.spec.name, namespaceOf(r.spec));
+    for (const a of input.allocs) {
+      const ns = nsOf.get(a.service);
+      if (ns !== undefined) ledger.add(ns, a.service, a.index, a.resources);
+    }
+  }
+
   const ctxs = new Map<string, ServiceCtx>();
   const contextOf = (spec: ServiceSpec): ServiceCtx => {
     const known = ctxs.get(spec.name);
@@ -438,11 +467,31 @@ export function placeInstances(input: PlacementInput, requests: readonly Placeme
   let stamp = 0;
   let run: Run | undefined;
 
+  const tallyOf = (spec: ServiceSpec): InfeasibleTally => {
+    let tally = tallies.get(spec.name);
+    if (tally === undefined) tallies.set(spec.name, (tally = { spec, unplaced: 0, hostsExplained: false, hostsFiltered: new Map(), matchesNoHost: new Set() }));
+    return tally;
+  };
+
   for (const req of requests) {
     const ctx = contextOf(req.spec);
     const { spec, spread, spreadCounts } = ctx;
     const cand = ctx.hosts;
     const reuseHost = req.reuse === undefined ? undefined : t.index.get(req.reuse.host);
+    const ns = namespaceOf(spec);
+    const refusal = ledger?.refusal(ns, spec.name, req.index, spec.resources);
+    if (refusal !== undefined) {
+      const tally = tallyOf(spec);
+      tally.quota ??= { namespace: ns, over: new Map() };
+      for (const o of refusal.over) {
+        const known = tally.quota.over.get(o.dim);
+        if (known === undefined) tally.quota.over.set(o.dim, { ...o });
+        else known.need += o.need;
+      }
+      tally.unplaced++;
+      unplaced.push(req);
+      continue;
+    }
     if (req.reuse === undefined && exhausted.has(spec.name)) {
       unplaced.push(req);
       tallies.get(spec.name)!.unplaced++;
@@ -467,8 +516,8 @@ export function placeInstances(input: PlacementInput, requests: readonly Placeme
     }
 
     if (best < 0) {
-      let tally = tallies.get(spec.name);
-      if (tally === undefined) {
+      const tally = tallyOf(spec);
+      if (!tally.hostsExplained) {
         // The first unplaced instance of a service explains it: count every host under its first rejection.
         const hostsFiltered = new Map(ctx.staticReasons);
         for (let k = 0; k < cand.length; k++) {
@@ -476,8 +525,9 @@ export function placeInstances(input: PlacementInput, requests: readonly Placeme
           // Unreachable while the checkers above and `rejection` agree; kept so a disagreement shows in the message.
           bump(hostsFiltered, reason ?? 'not ranked');
         }
-        tally = { spec, unplaced: 0, hostsFiltered, matchesNoHost: ctx.matchesNoHost };
-        tallies.set(spec.name, tally);
+        tally.hostsExplained = true;
+        tally.hostsFiltered = hostsFiltered;
+        tally.matchesNoHost = ctx.matchesNoHost;
       }
       tally.unplaced++;
       unplaced.push(req);
@@ -526,6 +576,7 @@ export function placeInstances(input: PlacementInput, requests: readonly Placeme
     };
     // Ports were held above; take() holds them again, so drop that second hold by taking without ports.
     t.take(best, { ...alloc, ports: {} });
+    ledger?.add(ns, spec.name, req.index, spec.resources);
     stamp++;
     // The run's heaps stay valid: only `best` changed, and take() has just given it back its new score.
     if (run !== undefined && run.ctx === ctx && run.picked === best) {
@@ -536,13 +587,17 @@ export function placeInstances(input: PlacementInput, requests: readonly Placeme
     placed.push(alloc);
   }
 
-  const infeasible: Infeasible[] = [...tallies.values()].map((x) => ({
-    service: x.spec.name,
-    wanted: x.spec.count,
-    unplaced: x.unplaced,
-    hostsFiltered: Object.fromEntries(x.hostsFiltered),
-    message: infeasibleMessage(x.unplaced, x.spec.count, x.hostsFiltered, x.matchesNoHost),
-  }));
+  const infeasible: Infeasible[] = [...tallies.values()].map((x) => {
+    const quota = x.quota === undefined ? undefined : quotaReason(x.quota.namespace, [...x.quota.over.values()]);
+    return {
+      service: x.spec.name,
+      wanted: x.spec.count,
+      unplaced: x.unplaced,
+      hostsFiltered: Object.fromEntries(x.hostsFiltered),
+      message: infeasibleMessage(x.unplaced, x.spec.count, x.hostsFiltered, x.matchesNoHost, quota),
+      ...(quota === undefined ? {} : { quota }),
+    };
+  });
   return { placed, unplaced, infeasible, warnings };
 }
 

@@ -570,7 +570,13 @@ export function reconcile(snapshot: ClusterSnapshot, opts: ReconcileOptions = {}
   // Allocs still stopping hold their ports and resources until their process is gone.
   const held: Alloc[] = (snapshot.stopping ?? []).map((x) => ({ ...x, version: '', createdAt: 0, reschedules: [] }));
   const result = placeInstances(
-    { now, hosts: snapshot.hosts, allocs: held.length === 0 ? snapshot.allocs : [...snapshot.allocs, ...held], services: [...specs.values()] },
+    {
+      now,
+      hosts: snapshot.hosts,
+      allocs: held.length === 0 ? snapshot.allocs : [...snapshot.allocs, ...held],
+      services: [...specs.values()],
+      ...(snapshot.policies === undefined ? {} : { policies: snapshot.policies }),
+    },
     intents.map((it) => it.req),
     opts.newAllocId === undefined ? {} : { newAllocId: opts.newAllocId },
   );

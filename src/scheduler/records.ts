@@ -2,7 +2,8 @@ import { z } from 'zod';
 import { keys } from '../cluster/keys.js';
 import type { TrustView } from '../cluster/trust.js';
 import type { PlanCommand, ServicePlan, SpecRef } from './plan-types.js';
-import type { Alloc, AllocStatus, ServiceSpec } from './types.js';
+import { NAMESPACE_NAME } from './spec-schema.js';
+import { INHERITABLE_FIELDS, type Alloc, type AllocStatus, type ServiceSpec } from './types.js';
 
 /**
  * The scheduler's records in the store, and how a reader decides to believe one. Everything read here is hostile
@@ -26,6 +27,8 @@ const instanceResource = z.strictObject({ kind: z.string().min(1), name: z.strin
 
 export const serviceSpecSchema = z.strictObject({
   name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/),
+  namespace: z.string().regex(NAMESPACE_NAME).optional(),
+  inherits: z.array(z.enum(INHERITABLE_FIELDS)).optional(),
   count: z.number().int().min(0).max(100_000),
   version: z.string().min(1).max(200),
   task: z.strictObject({

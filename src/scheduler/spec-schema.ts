@@ -13,6 +13,14 @@ import { parseSize } from '../resources/svc-schema.js';
  */
 
 export const SERVICE_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
+/** A namespace's name: a DNS label (1-63 of a-z, 0-9 and "-", not starting or ending with "-"). */
+export const NAMESPACE_NAME = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
+export const DEFAULT_NAMESPACE = 'default';
+
+export const namespaceName = () =>
+  z
+    .string({ error: (i) => (i.input === undefined ? undefined : 'a namespace is a name: 1-63 characters of a-z, 0-9 and "-"') })
+    .regex(NAMESPACE_NAME, 'a namespace is 1-63 characters of a-z, 0-9 and "-", starting and ending with a letter or digit (e.g. team-a)');
 /** Port names end up in env names (PORT_<NAME>) and in `{{ instance.port.NAME }}`. */
 export const PORT_NAME = /^[a-z][a-z0-9_-]{0,31}$/;
 const VERSION_LABEL = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -271,6 +279,9 @@ export const serviceSchema = z.strictObject({
     .min(0, 'count is a whole number >= 0')
     .max(100_000, 'count is at most 100000')
     .default(DEFAULTS.count),
+  namespace: namespaceName()
+    .optional()
+    .meta({ description: `the namespace the service belongs to: its quota counts the service's instances, and its defaults fill the update policy fields and maxUnavailable the spec does not write (default "${DEFAULT_NAMESPACE}"; see docs/namespaces.md)` }),
   version: z
     .string()
     .regex(VERSION_LABEL, 'a version label is letters, digits, ".", "_" and "-", at most 63 characters')

@@ -2,7 +2,8 @@ import { ClusterLink, type Member } from '../cluster/link.js';
 import { keys, parseAllocKey, parseAppKey, parseAppStateKey, parseCmdKey, parseDrainKey, parseHistoryKey, parsePlanKey, parseScaleKey, parseScaleReqKey, parseServiceKey } from '../cluster/keys.js';
 import type { Store } from '../cluster/store.js';
 import type { TrustView } from '../cluster/trust.js';
-import type { PlanCommand, ServicePlan } from './plan-types.js';
+import type { PlanCommand, ServicePlan, SpecRef } from './plan-types.js';
+import { effectiveSpec, readPolicies } from './policy.js';
 import type { ServiceInput } from './plans.js';
 import { scaleInForce } from './scale.js';
 import {
@@ -17,6 +18,7 @@ import {
   openPlanRecord,
   openStatusRecord,
   readServiceValue,
+  specOfRef,
   type AppRecord,
   type AppStateRecord,
   type AssignRecord,
@@ -26,7 +28,7 @@ import {
   type EventRecord,
   type StatusRecord,
 } from './records.js';
-import type { Alloc, ClusterSnapshot, HookName, HostSnapshot, Resources, ServiceSpec, StoppingAlloc } from './types.js';
+import type { Alloc, ClusterSnapshot, HookName, HostSnapshot, NamespacePolicy, Resources, ServiceSpec, StoppingAlloc } from './types.js';
 
 /**
  * The scheduler's view of the store, read in one go and checked record by record (records.ts). Shared by the
@@ -57,6 +59,11 @@ export interface SchedState {
   /** Instances' requests to scale (host-signed), and the keys of ones that failed their checks (to delete). */
   readonly scaleRequests: readonly (ScaleRequest & { readonly host: string; readonly key: string })[];
   readonly badScaleRequests: readonly string[];
+  /**
+   * Namespaces' policies (operator-signed `policy/namespaces/<ns>`; removed ones are absent), by name. Always set by
+   * readSchedState; optional for states built by hand (tests), where it means none.
+   */
+  readonly policies?: ReadonlyMap<string, NamespacePolicy>;
   readonly problems: readonly string[];
 }
 
@@ -64,13 +71,15 @@ export const DEFAULT_DYNAMIC_PORTS = { from: 20000, to: 32767 } as const;
 
 export async function readSchedState(store: Store, view: TrustView, opts: { signal?: AbortSignal } = {}): Promise<SchedState> {
   const signal = opts.signal === undefined ? {} : { signal: opts.signal };
-  const [members, services, sched, appKvs] = await Promise.all([
+  const [members, services, sched, appKvs, policyRead] = await Promise.all([
     ClusterLink.members(store, view, signal),
     store.list(keys.servicesPrefix, signal),
     store.list(keys.schedPrefix, signal),
     store.list(keys.appsPrefix, signal),
+    readPolicies(store, view, signal),
   ]);
-  const problems: string[] = [];
+  const problems: string[] = [...policyRead.problems];
+  const policies = new Map([...policyRead.policies].map(([ns, e]) => [ns, e.policy]));
   const apps = new Map<string, { record: AppRecord; by: string }>();
   for (const kv of appKvs.kvs) {
     const name = parseAppKey(kv.key);
@@ -176,7 +185,7 @@ export async function readSchedState(store: Store, view: TrustView, opts: { sign
   }
   for (const list of history.values()) list.sort((a, b) => a.seq - b.seq);
   return {
-    revision: Math.max(services.revision, sched.revision, appKvs.revision),
+    revision: Math.max(services.revision, sched.revision, appKvs.revision, policyRead.revision),
     members,
     services: svc,
     assigns,
@@ -191,6 +200,7 @@ export async function readSchedState(store: Store, view: TrustView, opts: { sign
     scales,
     scaleRequests,
     badScaleRequests,
+    policies,
     problems,
   };
 }
@@ -272,23 +282,33 @@ export function toSnapshot(
     }
   }
   const services: ServiceSpec[] = [];
+  // Every spec as the controller runs it: with its namespace's defaults for what it does not say (policy.ts).
+  const effective = (spec: ServiceSpec): ServiceSpec => effectiveSpec(spec, state.policies);
   for (const [name, s] of state.services) {
     if (opts.override?.name === name) continue;
-    if (s.spec !== undefined) services.push(specInForce(state, name)?.spec ?? s.spec);
+    if (s.spec !== undefined) services.push(effective(specInForce(state, name)?.spec ?? s.spec));
     else if (s.removed === true) {
       // A signed removal: count 0 of whatever version its instances run, so every one of them is stopped.
       const any = [...state.assigns.values()].find((a) => a.alloc.service === name);
-      if (any !== undefined) services.push({ ...any.spec, count: 0 });
+      if (any !== undefined) services.push(effective({ ...any.spec, count: 0 }));
     }
   }
-  if (opts.override !== undefined) services.push(opts.override);
+  if (opts.override !== undefined) services.push(effective(opts.override));
   // Allocs whose assignment is gone but whose agent still reports them stopping: they hold their host's resources.
   const stopping: StoppingAlloc[] = [];
   for (const [id, st] of state.statuses) {
     if (st.state !== 'stopping' || st.stopping === undefined || state.assigns.has(id)) continue;
     stopping.push({ id, host: st.host, service: st.stopping.service, index: st.stopping.index, resources: st.stopping.resources, ports: st.stopping.ports });
   }
-  return { now, hosts: [...hosts.values()], services, allocs, fenceGraceMs: opts.fenceGraceMs, ...(stopping.length === 0 ? {} : { stopping }) };
+  return {
+    now,
+    hosts: [...hosts.values()],
+    services,
+    allocs,
+    fenceGraceMs: opts.fenceGraceMs,
+    ...(stopping.length === 0 ? {} : { stopping }),
+    ...(state.policies === undefined || state.policies.size === 0 ? {} : { policies: state.policies }),
+  };
 }
 
 /**
@@ -302,9 +322,25 @@ export function serviceInputs(state: SchedState): Map<string, ServiceInput> {
   for (const [name, s] of state.services) {
     const ref = { version: s.spec?.version ?? '', record: s.record, by: s.by, deployedAt: s.deployedAt };
     const scaled = specInForce(state, name);
-    out.set(name, s.spec === undefined ? { removed: true, ref } : scaled === undefined ? { spec: s.spec, ref } : { spec: scaled.spec, ref: { ...ref, deployedAt: `${s.deployedAt}+scale@${scaled.at}` } });
+    out.set(
+      name,
+      s.spec === undefined
+        ? { removed: true, ref }
+        : scaled === undefined
+          ? { spec: effectiveSpec(s.spec, state.policies), ref }
+          : { spec: effectiveSpec(scaled.spec, state.policies), ref: { ...ref, deployedAt: `${s.deployedAt}+scale@${scaled.at}` } },
+    );
   }
   return out;
+}
+
+/**
+ * The spec in a plan's SpecRef as the controller runs it: with its namespace's defaults (a plan's own strategy was
+ * fixed when it started; a changed default applies from the service's next plan).
+ */
+export function specOfRefIn(state: Pick<SchedState, 'policies'>, view: TrustView, service: string, ref: SpecRef): ServiceSpec | undefined {
+  const spec = specOfRef(view, service, ref);
+  return spec === undefined ? undefined : effectiveSpec(spec, state.policies);
 }
 
 /** A service's spec with the count in force, when a scale record (within the bounds, for this deploy) sets it. */

@@ -134,6 +134,17 @@ export interface TaskSpec {
 
 export interface ServiceSpec {
   readonly name: string;
+  /**
+   * The namespace it belongs to (policy.ts: quotas and defaults). Undefined = `default`; a spec never stores
+   * `default` itself, so records of services that do not name one stay as they were.
+   */
+  readonly namespace?: string;
+  /**
+   * The update-policy fields (and maxUnavailable) the operator did not write: these come from the namespace's
+   * defaults when it sets them (effectiveSpec in policy.ts), else they keep the built-in default they hold here.
+   * Undefined (a record written before namespaces): every field is the operator's.
+   */
+  readonly inherits?: readonly InheritableField[];
   readonly count: number;
   /**
    * Changes on every edit that changes what an instance is (not on a count change): the operator's `version` label
@@ -170,6 +181,10 @@ export interface ServiceSpec {
   /** Set when an application backplane expanded this service from an object (`kind: redis`, ...). */
   readonly app?: AppRef;
 }
+
+/** The fields of a spec a namespace's defaults may fill (update policy fields, and the disruption budget). */
+export const INHERITABLE_FIELDS = ['maxParallel', 'minHealthyMs', 'healthyDeadlineMs', 'progressDeadlineMs', 'canary', 'autoPromote', 'autoRevert', 'startFirst', 'maxUnavailable'] as const;
+export type InheritableField = (typeof INHERITABLE_FIELDS)[number];
 
 export interface ScaleBounds {
   readonly min: number;
@@ -313,6 +328,34 @@ export interface ClusterSnapshot {
   readonly fenceGraceMs: number;
   /** Allocs being stopped (status 'stopping', no assignment): they use resources and ports, and count as down. */
   readonly stopping?: readonly StoppingAlloc[];
+  /** The namespaces' policies (operator-signed `policy/namespaces/<ns>`), by name: quotas placement enforces. */
+  readonly policies?: ReadonlyMap<string, NamespacePolicy>;
+}
+
+// ----------------------------------------------------------------------------------------------------------------
+// Namespaces (policy.ts)
+
+/** What a namespace may use at most, counted over every instance of its services (each unset: no limit). */
+export interface NamespaceQuota {
+  /** Cores. */
+  readonly cpu?: number;
+  /** Bytes. */
+  readonly memory?: number;
+  readonly instances?: number;
+}
+
+/** What a service of the namespace gets for the fields its spec does not write. */
+export interface NamespaceDefaults {
+  readonly update?: Partial<UpdatePolicy>;
+  readonly maxUnavailable?: number;
+}
+
+export interface NamespacePolicy {
+  readonly name: string;
+  readonly quota?: NamespaceQuota;
+  readonly defaults?: NamespaceDefaults;
+  /** ISO time of the operator's last change. */
+  readonly updatedAt: string;
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -341,6 +384,8 @@ export interface Infeasible {
   readonly hostsFiltered: Readonly<Record<string, number>>;
   /** One line: "3 of 6 instances cannot be placed: memory short on 4 hosts, label zone=b matches no host". */
   readonly message: string;
+  /** When its namespace's quota refused some: "namespace team-a quota: memory 1G of 1G used (raise it: ...)". */
+  readonly quota?: string;
 }
 
 export interface PlanEvent {
