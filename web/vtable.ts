@@ -26,6 +26,8 @@ export class VTable<T> {
   private rows: readonly T[] = [];
   private frame = 0;
   private drawn = '';
+  /** The rows in the DOM by key, with what they were drawn from: an unchanged row keeps its element (and a click). */
+  private cache = new Map<string, { readonly sig: string; readonly el: HTMLDivElement }>();
 
   constructor(
     private readonly columns: readonly Column<T>[],
@@ -68,21 +70,34 @@ export class VTable<T> {
     if (span === this.drawn) return;
     this.drawn = span;
     const out: HTMLDivElement[] = [];
+    const cache = new Map<string, { sig: string; el: HTMLDivElement }>();
     for (let i = first; i < last; i++) {
       const row = this.rows[i];
       if (row === undefined) continue;
-      const tr = h(
-        'div',
-        { class: `vt-row${i % 2 === 1 ? ' odd' : ''}`, data: { key: this.key(row) }, attrs: { role: 'row' } },
-        ...this.columns.map((c) => {
-          const tip = c.tip?.(row);
-          return h('div', { class: `vt-cell ${c.class}`, attrs: { role: 'cell' }, ...(tip === undefined ? {} : { title: tip }) }, c.cell(row));
-        }),
-      );
-      tr.style.transform = `translateY(${i * ROW_HEIGHT}px)`;
-      out.push(tr);
+      const key = this.key(row);
+      const sig = `${i}\u0000${JSON.stringify(row)}`;
+      const had = cache.has(key) ? undefined : this.cache.get(key);
+      const el = had?.sig === sig ? had.el : this.drawRow(row, i, key);
+      // Two rows with one key (the data is not trusted) each get their own element.
+      if (!cache.has(key)) cache.set(key, { sig, el });
+      out.push(el);
     }
-    this.body.replaceChildren(...out);
+    this.cache = cache;
+    const now = this.body.children;
+    if (now.length !== out.length || out.some((el, i) => now[i] !== el)) this.body.replaceChildren(...out);
+  }
+
+  private drawRow(row: T, i: number, key: string): HTMLDivElement {
+    const tr = h(
+      'div',
+      { class: `vt-row${i % 2 === 1 ? ' odd' : ''}`, data: { key }, attrs: { role: 'row' } },
+      ...this.columns.map((c) => {
+        const tip = c.tip?.(row);
+        return h('div', { class: `vt-cell ${c.class}`, attrs: { role: 'cell' }, ...(tip === undefined ? {} : { title: tip }) }, c.cell(row));
+      }),
+    );
+    tr.style.transform = `translateY(${i * ROW_HEIGHT}px)`;
+    return tr;
   }
 }
 

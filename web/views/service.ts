@@ -50,8 +50,13 @@ export function serviceView(ctx: Ctx, name: string): View {
     planBox.classList.toggle('busy', busy);
   };
 
+  let drawnPlan = '';
   const drawPlan = (p: Plan | undefined, missing?: string): void => {
     setBusy(false);
+    // Unchanged: keep the buttons as they are (one being clicked must not be replaced under the pointer).
+    const sig = JSON.stringify(p ?? missing ?? '');
+    if (sig === drawnPlan) return;
+    drawnPlan = sig;
     if (p === undefined) {
       replace(planBox, h('h3', {}, 'Plan'), h('p', { class: 'muted' }, missing ?? 'no plan'));
       return;
