@@ -10,7 +10,7 @@ source scripts/setup.sh
 # chromium: the dashboard is tested in a real browser (playwright-core drives it; no browser download).
 apt_install etcd-server etcd-client openssl strace python3-minimal redis-server redis-tools postgresql chromium
 
-echo "== typecheck"; npx tsc -p tsconfig.json --noEmit
+echo "== typecheck"; npx tsc -p tsconfig.json --noEmit && npx tsc -p web/tsconfig.json --noEmit
 echo "== lint"; npx eslint --max-warnings 0 .
 echo "== build"; node scripts/build.mjs
 
@@ -18,9 +18,10 @@ shopt -s globstar nullglob
 # The cluster suites that run several agents and a 3-member etcd each: alone they take 2-4 minutes; two at once on
 # 2 cores starve each other's agents (missed leases, health checks timing out), which is a broken machine, not a
 # broken test. They run after the rest, one at a time.
+# The dashboard's browser tests (one etcd, three agents and Chromium) are of the same weight.
 # The backplanes' end-to-end suites (real Redis / PostgreSQL members on three agents, kill -9 of the primary while a
 # client writes) are of the same kind: their failover timings are what they prove, so they get the machine to themselves.
-heavy=(test/scheduler/services-etcd.test.ts test/scheduler/rollouts-etcd.test.ts test/backplanes/redis/redis-etcd.test.ts test/backplanes/postgres/postgres-etcd.test.ts)
+heavy=(test/scheduler/services-etcd.test.ts test/scheduler/rollouts-etcd.test.ts test/backplanes/redis/redis-etcd.test.ts test/backplanes/postgres/postgres-etcd.test.ts test/web/dashboard.test.ts)
 files=()
 for f in test/**/*.test.ts; do
   [[ " ${heavy[*]} " == *" $f "* ]] || files+=("$f")
