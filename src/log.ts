@@ -26,6 +26,8 @@ export interface LoggerOptions {
   readonly level?: LogLevel;
   /** Where human lines go (tests capture them); defaults to stderr. */
   readonly write?: (line: string) => void;
+  /** Colour human lines written to `write` (default: only when writing to stderr itself, and it is a terminal). */
+  readonly colour?: boolean;
 }
 
 export function createLogger(opts: LoggerOptions = {}): Logger {
@@ -37,7 +39,7 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     );
     return new JsonLogger(base);
   }
-  const paint = opts.write === undefined && useColour(process.stderr) ? COLOURS : NO_COLOURS;
+  const paint = (opts.colour ?? (opts.write === undefined && useColour(process.stderr))) ? COLOURS : NO_COLOURS;
   return new HumanLogger(ORDER[level], opts.write ?? ((line) => process.stderr.write(line)), undefined, paint);
 }
 

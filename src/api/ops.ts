@@ -1,7 +1,7 @@
 import { z } from 'zod';
 import type { Store } from '../cluster/store.js';
 import type { TrustView } from '../cluster/trust.js';
-import { BackplaneError, type BackplaneErrorOptions } from '../errors.js';
+import { BackplaneError, type BackplaneErrorOptions, type ErrorCode } from '../errors.js';
 import type { Signer } from '../cli/operator.js';
 import type { SchedState } from '../scheduler/state.js';
 
@@ -34,8 +34,9 @@ export interface Caller {
 /** An error the API answers with an HTTP status; the CLI shows it like any other error. */
 export class ApiError extends BackplaneError {
   readonly status: number;
-  constructor(status: number, message: string, opts: BackplaneErrorOptions = {}) {
-    super(status === 400 ? 'E_USAGE' : 'E_APPLY', message, opts);
+  /** `code`: the BackplaneError code (the CLI's exit code follows it); default E_USAGE for 400, else E_APPLY. */
+  constructor(status: number, message: string, opts: BackplaneErrorOptions & { readonly code?: ErrorCode } = {}) {
+    super(opts.code ?? (status === 400 ? 'E_USAGE' : 'E_APPLY'), message, opts);
     this.status = status;
   }
 }

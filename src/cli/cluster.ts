@@ -8,11 +8,11 @@ import { BackplaneError } from '../errors.js';
 import { defaultStateDir } from '../state-dir.js';
 import { EXIT, print, reportError } from './common.js';
 import { addStoreFlags, openStore, type EtcdFlags } from './etcd-flags.js';
+import { apiFlags, isJson, outputFlags, type OutputFlags } from './output.js';
 
 /** The flags of every command that opens the cluster store (see storeFlags). */
-export interface StoreFlags extends EtcdFlags {
+export interface StoreFlags extends EtcdFlags, OutputFlags {
   stateDir?: string;
-  json?: boolean;
 }
 
 type ClusterFlags = StoreFlags;
@@ -21,9 +21,17 @@ type ClusterFlags = StoreFlags;
 /** Adds the options of every command that opens the cluster store. */
 export function storeFlags(c: Command): Command {
   // --etcd, --cluster and the etcd TLS and user flags: etcd-flags.ts, shared with `backplane run`.
-  return addStoreFlags(c, 'etcd client URLs (comma-separated); default: the embedded store in --state-dir')
-    .option('--state-dir <dir>', 'state directory: of the embedded store, and where this host keeps its keys')
-    .option('--json', 'print JSON');
+  return outputFlags(
+    addStoreFlags(c, 'etcd client URLs (comma-separated); default: the embedded store in --state-dir').option('--state-dir <dir>', 'state directory: of the embedded store, and where this host keeps its keys'),
+  );
+}
+
+/**
+ * The flags of a command that goes through the operator API (api/client.ts): the store flags (with --etcd the op runs
+ * here on etcd), --api/--api-ca/--token-file, --output. Without --etcd or --api: the local agent's socket.
+ */
+export function clientFlags(c: Command): Command {
+  return apiFlags(storeFlags(c));
 }
 
 export function registerCluster(program: Command): void {
@@ -43,7 +51,7 @@ export function registerCluster(program: Command): void {
     async (flags: ClusterFlags) => {
       process.exitCode = await withStore(flags, async (store) => {
         const members = await verifiedMembers(store, flags);
-        if (flags.json === true) {
+        if (isJson(flags)) {
           process.stdout.write(`${JSON.stringify(members, null, 2)}\n`);
           return;
         }
@@ -87,7 +95,7 @@ export function registerCluster(program: Command): void {
           const problem = v === undefined ? 'no CA pinned on this host to verify with' : !v.ok ? v.why : value === undefined ? 'the signed record holds no value' : undefined;
           out.push({ host: where.host, key: where.key, ...(value === undefined ? {} : { value }), verified: problem === undefined, ...(problem === undefined ? {} : { problem }) });
         }
-        if (flags.json === true) {
+        if (isJson(flags)) {
           process.stdout.write(`${JSON.stringify(out, null, 2)}\n`);
           return;
         }
@@ -109,7 +117,7 @@ export function registerCluster(program: Command): void {
         list.push(`${k.kind}[${k.name}]`);
         exports.set(k.host, list);
       }
-      if (flags.json === true) {
+      if (isJson(flags)) {
         process.stdout.write(`${JSON.stringify({ store: { kind: store.kind, ...health }, members, exports: Object.fromEntries(exports) }, null, 2)}\n`);
         return;
       }

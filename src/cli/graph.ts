@@ -1,4 +1,4 @@
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import { loadGraphFile } from '../frontends/load.js';
 import { toDot } from '../graph/dot.js';
 import { createRegistry } from '../resources/registry.js';
@@ -12,8 +12,10 @@ export function registerGraph(program: Command): void {
     .argument('[file]', 'graph file (YAML), or give it with -f')
     .option('-f, --file <path>', 'graph file (YAML)')
     .option('--format <format>', 'dot or json', 'dot')
-    .action(async (fileArg: string | undefined, opts: { file?: string; format: string }) => {
+    .addOption(new Option('--output <format>', 'json: the same as --format json').choices(['json']))
+    .action(async (fileArg: string | undefined, opts: { file?: string; format: string; output?: string }) => {
       try {
+        if (opts.output === 'json') opts.format = 'json';
         if (opts.format !== 'dot' && opts.format !== 'json')
           throw new BackplaneError('E_USAGE', `unknown format "${opts.format}"`, { hint: 'use --format dot or --format json' });
         const g = await loadGraphFile(graphFileArg(fileArg, opts.file), createRegistry());

@@ -1,12 +1,14 @@
 import type { Command } from 'commander';
 import { fingerprint } from '../cluster/identity.js';
-import { keys, parseJoinKey } from '../cluster/keys.js';
+import { keys } from '../cluster/keys.js';
 import type { Store } from '../cluster/store.js';
 import { approve, notCaHolder, parseJoinRequest, revoke, TrustFiles, trustScope, TrustView, updateHosts } from '../cluster/trust.js';
 import { BackplaneError } from '../errors.js';
 import { defaultStateDir } from '../state-dir.js';
 import { parseDuration } from '../util/duration.js';
-import { storeFlags, withStore, type StoreFlags } from './cluster.js';
+import type { ClientFlags } from '../api/client.js';
+import { clientFlags, storeFlags, withStore, type StoreFlags } from './cluster.js';
+import { isJson, printJson, withClient } from './output.js';
 import { EXIT, print, reportError } from './common.js';
 
 /**
@@ -75,37 +77,25 @@ export function registerHosts(program: Command): void {
   // `backplane hosts` alone: the capacity view of the service backplane. Its options are positional (they belong to
   // `hosts` only when given before a subcommand), or `hosts token --state-dir D` would hand D to `hosts`, not `token`.
   hosts.enablePositionalOptions();
-  storeFlags(hosts).action(async (flags: HostsFlags) => {
-    process.exitCode = await withStore(flags, async (store) => {
-      const { operatorContext } = await import('./operator.js');
-      const { hostRows, printHostRows } = await import('./services.js');
-      const rows = hostRows(await (await operatorContext(store, flags)).readState());
-      if (flags.json === true) process.stdout.write(`${JSON.stringify(rows, null, 2)}\n`);
+  clientFlags(hosts).action(async (flags: HostsFlags & ClientFlags) => {
+    process.exitCode = await withClient(flags, async (client, json) => {
+      const { hostsList } = await import('../api/ops/hosts.js');
+      const { printHostRows } = await import('./services.js');
+      const rows = await client.call(hostsList, {});
+      if (json) printJson(rows);
       else printHostRows(rows);
     });
   });
 
-  storeFlags(hosts.command('list').description('approved, revoked and pending hosts, with their key fingerprints')).action(async (flags: HostsFlags) => {
-    process.exitCode = await withStore(flags, async (store) => {
-      const files = await trustFiles(flags);
-      const view = await loadTrust(store, files);
-      const { kvs } = await store.list(keys.joinsPrefix);
-      const pending = kvs.flatMap((kv) => {
-        const host = parseJoinKey(kv.key);
-        const req = parseJoinRequest(kv.value);
-        return host === undefined || req === undefined || req.host !== host || view?.keyOf(host) === req.publicKey ? [] : [req];
-      });
-      const list = Object.entries(view?.hosts.hosts ?? {}).map(([host, e]) => ({ host, state: e.state, since: e.since, fingerprint: fingerprint(e.publicKey), operator: e.operator === true }));
-      if (flags.json === true) {
-        process.stdout.write(
-          `${JSON.stringify({ ca: view === undefined ? null : fingerprint(view.caPublicKey), serial: view?.serial ?? 0, hosts: list, pending: pending.map((p) => ({ host: p.host, fingerprint: fingerprint(p.publicKey), token: p.token ?? null, at: p.at })) }, null, 2)}\n`,
-        );
-        return;
-      }
-      if (view === undefined) print('this host knows no cluster CA: nothing can be verified here\n');
-      else print(`CA ${fingerprint(view.caPublicKey)}, hosts list serial ${view.serial}\n`);
-      for (const h of list) print(`${h.host.padEnd(24)} ${h.state.padEnd(9)} ${h.fingerprint}  since ${h.since}${h.operator ? '  operator' : ''}\n`);
-      for (const p of pending) print(`${p.host.padEnd(24)} ${'pending'.padEnd(9)} ${fingerprint(p.publicKey)}  asked ${p.at}${p.token === undefined ? '' : ` (token ${p.token})`}\n`);
+  clientFlags(hosts.command('list').description('approved, revoked and pending hosts, with their key fingerprints')).action(async (flags: HostsFlags & ClientFlags) => {
+    process.exitCode = await withClient(flags, async (client, json) => {
+      const { hostsTrust } = await import('../api/ops/hosts.js');
+      const t = await client.call(hostsTrust, {});
+      if (json) return printJson(t);
+      if (t.ca === null) print('this host knows no cluster CA: nothing can be verified here\n');
+      else print(`CA ${t.ca}, hosts list serial ${t.serial}\n`);
+      for (const h of t.hosts) print(`${h.host.padEnd(24)} ${h.state.padEnd(9)} ${h.fingerprint}  since ${h.since}${h.operator ? '  operator' : ''}\n`);
+      for (const p of t.pending) print(`${p.host.padEnd(24)} ${'pending'.padEnd(9)} ${p.fingerprint}  asked ${p.at}${p.token === null ? '' : ` (token ${p.token})`}\n`);
     });
   });
 
@@ -161,7 +151,7 @@ export function registerHosts(program: Command): void {
         if (ttl === undefined || ttl <= 0) throw new BackplaneError('E_USAGE', `--ttl "${flags.ttl}" is not a duration`, { hint: 'e.g. --ttl 1h' });
         if (!Number.isInteger(uses) || uses < 1) throw new BackplaneError('E_USAGE', `--uses "${flags.uses}" is not a whole number of at least 1`);
         const { token, expires } = await files.createToken(ttl, uses);
-        if (flags.json === true) process.stdout.write(`${JSON.stringify({ token, expires, uses })}\n`);
+        if (isJson(flags)) process.stdout.write(`${JSON.stringify({ token, expires, uses })}\n`);
         else print(`${token}\n`);
         process.exitCode = EXIT.ok;
       } catch (err) {

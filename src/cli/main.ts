@@ -11,6 +11,7 @@ import { registerPlans } from './plan.js';
 import { registerRun } from './run.js';
 import { registerSchema } from './schema.js';
 import { registerServices } from './services.js';
+import { registerStatus } from './status.js';
 import { registerValidate } from './validate.js';
 
 
@@ -40,6 +41,7 @@ registerDeploy(program);
 registerServices(program);
 registerPlans(program);
 registerApps(program);
+registerStatus(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -1,19 +1,15 @@
 import type { Command } from 'commander';
-import { randomBytes } from 'node:crypto';
-import { setTimeout as sleep } from 'node:timers/promises';
-import { keys, parseHistoryKey } from '../cluster/keys.js';
-import type { Store, WatchBatch } from '../cluster/store.js';
-import type { TrustView } from '../cluster/trust.js';
+import type { ClientFlags, OpClient } from '../api/client.js';
+import { plansCommand, plansGet, type PlanDoc } from '../api/ops/plans.js';
+import { keys } from '../cluster/keys.js';
 import { BackplaneError } from '../errors.js';
-import { checkCommand } from '../scheduler/commands.js';
-import type { CommandResult, PlanCommand, PlanCommandAction, ServicePlan } from '../scheduler/plan-types.js';
+import type { PlanCommandAction } from '../scheduler/plan-types.js';
 import { isFinished, renderHistory, renderPlan } from '../scheduler/plan-view.js';
-import { openPlanRecord } from '../scheduler/records.js';
 import { parseDuration } from '../util/duration.js';
 import { terminalSafe } from '../util/terminal.js';
-import { storeFlags, withStore, type StoreFlags } from './cluster.js';
+import { clientFlags, type StoreFlags } from './cluster.js';
 import { EXIT, print } from './common.js';
-import { operatorContext, operatorSigner } from './operator.js';
+import { printJson, withClient } from './output.js';
 
 /**
  * The operator's view and levers of plans (plan-types.ts, docs/plans.md):
@@ -44,21 +40,19 @@ export const EXIT_QUEUED = 3;
 
 const DEFAULT_WAIT = '10s';
 
-interface PlanFlags extends StoreFlags {
+interface PlanFlags extends StoreFlags, ClientFlags {
   watch?: boolean;
   history?: boolean;
   service?: string;
   logLines: string;
 }
 
-interface CommandFlags extends StoreFlags {
+interface CommandFlags extends StoreFlags, ClientFlags {
   wait: string | false;
 }
 
-type Found = { readonly plan: ServicePlan; readonly revision: number; readonly value: string };
-
 export function registerPlans(program: Command): void {
-  const plan = storeFlags(
+  const plan = clientFlags(
     program
       .command('plan')
       .description('the current (or last) plan of a service: its phases and steps, each with its state and why; or steer one step')
@@ -80,7 +74,7 @@ export function registerPlans(program: Command): void {
       process.once('SIGTERM', stop);
     }
     try {
-      process.exitCode = await withStore(flags, async (store) => showPlan(store, name, flags, ac.signal));
+      process.exitCode = await withClient(flags, async (client, json) => showPlan(client, json, name, flags, ac.signal));
     } finally {
       process.off('SIGINT', stop);
       process.off('SIGTERM', stop);
@@ -99,7 +93,7 @@ export function registerPlans(program: Command): void {
     ['abort', 'stop the rollout; it rolls back to the last version that completed healthy, if there is one'],
   ];
   for (const [action, description] of actions) {
-    commandFlags(storeFlags(rollout.command(action).argument('<name>', 'the service').description(description))).action(async (name: string, flags: CommandFlags) => {
+    commandFlags(clientFlags(rollout.command(action).argument('<name>', 'the service').description(description))).action(async (name: string, flags: CommandFlags) => {
       await runCommand(name, action, undefined, flags);
     });
   }
@@ -110,7 +104,7 @@ export function registerPlans(program: Command): void {
 }
 
 function stepCommand(parent: Command, action: 'restart-step' | 'force-complete', description: string): void {
-  commandFlags(storeFlags(parent.command(action).argument('<name>', 'the service').argument('<step>', 'the step, as `backplane plan NAME` names it (web.2)').description(description))).action(
+  commandFlags(clientFlags(parent.command(action).argument('<name>', 'the service').argument('<step>', 'the step, as `backplane plan NAME` names it (web.2)').description(description))).action(
     async (name: string, step: string, flags: CommandFlags) => {
       await runCommand(name, action, step, flags);
     },
@@ -121,48 +115,6 @@ function commandFlags(c: Command): Command {
   return c
     .option('--wait <duration>', 'how long to wait for the controller to apply it', DEFAULT_WAIT)
     .option('--no-wait', 'write the command and return without waiting for the controller');
-}
-
-// ------------------------------------------------------------------------------------------------------------------
-// Reading
-
-/** The verified plan of `name`, or undefined when there is none; an unverifiable record is an error, never shown. */
-async function readPlan(store: Store, view: TrustView, name: string): Promise<Found | undefined> {
-  const key = keys.plan(name);
-  // A list (not a get): it says the store's revision, which a watch then starts after.
-  const { kvs, revision } = await store.list(key);
-  const kv = kvs.find((k) => k.key === key);
-  if (kv === undefined) return undefined;
-  const r = openPlanRecord(view, key, name, kv.value);
-  if (!r.ok) {
-    throw new BackplaneError('E_APPLY', `the plan record of ${name} (${key}) failed verification: ${terminalSafe(r.why)}`, {
-      hint: 'it is ignored: only a plan signed by an approved host (the controller), whose specs an operator signed, is believed',
-    });
-  }
-  return { plan: r.value, revision, value: kv.value };
-}
-
-async function noPlan(store: Store, name: string): Promise<BackplaneError> {
-  const svc = await store.get(keys.service(name));
-  return new BackplaneError('E_APPLY', `service ${name} has no plan yet`, {
-    hint: svc === undefined ? `no service "${name}" was deployed (see \`backplane services\`)` : 'the controller makes one once it sees the spec: is an agent running?',
-  });
-}
-
-/** Finished plans of `name`, oldest first (unverifiable entries are left out and reported in `problems`). */
-async function readHistory(store: Store, view: TrustView, name: string): Promise<{ plans: ServicePlan[]; problems: string[] }> {
-  const { kvs } = await store.list(keys.historyOf(name));
-  const plans: ServicePlan[] = [];
-  const problems: string[] = [];
-  for (const kv of kvs) {
-    const where = parseHistoryKey(kv.key);
-    if (where?.service !== name) continue;
-    const r = openPlanRecord(view, kv.key, name, kv.value);
-    if (r.ok) plans.push(r.value);
-    else problems.push(`${kv.key}: ${r.why}`);
-  }
-  plans.sort((a, b) => a.seq - b.seq);
-  return { plans, problems };
 }
 
 function serviceName(name: string | undefined, flags: PlanFlags): string {
@@ -177,65 +129,64 @@ function serviceName(name: string | undefined, flags: PlanFlags): string {
 // ------------------------------------------------------------------------------------------------------------------
 // backplane plan NAME
 
-async function showPlan(store: Store, nameArg: string | undefined, flags: PlanFlags, signal: AbortSignal): Promise<void> {
+async function showPlan(client: OpClient, json: boolean, nameArg: string | undefined, flags: PlanFlags, signal: AbortSignal): Promise<void> {
   const name = serviceName(nameArg, flags);
   const logLines = Number(flags.logLines);
   if (!Number.isInteger(logLines) || logLines < 0) throw new BackplaneError('E_USAGE', `--log-lines must be a whole number >= 0, got "${flags.logLines}"`);
-  const ctx = await operatorContext(store, flags);
-  const found = await readPlan(store, ctx.view, name);
-  if (found === undefined) throw await noPlan(store, name);
-  const history = flags.history === true ? await readHistory(store, ctx.view, name) : undefined;
+  const history = flags.history === true;
+  const first = await client.call(plansGet, { name, ...(history ? { history: true } : {}) });
   const opts = { logLines };
 
-  if (flags.json === true) {
+  if (json) {
     // With --watch: one JSON document per line, one line per change.
-    const doc = (plan: ServicePlan): object => (history === undefined ? { plan } : { plan, history: history.plans.filter((h) => h.id !== plan.id) });
-    const write = (plan: ServicePlan): boolean => process.stdout.write(`${flags.watch === true ? JSON.stringify(doc(plan)) : JSON.stringify(doc(plan), null, 2)}\n`);
-    write(found.plan);
-    if (flags.watch === true && !isFinished(found.plan)) await watchPlan(store, ctx.view, name, found, signal, write);
+    const write = (doc: PlanDoc): boolean => process.stdout.write(`${flags.watch === true ? JSON.stringify(doc) : JSON.stringify(doc, null, 2)}\n`);
+    write(first);
+    if (flags.watch === true && !isFinished(first.plan)) await watchPlan(client, name, history, first, signal, write);
     return;
   }
 
-  const block = (plan: ServicePlan, now: number): string => {
+  const block = (doc: PlanDoc, now: number): string => {
     const lines: string[] = [];
-    if (history !== undefined) {
-      const past = history.plans.filter((h) => h.id !== plan.id);
+    const plan = doc.plan;
+    if (history) {
+      const past = (doc.history ?? []).filter((h) => h.id !== plan.id);
       lines.push(...(past.length === 0 ? ['(no finished plans before this one)'] : renderHistory(past, now)), '');
     }
     lines.push(...renderPlan(plan, now, opts));
-    if (history !== undefined && history.problems.length > 0) {
-      lines.push('', `${history.problems.length} history record${history.problems.length === 1 ? '' : 's'} failed verification and were left out:`);
-      lines.push(...history.problems.slice(0, 10).map((p) => `  ${p}`));
+    const problems = doc.historyProblems ?? [];
+    if (problems.length > 0) {
+      lines.push('', `${problems.length} history record${problems.length === 1 ? '' : 's'} failed verification and were left out:`);
+      lines.push(...problems.slice(0, 10).map((p) => `  ${p}`));
     }
     return `${lines.join('\n')}\n`;
   };
-  const watching = flags.watch === true && !isFinished(found.plan);
+  const watching = flags.watch === true && !isFinished(first.plan);
   const tty = watching && process.stdout.isTTY;
-  if (!tty) print(block(found.plan, Date.now()));
+  if (!tty) print(block(first, Date.now()));
   if (!watching) return;
 
   // On a terminal: the screen is cleared and the plan redrawn, on every change and every second (so "started 12s
   // ago" keeps counting). Otherwise: a new block per change, after a blank line.
-  let last = found.plan;
+  let last = first;
   let banner = '';
-  const draw = (plan: ServicePlan, changed: boolean): void => {
-    const note = plan.id !== last.id ? `plan ${last.id} is over; the service's plan is now ${plan.id}\n` : '';
+  const draw = (doc: PlanDoc, changed: boolean): void => {
+    const note = doc.plan.id !== last.plan.id ? `plan ${last.plan.id} is over; the service's plan is now ${doc.plan.id}\n` : '';
     if (note !== '') banner = note;
-    if (tty) process.stdout.write(`\x1b[H\x1b[2J${terminalSafe(`${banner}${block(plan, Date.now())}\n(watching ${keys.plan(name)}; Ctrl-C stops)\n`)}`);
-    else if (changed) print(`\n${note}${block(plan, Date.now())}`);
-    last = plan;
+    if (tty) process.stdout.write(`\x1b[H\x1b[2J${terminalSafe(`${banner}${block(doc, Date.now())}\n(watching the plan of ${name}; Ctrl-C stops)\n`)}`);
+    else if (changed) print(`\n${note}${block(doc, Date.now())}`);
+    last = doc;
   };
-  if (tty) draw(found.plan, false);
-  await watchPlan(store, ctx.view, name, found, signal, (p) => draw(p, true), tty ? () => draw(last, false) : undefined);
+  if (tty) draw(first, false);
+  await watchPlan(client, name, history, first, signal, (d) => draw(d, true), tty ? () => draw(last, false) : undefined);
 }
 
 /**
- * Calls `onChange` with each new verified plan of `name` until one is finished, Ctrl-C, or the record goes. Follows
- * the key, not one plan id: when the plan is replaced (superseded by a newer spec, rolled back), the new plan is
- * what the service does now, and the watch goes on until that one is finished.
+ * Calls `onChange` with each new plan of `name` until one is finished, Ctrl-C, or the plan goes. Follows the service,
+ * not one plan id: when the plan is replaced (superseded by a newer spec, rolled back), the new plan is what the
+ * service does now, and the watch goes on until that one is finished. Through an agent, its live stream says when
+ * plans changed; on a store directly (no agent), the plan is read again every 250 ms.
  */
-async function watchPlan(store: Store, view: TrustView, name: string, first: Found, stopped: AbortSignal, onChange: (plan: ServicePlan) => void, tick?: () => void): Promise<void> {
-  const key = keys.plan(name);
+async function watchPlan(client: OpClient, name: string, history: boolean, first: PlanDoc, stopped: AbortSignal, onChange: (doc: PlanDoc) => void, tick?: () => void): Promise<void> {
   if (stopped.aborted) return;
   const ac = new AbortController();
   const stop = (): void => ac.abort();
@@ -247,18 +198,23 @@ async function watchPlan(store: Store, view: TrustView, name: string, first: Fou
     wake?.();
   };
   ac.signal.addEventListener('abort', () => wake?.(), { once: true });
+  let poll: NodeJS.Timeout | undefined;
   try {
-    const onBatch = (b: WatchBatch): void => {
-      if (b.type === 'resync' || b.events.some((e) => (e.type === 'put' ? e.kv.key : e.key) === key)) poke();
-    };
-    try {
-      await store.watch(key, first.revision + 1, onBatch, ac.signal);
-    } catch (err) {
-      // Ctrl-C while the watch was being set up.
-      if (ac.signal.aborted) return;
-      throw err;
+    if (client.mode === 'direct') {
+      poll = setInterval(poke, 250);
+    } else {
+      void (async () => {
+        try {
+          for await (const e of client.stream(ac.signal)) {
+            if (e.event === 'hello' || (e.event === 'cluster' && (e.data as { what?: string } | null)?.what === 'plans')) poke();
+          }
+        } catch {
+          // The stream is gone (an agent restarting): read every second from now on.
+        }
+        if (!ac.signal.aborted) poll = setInterval(poke, 1000);
+      })();
     }
-    let lastValue = first.value;
+    let lastText = JSON.stringify(first);
     while (!ac.signal.aborted) {
       if (!dirty) {
         let timer: NodeJS.Timeout | undefined;
@@ -275,19 +231,18 @@ async function watchPlan(store: Store, view: TrustView, name: string, first: Fou
         continue;
       }
       dirty = false;
-      const kv = await store.get(key);
-      if (kv === undefined) throw new BackplaneError('E_APPLY', `the plan of ${name} was removed from the store`);
-      if (kv.value === lastValue) continue;
-      lastValue = kv.value;
-      const r = openPlanRecord(view, key, name, kv.value);
-      if (!r.ok) {
-        process.stderr.write(`the new plan record of ${name} failed verification and is ignored: ${terminalSafe(r.why)}\n`);
-        continue;
-      }
-      onChange(r.value);
-      if (isFinished(r.value)) break;
+      const doc = await client.call(plansGet, { name, ...(history ? { history: true } : {}) }, { signal: ac.signal });
+      const text = JSON.stringify(doc);
+      if (text === lastText) continue;
+      lastText = text;
+      onChange(doc);
+      if (isFinished(doc.plan)) break;
     }
+  } catch (err) {
+    // Ctrl-C while a read was in flight.
+    if (!ac.signal.aborted) throw err;
   } finally {
+    clearInterval(poll);
     ac.abort();
     stopped.removeEventListener('abort', stop);
   }
@@ -298,98 +253,31 @@ async function watchPlan(store: Store, view: TrustView, name: string, first: Fou
 
 async function runCommand(name: string, action: PlanCommandAction, step: string | undefined, flags: CommandFlags): Promise<void> {
   let code: number = EXIT.ok;
-  const status = await withStore(flags, async (store) => {
+  const status = await withClient(flags, async (client, json) => {
     const waitMs = flags.wait === false ? 0 : parseDuration(flags.wait);
     if (waitMs === undefined) throw new BackplaneError('E_USAGE', `--wait "${String(flags.wait)}" is not a duration`, { hint: 'e.g. --wait 30s, or --no-wait' });
-    const ctx = await operatorContext(store, flags);
-    const found = await readPlan(store, ctx.view, name);
-    const planId = found?.plan.id ?? '';
-    const check = checkCommand(found?.plan, { action, service: name, planId, ...(step === undefined ? {} : { step }) });
-    if (!check.ok) throw new BackplaneError('E_APPLY', terminalSafe(check.message));
-    if (found === undefined) throw await noPlan(store, name);
-    const signer = await operatorSigner(ctx);
-
-    const id = randomBytes(8).toString('hex');
-    const key = keys.cmd(name, id);
-    const cmd: Omit<PlanCommand, 'by'> = { id, service: name, action, planId, ...(step === undefined ? {} : { step }), at: new Date().toISOString() };
-    const put = await store.cas(key, 0, signer.sign(key, JSON.stringify(cmd)));
-    if (!put.ok) throw new BackplaneError('E_IO', `command key ${key} already exists`, { retryable: true, hint: 'run the command again' });
+    const r = await client.call(plansCommand, { name, action, ...(step === undefined ? {} : { step }), wait: waitMs });
     const what = `${action}${step === undefined ? '' : ` ${step}`}`;
-
-    const report = (outcome: 'applied' | 'refused' | 'queued' | 'dropped', message: string): void => {
-      if (flags.json === true) process.stdout.write(`${JSON.stringify({ id, service: name, action, ...(step === undefined ? {} : { step }), planId, outcome, message }, null, 2)}\n`);
-    };
+    if (json) printJson(r);
     if (flags.wait === false) {
-      report('queued', 'queued');
-      if (flags.json !== true) print(`${name}: ${what} queued for plan ${planId} (command ${id}); follow with \`backplane plan ${name} --watch\`\n`);
+      if (!json) print(`${name}: ${what} queued for plan ${r.planId} (command ${r.id}); follow with \`backplane plan ${name} --watch\`\n`);
       return;
     }
-
-    const outcome = await waitForResult(store, ctx.view, name, id, key, found.plan.seq, waitMs);
-    if (outcome.kind === 'result') {
-      if (outcome.result.ok) {
-        report('applied', outcome.result.message);
-        if (flags.json !== true) print(`${name}: ${outcome.result.message} (plan ${planId})\n`);
-        return;
-      }
-      report('refused', outcome.result.message);
-      throw new BackplaneError('E_APPLY', `the controller refused ${what}: ${terminalSafe(outcome.result.message)}`);
+    if (r.outcome === 'applied') {
+      if (!json) print(`${name}: ${r.message} (plan ${r.planId})\n`);
+      return;
     }
-    if (outcome.kind === 'gone') {
-      report('dropped', 'removed from the store without a recorded result');
-      throw new BackplaneError('E_APPLY', `${what} was removed from the store (${key}) without a result in the plan: it may not have been applied`, {
+    if (r.outcome === 'refused') throw new BackplaneError('E_APPLY', `the controller refused ${what}: ${terminalSafe(r.message)}`);
+    if (r.outcome === 'dropped') {
+      throw new BackplaneError('E_APPLY', `${what} was removed from the store (${keys.cmd(name, r.id)}) without a result in the plan: it may not have been applied`, {
         hint: `look at the plan and its log: backplane plan ${name}`,
       });
     }
-    report('queued', 'not applied yet');
     process.stderr.write(
-      `${name}: ${what} queued (command ${id}); the controller has not applied it yet — is an agent running?\n` +
-        `  it stays queued in ${key}: a controller applies it when it gets to it, if plan ${planId} is still current then\n`,
+      `${name}: ${what} queued (command ${r.id}); the controller has not applied it yet — is an agent running?\n` +
+        `  it stays queued in ${keys.cmd(name, r.id)}: a controller applies it when it gets to it, if plan ${r.planId} is still current then\n`,
     );
     code = EXIT_QUEUED;
   });
   process.exitCode = status === EXIT.ok ? code : status;
-}
-
-type Outcome = { readonly kind: 'result'; readonly result: CommandResult } | { readonly kind: 'gone' } | { readonly kind: 'timeout' };
-
-/**
- * Waits for the controller to consume command `id`: its result shows up in the service's plan — the current one,
- * or one archived meanwhile (an abort finishes the plan, which may then move to the history as a rollback starts).
- * The controller deletes the command and records the result in one transaction, so a command gone with no result
- * anywhere was taken by someone else; that is reported after a short grace (a history write can trail).
- */
-async function waitForResult(store: Store, view: TrustView, name: string, id: string, key: string, sinceSeq: number, waitMs: number): Promise<Outcome> {
-  const deadline = Date.now() + waitMs;
-  let goneAt: number | undefined;
-  for (;;) {
-    const result = await findResult(store, view, name, id, sinceSeq);
-    if (result !== undefined) return { kind: 'result', result };
-    const present = (await store.get(key)) !== undefined;
-    if (!present) {
-      goneAt ??= Date.now();
-      if (Date.now() - goneAt > 1000) return { kind: 'gone' };
-    }
-    if (Date.now() >= deadline) return present ? { kind: 'timeout' } : { kind: 'gone' };
-    await sleep(Math.min(200, Math.max(10, deadline - Date.now())));
-  }
-}
-
-async function findResult(store: Store, view: TrustView, name: string, id: string, sinceSeq: number): Promise<CommandResult | undefined> {
-  const key = keys.plan(name);
-  const kv = await store.get(key);
-  if (kv !== undefined) {
-    const r = openPlanRecord(view, key, name, kv.value);
-    const hit = r.ok ? r.value.commands.find((c) => c.id === id) : undefined;
-    if (hit !== undefined) return hit;
-  }
-  const { kvs } = await store.list(keys.historyOf(name));
-  for (const h of kvs) {
-    const where = parseHistoryKey(h.key);
-    if (where?.service !== name || where.seq < sinceSeq) continue;
-    const r = openPlanRecord(view, h.key, name, h.value);
-    const hit = r.ok ? r.value.commands.find((c) => c.id === id) : undefined;
-    if (hit !== undefined) return hit;
-  }
-  return undefined;
 }

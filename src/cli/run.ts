@@ -1,19 +1,22 @@
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
+import { printJson } from './output.js';
 import { readFile } from 'node:fs/promises';
 import { Agent, type AgentResult } from '../agent/agent.js';
 import { parseLabels } from '../agent/graph-source.js';
 import { BackplaneError } from '../errors.js';
-import { createLogger, type LogFormat, type LogLevel, type Logger } from '../log.js';
+import { createLogger, useColour, type LogFormat, type LogLevel, type Logger } from '../log.js';
 import { parseDuration } from '../util/duration.js';
 import { gatherFacts } from '../facts.js';
 import { parseSize } from '../resources/svc-schema.js';
 import { defaultCapacity } from '../scheduler/state.js';
+import { followConvergence, stderrProgress, type Progress } from './progress.js';
 import { EXIT, checkWritableFile, parseIntOption, parseSecondsOption, reportError } from './common.js';
 import { addStoreFlags, etcdConnection, type EtcdConnection, type EtcdFlags } from './etcd-flags.js';
 
 export { splitUrls } from './etcd-flags.js';
 
 interface RunFlags extends EtcdFlags {
+  output?: string;
   file: string;
   convergedTimeout: number;
   noop?: boolean;
@@ -60,6 +63,7 @@ export function registerRun(program: Command): void {
     .option('--ports <from-to>', 'the range dynamic ports of instances placed here come from (default 20000-32767); give agents sharing one machine ranges of their own')
     .option('--fence <duration>', "how long this host's instances outlive its last confirmed place in the cluster (default: --lease-ttl); the controller replaces them that long (less the TTL) after the host's lease is gone")
     .option('--no-services', 'do not take part in the service backplane (no controller, no instances here)')
+    .addOption(new Option('--output <format>', 'text or json: json prints the run\'s summary as JSON on stdout when it ends (logs stay on stderr)').choices(['text', 'json']))
     .action(async (flags: RunFlags) => {
       // Exit explicitly: a graph may leave handles behind (a child a kind failed to reap) that must not keep us up.
       process.exit(await runCommand(flags));
@@ -68,8 +72,14 @@ export function registerRun(program: Command): void {
 
 async function runCommand(flags: RunFlags): Promise<number> {
   let log: Logger;
+  // A one-shot run shows its progress on stderr (a line rewritten in place on a terminal, log lines above it).
+  let progress: Progress | undefined;
   try {
-    log = createLogger({ format: logFormat(flags.logFormat), level: logLevel(flags.logLevel) });
+    const format = logFormat(flags.logFormat);
+    const level = logLevel(flags.logLevel);
+    if (flags.convergedTimeout >= 0 && flags.noop !== true && format === 'human' && (level === 'info' || level === 'debug')) progress = stderrProgress();
+    const p = progress;
+    log = createLogger({ format, level, ...(p === undefined || !process.stderr.isTTY ? {} : { write: (line: string) => p.log(line), colour: useColour(process.stderr) }) });
   } catch (err) {
     return reportError(err);
   }
@@ -151,20 +161,37 @@ async function runCommand(flags: RunFlags): Promise<number> {
   process.on('SIGINT', onSignal);
   process.on('SIGTERM', onSignal);
 
+  const stopProgress = progress === undefined ? undefined : followConvergence(agent.engine, progress);
   try {
     const result = await agent.run();
+    stopProgress?.();
     await agent.close();
     printSummary(result, flags.noop === true, log);
+    if (flags.output === 'json') printJson(summaryJson(result));
     if (result.reason === 'stopped') return EXIT.ok;
     if (!result.summary.ok) return EXIT.failed;
     return flags.noop === true && result.summary.wouldChange.length > 0 ? EXIT.changesPending : EXIT.ok;
   } catch (err) {
+    stopProgress?.();
     await agent.close().catch(() => undefined);
     return reportError(err);
   } finally {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   }
+}
+
+/** `run --output json`: how the run ended, each failed and blocked resource with why, what noop would change. */
+function summaryJson(result: AgentResult): object {
+  const s = result.summary;
+  return {
+    reason: result.reason,
+    ok: s.ok,
+    converged: s.converged,
+    failed: s.failed.map((f) => ({ id: f.id, ...(f.error === undefined ? {} : { error: f.error }) })),
+    blocked: s.blocked.map((b) => ({ id: b.id, ...(b.blockedBy === undefined ? {} : { blockedBy: b.blockedBy }) })),
+    wouldChange: s.wouldChange.map((w) => w.id),
+  };
 }
 
 function printSummary(result: AgentResult, noop: boolean, log: Logger): void {

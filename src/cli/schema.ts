@@ -1,6 +1,9 @@
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
+import type { ClientFlags } from '../api/client.js';
+import { backplanesList } from '../api/ops/events.js';
+import { apiFlags, OUTPUT_HELP, outputFlags, printJson, withClient, type OutputFlags } from './output.js';
 import { z } from 'zod';
-import { findBackplane, loadBackplane, searchPath, shippedKinds } from '../backplanes/registry.js';
+import { findBackplane, loadBackplane, shippedKinds } from '../backplanes/registry.js';
 import { BackplaneError } from '../errors.js';
 import { graphJsonSchema } from '../frontends/json-schema.js';
 import { builtinKinds } from '../resources/registry.js';
@@ -12,27 +15,28 @@ export function registerSchema(program: Command): void {
     .description('print the JSON Schema of the graph format, or with --service of a service spec (for editors and yaml-language-server)')
     .option('--service', 'the schema of service specs (backplane deploy -f) instead of graphs')
     .option('--backplane <kind>', "the schema of an application object of that kind (kind: redis), from its backplane's parameters")
+    .addOption(new Option('--output <format>', 'json (the only output: accepted for scripts that pass it to every command)').choices(['json']))
     .action(async (flags: { service?: boolean; backplane?: string }) => {
       const schema = flags.backplane !== undefined ? await objectJsonSchema(flags.backplane) : flags.service === true ? serviceJsonSchema() : graphJsonSchema(builtinKinds);
       process.stdout.write(`${JSON.stringify(schema, null, 2)}\n`);
     });
-  program
-    .command('backplanes')
-    .description('list the application backplanes this host can run (shipped, and on BACKPLANE_PATH)')
-    .action(async () => {
-      for (const kind of shippedKinds()) {
-        const ref = await findBackplane(kind);
-        const def = ref === undefined ? undefined : await loadBackplane(ref);
-        process.stdout.write(`${kind.padEnd(10)} ${def?.description ?? ''}\n`);
-      }
-      const path = searchPath();
-      process.stdout.write(path.length === 0 ? '(BACKPLANE_PATH is empty: only the shipped backplanes)\n' : `and any <dir>/<kind>/ on BACKPLANE_PATH=${path.join(':')}\n`);
+  apiFlags(outputFlags(program.command('backplanes').description('list the application backplanes this host can run (shipped, and on BACKPLANE_PATH)')))
+    .option('--state-dir <dir>', 'the agent whose host to ask (its API socket); without an agent, this host')
+    .action(async (flags: ClientFlags & OutputFlags) => {
+      process.exitCode = await withClient({ ...flags, cluster: 'default' }, async (client, json) => {
+        const r = await client.call(backplanesList, {});
+        if (json) return printJson(r);
+        for (const b of r.backplanes) process.stdout.write(`${b.kind.padEnd(10)} ${b.description}\n`);
+        process.stdout.write(r.path.length === 0 ? '(BACKPLANE_PATH is empty: only the shipped backplanes)\n' : `and any <dir>/<kind>/ on BACKPLANE_PATH=${r.path.join(':')}\n`);
+      });
     });
   program
     .command('kinds')
     .description('list the resource kinds this agent knows')
-    .action(() => {
-      for (const k of builtinKinds) process.stdout.write(`${k.kind.padEnd(10)} ${k.description}\n`);
+    .addOption(new Option('--output <format>', OUTPUT_HELP).choices(['text', 'json']))
+    .action((flags: OutputFlags) => {
+      if (flags.output === 'json') printJson(builtinKinds.map((k) => ({ kind: k.kind, description: k.description })));
+      else for (const k of builtinKinds) process.stdout.write(`${k.kind.padEnd(10)} ${k.description}\n`);
     });
 }
 

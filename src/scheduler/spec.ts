@@ -17,8 +17,8 @@ import type { HostFacts } from '../resources/types.js';
 import { canonicalJson } from '../util/canonical.js';
 import { closest } from '../util/suggest.js';
 import { portEnvName, renderWith, RESERVED_ENV, type InstanceHost, type SpecLocator } from './render.js';
-import { DEFAULT_NAMESPACE, DEFAULTS, serviceSchema, type ParsedService } from './spec-schema.js';
-import { HOOK_NAMES, INHERITABLE_FIELDS, type Alloc, type InheritableField, type HealthSpec, type HookName, type HookSpec, type InstanceResource, type LabelConstraint, type PortSpec, type ServiceSpec, type UpdatePolicy } from './types.js';
+import { DEFAULTS, serviceSchema, type ParsedService } from './spec-schema.js';
+import { HOOK_NAMES, type Alloc, type HealthSpec, type HookName, type HookSpec, type InstanceResource, type LabelConstraint, type PortSpec, type ServiceSpec, type UpdatePolicy } from './types.js';
 
 /**
  * The service spec frontend: a YAML file (one service, or `services: [...]`) or a TypeScript/JavaScript module whose
@@ -68,17 +68,24 @@ export interface ObjectDoc {
  */
 export async function readDeployFile(path: string, registry: KindRegistry = createRegistry()): Promise<{ services: ServiceSpec[]; objects: ObjectDoc[] }> {
   const file = resolve(path);
+  if (isModuleGraph(file)) return readDeployData(file, await evaluateModule(file), registry);
+  return readDeployText(file, await readGraphText(file), registry);
+}
+
+/** A YAML deploy file given as its text (the API's deploy: the CLI sends it); errors point at `file`:line:col. */
+export function readDeployText(file: string, text: string, registry: KindRegistry = createRegistry()): { services: ServiceSpec[]; objects: ObjectDoc[] } {
   const objects: ObjectDoc[] = [];
-  if (isModuleGraph(file)) {
-    const out = await evaluateModule(file);
-    checkExpansion(out, (p) => ({ file: `${file}: ${pathText(p)}`, line: 0, col: 0 }));
-    const locate = (p: readonly PropertyKey[]): SourceLocation => ({ file: `${file}: ${pathText(p)}`, line: 0, col: 0 });
-    return { services: readServices({ file, data: out, locate, locateValue: locate }, registry, objects), objects };
-  }
-  const text = await readGraphText(file);
   const doc = parseYamlDocument(file, text);
   fixUnquotedModes(doc.data, file, text);
   return { services: readServices(doc, registry, objects), objects };
+}
+
+/** What a TS/JS deploy module evaluated to (evaluateModule): errors name `file` and the value's path. */
+export function readDeployData(file: string, data: unknown, registry: KindRegistry = createRegistry()): { services: ServiceSpec[]; objects: ObjectDoc[] } {
+  const objects: ObjectDoc[] = [];
+  checkExpansion(data, (p) => ({ file: `${file}: ${pathText(p)}`, line: 0, col: 0 }));
+  const locate = (p: readonly PropertyKey[]): SourceLocation => ({ file: `${file}: ${pathText(p)}`, line: 0, col: 0 });
+  return { services: readServices({ file, data, locate, locateValue: locate }, registry, objects), objects };
 }
 
 /**
@@ -212,10 +219,8 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
   const constraints: LabelConstraint[] = p.placement.constraints.map((c) =>
     c.eq !== undefined ? { label: c.label, op: 'eq', values: [c.eq] } : c.in !== undefined ? { label: c.label, op: 'in', values: c.in } : { label: c.label, op: 'not_in', values: c.notIn ?? [] },
   );
-  const inherits = inheritedFields(item);
   const unversioned: Omit<ServiceSpec, 'version'> = {
     name: p.name,
-    ...(p.namespace === undefined || p.namespace === DEFAULT_NAMESPACE ? {} : { namespace: p.namespace }),
     count: p.count,
     task: {
       cmd: p.run.cmd,
@@ -253,7 +258,6 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
     ...(hooks === undefined ? {} : { hooks }),
     ...(actions === undefined || Object.keys(actions).length === 0 ? {} : { actions }),
     ...(scale === undefined ? {} : { scale }),
-    ...(inherits.length === 0 ? {} : { inherits }),
   };
   const spec: ServiceSpec = { ...unversioned, version: specVersion(unversioned, p.version) };
   checkInstances(spec, at, registry, errors);
@@ -269,27 +273,6 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
 }
 
 type Fail = (msg: string, path: readonly PropertyKey[], hint: string) => void;
-
-/**
- * Which fields a namespace's defaults may fill: those the operator's document does not write (the parsed spec holds
- * the built-in default for them, which is what applies when the namespace sets none). `strategy` and `maxParallel`
- * are one field: either one written decides the parallelism.
- */
-function inheritedFields(item: unknown): InheritableField[] {
-  const written = (...path: string[]): boolean => valueAt(item, path) !== undefined;
-  const given: Record<InheritableField, boolean> = {
-    maxParallel: written('update', 'strategy') || written('update', 'maxParallel'),
-    minHealthyMs: written('update', 'minHealthy'),
-    healthyDeadlineMs: written('update', 'healthyDeadline'),
-    progressDeadlineMs: written('update', 'progressDeadline'),
-    canary: written('update', 'canary'),
-    autoPromote: written('update', 'autoPromote'),
-    autoRevert: written('update', 'autoRevert'),
-    startFirst: written('update', 'startFirst'),
-    maxUnavailable: written('maxUnavailable'),
-  };
-  return INHERITABLE_FIELDS.filter((f) => !given[f]);
-}
 
 /**
  * The update policy: the strategy's parallelism (serial 1, parallel 0 = all at once, rolling maxParallel) and the
@@ -651,7 +634,7 @@ function fixUnquotedModes(data: unknown, file: string, text: string): void {
  * why a worker). The worker is inline code rather than a file of its own so the CLI bundle needs no second entry:
  * graph modules' worker insists on a function, while a spec module may export the spec itself.
  */
-async function evaluateModule(file: string): Promise<unknown> {
+export async function evaluateModule(file: string): Promise<unknown> {
   const code = `
 (async () => {
   const { parentPort, workerData } = await import('node:worker_threads');

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { countText, serviceRows } from '../../src/cli/services.js';
+import { countText } from '../../src/cli/services.js';
+import { serviceRows } from '../../src/api/ops/services.js';
 import { keys } from '../../src/cluster/keys.js';
 import type { ScaleRecord, ScaleRequest } from '../../src/scheduler/records.js';
 import { effectiveCount, scalePass, type ScaleAsk } from '../../src/scheduler/scale.js';
