@@ -132,7 +132,7 @@ function readCa(file: string): string {
 }
 
 const ERROR_CODES: ReadonlySet<string> = new Set<ErrorCode>([
-  'E_YAML', 'E_SCHEMA', 'E_UNKNOWN_KIND', 'E_DUPLICATE', 'E_MISSING_REF', 'E_BAD_REF', 'E_CYCLE', 'E_IO', 'E_APPLY', 'E_TIMEOUT', 'E_ABORTED', 'E_USAGE', 'E_LIMIT', 'E_OVERLAP', 'E_OSCILLATION',
+  'E_YAML', 'E_SCHEMA', 'E_UNKNOWN_KIND', 'E_DUPLICATE', 'E_MISSING_REF', 'E_BAD_REF', 'E_CYCLE', 'E_IO', 'E_APPLY', 'E_TIMEOUT', 'E_ABORTED', 'E_USAGE', 'E_LIMIT', 'E_OVERLAP', 'E_OSCILLATION', 'E_AUTH', 'E_DENIED', 'E_NOT_FOUND', 'E_CONFLICT', 'E_UNAVAILABLE',
 ]);
 
 /** An error body (`{error: {status, code, message, hint?}}`) as the ApiError it was on the other side. */

@@ -34,10 +34,31 @@ export interface Caller {
 /** An error the API answers with an HTTP status; the CLI shows it like any other error. */
 export class ApiError extends BackplaneError {
   readonly status: number;
-  /** `code`: the BackplaneError code (the CLI's exit code follows it); default E_USAGE for 400, else E_APPLY. */
+  /** `code`: the BackplaneError code (the CLI's exit code follows it); default: the one the status stands for. */
   constructor(status: number, message: string, opts: BackplaneErrorOptions & { readonly code?: ErrorCode } = {}) {
-    super(opts.code ?? (status === 400 ? 'E_USAGE' : 'E_APPLY'), message, opts);
+    super(opts.code ?? codeFor(status), message, opts);
     this.status = status;
+  }
+}
+
+function codeFor(status: number): ErrorCode {
+  switch (status) {
+    case 400:
+    case 405:
+    case 413:
+      return 'E_USAGE';
+    case 401:
+      return 'E_AUTH';
+    case 403:
+      return 'E_DENIED';
+    case 404:
+      return 'E_NOT_FOUND';
+    case 409:
+      return 'E_CONFLICT';
+    case 503:
+      return 'E_UNAVAILABLE';
+    default:
+      return 'E_APPLY';
   }
 }
 
@@ -160,7 +181,7 @@ export function visibleTo(caller: Caller, ns: string | undefined): boolean {
  */
 export async function authorize<I, O>(op: Op<I, O>, caller: Caller, input: I, ctx: OpContext): Promise<void> {
   if (!roleAllows(caller.role, op.role)) {
-    throw new ApiError(403, `${caller.name} (role ${caller.role}) may not ${op.summary.toLowerCase()}: that needs the ${op.role} role`, {
+    throw new ApiError(403, `${caller.name} has the ${caller.role} role; ${op.name} (${op.summary}) needs the ${op.role} role`, {
       hint: op.role === 'admin' ? 'ask an admin, or use an admin token' : `use a token with the ${op.role} role (backplane token create --role ${op.role})`,
     });
   }
@@ -168,7 +189,7 @@ export async function authorize<I, O>(op: Op<I, O>, caller: Caller, input: I, ct
   const scope = op.scope === undefined ? undefined : await op.scope(input, ctx);
   if (scope === undefined) {
     if (op.mutates) {
-      throw new ApiError(403, `${caller.name} is scoped to namespace ${caller.namespace} and may not ${op.summary.toLowerCase()}: it touches the whole cluster`, {
+      throw new ApiError(403, `${caller.name} is scoped to namespace ${caller.namespace}; ${op.name} changes the whole cluster, not one namespace`, {
         hint: 'use a token that is not scoped to a namespace',
       });
     }

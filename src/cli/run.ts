@@ -1,3 +1,4 @@
+import { addApiFlags, apiOption, type ApiFlags } from './api-flags.js';
 import { Option, type Command } from 'commander';
 import { printJson } from './output.js';
 import { readFile } from 'node:fs/promises';
@@ -15,7 +16,7 @@ import { addStoreFlags, etcdConnection, type EtcdConnection, type EtcdFlags } fr
 
 export { splitUrls } from './etcd-flags.js';
 
-interface RunFlags extends EtcdFlags {
+interface RunFlags extends EtcdFlags, ApiFlags {
   output?: string;
   file: string;
   convergedTimeout: number;
@@ -42,7 +43,7 @@ const STOP_GRACE_MS = 1500;
 
 export function registerRun(program: Command): void {
   // --etcd, --cluster and the etcd TLS and user flags: etcd-flags.ts, shared with `backplane cluster` and `hosts`.
-  addStoreFlags(program.command('run'), 'join a cluster through these etcd client URLs (comma-separated); default: embedded store')
+  const run = addStoreFlags(program.command('run'), 'join a cluster through these etcd client URLs (comma-separated); default: embedded store')
     .description('apply a graph and keep it converged, repairing drift as it happens')
     .requiredOption('-f, --file <path>', 'graph file (YAML)')
     .option('--converged-timeout <duration>', 'exit once everything is converged and quiet this long (30s, 500ms, or seconds); -1 = run until stopped', parseSecondsOption('--converged-timeout', 'runs until stopped'), -1)
@@ -63,8 +64,8 @@ export function registerRun(program: Command): void {
     .option('--ports <from-to>', 'the range dynamic ports of instances placed here come from (default 20000-32767); give agents sharing one machine ranges of their own')
     .option('--fence <duration>', "how long this host's instances outlive its last confirmed place in the cluster (default: --lease-ttl); the controller replaces them that long (less the TTL) after the host's lease is gone")
     .option('--no-services', 'do not take part in the service backplane (no controller, no instances here)')
-    .addOption(new Option('--output <format>', 'text or json: json prints the run\'s summary as JSON on stdout when it ends (logs stay on stderr)').choices(['text', 'json']))
-    .action(async (flags: RunFlags) => {
+    .addOption(new Option('--output <format>', 'text or json: json prints the run\'s summary as JSON on stdout when it ends (logs stay on stderr)').choices(['text', 'json']));
+  addApiFlags(run).action(async (flags: RunFlags) => {
       // Exit explicitly: a graph may leave handles behind (a child a kind failed to reap) that must not keep us up.
       process.exit(await runCommand(flags));
     });
@@ -116,7 +117,14 @@ async function runCommand(flags: RunFlags): Promise<number> {
   } catch (err) {
     return reportError(err);
   }
+  let api: Awaited<ReturnType<typeof apiOption>>;
+  try {
+    api = await apiOption(flags);
+  } catch (err) {
+    return reportError(err);
+  }
   const agent = new Agent({
+    api,
     file: flags.file,
     log,
     noop: flags.noop === true,
