@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { chmod, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -10,6 +10,7 @@ import { tokenKey } from '../../src/api/tokens.js';
 import { socketRequest, startApiAgent, type ApiAgent } from '../helpers/api.js';
 import { createOtherUser, skipReason, type OtherUser } from '../helpers/other-user.js';
 import { until } from '../helpers/engine.js';
+import { runCli } from '../helpers/cli.js';
 
 /**
  * Who may do what through the operator API, against a real agent: its Unix socket (root only) and its TLS port with
@@ -184,6 +185,24 @@ describe('operator API access control', () => {
     req.destroy();
     await done;
     assert.equal(await readFile(join(dir, 'f.txt'), 'utf8'), 'one\n');
+  });
+
+  it('serves the CLI from another machine: --api with a token file, refusals printed with their reason', async () => {
+    const tokenFile = join(dir, 'viewer.token');
+    await writeFile(tokenFile, `${tok['viewer'] ?? ''}\n`, { mode: 0o600 });
+    const api = ['--api', `https://127.0.0.1:${agent.port}`, '--api-ca', join(dir, 'api.crt'), '--token-file', tokenFile];
+    const status = await runCli(['status', ...api, '--output', 'json']);
+    // Exit 1: a resource failed (exec[broken]); the answer is the agent's, over TLS.
+    assert.equal(status.code, 1, status.stderr);
+    assert.equal((JSON.parse(status.stdout) as { host: string }).host, 'h1');
+    const denied = await runCli(['token', 'create', '--name', 'x', '--role', 'viewer', ...api]);
+    assert.equal(denied.code, 1);
+    assert.match(denied.stderr, /t-viewer has the viewer role; tokens\.create .* needs the admin role/);
+    // A token file others can read is refused before anything is sent.
+    await chmod(tokenFile, 0o644);
+    const loose = await runCli(['status', ...api]);
+    assert.equal(loose.code, 2);
+    assert.match(loose.stderr, /accessible by group or others/);
   });
 
   describe('a local user who is not root', { skip: skipReason }, () => {
