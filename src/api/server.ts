@@ -31,6 +31,13 @@ const STREAM_BACKLOG_BYTES = 1024 * 1024;
 const PING_MS = 15_000;
 /** Store changes are announced per kind of thing at most this often: a rollout writes many keys at once. */
 const CLUSTER_DEBOUNCE_MS = 100;
+const REFUSALS_LOGGED = 50;
+const REFUSAL_WINDOW_MS = 10_000;
+/**
+ * The whole request (headers and body) must arrive within this: a client trickling a body cannot hold a connection
+ * for ever. Answers are not limited by it, so the live stream stays open.
+ */
+const REQUEST_TIMEOUT_MS = 60_000;
 
 export interface TlsListen {
   readonly host: string;
@@ -116,9 +123,23 @@ export async function serveApi(opts: ApiServerOptions): Promise<ApiServer> {
     return tokens.verify(req.headers.authorization);
   }
 
+  // Refusals are logged, but anyone who can reach the port can cause them: at most REFUSALS_LOGGED per window, then
+  // one line saying how many were left out.
+  let window = { start: 0, logged: 0, dropped: 0 };
   function refused(req: IncomingMessage, who: string, err: unknown): void {
     const status = err instanceof ApiError ? err.status : 500;
-    if (status === 401 || status === 403) log.warn(`api: refused ${req.method ?? '?'} ${(req.url ?? '?').split('?')[0] ?? ''} from ${who}: ${errorMessage(err)}`);
+    if (status !== 401 && status !== 403) return;
+    const now = Date.now();
+    if (now - window.start > REFUSAL_WINDOW_MS) {
+      if (window.dropped > 0) log.warn(`api: ${window.dropped} more refusals in ${REFUSAL_WINDOW_MS / 1000} s were not logged`);
+      window = { start: now, logged: 0, dropped: 0 };
+    }
+    if (window.logged >= REFUSALS_LOGGED) {
+      window.dropped++;
+      return;
+    }
+    window.logged++;
+    log.warn(`api: refused ${req.method ?? '?'} ${(req.url ?? '?').split('?')[0] ?? ''} from ${who}: ${messageOf(err)}`);
   }
 
   async function handle(door: 'socket' | 'tcp', req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -298,7 +319,7 @@ export async function serveApi(opts: ApiServerOptions): Promise<ApiServer> {
   }
 
   // The two doors.
-  const unix = createHttpServer({ requestTimeout: 0, headersTimeout: 10_000 }, handler('socket'));
+  const unix = createHttpServer({ requestTimeout: REQUEST_TIMEOUT_MS, headersTimeout: 10_000 }, handler('socket'));
   unix.maxConnections = 256;
   const socket: PrivateSocket = await listenPrivate(unix, opts.stateDir, API_SOCKET, 'API socket');
   unix.on('error', (err) => log.warn(`api socket ${socket.path}: ${err.message}`));
@@ -306,7 +327,7 @@ export async function serveApi(opts: ApiServerOptions): Promise<ApiServer> {
   let tcpAddress: { host: string; port: number } | undefined;
   if (opts.tls !== undefined) {
     const t = opts.tls;
-    const server = createHttpsServer({ cert: t.cert, key: t.key, minVersion: 'TLSv1.2', requestTimeout: 0, headersTimeout: 10_000 }, handler('tcp'));
+    const server = createHttpsServer({ cert: t.cert, key: t.key, minVersion: 'TLSv1.2', requestTimeout: REQUEST_TIMEOUT_MS, headersTimeout: 10_000 }, handler('tcp'));
     server.maxConnections = 4096;
     try {
       await new Promise<void>((resolve, reject) => {

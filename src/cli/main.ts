@@ -7,6 +7,7 @@ import { registerCluster } from './cluster.js';
 import { registerGraph } from './graph.js';
 import { registerDeploy } from './deploy.js';
 import { registerHosts } from './hosts.js';
+import { registerNamespaces } from './namespace.js';
 import { registerPlans } from './plan.js';
 import { registerRun } from './run.js';
 import { registerSchema } from './schema.js';
@@ -41,6 +42,7 @@ registerDeploy(program);
 registerServices(program);
 registerPlans(program);
 registerApps(program);
+registerNamespaces(program);
 registerStatus(program);
 
 try {

@@ -6,6 +6,7 @@ import type { OpClient } from '../api/client.js';
 import { clientFlags, type StoreFlags } from './cluster.js';
 import { parseIntOption, print } from './common.js';
 import { ago, size } from './operator.js';
+import { policyText } from './namespace.js';
 import { printJson, withClient } from './output.js';
 import type { ClientFlags } from '../api/client.js';
 
@@ -23,9 +24,9 @@ export function registerServices(program: Command): void {
       const rows = await client.call(servicesList, {});
       if (json) return printJson(rows);
       if (rows.length === 0) print('no services (deploy one with `backplane deploy -f spec.yaml`)\n');
-      else print(`${'NAME'.padEnd(20)} ${'VERSION'.padEnd(14)} ${'WANTED'.padStart(6)} ${'PLACED'.padStart(6)} ${'HEALTHY'.padStart(7)}  ${'DEPLOYED'.padEnd(24)}  PLAN\n`);
+      else print(`${'NAME'.padEnd(20)} ${'NAMESPACE'.padEnd(12)} ${'VERSION'.padEnd(14)} ${'WANTED'.padStart(6)} ${'PLACED'.padStart(6)} ${'HEALTHY'.padStart(7)}  ${'DEPLOYED'.padEnd(24)}  PLAN\n`);
       for (const r of rows) {
-        print(`${r.name.padEnd(20)} ${(r.removed ? '(removed)' : r.version).slice(0, 14).padEnd(14)} ${`${r.scaledBy === undefined ? '' : '*'}${r.count}`.padStart(6)} ${String(r.placed).padStart(6)} ${String(r.healthy).padStart(7)}  ${r.deployedAt.padEnd(24)}  ${r.plan ?? '-'}\n`);
+        print(`${r.name.padEnd(20)} ${r.namespace.padEnd(12)} ${(r.removed ? '(removed)' : r.version).slice(0, 14).padEnd(14)} ${`${r.scaledBy === undefined ? '' : '*'}${r.count}`.padStart(6)} ${String(r.placed).padStart(6)} ${String(r.healthy).padStart(7)}  ${r.deployedAt.padEnd(24)}  ${r.plan ?? '-'}\n`);
       }
       const scaled = rows.filter((r) => r.scaledBy !== undefined);
       if (scaled.length > 0) print('\n');
@@ -102,6 +103,7 @@ function printService(s: ServiceGet): void {
     const b = s.scale.bounds;
     print(`  ${countText({ count: s.scale.count, operatorCount: s.scale.operatorCount, ...(b === null ? {} : { bounds: b }), ...(s.scale.scaledBy === undefined ? {} : { scaledBy: s.scale.scaledBy }), ...(s.scale.reason === undefined ? {} : { scaleReason: s.scale.reason }) })}\n`);
   }
+  if (spec !== null) print(`  namespace ${s.namespace}${s.policy === undefined ? '' : `; ${policyText(s.policy, spec.count)}`}\n`);
   if (spec !== null) print(`  each: ${spec.resources.cpu} cpu, ${size(spec.resources.memory)} memory${spec.ports.length === 0 ? '' : `, ports ${spec.ports.map((p) => p.name + (p.static === undefined ? '' : `=${p.static}`)).join(' ')}`}\n`);
   if (s.plan !== undefined) print(`  plan: ${s.plan.summary}${s.plan.why === undefined ? '' : ` - ${s.plan.why}`} (backplane plan ${s.name})\n`);
   print(`\n${'INSTANCE'.padEnd(28)} ${'HOST'.padEnd(16)} ${'VERSION'.padEnd(14)} ${'STATE'.padEnd(10)} ${'RESTARTS'.padStart(8)}  SINCE  PORTS\n`);

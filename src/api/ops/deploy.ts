@@ -5,9 +5,10 @@ import type { TrustView } from '../../cluster/trust.js';
 import { ValidationErrors } from '../../errors.js';
 import type { ServicePlan } from '../../scheduler/plan-types.js';
 import { planPass } from '../../scheduler/plans.js';
-import { specOfRef, type AppRecord, type ServiceRecord } from '../../scheduler/records.js';
+import { effectiveSpec } from '../../scheduler/policy.js';
+import type { AppRecord, ServiceRecord } from '../../scheduler/records.js';
 import { readDeployData, readDeployText } from '../../scheduler/spec.js';
-import { serviceInputs, toSnapshot, type SchedState } from '../../scheduler/state.js';
+import { serviceInputs, specOfRefIn, toSnapshot, type SchedState } from '../../scheduler/state.js';
 import type { Plan, ServiceSpec } from '../../scheduler/types.js';
 import { canonicalJson } from '../../util/canonical.js';
 import { ApiError, defineOp, type OpContext } from '../ops.js';
@@ -161,7 +162,8 @@ async function deploy(ctx: OpContext, input: DeployInput): Promise<DeployOutput>
       out.services.push({ ...view, outcome: 'dry-run' });
       continue;
     }
-    if (current !== undefined && current.version === spec.version && current.count === spec.count) {
+    // The version leaves out what rolls nothing (the update policy, the namespace, ...): a change there is a change too.
+    if (current !== undefined && canonicalJson(current) === canonicalJson(spec)) {
       out.services.push({ ...view, outcome: 'unchanged' });
       continue;
     }
@@ -184,13 +186,15 @@ export function planFor(state: SchedState, spec: ServiceSpec, view?: TrustView):
   const snapshot = toSnapshot(state, now, { lastAlive, since: 0, fenceGraceMs: 0, override: spec });
   const services = serviceInputs(state);
   const ref = { version: spec.version, record: DRY_RUN, by: '', deployedAt: `dry-run ${now}` };
-  services.set(spec.name, { spec, ref });
+  // As the controller reads it: with its namespace's defaults for what it does not write (policy.ts).
+  const effective = effectiveSpec(spec, state.policies);
+  services.set(spec.name, { spec: effective, ref });
   const out = planPass({
     snapshot,
     services,
     plans: state.plans,
     lastSeq: new Map([...state.history].map(([svc, list]) => [svc, list.at(-1)?.seq ?? 0])),
-    specOf: (service, r) => (r.record === DRY_RUN ? spec : view === undefined ? undefined : specOfRef(view, service, r)),
+    specOf: (service, r) => (r.record === DRY_RUN ? effective : view === undefined ? undefined : specOfRefIn(state, view, service, r)),
   });
   const servicePlan = out.write.find((p) => p.service === spec.name) ?? state.plans.get(spec.name);
   return { ...out.plan, ...(servicePlan === undefined ? {} : { servicePlan }) };

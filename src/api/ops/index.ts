@@ -5,6 +5,7 @@ import { APP_OPS } from './apps.js';
 import { DEPLOY_OPS } from './deploy.js';
 import { EVENT_OPS } from './events.js';
 import { HOST_OPS } from './hosts.js';
+import { NAMESPACE_OPS } from './namespaces.js';
 import { PLAN_OPS } from './plans.js';
 import { SERVICE_OPS } from './services.js';
 
@@ -22,6 +23,7 @@ export const OPS: readonly AnyOp[] = [
   ...PLAN_OPS,
   ...APP_OPS,
   ...EVENT_OPS,
+  ...NAMESPACE_OPS,
   tokensList,
   tokensCreate,
   tokensRevoke,

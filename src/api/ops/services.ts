@@ -3,6 +3,7 @@ import { keys } from '../../cluster/keys.js';
 import { BackplaneError } from '../../errors.js';
 import type { ServicePlan } from '../../scheduler/plan-types.js';
 import type { ScaleRecord, ServiceRecord } from '../../scheduler/records.js';
+import { policyInForce, type PolicyInForce } from '../../scheduler/policy.js';
 import { outOfBounds, scaleSource } from '../../scheduler/scale.js';
 import { readEvents, specInForce, type SchedState } from '../../scheduler/state.js';
 import type { ServiceSpec } from '../../scheduler/types.js';
@@ -178,10 +179,21 @@ export const serviceGetSchema = z.object({
     .optional(),
   /** The current plan in one phrase, and why it is as it is. */
   plan: z.object({ summary: z.string(), why: z.string().optional() }).optional(),
+  /**
+   * The update policy and disruption budget in force (src/scheduler/policy.ts): the spec's, else its namespace's
+   * defaults, else the built-in ones; `from` says which, per field.
+   */
+  policy: z
+    .object({
+      update: z.looseObject({ maxParallel: z.number().int(), canary: z.number().int(), autoRevert: z.boolean(), autoPromote: z.boolean() }),
+      maxUnavailable: z.number().int().optional(),
+      from: z.record(z.string(), z.enum(['spec', 'namespace', 'built-in'])),
+    })
+    .optional(),
   instances: z.array(instanceRowSchema),
   events: z.array(eventSchema),
 });
-export type ServiceGet = Omit<z.infer<typeof serviceGetSchema>, 'spec'> & { readonly spec: ServiceSpec | null };
+export type ServiceGet = Omit<z.infer<typeof serviceGetSchema>, 'spec' | 'policy'> & { readonly spec: ServiceSpec | null; readonly policy?: PolicyInForce };
 
 export const servicesGet = defineOp({
   name: 'services.get',
@@ -211,6 +223,7 @@ export const servicesGet = defineOp({
       ...(svc === undefined ? {} : { deployedAt: svc.deployedAt, by: svc.by }),
       ...(scale === undefined ? {} : { scale }),
       ...(plan === undefined ? {} : { plan: { summary: planSummary(plan), ...(plan.why === undefined ? {} : { why: plan.why }) } }),
+      ...(svc?.spec === undefined ? {} : { policy: policyInForce(svc.spec, state.policies) }),
       instances,
       events: events.map((e) => ({ ...e })),
     };
