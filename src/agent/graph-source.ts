@@ -250,7 +250,7 @@ export class GraphSource {
     const store = this.store;
     return {
       connected: store !== undefined && this.link?.trust !== undefined,
-      ...(store === undefined ? {} : { store: this.opts.cluster.etcd.length > 0 ? `etcd ${this.opts.cluster.etcd.join(',')}` : 'embedded' }),
+      ...(store === undefined ? {} : { store: this.opts.cluster.etcd.length > 0 ? `etcd ${this.opts.cluster.etcd.join(',')}` : 'the embedded store' }),
       leader: this.controller?.isLeader === true,
       services: this.opts.cluster.services === true,
     };
