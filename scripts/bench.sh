@@ -12,6 +12,21 @@ fi
 # Always rebuild: a stale dist/ would benchmark yesterday's Backplane.
 npm run build
 
+# `npm run bench -- dashboard [options]`: the dashboard's time to first render with 1,000 hosts / 10,000 instances
+# (bench/dashboard.ts; Chromium from Debian, no peers needed).
+if [ "${1:-}" = dashboard ]; then
+  shift
+  exec node --import tsx bench/dashboard.ts "$@"
+fi
+
+# `npm run bench -- api [options]`: the operator API's latency under 100 concurrent clients, beside nginx serving
+# the same answers as static files (bench/api.ts).
+if [ "${1:-}" = api ]; then
+  shift
+  command -v /usr/sbin/nginx >/dev/null 2>&1 || [ "${BENCH_NO_INSTALL:-0}" = 1 ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nginx >/dev/null || true
+  exec node --import tsx bench/api.ts "$@"
+fi
+
 # Debian package names of what the bench runs, keyed by the command that shows each is installed.
 declare -A PACKAGE_OF=([puppet]=puppet [ansible-playbook]=ansible [cf-agent]=cfengine3 [/usr/bin/time]=time [/usr/sbin/nginx]=nginx)
 

@@ -13,6 +13,8 @@ import { registerRun } from './run.js';
 import { registerSchema } from './schema.js';
 import { registerServices } from './services.js';
 import { registerStatus } from './status.js';
+import { registerOpenApi } from './openapi.js';
+import { registerToken } from './token.js';
 import { registerValidate } from './validate.js';
 
 
@@ -44,6 +46,8 @@ registerPlans(program);
 registerApps(program);
 registerNamespaces(program);
 registerStatus(program);
+registerToken(program);
+registerOpenApi(program);
 
 try {
   await program.parseAsync(process.argv);

@@ -17,8 +17,8 @@ import type { HostFacts } from '../resources/types.js';
 import { canonicalJson } from '../util/canonical.js';
 import { closest } from '../util/suggest.js';
 import { portEnvName, renderWith, RESERVED_ENV, type InstanceHost, type SpecLocator } from './render.js';
-import { DEFAULTS, serviceSchema, type ParsedService } from './spec-schema.js';
-import { HOOK_NAMES, type Alloc, type HealthSpec, type HookName, type HookSpec, type InstanceResource, type LabelConstraint, type PortSpec, type ServiceSpec, type UpdatePolicy } from './types.js';
+import { DEFAULT_NAMESPACE, DEFAULTS, serviceSchema, type ParsedService } from './spec-schema.js';
+import { HOOK_NAMES, INHERITABLE_FIELDS, type Alloc, type InheritableField, type HealthSpec, type HookName, type HookSpec, type InstanceResource, type LabelConstraint, type PortSpec, type ServiceSpec, type UpdatePolicy } from './types.js';
 
 /**
  * The service spec frontend: a YAML file (one service, or `services: [...]`) or a TypeScript/JavaScript module whose
@@ -219,8 +219,10 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
   const constraints: LabelConstraint[] = p.placement.constraints.map((c) =>
     c.eq !== undefined ? { label: c.label, op: 'eq', values: [c.eq] } : c.in !== undefined ? { label: c.label, op: 'in', values: c.in } : { label: c.label, op: 'not_in', values: c.notIn ?? [] },
   );
+  const inherits = inheritedFields(item);
   const unversioned: Omit<ServiceSpec, 'version'> = {
     name: p.name,
+    ...(p.namespace === undefined || p.namespace === DEFAULT_NAMESPACE ? {} : { namespace: p.namespace }),
     count: p.count,
     task: {
       cmd: p.run.cmd,
@@ -258,6 +260,7 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
     ...(hooks === undefined ? {} : { hooks }),
     ...(actions === undefined || Object.keys(actions).length === 0 ? {} : { actions }),
     ...(scale === undefined ? {} : { scale }),
+    ...(inherits.length === 0 ? {} : { inherits }),
   };
   const spec: ServiceSpec = { ...unversioned, version: specVersion(unversioned, p.version) };
   checkInstances(spec, at, registry, errors);
@@ -273,6 +276,27 @@ function readService(item: unknown, at: SpecLocator, file: string, registry: Kin
 }
 
 type Fail = (msg: string, path: readonly PropertyKey[], hint: string) => void;
+
+/**
+ * Which fields a namespace's defaults may fill: those the operator's document does not write (the parsed spec holds
+ * the built-in default for them, which is what applies when the namespace sets none). `strategy` and `maxParallel`
+ * are one field: either one written decides the parallelism.
+ */
+function inheritedFields(item: unknown): InheritableField[] {
+  const written = (...path: string[]): boolean => valueAt(item, path) !== undefined;
+  const given: Record<InheritableField, boolean> = {
+    maxParallel: written('update', 'strategy') || written('update', 'maxParallel'),
+    minHealthyMs: written('update', 'minHealthy'),
+    healthyDeadlineMs: written('update', 'healthyDeadline'),
+    progressDeadlineMs: written('update', 'progressDeadline'),
+    canary: written('update', 'canary'),
+    autoPromote: written('update', 'autoPromote'),
+    autoRevert: written('update', 'autoRevert'),
+    startFirst: written('update', 'startFirst'),
+    maxUnavailable: written('maxUnavailable'),
+  };
+  return INHERITABLE_FIELDS.filter((f) => !given[f]);
+}
 
 /**
  * The update policy: the strategy's parallelism (serial 1, parallel 0 = all at once, rolling maxParallel) and the
