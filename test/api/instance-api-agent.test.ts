@@ -82,7 +82,9 @@ ${
     const insts = await instances(c, 'apiw');
     assert.equal(insts.length, 2);
     for (const i of insts) {
-      await waitFor(`${i.id} read its self`, async () => (await notes(i.id)).some((n) => n.type === 'self'), 20_000);
+      await waitFor(`${i.id} read its self`, async () => (await notes(i.id)).some((n) => n.type === 'self'), 60_000).catch(async (err: unknown) => {
+        throw new Error(`${(err as Error).message}; what it wrote: ${JSON.stringify(await notes(i.id)).slice(0, 2000)}`);
+      });
       const ns = await notes(i.id);
       const start = ns.find((n) => n.type === 'start');
       assert.match(String(start?.['api']), /^http:\/\/127\.0\.0\.1:\d+$/);

@@ -111,7 +111,7 @@ describe('examples/services/walkthrough.sh', { skip: missing(), timeout: 180_000
     assert.equal(up.code, 0, up.out);
     assert.match(up.out, /\$ backplane deploy -f examples\/services\/web\.yaml --wait \S+ \$OP/);
     assert.match(up.out, /all 6 instances of web healthy after/);
-    assert.match(up.out, /^web +v1\+[0-9a-f]+ +6 +6 +6 /m);
+    assert.match(up.out, /^web +default +v1\+[0-9a-f]+ +6 +6 +6 /m);
     for (const h of ['h1', 'h2', 'h3']) assert.match(up.out, new RegExp(`^${h} +ready .* zone=`, 'm'));
     await upstreamsFollow(6);
     const page = await fetch(`http://127.0.0.1:${proxyPort}/`);

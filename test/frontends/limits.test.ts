@@ -109,8 +109,10 @@ describe('bounded under hostile input', () => {
       await writeFile(loop, `export default () => { for (;;) {} };\n`);
       for (const args of [['validate', '-f', loop], ['run', '-f', loop, '--state-dir', join(dir, 'state')]]) {
         const cli = startCli(args, { timeoutMs: 30_000 });
-        // Give it time to be inside the module's loop (tsx's cold start is slow on a loaded machine).
-        await new Promise((r) => setTimeout(r, 1500));
+        // Give it time to be inside the module's loop (tsx's cold start is slow on a loaded machine, and a signal
+        // before the CLI installs its handlers would kill it silently). The loop never ends, so waiting longer
+        // proves the same.
+        await new Promise((r) => setTimeout(r, 3000));
         const t0 = performance.now();
         cli.proc.kill('SIGTERM');
         const res = await cli.exited;
