@@ -4,7 +4,7 @@ import { open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { errorMessage } from '../errors.js';
 import { Engine, type SwapSummary } from '../engine/engine.js';
-import { Metrics } from '../api/metrics.js';
+import type { Metrics } from '../api/metrics.js';
 import type { ApiServer, TlsListen } from '../api/server.js';
 import { agentView } from './agent-view.js';
 import type { ConvergeSummary } from '../engine/state.js';
@@ -49,6 +49,8 @@ export interface AgentOptions {
   readonly cluster?: ClusterOptions;
   /** The operator API: always on the state dir's Unix socket (root only); on TCP with TLS when `tls` is set. `false`: no API. */
   readonly api?: { readonly tls?: TlsListen | undefined } | false;
+  /** Where to count (`new Metrics()` from src/api/metrics.ts, loaded by the caller only when it serves them). */
+  readonly metrics?: Metrics | undefined;
 }
 
 export interface AgentResult {
@@ -65,8 +67,11 @@ export interface AgentResult {
  */
 export class Agent {
   readonly engine: Engine;
-  /** This agent's Prometheus metrics (its own registry), served by the API at GET /metrics. */
-  readonly metrics = new Metrics({ version: VERSION });
+  /**
+   * This agent's Prometheus metrics (its own registry), served by the API at GET /metrics; none when nothing could
+   * scrape them (no API: a one-shot run), so such a run does not load prom-client at all.
+   */
+  readonly metrics: Metrics | undefined;
   private readonly ac = new AbortController();
   private quietTimer: NodeJS.Timeout | undefined;
   /** When the graph last settled with nothing happening since; undefined while there is news to wait out. */
@@ -87,6 +92,7 @@ export class Agent {
   private view: ReturnType<typeof agentView> | undefined;
 
   constructor(private readonly opts: AgentOptions) {
+    this.metrics = opts.metrics;
     const stateDir = opts.stateDir ?? defaultStateDir();
     this.stateDir = stateDir;
     this.source = new GraphSource({
@@ -99,7 +105,7 @@ export class Agent {
       version: VERSION,
       applied: () => this.appliedInstances(),
       pinFile: opts.watchGraph === false,
-      metrics: this.metrics,
+      ...(this.metrics === undefined ? {} : { metrics: this.metrics }),
     });
     this.engine = new Engine({
       registry: this.registry,
@@ -108,7 +114,7 @@ export class Agent {
       facts: this.source.facts,
       cluster: this.source.values,
       services: this.source.services,
-      metrics: this.metrics,
+      ...(this.metrics === undefined ? {} : { metrics: this.metrics }),
       ...(opts.noop !== undefined ? { noop: opts.noop } : {}),
       ...(opts.parallel !== undefined ? { parallel: opts.parallel } : {}),
     });
@@ -307,6 +313,7 @@ export class Agent {
     });
     this.view = view;
     const { serveWebAsset } = await import('../api/web-assets.js');
+    const metrics = this.metrics;
     try {
       this.api = await serveApi({
         host: this.source.host,
@@ -314,7 +321,7 @@ export class Agent {
         log: this.opts.log,
         agent: view,
         cluster: () => this.source.clusterAccess(),
-        metrics: async () => ({ text: await this.metrics.text(), contentType: this.metrics.contentType }),
+        metrics: metrics === undefined ? undefined : async () => ({ text: await metrics.text(), contentType: metrics.contentType }),
         web: (req, res) => serveWebAsset(req, res),
         tls: api?.tls,
       });
@@ -387,7 +394,7 @@ export class Agent {
       next = await this.renderWhenWritten();
       if (next === undefined) return;
     } catch (err) {
-      this.metrics.graphReloadFailed();
+      this.metrics?.graphReloadFailed();
       this.opts.log.error(`graph changed but is not valid; keeping the running graph:\n${errorMessage(err)}`);
       return;
     }

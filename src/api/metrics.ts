@@ -10,7 +10,7 @@
  * resource id or an alloc id.
  */
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import { isStoreError, type Store } from '../cluster/store.js';
+import { isStoreError } from '../cluster/store.js';
 
 /** Resource runs: fast checks (a stat) to slow applies (a package install, a service start). */
 const RUN_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300];
@@ -350,39 +350,4 @@ export class Metrics {
   recovered(reason: 'lost' | 'failed', seconds: number): void {
     this.recovery.observe({ reason }, seconds);
   }
-}
-
-/**
- * The store with each request timed into backplane_store_request_duration_seconds{op}. Watches and campaigns are
- * long-lived and passed through untimed; so is close.
- */
-export function timedStore(store: Store, metrics: Metrics): Store {
-  const timed =
-    <A extends unknown[], R>(op: StoreOp, fn: (...args: A) => Promise<R>) =>
-    async (...args: A): Promise<R> => {
-      const t0 = performance.now();
-      try {
-        const r = await fn(...args);
-        metrics.storeRequest(op, (performance.now() - t0) / 1000);
-        return r;
-      } catch (err) {
-        metrics.storeRequest(op, (performance.now() - t0) / 1000, err);
-        throw err;
-      }
-    };
-  return {
-    kind: store.kind,
-    get: timed('get', (key, opts) => store.get(key, opts)),
-    list: timed('list', (prefix, opts) => store.list(prefix, opts)),
-    put: timed('put', (key, value, opts) => store.put(key, value, opts)),
-    delete: timed('delete', (key, opts) => store.delete(key, opts)),
-    cas: timed('cas', (key, rev, value, opts) => store.cas(key, rev, value, opts)),
-    txn: timed('txn', (ops, opts) => store.txn(ops, opts)),
-    lease: timed('lease', (ttlMs, opts) => store.lease(ttlMs, opts)),
-    compact: timed('compact', (revision, opts) => store.compact(revision, opts)),
-    health: timed('health', (opts) => store.health(opts)),
-    watch: (prefix, from, onEvent, signal) => store.watch(prefix, from, onEvent, signal),
-    campaign: (name, value, ttlMs, signal) => store.campaign(name, value, ttlMs, signal),
-    close: () => store.close(),
-  };
 }

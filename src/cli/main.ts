@@ -2,21 +2,6 @@ import { Command, CommanderError } from 'commander';
 import { BackplaneError } from '../errors.js';
 import { VERSION } from '../version.js';
 import { EXIT, reportError } from './common.js';
-import { registerApps } from './app.js';
-import { registerCluster } from './cluster.js';
-import { registerGraph } from './graph.js';
-import { registerDeploy } from './deploy.js';
-import { registerHosts } from './hosts.js';
-import { registerNamespaces } from './namespace.js';
-import { registerPlans } from './plan.js';
-import { registerRun } from './run.js';
-import { registerSchema } from './schema.js';
-import { registerServices } from './services.js';
-import { registerStatus } from './status.js';
-import { registerOpenApi } from './openapi.js';
-import { registerToken } from './token.js';
-import { registerValidate } from './validate.js';
-
 
 // `backplane schema | head -1`: the reader has what it wanted and closed the pipe. Writing more fails with EPIPE,
 // which is no error of ours: exit quietly instead of printing a stack trace.
@@ -34,20 +19,43 @@ const program = new Command()
   .enablePositionalOptions()
   .exitOverride();
 
-registerRun(program);
-registerValidate(program);
-registerGraph(program);
-registerSchema(program);
-registerCluster(program);
-registerHosts(program);
-registerDeploy(program);
-registerServices(program);
-registerPlans(program);
-registerApps(program);
-registerNamespaces(program);
-registerStatus(program);
-registerToken(program);
-registerOpenApi(program);
+// `run` is what cron and the benchmarks start over and over: it loads only its own command (and what the agent
+// needs), not the operator commands and their API ops, whose schemas cost tens of milliseconds to build.
+const first = process.argv.slice(2).find((a) => !a.startsWith('-'));
+if (first === 'run') {
+  (await import('./run.js')).registerRun(program);
+} else {
+  const [run, validate, graph, schema, cluster, hosts, deploy, services, plans, apps, namespaces, status, token, openapi] = await Promise.all([
+    import('./run.js'),
+    import('./validate.js'),
+    import('./graph.js'),
+    import('./schema.js'),
+    import('./cluster.js'),
+    import('./hosts.js'),
+    import('./deploy.js'),
+    import('./services.js'),
+    import('./plan.js'),
+    import('./app.js'),
+    import('./namespace.js'),
+    import('./status.js'),
+    import('./token.js'),
+    import('./openapi.js'),
+  ]);
+  run.registerRun(program);
+  validate.registerValidate(program);
+  graph.registerGraph(program);
+  schema.registerSchema(program);
+  cluster.registerCluster(program);
+  hosts.registerHosts(program);
+  deploy.registerDeploy(program);
+  services.registerServices(program);
+  plans.registerPlans(program);
+  apps.registerApps(program);
+  namespaces.registerNamespaces(program);
+  status.registerStatus(program);
+  token.registerToken(program);
+  openapi.registerOpenApi(program);
+}
 
 try {
   await program.parseAsync(process.argv);

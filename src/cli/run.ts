@@ -1,4 +1,5 @@
 import { addApiFlags, apiOption, type ApiFlags } from './api-flags.js';
+import { VERSION } from '../version.js';
 import { Option, type Command } from 'commander';
 import { printJson } from './output.js';
 import { readFile } from 'node:fs/promises';
@@ -123,8 +124,13 @@ async function runCommand(flags: RunFlags): Promise<number> {
   } catch (err) {
     return reportError(err);
   }
+  // Metrics only where something can scrape them for long enough to matter: an agent that stays up. A one-shot run
+  // (--converged-timeout, --noop) still answers `backplane status` on its socket, but does not load prom-client.
+  const oneShot = flags.convergedTimeout >= 0 || flags.noop === true;
+  const metrics = api === false || (oneShot && api.tls === undefined) ? undefined : new (await import('../api/metrics.js')).Metrics({ version: VERSION });
   const agent = new Agent({
     api,
+    metrics,
     file: flags.file,
     log,
     noop: flags.noop === true,

@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { Agent, type AgentResult } from '../../src/agent/agent.js';
-import { Metrics, timedStore } from '../../src/api/metrics.js';
+import { Metrics } from '../../src/api/metrics.js';
+import { timedStore } from '../../src/api/timed-store.js';
 import { operatorContext, operatorSigner } from '../../src/cli/operator.js';
 import { keys } from '../../src/cluster/keys.js';
 import { RemoteStore } from '../../src/cluster/remote-store.js';
@@ -80,7 +81,7 @@ async function tempDir(): Promise<string> {
 async function startAgent(dir: string, graph: string, extra: Partial<ConstructorParameters<typeof Agent>[0]> = {}): Promise<{ agent: Agent; stop: () => Promise<void> }> {
   const file = join(dir, 'graph.yaml');
   await writeFile(file, graph);
-  const agent = new Agent({ file, log: createLogger({ level: 'silent' }), convergedTimeout: -1, stateDir: join(dir, 'state'), hostname: 'solo', ...extra });
+  const agent = new Agent({ file, log: createLogger({ level: 'silent' }), convergedTimeout: -1, stateDir: join(dir, 'state'), hostname: 'solo', metrics: new Metrics({ version: 'test' }), ...extra });
   const done: Promise<AgentResult> = agent.run();
   return {
     agent,
@@ -107,7 +108,7 @@ describe('metrics', { timeout: 180_000 }, () => {
 `;
     const { agent, stop } = await startAgent(dir, graph);
     try {
-      const m = agent.metrics;
+      const m = agent.metrics as Metrics;
       let s = await waitFor('the graph settled', async () => {
         const x = await scrape(m);
         return value(x, 'backplane_graph_settled') === 1 ? x : undefined;
@@ -153,7 +154,7 @@ describe('metrics', { timeout: 180_000 }, () => {
     const { agent, stop } = await startAgent(dir, 'resources:\n  - { kind: kv, name: greeting, value: hello }\n');
     try {
       const s = await waitFor('the kv value published and the graph settled', async () => {
-        const x = await scrape(agent.metrics);
+        const x = await scrape(agent.metrics as Metrics);
         return value(x, 'backplane_resources', { kind: 'kv', state: 'converged' }) === 1 && value(x, 'backplane_graph_settled') === 1 ? x : undefined;
       });
       assert.equal(value(s, 'backplane_cluster_store_up', { store: 'embedded' }), 1);
@@ -212,7 +213,7 @@ describe('metrics', { timeout: 180_000 }, () => {
     const { agent, stop } = await startAgent(dir, 'resources: []\n', { cluster: { etcd: [], cluster: 'default', labels: {}, services: true, capacity: { cpu: 4, memory: 2 ** 30 } } });
     let remote: RemoteStore | undefined;
     try {
-      const m = agent.metrics;
+      const m = agent.metrics as Metrics;
       await waitFor('this agent leads', async () => value(await scrape(m), 'backplane_controller_leader') === 1);
       // Deployed as `backplane deploy` does: a service record signed by this host, an operator (it holds the CA).
       remote = await RemoteStore.connect(stateDir);
