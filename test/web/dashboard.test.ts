@@ -24,12 +24,13 @@ import { opensslAvailable } from '../helpers/tls.js';
  * out a canary and press Promote, watching the plan finish; drain and undrain a host; a viewer sees the operator
  * buttons disabled, and a button forced on or a hand-made request is refused 403 with the server's message and
  * nothing changes; the graph of h1 with a failed resource and its error; hostile data stays text.
- * Screenshots for the README go to docs/img/dashboard-*.png.
+ * Screenshots go to a temp dir; with BACKPLANE_SCREENSHOTS=1 to docs/img/dashboard-*.png, the README's (a test run
+ * must not change tracked files).
  */
 
 const CHROMIUM = '/usr/bin/chromium';
 const skip = !etcdAvailable() ? 'etcd is not installed' : !existsSync(CHROMIUM) ? 'chromium is not installed' : !opensslAvailable() ? 'openssl is not installed' : false;
-const IMG = join(ROOT, 'docs', 'img');
+const IMG = process.env['BACKPLANE_SCREENSHOTS'] === '1' ? join(ROOT, 'docs', 'img') : join(tmpdir(), 'bp-dashboard-screenshots');
 /** A label value that would run script if it were ever parsed as HTML. */
 const HOSTILE = '<img src=x onerror="window.__pwned=1">';
 
