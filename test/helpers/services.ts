@@ -40,12 +40,16 @@ export interface AgentOptions {
   readonly args?: readonly string[];
 }
 
-/** Agents of a test share one machine: each gets ports of its own, as separate hosts would. */
-function portRange(host: string): string {
+/**
+ * Agents share one machine: each gets ports of its own, as separate hosts would. The range follows the host name and
+ * the cluster's temp dir, so two test files that both name their agent `solo` and run side by side do not hand out
+ * the same ports (an instance whose port is taken exits at start and looks like a crash loop).
+ */
+function portRange(root: string, host: string): string {
   let h = 0;
-  for (const ch of host) h = (h * 31 + ch.charCodeAt(0)) % 200;
-  const from = 21000 + h * 100;
-  return `${from}-${from + 99}`;
+  for (const ch of `${root}\0${host}`) h = (h * 31 + ch.charCodeAt(0)) % 400;
+  const from = 21000 + h * 50;
+  return `${from}-${from + 49}`;
 }
 
 export async function newCluster(root: string, etcd: readonly string[], name: string): Promise<TestCluster> {
@@ -70,7 +74,7 @@ export async function startAgent(c: TestCluster, host: string, opts: AgentOption
   const store = c.etcd.length > 0 ? ['--etcd', c.etcd.join(','), '--cluster', c.name, ...(host === 'h1' ? [] : ['--join-token-file', c.tokenFile])] : [];
   const labels = Object.entries(opts.labels ?? {}).flatMap(([k, v]) => ['--label', `${k}=${v}`]);
   const cli = startCli(
-    ['run', '-f', graph, '--hostname', host, '--state-dir', stateDir, '--capacity', opts.capacity ?? 'cpu=2,memory=1G', '--lease-ttl', opts.leaseTtl ?? '3s', '--ports', portRange(host), ...labels, ...store, ...(opts.args ?? [])],
+    ['run', '-f', graph, '--hostname', host, '--state-dir', stateDir, '--capacity', opts.capacity ?? 'cpu=2,memory=1G', '--lease-ttl', opts.leaseTtl ?? '3s', '--ports', portRange(c.root, host), ...labels, ...store, ...(opts.args ?? [])],
     { timeoutMs: opts.timeoutMs ?? 600_000 },
   );
   const agent = { host, stateDir, graph, cli };
