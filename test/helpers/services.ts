@@ -43,11 +43,13 @@ export interface AgentOptions {
 /**
  * Agents share one machine: each gets ports of its own, as separate hosts would. The range follows the host name and
  * the cluster's temp dir, so two test files that both name their agent `solo` and run side by side do not hand out
- * the same ports (an instance whose port is taken exits at start and looks like a crash loop).
+ * the same ports (an instance whose port is taken exits at start and looks like a crash loop). Ranges stay below the
+ * ephemeral ports.
  */
 function portRange(root: string, host: string): string {
   let h = 0;
-  for (const ch of `${root}\0${host}`) h = (h * 31 + ch.charCodeAt(0)) % 400;
+  // 21000-32749: below Linux's ephemeral ports (32768 and up), which any outgoing connection may take.
+  for (const ch of `${root}\0${host}`) h = (h * 31 + ch.charCodeAt(0)) % 235;
   const from = 21000 + h * 50;
   return `${from}-${from + 49}`;
 }
