@@ -1,4 +1,4 @@
-import { readFileSync, statSync } from 'node:fs';
+import { closeSync, constants as fsc, fstatSync, openSync, readFileSync } from 'node:fs';
 import { request as httpRequest, type IncomingMessage, type RequestOptions } from 'node:http';
 import { request as httpsRequest } from 'node:https';
 import { connect } from 'node:net';
@@ -103,11 +103,19 @@ function readToken(flags: ClientFlags, env: NodeJS.ProcessEnv): string {
   if (flags.tokenFile !== undefined) {
     let mode: number;
     let text: string;
+    // One descriptor for the mode check and the read (a file swapped between two lookups would pass the check), not
+    // following a symlink: the mode checked is the token file's own.
+    let fd: number | undefined;
     try {
-      mode = statSync(flags.tokenFile).mode;
-      text = readFileSync(flags.tokenFile, 'utf8');
+      fd = openSync(flags.tokenFile, fsc.O_RDONLY | fsc.O_NOFOLLOW);
+      const st = fstatSync(fd);
+      if (!st.isFile()) throw new Error('not a regular file');
+      mode = st.mode;
+      text = readFileSync(fd, 'utf8');
     } catch (err) {
-      throw new BackplaneError('E_USAGE', `cannot read the token file ${flags.tokenFile}: ${errorMessage(err)}`, { cause: err });
+      throw new BackplaneError('E_USAGE', `cannot read the token file ${flags.tokenFile}: ${errorMessage(err)}`, { cause: err, hint: 'give a regular file (not a symlink) holding the token on its first line' });
+    } finally {
+      if (fd !== undefined) closeSync(fd);
     }
     if ((mode & 0o077) !== 0) {
       throw new BackplaneError('E_USAGE', `the token file ${flags.tokenFile} is accessible by group or others (mode ${(mode & 0o777).toString(8).padStart(4, '0')})`, { hint: `chmod 600 ${flags.tokenFile}` });
