@@ -98,7 +98,7 @@ interface Prefix {
   readonly st: Stats;
   /** The whole directory is that part. */
   readonly complete: boolean;
-  /** Only root can invalidate this answer (no sticky-directory rule was needed), so it may be reused for a while. */
+  /** Only root can invalidate this answer, so it may be reused for a while (TRUST_TTL_MS). */
   readonly cacheable: boolean;
 }
 
@@ -142,7 +142,26 @@ async function computePrefix(dir: string): Promise<Prefix> {
     return { ...parent, complete: false };
   }
   if (!st.isDirectory() || !entryFixed(parent.st, st)) return { ...parent, complete: false };
-  return { path: dir, st, complete: true, cacheable: parent.cacheable && privateDir(parent.st) };
+  // Fixed by the sticky rule (a root-owned entry of /tmp) is as fixed as in a private directory: only root can
+  // chown the entry or rename it. Not caching it re-stat'ed every parent below /tmp once per file checked.
+  return { path: dir, st, complete: true, cacheable: parent.cacheable };
+}
+
+/**
+ * When nobody but root can change how `path`'s directory resolves (the whole chain was found fixed, as openParent
+ * checks it): that directory, so `${dir}/${name}` opened with O_NOFOLLOW reaches exactly what openParent's plain
+ * reference would. undefined when openParent would need a descriptor walk. The answer is shared and cached like
+ * openParent's, so 100,000 files in one directory cost one look.
+ */
+export async function plainParent(path: string): Promise<{ readonly dir: string; readonly shared: boolean } | undefined> {
+  const dir = dirname(path);
+  let pre: Prefix;
+  try {
+    pre = await stablePrefix(dir);
+  } catch {
+    return undefined;
+  }
+  return pre.complete ? { dir, shared: !privateDir(pre.st) } : undefined;
 }
 
 export interface SafePathOptions {

@@ -512,10 +512,35 @@ describe('file watch', () => {
     // The watch survives the replacement: the new file is watched too.
     await w.expect('edit after replace', () => writeFile(path, 'edited again'), path);
     await w.expect('delete', () => unlink(path), path);
-    await w.expect('re-create', () => run(res), path);
+    await w.expect('re-create', () => writeFile(path, 'x'), path);
     w.ac.abort();
     const outcome = await Promise.race([w.done.then(() => 'resolved' as const), sleep(1000).then(() => 'hung' as const)]);
     assert.equal(outcome, 'resolved');
+  });
+
+  test('its own write is no event (checked once, not twice); a change by someone else just after it is', async () => {
+    const dir = await fresh();
+    const path = join(dir, 'echo');
+    const res = make({ path, content: 'mine\n', mode: '0644' });
+    const events: string[] = [];
+    const ac = new AbortController();
+    controllers.push(ac);
+    let ready: () => void = () => undefined;
+    const watching = new Promise<void>((resolve) => (ready = resolve));
+    const saw = new Promise<void>((resolve) => {
+      void res.watch?.({ signal: ac.signal, ready, changed: (r) => (events.push(r), resolve()), log });
+    });
+    await watching;
+    assert.equal((await run(res)).converged, false, 'the first run writes the file');
+    assert.equal(await readFile(path, 'utf8'), 'mine\n');
+    // The rename's own inotify event arrives within milliseconds; it must not come through as drift.
+    await sleep(300);
+    assert.deepEqual(events, [], 'the write of the resource itself woke its watch');
+    // Rewritten by someone else at once (same size, inside the echo window): that must still be seen.
+    await writeFile(path, 'THEM\n');
+    const outcome = await Promise.race([saw.then(() => 'fired' as const), sleep(2000).then(() => 'timeout' as const)]);
+    assert.equal(outcome, 'fired', 'a change by another writer right after our write was taken for our echo');
+    ac.abort();
   });
 
   test('fires when a file that must be absent appears, also below a missing directory', async () => {
