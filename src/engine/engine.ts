@@ -1,4 +1,3 @@
-import { setMaxListeners } from 'node:events';
 import { BackplaneError, errorMessage } from '../errors.js';
 import type { KindRegistry } from '../graph/build.js';
 import type { Graph, Vertex } from '../graph/graph.js';
@@ -78,8 +77,6 @@ export class Engine implements WorkerHost {
       ...(opts.cluster === undefined ? {} : { cluster: opts.cluster }),
       ...(opts.services === undefined ? {} : { services: opts.services }),
     };
-    // Every worker listens on the root signal; thousands of listeners are by design, not a leak.
-    setMaxListeners(0, this.root.signal);
     this.global = opts.parallel !== undefined && opts.parallel > 0 ? new Semaphore(opts.parallel) : undefined;
     this.metrics = opts.metrics;
     opts.metrics?.observeEngine(() => this.countStates(), () => this.settled);
@@ -162,7 +159,7 @@ export class Engine implements WorkerHost {
       const message = errorMessage(err, v.id);
       resource = { checkApply: () => Promise.reject(new BackplaneError('E_APPLY', `could not be created: ${message}`, { resource: v.id })) };
     }
-    const w = new Worker(v, resource, this, log, this.root.signal, this.metrics?.forKind(v.kind));
+    const w = new Worker(v, resource, this, log, this.metrics?.forKind(v.kind));
     this.workers.set(v.id, w);
     this.active++; // workers start pending
     w.start();
@@ -285,7 +282,10 @@ export class Engine implements WorkerHost {
 
   /** Aborts all in-flight work and watches; resolves when every worker has stopped. */
   async stop(): Promise<void> {
-    this.root.abort(new BackplaneError('E_ABORTED', 'agent stopping'));
+    const reason = new BackplaneError('E_ABORTED', 'agent stopping');
+    this.root.abort(reason);
+    // Every worker's work and watch abort now, also while a swap is still stopping the ones it replaces.
+    for (const w of this.workers.values()) w.abort(reason);
     await this.swapping;
     await Promise.all([...this.workers.values()].map((w) => w.stop('shutdown')));
   }

@@ -1,4 +1,3 @@
-import { setTimeout as sleep } from 'node:timers/promises';
 import { BackplaneError, errorMessage } from '../errors.js';
 import type { Vertex } from '../graph/graph.js';
 import type { Logger } from '../log.js';
@@ -29,10 +28,31 @@ const OSCILLATION_CHANGES = 20;
 const OSCILLATION_WINDOW_MS = 2000;
 const OSCILLATION_HOLD_MS = 60_000;
 
+/** A resource's log lines under its id: one small object per worker, no closures (100,000 workers idle in memory). */
+class ResourceLines implements ResourceLog {
+  constructor(private readonly l: Logger) {}
+  change(m: string): void {
+    this.l.info(m);
+  }
+  info(m: string, f?: Record<string, unknown>): void {
+    this.l.info(m, f);
+  }
+  warn(m: string, f?: Record<string, unknown>): void {
+    this.l.warn(m, f);
+  }
+  debug(m: string, f?: Record<string, unknown>): void {
+    this.l.debug(m, f);
+  }
+}
+
 /**
  * One worker per vertex: it owns the resource's watch and runs its check/apply whenever something marked it dirty
  * (its watch, a dependency that changed, a notify, a poll tick) and all its dependencies are converged.
  * Events that arrive while it runs are coalesced into exactly one more run.
+ *
+ * Event-driven, not a loop: every event calls step(), which starts a run when one is owed and allowed, and an idle
+ * worker holds no pending promise, timer or listener of its own — an agent managing 100,000 resources keeps 100,000
+ * of these in memory doing nothing until something changes.
  */
 export class Worker {
   state: VertexState = 'pending';
@@ -49,16 +69,25 @@ export class Worker {
   /** The vertex last settled as converged (not failed or blocked): a change made now is a repair of drift. */
   private wasConverged = false;
   /** When recent runs woken by the watch alone changed something: a fight shows as many of them close together. */
-  private watchChanges: number[] = [];
+  private watchChanges: number[] | undefined;
   /** Held after an oscillation: runs only once the hold ends or the graph is swapped (release()). */
   private holdTimer: NodeJS.Timeout | undefined;
   private lastError: string | undefined;
   private blockedBy: Vertex['id'] | undefined;
   private noopResult: CheckResult | undefined;
-  private wakeUp: (() => void) | undefined;
+  /** The check/apply (with its retry delay) in progress. */
+  private inflight: Promise<void> | undefined;
+  /** step() is on the stack: a nested call (a state listener poking back) only asks for one more pass. */
+  private stepping = false;
+  private stepAgain = false;
+  /** A rate-limit wait, a poll interval or a watch restart back-off. */
+  private timer: NodeJS.Timeout | undefined;
+  /** The retry delay inside a run: ended early by stop(). */
+  private pause: { timer: NodeJS.Timeout; resolve: () => void } | undefined;
+  /** The resource's watch, while it runs (resolves once it ended after stop()). */
+  private watching: Promise<void> | undefined;
   private readonly ac = new AbortController();
   private readonly resLog: ResourceLog;
-  private done: Promise<void> | undefined;
   /** meta.limit/burst: check/apply runs are rate limited (engine policy, never the kind's). */
   private readonly limiter: TokenBucket | undefined;
 
@@ -67,19 +96,11 @@ export class Worker {
     private readonly resource: Resource,
     private readonly host: WorkerHost,
     private readonly log: Logger,
-    parent: AbortSignal,
     private readonly metrics?: KindMetrics,
   ) {
-    parent.addEventListener('abort', () => this.ac.abort(parent.reason), { once: true, signal: this.ac.signal });
     const { limit, burst } = vertex.meta;
     this.limiter = limit === undefined ? undefined : new TokenBucket(limit, burst ?? 1);
-    const l = log;
-    this.resLog = {
-      change: (m) => l.info(m),
-      info: (m, f) => l.info(m, f),
-      warn: (m, f) => l.warn(m, f),
-      debug: (m, f) => l.debug(m, f),
-    };
+    this.resLog = new ResourceLines(log);
   }
 
   get id(): Vertex['id'] {
@@ -87,7 +108,8 @@ export class Worker {
   }
 
   start(): void {
-    this.done = Promise.all([this.watchLoop(), this.runLoop()]).then(() => undefined);
+    this.startWatch();
+    this.step();
   }
 
   /** Something changed that this vertex must re-check (refresh: a notify edge fired). */
@@ -104,7 +126,7 @@ export class Worker {
     if (this.state === 'failed') this.attempts = 0;
     // Become active synchronously, so the engine never sees a settled graph between a change and its re-run.
     if (this.state === 'converged' || this.state === 'failed' || this.state === 'blocked') this.setState('pending');
-    this.wake();
+    this.step();
   }
 
   /** Ends an oscillation hold (the graph was swapped: the fight may be over): a run follows if one is owed. */
@@ -112,7 +134,7 @@ export class Worker {
     if (this.holdTimer === undefined) return;
     clearTimeout(this.holdTimer);
     this.holdTimer = undefined;
-    this.watchChanges = [];
+    this.watchChanges = undefined;
     this.outsideCause = true;
     if (this.dirty) this.poke(false, 'oscillation hold ended');
   }
@@ -125,11 +147,12 @@ export class Worker {
    */
   private oscillating(): boolean {
     const now = Date.now();
-    this.watchChanges = this.watchChanges.filter((t) => now - t < OSCILLATION_WINDOW_MS);
-    this.watchChanges.push(now);
-    if (this.watchChanges.length < OSCILLATION_CHANGES) return false;
-    const n = this.watchChanges.length;
-    this.watchChanges = [];
+    const recent = (this.watchChanges ?? []).filter((t) => now - t < OSCILLATION_WINDOW_MS);
+    recent.push(now);
+    this.watchChanges = recent;
+    if (recent.length < OSCILLATION_CHANGES) return false;
+    const n = recent.length;
+    this.watchChanges = undefined;
     this.lastError = new BackplaneError(
       'E_OSCILLATION',
       `oscillating: changed ${n} times in ${OSCILLATION_WINDOW_MS / 1000}s on nothing but its own watch events; something else keeps changing what it manages`,
@@ -146,9 +169,7 @@ export class Worker {
 
   /** Re-evaluate (a neighbour's state changed). */
   wake(): void {
-    const w = this.wakeUp;
-    this.wakeUp = undefined;
-    w?.();
+    this.step();
   }
 
   status(): VertexStatus {
@@ -165,11 +186,25 @@ export class Worker {
     };
   }
 
+  /** Aborts in-flight work and the watch at once (the engine stopping); stop() then waits for them. */
+  abort(reason: unknown): void {
+    if (this.ac.signal.aborted) return;
+    this.ac.abort(reason);
+    if (this.timer !== undefined) clearTimeout(this.timer);
+    this.timer = undefined;
+    if (this.holdTimer !== undefined) clearTimeout(this.holdTimer);
+    const pause = this.pause;
+    this.pause = undefined;
+    if (pause !== undefined) {
+      clearTimeout(pause.timer);
+      pause.resolve();
+    }
+  }
+
   /** Stop watching and working; resolves when in-flight work has finished or aborted. */
   async stop(reason: CloseReason): Promise<void> {
-    this.ac.abort(new BackplaneError('E_ABORTED', reason === 'shutdown' ? 'agent stopping' : `resource ${reason}`));
-    this.wake();
-    await this.done;
+    this.abort(new BackplaneError('E_ABORTED', reason === 'shutdown' ? 'agent stopping' : `resource ${reason}`));
+    await Promise.all([this.inflight, this.watching]);
     try {
       await this.resource.close?.(reason);
     } catch (err) {
@@ -187,47 +222,69 @@ export class Worker {
     this.host.stateChanged(this, prev);
   }
 
-  private sleepUntilWoken(): Promise<void> {
-    return new Promise<void>((resolve) => {
-      this.wakeUp = resolve;
+  /** Starts a run when one is owed and allowed; otherwise settles the state that says why not. */
+  private step(): void {
+    if (this.stepping) {
+      this.stepAgain = true;
+      return;
+    }
+    this.stepping = true;
+    try {
+      do {
+        this.stepAgain = false;
+        this.stepOnce();
+      } while (this.stepAgain);
+    } finally {
+      this.stepping = false;
+    }
+  }
+
+  private stepOnce(): void {
+    if (this.ac.signal.aborted || this.inflight !== undefined || this.timer !== undefined) return;
+    if (!this.dirty || !this.watchReady || this.holdTimer !== undefined) {
+      if (this.dirty && this.holdTimer === undefined && this.state !== 'pending') this.setState('pending');
+      return;
+    }
+    const gate = this.host.dependencyGate(this);
+    if (gate.gate === 'blocked') {
+      this.blockedBy = gate.by;
+      this.setState('blocked');
+      return;
+    }
+    if (gate.gate === 'wait') {
+      this.setState('pending');
+      return;
+    }
+    const wait = this.limiter?.waitMs() ?? 0;
+    if (wait > 0) {
+      // Over its rate limit: wait for a token, then look at the gate again (it may have changed meanwhile).
+      // Events arriving now only keep `dirty` set, so they all become the one run after the wait.
+      this.log.debug(`rate limit: next run in ${formatDuration(wait)}`);
+      this.timer = setTimeout(() => {
+        this.timer = undefined;
+        this.step();
+      }, wait);
+      return;
+    }
+    this.limiter?.take();
+    const run = this.runOnce(this.ac.signal);
+    this.inflight = run;
+    void run.finally(() => {
+      if (this.inflight === run) this.inflight = undefined;
+      this.step();
     });
   }
 
-  private async runLoop(): Promise<void> {
-    const signal = this.ac.signal;
-    while (!signal.aborted) {
-      if (!this.dirty || !this.watchReady || this.holdTimer !== undefined) {
-        if (this.dirty && this.holdTimer === undefined && this.state !== 'pending') this.setState('pending');
-        await this.sleepUntilWoken();
-        continue;
-      }
-      const gate = this.host.dependencyGate(this);
-      if (gate.gate === 'blocked') {
-        this.blockedBy = gate.by;
-        this.setState('blocked');
-        await this.sleepUntilWoken();
-        continue;
-      }
-      if (gate.gate === 'wait') {
-        this.setState('pending');
-        await this.sleepUntilWoken();
-        continue;
-      }
-      const wait = this.limiter?.waitMs() ?? 0;
-      if (wait > 0) {
-        // Over its rate limit: wait for a token, then look at the gate again (it may have changed meanwhile).
-        // Events arriving now only keep `dirty` set, so they all become the one run after the wait.
-        this.log.debug(`rate limit: next run in ${formatDuration(wait)}`);
-        try {
-          await sleep(wait, undefined, { signal });
-        } catch {
-          return;
-        }
-        continue;
-      }
-      this.limiter?.take();
-      await this.runOnce(signal);
-    }
+  /** Waits `ms` (a retry delay); false when stop() ended the wait. */
+  private sleep(ms: number): Promise<boolean> {
+    if (this.ac.signal.aborted) return Promise.resolve(false);
+    return new Promise<boolean>((resolve) => {
+      const timer = setTimeout(() => {
+        this.pause = undefined;
+        resolve(!this.ac.signal.aborted);
+      }, ms);
+      this.pause = { timer, resolve: () => resolve(false) };
+    });
   }
 
   private async runOnce(signal: AbortSignal): Promise<void> {
@@ -289,11 +346,7 @@ export class Worker {
         this.log.warn(
           `failed (attempt ${this.attempts}${retry === -1 ? '' : ` of ${retry + 1}`}), retrying in ${formatDuration(delay)}: ${this.lastError}`,
         );
-        try {
-          await sleep(delay, undefined, { signal });
-        } catch {
-          return;
-        }
+        if (!(await this.sleep(delay))) return;
         this.dirty = true;
         return;
       }
@@ -309,29 +362,38 @@ export class Worker {
     }
   }
 
-  private async watchLoop(): Promise<void> {
-    const signal = this.ac.signal;
+  private startWatch(): void {
     const poll = this.vertex.meta.poll;
     if (poll > 0) {
       this.markReady();
-      while (!signal.aborted) {
-        try {
-          await sleep(poll, undefined, { signal });
-        } catch {
-          return;
-        }
-        this.poke(false, 'poll', false, true);
-      }
+      const tick = (): void => {
+        this.timerPoll = setTimeout(() => {
+          this.timerPoll = undefined;
+          if (this.ac.signal.aborted) return;
+          this.poke(false, 'poll', false, true);
+          tick();
+        }, poll);
+      };
+      tick();
+      this.ac.signal.addEventListener('abort', () => clearTimeout(this.timerPoll), { once: true });
       return;
     }
     if (this.resource.watch === undefined) {
       this.markReady();
       return;
     }
-    let backoff = 500;
-    while (!signal.aborted) {
-      try {
-        await this.resource.watch({
+    this.runWatch(500);
+  }
+
+  private timerPoll: NodeJS.Timeout | undefined;
+
+  /** Runs the resource's watch; one that ends or fails before stop() is restarted after a growing back-off. */
+  private runWatch(backoff: number): void {
+    const signal = this.ac.signal;
+    let watch: Promise<void>;
+    try {
+      watch =
+        this.resource.watch?.({
           signal,
           ready: () => this.markReady(),
           changed: (reason) => {
@@ -339,27 +401,38 @@ export class Worker {
             this.poke(false, reason, true);
           },
           log: this.resLog,
-        });
+        }) ?? Promise.resolve();
+    } catch (err) {
+      watch = Promise.reject(err instanceof Error ? err : new Error(String(err)));
+    }
+    this.watching = watch.then(
+      () => {
         if (signal.aborted) return;
         this.log.warn('watch ended unexpectedly; restarting it');
-      } catch (err) {
+        this.restartWatch(backoff);
+      },
+      (err: unknown) => {
         if (signal.aborted) return;
         this.log.warn(`watch failed, restarting in ${formatDuration(backoff)}: ${errorMessage(err)}`);
-      }
-      try {
-        await sleep(backoff, undefined, { signal });
-      } catch {
-        return;
-      }
-      backoff = Math.min(backoff * 2, WATCH_RESTART_MAX_MS);
+        this.restartWatch(backoff);
+      },
+    );
+  }
+
+  private restartWatch(backoff: number): void {
+    this.watching = undefined;
+    const watchTimer = setTimeout(() => {
+      if (this.ac.signal.aborted) return;
       // Changes may have been missed while the watch was down.
       this.poke(false, 'watch restarted');
-    }
+      this.runWatch(Math.min(backoff * 2, WATCH_RESTART_MAX_MS));
+    }, backoff);
+    this.ac.signal.addEventListener('abort', () => clearTimeout(watchTimer), { once: true });
   }
 
   private markReady(): void {
     if (this.watchReady) return;
     this.watchReady = true;
-    this.wake();
+    this.step();
   }
 }

@@ -58,7 +58,8 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
       for (const e of issuesToErrors(params.error.issues, id, (p) => r.locate(p), 'parameter', Object.keys(schemaShape(kind.schema))))
         errors.push(e);
     }
-    const meta = metaSchema.safeParse(r.meta);
+    // Most resources declare no meta: they share one frozen default instead of 100,000 equal copies.
+    const meta = r.meta === undefined ? DEFAULT_META : metaSchema.safeParse(r.meta);
     if (!meta.success) {
       for (const e of issuesToErrors(meta.error.issues, id, (p) => r.locateMeta(p), 'meta', Object.keys(schemaShape(metaSchema))))
         errors.push(e);
@@ -79,7 +80,7 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
       vertices.delete(id);
       continue;
     }
-    vertices.set(id, vertex(id, r, params.data, meta.data, canonicalJson({ k: r.kind, p: params.data, m: meta.data })));
+    vertices.set(id, vertex(id, r, params.data, meta.data, undefined));
     kindOf.set(id, kind);
   }
 
@@ -192,18 +193,35 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
  * graph, every error, every edge) alive as long as the vertex lives. The location is lazy because finding a line
  * means parsing the file for positions, which only errors and `graph` output need.
  */
-function vertex(id: ResourceId, r: RawResource, params: unknown, meta: Meta, fingerprint: string): Vertex {
+function vertex(id: ResourceId, r: RawResource, params: unknown, meta: Meta, fingerprint: string | undefined): Vertex {
+  const kind = r.kind;
+  // Computed when first asked for (a graph swap compares them): a one-shot run never needs one, and a string per
+  // resource holding its whole definition again was a good part of an idle agent's memory.
+  let fp = fingerprint;
   return {
     id,
-    kind: r.kind,
+    kind,
     name: r.name,
     params,
     meta,
     get loc() {
       return r.loc;
     },
-    fingerprint,
+    get fingerprint() {
+      return (fp ??= canonicalJson({ k: kind, p: params, m: meta }));
+    },
   };
+}
+
+/** The meta of a resource that declares none: frozen, since every such vertex shares it. */
+const DEFAULT_META = { success: true as const, data: deepFreeze(metaSchema.parse(undefined)) };
+
+function deepFreeze<T>(v: T): T {
+  if (v !== null && typeof v === 'object') {
+    for (const c of Object.values(v)) deepFreeze(c);
+    Object.freeze(v);
+  }
+  return v;
 }
 
 /**

@@ -52,24 +52,21 @@ export class Graph {
   ) {
     this.vertices = vertices;
     this.edges = edges;
-    for (const id of vertices.keys()) {
-      this.outEdges.set(id, []);
-      this.inEdges.set(id, []);
-    }
+    // Only vertices with edges get lists: two empty arrays per resource were 100,000s of objects in a big graph.
     for (const e of edges) {
-      this.outEdges.get(e.from)?.push(e);
-      this.inEdges.get(e.to)?.push(e);
+      if (vertices.has(e.from)) push(this.outEdges, e.from, e);
+      if (vertices.has(e.to)) push(this.inEdges, e.to, e);
     }
   }
 
   /** Edges leaving `id`: the resources that depend on it. */
   dependents(id: ResourceId): readonly Edge[] {
-    return this.outEdges.get(id) ?? [];
+    return this.outEdges.get(id) ?? NO_EDGES;
   }
 
   /** Edges entering `id`: the resources it depends on. */
   dependencies(id: ResourceId): readonly Edge[] {
-    return this.inEdges.get(id) ?? [];
+    return this.inEdges.get(id) ?? NO_EDGES;
   }
 
   /** Kahn's order; stable with respect to declaration order. The builder guarantees there is no cycle. */
@@ -102,4 +99,12 @@ export class Graph {
     }
     return seen;
   }
+}
+
+const NO_EDGES: readonly Edge[] = Object.freeze([]);
+
+function push(map: Map<ResourceId, Edge[]>, id: ResourceId, e: Edge): void {
+  const list = map.get(id);
+  if (list === undefined) map.set(id, [e]);
+  else list.push(e);
 }
