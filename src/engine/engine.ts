@@ -11,6 +11,9 @@ import { Semaphore, SemaphoreSet } from '../util/semaphore.js';
 import { ACTIVE_STATES, type ConvergeSummary, type VertexState, type VertexStatus } from './state.js';
 import { Worker, type WorkerHost } from './worker.js';
 
+/** Workers started per event-loop turn when a graph is swapped in (see swap). */
+const START_SLICE = 500;
+
 export interface EngineOptions {
   readonly registry: KindRegistry;
   readonly log: Logger;
@@ -54,6 +57,8 @@ export class Engine implements WorkerHost {
   private readonly registry: KindRegistry;
   private provided = new Set<string>();
   private active = 0;
+  /** A swap is still starting workers: not settled, whatever the started ones are doing. */
+  private starting = 0;
   private readonly listeners = new Set<EngineListener>();
   private readonly settleListeners = new Set<(settled: boolean) => void>();
   private readonly changeListeners = new Set<(id: ResourceId) => void>();
@@ -110,10 +115,24 @@ export class Engine implements WorkerHost {
     this.provided = this.providedKeys(next);
     const added: ResourceId[] = [];
     const changedSet = new Set(changed);
-    for (const v of next.vertices.values()) {
-      if (this.workers.has(v.id)) continue;
-      if (!changedSet.has(v.id)) added.push(v.id);
-      this.startWorker(v);
+    // Started in slices, giving the event loop back between them: the first resources check and apply while the
+    // rest are still being set up, so a 100,000-resource graph changes its first file in well under a second
+    // instead of after every worker, watch and descriptor exists. Meanwhile the engine does not count as settled.
+    this.starting++;
+    try {
+      let slice = 0;
+      for (const v of next.vertices.values()) {
+        if (this.workers.has(v.id)) continue;
+        if (!changedSet.has(v.id)) added.push(v.id);
+        this.startWorker(v);
+        if (++slice >= START_SLICE) {
+          slice = 0;
+          await new Promise<void>((resolve) => setImmediate(resolve));
+          if (this.root.signal.aborted) break;
+        }
+      }
+    } finally {
+      this.starting--;
     }
     // Resources whose dependencies changed, and everything downstream of a changed or new resource, re-run.
     const roots = new Set<ResourceId>([...changed, ...added]);
@@ -180,7 +199,11 @@ export class Engine implements WorkerHost {
     let waiting = false;
     for (const e of this.graph?.dependencies(w.id) ?? []) {
       const dep = this.workers.get(e.from);
-      if (dep === undefined) continue;
+      if (dep === undefined) {
+        // Not started yet (a swap starts workers in slices): it will wake us when it settles.
+        if (this.graph?.vertices.has(e.from) === true) waiting = true;
+        continue;
+      }
       if (dep.state === 'failed' || dep.state === 'blocked') return { gate: 'blocked', by: dep.id };
       if (dep.state !== 'converged') waiting = true;
     }
@@ -221,7 +244,7 @@ export class Engine implements WorkerHost {
 
   /** True when nothing is pending, running or retrying: every vertex is converged, failed or blocked. */
   get settled(): boolean {
-    return this.graph !== undefined && this.active === 0;
+    return this.graph !== undefined && this.active === 0 && this.starting === 0;
   }
 
   private checkSettled(): void {

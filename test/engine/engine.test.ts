@@ -268,4 +268,44 @@ resources:
       }
     });
   });
+
+  test('a big graph starts in slices: work begins before the last worker exists, order and settling still hold', async () => {
+    const { world, engine, graph, settled } = setup();
+    // The first resource depends on the last one: it is started slices before its dependency exists.
+    const n = 1600;
+    const lines = ['resources:', `  - { kind: probe, name: r0, require: [probe:r${n - 1}] }`];
+    for (let i = 1; i < n; i++) lines.push(`  - { kind: probe, name: r${i} }`);
+    const g = graph(lines.join('\n') + '\n');
+    let settledEarly = false;
+    const off = engine.onSettledChange((s) => {
+      if (s && engine.status().length < n) settledEarly = true;
+    });
+    let startedWhenFirstRan: number | undefined;
+    const offState = engine.onState((e) => {
+      if (startedWhenFirstRan === undefined && e.state === 'converged') startedWhenFirstRan = engine.status().length;
+    });
+    await engine.setGraph(g);
+    await settled(30_000);
+    off();
+    offState();
+    assert.equal(settledEarly, false, 'the engine settled while workers were still being started');
+    assert.ok(startedWhenFirstRan !== undefined && startedWhenFirstRan < n, `the first resource converged only once all ${n} workers existed`);
+    const depDone = world.of(`r${n - 1}`, 'done')[0]?.t ?? NaN;
+    const r0Start = world.of('r0', 'check')[0]?.t ?? NaN;
+    assert.ok(r0Start >= depDone, 'r0 ran before its dependency (started in a later slice) was done');
+    assert.equal(engine.summary().converged, n);
+    await engine.stop();
+
+    // Independent resources that converge at once: every slice settles before the next one starts.
+    const again = setup();
+    let early = false;
+    again.engine.onSettledChange((s) => {
+      if (s && again.engine.status().length < n) early = true;
+    });
+    await again.engine.setGraph(again.graph(['resources:', ...Array.from({ length: n }, (_, i) => `  - { kind: probe, name: q${i} }`)].join('\n') + '\n'));
+    await again.settled(30_000);
+    assert.equal(early, false, 'the engine said it was settled while workers were still being started');
+    assert.equal(again.engine.summary().converged, n);
+    await again.engine.stop();
+  });
 });
