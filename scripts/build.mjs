@@ -1,15 +1,103 @@
-// One bundled file for the CLI: Node resolves and compiles a single module instead of hundreds (zod alone is
-// ~90 ms of module loading), which halves start-up — and start-up is paid on every cron-style run.
+// The CLI is one bundled script with a V8 code cache made here: start-up is paid on every cron-style run, and Node
+// 20 otherwise parses and compiles the whole bundle on every start (src/cli/launcher.ts explains the trust rules).
+//
+//   dist/backplane.mjs         the launcher (bin/backplane.js imports it): compiles the bundle with its cache
+//   dist/backplane-cli.js      the CLI: one classic script (a function the launcher calls), ASCII, build id at its end
+//   dist/backplane-cli.cache   its code cache, made by a training run (scripts/train-code-cache.mjs)
+//   dist/*.mjs, dist/chunks/   worker threads' and backplane members' entries: ES modules, as before
+//   dist/web/                  the dashboard
 import { build } from 'esbuild';
-
-import { copyFile, rm } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { copyFile, mkdir, rm, writeFile } from 'node:fs/promises';
 
 await rm('dist', { recursive: true, force: true });
+await mkdir('dist');
+
+// Every module of the CLI, scope-hoisted into one function: (exports, require, module, __filename, __dirname, url,
+// resolve, importModule) => void. A classic script because V8 code caches exist only for scripts in Node 20; a
+// function so the launcher hands it what an ES module had (import.meta.url, import.meta.resolve, import()).
+const cli = await build({
+  entryPoints: ['src/cli/main.ts'],
+  outfile: 'dist/backplane-cli.js',
+  bundle: true,
+  platform: 'node',
+  format: 'cjs',
+  target: 'node20',
+  // Half the bytes to read, hold and hash; names are kept (stack traces stay readable), and the source map is beside.
+  minifyWhitespace: true,
+  minifySyntax: true,
+  legalComments: 'external',
+  sourcemap: 'linked',
+  logLevel: 'warning',
+  write: false,
+  metafile: true,
+  // tsx registers its own loader by file URL, so it must stay a real package, loaded only for TypeScript graphs.
+  // etcd3 loads its .proto files at run time relative to its own __dirname, which a bundle does not have.
+  external: ['tsx', 'tsx/*', 'etcd3'],
+  define: { 'import.meta.url': '__bpUrl', 'import.meta.resolve': '__bpResolve' },
+  // A script that came out of a code cache cannot run import() in Node 20 (the callback is lost): every import() in
+  // the bundle becomes require() of a bundled module or of a CommonJS package, and the one import of a module outside
+  // the bundle (src/util/import-module.ts) calls the launcher's own import().
+  supported: { 'dynamic-import': false },
+  plugins: [
+    {
+      name: 'launcher-import',
+      setup(b) {
+        b.onLoad({ filter: /[\\/]src[\\/]util[\\/]import-module\.ts$/ }, () => ({
+          contents: 'export function importModule(url) { return __bpImport(url); }',
+          loader: 'js',
+        }));
+      },
+    },
+  ],
+  banner: { js: '(function (exports, require, module, __filename, __dirname, __bpUrl, __bpResolve, __bpImport) {' },
+  footer: { js: '})' },
+});
+if (cli.warnings.length > 0) throw new Error(`the CLI bundle built with ${cli.warnings.length} warning(s): fix them (an import.meta or import() the bundle cannot keep, most likely)`);
+for (const [file, input] of Object.entries(cli.metafile.inputs)) {
+  for (const imp of input.imports) {
+    // import('pkg') of an external package would become require('pkg'): wrong for a package that is an ES module.
+    if (imp.kind === 'dynamic-import' && imp.external === true) throw new Error(`${file}: import('${imp.path}') of a module outside the CLI bundle: use importModule (src/util/import-module.ts)`);
+  }
+}
+for (const out of cli.outputFiles) {
+  if (!out.path.endsWith('.js')) {
+    await writeFile(out.path, out.contents);
+    continue;
+  }
+  // ASCII, so the launcher reads it as a one-byte string without decoding. esbuild escapes strings; what is left is
+  // in regular expression literals, where \uXXXX means the same character.
+  const text = out.text.replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  const id = createHash('sha256').update(text).digest('hex');
+  await writeFile(out.path, `${text}\n//# backplane-build=${id}\n`);
+  // The cache: the bundle run once on a small graph of files, then V8's code for every function that ran.
+  const train = spawnSync(process.execPath, ['scripts/train-code-cache.mjs', out.path, out.path.replace(/\.js$/, '.cache'), id], {
+    // Only V8 flags the agent itself starts with: a cache made under other flags would be rejected at every start.
+    env: Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS')),
+    stdio: ['ignore', 'pipe', 'pipe'],
+    encoding: 'utf8',
+  });
+  // No cache is a slow start, not a broken CLI (the launcher compiles from source): the build goes on, loudly, and
+  // test/cli/startup.test.ts fails until the training run passes again.
+  if (train.status !== 0) console.warn(`WARNING: no code cache, the CLI will start slowly: its training run failed (exit ${train.status ?? train.signal}):\n${train.stdout}${train.stderr}`);
+}
+
+await build({
+  entryPoints: { backplane: 'src/cli/launcher.ts' },
+  outdir: 'dist',
+  outExtension: { '.js': '.mjs' },
+  bundle: true,
+  platform: 'node',
+  format: 'esm',
+  target: 'node20',
+  logLevel: 'warning',
+});
+
 await build({
   // The graph module worker is its own entry: a worker thread starts from a file (src/frontends/typescript.ts).
   // Each shipped backplane's member runs as an instance's task: a file of its own (dist/backplanes/<kind>/member.mjs).
   entryPoints: {
-    backplane: 'src/cli/main.ts',
     'graph-module-worker': 'src/frontends/module-worker.ts',
     'backplane-react-worker': 'src/backplanes/react-worker.ts',
     'backplanes/redis/member': 'src/backplanes/redis/member.ts',
@@ -17,7 +105,6 @@ await build({
   },
   outdir: 'dist',
   outExtension: { '.js': '.mjs' },
-  // The etcd client (gRPC) is big and only needed in a cluster: dynamic imports become chunks loaded on demand.
   splitting: true,
   chunkNames: 'chunks/[name]-[hash]',
   bundle: true,
@@ -26,8 +113,6 @@ await build({
   target: 'node20',
   sourcemap: 'linked',
   logLevel: 'warning',
-  // tsx registers its own loader by file URL, so it must stay a real package, loaded only for TypeScript graphs.
-  // etcd3 loads its .proto files at run time relative to its own __dirname, which a bundle does not have.
   external: ['tsx', 'tsx/*', 'etcd3'],
   // Some dependencies are CommonJS and call require(); give them one in the ESM bundle.
   banner: { js: "import { createRequire as __bpCreateRequire } from 'node:module'; const require = __bpCreateRequire(import.meta.url);" },

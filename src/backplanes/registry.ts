@@ -14,6 +14,7 @@ import { dirname, isAbsolute, join, resolve } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { existsSync } from 'node:fs';
 import { BackplaneError, errorMessage } from '../errors.js';
+import { importModule } from '../util/import-module.js';
 import type { BackplaneDefinition, ExpandEnv } from './sdk.js';
 import { SHIPPED } from './shipped.js';
 
@@ -88,7 +89,7 @@ export async function loadBackplane(ref: ModuleRef): Promise<BackplaneDefinition
   } else {
     await checkTrusted(ref.file);
     try {
-      mod = (await import(pathToFileURL(ref.file).href)) as { default?: unknown };
+      mod = (await importModule(pathToFileURL(ref.file).href)) as { default?: unknown };
     } catch (err) {
       throw new BackplaneError('E_SCHEMA', `the ${ref.kind} backplane (${ref.file}) failed to load: ${errorMessage(err)}`, { hint: 'fix the module; nothing else is affected' });
     }

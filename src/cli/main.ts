@@ -10,61 +10,71 @@ process.stdout.on('error', (err: NodeJS.ErrnoException) => {
   throw err;
 });
 
-const program = new Command()
-  .name('backplane')
-  .description('Parallel, event-driven configuration management: apply a resource graph and keep it converged.')
-  .version(VERSION)
-  .showHelpAfterError('(run with --help for usage)')
-  // A command's options are its own, never its parent's (`hosts` has options and subcommands with the same names).
-  .enablePositionalOptions()
-  .exitOverride();
+/**
+ * No top-level await: the bundle of the CLI is compiled as one classic script so that V8 can take it from a code
+ * cache (scripts/build.mjs, src/cli/launcher.ts), and a script cannot await at its top.
+ */
+async function main(): Promise<void> {
+  const program = new Command()
+    .name('backplane')
+    .description('Parallel, event-driven configuration management: apply a resource graph and keep it converged.')
+    .version(VERSION)
+    .showHelpAfterError('(run with --help for usage)')
+    // A command's options are its own, never its parent's (`hosts` has options and subcommands with the same names).
+    .enablePositionalOptions()
+    .exitOverride();
 
-// `run` is what cron and the benchmarks start over and over: it loads only its own command (and what the agent
-// needs), not the operator commands and their API ops, whose schemas cost tens of milliseconds to build.
-const first = process.argv.slice(2).find((a) => !a.startsWith('-'));
-if (first === 'run') {
-  (await import('./run.js')).registerRun(program);
-} else {
-  const [run, validate, graph, schema, cluster, hosts, deploy, services, plans, apps, namespaces, status, token, openapi] = await Promise.all([
-    import('./run.js'),
-    import('./validate.js'),
-    import('./graph.js'),
-    import('./schema.js'),
-    import('./cluster.js'),
-    import('./hosts.js'),
-    import('./deploy.js'),
-    import('./services.js'),
-    import('./plan.js'),
-    import('./app.js'),
-    import('./namespace.js'),
-    import('./status.js'),
-    import('./token.js'),
-    import('./openapi.js'),
-  ]);
-  run.registerRun(program);
-  validate.registerValidate(program);
-  graph.registerGraph(program);
-  schema.registerSchema(program);
-  cluster.registerCluster(program);
-  hosts.registerHosts(program);
-  deploy.registerDeploy(program);
-  services.registerServices(program);
-  plans.registerPlans(program);
-  apps.registerApps(program);
-  namespaces.registerNamespaces(program);
-  status.registerStatus(program);
-  token.registerToken(program);
-  openapi.registerOpenApi(program);
-}
-
-try {
-  await program.parseAsync(process.argv);
-} catch (err) {
-  if (err instanceof CommanderError) {
-    process.exitCode = err.exitCode === 0 ? EXIT.ok : EXIT.invalid;
-  } else if (err instanceof BackplaneError) {
-    process.exitCode = reportError(err);
+  // `run` is what cron and the benchmarks start over and over: it loads only its own command (and what the agent
+  // needs), not the operator commands and their API ops, whose schemas cost tens of milliseconds to build.
+  const first = process.argv.slice(2).find((a) => !a.startsWith('-'));
+  if (first === 'run') {
+    (await import('./run.js')).registerRun(program);
   } else {
-    process.exitCode = reportError(err);
+    const [run, validate, graph, schema, cluster, hosts, deploy, services, plans, apps, namespaces, status, token, openapi] = await Promise.all([
+      import('./run.js'),
+      import('./validate.js'),
+      import('./graph.js'),
+      import('./schema.js'),
+      import('./cluster.js'),
+      import('./hosts.js'),
+      import('./deploy.js'),
+      import('./services.js'),
+      import('./plan.js'),
+      import('./app.js'),
+      import('./namespace.js'),
+      import('./status.js'),
+      import('./token.js'),
+      import('./openapi.js'),
+    ]);
+    run.registerRun(program);
+    validate.registerValidate(program);
+    graph.registerGraph(program);
+    schema.registerSchema(program);
+    cluster.registerCluster(program);
+    hosts.registerHosts(program);
+    deploy.registerDeploy(program);
+    services.registerServices(program);
+    plans.registerPlans(program);
+    apps.registerApps(program);
+    namespaces.registerNamespaces(program);
+    status.registerStatus(program);
+    token.registerToken(program);
+    openapi.registerOpenApi(program);
+  }
+
+  try {
+    await program.parseAsync(process.argv);
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      process.exitCode = err.exitCode === 0 ? EXIT.ok : EXIT.invalid;
+    } else if (err instanceof BackplaneError) {
+      process.exitCode = reportError(err);
+    } else {
+      process.exitCode = reportError(err);
+    }
   }
 }
+
+main().catch((err: unknown) => {
+  process.exitCode = reportError(err);
+});

@@ -1,0 +1,230 @@
+import assert from 'node:assert/strict';
+import { isAscii } from 'node:buffer';
+import { spawnSync } from 'node:child_process';
+import { chmod, copyFile, readFile, stat, symlink, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, test } from 'node:test';
+import { withTempDir } from '../helpers/engine.js';
+import { BIN, ROOT, ensureBuilt } from '../helpers/cli.js';
+
+/**
+ * Start-up: the CLI is one bundled script compiled from a V8 code cache the build made (scripts/build.mjs,
+ * src/cli/launcher.ts). Two things must hold. The cache is used: without it every start parses and compiles ~2 MB
+ * of JavaScript again, which nothing else would notice. And a cache that cannot be used — from another build, another
+ * Node, other V8 flags, truncated, corrupt, or not trusted — costs only time: the CLI compiles from source and works.
+ * The CLI never writes a cache: it runs as root, and bytecode is code.
+ */
+
+const DIST = join(ROOT, 'dist');
+const FILES = ['backplane.mjs', 'backplane-cli.js', 'backplane-cli.cache'];
+/** The launcher's header before V8's bytes (src/cli/launcher.ts). */
+const HEADER = 96;
+const haveStrace = spawnSync('strace', ['-V'], { stdio: 'ignore' }).status === 0;
+
+interface Started {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+  /** The launcher's one debug line: "used" or "not used: why". */
+  readonly cache: string;
+}
+
+function start(entry: string, args: readonly string[], nodeFlags: readonly string[] = []): Started {
+  const r = spawnSync(process.execPath, [...nodeFlags, entry, ...args], {
+    encoding: 'utf8',
+    env: { ...process.env, BACKPLANE_CODE_CACHE: 'debug', NODE_OPTIONS: '' },
+    timeout: 60_000,
+  });
+  const line = /^backplane: code cache (.*)$/m.exec(r.stderr);
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr, cache: line?.[1] ?? `(no debug line) ${r.stderr}` };
+}
+
+/** The launcher, bundle and cache copied to `dir` (mode 0644), so each test can spoil its own cache. */
+async function copyDist(dir: string): Promise<{ launcher: string; cache: string }> {
+  ensureBuilt();
+  for (const f of FILES) {
+    await copyFile(join(DIST, f), join(dir, f));
+    await chmod(join(dir, f), 0o644);
+  }
+  return { launcher: join(dir, 'backplane.mjs'), cache: join(dir, 'backplane-cli.cache') };
+}
+
+/** A one-shot run of an empty graph works: exit 0, converged. */
+async function assertRuns(dir: string, launcher: string, nodeFlags: readonly string[] = []): Promise<Started> {
+  const graph = join(dir, 'empty.yaml');
+  await writeFile(graph, 'resources: []\n');
+  const r = start(launcher, ['run', '--file', graph, '--converged-timeout', '0', '--no-api', '--state-dir', join(dir, 'state')], nodeFlags);
+  assert.equal(r.code, 0, r.stderr);
+  assert.match(r.stderr, /converged: 0 of 0 resources/);
+  return r;
+}
+
+describe('start-up: the code cache', () => {
+  test('the build made a cache for this very bundle, and every start uses it', async () => {
+    ensureBuilt();
+    const bundle = await readFile(join(DIST, 'backplane-cli.js'), 'latin1');
+    const id = /\n\/\/# backplane-build=([0-9a-f]{64})\n$/.exec(bundle)?.[1];
+    assert.ok(id !== undefined, 'the bundle does not end with its build id');
+    assert.ok(isAscii(Buffer.from(bundle, 'latin1')), 'the bundle is not ASCII: the launcher reads it as a one-byte string');
+    const cache = await readFile(join(DIST, 'backplane-cli.cache'));
+    assert.equal(cache.toString('latin1', 0, HEADER).trimEnd(), `backplane-code-cache ${id}`);
+    assert.ok(((await stat(join(DIST, 'backplane-cli.cache'))).mode & 0o022) === 0, 'the cache is writable by group or others');
+
+    await withTempDir(async (dir) => {
+      const run = await assertRuns(dir, BIN);
+      assert.equal(run.cache, 'used');
+    });
+    const version = start(BIN, ['--version']);
+    assert.equal(version.code, 0, version.stderr);
+    assert.equal(version.cache, 'used');
+    assert.match(version.stdout, /^\d+\.\d+\.\d+/);
+    // bin/backplane.js and dist/backplane.mjs are the same start.
+    assert.equal(start(join(DIST, 'backplane.mjs'), ['--version']).cache, 'used');
+  });
+
+  test('a cache beside a copy of the build is still used (V8 does not tie it to a path)', async () => {
+    await withTempDir(async (dir) => {
+      const { launcher } = await copyDist(dir);
+      assert.equal((await assertRuns(dir, launcher)).cache, 'used');
+    });
+  });
+
+  // Each way a cache can be unusable: the start says why, compiles from source, and the CLI works as ever.
+  const spoilt: readonly { readonly what: string; readonly spoil: (cache: string, dir: string) => Promise<void>; readonly why: RegExp; readonly flags?: readonly string[] }[] = [
+    { what: 'missing', spoil: async (cache) => (await import('node:fs/promises')).rm(cache), why: /cannot open: ENOENT/ },
+    { what: 'empty', spoil: (cache) => writeFile(cache, ''), why: /another build/ },
+    {
+      what: 'made for another build of the bundle',
+      spoil: async (cache) => {
+        const b = await readFile(cache);
+        b.write('0'.repeat(64), 'backplane-code-cache '.length, 'latin1');
+        await writeFile(cache, b);
+      },
+      why: /another build/,
+    },
+    {
+      what: 'truncated',
+      spoil: async (cache) => {
+        const b = await readFile(cache);
+        await writeFile(cache, b.subarray(0, HEADER + Math.floor((b.length - HEADER) / 2)));
+      },
+      why: /rejected by V8/,
+    },
+    {
+      // V8's header: magic, then the hash of the V8 version that made it.
+      what: 'from another version of Node (V8)',
+      spoil: async (cache) => {
+        const b = await readFile(cache);
+        b.writeUInt32LE(b.readUInt32LE(HEADER + 4) ^ 0xffff, HEADER + 4);
+        await writeFile(cache, b);
+      },
+      why: /rejected by V8/,
+    },
+    {
+      // Without the checksum the launcher asks V8 for, this one crashes the process in V8's deserializer.
+      what: 'corrupt in the middle',
+      spoil: async (cache) => {
+        const b = await readFile(cache);
+        for (let i = HEADER + 4096; i < b.length - 4096; i += 1021) b[i] = (b[i] ?? 0) ^ 0x5a;
+        await writeFile(cache, b);
+      },
+      why: /rejected by V8/,
+    },
+    { what: 'used under other V8 flags', spoil: async () => undefined, why: /rejected by V8/, flags: ['--no-opt'] },
+    { what: 'writable by group', spoil: (cache) => chmod(cache, 0o664), why: /writable by group or others/ },
+    { what: 'writable by others', spoil: (cache) => chmod(cache, 0o646), why: /writable by group or others/ },
+    {
+      what: 'a symlink (to a cache that would do)',
+      spoil: async (cache, dir) => {
+        await copyFile(cache, join(dir, 'elsewhere'));
+        await (await import('node:fs/promises')).rm(cache);
+        await symlink(join(dir, 'elsewhere'), cache);
+      },
+      why: /cannot open: ELOOP/,
+    },
+    {
+      what: 'a directory',
+      spoil: async (cache) => {
+        const fs = await import('node:fs/promises');
+        await fs.rm(cache);
+        await fs.mkdir(cache);
+      },
+      why: /not a regular file|cannot open/,
+    },
+  ];
+  for (const s of spoilt) {
+    test(`a cache ${s.what} is not used, and the CLI works without it`, async () => {
+      await withTempDir(async (dir) => {
+        const { launcher, cache } = await copyDist(dir);
+        await s.spoil(cache, dir);
+        const r = await assertRuns(dir, launcher, s.flags);
+        assert.match(r.cache, /^not used: /);
+        assert.match(r.cache, s.why);
+        const v = start(launcher, ['--version'], s.flags);
+        assert.equal(v.code, 0, v.stderr);
+        assert.match(v.stdout, /^\d+\.\d+\.\d+/);
+      });
+    });
+  }
+
+  test('a cache owned by another user is not used', { skip: process.getuid?.() !== 0 && 'needs root to chown' }, async () => {
+    await withTempDir(async (dir) => {
+      const { launcher, cache } = await copyDist(dir);
+      await (await import('node:fs/promises')).chown(cache, 65534, 65534);
+      const r = await assertRuns(dir, launcher);
+      assert.match(r.cache, /^not used: owned by uid 65534/);
+    });
+  });
+
+  test('BACKPLANE_CODE_CACHE=off compiles from source', async () => {
+    await withTempDir(async (dir) => {
+      const graph = join(dir, 'empty.yaml');
+      await writeFile(graph, 'resources: []\n');
+      const r = spawnSync(process.execPath, [BIN, 'run', '--file', graph, '--converged-timeout', '0', '--no-api', '--state-dir', join(dir, 'state')], {
+        encoding: 'utf8',
+        env: { ...process.env, BACKPLANE_CODE_CACHE: 'off' },
+      });
+      assert.equal(r.status, 0, r.stderr);
+      assert.doesNotMatch(r.stderr, /code cache/);
+    });
+  });
+
+  test('the CLI never writes a cache: not when it has none, not when V8 rejects it, not when it uses it', async () => {
+    await withTempDir(async (dir) => {
+      const { launcher, cache } = await copyDist(dir);
+      const good = await readFile(cache);
+      const before = await stat(cache);
+      await assertRuns(dir, launcher);
+      assert.deepEqual(await readFile(cache), good);
+      assert.equal((await stat(cache)).mtimeMs, before.mtimeMs);
+
+      // Rejected (other flags): V8 would happily produce a fresh one; nothing may write it.
+      await assertRuns(dir, launcher, ['--no-opt']);
+      assert.deepEqual(await readFile(cache), good);
+
+      await (await import('node:fs/promises')).rm(cache);
+      await assertRuns(dir, launcher);
+      await assert.rejects(stat(cache), { code: 'ENOENT' }, 'a start without a cache left one behind');
+    });
+  });
+
+  test('no start opens anything in dist/ for writing (strace)', { skip: !haveStrace && 'strace is not installed' }, async () => {
+    await withTempDir(async (dir) => {
+      const { launcher } = await copyDist(dir);
+      const graph = join(dir, 'empty.yaml');
+      await writeFile(graph, 'resources: []\n');
+      const trace = join(dir, 'trace');
+      const r = spawnSync(
+        'strace',
+        ['-f', '-qq', '-e', 'trace=open,openat,creat,rename,renameat,renameat2,link,linkat', '-o', trace, process.execPath, '--no-opt', launcher, 'run', '--file', graph, '--converged-timeout', '0', '--no-api', '--state-dir', join(dir, 'state')],
+        { encoding: 'utf8', env: { ...process.env, NODE_OPTIONS: '' } },
+      );
+      assert.equal(r.status, 0, r.stderr);
+      const calls = (await readFile(trace, 'utf8')).split('\n').filter((l) => l.includes(dir) && !l.includes(join(dir, 'state')));
+      const opened = calls.filter((l) => /backplane[^"]*"/.test(l));
+      assert.ok(opened.some((l) => l.includes('backplane-cli.cache')), `the launcher did not even open the cache:\n${calls.join('\n')}`);
+      const writes = calls.filter((l) => /O_WRONLY|O_RDWR|O_CREAT|creat\(|rename|link/.test(l));
+      assert.deepEqual(writes, [], `a start wrote beside the bundle:\n${writes.join('\n')}`);
+    });
+  });
+});
