@@ -158,27 +158,50 @@ export class GraphSource {
       await this.connect();
       raw = await this.readRaw(signal);
     }
+    this.nextValidation();
     // An exported resource is not managed here, so collecting it back (a rule whose `from` includes this host)
     // is no clash: the collected copy is the one this host manages.
-    const localRes = raw.resources.filter((r) => r.export === undefined);
-    const local = new Set<string>(localRes.map((r) => resourceId(r.kind, r.name)));
-    // What the local resources manage too: a collected file on a path a local file already manages would fail the
-    // whole build (E_OVERLAP), and another host's export must never break this host's graph.
-    for (const r of localRes) {
-      const thing = this.manages(r);
-      if (thing !== undefined) local.add(thing);
+    // Only a graph that collects needs this: validating every local resource a second time (and keeping a key per
+    // resource for the next render) was a tenth of a 1,000-file run and megabytes at 100,000.
+    const rules = raw.collect ?? [];
+    const local = new Set<string>();
+    if (rules.length > 0) {
+      const localRes = raw.resources.filter((r) => r.export === undefined);
+      for (const r of localRes) local.add(resourceId(r.kind, r.name));
+      // What the local resources manage too: a collected file on a path a local file already manages would fail the
+      // whole build (E_OVERLAP), and another host's export must never break this host's graph.
+      for (const r of localRes) {
+        const thing = this.manages(r);
+        if (thing !== undefined) local.add(thing);
+      }
     }
-    const collected = this.admit(collectResources(this.opts.host, raw.collect ?? [], this.collected, this.opts.registry), local);
+    const collected = rules.length === 0 ? [] : this.admit(collectResources(this.opts.host, rules, this.collected, this.opts.registry), local);
     // The instances the controller assigned here: resources of the same graph, so the engine supervises them.
     const inst = this.instances?.resources() ?? { resources: [], edges: [] };
+    // An instance may ask the agent for its peers as soon as it runs: discovery has read once before any does.
+    if (inst.resources.length > 0) await this.services.start();
     return buildGraph({ ...raw, resources: [...raw.resources, ...collected, ...inst.resources], edges: [...raw.edges, ...inst.edges] }, this.opts.registry);
   }
 
   private pinned: RawGraph | undefined;
+  private validatedBefore = new Map<string, Validated>();
+  private validatedNow = new Map<string, Validated>();
+  /** The last YAML graph parsed and the text it was parsed from. */
+  private parsed: { readonly text: string; readonly raw: RawGraph } | undefined;
 
   private async readRaw(signal?: AbortSignal): Promise<RawGraph> {
     if (this.pinned !== undefined) return this.pinned;
-    const raw = await readGraphSource(this.opts.file, this.context(), signal);
+    let raw: RawGraph;
+    if (isModuleGraph(this.opts.file)) {
+      raw = await readGraphSource(this.opts.file, this.context(), signal);
+    } else {
+      // A YAML graph is a function of its text alone, and every export another host changes re-renders this one:
+      // the file is read each time (an edit is never missed), but parsed again only when its text changed.
+      const file = resolve(this.opts.file);
+      const text = await readGraphText(file);
+      raw = this.parsed?.text === text ? this.parsed.raw : parseGraphText(file, text);
+      this.parsed = { text, raw };
+    }
     if (this.opts.pinFile === true && !isModuleGraph(this.opts.file) && raw.errors.length === 0) this.pinned = raw;
     return raw;
   }

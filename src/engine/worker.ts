@@ -203,7 +203,8 @@ export class Worker {
 
   /** Stop watching and working; resolves when in-flight work has finished or aborted. */
   async stop(reason: CloseReason): Promise<void> {
-    this.abort(new BackplaneError('E_ABORTED', reason === 'shutdown' ? 'agent stopping' : `resource ${reason}`));
+    // An Error (and its stack) only when not aborted already: the engine stopping aborted every worker at once.
+    if (!this.ac.signal.aborted) this.abort(new BackplaneError('E_ABORTED', reason === 'shutdown' ? 'agent stopping' : `resource ${reason}`));
     await Promise.all([this.inflight, this.watching]);
     try {
       await this.resource.close?.(reason);
