@@ -9,7 +9,7 @@ import { join } from 'node:path';
 import { measureDriftRepair, measureIdleCost } from './live/index.js';
 import { parseOptions, type Options } from './lib/options.js';
 import { checkLimits } from './lib/limits.js';
-import { killAllChildren } from './lib/proc.js';
+import { droppedEnv, envNote, killAllChildren } from './lib/proc.js';
 import { renderMarkdown, renderText } from './lib/report.js';
 import type { BenchResults, LiveResults, WorkloadResult } from './lib/results.js';
 import { runWorkload } from './lib/runner.js';
@@ -80,6 +80,7 @@ function notesFor(missing: readonly string[], opts: Options): string[] {
   const peers = missing.filter((m) => m !== 'backplane');
   if (peers.length > 0) notes.push(`Not installed, so not measured: ${peers.join(', ')}.`);
   if (opts.slowRuns === 0) notes.push("Ansible's 1,000-file workloads were skipped (--slow-runs 0 or --quick).");
+  notes.push(envNote(droppedEnv()));
   return notes;
 }
 
@@ -124,7 +125,9 @@ async function main(): Promise<number> {
   const limits = checkLimits(results);
   console.log(`\n${renderText(results)}\n\n${limits.lines.join('\n')}\n`);
   for (const p of writeResults(results, limits.lines)) console.log(`Wrote ${p}`);
-  const failed = workloads.some((w) => Object.values(w.results).some((r) => r.runs.some((run) => run.problem !== undefined)));
+  const failed = workloads.some((w) =>
+    [...Object.values(w.results), ...(w.references ?? []).map((r) => r.result)].some((r) => r.runs.some((run) => run.problem !== undefined)),
+  );
   // Last, so that it is the line one sees: a regression past a limit fails the bench like a broken run does.
   if (limits.failures > 0) console.error(`\nbench: FAIL: ${limits.failures} figure(s) past their speed limit (the FAIL lines above)`);
   return failed || live.errors.length > 0 || limits.failures > 0 ? 1 : 0;

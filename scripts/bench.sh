@@ -19,6 +19,14 @@ if [ "${1:-}" = dashboard ]; then
   exec node --import tsx bench/dashboard.ts "$@"
 fi
 
+# `npm run bench -- scale [options]`: Backplane alone with 1k, 10k and 100k noop and file resources (validate, cold,
+# converged, first change, idle agent), per resource and with each size's ratio to the smallest (bench/scale.ts).
+# The 100,000-file sizes take minutes; --sizes 1000,10000 for a quick look.
+if [ "${1:-}" = scale ]; then
+  shift
+  exec node --import tsx bench/scale.ts "$@"
+fi
+
 # `npm run bench -- api [options]`: the operator API's latency under 100 concurrent clients, beside nginx serving
 # the same answers as static files (bench/api.ts).
 if [ "${1:-}" = api ]; then

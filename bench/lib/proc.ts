@@ -78,36 +78,85 @@ export function track(child: ChildProcess): void {
 }
 
 /**
- * Runs an invocation once and times it from spawn to exit. Output goes to logPath rather than a pipe, so the
- * bench never slows a chatty tool down and the log is there to read when a run fails.
+ * Variables no measured process gets. NODE_EXTRA_CA_CERTS makes every Node process parse the named bundle (3,600
+ * lines of certificates in this sandbox, ~40 ms) before any JavaScript runs; only Node reads it, and an agent host has
+ * no reason to set it, so the bench measures every tool without it and says so in its notes. (Puppet, Ansible and
+ * CFEngine do not read it: dropping it changes nothing for them.)
  */
-export async function timedRun(inv: Invocation, logPath: string, timeoutMs: number): Promise<RunResult> {
+export const DROPPED_ENV: readonly string[] = ['NODE_EXTRA_CA_CERTS'];
+
+/** The environment of a measured process: the bench's own, without DROPPED_ENV, plus the tool's extras. */
+export function benchEnv(extra: Readonly<Record<string, string>> = {}): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { ...process.env, ...extra };
+  for (const name of DROPPED_ENV) delete env[name];
+  return env;
+}
+
+/** The DROPPED_ENV variables the bench's own environment had set, for the report's notes. */
+export function droppedEnv(): string[] {
+  return DROPPED_ENV.filter((name) => process.env[name] !== undefined);
+}
+
+/** Every measured process runs without DROPPED_ENV (see proc.ts); the report says so, and whether it mattered here. */
+export function envNote(dropped: readonly string[]): string {
+  const unset = `Every tool ran with ${DROPPED_ENV.join(', ')} unset`;
+  if (dropped.length === 0) return `${unset} (it was not set here either).`;
+  return (
+    `${unset}: this shell sets ${dropped.join(', ')}, which makes every Node process parse a certificate bundle ` +
+    'before any JavaScript runs (`node -e 0`: 106 ms with it, 68 ms without, on the 2-core machine of 2026-12-02); ' +
+    'only Node reads it, and an agent host has no reason to set it.'
+  );
+}
+
+/** A run in progress: its clock started just before spawn, so a watcher can time events against it. */
+export interface TimedChild {
+  readonly child: ChildProcess;
+  /** performance.now() just before spawn. */
+  readonly startedAt: number;
+  readonly done: Promise<RunResult>;
+}
+
+/**
+ * Starts an invocation and times it from spawn to exit. Output goes to logPath rather than a pipe, so the bench never
+ * slows a chatty tool down and the log is there to read when a run fails. With GNU time installed the peak RSS comes
+ * from it (the measured process is then time's child; the group is killed on timeout either way).
+ */
+export function spawnTimed(inv: Invocation, logPath: string, timeoutMs: number): TimedChild {
   const useTime = hasGnuTime();
   const rssPath = `${logPath}.rss`;
   const argv = useTime ? [GNU_TIME, '-f', '%M', '-o', rssPath, ...inv.argv] : [...inv.argv];
   const [cmd, ...args] = argv;
   if (cmd === undefined) throw new Error('empty argv');
   const logFd = openSync(logPath, 'w');
+  const startedAt = performance.now();
+  let child: ChildProcess;
   try {
-    const started = performance.now();
-    const child = spawn(cmd, args, {
-      stdio: ['ignore', logFd, logFd],
-      env: { ...process.env, ...inv.env },
-      detached: true,
-    });
-    track(child);
-    let timedOut = false;
-    const timer = setTimeout(() => {
-      timedOut = true;
-      killGroup(child, 'SIGKILL');
-    }, timeoutMs);
-    const [exitCode, signal] = await exited(child);
-    const wallS = (performance.now() - started) / 1000;
-    clearTimeout(timer);
-    return { wallS, maxRssKiB: useTime ? readRss(rssPath) : undefined, exitCode, signal, timedOut };
-  } finally {
+    child = spawn(cmd, args, { stdio: ['ignore', logFd, logFd], env: benchEnv(inv.env), detached: true });
+  } catch (e) {
     closeSync(logFd);
+    throw e;
   }
+  track(child);
+  let timedOut = false;
+  const timer = setTimeout(() => {
+    timedOut = true;
+    killGroup(child, 'SIGKILL');
+  }, timeoutMs);
+  const done = exited(child)
+    .then(([exitCode, signal]): RunResult => {
+      const wallS = (performance.now() - startedAt) / 1000;
+      return { wallS, maxRssKiB: useTime ? readRss(rssPath) : undefined, exitCode, signal, timedOut };
+    })
+    .finally(() => {
+      clearTimeout(timer);
+      closeSync(logFd);
+    });
+  return { child, startedAt, done };
+}
+
+/** Runs an invocation once and times it from spawn to exit (see spawnTimed). */
+export async function timedRun(inv: Invocation, logPath: string, timeoutMs: number): Promise<RunResult> {
+  return spawnTimed(inv, logPath, timeoutMs).done;
 }
 
 export function exited(child: ChildProcess): Promise<[number | null, NodeJS.Signals | null]> {

@@ -1,4 +1,4 @@
-import type { BenchResults, ToolResult, WorkloadResult } from './results.js';
+import type { BenchResults, ReferenceResult, ToolResult, WorkloadResult } from './results.js';
 
 /** 0.0470s, 0.625s, 7.86s, 13.2s, 324s: three significant figures, as in FACTS.md. */
 export function fmtSeconds(s: number): string {
@@ -29,21 +29,45 @@ function timeCell(r: ToolResult | undefined, baseline: number | undefined, runs:
   return `${fmtSeconds(r.medianS)}${ratio}${mark}`;
 }
 
-function rssCell(r: ToolResult | undefined): string {
+function rssCell(r: ToolResult | undefined, baseline: number | undefined): string {
   if (r === undefined || r.skipped !== undefined) return '—';
-  return r.medianRssMiB === undefined ? 'n/a' : `${r.medianRssMiB.toFixed(0)} MiB`;
+  if (r.medianRssMiB === undefined) return 'n/a';
+  const ratio = baseline !== undefined && baseline > 0 ? ` (${fmtRatio(r.medianRssMiB / baseline)})` : '';
+  return `${r.medianRssMiB.toFixed(0)} MiB${ratio}`;
+}
+
+/**
+ * A reference (bare `node -e 0`) is no tool: its figure stands in Backplane's column, as the floor under Backplane's
+ * own, and the peers' cells stay empty. Without a Backplane column it goes into the row's title.
+ */
+function referenceRow(res: BenchResults, ref: ReferenceResult, cell: (r: ToolResult) => string): string[] {
+  const hasBackplane = res.tools.some((t) => t.id === 'backplane');
+  const title = hasBackplane ? ref.title : `${ref.title}: ${cell(ref.result)}`;
+  return [title, ...res.tools.map((t) => (t.id === 'backplane' ? cell(ref.result) : '—'))];
 }
 
 /** Rows of [workload, cell per tool] for the time table; ratios are peer time over Backplane's time. */
 function timeRows(res: BenchResults): string[][] {
-  return res.workloads.map((w: WorkloadResult) => {
+  return res.workloads.flatMap((w: WorkloadResult) => {
     const baseline = w.results.backplane?.medianS;
-    return [w.title, ...res.tools.map((t) => timeCell(w.results[t.id], t.id === 'backplane' ? undefined : baseline, res.runs))];
+    const row = [w.title, ...res.tools.map((t) => timeCell(w.results[t.id], t.id === 'backplane' ? undefined : baseline, res.runs))];
+    return [row, ...(w.references ?? []).map((ref) => referenceRow(res, ref, (r) => timeCell(r, undefined, res.runs)))];
   });
 }
 
+/** Ratios are peer RSS over Backplane's: above 1x, Backplane used less memory. */
 function rssRows(res: BenchResults): string[][] {
-  return res.workloads.map((w) => [w.title, ...res.tools.map((t) => rssCell(w.results[t.id]))]);
+  return res.workloads.flatMap((w) => {
+    const baseline = w.results.backplane?.medianRssMiB;
+    const row = [w.title, ...res.tools.map((t) => rssCell(w.results[t.id], t.id === 'backplane' ? undefined : baseline))];
+    return [row, ...(w.references ?? []).map((ref) => referenceRow(res, ref, (r) => rssCell(r, undefined)))];
+  });
+}
+
+function referenceNote(res: BenchResults): string | undefined {
+  const refs = res.workloads.flatMap((w) => (w.references ?? []).map((r) => r.title));
+  if (refs.length === 0) return undefined;
+  return `Reference rows (${refs.join('; ')}) are no tool: timed in the same rounds as the tools, they show the floor under Backplane's figure above them.`;
 }
 
 function header(res: BenchResults): string[] {
@@ -103,9 +127,13 @@ export function renderText(res: BenchResults): string {
     '',
     textTable([header(res), ...timeRows(res)]),
   ];
-  const note = fewerRunsNote(res);
-  if (note !== undefined) out.push(note);
-  out.push('', 'Peak RSS of one run (median):', '', textTable([header(res), ...rssRows(res)]));
+  for (const note of [fewerRunsNote(res), referenceNote(res)]) if (note !== undefined) out.push(note);
+  out.push(
+    '',
+    'Peak RSS of one run (median); in brackets: peer RSS / Backplane RSS (above 1x, Backplane used less):',
+    '',
+    textTable([header(res), ...rssRows(res)]),
+  );
   const live = liveLines(res);
   if (live.length > 0) out.push('', ...live);
   if (res.notes.length > 0) out.push('', ...res.notes.map((n) => `Note: ${n}`));
@@ -118,9 +146,13 @@ export function renderMarkdown(res: BenchResults): string {
     '',
     markdownTable([header(res), ...timeRows(res)]),
   ];
-  const note = fewerRunsNote(res);
-  if (note !== undefined) out.push('', note);
-  out.push('', 'Peak memory of one run (max RSS of the largest process, median):', '', markdownTable([header(res), ...rssRows(res)]));
+  for (const note of [fewerRunsNote(res), referenceNote(res)]) if (note !== undefined) out.push('', note);
+  out.push(
+    '',
+    'Peak memory of one run (max RSS of the largest process, median); in brackets, peer RSS ÷ Backplane RSS (above 1x, Backplane used less):',
+    '',
+    markdownTable([header(res), ...rssRows(res)]),
+  );
   const live = liveLines(res);
   if (live.length > 0) out.push('', ...live.map((l) => `- ${l}`));
   if (res.notes.length > 0) out.push('', ...res.notes.map((n) => `- ${n}`));

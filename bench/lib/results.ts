@@ -20,11 +20,20 @@ export interface ToolResult {
   skipped?: string;
 }
 
+/** A reference command's runs (bare `node -e 0`), timed interleaved with the tools' runs of the same workload. */
+export interface ReferenceResult {
+  readonly id: string;
+  readonly title: string;
+  readonly result: ToolResult;
+}
+
 export interface WorkloadResult {
   readonly id: string;
   readonly title: string;
   readonly idealS?: number;
   readonly results: Partial<Record<ToolId, ToolResult>>;
+  /** Absent in results written before references existed. */
+  readonly references?: ReferenceResult[];
 }
 
 export interface MachineInfo {

@@ -3,9 +3,9 @@ import { join } from 'node:path';
 import type { Desired, Invocation, Tool } from '../tools/types.js';
 import { fmtSeconds } from './report.js';
 import { tail, timedRun, type RunResult } from './proc.js';
-import type { RunRecord, ToolResult, WorkloadResult } from './results.js';
+import type { ReferenceResult, RunRecord, ToolResult, WorkloadResult } from './results.js';
 import { median } from './stats.js';
-import type { Workload } from './workloads.js';
+import type { Reference, Workload } from './workloads.js';
 
 /** Long enough for Ansible's 1,000 files (~5.5 min) with room for a slow machine; a hang must still end. */
 const RUN_TIMEOUT_MS = 30 * 60_000;
@@ -42,6 +42,37 @@ async function prepare(tool: Tool, w: Workload, plan: RunPlan): Promise<Entry> {
   const result: ToolResult = { runs: [] };
   if (runs === 0) result.skipped = 'skipped: --slow-runs 0';
   return { tool, desired, invocation: tool.prepare(desired, workDir), workDir, targetDir, runs, result };
+}
+
+interface RefEntry {
+  readonly ref: Reference;
+  readonly workDir: string;
+  readonly result: ToolResult;
+}
+
+function prepareReference(ref: Reference, w: Workload, plan: RunPlan): RefEntry {
+  const workDir = join(plan.tmp, 'reference', w.id, ref.id);
+  mkdirSync(workDir, { recursive: true });
+  return { ref, workDir, result: { runs: [] } };
+}
+
+/** A reference has no end state to check: it counts when it exits 0 within the timeout. */
+async function runReference(entry: RefEntry, index: number, runs: number): Promise<RunRecord> {
+  const log = join(entry.workDir, `run-${index + 1}.log`);
+  const r = await timedRun({ argv: entry.ref.argv, okCodes: [0] }, log, RUN_TIMEOUT_MS);
+  const problem = r.timedOut
+    ? `timed out after ${RUN_TIMEOUT_MS / 60_000} min`
+    : r.exitCode === 0
+      ? undefined
+      : `exit ${r.exitCode ?? r.signal}; log ${log}:\n${tail(log, 5)}`;
+  const rss = r.maxRssKiB === undefined ? '' : `  ${(r.maxRssKiB / 1024).toFixed(0)} MiB`;
+  const status = problem === undefined ? '' : `  FAILED: ${problem}`;
+  console.log(`  ${entry.ref.id.padEnd(9)} run ${index + 1}/${runs}  ${fmtSeconds(r.wallS).padStart(7)}${rss}${status}`);
+  return {
+    wallS: r.wallS,
+    ...(r.maxRssKiB === undefined ? {} : { maxRssKiB: r.maxRssKiB }),
+    ...(problem === undefined ? {} : { problem }),
+  };
 }
 
 async function problemOf(entry: Entry, w: Workload, r: RunResult, log: string): Promise<string | undefined> {
@@ -88,12 +119,17 @@ function summarize(result: ToolResult): void {
 export async function runWorkload(w: Workload, tools: readonly Tool[], plan: RunPlan): Promise<WorkloadResult> {
   console.log(`\n${w.title}`);
   const entries: Entry[] = [];
+  const refs = (w.references ?? []).map((ref) => prepareReference(ref, w, plan));
   try {
     for (const t of tools.filter((t) => !w.backplaneOnly || t.id === 'backplane')) entries.push(await prepare(t, w, plan));
-    const rounds = Math.max(0, ...entries.map((e) => e.runs));
+    const rounds = Math.max(0, ...entries.map((e) => e.runs), refs.length > 0 ? plan.runs : 0);
     for (let i = 0; i < rounds; i++) {
       for (const entry of entries) {
         if (i < entry.runs) entry.result.runs.push(await runOnce(entry, w, i));
+      }
+      // In the same round as the tools, so the floor is measured under the same load as what stands on it.
+      for (const ref of refs) {
+        if (i < plan.runs) ref.result.runs.push(await runReference(ref, i, plan.runs));
       }
     }
   } finally {
@@ -111,5 +147,15 @@ export async function runWorkload(w: Workload, tools: readonly Tool[], plan: Run
     // 10,000-file targets add up; the inputs and logs stay until the end for --keep.
     if (!plan.keep) rmSync(entry.targetDir, { recursive: true, force: true });
   }
-  return { id: w.id, title: w.title, ...(w.idealS === undefined ? {} : { idealS: w.idealS }), results };
+  const references: ReferenceResult[] = refs.map((r) => {
+    summarize(r.result);
+    return { id: r.ref.id, title: r.ref.title, result: r.result };
+  });
+  return {
+    id: w.id,
+    title: w.title,
+    ...(w.idealS === undefined ? {} : { idealS: w.idealS }),
+    results,
+    ...(references.length > 0 ? { references } : {}),
+  };
 }

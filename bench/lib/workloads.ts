@@ -2,6 +2,16 @@ import { damage, emptyDir, makeFiles, verifyFiles, writeConverged } from './file
 import { checkStack, dropStack, makeStack, stopStack } from './nginx.js';
 import type { Desired, ExecSpec } from '../tools/types.js';
 
+/**
+ * A command that is not a configuration tool, timed in the same round-robin as the tools so that readers see a floor
+ * under their figures (bare Node's start-up under Backplane's, which Backplane cannot go below).
+ */
+export interface Reference {
+  readonly id: string;
+  readonly title: string;
+  readonly argv: readonly string[];
+}
+
 export interface Workload {
   readonly id: string;
   readonly title: string;
@@ -11,6 +21,8 @@ export interface Workload {
   readonly manyFiles: boolean;
   /** Measured for Backplane alone (the peers' numbers at this size would add nothing but minutes). */
   readonly backplaneOnly: boolean;
+  /** Timed with the tools, interleaved, and printed as rows of their own under this workload's. */
+  readonly references?: readonly Reference[];
   desired(targetDir: string): Desired | Promise<Desired>;
   /** Brings the target to this workload's starting state before every timed run; not timed. */
   setup(d: Desired): void | Promise<void>;
@@ -99,6 +111,7 @@ export const WORKLOADS: readonly Workload[] = [
     title: 'start-up on empty input',
     manyFiles: false,
     backplaneOnly: false,
+    references: [{ id: 'node', title: 'bare Node start-up (`node -e 0`), the floor under Backplane', argv: [process.execPath, '-e', '0'] }],
     desired: () => ({ files: [], execs: NO_EXECS }),
     setup: () => undefined,
     check: () => undefined,

@@ -2,7 +2,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { checkFile, hasContent } from '../lib/fileset.js';
-import { exited, killGroup, track } from '../lib/proc.js';
+import { benchEnv, exited, killGroup, track } from '../lib/proc.js';
 import { BACKPLANE_BIN } from '../tools/backplane.js';
 import type { FileSpec } from '../tools/types.js';
 
@@ -14,17 +14,40 @@ export interface Agent {
   /** Recent stderr lines, for error messages; the agent logs one line per change. */
   readonly recent: string[];
   sawConverged: boolean;
+  /**
+   * performance.now() when the agent's "converged: X of N resources" line arrived, with X and N; undefined until then.
+   * A line saying it settled with problems or stopped before converging does not count.
+   */
+  convergedAt: number | undefined;
+  convergedCounts: readonly [number, number] | undefined;
 }
 
-export function startAgent(graphPath: string): Agent {
+const CONVERGED_LINE = /\bconverged: (\d+) of (\d+) resources\b/;
+
+/**
+ * `args` follow `run --file graphPath` (e.g. --state-dir, so a bench never writes the machine's /var/lib/backplane).
+ * The environment is the bench's without NODE_EXTRA_CA_CERTS (benchEnv), as for every measured process.
+ */
+export function startAgent(graphPath: string, args: readonly string[] = []): Agent {
   // Spawned as `node bin/backplane.js` directly, so the PID is the agent itself and /proc/PID is its own usage.
-  const child = spawn(process.execPath, [BACKPLANE_BIN, 'run', '--file', graphPath], {
+  // The clock starts before spawn, as for a timed run, so times "from start" include creating the process.
+  const startedAt = performance.now();
+  const child = spawn(process.execPath, [BACKPLANE_BIN, 'run', '--file', graphPath, ...args], {
     stdio: ['ignore', 'ignore', 'pipe'],
+    env: benchEnv(),
     detached: true,
   });
   track(child);
   if (child.pid === undefined) throw new Error('could not start the Backplane agent');
-  const agent: Agent = { child, pid: child.pid, startedAt: performance.now(), recent: [], sawConverged: false };
+  const agent: Agent = {
+    child,
+    pid: child.pid,
+    startedAt,
+    recent: [],
+    sawConverged: false,
+    convergedAt: undefined,
+    convergedCounts: undefined,
+  };
   let partial = '';
   // Keep reading stderr: a full pipe would block the agent's logging and so its repairs.
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
@@ -32,6 +55,11 @@ export function startAgent(graphPath: string): Agent {
     partial = lines.pop() ?? '';
     for (const line of lines) {
       if (/converged/i.test(line)) agent.sawConverged = true;
+      const m = agent.convergedAt === undefined ? CONVERGED_LINE.exec(line) : null;
+      if (m !== null) {
+        agent.convergedAt = performance.now();
+        agent.convergedCounts = [Number(m[1]), Number(m[2])];
+      }
       agent.recent.push(line);
     }
     if (agent.recent.length > 50) agent.recent.splice(0, agent.recent.length - 50);

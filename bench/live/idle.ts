@@ -21,14 +21,14 @@ function statusKiB(pid: number, field: string): number {
 }
 
 /** utime + stime in clock ticks, all threads of the process included. */
-function cpuTicks(pid: number): number {
+export function cpuTicks(pid: number): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   // The command name may contain spaces and parentheses, so fields are counted from the last ")".
   const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return Number(rest[11]) + Number(rest[12]);
 }
 
-function clockTicksPerSecond(): number {
+export function clockTicksPerSecond(): number {
   try {
     return Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
   } catch {
@@ -47,4 +47,19 @@ export async function measureIdle(pid: number, windowS: number): Promise<IdleRes
     cpuPercent: ((after - before) / hz / windowS) * 100,
     windowS,
   };
+}
+
+/**
+ * Waits until the process spends at most `maxShare` of one core over a whole second (its work after converging:
+ * the cluster store starting, garbage collection), or `maxS` have passed. Returns the seconds waited.
+ */
+export async function waitQuiet(pid: number, maxShare: number, maxS: number): Promise<number> {
+  const hz = clockTicksPerSecond();
+  const started = Date.now();
+  while (true) {
+    const before = cpuTicks(pid);
+    await sleep(1000);
+    const elapsedS = (Date.now() - started) / 1000;
+    if ((cpuTicks(pid) - before) / hz <= maxShare || elapsedS >= maxS) return elapsedS;
+  }
 }

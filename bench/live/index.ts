@@ -16,6 +16,8 @@ interface Setup {
   readonly dir: string;
   readonly files: FileSpec[];
   readonly graph: string;
+  /** The agent's --state-dir: its keys and embedded store stay in the bench's temp dir, not /var/lib/backplane. */
+  readonly stateDir: string;
 }
 
 /** A graph of `count` files in a fresh directory; the directory is left for the agent to create. */
@@ -27,12 +29,12 @@ function setUp(tmp: string, name: string, count: number): Setup {
   const graph = join(base, 'graph.yaml');
   const desired: Desired = { dir, files, execs: [] };
   writeFileSync(graph, backplaneGraph(desired));
-  return { dir, files, graph };
+  return { dir, files, graph, stateDir: join(base, 'state') };
 }
 
 /** Runs `body` against a started, converged agent and always stops the agent afterwards. */
 async function withAgent<T>(s: Setup, body: (agent: Agent, convergedS: number) => Promise<T>): Promise<T> {
-  const agent = startAgent(s.graph);
+  const agent = startAgent(s.graph, ['--state-dir', s.stateDir]);
   try {
     const convergedS = await waitConverged(agent, s.files, CONVERGE_TIMEOUT_MS);
     return await body(agent, convergedS);
@@ -57,7 +59,7 @@ export async function measureDriftRepair(tmp: string, samples: number): Promise<
 export async function measureIdleCost(tmp: string): Promise<NonNullable<LiveResults['idle']>> {
   console.log('\nIdle cost: agent managing 10,000 files');
   const s = setUp(tmp, 'idle', 10_000);
-  const agent = startAgent(s.graph);
+  const agent = startAgent(s.graph, ['--state-dir', s.stateDir]);
   let stopped = false;
   try {
     const convergedS = await waitConverged(agent, s.files, CONVERGE_TIMEOUT_MS);
