@@ -19,16 +19,32 @@ export function rawResource(
   fields: { kind: string; name: string; params: Record<string, unknown>; meta: unknown; export?: ExportTarget | undefined },
   at: At,
 ): RawResource {
-  return {
-    kind: fields.kind,
-    name: fields.name,
-    params: fields.params,
-    meta: fields.meta,
-    ...(fields.export === undefined ? {} : { export: fields.export }),
-    get loc() {
-      return at();
-    },
-    locate: (path) => at(...path),
-    locateMeta: (path) => at('meta', ...path),
-  };
+  return new YamlResource(fields.kind, fields.name, fields.params, fields.meta, at, fields.export);
+}
+
+/**
+ * A class, not an object literal with getters: V8 keeps such literals as dictionaries (a hash table of ~400 bytes
+ * each), where a class instance is a compact fixed-shape object — 100,000 of them are held while a graph builds.
+ */
+class YamlResource implements RawResource {
+  readonly export?: ExportTarget;
+  constructor(
+    readonly kind: string,
+    readonly name: string,
+    readonly params: Record<string, unknown>,
+    readonly meta: unknown,
+    private readonly at: At,
+    exportTo: ExportTarget | undefined,
+  ) {
+    if (exportTo !== undefined) this.export = exportTo;
+  }
+  get loc(): SourceLocation {
+    return this.at();
+  }
+  locate(path: readonly PropertyKey[]): SourceLocation {
+    return this.at(...path);
+  }
+  locateMeta(path: readonly PropertyKey[]): SourceLocation {
+    return this.at('meta', ...path);
+  }
 }

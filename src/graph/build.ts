@@ -194,23 +194,31 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
  * means parsing the file for positions, which only errors and `graph` output need.
  */
 function vertex(id: ResourceId, r: RawResource, params: unknown, meta: Meta, fingerprint: string | undefined): Vertex {
-  const kind = r.kind;
-  // Computed when first asked for (a graph swap compares them): a one-shot run never needs one, and a string per
-  // resource holding its whole definition again was a good part of an idle agent's memory.
-  let fp = fingerprint;
-  return {
-    id,
-    kind,
-    name: r.name,
-    params,
-    meta,
-    get loc() {
-      return r.loc;
-    },
-    get fingerprint() {
-      return (fp ??= canonicalJson({ k: kind, p: params, m: meta }));
-    },
-  };
+  return new BuiltVertex(id, r, params, meta, fingerprint);
+}
+
+/** A class for the same reason as the frontends' raw resources: a literal with getters is a dictionary in V8. */
+class BuiltVertex implements Vertex {
+  readonly kind: string;
+  readonly name: string;
+  constructor(
+    readonly id: ResourceId,
+    private readonly raw: RawResource,
+    readonly params: unknown,
+    readonly meta: Meta,
+    // Computed when first asked for (a graph swap compares them): a one-shot run never needs one, and a string per
+    // resource holding its whole definition again was a good part of an idle agent's memory.
+    private fp: string | undefined,
+  ) {
+    this.kind = raw.kind;
+    this.name = raw.name;
+  }
+  get loc(): SourceLocation | undefined {
+    return this.raw.loc;
+  }
+  get fingerprint(): string {
+    return (this.fp ??= canonicalJson({ k: this.kind, p: this.params, m: this.meta }));
+  }
 }
 
 /** The meta of a resource that declares none: frozen, since every such vertex shares it. */
