@@ -109,7 +109,11 @@ export class Engine implements WorkerHost {
       ...removed.map((id) => this.workers.get(id)?.stop('removed') ?? Promise.resolve()),
       ...changed.map((id) => this.workers.get(id)?.stop('replaced') ?? Promise.resolve()),
     ]);
-    for (const id of [...removed, ...changed]) this.workers.delete(id);
+    for (const id of [...removed, ...changed]) {
+      const w = this.workers.get(id);
+      if (w !== undefined) this.count(w.state, -1);
+      this.workers.delete(id);
+    }
 
     this.graph = next;
     this.provided = this.providedKeys(next);
@@ -181,6 +185,7 @@ export class Engine implements WorkerHost {
     const w = new Worker(v, resource, this, log, this.metrics?.forKind(v.kind));
     this.workers.set(v.id, w);
     this.active++; // workers start pending
+    this.count('pending', 1);
     w.start();
   }
 
@@ -226,6 +231,8 @@ export class Engine implements WorkerHost {
 
   stateChanged(w: Worker, prev: VertexState): void {
     if (this.workers.get(w.id) !== w) return; // a stopped, replaced worker
+    this.count(prev, -1);
+    this.count(w.state, 1);
     const was = ACTIVE_STATES.has(prev);
     const is = ACTIVE_STATES.has(w.state);
     if (was && !is) this.active--;
@@ -277,6 +284,18 @@ export class Engine implements WorkerHost {
 
   status(): VertexStatus[] {
     return [...this.workers.values()].map((w) => w.status());
+  }
+
+  private readonly byState = new Map<VertexState, number>();
+
+  private count(state: VertexState, by: number): void {
+    this.byState.set(state, (this.byState.get(state) ?? 0) + by);
+  }
+
+  /** How many resources there are and how many are converged, failed, blocked: O(1), for progress lines. */
+  counts(): { total: number; converged: number; failed: number; blocked: number } {
+    const n = (s: VertexState): number => this.byState.get(s) ?? 0;
+    return { total: this.workers.size, converged: n('converged'), failed: n('failed'), blocked: n('blocked') };
   }
 
   /** Vertices by kind and state, for backplane_resources (read when metrics are scraped). */

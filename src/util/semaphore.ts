@@ -1,7 +1,21 @@
-/** A counting semaphore whose waiters can give up through an AbortSignal. FIFO, so no waiter starves. */
+interface Waiter {
+  readonly resolve: () => void;
+  readonly reject: (e: Error) => void;
+  readonly signal: AbortSignal | undefined;
+  readonly onAbort: () => void;
+  /** Aborted while queued: skipped when its turn comes (removing it from the middle would cost O(n)). */
+  gone: boolean;
+}
+
+/**
+ * A counting semaphore whose waiters can give up through an AbortSignal. FIFO, so no waiter starves. The queue is an
+ * array read from a moving head: Array.shift() copies the whole array once it is big (100,000 file checks waiting
+ * for 64 slots made every release O(n), and a cold run quadratic).
+ */
 export class Semaphore {
   private free: number;
-  private readonly waiters: { resolve: () => void; reject: (e: Error) => void; signal: AbortSignal | undefined; onAbort: () => void }[] = [];
+  private queue: (Waiter | undefined)[] = [];
+  private head = 0;
 
   constructor(readonly size: number) {
     this.free = size;
@@ -14,29 +28,40 @@ export class Semaphore {
       return Promise.resolve();
     }
     return new Promise<void>((resolve, reject) => {
-      const w = {
+      const w: Waiter = {
         resolve,
         reject,
         signal,
         onAbort: () => {
-          const i = this.waiters.indexOf(w);
-          if (i >= 0) this.waiters.splice(i, 1);
+          w.gone = true;
           reject(abortReason(signal));
         },
+        gone: false,
       };
       signal?.addEventListener('abort', w.onAbort, { once: true });
-      this.waiters.push(w);
+      this.queue.push(w);
     });
   }
 
   release(): void {
-    const next = this.waiters.shift();
-    if (next === undefined) {
-      this.free = Math.min(this.size, this.free + 1);
+    for (;;) {
+      const next = this.queue[this.head];
+      if (next === undefined) {
+        this.queue = [];
+        this.head = 0;
+        this.free = Math.min(this.size, this.free + 1);
+        return;
+      }
+      this.queue[this.head++] = undefined; // let it be collected
+      if (this.head > 1024 && this.head * 2 > this.queue.length) {
+        this.queue = this.queue.slice(this.head);
+        this.head = 0;
+      }
+      if (next.gone) continue;
+      next.signal?.removeEventListener('abort', next.onAbort);
+      next.resolve();
       return;
     }
-    next.signal?.removeEventListener('abort', next.onAbort);
-    next.resolve();
   }
 }
 

@@ -294,6 +294,8 @@ resources:
     const r0Start = world.of('r0', 'check')[0]?.t ?? NaN;
     assert.ok(r0Start >= depDone, 'r0 ran before its dependency (started in a later slice) was done');
     assert.equal(engine.summary().converged, n);
+    // The progress line's counts are kept as states change, and agree with a full status walk.
+    assert.deepEqual(engine.counts(), { total: n, converged: n, failed: 0, blocked: 0 });
     await engine.stop();
 
     // Independent resources that converge at once: every slice settles before the next one starts.
