@@ -26,7 +26,9 @@ describe('metaparams limit and burst', () => {
     for (let i = 0; i < checks.length; i++) {
       for (let j = i + 1; j < checks.length; j++) {
         const span = ((checks[j]?.t ?? 0) - (checks[i]?.t ?? 0)) / 1000;
-        assert.ok(j - i + 1 <= 2 + 5 * span + 0.05, `${j - i + 1} runs within ${(span * 1000).toFixed(0)} ms; limit 5/s, burst 2`);
+        // A run's time is taken when its check starts, a moment after its token: on a loaded machine that moment
+        // comes later for some runs than for others, so each span may look up to 50 ms shorter than it was.
+        assert.ok(j - i + 1 <= 2 + 5 * (span + 0.05), `${j - i + 1} runs within ${(span * 1000).toFixed(0)} ms; limit 5/s, burst 2`);
       }
     }
   });
