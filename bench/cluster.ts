@@ -45,6 +45,14 @@ interface Options {
   readonly changes: number;
   /** Git revision of the unsigned baseline, or 'none'. */
   readonly baseline: string;
+  /** Keep the work directory (graphs, state dirs, agent logs) instead of deleting it, and say where it is. */
+  readonly keep: boolean;
+  /** --log-level for every agent (their logs are in the work directory). */
+  readonly logLevel: string;
+  /** Start agents with --cpu-prof, the profiles written into this directory (profile-<variant>-<host>.cpuprofile). */
+  readonly prof: string | undefined;
+  /** Which agents --prof profiles: only the N-th (the one that joins last), or all. */
+  readonly profAll: boolean;
 }
 
 /** The last commit before host identity: exports and membership unsigned, collected exports unverified. */
@@ -62,14 +70,24 @@ function parseArgs(argv: readonly string[]): Options {
     return i === -1 ? undefined : argv[i + 1];
   };
   if (argv.includes('--help')) {
-    process.stdout.write('usage: node --import tsx bench/cluster.ts [--agents 3,10,30] [--changes 20] [--baseline REV|none]\n');
+    process.stdout.write(
+      'usage: node --import tsx bench/cluster.ts [--agents 3,10,30] [--changes 20] [--baseline REV|none] [--keep] [--log-level debug] [--prof DIR [--prof-all]]\n',
+    );
     process.exit(0);
   }
   const agents = (value('agents') ?? '3,10,30').split(',').map((s) => Number(s.trim()));
   if (agents.some((n) => !Number.isInteger(n) || n < 2 || n > 100)) throw new Error('--agents takes sizes from 2 to 100, e.g. 3,10,30');
   const changes = Number(value('changes') ?? '20');
   if (!Number.isInteger(changes) || changes < 1) throw new Error('--changes takes a positive integer');
-  return { agents, changes, baseline: value('baseline') ?? UNSIGNED_BASELINE };
+  return {
+    agents,
+    changes,
+    baseline: value('baseline') ?? UNSIGNED_BASELINE,
+    keep: argv.includes('--keep'),
+    logLevel: value('log-level') ?? 'info',
+    prof: value('prof'),
+    profAll: argv.includes('--prof-all'),
+  };
 }
 
 interface Agent {
@@ -103,6 +121,12 @@ interface SizeResult {
   readonly leaveRemovalMs: number;
   /** Resident memory per agent once converged (median, MiB). */
   readonly rssMiB: number;
+  /**
+   * CPU time (user + system) the agents used, which a loaded machine stretches far less than wall time: per agent
+   * until the storm converged (median), of the N-th agent until all converged, of all the others while it joined
+   * (their sum), and of all agents together per change.
+   */
+  readonly cpuMs: { readonly stormPerAgent: number; readonly joiner: number; readonly othersDuringJoin: number; readonly allPerChange: number };
 }
 
 const CONVERGE_TIMEOUT_MS = 120_000;
@@ -129,13 +153,43 @@ function expectedContent(a: Agent, i: 1 | 2): string {
   return `e${i} from ${a.host} v${a.version}\n`;
 }
 
-function spawnAgent(a: Agent, endpoints: readonly string[], cluster: string, work: string, v: Variant): void {
+/**
+ * The agents' environment: this one without NODE_EXTRA_CA_CERTS. The sandbox sets it, and Node then parses every
+ * system certificate before any JavaScript runs (~40 ms a process here); an agent host has no reason to set it, and
+ * 30 agents starting at once would pay it 30 times over on 2 cores.
+ */
+function agentEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  delete env['NODE_EXTRA_CA_CERTS'];
+  return env;
+}
+
+function spawnAgent(a: Agent, endpoints: readonly string[], cluster: string, work: string, v: Variant, opts: Options, prof = false): void {
   const fd = openSync(a.log, 'a');
   const join_ = v.trust && a.host !== CA_HOST ? ['--join-token-file', join(work, 'join-token')] : [];
+  const node =
+    opts.prof !== undefined && (prof || opts.profAll) ? ['--cpu-prof', '--cpu-prof-dir', opts.prof, '--cpu-prof-name', `profile-${v.name}-${a.host}.cpuprofile`] : [];
   const proc = spawn(
     process.execPath,
-    [v.bin, 'run', '--file', a.graph, '--hostname', a.host, '--etcd', endpoints.join(','), '--cluster', cluster, '--state-dir', join(work, 'state', a.host), ...join_],
-    { cwd: ROOT, stdio: ['ignore', fd, fd] },
+    [
+      ...node,
+      v.bin,
+      'run',
+      '--file',
+      a.graph,
+      '--hostname',
+      a.host,
+      '--etcd',
+      endpoints.join(','),
+      '--cluster',
+      cluster,
+      '--state-dir',
+      join(work, 'state', a.host),
+      '--log-level',
+      opts.logLevel,
+      ...join_,
+    ],
+    { cwd: ROOT, stdio: ['ignore', fd, fd], env: agentEnv() },
   );
   closeSync(fd);
   a.proc = proc;
@@ -154,6 +208,48 @@ async function stopAgent(a: Agent, signal: NodeJS.Signals): Promise<void> {
   const timer = setTimeout(() => proc.kill('SIGKILL'), 10_000);
   await exited;
   clearTimeout(timer);
+}
+
+/**
+ * Leader changes the etcd members have seen so far (the most any member counted): elections mean a starved cluster,
+ * and every one stalls writes for a moment.
+ */
+async function leaderChanges(etcd: EtcdCluster): Promise<number> {
+  const counts = await Promise.all(
+    etcd.members.map(async (m) => {
+      try {
+        const text = await (await fetch(`${m.clientUrl}/metrics`, { signal: AbortSignal.timeout(2000) })).text();
+        return Number(/^etcd_server_leader_changes_seen_total (\S+)$/m.exec(text)?.[1] ?? 0);
+      } catch {
+        return 0;
+      }
+    }),
+  );
+  return Math.max(...counts);
+}
+
+/** CPU time (user + system) the process has used so far, in ms (undefined once it is gone). */
+function cpuMs(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    // Fields after the command (which may hold spaces, hence from the last ')'): utime and stime are the 12th and 13th.
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return ((Number(f[11]) + Number(f[12])) * 1000) / CLOCK_TICKS;
+  } catch {
+    return undefined;
+  }
+}
+
+/** USER_HZ: 100 on every Linux this runs on; getconf says for sure. */
+const CLOCK_TICKS = Number(spawnSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).stdout.trim()) || 100;
+
+function cpuOf(agents: readonly Agent[]): number[] {
+  return agents.map((a) => cpuMs(a.proc?.pid)).filter((v): v is number => v !== undefined);
+}
+
+function sum(xs: readonly number[]): number {
+  return xs.reduce((a, b) => a + b, 0);
 }
 
 function rssMiB(pid: number | undefined): number | undefined {
@@ -269,18 +365,25 @@ async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: st
     const first = agents.slice(0, n - 1);
     const lastAgent = agents[n - 1];
     if (lastAgent === undefined) throw new Error('no agents');
-    for (const a of first) spawnAgent(a, etcd.endpoints, cluster, work, v);
+    const elections0 = await leaderChanges(etcd);
+    for (const a of first) spawnAgent(a, etcd.endpoints, cluster, work, v, opts);
     const stormT0 = performance.now();
     const stormMs = await observer.until('the first agents to converge', first, (a) => holdsExactly(a, first), stormT0, CONVERGE_TIMEOUT_MS);
-    progress(`  ${n - 1} agents converged ${ms(stormMs)} after the last was spawned`);
+    const stormCpu = cpuOf(first);
+    progress(
+      `  ${n - 1} agents converged ${ms(stormMs)} after the last was spawned (CPU per agent: median ${ms(median(stormCpu) ?? NaN)}; etcd leader changes: ${(await leaderChanges(etcd)) - elections0})`,
+    );
 
     const joinT0 = performance.now();
-    spawnAgent(lastAgent, etcd.endpoints, cluster, work, v);
+    spawnAgent(lastAgent, etcd.endpoints, cluster, work, v, opts, true);
     const joinMs = await observer.until('all agents to converge after the last joined', agents, (a) => holdsExactly(a, agents), joinT0, CONVERGE_TIMEOUT_MS);
-    progress(`  agent ${n} joined: all converged ${ms(joinMs)} after it was spawned`);
+    const joinerCpu = cpuMs(lastAgent.proc?.pid) ?? NaN;
+    const othersDuringJoin = sum(cpuOf(first)) - sum(stormCpu);
+    progress(`  agent ${n} joined: all converged ${ms(joinMs)} after it was spawned (CPU: the joiner ${ms(joinerCpu)}, the others together ${ms(othersDuringJoin)})`);
     await sleep(500);
     const rss = agents.map((a) => rssMiB(a.proc?.pid)).filter((v): v is number => v !== undefined);
 
+    const changesCpu0 = sum(cpuOf(agents));
     const samples: number[] = [];
     const firsts: number[] = [];
     const fromStore: number[] = [];
@@ -321,20 +424,22 @@ async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: st
       await observer.until('the change to settle', agents, (a) => holdsExactly(a, agents), t0, CHANGE_TIMEOUT_MS);
       await sleep(100);
     }
+    const perChangeCpu = (sum(cpuOf(agents)) - changesCpu0) / opts.changes;
     probeAc.abort();
     await probe.close();
     progress(
-      `  ${samples.length} changes: on every host after median ${ms(median(samples) ?? NaN)}, max ${ms(Math.max(...samples))}; on the first host after median ${ms(median(firsts) ?? NaN)}; from the store write to every host: median ${ms(median(fromStore) ?? NaN)}`,
+      `  ${samples.length} changes: on every host after median ${ms(median(samples) ?? NaN)}, max ${ms(Math.max(...samples))}; on the first host after median ${ms(median(firsts) ?? NaN)}; from the store write to every host: median ${ms(median(fromStore) ?? NaN)}; CPU of all agents per change ${ms(perChangeCpu)}`,
     );
 
-    const victim = agents[n - 1] as Agent;
-    const survivors = agents.slice(0, n - 1);
+    // The N-th agent leaves last, with SIGTERM, so a --prof profile of it gets written.
+    const victim = agents[n - 2] as Agent;
+    const survivors = agents.filter((a) => a !== victim);
     const killT0 = performance.now();
     await stopAgent(victim, 'SIGKILL');
     const kill9RemovalMs = await observer.until(`${victim.host}'s exports to go after kill -9`, survivors, (a) => holdsNoneOf(a, victim), killT0, CHANGE_TIMEOUT_MS);
     progress(`  kill -9: ${victim.host}'s files gone from the others ${ms(kill9RemovalMs)} later`);
 
-    const leaver = agents[n - 2] as Agent;
+    const leaver = agents[n - 1] as Agent;
     const remaining = agents.slice(0, n - 2);
     const leaveT0 = performance.now();
     const stopped = stopAgent(leaver, 'SIGTERM');
@@ -360,6 +465,7 @@ async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: st
       kill9RemovalMs: round(kill9RemovalMs),
       leaveRemovalMs: round(leaveRemovalMs),
       rssMiB: round(median(rss) ?? NaN),
+      cpuMs: { stormPerAgent: round(median(stormCpu) ?? NaN), joiner: round(joinerCpu), othersDuringJoin: round(othersDuringJoin), allPerChange: round(perChangeCpu) },
     };
   } catch (err) {
     const tails = agents
@@ -370,7 +476,8 @@ async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: st
   } finally {
     observer.close();
     await Promise.all(agents.map((a) => stopAgent(a, 'SIGTERM')));
-    await rm(work, { recursive: true, force: true });
+    if (opts.keep) progress(`  kept ${work}`);
+    else await rm(work, { recursive: true, force: true });
   }
 }
 
@@ -416,7 +523,7 @@ async function main(): Promise<void> {
     for (const p of live) p.kill('SIGKILL');
     await etcd?.stop();
     if (baselineDir !== undefined) spawnSync('git', ['worktree', 'remove', '--force', baselineDir], { cwd: ROOT });
-    await rm(root, { recursive: true, force: true });
+    if (!opts.keep) await rm(root, { recursive: true, force: true });
   };
   const onSignal = (sig: NodeJS.Signals): void => {
     progress(`\nbench: interrupted by ${sig}; cleaning up`);

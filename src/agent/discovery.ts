@@ -156,6 +156,11 @@ export class Discovery {
  * the store is open: it exists from the agent's start, and a Discovery is attached to it once the cluster link is
  * up. Watchers are told only about the services whose instances changed, so an upstream file of `api` is not
  * re-rendered because `db` moved.
+ *
+ * An attached Discovery starts (watches, first read) when something asks for services — a template listing them,
+ * an instance's peers, a graph module — or at once when attached eagerly. Until then it costs nothing: a host whose
+ * graph never looks at services does not re-read and re-verify the scheduler's records each time a host joins or
+ * leaves, which with thirty agents is thirty full reads on every agent for every membership change.
  */
 export class DiscoveryHandle implements ServiceDirectory {
   private discovery: Discovery | undefined;
@@ -163,28 +168,65 @@ export class DiscoveryHandle implements ServiceDirectory {
   private readonly watchers = new Map<string, Set<() => void>>();
   private attachedResolve: ((d: Discovery) => void) | undefined;
   private readonly attached = new Promise<Discovery>((resolve) => (this.attachedResolve = resolve));
+  /** The start of the attached Discovery, once something asked for it. */
+  private starting: { readonly d: Discovery; readonly done: Promise<void> } | undefined;
+  /** Something asked for services before a Discovery was attached: start it as soon as one is. */
+  private wanted = false;
+  private log: Logger | undefined;
+  private retryTimer: NodeJS.Timeout | undefined;
 
-  /** Starts `d` (watch, first read) and serves from it; `onAnyChange` runs after each change, after the watchers. */
-  async attach(d: Discovery, onAnyChange: () => void): Promise<void> {
+  /**
+   * Serves from `d`; `onAnyChange` runs after each change, after the watchers. `eager`: start it now (and resolve
+   * after its first read), as for a graph module, whose every render reads ctx.services; otherwise it starts when
+   * first asked for.
+   */
+  async attach(d: Discovery, onAnyChange: () => void, opts: { eager?: boolean; log?: Logger } = {}): Promise<void> {
     // A reconnection (the first attempt failed after attaching) replaces the Discovery on the store it closed.
     if (this.discovery !== d) this.discovery?.close();
     // Set first: a module graph re-rendered because of the first read's change must already see its answer.
     this.discovery = d;
+    this.log = opts.log;
     d.onChange(() => {
       if (this.discovery === d) this.changed(d.current(), onAnyChange);
     });
-    await d.start();
     this.attachedResolve?.(d);
+    if (opts.eager === true || this.wanted) await this.start();
   }
 
-  /** Empty until a Discovery is attached (no cluster store open): a module graph then sees no services. */
+  /**
+   * Starts the attached Discovery if it is not started yet; resolves after its first read (successful or not), at
+   * once when none is attached yet (it starts when attached). A failed start (the store went away) is tried again.
+   */
+  start(): Promise<void> {
+    this.wanted = true;
+    const d = this.discovery;
+    if (d === undefined) return Promise.resolve();
+    if (this.starting?.d !== d) {
+      const done = d.start().catch((err: unknown) => {
+        if (this.starting?.d !== d) return;
+        this.starting = undefined;
+        this.log?.warn(`service discovery could not start: ${errorMessage(err)}; trying again`);
+        this.retryTimer ??= setTimeout(() => {
+          this.retryTimer = undefined;
+          if (this.discovery === d) void this.start();
+        }, 1000);
+      });
+      this.starting = { d, done };
+    }
+    return this.starting.done;
+  }
+
+  /** Empty until a Discovery is attached (no cluster store open) and has read: a module graph then sees no services. */
   current(): ServiceInstances {
+    void this.start();
     return this.discovery?.current() ?? {};
   }
 
   async get(service: string, signal: AbortSignal): Promise<readonly ServiceInstance[]> {
+    this.wanted = true;
     const first = await abortable(this.attached, signal);
     const d = this.discovery ?? first;
+    void this.start();
     await abortable(d.ready, signal);
     return d.current()[service] ?? [];
   }
@@ -193,6 +235,7 @@ export class DiscoveryHandle implements ServiceDirectory {
     const set = this.watchers.get(service) ?? new Set();
     set.add(onChange);
     this.watchers.set(service, set);
+    void this.start();
     return () => {
       set.delete(onChange);
       if (set.size === 0) this.watchers.delete(service);
@@ -200,6 +243,8 @@ export class DiscoveryHandle implements ServiceDirectory {
   }
 
   close(): void {
+    if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
     this.discovery?.close();
   }
 

@@ -1,6 +1,6 @@
 import { loadavg, freemem } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { ClusterLink, type LinkIdentity, type NodeRecord } from '../cluster/link.js';
 import { parseToken, TrustFiles, trustScope } from '../cluster/trust.js';
 import type { ControlServer } from '../cluster/control-server.js';
@@ -10,7 +10,8 @@ import type { Metrics } from '../api/metrics.js';
 import { timedStore } from '../api/timed-store.js';
 import { BackplaneError, errorMessage } from '../errors.js';
 import { gatherFacts } from '../facts.js';
-import { readGraphSource } from '../frontends/load.js';
+import { parseGraphText, readGraphSource } from '../frontends/load.js';
+import { readGraphText } from '../frontends/limits.js';
 import { buildGraph, type KindRegistry } from '../graph/build.js';
 import { collectResources, type CollectedResource, type ExportEntry } from '../graph/collect.js';
 import type { Graph } from '../graph/graph.js';
@@ -199,7 +200,13 @@ export class GraphSource {
       // the file is read each time (an edit is never missed), but parsed again only when its text changed.
       const file = resolve(this.opts.file);
       const text = await readGraphText(file);
-      raw = this.parsed?.text === text ? this.parsed.raw : parseGraphText(file, text);
+      if (this.parsed?.text === text) {
+        raw = this.parsed.raw;
+      } else {
+        const t0 = performance.now();
+        raw = parseGraphText(file, text);
+        this.opts.log.debug(`parsed ${file} in ${(performance.now() - t0).toFixed(1)}ms`);
+      }
       this.parsed = { text, raw };
     }
     if (this.opts.pinFile === true && !isModuleGraph(this.opts.file) && raw.errors.length === 0) this.pinned = raw;
@@ -281,7 +288,8 @@ export class GraphSource {
   }
 
   private context() {
-    return { host: this.opts.host, facts: this.facts, collected: this.collected, services: this.services.current() };
+    // Only a module graph reads ctx.services; asking discovery for it would start discovery for nothing.
+    return { host: this.opts.host, facts: this.facts, collected: this.collected, services: isModuleGraph(this.opts.file) ? this.services.current() : {} };
   }
 
   private connect(): Promise<void> {
@@ -389,18 +397,30 @@ export class GraphSource {
       ...(cluster.leaseTtlMs === undefined ? {} : { leaseTtlMs: cluster.leaseTtlMs }),
       ...(metrics === undefined ? {} : { onLeaseLost: () => metrics.leaseLost() }),
     });
-    await link.start((entries) => {
-      this.collected = entries;
-      this.changeListener?.('cluster');
-    });
+    try {
+      await link.start((entries) => {
+        this.collected = entries;
+        this.changeListener?.('cluster');
+      });
+    } catch (err) {
+      // The next attempt makes a new link on a new store: this one's watches, retries and lease must stop now, not
+      // go on failing against the closed store (or keep a second membership alive).
+      await link.close().catch(() => undefined);
+      throw err;
+    }
     this.link = link;
     this.linkReady?.();
     // Service discovery: a module graph is a function of ctx.services, so it re-renders; a YAML graph is not (its
     // templates watch the services they list themselves).
     const discovery = new Discovery({ store, trust: () => link.trust, log: this.opts.log });
-    await this.services.attach(discovery, () => {
-      if (isModuleGraph(this.opts.file)) this.changeListener?.('cluster');
-    });
+    const moduleGraph = isModuleGraph(this.opts.file);
+    await this.services.attach(
+      discovery,
+      () => {
+        if (moduleGraph) this.changeListener?.('cluster');
+      },
+      { eager: moduleGraph, log: this.opts.log },
+    );
     if (cluster.services === true) await this.joinServices(link);
     this.opts.log.info(
       cluster.etcd.length > 0
@@ -514,13 +534,9 @@ export class GraphSource {
     if (r.refused !== undefined) return r.refused;
     if (local.has(id)) return 'this host declares a resource with the same id';
     if (seen.has(id)) return 'another host exports a resource with the same id';
-    const kind = this.opts.registry.get(r.kind);
-    if (kind === undefined) return `unknown kind "${r.kind}"`;
-    const params = kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
-    if (!params.success) return params.error.issues.map((i) => `${i.path.join('.') || 'parameters'}: ${i.message}`).join('; ');
-    const meta = metaSchema.safeParse(r.meta);
-    if (!meta.success) return `meta: ${meta.error.issues.map((i) => i.message).join('; ')}`;
-    const thing = kind.manages?.(params.data);
+    const v = this.validated(r);
+    if (v.problem !== undefined) return v.problem;
+    const thing = v.manages;
     if (thing !== undefined && local.has(thing)) return `it manages ${thing}, which a resource of this host manages`;
     if (thing !== undefined && seen.has(thing)) return `it manages ${thing}, which another host's export manages`;
     return undefined;
@@ -528,11 +544,44 @@ export class GraphSource {
 
   /** What a raw resource manages (a file's path), or undefined when it does not validate (the build reports that). */
   private manages(r: RawResource): string | undefined {
-    const kind = this.opts.registry.get(r.kind);
-    if (kind?.manages === undefined) return undefined;
-    const params = kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
-    return params.success ? kind.manages(params.data) : undefined;
+    return this.validated(r).manages;
   }
+
+  /**
+   * Kind, parameters and meta checked against this host's kinds, and what the resource manages: a function of the
+   * resource alone, so kept from one render to the next (every collected export is looked at on every re-render,
+   * and a re-render follows every change any host makes). Only what the last render and this one looked at is kept.
+   */
+  private validated(r: RawResource): Validated {
+    const key = JSON.stringify([r.kind, r.name, r.params, r.meta ?? null]);
+    let v = this.validatedNow.get(key) ?? this.validatedBefore.get(key);
+    if (v === undefined) {
+      const kind = this.opts.registry.get(r.kind);
+      if (kind === undefined) {
+        v = { problem: `unknown kind "${r.kind}"`, manages: undefined };
+      } else {
+        const params = kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
+        const meta = params.success ? metaSchema.safeParse(r.meta) : undefined;
+        const manages = params.success ? kind.manages?.(params.data) : undefined;
+        if (!params.success) v = { problem: params.error.issues.map((i) => `${i.path.join('.') || 'parameters'}: ${i.message}`).join('; '), manages };
+        else if (meta?.success === false) v = { problem: `meta: ${meta.error.issues.map((i) => i.message).join('; ')}`, manages };
+        else v = { problem: undefined, manages };
+      }
+    }
+    this.validatedNow.set(key, v);
+    return v;
+  }
+
+  /** Starts a render's generation of validated(): what the previous render looked at stays available, nothing older. */
+  private nextValidation(): void {
+    this.validatedBefore = this.validatedNow;
+    this.validatedNow = new Map();
+  }
+}
+
+interface Validated {
+  readonly problem: string | undefined;
+  readonly manages: string | undefined;
 }
 
 function needsCluster(raw: RawGraph): boolean {

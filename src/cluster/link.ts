@@ -6,7 +6,7 @@ import type { HostFacts } from '../resources/types.js';
 import { fingerprint, type KeyPair } from './identity.js';
 import { keys, parseExportedKey, parseJoinKey, parseKvKey, parseNodeKey } from './keys.js';
 import { isStoreError, writeInChunks, type KeyValue, type Lease, type Store, type TxnOp, type WatchBatch } from './store.js';
-import { approve, joinMac, openRecord, parseJoinRequest, sealRecord, TrustView, updateHosts, type JoinToken, type TrustFiles, type Verified } from './trust.js';
+import { approve, approveAll, joinMac, openRecord, parseJoinRequest, sealRecord, TrustView, updateHosts, type JoinRequest, type JoinToken, type TrustFiles, type Verified } from './trust.js';
 
 /** What an agent publishes about itself under `nodes/<host>`: its liveness is the key's lease. */
 export interface NodeRecord {
@@ -89,10 +89,15 @@ export class ClusterLink {
   private retryTimer: NodeJS.Timeout | undefined;
   private reachable = true;
   private onExports: ((entries: readonly ExportEntry[]) => void) | undefined;
+  /** The entries for this host last handed to onExports (key -> verified value); undefined before the first. */
+  private emitted: Map<string, string> | undefined;
   private view: TrustView | undefined;
   private seq = Date.now();
   private approved = false;
   private approving: Promise<void> = Promise.resolve();
+  /** Join requests waiting for the next batch (key -> latest request), and whether that batch is queued. */
+  private readonly joinQueue = new Map<string, KeyValue>();
+  private joinQueued = false;
   private trustRevision = 0;
   private nodeRevision = 0;
 
@@ -116,18 +121,22 @@ export class ClusterLink {
     }
     this.onExports = onExports;
     this.view = await this.establishTrust();
-    await this.watchTrust();
-    await this.ensureApproved();
-    await this.register();
-    await this.watchExports();
-    await this.watchOwnKv();
-    await this.opts.store.watch(keys.node(this.opts.host), this.nodeRevision + 1, (b) => this.onOwnNode(b), this.ac.signal);
-    if (this.opts.identity.ca !== undefined) await this.watchJoins();
+    // The rest needs only the trust view, not each other: side by side, a joining host waits for one store round
+    // trip or two instead of eight in a row. Each watch starts at the revision of its own read, so nothing written
+    // in between is missed. The CA's holder approves itself before it looks at anyone else's join request (both
+    // rewrite the hosts list).
+    await Promise.all([
+      this.watchTrust(),
+      this.ensureApproved().then(() => (this.opts.identity.ca !== undefined ? this.watchJoins() : undefined)),
+      this.register().then(() => this.opts.store.watch(keys.node(this.opts.host), this.nodeRevision + 1, (b) => this.onOwnNode(b), this.ac.signal)),
+      this.watchExports(),
+      this.watchOwnKv(),
+    ]);
   }
 
   /** The exports addressed to this host (or to all), as last seen. */
   exportsForMe(): ExportEntry[] {
-    return [...this.entries.values()].filter((e) => e.resource.to === '*' || e.resource.to.includes(this.opts.host));
+    return [...this.entries.values()].filter((e) => this.isForMe(e));
   }
 
   /** Makes the store hold exactly these exports for this host (under its lease); retried while the store is down. */
@@ -346,12 +355,27 @@ export class ClusterLink {
     this.rejudge();
   }
 
-  /** On the CA's holder: approves join requests that prove a valid token; others wait for `hosts approve`. */
+  /**
+   * On the CA's holder: approves join requests that prove a valid token; others wait for `hosts approve`. Requests
+   * that arrive while one batch is being handled are handled together in the next: one token-file write and one new
+   * hosts list for all of them, so thirty hosts starting at once make a handful of hosts lists, not thirty (each one
+   * is read, checked and cached by every agent in the cluster).
+   */
   private async watchJoins(): Promise<void> {
     const handle = (kv: KeyValue): void => {
-      this.approving = this.approving.then(() => this.considerJoin(kv)).catch((err: unknown) => {
-        if (!this.ac.signal.aborted) this.opts.log.warn(`handling the join request at ${kv.key} failed: ${errorMessage(err)}`);
-      });
+      this.joinQueue.set(kv.key, kv);
+      if (this.joinQueued) return;
+      this.joinQueued = true;
+      this.approving = this.approving
+        .then(() => {
+          this.joinQueued = false;
+          const batch = [...this.joinQueue.values()];
+          this.joinQueue.clear();
+          return this.considerJoins(batch);
+        })
+        .catch((err: unknown) => {
+          if (!this.ac.signal.aborted) this.opts.log.warn(`handling join requests failed: ${errorMessage(err)}`);
+        });
     };
     const { kvs, revision } = await this.opts.store.list(keys.joinsPrefix, { signal: this.ac.signal });
     for (const kv of kvs) handle(kv);
@@ -366,29 +390,52 @@ export class ClusterLink {
     );
   }
 
-  private async considerJoin(kv: KeyValue): Promise<void> {
+  private async considerJoins(kvs: readonly KeyValue[]): Promise<void> {
     const { ca, files } = this.opts.identity;
     const view = this.view;
-    if (ca === undefined || view === undefined) return;
-    const host = parseJoinKey(kv.key);
-    const req = parseJoinRequest(kv.value);
-    // Per key and message, not per write: a store writer rewriting the same join request in a loop gets one line.
-    const say = (msg: string): void => this.warnOnce(`join:${kv.key}:${msg}`, msg);
-    if (host === undefined || req === undefined || req.host !== host || !HOST_NAME.test(host)) return say(`ignoring the join request at ${kv.key}: it is malformed`);
-    if (view.keyOf(host) === req.publicKey) {
-      await this.opts.store.cas(kv.key, kv.modRevision, null, { signal: this.ac.signal });
-      return;
+    if (ca === undefined || view === undefined || kvs.length === 0) return;
+    const done: KeyValue[] = [];
+    const candidates: { kv: KeyValue; req: JoinRequest & { host: string } }[] = [];
+    for (const kv of kvs) {
+      const host = parseJoinKey(kv.key);
+      const req = parseJoinRequest(kv.value);
+      // Per key and message, not per write: a store writer rewriting the same join request in a loop gets one line.
+      const say = (msg: string): void => this.warnOnce(`join:${kv.key}:${msg}`, msg);
+      if (host === undefined || req === undefined || req.host !== host || !HOST_NAME.test(host)) {
+        say(`ignoring the join request at ${kv.key}: it is malformed`);
+      } else if (view.keyOf(host) === req.publicKey) {
+        done.push(kv);
+      } else if (req.token === undefined) {
+        say(`host ${host} asks to join (key ${fingerprint(req.publicKey)}); approve it with \`backplane hosts approve ${host}\``);
+      } else if (view.state(host) !== 'unknown') {
+        say(`not approving ${host} by token: that name is already ${view.state(host)} with another key; \`backplane hosts approve ${host} --replace\` if it was reinstalled`);
+      } else if (candidates.some((c) => c.req.host === host)) {
+        // Two requests for one name in a batch cannot be: the key is joins/<host>, and the queue keeps the last.
+        say(`not approving ${host}: it asked twice at once`);
+      } else {
+        candidates.push({ kv, req: { ...req, host } });
+      }
     }
-    if (req.token === undefined) return say(`host ${host} asks to join (key ${fingerprint(req.publicKey)}); approve it with \`backplane hosts approve ${host}\``);
-    if (view.state(host) !== 'unknown') {
-      return say(`not approving ${host} by token: that name is already ${view.state(host)} with another key; \`backplane hosts approve ${host} --replace\` if it was reinstalled`);
+    const verdicts = await files.redeemAll(candidates.map((c) => c.req));
+    const approved: { kv: KeyValue; req: JoinRequest }[] = [];
+    for (const [i, c] of candidates.entries()) {
+      const ok = verdicts[i];
+      if (ok === true) approved.push(c);
+      else this.warnOnce(`join:${c.kv.key}:${String(ok)}`, `not approving ${c.req.host}: ${String(ok)}`);
     }
-    const ok = await files.redeem(req);
-    if (ok !== true) return say(`not approving ${host}: ${ok}`);
-    await updateHosts(this.opts.store, ca, view, approve(host, req.publicKey, false), { signal: this.ac.signal });
-    await this.afterOwnUpdate();
-    this.opts.log.info(`approved host ${host} (key ${fingerprint(req.publicKey)}) with join token ${req.token}`);
-    await this.opts.store.cas(kv.key, kv.modRevision, null, { signal: this.ac.signal });
+    if (approved.length > 0) {
+      // If this fails (the store went away), the requests stay and are handled again; the same host and key do not
+      // take a second use of the token (TrustFiles.redeemAll).
+      await updateHosts(this.opts.store, ca, view, approveAll(approved.map((a) => ({ host: a.req.host, publicKey: a.req.publicKey }))), { signal: this.ac.signal });
+      await this.afterOwnUpdate();
+      for (const a of approved) {
+        if (view.keyOf(a.req.host) !== a.req.publicKey) continue; // taken meanwhile under another key (hosts approve --replace)
+        this.opts.log.info(`approved host ${a.req.host} (key ${fingerprint(a.req.publicKey)}) with join token ${a.req.token ?? '?'}`);
+        done.push(a.kv);
+      }
+    }
+    // One at a time: these are housekeeping, and thirty at once would pile listeners on the link's signal.
+    for (const kv of done) await this.opts.store.cas(kv.key, kv.modRevision, null, { signal: this.ac.signal });
   }
 
   // ------------------------------------------------------------------------------------------------------------
@@ -396,22 +443,35 @@ export class ClusterLink {
 
   private async register(): Promise<void> {
     const lease = await this.opts.store.lease(this.opts.leaseTtlMs ?? DEFAULT_TTL_MS, { signal: this.ac.signal });
+    // Watched from the grant on: a lease lost while the record below is still being written (a store slow enough for
+    // that is exactly when leases get lost) must still make this host register again. A listener added after the
+    // loss would never fire, and every later write would go out under a dead lease, refused, for ever.
+    lease.lost.addEventListener('abort', () => this.dropLease(lease, errorMessage(lease.lost.reason)), { once: true });
     this.lease = lease;
     const key = keys.node(this.opts.host);
     this.nodeValue = this.seal(key, JSON.stringify(this.opts.record()));
-    this.nodeRevision = (await this.opts.store.put(key, this.nodeValue, { lease, signal: this.ac.signal })).revision;
-    lease.lost.addEventListener(
-      'abort',
-      () => {
-        if (this.ac.signal.aborted) return;
-        this.opts.log.warn(`cluster lease lost (${errorMessage(lease.lost.reason)}); registering again`);
-        this.opts.onLeaseLost?.();
-        this.lease = undefined;
-        this.published = new Map(); // the lease took our exports with it
-        this.scheduleRetry(0);
-      },
-      { once: true },
-    );
+    try {
+      this.nodeRevision = (await this.opts.store.put(key, this.nodeValue, { lease, signal: this.ac.signal })).revision;
+    } catch (err) {
+      // Half registered: the next attempt starts over with a new lease rather than write under this one.
+      if (this.lease === lease) this.lease = undefined;
+      void lease.revoke().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /**
+   * `lease` ended (expired, or etcd refused a write under it): if it is still the one this host lives under, forget
+   * it and what was published under it, and register again with a new one.
+   */
+  private dropLease(lease: Lease, why: string): void {
+    if (this.ac.signal.aborted || this.lease !== lease) return;
+    this.opts.log.warn(`cluster lease lost (${why}); registering again`);
+    this.opts.onLeaseLost?.();
+    this.lease = undefined;
+    this.published = new Map(); // the lease took our exports with it
+    lease.release();
+    this.scheduleRetry(0);
   }
 
   /** Our membership record changed or vanished without us: someone else wrote it. Put ours back. */
@@ -437,9 +497,11 @@ export class ClusterLink {
 
   private async syncOnce(): Promise<void> {
     if (this.ac.signal.aborted) return;
+    let lease: Lease | undefined;
     try {
+      if (this.lease?.lost.aborted === true) this.dropLease(this.lease, errorMessage(this.lease.lost.reason));
       if (this.lease === undefined) await this.register();
-      const lease = this.lease;
+      lease = this.lease;
       if (lease === undefined) return;
       const ops: TxnOp[] = [];
       const wanted = new Map([...this.wantedSealed, ...this.kvWanted]);
@@ -450,6 +512,12 @@ export class ClusterLink {
       this.markReachable(true);
     } catch (err) {
       if (this.ac.signal.aborted) return;
+      // etcd says the lease is gone before our keep-alives did (they were acknowledged late, or by a member that had
+      // not heard yet): the same as losing it.
+      if (isStoreError(err) && err.reason === 'lease-lost' && lease !== undefined) {
+        this.dropLease(lease, err.message);
+        return;
+      }
       this.markReachable(false, err);
       this.scheduleRetry(1000);
     }
@@ -634,8 +702,23 @@ export class ClusterLink {
     this.entries.set(kv.key, { host: where.host, resource: value });
   }
 
+  /**
+   * Tells the agent about the exports for this host, but only when they differ from what it was last told: a batch
+   * that changes nothing it collects (another host's export for someone else, a refused write, its own export's
+   * echo, a hosts list that approves a host with nothing exported yet) must not cost every agent a re-render.
+   * An entry is a function of its key and its verified value, so comparing those is comparing what was collected.
+   */
   private emit(): void {
+    const now = new Map<string, string>();
+    for (const [key, e] of this.entries) if (this.isForMe(e)) now.set(key, this.verified.get(key)?.value ?? '');
+    const before = this.emitted;
+    if (before !== undefined && before.size === now.size && [...now].every(([k, v]) => before.get(k) === v)) return;
+    this.emitted = now;
     this.onExports?.(this.exportsForMe());
+  }
+
+  private isForMe(e: ExportEntry): boolean {
+    return e.resource.to === '*' || e.resource.to.includes(this.opts.host);
   }
 
   /**

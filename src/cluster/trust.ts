@@ -258,6 +258,8 @@ interface TokenRecord {
   readonly secret: string;
   readonly expires: string;
   usesLeft: number;
+  /** "<host> <public key>" of every join that took a use of this token. */
+  redeemedBy?: string[];
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -336,18 +338,43 @@ export class TrustFiles {
    * otherwise. The MAC comparison is constant-time.
    */
   async redeem(req: JoinRequest): Promise<true | string> {
-    if (req.token === undefined || req.mac === undefined) return 'it carries no join token';
+    return (await this.redeemTokens([req], false))[0] ?? 'no verdict';
+  }
+
+  /**
+   * redeem() for the join requests the CA's holder handles together, in order, with one read and (when any token was
+   * used) one write of the tokens file: a token with one use left approves the first of two hosts and not the second.
+   * A request from a host and key that already took a use of the same token is the same join asked again (its
+   * approval could not be written: the store went away) and takes no second use; its proof is checked all the same.
+   */
+  redeemAll(reqs: readonly JoinRequest[]): Promise<(true | string)[]> {
+    return this.redeemTokens(reqs, true);
+  }
+
+  private async redeemTokens(reqs: readonly JoinRequest[], repeatIsFree: boolean): Promise<(true | string)[]> {
+    if (reqs.length === 0) return [];
     const tokens = await this.tokens();
-    const t = tokens.find((x) => x.id === req.token);
-    if (t === undefined) return `token ${req.token} is unknown here`;
-    if (Date.parse(t.expires) <= Date.now()) return `token ${req.token} expired at ${t.expires}`;
-    if (t.usesLeft <= 0) return `token ${req.token} is used up`;
-    const want = Buffer.from(joinMac(t.secret, req.host, req.publicKey), 'hex');
-    const got = Buffer.from(req.mac, 'hex');
-    if (got.length !== want.length || !timingSafeEqual(got, want)) return `its proof of token ${req.token} is wrong (not made with the token's secret for this host and key)`;
-    t.usesLeft -= 1;
-    await writePrivateFile(join(this.dir, 'tokens.json'), JSON.stringify(tokens, null, 2));
-    return true;
+    let used = false;
+    const out = reqs.map((req): true | string => {
+      if (req.token === undefined || req.mac === undefined) return 'it carries no join token';
+      const t = tokens.find((x) => x.id === req.token);
+      if (t === undefined) return `token ${req.token} is unknown here`;
+      if (Date.parse(t.expires) <= Date.now()) return `token ${req.token} expired at ${t.expires}`;
+      const who = `${req.host} ${req.publicKey}`;
+      const repeat = repeatIsFree && t.redeemedBy?.includes(who) === true;
+      if (!repeat && t.usesLeft <= 0) return `token ${req.token} is used up`;
+      const want = Buffer.from(joinMac(t.secret, req.host, req.publicKey), 'hex');
+      const got = Buffer.from(req.mac, 'hex');
+      if (got.length !== want.length || !timingSafeEqual(got, want)) return `its proof of token ${req.token} is wrong (not made with the token's secret for this host and key)`;
+      if (repeat) return true;
+      t.usesLeft -= 1;
+      t.redeemedBy = [...(t.redeemedBy ?? []), who];
+      used = true;
+      return true;
+    });
+    // Written before anyone is approved with them: a crash after this loses the uses, never grants extra ones.
+    if (used) await writePrivateFile(join(this.dir, 'tokens.json'), JSON.stringify(tokens, null, 2));
+    return out;
   }
 
   private async tokens(): Promise<TokenRecord[]> {
@@ -355,7 +382,16 @@ export class TrustFiles {
     if (text === undefined) return [];
     try {
       const v = JSON.parse(text) as unknown;
-      return Array.isArray(v) ? (v as TokenRecord[]).filter((t) => typeof t.id === 'string' && typeof t.secret === 'string' && typeof t.expires === 'string' && typeof t.usesLeft === 'number') : [];
+      return Array.isArray(v)
+        ? (v as TokenRecord[]).filter(
+            (t) =>
+              typeof t.id === 'string' &&
+              typeof t.secret === 'string' &&
+              typeof t.expires === 'string' &&
+              typeof t.usesLeft === 'number' &&
+              (t.redeemedBy === undefined || (Array.isArray(t.redeemedBy) && t.redeemedBy.every((x) => typeof x === 'string'))),
+          )
+        : [];
     } catch {
       return [];
     }
@@ -417,6 +453,21 @@ export function approve(host: string, publicKey: string, replace: boolean, opera
       });
     }
     return withHost(doc, host, { publicKey, state: 'approved', since: new Date().toISOString(), ...(op ? { operator: true } : {}) });
+  };
+}
+
+/**
+ * Approves several hosts that joined with tokens in one new hosts list (one serial later). A host that meanwhile has
+ * an entry (approved or revoked, with any key) is left as it is: a token never replaces or un-revokes anyone.
+ */
+export function approveAll(joiners: readonly { readonly host: string; readonly publicKey: string }[]): (doc: HostsDoc) => HostsDoc | undefined {
+  return (doc) => {
+    const add = joiners.filter((j) => !Object.hasOwn(doc.hosts, j.host));
+    if (add.length === 0) return undefined;
+    const since = new Date().toISOString();
+    const hosts: Record<string, HostEntry> = { ...doc.hosts };
+    for (const j of add) hosts[j.host] = { publicKey: j.publicKey, state: 'approved', since };
+    return { serial: doc.serial + 1, issuedAt: since, hosts };
   };
 }
 
