@@ -44,7 +44,7 @@ const RESULTS_DIR = join(REPO_ROOT, 'bench', 'results');
 const USAGE = `usage: npm run bench -- scale [options]
   --sizes LIST       resource counts (default 1000,10000,100000); the empty graph is always measured too
   --kinds LIST       comma-separated subset of ${SCALE_KINDS.join(',')} (default: both)
-  --runs N           runs of each size up to 10,000 resources and of the empty graph; medians are reported (default 3)
+  --runs N           runs of each size up to 10,000 resources and of the empty graph (default 3); see --stat
   --big-runs N       runs of each size above 10,000 (default 1: a 100,000-file run takes minutes)
   --timeout S        give up on one run after S seconds, reported as a failure (default 60 + 4 ms per resource)
   --idle-window S    seconds the idle agent's CPU is measured over (default 5)
