@@ -153,17 +153,21 @@ export function createFile(id: ResourceId, p: FileParams, world: ResourceWorld):
   let notify: ((reason: string) => void) | undefined;
   const ownEcho = (): boolean => wrote !== undefined && isEcho(path, wrote);
   return {
-    async watch({ signal, ready, changed }) {
+    watch({ signal, ready, changed }) {
       notify = changed;
       const cb = (reason: string): void => {
         if (running) deferred ??= reason;
         else if (!ownEcho()) changed(reason);
       };
-      await watchPath(path, cb, signal, p.type === 'directory' && p.purge ? { children: true } : {});
-      if (p.source !== undefined && p.state === 'exists') await watchPath(p.source, cb, signal);
-      ready();
-      if (signal.aborted) return;
-      await new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
+      // A promise chain rather than an async function: a suspended one per file (until the agent stops) is a
+      // generator and its frame kept alive for each of 100,000 files.
+      let attached = watchPath(path, cb, signal, p.type === 'directory' && p.purge ? { children: true } : {});
+      const source = p.source;
+      if (source !== undefined && p.state === 'exists') attached = attached.then(() => watchPath(source, cb, signal));
+      return attached.then(() => {
+        ready();
+        return untilAborted(signal);
+      });
     },
     async checkApply({ apply, signal, log }) {
       if (apply && !swept) {
@@ -1161,7 +1165,14 @@ function octal(mode: number): string {
 /** `/a/b/` and `/a//b` are `/a/b`, so auto-edge keys and purge's child paths agree with each other. */
 function normalizePath(p: string): string {
   const n = posix.normalize(p);
-  return n.length > 1 && n.endsWith('/') ? n.slice(0, -1) : n;
+  const out = n.length > 1 && n.endsWith('/') ? n.slice(0, -1) : n;
+  // The string the graph already holds when nothing changed, not a copy of it per resource.
+  return out === p ? p : out;
+}
+
+function untilAborted(signal: AbortSignal): Promise<void> {
+  if (signal.aborted) return Promise.resolve();
+  return new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
 }
 
 /** Ancestor directories nearest first, without `/`: nobody manages the root with a file resource. */

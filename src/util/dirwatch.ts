@@ -109,7 +109,8 @@ function subscribe(sub: Subscription, dir: string, name: string): unknown {
     dw = created;
   }
   if (name !== '*') {
-    sub.dir = dir;
+    // The watch's own copy of the directory name: 100,000 files in one directory share one string, not one each.
+    sub.dir = dw.dir;
     sub.name = name;
   }
   let set = dw.byName.get(name);
