@@ -14,16 +14,16 @@
 import type { z } from 'zod';
 import type { ExportEntry } from './graph/collect.js';
 import type { metaSchema } from './graph/meta.js';
-import type { execSchema } from './resources/exec-schema.js';
+import type { ExecSchema } from './resources/exec-schema.js';
 import type { fileSchema } from './resources/file-schema.js';
-import type { groupSchema } from './resources/group.js';
-import type { httpSchema } from './resources/http.js';
-import type { pkgSchema } from './resources/pkg/schema.js';
-import type { svcSchema } from './resources/svc-schema.js';
-import type { tcpSchema } from './resources/tcp.js';
-import type { templateSchema } from './resources/template.js';
+import type { GroupSchema } from './resources/group.js';
+import type { HttpSchema } from './resources/http.js';
+import type { PkgSchema } from './resources/pkg/schema.js';
+import type { SvcSchema } from './resources/svc-schema.js';
+import type { TcpSchema } from './resources/tcp.js';
+import type { TemplateSchema } from './resources/template.js';
 import type { HostFacts, ServiceInstance, ServiceInstances } from './resources/types.js';
-import type { userSchema } from './resources/user.js';
+import type { UserSchema } from './resources/user.js';
 import type { ServiceInput } from './scheduler/spec-schema.js';
 
 /** `kind[name]` or `kind:name`. */
@@ -48,14 +48,14 @@ type Decl<K extends string, S extends z.ZodType, Defaulted extends string = neve
 
 export type ResourceDecl =
   | Decl<'file', typeof fileSchema, 'path'>
-  | Decl<'template', typeof templateSchema, 'path'>
-  | Decl<'exec', typeof execSchema>
-  | Decl<'pkg', typeof pkgSchema, 'name'>
-  | Decl<'svc', typeof svcSchema>
-  | Decl<'user', typeof userSchema, 'name'>
-  | Decl<'group', typeof groupSchema, 'name'>
-  | Decl<'http', typeof httpSchema, 'url'>
-  | Decl<'tcp', typeof tcpSchema, 'address'>
+  | Decl<'template', TemplateSchema, 'path'>
+  | Decl<'exec', ExecSchema>
+  | Decl<'pkg', PkgSchema, 'name'>
+  | Decl<'svc', SvcSchema>
+  | Decl<'user', UserSchema, 'name'>
+  | Decl<'group', GroupSchema, 'name'>
+  | Decl<'http', HttpSchema, 'url'>
+  | Decl<'tcp', TcpSchema, 'address'>
   | ({ kind: 'noop' } & Common)
   | ({ kind: 'print'; msg: string } & Common)
   | ({ kind: 'timer'; interval: number | string } & Common);

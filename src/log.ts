@@ -1,4 +1,5 @@
-import { pino, type Logger as PinoLogger } from 'pino';
+import { createRequire } from 'node:module';
+import type { Logger as PinoLogger } from 'pino';
 import { terminalSafe } from './util/terminal.js';
 
 /**
@@ -30,9 +31,19 @@ export interface LoggerOptions {
   readonly colour?: boolean;
 }
 
+/**
+ * pino, loaded by the first JSON logger: with its streams and worker plumbing it is milliseconds of every
+ * start-up, and most runs log for people. Required, not imported, because createLogger is synchronous; it comes from
+ * node_modules beside the CLI (the bundle leaves it out; scripts/build.mjs).
+ */
+function loadPino(): typeof import('pino').pino {
+  return (createRequire(import.meta.url)('pino') as typeof import('pino')).pino;
+}
+
 export function createLogger(opts: LoggerOptions = {}): Logger {
   const level = opts.level ?? 'info';
   if (opts.format === 'json') {
+    const pino = loadPino();
     const base = pino(
       { level: level === 'silent' ? 'silent' : level, base: { pid: process.pid }, timestamp: pino.stdTimeFunctions.isoTime },
       opts.write === undefined ? pino.destination({ dest: 2, sync: true }) : { write: opts.write },

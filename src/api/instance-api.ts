@@ -12,7 +12,7 @@
  * agent's Instances, src/agent/instances.ts).
  */
 import { createHmac, randomBytes, timingSafeEqual } from 'node:crypto';
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import type { IncomingMessage, Server, ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
@@ -81,7 +81,7 @@ interface Stream {
   lastPeers: string;
 }
 
-const stateSchema = z.strictObject({
+const stateSchema = z.lazy(() => z.strictObject({
   ready: z.boolean().optional(),
   state: z
     .record(z.string(), z.unknown())
@@ -90,13 +90,13 @@ const stateSchema = z.strictObject({
   // eslint-disable-next-line no-control-regex
   message: z.string().max(200, 'message is at most 200 characters').regex(/^[^\u0000-\u001f\u007f]*$/, 'message is one line without control characters').optional(),
   urgent: z.boolean().optional(),
-});
+}));
 
-const scaleSchema = z.strictObject({
+const scaleSchema = z.lazy(() => z.strictObject({
   count: z.number().int('count is a whole number').min(0, 'count is at least 0').max(100_000, 'count is at most 100000'),
   // eslint-disable-next-line no-control-regex
   reason: z.string().max(200, 'reason is at most 200 characters').regex(/^[^\u0000-\u001f\u007f]*$/, 'reason is one line without control characters').optional(),
-});
+}));
 
 class HttpError extends Error {
   constructor(
@@ -135,6 +135,8 @@ export class InstanceApi {
   async start(): Promise<void> {
     const saved = await this.load();
     this.secret = saved.secret;
+    // node:http loaded here, not when the agent starts: only an agent with instances serves this API.
+    const { createServer } = await import('node:http');
     const server = createServer({ maxHeaderSize: 8192, requestTimeout: 10_000, headersTimeout: 5000, keepAliveTimeout: 5000 }, (req, res) => this.handle(req, res));
     server.maxHeadersCount = 50;
     server.maxConnections = 512;

@@ -62,9 +62,9 @@ function codeFor(status: number): ErrorCode {
   }
 }
 
-export const errorBody = z.object({
+export const errorBody = z.lazy(() => z.object({
   error: z.object({ status: z.number().int(), code: z.string(), message: z.string(), hint: z.string().optional() }),
-});
+}));
 export type ErrorBody = z.infer<typeof errorBody>;
 
 /** The cluster as this agent (or the CLI, on a direct store) sees it. */
@@ -88,7 +88,7 @@ export interface AgentView {
   onEvent(cb: (e: AgentEvent) => void): () => void;
 }
 
-export const vertexSchema = z.object({
+export const vertexSchema = z.lazy(() => z.object({
   id: z.string(),
   kind: z.string(),
   name: z.string(),
@@ -99,15 +99,15 @@ export const vertexSchema = z.object({
   runs: z.number().int(),
   /** When it last changed something (ms since the epoch). */
   lastChange: z.number().optional(),
-});
-export const agentGraphSchema = z.object({
+}));
+export const agentGraphSchema = z.lazy(() => z.object({
   host: z.string(),
   vertices: z.array(vertexSchema),
   edges: z.array(z.object({ from: z.string(), to: z.string(), notify: z.boolean() })),
-});
+}));
 export type AgentGraph = z.infer<typeof agentGraphSchema>;
 
-export const agentStatusSchema = z.object({
+export const agentStatusSchema = z.lazy(() => z.object({
   host: z.string(),
   version: z.string(),
   pid: z.number().int(),
@@ -121,7 +121,7 @@ export const agentStatusSchema = z.object({
   blocked: z.array(z.object({ id: z.string(), blockedBy: z.string().optional() })),
   repairs: z.array(z.object({ id: z.string(), at: z.number() })),
   cluster: z.object({ connected: z.boolean(), store: z.string().optional(), leader: z.boolean(), services: z.boolean() }),
-});
+}));
 export type AgentStatus = z.infer<typeof agentStatusSchema>;
 
 export type AgentEvent =

@@ -144,7 +144,7 @@ export function defineBackplane<P>(def: BackplaneDefinition<P>): BackplaneDefini
 }
 
 /** What the controller accepts back from `react`: anything else is the backplane's bug, reported as such. */
-export const reactOutputSchema = z.strictObject({
+export const reactOutputSchema = z.lazy(() => z.strictObject({
   memory: z.unknown().optional(),
   config: z.record(z.string().max(200), boundedJson).optional(),
   discovery: z.record(z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/), z.array(z.strictObject({ allocId: z.string().max(200), port: z.string().max(64) })).max(1000)).optional(),
@@ -154,6 +154,6 @@ export const reactOutputSchema = z.strictObject({
   gates: z.record(z.string(), appGateSchema).optional(),
   exec: z.record(z.string().max(200), z.strictObject({ action: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/), id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/) })).optional(),
   wakeInMs: z.number().int().min(10).max(3_600_000).optional(),
-});
+}));
 
 export const MAX_MEMORY_BYTES = 65536;

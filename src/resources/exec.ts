@@ -17,7 +17,9 @@ import { defineKind, type ResourceLog } from './types.js';
 export const execKind = defineKind({
   kind: 'exec',
   description: 'runs a command, guarded by creates/onlyif/unless/refreshOnly; watch.cmd and watch.files re-trigger it',
-  schema: execSchema,
+  get schema() {
+    return execSchema();
+  },
   refreshable: true,
   // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
   collect: {

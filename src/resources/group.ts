@@ -15,19 +15,24 @@ import {
   type GroupEntry,
 } from './accounts.js';
 import { defineKind, type CheckResult, type Resource, type ResourceLog, type ResourceWorld } from './types.js';
+import { once } from '../util/once.js';
 
-export const groupSchema = z.strictObject({
-  name: accountName().meta({ description: 'the group name; always the resource name' }),
-  state: z.enum(['exists', 'absent']).default('exists'),
-  gid: accountId().optional().meta({ description: 'group id; without it a new group gets the next free one and an existing one keeps its own' }),
-  system: z.boolean().default(false).meta({ description: 'create a system group (gid below 1000); only used when creating' }),
-  members: z
-    .array(accountName())
-    .optional()
-    .meta({ description: 'the exact member list (users not listed are removed); not managed when not given' }),
-});
+/** The group kind's parameters, built on first use: a graph without a group does not pay for them at start-up. */
+export const groupSchema = once(() =>
+  z.strictObject({
+    name: accountName().meta({ description: 'the group name; always the resource name' }),
+    state: z.enum(['exists', 'absent']).default('exists'),
+    gid: accountId().optional().meta({ description: 'group id; without it a new group gets the next free one and an existing one keeps its own' }),
+    system: z.boolean().default(false).meta({ description: 'create a system group (gid below 1000); only used when creating' }),
+    members: z
+      .array(accountName())
+      .optional()
+      .meta({ description: 'the exact member list (users not listed are removed); not managed when not given' }),
+  }),
+);
 
-export type GroupParams = z.output<typeof groupSchema>;
+export type GroupSchema = ReturnType<typeof groupSchema>;
+export type GroupParams = z.output<GroupSchema>;
 
 /**
  * A local group (Puppet's and Ansible's `group`), managed with groupadd, groupmod, groupdel and gpasswd. Users that
@@ -37,7 +42,9 @@ export type GroupParams = z.output<typeof groupSchema>;
 export const groupKind = defineKind<GroupParams>({
   kind: 'group',
   description: 'a local group: gid, system, exact member list; or that it is absent',
-  schema: groupSchema,
+  get schema() {
+    return groupSchema();
+  },
   refreshable: false,
   defaults: (name) => ({ name }),
   // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).

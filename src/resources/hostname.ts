@@ -5,6 +5,7 @@ import { z } from 'zod';
 import { BackplaneError, errorMessage } from '../errors.js';
 import { writeFileAtomic } from '../util/atomic-write.js';
 import { defineKind } from './types.js';
+import { once } from '../util/once.js';
 
 const ETC = '/etc';
 const STATIC_FILE = `${ETC}/hostname`;
@@ -15,6 +16,16 @@ const KERNEL_POLL_MS = 2000;
 /** RFC 1123 labels joined by dots; the kernel holds at most 64 bytes (HOST_NAME_MAX). */
 const HOSTNAME = /^(?=.{1,64}$)[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$/;
 
+/** The hostname kind's parameters, built on first use (a graph without one does not pay for them at start-up). */
+const paramsSchema = once(() =>
+  z.strictObject({
+    hostname: z
+      .string()
+      .regex(HOSTNAME, 'must be a hostname: letters, digits and "-", dot-separated labels, at most 64 characters')
+      .meta({ description: 'the hostname; defaults to the resource name' }),
+  }),
+);
+
 /**
  * The machine's hostname (mgmt's `hostname`): the static one in /etc/hostname, read at boot, and the running
  * kernel's, which is what `hostname` prints and other programs see now. Both are set together, without systemd.
@@ -22,12 +33,9 @@ const HOSTNAME = /^(?=.{1,64}$)[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-
 export const hostnameKind = defineKind({
   kind: 'hostname',
   description: "the machine's hostname: /etc/hostname and the running kernel's",
-  schema: z.strictObject({
-    hostname: z
-      .string()
-      .regex(HOSTNAME, 'must be a hostname: letters, digits and "-", dot-separated labels, at most 64 characters')
-      .meta({ description: 'the hostname; defaults to the resource name' }),
-  }),
+  get schema() {
+    return paramsSchema();
+  },
   defaults: (name) => ({ hostname: name }),
   // Another host's export must not rename this one unless the collect rule says so (see CollectPolicy).
   collect: { power: { hostname: "this host's name" }, fromName: ['hostname'] },

@@ -4,6 +4,7 @@ import { duration } from '../graph/schema-util.js';
 import { formatDuration } from '../util/duration.js';
 import { aborted, deadline, describeNetError, probeResource, quote, type ProbeResult } from './probe.js';
 import { defineKind, type Resource } from './types.js';
+import { once } from '../util/once.js';
 
 /**
  * Converged while an HTTP(S) endpoint answers as expected: a status, and optionally something in the body. It is a
@@ -25,47 +26,53 @@ const statusItem = z.union([
     .transform((s) => (s.endsWith('xx') ? s : Number(s))),
 ]);
 
-export const httpSchema = z
-  .strictObject({
-    // Optional only to the JSON Schema, which cannot express "defaults to the name when that is a URL".
-    url: z
-      .string()
-      .refine(isHttpUrl, { message: 'must be an http:// or https:// URL, e.g. http://127.0.0.1:8080/health' })
-      .optional()
-      .meta({ description: 'the URL to probe; defaults to the name when the name is an http(s) URL' }),
-    method: z.enum(['GET', 'HEAD', 'OPTIONS', 'POST', 'PUT', 'PATCH', 'DELETE']).default('GET'),
-    status: z
-      .union([statusItem, z.array(statusItem).min(1)])
-      .default(200)
-      .meta({ description: 'expected status: 200, "2xx", or a list such as [200, 204, "3xx"]' }),
-    body: z.string().min(1).optional().meta({ description: 'the body must contain this text' }),
-    bodyMatch: z
-      .string()
-      .min(1)
-      .refine(isRegExp, { message: 'must be a valid JavaScript regular expression' })
-      .optional()
-      .meta({ description: 'the body must match this regular expression (JavaScript syntax)' }),
-    headers: z.record(z.string(), z.string()).default({}).meta({ description: 'request headers' }),
-    followRedirects: z.boolean().default(true).meta({ description: 'follow 3xx answers; false to expect the redirect itself' }),
-    timeout: duration()
-      .refine((ms) => ms > 0, { message: 'must be more than 0' })
-      .default(2000)
-      .meta({ description: 'how long one request (with its body) may take' }),
-    interval: duration()
-      .refine((ms) => ms >= MIN_INTERVAL_MS, { message: `must be at least ${MIN_INTERVAL_MS}ms` })
-      .default(5000)
-      .meta({ description: 'how often the watch probes to notice the endpoint going down or coming up' }),
-  })
-  .superRefine((p, ctx) => {
-    if (p.url === undefined) ctx.addIssue({ code: 'custom', path: ['url'], message: 'give url, or name the resource by its http:// or https:// URL' });
-  });
+/** The http kind's parameters, built on first use: a graph without a http does not pay for them at start-up. */
+export const httpSchema = once(() =>
+  z
+    .strictObject({
+      // Optional only to the JSON Schema, which cannot express "defaults to the name when that is a URL".
+      url: z
+        .string()
+        .refine(isHttpUrl, { message: 'must be an http:// or https:// URL, e.g. http://127.0.0.1:8080/health' })
+        .optional()
+        .meta({ description: 'the URL to probe; defaults to the name when the name is an http(s) URL' }),
+      method: z.enum(['GET', 'HEAD', 'OPTIONS', 'POST', 'PUT', 'PATCH', 'DELETE']).default('GET'),
+      status: z
+        .union([statusItem, z.array(statusItem).min(1)])
+        .default(200)
+        .meta({ description: 'expected status: 200, "2xx", or a list such as [200, 204, "3xx"]' }),
+      body: z.string().min(1).optional().meta({ description: 'the body must contain this text' }),
+      bodyMatch: z
+        .string()
+        .min(1)
+        .refine(isRegExp, { message: 'must be a valid JavaScript regular expression' })
+        .optional()
+        .meta({ description: 'the body must match this regular expression (JavaScript syntax)' }),
+      headers: z.record(z.string(), z.string()).default({}).meta({ description: 'request headers' }),
+      followRedirects: z.boolean().default(true).meta({ description: 'follow 3xx answers; false to expect the redirect itself' }),
+      timeout: duration()
+        .refine((ms) => ms > 0, { message: 'must be more than 0' })
+        .default(2000)
+        .meta({ description: 'how long one request (with its body) may take' }),
+      interval: duration()
+        .refine((ms) => ms >= MIN_INTERVAL_MS, { message: `must be at least ${MIN_INTERVAL_MS}ms` })
+        .default(5000)
+        .meta({ description: 'how often the watch probes to notice the endpoint going down or coming up' }),
+    })
+    .superRefine((p, ctx) => {
+      if (p.url === undefined) ctx.addIssue({ code: 'custom', path: ['url'], message: 'give url, or name the resource by its http:// or https:// URL' });
+    }),
+);
 
-export type HttpParams = z.output<typeof httpSchema>;
+export type HttpSchema = ReturnType<typeof httpSchema>;
+export type HttpParams = z.output<HttpSchema>;
 
 export const httpKind = defineKind<HttpParams>({
   kind: 'http',
   description: 'converged while an HTTP(S) endpoint answers with the expected status (and body); dependents wait for it',
-  schema: httpSchema,
+  get schema() {
+    return httpSchema();
+  },
   refreshable: false,
   defaults: (name) => (/^https?:\/\//i.test(name) ? { url: name } : {}),
   // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).

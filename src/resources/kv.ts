@@ -1,20 +1,11 @@
 import { z } from 'zod';
 import { BackplaneError } from '../errors.js';
 import { defineKind } from './types.js';
+import { once } from '../util/once.js';
 
-/**
- * A value this host publishes in the cluster store (mgmt's `kv`). It lives under `kv/<host>/<key>`, signed with the
- * host's key like its exports, so every reader can tell who wrote it and nobody else can write it; it goes with the
- * host's lease, as exports do. mgmt's kv is one cluster-wide namespace that any host may overwrite: here each host
- * owns its keys, and `backplane cluster kv` shows every host's values (verified).
- *
- * The store is reached only through ResourceWorld.cluster, the narrow handle the agent gives this kind.
- */
-export const kvKind = defineKind({
-  kind: 'kv',
-  description: "publishes a value under this host's name in the cluster store, signed (mgmt's kv)",
-  defaults: (name) => ({ key: name }),
-  schema: z
+/** The kv kind's parameters, built on first use (a graph without one does not pay for them at start-up). */
+const paramsSchema = once(() =>
+  z
     .strictObject({
       key: z
         .string()
@@ -28,6 +19,23 @@ export const kvKind = defineKind({
     .superRefine((p, ctx) => {
       if (p.state === 'present' && p.value === undefined) ctx.addIssue({ code: 'custom', path: ['value'], message: 'a value is required (or state: absent)' });
     }),
+);
+
+/**
+ * A value this host publishes in the cluster store (mgmt's `kv`). It lives under `kv/<host>/<key>`, signed with the
+ * host's key like its exports, so every reader can tell who wrote it and nobody else can write it; it goes with the
+ * host's lease, as exports do. mgmt's kv is one cluster-wide namespace that any host may overwrite: here each host
+ * owns its keys, and `backplane cluster kv` shows every host's values (verified).
+ *
+ * The store is reached only through ResourceWorld.cluster, the narrow handle the agent gives this kind.
+ */
+export const kvKind = defineKind({
+  kind: 'kv',
+  description: "publishes a value under this host's name in the cluster store, signed (mgmt's kv)",
+  defaults: (name) => ({ key: name }),
+  get schema() {
+    return paramsSchema();
+  },
   manages: (p) => `kv ${p.key}`,
   collect: { power: { key: 'which of this host’s keys is written' }, fromName: ['key'] },
   create: (_id, p, world) => {

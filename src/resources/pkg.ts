@@ -21,7 +21,9 @@ import { defineKind, type CheckResult, type Resource } from './types.js';
 export const pkgKind = defineKind<PkgParams>({
   kind: 'pkg',
   description: 'a Debian package installed (optionally at an exact version) or absent, via apt-get; concurrent changes share one apt transaction',
-  schema: pkgSchema,
+  get schema() {
+    return pkgSchema();
+  },
   refreshable: false,
   defaults: (name) => ({ name }),
   // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).

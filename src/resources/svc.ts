@@ -20,7 +20,9 @@ import { defineKind, type CheckApplyContext, type CheckResult } from './types.js
 export const svcKind = defineKind({
   kind: 'svc',
   description: 'a supervised long-running process: restart with backoff, crash-loop detection, health checks, logs, cgroup limits; survives agent restarts',
-  schema: svcSchema,
+  get schema() {
+    return svcSchema();
+  },
   refreshable: true,
   // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
   collect: {

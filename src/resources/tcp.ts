@@ -5,6 +5,7 @@ import { duration } from '../graph/schema-util.js';
 import { formatDuration } from '../util/duration.js';
 import { aborted, deadline, describeNetError, probeResource, quote, type ProbeResult } from './probe.js';
 import { defineKind, type Resource } from './types.js';
+import { once } from '../util/once.js';
 
 /**
  * Converged while a TCP port accepts connections — and, with send/expect, answers as expected (a Redis PING, an
@@ -19,40 +20,46 @@ const ADDRESS = /^(?:\[([^\]]+)\]|([^\s:[\]]+)):(\d{1,5})$/;
 
 const port = z.number().int().min(1).max(65535);
 
-export const tcpSchema = z
-  .strictObject({
-    address: z
-      .string()
-      .regex(ADDRESS, 'must be host:port, e.g. 127.0.0.1:6379 or [::1]:6379')
-      .refine((a) => validPort(a), { message: 'the port must be 1-65535' })
-      .optional()
-      .meta({ description: 'host:port to connect to; defaults to the name when the name is host:port' }),
-    host: z.string().min(1).optional().meta({ description: 'host name or address (with port); default 127.0.0.1' }),
-    port: port.optional().meta({ description: 'port (with host); takes precedence over address' }),
-    send: z.string().min(1).optional().meta({ description: 'text to send once connected, e.g. "PING\\r\\n"' }),
-    expect: z.string().min(1).optional().meta({ description: 'the first bytes the server sends must contain this text' }),
-    timeout: duration()
-      .refine((ms) => ms > 0, { message: 'must be more than 0' })
-      .default(2000)
-      .meta({ description: 'how long connecting (and the expected answer) may take' }),
-    interval: duration()
-      .refine((ms) => ms >= MIN_INTERVAL_MS, { message: `must be at least ${MIN_INTERVAL_MS}ms` })
-      .default(5000)
-      .meta({ description: 'how often the watch probes to notice the port going down or coming up' }),
-  })
-  .superRefine((p, ctx) => {
-    if (p.port === undefined && p.address === undefined)
-      ctx.addIssue({ code: 'custom', path: [], message: 'give address (host:port), or port (and host), or name the resource host:port' });
-    if (p.host !== undefined && p.port === undefined)
-      ctx.addIssue({ code: 'custom', path: ['host'], message: 'host needs a port' });
-  });
+/** The tcp kind's parameters, built on first use: a graph without a tcp does not pay for them at start-up. */
+export const tcpSchema = once(() =>
+  z
+    .strictObject({
+      address: z
+        .string()
+        .regex(ADDRESS, 'must be host:port, e.g. 127.0.0.1:6379 or [::1]:6379')
+        .refine((a) => validPort(a), { message: 'the port must be 1-65535' })
+        .optional()
+        .meta({ description: 'host:port to connect to; defaults to the name when the name is host:port' }),
+      host: z.string().min(1).optional().meta({ description: 'host name or address (with port); default 127.0.0.1' }),
+      port: port.optional().meta({ description: 'port (with host); takes precedence over address' }),
+      send: z.string().min(1).optional().meta({ description: 'text to send once connected, e.g. "PING\\r\\n"' }),
+      expect: z.string().min(1).optional().meta({ description: 'the first bytes the server sends must contain this text' }),
+      timeout: duration()
+        .refine((ms) => ms > 0, { message: 'must be more than 0' })
+        .default(2000)
+        .meta({ description: 'how long connecting (and the expected answer) may take' }),
+      interval: duration()
+        .refine((ms) => ms >= MIN_INTERVAL_MS, { message: `must be at least ${MIN_INTERVAL_MS}ms` })
+        .default(5000)
+        .meta({ description: 'how often the watch probes to notice the port going down or coming up' }),
+    })
+    .superRefine((p, ctx) => {
+      if (p.port === undefined && p.address === undefined)
+        ctx.addIssue({ code: 'custom', path: [], message: 'give address (host:port), or port (and host), or name the resource host:port' });
+      if (p.host !== undefined && p.port === undefined)
+        ctx.addIssue({ code: 'custom', path: ['host'], message: 'host needs a port' });
+    }),
+);
 
-export type TcpParams = z.output<typeof tcpSchema>;
+export type TcpSchema = ReturnType<typeof tcpSchema>;
+export type TcpParams = z.output<TcpSchema>;
 
 export const tcpKind = defineKind<TcpParams>({
   kind: 'tcp',
   description: 'converged while a TCP port accepts connections (and answers send/expect); dependents wait for it',
-  schema: tcpSchema,
+  get schema() {
+    return tcpSchema();
+  },
   refreshable: false,
   defaults: (name) => (ADDRESS.test(name) && validPort(name) ? { address: name } : {}),
   // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).

@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { posix } from 'node:path';
-import { Liquid, LiquidError, type Template, type Variable } from 'liquidjs';
+import type { Liquid, Template, Variable } from 'liquidjs';
 import { z } from 'zod';
 import { BackplaneError } from '../errors.js';
 import { modeHasSpecialBits } from '../graph/file-mode.js';
@@ -11,6 +12,7 @@ import { closest } from '../util/suggest.js';
 import type { FileParams } from './file-schema.js';
 import { createFile, fileKind } from './file.js';
 import { defineKind, type CheckApplyContext, type CheckResult, type HostFacts, type Resource, type ResourceWorld, type ServiceInstance, type WatchContext } from './types.js';
+import { once } from '../util/once.js';
 
 /**
  * A file rendered from a Liquid template with this host's facts and values declared in the graph. Rendering is the
@@ -26,41 +28,47 @@ import { defineKind, type CheckApplyContext, type CheckResult, type HostFacts, t
 /** A service, or an application object's discovery entry (`cache.primary`, read as services["cache.primary"]). */
 const SERVICE_NAME = /^[a-z0-9][a-z0-9-]{0,62}(\.[a-z0-9][a-z0-9-]{0,62})?$/;
 
-export const templateSchema = z
-  .strictObject({
-    path: absolutePath().meta({ description: 'absolute path of the rendered file; defaults to the resource name' }),
-    state: z.enum(['exists', 'absent']).default('exists'),
-    template: z.string().optional().meta({ description: 'inline Liquid template, e.g. "listen {{ vars.port }}"' }),
-    source: absolutePath().optional().meta({ description: 'absolute path of a Liquid template file; editing it re-renders' }),
-    vars: z.record(z.string(), z.unknown()).default({}).meta({ description: 'values the template sees as vars.*' }),
-    services: z
-      .array(z.string().regex(SERVICE_NAME, 'a service name is 1-63 characters of a-z, 0-9 and "-", starting with a letter or digit; an application\'s entry is OBJECT.ENTRY (cache.primary)'))
-      .default([])
-      .meta({ description: 'services whose healthy instances this template sees as services.NAME (a list of {id, index, host, address, ports, version}), and application discovery entries (cache.primary, seen as services["cache.primary"]); re-rendered when they change' }),
-    mode: fileMode().optional().meta({ description: 'permission bits in octal as chmod reads them ("0644", 644) or symbolic, absolute ("u=rw,go=r")' }),
-    owner: z.union([z.string().min(1), z.number().int().nonnegative()]).optional().meta({ description: 'user name or uid' }),
-    group: z.union([z.string().min(1), z.number().int().nonnegative()]).optional().meta({ description: 'group name or gid' }),
-    force: z.boolean().default(false).meta({ description: 'replace something of another type at path (e.g. a directory)' }),
-  })
-  .superRefine((p, ctx) => {
-    if (p.template !== undefined && p.source !== undefined)
-      ctx.addIssue({ code: 'custom', path: ['source'], message: 'give either template (inline text) or source (a template file), not both' });
-    else if (p.state === 'exists' && p.template === undefined && p.source === undefined)
-      ctx.addIssue({ code: 'custom', path: [], message: 'a template needs template (inline text) or source (the path of a template file)' });
-    if (p.template === undefined) return;
-    // Checked here so a broken inline template is a graph error with the file:line of its resource.
-    const compiled = compile(p.template);
-    const problems = 'problem' in compiled ? [compiled.problem] : checkNames(compiled.templates, p.vars, p.services);
-    for (const pr of problems.slice(0, MAX_PROBLEMS))
-      ctx.addIssue({ code: 'custom', path: ['template'], message: `template line ${pr.line}, col ${pr.col}: ${pr.message}` });
-  });
+/** The template kind's parameters, built on first use: a graph without a template does not pay for them at start-up. */
+export const templateSchema = once(() =>
+  z
+    .strictObject({
+      path: absolutePath().meta({ description: 'absolute path of the rendered file; defaults to the resource name' }),
+      state: z.enum(['exists', 'absent']).default('exists'),
+      template: z.string().optional().meta({ description: 'inline Liquid template, e.g. "listen {{ vars.port }}"' }),
+      source: absolutePath().optional().meta({ description: 'absolute path of a Liquid template file; editing it re-renders' }),
+      vars: z.record(z.string(), z.unknown()).default({}).meta({ description: 'values the template sees as vars.*' }),
+      services: z
+        .array(z.string().regex(SERVICE_NAME, 'a service name is 1-63 characters of a-z, 0-9 and "-", starting with a letter or digit; an application\'s entry is OBJECT.ENTRY (cache.primary)'))
+        .default([])
+        .meta({ description: 'services whose healthy instances this template sees as services.NAME (a list of {id, index, host, address, ports, version}), and application discovery entries (cache.primary, seen as services["cache.primary"]); re-rendered when they change' }),
+      mode: fileMode().optional().meta({ description: 'permission bits in octal as chmod reads them ("0644", 644) or symbolic, absolute ("u=rw,go=r")' }),
+      owner: z.union([z.string().min(1), z.number().int().nonnegative()]).optional().meta({ description: 'user name or uid' }),
+      group: z.union([z.string().min(1), z.number().int().nonnegative()]).optional().meta({ description: 'group name or gid' }),
+      force: z.boolean().default(false).meta({ description: 'replace something of another type at path (e.g. a directory)' }),
+    })
+    .superRefine((p, ctx) => {
+      if (p.template !== undefined && p.source !== undefined)
+        ctx.addIssue({ code: 'custom', path: ['source'], message: 'give either template (inline text) or source (a template file), not both' });
+      else if (p.state === 'exists' && p.template === undefined && p.source === undefined)
+        ctx.addIssue({ code: 'custom', path: [], message: 'a template needs template (inline text) or source (the path of a template file)' });
+      if (p.template === undefined) return;
+      // Checked here so a broken inline template is a graph error with the file:line of its resource.
+      const compiled = compile(p.template);
+      const problems = 'problem' in compiled ? [compiled.problem] : checkNames(compiled.templates, p.vars, p.services);
+      for (const pr of problems.slice(0, MAX_PROBLEMS))
+        ctx.addIssue({ code: 'custom', path: ['template'], message: `template line ${pr.line}, col ${pr.col}: ${pr.message}` });
+    }),
+);
 
-export type TemplateParams = z.output<typeof templateSchema>;
+export type TemplateSchema = ReturnType<typeof templateSchema>;
+export type TemplateParams = z.output<TemplateSchema>;
 
 export const templateKind = defineKind<TemplateParams>({
   kind: 'template',
   description: 'a file rendered from a Liquid template (inline or a template file) with host facts, vars and service instances',
-  schema: templateSchema,
+  get schema() {
+    return templateSchema();
+  },
   refreshable: false,
   defaults: (name) => ({ path: name }),
   // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
@@ -192,12 +200,22 @@ function toFileParams(p: TemplateParams, content: string | undefined): FileParam
 
 // ---- Liquid ------------------------------------------------------------------------------------------------------
 
+let liquidjs: typeof import('liquidjs') | undefined;
 let engine: Liquid | undefined;
 
-/** Built on first use: constructing Liquid costs ~12 ms, which every agent start would pay even with no template. */
+/**
+ * liquidjs, loaded on first use: loading it and constructing Liquid cost milliseconds that every start-up would pay
+ * even with no template. Required, not imported, because validation and create() are synchronous; it comes from
+ * node_modules beside the CLI (the bundle leaves it out; scripts/build.mjs).
+ */
+function liquidModule(): typeof import('liquidjs') {
+  liquidjs ??= createRequire(import.meta.url)('liquidjs') as typeof import('liquidjs');
+  return liquidjs;
+}
+
 function liquid(): Liquid {
   if (engine !== undefined) return engine;
-  const l = new Liquid({
+  const l = new (liquidModule().Liquid)({
     strictVariables: true,
     strictFilters: true,
     // Facts differ between hosts (facts.interfaces.eth1 may not exist): `{% if %}` and `| default` may test for them.
@@ -239,7 +257,8 @@ function compile(text: string): { templates: Template[] } | { problem: Problem }
 }
 
 function toProblem(err: unknown): Problem | undefined {
-  if (!(err instanceof LiquidError)) return undefined;
+  // Nothing but liquidjs throws a LiquidError, so without liquidjs loaded there is none to recognise.
+  if (liquidjs === undefined || !(err instanceof liquidjs.LiquidError)) return undefined;
   // RenderError wraps the error a tag or filter threw; the position is in the token either way.
   const [line = 1, col = 1] = err.token.getPosition();
   let message = (err.originalError?.message ?? err.message).replace(/, line:\d+, col:\d+$/, '');

@@ -2,6 +2,14 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { z } from 'zod';
 import { duration } from '../graph/schema-util.js';
 import { defineKind } from './types.js';
+import { once } from '../util/once.js';
+
+/** The timer kind's parameters, built on first use (a graph without one does not pay for them at start-up). */
+const paramsSchema = once(() =>
+  z.strictObject({
+    interval: duration().refine((ms) => ms >= 10, 'must be at least 10ms').meta({ description: 'time between ticks' }),
+  }),
+);
 
 /**
  * Emits an event every `interval`: each tick counts as a change, so dependents re-run and notify edges fire.
@@ -10,9 +18,9 @@ import { defineKind } from './types.js';
 export const timerKind = defineKind({
   kind: 'timer',
   description: 'ticks every interval; each tick re-runs dependents and fires notify edges',
-  schema: z.strictObject({
-    interval: duration().refine((ms) => ms >= 10, 'must be at least 10ms').meta({ description: 'time between ticks' }),
-  }),
+  get schema() {
+    return paramsSchema();
+  },
   create: (_id, params) => {
     let ticks = 0;
     return {

@@ -19,49 +19,54 @@ import {
   type ToolHints,
 } from './accounts.js';
 import { defineKind, type CheckResult, type Resource, type ResourceLog, type ResourceWorld } from './types.js';
+import { once } from '../util/once.js';
 
-export const userSchema = z
-  .strictObject({
-    name: accountName().meta({ description: 'the login name; always the resource name' }),
-    state: z.enum(['exists', 'absent']).default('exists'),
-    uid: accountId().optional().meta({ description: 'user id; without it a new user gets the next free one and an existing one keeps its own' }),
-    gid: accountId().optional().meta({ description: 'primary group by number (the same as group: <number>)' }),
-    group: groupRef()
-      .optional()
-      .meta({ description: 'primary group, by name or number; without it a new user gets a group of its own name (adopted if it exists)' }),
-    groups: z.array(accountName()).optional().meta({ description: 'supplementary groups; not managed when not given' }),
-    groupsMode: z
-      .enum(['minimum', 'exact'])
-      .default('minimum')
-      .meta({ description: 'minimum: only add the user to missing groups; exact: also remove it from groups not listed' }),
-    shell: absolutePath().optional().meta({ description: 'login shell, e.g. /bin/bash' }),
-    home: absolutePath().optional().meta({ description: 'home directory; without it a new user gets /home/<name>' }),
-    createHome: z.boolean().optional().meta({ description: 'create the home directory (from /etc/skel) when creating the user; default true, false for system users' }),
-    moveHome: z.boolean().default(false).meta({ description: 'when home changes, move the old directory\'s contents there (usermod -m)' }),
-    comment: z
-      .string()
-      .refine((c) => !/[:\n]/.test(c), { message: 'must not contain ":" or a newline (it is a field of /etc/passwd)' })
-      .optional()
-      .meta({ description: 'the GECOS field, usually the full name' }),
-    system: z.boolean().default(false).meta({ description: 'create a system account (uid below 1000, no aging); only used when creating' }),
-    removeHome: z.boolean().default(false).meta({ description: 'state: absent only: also delete the home directory and mail spool' }),
-  })
-  .superRefine((p, ctx) => {
-    if (p.gid !== undefined && p.group !== undefined)
-      ctx.addIssue({ code: 'custom', path: ['gid'], message: 'give the primary group as either gid or group, not both' });
-    if (p.removeHome && p.state !== 'absent')
-      ctx.addIssue({ code: 'custom', path: ['removeHome'], message: 'removeHome is only for state: absent' });
-    if (p.moveHome && p.home === undefined)
-      ctx.addIssue({ code: 'custom', path: ['moveHome'], message: 'moveHome needs home (where to move it)' });
-    if (p.groupsMode === 'exact' && p.groups === undefined)
-      ctx.addIssue({
-        code: 'custom',
-        path: ['groupsMode'],
-        message: 'groupsMode: exact needs groups (write groups: [] to take the user out of every supplementary group)',
-      });
-  });
+/** The user kind's parameters, built on first use: a graph without a user does not pay for them at start-up. */
+export const userSchema = once(() =>
+  z
+    .strictObject({
+      name: accountName().meta({ description: 'the login name; always the resource name' }),
+      state: z.enum(['exists', 'absent']).default('exists'),
+      uid: accountId().optional().meta({ description: 'user id; without it a new user gets the next free one and an existing one keeps its own' }),
+      gid: accountId().optional().meta({ description: 'primary group by number (the same as group: <number>)' }),
+      group: groupRef()
+        .optional()
+        .meta({ description: 'primary group, by name or number; without it a new user gets a group of its own name (adopted if it exists)' }),
+      groups: z.array(accountName()).optional().meta({ description: 'supplementary groups; not managed when not given' }),
+      groupsMode: z
+        .enum(['minimum', 'exact'])
+        .default('minimum')
+        .meta({ description: 'minimum: only add the user to missing groups; exact: also remove it from groups not listed' }),
+      shell: absolutePath().optional().meta({ description: 'login shell, e.g. /bin/bash' }),
+      home: absolutePath().optional().meta({ description: 'home directory; without it a new user gets /home/<name>' }),
+      createHome: z.boolean().optional().meta({ description: 'create the home directory (from /etc/skel) when creating the user; default true, false for system users' }),
+      moveHome: z.boolean().default(false).meta({ description: 'when home changes, move the old directory\'s contents there (usermod -m)' }),
+      comment: z
+        .string()
+        .refine((c) => !/[:\n]/.test(c), { message: 'must not contain ":" or a newline (it is a field of /etc/passwd)' })
+        .optional()
+        .meta({ description: 'the GECOS field, usually the full name' }),
+      system: z.boolean().default(false).meta({ description: 'create a system account (uid below 1000, no aging); only used when creating' }),
+      removeHome: z.boolean().default(false).meta({ description: 'state: absent only: also delete the home directory and mail spool' }),
+    })
+    .superRefine((p, ctx) => {
+      if (p.gid !== undefined && p.group !== undefined)
+        ctx.addIssue({ code: 'custom', path: ['gid'], message: 'give the primary group as either gid or group, not both' });
+      if (p.removeHome && p.state !== 'absent')
+        ctx.addIssue({ code: 'custom', path: ['removeHome'], message: 'removeHome is only for state: absent' });
+      if (p.moveHome && p.home === undefined)
+        ctx.addIssue({ code: 'custom', path: ['moveHome'], message: 'moveHome needs home (where to move it)' });
+      if (p.groupsMode === 'exact' && p.groups === undefined)
+        ctx.addIssue({
+          code: 'custom',
+          path: ['groupsMode'],
+          message: 'groupsMode: exact needs groups (write groups: [] to take the user out of every supplementary group)',
+        });
+    }),
+);
 
-export type UserParams = z.output<typeof userSchema>;
+export type UserSchema = ReturnType<typeof userSchema>;
+export type UserParams = z.output<UserSchema>;
 
 /**
  * A local user account (Puppet's and Ansible's `user`): created, changed and removed with useradd, usermod and
@@ -72,7 +77,9 @@ export type UserParams = z.output<typeof userSchema>;
 export const userKind = defineKind<UserParams>({
   kind: 'user',
   description: 'a local user account: uid, primary and supplementary groups, shell, home, comment; or that it is absent',
-  schema: userSchema,
+  get schema() {
+    return userSchema();
+  },
   refreshable: false,
   defaults: (name) => ({ name }),
   // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).

@@ -8,7 +8,8 @@ import type { Checked } from './records.js';
 import type { SchedState } from './state.js';
 import { unwrapSigned } from './records.js';
 import { parseDuration } from '../util/duration.js';
-import { DEFAULT_NAMESPACE, NAMESPACE_NAME, namespaceName, parseCpu } from './spec-schema.js';
+import { once } from '../util/once.js';
+import { DEFAULT_NAMESPACE, NAMESPACE_NAME, namespaceName, parseCpu } from './names.js';
 import { INHERITABLE_FIELDS, type InheritableField, type NamespaceDefaults, type NamespacePolicy, type NamespaceQuota, type Resources, type ServiceSpec, type UpdatePolicy } from './types.js';
 
 /**
@@ -49,41 +50,49 @@ const wholeNumber = (what: string, min = 0) =>
     .int(`${what} is a whole number >= ${min}`)
     .min(min, `${what} is a whole number >= ${min}`);
 
-const quotaDocSchema = z.strictObject({
-  cpu: cpuAmount().optional().meta({ description: 'cores the namespace\'s instances may reserve together: 4, "2500m"' }),
-  memory: sizeAmount().optional().meta({ description: 'memory the namespace\'s instances may reserve together: bytes, or 8G, 512M' }),
-  instances: wholeNumber('quota.instances').optional().meta({ description: 'instances the namespace may run together (0: none)' }),
-});
+const quotaDocSchema = once(() =>
+  z.strictObject({
+    cpu: cpuAmount().optional().meta({ description: 'cores the namespace\'s instances may reserve together: 4, "2500m"' }),
+    memory: sizeAmount().optional().meta({ description: 'memory the namespace\'s instances may reserve together: bytes, or 8G, 512M' }),
+    instances: wholeNumber('quota.instances').optional().meta({ description: 'instances the namespace may run together (0: none)' }),
+  }),
+);
 
 /** A spec's update policy (types.ts UpdatePolicy), every field optional: what the namespace's services inherit. */
-const updateDefaultsDocSchema = z
-  .strictObject({
-    maxParallel: wholeNumber('maxParallel').optional().meta({ description: 'instances replaced at a time; 0 = all at once (strategy parallel)' }),
-    minHealthyMs: msAmount().optional(),
-    healthyDeadlineMs: msAmount().optional(),
-    progressDeadlineMs: msAmount().optional().meta({ description: '0 = no deadline; at least healthyDeadlineMs' }),
-    canary: wholeNumber('canary').optional(),
-    autoPromote: z.boolean().optional(),
-    autoRevert: z.boolean().optional(),
-    startFirst: z.boolean().optional(),
-  })
-  .superRefine((u, ctx) => {
-    if (u.progressDeadlineMs !== undefined && u.healthyDeadlineMs !== undefined && u.progressDeadlineMs !== 0 && u.healthyDeadlineMs !== 0 && u.progressDeadlineMs < u.healthyDeadlineMs)
-      ctx.addIssue({ code: 'custom', path: ['progressDeadlineMs'], message: 'progressDeadlineMs is shorter than healthyDeadlineMs: a step may take up to healthyDeadlineMs; raise it (or 0: no deadline)' });
-  });
+const updateDefaultsDocSchema = once(() =>
+  z
+    .strictObject({
+      maxParallel: wholeNumber('maxParallel').optional().meta({ description: 'instances replaced at a time; 0 = all at once (strategy parallel)' }),
+      minHealthyMs: msAmount().optional(),
+      healthyDeadlineMs: msAmount().optional(),
+      progressDeadlineMs: msAmount().optional().meta({ description: '0 = no deadline; at least healthyDeadlineMs' }),
+      canary: wholeNumber('canary').optional(),
+      autoPromote: z.boolean().optional(),
+      autoRevert: z.boolean().optional(),
+      startFirst: z.boolean().optional(),
+    })
+    .superRefine((u, ctx) => {
+      if (u.progressDeadlineMs !== undefined && u.healthyDeadlineMs !== undefined && u.progressDeadlineMs !== 0 && u.healthyDeadlineMs !== 0 && u.progressDeadlineMs < u.healthyDeadlineMs)
+        ctx.addIssue({ code: 'custom', path: ['progressDeadlineMs'], message: 'progressDeadlineMs is shorter than healthyDeadlineMs: a step may take up to healthyDeadlineMs; raise it (or 0: no deadline)' });
+    }),
+);
 
-const defaultsDocSchema = z.strictObject({
-  update: updateDefaultsDocSchema.optional().meta({ description: 'update policy fields (a spec\'s update block, parsed: maxParallel 0 = all at once, durations in ms)' }),
-  maxUnavailable: wholeNumber('maxUnavailable').optional().meta({ description: 'the disruption budget of services that do not set one' }),
-});
+const defaultsDocSchema = once(() =>
+  z.strictObject({
+    update: updateDefaultsDocSchema().optional().meta({ description: 'update policy fields (a spec\'s update block, parsed: maxParallel 0 = all at once, durations in ms)' }),
+    maxUnavailable: wholeNumber('maxUnavailable').optional().meta({ description: 'the disruption budget of services that do not set one' }),
+  }),
+);
 
-/** A namespace's policy as an operator writes it: `{ quota: {cpu, memory, instances}, defaults: {update, maxUnavailable} }`. */
-export const policyDocumentSchema = z.strictObject({
-  name: namespaceName().optional().meta({ description: 'the namespace (when given, it must be the one named in the path or command)' }),
-  quota: quotaDocSchema.optional(),
-  defaults: defaultsDocSchema.optional(),
-});
-export type PolicyDocument = z.input<typeof policyDocumentSchema>;
+/** A namespace's policy as an operator writes it (built on first use: every agent start loads this module): `{ quota: {cpu, memory, instances}, defaults: {update, maxUnavailable} }`. */
+export const policyDocumentSchema = once(() =>
+  z.strictObject({
+    name: namespaceName().optional().meta({ description: 'the namespace (when given, it must be the one named in the path or command)' }),
+    quota: quotaDocSchema().optional(),
+    defaults: defaultsDocSchema().optional(),
+  }),
+);
+export type PolicyDocument = z.input<ReturnType<typeof policyDocumentSchema>>;
 
 /** A policy without its time: what a document says. */
 export type PolicyBody = Omit<NamespacePolicy, 'updatedAt'>;
@@ -95,7 +104,7 @@ export type PolicyBody = Omit<NamespacePolicy, 'updatedAt'>;
 export function parsePolicyDocument(name: string, data: unknown): { ok: true; value: PolicyBody } | { ok: false; problems: string[] } {
   const problems: string[] = [];
   if (!NAMESPACE_NAME.test(name)) problems.push(`namespace "${name}": 1-63 characters of a-z, 0-9 and "-", starting and ending with a letter or digit (e.g. team-a)`);
-  const r = policyDocumentSchema.safeParse(data ?? {});
+  const r = policyDocumentSchema().safeParse(data ?? {});
   if (!r.success) problems.push(...policyProblems(r.error.issues));
   else if (r.data.name !== undefined && r.data.name !== name) problems.push(`name: the document is for namespace "${r.data.name}", not "${name}"`);
   if (problems.length > 0 || !r.success) return { ok: false, problems };
@@ -112,7 +121,7 @@ export function policyProblems(issues: readonly z.core.$ZodIssue[]): string[] {
 }
 
 /** A parsed document (policyDocumentSchema's output) in the record's form. */
-export function policyBodyOf(name: string, d: z.output<typeof policyDocumentSchema>): PolicyBody {
+export function policyBodyOf(name: string, d: z.output<ReturnType<typeof policyDocumentSchema>>): PolicyBody {
   const quota: NamespaceQuota = prune({ cpu: d.quota?.cpu, memory: d.quota?.memory, instances: d.quota?.instances });
   const update: Partial<UpdatePolicy> = prune({ ...d.defaults?.update });
   const defaults: NamespaceDefaults = prune({ update: Object.keys(update).length === 0 ? undefined : update, maxUnavailable: d.defaults?.maxUnavailable });
@@ -121,10 +130,10 @@ export function policyBodyOf(name: string, d: z.output<typeof policyDocumentSche
 
 function knownAt(path: readonly PropertyKey[]): string[] {
   const [a, b] = path;
-  if (a === undefined) return Object.keys(policyDocumentSchema.shape);
-  if (a === 'quota') return Object.keys(quotaDocSchema.shape);
+  if (a === undefined) return Object.keys(policyDocumentSchema().shape);
+  if (a === 'quota') return Object.keys(quotaDocSchema().shape);
   if (a === 'defaults' && b === 'update') return ['maxParallel', 'minHealthyMs', 'healthyDeadlineMs', 'progressDeadlineMs', 'canary', 'autoPromote', 'autoRevert', 'startFirst'];
-  if (a === 'defaults') return Object.keys(defaultsDocSchema.shape);
+  if (a === 'defaults') return Object.keys(defaultsDocSchema().shape);
   return [];
 }
 
@@ -137,8 +146,8 @@ function prune<T extends object>(o: T): { [K in keyof T]?: Exclude<T[K], undefin
 
 const num = z.number().finite();
 const nonneg = num.nonnegative();
-const quotaRecordSchema = z.strictObject({ cpu: num.positive().optional(), memory: num.positive().optional(), instances: z.number().int().min(0).optional() });
-const defaultsRecordSchema = z.strictObject({
+const quotaRecordSchema = z.lazy(() => z.strictObject({ cpu: num.positive().optional(), memory: num.positive().optional(), instances: z.number().int().min(0).optional() }));
+const defaultsRecordSchema = z.lazy(() => z.strictObject({
   update: z
     .strictObject({
       maxParallel: z.number().int().min(0).optional(),
@@ -152,18 +161,18 @@ const defaultsRecordSchema = z.strictObject({
     })
     .optional(),
   maxUnavailable: z.number().int().min(0).optional(),
-});
-export const namespacePolicySchema = z.strictObject({
+}));
+export const namespacePolicySchema = z.lazy(() => z.strictObject({
   name: z.string().regex(NAMESPACE_NAME),
   quota: quotaRecordSchema.optional(),
   defaults: defaultsRecordSchema.optional(),
   updatedAt: z.string(),
-});
+}));
 
 /** What `policy/namespaces/<ns>` holds (signed by an operator host): the policy, or its removal. */
 export type PolicyRecord = NamespacePolicy | { readonly removed: true; readonly name: string; readonly at: string };
 
-const policyRecordSchema = z.union([namespacePolicySchema, z.strictObject({ removed: z.literal(true), name: z.string(), at: z.string() })]);
+const policyRecordSchema = z.lazy(() => z.union([namespacePolicySchema, z.strictObject({ removed: z.literal(true), name: z.string(), at: z.string() })]));
 
 /** A `policy/namespaces/<ns>` value: `{by, record}` whose record an operator host signed for that key. */
 export function openPolicyRecord(view: TrustView, ns: string, value: string): Checked<PolicyRecord> & { by?: string } {

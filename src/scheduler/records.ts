@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { keys } from '../cluster/keys.js';
 import type { TrustView } from '../cluster/trust.js';
 import type { PlanCommand, ServicePlan, SpecRef } from './plan-types.js';
-import { NAMESPACE_NAME } from './spec-schema.js';
+import { NAMESPACE_NAME } from './names.js';
 import { INHERITABLE_FIELDS, type Alloc, type AllocStatus, type ServiceSpec } from './types.js';
 
 /**
@@ -21,11 +21,11 @@ import { INHERITABLE_FIELDS, type Alloc, type AllocStatus, type ServiceSpec } fr
 
 const num = z.number().finite();
 const nonneg = num.nonnegative();
-const resources = z.strictObject({ cpu: nonneg, memory: nonneg });
-const hookSchema = z.strictObject({ cmd: z.array(z.string()).min(1), timeoutMs: nonneg });
-const instanceResource = z.strictObject({ kind: z.string().min(1), name: z.string().min(1), params: z.record(z.string(), z.unknown()), meta: z.unknown().optional() });
+const resources = z.lazy(() => z.strictObject({ cpu: nonneg, memory: nonneg }));
+const hookSchema = z.lazy(() => z.strictObject({ cmd: z.array(z.string()).min(1), timeoutMs: nonneg }));
+const instanceResource = z.lazy(() => z.strictObject({ kind: z.string().min(1), name: z.string().min(1), params: z.record(z.string(), z.unknown()), meta: z.unknown().optional() }));
 
-export const serviceSpecSchema = z.strictObject({
+export const serviceSpecSchema = z.lazy(() => z.strictObject({
   name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/),
   namespace: z.string().regex(NAMESPACE_NAME).optional(),
   inherits: z.array(z.enum(INHERITABLE_FIELDS)).optional(),
@@ -80,24 +80,24 @@ export const serviceSpecSchema = z.strictObject({
   actions: z.record(z.string().regex(/^[a-z][a-z0-9-]{0,31}$/), hookSchema).optional(),
   scale: z.strictObject({ min: z.number().int().min(0), max: z.number().int().min(0).max(100_000) }).optional(),
   app: z.strictObject({ kind: z.string().regex(/^[a-z][a-z0-9-]{0,62}$/), name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/), role: z.string().max(64).optional() }).optional(),
-});
+}));
 
 /** Free-form JSON a backplane or an instance hands over, bounded so a hostile one cannot bloat every record. */
 export const MAX_APP_JSON_BYTES = 8192;
-export const boundedJson = z.record(z.string(), z.unknown()).refine((v) => JSON.stringify(v).length <= MAX_APP_JSON_BYTES, { message: `at most ${MAX_APP_JSON_BYTES} bytes of JSON` });
-const appReportSchema = z.strictObject({ ready: z.boolean().optional(), state: boundedJson.optional(), message: z.string().max(200).optional(), at: num });
+export const boundedJson = z.lazy(() => z.record(z.string(), z.unknown()).refine((v) => JSON.stringify(v).length <= MAX_APP_JSON_BYTES, { message: `at most ${MAX_APP_JSON_BYTES} bytes of JSON` }));
+const appReportSchema = z.lazy(() => z.strictObject({ ready: z.boolean().optional(), state: boundedJson.optional(), message: z.string().max(200).optional(), at: num }));
 
 /** What `services/<name>` holds (signed by an operator host). */
 export type ServiceRecord =
   | { readonly spec: ServiceSpec; readonly source: string; readonly deployedAt: string }
   | { readonly removed: true; readonly name: string; readonly at: string };
 
-const serviceRecordSchema = z.union([
+const serviceRecordSchema = z.lazy(() => z.union([
   z.strictObject({ spec: serviceSpecSchema, source: z.string(), deployedAt: z.string() }),
   z.strictObject({ removed: z.literal(true), name: z.string(), at: z.string() }),
-]);
+]));
 
-const allocSchema = z.strictObject({
+const allocSchema = z.lazy(() => z.strictObject({
   id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}\.\d{1,6}\.[0-9a-f]{8}$/),
   service: z.string(),
   index: z.number().int().min(0),
@@ -111,7 +111,7 @@ const allocSchema = z.strictObject({
   hookRequests: z.strictObject({ beforeStop: num.optional(), beforePromote: num.optional() }).optional(),
   config: boundedJson.optional(),
   action: z.strictObject({ name: z.string().regex(/^[a-z][a-z0-9-]{0,31}$/), id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,63}$/) }).optional(),
-});
+}));
 
 /** What `sched/assign/<host>/<alloc>` holds (signed by the controller that placed it). */
 export interface AssignRecord {
@@ -124,17 +124,17 @@ export interface AssignRecord {
   readonly specBy: string;
 }
 
-const assignSchema = z.strictObject({
+const assignSchema = z.lazy(() => z.strictObject({
   alloc: allocSchema,
   epoch: z.number().int().min(1),
   controller: z.string(),
   specRecord: z.string(),
   specBy: z.string(),
-});
+}));
 
-const hookResult = z.strictObject({ nonce: num, state: z.enum(['running', 'ok', 'failed']), output: z.string().max(5000).optional(), at: num });
+const hookResult = z.lazy(() => z.strictObject({ nonce: num, state: z.enum(['running', 'ok', 'failed']), output: z.string().max(5000).optional(), at: num }));
 
-const statusSchema = z.strictObject({
+const statusSchema = z.lazy(() => z.strictObject({
   state: z.enum(['pending', 'starting', 'running', 'healthy', 'unhealthy', 'failed', 'stopped', 'stopping']),
   restarts: z.number().int().min(0),
   since: num,
@@ -147,7 +147,7 @@ const statusSchema = z.strictObject({
     .optional(),
   app: appReportSchema.optional(),
   action: z.strictObject({ name: z.string().max(32), id: z.string().max(64), state: z.enum(['running', 'ok', 'failed']), output: z.string().max(5000).optional(), at: num }).optional(),
-});
+}));
 
 export type StatusRecord = AllocStatus & {
   readonly version?: string;
@@ -162,7 +162,7 @@ export interface DrainRecord {
   readonly at: string;
 }
 
-const drainSchema = z.strictObject({ drain: z.boolean(), deadline: num.optional(), at: z.string() });
+const drainSchema = z.lazy(() => z.strictObject({ drain: z.boolean(), deadline: num.optional(), at: z.string() }));
 
 export type Checked<T> = { readonly ok: true; readonly value: T; readonly seq: number } | { readonly ok: false; readonly why: string };
 
@@ -267,7 +267,7 @@ export interface EventRecord {
   readonly host?: string;
 }
 
-const eventSchema = z.strictObject({ at: num, service: z.string(), message: z.string().max(4000), allocId: z.string().optional(), host: z.string().optional() });
+const eventSchema = z.lazy(() => z.strictObject({ at: num, service: z.string(), message: z.string().max(4000), allocId: z.string().optional(), host: z.string().optional() }));
 
 export function openEventRecord(view: TrustView, key: string, value: string): Checked<EventRecord> {
   const w = unwrapSigned(value);
@@ -280,8 +280,8 @@ export function openEventRecord(view: TrustView, key: string, value: string): Ch
 // ----------------------------------------------------------------------------------------------------------------
 // Plans (plan-types.ts) and the operator's commands
 
-const specRef = z.strictObject({ version: z.string(), record: z.string(), by: z.string(), deployedAt: z.string() });
-const stepSchema = z.strictObject({
+const specRef = z.lazy(() => z.strictObject({ version: z.string(), record: z.string(), by: z.string(), deployedAt: z.string() }));
+const stepSchema = z.lazy(() => z.strictObject({
   name: z.string(),
   index: z.number().int().min(0),
   action: z.enum(['replace', 'place', 'stop', 'move']),
@@ -292,9 +292,9 @@ const stepSchema = z.strictObject({
   to: z.strictObject({ allocId: z.string(), host: z.string() }).optional(),
   output: z.string().max(5000).optional(),
   forced: z.boolean().optional(),
-});
+}));
 const commandAction = z.enum(['pause', 'resume', 'promote', 'abort', 'restart-step', 'force-complete']);
-const planSchema = z.strictObject({
+const planSchema = z.lazy(() => z.strictObject({
   id: z.string(),
   seq: z.number().int().min(1),
   service: z.string(),
@@ -331,7 +331,7 @@ const planSchema = z.strictObject({
   restarted: z.record(z.string(), num),
   log: z.array(z.strictObject({ at: num, message: z.string().max(4000) })),
   commands: z.array(z.strictObject({ id: z.string(), action: commandAction, ok: z.boolean(), message: z.string().max(4000), at: num })),
-});
+}));
 
 /**
  * A plan record (`sched/plan/<service>` or a history entry), written by a controller: signed by an approved host (the
@@ -361,14 +361,14 @@ export function specOfRef(view: TrustView, service: string, ref: SpecRef): Servi
   return r.ok && 'spec' in r.value ? r.value.spec : undefined;
 }
 
-const commandSchema = z.strictObject({
+const commandSchema = z.lazy(() => z.strictObject({
   id: z.string().regex(/^[0-9a-f]{8,32}$/),
   service: z.string(),
   action: commandAction,
   planId: z.string(),
   step: z.string().max(200).optional(),
   at: z.string(),
-});
+}));
 
 /** `sched/cmd/<service>/<id>`, believed only when an operator host signed it. */
 export function openCommandRecord(view: TrustView, service: string, id: string, value: string): Checked<PlanCommand> {
@@ -397,7 +397,7 @@ export type AppRecord =
     }
   | { readonly removed: true; readonly name: string; readonly at: string };
 
-const appRecordSchema = z.union([
+const appRecordSchema = z.lazy(() => z.union([
   z.strictObject({
     object: z.strictObject({ kind: z.string().regex(/^[a-z][a-z0-9-]{0,62}$/), name: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/), params: z.record(z.string(), z.unknown()) }),
     services: z.array(z.string()).max(100),
@@ -405,7 +405,7 @@ const appRecordSchema = z.union([
     deployedAt: z.string(),
   }),
   z.strictObject({ removed: z.literal(true), name: z.string(), at: z.string() }),
-]);
+]));
 
 /** An `apps/<name>` value: `{by, record}` whose record an operator host signed for that key. */
 export function openAppRecord(view: TrustView, name: string, value: string): Checked<AppRecord> & { by?: string } {
@@ -466,17 +466,17 @@ export interface AppStatus {
   readonly lastFailover?: { readonly at: number; readonly from?: string; readonly to: string; readonly reason: string; readonly timeline: readonly { readonly at: number; readonly message: string }[] };
 }
 
-const discoveryTarget = z.strictObject({ allocId: z.string().max(200), port: z.string().max(64) });
-export const appStatusSchema = z.strictObject({
+const discoveryTarget = z.lazy(() => z.strictObject({ allocId: z.string().max(200), port: z.string().max(64) }));
+export const appStatusSchema = z.lazy(() => z.strictObject({
   summary: z.string().max(500),
   fields: z.record(z.string().max(100), z.union([z.string().max(500), z.number(), z.boolean()])).optional(),
   members: z.record(z.string().max(200), z.strictObject({ role: z.string().max(64).optional(), message: z.string().max(200).optional() })).optional(),
   lastFailover: z
     .strictObject({ at: num, from: z.string().max(200).optional(), to: z.string().max(200), reason: z.string().max(500), timeline: z.array(z.strictObject({ at: num, message: z.string().max(500) })).max(50) })
     .optional(),
-});
-export const appGateSchema = z.strictObject({ order: z.array(z.number().int().min(0)).max(1000).optional(), hold: z.array(z.number().int().min(0)).max(1000).optional() });
-const appStateSchema = z.strictObject({
+}));
+export const appGateSchema = z.lazy(() => z.strictObject({ order: z.array(z.number().int().min(0)).max(1000).optional(), hold: z.array(z.number().int().min(0)).max(1000).optional() }));
+const appStateSchema = z.lazy(() => z.strictObject({
   name: z.string(),
   kind: z.string(),
   deployedAt: z.string(),
@@ -486,7 +486,7 @@ const appStateSchema = z.strictObject({
   discovery: z.record(z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}$/), z.array(discoveryTarget).max(1000)),
   gates: z.record(z.string(), appGateSchema),
   error: z.strictObject({ message: z.string().max(4000), at: num }).optional(),
-});
+}));
 
 /** `sched/app/<name>`, written by a controller (any approved host; the write was fenced on its election key). */
 export function openAppStateRecord(view: TrustView, name: string, value: string): Checked<AppStateRecord> {
@@ -514,7 +514,7 @@ export interface ScaleRecord {
   readonly at: number;
 }
 
-const scaleSchema = z.strictObject({ service: z.string(), count: z.number().int().min(0).max(100_000), deployedAt: z.string(), by: z.string().max(300), reason: z.string().max(200).optional(), at: num });
+const scaleSchema = z.lazy(() => z.strictObject({ service: z.string(), count: z.number().int().min(0).max(100_000), deployedAt: z.string(), by: z.string().max(300), reason: z.string().max(200).optional(), at: num }));
 
 export function openScaleRecord(view: TrustView, service: string, value: string): Checked<ScaleRecord> {
   const w = unwrapSigned(value);
@@ -537,7 +537,7 @@ export interface ScaleRequest {
   readonly at: number;
 }
 
-const scaleReqSchema = z.strictObject({ allocId: z.string(), service: z.string(), count: z.number().int().min(0).max(100_000), reason: z.string().max(200).optional(), at: num });
+const scaleReqSchema = z.lazy(() => z.strictObject({ allocId: z.string(), service: z.string(), count: z.number().int().min(0).max(100_000), reason: z.string().max(200).optional(), at: num }));
 
 export function openScaleRequest(view: TrustView, host: string, allocId: string, value: string): Checked<ScaleRequest> {
   const v = view.verify(host, keys.scaleReq(host, allocId), value);

@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { duration, withUnit } from '../graph/schema-util.js';
 import { parseSize } from '../resources/svc-schema.js';
+import { DEFAULT_NAMESPACE, NAMESPACE_NAME, namespaceName, parseCpu } from './names.js';
 
 /**
  * The service spec as an operator writes it (YAML or a TypeScript module), as one zod schema: validation, defaults
@@ -13,14 +14,9 @@ import { parseSize } from '../resources/svc-schema.js';
  */
 
 export const SERVICE_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;
-/** A namespace's name: a DNS label (1-63 of a-z, 0-9 and "-", not starting or ending with "-"). */
-export const NAMESPACE_NAME = /^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$/;
-export const DEFAULT_NAMESPACE = 'default';
+// Kept apart so that reading a record or a namespace policy does not build this module's schemas (names.ts).
+export { DEFAULT_NAMESPACE, NAMESPACE_NAME, namespaceName, parseCpu };
 
-export const namespaceName = () =>
-  z
-    .string({ error: (i) => (i.input === undefined ? undefined : 'a namespace is a name: 1-63 characters of a-z, 0-9 and "-"') })
-    .regex(NAMESPACE_NAME, 'a namespace is 1-63 characters of a-z, 0-9 and "-", starting and ending with a letter or digit (e.g. team-a)');
 /** Port names end up in env names (PORT_<NAME>) and in `{{ instance.port.NAME }}`. */
 export const PORT_NAME = /^[a-z][a-z0-9_-]{0,31}$/;
 const VERSION_LABEL = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
@@ -37,15 +33,6 @@ export const DEFAULTS = {
   hookTimeoutMs: 30_000,
   hookMaxTimeoutMs: 60 * 60_000,
 } as const;
-
-/** Cores: a number (0.5) or Kubernetes-style millicores ("500m"). */
-export function parseCpu(v: number | string): number | undefined {
-  if (typeof v === 'number') return Number.isFinite(v) && v > 0 ? v : undefined;
-  const m = /^\s*(\d+(?:\.\d+)?)\s*(m?)\s*$/.exec(v);
-  if (m === null || m[1] === undefined) return undefined;
-  const n = Number(m[1]) / (m[2] === 'm' ? 1000 : 1);
-  return n > 0 ? n : undefined;
-}
 
 const serviceName = () =>
   z.string().regex(SERVICE_NAME, 'must be 1-63 characters of a-z, 0-9 and "-", starting with a letter or digit (it names store keys and instance ids)');

@@ -106,7 +106,7 @@ export const namespacesPut = defineOp({
   role: 'admin',
   summary: "Set a namespace's policy (quota and defaults), replacing what it had",
   // The path's namespace and the policy document (docs/namespaces.md): what the body leaves out, the policy no longer has.
-  input: policyDocumentSchema.extend({ ns: nsParam() }),
+  input: policyDocumentSchema().extend({ ns: nsParam() }),
   output: namespaceRowSchema,
   mutates: true,
   // No scope: a namespace's policy is the cluster's, never its own tokens' to change.

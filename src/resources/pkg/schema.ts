@@ -1,33 +1,38 @@
 import { z } from 'zod';
+import { once } from '../../util/once.js';
 
 /** Debian policy §5.6.1: lowercase alphanumerics and + - . , at least two characters, starting alphanumeric. */
 const PACKAGE_NAME = /^[a-z0-9][a-z0-9+.-]+(:[a-z0-9-]+)?$/;
 /** Debian policy §5.6.12: [epoch:]upstream[-revision]; starting with a digit is only a should, so not enforced. */
 const VERSION = /^([0-9]+:)?[A-Za-z0-9][A-Za-z0-9.+~:-]*$/;
 
-export const pkgSchema = z
-  .strictObject({
-    name: z
-      .string()
-      .regex(PACKAGE_NAME, 'must be a Debian package name such as "nginx" or "libc6:i386" (lowercase letters, digits, + - .)')
-      .meta({ description: 'package name, optionally with :arch; defaults to the resource name' }),
-    state: z
-      .string()
-      .min(1)
-      .default('installed')
-      .refine((s) => s === 'installed' || s === 'absent' || VERSION.test(s), {
-        message: 'must be "installed", "absent" or an exact version such as "1.24.0-2" or "1:2.3-1"',
-      })
-      .meta({ description: '"installed" (any version), "absent", or an exact version to install, upgrade or downgrade to' }),
-    purge: z.boolean().default(false).meta({ description: 'with state: absent, also remove configuration files (apt-get purge)' }),
-    aptOptions: z
-      .array(z.string().min(1))
-      .default([])
-      .meta({ description: 'extra apt-get arguments, e.g. ["-o", "APT::Install-Recommends=1"] or ["-t", "bookworm-backports"]' }),
-  })
-  .superRefine((p, ctx) => {
-    if (p.purge && p.state !== 'absent')
-      ctx.addIssue({ code: 'custom', path: ['purge'], message: 'purge only applies to state: absent' });
-  });
+/** The pkg kind's parameters, built on first use: a graph without a pkg does not pay for them at start-up. */
+export const pkgSchema = once(() =>
+  z
+    .strictObject({
+      name: z
+        .string()
+        .regex(PACKAGE_NAME, 'must be a Debian package name such as "nginx" or "libc6:i386" (lowercase letters, digits, + - .)')
+        .meta({ description: 'package name, optionally with :arch; defaults to the resource name' }),
+      state: z
+        .string()
+        .min(1)
+        .default('installed')
+        .refine((s) => s === 'installed' || s === 'absent' || VERSION.test(s), {
+          message: 'must be "installed", "absent" or an exact version such as "1.24.0-2" or "1:2.3-1"',
+        })
+        .meta({ description: '"installed" (any version), "absent", or an exact version to install, upgrade or downgrade to' }),
+      purge: z.boolean().default(false).meta({ description: 'with state: absent, also remove configuration files (apt-get purge)' }),
+      aptOptions: z
+        .array(z.string().min(1))
+        .default([])
+        .meta({ description: 'extra apt-get arguments, e.g. ["-o", "APT::Install-Recommends=1"] or ["-t", "bookworm-backports"]' }),
+    })
+    .superRefine((p, ctx) => {
+      if (p.purge && p.state !== 'absent')
+        ctx.addIssue({ code: 'custom', path: ['purge'], message: 'purge only applies to state: absent' });
+    }),
+);
 
-export type PkgParams = z.output<typeof pkgSchema>;
+export type PkgSchema = ReturnType<typeof pkgSchema>;
+export type PkgParams = z.output<PkgSchema>;

@@ -1,5 +1,3 @@
-import { request as httpRequest } from 'node:http';
-import { request as httpsRequest } from 'node:https';
 import { connect } from 'node:net';
 import type { HealthParams } from '../svc-schema.js';
 import { runCommand } from './run-command.js';
@@ -51,9 +49,10 @@ function lastLine(output: string): string {
 }
 
 // http and tcp probes are bounded by their timeout and not aborted: a stopped monitor just ignores the result.
-function httpProbe(url: string, timeoutMs: number): Promise<ProbeResult> {
+async function httpProbe(url: string, timeoutMs: number): Promise<ProbeResult> {
+  // Loaded by the first http check, not at start-up: https brings tls, which few graphs need.
+  const { request } = url.startsWith('https:') ? await import('node:https') : await import('node:http');
   return new Promise((resolve) => {
-    const request = url.startsWith('https:') ? httpsRequest : httpRequest;
     // A fresh connection each time: a kept-alive socket to a dead process would say nothing about the new one.
     const req = request(url, { method: 'GET', timeout: timeoutMs, agent: false, headers: { 'user-agent': 'backplane-health' } }, (res) => {
       res.resume();
