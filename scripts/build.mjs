@@ -1,15 +1,18 @@
 // The CLI is one bundled script with a V8 code cache made here: start-up is paid on every cron-style run, and Node
 // 20 otherwise parses and compiles the whole bundle on every start (src/cli/launcher.ts explains the trust rules).
 //
-//   dist/backplane.mjs         the launcher (bin/backplane.js imports it): compiles the bundle with its cache
+//   dist/backplane.cjs         the launcher (bin/backplane.js requires it): compiles the bundle with its cache
+//   dist/backplane.mjs         the same, for an ES module import
 //   dist/backplane-cli.js      the CLI: one classic script (a function the launcher calls), ASCII, build id at its end
 //   dist/backplane-cli.cache   its code cache, made by a training run (scripts/train-code-cache.mjs)
 //   dist/*.mjs, dist/chunks/   worker threads' and backplane members' entries: ES modules, as before
 //   dist/web/                  the dashboard
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
+import { isBuiltin } from 'node:module';
 import { createHash } from 'node:crypto';
-import { copyFile, mkdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 
 await rm('dist', { recursive: true, force: true });
 await mkdir('dist');
@@ -42,6 +45,15 @@ const cli = await build({
   supported: { 'dynamic-import': false },
   plugins: [
     {
+      // zod's namespace export carries its ~50 locales (300 KB, 15% of the bundle, read at every start); Backplane's
+      // messages are English and nothing calls z.locales, so only en is kept (checked below).
+      name: 'zod-locales-en',
+      setup(b) {
+        b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (a) => (/[\\/]zod[\\/]v4[\\/]/.test(a.importer) ? { path: join(a.resolveDir, '..', 'locales', 'index.js'), namespace: 'zod-locales-en' } : undefined));
+        b.onLoad({ filter: /.*/, namespace: 'zod-locales-en' }, (a) => ({ contents: "export { default as en } from './en.js';", loader: 'js', resolveDir: dirname(a.path) }));
+      },
+    },
+    {
       name: 'launcher-import',
       setup(b) {
         b.onLoad({ filter: /[\\/]src[\\/]util[\\/]import-module\.ts$/ }, () => ({
@@ -56,9 +68,11 @@ const cli = await build({
 });
 if (cli.warnings.length > 0) throw new Error(`the CLI bundle built with ${cli.warnings.length} warning(s): fix them (an import.meta or import() the bundle cannot keep, most likely)`);
 for (const [file, input] of Object.entries(cli.metafile.inputs)) {
+  if (file.startsWith('src/') && /\blocales\.(?!en\b)/.test(await readFile(file, 'utf8'))) throw new Error(`${file} uses a zod locale other than en, which the CLI bundle leaves out (zod-locales-en above)`);
   for (const imp of input.imports) {
     // import('pkg') of an external package would become require('pkg'): wrong for a package that is an ES module.
-    if (imp.kind === 'dynamic-import' && imp.external === true) throw new Error(`${file}: import('${imp.path}') of a module outside the CLI bundle: use importModule (src/util/import-module.ts)`);
+    // Node's built-in modules are what require() gives either way.
+    if (imp.kind === 'dynamic-import' && imp.external === true && !isBuiltin(imp.path)) throw new Error(`${file}: import('${imp.path}') of a module outside the CLI bundle: use importModule (src/util/import-module.ts)`);
   }
 }
 for (const out of cli.outputFiles) {
@@ -83,16 +97,20 @@ for (const out of cli.outputFiles) {
   if (train.status !== 0) console.warn(`WARNING: no code cache, the CLI will start slowly: its training run failed (exit ${train.status ?? train.signal}):\n${train.stdout}${train.stderr}`);
 }
 
+// The launcher is CommonJS, as bin/backplane.js is: Node then starts without its ES module loader. dist/backplane.mjs
+// is the same start for whoever imports or runs the ES module entry of earlier builds.
 await build({
-  entryPoints: { backplane: 'src/cli/launcher.ts' },
-  outdir: 'dist',
-  outExtension: { '.js': '.mjs' },
+  entryPoints: ['src/cli/launcher.ts'],
+  outfile: 'dist/backplane.cjs',
   bundle: true,
   platform: 'node',
-  format: 'esm',
+  format: 'cjs',
   target: 'node20',
   logLevel: 'warning',
+  define: { 'import.meta.url': '__launcherUrl' },
+  banner: { js: "const __launcherUrl = require('node:url').pathToFileURL(__filename).href;" },
 });
+await writeFile('dist/backplane.mjs', "// The CLI's launcher is CommonJS (dist/backplane.cjs, scripts/build.mjs).\nimport './backplane.cjs';\n");
 
 await build({
   // The graph module worker is its own entry: a worker thread starts from a file (src/frontends/typescript.ts).

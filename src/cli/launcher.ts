@@ -1,5 +1,5 @@
 /**
- * The CLI's start: dist/backplane.mjs (bin/backplane.js imports it). It compiles the bundled CLI
+ * The CLI's start: dist/backplane.cjs (bin/backplane.js requires it; dist/backplane.mjs imports it). It compiles the bundled CLI
  * (dist/backplane-cli.js, one classic script) with the V8 code cache the build made for it
  * (dist/backplane-cli.cache), so a start deserializes bytecode instead of parsing and compiling ~2 MB of JavaScript.
  * That, and nothing else, is why the CLI is not an ES module: Node 20 has no code cache for ES modules.
@@ -11,15 +11,19 @@
  * version or with other V8 flags, and one whose checksum does not match (a corrupt file): the script is then compiled
  * from source as usual. A missing or refused cache only costs start-up time.
  *
+ * It is built as CommonJS (scripts/build.mjs), as bin/backplane.js is (bin/package.json): Node starts a CommonJS main
+ * without its ES module loader, milliseconds of every start. import.meta.url is the built file's URL there.
+ *
  * BACKPLANE_CODE_CACHE=off compiles from source (to compare, or to profile the compiler);
  * BACKPLANE_CODE_CACHE=debug prints on stderr whether the cache was used.
  */
 import { closeSync, constants as fsc, fstatSync, openSync, readSync, type Stats } from 'node:fs';
 import { createRequire } from 'node:module';
-import { dirname } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { setFlagsFromString } from 'node:v8';
 import { Script } from 'node:vm';
+import { resolveImport } from './esm-resolve.js';
 
 /** What the build puts at the end of the bundle and at the start of the cache: the same id in both, or no cache. */
 const BUILD_ID = /\n\/\/# backplane-build=([0-9a-f]{64})\n?$/;
@@ -41,8 +45,8 @@ type Wrapper = (
   importModule: (url: string) => Promise<unknown>,
 ) => void;
 
-const bundleUrl = new URL('./backplane-cli.js', import.meta.url);
-const bundle = fileURLToPath(bundleUrl);
+const here = dirname(fileURLToPath(import.meta.url));
+const bundle = join(here, 'backplane-cli.js');
 const mode = process.env['BACKPLANE_CODE_CACHE'];
 
 function readFd(fd: number, st: Stats): Buffer {
@@ -78,7 +82,7 @@ function readCache(id: string | undefined, bundleStat: Stats): Buffer | string {
   if (id === undefined) return 'the bundle has no build id';
   let fd: number;
   try {
-    fd = openSync(fileURLToPath(new URL('./backplane-cli.cache', import.meta.url)), fsc.O_RDONLY | fsc.O_NOFOLLOW);
+    fd = openSync(join(here, 'backplane-cli.cache'), fsc.O_RDONLY | fsc.O_NOFOLLOW);
   } catch (err) {
     return `cannot open: ${(err as NodeJS.ErrnoException).code ?? String(err)}`;
   }
@@ -114,14 +118,15 @@ if (mode === 'debug') {
   process.stderr.write(`backplane: code cache ${why === undefined ? 'used' : `not used: ${why}`}\n`);
 }
 const wrapper = script.runInThisContext() as Wrapper;
-const module = { exports: {} };
+const bundleRequire = createRequire(bundle);
+const bundleModule = { exports: {} };
 wrapper(
-  module.exports,
-  createRequire(bundle),
-  module,
+  bundleModule.exports,
+  bundleRequire,
+  bundleModule,
   bundle,
-  dirname(bundle),
-  bundleUrl.href,
-  (specifier) => import.meta.resolve(specifier),
+  here,
+  pathToFileURL(bundle).href,
+  (specifier) => resolveImport(specifier, bundleRequire),
   (url) => import(url),
 );

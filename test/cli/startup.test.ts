@@ -2,10 +2,12 @@ import assert from 'node:assert/strict';
 import { isAscii } from 'node:buffer';
 import { spawnSync } from 'node:child_process';
 import { chmod, copyFile, readFile, stat, symlink, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { withTempDir } from '../helpers/engine.js';
 import { BIN, ROOT, ensureBuilt } from '../helpers/cli.js';
+import { resolveImport } from '../../src/cli/esm-resolve.js';
 
 /**
  * Start-up: the CLI is one bundled script compiled from a V8 code cache the build made (scripts/build.mjs,
@@ -16,7 +18,7 @@ import { BIN, ROOT, ensureBuilt } from '../helpers/cli.js';
  */
 
 const DIST = join(ROOT, 'dist');
-const FILES = ['backplane.mjs', 'backplane-cli.js', 'backplane-cli.cache'];
+const FILES = ['backplane.cjs', 'backplane.mjs', 'backplane-cli.js', 'backplane-cli.cache'];
 /** The launcher's header before V8's bytes (src/cli/launcher.ts). */
 const HEADER = 96;
 const haveStrace = spawnSync('strace', ['-V'], { stdio: 'ignore' }).status === 0;
@@ -46,7 +48,7 @@ async function copyDist(dir: string): Promise<{ launcher: string; cache: string 
     await copyFile(join(DIST, f), join(dir, f));
     await chmod(join(dir, f), 0o644);
   }
-  return { launcher: join(dir, 'backplane.mjs'), cache: join(dir, 'backplane-cli.cache') };
+  return { launcher: join(dir, 'backplane.cjs'), cache: join(dir, 'backplane-cli.cache') };
 }
 
 /** A one-shot run of an empty graph works: exit 0, converged. */
@@ -78,7 +80,8 @@ describe('start-up: the code cache', () => {
     assert.equal(version.code, 0, version.stderr);
     assert.equal(version.cache, 'used');
     assert.match(version.stdout, /^\d+\.\d+\.\d+/);
-    // bin/backplane.js and dist/backplane.mjs are the same start.
+    // bin/backplane.js, dist/backplane.cjs and dist/backplane.mjs are the same start.
+    assert.equal(start(join(DIST, 'backplane.cjs'), ['--version']).cache, 'used');
     assert.equal(start(join(DIST, 'backplane.mjs'), ['--version']).cache, 'used');
   });
 
@@ -226,5 +229,13 @@ describe('start-up: the code cache', () => {
       const writes = calls.filter((l) => /O_WRONLY|O_RDWR|O_CREAT|creat\(|rename|link/.test(l));
       assert.deepEqual(writes, [], `a start wrote beside the bundle:\n${writes.join('\n')}`);
     });
+  });
+
+  test("the launcher resolves a package as an ES module import would (it is CommonJS; the bundle asks for tsx's esm/api)", () => {
+    const req = createRequire(join(DIST, 'backplane-cli.js'));
+    for (const specifier of ['tsx/esm/api', 'tsx', 'zod', 'yaml', 'commander', 'etcd3', 'pino', 'liquidjs', 'node:fs', 'fs']) {
+      assert.equal(resolveImport(specifier, req), import.meta.resolve(specifier), specifier);
+    }
+    assert.throws(() => resolveImport('no-such-package-here', req), { code: 'MODULE_NOT_FOUND' });
   });
 });
