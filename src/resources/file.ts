@@ -175,14 +175,15 @@ export function createFile(id: ResourceId, p: FileParams, world: ResourceWorld):
         await sweepDeadTemps(path, log);
       }
       // Most checks find everything in place: answered without leaving this thread when that is safe (fastCheck).
-      if (fast && (await fastCheck(path, p, content))) return CONVERGED;
+      const quick = fast ? await fastCheck(path, p, content) : 'look';
+      if (quick === 'converged') return CONVERGED;
       await ioSlots.acquire(signal).catch(() => {
         throw new BackplaneError('E_ABORTED', 'aborted', { resource: id });
       });
       running = true;
       try {
         const out: { wrote?: Written } = {};
-        const result = await checkApplyFile(id, p, path, apply, signal, world, content, out);
+        const result = await checkApplyFile(id, p, path, apply, signal, world, content, out, quick === 'absent');
         wrote = out.wrote;
         return result;
       } finally {
@@ -417,21 +418,31 @@ function sliceLeft(): boolean {
  * use) and on a local filesystem. It only reads. true: everything is in place; false: something differs, is
  * missing, or could not be looked at this way — the full asynchronous check then decides (and repairs).
  */
-async function fastCheck(path: string, p: FileParams, content: Buffer | undefined): Promise<boolean> {
+async function fastCheck(path: string, p: FileParams, content: Buffer | undefined): Promise<'converged' | 'absent' | 'look'> {
   const parent = await plainParent(path);
-  if (parent === undefined || !(await localDir(parent.dir))) return false;
+  if (parent === undefined || !(await localDir(parent.dir))) return 'look';
   if (!sliceLeft()) {
     do await new Promise<void>((resolve) => setImmediate(resolve));
     while (!sliceLeft());
     // The world may have moved on during the wait (a directory made shared, forgotten): ask again.
-    if ((await plainParent(path)) === undefined) return false;
+    if ((await plainParent(path)) === undefined) return 'look';
   }
+  // lstat first: a missing file (every file of a cold run) then costs no error object with its stack trace.
+  const lst = lstatSync(path, { throwIfNoEntry: false });
+  // Nothing there, in a directory only root can change: nobody else can put something there before we write.
+  if (lst === undefined) return parent.shared ? 'look' : 'absent';
+  if (p.type === 'directory' ? !lst.isDirectory() : !lst.isFile()) return 'look';
   let fd: number;
   try {
     fd = openSync(path, READ_NOFOLLOW);
   } catch {
-    return false;
+    return 'look';
   }
+  return sameSync(fd, p, content) ? 'converged' : 'look';
+}
+
+/** Whether what `fd` holds is exactly what `p` declares; false also when anything could not be read. */
+function sameSync(fd: number, p: FileParams, content: Buffer | undefined): boolean {
   try {
     const st = fstatSync(fd);
     if (p.type === 'directory' ? !st.isDirectory() : !st.isFile()) return false;
@@ -476,12 +487,14 @@ async function checkApplyFile(
   world: ResourceWorld,
   content: Buffer | undefined,
   out: { wrote?: Written },
+  /** fastCheck found nothing at the path, in a directory only root can change: no need to look again. */
+  absent = false,
 ): Promise<CheckResult> {
   const r: Run = { id, p, path, name: leafName(path), apply, signal, world, changes: [], diff: undefined, dir: undefined, leaf: undefined, src: undefined, wrote: undefined };
   checkAborted(r);
   try {
     r.dir = await openDir(r);
-    r.leaf = r.dir === undefined ? undefined : await inspect(r, r.dir.at(r.name), r.path);
+    r.leaf = r.dir === undefined || (absent && !r.dir.shared) ? undefined : await inspect(r, r.dir.at(r.name), r.path);
     const st = r.leaf?.st;
     if (p.state === 'absent') await ensureAbsent(r, st);
     else {
