@@ -9,12 +9,24 @@ export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
 export const BACKPLANE_BIN = join(REPO_ROOT, 'bin', 'backplane.js');
 
 /**
- * The launcher only imports the built CLI, so Backplane can be measured only once `npm run build` produced it.
+ * The built file a launcher loads, relative to it: `import '../dist/x.mjs'` (an ES module launcher) or
+ * `require('../dist/x.cjs')` (a CommonJS one); undefined when it names none.
+ */
+export function launcherTarget(launcher: string): string | undefined {
+  // Comment lines go first: the launcher's comments may well mention what it used to import.
+  const code = launcher
+    .split('\n')
+    .filter((line) => !/^\s*(\/\/|#!)/.test(line))
+    .join('\n');
+  return /(?:\bimport\s*\(?|\brequire\s*\()\s*['"]([^'"]+)['"]/.exec(code)?.[1];
+}
+
+/**
+ * The launcher only loads the built CLI, so Backplane can be measured only once `npm run build` produced it.
  * The built file's name is read from the launcher rather than assumed, since the build layout may change.
  */
 export function backplaneBuilt(): boolean {
-  const launcher = readFileSync(BACKPLANE_BIN, 'utf8');
-  const target = /import\s+['"]([^'"]+)['"]/.exec(launcher)?.[1];
+  const target = launcherTarget(readFileSync(BACKPLANE_BIN, 'utf8'));
   return target !== undefined && existsSync(join(dirname(BACKPLANE_BIN), target));
 }
 
