@@ -385,13 +385,14 @@ function notes(opts: Options, load: { readonly start: string; readonly end: stri
 
 /**
  * What the launcher runs, by file name, size and mtime: others may rebuild dist/ while a long scale run goes on, and
- * a run that measured two builds must not pass as one.
+ * a run that measured two builds must not pass as one. Only the code files count: a build rewrites them all, and a
+ * cache beside them might be rewritten by the CLI itself.
  */
 function buildStamp(): string {
   const dist = join(REPO_ROOT, 'dist');
   try {
     return readdirSync(dist)
-      .filter((f) => /\.(m?js|cache)$/.test(f))
+      .filter((f) => /\.[cm]?js$/.test(f))
       .sort()
       .map((f) => {
         const st = statSync(join(dist, f));
