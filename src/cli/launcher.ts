@@ -1,7 +1,7 @@
 /**
  * The CLI's start: dist/backplane.cjs (bin/backplane.js requires it; dist/backplane.mjs imports it). It compiles the bundled CLI
  * (dist/backplane-cli.js, one classic script) with the V8 code cache the build made for it
- * (dist/backplane-cli.cache), so a start deserializes bytecode instead of parsing and compiling ~2 MB of JavaScript.
+ * (dist/backplane-cli.cache), so a start deserializes bytecode instead of parsing and compiling 1.6 MB of JavaScript.
  * That, and nothing else, is why the CLI is not an ES module: Node 20 has no code cache for ES modules.
  *
  * The cache is bytecode that runs as whoever runs the CLI (root, on an agent host), so it is trusted exactly as far as

@@ -11,7 +11,7 @@ import { resolveImport } from '../../src/cli/esm-resolve.js';
 
 /**
  * Start-up: the CLI is one bundled script compiled from a V8 code cache the build made (scripts/build.mjs,
- * src/cli/launcher.ts). Two things must hold. The cache is used: without it every start parses and compiles ~2 MB
+ * src/cli/launcher.ts). Two things must hold. The cache is used: without it every start parses and compiles 1.6 MB
  * of JavaScript again, which nothing else would notice. And a cache that cannot be used — from another build, another
  * Node, other V8 flags, truncated, corrupt, or not trusted — costs only time: the CLI compiles from source and works.
  * The CLI never writes a cache: it runs as root, and bytecode is code.
