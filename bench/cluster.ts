@@ -51,8 +51,11 @@ interface Options {
   readonly logLevel: string;
   /** Start agents with --cpu-prof, the profiles written into this directory (profile-<variant>-<host>.cpuprofile). */
   readonly prof: string | undefined;
-  /** Which agents --prof profiles: only the N-th (the one that joins last), or all. */
+  /** Which agents --prof profiles: only the N-th (the one that joins last), all, or these hosts (--prof-hosts h01,h02). */
   readonly profAll: boolean;
+  readonly profHosts: readonly string[];
+  /** The CLI the signed agents run (default: this checkout's bin/backplane.js), to measure another build. */
+  readonly bin: string;
 }
 
 /** The last commit before host identity: exports and membership unsigned, collected exports unverified. */
@@ -71,7 +74,7 @@ function parseArgs(argv: readonly string[]): Options {
   };
   if (argv.includes('--help')) {
     process.stdout.write(
-      'usage: node --import tsx bench/cluster.ts [--agents 3,10,30] [--changes 20] [--baseline REV|none] [--keep] [--log-level debug] [--prof DIR [--prof-all]]\n',
+      'usage: node --import tsx bench/cluster.ts [--agents 3,10,30] [--changes 20] [--baseline REV|none] [--keep] [--log-level debug] [--prof DIR [--prof-all | --prof-hosts h01,h02]] [--bin PATH]\n',
     );
     process.exit(0);
   }
@@ -87,6 +90,8 @@ function parseArgs(argv: readonly string[]): Options {
     logLevel: value('log-level') ?? 'info',
     prof: value('prof'),
     profAll: argv.includes('--prof-all'),
+    profHosts: (value('prof-hosts') ?? '').split(',').filter((h) => h !== ''),
+    bin: value('bin') ?? BIN,
   };
 }
 
@@ -126,10 +131,19 @@ interface SizeResult {
    * until the storm converged (median), of the N-th agent until all converged, of all the others while it joined
    * (their sum), and of all agents together per change.
    */
-  readonly cpuMs: { readonly stormPerAgent: number; readonly joiner: number; readonly othersDuringJoin: number; readonly allPerChange: number };
+  readonly cpuMs: {
+    readonly stormPerAgent: number;
+    readonly joiner: number;
+    readonly othersDuringJoin: number;
+    readonly allPerChange: number;
+    /** Per agent per second while nothing changes. */
+    readonly idlePerAgentPerS: number;
+  };
 }
 
 const CONVERGE_TIMEOUT_MS = 120_000;
+/** How long the agents are watched doing nothing, for their idle CPU. */
+const IDLE_MS = 3000;
 const CHANGE_TIMEOUT_MS = 15_000;
 const live = new Set<ChildProcess>();
 
@@ -168,7 +182,7 @@ function spawnAgent(a: Agent, endpoints: readonly string[], cluster: string, wor
   const fd = openSync(a.log, 'a');
   const join_ = v.trust && a.host !== CA_HOST ? ['--join-token-file', join(work, 'join-token')] : [];
   const node =
-    opts.prof !== undefined && (prof || opts.profAll) ? ['--cpu-prof', '--cpu-prof-dir', opts.prof, '--cpu-prof-name', `profile-${v.name}-${a.host}.cpuprofile`] : [];
+    opts.prof !== undefined && (prof || opts.profAll || opts.profHosts.includes(a.host)) ? ['--cpu-prof', '--cpu-prof-dir', opts.prof, '--cpu-prof-name', `profile-${v.name}-${a.host}.cpuprofile`] : [];
   const proc = spawn(
     process.execPath,
     [
@@ -339,11 +353,11 @@ async function holdsNoneOf(a: Agent, gone: Agent): Promise<boolean> {
 const CA_HOST = 'h00';
 
 /** Host h00 creates the cluster's CA and a token the other n-1 hosts join with (what an operator does once). */
-function initTrust(n: number, endpoints: readonly string[], cluster: string, work: string): void {
+function initTrust(bin: string, n: number, endpoints: readonly string[], cluster: string, work: string): void {
   const common = ['--etcd', endpoints.join(','), '--cluster', cluster, '--state-dir', join(work, 'state', CA_HOST)];
-  const init = spawnSync(process.execPath, [BIN, 'cluster', 'init', ...common, '--hostname', CA_HOST], { encoding: 'utf8' });
+  const init = spawnSync(process.execPath, [bin, 'cluster', 'init', ...common, '--hostname', CA_HOST], { encoding: 'utf8' });
   if (init.status !== 0) throw new Error(`cluster init failed: ${init.stderr}`);
-  const token = spawnSync(process.execPath, [BIN, 'hosts', 'token', ...common, '--uses', String(n)], { encoding: 'utf8' });
+  const token = spawnSync(process.execPath, [bin, 'hosts', 'token', ...common, '--uses', String(n)], { encoding: 'utf8' });
   if (token.status !== 0) throw new Error(`hosts token failed: ${token.stderr}`);
   writeFileSync(join(work, 'join-token'), token.stdout, { mode: 0o600 });
 }
@@ -360,7 +374,7 @@ async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: st
     agents.push(a);
   }
   const observer = new Observer(agents);
-  if (v.trust) initTrust(n, etcd.endpoints, cluster, work);
+  if (v.trust) initTrust(v.bin, n, etcd.endpoints, cluster, work);
   try {
     const first = agents.slice(0, n - 1);
     const lastAgent = agents[n - 1];
@@ -382,6 +396,12 @@ async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: st
     progress(`  agent ${n} joined: all converged ${ms(joinMs)} after it was spawned (CPU: the joiner ${ms(joinerCpu)}, the others together ${ms(othersDuringJoin)})`);
     await sleep(500);
     const rss = agents.map((a) => rssMiB(a.proc?.pid)).filter((v): v is number => v !== undefined);
+    // What N agents cost while nothing changes (keep-alives, heartbeats, timers): every change below pays it too.
+    const idle0 = sum(cpuOf(agents));
+    const idleT0 = performance.now();
+    await sleep(IDLE_MS);
+    const idlePerAgent = (sum(cpuOf(agents)) - idle0) / ((performance.now() - idleT0) / 1000) / n;
+    progress(`  idle: ${idlePerAgent.toFixed(1)} ms of CPU per agent per second`);
 
     const changesCpu0 = sum(cpuOf(agents));
     const samples: number[] = [];
@@ -465,7 +485,7 @@ async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: st
       kill9RemovalMs: round(kill9RemovalMs),
       leaveRemovalMs: round(leaveRemovalMs),
       rssMiB: round(median(rss) ?? NaN),
-      cpuMs: { stormPerAgent: round(median(stormCpu) ?? NaN), joiner: round(joinerCpu), othersDuringJoin: round(othersDuringJoin), allPerChange: round(perChangeCpu) },
+      cpuMs: { stormPerAgent: round(median(stormCpu) ?? NaN), joiner: round(joinerCpu), othersDuringJoin: round(othersDuringJoin), allPerChange: round(perChangeCpu), idlePerAgentPerS: round(idlePerAgent) },
     };
   } catch (err) {
     const tails = agents
@@ -535,7 +555,7 @@ async function main(): Promise<void> {
   const crypto = signingCost();
   progress(`signing a record: ${crypto.sealUs} µs; verifying one: ${crypto.verifyUs} µs (Ed25519, ${crypto.records} records of ~300 bytes)`);
   const results: SizeResult[] = [];
-  const variants: Variant[] = [{ name: 'signed', bin: BIN, trust: true }];
+  const variants: Variant[] = [{ name: 'signed', bin: opts.bin, trust: true }];
   try {
     if (opts.baseline !== 'none') variants.push({ name: 'unsigned', bin: buildBaseline(opts.baseline, root), trust: false });
     etcd = await startEtcd({ members: 3 });
