@@ -27,7 +27,7 @@
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
-import { closeSync, mkdirSync, openSync, readFileSync, symlinkSync, watch, writeFileSync, renameSync, type FSWatcher } from 'node:fs';
+import { closeSync, mkdirSync, openSync, readFileSync, symlinkSync, watch, writeFileSync, writeSync, renameSync, type FSWatcher } from 'node:fs';
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -56,13 +56,17 @@ interface Options {
   readonly profHosts: readonly string[];
   /** The CLI the signed agents run (default: this checkout's bin/backplane.js), to measure another build. */
   readonly bin: string;
+  /** Another build, run as variant `alt` interleaved with `signed` (an A/B on a machine whose load changes). */
+  readonly altBin: string | undefined;
+  /** Each size and variant this many times, interleaved. */
+  readonly repeat: number;
 }
 
 /** The last commit before host identity: exports and membership unsigned, collected exports unverified. */
 const UNSIGNED_BASELINE = 'e27cab1';
 
 interface Variant {
-  readonly name: 'signed' | 'unsigned';
+  readonly name: 'signed' | 'unsigned' | 'alt';
   readonly bin: string;
   readonly trust: boolean;
 }
@@ -74,7 +78,7 @@ function parseArgs(argv: readonly string[]): Options {
   };
   if (argv.includes('--help')) {
     process.stdout.write(
-      'usage: node --import tsx bench/cluster.ts [--agents 3,10,30] [--changes 20] [--baseline REV|none] [--keep] [--log-level debug] [--prof DIR [--prof-all | --prof-hosts h01,h02]] [--bin PATH]\n',
+      'usage: node --import tsx bench/cluster.ts [--agents 3,10,30] [--changes 20] [--baseline REV|none] [--keep] [--log-level debug] [--prof DIR [--prof-all | --prof-hosts h01,h02]] [--bin PATH] [--alt-bin PATH] [--repeat K]\n',
     );
     process.exit(0);
   }
@@ -82,6 +86,8 @@ function parseArgs(argv: readonly string[]): Options {
   if (agents.some((n) => !Number.isInteger(n) || n < 2 || n > 100)) throw new Error('--agents takes sizes from 2 to 100, e.g. 3,10,30');
   const changes = Number(value('changes') ?? '20');
   if (!Number.isInteger(changes) || changes < 1) throw new Error('--changes takes a positive integer');
+  const repeat = Number(value('repeat') ?? '1');
+  if (!Number.isInteger(repeat) || repeat < 1) throw new Error('--repeat takes a positive integer');
   return {
     agents,
     changes,
@@ -92,6 +98,8 @@ function parseArgs(argv: readonly string[]): Options {
     profAll: argv.includes('--prof-all'),
     profHosts: (value('prof-hosts') ?? '').split(',').filter((h) => h !== ''),
     bin: value('bin') ?? BIN,
+    altBin: value('alt-bin'),
+    repeat: Number(value('repeat') ?? '1'),
   };
 }
 
@@ -180,6 +188,8 @@ function agentEnv(): NodeJS.ProcessEnv {
 
 function spawnAgent(a: Agent, endpoints: readonly string[], cluster: string, work: string, v: Variant, opts: Options, prof = false): void {
   const fd = openSync(a.log, 'a');
+  // In the agent's own time format, so its log reads as a timeline from the spawn.
+  writeSync(fd, `${new Date().toISOString().slice(11, 23)} bench: spawning ${a.host}\n`);
   const join_ = v.trust && a.host !== CA_HOST ? ['--join-token-file', join(work, 'join-token')] : [];
   const node =
     opts.prof !== undefined && (prof || opts.profAll || opts.profHosts.includes(a.host)) ? ['--cpu-prof', '--cpu-prof-dir', opts.prof, '--cpu-prof-name', `profile-${v.name}-${a.host}.cpuprofile`] : [];
@@ -362,9 +372,10 @@ function initTrust(bin: string, n: number, endpoints: readonly string[], cluster
   writeFileSync(join(work, 'join-token'), token.stdout, { mode: 0o600 });
 }
 
-async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: string, v: Variant): Promise<SizeResult> {
-  const work = join(root, `n${n}-${v.name}`);
-  const cluster = `bench-${n}-${v.name}`;
+async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: string, v: Variant, run: number): Promise<SizeResult> {
+  // A cluster of its own per run: trust/ and the hosts list of an earlier run stay in the store.
+  const work = join(root, `n${n}-${v.name}-${run}`);
+  const cluster = `bench-${n}-${v.name}-${run}`;
   const agents: Agent[] = [];
   for (let i = 0; i < n; i++) {
     const host = `h${String(i).padStart(2, '0')}`;
@@ -559,12 +570,15 @@ async function main(): Promise<void> {
   try {
     if (opts.baseline !== 'none') variants.push({ name: 'unsigned', bin: buildBaseline(opts.baseline, root), trust: false });
     etcd = await startEtcd({ members: 3 });
+    if (opts.altBin !== undefined) variants.push({ name: 'alt', bin: opts.altBin, trust: true });
     for (const n of opts.agents) {
-      // Interleaved, and in alternating order per size, so a machine that gets busier hurts neither side alone.
-      const order = n % 2 === 0 ? variants : [...variants].reverse();
-      for (const v of order) {
-        progress(`${n} agents, ${v.name}:`);
-        results.push(await measureSize(n, opts, etcd, root, v));
+      for (let run = 0; run < opts.repeat; run++) {
+        // Interleaved, and in alternating order, so a machine that gets busier hurts neither side alone.
+        const order = (n + run) % 2 === 0 ? variants : [...variants].reverse();
+        for (const v of order) {
+          progress(`${n} agents, ${v.name}${opts.repeat > 1 ? ` (run ${run + 1} of ${opts.repeat})` : ''}:`);
+          results.push(await measureSize(n, opts, etcd, root, v, run));
+        }
       }
     }
   } finally {

@@ -348,8 +348,12 @@ export class GraphSource {
 
   private async connectOnce(): Promise<void> {
     const { cluster } = this.opts;
+    const t0 = performance.now();
+    const took: string[] = [];
+    const mark = (what: string): void => void took.push(`${what} ${Math.round(performance.now() - t0)}ms`);
     // Before the store: a host that cannot tell real cluster data from forged must not start pretending it can.
     const identity = await this.identity();
+    mark('identity');
     const metrics = this.opts.metrics;
     const storeKind = cluster.etcd.length > 0 ? 'etcd' : 'embedded';
     metrics?.observeLink(() => ({ store: storeKind, reachable: this.link?.storeReachable ?? false, lease: this.link?.currentLease }));
@@ -371,6 +375,7 @@ export class GraphSource {
         return undefined;
       });
     }
+    mark('store client');
     const store = metrics === undefined ? this.store : timedStore(this.store, metrics);
     this.clusterStore = store;
     const startedAt = new Date().toISOString();
@@ -408,6 +413,7 @@ export class GraphSource {
       await link.close().catch(() => undefined);
       throw err;
     }
+    mark('link');
     this.link = link;
     this.linkReady?.();
     // Service discovery: a module graph is a function of ctx.services, so it re-renders; a YAML graph is not (its
@@ -422,6 +428,8 @@ export class GraphSource {
       { eager: moduleGraph, log: this.opts.log },
     );
     if (cluster.services === true) await this.joinServices(link);
+    mark('services');
+    this.opts.log.debug(`connected: ${took.join(', ')}`);
     this.opts.log.info(
       cluster.etcd.length > 0
         ? `joined cluster "${cluster.cluster}" as ${this.opts.host} through etcd ${cluster.etcd.join(',')}`

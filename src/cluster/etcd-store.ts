@@ -537,7 +537,6 @@ export class EtcdStore implements Store {
     // Send times of keep-alives not yet acknowledged; the oldest is when etcd last restarted the TTL, at the latest.
     let inFlight: number[] = [];
     let lastRenew = Date.now();
-    let firstRenewal: ((ttl: number) => void) | undefined;
     const tracker = { end: async (): Promise<void> => undefined };
 
     const lose = (why: string, cause?: unknown): void => {
@@ -559,8 +558,10 @@ export class EtcdStore implements Store {
     inner.on('keepaliveFired', () => inFlight.push(Date.now()));
     inner.on('keepaliveSucceeded', (res) => {
       lastRenew = inFlight.shift() ?? lastRenew;
+      // What etcd actually granted (it raises a TTL below its minimum): known from the first keep-alive, sent right
+      // after the grant. Until then the TTL asked for stands, which is never longer than the one granted, so the
+      // lease is never believed alive longer than etcd keeps it.
       granted = Number(res.TTL) * 1000;
-      firstRenewal?.(granted);
       if (!controller.signal.aborted) arm();
     });
     inner.on('lost', (err) => lose(err.message, err));
@@ -569,19 +570,12 @@ export class EtcdStore implements Store {
     try {
       id = await this.call('lease grant', opts.signal, () => inner.grant(), 'grant a lease');
       lastRenew = sentAt;
-      // The first keep-alive (sent right after the grant) reports the TTL etcd actually granted.
-      await new Promise<void>((resolve) => {
-        const t = setTimeout(resolve, Math.min(this.opTimeoutMs, 1000));
-        firstRenewal = () => {
-          clearTimeout(t);
-          resolve();
-        };
-      });
-      firstRenewal = undefined;
     } catch (err) {
       inner.release();
       throw err;
     }
+    // Not waiting for that first keep-alive: it is a round trip (more on a busy machine) before every registration
+    // and every election campaign, and nothing needs the granted TTL before it arrives.
     arm();
     tracker.end = async () => {
       if (expiry !== undefined) clearTimeout(expiry);

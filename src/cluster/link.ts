@@ -95,6 +95,8 @@ export class ClusterLink {
   private seq = Date.now();
   private approved = false;
   private approving: Promise<void> = Promise.resolve();
+  /** Writes of the hosts list to the state dir, in order (keepHosts). */
+  private saving: Promise<void> = Promise.resolve();
   /** Join requests waiting for the next batch (key -> latest request), and whether that batch is queued. */
   private readonly joinQueue = new Map<string, KeyValue>();
   private joinQueued = false;
@@ -120,7 +122,11 @@ export class ClusterLink {
       });
     }
     this.onExports = onExports;
+    const t0 = performance.now();
+    const since = (): string => `${Math.round(performance.now() - t0)}ms`;
+    const took: string[] = [];
     this.view = await this.establishTrust();
+    took.push(`trust ${since()}`);
     // The rest needs only the trust view, not each other: side by side, a joining host waits for one store round
     // trip or two instead of eight in a row. Each watch starts at the revision of its own read, so nothing written
     // in between is missed. The CA's holder approves itself before it looks at anyone else's join request (both
@@ -128,10 +134,14 @@ export class ClusterLink {
     await Promise.all([
       this.watchTrust(),
       this.ensureApproved().then(() => (this.opts.identity.ca !== undefined ? this.watchJoins() : undefined)),
-      this.register().then(() => this.opts.store.watch(keys.node(this.opts.host), this.nodeRevision + 1, (b) => this.onOwnNode(b), this.ac.signal)),
-      this.watchExports(),
+      this.register().then(() => {
+        took.push(`registered ${since()}`);
+        return this.opts.store.watch(keys.node(this.opts.host), this.nodeRevision + 1, (b) => this.onOwnNode(b), this.ac.signal);
+      }),
+      this.watchExports().then(() => took.push(`exports read ${since()}`)),
       this.watchOwnKv(),
     ]);
+    this.opts.log.debug(`cluster link up in ${since()} (${took.join(', ')})`);
   }
 
   /** The exports addressed to this host (or to all), as last seen. */
@@ -159,6 +169,7 @@ export class ClusterLink {
     if (this.retryTimer !== undefined) clearTimeout(this.retryTimer);
     await this.syncing;
     await this.approving;
+    await this.saving;
     // Leaving on purpose: take the record and exports down now instead of waiting for the lease to expire.
     await this.lease?.revoke().catch(() => undefined);
   }
@@ -253,7 +264,7 @@ export class ClusterLink {
     if (r === 'same') return false;
     if (r !== 'newer' && modRevision !== undefined && modRevision <= view.writtenRevision) return false; // our own past write
     if (r === 'newer') {
-      await this.opts.identity.files.saveHosts(value).catch((err: unknown) => this.opts.log.warn(`cannot keep the hosts list: ${errorMessage(err)}`));
+      this.keepHosts(value);
       return true;
     }
     this.warnOnce(`hosts:${value.length}:${r}`, `ignoring trust/hosts in the store: ${r}`);
@@ -351,8 +362,22 @@ export class ClusterLink {
    */
   private async afterOwnUpdate(): Promise<void> {
     const sealed = this.view?.sealed;
-    if (sealed !== undefined) await this.opts.identity.files.saveHosts(sealed);
+    if (sealed !== undefined) this.keepHosts(sealed);
     this.rejudge();
+    await this.saving;
+  }
+
+  /**
+   * Keeps a newer hosts list in the state dir (what protects a restarted agent from a rolled-back list). In the
+   * background, one write after the other so the last one written is the newest: a host that was just approved is
+   * collected by every agent without each of them first waiting for a disk flush. Acting on the list before it is
+   * on disk is safe: a crash before the write leaves the older list cached, and the store's newer one is adopted again
+   * on start.
+   */
+  private keepHosts(sealed: string): void {
+    this.saving = this.saving
+      .then(() => this.opts.identity.files.saveHosts(sealed))
+      .catch((err: unknown) => this.opts.log.warn(`cannot keep the hosts list: ${errorMessage(err)}`));
   }
 
   /**

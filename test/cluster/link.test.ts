@@ -34,8 +34,13 @@ function record(host: string): NodeRecord {
 }
 
 /** The CA's holder 'a' on `store`: it approves itself; `exports` records every list it is handed. */
-async function caLink(store: Store, stateDir: string, opts: { wrap?: (s: Store) => Store } = {}): Promise<{ link: ClusterLink; files: TrustFiles; ca: KeyPair; exports: ExportEntry[][] }> {
-  const files = await TrustFiles.open(stateDir, 'embedded');
+async function caLink(
+  store: Store,
+  stateDir: string,
+  opts: { wrap?: (s: Store) => Store; wrapFiles?: (f: TrustFiles) => TrustFiles } = {},
+): Promise<{ link: ClusterLink; files: TrustFiles; ca: KeyPair; exports: ExportEntry[][] }> {
+  const opened = await TrustFiles.open(stateDir, 'embedded');
+  const files = opts.wrapFiles?.(opened) ?? opened;
   const ca = await files.createCaKey();
   const hostKey = await files.hostKey();
   const link = new ClusterLink({ store: opts.wrap?.(store) ?? store, host: 'a', log, identity: { files, hostKey, ca }, record: () => record('a'), leaseTtlMs: 1000 });
@@ -95,6 +100,45 @@ describe('cluster link', () => {
       await real('two');
       assert.equal(exports.length, count + 1, 'only the real change was handed over');
     } finally {
+      await link.close();
+      await store.close();
+    }
+  });
+
+  test('a newer hosts list is acted on at once, and kept on disk after (not before) its hosts are collected', async () => {
+    const store = await EmbeddedStore.open({ dir: join(dir, 'keep-store') });
+    // The disk write of the hosts list is held until released: a slow disk on a busy machine.
+    let hold = false;
+    let release: (() => void) | undefined;
+    const held = new Promise<void>((resolve) => (release = resolve));
+    const saved: string[] = [];
+    const slowDisk = (f: TrustFiles): TrustFiles =>
+      new Proxy(f, {
+        get(target, prop, receiver) {
+          if (prop === 'saveHosts') {
+            return async (sealed: string): Promise<void> => {
+              if (hold) await held;
+              await target.saveHosts(sealed);
+              saved.push(sealed);
+            };
+          }
+          const v: unknown = Reflect.get(target, prop, receiver);
+          return typeof v === 'function' ? (v as (...args: unknown[]) => unknown).bind(target) : v;
+        },
+      });
+    const { link, ca, exports, files } = await caLink(store, join(dir, 'keep-state'), { wrapFiles: slowDisk });
+    try {
+      hold = true;
+      const b = generateKeyPair();
+      const v = exportValue(b, 'b', '/etc/motd', 'from b');
+      await store.put(v.key, v.value);
+      await updateHosts(store, ca, new TrustView(ca.publicKey), approve('b', b.publicKey, false));
+      await until(() => exports.at(-1)?.some((e) => e.host === 'b') === true, 5000, "b's export collected while the hosts list is still being written");
+      release?.();
+      await until(async () => (await files.cachedHosts()) === link.trust?.sealed, 5000, 'the newest hosts list on disk');
+      assert.ok(saved.length > 0);
+    } finally {
+      release?.();
       await link.close();
       await store.close();
     }
