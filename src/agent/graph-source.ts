@@ -351,14 +351,18 @@ export class GraphSource {
     const t0 = performance.now();
     const took: string[] = [];
     const mark = (what: string): void => void took.push(`${what} ${Math.round(performance.now() - t0)}ms`);
+    // The etcd client is a few hundred milliseconds of loading (grpc, protobuf, etcd's .proto files): under way
+    // while the host's keys are read or made (disk flushes), not after.
+    const etcdModule = cluster.etcd.length > 0 ? import('../cluster/etcd-store.js') : undefined;
+    etcdModule?.catch(() => undefined);
     // Before the store: a host that cannot tell real cluster data from forged must not start pretending it can.
     const identity = await this.identity();
     mark('identity');
     const metrics = this.opts.metrics;
     const storeKind = cluster.etcd.length > 0 ? 'etcd' : 'embedded';
     metrics?.observeLink(() => ({ store: storeKind, reachable: this.link?.storeReachable ?? false, lease: this.link?.currentLease }));
-    if (cluster.etcd.length > 0) {
-      const { EtcdStore } = await import('../cluster/etcd-store.js');
+    if (etcdModule !== undefined) {
+      const { EtcdStore } = await etcdModule;
       this.store = new EtcdStore({
         endpoints: cluster.etcd,
         cluster: cluster.cluster,
@@ -518,9 +522,9 @@ export class GraphSource {
     const seen = new Set<string>();
     for (const r of resources) {
       const id = resourceId(r.kind, r.name);
-      const tag = `${r.origin ?? '?'}:${id}:${JSON.stringify(r.params)}`;
       const problem = this.problem(r, id, local, seen);
       if (problem !== undefined) {
+        const tag = `${r.origin ?? '?'}:${id}:${JSON.stringify(r.params)}`;
         if (!this.rejected.has(tag)) {
           this.rejected.add(tag);
           // Named as the exporter named it: that is what its operator can find and fix.
