@@ -17,11 +17,22 @@
  *   kill -9  one agent SIGKILLed: until no other host holds its files (bounded by the 3 s lease TTL).
  *   leave    one agent SIGTERMed: until no other host holds its files (it revokes its lease on the way out).
  *
+ * With each: the CPU time the agents used (from /proc, which a loaded machine stretches far less than wall time),
+ * and between the join and the changes, 3 s of doing nothing: an idle agent's CPU per second, which every change on
+ * a machine of N agents pays as well. The agents run without NODE_EXTRA_CA_CERTS (the sandbox sets it; Node then
+ * parses every system certificate at start, which an agent host has no reason to do).
+ *
+ * Where the time goes: --keep keeps each size's directory (graphs, state dirs, and each agent's log, which starts with
+ * the moment it was spawned); --log-level debug adds where each agent's connection time went; --prof DIR writes CPU
+ * profiles of the N-th agent (--prof-all: of every agent; --prof-hosts h03,h10: of those). --bin and --alt-bin
+ * measure other builds of the CLI, the second interleaved with the first (--repeat K runs each K times).
+ *
  * Every size runs twice, interleaved: `signed`, today's agents (host h00 holds the cluster CA, the others join with a
  * token; every record is signed and every collected export verified), and `unsigned`, the agents of the last commit
  * before host identity (--baseline, built from git in a temporary worktree), so the table shows what signing and
  * verifying cost on export propagation. It fails loudly when the signed median change latency is more than 1.5x
- * the unsigned one (plus 30 ms of noise allowance).
+ * the unsigned one (plus 30 ms of noise allowance), and with 30 agents or more when a change or the join is slower
+ * than LIMITS_30.
  *
  * Prints a table and writes bench/results/cluster-latest.json.
  */
@@ -60,7 +71,17 @@ interface Options {
   readonly altBin: string | undefined;
   /** Each size and variant this many times, interleaved. */
   readonly repeat: number;
+  /** Limits for sizes of 30 agents and more (see LIMITS_30): a figure past one fails the run. */
+  readonly limits: { readonly changeMedianMs: number; readonly changeMaxMs: number; readonly joinMs: number };
 }
+
+/**
+ * Regression limits with 30 agents or more, from the figures of 2026-12-02 on this 2-core machine with headroom for
+ * its noise (the same build measured 1.3 s and 2.4 s change medians an hour apart, with other work running): the
+ * goal (under 1 s for both) is not reached, see the README. Override with --max-change-median-ms, --max-change-ms,
+ * --max-join-ms.
+ */
+const LIMITS_30 = { changeMedianMs: 3000, changeMaxMs: 6000, joinMs: 8000 };
 
 /** The last commit before host identity: exports and membership unsigned, collected exports unverified. */
 const UNSIGNED_BASELINE = 'e27cab1';
@@ -78,7 +99,7 @@ function parseArgs(argv: readonly string[]): Options {
   };
   if (argv.includes('--help')) {
     process.stdout.write(
-      'usage: node --import tsx bench/cluster.ts [--agents 3,10,30] [--changes 20] [--baseline REV|none] [--keep] [--log-level debug] [--prof DIR [--prof-all | --prof-hosts h01,h02]] [--bin PATH] [--alt-bin PATH] [--repeat K]\n',
+      'usage: node --import tsx bench/cluster.ts [--agents 3,10,30] [--changes 20] [--baseline REV|none] [--keep] [--log-level debug] [--prof DIR [--prof-all | --prof-hosts h01,h02]] [--bin PATH] [--alt-bin PATH] [--repeat K] [--max-change-median-ms MS] [--max-change-ms MS] [--max-join-ms MS]\n',
     );
     process.exit(0);
   }
@@ -99,6 +120,11 @@ function parseArgs(argv: readonly string[]): Options {
     profHosts: (value('prof-hosts') ?? '').split(',').filter((h) => h !== ''),
     bin: value('bin') ?? BIN,
     altBin: value('alt-bin'),
+    limits: {
+      changeMedianMs: Number(value('max-change-median-ms') ?? LIMITS_30.changeMedianMs),
+      changeMaxMs: Number(value('max-change-ms') ?? LIMITS_30.changeMaxMs),
+      joinMs: Number(value('max-join-ms') ?? LIMITS_30.joinMs),
+    },
     repeat: Number(value('repeat') ?? '1'),
   };
 }
@@ -585,6 +611,13 @@ async function main(): Promise<void> {
     await cleanUp();
   }
   const failures: string[] = [];
+  for (const r of results) {
+    if (r.agents < 30 || r.variant !== 'signed') continue;
+    const { changeMedianMs, changeMaxMs, joinMs } = opts.limits;
+    if (!(r.change.medianMs <= changeMedianMs)) failures.push(`${r.agents} agents: a change reached every host after a median of ${ms(r.change.medianMs)} (limit ${ms(changeMedianMs)})`);
+    if (!(r.change.maxMs <= changeMaxMs)) failures.push(`${r.agents} agents: a change took ${ms(r.change.maxMs)} to reach every host (limit ${ms(changeMaxMs)})`);
+    if (!(r.joinMs <= joinMs)) failures.push(`${r.agents} agents: the last agent joined and all converged after ${ms(r.joinMs)} (limit ${ms(joinMs)})`);
+  }
   for (const n of opts.agents) {
     const signed = results.find((r) => r.agents === n && r.variant === 'signed');
     const unsigned = results.find((r) => r.agents === n && r.variant === 'unsigned');
@@ -612,6 +645,7 @@ async function main(): Promise<void> {
       'from store write: ms from the moment the changed export reached etcd until every other host applied it (what signing and verifying change; the graph-edit figure also holds the exporter\'s own 100 ms wait for a complete graph file, which the unsigned baseline predates).',
       'change: ms from writing the exporter\'s graph file until every other host has the new content of the collected file (with --changes 20 or fewer, p99 is the maximum); "first host": until the quickest collector has it. Includes the 50 ms debounce of the graph file reload on the exporter (collectors re-render after 2 ms). All agents share 2 cores, so with N agents the last host waits for N-1 re-renders; on separate machines each host would be about as fast as the first.',
       'kill -9 removal is bounded by the lease TTL (3 s); SIGTERM revokes the lease at once.',
+      'cpuMs: CPU time (user + system, from /proc) of the agents: per agent until the storm converged (median), of the N-th agent until all converged, of the others together meanwhile, of all agents per change (idle time between changes included), and per agent per second over 3 s of doing nothing.',
       `signed: this commit (host h00 holds the CA, the others join with a token; records signed, exports verified). unsigned: the agents of ${opts.baseline}, the last commit before host identity, built from git.`,
     ],
   };
