@@ -74,12 +74,12 @@ function header(res: BenchResults): string[] {
   return ['workload', ...res.tools.map((t) => `${t.label} ${t.version}`)];
 }
 
-function textTable(rows: string[][]): string {
+export function textTable(rows: string[][]): string {
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
 }
 
-function markdownTable(rows: string[][]): string {
+export function markdownTable(rows: string[][]): string {
   const [head, ...body] = rows;
   if (head === undefined) return '';
   const line = (r: string[]): string => `| ${r.join(' | ')} |`;

@@ -1,5 +1,5 @@
 import type { MachineInfo } from './results.js';
-import { fmtSeconds } from './report.js';
+import { fmtSeconds, markdownTable, textTable } from './report.js';
 import { median } from './stats.js';
 
 /**
@@ -408,17 +408,6 @@ function machineLine(res: ScaleResults): string {
   return `${res.date.slice(0, 10)} ${res.date.slice(11, 16)} UTC · ${m.uname} · ${m.cpu} · ${m.cores} cores · ${m.memoryGiB} GiB · Node ${m.node}`;
 }
 
-function textTable(rows: string[][]): string {
-  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
-  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n');
-}
-
-function markdownTable(rows: string[][]): string {
-  const [head, ...body] = rows;
-  if (head === undefined) return '';
-  const line = (r: string[]): string => `| ${r.join(' | ')} |`;
-  return [line(head), line(head.map(() => '---')), ...body.map(line)].join('\n');
-}
 
 export function renderScaleText(res: ScaleResults): string {
   const out = [`Machine: ${machineLine(res)}`, HOW, runsLine(res)];
