@@ -117,7 +117,16 @@ export class Agent {
       ...(this.metrics === undefined ? {} : { metrics: this.metrics }),
       ...(opts.noop !== undefined ? { noop: opts.noop } : {}),
       ...(opts.parallel !== undefined ? { parallel: opts.parallel } : {}),
+      watch: !this.checksOnce(),
     });
+  }
+
+  /**
+   * The run ends at its first settle (noop, or --converged-timeout 0): every resource is checked once, and neither
+   * the resources nor the graph file are watched — a change seen after that point could not be acted on anyway.
+   */
+  private checksOnce(): boolean {
+    return this.opts.noop === true || this.opts.convergedTimeout === 0;
   }
 
   /** Loads and starts the graph; resolves when the agent is done (converged-timeout reached, or stop()). */
@@ -192,7 +201,7 @@ export class Agent {
     await this.engine.setGraph(graph);
     this.source.publish(graph);
     // Collected data re-renders the graph even with --no-watch-graph: the flag is about the file, not the cluster.
-    if ((this.opts.cluster?.etcd.length ?? 0) === 0) {
+    if ((this.opts.cluster?.etcd.length ?? 0) === 0 && !this.checksOnce()) {
       await this.source.watch((cause) => this.scheduleReload(cause), this.ac.signal, { file: this.opts.watchGraph !== false });
     }
     this.scheduleDot();

@@ -19,6 +19,12 @@ export interface EngineOptions {
   readonly log: Logger;
   /** Check everything, change nothing. */
   readonly noop?: boolean;
+  /**
+   * false for a run that ends at its first settle (`run --converged-timeout 0`, `--noop`): each resource is checked
+   * once and nothing is watched or polled, since nobody would be left to act on what a watch saw. Setting up a watch
+   * per resource (and taking the echo of every write the run makes) was a tenth of a one-shot 1,000-file run.
+   */
+  readonly watch?: boolean;
   /** At most this many check/apply runs at once; 0 = no limit. */
   readonly parallel?: number;
   /** Root of the agent's state directory (resources get private subdirectories). */
@@ -48,6 +54,7 @@ export type EngineListener = (event: { readonly id: ResourceId; readonly state: 
  */
 export class Engine implements WorkerHost {
   readonly noop: boolean;
+  readonly watch: boolean;
   private graph: Graph | undefined;
   private readonly workers = new Map<ResourceId, Worker>();
   private readonly root = new AbortController();
@@ -73,6 +80,7 @@ export class Engine implements WorkerHost {
     this.registry = opts.registry;
     this.log = opts.log;
     this.noop = opts.noop ?? false;
+    this.watch = opts.watch ?? true;
     const stateRoot = opts.stateDir ?? defaultStateDir();
     const facts = opts.facts ?? gatherFacts();
     this.world = {

@@ -10,6 +10,8 @@ import type { VertexState, VertexStatus } from './state.js';
 /** What a worker needs from its engine: its neighbours' states, locks, and where to report. */
 export interface WorkerHost {
   readonly noop: boolean;
+  /** false: check once, never watch or poll (EngineOptions.watch). */
+  readonly watch: boolean;
   /** 'ready' when every dependency is converged; otherwise the first one that is not, and whether it is stuck. */
   dependencyGate(w: Worker): { gate: 'ready' } | { gate: 'wait' } | { gate: 'blocked'; by: Vertex['id'] };
   acquire(w: Worker, signal: AbortSignal): Promise<() => void>;
@@ -364,6 +366,10 @@ export class Worker {
   }
 
   private startWatch(): void {
+    if (!this.host.watch) {
+      this.markReady();
+      return;
+    }
     const poll = this.vertex.meta.poll;
     if (poll > 0) {
       this.markReady();

@@ -4,7 +4,7 @@ import { describe, test } from 'node:test';
 import { harness, until, withTempDir } from '../helpers/engine.js';
 import { ProbeWorld, probeKind } from '../helpers/probe-kind.js';
 
-function setup(opts: { noop?: boolean; parallel?: number } = {}) {
+function setup(opts: { noop?: boolean; parallel?: number; watch?: boolean } = {}) {
   const world = new ProbeWorld();
   const h = harness([probeKind(world)], opts);
   return { world, ...h };
@@ -139,6 +139,21 @@ resources:
     await engine.setGraph(graph(`resources:\n  - { kind: probe, name: p, watch: false, meta: { poll: 30ms } }\n`));
     await settled();
     await until(() => world.of('p', 'check').length >= 4, 2000, 'polled checks');
+    await engine.stop();
+  });
+
+  test('an engine that checks once (watch: false) starts no watch and no poll, and still orders and applies', async () => {
+    const { world, engine, graph, settled } = setup({ watch: false });
+    await engine.setGraph(graph(`resources:\n  - { kind: probe, name: a }\n  - { kind: probe, name: b, require: [probe:a] }\n  - { kind: probe, name: p, meta: { poll: 20ms } }\n`));
+    await settled();
+    assert.equal(world.actual.get('b'), 'ok');
+    assert.ok((world.of('b', 'check')[0]?.t ?? NaN) >= (world.of('a', 'done')[0]?.t ?? NaN), 'b ran before a was done');
+    assert.deepEqual(world.events.filter((e) => e.type === 'watch-start'), [], 'a watch was started');
+    // A drift nobody watches is not seen, and a poll interval passes without a re-check.
+    world.drift('a');
+    await new Promise((r) => setTimeout(r, 120));
+    assert.equal(world.of('a', 'check').length, 1);
+    assert.equal(world.of('p', 'check').length, 1, 'the poll re-checked');
     await engine.stop();
   });
 

@@ -18,7 +18,7 @@ export interface Harness {
   readonly settled: (timeoutMs?: number) => Promise<void>;
 }
 
-export function harness(extraKinds: readonly AnyResourceKind[] = [], opts: { noop?: boolean; parallel?: number } = {}): Harness {
+export function harness(extraKinds: readonly AnyResourceKind[] = [], opts: { noop?: boolean; parallel?: number; watch?: boolean } = {}): Harness {
   const registry = createRegistry([...builtinKinds, ...extraKinds]);
   const lines: string[] = [];
   const log = createLogger({ level: 'debug', write: (l) => lines.push(l) });

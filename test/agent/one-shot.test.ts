@@ -1,0 +1,40 @@
+import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, test } from 'node:test';
+import { Agent } from '../../src/agent/agent.js';
+import { createLogger } from '../../src/log.js';
+
+/**
+ * A run that ends at its first settle (--converged-timeout 0, --noop) checks each resource once and watches nothing:
+ * a watch per resource, and the echo of every write the run made, were a tenth of a one-shot 1,000-file run. An
+ * agent that stays up (or waits for a quiet period) watches as before.
+ */
+const dirs: string[] = [];
+after(async () => {
+  await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
+});
+
+async function agentFor(opts: { convergedTimeout: number; noop?: boolean }): Promise<{ agent: Agent; dir: string }> {
+  const dir = await mkdtemp(join(tmpdir(), 'bp-oneshot-'));
+  dirs.push(dir);
+  const file = join(dir, 'graph.yaml');
+  await writeFile(file, `resources:\n  - { kind: file, name: ${join(dir, 'out')}, content: "hi\\n" }\n`);
+  const agent = new Agent({ file, log: createLogger({ level: 'silent' }), stateDir: join(dir, 'state'), api: false, ...opts });
+  return { agent, dir };
+}
+
+test('a run that ends at its first settle applies the graph without watching it', async () => {
+  const { agent, dir } = await agentFor({ convergedTimeout: 0 });
+  assert.equal(agent.engine.watch, false);
+  const result = await agent.run();
+  assert.equal(result.reason, 'converged');
+  assert.equal(await readFile(join(dir, 'out'), 'utf8'), 'hi\n');
+  assert.equal((await agentFor({ convergedTimeout: 0, noop: true })).agent.engine.watch, false);
+});
+
+test('an agent that stays up, or waits for a quiet period, watches', async () => {
+  assert.equal((await agentFor({ convergedTimeout: -1 })).agent.engine.watch, true);
+  assert.equal((await agentFor({ convergedTimeout: 0.5 })).agent.engine.watch, true);
+});
