@@ -14,6 +14,39 @@ import { createHash } from 'node:crypto';
 import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 
+/**
+ * Node's built-in modules that a run rarely touches are loaded at their first use, not at every start: child_process
+ * (required at the top of commander, and by the exec and svc kinds), crypto, worker_threads, perf_hooks, readline and
+ * v8 were ~25 ms of a 1,000-file run's start-up on a quiet machine, most of it for runs that never call them. Each
+ * becomes a module of getters, one per export this Node has (listed here, at build time, from the same binary the
+ * code cache is made for), that requires the real module on the first read: named imports, namespace imports and
+ * require() all see the same functions and classes, only later.
+ */
+function lazyBuiltins(names) {
+  const filter = new RegExp(`^(node:)?(${names.join('|')})$`);
+  return {
+    name: 'lazy-builtins',
+    setup(b) {
+      b.onResolve({ filter }, (a) =>
+        a.namespace === 'lazy-builtin' ? { path: `node:${a.path.replace(/^node:/, '')}`, external: true } : { path: a.path.replace(/^node:/, ''), namespace: 'lazy-builtin' },
+      );
+      b.onLoad({ filter: /.*/, namespace: 'lazy-builtin' }, async (a) => {
+        const keys = Object.keys(await import(`node:${a.path}`)).filter((k) => k !== 'default');
+        return {
+          loader: 'js',
+          contents: [
+            'let real;',
+            `const load = () => (real ??= require(${JSON.stringify(`node:${a.path}`)}));`,
+            'const lazy = {};',
+            `for (const k of ${JSON.stringify(keys)}) Object.defineProperty(lazy, k, { enumerable: true, get: () => load()[k] });`,
+            'module.exports = lazy;',
+          ].join('\n'),
+        };
+      });
+    },
+  };
+}
+
 await rm('dist', { recursive: true, force: true });
 await mkdir('dist');
 
@@ -44,6 +77,7 @@ const cli = await build({
   // the bundle (src/util/import-module.ts) calls the launcher's own import().
   supported: { 'dynamic-import': false },
   plugins: [
+    lazyBuiltins(['child_process', 'crypto', 'worker_threads', 'perf_hooks', 'readline', 'v8']),
     {
       // zod's namespace export carries its ~50 locales (300 KB, 15% of the bundle, read at every start); Backplane's
       // messages are English and nothing calls z.locales, so only en is kept (checked below).

@@ -15,7 +15,7 @@ import type { z } from 'zod';
 import type { ExportEntry } from './graph/collect.js';
 import type { metaSchema } from './graph/meta.js';
 import type { ExecSchema } from './resources/exec-schema.js';
-import type { fileSchema } from './resources/file-schema.js';
+import type { FileSchema } from './resources/file-schema.js';
 import type { GroupSchema } from './resources/group.js';
 import type { HttpSchema } from './resources/http.js';
 import type { PkgSchema } from './resources/pkg/schema.js';
@@ -47,7 +47,7 @@ type Decl<K extends string, S extends z.ZodType, Defaulted extends string = neve
   Partial<Pick<z.input<S>, Extract<keyof z.input<S>, Defaulted>>>;
 
 export type ResourceDecl =
-  | Decl<'file', typeof fileSchema, 'path'>
+  | Decl<'file', FileSchema, 'path'>
   | Decl<'template', TemplateSchema, 'path'>
   | Decl<'exec', ExecSchema>
   | Decl<'pkg', PkgSchema, 'name'>

@@ -1,5 +1,6 @@
 import { createRequire } from 'node:module';
 import type { Logger as PinoLogger } from 'pino';
+import { writeStderr } from './util/stderr.js';
 import { terminalSafe } from './util/terminal.js';
 
 /**
@@ -51,7 +52,7 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     return new JsonLogger(base);
   }
   const paint = (opts.colour ?? (opts.write === undefined && useColour(process.stderr))) ? COLOURS : NO_COLOURS;
-  return new HumanLogger(ORDER[level], opts.write ?? ((line) => process.stderr.write(line)), undefined, paint);
+  return new HumanLogger(ORDER[level], opts.write ?? writeStderr, undefined, paint);
 }
 
 /**

@@ -2,6 +2,7 @@ import { accessSync, constants as fsc, statSync } from 'node:fs';
 import { dirname } from 'node:path';
 import { BackplaneError, ValidationErrors, errorMessage } from '../errors.js';
 import { terminalSafe } from '../util/terminal.js';
+import { flushStderr } from '../util/stderr.js';
 import { errorLabel } from '../log.js';
 import { parseDuration } from '../util/duration.js';
 
@@ -23,6 +24,8 @@ export const EXIT = {
 
 /** Prints a user-facing error and returns the exit code it deserves. */
 export function reportError(err: unknown): number {
+  // Log lines still waiting for the end of this turn belong before the error.
+  flushStderr();
   if (err instanceof ValidationErrors) {
     process.stderr.write(`${err.format()}\n${err.errors.length} error${err.errors.length === 1 ? '' : 's'}; nothing was applied.\n`);
     return EXIT.invalid;

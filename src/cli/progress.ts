@@ -1,3 +1,4 @@
+import { writeStderr } from '../util/stderr.js';
 import { terminalSafe } from '../util/terminal.js';
 
 /**
@@ -96,7 +97,7 @@ export class Progress {
 /** A Progress on stderr, in its terminal mode when stderr is a terminal. */
 export function stderrProgress(): Progress {
   const err = process.stderr;
-  return new Progress({ isTTY: err.isTTY, write: (t) => err.write(t), ...(err.isTTY && err.columns !== undefined ? { columns: err.columns } : {}) });
+  return new Progress({ isTTY: err.isTTY, write: writeStderr, ...(err.isTTY && err.columns !== undefined ? { columns: err.columns } : {}) });
 }
 
 /** What `run --converged-timeout` follows: the engine's resources by state. */

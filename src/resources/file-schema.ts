@@ -1,8 +1,13 @@
 import { z } from 'zod';
 import { absolutePath, fileMode, pathString } from '../graph/schema-util.js';
+import { once } from '../util/once.js';
 
-/** Parameters of `file`; kept apart from the implementation so the schema can be read on its own. */
-export const fileSchema = z
+/**
+ * Parameters of `file`; kept apart from the implementation so the schema can be read on its own. Built on first use:
+ * its ~40 schema nodes were milliseconds of every start-up, an empty graph's and a `--version`'s too.
+ */
+export const fileSchema = once(() =>
+  z
   .strictObject({
     path: absolutePath().meta({ description: 'absolute path; defaults to the resource name' }),
     state: z.enum(['exists', 'absent']).default('exists'),
@@ -27,6 +32,8 @@ export const fileSchema = z
       ctx.addIssue({ code: 'custom', path: ['target'], message: 'target is only for type: symlink' });
     if (p.purge && p.type !== 'directory')
       ctx.addIssue({ code: 'custom', path: ['purge'], message: 'purge is only for type: directory' });
-  });
+  }),
+);
 
-export type FileParams = z.output<typeof fileSchema>;
+export type FileSchema = ReturnType<typeof fileSchema>;
+export type FileParams = z.output<FileSchema>;

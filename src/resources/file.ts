@@ -37,7 +37,9 @@ import { defineKind, type CheckResult, type Resource, type ResourceLog, type Res
 export const fileKind = defineKind<FileParams>({
   kind: 'file',
   description: 'a file, directory or symlink: content (inline or copied), mode, owner, group; or that it is absent',
-  schema: fileSchema,
+  get schema() {
+    return fileSchema();
+  },
   refreshable: false,
   defaults: (name) => ({ path: name }),
   // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).

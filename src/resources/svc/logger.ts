@@ -128,12 +128,11 @@ export interface Logger {
   announce(service: ServiceIdentity | undefined): void;
 }
 
-const execFileP = promisify(execFile);
-
 async function makeFifos(dir: string, n: number): Promise<string[]> {
   const names = Array.from({ length: n }, () => join(dir, `${FIFO_PREFIX}${randomBytes(6).toString('hex')}`));
   // One mkfifo for all: Node has no mkfifo(3).
-  await execFileP('mkfifo', ['-m', '0600', '--', ...names], { timeout: 10_000 });
+  // promisify()'d here, not at load: reading execFile loads child_process, which a run without services never needs.
+  await promisify(execFile)('mkfifo', ['-m', '0600', '--', ...names], { timeout: 10_000 });
   return names;
 }
 
