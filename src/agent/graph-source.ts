@@ -13,6 +13,8 @@ import { gatherFacts } from '../facts.js';
 import { parseGraphText, readGraphSource } from '../frontends/load.js';
 import { readGraphText } from '../frontends/limits.js';
 import { buildGraph, type KindRegistry } from '../graph/build.js';
+import { builtinKinds } from '../resources/registry.js';
+import { readCachedGraph, runningBuild, writeCachedGraph } from './graph-cache.js';
 import { collectResources, type CollectedResource, type ExportEntry } from '../graph/collect.js';
 import type { Graph } from '../graph/graph.js';
 import { resourceId } from '../graph/ids.js';
@@ -77,6 +79,11 @@ export interface GraphSourceOptions {
   readonly pinFile?: boolean;
   /** The agent's metrics: store requests timed, lease and link state, instances, the controller. */
   readonly metrics?: Metrics;
+  /**
+   * The build id the validated-graph cache is keyed on (graph-cache.ts); default: the running CLI's, none when run
+   * from source. false: no cache.
+   */
+  readonly cacheBuild?: string | false;
 }
 
 /**
@@ -125,7 +132,10 @@ export class GraphSource {
     },
   };
 
-  constructor(private readonly opts: GraphSourceOptions) {}
+  constructor(private readonly opts: GraphSourceOptions) {
+    // The cache holds what the built-in kinds' schemas made of a graph: with any other registry (a test's) it is off.
+    this.cacheBuild = opts.cacheBuild === false || !isBuiltinRegistry(opts.registry) ? undefined : (opts.cacheBuild ?? runningBuild());
+  }
 
   private async linkFor(signal: AbortSignal): Promise<ClusterLink> {
     await this.connect();
@@ -154,7 +164,12 @@ export class GraphSource {
 
   /** `signal` stops a graph module's evaluation (its worker is terminated). */
   async render(signal?: AbortSignal): Promise<Graph> {
-    let raw = await this.readRaw(signal);
+    const cached = await this.fromCache();
+    if (cached.graph !== undefined) {
+      this.nextValidation();
+      return cached.graph;
+    }
+    let raw = await this.readRaw(signal, cached.text);
     if (this.link === undefined && (this.opts.cluster.etcd.length > 0 || needsCluster(raw))) {
       await this.connect();
       raw = await this.readRaw(signal);
@@ -181,7 +196,66 @@ export class GraphSource {
     const inst = this.instances?.resources() ?? { resources: [], edges: [] };
     // An instance may ask the agent for its peers as soon as it runs: discovery has read once before any does.
     if (inst.resources.length > 0) await this.services.start();
-    return buildGraph({ ...raw, resources: [...raw.resources, ...collected, ...inst.resources], edges: [...raw.edges, ...inst.edges] }, this.opts.registry);
+    const graph = buildGraph({ ...raw, resources: [...raw.resources, ...collected, ...inst.resources], edges: [...raw.edges, ...inst.edges] }, this.opts.registry);
+    if (collected.length === 0 && inst.resources.length === 0) this.offerToCache(raw, graph);
+    return graph;
+  }
+
+  /** The build id the validated-graph cache is keyed on; undefined: no cache (run from source, or a test's registry). */
+  private readonly cacheBuild: string | undefined;
+  /** The text whose graph the cache holds (written or read by this process): not written again. */
+  private cachedText: string | undefined;
+  /** The cache write under way, awaited by close() so a one-shot run does not exit in the middle of it. */
+  private cacheWrite: Promise<void> | undefined;
+
+  /**
+   * The graph from the validated-graph cache (graph-cache.ts) when the graph file's text is the one it was made from;
+   * otherwise the text read for the check, so the parse does not read the file again. Only a YAML graph that takes
+   * nothing from the cluster is ever cached, so a hit needs nothing but the file: no collected data, no instances.
+   */
+  private async fromCache(): Promise<{ graph?: Graph; text?: string }> {
+    const build = this.cacheBuild;
+    if (build === undefined || this.pinned !== undefined || isModuleGraph(this.opts.file)) return {};
+    // What render() does before reading: with etcd the store is opened first (a cached graph collects nothing from
+    // it, but the agent joins the cluster all the same).
+    if (this.link === undefined && this.opts.cluster.etcd.length > 0) await this.connect();
+    if ((this.instances?.resources().resources.length ?? 0) > 0) return {};
+    const file = resolve(this.opts.file);
+    const text = this.pinnedText ?? (await readGraphText(file));
+    // Parsed already by this process (a re-render for cluster data): that path knows what it has.
+    if (this.parsed?.text === text) return { text };
+    const t0 = performance.now();
+    const got = await readCachedGraph({ stateDir: this.opts.stateDir, file, text, build });
+    if ('miss' in got) {
+      this.opts.log.debug(`graph cache: not used for ${file}: ${got.miss}`);
+      return { text };
+    }
+    this.opts.log.debug(`graph cache: ${got.graph.vertices.size} validated resources of ${file} in ${(performance.now() - t0).toFixed(1)}ms`);
+    this.cachedText = text;
+    if (this.opts.pinFile === true) this.pinnedText = text;
+    return { graph: got.graph };
+  }
+
+  /**
+   * Keeps a graph that built without errors for the next run (graph-cache.ts), in the background once the engine has
+   * it: what a hit needs is only what the file says, so a graph that collects, exports or uses the cluster store is
+   * not kept. Failing to write it costs the next run a parse, nothing else: a debug line.
+   */
+  private offerToCache(raw: RawGraph, graph: Graph): void {
+    const build = this.cacheBuild;
+    const parsed = this.parsed;
+    if (build === undefined || parsed === undefined || parsed.raw !== raw || this.cachedText === parsed.text) return;
+    if ((raw.collect?.length ?? 0) > 0 || needsCluster(raw) || graph.exports.length > 0 || graph.warnings.length > 0) return;
+    this.cachedText = parsed.text;
+    const key = { stateDir: this.opts.stateDir, file: resolve(this.opts.file), text: parsed.text, build };
+    const prior = this.cacheWrite ?? Promise.resolve();
+    this.cacheWrite = prior
+      .then(() => new Promise((done) => setImmediate(done)))
+      .then(() => writeCachedGraph(key, raw, graph))
+      .then(
+        (why) => this.opts.log.debug(why === undefined ? `graph cache: kept ${graph.vertices.size} validated resources of ${key.file}` : `graph cache: not kept for ${key.file}: ${why}`),
+        (err: unknown) => this.opts.log.debug(`graph cache: not kept for ${key.file}: ${errorMessage(err)}`),
+      );
   }
 
   private pinned: RawGraph | undefined;
@@ -190,7 +264,11 @@ export class GraphSource {
   /** The last YAML graph parsed and the text it was parsed from. */
   private parsed: { readonly text: string; readonly raw: RawGraph } | undefined;
 
-  private async readRaw(signal?: AbortSignal): Promise<RawGraph> {
+  /** With --no-watch-graph, the text a cache hit was made from: what later renders parse, not the file as it is now. */
+  private pinnedText: string | undefined;
+
+  /** `text`: the graph file's text when the caller has just read it. */
+  private async readRaw(signal?: AbortSignal, text0?: string): Promise<RawGraph> {
     if (this.pinned !== undefined) return this.pinned;
     let raw: RawGraph;
     if (isModuleGraph(this.opts.file)) {
@@ -199,7 +277,7 @@ export class GraphSource {
       // A YAML graph is a function of its text alone, and every export another host changes re-renders this one:
       // the file is read each time (an edit is never missed), but parsed again only when its text changed.
       const file = resolve(this.opts.file);
-      const text = await readGraphText(file);
+      const text = text0 ?? this.pinnedText ?? (await readGraphText(file));
       if (this.parsed?.text === text) {
         raw = this.parsed.raw;
       } else {
@@ -229,6 +307,7 @@ export class GraphSource {
     this.instances?.close();
     this.services.close();
     await this.connecting?.catch(() => undefined);
+    await this.cacheWrite;
     this.stateCache?.cache.close();
     await this.link?.close().catch(() => undefined);
     await this.control?.close().catch(() => undefined);
@@ -594,6 +673,12 @@ export class GraphSource {
 interface Validated {
   readonly problem: string | undefined;
   readonly manages: string | undefined;
+}
+
+/** The registry is exactly the built-in kinds (what the build id vouches for). */
+function isBuiltinRegistry(registry: KindRegistry): boolean {
+  const names = [...registry.names()];
+  return names.length === builtinKinds.length && builtinKinds.every((k) => registry.get(k.kind) === k);
 }
 
 function needsCluster(raw: RawGraph): boolean {

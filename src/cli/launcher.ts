@@ -117,6 +117,8 @@ if (mode === 'debug') {
   const why = typeof cache === 'string' ? cache : script.cachedDataRejected === true ? 'rejected by V8 (another Node version, other V8 flags, or corrupt)' : undefined;
   process.stderr.write(`backplane: code cache ${why === undefined ? 'used' : `not used: ${why}`}\n`);
 }
+// The id of the very text compiled here: what the CLI's validated-graph cache is keyed on (src/agent/graph-cache.ts).
+if (id !== undefined) (globalThis as { [k: symbol]: unknown })[Symbol.for('backplane.build')] = id;
 const wrapper = script.runInThisContext() as Wrapper;
 const bundleRequire = createRequire(bundle);
 const bundleModule = { exports: {} };

@@ -46,19 +46,47 @@ export function parseYamlDocument(file: string, text: string): GraphDocument {
       }),
     ]);
   }
-  let src: YamlSource | undefined;
-  const source = (): YamlSource => (src ??= new YamlSource(file, text));
-  // The precise parser needs ~50 bytes of memory and ~1 µs of CPU per byte of YAML (measured: 27 MB took 48 s and
-  // 1.3 GB here), so one typo in a huge file would cost minutes or a V8 out-of-memory abort. Past PRECISE_MAX_BYTES
-  // an error names the value's path instead of its line, as for a TypeScript graph.
-  const precise = text.length <= PRECISE_MAX_BYTES;
-  const find = (path: readonly PropertyKey[], value: boolean): SourceLocation =>
-    precise ? source().locate(source().doc.contents, path, value) : { file: `${file}: ${pathText(path)}`, line: 0, col: 0 };
+  const pos = new Positions(file, text);
   // js-yaml shares an anchor's value among its aliases, so loading a bomb is cheap; everything after (the walk below,
   // zod, the fingerprints, a template's vars) would copy it out. Refuse it first, pointing at where it expands.
-  checkExpansion(data, (path) => find(path, false));
-  unquoteModes(data, (path, value) => (precise ? source().scalarSource(path) : modeTextOfHugeFile(file, text, path, value)));
-  return { file, data, locate: (path) => find(path, false), locateValue: (path) => find(path, true) };
+  checkExpansion(data, (path) => pos.find(path, false));
+  unquoteModes(data, (path, value) => (pos.precise ? pos.source().scalarSource(path) : modeTextOfHugeFile(file, text, path, value)));
+  return { file, data, locate: (path) => pos.find(path, false), locateValue: (path) => pos.find(path, true) };
+}
+
+/**
+ * Where a key or value at a path (keys and indexes from the root) is written in a YAML graph's text: what
+ * GraphDocument.locate answers, for the validated-graph cache too (src/agent/graph-cache.ts), which keeps each
+ * resource's path instead of its line so a vertex rebuilt from it names the very file:line:col a parse would.
+ */
+export function textLocator(file: string, text: string): (path: readonly PropertyKey[]) => SourceLocation {
+  const pos = new Positions(file, text);
+  return (path) => pos.find(path, false);
+}
+
+/** The precise parser, run the first time a position is asked for. */
+class Positions {
+  private src: YamlSource | undefined;
+  /**
+   * The precise parser needs ~50 bytes of memory and ~1 µs of CPU per byte of YAML (measured: 27 MB took 48 s and
+   * 1.3 GB here), so one typo in a huge file would cost minutes or a V8 out-of-memory abort. Past PRECISE_MAX_BYTES
+   * an error names the value's path instead of its line, as for a TypeScript graph.
+   */
+  readonly precise: boolean;
+  constructor(
+    private readonly file: string,
+    private readonly text: string,
+  ) {
+    this.precise = text.length <= PRECISE_MAX_BYTES;
+  }
+  source(): YamlSource {
+    return (this.src ??= new YamlSource(this.file, this.text));
+  }
+  find(path: readonly PropertyKey[], value: boolean): SourceLocation {
+    if (!this.precise) return { file: `${this.file}: ${pathText(path)}`, line: 0, col: 0 };
+    const src = this.source();
+    return src.locate(src.doc.contents, path, value);
+  }
 }
 
 /**

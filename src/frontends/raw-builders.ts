@@ -15,11 +15,22 @@ export function locator(locate: Locate, base: readonly PropertyKey[]): At {
   return (...rest) => locate([...base, ...rest]);
 }
 
+/** A resource read from a YAML document at `base` (keys and indexes from the root). */
 export function rawResource(
   fields: { kind: string; name: string; params: Record<string, unknown>; meta: unknown; export?: ExportTarget | undefined },
-  at: At,
+  locate: Locate,
+  base: readonly PropertyKey[],
 ): RawResource {
-  return new YamlResource(fields.kind, fields.name, fields.params, fields.meta, at, fields.export);
+  return new YamlResource(fields.kind, fields.name, fields.params, fields.meta, locate, base, fields.export);
+}
+
+/**
+ * Where in its document a resource from a YAML frontend was written (its path from the root), or undefined for one
+ * from elsewhere (a module, the cluster). The validated-graph cache keeps this path, so a vertex rebuilt from the
+ * cache finds its file:line the same way as one parsed from the text (src/agent/graph-cache.ts).
+ */
+export function sourcePath(r: RawResource): readonly PropertyKey[] | undefined {
+  return r instanceof YamlResource ? r.base : undefined;
 }
 
 /**
@@ -33,18 +44,20 @@ class YamlResource implements RawResource {
     readonly name: string,
     readonly params: Record<string, unknown>,
     readonly meta: unknown,
-    private readonly at: At,
+    // The document's locator and this resource's path in it, rather than a closure over both: one object less each.
+    private readonly find: Locate,
+    readonly base: readonly PropertyKey[],
     exportTo: ExportTarget | undefined,
   ) {
     if (exportTo !== undefined) this.export = exportTo;
   }
   get loc(): SourceLocation {
-    return this.at();
+    return this.find(this.base);
   }
   locate(path: readonly PropertyKey[]): SourceLocation {
-    return this.at(...path);
+    return this.find([...this.base, ...path]);
   }
   locateMeta(path: readonly PropertyKey[]): SourceLocation {
-    return this.at('meta', ...path);
+    return this.find([...this.base, 'meta', ...path]);
   }
 }

@@ -316,7 +316,7 @@ export function readMgmtGraph(doc: GraphDocument): RawGraph {
         const translate = translators[kind];
         const params = translate === undefined ? p : translate(p, meta, name, refuse);
         if (params === undefined) return;
-        resources.push(rawResource({ kind, name, params, meta, ...(exported ? { export: '*' as const } : {}) }, at));
+        resources.push(rawResource({ kind, name, params, meta, ...(exported ? { export: '*' as const } : {}) }, doc.locate, [kindsKey, kind, i]));
       });
     }
   }

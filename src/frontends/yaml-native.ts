@@ -83,7 +83,7 @@ export function readNativeGraph(doc: GraphDocument): RawGraph {
       fail('"export" must be true, "*", a host name or a list of host names', at('export'), 'e.g. export: true (to every host) or export: [web1, web2]');
       return;
     }
-    resources.push(rawResource({ kind, name, params, meta: item['meta'] ?? undefined, export: exportTo }, at));
+    resources.push(rawResource({ kind, name, params, meta: item['meta'] ?? undefined, export: exportTo }, doc.locate, ['resources', i]));
     const self = `${kind}[${name}]`;
     for (const rel of RELATION_KEYS) {
       const value = item[rel];

@@ -224,6 +224,12 @@ class BuiltVertex implements Vertex {
 /** The meta of a resource that declares none: frozen, since every such vertex shares it. */
 const DEFAULT_META = { success: true as const, data: deepFreeze(metaSchema.parse(undefined)) };
 
+/**
+ * The one meta object every vertex without declared meta shares (frozen): the validated-graph cache stores such a
+ * vertex's meta as "the shared one" and gives it back this very object (src/agent/graph-cache.ts).
+ */
+export const SHARED_DEFAULT_META: Meta = DEFAULT_META.data;
+
 function deepFreeze<T>(v: T): T {
   if (v !== null && typeof v === 'object') {
     for (const c of Object.values(v)) deepFreeze(c);

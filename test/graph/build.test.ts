@@ -806,7 +806,7 @@ describe('two resources managing one thing', () => {
 
   test('two packages, users or groups of one name overlap (names set apart from the resource name, as a module can)', () => {
     const at = () => ({ file: GRAPH_FILE, line: 0, col: 0 });
-    const res = (kind: string, name: string, params: Record<string, unknown>) => rawResource({ kind, name, params, meta: undefined }, at);
+    const res = (kind: string, name: string, params: Record<string, unknown>) => rawResource({ kind, name, params, meta: undefined }, at, []);
     const raw: RawGraph = {
       source: GRAPH_FILE,
       errors: [],

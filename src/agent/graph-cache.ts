@@ -1,0 +1,308 @@
+import { createHash } from 'node:crypto';
+import { constants as fsc } from 'node:fs';
+import { lstat, open } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { SourceLocation } from '../errors.js';
+import { textLocator } from '../frontends/document.js';
+import { sourcePath } from '../frontends/raw-builders.js';
+import { SHARED_DEFAULT_META } from '../graph/build.js';
+import { Graph, type Edge, type Vertex } from '../graph/graph.js';
+import { resourceId, type ResourceId } from '../graph/ids.js';
+import type { Meta } from '../graph/meta.js';
+import type { RawGraph, RawResource } from '../graph/raw.js';
+import { canonicalJson } from '../util/canonical.js';
+import { writeFileAtomic } from '../util/atomic-write.js';
+import { ensurePrivateDir } from '../util/private-dir.js';
+
+/*
+ * The validated-graph cache: what CFEngine's cf_promises_validated is to cf-agent. A YAML graph is a pure function of
+ * its text, its path (errors carry file:line) and the build of Backplane that reads it (the frontends, the kinds'
+ * schemas and zod are all in the bundle): buildGraph reads nothing else (no environment, no hostname, no facts, no
+ * other file — a YAML graph has no includes). So once a text has built without a single error, the result is kept in
+ * the state directory under a digest of exactly those three, and the next run of the same text by the same build
+ * rebuilds the Graph from it — one read, one JSON.parse — instead of parsing the YAML and validating every resource.
+ *
+ * What the agent keeps there it will act on as root, as it would on the graph file itself, so the cache is trusted
+ * exactly as far as the state directory: read with O_NOFOLLOW, only a regular file with one link, owned by the
+ * agent's user and writable by nobody else, inside the checked private directory; written atomically (temp file,
+ * fsync, rename, directory fsync). Its body carries its own SHA-256, so a corrupt or cut-short file is refused whole,
+ * never used in part; anything unexpected in it is a miss, and a miss is only a full parse. Writing it never fails a
+ * run. Only what survives JSON exactly is stored (checked value by value when writing); anything else is not cached.
+ */
+
+/** Bump when the file's layout changes: an older layout is then a miss, never misread. */
+const FORMAT = 1;
+const MAGIC = `backplane-graph-cache ${FORMAT} `;
+/**
+ * The largest cache file read or written. A 100,000-file graph is ~25 MB of cache; a graph file may be up to 32 MiB
+ * by default (src/frontends/limits.ts) and its cache a few times that. Past this, the run simply parses.
+ */
+export const MAX_CACHE_BYTES = 256 * 1024 * 1024;
+
+/** The build the launcher compiled (src/cli/launcher.ts sets it from the bundle's `backplane-build` id). */
+const BUILD_KEY = Symbol.for('backplane.build');
+
+/**
+ * The running CLI's build id, or undefined when it has none (run from source under tsx, or a bundle without an id):
+ * then nothing is cached, since nothing would tell this code's schemas from another's.
+ */
+export function runningBuild(): string | undefined {
+  const id = (globalThis as { [BUILD_KEY]?: unknown })[BUILD_KEY];
+  return typeof id === 'string' && /^[0-9a-f]{64}$/.test(id) ? id : undefined;
+}
+
+/** What a cached graph is a function of. */
+export interface GraphCacheKey {
+  /** The agent's private state directory (the cache lives in its graph-cache/ directory). */
+  readonly stateDir: string;
+  /** The graph file's absolute path, as the graph's source and every location name it. */
+  readonly file: string;
+  /** The graph file's text, exactly as read. */
+  readonly text: string;
+  /** The build of Backplane (runningBuild()). */
+  readonly build: string;
+}
+
+/** One file per graph path, so two graphs run by turns each keep theirs. */
+export function cachePath(stateDir: string, file: string): string {
+  return join(stateDir, 'graph-cache', `${sha256(file).slice(0, 32)}.json`);
+}
+
+function sha256(s: string): string {
+  return createHash('sha256').update(s).digest('hex');
+}
+
+/** Every input of the build, in one digest. NULs cannot occur in a path or a build id, so the parts cannot run together. */
+function keyDigest(key: GraphCacheKey): string {
+  return createHash('sha256').update(`${MAGIC}\u0000${key.build}\u0000${key.file}\u0000`).update(key.text).digest('hex');
+}
+
+/** Why a graph was not written to the cache; undefined when it was. */
+export type NotCached = string;
+
+/**
+ * Stores `graph`, built without errors from `raw` (parsed from key.text), for the next run. Refuses (returns why)
+ * what it could not give back exactly: a value JSON does not carry, a resource not read from YAML, exports, collect
+ * rules or warnings. Never throws for an I/O failure either: the caller only logs the reason.
+ */
+export async function writeCachedGraph(key: GraphCacheKey, raw: RawGraph, graph: Graph): Promise<NotCached | undefined> {
+  if (graph.exports.length > 0 || graph.collect.length > 0 || graph.warnings.length > 0) return 'the graph exports, collects or has warnings';
+  if (graph.source !== key.file || raw.source !== key.file) return 'the graph comes from another file';
+  const byId = new Map<string, RawResource>();
+  for (const r of raw.resources) byId.set(resourceId(r.kind, r.name), r);
+  // Flat lists (five values a vertex, three an edge) rather than a list each: 100,000s fewer arrays to parse.
+  const vertices: unknown[] = [];
+  const index = new Map<ResourceId, number>();
+  for (const [id, v] of graph.vertices) {
+    const r = byId.get(id);
+    const path = r === undefined ? undefined : sourcePath(r);
+    if (r === undefined || path === undefined || r.export !== undefined || r.origin !== undefined) return `${id} was not read from the graph file`;
+    if (v.kind !== r.kind || v.name !== r.name || v.id !== resourceId(v.kind, v.name)) return `${id} is not named as written`;
+    if (!exactJson(path, 0) || path.length === 0) return `${id}: its place in the file cannot be stored`;
+    if (!exactJson(v.params, 0)) return `${id}: its parameters hold a value JSON cannot carry exactly`;
+    const shared = v.meta === SHARED_DEFAULT_META;
+    if (!shared && !exactJson(v.meta, 0)) return `${id}: its meta holds a value JSON cannot carry exactly`;
+    index.set(id, index.size);
+    // Our own format's resources are at ['resources', i]: stored as i.
+    const at = path.length === 2 && path[0] === 'resources' && typeof path[1] === 'number' ? path[1] : path;
+    vertices.push(v.kind, v.name, v.params, shared ? 0 : v.meta, at);
+  }
+  // Edges name their ends by place in the vertex list: the ids are not written twice, nor held twice once read.
+  const edges: number[] = [];
+  for (const e of graph.edges) {
+    const from = index.get(e.from);
+    const to = index.get(e.to);
+    if (from === undefined || to === undefined) return 'an edge ends outside the graph';
+    edges.push(from, to, (e.notify ? 1 : 0) | (e.auto ? 2 : 0));
+  }
+  // ASCII only (JSON's \uXXXX escapes, inside strings, where alone anything else can be): read back as latin1, which
+  // is a copy, not a UTF-8 decode, and the bytes hashed are the characters.
+  const body = JSON.stringify({ v: vertices, e: edges }).replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  const header = `${MAGIC}${keyDigest(key)} ${createHash('sha256').update(body, 'latin1').digest('hex')} ${body.length}\n`;
+  if (header.length + body.length > MAX_CACHE_BYTES) return `the cache would be larger than ${MAX_CACHE_BYTES} bytes`;
+  const dir = join(key.stateDir, 'graph-cache');
+  try {
+    await ensurePrivateDir(key.stateDir, 'state directory');
+    await ensurePrivateDir(dir, 'graph cache directory');
+    await writeFileAtomic(cachePath(key.stateDir, key.file), header + body, 0o600);
+  } catch (err) {
+    return `cannot write it: ${err instanceof Error ? err.message : String(err)}`;
+  }
+  return undefined;
+}
+
+/** Why a cache entry was not used (for a debug line); a Graph when it was. */
+export type CacheLookup = { readonly graph: Graph } | { readonly miss: string };
+
+/**
+ * The graph cached for exactly this key, or why not. Anything short of a whole, intact entry written by this build
+ * for this very text and path is a miss.
+ */
+export async function readCachedGraph(key: GraphCacheKey): Promise<CacheLookup> {
+  let data: Buffer;
+  try {
+    // The state directory is checked once per process (the agent has done it already); its graph-cache/ directory,
+    // which only the agent's user can have made there, with one lstat rather than the walk up to / again.
+    await ensurePrivateDir(key.stateDir, 'state directory');
+    const dir = await lstat(join(key.stateDir, 'graph-cache')).catch(() => undefined);
+    if (dir === undefined) return { miss: 'none yet' };
+    if (!dir.isDirectory() || dir.uid !== (process.geteuid?.() ?? 0) || (dir.mode & 0o022) !== 0) return { miss: 'its directory is not a private directory of this user' };
+    const got = await readTrusted(cachePath(key.stateDir, key.file));
+    if ('why' in got) return { miss: got.why };
+    data = got.data;
+  } catch (err) {
+    return { miss: err instanceof Error ? err.message : String(err) };
+  }
+  const nl = data.indexOf(0x0a);
+  const header = nl < 0 || nl > 300 ? [] : data.toString('latin1', 0, nl).split(' ');
+  // backplane-graph-cache FORMAT KEY BODYHASH BODYLENGTH
+  if (header.length !== 5 || `${header[0] ?? ''} ${header[1] ?? ''} ` !== MAGIC) return { miss: 'not a cache file of this format' };
+  if (header[2] !== keyDigest(key)) return { miss: 'made for another text, path or build' };
+  const body = data.subarray(nl + 1);
+  if (String(body.length) !== header[4] || createHash('sha256').update(body).digest('hex') !== header[3]) return { miss: 'corrupt or cut short (its checksum does not match)' };
+  try {
+    const graph = decode(key, JSON.parse(body.toString('latin1')) as unknown);
+    return graph === undefined ? { miss: 'malformed' } : { graph };
+  } catch (err) {
+    return { miss: `malformed: ${err instanceof Error ? err.message : String(err)}` };
+  }
+}
+
+/** The file's bytes, or why it may not be trusted (not a private regular file of ours). */
+async function readTrusted(path: string): Promise<{ readonly data: Buffer } | { readonly why: string }> {
+  let fh;
+  try {
+    // O_NOFOLLOW: a symlink in its place is refused (ELOOP), never followed.
+    fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    return { why: `${code === 'ENOENT' ? 'none yet' : code === 'ELOOP' ? 'a symlink' : String(code ?? err)}` };
+  }
+  try {
+    const st = await fh.stat();
+    const me = process.geteuid?.() ?? 0;
+    if (!st.isFile()) return { why: 'not a regular file' };
+    if (st.uid !== me) return { why: `owned by uid ${st.uid}, not ${me}` };
+    if ((st.mode & 0o022) !== 0) return { why: `writable by group or others (mode ${(st.mode & 0o777).toString(8)})` };
+    if (st.nlink !== 1) return { why: `${st.nlink} links to it` };
+    if (st.size > MAX_CACHE_BYTES) return { why: `larger than ${MAX_CACHE_BYTES} bytes` };
+    // One byte more than the stat said: a file that grew since is read whole or refused, never cut at the stat's size.
+    const buf = Buffer.allocUnsafe(st.size + 1);
+    let len = 0;
+    for (;;) {
+      const { bytesRead } = await fh.read(buf, len, buf.length - len, len);
+      if (bytesRead === 0) break;
+      len += bytesRead;
+      if (len === buf.length) return { why: 'changed while read' };
+    }
+    return { data: buf.subarray(0, len) };
+  } finally {
+    await fh.close();
+  }
+}
+
+/** The Graph an entry describes, or undefined when it is not exactly the layout writeCachedGraph writes. */
+function decode(key: GraphCacheKey, doc: unknown): Graph | undefined {
+  if (!isRecord(doc) || !Array.isArray(doc['v']) || !Array.isArray(doc['e'])) return undefined;
+  const v = doc['v'] as unknown[];
+  const e = doc['e'] as unknown[];
+  if (v.length % 5 !== 0 || e.length % 3 !== 0) return undefined;
+  const loc = lazyLocator(key.file, key.text);
+  const vertices = new Map<ResourceId, Vertex>();
+  const ids: ResourceId[] = [];
+  for (let i = 0; i < v.length; i += 5) {
+    const kind = v[i];
+    const name = v[i + 1];
+    const params = v[i + 2];
+    const meta = v[i + 3];
+    const at = v[i + 4];
+    if (typeof kind !== 'string' || typeof name !== 'string') return undefined;
+    if (meta !== 0 && !isRecord(meta)) return undefined;
+    if (!(typeof at === 'number' ? Number.isSafeInteger(at) && at >= 0 : Array.isArray(at) && at.length > 0 && at.every((p) => typeof p === 'string' || typeof p === 'number'))) return undefined;
+    const id = resourceId(kind, name);
+    if (vertices.has(id)) return undefined;
+    vertices.set(id, new CachedVertex(id, kind, name, params, meta === 0 ? SHARED_DEFAULT_META : (meta as Meta), loc, at as number | PropertyKey[]));
+    ids.push(id);
+  }
+  const edges: Edge[] = [];
+  for (let i = 0; i < e.length; i += 3) {
+    const a = e[i];
+    const b = e[i + 1];
+    const flags = e[i + 2];
+    if (typeof a !== 'number' || typeof b !== 'number' || typeof flags !== 'number') return undefined;
+    const from = ids[a];
+    const to = ids[b];
+    if (from === undefined || to === undefined) return undefined;
+    edges.push({ from, to, notify: (flags & 1) !== 0, auto: (flags & 2) !== 0 });
+  }
+  return new Graph(vertices, edges, key.file);
+}
+
+/** Positions are found as a parse would find them, from the text, and only when first asked (an error, `graph`). */
+function lazyLocator(file: string, text: string): (path: readonly PropertyKey[]) => SourceLocation {
+  let find: ((path: readonly PropertyKey[]) => SourceLocation) | undefined;
+  return (path) => (find ??= textLocator(file, text))(path);
+}
+
+/** A vertex rebuilt from the cache: what build.ts's BuiltVertex is, its location found from its path in the file. */
+class CachedVertex implements Vertex {
+  private fp: string | undefined;
+  constructor(
+    readonly id: ResourceId,
+    readonly kind: string,
+    readonly name: string,
+    readonly params: unknown,
+    readonly meta: Meta,
+    private readonly find: (path: readonly PropertyKey[]) => SourceLocation,
+    /** Its path in the file; a number i for ['resources', i]. */
+    private readonly at: number | readonly PropertyKey[],
+  ) {}
+  get loc(): SourceLocation {
+    return this.find(typeof this.at === 'number' ? ['resources', this.at] : this.at);
+  }
+  get fingerprint(): string {
+    return (this.fp ??= canonicalJson({ k: this.kind, p: this.params, m: this.meta }));
+  }
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+/** Deeper than any graph may nest (src/frontends/limits.ts MAX_DEPTH), with room for what a kind's schema adds. */
+const MAX_EXACT_DEPTH = 200;
+
+/**
+ * True when JSON.parse(JSON.stringify(v)) gives back a value equal to `v` in every way code could look at it: only
+ * null, booleans, strings, finite numbers other than -0, arrays without holes and plain objects (Object.prototype, own
+ * enumerable string keys only, no value undefined). A Date, a Buffer, a Map, a bigint, NaN, Infinity or undefined
+ * anywhere makes it false: such a graph is simply not cached.
+ */
+export function exactJson(v: unknown, depth: number): boolean {
+  switch (typeof v) {
+    case 'string':
+    case 'boolean':
+      return true;
+    case 'number':
+      return Number.isFinite(v) && !Object.is(v, -0);
+    case 'object': {
+      if (v === null) return true;
+      if (depth > MAX_EXACT_DEPTH) return false;
+      if (Array.isArray(v)) {
+        if (Object.getPrototypeOf(v) !== Array.prototype || Reflect.ownKeys(v).length !== v.length + 1) return false;
+        for (let i = 0; i < v.length; i++) if (!(i in v) || !exactJson(v[i], depth + 1)) return false;
+        return true;
+      }
+      if (Object.getPrototypeOf(v) !== Object.prototype) return false;
+      const keys = Object.keys(v);
+      if (Reflect.ownKeys(v).length !== keys.length) return false;
+      for (const k of keys) {
+        const d = Object.getOwnPropertyDescriptor(v, k);
+        if (d === undefined || !('value' in d) || !exactJson(d.value, depth + 1)) return false;
+      }
+      return true;
+    }
+    default:
+      return false;
+  }
+}
