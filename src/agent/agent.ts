@@ -17,6 +17,7 @@ import { defaultStateDir, ensureStateDir } from '../state-dir.js';
 import { VERSION } from '../version.js';
 import { GraphSource, type ChangeCause, type ClusterOptions } from './graph-source.js';
 import { msUntilQuiet, waitUntilWritten } from './graph-file.js';
+import { idleCompaction } from './idle-compaction.js';
 import type { Graph } from '../graph/graph.js';
 import { setTimeout as sleepFor } from 'node:timers/promises';
 
@@ -150,6 +151,8 @@ export class Agent {
     const done = new Promise<AgentResult>((resolve) => (this.finish = resolve));
     const noop = this.opts.noop === true;
     let firstSettle = true;
+    // Start-up garbage is given back once the agent has gone idle (idle-compaction.ts says why and what it costs).
+    this.engine.onSettledChange(() => idleCompaction.poke((m) => this.opts.log.info(m)));
     this.engine.onSettledChange((settled) => {
       if (settled && firstSettle) {
         firstSettle = false;
