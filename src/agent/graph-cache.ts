@@ -147,19 +147,21 @@ export async function readCachedGraph(key: GraphCacheKey): Promise<CacheLookup> 
     const dir = await lstat(join(key.stateDir, 'graph-cache')).catch(() => undefined);
     if (dir === undefined) return { miss: 'none yet' };
     if (!dir.isDirectory() || dir.uid !== (process.geteuid?.() ?? 0) || (dir.mode & 0o022) !== 0) return { miss: 'its directory is not a private directory of this user' };
-    const got = await readTrusted(cachePath(key.stateDir, key.file));
+    // An edited graph misses on the header alone: the rest of a large entry is not read for nothing.
+    const digest = keyDigest(key);
+    const got = await readTrusted(cachePath(key.stateDir, key.file), (start) => {
+      const h = parseHeader(start);
+      return h === undefined ? 'not a cache file of this format' : h.key !== digest ? 'made for another text, path or build' : undefined;
+    });
     if ('why' in got) return { miss: got.why };
     data = got.data;
   } catch (err) {
     return { miss: err instanceof Error ? err.message : String(err) };
   }
-  const nl = data.indexOf(0x0a);
-  const header = nl < 0 || nl > 300 ? [] : data.toString('latin1', 0, nl).split(' ');
-  // backplane-graph-cache FORMAT KEY BODYHASH BODYLENGTH
-  if (header.length !== 5 || `${header[0] ?? ''} ${header[1] ?? ''} ` !== MAGIC) return { miss: 'not a cache file of this format' };
-  if (header[2] !== keyDigest(key)) return { miss: 'made for another text, path or build' };
-  const body = data.subarray(nl + 1);
-  if (String(body.length) !== header[4] || createHash('sha256').update(body).digest('hex') !== header[3]) return { miss: 'corrupt or cut short (its checksum does not match)' };
+  const header = parseHeader(data);
+  if (header === undefined) return { miss: 'not a cache file of this format' };
+  const body = data.subarray(header.bodyStart);
+  if (String(body.length) !== header.bodyLength || createHash('sha256').update(body).digest('hex') !== header.bodyHash) return { miss: 'corrupt or cut short (its checksum does not match)' };
   try {
     const graph = decode(key, JSON.parse(body.toString('latin1')) as unknown);
     return graph === undefined ? { miss: 'malformed' } : { graph };
@@ -168,8 +170,23 @@ export async function readCachedGraph(key: GraphCacheKey): Promise<CacheLookup> 
   }
 }
 
-/** The file's bytes, or why it may not be trusted (not a private regular file of ours). */
-async function readTrusted(path: string): Promise<{ readonly data: Buffer } | { readonly why: string }> {
+/** The longest header line: the magic, three hex digests' worth and a length, with room to spare. */
+const HEADER_MAX = 256;
+
+/** `backplane-graph-cache FORMAT KEY BODYHASH BODYLENGTH\n` at the start of `data`, or undefined. */
+function parseHeader(data: Buffer): { key: string; bodyHash: string; bodyLength: string; bodyStart: number } | undefined {
+  const nl = data.subarray(0, HEADER_MAX).indexOf(0x0a);
+  if (nl < 0) return undefined;
+  const f = data.toString('latin1', 0, nl).split(' ');
+  if (f.length !== 5 || `${f[0] ?? ''} ${f[1] ?? ''} ` !== MAGIC) return undefined;
+  return { key: f[2] ?? '', bodyHash: f[3] ?? '', bodyLength: f[4] ?? '', bodyStart: nl + 1 };
+}
+
+/**
+ * The file's bytes, or why it may not be trusted (not a private regular file of ours) or is not wanted (`start`
+ * says why not from the first bytes).
+ */
+async function readTrusted(path: string, start: (first: Buffer) => string | undefined): Promise<{ readonly data: Buffer } | { readonly why: string }> {
   let fh;
   try {
     // O_NOFOLLOW: a symlink in its place is refused (ELOOP), never followed.
@@ -187,8 +204,17 @@ async function readTrusted(path: string): Promise<{ readonly data: Buffer } | { 
     if (st.nlink !== 1) return { why: `${st.nlink} links to it` };
     if (st.size > MAX_CACHE_BYTES) return { why: `larger than ${MAX_CACHE_BYTES} bytes` };
     // One byte more than the stat said: a file that grew since is read whole or refused, never cut at the stat's size.
-    const buf = Buffer.allocUnsafe(st.size + 1);
+    const head = Buffer.allocUnsafe(Math.min(HEADER_MAX, st.size));
     let len = 0;
+    while (len < head.length) {
+      const { bytesRead } = await fh.read(head, len, head.length - len, len);
+      if (bytesRead === 0) break;
+      len += bytesRead;
+    }
+    const why = start(head.subarray(0, len));
+    if (why !== undefined) return { why };
+    const buf = Buffer.allocUnsafe(st.size + 1);
+    head.copy(buf, 0, 0, len);
     for (;;) {
       const { bytesRead } = await fh.read(buf, len, buf.length - len, len);
       if (bytesRead === 0) break;

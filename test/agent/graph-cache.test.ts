@@ -281,6 +281,26 @@ describe('validated-graph cache', () => {
     }
   });
 
+  test('--no-watch-graph: after a hit, later renders keep to the text the hit was made from', async () => {
+    const stateDir = join(dir, 'pinned');
+    const file = join(dir, 'p.yaml');
+    const graph = (c: string): string => `resources:\n  - { kind: file, name: ${dir}/p, content: "${c}" }\n`;
+    await writeFile(file, graph('one'));
+    const g = build(file, graph('one'));
+    assert.equal(await writeCachedGraph({ stateDir, file, text: graph('one'), build: BUILD }, g.raw, g.graph), undefined);
+    const lines: string[] = [];
+    const src = new GraphSource({ file, host: 'h', registry, log: createLogger({ level: 'debug', write: (l) => lines.push(l) }), stateDir, cluster: { etcd: [], cluster: 'c', labels: {} }, version: 't', cacheBuild: BUILD, pinFile: true });
+    try {
+      const content = (x: Graph): string => (x.vertices.values().next().value?.params as { content: string }).content;
+      assert.equal(content(await src.render()), 'one');
+      assert.ok(lines.some((l) => l.includes('graph cache: 1 validated resources')), 'a hit');
+      await writeFile(file, graph('two'));
+      assert.equal(content(await src.render()), 'one', 'a re-render (for cluster data) does not read the edited file');
+    } finally {
+      await src.close();
+    }
+  });
+
   test('no build id (run from source, or a registry of other kinds): nothing is cached', async () => {
     const stateDir = join(dir, 'nobuild');
     const file = join(dir, 'n.yaml');
