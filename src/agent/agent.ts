@@ -28,6 +28,8 @@ import { setTimeout as sleepFor } from 'node:timers/promises';
  * file between chunks. Additions and changes do not wait: they are applied again correctly once the rest arrives.
  */
 const REMOVAL_QUIET_MS = 1000;
+/** A run that checks once serves the API from this long after its start (see deferApi). */
+const ONE_SHOT_API_AFTER_MS = 1000;
 
 export interface AgentOptions {
   readonly file: string;
@@ -137,7 +139,15 @@ export class Agent {
     // ends: whatever is still pending is abandoned, and the process exits with nothing applied.
     const graph = await abortable(this.ac.signal, async () => {
       await ensureStateDir(this.stateDir);
-      await this.startApi();
+      if (this.deferApi()) {
+        this.apiTimer = setTimeout(() => {
+          this.apiTimer = undefined;
+          this.apiStarting = this.startApi().catch((err: unknown) => this.opts.log.warn(`not serving the API: ${errorMessage(err)}`));
+        }, ONE_SHOT_API_AFTER_MS);
+        this.apiTimer.unref();
+      } else {
+        await this.startApi();
+      }
       if ((this.opts.cluster?.etcd.length ?? 0) > 0) {
         await this.source.watch((cause) => this.scheduleReload(cause), this.ac.signal, { file: this.opts.watchGraph !== false });
       }
@@ -302,6 +312,9 @@ export class Agent {
   /** Release everything: call after run() resolved. */
   async close(): Promise<void> {
     this.ac.abort();
+    if (this.apiTimer !== undefined) clearTimeout(this.apiTimer);
+    this.apiTimer = undefined;
+    await this.apiStarting;
     if (this.dotTimer !== undefined) {
       clearTimeout(this.dotTimer);
       this.dotTimer = undefined;
@@ -313,6 +326,19 @@ export class Agent {
     await this.engine.stop();
     await this.source.close();
   }
+
+  /**
+   * A run that checks once opens its API socket only if it is still running a second later: most such runs are over
+   * by then, nobody could have asked them anything, and loading and opening the API was ~15 ms of each. A listener on
+   * TCP the operator asked for opens at once, since failing to have it is an error.
+   */
+  private deferApi(): boolean {
+    const api = this.opts.api;
+    return this.checksOnce() && api !== false && api?.tls === undefined;
+  }
+
+  private apiTimer: NodeJS.Timeout | undefined;
+  private apiStarting: Promise<void> | undefined;
 
   /**
    * The operator API, before the graph loads: `backplane status` answers while the agent converges. Its Unix socket

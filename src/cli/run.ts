@@ -125,7 +125,8 @@ async function runCommand(flags: RunFlags): Promise<number> {
     return reportError(err);
   }
   // Metrics only where something can scrape them for long enough to matter: an agent that stays up. A one-shot run
-  // (--converged-timeout, --noop) still answers `backplane status` on its socket, but does not load prom-client.
+  // (--converged-timeout, --noop) answers `backplane status` on its socket (a run that checks once: from its first
+  // second on, Agent.deferApi), but does not load prom-client.
   const oneShot = flags.convergedTimeout >= 0 || flags.noop === true;
   const metrics = api === false || (oneShot && api.tls === undefined) ? undefined : new (await import('../api/metrics.js')).Metrics({ version: VERSION });
   const agent = new Agent({

@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
 import { Agent } from '../../src/agent/agent.js';
 import { createLogger } from '../../src/log.js';
+import { until } from '../helpers/engine.js';
 
 /**
  * A run that ends at its first settle (--converged-timeout 0, --noop) checks each resource once and watches nothing:
@@ -37,4 +39,21 @@ test('a run that ends at its first settle applies the graph without watching it'
 test('an agent that stays up, or waits for a quiet period, watches', async () => {
   assert.equal((await agentFor({ convergedTimeout: -1 })).agent.engine.watch, true);
   assert.equal((await agentFor({ convergedTimeout: 0.5 })).agent.engine.watch, true);
+});
+
+test('a run that checks once opens its API socket only if it is still running after a second', async () => {
+  const quick = await agentFor({ convergedTimeout: 0 });
+  const quickAgent = new Agent({ file: join(quick.dir, 'graph.yaml'), log: createLogger({ level: 'silent' }), stateDir: join(quick.dir, 'state'), convergedTimeout: 0 });
+  assert.equal((await quickAgent.run()).reason, 'converged');
+  assert.equal(existsSync(join(quick.dir, 'state', 'api.sock')), false, 'a run over within a second opened its API socket');
+  await quickAgent.close();
+
+  const dir = await mkdtemp(join(tmpdir(), 'bp-oneshot-'));
+  dirs.push(dir);
+  await writeFile(join(dir, 'graph.yaml'), `resources:\n  - { kind: exec, name: wait, cmd: [sleep, "2"] }\n`);
+  const slow = new Agent({ file: join(dir, 'graph.yaml'), log: createLogger({ level: 'silent' }), stateDir: join(dir, 'state'), convergedTimeout: 0 });
+  const running = slow.run();
+  await until(() => existsSync(join(dir, 'state', 'api.sock')), 5000, 'the API socket of a run still going after a second');
+  assert.equal((await running).reason, 'converged');
+  await slow.close();
 });
