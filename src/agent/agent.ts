@@ -162,7 +162,8 @@ export class Agent {
     const noop = this.opts.noop === true;
     let firstSettle = true;
     // Start-up garbage is given back once the agent has gone idle (idle-compaction.ts says why and what it costs).
-    this.engine.onSettledChange(() => idleCompaction.poke((m) => this.opts.log.info(m)));
+    // A run that checks once ends at its first settle: it never idles (and need not load perf_hooks to find out).
+    if (!this.checksOnce()) this.engine.onSettledChange(() => idleCompaction.poke((m) => this.opts.log.info(m)));
     this.engine.onSettledChange((settled) => {
       if (settled && firstSettle) {
         firstSettle = false;
