@@ -14,7 +14,8 @@ import { basename, join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { performance } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startAgent, stopAgent } from './live/agent.js';
+import { startAgent, stopAgent, type Agent } from './live/agent.js';
+import { COMPACTED, QUIET_MS } from '../src/agent/idle-compaction.js';
 import { measureIdle, waitQuiet } from './live/idle.js';
 import { loadavg } from './lib/cluster-bench.js';
 import { emptyDir, hasContent, makeFiles, verifyFiles, writeConverged } from './lib/fileset.js';
@@ -266,6 +267,31 @@ async function measureOneShot(c: Case, mode: 'cold' | 'converged', opts: Options
 /** The longest the agent is given to be quiet (AGENT_QUIET_SHARE) after "converged" before its idle window starts. */
 const QUIET_MAX_S = 30;
 
+/** An agent whose RSS is below this is not expected to compact its heap (the empty graph's is ~62 MiB, 1,000 noops ~78). */
+const COMPACT_EXPECTED_KIB = 96 * 1024;
+
+/**
+ * An agent compacts its heap once it has been idle for a while after converging (src/agent/idle-compaction.ts): what
+ * it holds from then on is what a host pays, so the idle window starts after that. The compaction is reported with a
+ * log line; a small agent has nothing to compact and says nothing, so the line is waited for only from an agent of
+ * some size, and for at most two quiet periods (one more when the loop was busy right after converging) and the pause.
+ */
+async function waitCompacted(agent: Agent): Promise<void> {
+  const seen = (): boolean => agent.recent.some((l) => l.includes(COMPACTED));
+  const converged = agent.convergedAt ?? performance.now();
+  await sleep(Math.max(0, converged + QUIET_MS + 1000 - performance.now()));
+  if (!seen() && rssKiB(agent.pid) >= COMPACT_EXPECTED_KIB) {
+    const deadline = converged + 2 * QUIET_MS + QUIET_MAX_S * 1000;
+    while (!seen() && performance.now() < deadline && agent.child.exitCode === null) await sleep(100);
+  }
+  await waitQuiet(agent.pid, AGENT_QUIET_SHARE, QUIET_MAX_S);
+}
+
+function rssKiB(pid: number): number {
+  const m = /^VmRSS:\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m?.[1] === undefined ? 0 : Number(m[1]);
+}
+
 /**
  * An agent as it runs on a host (no --converged-timeout), started cold: time until it logs "converged", then until
  * it is quiet (what it does after converging: the cluster store, garbage collection; at 100,000 resources that is
@@ -304,6 +330,7 @@ async function measureAgent(c: Case, opts: Options, out: Measured): Promise<void
     }
     watcher.close();
     out.values['agent.quiet'] = await waitQuiet(agent.pid, AGENT_QUIET_SHARE, QUIET_MAX_S);
+    await waitCompacted(agent);
     const idle = await measureIdle(agent.pid, opts.idleWindowS);
     out.values['agent.rss'] = idle.rssMiB * 1024;
     out.values['agent.peak'] = idle.peakRssMiB * 1024;
@@ -378,7 +405,7 @@ function notes(opts: Options, load: { readonly start: string; readonly end: stri
     'Every run: `--no-api` and a fresh `--state-dir` in a temp dir; one-shot runs are `run --converged-timeout 0`, the agent is `run` left running.',
     'Cold: the target directory exists and is empty. Converged: every file in place with its content and mode 0644, written by the bench (untimed).',
     'First file in place: a watch on the target directory (inotify, in the bench), from spawn to the first managed file appearing with its content; the watch closes at that event.',
-    `Agent: started cold; "converged" is when its "converged: N of N resources" line arrives; "quiet" when a whole second then costs it ≤ ${AGENT_QUIET_SHARE * 100}% of one core (at most ${QUIET_MAX_S} s); then ${opts.idleWindowS} s over which its CPU time is counted; RSS at the end of that window; then SIGTERM.`,
+    `Agent: started cold; "converged" is when its "converged: N of N resources" line arrives; "quiet" when a whole second then costs it ≤ ${AGENT_QUIET_SHARE * 100}% of one core (at most ${QUIET_MAX_S} s); then until it has compacted its heap once idle (src/agent/idle-compaction.ts: ${QUIET_MS / 1000} s after converging, logged; waited for from an agent above ${COMPACT_EXPECTED_KIB / 1024} MiB) and is quiet again; then ${opts.idleWindowS} s over which its CPU time is counted; RSS at the end of that window; then SIGTERM.`,
     `Peak RSS of validate and the one-shot runs: GNU time's maximum resident set size. A run that passes ${opts.timeoutS === undefined ? '60 s + 4 ms per resource' : `${opts.timeoutS} s`} is killed and reported as a failure.`,
   ];
 }
