@@ -62,7 +62,12 @@ export class Engine implements WorkerHost {
   private readonly semas = new SemaphoreSet();
   private readonly log: Logger;
   private readonly registry: KindRegistry;
-  private provided = new Set<string>();
+  /**
+   * What the running graph's resources provide (their autoEdges' `provides`), for ResourceWorld.isProvided: worked
+   * out on the first question about a graph, since few runs ask one (noop, purge, group members) and every file's
+   * autoEdges walk was ~5% of a converged 1,000-file run.
+   */
+  private provided: Set<string> | undefined;
   private active = 0;
   /** A swap is still starting workers: not settled, whatever the started ones are doing. */
   private starting = 0;
@@ -84,7 +89,7 @@ export class Engine implements WorkerHost {
     const stateRoot = opts.stateDir ?? defaultStateDir();
     const facts = opts.facts ?? gatherFacts();
     this.world = {
-      isProvided: (key) => this.provided.has(key),
+      isProvided: (key) => (this.provided ??= this.providedKeys(this.graph)).has(key),
       stateDir: (id) => resourceStateDir(stateRoot, id),
       facts: () => facts,
       ...(opts.cluster === undefined ? {} : { cluster: opts.cluster }),
@@ -124,7 +129,7 @@ export class Engine implements WorkerHost {
     }
 
     this.graph = next;
-    this.provided = this.providedKeys(next);
+    this.provided = undefined;
     const added: ResourceId[] = [];
     const changedSet = new Set(changed);
     // Started in slices, giving the event loop back between them: the first resources check and apply while the
@@ -197,9 +202,9 @@ export class Engine implements WorkerHost {
     w.start();
   }
 
-  private providedKeys(g: Graph): Set<string> {
+  private providedKeys(g: Graph | undefined): Set<string> {
     const keys = new Set<string>();
-    for (const v of g.vertices.values()) {
+    for (const v of g?.vertices.values() ?? []) {
       const kind = this.registry.get(v.kind);
       for (const k of kind?.autoEdges?.(v.params).provides ?? []) keys.add(k);
     }
