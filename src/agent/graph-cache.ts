@@ -1,6 +1,5 @@
 import { createHash } from 'node:crypto';
-import { constants as fsc } from 'node:fs';
-import { lstat, open } from 'node:fs/promises';
+import { closeSync, constants as fsc, fstatSync, lstatSync, openSync, readSync } from 'node:fs';
 import { join } from 'node:path';
 import type { SourceLocation } from '../errors.js';
 import { textLocator } from '../frontends/document.js';
@@ -38,6 +37,13 @@ const MAGIC = `backplane-graph-cache ${FORMAT} `;
  * by default (src/frontends/limits.ts) and its cache a few times that. Past this, the run simply parses.
  */
 export const MAX_CACHE_BYTES = 256 * 1024 * 1024;
+
+/**
+ * Graphs shorter than this are not cached: parsing and validating them takes less than looking them up (a lookup is
+ * a few milliseconds of fixed cost, mostly OpenSSL's first hash; a parse ~1 ms per KiB), and a start-up with an
+ * empty or tiny graph must not pay for a cache it cannot gain from.
+ */
+export const CACHE_MIN_BYTES = 4096;
 
 /** The build the launcher compiled (src/cli/launcher.ts sets it from the bundle's `backplane-build` id). */
 const BUILD_KEY = Symbol.for('backplane.build');
@@ -144,12 +150,12 @@ export async function readCachedGraph(key: GraphCacheKey): Promise<CacheLookup> 
     // The state directory is checked once per process (the agent has done it already); its graph-cache/ directory,
     // which only the agent's user can have made there, with one lstat rather than the walk up to / again.
     await ensurePrivateDir(key.stateDir, 'state directory');
-    const dir = await lstat(join(key.stateDir, 'graph-cache')).catch(() => undefined);
+    const dir = lstatSync(join(key.stateDir, 'graph-cache'), { throwIfNoEntry: false });
     if (dir === undefined) return { miss: 'none yet' };
     if (!dir.isDirectory() || dir.uid !== (process.geteuid?.() ?? 0) || (dir.mode & 0o022) !== 0) return { miss: 'its directory is not a private directory of this user' };
     // An edited graph misses on the header alone: the rest of a large entry is not read for nothing.
     const digest = keyDigest(key);
-    const got = await readTrusted(cachePath(key.stateDir, key.file), (start) => {
+    const got = readTrusted(cachePath(key.stateDir, key.file), (start) => {
       const h = parseHeader(start);
       return h === undefined ? 'not a cache file of this format' : h.key !== digest ? 'made for another text, path or build' : undefined;
     });
@@ -183,47 +189,50 @@ function parseHeader(data: Buffer): { key: string; bodyHash: string; bodyLength:
 }
 
 /**
+ * Read synchronously: at start-up nothing else waits on the event loop, and each asynchronous call is a round trip
+ * through the thread pool (seven of them were ~10 ms, more than parsing a small graph).
+ *
  * The file's bytes, or why it may not be trusted (not a private regular file of ours) or is not wanted (`start`
  * says why not from the first bytes).
  */
-async function readTrusted(path: string, start: (first: Buffer) => string | undefined): Promise<{ readonly data: Buffer } | { readonly why: string }> {
-  let fh;
+function readTrusted(path: string, start: (first: Buffer) => string | undefined): { readonly data: Buffer } | { readonly why: string } {
+  let fd: number;
   try {
     // O_NOFOLLOW: a symlink in its place is refused (ELOOP), never followed.
-    fh = await open(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
+    fd = openSync(path, fsc.O_RDONLY | fsc.O_NOFOLLOW | fsc.O_NONBLOCK);
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     return { why: `${code === 'ENOENT' ? 'none yet' : code === 'ELOOP' ? 'a symlink' : String(code ?? err)}` };
   }
   try {
-    const st = await fh.stat();
+    const st = fstatSync(fd);
     const me = process.geteuid?.() ?? 0;
     if (!st.isFile()) return { why: 'not a regular file' };
     if (st.uid !== me) return { why: `owned by uid ${st.uid}, not ${me}` };
     if ((st.mode & 0o022) !== 0) return { why: `writable by group or others (mode ${(st.mode & 0o777).toString(8)})` };
     if (st.nlink !== 1) return { why: `${st.nlink} links to it` };
     if (st.size > MAX_CACHE_BYTES) return { why: `larger than ${MAX_CACHE_BYTES} bytes` };
-    // One byte more than the stat said: a file that grew since is read whole or refused, never cut at the stat's size.
     const head = Buffer.allocUnsafe(Math.min(HEADER_MAX, st.size));
     let len = 0;
     while (len < head.length) {
-      const { bytesRead } = await fh.read(head, len, head.length - len, len);
-      if (bytesRead === 0) break;
-      len += bytesRead;
+      const n = readSync(fd, head, len, head.length - len, len);
+      if (n === 0) break;
+      len += n;
     }
     const why = start(head.subarray(0, len));
     if (why !== undefined) return { why };
+    // One byte more than the stat said: a file that grew since is read whole or refused, never cut at the stat's size.
     const buf = Buffer.allocUnsafe(st.size + 1);
     head.copy(buf, 0, 0, len);
     for (;;) {
-      const { bytesRead } = await fh.read(buf, len, buf.length - len, len);
-      if (bytesRead === 0) break;
-      len += bytesRead;
+      const n = readSync(fd, buf, len, buf.length - len, len);
+      if (n === 0) break;
+      len += n;
       if (len === buf.length) return { why: 'changed while read' };
     }
     return { data: buf.subarray(0, len) };
   } finally {
-    await fh.close();
+    closeSync(fd);
   }
 }
 

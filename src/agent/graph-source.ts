@@ -14,7 +14,7 @@ import { parseGraphText, readGraphSource } from '../frontends/load.js';
 import { readGraphText } from '../frontends/limits.js';
 import { buildGraph, type KindRegistry } from '../graph/build.js';
 import { builtinKinds } from '../resources/registry.js';
-import { readCachedGraph, runningBuild, writeCachedGraph } from './graph-cache.js';
+import { CACHE_MIN_BYTES, readCachedGraph, runningBuild, writeCachedGraph } from './graph-cache.js';
 import { collectResources, type CollectedResource, type ExportEntry } from '../graph/collect.js';
 import type { Graph } from '../graph/graph.js';
 import { resourceId } from '../graph/ids.js';
@@ -223,7 +223,7 @@ export class GraphSource {
     const file = resolve(this.opts.file);
     const text = this.pinnedText ?? (await readGraphText(file));
     // Parsed already by this process (a re-render for cluster data): that path knows what it has.
-    if (this.parsed?.text === text) return { text };
+    if (this.parsed?.text === text || text.length < CACHE_MIN_BYTES) return { text };
     const t0 = performance.now();
     const got = await readCachedGraph({ stateDir: this.opts.stateDir, file, text, build });
     if ('miss' in got) {
@@ -244,7 +244,7 @@ export class GraphSource {
   private offerToCache(raw: RawGraph, graph: Graph): void {
     const build = this.cacheBuild;
     const parsed = this.parsed;
-    if (build === undefined || parsed === undefined || parsed.raw !== raw || this.cachedText === parsed.text) return;
+    if (build === undefined || parsed === undefined || parsed.raw !== raw || this.cachedText === parsed.text || parsed.text.length < CACHE_MIN_BYTES) return;
     if ((raw.collect?.length ?? 0) > 0 || needsCluster(raw) || graph.exports.length > 0 || graph.warnings.length > 0) return;
     this.cachedText = parsed.text;
     const key = { stateDir: this.opts.stateDir, file: resolve(this.opts.file), text: parsed.text, build };

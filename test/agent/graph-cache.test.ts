@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { z } from 'zod';
-import { cachePath, exactJson, readCachedGraph, writeCachedGraph, type GraphCacheKey } from '../../src/agent/graph-cache.js';
+import { CACHE_MIN_BYTES, cachePath, exactJson, readCachedGraph, writeCachedGraph, type GraphCacheKey } from '../../src/agent/graph-cache.js';
 import { GraphSource } from '../../src/agent/graph-source.js';
 import { ValidationErrors } from '../../src/errors.js';
 import { parseGraphText } from '../../src/frontends/load.js';
@@ -24,6 +24,8 @@ import { ROOT, runCli } from '../helpers/cli.js';
  */
 
 const BUILD = 'b'.repeat(64);
+/** A comment that makes a graph long enough to be cached (CACHE_MIN_BYTES): smaller ones are parsed instead. */
+const PAD = `# ${'padding '.repeat(CACHE_MIN_BYTES / 8)}\n`;
 const registry = createRegistry();
 
 function build(file: string, text: string): { raw: ReturnType<typeof parseGraphText>; graph: Graph } {
@@ -77,7 +79,7 @@ function richGraph(dir: string): string {
     vars: { x: [1, 2.5, null, "s", "\\u00e9\\u2028\\U0001F600"], nested: { y: true, "__proto__": 1 } }
     require: [file:${dir}/d/a]
   - { kind: noop, name: "n-\\u00e9", meta: { limit: 0.5, burst: 2 } }
-`;
+${PAD}`;
 }
 
 /** [1, <hole>, 2] */
@@ -212,7 +214,7 @@ describe('validated-graph cache', () => {
     test(`an entry that is ${what} is ignored, and the graph source parses instead`, { skip: process.getuid?.() !== 0 && what.includes('nobody') ? 'needs root to chown' : false }, async () => {
       const stateDir = join(dir, `untrusted-${what.replace(/\W+/g, '-')}`);
       const file = join(dir, `u-${what.replace(/\W+/g, '-')}.yaml`);
-      const text = `resources:\n  - { kind: file, name: ${dir}/u, content: "good" }\n`;
+      const text = `resources:\n  - { kind: file, name: ${dir}/u, content: "good" }\n${PAD}`;
       await writeFile(file, text);
       await forged(stateDir, file, text);
       await spoil(cachePath(stateDir, file), join(stateDir, 'graph-cache'));
@@ -258,7 +260,7 @@ describe('validated-graph cache', () => {
     assert.equal(parses(), 2, 'and kept');
 
     // A graph with an error: reported with its file:line on every run, never kept.
-    await writeFile(file, `resources:\n  - kind: file\n    name: ${dir}/x\n    contnt: "a"\n`);
+    await writeFile(file, `resources:\n  - kind: file\n    name: ${dir}/x\n    contnt: "a"\n${PAD}`);
     for (let i = 0; i < 2; i++) {
       await assert.rejects(render(), (err: unknown) => err instanceof ValidationErrors && err.errors.some((e) => e.where?.file === file && e.where.line === 4));
     }
@@ -267,8 +269,8 @@ describe('validated-graph cache', () => {
 
     // What a hit cannot know (exports, collect rules, the cluster store) is never kept.
     for (const g of [
-      `resources:\n  - { kind: file, name: ${dir}/e, content: "x", export: true }\n`,
-      `resources: []\ncollect:\n  - { kind: file, set: { path: "${dir}/{basename}" } }\n`,
+      `resources:\n  - { kind: file, name: ${dir}/e, content: "x", export: true }\n${PAD}`,
+      `resources: []\ncollect:\n  - { kind: file, set: { path: "${dir}/{basename}" } }\n${PAD}`,
     ]) {
       await writeFile(file, g);
       const before = parses();
@@ -284,7 +286,7 @@ describe('validated-graph cache', () => {
   test('--no-watch-graph: after a hit, later renders keep to the text the hit was made from', async () => {
     const stateDir = join(dir, 'pinned');
     const file = join(dir, 'p.yaml');
-    const graph = (c: string): string => `resources:\n  - { kind: file, name: ${dir}/p, content: "${c}" }\n`;
+    const graph = (c: string): string => `resources:\n  - { kind: file, name: ${dir}/p, content: "${c}" }\n${PAD}`;
     await writeFile(file, graph('one'));
     const g = build(file, graph('one'));
     assert.equal(await writeCachedGraph({ stateDir, file, text: graph('one'), build: BUILD }, g.raw, g.graph), undefined);
@@ -304,12 +306,26 @@ describe('validated-graph cache', () => {
   test('no build id (run from source, or a registry of other kinds): nothing is cached', async () => {
     const stateDir = join(dir, 'nobuild');
     const file = join(dir, 'n.yaml');
-    await writeFile(file, `resources:\n  - { kind: file, name: ${dir}/n, content: "x" }\n`);
+    await writeFile(file, `resources:\n  - { kind: file, name: ${dir}/n, content: "x" }\n${PAD}`);
     for (const opts of [{}, { cacheBuild: BUILD, registry: createRegistry(builtinKinds.map((k) => (k.kind === 'file' ? { ...k } : k))) }, { cacheBuild: BUILD, registry: createRegistry(builtinKinds.filter((k) => k.kind !== 'kv')) }]) {
       const src = new GraphSource({ file, host: 'h', registry, log: createLogger({ level: 'silent' }), stateDir, cluster: { etcd: [], cluster: 'c', labels: {} }, version: 't', ...opts });
       await src.render();
       await src.close();
     }
+    assert.equal(existsSync(join(stateDir, 'graph-cache')), false);
+  });
+
+  test('a graph shorter than CACHE_MIN_BYTES is parsed every time, never cached', async () => {
+    const stateDir = join(dir, 'small');
+    const file = join(dir, 'small.yaml');
+    await writeFile(file, `resources:\n  - { kind: file, name: ${dir}/small, content: "x" }\n`);
+    const lines: string[] = [];
+    for (let i = 0; i < 2; i++) {
+      const src = new GraphSource({ file, host: 'h', registry, log: createLogger({ level: 'debug', write: (l) => lines.push(l) }), stateDir, cluster: { etcd: [], cluster: 'c', labels: {} }, version: 't', cacheBuild: BUILD });
+      await src.render();
+      await src.close();
+    }
+    assert.equal(lines.filter((l) => l.includes(`parsed ${file}`)).length, 2);
     assert.equal(existsSync(join(stateDir, 'graph-cache')), false);
   });
 });
@@ -338,7 +354,7 @@ describe('validated-graph cache, through the real CLI', () => {
   test('a one-shot run keeps the graph, the next one uses it, an edit or another build misses', async () => {
     const file = join(dir, 'g.yaml');
     const stateDir = join(dir, 'state');
-    const graph = (c: string): string => `resources:\n${[1, 2, 3].map((i) => `  - { kind: file, name: ${dir}/f${i}, content: "${c}${i}" }\n`).join('')}`;
+    const graph = (c: string): string => `resources:\n${[1, 2, 3].map((i) => `  - { kind: file, name: ${dir}/f${i}, content: "${c}${i}" }\n`).join('')}${PAD}`;
     await writeFile(file, graph('a'));
     const first = await run(file, stateDir);
     assert.equal(first.code, 0, first.stderr);
@@ -371,12 +387,12 @@ describe('validated-graph cache, through the real CLI', () => {
     const file = join(dir, 'bad.yaml');
     const stateDir = join(dir, 'state-bad');
     // First the graph as it was before the typo: kept.
-    await writeFile(file, `resources:\n  - kind: file\n    name: ${dir}/x\n    content: "a"\n`);
+    await writeFile(file, `resources:\n  - kind: file\n    name: ${dir}/x\n    content: "a"\n${PAD}`);
     const good = await run(file, stateDir);
     assert.match(good.stderr, /graph cache: kept 1 validated/);
     const entry = cachePath(stateDir, file);
     const kept = readFileSync(entry, 'utf8');
-    await writeFile(file, `resources:\n  - kind: file\n    name: ${dir}/x\n    contnt: "a"\n`);
+    await writeFile(file, `resources:\n  - kind: file\n    name: ${dir}/x\n    contnt: "a"\n${PAD}`);
     for (let i = 0; i < 2; i++) {
       const r = await run(file, stateDir);
       assert.equal(r.code, 2, r.stderr);
