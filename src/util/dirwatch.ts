@@ -24,14 +24,26 @@ interface Subscription {
   dir: string;
   name: string;
   closed: boolean;
-  /** Where this subscription is registered, so removing it costs O(1) even with 10,000 subscribers per directory. */
-  regs: { dw: DirWatch; name: string }[];
+  /**
+   * Where this subscription is registered, so removing it costs O(1) even with 10,000 subscribers per directory: its
+   * entry's name in the nearest existing directory, and with `children` its own directory's '*' too. Two fields,
+   * not a list of records: 100,000 files mean 100,000 subscriptions, and each list cost ~80 bytes.
+   */
+  at: DirWatch | undefined;
+  atName: string;
+  own: DirWatch | undefined;
 }
+
+/**
+ * The subscriptions of one name in a directory: the subscription itself while it is the only one (nearly always: one
+ * managed file per name), a set once there are more. A set per name cost ~180 bytes, 18 MiB at 100,000 files.
+ */
+type Subscribers = Subscription | Set<Subscription>;
 
 interface DirWatch {
   readonly dir: string;
   readonly watcher: FSWatcher;
-  readonly byName: Map<string, Set<Subscription>>;
+  readonly byName: Map<string, Subscribers>;
   ino: number;
   /** A liveness check is running / another was asked for meanwhile: a burst of renames costs two stats, not one each. */
   checking: boolean;
@@ -50,7 +62,7 @@ export interface WatchOptions {
  * the watch is established; stops when `signal` aborts. Spurious calls are possible; missed changes are not.
  */
 export async function watchPath(path: string, cb: ChangeCallback, signal: AbortSignal, opts: WatchOptions = {}): Promise<void> {
-  const sub: Subscription = { path, children: opts.children ?? false, cb, dir: '', name: '', closed: false, regs: [] };
+  const sub: Subscription = { path, children: opts.children ?? false, cb, dir: '', name: '', closed: false, at: undefined, atName: '', own: undefined };
   signal.addEventListener('abort', () => unsubscribe(sub), { once: true });
   if (signal.aborted) return;
   try {
@@ -112,12 +124,38 @@ function subscribe(sub: Subscription, dir: string, name: string): unknown {
     // The watch's own copy of the directory name: 100,000 files in one directory share one string, not one each.
     sub.dir = dw.dir;
     sub.name = name;
+    // attach() registers a subscription at most once per slot; one left over would only be a spurious callback.
+    if (sub.at !== undefined) unregister(sub.at, sub.atName, sub);
+    sub.at = dw;
+    sub.atName = name;
+  } else {
+    if (sub.own !== undefined) unregister(sub.own, '*', sub);
+    sub.own = dw;
   }
-  let set = dw.byName.get(name);
-  if (set === undefined) dw.byName.set(name, (set = new Set()));
-  set.add(sub);
-  sub.regs.push({ dw, name });
+  const cur = dw.byName.get(name);
+  if (cur === undefined) dw.byName.set(name, sub);
+  else if (cur instanceof Set) cur.add(sub);
+  else if (cur !== sub) dw.byName.set(name, new Set([cur, sub]));
   return undefined;
+}
+
+/** Takes `sub` off `name` in `dw`; closes the watch once nobody uses it. */
+function unregister(dw: DirWatch, name: string, sub: Subscription): void {
+  const cur = dw.byName.get(name);
+  if (cur === sub) dw.byName.delete(name);
+  else if (cur instanceof Set && cur.delete(sub)) {
+    if (cur.size === 0) dw.byName.delete(name);
+    else if (cur.size === 1) for (const only of cur) dw.byName.set(name, only);
+  }
+  if (dw.byName.size === 0 && dirs.get(dw.dir) === dw) {
+    dw.watcher.close();
+    dirs.delete(dw.dir);
+  }
+}
+
+/** A copy: callbacks may subscribe and unsubscribe while the caller goes through them. */
+function listOf(subs: Subscribers): Subscription[] {
+  return subs instanceof Set ? [...subs] : [subs];
 }
 
 function openDir(dir: string): DirWatch | { error: unknown } {
@@ -147,7 +185,7 @@ function onEvent(dw: DirWatch, event: string, filename: string | null): void {
   const exact = dw.byName.get(filename);
   const reason = `${event === 'rename' ? 'created/removed' : 'changed'}: ${dw.dir === '/' ? '' : dw.dir}/${filename}`;
   if (exact !== undefined) {
-    for (const sub of [...exact]) {
+    for (const sub of listOf(exact)) {
       sub.cb(reason);
       // The missing ancestor we were waiting on may now exist (or a directory may have been replaced): move deeper.
       if (sub.dir === dw.dir && `${dw.dir === '/' ? '' : dw.dir}/${filename}` !== sub.path) void reattach(sub);
@@ -155,7 +193,7 @@ function onEvent(dw: DirWatch, event: string, filename: string | null): void {
     }
   }
   const all = dw.byName.get('*');
-  if (all !== undefined) for (const sub of all) sub.cb(reason);
+  if (all !== undefined) for (const sub of listOf(all)) sub.cb(reason);
   if (event !== 'rename') return;
   // inotify reports the watched directory's own deletion or move under the directory's basename. stat() cannot
   // be trusted to tell afterwards: a directory re-created at once often gets the same inode number back (ext4),
@@ -165,7 +203,7 @@ function onEvent(dw: DirWatch, event: string, filename: string | null): void {
 }
 
 function notifyAll(dw: DirWatch, reason: string): void {
-  for (const set of dw.byName.values()) for (const sub of set) sub.cb(reason);
+  for (const subs of [...dw.byName.values()]) for (const sub of listOf(subs)) sub.cb(reason);
 }
 
 /** A removed or replaced directory leaves a dead watch behind: detect it and re-attach everyone who used it. */
@@ -200,7 +238,7 @@ function reattachAll(dw: DirWatch): void {
   if (dirs.get(dw.dir) === dw) dirs.delete(dw.dir);
   dw.watcher.close();
   const subs = new Set<Subscription>();
-  for (const set of dw.byName.values()) for (const sub of set) subs.add(sub);
+  for (const entry of dw.byName.values()) for (const sub of listOf(entry)) subs.add(sub);
   dw.byName.clear();
   for (const sub of subs) {
     sub.cb(`watched directory ${dw.dir} went away`);
@@ -227,15 +265,11 @@ function unsubscribe(sub: Subscription): void {
 }
 
 function removeEverywhere(sub: Subscription): void {
-  for (const { dw, name } of sub.regs) {
-    const set = dw.byName.get(name);
-    if (set !== undefined && set.delete(sub) && set.size === 0) dw.byName.delete(name);
-    if (dw.byName.size === 0 && dirs.get(dw.dir) === dw) {
-      dw.watcher.close();
-      dirs.delete(dw.dir);
-    }
-  }
-  sub.regs = [];
+  if (sub.at !== undefined) unregister(sub.at, sub.atName, sub);
+  if (sub.own !== undefined) unregister(sub.own, '*', sub);
+  sub.at = undefined;
+  sub.atName = '';
+  sub.own = undefined;
 }
 
 /** Concurrent look-ups of one path share a stat: 10,000 files in one directory attach with one stat, not 10,000. */
