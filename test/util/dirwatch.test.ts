@@ -1,6 +1,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { watchPath, watchedDirectoryCount } from '../../src/util/dirwatch.js';
@@ -63,8 +63,6 @@ test('a directory subscriber with children is told about its entries and its own
   const dir = mkdtempSync(join(tmpdir(), 'dirwatch-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   const sub = join(dir, 'd');
-  rmSync(sub, { force: true });
-  const { mkdirSync } = await import('node:fs');
   mkdirSync(sub);
   const r = recorder();
   const ac = new AbortController();
