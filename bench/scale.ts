@@ -267,7 +267,7 @@ async function measureOneShot(c: Case, mode: 'cold' | 'converged', opts: Options
 /** The longest the agent is given to be quiet (AGENT_QUIET_SHARE) after "converged" before its idle window starts. */
 const QUIET_MAX_S = 30;
 
-/** An agent whose RSS is below this is not expected to compact its heap (the empty graph's is ~62 MiB, 1,000 noops ~78). */
+/** An agent whose RSS is below this is not expected to compact its heap (the empty graph's is 52-62 MiB, 1,000 noops ~78). */
 const COMPACT_EXPECTED_KIB = 96 * 1024;
 
 /**
