@@ -1,6 +1,7 @@
 import { getHeapStatistics, setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { performance, type EventLoopUtilization } from 'node:perf_hooks';
+// Types only: the global `performance` serves, so loading the agent does not load perf_hooks (start-up cost).
+import type { EventLoopUtilization } from 'node:perf_hooks';
 
 /**
  * One compacting garbage collection once the agent has gone idle after settling, to give back what start-up left.
