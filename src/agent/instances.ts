@@ -23,9 +23,9 @@ import { resourceStateDir } from '../state-dir.js';
 import { runHook } from './hooks.js';
 
 /**
- * How often the agent confirms its place in the cluster (and so refreshes its instances' fence). The heartbeat
- * carries the lease's last renewal, which etcd's keep-alives move every third of the TTL: confirming much more often
- * would gain nothing but reads.
+ * How often the agent confirms its place in the cluster (and so refreshes its instances' fence) while anything here
+ * depends on it (Instances.fenceNeeded). The heartbeat carries the lease's last renewal, which etcd's keep-alives
+ * move every third of the TTL: confirming much more often would gain nothing but reads.
  */
 const CONFIRM_EVERY_MS = 500;
 
@@ -86,6 +86,14 @@ const REQUESTED_HOOKS = ['beforeStop', 'beforePromote'] as const;
  * replacements. On coming back, the stale instances are dropped from the graph before the heartbeat is fresh
  * again, so their supervisors never restart them.
  *
+ * Only the instances read the heartbeat (their watchdogs, and their supervisors before a start), so on a host with
+ * none — nothing assigned, stopping or in the running graph — the agent does not confirm at all: the loop parks, and
+ * the heartbeat goes stale, which is harmless (a process an earlier agent left behind that no graph holds any more
+ * is meant to die of it). Most hosts of a large cluster run no instances, and two store reads a second each were
+ * half of an idle agent's CPU. An assignment wakes the loop, and an instance the running graph does not hold yet is
+ * rendered only after that first confirmation (fresh): a first instance never starts on a stale heartbeat, and is
+ * never reported failed for being fenced on a healthy host.
+ *
  * Hooks (hooks.ts): afterStart runs once per alloc, when it is first up (healthy; running, without a health check),
  * never again for a restart of its process; beforeStop and beforePromote run when the alloc's assignment requests them
  * with a nonce this agent has not run yet for it (a new nonce runs the hook again). Each is reported in the status
@@ -122,6 +130,14 @@ export class Instances {
    */
   private readonly stopping = new Map<string, { readonly info: StoppingInfo; readonly version: string; readonly since: number; readonly vouched: boolean }>();
   private lastTouchAt = 0;
+  /** Wakes the confirm loop while it is parked (fenceNeeded() was false). */
+  private wakeConfirm: (() => void) | undefined;
+  /**
+   * The confirm loop has run since it last woke: the heartbeat is as fresh as this host can vouch for. Until then,
+   * allocs the running graph does not hold yet are left out of resources(), and renderHeld asks for the re-render.
+   */
+  private fresh = false;
+  private renderHeld = false;
   /** Allocs whose status key is to be deleted once the running graph does not hold them (retried until it is). */
   private readonly unreport = new Set<string>();
   /** Store writes (and hook files) per key, one after the other: a late put must never land after the delete. */
@@ -165,21 +181,38 @@ export class Instances {
 
   async start(): Promise<void> {
     await mkdir(this.hooksDir, { recursive: true, mode: 0o700 });
-    await this.loadHookResults();
-    // Before the first assignment is rendered: its env names the API's URL and the alloc's token.
-    const api = new InstanceApi({ backend: this.apiBackend(), log: this.opts.log, stateFile: join(this.opts.stateDir, 'sched', 'api.json') });
-    await api.start();
-    this.api = api;
     const { store } = this.opts;
-    const election = await store.list(keys.election(ELECTION), { signal: this.ac.signal });
-    this.onElection({ type: 'resync', kvs: election.kvs, revision: election.revision });
-    await store.watch(keys.election(ELECTION), election.revision + 1, (b) => this.onElection(b), this.ac.signal);
+    const signal = this.ac.signal;
     const prefix = keys.assignByHost(this.opts.host);
-    const listed = await store.list(prefix, { signal: this.ac.signal });
+    // Side by side: the agent's first render waits for all this (GraphSource.joinServices), and one after the other
+    // it was five store round trips, a fifth of a second for an agent joining a busy cluster. Each watch starts at
+    // the revision of its own read, so nothing written in between is missed.
+    const api = new InstanceApi({ backend: this.apiBackend(), log: this.opts.log, stateFile: join(this.opts.stateDir, 'sched', 'api.json') });
+    const apiUp = api.start();
+    const reads = Promise.all([store.list(keys.election(ELECTION), { signal }), store.list(prefix, { signal }), store.list(keys.statusByHost(this.opts.host), { signal }), this.loadHookResults(), apiUp]);
+    let got: Awaited<typeof reads>;
+    try {
+      got = await reads;
+    } catch (err) {
+      // Nobody holds on to instances that did not start: the API server must not stay behind listening.
+      await apiUp.then(() => api.close(), () => undefined).catch(() => undefined);
+      throw err;
+    }
+    const [election, listed, statuses] = got;
+    // Before the first assignment is judged: its hooks and its render name the API's URL and the alloc's token.
+    this.api = api;
+    // The election first, so that assignments are judged against the controller that wrote them.
+    this.onElection({ type: 'resync', kvs: election.kvs, revision: election.revision });
     this.onAssign({ type: 'resync', kvs: listed.kvs, revision: listed.revision });
-    await store.watch(prefix, listed.revision + 1, (b) => this.onAssign(b), this.ac.signal);
-    await this.forgetLeftovers();
-    void this.confirmLoop();
+    await Promise.all([
+      store.watch(keys.election(ELECTION), election.revision + 1, (b) => this.onElection(b), signal),
+      store.watch(prefix, listed.revision + 1, (b) => this.onAssign(b), signal),
+    ]);
+    await this.forgetLeftovers(statuses.kvs);
+    // Instances already assigned (an agent restart adopts them): the first render holds them only once confirmed.
+    const ticked = this.fenceNeeded();
+    if (ticked) await this.tick();
+    void this.confirmLoop(ticked);
     void this.memoryLoop();
   }
 
@@ -195,7 +228,13 @@ export class Instances {
     const edges: RawEdge[] = [];
     // An alloc in its stop notice stays in the graph (running) until the notice is over.
     const noticed = [...this.notices.keys()].flatMap((id) => this.leaving.get(id) ?? []);
+    // Not confirmed since the loop woke: nothing new goes in (what the graph holds already stays, whatever happens).
+    const applied = this.fresh ? undefined : this.opts.applied();
     for (const a of [...this.accepted.values(), ...noticed]) {
+      if (applied !== undefined && !applied.has(a.alloc.id)) {
+        this.renderHeld = true;
+        continue;
+      }
       try {
         const r = renderInstance(a.spec, { ...a.alloc }, { name: this.opts.host, facts: this.opts.facts, labels: this.opts.labels }, { fence: { heartbeat: this.heartbeat, maxAgeMs: this.opts.fenceMs }, ...this.apiEnv(a.alloc.id) });
         resources.push(...r.resources);
@@ -559,7 +598,10 @@ export class Instances {
       this.unreport.delete(id);
       void this.serially(key, () => this.opts.store.delete(key, { signal: this.ac.signal })).catch(() => {
         // Tried again on the next tick, unless the alloc came back meanwhile.
-        if (!this.accepted.has(id) && !this.stopping.has(id)) this.unreport.add(id);
+        if (!this.accepted.has(id) && !this.stopping.has(id)) {
+          this.unreport.add(id);
+          this.wakeConfirm?.();
+        }
       });
     }
   }
@@ -568,14 +610,13 @@ export class Instances {
    * At start: status keys of this host about allocs neither assigned here nor in the running graph are what an
    * earlier agent left (a stop it did not finish; its lease may still hold them): they go, as do its hook files.
    */
-  private async forgetLeftovers(): Promise<void> {
+  private async forgetLeftovers(statuses: readonly KeyValue[]): Promise<void> {
     const assigned = new Set<string>();
     for (const kv of this.raw.values()) {
       const where = parseAllocKey(kv.key);
       if (where !== undefined) assigned.add(where.alloc);
     }
-    const listed = await this.opts.store.list(keys.statusByHost(this.opts.host), { signal: this.ac.signal });
-    for (const kv of listed.kvs) {
+    for (const kv of statuses) {
       const where = parseAllocKey(kv.key);
       if (where === undefined || where.kind !== 'status' || where.host !== this.opts.host) continue;
       if (!assigned.has(where.alloc) && !this.stopping.has(where.alloc)) this.unreport.add(where.alloc);
@@ -664,7 +705,11 @@ export class Instances {
     });
     this.accepted.clear();
     for (const [id, a] of next) this.accepted.set(id, a);
-    if (changed) this.opts.onChange();
+    // Before the first confirmation since the loop woke, a re-render could only leave the new allocs out (resources());
+    // it follows that confirmation instead. The running graph holds no instance then, unless it does: render now.
+    if (changed && !this.fresh && this.opts.applied().size === 0) this.renderHeld = true;
+    else if (changed) this.opts.onChange();
+    if (this.fenceNeeded()) this.wakeConfirm?.();
     this.sweep();
     for (const id of [...gone, ...back]) void this.report(id);
     for (const a of this.accepted.values()) {
@@ -732,18 +777,56 @@ export class Instances {
     return r.value;
   }
 
-  /** Confirms membership and assignments, then refreshes the fence heartbeat (see the class comment). */
-  private async confirmLoop(): Promise<void> {
+  /**
+   * Whether anything here depends on the heartbeat: an alloc assigned (about to start, or running), one stopping or in
+   * its stop notice, a status key still to delete (the loop's sweep retries it), or an instance in the running graph.
+   */
+  private fenceNeeded(): boolean {
+    return this.accepted.size > 0 || this.stopping.size > 0 || this.unreport.size > 0 || this.leaving.size > 0 || this.notices.size > 0 || this.opts.applied().size > 0;
+  }
+
+  /** Confirms membership and assignments, then refreshes the fence heartbeat (see the class comment); parks while nothing needs it. */
+  private async confirmLoop(tickedAlready: boolean): Promise<void> {
+    if (tickedAlready) await sleep(CONFIRM_EVERY_MS, undefined, { signal: this.ac.signal }).catch(() => undefined);
     while (!this.ac.signal.aborted) {
-      try {
-        this.sweep();
-        const renewedAt = await this.confirm();
-        if (renewedAt !== undefined) await this.touch(renewedAt);
-      } catch (err) {
-        if (this.ac.signal.aborted) return;
-        this.opts.log.debug(`confirming this host's place in the cluster failed: ${errorMessage(err)}`);
+      if (!this.fenceNeeded()) {
+        await this.park();
+        continue;
       }
+      await this.tick();
       await sleep(CONFIRM_EVERY_MS, undefined, { signal: this.ac.signal }).catch(() => undefined);
+    }
+  }
+
+  /** Until something needs the heartbeat (wakeConfirm) or the instances close. */
+  private park(): Promise<void> {
+    this.fresh = false;
+    return new Promise<void>((resolve) => {
+      const wake = (): void => {
+        this.ac.signal.removeEventListener('abort', wake);
+        if (this.wakeConfirm === wake) this.wakeConfirm = undefined;
+        resolve();
+      };
+      this.wakeConfirm = wake;
+      this.ac.signal.addEventListener('abort', wake, { once: true });
+    });
+  }
+
+  private async tick(): Promise<void> {
+    try {
+      this.sweep();
+      const renewedAt = await this.confirm();
+      if (renewedAt !== undefined) await this.touch(renewedAt);
+    } catch (err) {
+      if (this.ac.signal.aborted) return;
+      this.opts.log.debug(`confirming this host's place in the cluster failed: ${errorMessage(err)}`);
+    }
+    // Confirmed, or at least tried: a host that cannot vouch renders its instances all the same, and their supervisors
+    // hold them fenced (and say so) until it can.
+    this.fresh = true;
+    if (this.renderHeld && !this.ac.signal.aborted) {
+      this.renderHeld = false;
+      this.opts.onChange();
     }
   }
 

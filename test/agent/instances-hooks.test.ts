@@ -214,6 +214,8 @@ test('beforeStop and beforePromote run when the assignment requests them, once p
   const s = spec({ beforeStop: sh(`echo "$HOOK $INSTANCE_INDEX" >> ${count}; echo drained`) });
   await assign(r, id, s);
   await until(() => r.inst.ids().has(id), 10_000, 'the assignment accepted');
+  // Rendered once the fence's heartbeat is confirmed (instances-fence.test.ts), a moment after it is accepted.
+  await until(() => r.changes > 0, 10_000, 'the instance rendered');
   const renders = r.changes;
 
   await assign(r, id, s, { beforeStop: 1, beforePromote: 7 });
