@@ -71,6 +71,14 @@ export const HOST_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,252}$/;
 export class ClusterLink {
   private lease: Lease | undefined;
   private published = new Map<string, string>();
+  /**
+   * What the write under way puts (key -> value) or deletes (key -> null). Its watch echo can arrive before the write's
+   * own answer, while `published` still holds the older values: without this, every change of an export read as
+   * someone else's change and was written a second time (a second event on every host in the cluster).
+   */
+  private writing: ReadonlyMap<string, string | null> | undefined;
+  /** Keys someone else changed while that write was under way: still to put back once it is done. */
+  private readonly changedMeanwhile = new Set<string>();
   private wanted = new Map<string, ExportedResource>();
   private wantedSealed = new Map<string, string>();
   /** The `kv` values this host publishes (store key -> sealed), and what the store holds under kv/<host>/. */
@@ -532,10 +540,18 @@ export class ClusterLink {
       const wanted = new Map([...this.wantedSealed, ...this.kvWanted]);
       for (const [key, value] of wanted) if (this.published.get(key) !== value) ops.push({ put: key, value, lease });
       for (const key of this.published.keys()) if (!wanted.has(key)) ops.push({ delete: key });
-      if (ops.length > 0) await writeInChunks(this.opts.store, ops, { signal: this.ac.signal });
+      if (ops.length > 0) {
+        this.writing = new Map(ops.map((op) => ('put' in op ? [op.put, op.value] : [op.delete, null])));
+        await writeInChunks(this.opts.store, ops, { signal: this.ac.signal });
+      }
       this.published = wanted;
+      for (const key of this.changedMeanwhile) this.published.delete(key);
+      this.changedMeanwhile.clear();
+      this.writing = undefined;
       this.markReachable(true);
     } catch (err) {
+      this.writing = undefined;
+      this.changedMeanwhile.clear();
       if (this.ac.signal.aborted) return;
       // etcd says the lease is gone before our keep-alives did (they were acknowledged late, or by a member that had
       // not heard yet): the same as losing it.
@@ -617,7 +633,7 @@ export class ClusterLink {
         }
         let restore = false;
         for (const key of touched) {
-          if (this.published.has(key) && this.kvSeen.get(key) !== this.published.get(key)) restore = this.forget(key) || restore;
+          if (this.notOurs(key, this.kvSeen.get(key))) restore = this.forget(key) || restore;
           const parsed = parseKvKey(key);
           if (parsed !== undefined) this.opts.onOwnKv?.(parsed.key);
         }
@@ -646,19 +662,19 @@ export class ClusterLink {
       for (const kv of batch.kvs) this.raw.set(kv.key, kv);
       for (const kv of batch.kvs) this.judge(kv);
       for (const key of this.published.keys()) {
-        if (key.startsWith(keys.exportedPrefix) && this.raw.get(key)?.value !== this.published.get(key)) restore = this.forget(key) || restore;
+        if (key.startsWith(keys.exportedPrefix) && this.notOurs(key, this.raw.get(key)?.value)) restore = this.forget(key) || restore;
       }
     } else {
       for (const e of batch.events) {
         if (e.type === 'put') {
           this.raw.set(e.kv.key, e.kv);
-          if (this.published.has(e.kv.key) && e.kv.value !== this.published.get(e.kv.key)) restore = this.forget(e.kv.key) || restore;
+          if (this.notOurs(e.kv.key, e.kv.value)) restore = this.forget(e.kv.key) || restore;
           this.judge(e.kv);
         } else {
           this.raw.delete(e.key);
           this.entries.delete(e.key);
           this.verified.delete(e.key);
-          if (this.published.has(e.key)) restore = this.forget(e.key) || restore;
+          if (this.notOurs(e.key, undefined)) restore = this.forget(e.key) || restore;
         }
       }
     }
@@ -666,10 +682,23 @@ export class ClusterLink {
     if (restore) void this.sync();
   }
 
+  /**
+   * The store holds `seen` (undefined: nothing) under a key this host publishes, and that is neither what it published
+   * nor what the write under way puts there (or deletes): someone else's doing.
+   */
+  private notOurs(key: string, seen: string | undefined): boolean {
+    const mine = this.published.get(key);
+    if (mine === undefined || seen === mine) return false;
+    const writing = this.writing?.get(key);
+    return writing === undefined || writing !== (seen ?? null);
+  }
+
   /** One of our exports was changed or deleted by someone else: forget we published it, so sync() puts it back. */
   private forget(key: string): boolean {
     if (this.ac.signal.aborted) return false;
     this.published.delete(key);
+    // The write under way sets `published` when it is done: that must not make this change look put back already.
+    if (this.writing !== undefined) this.changedMeanwhile.add(key);
     this.warnOnce(`own:${key}`, `${key} was changed or deleted in the store by someone else; putting this host's export back`);
     return true;
   }

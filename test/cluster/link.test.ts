@@ -11,7 +11,7 @@ import { ClusterLink, type NodeRecord } from '../../src/cluster/link.js';
 import type { KeyValue, Lease, Store } from '../../src/cluster/store.js';
 import { approve, joinMac, parseToken, sealRecord, TrustFiles, TrustView, updateHosts } from '../../src/cluster/trust.js';
 import type { ExportEntry } from '../../src/graph/collect.js';
-import { createLogger } from '../../src/log.js';
+import { createLogger, type Logger } from '../../src/log.js';
 import { until } from '../helpers/engine.js';
 
 /**
@@ -37,13 +37,13 @@ function record(host: string): NodeRecord {
 async function caLink(
   store: Store,
   stateDir: string,
-  opts: { wrap?: (s: Store) => Store; wrapFiles?: (f: TrustFiles) => TrustFiles } = {},
+  opts: { wrap?: (s: Store) => Store; wrapFiles?: (f: TrustFiles) => TrustFiles; log?: Logger } = {},
 ): Promise<{ link: ClusterLink; files: TrustFiles; ca: KeyPair; exports: ExportEntry[][] }> {
   const opened = await TrustFiles.open(stateDir, 'embedded');
   const files = opts.wrapFiles?.(opened) ?? opened;
   const ca = await files.createCaKey();
   const hostKey = await files.hostKey();
-  const link = new ClusterLink({ store: opts.wrap?.(store) ?? store, host: 'a', log, identity: { files, hostKey, ca }, record: () => record('a'), leaseTtlMs: 1000 });
+  const link = new ClusterLink({ store: opts.wrap?.(store) ?? store, host: 'a', log: opts.log ?? log, identity: { files, hostKey, ca }, record: () => record('a'), leaseTtlMs: 1000 });
   const exports: ExportEntry[][] = [];
   await link.start((entries) => exports.push([...entries]));
   return { link, files, ca, exports };
@@ -99,6 +99,67 @@ describe('cluster link', () => {
       // Watch events arrive in order: once a real change is handed over, every write above has been looked at.
       await real('two');
       assert.equal(exports.length, count + 1, 'only the real change was handed over');
+    } finally {
+      await link.close();
+      await store.close();
+    }
+  });
+
+  test("this host's export changes are written once, their own watch echo is not taken for someone else's change, and someone else's change during the write is put back", async () => {
+    const store = await EmbeddedStore.open({ dir: join(dir, 'echo-store') });
+    const warnings: string[] = [];
+    const quiet = createLogger({ level: 'warn', write: (line) => warnings.push(line) });
+    const path = join(dir, 'echo');
+    const key = keys.exported('a', 'file', path);
+    let writes = 0;
+    // Set by the test: runs after the link's write has landed in the store and before the link hears it has.
+    let meanwhile: (() => Promise<void>) | undefined;
+    const counting = (s: Store): Store =>
+      new Proxy(s, {
+        get(target, prop, receiver) {
+          if (prop === 'txn') {
+            return async (...args: Parameters<Store['txn']>) => {
+              if (args[0].some((op) => ('put' in op ? op.put : op.delete) === key)) writes++;
+              const r = await target.txn(...args);
+              const m = meanwhile;
+              meanwhile = undefined;
+              await m?.();
+              // The watch echo of the write is delivered before the write's own answer.
+              await sleep(20);
+              return r;
+            };
+          }
+          const v: unknown = Reflect.get(target, prop, receiver);
+          return typeof v === 'function' ? (v as (...args: unknown[]) => unknown).bind(target) : v;
+        },
+      });
+    const { link } = await caLink(store, join(dir, 'echo-state'), { wrap: counting, log: quiet });
+    const publish = (content: string): Promise<void> => link.publish([{ kind: 'file', name: path, params: { content }, meta: undefined, to: '*' }]);
+    /** The export's content as the store holds it now (its raw value when it is not a record at all). */
+    const content = async (): Promise<unknown> => {
+      const kv = await store.get(key);
+      if (kv === undefined) return undefined;
+      try {
+        return (JSON.parse((JSON.parse(kv.value) as { body: string }).body) as { params: { content: unknown } }).params.content;
+      } catch {
+        return kv.value;
+      }
+    };
+    try {
+      await publish('one');
+      await publish('two');
+      await sleep(100);
+      assert.equal(writes, 2, 'one write per change');
+      assert.deepEqual(warnings.filter((w) => /someone else/.test(w)), [], 'no echo taken for a stranger');
+      assert.equal(await content(), 'two');
+
+      // Someone overwrites the export right after the link's next write: it is put back.
+      meanwhile = async () => {
+        await store.put(key, 'forged');
+      };
+      await publish('three');
+      await until(async () => (await content()) === 'three', 5000, 'the export put back');
+      assert.ok(warnings.some((w) => /someone else/.test(w)), 'and said so');
     } finally {
       await link.close();
       await store.close();
