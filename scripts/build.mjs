@@ -72,6 +72,8 @@ const cli = await build({
   // etcd3 loads its .proto files at run time relative to its own __dirname, which a bundle does not have.
   external: ['tsx', 'tsx/*', 'etcd3'],
   define: { 'import.meta.url': '__bpUrl', 'import.meta.resolve': '__bpResolve' },
+  // The global `performance` is a monotonic clock here, without Node's perf_hooks modules (src/util/perf-shim.ts).
+  inject: ['src/util/perf-shim.ts'],
   // A script that came out of a code cache cannot run import() in Node 20 (the callback is lost): every import() in
   // the bundle becomes require() of a bundled module or of a CommonJS package, and the one import of a module outside
   // the bundle (src/util/import-module.ts) calls the launcher's own import().

@@ -1,0 +1,61 @@
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { before, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { withTempDir } from '../helpers/engine.js';
+import { BIN, ensureBuilt } from '../helpers/cli.js';
+import { performance as shim } from '../../src/util/perf-shim.js';
+
+/**
+ * What a one-shot run of a small graph loads of Node itself (#13): the built-in modules it has no use for are loaded
+ * on first use (scripts/build.mjs lazyBuiltins), and the global `performance` is a plain monotonic clock in the CLI
+ * bundle (src/util/perf-shim.ts) — each of these was milliseconds of every start.
+ */
+const LAZY = ['child_process', 'crypto', 'worker_threads', 'perf_hooks', 'readline', 'dgram'];
+
+before(() => ensureBuilt());
+
+/** The built-in modules the CLI loaded, as Node lists them at exit. */
+function builtinsLoaded(args: readonly string[]): string[] {
+  const probe = "process.on('exit', () => require('node:fs').writeSync(3, process.moduleLoadList.join('\\n')))";
+  const r = spawnSync(process.execPath, ['-e', `${probe}; require(${JSON.stringify(BIN)})`, BIN, ...args], {
+    encoding: 'utf8',
+    stdio: ['ignore', 'pipe', 'pipe', 'pipe'],
+    env: { ...process.env, NODE_OPTIONS: '' },
+  });
+  assert.equal(r.status, 0, r.stderr);
+  const listed = r.output[3];
+  return (typeof listed === 'string' ? listed : '').split('\n').filter((l) => l.startsWith('NativeModule ')).map((l) => l.slice('NativeModule '.length));
+}
+
+test('a one-shot run of a small converged graph of files loads none of the built-ins it does not use', async () => {
+  await withTempDir(async (dir) => {
+    const graph = join(dir, 'g.yaml');
+    await writeFile(graph, `resources:\n  - { kind: file, name: ${join(dir, 'f')}, content: "x" }\n`);
+    // Already in place: a write would need crypto for its temp file's random name.
+    await writeFile(join(dir, 'f'), 'x');
+    const loaded = builtinsLoaded(['run', '--file', graph, '--converged-timeout', '0', '--state-dir', join(dir, 'state')]);
+    assert.ok(loaded.includes('fs/promises'), `the probe saw no modules: ${loaded.join(' ')}`);
+    assert.deepEqual(LAZY.filter((m) => loaded.includes(m)), []);
+  });
+});
+
+test('a run that needs one of them still gets the real module (exec: child_process)', async () => {
+  await withTempDir(async (dir) => {
+    const graph = join(dir, 'g.yaml');
+    await writeFile(graph, `resources:\n  - { kind: exec, name: touch, cmd: [touch, ${join(dir, 'made')}], creates: ${join(dir, 'made')} }\n`);
+    const loaded = builtinsLoaded(['run', '--file', graph, '--converged-timeout', '0', '--state-dir', join(dir, 'state')]);
+    assert.ok(loaded.includes('child_process'));
+  });
+});
+
+test("the bundle's performance.now() is a monotonic clock in milliseconds; the rest is Node's", async () => {
+  const a = shim.now();
+  await sleep(30);
+  const b = shim.now();
+  assert.ok(b - a >= 25 && b - a < 5000, `${b - a} ms for a 30 ms sleep`);
+  const elu = shim.eventLoopUtilization();
+  assert.equal(typeof elu.utilization, 'number');
+});
