@@ -1,3 +1,4 @@
+import { setMaxListeners } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { campaign } from '../cluster/election.js';
 import { keys, parseNodeKey } from '../cluster/keys.js';
@@ -184,6 +185,9 @@ export class Controller {
     this.leading = { leadership, epoch, since };
     this.opts.log.info(`this host is the controller now (epoch ${epoch})`);
     const stop = AbortSignal.any([signal, leadership.lost]);
+    // Ten store watches and the wake below listen on it: a fixed number, not a leak, but past Node's default of 10
+    // every agent printed a MaxListenersExceededWarning when it became the controller.
+    setMaxListeners(16, stop);
     stop.addEventListener('abort', () => this.wake?.(), { once: true });
     const poke = (): void => {
       this.dirty = true;
