@@ -6,16 +6,16 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
 import { Instances } from '../../src/agent/instances.js';
 import { EmbeddedStore } from '../../src/cluster/embedded-store.js';
-import { generateKeyPair, type KeyPair } from '../../src/cluster/identity.js';
 import { keys } from '../../src/cluster/keys.js';
 import type { Lease } from '../../src/cluster/store.js';
-import { sealHosts, sealRecord, TrustView, withHost, type HostsDoc } from '../../src/cluster/trust.js';
+import { sealRecord } from '../../src/cluster/trust.js';
 import { gatherFacts } from '../../src/facts.js';
 import { createLogger } from '../../src/log.js';
 import { ELECTION } from '../../src/scheduler/controller.js';
 import { openStatusRecord, wrapSigned, type AssignRecord, type StatusRecord } from '../../src/scheduler/records.js';
 import type { Alloc, HookName, HookSpec, ServiceSpec } from '../../src/scheduler/types.js';
 import { until } from '../helpers/engine.js';
+import { controllerAndHost } from '../helpers/trusted-hosts.js';
 
 /**
  * The agent's side of hooks and of stopping (instances.ts), against a real embedded store, real signatures and real
@@ -24,14 +24,7 @@ import { until } from '../helpers/engine.js';
  * operator-signed spec.
  */
 
-const ca = generateKeyPair();
-const pairs: Record<'c1' | 'h1', KeyPair> = { c1: generateKeyPair(), h1: generateKeyPair() };
-const since = '2026-12-01T00:00:00.000Z';
-let doc: HostsDoc = { serial: 0, issuedAt: '', hosts: {} };
-doc = withHost(doc, 'c1', { publicKey: pairs.c1.publicKey, state: 'approved', since, operator: true });
-doc = withHost(doc, 'h1', { publicKey: pairs.h1.publicKey, state: 'approved', since });
-const view = new TrustView(ca.publicKey);
-assert.equal(view.adopt(sealHosts(ca, doc)), 'newer');
+const { pairs, view, since } = controllerAndHost();
 const log = createLogger({ level: 'silent' });
 const facts = gatherFacts();
 let seq = Date.now();

@@ -11,10 +11,9 @@ import { Instances } from '../../src/agent/instances.js';
 import { InstanceClient, type InstanceEvent } from '../../src/api/instance-client.js';
 import { processTreeRss } from '../../src/api/memory.js';
 import { EmbeddedStore } from '../../src/cluster/embedded-store.js';
-import { generateKeyPair, type KeyPair } from '../../src/cluster/identity.js';
 import { keys } from '../../src/cluster/keys.js';
 import type { Lease, WatchBatch } from '../../src/cluster/store.js';
-import { sealHosts, sealRecord, TrustView, withHost, type HostsDoc } from '../../src/cluster/trust.js';
+import { sealRecord } from '../../src/cluster/trust.js';
 import { gatherFacts } from '../../src/facts.js';
 import { createLogger } from '../../src/log.js';
 import { writeRecord } from '../../src/resources/svc/record.js';
@@ -23,6 +22,7 @@ import { openScaleRequest, openStatusRecord, wrapSigned, type AssignRecord, type
 import type { Alloc, ServiceSpec } from '../../src/scheduler/types.js';
 import { resourceStateDir } from '../../src/state-dir.js';
 import { until } from '../helpers/engine.js';
+import { controllerAndHost } from '../helpers/trusted-hosts.js';
 
 /**
  * The instance API (src/api/instance-api.ts) served by the agent's real Instances, against a real embedded store,
@@ -31,14 +31,7 @@ import { until } from '../helpers/engine.js';
  * the CLI is test/api/instance-api-agent.test.ts.
  */
 
-const ca = generateKeyPair();
-const pairs: Record<'c1' | 'h1', KeyPair> = { c1: generateKeyPair(), h1: generateKeyPair() };
-const since = '2026-12-01T00:00:00.000Z';
-let doc: HostsDoc = { serial: 0, issuedAt: '', hosts: {} };
-doc = withHost(doc, 'c1', { publicKey: pairs.c1.publicKey, state: 'approved', since, operator: true });
-doc = withHost(doc, 'h1', { publicKey: pairs.h1.publicKey, state: 'approved', since });
-const view = new TrustView(ca.publicKey);
-assert.equal(view.adopt(sealHosts(ca, doc)), 'newer');
+const { pairs, view, since } = controllerAndHost();
 const log = createLogger({ level: 'silent' });
 const facts = gatherFacts();
 let seq = Date.now();
