@@ -191,7 +191,11 @@ export async function killWorkloads(root: string): Promise<void> {
   }
 }
 
-export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000, everyMs = 200): Promise<T> {
+/**
+ * Polls `fn` until it returns a value. On a timeout, `explain` (if given) adds what the cluster looked like then: a
+ * wait that fails once in CI and never on a developer's machine is only fixable from that.
+ */
+export async function waitFor<T>(what: string, fn: () => Promise<T | undefined | false>, timeoutMs = 30_000, everyMs = 200, explain?: () => Promise<string>): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   let last: unknown;
   for (;;) {
@@ -201,9 +205,20 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined |
     } catch (err) {
       last = err;
     }
-    if (Date.now() > deadline) throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}${last === undefined ? "" : `: ${last instanceof Error ? last.message : JSON.stringify(last)}`}`);
+    if (Date.now() > deadline) {
+      const why = last === undefined ? '' : `: ${last instanceof Error ? last.message : JSON.stringify(last)}`;
+      const state = explain === undefined ? '' : `\n${await explain().catch((err: unknown) => `(no diagnosis: ${String(err)})`)}`;
+      throw new Error(`timed out after ${timeoutMs}ms waiting for ${what}${why}${state}`);
+    }
     await sleep(everyMs);
   }
+}
+
+/** What `service NAME` says (its plan and instances) and the last lines of each agent's log: for a failed wait. */
+export async function diagnose(c: TestCluster, service: string, lines = 25): Promise<string> {
+  const svc = await op(c, ['service', service]);
+  const logs = [...c.agents.values()].map((a) => `--- ${a.host}'s agent, last ${lines} lines:\n${a.cli.output().trimEnd().split('\n').slice(-lines).join('\n')}`);
+  return [`--- backplane service ${service} (exit ${svc.code}):`, svc.stdout.trimEnd(), svc.stderr.trimEnd(), ...logs].join('\n');
 }
 
 /** Healthy instances of `service` of `version` (any, when undefined), one per index. */

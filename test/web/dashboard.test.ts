@@ -11,7 +11,7 @@ import { chromium, type Browser, type BrowserContext, type Page } from 'playwrig
 import { ROOT } from '../helpers/cli.js';
 import { etcdAvailable, startEtcd, type EtcdCluster } from '../helpers/etcd.js';
 import { freePort } from '../helpers/net.js';
-import { deploy, instances, newCluster, opJson, startAgent, stopAgent, stopCluster, waitFor, workloadSpec, type TestCluster } from '../helpers/services.js';
+import { deploy, diagnose, instances, newCluster, opJson, startAgent, stopAgent, stopCluster, waitFor, workloadSpec, type TestCluster } from '../helpers/services.js';
 import { opensslAvailable } from '../helpers/tls.js';
 
 /**
@@ -205,7 +205,13 @@ describe('the dashboard in Chromium, on a cluster of three agents', { skip, time
     assert.equal(r.code, 0, r.stderr);
     // The plan appears on the open page and waits for promote: the canary step says so, Promote is enabled.
     const promote = page.locator('[data-section=plan] button[data-action=promote]');
-    await waitFor('the canary waiting for promote', async () => (await page.locator('[data-section=plan] .step[data-state=waiting-operator]').count()) === 1 && (await promote.isEnabled()), 90_000, 250);
+    await waitFor(
+      'the canary waiting for promote',
+      async () => (await page.locator('[data-section=plan] .step[data-state=waiting-operator]').count()) === 1 && (await promote.isEnabled()),
+      90_000,
+      250,
+      async () => `--- the page's plan: ${(await page.textContent('[data-section=plan]')) ?? '(none)'}\n${await diagnose(c, 'web')}`,
+    );
     assert.match((await page.textContent('[data-section=plan] h3')) ?? '', /^Plan web-/);
     assert.equal(await page.locator('[data-section=plan] button[data-action=abort]').isEnabled(), true);
     await page.screenshot({ path: join(IMG, 'dashboard-service.png'), fullPage: true });
