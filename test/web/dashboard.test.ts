@@ -139,7 +139,7 @@ describe('the dashboard in Chromium, on a cluster of three agents', { skip, time
     await browser?.close();
     if (c !== undefined) await stopCluster(c);
     await etcd?.stop();
-    if (work !== undefined) await rm(work, { recursive: true, force: true });
+    if (work !== undefined) await rm(work, { recursive: true, force: true, maxRetries: 5, retryDelay: 200 }); // a killed workload's last write can land mid-removal
   });
 
   test('a bad token is refused with the server\'s message; a good one shows the hosts and the service', async () => {
