@@ -51,13 +51,18 @@ export function flushStderr(): void {
 
 /**
  * Whether stderr is a terminal, without process.stderr (see above): only a character device can be one, and only
- * for one is Node's tty module asked.
+ * for one is Node's tty module (which loads net) asked. /dev/null, where cron's `2>/dev/null` sends it, is a
+ * character device too; on Linux the memory devices (major 1: null, zero, full) are never terminals.
  */
 export function stderrIsTTY(): boolean {
+  let rdev: number;
   try {
-    if (!fstatSync(2).isCharacterDevice()) return false;
+    const st = fstatSync(2);
+    if (!st.isCharacterDevice()) return false;
+    rdev = st.rdev;
   } catch {
     return false;
   }
+  if (process.platform === 'linux' && rdev < 2 ** 32 && ((rdev >>> 8) & 0xfff) === 1) return false;
   return process.stderr.isTTY;
 }

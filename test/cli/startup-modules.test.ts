@@ -19,12 +19,12 @@ const LAZY = ['child_process', 'crypto', 'worker_threads', 'perf_hooks', 'readli
 before(() => ensureBuilt());
 
 /** The built-in modules the CLI loaded, as Node lists them at exit. */
-function builtinsLoaded(args: readonly string[]): string[] {
+function builtinsLoaded(args: readonly string[], stderr: 'pipe' | 'ignore' = 'pipe'): string[] {
   const probe = "process.on('exit', () => require('node:fs').writeSync(3, process.moduleLoadList.join('\\n')))";
   const r = spawnSync(process.execPath, ['-e', `${probe}; require(${JSON.stringify(BIN)})`, BIN, ...args], {
     encoding: 'utf8',
     // stdout to /dev/null, as from cron; stderr a pipe, as to journald: neither needs a stream (nor net) for a run.
-    stdio: ['ignore', 'ignore', 'pipe', 'pipe'],
+    stdio: ['ignore', 'ignore', stderr, 'pipe'],
     env: { ...process.env, NODE_OPTIONS: '' },
   });
   assert.equal(r.status, 0, r.stderr);
@@ -41,6 +41,17 @@ test('a one-shot run of a small converged graph of files loads none of the built
     const loaded = builtinsLoaded(['run', '--file', graph, '--converged-timeout', '0', '--state-dir', join(dir, 'state')]);
     assert.ok(loaded.includes('fs/promises'), `the probe saw no modules: ${loaded.join(' ')}`);
     assert.deepEqual(LAZY.filter((m) => loaded.includes(m)), []);
+  });
+});
+
+test("a run with stderr in /dev/null (cron's 2>/dev/null) builds no stderr stream to ask whether it is a terminal", async () => {
+  await withTempDir(async (dir) => {
+    const graph = join(dir, 'g.yaml');
+    await writeFile(graph, 'resources: []\n');
+    const loaded = builtinsLoaded(['run', '--file', graph, '--converged-timeout', '0', '--state-dir', join(dir, 'state')], 'ignore');
+    assert.ok(loaded.includes('fs/promises'), `the probe saw no modules: ${loaded.join(' ')}`);
+    // /dev/null is a character device, as a terminal is: process.stderr would be a stream over it (a tty's: tty, net).
+    assert.deepEqual(['internal/fs/sync_write_stream', 'tty', 'net'].filter((m) => loaded.includes(m)), []);
   });
 });
 
