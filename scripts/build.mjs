@@ -20,7 +20,14 @@ import { dirname, join } from 'node:path';
  * v8 were ~25 ms of a 1,000-file run's start-up on a quiet machine, most of it for runs that never call them. Each
  * becomes a module of getters, one per export this Node has (listed here, at build time, from the same binary the
  * code cache is made for), that requires the real module on the first read: named imports, namespace imports and
- * require() all see the same functions and classes, only later.
+ * require() all see the same functions and classes, only later. net joined them on 2026-12-02 (22:00): only the svc
+ * health check, tcp and the API's clients connect, and it was 1.5 ms and ~50 page faults of every start.
+ *
+ * The getters sit on the module's prototype, not on the module: esbuild's interop (__toESM) gives every importing
+ * module its own copy of a CommonJS module's own properties, a getter closure per export, and crypto alone has 19
+ * importers (~1,900 closures and 200 KB of every start, all young objects the first scavenges had to copy). Its copy
+ * starts from the same prototype, so with no own properties there is nothing to copy and every read still finds
+ * the getter. Object.keys() of such a module is empty; nothing in the CLI lists a built-in module's exports.
  */
 function lazyBuiltins(names) {
   const filter = new RegExp(`^(node:)?(${names.join('|')})$`);
@@ -37,9 +44,9 @@ function lazyBuiltins(names) {
           contents: [
             'let real;',
             `const load = () => (real ??= require(${JSON.stringify(`node:${a.path}`)}));`,
-            'const lazy = {};',
-            `for (const k of ${JSON.stringify(keys)}) Object.defineProperty(lazy, k, { enumerable: true, get: () => load()[k] });`,
-            'module.exports = lazy;',
+            'const getters = {};',
+            `for (const k of ${JSON.stringify(keys)}) Object.defineProperty(getters, k, { enumerable: true, get: () => load()[k] });`,
+            'module.exports = Object.create(getters);',
           ].join('\n'),
         };
       });
@@ -79,7 +86,7 @@ const cli = await build({
   // the bundle (src/util/import-module.ts) calls the launcher's own import().
   supported: { 'dynamic-import': false },
   plugins: [
-    lazyBuiltins(['child_process', 'crypto', 'worker_threads', 'perf_hooks', 'readline', 'v8']),
+    lazyBuiltins(['child_process', 'crypto', 'worker_threads', 'perf_hooks', 'readline', 'v8', 'net']),
     {
       // zod's namespace export carries its ~50 locales (300 KB, 15% of the bundle, read at every start); Backplane's
       // messages are English and nothing calls z.locales, so only en is kept (checked below).

@@ -1,6 +1,6 @@
 import { createRequire } from 'node:module';
 import type { Logger as PinoLogger } from 'pino';
-import { writeStderr } from './util/stderr.js';
+import { stderrIsTTY, writeStderr } from './util/stderr.js';
 import { terminalSafe } from './util/terminal.js';
 
 /**
@@ -51,7 +51,7 @@ export function createLogger(opts: LoggerOptions = {}): Logger {
     );
     return new JsonLogger(base);
   }
-  const paint = (opts.colour ?? (opts.write === undefined && useColour(process.stderr))) ? COLOURS : NO_COLOURS;
+  const paint = (opts.colour ?? (opts.write === undefined && useColour({ isTTY: stderrIsTTY() }))) ? COLOURS : NO_COLOURS;
   return new HumanLogger(ORDER[level], opts.write ?? writeStderr, undefined, paint);
 }
 

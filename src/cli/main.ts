@@ -1,14 +1,28 @@
+import { fstatSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { BackplaneError } from '../errors.js';
 import { VERSION } from '../version.js';
 import { EXIT, reportError } from './common.js';
 
 // `backplane schema | head -1`: the reader has what it wanted and closed the pipe. Writing more fails with EPIPE,
-// which is no error of ours: exit quietly instead of printing a stack trace.
-process.stdout.on('error', (err: NodeJS.ErrnoException) => {
-  if (err.code === 'EPIPE') process.exit(EXIT.ok);
-  throw err;
-});
+// which is no error of ours: exit quietly instead of printing a stack trace. Only a pipe or socket can break, and
+// process.stdout's first use builds its stream (Node's stream modules, net for a pipe): a run with its output in a
+// file or /dev/null, as from cron, does not pay for it.
+if (stdoutCanBreak()) {
+  process.stdout.on('error', (err: NodeJS.ErrnoException) => {
+    if (err.code === 'EPIPE') process.exit(EXIT.ok);
+    throw err;
+  });
+}
+/** fd 1 is a pipe or socket (not a file, terminal or /dev/null; nor closed). */
+function stdoutCanBreak(): boolean {
+  try {
+    const st = fstatSync(1);
+    return st.isFIFO() || st.isSocket();
+  } catch {
+    return false;
+  }
+}
 
 /**
  * No top-level await: the bundle of the CLI is compiled as one classic script so that V8 can take it from a code

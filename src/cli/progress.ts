@@ -1,4 +1,4 @@
-import { writeStderr } from '../util/stderr.js';
+import { stderrIsTTY, writeStderr } from '../util/stderr.js';
 import { terminalSafe } from '../util/terminal.js';
 
 /**
@@ -96,6 +96,7 @@ export class Progress {
 
 /** A Progress on stderr, in its terminal mode when stderr is a terminal. */
 export function stderrProgress(): Progress {
+  if (!stderrIsTTY()) return new Progress({ isTTY: false, write: writeStderr });
   const err = process.stderr;
   return new Progress({ isTTY: err.isTTY, write: writeStderr, ...(err.isTTY && err.columns !== undefined ? { columns: err.columns } : {}) });
 }

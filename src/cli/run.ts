@@ -8,6 +8,7 @@ import { parseLabels } from '../agent/graph-source.js';
 import { BackplaneError } from '../errors.js';
 import { createLogger, useColour, type LogFormat, type LogLevel, type Logger } from '../log.js';
 import { parseDuration } from '../util/duration.js';
+import { stderrIsTTY } from '../util/stderr.js';
 import { gatherFacts } from '../facts.js';
 import { parseSize } from '../resources/svc-schema.js';
 import { defaultCapacity } from '../scheduler/state.js';
@@ -81,7 +82,7 @@ async function runCommand(flags: RunFlags): Promise<number> {
     const level = logLevel(flags.logLevel);
     if (flags.convergedTimeout >= 0 && flags.noop !== true && format === 'human' && (level === 'info' || level === 'debug')) progress = stderrProgress();
     const p = progress;
-    log = createLogger({ format, level, ...(p === undefined || !process.stderr.isTTY ? {} : { write: (line: string) => p.log(line), colour: useColour(process.stderr) }) });
+    log = createLogger({ format, level, ...(p === undefined || !stderrIsTTY() ? {} : { write: (line: string) => p.log(line), colour: useColour(process.stderr) }) });
   } catch (err) {
     return reportError(err);
   }

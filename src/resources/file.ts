@@ -180,16 +180,31 @@ export function createFile(id: ResourceId, p: FileParams, world: ResourceWorld):
       // Most checks find everything in place: answered without leaving this thread when that is safe (fastCheck).
       const quick = fast ? await fastCheck(path, p, content) : 'look';
       if (quick === 'converged') return CONVERGED;
-      await ioSlots.acquire(signal).catch(() => {
-        throw new BackplaneError('E_ABORTED', 'aborted', { resource: id });
-      });
+      const acquire = (): Promise<void> =>
+        ioSlots.acquire(signal).catch(() => {
+          throw new BackplaneError('E_ABORTED', 'aborted', { resource: id });
+        });
+      await acquire();
+      let held = true;
+      const release = (): void => {
+        if (!held) return;
+        held = false;
+        ioSlots.release();
+      };
       running = true;
       try {
         if (quick === 'absent' && apply && p.type === 'file') {
-          const made = await fastCreate(id, path, p, content, signal);
+          // The slot is given back once the file is renamed into place: waiting for the directory's group fsync
+          // holds no buffer or descriptor, and meanwhile the next files are written and fsynced, so the disk is
+          // not left idle between one group's directory fsync and the next group's writes.
+          const made = await fastCreate(id, path, p, content, signal, release);
           if (made !== undefined) {
             wrote = made;
             return { converged: false, changes: ['created'] };
+          }
+          if (!held) {
+            await acquire();
+            held = true;
           }
         }
         const out: { wrote?: Written } = {};
@@ -197,7 +212,7 @@ export function createFile(id: ResourceId, p: FileParams, world: ResourceWorld):
         wrote = out.wrote;
         return result;
       } finally {
-        ioSlots.release();
+        release();
         running = false;
         const reason = deferred;
         deferred = undefined;
@@ -488,7 +503,15 @@ function sameSync(fd: number, p: FileParams, content: Buffer | undefined): boole
  * undefined: nothing was changed (the directory is no longer as fastCheck saw it, or a step failed before the rename);
  * the full path then looks again and reports what is wrong.
  */
-async function fastCreate(id: ResourceId, path: string, p: FileParams, content: Buffer | undefined, signal: AbortSignal): Promise<Written | undefined> {
+async function fastCreate(
+  id: ResourceId,
+  path: string,
+  p: FileParams,
+  content: Buffer | undefined,
+  signal: AbortSignal,
+  /** Called once the file is in place, before the wait for the directory's fsync (checkApply's I/O slot). */
+  renamed: () => void,
+): Promise<Written | undefined> {
   const parent = await plainParent(path);
   if (parent === undefined || parent.shared || !knownLocal(parent.dir) || signal.aborted) return undefined;
   const dir = parent.dir === '/' ? '' : parent.dir;
@@ -522,6 +545,7 @@ async function fastCreate(id: ResourceId, path: string, p: FileParams, content: 
     const at = Date.now();
     if (tmp !== undefined) renameSync(tmp, path);
     tmp = undefined;
+    renamed();
     try {
       await syncDirectory(parent.dir);
     } catch (err) {

@@ -17,14 +17,15 @@ const MIN_INTERVAL_MS = 100;
 const MAX_BODY_BYTES = 1 << 20;
 const SAFE_METHODS: ReadonlySet<string> = new Set(['GET', 'HEAD', 'OPTIONS']);
 
-/** `200`, `"2xx"`, or a list of them; kept as inclusive ranges. */
-const statusItem = z.union([
-  z.number().int().min(100).max(599),
-  z
-    .string()
-    .regex(/^[1-5](xx|\d\d)$/, 'must be a status such as 200 or a class such as "2xx"')
-    .transform((s) => (s.endsWith('xx') ? s : Number(s))),
-]);
+/** `200`, `"2xx"`, or a list of them; kept as inclusive ranges. Built with httpSchema, not at start-up (see there). */
+const statusItem = () =>
+  z.union([
+    z.number().int().min(100).max(599),
+    z
+      .string()
+      .regex(/^[1-5](xx|\d\d)$/, 'must be a status such as 200 or a class such as "2xx"')
+      .transform((s) => (s.endsWith('xx') ? s : Number(s))),
+  ]);
 
 /** The http kind's parameters, built on first use: a graph without a http does not pay for them at start-up. */
 export const httpSchema = once(() =>
@@ -38,7 +39,7 @@ export const httpSchema = once(() =>
         .meta({ description: 'the URL to probe; defaults to the name when the name is an http(s) URL' }),
       method: z.enum(['GET', 'HEAD', 'OPTIONS', 'POST', 'PUT', 'PATCH', 'DELETE']).default('GET'),
       status: z
-        .union([statusItem, z.array(statusItem).min(1)])
+        .union([statusItem(), z.array(statusItem()).min(1)])
         .default(200)
         .meta({ description: 'expected status: 200, "2xx", or a list such as [200, 204, "3xx"]' }),
       body: z.string().min(1).optional().meta({ description: 'the body must contain this text' }),

@@ -18,7 +18,7 @@ const MAX_READ_BYTES = 64 * 1024;
 /** `host:port` or `[v6]:port`. */
 const ADDRESS = /^(?:\[([^\]]+)\]|([^\s:[\]]+)):(\d{1,5})$/;
 
-const port = z.number().int().min(1).max(65535);
+const port = () => z.number().int().min(1).max(65535);
 
 /** The tcp kind's parameters, built on first use: a graph without a tcp does not pay for them at start-up. */
 export const tcpSchema = once(() =>
@@ -31,7 +31,7 @@ export const tcpSchema = once(() =>
         .optional()
         .meta({ description: 'host:port to connect to; defaults to the name when the name is host:port' }),
       host: z.string().min(1).optional().meta({ description: 'host name or address (with port); default 127.0.0.1' }),
-      port: port.optional().meta({ description: 'port (with host); takes precedence over address' }),
+      port: port().optional().meta({ description: 'port (with host); takes precedence over address' }),
       send: z.string().min(1).optional().meta({ description: 'text to send once connected, e.g. "PING\\r\\n"' }),
       expect: z.string().min(1).optional().meta({ description: 'the first bytes the server sends must contain this text' }),
       timeout: duration()
