@@ -12,10 +12,10 @@ import { BackplaneError, errorMessage } from '../errors.js';
 import { gatherFacts } from '../facts.js';
 import { parseGraphText, readGraphSource } from '../frontends/load.js';
 import { readGraphText } from '../frontends/limits.js';
-import { buildGraph, type KindRegistry } from '../graph/build.js';
+import { buildGraph, vertexReuse, type KindRegistry } from '../graph/build.js';
 import { builtinKinds } from '../resources/registry.js';
 import { CACHE_MIN_BYTES, readCachedGraph, runningBuild, writeCachedGraph } from './graph-cache.js';
-import { collectResources, type CollectedResource, type ExportEntry } from '../graph/collect.js';
+import { collectMemo, collectResources, type CollectedResource, type ExportEntry } from '../graph/collect.js';
 import type { Graph } from '../graph/graph.js';
 import { resourceId } from '../graph/ids.js';
 import { metaSchema } from '../graph/meta.js';
@@ -191,12 +191,15 @@ export class GraphSource {
         if (thing !== undefined) local.add(thing);
       }
     }
-    const collected = rules.length === 0 ? [] : this.admit(collectResources(this.opts.host, rules, this.collected, this.opts.registry), local);
+    const collected = rules.length === 0 ? [] : this.admit(collectResources(this.opts.host, rules, this.collected, this.opts.registry, this.collectMemo), local);
     // The instances the controller assigned here: resources of the same graph, so the engine supervises them.
     const inst = this.instances?.resources() ?? { resources: [], edges: [] };
     // An instance may ask the agent for its peers as soon as it runs: discovery has read once before any does.
     if (inst.resources.length > 0) await this.services.start();
-    const graph = buildGraph({ ...raw, resources: [...raw.resources, ...collected, ...inst.resources], edges: [...raw.edges, ...inst.edges] }, this.opts.registry);
+    // Only a graph that takes from the cluster is rendered again and again with mostly the same resources; keeping
+    // what a 100,000-file graph built once would only cost memory.
+    const reuse = rules.length > 0 || inst.resources.length > 0 ? this.reuse : undefined;
+    const graph = buildGraph({ ...raw, resources: [...raw.resources, ...collected, ...inst.resources], edges: [...raw.edges, ...inst.edges] }, this.opts.registry, reuse);
     if (collected.length === 0 && inst.resources.length === 0) this.offerToCache(raw, graph);
     return graph;
   }
@@ -259,6 +262,14 @@ export class GraphSource {
   }
 
   private pinned: RawGraph | undefined;
+  /**
+   * From one render to the next, unchanged resources stay the very same objects: the collected resource of an export
+   * entry the link hands over again, and the vertex of a raw resource seen before (the parsed file's, a collected
+   * one). A render for one changed export then validates that export's resource, not every resource in the graph.
+   */
+  private readonly collectMemo = collectMemo();
+  private readonly reuse = vertexReuse();
+  private readonly validatedByObject = new WeakMap<RawResource, { readonly key: string; readonly v: Validated }>();
   private validatedBefore = new Map<string, Validated>();
   private validatedNow = new Map<string, Validated>();
   /** The last YAML graph parsed and the text it was parsed from. */
@@ -644,6 +655,13 @@ export class GraphSource {
    * and a re-render follows every change any host makes). Only what the last render and this one looked at is kept.
    */
   private validated(r: RawResource): Validated {
+    // The same object again (collectMemo, the parsed file's): its key is not made again, but it is kept in this
+    // generation all the same, for an equal resource that comes as a new object (an edit of the file parses anew).
+    const same = this.validatedByObject.get(r);
+    if (same !== undefined) {
+      this.validatedNow.set(same.key, same.v);
+      return same.v;
+    }
     const key = JSON.stringify([r.kind, r.name, r.params, r.meta ?? null]);
     let v = this.validatedNow.get(key) ?? this.validatedBefore.get(key);
     if (v === undefined) {
@@ -660,6 +678,7 @@ export class GraphSource {
       }
     }
     this.validatedNow.set(key, v);
+    this.validatedByObject.set(r, { key, v });
     return v;
   }
 

@@ -704,8 +704,9 @@ export class ClusterLink {
   }
 
   private rejudge(): void {
+    const before = new Map(this.entries);
     this.entries.clear();
-    for (const kv of this.raw.values()) this.judge(kv);
+    for (const kv of this.raw.values()) this.judge(kv, before);
     this.emit();
   }
 
@@ -714,7 +715,7 @@ export class ClusterLink {
    * must be a record signed by that host's approved key for exactly that key, no older than one already seen, holding
    * an exported resource whose kind and name match its key. Anything else is logged once and never applied.
    */
-  private judge(kv: KeyValue): void {
+  private judge(kv: KeyValue, before: ReadonlyMap<string, ExportEntry> = this.entries): void {
     const where = parseExportedKey(kv.key);
     // Once per key and reason: an attacker rewriting the same junk in a loop gets one line, not one per write.
     const reject = (why: string, tag = `${kv.key}:${why}`): void => {
@@ -753,7 +754,12 @@ export class ClusterLink {
     if (!isExported(value)) return reject('value is not an exported resource ({kind, name, params, to})');
     if (value.kind !== where.kind || value.name !== where.name) return reject(`value describes ${value.kind}[${value.name}], not what its key names`);
     this.maxSeq.set(kv.key, v.seq);
-    this.entries.set(kv.key, { host: where.host, resource: value });
+    // The same verified value as before: the same entry object. The agent's graph source keeps what it made of each
+    // entry by the object (collectMemo), so a hosts list that changes (a host joins) or a value written again costs
+    // no agent a full re-render of everything it collects on the next change. An entry is a function of its key and
+    // its verified value, and `before` holds an entry only while `verified` holds the value it was made from.
+    const prior = cached !== undefined && cached.value === kv.value ? before.get(kv.key) : undefined;
+    this.entries.set(kv.key, prior ?? { host: where.host, resource: value });
   }
 
   /**

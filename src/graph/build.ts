@@ -2,7 +2,7 @@ import type { z } from 'zod';
 import { BackplaneError, ValidationErrors, formatLocation, type SourceLocation } from '../errors.js';
 import { canonicalJson } from '../util/canonical.js';
 import { closest } from '../util/suggest.js';
-import type { AnyResourceKind } from '../resources/types.js';
+import type { AnyResourceKind, AutoEdges } from '../resources/types.js';
 import { findCycles } from './cycles.js';
 import { Graph, type Edge, type ExportedResource, type Vertex } from './graph.js';
 import { parseRef, resourceId, type ResourceId } from './ids.js';
@@ -17,11 +17,36 @@ export interface KindRegistry {
 }
 
 /**
+ * What one build leaves for the next of the same caller (see buildGraph's `reuse`): the vertex built from each raw
+ * resource object (a raw resource is never changed once made, so the same object validates to the same vertex again,
+ * as long as it is the same kind), and what each vertex's kind made of its parameters (what it manages, its
+ * auto-edge hints). Weak: what no graph holds any more goes.
+ */
+export interface VertexReuse {
+  readonly vertices: WeakMap<RawResource, { readonly kind: AnyResourceKind; readonly vertex: Vertex }>;
+  readonly derived: WeakMap<Vertex, Derived>;
+}
+
+export function vertexReuse(): VertexReuse {
+  return { vertices: new WeakMap(), derived: new WeakMap() };
+}
+
+interface Derived {
+  readonly manages: string | undefined;
+  readonly hints: AutoEdges | undefined;
+}
+
+/**
  * Turns a frontend's raw declarations into a validated, acyclic Graph, or throws ValidationErrors listing every
  * problem with its file:line. Pure: reads nothing but its arguments, so `validate` and `run` reject exactly the same
  * input and nothing is ever applied from a graph that did not build.
+ *
+ * `reuse` carries vertices from one build to the next of the same caller: a resource given as the very object it
+ * was given before keeps its vertex instead of being validated again. An agent re-renders its graph on every export
+ * any host changes; with 30 hosts exporting two files each that was 60 parameter checks (and, in the engine's swap,
+ * 60 fingerprints) per change per agent, for one or two resources that changed.
  */
-export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
+export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: VertexReuse): Graph {
   const errors: BackplaneError[] = [...raw.errors];
   const vertices = new Map<ResourceId, Vertex>();
   const kindOf = new Map<ResourceId, AnyResourceKind>();
@@ -53,6 +78,13 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
       );
       continue;
     }
+    const known = r.export === undefined ? reuse?.vertices.get(r) : undefined;
+    // The kind as well: a vertex validated by another registry's kind says nothing about this one.
+    if (known !== undefined && known.kind === kind) {
+      vertices.set(id, known.vertex);
+      kindOf.set(id, kind);
+      continue;
+    }
     const params = kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
     if (!params.success) {
       for (const e of issuesToErrors(params.error.issues, id, (p) => r.locate(p), 'parameter', Object.keys(schemaShape(kind.schema))))
@@ -80,11 +112,25 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
       vertices.delete(id);
       continue;
     }
-    vertices.set(id, vertex(id, r, params.data, meta.data, undefined));
+    const v = vertex(id, r, params.data, meta.data, undefined);
+    vertices.set(id, v);
     kindOf.set(id, kind);
+    reuse?.vertices.set(r, { kind, vertex: v });
   }
 
-  errors.push(...overlaps(vertices, kindOf));
+  // Without `reuse` nothing is kept (each is worked out where it is needed): a graph built once, a 100,000-file run,
+  // would only carry it around.
+  const derive =
+    reuse === undefined
+      ? undefined
+      : (v: Vertex, kind: AnyResourceKind): Derived => {
+          const known = reuse.derived.get(v);
+          if (known !== undefined) return known;
+          const d = { manages: kind.manages?.(v.params), hints: kind.autoEdges?.(v.params) };
+          reuse.derived.set(v, d);
+          return d;
+        };
+  errors.push(...overlaps(vertices, kindOf, derive));
 
   const edgeMap = new Map<string, Edge>();
   const addEdge = (e: Edge): void => {
@@ -132,7 +178,7 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry): Graph {
     addEdge({ from, to, notify: e.notify, auto: false });
   }
 
-  addAutoEdges(vertices, kindOf, addEdge);
+  addAutoEdges(vertices, kindOf, derive, addEdge);
 
   // Cycles are looked for even when other errors were found, so one run reports every problem in the file. Edges
   // with a bad end were dropped above, so any cycle found here is made of relations the user really declared —
@@ -242,11 +288,16 @@ function deepFreeze<T>(v: T): T {
  * Two resources that manage the same thing under different names (file[a] and file[b], both path /srv/x) validate
  * one by one, then undo each other's work forever. Refused here, each pair with both locations.
  */
-function overlaps(vertices: ReadonlyMap<ResourceId, Vertex>, kindOf: ReadonlyMap<ResourceId, AnyResourceKind>): BackplaneError[] {
+function overlaps(
+  vertices: ReadonlyMap<ResourceId, Vertex>,
+  kindOf: ReadonlyMap<ResourceId, AnyResourceKind>,
+  derive: ((v: Vertex, kind: AnyResourceKind) => Derived) | undefined,
+): BackplaneError[] {
   const errors: BackplaneError[] = [];
   const owner = new Map<string, Vertex>();
   for (const [id, v] of vertices) {
-    const thing = kindOf.get(id)?.manages?.(v.params);
+    const kind = kindOf.get(id);
+    const thing = kind?.manages === undefined ? undefined : derive === undefined ? kind.manages(v.params) : derive(v, kind).manages;
     if (thing === undefined) continue;
     const prior = owner.get(thing);
     if (prior === undefined) {
@@ -268,6 +319,7 @@ function overlaps(vertices: ReadonlyMap<ResourceId, Vertex>, kindOf: ReadonlyMap
 function addAutoEdges(
   vertices: ReadonlyMap<ResourceId, Vertex>,
   kindOf: ReadonlyMap<ResourceId, AnyResourceKind>,
+  derive: ((v: Vertex, kind: AnyResourceKind) => Derived) | undefined,
   addEdge: (e: Edge) => void,
 ): void {
   // Several resources may provide one key (a package and a directory resource both provide path:/etc/nginx):
@@ -277,7 +329,7 @@ function addAutoEdges(
   for (const [id, v] of vertices) {
     const kind = kindOf.get(id);
     if (kind?.autoEdges === undefined) continue;
-    const hints = kind.autoEdges(v.params);
+    const hints = derive === undefined ? kind.autoEdges(v.params) : (derive(v, kind).hints ?? {});
     for (const key of hints.provides ?? []) {
       const list = providers.get(key);
       if (list === undefined) providers.set(key, [id]);

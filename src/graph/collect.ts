@@ -36,33 +36,68 @@ export function collectResources(
   rules: readonly CollectRule[],
   entries: readonly ExportEntry[],
   kinds: KindRegistry,
+  memo?: CollectMemo,
 ): CollectedResource[] {
   if (rules.length === 0) return [];
   const out: CollectedResource[] = [];
   const sorted = [...entries].sort((a, b) => cmp(a.host, b.host) || cmp(a.resource.kind, b.resource.kind) || cmp(a.resource.name, b.resource.name));
-  for (const { host, resource: r } of sorted) {
-    if (r.to !== '*' && !r.to.includes(self)) continue;
-    const rule = rules.find((x) => x.kind === r.kind && (x.from === '*' || x.from.includes(host)));
-    if (rule === undefined) continue;
-    const kind = kinds.get(r.kind);
-    const taken = kind === undefined ? { refused: `unknown kind "${r.kind}"` } : takeParams(kind, rule, r.params, host);
-    const params: Record<string, unknown> = 'refused' in taken ? { ...r.params } : taken.params;
-    for (const [k, v] of Object.entries(rule.set)) params[k] = substitute(v, host, r.name);
-    const loc = { file: `exported by ${host}`, line: 0, col: 0 };
-    out.push({
-      kind: r.kind,
-      name: collectedName(kind, params, r.name),
-      exportedAs: r.name,
-      params,
-      meta: isNoop(r.meta) ? { noop: true } : undefined,
-      origin: host,
-      loc,
-      locate: () => loc,
-      locateMeta: () => loc,
-      ...('refused' in taken ? { refused: taken.refused } : {}),
-    });
+  if (memo !== undefined) {
+    // By what the rules say, not by the array: an edit of the graph file parses the same rules into new objects.
+    const said = JSON.stringify(rules.map((x) => [x.kind, x.from, x.set, x.take ?? null]));
+    if (memo.rules !== said) {
+      memo.rules = said;
+      memo.byEntry = new WeakMap();
+    }
+  }
+  for (const entry of sorted) {
+    const known = memo?.byEntry.get(entry);
+    if (known !== undefined) {
+      if (known !== null) out.push(known);
+      continue;
+    }
+    const made = collectOne(self, rules, entry, kinds);
+    memo?.byEntry.set(entry, made ?? null);
+    if (made !== undefined) out.push(made);
   }
   return out;
+}
+
+/**
+ * What collectResources made of each export entry (null: nothing), for one set of rules (`rules`: what they say), so
+ * an entry seen again — the very object, as the cluster link hands unchanged exports over again — gives the very
+ * resource it gave before (which buildGraph's `reuse` then need not validate again). Only for one caller's host and
+ * kinds.
+ */
+export interface CollectMemo {
+  rules: string | undefined;
+  byEntry: WeakMap<ExportEntry, CollectedResource | null>;
+}
+
+export function collectMemo(): CollectMemo {
+  return { rules: undefined, byEntry: new WeakMap() };
+}
+
+function collectOne(self: string, rules: readonly CollectRule[], { host, resource: r }: ExportEntry, kinds: KindRegistry): CollectedResource | undefined {
+  if (r.to !== '*' && !r.to.includes(self)) return undefined;
+  const rule = rules.find((x) => x.kind === r.kind && (x.from === '*' || x.from.includes(host)));
+  if (rule === undefined) return undefined;
+  const kind = kinds.get(r.kind);
+  const taken = kind === undefined ? { refused: `unknown kind "${r.kind}"` } : takeParams(kind, rule, r.params, host);
+  const params: Record<string, unknown> = 'refused' in taken ? { ...r.params } : taken.params;
+  for (const [k, v] of Object.entries(rule.set)) params[k] = substitute(v, host, r.name);
+  const loc = { file: `exported by ${host}`, line: 0, col: 0 };
+  return {
+    kind: r.kind,
+    name: collectedName(kind, params, r.name),
+    exportedAs: r.name,
+    params,
+    meta: isNoop(r.meta) ? { noop: true } : undefined,
+    origin: host,
+    loc,
+    locate: () => loc,
+    locateMeta: () => loc,
+    ...('refused' in taken ? { refused: taken.refused } : {}),
+  };
 }
 
 /**

@@ -3,6 +3,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { Discovery, DiscoveryHandle } from '../../src/agent/discovery.js';
 import { GraphSource } from '../../src/agent/graph-source.js';
 import { EmbeddedStore } from '../../src/cluster/embedded-store.js';
@@ -10,6 +11,7 @@ import { generateKeyPair } from '../../src/cluster/identity.js';
 import type { Store } from '../../src/cluster/store.js';
 import { sealHosts, TrustView, withHost } from '../../src/cluster/trust.js';
 import type { KindRegistry } from '../../src/graph/build.js';
+import { resourceId, type ResourceId } from '../../src/graph/ids.js';
 import { createLogger } from '../../src/log.js';
 import { builtinKinds, createRegistry } from '../../src/resources/registry.js';
 import type { AnyResourceKind } from '../../src/resources/types.js';
@@ -90,6 +92,68 @@ describe('graph source re-renders', () => {
       await src.render();
       assert.equal(bySource(), first + 1, 'only the changed resource is checked');
     } finally {
+      await src.close();
+    }
+  });
+
+  test('a re-render for a changed export keeps the vertices of the unchanged collected resources and checks only the changed one', async () => {
+    // The graph collects its own exports through the (embedded) store, as every host in a cluster does.
+    const file = join(dir, 'c.yaml');
+    const collectedDir = join(dir, 'in');
+    let checks = 0;
+    const wrap = (k: AnyResourceKind): AnyResourceKind => ({
+      ...k,
+      schema: new Proxy(k.schema, {
+        get(target, prop, receiver) {
+          const v: unknown = Reflect.get(target, prop, receiver);
+          if (prop !== 'safeParse' || typeof v !== 'function') return v;
+          return (...args: unknown[]) => {
+            // Checks of collected resources only: their path is in the collected directory.
+            const path = (args[0] as { path?: unknown } | undefined)?.path;
+            if (typeof path === 'string' && path.startsWith(collectedDir)) checks++;
+            return (v as (...a: unknown[]) => unknown).apply(target, args);
+          };
+        },
+      }),
+    });
+    const graph = (two: string): string =>
+      `resources:\n  - { kind: file, name: ${join(dir, 'one')}, content: "1", export: true }\n  - { kind: file, name: ${join(dir, 'two')}, content: "${two}", export: true }\ncollect:\n  - { kind: file, set: { path: "${collectedDir}/{host}-{basename}" } }\n`;
+    await writeFile(file, graph('a'));
+    const src = new GraphSource({
+      file,
+      host: 'h',
+      registry: createRegistry(builtinKinds.map(wrap)),
+      log: createLogger({ level: 'silent' }),
+      stateDir: join(dir, 'state3'),
+      cluster: { etcd: [], cluster: 'c', labels: {} },
+      version: 't',
+    });
+    const ac = new AbortController();
+    let changed: () => void = () => undefined;
+    await src.watch(() => changed(), ac.signal, { file: false });
+    // Publishes what `g` exports and renders again once the store's copy came back through the link's watch.
+    const publishAndRender = async (g: Awaited<ReturnType<GraphSource['render']>>): Promise<Awaited<ReturnType<GraphSource['render']>>> => {
+      const back = new Promise<void>((resolve) => (changed = resolve));
+      src.publish(g);
+      await Promise.race([back, sleep(10_000).then(() => Promise.reject(new Error('the exports did not come back from the store')))]);
+      return src.render();
+    };
+    const one = resourceId('file', `${collectedDir}/h-one`);
+    const two = resourceId('file', `${collectedDir}/h-two`);
+    const content = (g: Awaited<ReturnType<GraphSource['render']>>, id: ResourceId): unknown => (g.vertices.get(id)?.params as { content?: unknown } | undefined)?.content;
+    try {
+      const g1 = await publishAndRender(await src.render());
+      assert.deepEqual([content(g1, one), content(g1, two)], ['1', 'a']);
+      await writeFile(file, graph('b'));
+      checks = 0;
+      const g2 = await publishAndRender(await src.render());
+      assert.equal(content(g2, two), 'b', 'the changed export is collected with its new content');
+      assert.equal(g2.vertices.get(one), g1.vertices.get(one), 'the unchanged one keeps its vertex');
+      assert.notEqual(g2.vertices.get(two), g1.vertices.get(two));
+      // Once by the graph source (what it manages), once by the build: not every collected resource again.
+      assert.equal(checks, 2, `collected resources checked ${checks} times`);
+    } finally {
+      ac.abort();
       await src.close();
     }
   });

@@ -105,6 +105,37 @@ describe('cluster link', () => {
     }
   });
 
+  test('an export that did not change is handed over as the same entry, also after a new hosts list re-judged everything', async () => {
+    const store = await EmbeddedStore.open({ dir: join(dir, 'same-store') });
+    const { link, ca, exports } = await caLink(store, join(dir, 'same-state'));
+    try {
+      const b = generateKeyPair();
+      const view = new TrustView(ca.publicKey);
+      await updateHosts(store, ca, view, approve('b', b.publicKey, false));
+      await until(() => link.trust?.keyOf('b') === b.publicKey, 5000, 'b approved on the link');
+      const put = async (path: string, content: string): Promise<ExportEntry[]> => {
+        const v = exportValue(b, 'b', path, content);
+        await store.put(v.key, v.value);
+        await until(() => exports.at(-1)?.some((e) => e.resource.name === path && e.resource.params['content'] === content) === true, 5000, `${path} "${content}" handed over`);
+        return exports.at(-1) ?? [];
+      };
+      const motd = (list: readonly ExportEntry[]): ExportEntry | undefined => list.find((e) => e.resource.name === '/etc/motd');
+      const first = motd(await put('/etc/motd', 'one'));
+      assert.ok(first !== undefined);
+      assert.equal(motd(await put('/etc/issue', 'x')), first, 'another export changed: the same entry');
+      // A new hosts list makes the link judge every export again.
+      await updateHosts(store, ca, view, approve('c', generateKeyPair().publicKey, false));
+      await until(() => link.trust?.state('c') === 'approved', 5000, 'c approved on the link');
+      assert.equal(motd(await put('/etc/issue', 'y')), first, 're-judged, unchanged: the same entry');
+      const changed = motd(await put('/etc/motd', 'two'));
+      assert.notEqual(changed, first);
+      assert.equal(changed?.resource.params['content'], 'two');
+    } finally {
+      await link.close();
+      await store.close();
+    }
+  });
+
   test("this host's export changes are written once, their own watch echo is not taken for someone else's change, and someone else's change during the write is put back", async () => {
     const store = await EmbeddedStore.open({ dir: join(dir, 'echo-store') });
     const warnings: string[] = [];

@@ -1,9 +1,13 @@
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { parseGraphText } from '../../src/frontends/load.js';
-import { buildGraph } from '../../src/graph/build.js';
-import { collectResources, type ExportEntry } from '../../src/graph/collect.js';
-import { GRAPH_FILE, build, buildErrors, registry } from '../helpers/graph.js';
+import { buildGraph, vertexReuse, type KindRegistry } from '../../src/graph/build.js';
+import { collectMemo, collectResources, type CollectedResource, type ExportEntry } from '../../src/graph/collect.js';
+import type { Graph } from '../../src/graph/graph.js';
+import { resourceId } from '../../src/graph/ids.js';
+import { createRegistry } from '../../src/resources/registry.js';
+import type { AnyResourceKind } from '../../src/resources/types.js';
+import { GRAPH_FILE, allKinds, build, buildErrors, registry } from '../helpers/graph.js';
 
 const graph = `resources:
   - { kind: file, name: /tmp/a/private, content: "mine" }
@@ -296,5 +300,62 @@ collect:
     assert.equal(text.length, 2, text.join('\n'));
     assert.match(text[0] ?? '', /^3: collect\[0\]: a file rule must set or take 'path' \('path' defaults to the resource's name, which the exporter chooses; set it per exporter, e\.g\. set: \{ path: "\/srv\/collected\/\{host\}-\{basename\}" \}/);
     assert.match(text[1] ?? '', /^4: collect\[1\]: a pkg rule must set or take 'name'/);
+  });
+});
+
+describe('collecting again', () => {
+  test('a re-render reuses what did not change: the same entry gives the same resource, the same resource the same vertex, validated once', () => {
+    // Every kind wrapped (so a new kind object) and its parameter checks counted.
+    let checks = 0;
+    const counting: KindRegistry = createRegistry(
+      allKinds.map(
+        (k): AnyResourceKind => ({
+          ...k,
+          schema: new Proxy(k.schema, {
+            get(target, prop, receiver) {
+              const v: unknown = Reflect.get(target, prop, receiver);
+              if (prop !== 'safeParse' || typeof v !== 'function') return v;
+              return (...args: unknown[]) => (checks++, (v as (...a: unknown[]) => unknown).apply(target, args));
+            },
+          }),
+        }),
+      ),
+    );
+    const raw = parseGraphText(GRAPH_FILE, 'resources: []\ncollect:\n  - { kind: file, set: { path: "/tmp/in/{host}-{basename}" } }\n');
+    const entry = (host: string, content: string): ExportEntry => ({ host, resource: { kind: 'file', name: `/tmp/${host}/f`, params: { content }, meta: undefined, to: '*' } });
+    const a = entry('a', 'one');
+    const c1 = entry('c', 'two');
+    const memo = collectMemo();
+    const reuse = vertexReuse();
+    const render = (entries: ExportEntry[], rules = raw.collect ?? []): { collected: CollectedResource[]; graph: Graph } => {
+      const collected = collectResources('b', rules, entries, counting, memo);
+      return { collected, graph: buildGraph({ ...raw, resources: collected }, counting, reuse) };
+    };
+    const first = render([a, c1]);
+    assert.equal(checks, 2);
+    assert.equal(first.graph.vertices.size, 2);
+
+    // c's export changed (a new entry, as the link hands over a changed export); a's is the same object as before.
+    const c2 = entry('c', 'three');
+    const second = render([c2, a]);
+    assert.equal(second.collected[0], first.collected[0], "a's collected resource is the one made before");
+    assert.notEqual(second.collected[1], first.collected[1]);
+    const va = resourceId('file', '/tmp/in/a-f');
+    const vc = resourceId('file', '/tmp/in/c-f');
+    assert.equal(second.graph.vertices.get(va), first.graph.vertices.get(va), "a's vertex is the one built before");
+    assert.equal(checks, 3, 'only the changed export is validated again');
+    assert.deepEqual((second.graph.vertices.get(vc)?.params as { content?: string } | undefined)?.content, 'three');
+    assert.deepEqual([...second.graph.vertices.keys()], [va, vc], 'in the same order as a fresh build');
+    assert.deepEqual(second.graph.edges, buildGraph({ ...raw, resources: collectResources('b', raw.collect ?? [], [a, c2], counting) }, counting).edges);
+
+    // The same rules parsed again (an edit of the graph file): still the same. Other rules: everything is collected
+    // anew. Another registry's kinds: nothing built before is taken.
+    const again = parseGraphText(GRAPH_FILE, 'resources: []\ncollect:\n  - { kind: file, set: { path: "/tmp/in/{host}-{basename}" } }\n').collect ?? [];
+    assert.equal(render([a, c2], again).collected[0], first.collected[0]);
+    const other = parseGraphText(GRAPH_FILE, 'resources: []\ncollect:\n  - { kind: file, set: { path: "/tmp/other/{host}-{basename}" } }\n').collect ?? [];
+    assert.equal(render([a, c2], other).collected[0]?.name, '/tmp/other/a-f');
+    assert.notEqual(render([a, c2], raw.collect).collected[0], first.collected[0]);
+    const byOthers = buildGraph({ ...raw, resources: second.collected }, registry, reuse);
+    assert.notEqual(byOthers.vertices.get(va), first.graph.vertices.get(va));
   });
 });
