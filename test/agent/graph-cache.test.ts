@@ -240,7 +240,10 @@ describe('validated-graph cache', () => {
     const render = async (): Promise<Graph> => {
       const src = open();
       try {
-        return await src.render();
+        const g = await src.render();
+        // What the agent does once its engine runs the graph: only then is it kept.
+        src.publish(g);
+        return g;
       } finally {
         await src.close();
       }
@@ -281,6 +284,23 @@ describe('validated-graph cache', () => {
       assert.equal(parses(), before + 1);
       assert.match(await miss({ stateDir, file, text: g, build: BUILD }), /another text/);
     }
+  });
+
+  test('a graph is kept only once the engine runs it (publish): rendered and never run, it is not', async () => {
+    const stateDir = join(dir, 'unpublished');
+    const file = join(dir, 'unpublished.yaml');
+    const text = `resources:\n  - { kind: file, name: ${dir}/up, content: "x" }\n${PAD}`;
+    await writeFile(file, text);
+    const open = (): GraphSource => new GraphSource({ file, host: 'h', registry, log: createLogger({ level: 'silent' }), stateDir, cluster: { etcd: [], cluster: 'c', labels: {} }, version: 't', cacheBuild: BUILD });
+    const src = open();
+    await src.render();
+    await src.close();
+    assert.match(await miss({ stateDir, file, text, build: BUILD }), /none yet/, 'rendered only: nothing written');
+    const again = open();
+    const g = await again.render();
+    again.publish(g);
+    await again.close();
+    await hit({ stateDir, file, text, build: BUILD });
   });
 
   test('--no-watch-graph: after a hit, later renders keep to the text the hit was made from', async () => {
