@@ -106,6 +106,12 @@ describe('validated-graph cache', () => {
     const key = { stateDir, file, text, build: BUILD };
     assert.equal(await writeCachedGraph(key, full.raw, full.graph), undefined);
     const cached = await hit(key);
+    // Parameters are parsed when first read (LazyParams): any order gives each vertex its own, the same object each time.
+    const fresh = await hit(key);
+    for (const v of [...fresh.vertices.values()].reverse()) {
+      assert.deepEqual(v.params, full.graph.vertices.get(v.id)?.params, v.id);
+      assert.equal(v.params, v.params, `${v.id}: one object`);
+    }
     assert.deepEqual(project(cached), project(full.graph));
     assert.equal(full.graph.edges.filter((e) => e.auto).length > 0 && full.graph.edges.some((e) => e.notify), true, 'the sample has auto and notify edges');
     assert.deepEqual([...cached.vertices.values()].map((v) => v.loc?.line), [2, 5, 11, 15, 20]);
