@@ -230,16 +230,24 @@ async function measureValidate(c: Case, opts: Options, run: number, out: Measure
   }
 }
 
-/** `run --converged-timeout 0`, from an empty target directory (cold) or with every file in place (converged). */
-async function measureOneShot(c: Case, mode: 'cold' | 'converged', opts: Options, run: number, out: Measured): Promise<void> {
+/**
+ * `run --converged-timeout 0`, from an empty target directory (cold) or with every file in place (converged); 'hit' is
+ * the cold run again with the state dir the cold run left, whose validated-graph cache then holds this graph.
+ */
+async function measureOneShot(c: Case, mode: 'cold' | 'hit' | 'converged', opts: Options, run: number, out: Measured): Promise<void> {
   if (c.dir !== undefined) {
-    if (mode === 'cold') emptyDir(c.dir);
-    else writeConverged(c.dir, c.files);
+    if (mode === 'converged') writeConverged(c.dir, c.files);
+    else emptyDir(c.dir);
   }
-  const state = freshStateDir(c);
+  const state = mode === 'hit' ? join(c.base, 'state') : freshStateDir(c);
+  // Graphs under 4 KiB (the empty ones) are never cached: theirs is a cold run again, as a hit would not help them.
+  if (mode === 'hit' && statSync(c.graph).size >= 4096 && !hasEntry(state)) {
+    out.problems.push('hit run: the cold run left no graph cache entry');
+    return;
+  }
   const log = join(c.base, `${mode}-${run}.log`);
   const argv = [process.execPath, BACKPLANE_BIN, 'run', '--file', c.graph, '--converged-timeout', '0', '--no-api', '--state-dir', state];
-  const watcher = mode === 'cold' ? watchFirstFile(c) : undefined;
+  const watcher = mode === 'converged' ? undefined : watchFirstFile(c);
   try {
     const t = spawnTimed({ argv, okCodes: [0] }, log, timeoutMs(c, opts));
     const r = await t.done;
@@ -255,12 +263,20 @@ async function measureOneShot(c: Case, mode: 'cold' | 'converged', opts: Options
     out.values[`${mode}.wall`] = r.wallS;
     if (r.maxRssKiB !== undefined) out.values[`${mode}.rss`] = r.maxRssKiB;
     const first = watcher?.first();
-    if (c.files.length > 0 && mode === 'cold') {
-      if (first === undefined) out.problems.push('cold run: the watch saw no managed file appear');
-      else out.values['cold.first'] = (first - t.startedAt) / 1000;
+    if (c.files.length > 0 && mode !== 'converged') {
+      if (first === undefined) out.problems.push(`${mode} run: the watch saw no managed file appear`);
+      else out.values[`${mode}.first`] = (first - t.startedAt) / 1000;
     }
   } finally {
     watcher?.close();
+  }
+}
+
+function hasEntry(state: string): boolean {
+  try {
+    return readdirSync(join(state, 'graph-cache')).some((f) => f.endsWith('.json'));
+  } catch {
+    return false;
   }
 }
 
@@ -356,6 +372,7 @@ function progressLine(c: Case, run: number, runs: number, m: Measured): string {
   const parts = [
     `validate ${s(v['validate.wall'])} ${mib(v['validate.rss'])}`,
     `cold ${s(v['cold.wall'])} ${mib(v['cold.rss'])}${v['cold.first'] === undefined ? '' : ` (first file ${s(v['cold.first'])})`}`,
+    `cache hit ${s(v['hit.wall'])}${v['hit.first'] === undefined ? '' : ` (first file ${s(v['hit.first'])})`}`,
     ...(c.kind === 'file' ? [`converged ${s(v['converged.wall'])} ${mib(v['converged.rss'])}`] : []),
     `agent converged ${s(v['agent.converged'])}${v['agent.first'] === undefined ? '' : ` (first file ${s(v['agent.first'])})`}, ` +
       `quiet ${s(v['agent.quiet'])} later, ` +
@@ -370,6 +387,7 @@ async function measureCase(c: Case, opts: Options, run: number, runs: number): P
   const m: Measured = { values: {}, problems: [] };
   await measureValidate(c, opts, run, m);
   await measureOneShot(c, 'cold', opts, run, m);
+  await measureOneShot(c, 'hit', opts, run, m);
   // A noop resource has no state: its converged run would be its cold run again (see METRICS).
   if (c.kind === 'file') await measureOneShot(c, 'converged', opts, run, m);
   await measureAgent(c, opts, m);

@@ -19,7 +19,8 @@ import { ensurePrivateDir } from '../util/private-dir.js';
  * schemas and zod are all in the bundle): buildGraph reads nothing else (no environment, no hostname, no facts, no
  * other file — a YAML graph has no includes). So once a text has built without a single error, the result is kept in
  * the state directory under a digest of exactly those three, and the next run of the same text by the same build
- * rebuilds the Graph from it — one read, one JSON.parse — instead of parsing the YAML and validating every resource.
+ * rebuilds the Graph from it — one read, one checksum, one JSON.parse of its index, and each resource's parameters
+ * parsed when its worker first reads them — instead of parsing the YAML and validating every resource.
  *
  * What the agent keeps there it will act on as root, as it would on the graph file itself, so the cache is trusted
  * exactly as far as the state directory: read with O_NOFOLLOW, only a regular file with one link, owned by the
@@ -29,8 +30,11 @@ import { ensurePrivateDir } from '../util/private-dir.js';
  * run. Only what survives JSON exactly is stored (checked value by value when writing); anything else is not cached.
  */
 
-/** Bump when the file's layout changes: an older layout is then a miss, never misread. */
-const FORMAT = 1;
+/**
+ * Bump when the file's layout changes: an older layout is then a miss, never misread.
+ * 2: each vertex's parameters on a line of their own after the index, parsed when first read (LazyParams).
+ */
+const FORMAT = 2;
 const MAGIC = `backplane-graph-cache ${FORMAT} `;
 /**
  * The largest cache file read or written. A 100,000-file graph is ~25 MB of cache; a graph file may be up to 32 MiB
@@ -96,8 +100,10 @@ export async function writeCachedGraph(key: GraphCacheKey, raw: RawGraph, graph:
   if (graph.source !== key.file || raw.source !== key.file) return 'the graph comes from another file';
   const byId = new Map<string, RawResource>();
   for (const r of raw.resources) byId.set(resourceId(r.kind, r.name), r);
-  // Flat lists (five values a vertex, three an edge) rather than a list each: 100,000s fewer arrays to parse.
+  // Flat lists (four values a vertex, three an edge) rather than a list each: 100,000s fewer arrays to parse.
   const vertices: unknown[] = [];
+  // Each vertex's parameters as one line of JSON after the index (JSON.stringify never writes a raw newline).
+  const params: string[] = [];
   const index = new Map<ResourceId, number>();
   for (const [id, v] of graph.vertices) {
     const r = byId.get(id);
@@ -111,7 +117,8 @@ export async function writeCachedGraph(key: GraphCacheKey, raw: RawGraph, graph:
     index.set(id, index.size);
     // Our own format's resources are at ['resources', i]: stored as i.
     const at = path.length === 2 && path[0] === 'resources' && typeof path[1] === 'number' ? path[1] : path;
-    vertices.push(v.kind, v.name, v.params, shared ? 0 : v.meta, at);
+    vertices.push(v.kind, v.name, shared ? 0 : v.meta, at);
+    params.push(JSON.stringify(v.params));
   }
   // Edges name their ends by place in the vertex list: the ids are not written twice, nor held twice once read.
   const edges: number[] = [];
@@ -123,7 +130,7 @@ export async function writeCachedGraph(key: GraphCacheKey, raw: RawGraph, graph:
   }
   // ASCII only (JSON's \uXXXX escapes, inside strings, where alone anything else can be): read back as latin1, which
   // is a copy, not a UTF-8 decode, and the bytes hashed are the characters.
-  const body = JSON.stringify({ v: vertices, e: edges }).replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+  const body = [JSON.stringify({ v: vertices, e: edges }), ...params].join('\n').replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
   const header = `${MAGIC}${keyDigest(key)} ${createHash('sha256').update(body, 'latin1').digest('hex')} ${body.length}\n`;
   if (header.length + body.length > MAX_CACHE_BYTES) return `the cache would be larger than ${MAX_CACHE_BYTES} bytes`;
   const dir = join(key.stateDir, 'graph-cache');
@@ -169,7 +176,10 @@ export async function readCachedGraph(key: GraphCacheKey): Promise<CacheLookup> 
   const body = data.subarray(header.bodyStart);
   if (String(body.length) !== header.bodyLength || createHash('sha256').update(body).digest('hex') !== header.bodyHash) return { miss: 'corrupt or cut short (its checksum does not match)' };
   try {
-    const graph = decode(key, JSON.parse(body.toString('latin1')) as unknown);
+    // The index (ids, meta, places, edges) is parsed now; each vertex's parameters only when first read.
+    const nl = body.indexOf(0x0a);
+    const end = nl < 0 ? body.length : nl;
+    const graph = decode(key, JSON.parse(body.toString('latin1', 0, end)) as unknown, body.subarray(end));
     return graph === undefined ? { miss: 'malformed' } : { graph };
   } catch (err) {
     return { miss: `malformed: ${err instanceof Error ? err.message : String(err)}` };
@@ -236,27 +246,31 @@ function readTrusted(path: string, start: (first: Buffer) => string | undefined)
   }
 }
 
-/** The Graph an entry describes, or undefined when it is not exactly the layout writeCachedGraph writes. */
-function decode(key: GraphCacheKey, doc: unknown): Graph | undefined {
+/**
+ * The Graph an entry describes, or undefined when it is not exactly the layout writeCachedGraph writes. `rest` is
+ * what follows the index: a newline before each vertex's parameters.
+ */
+function decode(key: GraphCacheKey, doc: unknown, rest: Buffer): Graph | undefined {
   if (!isRecord(doc) || !Array.isArray(doc['v']) || !Array.isArray(doc['e'])) return undefined;
   const v = doc['v'] as unknown[];
   const e = doc['e'] as unknown[];
-  if (v.length % 5 !== 0 || e.length % 3 !== 0) return undefined;
+  if (v.length % 4 !== 0 || e.length % 3 !== 0) return undefined;
+  const params = LazyParams.split(rest, v.length / 4);
+  if (params === undefined) return undefined;
   const loc = lazyLocator(key.file, key.text);
   const vertices = new Map<ResourceId, Vertex>();
   const ids: ResourceId[] = [];
-  for (let i = 0; i < v.length; i += 5) {
+  for (let i = 0; i < v.length; i += 4) {
     const kind = v[i];
     const name = v[i + 1];
-    const params = v[i + 2];
-    const meta = v[i + 3];
-    const at = v[i + 4];
+    const meta = v[i + 2];
+    const at = v[i + 3];
     if (typeof kind !== 'string' || typeof name !== 'string') return undefined;
     if (meta !== 0 && !isRecord(meta)) return undefined;
     if (!(typeof at === 'number' ? Number.isSafeInteger(at) && at >= 0 : Array.isArray(at) && at.length > 0 && at.every((p) => typeof p === 'string' || typeof p === 'number'))) return undefined;
     const id = resourceId(kind, name);
     if (vertices.has(id)) return undefined;
-    vertices.set(id, new CachedVertex(id, kind, name, params, meta === 0 ? SHARED_DEFAULT_META : (meta as Meta), loc, at as number | PropertyKey[]));
+    vertices.set(id, new CachedVertex(id, kind, name, params, ids.length, meta === 0 ? SHARED_DEFAULT_META : (meta as Meta), loc, at as number | PropertyKey[]));
     ids.push(id);
   }
   const edges: Edge[] = [];
@@ -279,19 +293,68 @@ function lazyLocator(file: string, text: string): (path: readonly PropertyKey[])
   return (path) => (find ??= textLocator(file, text))(path);
 }
 
+/**
+ * The parameters of a cache entry's vertices, each parsed the first time it is read. Parsing them all before the
+ * graph could start was most of a hit's time (at 100,000 files: a 19 MB JSON.parse and its garbage, about half a
+ * second before the first worker): now the engine's first workers start after the index alone is read, and the rest
+ * parse as their workers are started. The entry was checked whole (its SHA-256) before any of it is used, so what a
+ * later parse reads is exactly what was written. The bytes are let go once every vertex has read its own.
+ */
+class LazyParams {
+  private constructor(
+    private buf: Buffer | undefined,
+    /** Where vertex i's line starts (after its newline) and ends: starts[i] .. starts[i + 1] - 1. */
+    private readonly starts: Uint32Array,
+    private left: number,
+  ) {}
+
+  /** The lines of `rest` (each starting with a newline), exactly `n` of them, or undefined. */
+  static split(rest: Buffer, n: number): LazyParams | undefined {
+    const starts = new Uint32Array(n + 1);
+    let at = 0;
+    for (let i = 0; i < n; i++) {
+      if (rest[at] !== 0x0a) return undefined;
+      starts[i] = at + 1;
+      const next = rest.indexOf(0x0a, at + 1);
+      at = next < 0 ? rest.length : next;
+    }
+    if (at !== rest.length) return undefined;
+    starts[n] = rest.length + 1;
+    return new LazyParams(rest, starts, n);
+  }
+
+  /** Vertex i's parameters; each i is asked for once (CachedVertex keeps what it got). */
+  take(i: number): unknown {
+    const buf = this.buf;
+    if (buf === undefined) throw new Error('graph cache: parameters read twice');
+    const value: unknown = JSON.parse(buf.toString('latin1', this.starts[i], (this.starts[i + 1] ?? 0) - 1));
+    if (--this.left === 0) this.buf = undefined;
+    return value;
+  }
+}
+
+/** What a CachedVertex holds until its parameters are first read. */
+const UNREAD = Symbol('unread');
+
 /** A vertex rebuilt from the cache: what build.ts's BuiltVertex is, its location found from its path in the file. */
 class CachedVertex implements Vertex {
   private fp: string | undefined;
+  private value: unknown = UNREAD;
   constructor(
     readonly id: ResourceId,
     readonly kind: string,
     readonly name: string,
-    readonly params: unknown,
+    private readonly store: LazyParams,
+    private readonly index: number,
     readonly meta: Meta,
     private readonly find: (path: readonly PropertyKey[]) => SourceLocation,
     /** Its path in the file; a number i for ['resources', i]. */
     private readonly at: number | readonly PropertyKey[],
   ) {}
+  get params(): unknown {
+    if (this.value === UNREAD) this.value = this.store.take(this.index);
+    return this.value;
+  }
   get loc(): SourceLocation {
     return this.find(typeof this.at === 'number' ? ['resources', this.at] : this.at);
   }

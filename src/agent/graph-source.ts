@@ -240,26 +240,42 @@ export class GraphSource {
   }
 
   /**
-   * Keeps a graph that built without errors for the next run (graph-cache.ts), in the background once the engine has
-   * it: what a hit needs is only what the file says, so a graph that collects, exports or uses the cluster store is
-   * not kept. Failing to write it costs the next run a parse, nothing else: a debug line.
+   * Offers a graph that built without errors to be kept for the next run (graph-cache.ts), written in the background
+   * once the engine runs it (keepCached): what a hit needs is only what the file says, so a graph that collects,
+   * exports or uses the cluster store is not kept. Failing to write it costs the next run a parse, nothing else.
    */
   private offerToCache(raw: RawGraph, graph: Graph): void {
     const build = this.cacheBuild;
     const parsed = this.parsed;
     if (build === undefined || parsed === undefined || parsed.raw !== raw || this.cachedText === parsed.text || parsed.text.length < CACHE_MIN_BYTES) return;
     if ((raw.collect?.length ?? 0) > 0 || needsCluster(raw) || graph.exports.length > 0 || graph.warnings.length > 0) return;
-    this.cachedText = parsed.text;
     const key = { stateDir: this.opts.stateDir, file: resolve(this.opts.file), text: parsed.text, build };
+    this.toCache = { graph, text: parsed.text, write: () => writeCachedGraph(key, raw, graph) };
+  }
+
+  /**
+   * Starts the cache write offered for `graph` (offerToCache). Only once the engine runs it (publish): encoding and
+   * hashing an entry is synchronous work (about a second at 100,000 resources), and done while the engine started
+   * its first workers it delayed the first change by as much. A graph rendered but never run is not kept.
+   */
+  private keepCached(graph: Graph): void {
+    const pending = this.toCache;
+    if (pending === undefined || pending.graph !== graph) return;
+    this.toCache = undefined;
+    this.cachedText = pending.text;
+    const file = resolve(this.opts.file);
     const prior = this.cacheWrite ?? Promise.resolve();
     this.cacheWrite = prior
       .then(() => new Promise((done) => setImmediate(done)))
-      .then(() => writeCachedGraph(key, raw, graph))
+      .then(pending.write)
       .then(
-        (why) => this.opts.log.debug(why === undefined ? `graph cache: kept ${graph.vertices.size} validated resources of ${key.file}` : `graph cache: not kept for ${key.file}: ${why}`),
-        (err: unknown) => this.opts.log.debug(`graph cache: not kept for ${key.file}: ${errorMessage(err)}`),
+        (why) => this.opts.log.debug(why === undefined ? `graph cache: kept ${graph.vertices.size} validated resources of ${file}` : `graph cache: not kept for ${file}: ${why}`),
+        (err: unknown) => this.opts.log.debug(`graph cache: not kept for ${file}: ${errorMessage(err)}`),
       );
   }
+
+  /** The cache write offered for the last graph rendered, started once the engine runs that graph (keepCached). */
+  private toCache: { readonly graph: Graph; readonly text: string; readonly write: () => Promise<string | undefined> } | undefined;
 
   private pinned: RawGraph | undefined;
   /**
@@ -302,8 +318,12 @@ export class GraphSource {
     return raw;
   }
 
-  /** Publishes what the running graph exports (retried in the background while the store is down). */
+  /**
+   * The engine runs `graph` now: publishes what it exports (retried in the background while the store is down) and
+   * keeps it in the validated-graph cache if it was offered for that.
+   */
   publish(graph: Graph): void {
+    this.keepCached(graph);
     if (this.link === undefined) return;
     this.link.publish(graph.exports).catch((err: unknown) => this.opts.log.warn(`publishing exports failed: ${errorMessage(err)}`));
   }

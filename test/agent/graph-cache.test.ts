@@ -106,6 +106,12 @@ describe('validated-graph cache', () => {
     const key = { stateDir, file, text, build: BUILD };
     assert.equal(await writeCachedGraph(key, full.raw, full.graph), undefined);
     const cached = await hit(key);
+    // Parameters are parsed when first read (LazyParams): any order gives each vertex its own, the same object each time.
+    const fresh = await hit(key);
+    for (const v of [...fresh.vertices.values()].reverse()) {
+      assert.deepEqual(v.params, full.graph.vertices.get(v.id)?.params, v.id);
+      assert.equal(v.params, v.params, `${v.id}: one object`);
+    }
     assert.deepEqual(project(cached), project(full.graph));
     assert.equal(full.graph.edges.filter((e) => e.auto).length > 0 && full.graph.edges.some((e) => e.notify), true, 'the sample has auto and notify edges');
     assert.deepEqual([...cached.vertices.values()].map((v) => v.loc?.line), [2, 5, 11, 15, 20]);
@@ -240,7 +246,10 @@ describe('validated-graph cache', () => {
     const render = async (): Promise<Graph> => {
       const src = open();
       try {
-        return await src.render();
+        const g = await src.render();
+        // What the agent does once its engine runs the graph: only then is it kept.
+        src.publish(g);
+        return g;
       } finally {
         await src.close();
       }
@@ -281,6 +290,23 @@ describe('validated-graph cache', () => {
       assert.equal(parses(), before + 1);
       assert.match(await miss({ stateDir, file, text: g, build: BUILD }), /another text/);
     }
+  });
+
+  test('a graph is kept only once the engine runs it (publish): rendered and never run, it is not', async () => {
+    const stateDir = join(dir, 'unpublished');
+    const file = join(dir, 'unpublished.yaml');
+    const text = `resources:\n  - { kind: file, name: ${dir}/up, content: "x" }\n${PAD}`;
+    await writeFile(file, text);
+    const open = (): GraphSource => new GraphSource({ file, host: 'h', registry, log: createLogger({ level: 'silent' }), stateDir, cluster: { etcd: [], cluster: 'c', labels: {} }, version: 't', cacheBuild: BUILD });
+    const src = open();
+    await src.render();
+    await src.close();
+    assert.match(await miss({ stateDir, file, text, build: BUILD }), /none yet/, 'rendered only: nothing written');
+    const again = open();
+    const g = await again.render();
+    again.publish(g);
+    await again.close();
+    await hit({ stateDir, file, text, build: BUILD });
   });
 
   test('--no-watch-graph: after a hit, later renders keep to the text the hit was made from', async () => {
