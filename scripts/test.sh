@@ -10,7 +10,7 @@ source scripts/setup.sh
 # chromium: the dashboard is tested in a real browser (playwright-core drives it; no browser download).
 apt_install etcd-server etcd-client openssl strace python3-minimal redis-server redis-tools postgresql chromium
 
-echo "== typecheck"; npx tsc -p tsconfig.json --noEmit && npx tsc -p web/tsconfig.json --noEmit
+echo "== typecheck"; npx tsc -p tsconfig.json --noEmit && npx tsc -p web/tsconfig.json --noEmit && npx tsc -p test/web/tsconfig.json --noEmit
 echo "== lint"; npx eslint --max-warnings 0 .
 echo "== build"; node scripts/build.mjs
 

@@ -53,28 +53,45 @@ async function errorOf(res: Response): Promise<HttpError> {
   return new HttpError(res.status, message, hint);
 }
 
-/** One API call: the parsed JSON, or an HttpError (a 401 also sends the app back to its login form). */
-export async function call<T>(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown, signal?: AbortSignal): Promise<T> {
+/** How long one API call may take before the dashboard gives up on it and says so (the stream is not a call). */
+export const CALL_TIMEOUT_MS = 30_000;
+
+/**
+ * One API call: the parsed JSON, or an HttpError (a 401 also sends the app back to its login form). A call that gets
+ * no answer within `timeoutMs` fails (status 0) rather than wait forever: a view refreshes one call at a time, so a
+ * hung one would freeze it.
+ */
+export async function call<T>(method: 'GET' | 'POST' | 'PUT' | 'DELETE', path: string, body?: unknown, signal?: AbortSignal, timeoutMs = CALL_TIMEOUT_MS): Promise<T> {
+  const timeout = AbortSignal.timeout(timeoutMs);
+  const both = signal === undefined ? timeout : AbortSignal.any([signal, timeout]);
+  const timedOut = (): HttpError => new HttpError(0, `the agent did not answer ${method} ${path.split('?')[0] ?? ''} within ${timeoutMs / 1000} s`);
   let res: Response;
   try {
     res = await fetch(path, {
       method,
       headers: headers(body === undefined ? {} : { 'Content-Type': 'application/json' }),
       ...(body === undefined ? {} : { body: JSON.stringify(body) }),
-      ...(signal === undefined ? {} : { signal }),
+      signal: both,
       credentials: 'omit',
       cache: 'no-store',
     });
   } catch (e) {
     if (signal?.aborted === true) throw e;
+    if (timeout.aborted) throw timedOut();
     throw new HttpError(0, `the agent did not answer (${e instanceof Error ? e.message : String(e)})`);
   }
-  if (!res.ok) {
-    const err = await errorOf(res);
-    if (res.status === 401) onUnauthorized(err);
-    throw err;
+  try {
+    if (!res.ok) {
+      const err = await errorOf(res);
+      if (res.status === 401) onUnauthorized(err);
+      throw err;
+    }
+    return (await res.json()) as T;
+  } catch (e) {
+    // The body can stall too, after the headers came.
+    if (timeout.aborted && signal?.aborted !== true) throw timedOut();
+    throw e;
   }
-  return (await res.json()) as T;
 }
 
 export const get = <T>(path: string, signal?: AbortSignal): Promise<T> => call<T>('GET', path, undefined, signal);
@@ -90,20 +107,48 @@ export interface StreamMessage {
 
 export type StreamStatus = { readonly state: 'connecting' } | { readonly state: 'live' } | { readonly state: 'retrying'; readonly inMs: number; readonly why: string };
 
+/** The server sends a ping every 15 s: a connection silent for this long is dead, even if TCP has not noticed. */
+export const STREAM_IDLE_MS = 40_000;
+
+export interface StreamOptions {
+  /** Where the stream is (an absolute URL outside a page). */
+  readonly url?: string;
+  /** Silence after which the connection is given up and made again. */
+  readonly idleMs?: number;
+}
+
 /**
  * Reads GET /v1/stream (server-sent events) until stopped: each message to `onMessage`; reconnects with backoff
  * (0.5 s doubling to 15 s, reset once a connection says hello) and says so through `onStatus`. After a reconnect the
- * caller refetches what it shows: events of the gap are lost. A 401 stops it (the token is no longer good).
+ * caller refetches what it shows: events of the gap are lost. A 401 stops it (the token is no longer good). A
+ * connection that goes silent (no message and no ping for `idleMs`: a suspended laptop, a dropped NAT entry, a
+ * proxy that stopped forwarding) is dropped and made again, instead of showing "live" over a dead line.
  */
-export function openStream(onMessage: (m: StreamMessage) => void, onStatus: (s: StreamStatus) => void): () => void {
+export function openStream(onMessage: (m: StreamMessage) => void, onStatus: (s: StreamStatus) => void, opts: StreamOptions = {}): () => void {
   const ac = new AbortController();
+  const url = opts.url ?? '/v1/stream';
+  const idleMs = opts.idleMs ?? STREAM_IDLE_MS;
   let delay = 500;
   const run = async (): Promise<void> => {
     while (!ac.signal.aborted) {
       onStatus({ state: 'connecting' });
       let why = 'the stream ended';
+      // One controller per connection: the watchdog ends this one, `ac` ends them all.
+      const conn = new AbortController();
+      const stopConn = (): void => conn.abort();
+      ac.signal.addEventListener('abort', stopConn, { once: true });
+      let idle: ReturnType<typeof setTimeout> | undefined;
+      let silent = false;
+      const alive = (): void => {
+        if (idle !== undefined) clearTimeout(idle);
+        idle = setTimeout(() => {
+          silent = true;
+          conn.abort();
+        }, idleMs);
+      };
       try {
-        const res = await fetch('/v1/stream', { headers: headers({ Accept: 'text/event-stream' }), signal: ac.signal, credentials: 'omit', cache: 'no-store' });
+        alive();
+        const res = await fetch(url, { headers: headers({ Accept: 'text/event-stream' }), signal: conn.signal, credentials: 'omit', cache: 'no-store' });
         if (res.status === 401) {
           onUnauthorized(await errorOf(res));
           return;
@@ -111,17 +156,24 @@ export function openStream(onMessage: (m: StreamMessage) => void, onStatus: (s: 
         if (!res.ok || res.body === null) {
           why = (await errorOf(res)).message;
         } else {
-          await readEvents(res.body, (m) => {
-            if (m.type === 'hello') {
-              delay = 500;
-              onStatus({ state: 'live' });
-            }
-            onMessage(m);
-          });
+          await readEvents(
+            res.body,
+            (m) => {
+              if (m.type === 'hello') {
+                delay = 500;
+                onStatus({ state: 'live' });
+              }
+              onMessage(m);
+            },
+            alive,
+          );
         }
       } catch (e) {
         if (ac.signal.aborted) return;
-        why = e instanceof Error ? e.message : String(e);
+        why = silent ? `no message or ping for ${idleMs / 1000} s` : e instanceof Error ? e.message : String(e);
+      } finally {
+        if (idle !== undefined) clearTimeout(idle);
+        ac.signal.removeEventListener('abort', stopConn);
       }
       if (ac.signal.aborted) return;
       onStatus({ state: 'retrying', inMs: delay, why });
@@ -133,8 +185,11 @@ export function openStream(onMessage: (m: StreamMessage) => void, onStatus: (s: 
   return () => ac.abort();
 }
 
-/** Parses a text/event-stream body: `event: T` and `data: ...` lines, a blank line ends a message, `:` lines are comments. */
-export async function readEvents(body: ReadableStream<Uint8Array>, onMessage: (m: StreamMessage) => void): Promise<void> {
+/**
+ * Parses a text/event-stream body: `event: T` and `data: ...` lines, a blank line ends a message, `:` lines are
+ * comments. `onBytes` hears of every chunk (a ping included): the caller's sign of life.
+ */
+export async function readEvents(body: ReadableStream<Uint8Array>, onMessage: (m: StreamMessage) => void, onBytes?: () => void): Promise<void> {
   const reader = body.getReader();
   const decoder = new TextDecoder();
   let buf = '';
@@ -143,6 +198,7 @@ export async function readEvents(body: ReadableStream<Uint8Array>, onMessage: (m
   for (;;) {
     const { value, done } = await reader.read();
     if (done) return;
+    onBytes?.();
     buf += decoder.decode(value, { stream: true });
     let nl: number;
     while ((nl = buf.indexOf('\n')) >= 0) {

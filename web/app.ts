@@ -1,5 +1,5 @@
 import { forgetToken, get, HttpError, openStream, savedToken, saveToken, setUnauthorizedHandler, type StreamMessage, type StreamStatus } from './api.js';
-import { debounce, h, replace } from './dom.js';
+import { coalesce, h, replace } from './dom.js';
 import { str, type WhoAmI } from './types.js';
 import type { Ctx, FeedEntry, View } from './view.js';
 import { eventsView } from './views/events.js';
@@ -114,8 +114,8 @@ async function start(): Promise<void> {
   window.onhashchange = route;
   route();
 
-  // Stream: a `cluster` change refetches the view if it shows that kind of thing (debounced: a rollout writes many).
-  const dirty = debounce(refresh, 150);
+  // Stream: a `cluster` change refetches the view if it shows that kind of thing (coalesced: a rollout writes many).
+  const dirty = coalesce(refresh, 150);
   const onMessage = (m: StreamMessage): void => {
     const entry = feedEntry(m);
     if (entry !== undefined) {

@@ -99,11 +99,15 @@ export function ago(ms: number | undefined, now = Date.now()): string {
   return `${Math.floor(s / 86400)}d ago`;
 }
 
-/** Calls `fn` at most once per `ms`, after the last call of a burst. */
-export function debounce(fn: () => void, ms: number): () => void {
+/**
+ * Calls `fn` once, `ms` after the first call of a burst; the calls meanwhile ride along. Not a debounce that restarts
+ * its timer on each call: a cluster that changes more often than every `ms` (a flapping health check, a busy
+ * rollout) would then never be redrawn. So the view lags a change by at most `ms` and redraws at most once per `ms`.
+ */
+export function coalesce(fn: () => void, ms: number): () => void {
   let t: ReturnType<typeof setTimeout> | undefined;
   return () => {
-    if (t !== undefined) clearTimeout(t);
+    if (t !== undefined) return;
     t = setTimeout(() => {
       t = undefined;
       fn();

@@ -26,6 +26,7 @@ import type { AllocIdGenerator } from './placement.js';
 import { defaultGate, effectiveParallel, formatDuration, reconcile, type Gate } from './reconcile.js';
 import type { AppGate } from './records.js';
 import type { Alloc, ClusterSnapshot, HookRequest, HostSnapshot, Plan, ServiceSpec } from './types.js';
+import { canonicalJson } from '../util/canonical.js';
 
 /** The operator's current record of a service. */
 export interface ServiceInput {
@@ -414,8 +415,9 @@ function firstLine(s: string): string {
   return line.length > 300 ? `${line.slice(0, 300)}...` : line;
 }
 
+/** Key order aside: a step read back from the store and the same step rebuilt here list their fields differently. */
 function sameStep(a: PlanStep, b: PlanStep): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
+  return canonicalJson(a) === canonicalJson(b);
 }
 
 // ----------------------------------------------------------------------------------------------------------------
@@ -732,7 +734,10 @@ export function planPass(input: PlanPassInput): PlanPassOutput {
   const write: ServicePlan[] = [];
   for (const [name, plan] of plans) {
     const before = original.get(name);
-    if (before !== undefined && JSON.stringify({ ...before, updatedAt: 0 }) === JSON.stringify({ ...plan, updatedAt: 0 })) continue;
+    // Compared without key order: a plan read back from the store lists its fields as it was written, not as it was
+    // rebuilt this tick; comparing texts rewrote an unchanged plan on every tick (a hundred writes a second while it
+    // waited for health or an operator).
+    if (before !== undefined && canonicalJson({ ...before, updatedAt: 0 }) === canonicalJson({ ...plan, updatedAt: 0 })) continue;
     write.push({ ...plan, updatedAt: now });
   }
   const future = wakes.filter((w) => w > now);

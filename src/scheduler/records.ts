@@ -333,6 +333,11 @@ const planSchema = z.lazy(() => z.strictObject({
   commands: z.array(z.strictObject({ id: z.string(), action: commandAction, ok: z.boolean(), message: z.string().max(4000), at: num })),
 }));
 
+/** A plan's body as the store hands it back to a controller (its fields in the schema's order, not the writer's). */
+export function parsePlanBody(body: string): Checked<ServicePlan> {
+  return parseBody<ServicePlan>(body, planSchema as z.ZodType<ServicePlan>, 'plan');
+}
+
 /**
  * A plan record (`sched/plan/<service>` or a history entry), written by a controller: signed by an approved host (the
  * store fenced the write on that controller's election key, as for assignments). Its target and stable spec records
@@ -343,7 +348,7 @@ export function openPlanRecord(view: TrustView, key: string, service: string, va
   if (w === undefined) return { ok: false, why: 'not a signed plan ({by, record})' };
   const v = view.verify(w.by, key, w.record);
   if (!v.ok) return { ok: false, why: v.why };
-  const r = parseBody<ServicePlan>(v.body, planSchema as z.ZodType<ServicePlan>, 'plan');
+  const r = parsePlanBody(v.body);
   if (!r.ok) return r;
   if (r.value.service !== service) return { ok: false, why: `the plan is for service "${r.value.service}", not "${service}"` };
   for (const [what, ref] of [['target', r.value.target], ['stable', r.value.stable]] as const) {

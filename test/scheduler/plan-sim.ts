@@ -4,7 +4,7 @@
  * is stopped one pass later. Each `pass()` is what the controller does: planPass over a snapshot, then apply its
  * output exactly as controller.ts commits it (plans, history, allocs, hook requests, consumed commands).
  */
-import type { AppGate } from '../../src/scheduler/records.js';
+import { parsePlanBody, type AppGate } from '../../src/scheduler/records.js';
 import { planPass, type PlanPassOutput, type ServiceInput } from '../../src/scheduler/plans.js';
 import type { PlanCommand, PlanCommandAction, ServicePlan, SpecRef } from '../../src/scheduler/plan-types.js';
 import type { Alloc, ClusterSnapshot, HookName, HookResult, HostSnapshot, ServiceSpec, StoppingAlloc } from '../../src/scheduler/types.js';
@@ -106,7 +106,12 @@ export class Sim {
       appGates: this.appGates,
     });
     this.last = out;
-    for (const p of out.write) this.plans.set(p.service, p);
+    // Through the record parser, as the store hands them back: what the next pass compares is what a controller reads.
+    for (const p of out.write) {
+      const back = parsePlanBody(JSON.stringify(p));
+      if (!back.ok) throw new Error(`the plan written does not read back: ${back.why}`);
+      this.plans.set(p.service, back.value);
+    }
     this.history.push(...out.finished);
     this.results.push(...out.commands);
     this.commands = [];

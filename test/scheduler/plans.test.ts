@@ -103,6 +103,19 @@ describe('plans: deploy and update', () => {
     assert.ok(s.plan().log.some((l) => l.message === 'canaries promoted'));
   });
 
+  test('a plan that did not change is not written again: passes while it waits for health or for promote write nothing', () => {
+    const s = deployed({ count: 3 });
+    s.deploy(spec({ count: 3, version: 'v2', update: { canary: 1, minHealthyMs: 5_000 } }));
+    // Until the canary is healthy for min-healthy-time: passes without time moving change nothing, so write nothing.
+    s.run((x) => allSteps(x.plan()).some((st) => st.state === 'waiting-health'));
+    for (let i = 0; i < 3; i++) assert.deepEqual(s.pass().write, [], `pass ${i} while waiting for health rewrote the plan`);
+    s.run((x) => x.plan().status === 'waiting');
+    for (let i = 0; i < 3; i++) {
+      s.agents(10_000);
+      assert.deepEqual(s.pass().write, [], `pass ${i} while waiting for promote rewrote the plan`);
+    }
+  });
+
   test('autoPromote promotes healthy canaries by itself', () => {
     const s = deployed({ count: 3 });
     s.deploy(spec({ count: 3, version: 'v2', update: { canary: 1, autoPromote: true } }));

@@ -260,7 +260,13 @@ describe('rollouts on etcd: every change is a plan', { skip, timeout: 600_000 },
     };
     const expected = '0:r2 0:r3 1:r2 2:r2 3:r2 4:r2 5:r2';
     assert.equal(await olds(), expected);
+    // ... and the waiting plan is not rewritten meanwhile (it once was, about a hundred times a second).
+    let planWrites = 0;
+    const quiet = new AbortController();
+    await store.watch(keys.plan('web'), 0, (b) => void (planWrites += b.type === 'events' ? b.events.length : 1), quiet.signal);
     await sleep(4000);
+    quiet.abort();
+    assert.ok(planWrites <= 1, `the waiting plan was written ${planWrites} times in 4 s`);
     assert.equal(await olds(), expected);
     const still = (await planOf('web')).plan;
     assert.equal(still.id, plan.id);

@@ -210,7 +210,7 @@ describe('the dashboard in Chromium, on a cluster of three agents', { skip, time
       async () => (await page.locator('[data-section=plan] .step[data-state=waiting-operator]').count()) === 1 && (await promote.isEnabled()),
       90_000,
       250,
-      async () => `--- the page's plan: ${(await page.textContent('[data-section=plan]')) ?? '(none)'}\n${await diagnose(c, 'web')}`,
+      async () => `--- the page: stream ${(await page.textContent('header .live')) ?? '?'}; notice ${(await page.textContent('.notice')) ?? ''}\n--- its plan: ${(await page.textContent('[data-section=plan]')) ?? '(none)'}\n${await diagnose(c, 'web')}`,
     );
     assert.match((await page.textContent('[data-section=plan] h3')) ?? '', /^Plan web-/);
     assert.equal(await page.locator('[data-section=plan] button[data-action=abort]').isEnabled(), true);
@@ -249,9 +249,9 @@ describe('the dashboard in Chromium, on a cluster of three agents', { skip, time
       assert.match((await undrain.getAttribute('title')) ?? '', /operator role/);
       for (const b of await vp.locator('[data-table=hosts] button').all()) assert.equal(await b.isEnabled(), false);
       // Forced on, the button's request is refused, and the page says why in the server's words.
-      await undrain.evaluate((b: { removeAttribute(name: string): void; click(): void }) => {
+      await undrain.evaluate((b: HTMLElement | SVGElement) => {
         b.removeAttribute('disabled');
-        b.click();
+        (b as HTMLElement).click();
       });
       await vp.waitForSelector('.notice.show.error');
       assert.match((await vp.textContent('.notice')) ?? '', /watcher has the viewer role; hosts\.undrain .* needs the operator role/);

@@ -1,5 +1,5 @@
 import { get, type StreamMessage } from '../api.js';
-import { ago, badge, debounce, h, replace, stateClass, svg } from '../dom.js';
+import { ago, badge, coalesce, h, replace, stateClass, svg } from '../dom.js';
 import { layered } from '../layout.js';
 import { list, num, str, type AgentGraph, type Vertex } from '../types.js';
 import type { Ctx, View } from '../view.js';
@@ -123,6 +123,6 @@ export function graphView(_ctx: Ctx): View {
       if (m.type === 'resource' || m.type === 'repair') later();
     },
   };
-  const later = debounce(() => void view.refresh().catch(() => undefined), 250);
+  const later = coalesce(() => void view.refresh().catch(() => undefined), 250);
   return view;
 }
