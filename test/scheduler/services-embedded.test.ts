@@ -3,6 +3,9 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { API_SOCKET } from '../../src/api/server.js';
+import { socketRequest } from '../helpers/api.js';
 import { deploy, instances, liveWorkloads, newCluster, op, opJson, startAgent, stopCluster, waitFor, workloadSpec, type TestCluster } from '../helpers/services.js';
 
 /**
@@ -24,6 +27,18 @@ describe('service backplane on the embedded store', { timeout: 300_000 }, () => 
     await mkdir(flags, { recursive: true });
     await startAgent(c, 'solo', { capacity: 'cpu=4,memory=1G' });
   });
+
+  /** Writes of the agent (it runs the controller too) to the store so far: its metrics' request counts. */
+  async function storeWrites(): Promise<number> {
+    const m = await socketRequest(join(c.root, 'state-solo', API_SOCKET), 'GET', '/metrics');
+    assert.equal(m.status, 200, m.text);
+    let n = 0;
+    for (const line of m.text.split('\n')) {
+      const hit = /^backplane_store_request_duration_seconds_count\{op="(put|cas|txn|delete)"\} (\d+)/.exec(line);
+      if (hit !== null) n += Number(hit[2]);
+    }
+    return n;
+  }
 
   after(async () => {
     await stopCluster(c);
@@ -103,5 +118,27 @@ describe('service backplane on the embedded store', { timeout: 300_000 }, () => 
     const steady = await instances(c, 'steady');
     assert.equal(steady[0]?.state, 'healthy');
     assert.equal((await op(c, ['remove', 'steady'])).code, 0);
+  });
+
+  test('a steady cluster is quiet: complete, or waiting for an operator, nothing is rewritten', async () => {
+    const v1 = await deploy(c, 'calm', workloadSpec('calm', 1, flags), ['--wait', '60s']);
+    assert.equal(v1.code, 0, v1.stderr + v1.stdout);
+    const plan = async (): Promise<string> => (await opJson<{ plan: { status: string } }>(c, ['plan', 'calm'])).plan.status;
+    await waitFor('the deploy plan complete', async () => (await plan()) === 'complete', 30_000);
+    const quiet = async (what: string): Promise<void> => {
+      const w0 = await storeWrites();
+      await sleep(3000);
+      const w1 = await storeWrites();
+      assert.ok(w1 - w0 <= 3, `${w1 - w0} store writes in 3 s while ${what}`);
+    };
+    await quiet('complete');
+    // A plan waiting for promote was once rewritten a hundred times a second (compared by its text, whose key order
+    // differs once read back).
+    const v2 = await deploy(c, 'calm', workloadSpec('calm', 1, flags, 'version: r2\nupdate: { canary: 1, minHealthy: 1s }\n'));
+    assert.equal(v2.code, 0, v2.stderr);
+    await waitFor('the canary waiting for promote', async () => (await plan()) === 'waiting', 60_000);
+    await quiet('waiting for promote');
+    assert.equal((await op(c, ['remove', 'calm'])).code, 0);
+    await waitFor('calm gone', async () => [...(await liveWorkloads(c.root)).keys()].every((k) => !k.startsWith('calm.')), 30_000);
   });
 });
