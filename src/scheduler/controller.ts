@@ -17,6 +17,7 @@ import { readSchedState, serviceInputs, specOfRefIn, toSnapshot, type SchedState
 import type { PlanEvent } from './types.js';
 import type { Metrics } from '../api/metrics.js';
 import { ControllerMetrics } from './controller-metrics.js';
+import { SpinGuard } from './spin-guard.js';
 
 export const ELECTION = 'controller';
 /** Events kept in the store: enough for `backplane service NAME` to explain the last hours of a busy cluster. */
@@ -72,6 +73,9 @@ export class Controller {
   private leading: { leadership: Leadership; epoch: number; since: number } | undefined;
   private wake: (() => void) | undefined;
   private dirty = true;
+  /** Set by the pass itself when it wants the next one at once (see SpinGuard). */
+  private rerun: string[] | undefined;
+  private readonly spin = new SpinGuard();
   private eventSeq = 0;
   private eventKeys: string[] | undefined;
   /** Events already recorded, so a plan repeated pass after pass (waiting for capacity) is recorded once. */
@@ -214,10 +218,17 @@ export class Controller {
       }
       if (stop.aborted) break;
       this.dirty = false;
+      this.rerun = undefined;
       const t0 = performance.now();
       try {
         wakeAt = await this.pass(epoch, leadership, since, stop);
         this.metrics?.pass((performance.now() - t0) / 1000, true);
+        const why = this.rerunAsked();
+        if (why !== undefined) {
+          const g = this.spin.selfRerun(Date.now());
+          if (g.warn) this.opts.log.warn(`controller: more than 20 passes a second, each asking for the next (${why.join(', ') || 'scaling'} changed every time): a plan that never settles, which is a bug; slowing to one pass a second`);
+          if (g.waitMs > 0) await sleep(g.waitMs, undefined, { signal: stop }).catch(() => undefined);
+        } else this.spin.settled();
       } catch (err) {
         if (stop.aborted) break;
         this.metrics?.pass((performance.now() - t0) / 1000, false);
@@ -227,6 +238,11 @@ export class Controller {
       }
     }
     if (leadership.lost.aborted && !signal.aborted) this.opts.log.warn(`this host is no longer the controller (${errorMessage(leadership.lost.reason)})`);
+  }
+
+  /** What the last pass changed when it asked for the next one itself (undefined: it did not). */
+  private rerunAsked(): string[] | undefined {
+    return this.rerun;
   }
 
   /** One pass: snapshot, plan, commit. Returns when the plan may change on its own (wakeAt). */
@@ -265,6 +281,7 @@ export class Controller {
     // A plan that changed this pass (a rollback started, canaries promoted, a step completed) may let the reconciler
     // do more at once: run again rather than wait for the next event.
     if (out.again || out.write.length > 0) this.dirty = true;
+    if (scaled.put.length > 0 || out.again || out.write.length > 0) this.rerun = out.write.map((p) => `plan ${p.id}`);
     const wakes = [out.plan.wakeAt, ...apps.map((a) => a.wakeAt)].filter((w): w is number => w !== undefined);
     return wakes.length === 0 ? undefined : Math.min(...wakes);
   }
