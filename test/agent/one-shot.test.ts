@@ -85,3 +85,19 @@ test('a run that ends at its first settle finishes without waiting on a timer', 
     }
   }
 });
+
+test('the settle line counts what failed and what it blocked (from the engine\'s counts)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'bp-oneshot-'));
+  dirs.push(dir);
+  await writeFile(
+    join(dir, 'graph.yaml'),
+    `resources:\n  - { kind: exec, name: fails, cmd: ["false"] }\n  - { kind: file, name: ${join(dir, 'after')}, content: "x", require: ["exec[fails]"] }\n  - { kind: file, name: ${join(dir, 'ok')}, content: "y" }\n`,
+  );
+  const lines: string[] = [];
+  const agent = new Agent({ file: join(dir, 'graph.yaml'), log: createLogger({ write: (l) => lines.push(l) }), stateDir: join(dir, 'state'), api: false, convergedTimeout: 0 });
+  const result = await agent.run();
+  await agent.close();
+  assert.equal(result.summary.failed.length, 1);
+  assert.equal(result.summary.blocked.length, 1);
+  assert.match(lines.join(''), /settled with problems: 1 of 3 resources in \d+ms, 1 failed, 1 blocked\n/);
+});
