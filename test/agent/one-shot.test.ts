@@ -57,3 +57,47 @@ test('a run that checks once opens its API socket only if it is still running af
   assert.equal((await running).reason, 'converged');
   await slow.close();
 });
+
+/**
+ * Once the graph settles, a one-shot run finishes on the event loop's next turn, not on a timer: setTimeout(fn, 0)
+ * is 1 ms in Node, spent idle between the run's last write and its exit. With setTimeout frozen the run still ends.
+ */
+test('a run that ends at its first settle finishes without waiting on a timer', async (t) => {
+  for (const opts of [{ convergedTimeout: 0 }, { convergedTimeout: 0, noop: true }]) {
+    const dir = await mkdtemp(join(tmpdir(), 'bp-oneshot-'));
+    dirs.push(dir);
+    await writeFile(join(dir, 'graph.yaml'), 'resources: []\n');
+    const agent = new Agent({ file: join(dir, 'graph.yaml'), log: createLogger({ level: 'silent' }), stateDir: join(dir, 'state'), api: false, ...opts });
+    t.mock.timers.enable({ apis: ['setTimeout'] });
+    try {
+      // Turns of the loop, not time: a run that waits for a frozen timer never ends, and this gives up on it.
+      let turns = 0;
+      const gaveUp = (async () => {
+        while (turns++ < 2000) await new Promise<void>((resolve) => setImmediate(resolve));
+        return 'still running';
+      })();
+      const ended = await Promise.race([agent.run().then((r) => r.reason), gaveUp]);
+      turns = Infinity;
+      assert.equal(ended, 'converged', JSON.stringify(opts));
+    } finally {
+      t.mock.timers.reset();
+      await agent.close();
+    }
+  }
+});
+
+test('the settle line counts what failed and what it blocked (from the engine\'s counts)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'bp-oneshot-'));
+  dirs.push(dir);
+  await writeFile(
+    join(dir, 'graph.yaml'),
+    `resources:\n  - { kind: exec, name: fails, cmd: ["false"] }\n  - { kind: file, name: ${join(dir, 'after')}, content: "x", require: ["exec[fails]"] }\n  - { kind: file, name: ${join(dir, 'ok')}, content: "y" }\n`,
+  );
+  const lines: string[] = [];
+  const agent = new Agent({ file: join(dir, 'graph.yaml'), log: createLogger({ write: (l) => lines.push(l) }), stateDir: join(dir, 'state'), api: false, convergedTimeout: 0 });
+  const result = await agent.run();
+  await agent.close();
+  assert.equal(result.summary.failed.length, 1);
+  assert.equal(result.summary.blocked.length, 1);
+  assert.match(lines.join(''), /settled with problems: 1 of 3 resources in \d+ms, 1 failed, 1 blocked\n/);
+});

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
 import { chmod, chown, mkdir, mkdtemp, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -78,6 +79,25 @@ describe('state directory', () => {
     await ensureStateDir(join(open, 'state'));
     await writeFile(join(base, 'file'), '');
     await refused(ensureStateDir(join(base, 'file')), /is not a directory/, /choose another --state-dir/);
+  });
+
+  test('checked before the call returns, without a round trip through the thread pool per directory', async () => {
+    // Six sequential fs/promises calls were ~5 ms of every one-shot run's start-up; the same checks made synchronously
+    // are done by the time ensureStateDir returns, refusals included.
+    const root = join(await tempDir(), 'sync', 'state');
+    const made = ensureStateDir(root);
+    assert.equal(existsSync(root), true, 'the state directory was not made by the time the call returned');
+    await made;
+    const world = join(await tempDir(), 'world');
+    await mkdir(world);
+    await chmod(world, 0o777);
+    const rejected = ensureStateDir(world);
+    // Settled already: a rejection that is still pending loses this race to the resolved marker.
+    assert.equal(await Promise.race([rejected.then(() => 'accepted', () => 'refused'), Promise.resolve().then(() => 'pending')]), 'refused');
+    // Refused again on the next call, not remembered as checked; accepted once fixed.
+    await assert.rejects(ensureStateDir(world), /writable by/);
+    await chmod(world, 0o700);
+    await ensureStateDir(world);
   });
 
   test('the agent and the embedded store refuse one another user could have planted files in', async () => {
