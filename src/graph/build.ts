@@ -85,7 +85,10 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
       kindOf.set(id, kind);
       continue;
     }
-    const params = kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
+    // The kind's shortcut first (the schema's own answer for its common shapes, without zod), else the schema.
+    const quick = kind.quickParams?.(r.name, r.params);
+    const params =
+      quick !== undefined ? { success: true as const, data: quick } : kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
     if (!params.success) {
       for (const e of issuesToErrors(params.error.issues, id, (p) => r.locate(p), 'parameter', Object.keys(schemaShape(kind.schema))))
         errors.push(e);
