@@ -6,6 +6,7 @@ import { buildGraph } from '../../src/graph/build.js';
 import { createRegistry } from '../../src/resources/registry.js';
 import { ValidationErrors } from '../../src/errors.js';
 import { resourceId } from '../../src/graph/ids.js';
+import { pathProblem } from '../../src/graph/schema-util.js';
 
 /** Values each quick key is tried with: good ones, wrong types, edge cases of each check. */
 const VALUES: Record<string, readonly unknown[]> = {
@@ -76,4 +77,15 @@ test('the file kind is validated through the shortcut, and a bad file still fail
     () => buildGraph({ source: 'g.yaml', resources: [res('/srv/a', { content: 'x' }), res('/srv/b', { mode: '0648' })], edges: [], errors: [] }, createRegistry()),
     (err: unknown) => err instanceof ValidationErrors && /0648/.test(err.message),
   );
+});
+
+test('pathProblem: the plain-ASCII shortcut still refuses what cannot name a file', () => {
+  assert.equal(pathProblem('/srv/a'), undefined);
+  assert.equal(pathProblem(`/${'x'.repeat(254)}`), undefined);
+  assert.match(pathProblem('/a\0b') ?? '', /NUL/);
+  assert.match(pathProblem(`/${'x'.repeat(256)}`) ?? '', /NAME_MAX/);
+  assert.match(pathProblem(`/${'a/'.repeat(2100)}`) ?? '', /PATH_MAX/);
+  assert.match(pathProblem('/\uD800') ?? '', /surrogate/);
+  assert.equal(pathProblem('/é'), undefined);
+  assert.match(pathProblem(`/${'é'.repeat(128)}`) ?? '', /NAME_MAX/);
 });
