@@ -390,22 +390,46 @@ function addAutoEdges(
   addEdge: (e: Edge) => void,
 ): void {
   // Several resources may provide one key (a package and a directory resource both provide path:/etc/nginx):
-  // the wanting resource depends on all of them.
-  const providers = new Map<string, ResourceId[]>();
-  const wants: [ResourceId, readonly string[]][] = [];
+  // the wanting resource depends on all of them. Only keys somebody wants are indexed: every file provides its own
+  // path, and 100,000 files meant a map of 100,000 keys of which one (their directory) was ever looked up. Kept in
+  // parallel arrays rather than a tuple per resource, for the same reason.
+  const ids: ResourceId[] = [];
+  const provides: (readonly string[] | undefined)[] = [];
+  const wantIds: ResourceId[] = [];
+  const wantKeys: (readonly string[])[] = [];
+  const wanted = new Set<string>();
+  const wantLists = new Set<readonly string[]>();
   for (const [id, v] of vertices) {
     const kind = kindOf.get(id);
     if (kind?.autoEdges === undefined) continue;
     const hints = derive === undefined ? kind.autoEdges(v.params) : (derive(v, kind).hints ?? {});
-    for (const key of hints.provides ?? []) {
+    if (hints.provides !== undefined && hints.provides.length > 0) {
+      ids.push(id);
+      provides.push(hints.provides);
+    }
+    if (v.meta.autoedge && hints.wants !== undefined) {
+      wantIds.push(id);
+      wantKeys.push(hints.wants);
+      // Files in one directory share one list of wants (their ancestors): its keys are added once.
+      if (!wantLists.has(hints.wants)) {
+        wantLists.add(hints.wants);
+        for (const key of hints.wants) wanted.add(key);
+      }
+    }
+  }
+  const providers = new Map<string, ResourceId[]>();
+  for (let i = 0; i < ids.length; i++) {
+    for (const key of provides[i] ?? []) {
+      if (!wanted.has(key)) continue;
+      const id = ids[i] as ResourceId;
       const list = providers.get(key);
       if (list === undefined) providers.set(key, [id]);
       else list.push(id);
     }
-    if (v.meta.autoedge && hints.wants !== undefined) wants.push([id, hints.wants]);
   }
-  for (const [id, keys] of wants) {
-    for (const key of keys) {
+  for (let i = 0; i < wantIds.length; i++) {
+    const id = wantIds[i] as ResourceId;
+    for (const key of wantKeys[i] ?? []) {
       for (const from of providers.get(key) ?? []) if (from !== id) addEdge({ from, to: id, notify: false, auto: true });
     }
   }
