@@ -280,6 +280,10 @@ export class Engine implements WorkerHost {
   private toWakeAt = 0;
 
   private wakeLater(dependents: readonly { readonly to: ResourceId }[]): void {
+    // Already waiting, not begun (the same vertex changing state again, e.g. running then converged): that turn will
+    // wake every one of them with the latest state. Only the list being worked through goes in once more, so the
+    // queue stays bounded however often a vertex changes state.
+    if (this.toWake.indexOf(dependents, 1) !== -1) return;
     this.toWake.push(dependents);
     if (this.toWake.length === 1) this.wakeSlice();
   }

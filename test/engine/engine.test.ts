@@ -3,6 +3,7 @@ import { readdir, writeFile } from 'node:fs/promises';
 import { describe, test } from 'node:test';
 import { harness, until, withTempDir } from '../helpers/engine.js';
 import { ProbeWorld, probeKind } from '../helpers/probe-kind.js';
+import type { Worker } from '../../src/engine/worker.js';
 
 function setup(opts: { noop?: boolean; parallel?: number; watch?: boolean } = {}) {
   const world = new ProbeWorld();
@@ -370,6 +371,24 @@ resources:
     assert.equal(s.failed.length, 1);
     assert.equal(s.blocked.length, n);
     assert.equal(world.events.filter((e) => e.name.startsWith('d') && e.type === 'check').length, 0, 'a blocked resource is never applied');
+    await engine.stop();
+  });
+
+  test('a vertex that changes state again and again queues its dependents to wake at most twice', async () => {
+    const { engine, graph, settled } = setup();
+    const n = 1000;
+    const lines = ['resources:', '  - { kind: probe, name: root }'];
+    for (let i = 0; i < n; i++) lines.push(`  - { kind: probe, name: d${i}, require: [probe:root] }`);
+    await engine.setGraph(graph(lines.join('\n') + '\n'));
+    await settled(30_000);
+    // Inside view: the root reporting state changes faster than its dependents can be woken (a fast poll).
+    const inside = engine as unknown as { workers: Map<string, Worker>; toWake: unknown[]; stateChanged(w: Worker, prev: string): void };
+    const root = inside.workers.get('probe[root]');
+    assert.ok(root !== undefined);
+    for (let i = 0; i < 100; i++) inside.stateChanged(root, i % 2 === 0 ? 'running' : 'converged');
+    assert.ok(inside.toWake.length <= 2, `${inside.toWake.length} lists of dependents queued`);
+    await until(() => inside.toWake.length === 0, 5000, 'the queue drained');
+    assert.equal(engine.summary().converged, n + 1);
     await engine.stop();
   });
 });
