@@ -193,7 +193,8 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
       else list.push(e.to);
     }
     const next = (id: ResourceId): readonly ResourceId[] => succ.get(id) ?? NO_IDS;
-    // Nearly every graph has no cycle: a topological pass says so at a third of Tarjan's cost (100,000 files).
+    // Nearly every graph has no cycle: a topological pass says so for about two thirds of Tarjan's cost (one
+    // directory of 100,000 files: 115 against 178 ms), and Tarjan then runs only to name the cycles.
     const cycles = isAcyclic(vertices.keys(), succ) ? [] : findCycles([...vertices.keys()], next);
     let dropped = false;
     for (const cycle of cycles) {
