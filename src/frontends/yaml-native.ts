@@ -60,34 +60,36 @@ export function readNativeGraph(doc: GraphDocument): RawGraph {
     fail('"resources" must be a list', doc.locateValue(['resources']), 'write each resource as a list item starting with "- kind: ..."');
     return done();
   }
+  // Where resource i (or something in it) is: made when a problem is reported, not a closure per resource read.
+  const atItem = (i: number, ...rest: PropertyKey[]): SourceLocation => doc.locate(['resources', i, ...rest]);
   list.forEach((item: unknown, i) => {
-    const at = locator(doc.locate, ['resources', i]);
     if (!isMap(item)) {
-      fail('each resource must be a map with kind and name', at(), 'e.g. "- kind: file" then "name: /etc/motd" on the next line');
+      fail('each resource must be a map with kind and name', atItem(i), 'e.g. "- kind: file" then "name: /etc/motd" on the next line');
       return;
     }
     const kind = scalarString(item['kind']);
     const name = scalarString(item['name']);
     if (kind === undefined) {
-      fail('resource has no "kind"', at(), 'add e.g. "kind: file"; `backplane kinds` lists them');
+      fail('resource has no "kind"', atItem(i), 'add e.g. "kind: file"; `backplane kinds` lists them');
       return;
     }
     if (name === undefined || name === '') {
-      fail(`${kind} resource has no "name"`, at(), 'add a name, unique among resources of its kind');
+      fail(`${kind} resource has no "name"`, atItem(i), 'add a name, unique among resources of its kind');
       return;
     }
     const params: Record<string, unknown> = {};
-    for (const [key, value] of Object.entries(item)) if (!RESERVED.has(key)) params[key] = value;
+    for (const key of Object.keys(item)) if (!RESERVED.has(key)) params[key] = item[key];
     const exportTo = exportTarget(item['export']);
     if (exportTo === 'invalid') {
-      fail('"export" must be true, "*", a host name or a list of host names', at('export'), 'e.g. export: true (to every host) or export: [web1, web2]');
+      fail('"export" must be true, "*", a host name or a list of host names', atItem(i, 'export'), 'e.g. export: true (to every host) or export: [web1, web2]');
       return;
     }
     resources.push(rawResource({ kind, name, params, meta: item['meta'] ?? undefined, export: exportTo }, doc.locate, ['resources', i]));
-    const self = `${kind}[${name}]`;
+    let self: string | undefined;
     for (const rel of RELATION_KEYS) {
       const value = item[rel];
       if (isEmpty(value)) continue;
+      self ??= `${kind}[${name}]`;
       const refs: [unknown, At][] = Array.isArray(value)
         ? value.map((ref: unknown, j) => [ref, locator(doc.locate, ['resources', i, rel, j])])
         : [[value, locator(doc.locate, ['resources', i, rel])]];

@@ -27,6 +27,15 @@ export const duration = () =>
 export const PATH_MAX_BYTES = 4095;
 export const NAME_MAX_BYTES = 255;
 
+/** ASCII without NUL: one UTF-8 byte a character. */
+function plainAscii(p: string): boolean {
+  for (let i = 0; i < p.length; i++) {
+    const c = p.charCodeAt(i);
+    if (c === 0 || c > 0x7f) return false;
+  }
+  return true;
+}
+
 /**
  * Why a string cannot name a file on Linux, or undefined when it can. Checked at validation so the problem is
  * reported with its line before anything runs, not as an EINVAL or ENAMETOOLONG halfway through a convergence.
@@ -35,6 +44,9 @@ export const NAME_MAX_BYTES = 255;
  * when the file is read, so every string that gets here is what its author wrote.)
  */
 export function pathProblem(p: string): string | undefined {
+  // Plain ASCII without NUL, at most NAME_MAX characters: one byte a character, so no length limit can be passed
+  // and nothing else below applies. Nearly every path is one; the checks below cost ~1 µs a path (split, byte counts).
+  if (p.length <= NAME_MAX_BYTES && plainAscii(p)) return undefined;
   if (p.includes('\0')) return 'must not contain a NUL character (\\0): no file name can hold one';
   if (/[\uD800-\uDFFF]/u.test(p)) return 'contains a lone UTF-16 surrogate, which has no UTF-8 form and cannot be a file name';
   const bytes = Buffer.byteLength(p, 'utf8');

@@ -77,6 +77,12 @@ export interface ResourceKind<P = unknown> {
   readonly refreshable?: boolean;
   /** Parameters implied by the name when not given, e.g. a file's `path` defaults to its name. */
   defaults?(name: string): Record<string, unknown>;
+  /**
+   * Optional shortcut for validation: exactly what `schema.safeParse({ ...defaults(name), ...params })` returns as its
+   * data, for the common shapes a kind recognizes, or undefined to let the schema decide (and report). Must never
+   * accept what the schema refuses nor answer differently (a test compares them).
+   */
+  quickParams?(name: string, params: Readonly<Record<string, unknown>>): P | undefined;
   create(id: ResourceId, params: P, world: ResourceWorld): Resource;
   /**
    * The one thing on the host this resource manages, named so that two resources managing the same thing give the

@@ -115,6 +115,17 @@ describe('graph source re-renders', () => {
           };
         },
       }),
+      // The kind's shortcut is a parameter check too, when it answers (else the schema is asked, and counted).
+      ...(k.quickParams === undefined
+        ? {}
+        : {
+            quickParams: (name: string, params: Readonly<Record<string, unknown>>) => {
+              const q = k.quickParams?.(name, params);
+              const path = params['path'] ?? name;
+              if (q !== undefined && typeof path === 'string' && path.startsWith(collectedDir)) checks++;
+              return q;
+            },
+          }),
     });
     const graph = (two: string): string =>
       `resources:\n  - { kind: file, name: ${join(dir, 'one')}, content: "1", export: true }\n  - { kind: file, name: ${join(dir, 'two')}, content: "${two}", export: true }\ncollect:\n  - { kind: file, set: { path: "${collectedDir}/{host}-{basename}" } }\n`;

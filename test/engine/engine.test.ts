@@ -3,6 +3,7 @@ import { readdir, writeFile } from 'node:fs/promises';
 import { describe, test } from 'node:test';
 import { harness, until, withTempDir } from '../helpers/engine.js';
 import { ProbeWorld, probeKind } from '../helpers/probe-kind.js';
+import type { Worker } from '../../src/engine/worker.js';
 
 function setup(opts: { noop?: boolean; parallel?: number; watch?: boolean } = {}) {
   const world = new ProbeWorld();
@@ -324,5 +325,70 @@ resources:
     assert.equal(early, false, 'the engine said it was settled while workers were still being started');
     assert.equal(again.engine.summary().converged, n);
     await again.engine.stop();
+  });
+
+  test('a vertex with many dependents wakes them in turns: the first finish before the last start, and all run', async () => {
+    const { world, engine, graph, settled } = setup();
+    // Woken all at once, 10,000 checks moved in lockstep: none finished before the last had started.
+    const n = 10_000;
+    // The root takes long enough for every dependent to be started and waiting on it when it converges.
+    const lines = ['resources:', '  - { kind: probe, name: root, ms: 1500 }'];
+    // Each check takes a timer's turn: checks started in one go all start before any of them is done.
+    for (let i = 0; i < n; i++) lines.push(`  - { kind: probe, name: d${i}, ms: 1, require: [probe:root] }`);
+    let settledEarly = false;
+    const off = engine.onSettledChange((s) => {
+      if (s && engine.summary().converged < n + 1) settledEarly = true;
+    });
+    await engine.setGraph(graph(lines.join('\n') + '\n'));
+    await settled(60_000);
+    off();
+    assert.equal(settledEarly, false, 'the engine settled while dependents were still waiting to be woken');
+    assert.equal(engine.summary().converged, n + 1);
+    const deps = world.events.filter((e) => e.name.startsWith('d'));
+    const firstDone = Math.min(...deps.filter((e) => e.type === 'done').map((e) => e.t));
+    const lastCheck = Math.max(...deps.filter((e) => e.type === 'check').map((e) => e.t));
+    const rootDone = world.of('root', 'done')[0]?.t ?? NaN;
+    assert.ok(engine.status().length === n + 1 && Math.min(...deps.filter((e) => e.type === 'check').map((e) => e.t)) >= rootDone);
+    assert.ok(firstDone < lastCheck, 'every dependent had started before the first one finished');
+    await engine.stop();
+  });
+
+  test('a failed vertex with many dependents blocks every one of them before the engine settles', async () => {
+    const { world, engine, graph, settled } = setup();
+    const n = 500;
+    world.failures.set('root', 1);
+    const lines = ['resources:', '  - { kind: probe, name: root }'];
+    for (let i = 0; i < n; i++) lines.push(`  - { kind: probe, name: d${i}, require: [probe:root] }`);
+    let settledEarly = false;
+    const off = engine.onSettledChange((s) => {
+      if (s && engine.summary().blocked.length < n) settledEarly = true;
+    });
+    await engine.setGraph(graph(lines.join('\n') + '\n'));
+    await settled(30_000);
+    off();
+    assert.equal(settledEarly, false);
+    const s = engine.summary();
+    assert.equal(s.failed.length, 1);
+    assert.equal(s.blocked.length, n);
+    assert.equal(world.events.filter((e) => e.name.startsWith('d') && e.type === 'check').length, 0, 'a blocked resource is never applied');
+    await engine.stop();
+  });
+
+  test('a vertex that changes state again and again queues its dependents to wake at most twice', async () => {
+    const { engine, graph, settled } = setup();
+    const n = 1000;
+    const lines = ['resources:', '  - { kind: probe, name: root }'];
+    for (let i = 0; i < n; i++) lines.push(`  - { kind: probe, name: d${i}, require: [probe:root] }`);
+    await engine.setGraph(graph(lines.join('\n') + '\n'));
+    await settled(30_000);
+    // Inside view: the root reporting state changes faster than its dependents can be woken (a fast poll).
+    const inside = engine as unknown as { workers: Map<string, Worker>; toWake: unknown[]; stateChanged(w: Worker, prev: string): void };
+    const root = inside.workers.get('probe[root]');
+    assert.ok(root !== undefined);
+    for (let i = 0; i < 100; i++) inside.stateChanged(root, i % 2 === 0 ? 'running' : 'converged');
+    assert.ok(inside.toWake.length <= 2, `${inside.toWake.length} lists of dependents queued`);
+    await until(() => inside.toWake.length === 0, 5000, 'the queue drained');
+    assert.equal(engine.summary().converged, n + 1);
+    await engine.stop();
   });
 });

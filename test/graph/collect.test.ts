@@ -318,6 +318,16 @@ describe('collecting again', () => {
               return (...args: unknown[]) => (checks++, (v as (...a: unknown[]) => unknown).apply(target, args));
             },
           }),
+          // The kind's shortcut is a parameter check too, when it answers (else the schema is asked, and counted).
+          ...(k.quickParams === undefined
+            ? {}
+            : {
+                quickParams: (name: string, params: Readonly<Record<string, unknown>>) => {
+                  const q = k.quickParams?.(name, params);
+                  if (q !== undefined) checks++;
+                  return q;
+                },
+              }),
         }),
       ),
     );
