@@ -5,7 +5,8 @@ import type { TrustView } from '../cluster/trust.js';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ServiceDirectory, ServiceInstance, ServiceInstances } from '../resources/types.js';
-import { readSchedState, type SchedState } from '../scheduler/state.js';
+// Loaded with the first read: DiscoveryHandle is made at every start, a Discovery only once a cluster store is open.
+import type { SchedState } from '../scheduler/state.js';
 
 export type { ServiceInstance, ServiceInstances };
 
@@ -118,6 +119,7 @@ export class Discovery {
     } else {
       let state: SchedState;
       try {
+        const { readSchedState } = await import('../scheduler/state.js');
         state = await readSchedState(this.opts.store, view, { signal: this.ac.signal });
       } catch (err) {
         if (this.ac.signal.aborted) return;
