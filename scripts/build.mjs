@@ -11,7 +11,8 @@
 //   dist/web/                     the dashboard
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
-import { isBuiltin } from 'node:module';
+import { createRequire, isBuiltin } from 'node:module';
+import { pathToFileURL } from 'node:url';
 import { createHash } from 'node:crypto';
 import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, relative, resolve as resolvePath, sep } from 'node:path';
@@ -79,6 +80,15 @@ const SCRIPT_BANNER = '(function (exports, require, module, __filename, __dirnam
 const MORE = 'backplane-cli-more.js';
 /** The modules `backplane run` starts from: main.ts runs it, run.ts is the command, perf-shim is injected everywhere. */
 const CORE_ROOTS = ['src/cli/main.ts', 'src/cli/run.ts', 'src/util/perf-shim.ts'];
+/**
+ * Packages the core imports statically but calls only now and then: they go to the rest of the CLI, and the core's
+ * stand-in for them is a module of getters (as for Node's built-ins above) that loads the rest at the first read of
+ * an export. `yaml` (165 KB, a sixth of the core) gives the YAML frontend positions for error messages and the text of
+ * an unquoted numeric mode (src/frontends/document.ts); js-yaml reads the data. A package whose exports the core
+ * reads while its modules load would load the rest at every start: test/cli/startup.test.ts would catch that.
+ */
+const LAZY_PACKAGES = ['yaml'];
+const isLazy = (file) => LAZY_PACKAGES.some((p) => moduleKey(file).startsWith(`node_modules/${p}/`));
 const cliPlugins = [
   lazyBuiltins(['child_process', 'crypto', 'worker_threads', 'perf_hooks', 'readline', 'v8', 'net']),
   {
@@ -152,7 +162,7 @@ for (const queue = [...CORE_ROOTS]; queue.length > 0; ) {
   if (core.has(file)) continue;
   if (inputs[file] === undefined) throw new Error(`${file}: not a module of the CLI bundle (CORE_ROOTS in scripts/build.mjs)`);
   core.add(file);
-  for (const imp of inputs[file].imports) if (!imp.external && imp.kind !== 'dynamic-import') queue.push(imp.path);
+  for (const imp of inputs[file].imports) if (!imp.external && imp.kind !== 'dynamic-import' && (isLazy(file) || !isLazy(imp.path))) queue.push(imp.path);
 }
 // Real files only: a plugin's module (lazy-builtin:net, zod-locales-en:...) is bundled into each script that uses it.
 const isFile = (f) => !f.includes(':');
@@ -164,7 +174,7 @@ const moreKeys = new Set(Object.keys(inputs).filter((f) => isFile(f) && !core.ha
  * Only real files cross: the plugins' own modules (a lazy built-in's getters, zod's en locale) hold no state, and a
  * script that needs one has its own copy. `crossed` collects the keys this script asks the other for.
  */
-function crossScript(foreign, crossed) {
+function crossScript(foreign, crossed, lazy = new Map()) {
   return {
     name: 'cross-script',
     setup(b) {
@@ -178,7 +188,22 @@ function crossScript(foreign, crossed) {
         // A stand-in is CommonJS whatever the module is: `.cjs` keeps esbuild from reading a `.mjs` key as ESM.
         return { path: `${key}.cjs`, namespace: 'cross-script', pluginData: { key } };
       });
-      b.onLoad({ filter: /.*/, namespace: 'cross-script' }, (a) => ({ contents: `module.exports = __bpLoad(${JSON.stringify(a.pluginData.key)});`, loader: 'js' }));
+      b.onLoad({ filter: /.*/, namespace: 'cross-script' }, (a) => {
+        const key = JSON.stringify(a.pluginData.key);
+        const names = lazy.get(a.pluginData.key);
+        if (names === undefined) return { contents: `module.exports = __bpLoad(${key});`, loader: 'js' };
+        // Getters on the prototype, for the reason lazyBuiltins gives.
+        return {
+          contents: [
+            'let real;',
+            `const load = () => (real ??= __bpLoad(${key}));`,
+            'const getters = {};',
+            `for (const k of ${JSON.stringify(names)}) Object.defineProperty(getters, k, { enumerable: true, get: () => load()[k] });`,
+            'module.exports = Object.create(getters);',
+          ].join('\n'),
+          loader: 'js',
+        };
+      });
     },
   };
 }
@@ -241,6 +266,20 @@ if (more.warnings.length > 0) throw new Error(`${MORE} built with ${more.warning
 checkOwn(more, moreKeys, MORE);
 const moreId = await writeScript(more, MORE);
 
+// The exports of each lazy package module the core imports, from the module itself (this Node loads it as the bundle's
+// require() would: the bundle has the same file).
+const lazyExports = new Map();
+for (const key of coreAsksFor) {
+  if (!isLazy(key)) continue;
+  const file = Object.keys(inputs).find((f) => moduleKey(f) === key);
+  let names;
+  try {
+    names = Object.keys(createRequire(import.meta.url)(resolvePath(file)));
+  } catch {
+    names = Object.keys(await import(pathToFileURL(resolvePath(file)).href));
+  }
+  lazyExports.set(key, names.filter((k) => k !== 'default' && k !== '__esModule'));
+}
 const coreAsked = new Set();
 const cli = await build(
   cliOptions({
@@ -248,7 +287,7 @@ const cli = await build(
     outfile: 'dist/backplane-cli.js',
     inject: ['src/util/perf-shim.ts'],
     banner: { js: SCRIPT_BANNER },
-    plugins: [crossScript(moreKeys, coreAsked), ...cliPlugins],
+    plugins: [crossScript(moreKeys, coreAsked, lazyExports), ...cliPlugins],
   }),
 );
 if (cli.warnings.length > 0) throw new Error(`the CLI bundle built with ${cli.warnings.length} warning(s)`);

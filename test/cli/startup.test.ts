@@ -300,6 +300,27 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
     });
   });
 
+  test('the precise YAML parser is in the rest: an unquoted mode and a syntax error still get it, a quoted mode does not need it', async () => {
+    await withTempDir(async (dir) => {
+      const { launcher } = await copyDist(dir);
+      const runGraph = async (name: string, text: string): Promise<Started> => {
+        await writeFile(join(dir, name), text);
+        return start(launcher, ['run', '--file', join(dir, name), '--converged-timeout', '0', '--no-api', '--state-dir', join(dir, 'state')]);
+      };
+      const quoted = await runGraph('quoted.yaml', `resources:\n  - { kind: file, name: ${join(dir, 'q')}, content: "x", mode: "0640" }\n`);
+      assert.equal(quoted.code, 0, quoted.stderr);
+      assert.equal(moreCache(quoted), '(not loaded)');
+      // YAML 1.2 reads 0640 as the decimal 640: only the precise parser has the text chmod means.
+      const unquoted = await runGraph('unquoted.yaml', `resources:\n  - { kind: file, name: ${join(dir, 'u')}, content: "x", mode: 0640 }\n`);
+      assert.equal(unquoted.code, 0, unquoted.stderr);
+      assert.equal(moreCache(unquoted), 'used');
+      assert.equal((await stat(join(dir, 'u'))).mode & 0o777, 0o640);
+      const broken = await runGraph('broken.yaml', 'resources:\n  - { kind: file, name: /x, content: "x"\n');
+      assert.notEqual(broken.code, 0);
+      assert.match(broken.stderr, /broken\.yaml:\d+:\d+: invalid YAML/);
+    });
+  });
+
   test('the rest of another build is refused, not run beside this core', async () => {
     await withTempDir(async (dir) => {
       const { launcher } = await copyDist(dir);
