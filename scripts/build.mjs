@@ -78,14 +78,17 @@ await mkdir('dist');
 // names the further script with its build id, so a core never runs beside another build's second script.
 const SCRIPT_BANNER = '(function (exports, require, module, __filename, __dirname, __bpUrl, __bpResolve, __bpImport, __bpLoad, __bpExpose) {';
 const MORE = 'backplane-cli-more.js';
+/** The packages of LAZY_PACKAGES, below: a script of their own, so that needing one does not read all of MORE. */
+const LAZY_SCRIPT = 'backplane-cli-lazy.js';
 /** The modules `backplane run` starts from: main.ts runs it, run.ts is the command, perf-shim is injected everywhere. */
 const CORE_ROOTS = ['src/cli/main.ts', 'src/cli/run.ts', 'src/util/perf-shim.ts'];
 /**
- * Packages the core imports statically but calls only now and then: they go to the rest of the CLI, and the core's
- * stand-in for them is a module of getters (as for Node's built-ins above) that loads the rest at the first read of
- * an export. `yaml` (165 KB, a sixth of the core) gives the YAML frontend positions for error messages and the text of
- * an unquoted numeric mode (src/frontends/document.ts); js-yaml reads the data. A package whose exports the core
- * reads while its modules load would load the rest at every start: test/cli/startup.test.ts would catch that.
+ * Packages the core imports statically but calls only now and then: they go to a script of their own
+ * (backplane-cli-lazy.js), and the core's stand-in for them is a module of getters (as for Node's built-ins above)
+ * that loads that script at the first read of an export. `yaml` (165 KB, a sixth of the core) gives the YAML frontend
+ * positions for error messages and the text of an unquoted numeric mode (src/frontends/document.ts); js-yaml reads
+ * the data. A package whose exports the core reads while its modules load would load its script at every start:
+ * test/cli/startup.test.ts would catch that.
  */
 const LAZY_PACKAGES = ['yaml'];
 const isLazy = (file) => LAZY_PACKAGES.some((p) => moduleKey(file).startsWith(`node_modules/${p}/`));
@@ -164,17 +167,46 @@ for (const queue = [...CORE_ROOTS]; queue.length > 0; ) {
   core.add(file);
   for (const imp of inputs[file].imports) if (!imp.external && imp.kind !== 'dynamic-import' && (isLazy(file) || !isLazy(imp.path))) queue.push(imp.path);
 }
-// Real files only: a plugin's module (lazy-builtin:net, zod-locales-en:...) is bundled into each script that uses it.
+// Which script each module is in. Real files only: a plugin's module (lazy-builtin:net, zod-locales-en:...) holds no
+// state and is bundled into each script that uses it.
+const CORE = 'backplane-cli.js';
 const isFile = (f) => !f.includes(':');
 const coreKeys = new Set([...core].filter(isFile).map(moduleKey));
-const moreKeys = new Set(Object.keys(inputs).filter((f) => isFile(f) && !core.has(f)).map(moduleKey));
+const scriptOf = (key) => (coreKeys.has(key) ? CORE : isLazy(key) ? LAZY_SCRIPT : MORE);
+const keysOf = new Map([CORE, LAZY_SCRIPT, MORE].map((name) => [name, new Set()]));
+for (const f of Object.keys(inputs).filter(isFile)) keysOf.get(scriptOf(moduleKey(f))).add(moduleKey(f));
+// What each script must expose: its modules that a module of another script imports. Every further script asks the
+// core for its monotonic clock (the injected perf-shim): one origin for every performance.now() of the CLI.
+const asked = new Map([...keysOf.keys()].map((name) => [name, new Set()]));
+asked.get(CORE).add('src/util/perf-shim.ts');
+for (const [file, input] of Object.entries(inputs)) {
+  if (!isFile(file)) continue;
+  for (const imp of input.imports) {
+    if (imp.external || !isFile(imp.path)) continue;
+    const to = scriptOf(moduleKey(imp.path));
+    if (to !== scriptOf(moduleKey(file))) asked.get(to).add(moduleKey(imp.path));
+  }
+}
+// The exports of each lazy package module imported from outside its package, from the module itself (this Node loads
+// it as the bundle's require() would: the bundle has the same file).
+const lazyExports = new Map();
+for (const key of asked.get(LAZY_SCRIPT)) {
+  const file = resolvePath(Object.keys(inputs).find((f) => moduleKey(f) === key));
+  let names;
+  try {
+    names = Object.keys(createRequire(import.meta.url)(file));
+  } catch {
+    names = Object.keys(await import(pathToFileURL(file).href));
+  }
+  lazyExports.set(key, names.filter((k) => k !== 'default' && k !== '__esModule'));
+}
 
 /**
- * Resolves as the bundle would, then turns an import of a module that lives in the other script into its stand-in.
- * Only real files cross: the plugins' own modules (a lazy built-in's getters, zod's en locale) hold no state, and a
- * script that needs one has its own copy. `crossed` collects the keys this script asks the other for.
+ * Resolves as the bundle would, then turns an import of a module that lives in another script into its stand-in,
+ * which names the module and its script. Only real files cross (see above). `crossed` collects the keys this script
+ * asks the others for.
  */
-function crossScript(foreign, crossed, lazy = new Map()) {
+function crossScript(own, crossed) {
   return {
     name: 'cross-script',
     setup(b) {
@@ -183,20 +215,21 @@ function crossScript(foreign, crossed, lazy = new Map()) {
         const r = await b.resolve(a.path, { kind: a.kind, importer: a.importer, namespace: a.namespace, resolveDir: a.resolveDir, pluginData: { crossScript: true } });
         if (r.errors.length > 0 || r.external || r.namespace !== 'file') return undefined;
         const key = moduleKey(relative(process.cwd(), r.path).split(sep).join('/'));
-        if (!foreign.has(key)) return undefined;
+        if (scriptOf(key) === own) return undefined;
         crossed.add(key);
         // A stand-in is CommonJS whatever the module is: `.cjs` keeps esbuild from reading a `.mjs` key as ESM.
         return { path: `${key}.cjs`, namespace: 'cross-script', pluginData: { key } };
       });
       b.onLoad({ filter: /.*/, namespace: 'cross-script' }, (a) => {
-        const key = JSON.stringify(a.pluginData.key);
-        const names = lazy.get(a.pluginData.key);
-        if (names === undefined) return { contents: `module.exports = __bpLoad(${key});`, loader: 'js' };
+        const { key } = a.pluginData;
+        const ask = `__bpLoad(${JSON.stringify(key)}, ${JSON.stringify(scriptOf(key))})`;
+        const names = lazyExports.get(key);
+        if (names === undefined) return { contents: `module.exports = ${ask};`, loader: 'js' };
         // Getters on the prototype, for the reason lazyBuiltins gives.
         return {
           contents: [
             'let real;',
-            `const load = () => (real ??= __bpLoad(${key}));`,
+            `const load = () => (real ??= ${ask});`,
             'const getters = {};',
             `for (const k of ${JSON.stringify(names)}) Object.defineProperty(getters, k, { enumerable: true, get: () => load()[k] });`,
             'module.exports = Object.create(getters);',
@@ -207,7 +240,7 @@ function crossScript(foreign, crossed, lazy = new Map()) {
     },
   };
 }
-/** An entry that registers the getters of `keys` (modules of this script the other one asks for), then runs `main`. */
+/** An entry that registers the getters of `keys` (modules of this script that others ask for), then runs `main`. */
 function entryOf(keys, scripts, main) {
   const absolute = new Map(Object.keys(inputs).map((f) => [moduleKey(f), resolvePath(f)]));
   const getters = [...keys].sort().map((k) => `  ${JSON.stringify(k)}: () => require(${JSON.stringify(absolute.get(k))}),`);
@@ -236,64 +269,36 @@ async function writeScript(result, outfile) {
   if (id === undefined) throw new Error(`no ${outfile} came out of the build`);
   return id;
 }
-/** Every file module a build bundled must be its script's own (a module in both scripts would be two modules). */
-function checkOwn(result, own, name) {
+/** Builds one of the CLI's scripts; checks it holds its own modules only and asks the others only for what they expose. */
+async function buildScript(name, options) {
+  const crossed = new Set();
+  const result = await build(cliOptions({ ...options, outfile: `dist/${name}`, plugins: [crossScript(name, crossed), ...cliPlugins] }));
+  if (result.warnings.length > 0) throw new Error(`${name} built with ${result.warnings.length} warning(s): fix them (an import.meta or import() the bundle cannot keep, most likely)`);
   for (const file of Object.keys(result.metafile.inputs)) {
-    if (file.includes(':')) continue; // the plugins' stateless modules (lazy-builtin:, zod-locales-en:, cross-script:)
-    if (file === 'backplane-cli-entry.js') continue;
-    if (!own.has(moduleKey(file))) throw new Error(`${file} was bundled into ${name}, but belongs to the other CLI script`);
+    // The plugins' stateless modules (lazy-builtin:, zod-locales-en:, cross-script:) and the entry are no one's.
+    if (file.includes(':') || file === 'backplane-cli-entry.js') continue;
+    // A module in two scripts would be two modules (two classes, two registries).
+    if (scriptOf(moduleKey(file)) !== name) throw new Error(`${file} was bundled into ${name}, but belongs to ${scriptOf(moduleKey(file))}`);
   }
+  for (const key of crossed) if (!asked.get(scriptOf(key)).has(key)) throw new Error(`${name} asks ${scriptOf(key)} for ${key}, which it does not expose`);
+  return writeScript(result, name);
 }
 
-// The further script first: the core pins its build id. Its modules see the core's monotonic clock (the injected
-// perf-shim), not a copy with another origin.
-const moreAsks = new Set(['src/util/perf-shim.ts']);
-const coreAsksFor = new Set();
-for (const [file, input] of Object.entries(inputs)) {
-  if (!core.has(file)) continue;
-  for (const imp of input.imports) if (!imp.external && moreKeys.has(moduleKey(imp.path))) coreAsksFor.add(moduleKey(imp.path));
-}
-const more = await build(
-  cliOptions({
-    stdin: entryOf(coreAsksFor, {}),
-    outfile: `dist/${MORE}`,
+// The further scripts first: the core pins their build ids. Their modules see the core's monotonic clock, not a copy
+// of the perf-shim with another origin.
+const ids = {};
+for (const name of [LAZY_SCRIPT, MORE]) {
+  ids[name] = await buildScript(name, {
+    stdin: entryOf(asked.get(name), {}),
     define: { 'import.meta.url': '__bpUrl', 'import.meta.resolve': '__bpResolve', performance: '__bpPerformance' },
-    banner: { js: `${SCRIPT_BANNER}var __bpPerformance = __bpLoad("src/util/perf-shim.ts").performance;` },
-    plugins: [crossScript(coreKeys, moreAsks), ...cliPlugins],
-  }),
-);
-if (more.warnings.length > 0) throw new Error(`${MORE} built with ${more.warnings.length} warning(s)`);
-checkOwn(more, moreKeys, MORE);
-const moreId = await writeScript(more, MORE);
-
-// The exports of each lazy package module the core imports, from the module itself (this Node loads it as the bundle's
-// require() would: the bundle has the same file).
-const lazyExports = new Map();
-for (const key of coreAsksFor) {
-  if (!isLazy(key)) continue;
-  const file = Object.keys(inputs).find((f) => moduleKey(f) === key);
-  let names;
-  try {
-    names = Object.keys(createRequire(import.meta.url)(resolvePath(file)));
-  } catch {
-    names = Object.keys(await import(pathToFileURL(resolvePath(file)).href));
-  }
-  lazyExports.set(key, names.filter((k) => k !== 'default' && k !== '__esModule'));
+    banner: { js: `${SCRIPT_BANNER}var __bpPerformance = __bpLoad("src/util/perf-shim.ts", ${JSON.stringify(CORE)}).performance;` },
+  });
 }
-const coreAsked = new Set();
-const cli = await build(
-  cliOptions({
-    stdin: entryOf(moreAsks, { [MORE]: moreId }, 'src/cli/main.ts'),
-    outfile: 'dist/backplane-cli.js',
-    inject: ['src/util/perf-shim.ts'],
-    banner: { js: SCRIPT_BANNER },
-    plugins: [crossScript(moreKeys, coreAsked, lazyExports), ...cliPlugins],
-  }),
-);
-if (cli.warnings.length > 0) throw new Error(`the CLI bundle built with ${cli.warnings.length} warning(s)`);
-checkOwn(cli, coreKeys, 'backplane-cli.js');
-for (const k of coreAsked) if (!coreAsksFor.has(k)) throw new Error(`backplane-cli.js asks ${MORE} for ${k}, which it does not expose`);
-const coreId = await writeScript(cli, 'backplane-cli.js');
+const coreId = await buildScript(CORE, {
+  stdin: entryOf(asked.get(CORE), ids, 'src/cli/main.ts'),
+  inject: ['src/util/perf-shim.ts'],
+  banner: { js: SCRIPT_BANNER },
+});
 
 // The launcher is CommonJS, as bin/backplane.js is: Node then starts without its ES module loader. dist/backplane.mjs
 // is the same start for whoever imports or runs the ES module entry of earlier builds.
@@ -312,7 +317,7 @@ await writeFile('dist/backplane.mjs', "// The CLI's launcher is CommonJS (dist/b
 
 // The caches: the CLI run once on a small graph of files through the launcher just built, then V8's code for every
 // function that ran, one cache per script (scripts/train-code-cache.mjs).
-const train = spawnSync(process.execPath, ['scripts/train-code-cache.mjs', 'dist/backplane.cjs', `dist/backplane-cli.js=${coreId}`, `dist/${MORE}=${moreId}`], {
+const train = spawnSync(process.execPath, ['scripts/train-code-cache.mjs', 'dist/backplane.cjs', `dist/${CORE}=${coreId}`, ...Object.entries(ids).map(([name, id]) => `dist/${name}=${id}`)], {
   // Only V8 flags the agent itself starts with: a cache made under other flags would be rejected at every start.
   env: Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS')),
   stdio: ['ignore', 'pipe', 'pipe'],

@@ -3,7 +3,8 @@
  * (dist/backplane-cli.js, a classic script: what `backplane run` of a local graph needs) with the V8 code cache the
  * build made for it (dist/backplane-cli.cache), so a start deserializes bytecode instead of parsing and compiling 1 MB
  * of JavaScript. The rest of the CLI (dist/backplane-cli-more.js: cluster, scheduler, API, operator commands) is
- * compiled the same way, with its own cache under the same rules, the first time one of its modules is needed.
+ * compiled the same way, with its own cache under the same rules, the first time one of its modules is needed; so is
+ * dist/backplane-cli-lazy.js, packages the core calls only now and then (the precise YAML parser).
  * That, and nothing else, is why the CLI is not an ES module: Node 20 has no code cache for ES modules.
  *
  * The cache is bytecode that runs as whoever runs the CLI (root, on an agent host), so it is trusted exactly as far as
@@ -47,7 +48,7 @@ type Wrapper = (
   url: string,
   resolve: (specifier: string) => string,
   importModule: (url: string) => Promise<unknown>,
-  load: (key: string) => unknown,
+  load: (key: string, script: string) => unknown,
   expose: (getters: Readonly<Record<string, () => unknown>>, scripts: Readonly<Record<string, string>>) => void,
 ) => void;
 
@@ -149,12 +150,12 @@ function compile(file: string, source: string, id: string | undefined, cache: Bu
 
 /**
  * The CLI's modules across its scripts (scripts/build.mjs): each script's entry exposes the getters of its modules
- * that the other script imports, and names the further scripts with their build ids. A module of a script not yet
- * run is asked for with load(): the script is read, checked and compiled like the core, then run, once.
+ * that other scripts import, and the core names the further scripts with their build ids. A module of a script not
+ * yet run is asked for with load(key, script): the script is read, checked and compiled like the core, then run, once.
  */
 const getters = new Map<string, () => unknown>();
 const loaded = new Map<string, unknown>();
-/** Further scripts named by a script that ran (file name beside the core -> the build id it must have). */
+/** Further scripts the core named and that have not run (file name beside the core -> the build id it must have). */
 const pending = new Map<string, string>();
 const bundleRequire = createRequire(bundle);
 const url = pathToFileURL(bundle).href;
@@ -166,23 +167,22 @@ function expose(table: Readonly<Record<string, () => unknown>>, scripts: Readonl
   for (const [name, want] of Object.entries(scripts)) pending.set(name, want);
 }
 
-function load(key: string): unknown {
+function load(key: string, script: string): unknown {
   if (loaded.has(key)) return loaded.get(key);
-  let get = getters.get(key);
-  for (const [name, want] of pending) {
-    if (get !== undefined) break;
-    // Out of the list while it runs (its top asks for core modules), back in if it fails: every later load that
+  const want = pending.get(script);
+  if (!getters.has(key) && want !== undefined) {
+    // Out of the list while it runs (its top asks the core for a module), back in if it fails: every later load that
     // needs it fails with the same cause (a missing file, another build), not with a vaguer one.
-    pending.delete(name);
+    pending.delete(script);
     try {
-      run(join(here, name), want);
+      run(join(here, script), want);
     } catch (err) {
-      pending.set(name, want);
+      pending.set(script, want);
       throw err;
     }
-    get = getters.get(key);
   }
-  if (get === undefined) throw new Error(`backplane: no script of this build holds the module ${key} (${here} is incomplete: reinstall Backplane)`);
+  const get = getters.get(key);
+  if (get === undefined) throw new Error(`backplane: ${script} of this build does not hold the module ${key} (${here} is incomplete: reinstall Backplane)`);
   const m = get();
   loaded.set(key, m);
   return m;

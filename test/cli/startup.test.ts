@@ -19,8 +19,8 @@ import { resolveImport } from '../../src/cli/esm-resolve.js';
 
 const DIST = join(ROOT, 'dist');
 const CORE = ['backplane.cjs', 'backplane.mjs', 'backplane-cli.js', 'backplane-cli.cache'];
-/** The rest of the CLI, which a run of a local graph never reads (scripts/build.mjs). */
-const MORE = ['backplane-cli-more.js', 'backplane-cli-more.cache'];
+/** The rest of the CLI and the packages it calls only now and then, which a run of a local graph never reads (scripts/build.mjs). */
+const MORE = ['backplane-cli-more.js', 'backplane-cli-more.cache', 'backplane-cli-lazy.js', 'backplane-cli-lazy.cache'];
 const FILES = [...CORE, ...MORE];
 /** The launcher's header before V8's bytes (src/cli/launcher.ts). */
 const HEADER = 96;
@@ -227,7 +227,7 @@ describe('start-up: the code cache', () => {
       const opened = calls.filter((l) => /backplane[^"]*"/.test(l));
       assert.ok(opened.some((l) => l.includes('backplane-cli.cache')), `the launcher did not even open the cache:\n${calls.join('\n')}`);
       // A run of a local graph needs only the core script: the rest of the CLI is not even opened.
-      assert.deepEqual(opened.filter((l) => l.includes('backplane-cli-more')), [], 'a run of a local graph read the rest of the CLI');
+      assert.deepEqual(opened.filter((l) => /backplane-cli-(more|lazy)/.test(l)), [], 'a run of a local graph read the rest of the CLI');
       const writes = calls.filter((l) => /O_WRONLY|O_RDWR|O_CREAT|creat\(|rename|link/.test(l));
       assert.deepEqual(writes, [], `a start wrote beside the bundle:\n${writes.join('\n')}`);
     });
@@ -255,7 +255,8 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
     await writeFile(graph, 'resources:\n  - { kind: kv, name: greeting, value: hello }\n');
     return start(launcher, ['run', '--file', graph, '--converged-timeout', '0', '--no-api', '--state-dir', join(dir, 'state')]);
   };
-  const moreCache = (r: Started): string => /^backplane: code cache of backplane-cli-more\.js (.*)$/m.exec(r.stderr)?.[1] ?? '(not loaded)';
+  const cacheOf = (script: string, r: Started): string => new RegExp(`^backplane: code cache of ${script.replace('.', '\\.')} (.*)$`, 'm').exec(r.stderr)?.[1] ?? '(not loaded)';
+  const moreCache = (r: Started): string => cacheOf('backplane-cli-more.js', r);
 
   test('the build made the rest for this very core, and its cache for it', async () => {
     ensureBuilt();
@@ -264,6 +265,8 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
     const id = /\n\/\/# backplane-build=([0-9a-f]{64})\n$/.exec(more)?.[1];
     assert.ok(id !== undefined, 'the rest does not end with its build id');
     assert.ok(core.includes(`"backplane-cli-more.js":"${id}"`), 'the core does not name the rest with its build id');
+    const lazyId = /\n\/\/# backplane-build=([0-9a-f]{64})\n$/.exec(await readFile(join(DIST, 'backplane-cli-lazy.js'), 'latin1'))?.[1];
+    assert.ok(lazyId !== undefined && core.includes(`"backplane-cli-lazy.js":"${lazyId}"`), 'the core does not name the lazy packages\' script with its build id');
     assert.ok(isAscii(Buffer.from(more, 'latin1')));
     const cache = await readFile(join(DIST, 'backplane-cli-more.cache'));
     assert.equal(cache.toString('latin1', 0, HEADER).trimEnd(), `backplane-code-cache ${id}`);
@@ -300,7 +303,7 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
     });
   });
 
-  test('the precise YAML parser is in the rest: an unquoted mode and a syntax error still get it, a quoted mode does not need it', async () => {
+  test('the precise YAML parser is a script of its own: an unquoted mode and a syntax error still get it, a quoted mode does not need it', async () => {
     await withTempDir(async (dir) => {
       const { launcher } = await copyDist(dir);
       const runGraph = async (name: string, text: string): Promise<Started> => {
@@ -309,15 +312,18 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
       };
       const quoted = await runGraph('quoted.yaml', `resources:\n  - { kind: file, name: ${join(dir, 'q')}, content: "x", mode: "0640" }\n`);
       assert.equal(quoted.code, 0, quoted.stderr);
+      assert.equal(cacheOf('backplane-cli-lazy.js', quoted), '(not loaded)');
       assert.equal(moreCache(quoted), '(not loaded)');
       // YAML 1.2 reads 0640 as the decimal 640: only the precise parser has the text chmod means.
       const unquoted = await runGraph('unquoted.yaml', `resources:\n  - { kind: file, name: ${join(dir, 'u')}, content: "x", mode: 0640 }\n`);
       assert.equal(unquoted.code, 0, unquoted.stderr);
-      assert.equal(moreCache(unquoted), 'used');
+      assert.equal(cacheOf('backplane-cli-lazy.js', unquoted), 'used');
+      assert.equal(moreCache(unquoted), '(not loaded)', 'the precise parser is a script of its own, not the whole rest of the CLI');
       assert.equal((await stat(join(dir, 'u'))).mode & 0o777, 0o640);
       const broken = await runGraph('broken.yaml', 'resources:\n  - { kind: file, name: /x, content: "x"\n');
       assert.notEqual(broken.code, 0);
       assert.match(broken.stderr, /broken\.yaml:\d+:\d+: invalid YAML/);
+      assert.equal(cacheOf('backplane-cli-lazy.js', broken), 'used');
     });
   });
 
