@@ -64,18 +64,20 @@ await mkdir('dist');
 // importModule, load, expose) => void. Classic scripts because V8 code caches exist only for scripts in Node 20;
 // functions so the launcher hands them what an ES module had (import.meta.url, import.meta.resolve, import()).
 //
-// Two scripts, not one: dist/backplane-cli.js holds what `backplane run` of a local graph needs (every module that
-// main.ts and run.ts import statically, and what those import), dist/backplane-cli-more.js everything else: the
-// cluster link, stores and trust, the scheduler and controller, the API server and its ops, the backplanes, the
-// operator commands. A run that joins no cluster reads, holds and compiles only the first (on this machine every
-// first-touched page is ~20 us: the whole 1.7 MB bundle and its cache were ~1,400 page faults of every start). The
-// second is loaded, with its own code cache, the first time the CLI reaches one of its modules (an import() that
-// esbuild turned into require(): the cluster store opening, the API socket, another command).
+// Three scripts, not one: dist/backplane-cli.js, the core, holds what `backplane run` of a local graph needs (every
+// module that main.ts and run.ts import statically, and what those import); dist/backplane-cli-more.js everything
+// reached only through import(): the cluster link, stores and trust, the scheduler and controller, the API server and
+// its ops, the backplanes, the operator commands; dist/backplane-cli-lazy.js the packages of LAZY_PACKAGES below. A
+// run that joins no cluster reads, holds and compiles only the core (on this machine every first-touched page is
+// ~20 us: the whole 1.7 MB bundle and its 1.1 MB cache were ~1,400 page faults of every start). A further script is
+// loaded, with its own code cache, the first time the CLI reaches one of its modules (an import() that esbuild turned
+// into require(): the cluster store opening, the API socket, another command).
 //
 // Each module is in exactly one script, so a class, a registry or a cache is never duplicated: where a module of one
-// script imports a module of the other, the import is a stand-in, `module.exports = __bpLoad(key)`, and the other
-// script's entry `__bpExpose`s a getter of that module (the launcher keeps the table; src/cli/launcher.ts). The core
-// names the further script with its build id, so a core never runs beside another build's second script.
+// script imports a module of another, the import is a stand-in, `module.exports = __bpLoad(key, script)`, and that
+// script's entry `__bpExpose`s a getter of the module (the launcher keeps the table and runs a script when one of its
+// modules is first asked for; src/cli/launcher.ts). The core names the further scripts with their build ids, so a core
+// never runs beside another build's.
 const SCRIPT_BANNER = '(function (exports, require, module, __filename, __dirname, __bpUrl, __bpResolve, __bpImport, __bpLoad, __bpExpose) {';
 const MORE = 'backplane-cli-more.js';
 /** The packages of LAZY_PACKAGES, below: a script of their own, so that needing one does not read all of MORE. */
