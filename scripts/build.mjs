@@ -1,18 +1,21 @@
-// The CLI is one bundled script with a V8 code cache made here: start-up is paid on every cron-style run, and Node
-// 20 otherwise parses and compiles the whole bundle on every start (src/cli/launcher.ts explains the trust rules).
+// The CLI is two bundled scripts, each with a V8 code cache made here: start-up is paid on every cron-style run, and
+// Node 20 otherwise parses and compiles the whole bundle on every start (src/cli/launcher.ts explains the trust rules).
 //
-//   dist/backplane.cjs         the launcher (bin/backplane.js requires it): compiles the bundle with its cache
-//   dist/backplane.mjs         the same, for an ES module import
-//   dist/backplane-cli.js      the CLI: one classic script (a function the launcher calls), ASCII, build id at its end
-//   dist/backplane-cli.cache   its code cache, made by a training run (scripts/train-code-cache.mjs)
-//   dist/*.mjs, dist/chunks/   worker threads' and backplane members' entries: ES modules, as before
-//   dist/web/                  the dashboard
+//   dist/backplane.cjs            the launcher (bin/backplane.js requires it): compiles the CLI's scripts with their caches
+//   dist/backplane.mjs            the same, for an ES module import
+//   dist/backplane-cli.js         the CLI's core, what `backplane run` of a local graph needs: a classic script (a function
+//                                 the launcher calls), ASCII, build id at its end
+//   dist/backplane-cli-more.js    the rest of the CLI (cluster, scheduler, API, operator commands), loaded on first use
+//   dist/backplane-cli*.cache     their code caches, made by a training run (scripts/train-code-cache.mjs)
+//   dist/*.mjs, dist/chunks/      worker threads' and backplane members' entries: ES modules, as before
+//   dist/web/                     the dashboard
 import { build } from 'esbuild';
 import { spawnSync } from 'node:child_process';
-import { isBuiltin } from 'node:module';
+import { createRequire, isBuiltin } from 'node:module';
+import { pathToFileURL } from 'node:url';
 import { createHash } from 'node:crypto';
 import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
+import { dirname, join, relative, resolve as resolvePath, sep } from 'node:path';
 
 /**
  * Node's built-in modules that a run rarely touches are loaded at their first use, not at every start: child_process
@@ -57,60 +60,98 @@ function lazyBuiltins(names) {
 await rm('dist', { recursive: true, force: true });
 await mkdir('dist');
 
-// Every module of the CLI, scope-hoisted into one function: (exports, require, module, __filename, __dirname, url,
-// resolve, importModule) => void. A classic script because V8 code caches exist only for scripts in Node 20; a
-// function so the launcher hands it what an ES module had (import.meta.url, import.meta.resolve, import()).
-const cli = await build({
-  entryPoints: ['src/cli/main.ts'],
-  outfile: 'dist/backplane-cli.js',
-  bundle: true,
-  platform: 'node',
-  format: 'cjs',
-  target: 'node20',
-  // Half the bytes to read, hold and hash; names are kept (stack traces stay readable), and the source map is beside.
-  minifyWhitespace: true,
-  minifySyntax: true,
-  legalComments: 'external',
-  sourcemap: 'linked',
-  logLevel: 'warning',
-  write: false,
-  metafile: true,
-  // tsx registers its own loader by file URL, so it must stay a real package, loaded only for TypeScript graphs.
-  // etcd3 loads its .proto files at run time relative to its own __dirname, which a bundle does not have.
-  external: ['tsx', 'tsx/*', 'etcd3'],
-  define: { 'import.meta.url': '__bpUrl', 'import.meta.resolve': '__bpResolve' },
-  // The global `performance` is a monotonic clock here, without Node's perf_hooks modules (src/util/perf-shim.ts).
-  inject: ['src/util/perf-shim.ts'],
-  // A script that came out of a code cache cannot run import() in Node 20 (the callback is lost): every import() in
-  // the bundle becomes require() of a bundled module or of a CommonJS package, and the one import of a module outside
-  // the bundle (src/util/import-module.ts) calls the launcher's own import().
-  supported: { 'dynamic-import': false },
-  plugins: [
-    lazyBuiltins(['child_process', 'crypto', 'worker_threads', 'perf_hooks', 'readline', 'v8', 'net']),
-    {
-      // zod's namespace export carries its ~50 locales (300 KB, 15% of the bundle, read at every start); Backplane's
-      // messages are English and nothing calls z.locales, so only en is kept (checked below).
-      name: 'zod-locales-en',
-      setup(b) {
-        b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (a) => (/[\\/]zod[\\/]v4[\\/]/.test(a.importer) ? { path: join(a.resolveDir, '..', 'locales', 'index.js'), namespace: 'zod-locales-en' } : undefined));
-        b.onLoad({ filter: /.*/, namespace: 'zod-locales-en' }, (a) => ({ contents: "export { default as en } from './en.js';", loader: 'js', resolveDir: dirname(a.path) }));
-      },
+// Every module of the CLI, scope-hoisted into functions: (exports, require, module, __filename, __dirname, url, resolve,
+// importModule, load, expose) => void. Classic scripts because V8 code caches exist only for scripts in Node 20;
+// functions so the launcher hands them what an ES module had (import.meta.url, import.meta.resolve, import()).
+//
+// Three scripts, not one: dist/backplane-cli.js, the core, holds what `backplane run` of a local graph needs (every
+// module that main.ts and run.ts import statically, and what those import); dist/backplane-cli-more.js everything
+// reached only through import(): the cluster link, stores and trust, the scheduler and controller, the API server and
+// its ops, the backplanes, the operator commands; dist/backplane-cli-lazy.js the packages of LAZY_PACKAGES below. A
+// run that joins no cluster reads, holds and compiles only the core (on this machine every first-touched page is
+// ~20 us: the whole 1.7 MB bundle and its 1.1 MB cache were ~1,400 page faults of every start). A further script is
+// loaded, with its own code cache, the first time the CLI reaches one of its modules (an import() that esbuild turned
+// into require(): the cluster store opening, the API socket, another command).
+//
+// Each module is in exactly one script, so a class, a registry or a cache is never duplicated: where a module of one
+// script imports a module of another, the import is a stand-in, `module.exports = __bpLoad(key, script)`, and that
+// script's entry `__bpExpose`s a getter of the module (the launcher keeps the table and runs a script when one of its
+// modules is first asked for; src/cli/launcher.ts). The core names the further scripts with their build ids, so a core
+// never runs beside another build's.
+const SCRIPT_BANNER = '(function (exports, require, module, __filename, __dirname, __bpUrl, __bpResolve, __bpImport, __bpLoad, __bpExpose) {';
+const MORE = 'backplane-cli-more.js';
+/** The packages of LAZY_PACKAGES, below: a script of their own, so that needing one does not read all of MORE. */
+const LAZY_SCRIPT = 'backplane-cli-lazy.js';
+/** The modules `backplane run` starts from: main.ts runs it, run.ts is the command, perf-shim is injected everywhere. */
+const CORE_ROOTS = ['src/cli/main.ts', 'src/cli/run.ts', 'src/util/perf-shim.ts'];
+/**
+ * Packages the core imports statically but calls only now and then: they go to a script of their own
+ * (backplane-cli-lazy.js), and the core's stand-in for them is a module of getters (as for Node's built-ins above)
+ * that loads that script at the first read of an export. `yaml` (165 KB, a sixth of the core) gives the YAML frontend
+ * positions for error messages and the text of an unquoted numeric mode (src/frontends/document.ts); js-yaml reads
+ * the data. A package whose exports the core reads while its modules load would load its script at every start:
+ * test/cli/startup.test.ts would catch that.
+ */
+const LAZY_PACKAGES = ['yaml'];
+const isLazy = (file) => LAZY_PACKAGES.some((p) => moduleKey(file).startsWith(`node_modules/${p}/`));
+const cliPlugins = [
+  lazyBuiltins(['child_process', 'crypto', 'worker_threads', 'perf_hooks', 'readline', 'v8', 'net']),
+  {
+    // zod's namespace export carries its ~50 locales (300 KB, 15% of the bundle, read at every start); Backplane's
+    // messages are English and nothing calls z.locales, so only en is kept (checked below).
+    name: 'zod-locales-en',
+    setup(b) {
+      b.onResolve({ filter: /^\.\.\/locales\/index\.js$/ }, (a) => (/[\\/]zod[\\/]v4[\\/]/.test(a.importer) ? { path: join(a.resolveDir, '..', 'locales', 'index.js'), namespace: 'zod-locales-en' } : undefined));
+      b.onLoad({ filter: /.*/, namespace: 'zod-locales-en' }, (a) => ({ contents: "export { default as en } from './en.js';", loader: 'js', resolveDir: dirname(a.path) }));
     },
-    {
-      name: 'launcher-import',
-      setup(b) {
-        b.onLoad({ filter: /[\\/]src[\\/]util[\\/]import-module\.ts$/ }, () => ({
-          contents: 'export function importModule(url) { return __bpImport(url); }',
-          loader: 'js',
-        }));
-      },
+  },
+  {
+    name: 'launcher-import',
+    setup(b) {
+      b.onLoad({ filter: /[\\/]src[\\/]util[\\/]import-module\.ts$/ }, () => ({
+        contents: 'export function importModule(url) { return __bpImport(url); }',
+        loader: 'js',
+      }));
     },
-  ],
-  banner: { js: '(function (exports, require, module, __filename, __dirname, __bpUrl, __bpResolve, __bpImport) {' },
-  footer: { js: '})' },
-});
-if (cli.warnings.length > 0) throw new Error(`the CLI bundle built with ${cli.warnings.length} warning(s): fix them (an import.meta or import() the bundle cannot keep, most likely)`);
-for (const [file, input] of Object.entries(cli.metafile.inputs)) {
+  },
+];
+function cliOptions(extra) {
+  return {
+    bundle: true,
+    platform: 'node',
+    format: 'cjs',
+    target: 'node20',
+    // Half the bytes to read, hold and hash; names are kept (stack traces stay readable), and the source map is beside.
+    minifyWhitespace: true,
+    minifySyntax: true,
+    legalComments: 'external',
+    sourcemap: 'linked',
+    logLevel: 'warning',
+    write: false,
+    metafile: true,
+    // tsx registers its own loader by file URL, so it must stay a real package, loaded only for TypeScript graphs.
+    // etcd3 loads its .proto files at run time relative to its own __dirname, which a bundle does not have.
+    external: ['tsx', 'tsx/*', 'etcd3'],
+    define: { 'import.meta.url': '__bpUrl', 'import.meta.resolve': '__bpResolve' },
+    // A script that came out of a code cache cannot run import() in Node 20 (the callback is lost): every import() in
+    // the bundle becomes require() of a bundled module or of a CommonJS package, and the one import of a module outside
+    // the bundle (src/util/import-module.ts) calls the launcher's own import().
+    supported: { 'dynamic-import': false },
+    footer: { js: '})' },
+    ...extra,
+  };
+}
+
+/** A module's key in both scripts: its path from the repository, node_modules/... for a package (wherever it is installed). */
+const moduleKey = (file) => {
+  const at = file.indexOf('node_modules/');
+  return at >= 0 ? file.slice(at) : file;
+};
+
+// First the whole CLI as one bundle, as before, only to learn its module graph (and to check it).
+const whole = await build(cliOptions({ entryPoints: ['src/cli/main.ts'], outfile: 'dist/backplane-cli.js', sourcemap: false, legalComments: 'none', inject: ['src/util/perf-shim.ts'], plugins: cliPlugins }));
+if (whole.warnings.length > 0) throw new Error(`the CLI bundle built with ${whole.warnings.length} warning(s): fix them (an import.meta or import() the bundle cannot keep, most likely)`);
+for (const [file, input] of Object.entries(whole.metafile.inputs)) {
   if (file.startsWith('src/') && /\blocales\.(?!en\b)/.test(await readFile(file, 'utf8'))) throw new Error(`${file} uses a zod locale other than en, which the CLI bundle leaves out (zod-locales-en above)`);
   for (const imp of input.imports) {
     // import('pkg') of an external package would become require('pkg'): wrong for a package that is an ES module.
@@ -118,27 +159,148 @@ for (const [file, input] of Object.entries(cli.metafile.inputs)) {
     if (imp.kind === 'dynamic-import' && imp.external === true && !isBuiltin(imp.path)) throw new Error(`${file}: import('${imp.path}') of a module outside the CLI bundle: use importModule (src/util/import-module.ts)`);
   }
 }
-for (const out of cli.outputFiles) {
-  if (!out.path.endsWith('.js')) {
-    await writeFile(out.path, out.contents);
-    continue;
-  }
-  // ASCII, so the launcher reads it as a one-byte string without decoding. esbuild escapes strings; what is left is
-  // in regular expression literals, where \uXXXX means the same character.
-  const text = out.text.replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
-  const id = createHash('sha256').update(text).digest('hex');
-  await writeFile(out.path, `${text}\n//# backplane-build=${id}\n`);
-  // The cache: the bundle run once on a small graph of files, then V8's code for every function that ran.
-  const train = spawnSync(process.execPath, ['scripts/train-code-cache.mjs', out.path, out.path.replace(/\.js$/, '.cache'), id], {
-    // Only V8 flags the agent itself starts with: a cache made under other flags would be rejected at every start.
-    env: Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS')),
-    stdio: ['ignore', 'pipe', 'pipe'],
-    encoding: 'utf8',
-  });
-  // No cache is a slow start, not a broken CLI (the launcher compiles from source): the build goes on, loudly, and
-  // test/cli/startup.test.ts fails until the training run passes again.
-  if (train.status !== 0) console.warn(`WARNING: no code cache, the CLI will start slowly: its training run failed (exit ${train.status ?? train.signal}):\n${train.stdout}${train.stderr}`);
+// The core: what the roots import statically, and what that imports. import() is where the core may end.
+const inputs = whole.metafile.inputs;
+const core = new Set();
+for (const queue = [...CORE_ROOTS]; queue.length > 0; ) {
+  const file = queue.pop();
+  if (core.has(file)) continue;
+  if (inputs[file] === undefined) throw new Error(`${file}: not a module of the CLI bundle (CORE_ROOTS in scripts/build.mjs)`);
+  core.add(file);
+  for (const imp of inputs[file].imports) if (!imp.external && imp.kind !== 'dynamic-import' && (isLazy(file) || !isLazy(imp.path))) queue.push(imp.path);
 }
+// Which script each module is in. Real files only: a plugin's module (lazy-builtin:net, zod-locales-en:...) holds no
+// state and is bundled into each script that uses it.
+const CORE = 'backplane-cli.js';
+const isFile = (f) => !f.includes(':');
+const coreKeys = new Set([...core].filter(isFile).map(moduleKey));
+const scriptOf = (key) => (coreKeys.has(key) ? CORE : isLazy(key) ? LAZY_SCRIPT : MORE);
+const keysOf = new Map([CORE, LAZY_SCRIPT, MORE].map((name) => [name, new Set()]));
+for (const f of Object.keys(inputs).filter(isFile)) keysOf.get(scriptOf(moduleKey(f))).add(moduleKey(f));
+// What each script must expose: its modules that a module of another script imports. Every further script asks the
+// core for its monotonic clock (the injected perf-shim): one origin for every performance.now() of the CLI.
+const asked = new Map([...keysOf.keys()].map((name) => [name, new Set()]));
+asked.get(CORE).add('src/util/perf-shim.ts');
+for (const [file, input] of Object.entries(inputs)) {
+  if (!isFile(file)) continue;
+  for (const imp of input.imports) {
+    if (imp.external || !isFile(imp.path)) continue;
+    const to = scriptOf(moduleKey(imp.path));
+    if (to !== scriptOf(moduleKey(file))) asked.get(to).add(moduleKey(imp.path));
+  }
+}
+// The exports of each lazy package module imported from outside its package, from the module itself (this Node loads
+// it as the bundle's require() would: the bundle has the same file).
+const lazyExports = new Map();
+for (const key of asked.get(LAZY_SCRIPT)) {
+  const file = resolvePath(Object.keys(inputs).find((f) => moduleKey(f) === key));
+  let names;
+  try {
+    names = Object.keys(createRequire(import.meta.url)(file));
+  } catch {
+    names = Object.keys(await import(pathToFileURL(file).href));
+  }
+  lazyExports.set(key, names.filter((k) => k !== 'default' && k !== '__esModule'));
+}
+
+/**
+ * Resolves as the bundle would, then turns an import of a module that lives in another script into its stand-in,
+ * which names the module and its script. Only real files cross (see above). `crossed` collects the keys this script
+ * asks the others for.
+ */
+function crossScript(own, crossed) {
+  return {
+    name: 'cross-script',
+    setup(b) {
+      b.onResolve({ filter: /.*/ }, async (a) => {
+        if (a.pluginData?.crossScript === true || a.kind === 'entry-point') return undefined;
+        const r = await b.resolve(a.path, { kind: a.kind, importer: a.importer, namespace: a.namespace, resolveDir: a.resolveDir, pluginData: { crossScript: true } });
+        if (r.errors.length > 0 || r.external || r.namespace !== 'file') return undefined;
+        const key = moduleKey(relative(process.cwd(), r.path).split(sep).join('/'));
+        if (scriptOf(key) === own) return undefined;
+        crossed.add(key);
+        // A stand-in is CommonJS whatever the module is: `.cjs` keeps esbuild from reading a `.mjs` key as ESM.
+        return { path: `${key}.cjs`, namespace: 'cross-script', pluginData: { key } };
+      });
+      b.onLoad({ filter: /.*/, namespace: 'cross-script' }, (a) => {
+        const { key } = a.pluginData;
+        const ask = `__bpLoad(${JSON.stringify(key)}, ${JSON.stringify(scriptOf(key))})`;
+        const names = lazyExports.get(key);
+        if (names === undefined) return { contents: `module.exports = ${ask};`, loader: 'js' };
+        // Getters on the prototype, for the reason lazyBuiltins gives.
+        return {
+          contents: [
+            'let real;',
+            `const load = () => (real ??= ${ask});`,
+            'const getters = {};',
+            `for (const k of ${JSON.stringify(names)}) Object.defineProperty(getters, k, { enumerable: true, get: () => load()[k] });`,
+            'module.exports = Object.create(getters);',
+          ].join('\n'),
+          loader: 'js',
+        };
+      });
+    },
+  };
+}
+/** An entry that registers the getters of `keys` (modules of this script that others ask for), then runs `main`. */
+function entryOf(keys, scripts, main) {
+  const absolute = new Map(Object.keys(inputs).map((f) => [moduleKey(f), resolvePath(f)]));
+  const getters = [...keys].sort().map((k) => `  ${JSON.stringify(k)}: () => require(${JSON.stringify(absolute.get(k))}),`);
+  if (getters.length !== keys.size) throw new Error('a module asked for across scripts is not in the CLI bundle');
+  return {
+    contents: `__bpExpose({\n${getters.join('\n')}\n}, ${JSON.stringify(scripts)});\n${main === undefined ? '' : `require(${JSON.stringify(resolvePath(main))});\n`}`,
+    resolveDir: process.cwd(),
+    sourcefile: 'backplane-cli-entry.js',
+    loader: 'js',
+  };
+}
+/** Makes a built script ASCII, ends it with its build id, writes it and what esbuild wrote beside it; returns the id. */
+async function writeScript(result, outfile) {
+  let id;
+  for (const out of result.outputFiles) {
+    if (!out.path.endsWith('.js')) {
+      await writeFile(out.path, out.contents);
+      continue;
+    }
+    // ASCII, so the launcher reads it as a one-byte string without decoding. esbuild escapes strings; what is left is
+    // in regular expression literals, where \uXXXX means the same character.
+    const text = out.text.replace(/[^\x00-\x7f]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+    id = createHash('sha256').update(text).digest('hex');
+    await writeFile(out.path, `${text}\n//# backplane-build=${id}\n`);
+  }
+  if (id === undefined) throw new Error(`no ${outfile} came out of the build`);
+  return id;
+}
+/** Builds one of the CLI's scripts; checks it holds its own modules only and asks the others only for what they expose. */
+async function buildScript(name, options) {
+  const crossed = new Set();
+  const result = await build(cliOptions({ ...options, outfile: `dist/${name}`, plugins: [crossScript(name, crossed), ...cliPlugins] }));
+  if (result.warnings.length > 0) throw new Error(`${name} built with ${result.warnings.length} warning(s): fix them (an import.meta or import() the bundle cannot keep, most likely)`);
+  for (const file of Object.keys(result.metafile.inputs)) {
+    // The plugins' stateless modules (lazy-builtin:, zod-locales-en:, cross-script:) and the entry are no one's.
+    if (file.includes(':') || file === 'backplane-cli-entry.js') continue;
+    // A module in two scripts would be two modules (two classes, two registries).
+    if (scriptOf(moduleKey(file)) !== name) throw new Error(`${file} was bundled into ${name}, but belongs to ${scriptOf(moduleKey(file))}`);
+  }
+  for (const key of crossed) if (!asked.get(scriptOf(key)).has(key)) throw new Error(`${name} asks ${scriptOf(key)} for ${key}, which it does not expose`);
+  return writeScript(result, name);
+}
+
+// The further scripts first: the core pins their build ids. Their modules see the core's monotonic clock, not a copy
+// of the perf-shim with another origin.
+const ids = {};
+for (const name of [LAZY_SCRIPT, MORE]) {
+  ids[name] = await buildScript(name, {
+    stdin: entryOf(asked.get(name), {}),
+    define: { 'import.meta.url': '__bpUrl', 'import.meta.resolve': '__bpResolve', performance: '__bpPerformance' },
+    banner: { js: `${SCRIPT_BANNER}var __bpPerformance = __bpLoad("src/util/perf-shim.ts", ${JSON.stringify(CORE)}).performance;` },
+  });
+}
+const coreId = await buildScript(CORE, {
+  stdin: entryOf(asked.get(CORE), ids, 'src/cli/main.ts'),
+  inject: ['src/util/perf-shim.ts'],
+  banner: { js: SCRIPT_BANNER },
+});
 
 // The launcher is CommonJS, as bin/backplane.js is: Node then starts without its ES module loader. dist/backplane.mjs
 // is the same start for whoever imports or runs the ES module entry of earlier builds.
@@ -154,6 +316,18 @@ await build({
   banner: { js: "const __launcherUrl = require('node:url').pathToFileURL(__filename).href;" },
 });
 await writeFile('dist/backplane.mjs', "// The CLI's launcher is CommonJS (dist/backplane.cjs, scripts/build.mjs).\nimport './backplane.cjs';\n");
+
+// The caches: the CLI run once on a small graph of files through the launcher just built, then V8's code for every
+// function that ran, one cache per script (scripts/train-code-cache.mjs).
+const train = spawnSync(process.execPath, ['scripts/train-code-cache.mjs', 'dist/backplane.cjs', `dist/${CORE}=${coreId}`, ...Object.entries(ids).map(([name, id]) => `dist/${name}=${id}`)], {
+  // Only V8 flags the agent itself starts with: a cache made under other flags would be rejected at every start.
+  env: Object.fromEntries(Object.entries(process.env).filter(([k]) => k !== 'NODE_OPTIONS')),
+  stdio: ['ignore', 'pipe', 'pipe'],
+  encoding: 'utf8',
+});
+// No cache is a slow start, not a broken CLI (the launcher compiles from source): the build goes on, loudly, and
+// test/cli/startup.test.ts fails until the training run passes again.
+if (train.status !== 0) console.warn(`WARNING: no code cache, the CLI will start slowly: its training run failed (exit ${train.status ?? train.signal}):\n${train.stdout}${train.stderr}`);
 
 await build({
   // The graph module worker is its own entry: a worker thread starts from a file (src/frontends/typescript.ts).

@@ -1,29 +1,29 @@
-// Makes the CLI bundle's V8 code cache at build time (scripts/build.mjs runs it; the CLI never writes one):
+// Makes the CLI's V8 code caches at build time (scripts/build.mjs runs it; the CLI never writes one):
 //
-//   node scripts/train-code-cache.mjs dist/backplane-cli.js dist/backplane-cli.cache <build id>
+//   node scripts/train-code-cache.mjs dist/backplane.cjs dist/backplane-cli.js=<build id> dist/backplane-cli-more.js=<build id>
 //
-// It compiles the bundle exactly as the launcher does (src/cli/launcher.ts: same text, no other V8 flags), runs the
-// CLI once on a small graph of files in a temporary directory (some already right, some wrong, some missing, as a
-// real run finds them), and on exit writes V8's code for every function that ran. A cache made right after compiling
-// would hold only the top-level code; this one also spares a one-shot run compiling what it calls.
+// It starts the CLI through the launcher just built, so every script is compiled exactly as at a real start (same
+// text, same file name, no other V8 flags; the launcher hands each compiled script over, src/cli/launcher.ts), runs
+// it once on a small graph of files in a temporary directory (some already right, some wrong, some missing, as a
+// real run finds them), and on exit writes V8's code for every function that ran, beside each script
+// (backplane-cli.js: backplane-cli.cache). A cache made right after compiling would hold only the top-level code;
+// this one also spares a one-shot run compiling what it calls. A script the run did not need (the cluster's and the
+// operator commands') is compiled at exit and gets the cache of its top-level code: what the one bundle's cache held
+// for those modules before the CLI was split.
 import { chmodSync, closeSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { tmpdir } from 'node:os';
-import { dirname, join, resolve } from 'node:path';
-import { pathToFileURL } from 'node:url';
+import { join, resolve } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
 import { Script } from 'node:vm';
 
-const [bundleArg, outArg, buildId] = process.argv.slice(2);
-if (bundleArg === undefined || outArg === undefined || !/^[0-9a-f]{64}$/.test(buildId ?? '')) {
-  console.error('usage: node scripts/train-code-cache.mjs BUNDLE CACHE BUILD_ID');
+const [launcherArg, ...scriptArgs] = process.argv.slice(2);
+const scripts = scriptArgs.map((a) => /^(.+\.js)=([0-9a-f]{64})$/.exec(a));
+if (launcherArg === undefined || scripts.length === 0 || scripts.some((m) => m === null)) {
+  console.error('usage: node scripts/train-code-cache.mjs LAUNCHER SCRIPT=BUILD_ID...');
   process.exit(2);
 }
-const bundle = resolve(bundleArg);
-const out = resolve(outArg);
-
-// The launcher's header (src/cli/launcher.ts cacheHeader): the build id, padded to 96 bytes.
-const header = `backplane-code-cache ${buildId}`.padEnd(95) + '\n';
+const wanted = new Map(scripts.map((m) => [resolve(m[1]), m[2]]));
 
 const dir = mkdtempSync(join(tmpdir(), 'backplane-train-'));
 const files = join(dir, 'files');
@@ -40,44 +40,45 @@ for (let i = 0; i < 24; i++) {
 const graph = join(dir, 'graph.yaml');
 writeFileSync(graph, `resources:\n${resources.map((r) => `  - ${JSON.stringify(r)}`).join('\n')}\n`);
 
-// As the launcher reads it: the build made it ASCII and put its id at the end, so its bytes are its characters.
-const source = readFileSync(bundle, 'latin1');
-if (!source.endsWith(`\n//# backplane-build=${buildId}\n`)) throw new Error(`${bundle} does not end with its build id ${buildId}`);
-const script = new Script(source, { filename: bundle });
+/** What the launcher compiled: file -> script. */
+const compiled = new Map();
+globalThis[Symbol.for('backplane.train')] = (file, id, script) => {
+  if (wanted.get(file) !== id) throw new Error(`the launcher compiled ${file} of build ${id}, not the one this training run is for`);
+  compiled.set(file, script);
+};
 
 process.on('exit', (code) => {
   try {
     if (code !== 0) return;
-    // The launcher checks the cache's checksum; V8 writes one only with this flag, which is part of the flag hash the
-    // cache is made for (the launcher sets it the same way while it compiles).
-    setFlagsFromString('--verify-snapshot-checksum');
-    const data = script.createCachedData();
-    setFlagsFromString('--no-verify-snapshot-checksum');
-    const tmp = `${out}.tmp-${process.pid}`;
-    const fd = openSync(tmp, 'wx', 0o644);
-    try {
-      writeSync(fd, header);
-      writeSync(fd, data);
-      fsyncSync(fd);
-    } finally {
-      closeSync(fd);
+    for (const [file, id] of wanted) {
+      // As the launcher reads it: the build made it ASCII and put its id at the end, so its bytes are its characters.
+      const script = compiled.get(file) ?? new Script(readFileSync(file, 'latin1'), { filename: file });
+      // The launcher checks the cache's checksum; V8 writes one only with this flag, which is part of the flag hash the
+      // cache is made for (the launcher sets it the same way while it compiles).
+      setFlagsFromString('--verify-snapshot-checksum');
+      const data = script.createCachedData();
+      setFlagsFromString('--no-verify-snapshot-checksum');
+      const out = file.replace(/\.js$/, '.cache');
+      const tmp = `${out}.tmp-${process.pid}`;
+      const fd = openSync(tmp, 'wx', 0o644);
+      try {
+        // The launcher's header (src/cli/launcher.ts cacheHeader): the build id, padded to 96 bytes.
+        writeSync(fd, `backplane-code-cache ${id}`.padEnd(95) + '\n');
+        writeSync(fd, data);
+        fsyncSync(fd);
+      } finally {
+        closeSync(fd);
+      }
+      chmodSync(tmp, 0o644);
+      renameSync(tmp, out);
     }
-    chmodSync(tmp, 0o644);
-    renameSync(tmp, out);
   } finally {
     rmSync(dir, { recursive: true, force: true });
   }
 });
 
-process.argv = [process.execPath, bundle, 'run', '--file', graph, '--converged-timeout', '0', '--no-api', '--state-dir', join(dir, 'state')];
-const module = { exports: {} };
-script.runInThisContext()(
-  module.exports,
-  createRequire(bundle),
-  module,
-  bundle,
-  dirname(bundle),
-  pathToFileURL(bundle).href,
-  (specifier) => import.meta.resolve(specifier),
-  (url) => import(url),
-);
+// From source: the dist/ being built has no caches yet, and an old one must not be what this run's code comes from.
+process.env['BACKPLANE_CODE_CACHE'] = 'off';
+const launcher = resolve(launcherArg);
+process.argv = [process.execPath, launcher, 'run', '--file', graph, '--converged-timeout', '0', '--no-api', '--state-dir', join(dir, 'state')];
+createRequire(import.meta.url)(launcher);

@@ -1,11 +1,12 @@
 import { isIP } from 'node:net';
-import { keys } from '../cluster/keys.js';
 import type { Store, WatchBatch } from '../cluster/store.js';
 import type { TrustView } from '../cluster/trust.js';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ServiceDirectory, ServiceInstance, ServiceInstances } from '../resources/types.js';
-import { readSchedState, type SchedState } from '../scheduler/state.js';
+// The cluster's key layout and the state reader load when a Discovery starts: DiscoveryHandle is made at every
+// start, a Discovery only once a cluster store is open.
+import type { SchedState } from '../scheduler/state.js';
 
 export type { ServiceInstance, ServiceInstances };
 
@@ -57,6 +58,7 @@ export class Discovery {
    */
   async start(): Promise<void> {
     const { store } = this.opts;
+    const { keys } = await import('../cluster/keys.js');
     const onBatch = (batch: WatchBatch): void => {
       // The controller's event log lives under sched/ too; it says nothing about where instances are.
       if (batch.type === 'events' && batch.events.every((e) => (e.type === 'put' ? e.kv.key : e.key).startsWith(keys.eventsPrefix))) return;
@@ -118,6 +120,7 @@ export class Discovery {
     } else {
       let state: SchedState;
       try {
+        const { readSchedState } = await import('../scheduler/state.js');
         state = await readSchedState(this.opts.store, view, { signal: this.ac.signal });
       } catch (err) {
         if (this.ac.signal.aborted) return;

@@ -1,13 +1,14 @@
 import { loadavg, freemem } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { join, resolve } from 'node:path';
-import { ClusterLink, type LinkIdentity, type NodeRecord } from '../cluster/link.js';
-import { parseToken, TrustFiles, trustScope } from '../cluster/trust.js';
+// The cluster side (link, trust, discovery, the service backplane's instances and controller, the API's state cache)
+// is loaded when the agent first connects to a store, not at every start: a run of a local graph never needs it, and
+// the CLI's launcher can then leave it out of the code it reads and compiles (scripts/build.mjs).
+import type { ClusterLink, LinkIdentity, NodeRecord } from '../cluster/link.js';
 import type { ControlServer } from '../cluster/control-server.js';
 import type { EtcdAuthOptions, EtcdTlsOptions } from '../cluster/etcd-store.js';
 import type { Store } from '../cluster/store.js';
 import type { Metrics } from '../api/metrics.js';
-import { timedStore } from '../api/timed-store.js';
 import { BackplaneError, errorMessage } from '../errors.js';
 import { gatherFacts } from '../facts.js';
 import { parseGraphText, readGraphSource } from '../frontends/load.js';
@@ -24,13 +25,12 @@ import type { Logger } from '../log.js';
 import type { ClusterValues, HostFacts } from '../resources/types.js';
 import { watchPath } from '../util/dirwatch.js';
 import { isModuleGraph } from '../frontends/typescript.js';
-import { Discovery, DiscoveryHandle } from './discovery.js';
-import { Controller } from '../scheduler/controller.js';
-import { defaultCapacity } from '../scheduler/state.js';
-import { Instances } from './instances.js';
-import { ApiError, type ClusterAccess } from '../api/ops.js';
-import { wrapSigned } from '../scheduler/records.js';
-import { StateCache } from '../api/state-cache.js';
+import { DiscoveryHandle } from './discovery.js';
+import type { Controller } from '../scheduler/controller.js';
+import { defaultCapacity } from '../scheduler/capacity.js';
+import type { Instances } from './instances.js';
+import type { ClusterAccess } from '../api/ops.js';
+import type { StateCache } from '../api/state-cache.js';
 
 /** What made a re-render necessary: an edit of the graph file, or new data collected from the cluster. */
 export type ChangeCause = 'file' | 'cluster';
@@ -363,8 +363,9 @@ export class GraphSource {
       store,
       view,
       host,
-      readState: () => this.stateCacheFor(store).read(view),
+      readState: async () => (await this.stateCacheFor(store)).read(view),
       signer: async () => {
+        const [{ ApiError }, { wrapSigned }] = await Promise.all([import('../api/ops.js'), import('../scheduler/records.js')]);
         if (!view.mayOperate(host)) {
           throw new ApiError(403, `host ${host} may not sign operator records (it is not an operator host), so its API cannot make changes`, {
             hint: `send the request to an operator host's API, or on the CA's host: backplane hosts approve ${host} --operator`,
@@ -378,7 +379,9 @@ export class GraphSource {
   private stateCache: { store: Store; cache: StateCache } | undefined;
 
   /** One state cache per store connection (the API's reads share it). */
-  private stateCacheFor(store: Store): StateCache {
+  private async stateCacheFor(store: Store): Promise<StateCache> {
+    const { StateCache } = await import('../api/state-cache.js');
+    // Checked and made after the import, in one go: concurrent first reads still share one cache.
     if (this.stateCache?.store !== store) {
       this.stateCache?.cache.close();
       this.stateCache = { store, cache: new StateCache(store, this.opts.log) };
@@ -465,6 +468,8 @@ export class GraphSource {
     // while the host's keys are read or made (disk flushes), not after.
     const etcdModule = cluster.etcd.length > 0 ? import('../cluster/etcd-store.js') : undefined;
     etcdModule?.catch(() => undefined);
+    const clusterModules = Promise.all([import('../cluster/link.js'), import('../api/timed-store.js'), import('./discovery.js')]);
+    clusterModules.catch(() => undefined);
     // Before the store: a host that cannot tell real cluster data from forged must not start pretending it can.
     const identity = await this.identity();
     mark('identity');
@@ -490,6 +495,7 @@ export class GraphSource {
       });
     }
     mark('store client');
+    const [{ ClusterLink }, { timedStore }, { Discovery }] = await clusterModules;
     const store = metrics === undefined ? this.store : timedStore(this.store, metrics);
     this.clusterStore = store;
     const startedAt = new Date().toISOString();
@@ -566,6 +572,7 @@ export class GraphSource {
     if (store === undefined) return;
     const ttl = this.opts.cluster.leaseTtlMs ?? 3000;
     const fenceMs = this.fenceMs();
+    const [{ Instances }, { Controller }] = await Promise.all([import('./instances.js'), import('../scheduler/controller.js')]);
     const instances = new Instances({
       store,
       link,
@@ -607,6 +614,7 @@ export class GraphSource {
   private async identity(): Promise<LinkIdentity> {
     const { cluster } = this.opts;
     const etcd = cluster.etcd.length > 0;
+    const { parseToken, TrustFiles, trustScope } = await import('../cluster/trust.js');
     const files = await TrustFiles.open(this.opts.stateDir, trustScope(etcd, cluster.cluster));
     const token = cluster.joinToken === undefined ? undefined : parseToken(cluster.joinToken);
     const caFingerprint = cluster.caFingerprint;

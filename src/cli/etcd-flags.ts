@@ -2,7 +2,8 @@ import type { Command } from 'commander';
 import { readFileSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import type { EtcdAuthOptions, EtcdTlsOptions } from '../cluster/etcd-store.js';
-import { isStoreError, type Store } from '../cluster/store.js';
+// The store's modules load with the store: `backplane run` needs these flags, and most runs never open a store.
+import type { Store } from '../cluster/store.js';
 import { BackplaneError } from '../errors.js';
 import { defaultStateDir } from '../state-dir.js';
 
@@ -172,7 +173,7 @@ export async function openStore(flags: EtcdFlags & { stateDir?: string }): Promi
     return new EtcdStore(conn);
   }
   const stateDir = flags.stateDir ?? defaultStateDir();
-  const { EmbeddedStore } = await import('../cluster/embedded-store.js');
+  const [{ EmbeddedStore }, { isStoreError }] = await Promise.all([import('../cluster/embedded-store.js'), import('../cluster/store.js')]);
   try {
     return await EmbeddedStore.open({ dir: join(stateDir, 'store') });
   } catch (err) {

@@ -11,7 +11,7 @@ import { parseDuration } from '../util/duration.js';
 import { stderrIsTTY } from '../util/stderr.js';
 import { gatherFacts } from '../facts.js';
 import { parseSize } from '../resources/svc-schema.js';
-import { defaultCapacity } from '../scheduler/state.js';
+import { defaultCapacity } from '../scheduler/capacity.js';
 import { followConvergence, stderrProgress, type Progress } from './progress.js';
 import { EXIT, checkWritableFile, parseIntOption, parseSecondsOption, reportError } from './common.js';
 import { addStoreFlags, etcdConnection, type EtcdConnection, type EtcdFlags } from './etcd-flags.js';

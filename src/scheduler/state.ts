@@ -6,6 +6,7 @@ import type { PlanCommand, ServicePlan, SpecRef } from './plan-types.js';
 import { effectiveSpec, readPolicies } from './policy.js';
 import type { ServiceInput } from './plans.js';
 import { scaleInForce } from './scale.js';
+import { defaultCapacity } from './capacity.js';
 import {
   openAppRecord,
   openAppStateRecord,
@@ -230,10 +231,7 @@ export function capacityOf(m: Member): Resources {
   return defaultCapacity(r.facts.cpus, r.facts.memory.total);
 }
 
-/** The host's cpus and memory less a reserve for the system and the agent: 10% of memory, at least 256 MiB. */
-export function defaultCapacity(cpus: number, memory: number): Resources {
-  return { cpu: cpus, memory: Math.max(0, memory - Math.max(256 * 1024 ** 2, Math.round(memory * 0.1))) };
-}
+export { defaultCapacity };
 
 /**
  * The pure planner's input from a SchedState. `lastAlive` (host -> wall-clock ms it was last seen alive) is the

@@ -18,7 +18,10 @@ import { resolveImport } from '../../src/cli/esm-resolve.js';
  */
 
 const DIST = join(ROOT, 'dist');
-const FILES = ['backplane.cjs', 'backplane.mjs', 'backplane-cli.js', 'backplane-cli.cache'];
+const CORE = ['backplane.cjs', 'backplane.mjs', 'backplane-cli.js', 'backplane-cli.cache'];
+/** The rest of the CLI and the packages it calls only now and then, which a run of a local graph never reads (scripts/build.mjs). */
+const MORE = ['backplane-cli-more.js', 'backplane-cli-more.cache', 'backplane-cli-lazy.js', 'backplane-cli-lazy.cache'];
+const FILES = [...CORE, ...MORE];
 /** The launcher's header before V8's bytes (src/cli/launcher.ts). */
 const HEADER = 96;
 const haveStrace = spawnSync('strace', ['-V'], { stdio: 'ignore' }).status === 0;
@@ -42,9 +45,9 @@ function start(entry: string, args: readonly string[], nodeFlags: readonly strin
 }
 
 /** The launcher, bundle and cache copied to `dir` (mode 0644), so each test can spoil its own cache. */
-async function copyDist(dir: string): Promise<{ launcher: string; cache: string }> {
+async function copyDist(dir: string, files: readonly string[] = FILES): Promise<{ launcher: string; cache: string }> {
   ensureBuilt();
-  for (const f of FILES) {
+  for (const f of files) {
     await copyFile(join(DIST, f), join(dir, f));
     await chmod(join(dir, f), 0o644);
   }
@@ -223,6 +226,8 @@ describe('start-up: the code cache', () => {
       const calls = (await readFile(trace, 'utf8')).split('\n').filter((l) => l.includes(dir) && !l.includes(join(dir, 'state')));
       const opened = calls.filter((l) => /backplane[^"]*"/.test(l));
       assert.ok(opened.some((l) => l.includes('backplane-cli.cache')), `the launcher did not even open the cache:\n${calls.join('\n')}`);
+      // A run of a local graph needs only the core script: the rest of the CLI is not even opened.
+      assert.deepEqual(opened.filter((l) => /backplane-cli-(more|lazy)/.test(l)), [], 'a run of a local graph read the rest of the CLI');
       const writes = calls.filter((l) => /O_WRONLY|O_RDWR|O_CREAT|creat\(|rename|link/.test(l));
       assert.deepEqual(writes, [], `a start wrote beside the bundle:\n${writes.join('\n')}`);
     });
@@ -235,4 +240,129 @@ describe('start-up: the code cache', () => {
     }
     assert.throws(() => resolveImport('no-such-package-here', req), { code: 'MODULE_NOT_FOUND' });
   });
+});
+
+/**
+ * The CLI is two scripts (scripts/build.mjs): the core, all that `backplane run` of a local graph needs, and the rest
+ * (cluster, scheduler, API, operator commands), read and compiled with its own cache only when first needed. A run
+ * that joins no cluster must not pay for the rest; one that does must still work, from the rest's cache, and only
+ * with the rest of its own build.
+ */
+describe('start-up: the rest of the CLI is loaded on demand', () => {
+  /** A one-shot run of a graph with a `kv` resource: it opens the embedded cluster store, so it needs the rest. */
+  const runCluster = async (dir: string, launcher: string): Promise<Started> => {
+    const graph = join(dir, 'kv.yaml');
+    await writeFile(graph, 'resources:\n  - { kind: kv, name: greeting, value: hello }\n');
+    return start(launcher, ['run', '--file', graph, '--converged-timeout', '0', '--no-api', '--state-dir', join(dir, 'state')]);
+  };
+  const cacheOf = (script: string, r: Started): string => new RegExp(`^backplane: code cache of ${script.replace('.', '\\.')} (.*)$`, 'm').exec(r.stderr)?.[1] ?? '(not loaded)';
+  const moreCache = (r: Started): string => cacheOf('backplane-cli-more.js', r);
+
+  test('the build made the rest for this very core, and its cache for it', async () => {
+    ensureBuilt();
+    const core = await readFile(join(DIST, 'backplane-cli.js'), 'latin1');
+    const more = await readFile(join(DIST, 'backplane-cli-more.js'), 'latin1');
+    const id = /\n\/\/# backplane-build=([0-9a-f]{64})\n$/.exec(more)?.[1];
+    assert.ok(id !== undefined, 'the rest does not end with its build id');
+    assert.ok(core.includes(`"backplane-cli-more.js":"${id}"`), 'the core does not name the rest with its build id');
+    const lazyId = /\n\/\/# backplane-build=([0-9a-f]{64})\n$/.exec(await readFile(join(DIST, 'backplane-cli-lazy.js'), 'latin1'))?.[1];
+    assert.ok(lazyId !== undefined && core.includes(`"backplane-cli-lazy.js":"${lazyId}"`), 'the core does not name the lazy packages\' script with its build id');
+    assert.ok(isAscii(Buffer.from(more, 'latin1')));
+    const cache = await readFile(join(DIST, 'backplane-cli-more.cache'));
+    assert.equal(cache.toString('latin1', 0, HEADER).trimEnd(), `backplane-code-cache ${id}`);
+    // What the split is for: the cluster's, scheduler's and API's code is not in what every run reads.
+    assert.ok(core.length < more.length * 2, `the core is ${core.length} bytes, the rest only ${more.length}`);
+    for (const name of ['ClusterLink=class', 'Controller=class', 'EmbeddedStore=class']) {
+      assert.ok(!core.includes(name), `${name} is in the core script`);
+      assert.ok(more.includes(name), `${name} is not in the rest`);
+    }
+  });
+
+  test('a run of a local graph works with the core alone; one that opens the cluster store says what is missing', async () => {
+    await withTempDir(async (dir) => {
+      const { launcher } = await copyDist(dir, CORE);
+      assert.equal((await assertRuns(dir, launcher)).cache, 'used');
+      const r = await runCluster(dir, launcher);
+      assert.notEqual(r.code, 0, 'a cluster run worked without the rest of the CLI');
+      assert.match(r.stderr, /ENOENT.*backplane-cli-more\.js/);
+    });
+  });
+
+  test('a run that opens the cluster store loads the rest, from its cache', async () => {
+    await withTempDir(async (dir) => {
+      const { launcher } = await copyDist(dir);
+      const r = await runCluster(dir, launcher);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(r.stderr, /kv\[greeting\]: set/);
+      assert.equal(r.cache, 'used');
+      assert.equal(moreCache(r), 'used');
+      // And an operator command (the rest holds them all).
+      const v = start(launcher, ['hosts', '--help']);
+      assert.equal(v.code, 0, v.stderr);
+      assert.equal(moreCache(v), 'used');
+    });
+  });
+
+  test('the precise YAML parser is a script of its own: an unquoted mode and a syntax error still get it, a quoted mode does not need it', async () => {
+    await withTempDir(async (dir) => {
+      const { launcher } = await copyDist(dir);
+      const runGraph = async (name: string, text: string): Promise<Started> => {
+        await writeFile(join(dir, name), text);
+        return start(launcher, ['run', '--file', join(dir, name), '--converged-timeout', '0', '--no-api', '--state-dir', join(dir, 'state')]);
+      };
+      const quoted = await runGraph('quoted.yaml', `resources:\n  - { kind: file, name: ${join(dir, 'q')}, content: "x", mode: "0640" }\n`);
+      assert.equal(quoted.code, 0, quoted.stderr);
+      assert.equal(cacheOf('backplane-cli-lazy.js', quoted), '(not loaded)');
+      assert.equal(moreCache(quoted), '(not loaded)');
+      // YAML 1.2 reads 0640 as the decimal 640: only the precise parser has the text chmod means.
+      const unquoted = await runGraph('unquoted.yaml', `resources:\n  - { kind: file, name: ${join(dir, 'u')}, content: "x", mode: 0640 }\n`);
+      assert.equal(unquoted.code, 0, unquoted.stderr);
+      assert.equal(cacheOf('backplane-cli-lazy.js', unquoted), 'used');
+      assert.equal(moreCache(unquoted), '(not loaded)', 'the precise parser is a script of its own, not the whole rest of the CLI');
+      assert.equal((await stat(join(dir, 'u'))).mode & 0o777, 0o640);
+      const broken = await runGraph('broken.yaml', 'resources:\n  - { kind: file, name: /x, content: "x"\n');
+      assert.notEqual(broken.code, 0);
+      assert.match(broken.stderr, /broken\.yaml:\d+:\d+: invalid YAML/);
+      assert.equal(cacheOf('backplane-cli-lazy.js', broken), 'used');
+    });
+  });
+
+  test('the rest of another build is refused, not run beside this core', async () => {
+    await withTempDir(async (dir) => {
+      const { launcher } = await copyDist(dir);
+      const more = join(dir, 'backplane-cli-more.js');
+      const text = await readFile(more, 'latin1');
+      await writeFile(more, text.replace(/backplane-build=([0-9a-f])/, (_m, c: string) => `backplane-build=${c === '0' ? '1' : '0'}`), 'latin1');
+      assert.equal((await assertRuns(dir, launcher)).code, 0, 'a run of a local graph does not even read the rest');
+      const r = await runCluster(dir, launcher);
+      assert.notEqual(r.code, 0);
+      assert.match(r.stderr, /backplane-cli-more\.js is not of this build/);
+    });
+  });
+
+  for (const s of [
+    { what: 'writable by group', spoil: (cache: string) => chmod(cache, 0o664), why: /writable by group or others/ },
+    {
+      what: 'made for another build',
+      spoil: async (cache: string) => {
+        const b = await readFile(cache);
+        b.write('0'.repeat(64), 'backplane-code-cache '.length, 'latin1');
+        await writeFile(cache, b);
+      },
+      why: /another build/,
+    },
+    { what: 'missing', spoil: async (cache: string) => (await import('node:fs/promises')).rm(cache), why: /cannot open: ENOENT/ },
+  ]) {
+    test(`a cache of the rest ${s.what} is not used, and a cluster run works without it`, async () => {
+      await withTempDir(async (dir) => {
+        const { launcher } = await copyDist(dir);
+        await s.spoil(join(dir, 'backplane-cli-more.cache'));
+        const r = await runCluster(dir, launcher);
+        assert.equal(r.code, 0, r.stderr);
+        assert.equal(r.cache, 'used');
+        assert.match(moreCache(r), /^not used: /);
+        assert.match(moreCache(r), s.why);
+      });
+    });
+  }
 });
