@@ -98,6 +98,8 @@ function row(table: string, key: string): string {
   return `[data-table=${table}] .vt-row[data-key="${key}"]`;
 }
 
+const FENCE = ['--fence', '6s'];
+
 async function cellTexts(p: Page, selector: string): Promise<string[]> {
   return p.locator(`${selector} .vt-cell`).allTextContents();
 }
@@ -124,8 +126,11 @@ describe('the dashboard in Chromium, on a cluster of three agents', { skip, time
 `;
     // cpu=1 each: two instances of 0.5 per host at most, so a service of 3 spans at least two hosts.
     await startAgent(c, 'h1', { capacity: 'cpu=1,memory=1G', graph, args: ['--api-listen', `127.0.0.1:${port}`, '--api-tls-cert', join(tls, 'cert.pem'), '--api-tls-key', join(tls, 'key.pem')] });
-    await startAgent(c, 'h2', { capacity: 'cpu=1,memory=1G', labels: { zone: 'b', note: HOSTILE } });
-    await startAgent(c, 'h3', { capacity: 'cpu=1,memory=1G', labels: { zone: 'c' } });
+    // h2 and h3 keep their instances 6 s past their last renewal (3 s more than the lease TTL), so an instance of a
+    // killed agent shows "host down" for about 3.4 s before it is replaced: with the default fence (the TTL) that is
+    // 400 ms, which a page redrawing after a fetch can miss on a loaded machine.
+    await startAgent(c, 'h2', { capacity: 'cpu=1,memory=1G', labels: { zone: 'b', note: HOSTILE }, args: FENCE });
+    await startAgent(c, 'h3', { capacity: 'cpu=1,memory=1G', labels: { zone: 'c' }, args: FENCE });
     await waitFor('the dashboard served over TLS', async () => (await httpsStatus(`${base}/`)) === 200, 30_000);
     const r = await deploy(c, 'web', workloadSpec('web', 3, join(work, 'flags'), 'version: r1\n'), ['--wait', '90s']);
     assert.equal(r.code, 0, r.stderr);
@@ -183,7 +188,10 @@ describe('the dashboard in Chromium, on a cluster of three agents', { skip, time
     assert.ok(agent !== undefined);
     await stopAgent(agent, 'SIGKILL');
     // Its lease runs out: the row says the host is down ...
-    await page.waitForSelector(`${row('instances', victim.id)} .badge.s-host-down`, { timeout: 30_000 });
+    await page.waitForSelector(`${row('instances', victim.id)} .badge.s-host-down`, { timeout: 30_000 }).catch(async (err: unknown) => {
+      const rows = await page.locator('[data-table=instances]').evaluate((t) => t.outerHTML.slice(0, 4000)).catch(() => '?');
+      throw new Error(`${String(err)}\n--- the page: stream ${(await page.textContent('header .live')) ?? '?'}; notice ${(await page.textContent('.notice')) ?? ''}\n--- its instances table: ${rows}\n${await diagnose(c, 'web')}`);
+    });
     // ... then the instance is replaced elsewhere and all three are healthy again, on the same page.
     await waitFor(
       'the replacement healthy on the page',
@@ -197,7 +205,7 @@ describe('the dashboard in Chromium, on a cluster of three agents', { skip, time
     );
     assert.equal(await page.evaluate('window.__samePage'), true, 'the page was not reloaded');
     // Bring the host back for the rollout.
-    await startAgent(c, victim.host, { capacity: 'cpu=1,memory=1G', ...(victim.host === 'h2' ? { labels: { zone: 'b', note: HOSTILE } } : { labels: { zone: 'c' } }) });
+    await startAgent(c, victim.host, { capacity: 'cpu=1,memory=1G', args: FENCE, ...(victim.host === 'h2' ? { labels: { zone: 'b', note: HOSTILE } } : { labels: { zone: 'c' } }) });
   });
 
   test('a rollout with a canary: the plan waits, Promote in the browser, the plan completes live', async () => {
