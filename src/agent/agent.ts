@@ -16,7 +16,7 @@ import { createRegistry } from '../resources/registry.js';
 import { defaultStateDir, ensureStateDir } from '../state-dir.js';
 import { VERSION } from '../version.js';
 import { GraphSource, type ChangeCause, type ClusterOptions } from './graph-source.js';
-import { msUntilQuiet, waitUntilWritten } from './graph-file.js';
+import { QuietWatch, waitUntilWritten } from './graph-file.js';
 import { idleCompaction } from './idle-compaction.js';
 import type { Graph } from '../graph/graph.js';
 import { setTimeout as sleepFor } from 'node:timers/promises';
@@ -420,12 +420,13 @@ export class Agent {
    */
   private async renderWhenWritten(): Promise<Graph | undefined> {
     const file = resolve(this.opts.file);
+    const quiet = new QuietWatch();
     for (let held = false; ; ) {
       if (!(await waitUntilWritten(file, this.ac.signal, this.opts.log))) return undefined;
       const next = await this.source.render();
       const cur = this.engine.currentGraph();
       const removes = cur === undefined ? 0 : [...cur.vertices.keys()].filter((id) => !next.vertices.has(id)).length;
-      const wait = removes === 0 ? 0 : await msUntilQuiet(file, REMOVAL_QUIET_MS);
+      const wait = removes === 0 ? 0 : await quiet.msUntilQuiet(file, REMOVAL_QUIET_MS);
       if (wait <= 0) return next;
       if (!held) {
         held = true;

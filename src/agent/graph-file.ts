@@ -85,10 +85,16 @@ async function writerFds(pid: string, target: { readonly dev: number; readonly i
 /**
  * Resolves true once nobody holds `file` open for writing and it has not changed for QUIET_MS; false if `signal`
  * aborted first. A missing file resolves at once: reading it reports that properly.
+ *
+ * /proc is scanned only once the file has been quiet for QUIET_MS, not on the first look at a fresh edit: the scan
+ * costs tens of milliseconds of CPU with many processes (half of what an exporting host spent per edit with 30
+ * agents on one machine), and a file still changing needs no scan to know it is not finished. After a scan that
+ * found no writer the file is looked at again: an edit made while /proc was read starts the wait over.
  */
-export async function waitUntilWritten(file: string, signal: AbortSignal, log: Logger): Promise<boolean> {
+export async function waitUntilWritten(file: string, signal: AbortSignal, log: Logger, scan: (target: { readonly dev: number; readonly ino: number }) => Promise<FileWriter[]> = openWriters): Promise<boolean> {
   let told = false;
   let poll = POLL_MIN_MS;
+  const quiet = new QuietWatch();
   while (!signal.aborted) {
     let st;
     try {
@@ -98,17 +104,16 @@ export async function waitUntilWritten(file: string, signal: AbortSignal, log: L
     }
     // Unchanged since it was last found complete (a re-render for collected data, not an edit): no /proc scan,
     // which costs tens of milliseconds that every exported change would otherwise pay.
-    const signature = `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+    const signature = signatureOf(st);
     if (complete.get(file) === signature) return true;
-    const writers = await openWriters(st);
-    let wait: number;
-    if (writers.length === 0) {
-      wait = QUIET_MS - (Date.now() - st.mtimeMs);
-      if (wait <= 0) {
+    let wait = quiet.msUntilQuietStat(st, QUIET_MS);
+    if (wait <= 0) {
+      const writers = await scan(st);
+      if (writers.length === 0) {
+        if ((await stat(file).then(signatureOf, () => undefined)) !== signature) continue;
         complete.set(file, signature);
         return true;
       }
-    } else {
       if (!told) {
         told = true;
         log.info(`graph file ${file} is open for writing by ${writers.map((w) => `${w.command} (pid ${w.pid})`).join(', ')}; the edit is read once it is closed`);
@@ -125,12 +130,38 @@ export async function waitUntilWritten(file: string, signal: AbortSignal, log: L
   return false;
 }
 
-/** Milliseconds until `file` will have been unchanged for `quietMs` (0 or less: it already has; also when missing). */
-export async function msUntilQuiet(file: string, quietMs: number): Promise<number> {
-  try {
-    const st = await stat(file);
-    return quietMs - (Date.now() - st.mtimeMs);
-  } catch {
-    return 0;
+function signatureOf(st: { readonly dev: number; readonly ino: number; readonly size: number; readonly mtimeMs: number; readonly ctimeMs: number }): string {
+  return `${st.dev}:${st.ino}:${st.size}:${st.mtimeMs}:${st.ctimeMs}`;
+}
+
+/**
+ * How long until a file will have been unchanged for a while: by its mtime, or by having watched it stay the same
+ * (for a file whose mtime is in the future, which would otherwise hold it until the clock reaches that time). One
+ * per wait: it remembers the file as it first saw it.
+ */
+export class QuietWatch {
+  private seen: string | undefined;
+  private seenAt = 0;
+
+  /** Milliseconds until `file` will have been unchanged for `quietMs` (0 or less: it already has; also when missing). */
+  async msUntilQuiet(file: string, quietMs: number): Promise<number> {
+    let st;
+    try {
+      st = await stat(file);
+    } catch {
+      return 0;
+    }
+    return this.msUntilQuietStat(st, quietMs);
+  }
+
+  /** The same for a stat just taken. */
+  msUntilQuietStat(st: Parameters<typeof signatureOf>[0], quietMs: number): number {
+    const signature = signatureOf(st);
+    const now = Date.now();
+    if (signature !== this.seen) {
+      this.seen = signature;
+      this.seenAt = now;
+    }
+    return Math.min(quietMs - (now - st.mtimeMs), quietMs - (now - this.seenAt));
   }
 }
