@@ -1,4 +1,5 @@
-import { readdir, readFile, readlink, stat } from 'node:fs/promises';
+import { readdirSync, readFileSync, readlinkSync, statSync } from 'node:fs';
+import { stat } from 'node:fs/promises';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { Logger } from '../log.js';
 
@@ -30,36 +31,48 @@ export interface FileWriter {
   readonly command: string;
 }
 
+/** How long a scan of /proc runs on the event loop before it lets other work in (see openWriters). */
+const SCAN_SLICE_MS = 1;
+
 /**
  * Processes holding the file with this device and inode open for writing. Empty where /proc is missing. Processes
  * that exit while they are looked at, and ones this user may not inspect, are skipped.
+ *
+ * The calls are synchronous, in slices of about SCAN_SLICE_MS with the event loop let in between: procfs answers
+ * from memory, and a thread-pool round trip per descriptor (readlink, stat) made the scan cost five times the CPU:
+ * median 53.7 against 9.7 ms over 30 interleaved scans of ~90 processes and ~700 descriptors, load average 8.5.
  */
 export async function openWriters(target: { readonly dev: number; readonly ino: number }): Promise<FileWriter[]> {
   let pids: string[];
   try {
-    pids = (await readdir('/proc')).filter((p) => /^\d+$/.test(p));
+    pids = readdirSync('/proc').filter((p) => /^\d+$/.test(p));
   } catch {
     return [];
   }
-  const found = await Promise.all(pids.map((pid) => writerFds(pid, target)));
   const out: FileWriter[] = [];
-  for (const [i, n] of found.entries()) {
-    if (n === 0) continue;
-    const pid = pids[i] ?? '';
-    const command = await readFile(`/proc/${pid}/comm`, 'utf8').then(
-      (c) => c.trim(),
-      () => '?',
-    );
+  let sliceStart = performance.now();
+  for (const pid of pids) {
+    if (performance.now() - sliceStart > SCAN_SLICE_MS) {
+      await new Promise((res) => setImmediate(res));
+      sliceStart = performance.now();
+    }
+    if (writerFds(pid, target) === 0) continue;
+    let command = '?';
+    try {
+      command = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
+    } catch {
+      // gone meanwhile
+    }
     out.push({ pid: Number(pid), command });
   }
   return out;
 }
 
 /** How many of `pid`'s descriptors have the target open for writing. */
-async function writerFds(pid: string, target: { readonly dev: number; readonly ino: number }): Promise<number> {
+function writerFds(pid: string, target: { readonly dev: number; readonly ino: number }): number {
   let fds: string[];
   try {
-    fds = await readdir(`/proc/${pid}/fd`);
+    fds = readdirSync(`/proc/${pid}/fd`);
   } catch {
     return 0;
   }
@@ -67,11 +80,11 @@ async function writerFds(pid: string, target: { readonly dev: number; readonly i
   for (const fd of fds) {
     try {
       // Sockets, pipes and anonymous inodes read as "socket:[…]" and so on: only paths can be our file.
-      if (!(await readlink(`/proc/${pid}/fd/${fd}`)).startsWith('/')) continue;
+      if (!readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith('/')) continue;
       // stat through the fd link: the open file itself, even if it was renamed or its name replaced meanwhile.
-      const st = await stat(`/proc/${pid}/fd/${fd}`);
-      if (st.dev !== target.dev || st.ino !== target.ino) continue;
-      const info = await readFile(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+      const st = statSync(`/proc/${pid}/fd/${fd}`, { throwIfNoEntry: false });
+      if (st === undefined || st.dev !== target.dev || st.ino !== target.ino) continue;
+      const info = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
       const flags = /^flags:\s*([0-7]+)$/m.exec(info)?.[1];
       // O_ACCMODE is the low two bits: 1 = O_WRONLY, 2 = O_RDWR.
       if (flags !== undefined && (parseInt(flags, 8) & 3) !== 0) n++;
