@@ -82,6 +82,8 @@ const SCRIPT_BANNER = '(function (exports, require, module, __filename, __dirnam
 const MORE = 'backplane-cli-more.js';
 /** The packages of LAZY_PACKAGES, below: a script of their own, so that needing one does not read all of MORE. */
 const LAZY_SCRIPT = 'backplane-cli-lazy.js';
+/** The resource kinds but `file`, and what only they import (below): loaded when a graph first names such a kind. */
+const KINDS_SCRIPT = 'backplane-cli-kinds.js';
 /** The modules `backplane run` starts from: main.ts runs it, run.ts is the command, perf-shim is injected everywhere. */
 const CORE_ROOTS = ['src/cli/main.ts', 'src/cli/run.ts', 'src/util/perf-shim.ts'];
 /**
@@ -174,8 +176,19 @@ for (const queue = [...CORE_ROOTS]; queue.length > 0; ) {
 const CORE = 'backplane-cli.js';
 const isFile = (f) => !f.includes(':');
 const coreKeys = new Set([...core].filter(isFile).map(moduleKey));
-const scriptOf = (key) => (coreKeys.has(key) ? CORE : isLazy(key) ? LAZY_SCRIPT : MORE);
-const keysOf = new Map([CORE, LAZY_SCRIPT, MORE].map((name) => [name, new Set()]));
+// The resource kinds the core's registry loads on first use (src/resources/registry.ts), and what they import that
+// the core does not: a script of their own, so that a graph of files and an exec does not read the cluster and the
+// operator commands (MORE), nor an empty graph any kind.
+const kinds = new Set();
+for (const queue = Object.keys(inputs).filter((f) => f.startsWith('src/resources/') && !core.has(f)); queue.length > 0; ) {
+  const file = queue.pop();
+  if (kinds.has(file) || core.has(file) || !isFile(file) || isLazy(file)) continue;
+  kinds.add(file);
+  for (const imp of inputs[file].imports) if (!imp.external && imp.kind !== 'dynamic-import') queue.push(imp.path);
+}
+const kindKeys = new Set([...kinds].map(moduleKey));
+const scriptOf = (key) => (coreKeys.has(key) ? CORE : isLazy(key) ? LAZY_SCRIPT : kindKeys.has(key) ? KINDS_SCRIPT : MORE);
+const keysOf = new Map([CORE, LAZY_SCRIPT, KINDS_SCRIPT, MORE].map((name) => [name, new Set()]));
 for (const f of Object.keys(inputs).filter(isFile)) keysOf.get(scriptOf(moduleKey(f))).add(moduleKey(f));
 // What each script must expose: its modules that a module of another script imports. Every further script asks the
 // core for its monotonic clock (the injected perf-shim): one origin for every performance.now() of the CLI.
@@ -289,7 +302,7 @@ async function buildScript(name, options) {
 // The further scripts first: the core pins their build ids. Their modules see the core's monotonic clock, not a copy
 // of the perf-shim with another origin.
 const ids = {};
-for (const name of [LAZY_SCRIPT, MORE]) {
+for (const name of [LAZY_SCRIPT, KINDS_SCRIPT, MORE]) {
   ids[name] = await buildScript(name, {
     stdin: entryOf(asked.get(name), {}),
     define: { 'import.meta.url': '__bpUrl', 'import.meta.resolve': '__bpResolve', performance: '__bpPerformance' },

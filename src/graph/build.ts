@@ -14,6 +14,8 @@ import { schemaShape } from './schema-util.js';
 export interface KindRegistry {
   get(kind: string): AnyResourceKind | undefined;
   names(): Iterable<string>;
+  /** Loads the kinds named that this registry knows, so that get() has them: before a graph of them is built (src/resources/registry.ts). */
+  prepare(kinds: Iterable<string>): Promise<void>;
 }
 
 /**
