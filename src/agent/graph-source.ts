@@ -705,7 +705,7 @@ export class GraphSource {
         v = { problem: `unknown kind "${r.kind}"`, manages: undefined };
       } else {
         const params = kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
-        const meta = params.success ? metaSchema.safeParse(r.meta) : undefined;
+        const meta = params.success ? metaSchema().safeParse(r.meta) : undefined;
         const manages = params.success ? kind.manages?.(params.data) : undefined;
         if (!params.success) v = { problem: params.error.issues.map((i) => `${i.path.join('.') || 'parameters'}: ${i.message}`).join('; '), manages };
         else if (meta?.success === false) v = { problem: `meta: ${meta.error.issues.map((i) => i.message).join('; ')}`, manages };

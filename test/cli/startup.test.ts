@@ -21,10 +21,10 @@ import { builtinKindNames } from '../../src/resources/registry.js';
 const DIST = join(ROOT, 'dist');
 const CORE = ['backplane.cjs', 'backplane.mjs', 'backplane-cli.js', 'backplane-cli.cache'];
 /**
- * The rest of the CLI, the packages it calls only now and then and the resource kinds but `file`, which a run of an
- * empty local graph never reads (scripts/build.mjs).
+ * The rest of the CLI, the packages it calls only now and then (yaml, zod) and the resource kinds but `file`, which a
+ * run of an empty local graph never reads (scripts/build.mjs).
  */
-const MORE = ['backplane-cli-more.js', 'backplane-cli-more.cache', 'backplane-cli-lazy.js', 'backplane-cli-lazy.cache', 'backplane-cli-kinds.js', 'backplane-cli-kinds.cache'];
+const MORE = ['backplane-cli-more.js', 'backplane-cli-more.cache', 'backplane-cli-lazy.js', 'backplane-cli-lazy.cache', 'backplane-cli-kinds.js', 'backplane-cli-kinds.cache', 'backplane-cli-zod.js', 'backplane-cli-zod.cache'];
 const FILES = [...CORE, ...MORE];
 /** The launcher's header before V8's bytes (src/cli/launcher.ts). */
 const HEADER = 96;
@@ -231,7 +231,7 @@ describe('start-up: the code cache', () => {
       const opened = calls.filter((l) => /backplane[^"]*"/.test(l));
       assert.ok(opened.some((l) => l.includes('backplane-cli.cache')), `the launcher did not even open the cache:\n${calls.join('\n')}`);
       // A run of a local graph needs only the core script: the rest of the CLI is not even opened.
-      assert.deepEqual(opened.filter((l) => /backplane-cli-(more|lazy|kinds)/.test(l)), [], 'a run of a local graph read the rest of the CLI');
+      assert.deepEqual(opened.filter((l) => /backplane-cli-(more|lazy|kinds|zod)/.test(l)), [], 'a run of a local graph read the rest of the CLI');
       const writes = calls.filter((l) => /O_WRONLY|O_RDWR|O_CREAT|creat\(|rename|link/.test(l));
       assert.deepEqual(writes, [], `a start wrote beside the bundle:\n${writes.join('\n')}`);
     });
@@ -331,7 +331,7 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
     });
   });
 
-  test('the resource kinds are loaded as a graph names them: the core holds only `file`, an empty or file-only run reads no other kind', async () => {
+  test('the resource kinds are loaded as a graph names them: the core holds only `file`, an empty or file-only run reads no other kind, nor zod', async () => {
     ensureBuilt();
     // Which modules each script holds, from its source map: a registry that imported every kind statically again
     // would put them all back in the core.
@@ -354,11 +354,21 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
       const empty = await runGraph('empty.yaml', 'resources: []\n');
       assert.equal(empty.code, 0, empty.stderr);
       assert.equal(cacheOf('backplane-cli-kinds.js', empty), '(not loaded)');
+      // Nor zod: a kind builds its schema at first use, the file kind skips it for the usual shapes, and the default
+      // meta is known without it.
+      assert.equal(cacheOf('backplane-cli-zod.js', empty), '(not loaded)');
       // Big enough for the validated-graph cache (4 KiB), so the second run builds nothing and still needs its kinds.
       const files = Array.from({ length: 60 }, (_, i) => `  - { kind: file, name: ${join(dir, `f${i}`)}, content: "${'x'.repeat(40)}", mode: "0644" }`);
-      const fileOnly = await runGraph('files.yaml', `resources:\n${files.join('\n')}\n`);
-      assert.equal(fileOnly.code, 0, fileOnly.stderr);
-      assert.equal(cacheOf('backplane-cli-kinds.js', fileOnly), '(not loaded)');
+      for (const run of ['parsed', 'from the graph cache']) {
+        const fileOnly = await runGraph('files.yaml', `resources:\n${files.join('\n')}\n`);
+        assert.equal(fileOnly.code, 0, fileOnly.stderr);
+        assert.equal(cacheOf('backplane-cli-kinds.js', fileOnly), '(not loaded)', run);
+        assert.equal(cacheOf('backplane-cli-zod.js', fileOnly), '(not loaded)', run);
+      }
+      // A declared metaparam is checked against its schema: zod is loaded then, from its cache.
+      const withMeta = await runGraph('meta.yaml', `resources:\n  - { kind: file, name: ${join(dir, 'm')}, content: "x", mode: "0644", meta: { retry: 2 } }\n`);
+      assert.equal(withMeta.code, 0, withMeta.stderr);
+      assert.equal(cacheOf('backplane-cli-zod.js', withMeta), 'used');
       const mixed = `resources:\n${files.join('\n')}\n  - { kind: noop, name: joined }\n  - { kind: print, name: hello, msg: hello }\n`;
       for (const run of ['parsed', 'from the graph cache']) {
         const r = await runGraph('mixed.yaml', mixed);
