@@ -1,4 +1,4 @@
-// The CLI is two bundled scripts, each with a V8 code cache made here: start-up is paid on every cron-style run, and
+// The CLI is several bundled scripts, each with a V8 code cache made here: start-up is paid on every cron-style run, and
 // Node 20 otherwise parses and compiles the whole bundle on every start (src/cli/launcher.ts explains the trust rules).
 //
 //   dist/backplane.cjs            the launcher (bin/backplane.js requires it): compiles the CLI's scripts with their caches
@@ -6,6 +6,9 @@
 //   dist/backplane-cli.js         the CLI's core, what `backplane run` of a local graph needs: a classic script (a function
 //                                 the launcher calls), ASCII, build id at its end
 //   dist/backplane-cli-more.js    the rest of the CLI (cluster, scheduler, API, operator commands), loaded on first use
+//   dist/backplane-cli-kinds.js   the resource kinds but `file`, loaded when a graph first names one
+//   dist/backplane-cli-lazy.js    the packages the core calls now and then (LAZY_PACKAGES): yaml, and zod in
+//   dist/backplane-cli-zod.js     its own script, each loaded at the first read of one of its exports
 //   dist/backplane-cli*.cache     their code caches, made by a training run (scripts/train-code-cache.mjs)
 //   dist/*.mjs, dist/chunks/      worker threads' and backplane members' entries: ES modules, as before
 //   dist/web/                     the dashboard
@@ -64,10 +67,12 @@ await mkdir('dist');
 // importModule, load, expose) => void. Classic scripts because V8 code caches exist only for scripts in Node 20;
 // functions so the launcher hands them what an ES module had (import.meta.url, import.meta.resolve, import()).
 //
-// Three scripts, not one: dist/backplane-cli.js, the core, holds what `backplane run` of a local graph needs (every
-// module that main.ts and run.ts import statically, and what those import); dist/backplane-cli-more.js everything
-// reached only through import(): the cluster link, stores and trust, the scheduler and controller, the API server and
-// its ops, the backplanes, the operator commands; dist/backplane-cli-lazy.js the packages of LAZY_PACKAGES below. A
+// Five scripts, not one: dist/backplane-cli.js, the core, holds what `backplane run` of a local graph needs (every
+// module that main.ts and run.ts import statically, and what those import); dist/backplane-cli-kinds.js the resource
+// kinds the registry loads by import() (all but `file`) and what only they import; dist/backplane-cli-more.js
+// everything else reached only through import(): the cluster link, stores and trust, the scheduler and controller,
+// the API server and its ops, the backplanes, the operator commands; dist/backplane-cli-lazy.js and -zod.js the
+// packages of LAZY_PACKAGES below. A
 // run that joins no cluster reads, holds and compiles only the core (on this machine every first-touched page is
 // ~20 us: the whole 1.7 MB bundle and its 1.1 MB cache were ~1,400 page faults of every start). A further script is
 // loaded, with its own code cache, the first time the CLI reaches one of its modules (an import() that esbuild turned
@@ -80,20 +85,25 @@ await mkdir('dist');
 // never runs beside another build's.
 const SCRIPT_BANNER = '(function (exports, require, module, __filename, __dirname, __bpUrl, __bpResolve, __bpImport, __bpLoad, __bpExpose) {';
 const MORE = 'backplane-cli-more.js';
-/** The packages of LAZY_PACKAGES, below: a script of their own, so that needing one does not read all of MORE. */
-const LAZY_SCRIPT = 'backplane-cli-lazy.js';
+/** The resource kinds but `file`, and what only they import (below): loaded when a graph first names such a kind. */
+const KINDS_SCRIPT = 'backplane-cli-kinds.js';
 /** The modules `backplane run` starts from: main.ts runs it, run.ts is the command, perf-shim is injected everywhere. */
 const CORE_ROOTS = ['src/cli/main.ts', 'src/cli/run.ts', 'src/util/perf-shim.ts'];
 /**
- * Packages the core imports statically but calls only now and then: they go to a script of their own
- * (backplane-cli-lazy.js), and the core's stand-in for them is a module of getters (as for Node's built-ins above)
- * that loads that script at the first read of an export. `yaml` (165 KB, a sixth of the core) gives the YAML frontend
- * positions for error messages and the text of an unquoted numeric mode (src/frontends/document.ts); js-yaml reads
- * the data. A package whose exports the core reads while its modules load would load its script at every start:
- * test/cli/startup.test.ts would catch that.
+ * Packages the core imports statically but calls only now and then: each goes to a script of its own, and the core's
+ * stand-in for it is a module of getters (as for Node's built-ins above) that loads that script at the first read of
+ * an export. `yaml` (165 KB, a sixth of the core) gives the YAML frontend positions for error messages and the text
+ * of an unquoted numeric mode (src/frontends/document.ts); js-yaml reads the data. `zod` (300 KB, ~1,000 page faults
+ * of every start with its code cache) checks parameters against a kind's schema, which a kind builds at first use
+ * and skips for the usual shapes (quickParams), and metaparams, which a resource seldom declares: a run of an empty
+ * graph or of plain files, parsed or from the graph cache, never calls it. A package whose exports the core reads
+ * while its modules load would load its script at every start: test/cli/startup.test.ts would catch that.
  */
-const LAZY_PACKAGES = ['yaml'];
-const isLazy = (file) => LAZY_PACKAGES.some((p) => moduleKey(file).startsWith(`node_modules/${p}/`));
+const LAZY_PACKAGES = { yaml: 'backplane-cli-lazy.js', zod: 'backplane-cli-zod.js' };
+const LAZY_SCRIPTS = Object.values(LAZY_PACKAGES);
+/** The script of the lazy package `file` is in, or undefined. */
+const lazyScriptOf = (file) => Object.entries(LAZY_PACKAGES).find(([p]) => moduleKey(file).startsWith(`node_modules/${p}/`))?.[1];
+const isLazy = (file) => lazyScriptOf(file) !== undefined;
 const cliPlugins = [
   lazyBuiltins(['child_process', 'crypto', 'worker_threads', 'perf_hooks', 'readline', 'v8', 'net']),
   {
@@ -174,8 +184,19 @@ for (const queue = [...CORE_ROOTS]; queue.length > 0; ) {
 const CORE = 'backplane-cli.js';
 const isFile = (f) => !f.includes(':');
 const coreKeys = new Set([...core].filter(isFile).map(moduleKey));
-const scriptOf = (key) => (coreKeys.has(key) ? CORE : isLazy(key) ? LAZY_SCRIPT : MORE);
-const keysOf = new Map([CORE, LAZY_SCRIPT, MORE].map((name) => [name, new Set()]));
+// The resource kinds the core's registry loads on first use (src/resources/registry.ts), and what they import that
+// the core does not: a script of their own, so that a graph of files and an exec does not read the cluster and the
+// operator commands (MORE), nor an empty graph any kind.
+const kinds = new Set();
+for (const queue = Object.keys(inputs).filter((f) => f.startsWith('src/resources/') && !core.has(f)); queue.length > 0; ) {
+  const file = queue.pop();
+  if (kinds.has(file) || core.has(file) || !isFile(file) || isLazy(file)) continue;
+  kinds.add(file);
+  for (const imp of inputs[file].imports) if (!imp.external && imp.kind !== 'dynamic-import') queue.push(imp.path);
+}
+const kindKeys = new Set([...kinds].map(moduleKey));
+const scriptOf = (key) => (coreKeys.has(key) ? CORE : (lazyScriptOf(key) ?? (kindKeys.has(key) ? KINDS_SCRIPT : MORE)));
+const keysOf = new Map([CORE, ...LAZY_SCRIPTS, KINDS_SCRIPT, MORE].map((name) => [name, new Set()]));
 for (const f of Object.keys(inputs).filter(isFile)) keysOf.get(scriptOf(moduleKey(f))).add(moduleKey(f));
 // What each script must expose: its modules that a module of another script imports. Every further script asks the
 // core for its monotonic clock (the injected perf-shim): one origin for every performance.now() of the CLI.
@@ -192,7 +213,7 @@ for (const [file, input] of Object.entries(inputs)) {
 // The exports of each lazy package module imported from outside its package, from the module itself (this Node loads
 // it as the bundle's require() would: the bundle has the same file).
 const lazyExports = new Map();
-for (const key of asked.get(LAZY_SCRIPT)) {
+for (const key of LAZY_SCRIPTS.flatMap((name) => [...asked.get(name)])) {
   const file = resolvePath(Object.keys(inputs).find((f) => moduleKey(f) === key));
   let names;
   try {
@@ -289,7 +310,7 @@ async function buildScript(name, options) {
 // The further scripts first: the core pins their build ids. Their modules see the core's monotonic clock, not a copy
 // of the perf-shim with another origin.
 const ids = {};
-for (const name of [LAZY_SCRIPT, MORE]) {
+for (const name of [...LAZY_SCRIPTS, KINDS_SCRIPT, MORE]) {
   ids[name] = await buildScript(name, {
     stdin: entryOf(asked.get(name), {}),
     define: { 'import.meta.url': '__bpUrl', 'import.meta.resolve': '__bpResolve', performance: '__bpPerformance' },

@@ -13,7 +13,7 @@
  */
 import type { z } from 'zod';
 import type { ExportEntry } from './graph/collect.js';
-import type { metaSchema } from './graph/meta.js';
+import type { MetaSchema } from './graph/meta.js';
 import type { ExecSchema } from './resources/exec-schema.js';
 import type { FileSchema } from './resources/file-schema.js';
 import type { GroupSchema } from './resources/group.js';
@@ -36,7 +36,7 @@ interface Common {
   before?: Ref | readonly Ref[];
   notify?: Ref | readonly Ref[];
   subscribe?: Ref | readonly Ref[];
-  meta?: z.input<typeof metaSchema>;
+  meta?: z.input<MetaSchema>;
   /** Export to every host (true) or to the named hosts instead of managing it here. */
   export?: true | readonly string[];
 }

@@ -14,7 +14,7 @@ import { gatherFacts } from '../facts.js';
 import { parseGraphText, readGraphSource } from '../frontends/load.js';
 import { readGraphText } from '../frontends/limits.js';
 import { buildGraph, vertexReuse, type KindRegistry } from '../graph/build.js';
-import { builtinKinds } from '../resources/registry.js';
+import { isBuiltinRegistry, kindsOf } from '../resources/registry.js';
 import { CACHE_MIN_BYTES, readCachedGraph, runningBuild, writeCachedGraph } from './graph-cache.js';
 import { collectMemo, collectResources, type CollectedResource, type ExportEntry } from '../graph/collect.js';
 import type { Graph } from '../graph/graph.js';
@@ -166,6 +166,10 @@ export class GraphSource {
   async render(signal?: AbortSignal): Promise<Graph> {
     const cached = await this.fromCache();
     if (cached.graph !== undefined) {
+      // The engine creates each vertex's resource from its kind: those kinds are loaded before the graph is handed on.
+      const kinds = new Set<string>();
+      for (const v of cached.graph.vertices.values()) kinds.add(v.kind);
+      await this.opts.registry.prepare(kinds);
       this.nextValidation();
       return cached.graph;
     }
@@ -174,6 +178,8 @@ export class GraphSource {
       await this.connect();
       raw = await this.readRaw(signal);
     }
+    // The kinds the graph names, loaded before anything below validates a resource (every step after is synchronous).
+    await this.opts.registry.prepare(kindsOf(raw));
     this.nextValidation();
     // An exported resource is not managed here, so collecting it back (a rule whose `from` includes this host)
     // is no clash: the collected copy is the one this host manages.
@@ -194,6 +200,7 @@ export class GraphSource {
     const collected = rules.length === 0 ? [] : this.admit(collectResources(this.opts.host, rules, this.collected, this.opts.registry, this.collectMemo), local);
     // The instances the controller assigned here: resources of the same graph, so the engine supervises them.
     const inst = this.instances?.resources() ?? { resources: [], edges: [] };
+    if (inst.resources.length > 0) await this.opts.registry.prepare(kindsOf(inst));
     // An instance may ask the agent for its peers as soon as it runs: discovery has read once before any does.
     if (inst.resources.length > 0) await this.services.start();
     // Only a graph that takes from the cluster is rendered again and again with mostly the same resources; keeping
@@ -698,7 +705,7 @@ export class GraphSource {
         v = { problem: `unknown kind "${r.kind}"`, manages: undefined };
       } else {
         const params = kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
-        const meta = params.success ? metaSchema.safeParse(r.meta) : undefined;
+        const meta = params.success ? metaSchema().safeParse(r.meta) : undefined;
         const manages = params.success ? kind.manages?.(params.data) : undefined;
         if (!params.success) v = { problem: params.error.issues.map((i) => `${i.path.join('.') || 'parameters'}: ${i.message}`).join('; '), manages };
         else if (meta?.success === false) v = { problem: `meta: ${meta.error.issues.map((i) => i.message).join('; ')}`, manages };
@@ -720,12 +727,6 @@ export class GraphSource {
 interface Validated {
   readonly problem: string | undefined;
   readonly manages: string | undefined;
-}
-
-/** The registry is exactly the built-in kinds (what the build id vouches for). */
-function isBuiltinRegistry(registry: KindRegistry): boolean {
-  const names = [...registry.names()];
-  return names.length === builtinKinds.length && builtinKinds.every((k) => registry.get(k.kind) === k);
 }
 
 function needsCluster(raw: RawGraph): boolean {

@@ -10,7 +10,7 @@ import { createLogger, useColour, type LogFormat, type LogLevel, type Logger } f
 import { parseDuration } from '../util/duration.js';
 import { stderrIsTTY } from '../util/stderr.js';
 import { gatherFacts } from '../facts.js';
-import { parseSize } from '../resources/svc-schema.js';
+import { parseSize } from '../util/size.js';
 import { defaultCapacity } from '../scheduler/capacity.js';
 import { followConvergence, stderrProgress, type Progress } from './progress.js';
 import { EXIT, checkWritableFile, parseIntOption, parseSecondsOption, reportError } from './common.js';

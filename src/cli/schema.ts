@@ -6,7 +6,7 @@ import { z } from 'zod';
 import { findBackplane, loadBackplane, shippedKinds } from '../backplanes/registry.js';
 import { BackplaneError } from '../errors.js';
 import { graphJsonSchema } from '../frontends/json-schema.js';
-import { builtinKinds } from '../resources/registry.js';
+import { builtinKinds } from '../resources/builtin-kinds.js';
 import { serviceJsonSchema } from '../scheduler/spec.js';
 
 export function registerSchema(program: Command): void {

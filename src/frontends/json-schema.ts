@@ -10,7 +10,7 @@ type JsonObject = Record<string, unknown>;
  */
 export function graphJsonSchema(kinds: readonly AnyResourceKind[]): JsonObject {
   const refs = { type: ['string', 'array'], items: { type: 'string' }, description: 'kind[name] or kind:name, or a list of them' };
-  const meta = z.toJSONSchema(metaSchema, { io: 'input', unrepresentable: 'any' });
+  const meta = z.toJSONSchema(metaSchema(), { io: 'input', unrepresentable: 'any' });
   delete meta['$schema'];
   const variants = kinds.map((k) => {
     const params = z.toJSONSchema(k.schema, { io: 'input', unrepresentable: 'any' });

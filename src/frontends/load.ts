@@ -4,6 +4,7 @@ import { gatherFacts } from '../facts.js';
 import { buildGraph, type KindRegistry } from '../graph/build.js';
 import type { Graph } from '../graph/graph.js';
 import type { RawGraph } from '../graph/raw.js';
+import { kindsOf } from '../resources/registry.js';
 import { parseYamlDocument } from './document.js';
 import { readGraphText } from './limits.js';
 import { isModuleGraph, readModuleGraph } from './typescript.js';
@@ -32,7 +33,9 @@ export async function readGraphSource(path: string, ctx: GraphContext, signal?: 
   return parseGraphText(file, await readGraphText(file));
 }
 
-/** Reads and validates a graph file. */
+/** Reads and validates a graph file (loading the kinds it names first: the build itself is synchronous). */
 export async function loadGraphFile(path: string, registry: KindRegistry, ctx: GraphContext = localContext()): Promise<Graph> {
-  return buildGraph(await readGraphSource(path, ctx), registry);
+  const raw = await readGraphSource(path, ctx);
+  await registry.prepare(kindsOf(raw));
+  return buildGraph(raw, registry);
 }

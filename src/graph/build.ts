@@ -7,13 +7,15 @@ import { findCycles } from './cycles.js';
 import { Graph, type Edge, type ExportedResource, type Vertex } from './graph.js';
 import { parseRef, resourceId, type ResourceId } from './ids.js';
 import { checkCollectRules } from './collect.js';
-import { metaSchema, type Meta } from './meta.js';
+import { META_DEFAULTS, metaSchema, type Meta } from './meta.js';
 import type { RawGraph, RawResource } from './raw.js';
 import { schemaShape } from './schema-util.js';
 
 export interface KindRegistry {
   get(kind: string): AnyResourceKind | undefined;
   names(): Iterable<string>;
+  /** Loads the kinds named that this registry knows, so that get() has them: before a graph of them is built (src/resources/registry.ts). */
+  prepare(kinds: Iterable<string>): Promise<void>;
 }
 
 /**
@@ -65,7 +67,7 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
         }),
       );
       // A placeholder, as for bad parameters below: edges to it must not claim it was never declared.
-      if (!vertices.has(id)) vertices.set(id, { id, kind: r.kind, name: r.name, params: {}, meta: metaSchema.parse(undefined), loc: r.loc, fingerprint: '' });
+      if (!vertices.has(id)) vertices.set(id, { id, kind: r.kind, name: r.name, params: {}, meta: metaSchema().parse(undefined), loc: r.loc, fingerprint: '' });
       continue;
     }
     const prior = vertices.get(id);
@@ -94,14 +96,14 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
         errors.push(e);
     }
     // Most resources declare no meta: they share one frozen default instead of 100,000 equal copies.
-    const meta = r.meta === undefined ? DEFAULT_META : metaSchema.safeParse(r.meta);
+    const meta = r.meta === undefined ? DEFAULT_META : metaSchema().safeParse(r.meta);
     if (!meta.success) {
-      for (const e of issuesToErrors(meta.error.issues, id, (p) => r.locateMeta(p), 'meta', Object.keys(schemaShape(metaSchema))))
+      for (const e of issuesToErrors(meta.error.issues, id, (p) => r.locateMeta(p), 'meta', Object.keys(schemaShape(metaSchema()))))
         errors.push(e);
     }
     if (!params.success || !meta.success) {
       // Keep a placeholder so edges to it do not produce a second, misleading "missing resource" error.
-      vertices.set(id, vertex(id, r, {}, metaSchema.parse(undefined), ''));
+      vertices.set(id, vertex(id, r, {}, metaSchema().parse(undefined), ''));
       continue;
     }
     if (r.export !== undefined) {
@@ -336,7 +338,7 @@ class BuiltVertex implements Vertex {
 }
 
 /** The meta of a resource that declares none: frozen, since every such vertex shares it. */
-const DEFAULT_META = { success: true as const, data: deepFreeze(metaSchema.parse(undefined)) };
+const DEFAULT_META = { success: true as const, data: deepFreeze(structuredClone(META_DEFAULTS)) };
 
 /**
  * The one meta object every vertex without declared meta shares (frozen): the validated-graph cache stores such a

@@ -2,19 +2,11 @@ import { constants } from 'node:os';
 import { z } from 'zod';
 import { absolutePath, duration, withUnit } from '../graph/schema-util.js';
 import { once } from '../util/once.js';
+import { parseSize } from '../util/size.js';
+
+export { parseSize };
 
 /** Parameters of `svc`; kept apart from the implementation so the schema can be read on its own. */
-
-const SIZE = /^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*$/i;
-const SIZE_UNITS: Record<string, number> = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 };
-
-/** Bytes, or undefined when the text is not a size. Units are binary (1K = 1024), as in `ulimit` and cgroups. */
-export function parseSize(v: number | string): number | undefined {
-  if (typeof v === 'number') return Number.isFinite(v) && v >= 0 ? Math.round(v) : undefined;
-  const m = SIZE.exec(v);
-  if (m === null || m[1] === undefined) return undefined;
-  return Math.round(Number(m[1]) * (SIZE_UNITS[(m[2] ?? '').toLowerCase()] ?? 1));
-}
 
 /** A size field: bytes as a number, or a string with a binary unit (`512K`, `256M`, `10MB`, `1GiB`); parsed to bytes. */
 export const size = () =>

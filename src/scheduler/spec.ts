@@ -12,7 +12,8 @@ import { DEFAULT_MODULE_MEMORY_MB, DEFAULT_MODULE_TIMEOUT_MS, isModuleGraph } fr
 import { YamlSource } from '../frontends/yaml-source.js';
 import { RELATION_KEYS } from '../frontends/yaml-native.js';
 import { buildGraph, type KindRegistry } from '../graph/build.js';
-import { builtinKinds, createRegistry } from '../resources/registry.js';
+import { builtinKinds } from '../resources/builtin-kinds.js';
+import { createRegistry } from '../resources/registry.js';
 import type { HostFacts } from '../resources/types.js';
 import { canonicalJson } from '../util/canonical.js';
 import { closest } from '../util/suggest.js';
@@ -29,6 +30,14 @@ import { HOOK_NAMES, INHERITABLE_FIELDS, type Alloc, type InheritableField, type
  * of any `files` resource.
  */
 
+/**
+ * The registry a spec's instances are checked with: every built-in kind, loaded (the check builds a graph of them
+ * synchronously; a spec may name any kind).
+ */
+function allKinds(): KindRegistry {
+  return createRegistry(builtinKinds);
+}
+
 /** Where a value of the input is, by its path from the document's root. */
 interface SpecSource {
   readonly file: string;
@@ -37,14 +46,14 @@ interface SpecSource {
   readonly locateValue: (path: readonly PropertyKey[]) => SourceLocation;
 }
 
-export function parseServiceText(file: string, text: string, registry: KindRegistry = createRegistry()): ServiceSpec[] {
+export function parseServiceText(file: string, text: string, registry: KindRegistry = allKinds()): ServiceSpec[] {
   const doc = parseYamlDocument(file, text);
   fixUnquotedModes(doc.data, file, text);
   return readServices(doc, registry);
 }
 
 /** Reads a YAML spec or a TS/JS module spec. Throws ValidationErrors (bad input) or BackplaneError E_IO. */
-export async function readServiceFile(path: string, registry: KindRegistry = createRegistry()): Promise<ServiceSpec[]> {
+export async function readServiceFile(path: string, registry: KindRegistry = allKinds()): Promise<ServiceSpec[]> {
   const file = resolve(path);
   if (isModuleGraph(file)) {
     const out = await evaluateModule(file);
@@ -66,14 +75,14 @@ export interface ObjectDoc {
  * A deploy file: its services, and its application objects (left for src/backplanes/objects.ts to validate and
  * expand with their backplanes). Throws ValidationErrors for any invalid service.
  */
-export async function readDeployFile(path: string, registry: KindRegistry = createRegistry()): Promise<{ services: ServiceSpec[]; objects: ObjectDoc[] }> {
+export async function readDeployFile(path: string, registry: KindRegistry = allKinds()): Promise<{ services: ServiceSpec[]; objects: ObjectDoc[] }> {
   const file = resolve(path);
   if (isModuleGraph(file)) return readDeployData(file, await evaluateModule(file), registry);
   return readDeployText(file, await readGraphText(file), registry);
 }
 
 /** A YAML deploy file given as its text (the API's deploy: the CLI sends it); errors point at `file`:line:col. */
-export function readDeployText(file: string, text: string, registry: KindRegistry = createRegistry()): { services: ServiceSpec[]; objects: ObjectDoc[] } {
+export function readDeployText(file: string, text: string, registry: KindRegistry = allKinds()): { services: ServiceSpec[]; objects: ObjectDoc[] } {
   const objects: ObjectDoc[] = [];
   const doc = parseYamlDocument(file, text);
   fixUnquotedModes(doc.data, file, text);
@@ -81,7 +90,7 @@ export function readDeployText(file: string, text: string, registry: KindRegistr
 }
 
 /** What a TS/JS deploy module evaluated to (evaluateModule): errors name `file` and the value's path. */
-export function readDeployData(file: string, data: unknown, registry: KindRegistry = createRegistry()): { services: ServiceSpec[]; objects: ObjectDoc[] } {
+export function readDeployData(file: string, data: unknown, registry: KindRegistry = allKinds()): { services: ServiceSpec[]; objects: ObjectDoc[] } {
   const objects: ObjectDoc[] = [];
   checkExpansion(data, (p) => ({ file: `${file}: ${pathText(p)}`, line: 0, col: 0 }));
   const locate = (p: readonly PropertyKey[]): SourceLocation => ({ file: `${file}: ${pathText(p)}`, line: 0, col: 0 });
@@ -92,7 +101,7 @@ export function readDeployData(file: string, data: unknown, registry: KindRegist
  * The services a backplane expanded an object into, validated exactly like an operator's; an error points at the
  * object (the generated document has no lines of its own) and names the path inside the generated service.
  */
-export function readExpandedServices(docs: readonly unknown[], where: SourceLocation, what: string, registry: KindRegistry = createRegistry()): ServiceSpec[] {
+export function readExpandedServices(docs: readonly unknown[], where: SourceLocation, what: string, registry: KindRegistry = allKinds()): ServiceSpec[] {
   const errors: BackplaneError[] = [];
   const specs: ServiceSpec[] = [];
   docs.forEach((d, i) => {

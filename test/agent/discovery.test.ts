@@ -16,7 +16,8 @@ import type { InstanceState, ServiceSpec } from '../../src/scheduler/types.js';
 import { Engine } from '../../src/engine/engine.js';
 import { parseGraphText } from '../../src/frontends/load.js';
 import { buildGraph } from '../../src/graph/build.js';
-import { builtinKinds, createRegistry } from '../../src/resources/registry.js';
+import { builtinKinds } from '../../src/resources/builtin-kinds.js';
+import { createRegistry } from '../../src/resources/registry.js';
 import { templateKind } from '../../src/resources/template.js';
 import { until, waitSettled } from '../helpers/engine.js';
 

@@ -13,7 +13,8 @@ import { parseGraphText } from '../../src/frontends/load.js';
 import { buildGraph } from '../../src/graph/build.js';
 import type { Graph } from '../../src/graph/graph.js';
 import { createLogger } from '../../src/log.js';
-import { builtinKinds, createRegistry } from '../../src/resources/registry.js';
+import { builtinKinds } from '../../src/resources/builtin-kinds.js';
+import { builtinKindNames, createRegistry } from '../../src/resources/registry.js';
 import type { AnyResourceKind } from '../../src/resources/types.js';
 import { ROOT, runCli } from '../helpers/cli.js';
 
@@ -27,6 +28,8 @@ const BUILD = 'b'.repeat(64);
 /** A comment that makes a graph long enough to be cached (CACHE_MIN_BYTES): smaller ones are parsed instead. */
 const PAD = `# ${'padding '.repeat(CACHE_MIN_BYTES / 8)}\n`;
 const registry = createRegistry();
+// build() below builds synchronously: every kind loaded first, as GraphSource does for the kinds a graph names.
+await registry.prepare(builtinKindNames);
 
 function build(file: string, text: string): { raw: ReturnType<typeof parseGraphText>; graph: Graph } {
   const raw = parseGraphText(file, text);

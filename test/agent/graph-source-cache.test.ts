@@ -13,7 +13,8 @@ import { sealHosts, TrustView, withHost } from '../../src/cluster/trust.js';
 import type { KindRegistry } from '../../src/graph/build.js';
 import { resourceId, type ResourceId } from '../../src/graph/ids.js';
 import { createLogger } from '../../src/log.js';
-import { builtinKinds, createRegistry } from '../../src/resources/registry.js';
+import { builtinKinds } from '../../src/resources/builtin-kinds.js';
+import { createRegistry } from '../../src/resources/registry.js';
 import type { AnyResourceKind } from '../../src/resources/types.js';
 
 /**

@@ -8,6 +8,7 @@ import { describe, test } from 'node:test';
 import { withTempDir } from '../helpers/engine.js';
 import { BIN, ROOT, ensureBuilt } from '../helpers/cli.js';
 import { resolveImport } from '../../src/cli/esm-resolve.js';
+import { builtinKindNames } from '../../src/resources/registry.js';
 
 /**
  * Start-up: the CLI is one bundled script compiled from a V8 code cache the build made (scripts/build.mjs,
@@ -19,8 +20,11 @@ import { resolveImport } from '../../src/cli/esm-resolve.js';
 
 const DIST = join(ROOT, 'dist');
 const CORE = ['backplane.cjs', 'backplane.mjs', 'backplane-cli.js', 'backplane-cli.cache'];
-/** The rest of the CLI and the packages it calls only now and then, which a run of a local graph never reads (scripts/build.mjs). */
-const MORE = ['backplane-cli-more.js', 'backplane-cli-more.cache', 'backplane-cli-lazy.js', 'backplane-cli-lazy.cache'];
+/**
+ * The rest of the CLI, the packages it calls only now and then (yaml, zod) and the resource kinds but `file`, which a
+ * run of an empty local graph never reads (scripts/build.mjs).
+ */
+const MORE = ['backplane-cli-more.js', 'backplane-cli-more.cache', 'backplane-cli-lazy.js', 'backplane-cli-lazy.cache', 'backplane-cli-kinds.js', 'backplane-cli-kinds.cache', 'backplane-cli-zod.js', 'backplane-cli-zod.cache'];
 const FILES = [...CORE, ...MORE];
 /** The launcher's header before V8's bytes (src/cli/launcher.ts). */
 const HEADER = 96;
@@ -227,7 +231,7 @@ describe('start-up: the code cache', () => {
       const opened = calls.filter((l) => /backplane[^"]*"/.test(l));
       assert.ok(opened.some((l) => l.includes('backplane-cli.cache')), `the launcher did not even open the cache:\n${calls.join('\n')}`);
       // A run of a local graph needs only the core script: the rest of the CLI is not even opened.
-      assert.deepEqual(opened.filter((l) => /backplane-cli-(more|lazy)/.test(l)), [], 'a run of a local graph read the rest of the CLI');
+      assert.deepEqual(opened.filter((l) => /backplane-cli-(more|lazy|kinds|zod)/.test(l)), [], 'a run of a local graph read the rest of the CLI');
       const writes = calls.filter((l) => /O_WRONLY|O_RDWR|O_CREAT|creat\(|rename|link/.test(l));
       assert.deepEqual(writes, [], `a start wrote beside the bundle:\n${writes.join('\n')}`);
     });
@@ -324,6 +328,60 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
       assert.notEqual(broken.code, 0);
       assert.match(broken.stderr, /broken\.yaml:\d+:\d+: invalid YAML/);
       assert.equal(cacheOf('backplane-cli-lazy.js', broken), 'used');
+    });
+  });
+
+  test('the resource kinds are loaded as a graph names them: the core holds only `file`, an empty or file-only run reads no other kind, nor zod', async () => {
+    ensureBuilt();
+    // Which modules each script holds, from its source map: a registry that imported every kind statically again
+    // would put them all back in the core.
+    const sources = async (script: string): Promise<string[]> => (JSON.parse(await readFile(join(DIST, `${script}.map`), 'utf8')) as { sources: string[] }).sources;
+    const core = await sources('backplane-cli.js');
+    const kinds = await sources('backplane-cli-kinds.js');
+    for (const name of builtinKindNames.filter((k) => k !== 'file')) {
+      assert.ok(!core.includes(`../src/resources/${name}.ts`), `the ${name} kind is in the core script`);
+      assert.ok(kinds.includes(`../src/resources/${name}.ts`), `the ${name} kind is not in the kinds' script`);
+    }
+    for (const part of ['svc/supervisor.ts', 'pkg/apt.ts', 'svc-schema.ts', 'accounts.ts']) assert.ok(!core.includes(`../src/resources/${part}`), `${part} is in the core script`);
+    assert.ok(core.includes('../src/resources/file.ts'), 'the file kind, which nearly every graph uses, left the core');
+
+    await withTempDir(async (dir) => {
+      const { launcher } = await copyDist(dir);
+      const runGraph = async (name: string, text: string): Promise<Started> => {
+        await writeFile(join(dir, name), text);
+        return start(launcher, ['run', '--file', join(dir, name), '--converged-timeout', '0', '--no-api', '--state-dir', join(dir, 'state'), '--log-level', 'debug']);
+      };
+      const empty = await runGraph('empty.yaml', 'resources: []\n');
+      assert.equal(empty.code, 0, empty.stderr);
+      assert.equal(cacheOf('backplane-cli-kinds.js', empty), '(not loaded)');
+      // Nor zod: a kind builds its schema at first use, the file kind skips it for the usual shapes, and the default
+      // meta is known without it.
+      assert.equal(cacheOf('backplane-cli-zod.js', empty), '(not loaded)');
+      // Big enough for the validated-graph cache (4 KiB), so the second run builds nothing and still needs its kinds.
+      const files = Array.from({ length: 60 }, (_, i) => `  - { kind: file, name: ${join(dir, `f${i}`)}, content: "${'x'.repeat(40)}", mode: "0644" }`);
+      for (const run of ['parsed', 'from the graph cache']) {
+        const fileOnly = await runGraph('files.yaml', `resources:\n${files.join('\n')}\n`);
+        assert.equal(fileOnly.code, 0, fileOnly.stderr);
+        assert.equal(cacheOf('backplane-cli-kinds.js', fileOnly), '(not loaded)', run);
+        assert.equal(cacheOf('backplane-cli-zod.js', fileOnly), '(not loaded)', run);
+      }
+      // A declared metaparam is checked against its schema: zod is loaded then, from its cache.
+      const withMeta = await runGraph('meta.yaml', `resources:\n  - { kind: file, name: ${join(dir, 'm')}, content: "x", mode: "0644", meta: { retry: 2 } }\n`);
+      assert.equal(withMeta.code, 0, withMeta.stderr);
+      assert.equal(cacheOf('backplane-cli-zod.js', withMeta), 'used');
+      const mixed = `resources:\n${files.join('\n')}\n  - { kind: noop, name: joined }\n  - { kind: print, name: hello, msg: hello }\n`;
+      for (const run of ['parsed', 'from the graph cache']) {
+        const r = await runGraph('mixed.yaml', mixed);
+        assert.equal(r.code, 0, `${run}: ${r.stderr}`);
+        assert.equal(cacheOf('backplane-cli-kinds.js', r), 'used', run);
+        assert.match(r.stderr, /print\[hello\]/, run);
+        assert.equal(/graph cache: \d+ validated resources/.test(r.stderr), run === 'from the graph cache', `${run}: ${r.stderr}`);
+      }
+      assert.equal(moreCache(empty), '(not loaded)');
+      // An unknown kind still names every kind, loaded or not.
+      const typo = await runGraph('typo.yaml', 'resources:\n  - { kind: svcc, name: x }\n');
+      assert.notEqual(typo.code, 0);
+      assert.match(typo.stderr, /did you mean "svc"\? known kinds: exec, file, group, hostname, http, kv, msg, noop, pkg, print, svc, tcp, template, timer, user/);
     });
   });
 

@@ -7,7 +7,7 @@ import { basename, join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { promisify } from 'node:util';
 import { graphJsonSchema } from '../../src/frontends/json-schema.js';
-import { builtinKinds } from '../../src/resources/registry.js';
+import { builtinKinds } from '../../src/resources/builtin-kinds.js';
 import { BIN, ROOT, ensureBuilt } from '../helpers/cli.js';
 
 const execFileP = promisify(execFile);

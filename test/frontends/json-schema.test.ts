@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import { parse as parseYaml } from 'yaml';
 import { graphJsonSchema } from '../../src/frontends/json-schema.js';
-import { builtinKinds } from '../../src/resources/registry.js';
+import { builtinKinds } from '../../src/resources/builtin-kinds.js';
 import { allKinds, build } from '../helpers/graph.js';
 
 type Json = Record<string, unknown>;

@@ -6,7 +6,8 @@ import { parseGraphText } from '../../src/frontends/load.js';
 import { buildGraph } from '../../src/graph/build.js';
 import type { Graph } from '../../src/graph/graph.js';
 import { createLogger, type Logger } from '../../src/log.js';
-import { builtinKinds, createRegistry } from '../../src/resources/registry.js';
+import { builtinKinds } from '../../src/resources/builtin-kinds.js';
+import { createRegistry } from '../../src/resources/registry.js';
 import type { AnyResourceKind } from '../../src/resources/types.js';
 
 export interface Harness {

@@ -5,7 +5,8 @@ import { buildGraph } from '../../src/graph/build.js';
 import type { Edge, Graph } from '../../src/graph/graph.js';
 import { resourceId, type ResourceId } from '../../src/graph/ids.js';
 import { fileKind } from '../../src/resources/file.js';
-import { builtinKinds, createRegistry } from '../../src/resources/registry.js';
+import { builtinKinds } from '../../src/resources/builtin-kinds.js';
+import { createRegistry } from '../../src/resources/registry.js';
 import type { AnyResourceKind } from '../../src/resources/types.js';
 
 /** Every kind the agent knows, `file` included whether or not the registry lists it yet. */

@@ -3,6 +3,7 @@ import assert from 'node:assert/strict';
 import { fileSchema, quickFileParams } from '../../src/resources/file-schema.js';
 import { fileKind } from '../../src/resources/file.js';
 import { buildGraph } from '../../src/graph/build.js';
+import { builtinKinds } from '../../src/resources/builtin-kinds.js';
 import { createRegistry } from '../../src/resources/registry.js';
 import { ValidationErrors } from '../../src/errors.js';
 import { resourceId } from '../../src/graph/ids.js';
@@ -71,10 +72,10 @@ test('the file kind is validated through the shortcut, and a bad file still fail
   assert.deepEqual(fileKind.quickParams?.('/srv/a', { content: 'x' }), quickFileParams('/srv/a', { content: 'x' }));
   const loc = { file: 'g.yaml', line: 1, col: 1 };
   const res = (name: string, params: Record<string, unknown>) => ({ kind: 'file', name, params, meta: undefined, loc, locate: () => loc, locateMeta: () => loc });
-  const ok = buildGraph({ source: 'g.yaml', resources: [res('/srv/a', { content: 'x', mode: '0644' })], edges: [], errors: [] }, createRegistry());
+  const ok = buildGraph({ source: 'g.yaml', resources: [res('/srv/a', { content: 'x', mode: '0644' })], edges: [], errors: [] }, createRegistry(builtinKinds));
   assert.deepEqual(ok.vertices.get(resourceId('file', '/srv/a'))?.params, schemaAnswer('/srv/a', { content: 'x', mode: '0644' }));
   assert.throws(
-    () => buildGraph({ source: 'g.yaml', resources: [res('/srv/a', { content: 'x' }), res('/srv/b', { mode: '0648' })], edges: [], errors: [] }, createRegistry()),
+    () => buildGraph({ source: 'g.yaml', resources: [res('/srv/a', { content: 'x' }), res('/srv/b', { mode: '0648' })], edges: [], errors: [] }, createRegistry(builtinKinds)),
     (err: unknown) => err instanceof ValidationErrors && /0648/.test(err.message),
   );
 });

@@ -12,7 +12,8 @@ import { parseGraphText } from '../../src/frontends/load.js';
 import { buildGraph } from '../../src/graph/build.js';
 import { resourceId } from '../../src/graph/ids.js';
 import { createLogger } from '../../src/log.js';
-import { builtinKinds, createRegistry } from '../../src/resources/registry.js';
+import { builtinKinds } from '../../src/resources/builtin-kinds.js';
+import { createRegistry } from '../../src/resources/registry.js';
 import { svcKind } from '../../src/resources/svc.js';
 import { detectHierarchy, existingCgroup, removeCgroup } from '../../src/resources/svc/cgroup.js';
 import { readStat } from '../../src/resources/svc/proc.js';
@@ -287,7 +288,8 @@ describe('svc fence', () => {
         `import { parseGraphText } from ${src('frontends/load.ts')};`,
         `import { buildGraph } from ${src('graph/build.ts')};`,
         `import { createLogger } from ${src('log.ts')};`,
-        `import { builtinKinds, createRegistry } from ${src('resources/registry.ts')};`,
+        `import { builtinKinds } from ${src('resources/builtin-kinds.ts')};`,
+        `import { createRegistry } from ${src('resources/registry.ts')};`,
         `import { svcKind } from ${src('resources/svc.ts')};`,
         `const [graphFile, stateDir, heartbeat] = process.argv.slice(2);`,
         `const touch = () => { closeSync(openSync(heartbeat, 'a')); const t = Date.now() / 1000; utimesSync(heartbeat, t, t); };`,

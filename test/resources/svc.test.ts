@@ -735,7 +735,7 @@ async function agentEntry(dir: string): Promise<string> {
   await writeFile(
     entry,
     [
-      `import { builtinKinds } from ${src('resources/registry.ts')};`,
+      `import { builtinKinds } from ${src('resources/builtin-kinds.ts')};`,
       `import { svcKind } from ${src('resources/svc.ts')};`,
       `if (!builtinKinds.some((k) => k.kind === 'svc')) builtinKinds.push(svcKind);`,
       `await import(${src('cli/main.ts')});`,

@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { describe, test } from 'node:test';
 import { ValidationErrors } from '../../src/errors.js';
 import { buildGraph } from '../../src/graph/build.js';
+import { builtinKinds } from '../../src/resources/builtin-kinds.js';
 import { createRegistry } from '../../src/resources/registry.js';
 import type { HostFacts } from '../../src/resources/types.js';
 import { renderInstance, type InstanceHost, type RenderedInstance } from '../../src/scheduler/render.js';
@@ -116,7 +117,7 @@ describe('rendering an instance', () => {
   test('builds into a valid graph with the real kinds; config files notify the svc, checks do not', () => {
     const s = spec();
     const r = renderInstance(s, alloc(s), HOST);
-    const g = buildGraph({ source: 'instance', resources: r.resources, edges: r.edges, errors: [] }, createRegistry());
+    const g = buildGraph({ source: 'instance', resources: r.resources, edges: r.edges, errors: [] }, createRegistry(builtinKinds));
     const ids = [...g.vertices.keys()].sort();
     assert.deepEqual(ids, [
       'file[/srv/api/api.1.ab12cd34/api.conf]',
@@ -136,7 +137,7 @@ describe('rendering an instance', () => {
     assert.equal((svc?.params as { stopSignal: string }).stopSignal, 'SIGINT');
     // Two instances on one host render apart: they can live in one agent graph.
     const other = renderInstance(s, { ...alloc(s, 0), id: 'api.0.00ff00ff', ports: { http: 23457, admin: 9000 } }, HOST);
-    buildGraph({ source: 'two', resources: [...r.resources, ...other.resources], edges: [...r.edges, ...other.edges], errors: [] }, createRegistry());
+    buildGraph({ source: 'two', resources: [...r.resources, ...other.resources], edges: [...r.edges, ...other.edges], errors: [] }, createRegistry(builtinKinds));
   });
 
   test('a value this host or alloc does not have is an error naming the alloc', () => {
@@ -160,7 +161,7 @@ describe('rendering an instance', () => {
     const fence = { heartbeat: '/var/lib/backplane/sched/heartbeat', maxAgeMs: 3000 };
     const r = renderInstance(s, alloc(s), HOST, { fence });
     assert.deepEqual(params(r, 'svc', 'api.1.ab12cd34')['fence'], { heartbeat: fence.heartbeat, maxAge: '3000ms' });
-    const g = buildGraph({ source: 'fenced', resources: r.resources, edges: r.edges, errors: [] }, createRegistry());
+    const g = buildGraph({ source: 'fenced', resources: r.resources, edges: r.edges, errors: [] }, createRegistry(builtinKinds));
     assert.deepEqual((g.vertices.get('svc[api.1.ab12cd34]' as never)?.params as { fence: unknown }).fence, { heartbeat: fence.heartbeat, maxAge: 3000 });
     assert.equal(params(renderInstance(s, alloc(s), HOST), 'svc', 'api.1.ab12cd34')['fence'], undefined);
   });
@@ -173,7 +174,7 @@ describe('rendering an instance', () => {
       const [s] = parseServiceText(file, readExample(file));
       assert.ok(s !== undefined && s.name === name);
       const r = renderInstance(s, { ...alloc(s, 0), id: `${name}.0.0badcafe`, ports: { http: s.ports[0]?.static ?? 20001 } }, HOST);
-      buildGraph({ source: file, resources: r.resources, edges: r.edges, errors: [] }, createRegistry());
+      buildGraph({ source: file, resources: r.resources, edges: r.edges, errors: [] }, createRegistry(builtinKinds));
     }
   });
 });

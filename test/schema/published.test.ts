@@ -3,7 +3,7 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { graphJsonSchema } from '../../src/frontends/json-schema.js';
-import { builtinKinds } from '../../src/resources/registry.js';
+import { builtinKinds } from '../../src/resources/builtin-kinds.js';
 import { ROOT } from '../helpers/cli.js';
 
 test('the published JSON Schema (schema/graph.schema.json) matches the kinds the agent knows', async () => {
