@@ -9,6 +9,7 @@ import type { ResourceId } from '../graph/ids.js';
 import {
   forgetTrustedDirs,
   hardLinkRefusal,
+  knownPlainParent,
   plainParent,
   leafName,
   O_PATH,
@@ -23,7 +24,7 @@ import { Semaphore } from '../util/semaphore.js';
 import { syncDirectory } from '../util/dirsync.js';
 import { watchPath } from '../util/dirwatch.js';
 import { fileSchema, quickFileParams, type FileParams } from './file-schema.js';
-import { defineKind, type CheckResult, type Resource, type ResourceLog, type ResourceWorld } from './types.js';
+import { defineKind, type CheckApplyContext, type CheckResult, type Resource, type ResourceLog, type ResourceWorld } from './types.js';
 
 /**
  * A regular file, directory or symlink — or its absence — with content, mode and ownership (after Puppet's `file`
@@ -174,54 +175,68 @@ export function createFile(id: ResourceId, p: FileParams, world: ResourceWorld):
         return untilAborted(signal);
       });
     },
-    async checkApply({ apply, signal, log }) {
-      if (apply && !swept) {
-        swept = true;
-        await sweepDeadTemps(path, log);
+    checkApply(ctx) {
+      // Most checks find everything in place: answered at once, without a promise of its own or the worker's signal,
+      // when the directory's answers (plain path, local filesystem, temp files) are known already (fastCheckNow).
+      if (fast && (swept || !ctx.apply || noTempsNow(path))) {
+        if (ctx.apply) swept = true;
+        const quick = fastCheckNow(path, p, content);
+        if (quick === 'converged') return CONVERGED_NOW;
+        if (quick !== undefined) return full(ctx, quick);
       }
-      // Most checks find everything in place: answered without leaving this thread when that is safe (fastCheck).
-      const quick = fast ? await fastCheck(path, p, content) : 'look';
-      if (quick === 'converged') return CONVERGED;
-      const acquire = (): Promise<void> =>
-        ioSlots.acquire(signal).catch(() => {
-          throw new BackplaneError('E_ABORTED', 'aborted', { resource: id });
-        });
-      await acquire();
-      let held = true;
-      const release = (): void => {
-        if (!held) return;
-        held = false;
-        ioSlots.release();
-      };
-      running = true;
-      try {
-        if (quick === 'absent' && apply && p.type === 'file') {
-          // The slot is given back once the file is renamed into place: waiting for the directory's group fsync
-          // holds no buffer or descriptor, and meanwhile the next files are written and fsynced, so the disk is
-          // not left idle between one group's directory fsync and the next group's writes.
-          const made = await fastCreate(id, path, p, content, signal, release);
-          if (made !== undefined) {
-            wrote = made;
-            return { converged: false, changes: ['created'] };
-          }
-          if (!held) {
-            await acquire();
-            held = true;
-          }
-        }
-        const out: { wrote?: Written } = {};
-        const result = await checkApplyFile(id, p, path, apply, signal, world, content, out, quick === 'absent');
-        wrote = out.wrote;
-        return result;
-      } finally {
-        release();
-        running = false;
-        const reason = deferred;
-        deferred = undefined;
-        if (reason !== undefined && !ownEcho()) notify?.(reason);
-      }
+      return full(ctx, undefined);
     },
   };
+
+  async function full(ctx: CheckApplyContext, known: Quick | undefined): Promise<CheckResult> {
+    const { apply, log } = ctx;
+    if (apply && !swept) {
+      swept = true;
+      await sweepDeadTemps(path, log);
+    }
+    // Most checks find everything in place: answered without leaving this thread when that is safe (fastCheck).
+    const quick = known ?? (fast ? await fastCheck(path, p, content) : 'look');
+    if (quick === 'converged') return CONVERGED;
+    const signal = ctx.signal;
+    const acquire = (): Promise<void> =>
+      ioSlots.acquire(signal).catch(() => {
+        throw new BackplaneError('E_ABORTED', 'aborted', { resource: id });
+      });
+    await acquire();
+    let held = true;
+    const release = (): void => {
+      if (!held) return;
+      held = false;
+      ioSlots.release();
+    };
+    running = true;
+    try {
+      if (quick === 'absent' && apply && p.type === 'file') {
+        // The slot is given back once the file is renamed into place: waiting for the directory's group fsync
+        // holds no buffer or descriptor, and meanwhile the next files are written and fsynced, so the disk is
+        // not left idle between one group's directory fsync and the next group's writes.
+        const made = await fastCreate(id, path, p, content, signal, release);
+        if (made !== undefined) {
+          wrote = made;
+          return { converged: false, changes: ['created'] };
+        }
+        if (!held) {
+          await acquire();
+          held = true;
+        }
+      }
+      const out: { wrote?: Written } = {};
+      const result = await checkApplyFile(id, p, path, apply, signal, world, content, out, quick === 'absent');
+      wrote = out.wrote;
+      return result;
+    } finally {
+      release();
+      running = false;
+      const reason = deferred;
+      deferred = undefined;
+      if (reason !== undefined && !ownEcho()) notify?.(reason);
+    }
+  }
 }
 
 /**
@@ -266,18 +281,21 @@ async function sweepDeadTemps(path: string, log: ResourceLog): Promise<void> {
  * writer that then died is rare, and the next listing (a restart, a later first run) finds it.
  */
 const TEMP_LISTING_TTL_MS = 60_000;
-const tempListings = new Map<string, { readonly at: number; readonly p: Promise<Map<string, { name: string; pid: number }[]> | undefined> }>();
+type TempListing = Map<string, { name: string; pid: number }[]>;
+/** `temps`: the listing once `p` has resolved to one, for noTempsNow. */
+const tempListings = new Map<string, { readonly at: number; readonly p: Promise<TempListing | undefined>; temps?: TempListing }>();
 
 function tempsIn(path: string): Promise<Map<string, { name: string; pid: number }[]> | undefined> {
   const dir = dirname(path);
   const hit = tempListings.get(dir);
   if (hit !== undefined && Date.now() - hit.at < TEMP_LISTING_TTL_MS) return hit.p;
   const p = listTemps(path);
-  const entry = { at: Date.now(), p };
+  const entry: { readonly at: number; readonly p: Promise<TempListing | undefined>; temps?: TempListing } = { at: Date.now(), p };
   tempListings.set(dir, entry);
   // A directory that could not be listed (not there yet) is looked at again by the next file that asks.
   void p.then((m) => {
     if (m === undefined && tempListings.get(dir) === entry) tempListings.delete(dir);
+    else if (m !== undefined) entry.temps = m;
   });
   return p;
 }
@@ -378,6 +396,8 @@ function isEcho(path: string, w: Written): boolean {
 }
 
 const CONVERGED: CheckResult = Object.freeze({ converged: true, changes: Object.freeze([]) as unknown as string[] });
+/** The one settled promise every converged check answered at once returns (awaiting it needs no new promise). */
+const CONVERGED_NOW: Promise<CheckResult> = Promise.resolve(CONVERGED);
 
 /**
  * Filesystems whose calls return in microseconds or fail: on these a check may run on the main thread. A network or
@@ -445,7 +465,7 @@ function sliceLeft(): boolean {
  * use) and on a local filesystem. It only reads. true: everything is in place; false: something differs, is
  * missing, or could not be looked at this way — the full asynchronous check then decides (and repairs).
  */
-async function fastCheck(path: string, p: FileParams, content: Buffer | undefined): Promise<'converged' | 'absent' | 'look'> {
+async function fastCheck(path: string, p: FileParams, content: Buffer | undefined): Promise<Quick> {
   const parent = await plainParent(path);
   if (parent === undefined || !(await localDir(parent.dir))) return 'look';
   if (!sliceLeft()) {
@@ -454,18 +474,60 @@ async function fastCheck(path: string, p: FileParams, content: Buffer | undefine
     // The world may have moved on during the wait (a directory made shared, forgotten): ask again.
     if ((await plainParent(path)) === undefined) return 'look';
   }
-  // lstat first: a missing file (every file of a cold run) then costs no error object with its stack trace.
-  const lst = lstatSync(path, { throwIfNoEntry: false });
-  // Nothing there, in a directory only root can change: nobody else can put something there before we write.
-  if (lst === undefined) return parent.shared ? 'look' : 'absent';
-  if (p.type === 'directory' ? !lst.isDirectory() : !lst.isFile()) return 'look';
+  return inspectNow(path, p, content, parent.shared);
+}
+
+type Quick = 'converged' | 'absent' | 'look';
+
+/**
+ * fastCheck's answer without a promise, when everything it waits for is known already: the directory's plain path
+ * (knownPlainParent), that it is local (knownLocal), and room left in this turn's slice. undefined: fastCheck decides.
+ */
+function fastCheckNow(path: string, p: FileParams, content: Buffer | undefined): Quick | undefined {
+  const parent = knownPlainParent(path);
+  if (parent === null) return 'look';
+  if (parent === undefined || !knownLocal(parent.dir) || !sliceLeft()) return undefined;
+  return inspectNow(path, p, content, parent.shared);
+}
+
+/**
+ * The last file looked at was missing: the next is probably missing too (a cold run), so it is lstat'ed before it
+ * is opened — a failed open costs an error object with its stack trace. Otherwise (a converged run) it is opened
+ * straight away: an O_NOFOLLOW open tells a missing entry (ENOENT) from a symlink (ELOOP) as well as an lstat, and
+ * the fstat after it says what it is, so the lstat and its Stats were one system call and five objects per file
+ * for nothing.
+ */
+let expectAbsent = false;
+
+function inspectNow(path: string, p: FileParams, content: Buffer | undefined, shared: boolean): Quick {
+  if (expectAbsent) {
+    let lst: Stats | undefined;
+    try {
+      lst = lstatSync(path, { throwIfNoEntry: false });
+    } catch {
+      return 'look'; // ENOTDIR, EACCES...: the full check says what is wrong
+    }
+    // Nothing there, in a directory only root can change: nobody else can put something there before we write.
+    if (lst === undefined) return shared ? 'look' : 'absent';
+    expectAbsent = false;
+    if (p.type === 'directory' ? !lst.isDirectory() : !lst.isFile()) return 'look';
+  }
   let fd: number;
   try {
     fd = openSync(path, READ_NOFOLLOW);
-  } catch {
-    return 'look';
+  } catch (err) {
+    if (errnoCode(err) !== 'ENOENT') return 'look';
+    expectAbsent = true;
+    return shared ? 'look' : 'absent';
   }
   return sameSync(fd, p, content) ? 'converged' : 'look';
+}
+
+/** sweepDeadTemps would find nothing to do for this file, known without waiting (the directory's listing is in). */
+function noTempsNow(path: string): boolean {
+  const listing = tempListings.get(dirname(path));
+  if (listing === undefined || listing.temps === undefined || Date.now() - listing.at >= TEMP_LISTING_TTL_MS) return false;
+  return !listing.temps.has(leafName(path));
 }
 
 /** Whether what `fd` holds is exactly what `p` declares; false also when anything could not be read. */
