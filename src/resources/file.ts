@@ -211,14 +211,16 @@ export function createFile(id: ResourceId, p: FileParams, world: ResourceWorld):
     };
     running = true;
     try {
-      if (quick === 'absent' && apply && p.type === 'file') {
+      const drifted = typeof quick === 'object' ? quick.drifted : undefined;
+      if ((quick === 'absent' || drifted !== undefined) && apply && p.type === 'file') {
         // The slot is given back once the file is renamed into place: waiting for the directory's group fsync
         // holds no buffer or descriptor, and meanwhile the next files are written and fsynced, so the disk is
-        // not left idle between one group's directory fsync and the next group's writes.
-        const made = await fastCreate(id, path, p, content, signal, release);
+        // not left idle between one group's directory fsync and the next group's writes. A drifted file is
+        // rewritten the same way, with what was not declared (mode, owner, group) carried over as writeAtomic does.
+        const made = await fastCreate(id, path, p, content, signal, release, drifted);
         if (made !== undefined) {
           wrote = made;
-          return { converged: false, changes: ['created'] };
+          return { converged: false, changes: [drifted === undefined ? 'created' : 'content changed'] };
         }
         if (!held) {
           await acquire();
@@ -477,7 +479,11 @@ async function fastCheck(path: string, p: FileParams, content: Buffer | undefine
   return inspectNow(path, p, content, parent.shared);
 }
 
-type Quick = 'converged' | 'absent' | 'look';
+/**
+ * `drifted`: a regular file whose content differs, in a directory only root can change on a local filesystem (its
+ * stat, for the mode and owner a rewrite carries over): fastCreate can rewrite it as it creates a missing one.
+ */
+type Quick = 'converged' | 'absent' | 'look' | { readonly drifted: Stats };
 
 /**
  * fastCheck's answer without a promise, when everything it waits for is known already: the directory's plain path
@@ -520,7 +526,15 @@ function inspectNow(path: string, p: FileParams, content: Buffer | undefined, sh
     expectAbsent = true;
     return shared ? 'look' : 'absent';
   }
-  return sameSync(fd, p, content) ? 'converged' : 'look';
+  const seen: { st?: Stats } = {};
+  if (sameSync(fd, p, content, seen)) return 'converged';
+  // Only the content differs (what metadata is declared is in place): a rewrite. Otherwise checkApplyFile decides,
+  // which changes mode or owner alone without rewriting the file.
+  const st = seen.st;
+  if (shared || st === undefined || !st.isFile() || p.type !== 'file' || content === undefined) return 'look';
+  if (p.mode !== undefined && (st.mode & 0o7777) !== p.mode) return 'look';
+  if ((p.owner !== undefined && st.uid !== Number(p.owner)) || (p.group !== undefined && st.gid !== Number(p.group))) return 'look';
+  return { drifted: st };
 }
 
 /** sweepDeadTemps would find nothing to do for this file, known without waiting (the directory's listing is in). */
@@ -531,9 +545,10 @@ function noTempsNow(path: string): boolean {
 }
 
 /** Whether what `fd` holds is exactly what `p` declares; false also when anything could not be read. */
-function sameSync(fd: number, p: FileParams, content: Buffer | undefined): boolean {
+function sameSync(fd: number, p: FileParams, content: Buffer | undefined, seen?: { st?: Stats }): boolean {
   try {
     const st = fstatSync(fd);
+    if (seen !== undefined) seen.st = st;
     if (p.type === 'directory' ? !st.isDirectory() : !st.isFile()) return false;
     if (p.mode !== undefined && (st.mode & 0o7777) !== p.mode) return false;
     if (p.owner !== undefined && st.uid !== Number(p.owner)) return false;
@@ -563,7 +578,8 @@ function sameSync(fd: number, p: FileParams, content: Buffer | undefined): boole
  * group-committed fsync of the directory), with the small calls made on the main thread and only the two fsyncs in the
  * thread pool. Through FileHandles and promises the same write took seven thread-pool round trips and twice the CPU
  * of CFEngine's whole cold run. The plain path is as safe here as the descriptor walk: nobody but root can create,
- * rename or replace entries anywhere on it (plainParent), which is also why an absent target stays absent.
+ * rename or replace entries anywhere on it (plainParent), which is also why an absent target stays absent. A repair
+ * of content drift there (`replacing`) is the same write renamed over the old file, as writeAtomic's is.
  * undefined: nothing was changed (the directory is no longer as fastCheck saw it, or a step failed before the rename);
  * the full path then looks again and reports what is wrong.
  */
@@ -575,11 +591,14 @@ async function fastCreate(
   signal: AbortSignal,
   /** Called once the file is in place, before the wait for the directory's fsync (checkApply's I/O slot). */
   renamed: () => void,
+  /** What is at the path now, to be replaced (content drift): undeclared mode and ownership are taken from it. */
+  replacing?: Stats,
 ): Promise<Written | undefined> {
   const parent = await plainParent(path);
   if (parent === undefined || parent.shared || !knownLocal(parent.dir) || signal.aborted) return undefined;
   const dir = parent.dir === '/' ? '' : parent.dir;
   const base = leafName(path);
+  const mode = p.mode ?? (replacing === undefined ? undefined : replacing.mode & 0o7777);
   let fd: number | undefined;
   let tmp: string | undefined;
   try {
@@ -587,7 +606,7 @@ async function fastCreate(
       const name = `${dir}/.${base}${TMP_MARK}${process.pid}-${tempNameSource.next()}`;
       try {
         // Private until fchmod when a mode is declared, as in writeAtomic.
-        fd = openSync(name, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, p.mode === undefined ? 0o666 : 0o600);
+        fd = openSync(name, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode === undefined ? 0o666 : 0o600);
         tmp = name;
       } catch (err) {
         if (errnoCode(err) !== 'EEXIST' || attempt >= TMP_ATTEMPTS) throw err;
@@ -596,10 +615,10 @@ async function fastCreate(
     if (content !== undefined) {
       for (let off = 0; off < content.length; ) off += writeSync(fd, content, off, content.length - off);
     }
-    const uid = p.owner === undefined ? -1 : Number(p.owner);
-    const gid = p.group === undefined ? -1 : Number(p.group);
+    const uid = p.owner === undefined ? (replacing?.uid ?? -1) : Number(p.owner);
+    const gid = p.group === undefined ? (replacing?.gid ?? -1) : Number(p.group);
     if (uid !== -1 || gid !== -1) fchownSync(fd, uid, gid);
-    if (p.mode !== undefined) fchmodSync(fd, p.mode);
+    if (mode !== undefined) fchmodSync(fd, mode);
     const syncing = fd;
     await new Promise<void>((resolve, reject) => fsync(syncing, (err) => (err === null ? resolve() : reject(err))));
     if (signal.aborted) throw new BackplaneError('E_ABORTED', 'stopped before finishing: the agent is shutting down or the graph was replaced', { resource: id });

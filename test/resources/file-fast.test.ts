@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHook } from 'node:async_hooks';
 import { spawnSync } from 'node:child_process';
-import { chmod, lstat, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, lstat, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -234,4 +234,38 @@ test('the fast check opens a present file without an lstat first, and still tell
   const stats = calls.filter((l) => /\b(lstat|stat|newfstatat|statx|fstatat64)\(/.test(l));
   assert.deepEqual(stats, [], `the converged checks stat'ed the files by name:\n${calls.join('\n')}`);
   assert.ok(calls.filter((l) => /\bopen(at)?\(/.test(l)).length >= 3, calls.join('\n'));
+});
+
+/**
+ * A repair of content drift in a directory only root can change takes the create's path (only the fsyncs in the
+ * thread pool), and keeps the mode and owner nobody declared, as the full path does; metadata drift still takes
+ * the full path, which changes it in place.
+ */
+test('a drifted file in a trusted local directory is rewritten with only its fsyncs in the thread pool', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'bp-file-fast-'));
+  dirs.push(dir);
+  const path = join(dir, 'f');
+  const file = make({ path, content: 'hello\n' });
+  assert.deepEqual((await counted(file)).result.changes, ['created']);
+  await writeFile(path, 'altered, longer\n');
+  await chmod(path, 0o600);
+  await chown(path, 1234, 1235);
+  const { result, fsRequests } = await counted(file);
+  assert.deepEqual(result.changes, ['content changed']);
+  assert.ok(fsRequests <= 5, `the rewrite made ${fsRequests} thread-pool requests`);
+  assert.equal(await readFile(path, 'utf8'), 'hello\n');
+  const st = await lstat(path);
+  assert.deepEqual([st.mode & 0o7777, st.uid, st.gid], [0o600, 1234, 1235], 'undeclared mode or owner not carried over');
+  assert.deepEqual((await readdir(dir)).filter((n) => n.includes('.bp-tmp-')), [], 'a temp file was left behind');
+
+  // Declared mode drifted as well: the full path reports both.
+  const moded = make({ path: join(dir, 'm'), content: 'm\n', mode: '0644' });
+  assert.deepEqual((await counted(moded)).result.changes, ['created']);
+  await writeFile(join(dir, 'm'), 'M\n');
+  await chmod(join(dir, 'm'), 0o600);
+  const both = await counted(moded);
+  assert.deepEqual(both.result.changes, ['content changed', 'mode 0600 -> 0644']);
+  assert.ok(both.fsRequests > 5);
+  assert.equal(await readFile(join(dir, 'm'), 'utf8'), 'm\n');
+  assert.equal((await lstat(join(dir, 'm'))).mode & 0o7777, 0o644);
 });
