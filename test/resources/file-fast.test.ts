@@ -3,7 +3,7 @@ import { createHook } from 'node:async_hooks';
 import { spawnSync } from 'node:child_process';
 import { chmod, chown, lstat, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, posix } from 'node:path';
 import { after, test } from 'node:test';
 import { resourceId } from '../../src/graph/ids.js';
 import { fileKind, tempNameSource } from '../../src/resources/file.js';
@@ -268,4 +268,14 @@ test('a drifted file in a trusted local directory is rewritten with only its fsy
   assert.ok(both.fsRequests > 5);
   assert.equal(await readFile(join(dir, 'm'), 'utf8'), 'm\n');
   assert.equal((await lstat(join(dir, 'm'))).mode & 0o7777, 0o644);
+});
+
+test('paths already normal skip posix.normalize and every other path is normalized exactly as before', () => {
+  const cases = ['/a', '/a/b', '/a//b', '//a', '/a/./b', '/a/../b', '/a/b/', '/a/b/.', '/a/b/..', '/', '/.', '/..', '/a/.b', '/a/..b', '/a/b.', '/a/...'];
+  for (const path of cases) {
+    const n = posix.normalize(path);
+    const want = n.length > 1 && n.endsWith('/') ? n.slice(0, -1) : n;
+    const edges = fileKind.autoEdges?.({ ...fileKind.schema.parse({ path: '/x', content: 'x' }), path });
+    assert.deepEqual(edges?.provides, [`path:${want}`], path);
+  }
 });
