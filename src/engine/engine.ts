@@ -242,7 +242,13 @@ export class Engine implements WorkerHost {
     return waiting ? { gate: 'wait' } : { gate: 'ready' };
   }
 
-  async acquire(w: Worker, signal: AbortSignal): Promise<() => void> {
+  acquire(w: Worker): (() => void) | Promise<() => void> {
+    // Nothing to wait for (no --parallel, no sema): no promise, and no signal made for the worker (Worker.ac).
+    if (this.global === undefined && w.vertex.meta.sema.length === 0) return noRelease;
+    return this.acquireSlots(w, w.signal);
+  }
+
+  private async acquireSlots(w: Worker, signal: AbortSignal): Promise<() => void> {
     await this.global?.acquire(signal);
     try {
       const releaseNamed = w.vertex.meta.sema.length === 0 ? () => undefined : await this.semas.acquireAll(w.vertex.meta.sema, signal);
@@ -264,7 +270,8 @@ export class Engine implements WorkerHost {
     const is = ACTIVE_STATES.has(w.state);
     if (was && !is) this.active--;
     else if (!was && is) this.active++;
-    const dependents = this.graph?.dependents(w.id) ?? [];
+    // Stopping: an aborted worker's wake does nothing, and every worker passes through 'stopped' on the way out.
+    const dependents = this.root.signal.aborted ? [] : (this.graph?.dependents(w.id) ?? []);
     if (dependents.length <= WAKE_AT_ONCE) for (const e of dependents) this.workers.get(e.to)?.wake();
     else this.wakeLater(dependents);
     for (const l of this.listeners) l({ id: w.id, state: w.state, prev });
@@ -397,9 +404,17 @@ export class Engine implements WorkerHost {
     // Every worker's work and watch abort now, also while a swap is still stopping the ones it replaces.
     for (const w of this.workers.values()) w.abort(reason);
     await this.swapping;
-    await Promise.all([...this.workers.values()].map((w) => w.stop('shutdown')));
+    // Most workers stop on the spot (nothing in flight, no watch, no close: Worker.stopNow); only the rest are waited for.
+    const waits: Promise<void>[] = [];
+    for (const w of this.workers.values()) {
+      const p = w.stopNow('shutdown');
+      if (p !== undefined) waits.push(p);
+    }
+    await Promise.all(waits);
   }
 }
+
+const noRelease = (): void => undefined;
 
 function edgeKey(edges: readonly { from: ResourceId; notify: boolean }[]): string {
   return edges

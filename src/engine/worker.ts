@@ -2,7 +2,7 @@ import { BackplaneError, errorMessage } from '../errors.js';
 import type { Vertex } from '../graph/graph.js';
 import type { Logger } from '../log.js';
 import type { KindMetrics } from '../api/metrics.js';
-import type { CheckResult, CloseReason, Resource, ResourceLog } from '../resources/types.js';
+import type { CheckApplyContext, CheckResult, CloseReason, Resource, ResourceLog } from '../resources/types.js';
 import { formatDuration } from '../util/duration.js';
 import { TokenBucket } from './rate-limit.js';
 import type { VertexState, VertexStatus } from './state.js';
@@ -14,7 +14,8 @@ export interface WorkerHost {
   readonly watch: boolean;
   /** 'ready' when every dependency is converged; otherwise the first one that is not, and whether it is stuck. */
   dependencyGate(w: Worker): { gate: 'ready' } | { gate: 'wait' } | { gate: 'blocked'; by: Vertex['id'] };
-  acquire(w: Worker, signal: AbortSignal): Promise<() => void>;
+  /** The run's slot(s): the release function at once when nothing limits it, else a promise of it. */
+  acquire(w: Worker): (() => void) | Promise<() => void>;
   stateChanged(w: Worker, prev: VertexState): void;
   /** The vertex changed something: re-run dependents, refreshing notify targets. */
   propagateChange(w: Worker): void;
@@ -88,7 +89,16 @@ export class Worker {
   private pause: { timer: NodeJS.Timeout; resolve: () => void } | undefined;
   /** The resource's watch, while it runs (resolves once it ended after stop()). */
   private watching: Promise<void> | undefined;
-  private readonly ac = new AbortController();
+  /**
+   * The controller behind `signal`, made on first use: a converged check of a one-shot run never looks at its signal,
+   * and an AbortController (an EventTarget) per worker, made and then aborted one by one at exit, was ~5% of a
+   * converged 1,000-file run and most of its shutdown. `halted` is the worker's own record that it was aborted.
+   */
+  private ac: AbortController | undefined;
+  private halted = false;
+  private haltReason: unknown;
+  /** A watch restart back-off in progress (cleared when the worker is aborted). */
+  private watchTimer: NodeJS.Timeout | undefined;
   private readonly resLog: ResourceLog;
   /** meta.limit/burst: check/apply runs are rate limited (engine policy, never the kind's). */
   private readonly limiter: TokenBucket | undefined;
@@ -109,6 +119,15 @@ export class Worker {
     return this.vertex.id;
   }
 
+  /** Aborted when the worker is stopped: what its resource's check/apply and watch are given. */
+  get signal(): AbortSignal {
+    if (this.ac === undefined) {
+      this.ac = new AbortController();
+      if (this.halted) this.ac.abort(this.haltReason);
+    }
+    return this.ac.signal;
+  }
+
   start(): void {
     this.startWatch();
     this.step();
@@ -116,7 +135,7 @@ export class Worker {
 
   /** Something changed that this vertex must re-check (refresh: a notify edge fired). */
   poke(refresh: boolean, reason?: string, fromWatch = false, poll = false): void {
-    if (this.ac.signal.aborted) return;
+    if (this.halted) return;
     if (reason !== undefined) this.log.debug(`event: ${reason}`);
     this.dirty = true;
     if (refresh) this.refresh = true;
@@ -190,10 +209,14 @@ export class Worker {
 
   /** Aborts in-flight work and the watch at once (the engine stopping); stop() then waits for them. */
   abort(reason: unknown): void {
-    if (this.ac.signal.aborted) return;
-    this.ac.abort(reason);
+    if (this.halted) return;
+    this.halted = true;
+    this.haltReason = reason;
+    this.ac?.abort(reason);
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
+    if (this.timerPoll !== undefined) clearTimeout(this.timerPoll);
+    if (this.watchTimer !== undefined) clearTimeout(this.watchTimer);
     if (this.holdTimer !== undefined) clearTimeout(this.holdTimer);
     const pause = this.pause;
     this.pause = undefined;
@@ -204,9 +227,25 @@ export class Worker {
   }
 
   /** Stop watching and working; resolves when in-flight work has finished or aborted. */
-  async stop(reason: CloseReason): Promise<void> {
+  stop(reason: CloseReason): Promise<void> {
+    return this.stopNow(reason) ?? Promise.resolve();
+  }
+
+  /**
+   * stop(), without a promise when there is nothing to wait for (no run in flight, no watch, no close): the state is
+   * 'stopped' on return. A one-shot run ends with every worker like that, and a promise chain each was most of its exit.
+   */
+  stopNow(reason: CloseReason): Promise<void> | undefined {
     // An Error (and its stack) only when not aborted already: the engine stopping aborted every worker at once.
-    if (!this.ac.signal.aborted) this.abort(new BackplaneError('E_ABORTED', reason === 'shutdown' ? 'agent stopping' : `resource ${reason}`));
+    if (!this.halted) this.abort(new BackplaneError('E_ABORTED', reason === 'shutdown' ? 'agent stopping' : `resource ${reason}`));
+    if (this.inflight === undefined && this.watching === undefined && this.resource.close === undefined) {
+      this.setState('stopped');
+      return undefined;
+    }
+    return this.stopAfterWork(reason);
+  }
+
+  private async stopAfterWork(reason: CloseReason): Promise<void> {
     await Promise.all([this.inflight, this.watching]);
     try {
       await this.resource.close?.(reason);
@@ -243,7 +282,7 @@ export class Worker {
   }
 
   private stepOnce(): void {
-    if (this.ac.signal.aborted || this.inflight !== undefined || this.timer !== undefined) return;
+    if (this.halted || this.inflight !== undefined || this.timer !== undefined) return;
     if (!this.dirty || !this.watchReady || this.holdTimer !== undefined) {
       if (this.dirty && this.holdTimer === undefined && this.state !== 'pending') this.setState('pending');
       return;
@@ -270,7 +309,7 @@ export class Worker {
       return;
     }
     this.limiter?.take();
-    const run = this.runOnce(this.ac.signal);
+    const run = this.runOnce();
     this.inflight = run;
     void run.finally(() => {
       if (this.inflight === run) this.inflight = undefined;
@@ -280,17 +319,17 @@ export class Worker {
 
   /** Waits `ms` (a retry delay); false when stop() ended the wait. */
   private sleep(ms: number): Promise<boolean> {
-    if (this.ac.signal.aborted) return Promise.resolve(false);
+    if (this.halted) return Promise.resolve(false);
     return new Promise<boolean>((resolve) => {
       const timer = setTimeout(() => {
         this.pause = undefined;
-        resolve(!this.ac.signal.aborted);
+        resolve(!this.halted);
       }, ms);
       this.pause = { timer, resolve: () => resolve(false) };
     });
   }
 
-  private async runOnce(signal: AbortSignal): Promise<void> {
+  private async runOnce(): Promise<void> {
     this.dirty = false;
     const watchOnly = !this.outsideCause;
     this.outsideCause = false;
@@ -304,10 +343,11 @@ export class Worker {
     /** When the check began (after waiting for a slot), for the run's duration in the metrics. */
     let t0: number | undefined;
     try {
-      release = await this.host.acquire(this, signal);
+      const slot = this.host.acquire(this);
+      release = typeof slot === 'function' ? slot : await slot;
       const apply = !this.host.noop && !this.vertex.meta.noop;
       t0 = performance.now();
-      const result = await this.resource.checkApply({ apply, refresh, signal, log: this.resLog });
+      const result = await this.resource.checkApply(new RunContext(this, apply, refresh, this.resLog));
       if (this.metrics !== undefined) {
         const s = (performance.now() - t0) / 1000;
         if (!result.converged && apply) {
@@ -337,7 +377,7 @@ export class Worker {
       // An event that arrived during the run owes another run: stay active so nobody sees a false settle.
       this.setState(this.dirty ? 'pending' : 'converged');
     } catch (err) {
-      if (signal.aborted) return;
+      if (this.halted) return;
       if (t0 !== undefined) this.metrics?.applied((performance.now() - t0) / 1000, 'failed');
       this.runs++;
       this.attempts++;
@@ -376,13 +416,12 @@ export class Worker {
       const tick = (): void => {
         this.timerPoll = setTimeout(() => {
           this.timerPoll = undefined;
-          if (this.ac.signal.aborted) return;
+          if (this.halted) return;
           this.poke(false, 'poll', false, true);
           tick();
         }, poll);
       };
       tick();
-      this.ac.signal.addEventListener('abort', () => clearTimeout(this.timerPoll), { once: true });
       return;
     }
     if (this.resource.watch === undefined) {
@@ -396,7 +435,7 @@ export class Worker {
 
   /** Runs the resource's watch; one that ends or fails before stop() is restarted after a growing back-off. */
   private runWatch(backoff: number): void {
-    const signal = this.ac.signal;
+    const signal = this.signal;
     let watch: Promise<void>;
     try {
       watch =
@@ -428,18 +467,35 @@ export class Worker {
 
   private restartWatch(backoff: number): void {
     this.watching = undefined;
-    const watchTimer = setTimeout(() => {
-      if (this.ac.signal.aborted) return;
+    this.watchTimer = setTimeout(() => {
+      this.watchTimer = undefined;
+      if (this.halted) return;
       // Changes may have been missed while the watch was down.
       this.poke(false, 'watch restarted');
       this.runWatch(Math.min(backoff * 2, WATCH_RESTART_MAX_MS));
     }, backoff);
-    this.ac.signal.addEventListener('abort', () => clearTimeout(watchTimer), { once: true });
   }
 
   private markReady(): void {
     if (this.watchReady) return;
     this.watchReady = true;
     this.step();
+  }
+}
+
+/**
+ * A check/apply's context, its signal made only when the resource asks for it (see Worker.ac): one small object
+ * per run, no closures.
+ */
+class RunContext implements CheckApplyContext {
+  constructor(
+    private readonly w: Worker,
+    readonly apply: boolean,
+    readonly refresh: boolean,
+    readonly log: ResourceLog,
+  ) {}
+
+  get signal(): AbortSignal {
+    return this.w.signal;
   }
 }

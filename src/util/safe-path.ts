@@ -102,7 +102,13 @@ interface Prefix {
   readonly cacheable: boolean;
 }
 
-const known = new Map<string, { readonly at: number; readonly p: Promise<Prefix> }>();
+/** `plain`: plainParent's answer for the directory once `p` has resolved (null: not a plain path), for knownPlainParent. */
+const known = new Map<string, { readonly at: number; readonly p: Promise<Prefix>; plain?: PlainParent | null }>();
+
+export interface PlainParent {
+  readonly dir: string;
+  readonly shared: boolean;
+}
 
 /**
  * Forgets every directory found trusted. The file kind calls it after it creates, removes or changes the owner or
@@ -116,11 +122,12 @@ function stablePrefix(dir: string): Promise<Prefix> {
   const hit = known.get(dir);
   if (hit !== undefined && Date.now() - hit.at < TRUST_TTL_MS) return hit.p;
   const p = computePrefix(dir);
-  const entry = { at: Date.now(), p };
+  const entry: { readonly at: number; readonly p: Promise<Prefix>; plain?: PlainParent | null } = { at: Date.now(), p };
   known.set(dir, entry);
   p.then(
     (r) => {
       if (!r.cacheable && known.get(dir) === entry) known.delete(dir);
+      else entry.plain = r.complete ? { dir, shared: !privateDir(r.st) } : null;
     },
     () => {
       if (known.get(dir) === entry) known.delete(dir);
@@ -153,7 +160,7 @@ async function computePrefix(dir: string): Promise<Prefix> {
  * reference would. undefined when openParent would need a descriptor walk. The answer is shared and cached like
  * openParent's, so 100,000 files in one directory cost one look.
  */
-export async function plainParent(path: string): Promise<{ readonly dir: string; readonly shared: boolean } | undefined> {
+export async function plainParent(path: string): Promise<PlainParent | undefined> {
   const dir = dirname(path);
   let pre: Prefix;
   try {
@@ -162,6 +169,16 @@ export async function plainParent(path: string): Promise<{ readonly dir: string;
     return undefined;
   }
   return pre.complete ? { dir, shared: !privateDir(pre.st) } : undefined;
+}
+
+/**
+ * plainParent's answer without waiting, when it is already known (cached and fresh): null for "no plain path",
+ * undefined when only plainParent can tell. A converged check of a file in a known directory then needs no promise.
+ */
+export function knownPlainParent(path: string): PlainParent | null | undefined {
+  const hit = known.get(dirname(path));
+  if (hit === undefined || Date.now() - hit.at >= TRUST_TTL_MS) return undefined;
+  return hit.plain;
 }
 
 export interface SafePathOptions {

@@ -4,6 +4,8 @@ import { describe, test } from 'node:test';
 import { harness, until, withTempDir } from '../helpers/engine.js';
 import { ProbeWorld, probeKind } from '../helpers/probe-kind.js';
 import type { Worker } from '../../src/engine/worker.js';
+import { defineKind } from '../../src/resources/types.js';
+import { z } from 'zod';
 
 function setup(opts: { noop?: boolean; parallel?: number; watch?: boolean } = {}) {
   const world = new ProbeWorld();
@@ -214,6 +216,46 @@ resources:
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(world.of('gone', 'check').length, 1);
     await engine.stop();
+  });
+
+  test('a worker makes its signal only when asked for it, and one asked for after the stop is aborted already', async () => {
+    // A kind whose checks never look at their signal: a one-shot run's workers then need no AbortController at all
+    // (one each, made and aborted one by one at exit, was most of a 1,000-file run's shutdown).
+    const seen: AbortSignal[] = [];
+    let late: (() => void) | undefined;
+    const quiet = defineKind({
+      kind: 'quiet',
+      description: 'test: converged, never reads its signal unless told to',
+      schema: z.strictObject({ ask: z.boolean().default(false) }),
+      create: (_id, p) => ({
+        checkApply: (ctx) => {
+          if (p.ask) late = () => seen.push(ctx.signal);
+          return Promise.resolve({ converged: true, changes: [] });
+        },
+      }),
+    });
+    const h = harness([quiet], { watch: false });
+    const Real = globalThis.AbortController;
+    let made = 0;
+    globalThis.AbortController = class extends Real {
+      constructor() {
+        super();
+        made++;
+      }
+    };
+    try {
+      const yaml = Array.from({ length: 50 }, (_, i) => `  - { kind: quiet, name: q${i} }`).join('\n');
+      await h.engine.setGraph(h.graph(`resources:\n${yaml}\n  - { kind: quiet, name: asks, ask: true }\n`));
+      await h.settled();
+      await h.engine.stop();
+    } finally {
+      globalThis.AbortController = Real;
+    }
+    assert.ok(made <= 2, `${made} AbortControllers for 51 workers that never asked for a signal`);
+    assert.equal(h.engine.status().filter((s) => s.state !== 'stopped').length, 0);
+    late?.();
+    assert.equal(seen.length, 1);
+    assert.equal(seen[0]?.aborted, true, 'a signal first asked for after the stop was not aborted');
   });
 
   test('close tells a resource why it stops: removed, replaced or shutdown', async () => {

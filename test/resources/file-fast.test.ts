@@ -1,8 +1,9 @@
 import assert from 'node:assert/strict';
 import { createHook } from 'node:async_hooks';
-import { chmod, lstat, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { spawnSync } from 'node:child_process';
+import { chmod, chown, lstat, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, posix } from 'node:path';
 import { after, test } from 'node:test';
 import { resourceId } from '../../src/graph/ids.js';
 import { fileKind, tempNameSource } from '../../src/resources/file.js';
@@ -144,4 +145,137 @@ test('a create in a directory others can write takes the full path', async () =>
   assert.deepEqual(result.changes, ['created']);
   assert.ok(fsRequests > 5, `a create in a shared directory made only ${fsRequests} thread-pool requests`);
   assert.equal(await readFile(join(dir, 'f'), 'utf8'), 'shared\n');
+});
+
+/**
+ * Once its directory is known (trusted, local, its temp files listed), a converged check is answered at once: no
+ * promise of its own and no look at the signal, for which the worker would have to make an AbortController.
+ */
+test('a converged check in a known directory makes no promise and never asks for its signal', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'bp-file-fast-'));
+  dirs.push(dir);
+  const path = join(dir, 'f');
+  const file = make({ path, content: 'hello\n', mode: '0640' });
+  let asked = 0;
+  const ctx = {
+    apply: true,
+    refresh: false,
+    log,
+    get signal(): AbortSignal {
+      asked++;
+      return new AbortController().signal;
+    },
+  };
+  assert.deepEqual((await file.checkApply(ctx)).changes, ['created']);
+  assert.equal((await file.checkApply(ctx)).converged, true);
+  // A fresh resource (a one-shot run's) in the same directory, on its first, applying check: nothing to sweep either.
+  const fresh = make({ path, content: 'hello\n', mode: '0640' });
+  for (const res of [file, fresh]) {
+    asked = 0;
+    let promises = 0;
+    const hook = createHook({
+      init(_id, type) {
+        if (type === 'PROMISE') promises++;
+      },
+    });
+    hook.enable();
+    let pending: Promise<CheckResult>;
+    try {
+      pending = res.checkApply(ctx);
+    } finally {
+      hook.disable();
+    }
+    assert.equal((await pending).converged, true);
+    assert.equal(promises, 0, 'a converged check made promises');
+    assert.equal(asked, 0, 'a converged check asked for its signal');
+  }
+  // Drift still takes the full path, which does use the signal.
+  await writeFile(path, 'HELLO\n');
+  assert.deepEqual((await fresh.checkApply(ctx)).changes, ['content changed']);
+  assert.ok(asked > 0);
+});
+
+test('the fast check opens a present file without an lstat first, and still tells missing, symlink and fifo apart', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'bp-file-fast-'));
+  dirs.push(dir);
+  const names = ['a', 'b', 'c', 'd'];
+  const files = names.map((n) => make({ path: join(dir, n), content: `${n}\n` }));
+  for (const f of files) assert.deepEqual((await counted(f)).result.changes, ['created']);
+  // Missing after present, present after missing: each is seen for what it is.
+  await rm(join(dir, 'b'));
+  const again = [];
+  for (const f of files) again.push((await counted(f)).result.changes);
+  assert.deepEqual(again, [[], ['created'], [], []]);
+  // A symlink to a file with the same content is not "converged": it is not followed, and not replaced unforced.
+  await writeFile(join(dir, 'target'), 'c\n');
+  await rm(join(dir, 'c'));
+  await symlink(join(dir, 'target'), join(dir, 'c'));
+  await assert.rejects(files[2]?.checkApply({ apply: true, refresh: false, signal: new AbortController().signal, log }) ?? Promise.resolve(), /symlink/);
+  assert.ok((await lstat(join(dir, 'c'))).isSymbolicLink());
+
+  if (spawnSync('strace', ['-V'], { stdio: 'ignore' }).status !== 0) return;
+  // Converged files checked by a fresh process under strace: an open per file, no lstat (nor stat) of it.
+  const script = `
+    import { fileKind } from ${JSON.stringify(new URL('../../src/resources/file.ts', import.meta.url).href)};
+    import { testWorld } from ${JSON.stringify(new URL('../helpers/world.ts', import.meta.url).href)};
+    const log = { change() {}, info() {}, warn() {}, debug() {} };
+    for (const n of ['a', 'b', 'd']) {
+      const path = ${JSON.stringify(dir)} + '/' + n;
+      const res = fileKind.create('file[' + path + ']', fileKind.schema.parse({ path, content: n + '\\n' }), testWorld());
+      const r = await res.checkApply({ apply: true, refresh: false, signal: new AbortController().signal, log });
+      if (!r.converged) throw new Error(path + ' not converged');
+    }`;
+  const trace = join(dir, 'trace');
+  const run = spawnSync('strace', ['-f', '-qq', '-o', trace, '-e', 'trace=%stat,%file', process.execPath, '--import', 'tsx', '--input-type=module', '-e', script], {
+    encoding: 'utf8',
+  });
+  assert.equal(run.status, 0, run.stderr);
+  const calls = (await readFile(trace, 'utf8')).split('\n').filter((l) => /"[^"]*\/[abd]"/.test(l) && l.includes(dir));
+  const stats = calls.filter((l) => /\b(lstat|stat|newfstatat|statx|fstatat64)\(/.test(l));
+  assert.deepEqual(stats, [], `the converged checks stat'ed the files by name:\n${calls.join('\n')}`);
+  assert.ok(calls.filter((l) => /\bopen(at)?\(/.test(l)).length >= 3, calls.join('\n'));
+});
+
+/**
+ * A repair of content drift in a directory only root can change takes the create's path (only the fsyncs in the
+ * thread pool), and keeps the mode and owner nobody declared, as the full path does; metadata drift still takes
+ * the full path, which changes it in place.
+ */
+test('a drifted file in a trusted local directory is rewritten with only its fsyncs in the thread pool', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'bp-file-fast-'));
+  dirs.push(dir);
+  const path = join(dir, 'f');
+  const file = make({ path, content: 'hello\n' });
+  assert.deepEqual((await counted(file)).result.changes, ['created']);
+  await writeFile(path, 'altered, longer\n');
+  await chmod(path, 0o600);
+  await chown(path, 1234, 1235);
+  const { result, fsRequests } = await counted(file);
+  assert.deepEqual(result.changes, ['content changed']);
+  assert.ok(fsRequests <= 5, `the rewrite made ${fsRequests} thread-pool requests`);
+  assert.equal(await readFile(path, 'utf8'), 'hello\n');
+  const st = await lstat(path);
+  assert.deepEqual([st.mode & 0o7777, st.uid, st.gid], [0o600, 1234, 1235], 'undeclared mode or owner not carried over');
+  assert.deepEqual((await readdir(dir)).filter((n) => n.includes('.bp-tmp-')), [], 'a temp file was left behind');
+
+  // Declared mode drifted as well: the full path reports both.
+  const moded = make({ path: join(dir, 'm'), content: 'm\n', mode: '0644' });
+  assert.deepEqual((await counted(moded)).result.changes, ['created']);
+  await writeFile(join(dir, 'm'), 'M\n');
+  await chmod(join(dir, 'm'), 0o600);
+  const both = await counted(moded);
+  assert.deepEqual(both.result.changes, ['content changed', 'mode 0600 -> 0644']);
+  assert.ok(both.fsRequests > 5);
+  assert.equal(await readFile(join(dir, 'm'), 'utf8'), 'm\n');
+  assert.equal((await lstat(join(dir, 'm'))).mode & 0o7777, 0o644);
+});
+
+test('paths already normal skip posix.normalize and every other path is normalized exactly as before', () => {
+  const cases = ['/a', '/a/b', '/a//b', '//a', '/a/./b', '/a/../b', '/a/b/', '/a/b/.', '/a/b/..', '/', '/.', '/..', '/a/.b', '/a/..b', '/a/b.', '/a/...'];
+  for (const path of cases) {
+    const n = posix.normalize(path);
+    const want = n.length > 1 && n.endsWith('/') ? n.slice(0, -1) : n;
+    const edges = fileKind.autoEdges?.({ ...fileKind.schema.parse({ path: '/x', content: 'x' }), path });
+    assert.deepEqual(edges?.provides, [`path:${want}`], path);
+  }
 });
