@@ -10,9 +10,12 @@ describe('backplane run (real processes)', () => {
     await withTempDir(async (dir) => {
       // The mgmt announcement's graph, in mgmt's own YAML format, with shorter sleeps.
       const graph = join(dir, 'graph.yaml');
+      // Each exec notes when it started and ended, so running alongside is seen as an overlap, not guessed from a
+      // wall-clock bound that a loaded machine's slow spawns could break.
+      const trace = join(dir, 'trace');
       const exec = (n: number) => `  - name: exec${n}
-    cmd: sleep 0.4
-    shell: ''
+    cmd: echo start${n} $(date +%s%N) >> ${trace}; sleep 0.4; echo end${n} $(date +%s%N) >> ${trace}
+    shell: /bin/sh
     timeout: 0
     watchcmd: ''
     watchshell: ''
@@ -34,8 +37,13 @@ describe('backplane run (real processes)', () => {
       assert.ok(m !== null, r.stderr);
       const ms = Number(m[1]);
       assert.ok(ms >= 1200, `chain of three 0.4 s sleeps took only ${ms}ms`);
-      assert.ok(ms < 1600, `took ${ms}ms: the lone exec was not run alongside the chain (sum would be 1600ms)`);
-      for (const n of [1, 2, 3, 4]) assert.match(r.stderr, new RegExp(`exec\\[exec${n}\\]: ran sleep 0.4`));
+      const at = new Map((await readFile(trace, 'utf8')).trim().split('\n').map((l) => [l.split(' ')[0]!, Number(l.split(' ')[1]) / 1e6] as const));
+      const t = (k: string): number => at.get(k) ?? assert.fail(`no ${k} in the trace: ${JSON.stringify([...at])}`);
+      // The chain is serial ...
+      assert.ok(t('end1') <= t('start2') && t('end2') <= t('start3'), `the chain overlapped: ${JSON.stringify([...at])}`);
+      // ... and the lone exec runs alongside it (a serial run would start it after something else ended).
+      assert.ok(t('start4') < t('end1') && t('start1') < t('end4'), `the lone exec did not run alongside the chain: ${JSON.stringify([...at])}`);
+      for (const n of [1, 2, 3, 4]) assert.match(r.stderr, new RegExp(`exec\\[exec${n}\\]: ran echo start${n}`));
     });
   });
 
