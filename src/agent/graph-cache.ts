@@ -5,7 +5,7 @@ import type { SourceLocation } from '../errors.js';
 import { textLocator } from '../frontends/document.js';
 import { sourcePath } from '../frontends/raw-builders.js';
 import { SHARED_DEFAULT_META } from '../graph/build.js';
-import { Graph, type Edge, type Vertex } from '../graph/graph.js';
+import { Graph, NO_EDGES, type Adjacency, type Edge, type Vertex } from '../graph/graph.js';
 import { resourceId, type ResourceId } from '../graph/ids.js';
 import type { Meta } from '../graph/meta.js';
 import type { RawGraph, RawResource } from '../graph/raw.js';
@@ -19,8 +19,8 @@ import { ensurePrivateDir } from '../util/private-dir.js';
  * schemas and zod are all in the bundle): buildGraph reads nothing else (no environment, no hostname, no facts, no
  * other file — a YAML graph has no includes). So once a text has built without a single error, the result is kept in
  * the state directory under a digest of exactly those three, and the next run of the same text by the same build
- * rebuilds the Graph from it — one read, one checksum, one JSON.parse of its index, and each resource's parameters
- * parsed when its worker first reads them — instead of parsing the YAML and validating every resource.
+ * rebuilds the Graph from it — one read, one checksum, a table of integers and a list of ids, and each vertex, edge
+ * list and resource's parameters made when first read — instead of parsing the YAML and validating every resource.
  *
  * What the agent keeps there it will act on as root, as it would on the graph file itself, so the cache is trusted
  * exactly as far as the state directory: read with O_NOFOLLOW, only a regular file with one link, owned by the
@@ -33,8 +33,9 @@ import { ensurePrivateDir } from '../util/private-dir.js';
 /**
  * Bump when the file's layout changes: an older layout is then a miss, never misread.
  * 2: each vertex's parameters on a line of their own after the index, parsed when first read (LazyParams).
+ * 3: the index as an integer table and a block of ids instead of JSON; vertices and edge lists made when first read.
  */
-const FORMAT = 2;
+const FORMAT = 3;
 const MAGIC = `backplane-graph-cache ${FORMAT} `;
 /**
  * The largest cache file read or written. A 100,000-file graph is ~25 MB of cache; a graph file may be up to 32 MiB
@@ -90,19 +91,49 @@ function keyDigest(key: GraphCacheKey): string {
 /** Why a graph was not written to the cache; undefined when it was. */
 export type NotCached = string;
 
+/** A lone UTF-16 surrogate: such a string does not survive UTF-8, so a vertex named with one is not cached. */
+const LONE_SURROGATE = /[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/;
+
+/** JSON with everything past ASCII escaped (\uXXXX, inside strings, where alone it can be): read back as latin1. */
+function asciiJson(v: unknown): string {
+  return JSON.stringify(v).replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
+/** Per vertex in the entry's integer table: its kind (index into `kinds`), its meta, its place in the file. */
+const V_INTS = 3;
+/** Per edge: from, to (vertex indexes), flags (1 notify, 2 auto). */
+const E_INTS = 3;
+
 /**
  * Stores `graph`, built without errors from `raw` (parsed from key.text), for the next run. Refuses (returns why)
  * what it could not give back exactly: a value JSON does not carry, a resource not read from YAML, exports, collect
  * rules or warnings. Never throws for an I/O failure either: the caller only logs the reason.
+ *
+ * The body (format 3), each part on its own line(s):
+ *   - a JSON head: counts, the kinds, the metas that are not the shared default, the places that are not
+ *     ['resources', i], and the byte length of the ids;
+ *   - base64 of an Int32Array in this machine's byte order (the entry never leaves it): per vertex its kind, its meta
+ *     (0: the shared default, k: metas[k - 1]) and its place (i ≥ 0: ['resources', i]; -k: paths[k - 1]), then per
+ *     edge from, to and flags;
+ *   - the vertex ids, one a line, in UTF-8 (an id with a newline or a lone surrogate is not cached);
+ *   - each vertex's parameters, one JSON line each.
+ * A hit decodes the integers and splits the ids, one string each and no JSON; vertices, edge lists and parameters
+ * are made when first read (LazyVertices, CachedAdjacency, LazyParams).
  */
 export async function writeCachedGraph(key: GraphCacheKey, raw: RawGraph, graph: Graph): Promise<NotCached | undefined> {
   if (graph.exports.length > 0 || graph.collect.length > 0 || graph.warnings.length > 0) return 'the graph exports, collects or has warnings';
   if (graph.source !== key.file || raw.source !== key.file) return 'the graph comes from another file';
   const byId = new Map<string, RawResource>();
   for (const r of raw.resources) byId.set(resourceId(r.kind, r.name), r);
-  // Flat lists (four values a vertex, three an edge) rather than a list each: 100,000s fewer arrays to parse.
-  const vertices: unknown[] = [];
-  // Each vertex's parameters as one line of JSON after the index (JSON.stringify never writes a raw newline).
+  const n = graph.vertices.size;
+  const edgeList = graph.edges;
+  const ints = new Int32Array(V_INTS * n + E_INTS * edgeList.length);
+  const kinds: string[] = [];
+  const kindAt = new Map<string, number>();
+  const metas: unknown[] = [];
+  const paths: unknown[] = [];
+  const ids: string[] = [];
+  // Each vertex's parameters as one line of JSON after the ids (JSON.stringify never writes a raw newline).
   const params: string[] = [];
   const index = new Map<ResourceId, number>();
   for (const [id, v] of graph.vertices) {
@@ -110,29 +141,40 @@ export async function writeCachedGraph(key: GraphCacheKey, raw: RawGraph, graph:
     const path = r === undefined ? undefined : sourcePath(r);
     if (r === undefined || path === undefined || r.export !== undefined || r.origin !== undefined) return `${id} was not read from the graph file`;
     if (v.kind !== r.kind || v.name !== r.name || v.id !== resourceId(v.kind, v.name)) return `${id} is not named as written`;
+    if (id.includes('\n') || LONE_SURROGATE.test(id)) return `${id}: its name cannot be stored`;
     if (!exactJson(path, 0) || path.length === 0) return `${id}: its place in the file cannot be stored`;
     if (!exactJson(v.params, 0)) return `${id}: its parameters hold a value JSON cannot carry exactly`;
     const shared = v.meta === SHARED_DEFAULT_META;
     if (!shared && !exactJson(v.meta, 0)) return `${id}: its meta holds a value JSON cannot carry exactly`;
-    index.set(id, index.size);
+    const i = index.size;
+    index.set(id, i);
+    let k = kindAt.get(v.kind);
+    if (k === undefined) kindAt.set(v.kind, (k = kinds.push(v.kind) - 1));
+    ints[V_INTS * i] = k;
+    ints[V_INTS * i + 1] = shared ? 0 : metas.push(v.meta);
     // Our own format's resources are at ['resources', i]: stored as i.
-    const at = path.length === 2 && path[0] === 'resources' && typeof path[1] === 'number' ? path[1] : path;
-    vertices.push(v.kind, v.name, shared ? 0 : v.meta, at);
-    params.push(JSON.stringify(v.params));
+    const at = path.length === 2 && path[0] === 'resources' && typeof path[1] === 'number' && path[1] <= 0x7fffffff ? path[1] : -paths.push(path);
+    ints[V_INTS * i + 2] = at;
+    ids.push(id);
+    params.push(asciiJson(v.params));
   }
   // Edges name their ends by place in the vertex list: the ids are not written twice, nor held twice once read.
-  const edges: number[] = [];
-  for (const e of graph.edges) {
+  let o = V_INTS * n;
+  for (const e of edgeList) {
     const from = index.get(e.from);
     const to = index.get(e.to);
     if (from === undefined || to === undefined) return 'an edge ends outside the graph';
-    edges.push(from, to, (e.notify ? 1 : 0) | (e.auto ? 2 : 0));
+    ints[o++] = from;
+    ints[o++] = to;
+    ints[o++] = (e.notify ? 1 : 0) | (e.auto ? 2 : 0);
   }
-  // ASCII only (JSON's \uXXXX escapes, inside strings, where alone anything else can be): read back as latin1, which
-  // is a copy, not a UTF-8 decode, and the bytes hashed are the characters.
-  const body = [JSON.stringify({ v: vertices, e: edges }), ...params].join('\n').replace(/[\u0080-\uffff]/g, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
-  const header = `${MAGIC}${keyDigest(key)} ${createHash('sha256').update(body, 'latin1').digest('hex')} ${body.length}\n`;
-  if (header.length + body.length > MAX_CACHE_BYTES) return `the cache would be larger than ${MAX_CACHE_BYTES} bytes`;
+  const idText = ids.join('\n');
+  const idBytes = Buffer.byteLength(idText, 'utf8');
+  const table = Buffer.from(ints.buffer, ints.byteOffset, ints.byteLength).toString('base64');
+  const body = `${asciiJson({ n, e: edgeList.length, kinds, metas, paths, ids: idBytes })}\n${table}\n${idText}${params.map((p) => `\n${p}`).join('')}`;
+  const bodyBytes = Buffer.byteLength(body, 'utf8');
+  const header = `${MAGIC}${keyDigest(key)} ${createHash('sha256').update(body, 'utf8').digest('hex')} ${bodyBytes}\n`;
+  if (header.length + bodyBytes > MAX_CACHE_BYTES) return `the cache would be larger than ${MAX_CACHE_BYTES} bytes`;
   const dir = join(key.stateDir, 'graph-cache');
   try {
     await ensurePrivateDir(key.stateDir, 'state directory');
@@ -143,7 +185,6 @@ export async function writeCachedGraph(key: GraphCacheKey, raw: RawGraph, graph:
   }
   return undefined;
 }
-
 /** Why a cache entry was not used (for a debug line); a Graph when it was. */
 export type CacheLookup = { readonly graph: Graph } | { readonly miss: string };
 
@@ -176,10 +217,7 @@ export async function readCachedGraph(key: GraphCacheKey): Promise<CacheLookup> 
   const body = data.subarray(header.bodyStart);
   if (String(body.length) !== header.bodyLength || createHash('sha256').update(body).digest('hex') !== header.bodyHash) return { miss: 'corrupt or cut short (its checksum does not match)' };
   try {
-    // The index (ids, meta, places, edges) is parsed now; each vertex's parameters only when first read.
-    const nl = body.indexOf(0x0a);
-    const end = nl < 0 ? body.length : nl;
-    const graph = decode(key, JSON.parse(body.toString('latin1', 0, end)) as unknown, body.subarray(end));
+    const graph = decode(key, body);
     return graph === undefined ? { miss: 'malformed' } : { graph };
   } catch (err) {
     return { miss: `malformed: ${err instanceof Error ? err.message : String(err)}` };
@@ -247,46 +285,211 @@ function readTrusted(path: string, start: (first: Buffer) => string | undefined)
 }
 
 /**
- * The Graph an entry describes, or undefined when it is not exactly the layout writeCachedGraph writes. `rest` is
- * what follows the index: a newline before each vertex's parameters.
+ * The Graph an entry's body describes, or undefined when it is not exactly the layout writeCachedGraph writes. Only
+ * what every vertex needs at once is decoded here: the integer table and the ids (one string each, split from one
+ * decode of their block), with the map from id to place. Vertex objects, edge lists and parameters are made as they
+ * are first read, which for the engine is as it starts each worker, so the first workers run before most of them exist.
  */
-function decode(key: GraphCacheKey, doc: unknown, rest: Buffer): Graph | undefined {
-  if (!isRecord(doc) || !Array.isArray(doc['v']) || !Array.isArray(doc['e'])) return undefined;
-  const v = doc['v'] as unknown[];
-  const e = doc['e'] as unknown[];
-  if (v.length % 4 !== 0 || e.length % 3 !== 0) return undefined;
-  const params = LazyParams.split(rest, v.length / 4);
+function decode(key: GraphCacheKey, body: Buffer): Graph | undefined {
+  const l1 = body.indexOf(0x0a);
+  const l2 = l1 < 0 ? -1 : body.indexOf(0x0a, l1 + 1);
+  if (l2 < 0) return undefined;
+  const head: unknown = JSON.parse(body.toString('latin1', 0, l1));
+  if (!isRecord(head)) return undefined;
+  const { n, e, kinds, metas, paths, ids: idBytes } = head;
+  if (!isCount(n) || !isCount(e) || !isCount(idBytes)) return undefined;
+  if (!Array.isArray(kinds) || !kinds.every((k) => typeof k === 'string')) return undefined;
+  if (!Array.isArray(metas) || !metas.every(isRecord)) return undefined;
+  if (!Array.isArray(paths) || !paths.every((p) => Array.isArray(p) && p.length > 0 && p.every((x) => typeof x === 'string' || typeof x === 'number'))) return undefined;
+  const packed = Buffer.from(body.toString('latin1', l1 + 1, l2), 'base64');
+  const size = V_INTS * n + E_INTS * e;
+  if (packed.length !== 4 * size) return undefined;
+  // Copied into an Int32Array of its own: the decoded bytes need not be 4-byte aligned.
+  const ints = new Int32Array(size);
+  packed.copy(Buffer.from(ints.buffer), 0);
+  const idEnd = l2 + 1 + idBytes;
+  if (idEnd > body.length) return undefined;
+  const ids = (n === 0 ? [] : body.toString('utf8', l2 + 1, idEnd).split('\n')) as ResourceId[];
+  if (ids.length !== n) return undefined;
+  const params = LazyParams.split(body.subarray(idEnd), n);
   if (params === undefined) return undefined;
-  const loc = lazyLocator(key.file, key.text);
-  const vertices = new Map<ResourceId, Vertex>();
-  const ids: ResourceId[] = [];
-  for (let i = 0; i < v.length; i += 4) {
-    const kind = v[i];
-    const name = v[i + 1];
-    const meta = v[i + 2];
-    const at = v[i + 3];
-    if (typeof kind !== 'string' || typeof name !== 'string') return undefined;
-    if (meta !== 0 && !isRecord(meta)) return undefined;
-    if (!(typeof at === 'number' ? Number.isSafeInteger(at) && at >= 0 : Array.isArray(at) && at.length > 0 && at.every((p) => typeof p === 'string' || typeof p === 'number'))) return undefined;
-    const id = resourceId(kind, name);
-    if (vertices.has(id)) return undefined;
-    vertices.set(id, new CachedVertex(id, kind, name, params, ids.length, meta === 0 ? SHARED_DEFAULT_META : (meta as Meta), loc, at as number | PropertyKey[]));
-    ids.push(id);
+  const index = new Map<ResourceId, number>();
+  for (let i = 0; i < n; i++) {
+    const id = ids[i] as ResourceId;
+    const kind = kinds[ints[V_INTS * i] as number] as unknown;
+    const meta = ints[V_INTS * i + 1] as number;
+    const at = ints[V_INTS * i + 2] as number;
+    if (typeof kind !== 'string' || meta < 0 || meta > metas.length || -at > paths.length) return undefined;
+    // The id is kind[name]: its name is what lies between.
+    if (!id.startsWith(kind) || id.charCodeAt(kind.length) !== 0x5b || !id.endsWith(']') || id.length < kind.length + 3) return undefined;
+    index.set(id, i);
   }
-  const edges: Edge[] = [];
-  for (let i = 0; i < e.length; i += 3) {
-    const a = e[i];
-    const b = e[i + 1];
-    const flags = e[i + 2];
-    if (typeof a !== 'number' || typeof b !== 'number' || typeof flags !== 'number') return undefined;
-    const from = ids[a];
-    const to = ids[b];
-    if (from === undefined || to === undefined) return undefined;
-    edges.push({ from, to, notify: (flags & 1) !== 0, auto: (flags & 2) !== 0 });
+  if (index.size !== n) return undefined;
+  for (let o = V_INTS * n; o < size; o += E_INTS) {
+    const a = ints[o] as number;
+    const b = ints[o + 1] as number;
+    const flags = ints[o + 2] as number;
+    if (a < 0 || a >= n || b < 0 || b >= n || flags < 0 || flags > 3) return undefined;
   }
-  return new Graph(vertices, edges, key.file);
+  const table: VertexTable = { ids, kinds, metas: metas as Meta[], paths: paths as PropertyKey[][], ints, params, find: lazyLocator(key.file, key.text) };
+  const vertices = new LazyVertices(index, table);
+  return new Graph(vertices, new CachedAdjacency(vertices, ints, n, e), key.file);
 }
 
+function isCount(v: unknown): v is number {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 && v <= 0x7fffffff;
+}
+
+/** What the vertices of one entry share. */
+interface VertexTable {
+  readonly ids: readonly ResourceId[];
+  readonly kinds: readonly string[];
+  readonly metas: readonly Meta[];
+  readonly paths: readonly PropertyKey[][];
+  readonly ints: Int32Array;
+  readonly params: LazyParams;
+  readonly find: (path: readonly PropertyKey[]) => SourceLocation;
+}
+
+/**
+ * The vertices of an entry, as the Map a built graph has: same keys, same order, each vertex the same object every
+ * time, but made when first read.
+ */
+class LazyVertices implements ReadonlyMap<ResourceId, Vertex> {
+  private readonly made: (CachedVertex | undefined)[];
+  constructor(
+    private readonly index: ReadonlyMap<ResourceId, number>,
+    private readonly table: VertexTable,
+  ) {
+    this.made = new Array<CachedVertex | undefined>(index.size);
+  }
+  get size(): number {
+    return this.index.size;
+  }
+  at(i: number): CachedVertex {
+    return (this.made[i] ??= new CachedVertex(this.table.ids[i] as ResourceId, i, this.table));
+  }
+  indexOf(id: ResourceId): number | undefined {
+    return this.index.get(id);
+  }
+  get(id: ResourceId): Vertex | undefined {
+    const i = this.index.get(id);
+    return i === undefined ? undefined : this.at(i);
+  }
+  has(id: ResourceId): boolean {
+    return this.index.has(id);
+  }
+  forEach(cb: (value: Vertex, key: ResourceId, map: ReadonlyMap<ResourceId, Vertex>) => void, thisArg?: unknown): void {
+    for (let i = 0; i < this.index.size; i++) cb.call(thisArg, this.at(i), this.table.ids[i] as ResourceId, this);
+  }
+  keys(): MapIterator<ResourceId> {
+    return this.index.keys();
+  }
+  *values(): MapIterator<Vertex> {
+    for (let i = 0; i < this.index.size; i++) yield this.at(i);
+    return undefined;
+  }
+  *entries(): MapIterator<[ResourceId, Vertex]> {
+    for (let i = 0; i < this.index.size; i++) yield [this.table.ids[i] as ResourceId, this.at(i)];
+    return undefined;
+  }
+  [Symbol.iterator](): MapIterator<[ResourceId, Vertex]> {
+    return this.entries();
+  }
+}
+
+/**
+ * An entry's edges, in the order written, indexed per vertex in two flat arrays (counting sort, as CSR), each list of
+ * Edge objects made when first asked for. At 100,000 files the Graph constructor's 100,000 one-edge lists and their
+ * map were ~0.3 s of a hit before the first worker; most of them are now made as the engine wakes each file.
+ */
+class CachedAdjacency implements Adjacency {
+  private readonly made: (Edge | undefined)[];
+  private readonly outStart: Int32Array;
+  private readonly outEdge: Int32Array;
+  private readonly inStart: Int32Array;
+  private readonly inEdge: Int32Array;
+  private readonly outLists: (readonly Edge[] | undefined)[];
+  private readonly inLists: (readonly Edge[] | undefined)[];
+  private all: readonly Edge[] | undefined;
+
+  constructor(
+    private readonly vertices: LazyVertices,
+    private readonly ints: Int32Array,
+    private readonly n: number,
+    private readonly e: number,
+  ) {
+    const base = V_INTS * n;
+    [this.outStart, this.outEdge] = csr(n, e, (j) => ints[base + E_INTS * j] as number);
+    [this.inStart, this.inEdge] = csr(n, e, (j) => ints[base + E_INTS * j + 1] as number);
+    this.made = new Array<Edge | undefined>(e);
+    this.outLists = new Array<readonly Edge[] | undefined>(n);
+    this.inLists = new Array<readonly Edge[] | undefined>(n);
+  }
+
+  private edge(j: number): Edge {
+    let made = this.made[j];
+    if (made === undefined) {
+      const o = V_INTS * this.n + E_INTS * j;
+      const ids = this.vertices;
+      const flags = this.ints[o + 2] as number;
+      made = { from: ids.at(this.ints[o] as number).id, to: ids.at(this.ints[o + 1] as number).id, notify: (flags & 1) !== 0, auto: (flags & 2) !== 0 };
+      this.made[j] = made;
+    }
+    return made;
+  }
+
+  get edges(): readonly Edge[] {
+    if (this.all === undefined) {
+      const all: Edge[] = [];
+      for (let j = 0; j < this.e; j++) all.push(this.edge(j));
+      this.all = all;
+    }
+    return this.all;
+  }
+
+  private list(lists: (readonly Edge[] | undefined)[], start: Int32Array, order: Int32Array, id: ResourceId): readonly Edge[] {
+    const i = this.vertices.indexOf(id);
+    if (i === undefined) return NO_EDGES;
+    let made = lists[i];
+    if (made === undefined) {
+      const a = start[i] as number;
+      const b = start[i + 1] as number;
+      if (a === b) return NO_EDGES;
+      const out: Edge[] = [];
+      for (let k = a; k < b; k++) out.push(this.edge(order[k] as number));
+      lists[i] = made = out;
+    }
+    return made;
+  }
+
+  dependents(id: ResourceId): readonly Edge[] {
+    return this.list(this.outLists, this.outStart, this.outEdge, id);
+  }
+
+  dependencies(id: ResourceId): readonly Edge[] {
+    return this.list(this.inLists, this.inStart, this.inEdge, id);
+  }
+}
+
+/** For each vertex, the edges whose `end` it is, in edge order: start[i]..start[i + 1] into the second array. */
+function csr(n: number, e: number, end: (j: number) => number): [Int32Array, Int32Array] {
+  const start = new Int32Array(n + 1);
+  for (let j = 0; j < e; j++) {
+    const v = end(j) + 1;
+    start[v] = (start[v] as number) + 1;
+  }
+  for (let i = 0; i < n; i++) start[i + 1] = (start[i + 1] as number) + (start[i] as number);
+  const fill = start.slice(0, n);
+  const order = new Int32Array(e);
+  for (let j = 0; j < e; j++) {
+    const v = end(j);
+    const k = fill[v] as number;
+    fill[v] = k + 1;
+    order[k] = j;
+  }
+  return [start, order];
+}
 /** Positions are found as a parse would find them, from the text, and only when first asked (an error, `graph`). */
 function lazyLocator(file: string, text: string): (path: readonly PropertyKey[]) => SourceLocation {
   let find: ((path: readonly PropertyKey[]) => SourceLocation) | undefined;
@@ -336,27 +539,35 @@ class LazyParams {
 /** What a CachedVertex holds until its parameters are first read. */
 const UNREAD = Symbol('unread');
 
-/** A vertex rebuilt from the cache: what build.ts's BuiltVertex is, its location found from its path in the file. */
+/**
+ * A vertex rebuilt from the cache: what build.ts's BuiltVertex is, its kind, meta and place read from the entry's
+ * table, its location found from its place in the file.
+ */
 class CachedVertex implements Vertex {
   private fp: string | undefined;
   private value: unknown = UNREAD;
   constructor(
     readonly id: ResourceId,
-    readonly kind: string,
-    readonly name: string,
-    private readonly store: LazyParams,
-    private readonly index: number,
-    readonly meta: Meta,
-    private readonly find: (path: readonly PropertyKey[]) => SourceLocation,
-    /** Its path in the file; a number i for ['resources', i]. */
-    private readonly at: number | readonly PropertyKey[],
+    private readonly i: number,
+    private readonly table: VertexTable,
   ) {}
+  get kind(): string {
+    return this.table.kinds[this.table.ints[V_INTS * this.i] as number] as string;
+  }
+  get name(): string {
+    return this.id.slice(this.kind.length + 1, -1);
+  }
+  get meta(): Meta {
+    const m = this.table.ints[V_INTS * this.i + 1] as number;
+    return m === 0 ? SHARED_DEFAULT_META : (this.table.metas[m - 1] as Meta);
+  }
   get params(): unknown {
-    if (this.value === UNREAD) this.value = this.store.take(this.index);
+    if (this.value === UNREAD) this.value = this.table.params.take(this.i);
     return this.value;
   }
   get loc(): SourceLocation {
-    return this.find(typeof this.at === 'number' ? ['resources', this.at] : this.at);
+    const at = this.table.ints[V_INTS * this.i + 2] as number;
+    return this.table.find(at >= 0 ? ['resources', at] : (this.table.paths[-at - 1] as PropertyKey[]));
   }
   get fingerprint(): string {
     return (this.fp ??= canonicalJson({ k: this.kind, p: this.params, m: this.meta }));

@@ -32,16 +32,25 @@ export interface Edge {
   readonly auto: boolean;
 }
 
+/**
+ * How a graph finds its edges. A built graph indexes its edge list (ListAdjacency); a graph rebuilt from the
+ * validated-graph cache (src/agent/graph-cache.ts) reads them from a compact form, making each list when first asked:
+ * at 100,000 files, 100,000 one-edge lists made before the first worker could start were a good part of a cache hit.
+ */
+export interface Adjacency {
+  readonly edges: readonly Edge[];
+  dependents(id: ResourceId): readonly Edge[];
+  dependencies(id: ResourceId): readonly Edge[];
+}
+
 /** A validated, acyclic resource graph. Immutable once built; a new graph replaces it whole. */
 export class Graph {
   readonly vertices: ReadonlyMap<ResourceId, Vertex>;
-  readonly edges: readonly Edge[];
-  private readonly outEdges = new Map<ResourceId, Edge[]>();
-  private readonly inEdges = new Map<ResourceId, Edge[]>();
+  private readonly adjacency: Adjacency;
 
   constructor(
     vertices: ReadonlyMap<ResourceId, Vertex>,
-    edges: readonly Edge[],
+    edges: readonly Edge[] | Adjacency,
     readonly source: string,
     /** Resources this host exports for others to collect (validated, not managed here). */
     readonly exports: readonly ExportedResource[] = [],
@@ -51,22 +60,21 @@ export class Graph {
     readonly warnings: readonly BackplaneError[] = [],
   ) {
     this.vertices = vertices;
-    this.edges = edges;
-    // Only vertices with edges get lists: two empty arrays per resource were 100,000s of objects in a big graph.
-    for (const e of edges) {
-      if (vertices.has(e.from)) push(this.outEdges, e.from, e);
-      if (vertices.has(e.to)) push(this.inEdges, e.to, e);
-    }
+    this.adjacency = isEdgeList(edges) ? new ListAdjacency(vertices, edges) : edges;
+  }
+
+  get edges(): readonly Edge[] {
+    return this.adjacency.edges;
   }
 
   /** Edges leaving `id`: the resources that depend on it. */
   dependents(id: ResourceId): readonly Edge[] {
-    return this.outEdges.get(id) ?? NO_EDGES;
+    return this.adjacency.dependents(id);
   }
 
   /** Edges entering `id`: the resources it depends on. */
   dependencies(id: ResourceId): readonly Edge[] {
-    return this.inEdges.get(id) ?? NO_EDGES;
+    return this.adjacency.dependencies(id);
   }
 
   /** Kahn's order; stable with respect to declaration order. The builder guarantees there is no cycle. */
@@ -101,7 +109,32 @@ export class Graph {
   }
 }
 
-const NO_EDGES: readonly Edge[] = Object.freeze([]);
+export const NO_EDGES: readonly Edge[] = Object.freeze([]);
+
+function isEdgeList(e: readonly Edge[] | Adjacency): e is readonly Edge[] {
+  return Array.isArray(e);
+}
+
+class ListAdjacency implements Adjacency {
+  private readonly outEdges = new Map<ResourceId, Edge[]>();
+  private readonly inEdges = new Map<ResourceId, Edge[]>();
+  constructor(
+    vertices: ReadonlyMap<ResourceId, Vertex>,
+    readonly edges: readonly Edge[],
+  ) {
+    // Only vertices with edges get lists: two empty arrays per resource were 100,000s of objects in a big graph.
+    for (const e of edges) {
+      if (vertices.has(e.from)) push(this.outEdges, e.from, e);
+      if (vertices.has(e.to)) push(this.inEdges, e.to, e);
+    }
+  }
+  dependents(id: ResourceId): readonly Edge[] {
+    return this.outEdges.get(id) ?? NO_EDGES;
+  }
+  dependencies(id: ResourceId): readonly Edge[] {
+    return this.inEdges.get(id) ?? NO_EDGES;
+  }
+}
 
 function push(map: Map<ResourceId, Edge[]>, id: ResourceId, e: Edge): void {
   const list = map.get(id);

@@ -11,6 +11,7 @@ import { GraphSource } from '../../src/agent/graph-source.js';
 import { ValidationErrors } from '../../src/errors.js';
 import { parseGraphText } from '../../src/frontends/load.js';
 import { buildGraph } from '../../src/graph/build.js';
+import { resourceId } from '../../src/graph/ids.js';
 import type { Graph } from '../../src/graph/graph.js';
 import { createLogger } from '../../src/log.js';
 import { builtinKinds } from '../../src/resources/builtin-kinds.js';
@@ -142,6 +143,62 @@ describe('validated-graph cache', () => {
       n++;
     }
     assert.ok(n >= 4, `only ${n} examples were cached`);
+  });
+
+  test('a hit reads like a built graph: each vertex and edge list one object, every lookup as the Map and lists a build makes', async () => {
+    const stateDir = join(dir, 'lookups');
+    const file = join(dir, 'lookups.yaml');
+    // Declared out of order (a dependency after its dependent), with a fan-out and a fan-in, and a place that is not
+    // ['resources', i] (mgmt's format has those; here a vertex's place is found through the entry's paths).
+    const text = `resources:
+  - { kind: file, name: ${dir}/l/a, content: "a", require: ["file[${dir}/l/z]"] }
+  - { kind: file, name: ${dir}/l, type: directory }
+  - { kind: file, name: ${dir}/l/b, content: "b", notify: ["exec[r]"] }
+  - { kind: file, name: ${dir}/l/z, content: "z", before: ["exec[r]"] }
+  - { kind: exec, name: r, cmd: ["true"], refreshOnly: true }
+${PAD}`;
+    const full = build(file, text);
+    const key = { stateDir, file, text, build: BUILD };
+    assert.equal(await writeCachedGraph(key, full.raw, full.graph), undefined);
+    const g = await hit(key);
+    assert.equal(g.vertices.size, full.graph.vertices.size);
+    // Asked in another order than the entry's: each id finds its own vertex, the same object every time.
+    for (const id of [...full.graph.vertices.keys()].reverse()) {
+      assert.equal(g.vertices.has(id), true);
+      const v = g.vertices.get(id);
+      assert.equal(v?.id, id);
+      assert.equal(g.vertices.get(id), v, `${id}: one object`);
+      assert.deepEqual(g.dependencies(id), full.graph.dependencies(id), `${id}: dependencies`);
+      assert.deepEqual(g.dependents(id), full.graph.dependents(id), `${id}: dependents`);
+      assert.equal(g.dependents(id), g.dependents(id), `${id}: one list`);
+    }
+    const unknown = resourceId('file', `${dir}/nope`);
+    assert.equal(g.vertices.has(unknown), false);
+    assert.equal(g.vertices.get(unknown), undefined);
+    assert.deepEqual([g.dependents(unknown), g.dependencies(unknown)], [[], []]);
+    // An edge is one object wherever it is found: in the list, and as a dependent and a dependency.
+    for (const e of g.edges) {
+      assert.ok(g.dependents(e.from).includes(e));
+      assert.ok(g.dependencies(e.to).includes(e));
+    }
+    assert.deepEqual([...g.vertices.keys()], [...full.graph.vertices.keys()]);
+    assert.deepEqual([...g.vertices.values()].map((v) => v.id), [...full.graph.vertices.keys()]);
+    const seen: string[] = [];
+    g.vertices.forEach((v, id, map) => {
+      assert.equal(v, g.vertices.get(id));
+      assert.equal(map, g.vertices);
+      seen.push(id);
+    });
+    assert.deepEqual(seen, [...full.graph.vertices.keys()]);
+    assert.deepEqual(new Map(g.vertices).size, g.vertices.size);
+    assert.deepEqual(g.downstream([resourceId('file', `${dir}/l/z`)]), full.graph.downstream([resourceId('file', `${dir}/l/z`)]));
+
+    // A vertex whose id cannot be kept in the entry's list of ids (one a line, UTF-8) is not cached.
+    for (const name of [`${dir}/new\nline`, `${dir}/lone-\ud800`]) {
+      const t = `resources:\n  - kind: noop\n    name: ${JSON.stringify(name)}\n${PAD}`;
+      const raw = parseGraphText(file, t);
+      assert.match((await writeCachedGraph({ ...key, text: t }, raw, buildGraph(raw, registry))) ?? '', /its name cannot be stored/, JSON.stringify(name));
+    }
   });
 
   test('another text, another path or another build misses', async () => {
