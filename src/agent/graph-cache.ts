@@ -185,8 +185,11 @@ export async function writeCachedGraph(key: GraphCacheKey, raw: RawGraph, graph:
   }
   return undefined;
 }
-/** Why a cache entry was not used (for a debug line); a Graph when it was. */
-export type CacheLookup = { readonly graph: Graph } | { readonly miss: string };
+/**
+ * Why a cache entry was not used (for a debug line); when it was, the Graph and the kinds its resources are of (from
+ * the entry's head: naming them by walking the vertices would build every lazy vertex before the first worker).
+ */
+export type CacheLookup = { readonly graph: Graph; readonly kinds: readonly string[] } | { readonly miss: string };
 
 /**
  * The graph cached for exactly this key, or why not. Anything short of a whole, intact entry written by this build
@@ -217,8 +220,7 @@ export async function readCachedGraph(key: GraphCacheKey): Promise<CacheLookup> 
   const body = data.subarray(header.bodyStart);
   if (String(body.length) !== header.bodyLength || createHash('sha256').update(body).digest('hex') !== header.bodyHash) return { miss: 'corrupt or cut short (its checksum does not match)' };
   try {
-    const graph = decode(key, body);
-    return graph === undefined ? { miss: 'malformed' } : { graph };
+    return decode(key, body) ?? { miss: 'malformed' };
   } catch (err) {
     return { miss: `malformed: ${err instanceof Error ? err.message : String(err)}` };
   }
@@ -290,7 +292,7 @@ function readTrusted(path: string, start: (first: Buffer) => string | undefined)
  * decode of their block), with the map from id to place. Vertex objects, edge lists and parameters are made as they
  * are first read, which for the engine is as it starts each worker, so the first workers run before most of them exist.
  */
-function decode(key: GraphCacheKey, body: Buffer): Graph | undefined {
+function decode(key: GraphCacheKey, body: Buffer): { graph: Graph; kinds: readonly string[] } | undefined {
   const l1 = body.indexOf(0x0a);
   const l2 = l1 < 0 ? -1 : body.indexOf(0x0a, l1 + 1);
   if (l2 < 0) return undefined;
@@ -333,7 +335,7 @@ function decode(key: GraphCacheKey, body: Buffer): Graph | undefined {
   }
   const table: VertexTable = { ids, kinds, metas: metas as Meta[], paths: paths as PropertyKey[][], ints, params, find: lazyLocator(key.file, key.text) };
   const vertices = new LazyVertices(index, table);
-  return new Graph(vertices, new CachedAdjacency(vertices, ints, n, e), key.file);
+  return { graph: new Graph(vertices, new CachedAdjacency(vertices, ints, n, e), key.file), kinds };
 }
 
 function isCount(v: unknown): v is number {

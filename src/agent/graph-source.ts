@@ -167,9 +167,7 @@ export class GraphSource {
     const cached = await this.fromCache();
     if (cached.graph !== undefined) {
       // The engine creates each vertex's resource from its kind: those kinds are loaded before the graph is handed on.
-      const kinds = new Set<string>();
-      for (const v of cached.graph.vertices.values()) kinds.add(v.kind);
-      await this.opts.registry.prepare(kinds);
+      await this.opts.registry.prepare(cached.kinds ?? []);
       this.nextValidation();
       return cached.graph;
     }
@@ -223,7 +221,7 @@ export class GraphSource {
    * otherwise the text read for the check, so the parse does not read the file again. Only a YAML graph that takes
    * nothing from the cluster is ever cached, so a hit needs nothing but the file: no collected data, no instances.
    */
-  private async fromCache(): Promise<{ graph?: Graph; text?: string }> {
+  private async fromCache(): Promise<{ graph?: Graph; kinds?: readonly string[]; text?: string }> {
     const build = this.cacheBuild;
     if (build === undefined || this.pinned !== undefined || isModuleGraph(this.opts.file)) return {};
     // What render() does before reading: with etcd the store is opened first (a cached graph collects nothing from
@@ -243,7 +241,7 @@ export class GraphSource {
     this.opts.log.debug(`graph cache: ${got.graph.vertices.size} validated resources of ${file} in ${(performance.now() - t0).toFixed(1)}ms`);
     this.cachedText = text;
     if (this.opts.pinFile === true) this.pinnedText = text;
-    return { graph: got.graph };
+    return { graph: got.graph, kinds: got.kinds };
   }
 
   /**

@@ -117,6 +117,10 @@ describe('validated-graph cache', () => {
       assert.equal(v.params, v.params, `${v.id}: one object`);
     }
     assert.deepEqual(project(cached), project(full.graph));
+    // The kinds to load before the engine starts come with the hit (not from walking every lazy vertex).
+    const got = await readCachedGraph(key);
+    assert.ok('kinds' in got);
+    assert.deepEqual([...got.kinds].sort(), [...new Set([...full.graph.vertices.values()].map((v) => v.kind))].sort());
     assert.equal(full.graph.edges.filter((e) => e.auto).length > 0 && full.graph.edges.some((e) => e.notify), true, 'the sample has auto and notify edges');
     assert.deepEqual([...cached.vertices.values()].map((v) => v.loc?.line), [2, 5, 11, 15, 20]);
     // Resources that declare no meta share one frozen object, as after a parse.
