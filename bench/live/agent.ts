@@ -20,9 +20,12 @@ export interface Agent {
    */
   convergedAt: number | undefined;
   convergedCounts: readonly [number, number] | undefined;
+  /** performance.now() when the agent said it compacted its heap once idle (src/agent/idle-compaction.ts). */
+  compactedAt: number | undefined;
 }
 
 const CONVERGED_LINE = /\bconverged: (\d+) of (\d+) resources\b/;
+const COMPACTED_LINE = /\bidle: heap compacted once idle\b/;
 
 /**
  * `args` follow `run --file graphPath` (e.g. --state-dir, so a bench never writes the machine's /var/lib/backplane).
@@ -47,6 +50,7 @@ export function startAgent(graphPath: string, args: readonly string[] = []): Age
     sawConverged: false,
     convergedAt: undefined,
     convergedCounts: undefined,
+    compactedAt: undefined,
   };
   let partial = '';
   // Keep reading stderr: a full pipe would block the agent's logging and so its repairs.
@@ -60,6 +64,7 @@ export function startAgent(graphPath: string, args: readonly string[] = []): Age
         agent.convergedAt = performance.now();
         agent.convergedCounts = [Number(m[1]), Number(m[2])];
       }
+      if (agent.compactedAt === undefined && COMPACTED_LINE.test(line)) agent.compactedAt = performance.now();
       agent.recent.push(line);
     }
     if (agent.recent.length > 50) agent.recent.splice(0, agent.recent.length - 50);
