@@ -271,7 +271,7 @@ test('a drifted file in a trusted local directory is rewritten with only its fsy
 });
 
 test('paths already normal skip posix.normalize and every other path is normalized exactly as before', () => {
-  const cases = ['/a', '/a/b', '/a//b', '//a', '/a/./b', '/a/../b', '/a/b/', '/a/b/.', '/a/b/..', '/', '/.', '/..', '/a/.b', '/a/..b', '/a/b.', '/a/...'];
+  const cases = ['/a', '/a/b', '/a//b', '//a', '/a/./b', '/a/../b', '/a/b/', '/a/b/.', '/a/b/..', '/', '/.', '/..', '/a/.b', '/a/..b', '/a/b.', '/a/...', '/a/.../b', '/.a', '/..a', '/a/b..', '/a/./', '/a/../', '/a/.b/./c'];
   for (const path of cases) {
     const n = posix.normalize(path);
     const want = n.length > 1 && n.endsWith('/') ? n.slice(0, -1) : n;
