@@ -11,7 +11,15 @@ import { duration } from './schema-util.js';
  * What a resource that declares no meta gets: metaSchema().parse(undefined), known without building the schema (a
  * test holds them equal), so that a graph whose resources declare none never loads zod (scripts/build.mjs).
  */
-export const META_DEFAULTS = { retry: 0, delay: 0, poll: 0, sema: [] as string[], noop: false, autoedge: true };
+// Frozen, array included: every resource without meta may end up sharing it, and the schema's default copies it.
+export const META_DEFAULTS: { retry: number; delay: number; poll: number; sema: string[]; noop: boolean; autoedge: boolean } = Object.freeze({
+  retry: 0,
+  delay: 0,
+  poll: 0,
+  sema: Object.freeze([]) as unknown as string[],
+  noop: false,
+  autoedge: true,
+});
 
 /** The schema of a resource's declared meta, built at first use. */
 export const metaSchema = once(() =>
