@@ -51,12 +51,26 @@ export async function openWriters(target: { readonly dev: number; readonly ino: 
   }
   const out: FileWriter[] = [];
   let sliceStart = performance.now();
+  // Checked between descriptors too, not only between processes: one process may hold tens of thousands.
+  const yieldIfDue = async (): Promise<void> => {
+    if (performance.now() - sliceStart <= SCAN_SLICE_MS) return;
+    await new Promise((res) => setImmediate(res));
+    sliceStart = performance.now();
+  };
   for (const pid of pids) {
-    if (performance.now() - sliceStart > SCAN_SLICE_MS) {
-      await new Promise((res) => setImmediate(res));
-      sliceStart = performance.now();
+    await yieldIfDue();
+    let fds: string[];
+    try {
+      fds = readdirSync(`/proc/${pid}/fd`);
+    } catch {
+      continue;
     }
-    if (writerFds(pid, target) === 0) continue;
+    let writes = false;
+    for (let i = 0; i < fds.length && !writes; i++) {
+      if (i % 64 === 63) await yieldIfDue();
+      writes = writesTo(pid, fds[i] as string, target);
+    }
+    if (!writes) continue;
     let command = '?';
     try {
       command = readFileSync(`/proc/${pid}/comm`, 'utf8').trim();
@@ -68,31 +82,21 @@ export async function openWriters(target: { readonly dev: number; readonly ino: 
   return out;
 }
 
-/** How many of `pid`'s descriptors have the target open for writing. */
-function writerFds(pid: string, target: { readonly dev: number; readonly ino: number }): number {
-  let fds: string[];
+/** Whether descriptor `fd` of `pid` has the target open for writing (false also when it closed or went meanwhile). */
+function writesTo(pid: string, fd: string, target: { readonly dev: number; readonly ino: number }): boolean {
   try {
-    fds = readdirSync(`/proc/${pid}/fd`);
+    // Sockets, pipes and anonymous inodes read as "socket:[…]" and so on: only paths can be our file.
+    if (!readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith('/')) return false;
+    // stat through the fd link: the open file itself, even if it was renamed or its name replaced meanwhile.
+    const st = statSync(`/proc/${pid}/fd/${fd}`, { throwIfNoEntry: false });
+    if (st === undefined || st.dev !== target.dev || st.ino !== target.ino) return false;
+    const info = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
+    const flags = /^flags:\s*([0-7]+)$/m.exec(info)?.[1];
+    // O_ACCMODE is the low two bits: 1 = O_WRONLY, 2 = O_RDWR.
+    return flags !== undefined && (parseInt(flags, 8) & 3) !== 0;
   } catch {
-    return 0;
+    return false;
   }
-  let n = 0;
-  for (const fd of fds) {
-    try {
-      // Sockets, pipes and anonymous inodes read as "socket:[…]" and so on: only paths can be our file.
-      if (!readlinkSync(`/proc/${pid}/fd/${fd}`).startsWith('/')) continue;
-      // stat through the fd link: the open file itself, even if it was renamed or its name replaced meanwhile.
-      const st = statSync(`/proc/${pid}/fd/${fd}`, { throwIfNoEntry: false });
-      if (st === undefined || st.dev !== target.dev || st.ino !== target.ino) continue;
-      const info = readFileSync(`/proc/${pid}/fdinfo/${fd}`, 'utf8');
-      const flags = /^flags:\s*([0-7]+)$/m.exec(info)?.[1];
-      // O_ACCMODE is the low two bits: 1 = O_WRONLY, 2 = O_RDWR.
-      if (flags !== undefined && (parseInt(flags, 8) & 3) !== 0) n++;
-    } catch {
-      // closed or gone while we looked: not a writer any more
-    }
-  }
-  return n;
 }
 
 /**

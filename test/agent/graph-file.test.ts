@@ -55,6 +55,36 @@ describe('a graph file is read once it is written', () => {
     assert.ok(lines.some((l) => l.includes(`graph file ${file} is open for writing by sh (pid ${child.pid})`)), lines.join('\n'));
   });
 
+  test('a process holding thousands of descriptors does not hold the event loop for the whole of its scan', async () => {
+    // 15,000 descriptors of /dev/null: looking at each takes a few microseconds, so one stretch over all of them
+    // would hold the loop for tens of milliseconds; the scan lets the loop in between every 64 of them.
+    const child = spawn(process.execPath, ['-e', "const fs = require('node:fs'); for (let i = 0; i < 15000; i++) fs.openSync('/dev/null', 'r'); console.log('open'); setTimeout(() => {}, 60000);"], { stdio: ['ignore', 'pipe', 'inherit'] });
+    try {
+      await new Promise<void>((res) => child.stdout.once('data', () => res()));
+      let turns = 0;
+      let longest = 0;
+      let last = performance.now();
+      let ticking = true;
+      const tick = (): void => {
+        const now = performance.now();
+        longest = Math.max(longest, now - last);
+        last = now;
+        turns++;
+        if (ticking) setImmediate(tick);
+      };
+      setImmediate(tick);
+      const target = { dev: -1, ino: -1 };
+      const t0 = performance.now();
+      await openWriters(target);
+      const took = performance.now() - t0;
+      ticking = false;
+      // The child's descriptors alone are tens of milliseconds of calls; the loop ran many times meanwhile.
+      assert.ok(turns > 20, `the event loop ran ${turns} times in a ${took.toFixed(0)} ms scan (longest stretch ${longest.toFixed(1)} ms)`);
+    } finally {
+      child.kill('SIGKILL');
+    }
+  });
+
   test('an edit made while /proc is read starts the wait over', async () => {
     const file = join(dir, 'raced.yaml');
     await writeFile(file, 'resources: []\n');
