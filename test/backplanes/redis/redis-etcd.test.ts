@@ -86,6 +86,9 @@ describe('redis on etcd: failover through discovery, rolling upgrade, host lost'
       }, 30_000);
       for (const p of ports) await leftovers.record(p.port);
       await waitFor('more writes', async () => writer.accepted.length > writer.accepted.indexOf(first) + 30);
+      // A quick failover ends the test before the roles were looked at often enough (48 samples, once): sample on until
+      // there are enough for "never two masters" to mean something.
+      await waitFor('50 role samples', async () => sampler.samples >= 50, 30_000);
       await writer.stop();
       await sampler.stop();
 
