@@ -150,6 +150,9 @@ export function checkExpansion(data: unknown, locate: (path: readonly PropertyKe
   // were most of this check's time. The path is only read when something is wrong.
   const keys: PropertyKey[] = [];
   const LEAF = { size: 1, height: 0 };
+  // What is written: each distinct object once, with its scalar children (a tree of 1,100,000 scalars adds nothing;
+  // counting objects alone once refused a 300,000-resource graph without a single alias as an alias bomb).
+  let written = 0;
   const visit = (v: unknown): { size: number; height: number } => {
     if (v === null || typeof v !== 'object') return LEAF;
     const known = memo.get(v);
@@ -162,14 +165,17 @@ export function checkExpansion(data: unknown, locate: (path: readonly PropertyKe
     const list: readonly unknown[] | undefined = Array.isArray(v) ? v : undefined;
     const names = list === undefined ? Object.keys(v) : undefined;
     const n = list?.length ?? names?.length ?? 0;
+    let scalars = 0;
     for (let i = 0; i < n; i++) {
       const k = names === undefined ? i : (names[i] ?? '');
       keys.push(k);
       const r = visit(list === undefined ? (v as Record<string, unknown>)[k] : list[i]);
       keys.pop();
+      if (r === LEAF) scalars++;
       size = Math.min(cap, size + r.size);
       height = Math.max(height, r.height + 1);
     }
+    written += 1 + scalars;
     const r = { size, height };
     memo.set(v, r);
     return r;
@@ -204,7 +210,6 @@ export function checkExpansion(data: unknown, locate: (path: readonly PropertyKe
     }
     throw tooDeep(path);
   }
-  const written = memo.size;
   if (root.size - written <= MAX_ALIAS_EXPANSION) return;
   throw new ValidationErrors([
     new BackplaneError('E_LIMIT', `aliases expand this value to ${root.size >= cap ? 'more than 10^15' : root.size.toLocaleString('en-US')} values, more than the limit of ${MAX_ALIAS_EXPANSION.toLocaleString('en-US')} beyond what is written`, {

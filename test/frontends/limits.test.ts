@@ -3,6 +3,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { ValidationErrors } from '../../src/errors.js';
+import { checkExpansion } from '../../src/frontends/limits.js';
 import { loadGraphFile } from '../../src/frontends/load.js';
 import { startCli } from '../helpers/cli.js';
 import { withTempDir } from '../helpers/engine.js';
@@ -32,6 +33,16 @@ describe('bounded under hostile input', () => {
       assert.match(msg, /bomb\.yaml:\d+:\d+: aliases expand this value to [\d,]+ values, more than the limit/);
       assert.ok(performance.now() - t0 < 5000, `took ${performance.now() - t0} ms`);
     });
+  });
+
+  test('many scalars without an alias are not an alias bomb; what an alias copies still counts', () => {
+    const where = () => ({ file: 'x', line: 0, col: 0 });
+    // 1,100,000 written values, none copied: once refused as "aliases expand this value to 1,100,002 values".
+    checkExpansion({ resources: Array.from({ length: 1_100_000 }, (_, i) => i) }, where);
+    // One copy of 700,000 values is within the limit, two are not.
+    const shared = Array.from({ length: 700_000 }, (_, i) => i);
+    checkExpansion({ a: shared, b: shared }, where);
+    assert.throws(() => checkExpansion({ a: shared, b: shared, c: shared }, where), /aliases expand this value to 2,100,004 values/);
   });
 
   test('too deep, too big and not UTF-8 are refused with what to do', async () => {
