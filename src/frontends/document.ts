@@ -1,5 +1,6 @@
 import { CORE_SCHEMA, load, YAMLException, type LoadOptions } from 'js-yaml';
 import { BackplaneError, ValidationErrors, type SourceLocation } from '../errors.js';
+import { readFastYaml } from './fast-yaml.js';
 import { checkExpansion, MAX_DEPTH, PRECISE_MAX_BYTES, pathText } from './limits.js';
 import { YamlSource } from './yaml-source.js';
 
@@ -21,11 +22,25 @@ export interface GraphDocument {
 }
 
 export function parseYamlDocument(file: string, text: string): GraphDocument {
-  let data: unknown;
+  // The common shapes of a graph file first (~4x faster than js-yaml at 100,000 resources, src/frontends/fast-yaml.ts):
+  // the same value js-yaml would return, or undefined and js-yaml reads it, errors and all.
+  const fast = readFastYaml(text);
+  const data = fast !== undefined ? fast.value : loadWithJsYaml(file, text);
+  const pos = new Positions(file, text);
+  // js-yaml shares an anchor's value among its aliases, so loading a bomb is cheap; everything after (the walk below,
+  // zod, the fingerprints, a template's vars) would copy it out. Refuse it first, pointing at where it expands. What
+  // the fast reader returns has no aliases (no shared values, no cycles) and nests at most MAX_DEPTH / 2 deep, so
+  // there is nothing for the check to find (~48 ms at 100,000 resources).
+  if (fast === undefined) checkExpansion(data, (path) => pos.find(path, false));
+  unquoteModes(data, (path, value) => (pos.precise ? pos.source().scalarSource(path) : modeTextOfHugeFile(file, text, path, value)));
+  return { file, data, locate: (path) => pos.find(path, false), locateValue: (path) => pos.find(path, true) };
+}
+
+function loadWithJsYaml(file: string, text: string): unknown {
   // js-yaml knows maxDepth (its default is the same); @types/js-yaml does not list it yet.
   const options: LoadOptions & { maxDepth: number } = { schema: CORE_SCHEMA, filename: file, maxDepth: MAX_DEPTH };
   try {
-    data = load(text, options);
+    return load(text, options);
   } catch (err) {
     const mark = err instanceof YAMLException ? err.mark : undefined;
     const where = { file, line: (mark?.line ?? 0) + 1, col: (mark?.column ?? 0) + 1 };
@@ -46,12 +61,6 @@ export function parseYamlDocument(file: string, text: string): GraphDocument {
       }),
     ]);
   }
-  const pos = new Positions(file, text);
-  // js-yaml shares an anchor's value among its aliases, so loading a bomb is cheap; everything after (the walk below,
-  // zod, the fingerprints, a template's vars) would copy it out. Refuse it first, pointing at where it expands.
-  checkExpansion(data, (path) => pos.find(path, false));
-  unquoteModes(data, (path, value) => (pos.precise ? pos.source().scalarSource(path) : modeTextOfHugeFile(file, text, path, value)));
-  return { file, data, locate: (path) => pos.find(path, false), locateValue: (path) => pos.find(path, true) };
 }
 
 /**
