@@ -2,7 +2,7 @@ import { BackplaneError, type SourceLocation } from '../errors.js';
 import type { CollectRule, ExportTarget, RawEdge, RawGraph, RawResource } from '../graph/raw.js';
 import { closest } from '../util/suggest.js';
 import { isEmpty, isMap, type GraphDocument } from './document.js';
-import { locator, rawResource, type At } from './raw-builders.js';
+import { locator, nativeResource, type At } from './raw-builders.js';
 
 /**
  * Backplane's own graph format: a flat list of resources, each naming its kind, its name, its parameters inline,
@@ -84,7 +84,7 @@ export function readNativeGraph(doc: GraphDocument): RawGraph {
       fail('"export" must be true, "*", a host name or a list of host names', atItem(i, 'export'), 'e.g. export: true (to every host) or export: [web1, web2]');
       return;
     }
-    resources.push(rawResource({ kind, name, params, meta: item['meta'] ?? undefined, export: exportTo }, doc.locate, ['resources', i]));
+    resources.push(nativeResource(kind, name, params, item['meta'] ?? undefined, exportTo, doc.locate, i));
     let self: string | undefined;
     for (const rel of RELATION_KEYS) {
       const value = item[rel];
