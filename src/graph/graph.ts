@@ -191,36 +191,59 @@ export const NOTIFY = 1;
 export const AUTO = 2;
 
 /**
- * Edges by vertex place, in three typed arrays (from, to, flags), the whole table indexed both ways as CSR: for vertex
- * i, its edges leaving are outEdge[outStart[i] .. outStart[i + 1]), entering inEdge[inStart[i] .. inStart[i + 1]), each
- * list in edge order. A few flat arrays instead of an Edge object, a list and a map entry per edge: at 100,000 files
- * the builder's edge set, cycle check and adjacency lists were ~300 ms of a cold start, a good part of it the
- * scavenger copying objects that lived through the whole build.
+ * Edges by vertex place, in three typed arrays (from, to, flags), indexed both ways as CSR (out, in), each made once
+ * when first needed: for vertex i, its edges leaving are out.order[out.start[i] .. out.start[i + 1]), entering
+ * in.order[in.start[i] .. in.start[i + 1]), each list in edge order. A few flat arrays instead of an Edge object, a
+ * list and a map entry per edge: at 100,000 files the builder's edge set, cycle check and adjacency lists were ~300
+ * ms of a cold start, a good part of it the scavenger copying objects that lived through the whole build.
  */
-export interface EdgeTable {
-  readonly size: number;
-  readonly from: Int32Array;
-  readonly to: Int32Array;
-  readonly flags: Uint8Array;
+export class EdgeTable {
+  private o: Csr | undefined;
+  private i: Csr | undefined;
+  constructor(
+    /** The number of vertices the edges are between. */
+    readonly n: number,
+    readonly size: number,
+    readonly from: Int32Array,
+    readonly to: Int32Array,
+    readonly flags: Uint8Array,
+    /** The index by source when the caller has it already (the same edges, the same order). */
+    out?: Csr,
+  ) {
+    this.o = out;
+  }
+  get out(): Csr {
+    return (this.o ??= csr(this.n, this.size, this.from));
+  }
+  get in(): Csr {
+    return (this.i ??= csr(this.n, this.size, this.to));
+  }
 }
 
-/** For each of `n` vertices, the edges whose `end` it is, in edge order: start[i]..start[i + 1] into the second array. */
-export function csr(n: number, e: number, end: Int32Array): [Int32Array, Int32Array] {
+/** For each vertex i, the edges whose end (in `end`) it is: order[start[i] .. start[i + 1]), in edge order. */
+export interface Csr {
+  readonly start: Int32Array;
+  readonly order: Int32Array;
+}
+
+/** A counting sort of the edges by `end`, stable. One pass to count, one to sum, one (backwards) to place. */
+export function csr(n: number, e: number, end: Int32Array): Csr {
   const start = new Int32Array(n + 1);
   for (let j = 0; j < e; j++) {
-    const v = (end[j] as number) + 1;
+    const v = end[j] as number;
     start[v] = (start[v] as number) + 1;
   }
-  for (let i = 0; i < n; i++) start[i + 1] = (start[i + 1] as number) + (start[i] as number);
-  const fill = start.slice(0, n);
+  // start[i] becomes where vertex i's edges end; placing from the last edge back moves it to where they begin.
+  for (let i = 1; i < n; i++) start[i] = (start[i] as number) + (start[i - 1] as number);
+  start[n] = e;
   const order = new Int32Array(e);
-  for (let j = 0; j < e; j++) {
+  for (let j = e - 1; j >= 0; j--) {
     const v = end[j] as number;
-    const k = fill[v] as number;
-    fill[v] = k + 1;
+    const k = (start[v] as number) - 1;
+    start[v] = k;
     order[k] = j;
   }
-  return [start, order];
+  return { start, order };
 }
 
 /**
@@ -230,10 +253,8 @@ export function csr(n: number, e: number, end: Int32Array): [Int32Array, Int32Ar
  */
 export class TableAdjacency implements Adjacency {
   private readonly made: (Edge | undefined)[];
-  private readonly outStart: Int32Array;
-  private readonly outEdge: Int32Array;
-  private readonly inStart: Int32Array;
-  private readonly inEdge: Int32Array;
+  private readonly out: Csr;
+  private readonly in: Csr;
   private readonly outLists: (readonly Edge[] | undefined)[];
   private readonly inLists: (readonly Edge[] | undefined)[];
   private all: readonly Edge[] | undefined;
@@ -243,8 +264,8 @@ export class TableAdjacency implements Adjacency {
     private readonly table: EdgeTable,
   ) {
     const n = vertices.size;
-    [this.outStart, this.outEdge] = csr(n, table.size, table.from);
-    [this.inStart, this.inEdge] = csr(n, table.size, table.to);
+    this.out = table.out;
+    this.in = table.in;
     this.made = new Array<Edge | undefined>(table.size);
     this.outLists = new Array<readonly Edge[] | undefined>(n);
     this.inLists = new Array<readonly Edge[] | undefined>(n);
@@ -270,7 +291,7 @@ export class TableAdjacency implements Adjacency {
     return this.all;
   }
 
-  private list(lists: (readonly Edge[] | undefined)[], start: Int32Array, order: Int32Array, id: ResourceId): readonly Edge[] {
+  private list(lists: (readonly Edge[] | undefined)[], { start, order }: Csr, id: ResourceId): readonly Edge[] {
     const i = this.vertices.indexOf(id);
     if (i === undefined) return NO_EDGES;
     let made = lists[i];
@@ -287,10 +308,10 @@ export class TableAdjacency implements Adjacency {
   }
 
   dependents(id: ResourceId): readonly Edge[] {
-    return this.list(this.outLists, this.outStart, this.outEdge, id);
+    return this.list(this.outLists, this.out, id);
   }
 
   dependencies(id: ResourceId): readonly Edge[] {
-    return this.list(this.inLists, this.inStart, this.inEdge, id);
+    return this.list(this.inLists, this.in, id);
   }
 }

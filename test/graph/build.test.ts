@@ -1026,6 +1026,50 @@ describe('buildGraph: one pass, the same reports in the same order', () => {
     assert.deepEqual(g.dependents(id('file', '/b')), []);
   });
 
+  test('every duplicate names the first declaration, whatever came between', () => {
+    const errors = buildErrors(`resources:
+  - { kind: noop, name: a }
+  - { kind: nop, name: z }
+  - { kind: noop, name: a }
+  - { kind: nop, name: z }
+  - { kind: noop, name: b, require: ["nop:z"] }
+  - { kind: noop, name: e, export: true }
+  - { kind: noop, name: e, export: true }
+  - { kind: noop, name: e }
+  - { kind: noop, name: a }
+  - { kind: noop, name: b }
+  - { kind: noop, name: e }
+`);
+    assert.deepEqual(
+      errors.map((e) => [e.code, e.where?.line, e.message, e.hint?.replace(/known kinds: .*/, 'known kinds: ...')]),
+      [
+        ['E_UNKNOWN_KIND', 3, 'unknown resource kind "nop"', 'did you mean "noop"? known kinds: ...'],
+        ['E_DUPLICATE', 4, 'noop[a] is declared twice', `it was first declared at ${GRAPH_FILE}:2:5; give each resource of a kind a unique name`],
+        ['E_UNKNOWN_KIND', 5, 'unknown resource kind "nop"', 'did you mean "noop"? known kinds: ...'],
+        ['E_DUPLICATE', 8, 'noop[e] is exported twice', 'give each exported resource of a kind a unique name'],
+        ['E_DUPLICATE', 10, 'noop[a] is declared twice', `it was first declared at ${GRAPH_FILE}:2:5; give each resource of a kind a unique name`],
+        ['E_DUPLICATE', 11, 'noop[b] is declared twice', `it was first declared at ${GRAPH_FILE}:6:5; give each resource of a kind a unique name`],
+        ['E_DUPLICATE', 12, 'noop[e] is declared twice', `it was first declared at ${GRAPH_FILE}:9:5; give each resource of a kind a unique name`],
+      ],
+    );
+  });
+
+  test('a duplicate leaves the first declaration in place: edges still reach it', () => {
+    const errors = buildErrors(`resources:
+  - { kind: noop, name: a, require: ["noop:b"] }
+  - { kind: noop, name: a }
+  - { kind: noop, name: c }
+  - { kind: noop, name: b, require: ["noop:a"] }
+`);
+    assert.deepEqual(
+      errors.map((e) => [e.code, e.where?.line, e.message]),
+      [
+        ['E_DUPLICATE', 3, 'noop[a] is declared twice'],
+        ['E_CYCLE', 2, 'dependency cycle: noop[a] -> noop[b] -> noop[a]'],
+      ],
+    );
+  });
+
   test('a resource exported and then managed here under the same id is the local one, in its own place', () => {
     const g = build(`resources:
   - { kind: noop, name: a }
