@@ -78,7 +78,9 @@ export function readNativeGraph(doc: GraphDocument): RawGraph {
       return;
     }
     const params: Record<string, unknown> = {};
-    for (const key of Object.keys(item)) if (!RESERVED.has(key)) params[key] = item[key];
+    // for-in, not Object.keys: no array of keys made for each of 100,000 resources (8 MB at 100,000 files; a parsed
+    // map has no inherited keys, and a `__proto__` key is its own property).
+    for (const key in item) if (!RESERVED.has(key)) params[key] = item[key];
     const exportTo = exportTarget(item['export']);
     if (exportTo === 'invalid') {
       fail('"export" must be true, "*", a host name or a list of host names', atItem(i, 'export'), 'e.g. export: true (to every host) or export: [web1, web2]');
