@@ -179,8 +179,9 @@ export class Agent {
           // "converged" would be a lie about resources noop only looked at; the summary says what would change.
           this.opts.log.info(`checked ${n} resources in ${ms}ms`);
         } else if (this.ac.signal.aborted) {
-          // Stopping settles the graph too; "converged: 0 of N" would read as success.
-          this.opts.log.info(`stopped before converging: ${s.converged} of ${n} resources converged in ${ms}ms`);
+          // Stopping settles the graph too; "converged: 0 of N" would read as success. The count is the one at the
+          // stop: by the time stopping settles the graph every worker reads 'stopped'.
+          this.opts.log.info(`stopped before converging: ${this.convergedAtStop ?? s.converged} of ${n} resources converged in ${ms}ms`);
         } else {
           this.opts.log.info(
             `${s.failed === 0 && s.blocked === 0 ? 'converged' : 'settled with problems'}: ${s.converged} of ${n} resources in ${ms}ms` +
@@ -217,7 +218,12 @@ export class Agent {
     this.engine.onChange((id) => this.source.instances?.onVertexChanged(id));
     this.warn(graph);
     this.opts.log.info(`running ${graph.vertices.size} resources from ${graph.source}${this.opts.noop === true ? ' (noop: nothing will be changed)' : ''}`);
-    await this.engine.setGraph(graph);
+    // A stop while the swap still starts workers (100,000 of them take a second or more) must not wait for the last
+    // one: run() returns at once, close() stops the engine, and the swap ends at its next slice. Waiting here let
+    // the swap go on starting checks and writes after the signal, past the grace period at 100,000 files.
+    await abortable(this.ac.signal, () => this.engine.setGraph(graph));
+    // Ended (stopped, or done) while starting: nothing to publish, watch or join — close() comes next.
+    if (this.ac.signal.aborted) return done;
     this.source.publish(graph);
     // Collected data re-renders the graph even with --no-watch-graph: the flag is about the file, not the cluster.
     if ((this.opts.cluster?.etcd.length ?? 0) === 0 && !this.checksOnce()) {
@@ -246,6 +252,8 @@ export class Agent {
   }
 
   private instanceIds: { readonly graph: Graph; readonly ids: ReadonlySet<string> } | undefined;
+  /** How many resources were converged when the run was asked to end (complete): what "stopped before converging" says. */
+  private convergedAtStop: number | undefined;
 
   /** Something happened: the quiet time starts again from the next time the graph is settled. */
   private news(): void {
@@ -287,6 +295,7 @@ export class Agent {
     this.quietTimer?.();
     this.quietTimer = undefined;
     if (this.reloadTimer !== undefined) clearTimeout(this.reloadTimer);
+    this.convergedAtStop = this.engine.counts().converged;
     this.ac.abort();
     const summary = this.engine.summary();
     finish({ reason, summary, wouldRefresh: this.opts.noop === true ? this.wouldRefresh(summary) : [] });

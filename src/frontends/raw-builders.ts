@@ -25,6 +25,15 @@ export function rawResource(
 }
 
 /**
+ * A resource of the native format, item `i` of its `resources` list: the same as rawResource at ['resources', i],
+ * with the place kept as the number alone and the path made when asked (an error, the cache): one array less for
+ * each of 100,000 resources, all held while the graph runs.
+ */
+export function nativeResource(kind: string, name: string, params: Record<string, unknown>, meta: unknown, exportTo: ExportTarget | undefined, locate: Locate, i: number): RawResource {
+  return new YamlResource(kind, name, params, meta, locate, i, exportTo);
+}
+
+/**
  * Where in its document a resource from a YAML frontend was written (its path from the root), or undefined for one
  * from elsewhere (a module, the cluster). The validated-graph cache keeps this path, so a vertex rebuilt from the
  * cache finds its file:line the same way as one parsed from the text (src/agent/graph-cache.ts).
@@ -45,11 +54,15 @@ class YamlResource implements RawResource {
     readonly params: Record<string, unknown>,
     readonly meta: unknown,
     // The document's locator and this resource's path in it, rather than a closure over both: one object less each.
+    // A number i is ['resources', i] (nativeResource).
     private readonly find: Locate,
-    readonly base: readonly PropertyKey[],
+    private readonly at: readonly PropertyKey[] | number,
     exportTo: ExportTarget | undefined,
   ) {
     if (exportTo !== undefined) this.export = exportTo;
+  }
+  get base(): readonly PropertyKey[] {
+    return typeof this.at === 'number' ? ['resources', this.at] : this.at;
   }
   get loc(): SourceLocation {
     return this.find(this.base);

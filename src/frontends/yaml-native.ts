@@ -2,7 +2,7 @@ import { BackplaneError, type SourceLocation } from '../errors.js';
 import type { CollectRule, ExportTarget, RawEdge, RawGraph, RawResource } from '../graph/raw.js';
 import { closest } from '../util/suggest.js';
 import { isEmpty, isMap, type GraphDocument } from './document.js';
-import { locator, rawResource, type At } from './raw-builders.js';
+import { locator, nativeResource, type At } from './raw-builders.js';
 
 /**
  * Backplane's own graph format: a flat list of resources, each naming its kind, its name, its parameters inline,
@@ -78,13 +78,15 @@ export function readNativeGraph(doc: GraphDocument): RawGraph {
       return;
     }
     const params: Record<string, unknown> = {};
-    for (const key of Object.keys(item)) if (!RESERVED.has(key)) params[key] = item[key];
+    // for-in, not Object.keys: no array of keys made for each of 100,000 resources (8 MB at 100,000 files; a parsed
+    // map has no inherited keys, and a `__proto__` key is its own property).
+    for (const key in item) if (!RESERVED.has(key)) params[key] = item[key];
     const exportTo = exportTarget(item['export']);
     if (exportTo === 'invalid') {
       fail('"export" must be true, "*", a host name or a list of host names', atItem(i, 'export'), 'e.g. export: true (to every host) or export: [web1, web2]');
       return;
     }
-    resources.push(rawResource({ kind, name, params, meta: item['meta'] ?? undefined, export: exportTo }, doc.locate, ['resources', i]));
+    resources.push(nativeResource(kind, name, params, item['meta'] ?? undefined, exportTo, doc.locate, i));
     let self: string | undefined;
     for (const rel of RELATION_KEYS) {
       const value = item[rel];

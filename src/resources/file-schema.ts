@@ -66,15 +66,27 @@ export function quickFileParams(name: string, params: Readonly<Record<string, un
   let mode: number | undefined;
   if (modeIn !== undefined) {
     if (typeof modeIn !== 'string' && typeof modeIn !== 'number') return undefined;
-    const m = parseFileMode(modeIn);
-    if (!m.ok) return undefined;
-    mode = m.mode;
+    // The files of a graph mostly share a mode or two: the last one read is not parsed again.
+    if (modeIn !== lastMode.text) {
+      const m = parseFileMode(modeIn);
+      if (!m.ok) return undefined;
+      lastMode = { text: modeIn, mode: m.mode };
+    }
+    mode = lastMode.mode;
   }
-  // Keys as the schema's output has them: its shape's order, present ones only, then the defaults.
-  const out: Record<string, unknown> = { path, state, type };
-  if (content !== undefined) out['content'] = content;
-  if (mode !== undefined) out['mode'] = mode;
-  out['purge'] = false;
-  out['force'] = false;
+  // Keys as the schema's output has them: its shape's order, present ones only, then the defaults. Each shape written
+  // out whole: properties added one by one past a literal's own go to a separate, grown backing store (an object and
+  // its copies per file, ~60 ms of building 100,000 files' parameters).
+  const out =
+    content === undefined
+      ? mode === undefined
+        ? { path, state, type, purge: false, force: false }
+        : { path, state, type, mode, purge: false, force: false }
+      : mode === undefined
+        ? { path, state, type, content, purge: false, force: false }
+        : { path, state, type, content, mode, purge: false, force: false };
   return out as FileParams;
 }
+
+/** The last mode quickFileParams parsed (text: undefined until then). */
+let lastMode: { readonly text: string | number | undefined; readonly mode: number } = { text: undefined, mode: 0 };

@@ -4,6 +4,7 @@ import { BackplaneError, ValidationErrors } from '../../src/errors.js';
 import { parseGraphText } from '../../src/frontends/load.js';
 import { rawResource } from '../../src/frontends/raw-builders.js';
 import { buildGraph } from '../../src/graph/build.js';
+import { Graph } from '../../src/graph/graph.js';
 import { defaultMeta } from '../../src/graph/meta.js';
 import type { RawGraph } from '../../src/graph/raw.js';
 import { createRegistry } from '../../src/resources/registry.js';
@@ -845,5 +846,238 @@ describe('two resources managing one thing', () => {
   - { kind: group, name: web }
 `);
     assert.equal(g.vertices.size, 5);
+  });
+});
+
+/** An edge as `from -> to`, with its flags: in the graph's own order, unlike edgeTexts. */
+const edgeLine = (e: { from: string; to: string; notify: boolean; auto: boolean }): string => `${e.from} -> ${e.to}${e.notify ? ' notify' : ''}${e.auto ? ' auto' : ''}`;
+
+describe('buildGraph: one pass, the same reports in the same order', () => {
+  test('duplicates, unknown kinds, bad parameters, overlaps, bad and missing references and cycles, in that order, each at its line', () => {
+    const errors = buildErrors(`resources:
+  - kind: file
+    name: /srv/a
+    require: [noop:x]
+  - kind: file
+    name: other
+    path: /srv/a
+  - kind: noop
+    name: x
+    require: ["noop[x]"]
+  - kind: nop
+    name: n
+  - kind: file
+    name: /srv/a
+  - kind: file
+    name: /srv/d
+    type: directory
+    require: ["file:/srv/d/f"]
+  - kind: file
+    name: /srv/d/f
+    before: [noop:y]
+  - kind: noop
+    name: y
+    before: [noop:z, "bad ref", noop:gone]
+  - kind: noop
+    name: z
+    before: [noop:y]
+  - kind: file
+    name: third
+    path: /srv/a/
+  - kind: print
+    name: p
+`);
+    assert.deepEqual(
+      errors.map((e) => [e.code, e.where?.line, e.message]),
+      [
+        ['E_UNKNOWN_KIND', 11, 'unknown resource kind "nop"'],
+        ['E_DUPLICATE', 13, 'file[/srv/a] is declared twice'],
+        ['E_SCHEMA', 31, 'parameter "msg": Invalid input: expected string, received undefined'],
+        ['E_OVERLAP', 5, `file[other] manages path /srv/a, which file[/srv/a] (${GRAPH_FILE}:2:5) already manages`],
+        ['E_OVERLAP', 28, `file[third] manages path /srv/a, which file[/srv/a] (${GRAPH_FILE}:2:5) already manages`],
+        ['E_BAD_REF', 24, '"bad ref" is not a resource reference'],
+        ['E_MISSING_REF', 24, 'edge refers to noop[gone], which is not declared in this graph'],
+        // The auto-edge file[/srv/d] -> file[/srv/d/f] gives way (no error); the declared cycles remain, in vertex order.
+        ['E_CYCLE', 8, 'dependency cycle: noop[x] -> noop[x]'],
+        ['E_CYCLE', 22, 'dependency cycle: noop[y] -> noop[z] -> noop[y]'],
+      ],
+    );
+  });
+
+  test('edges keep the order they were first declared in, automatic ones after, merged ones at their first place', () => {
+    const g = build(`resources:
+  - kind: file
+    name: /srv
+    type: directory
+  - kind: file
+    name: /srv/b
+    require: [noop:n]
+  - kind: file
+    name: /srv/a
+    require: ["file:/srv"]
+  - kind: noop
+    name: n
+    before: ["file:/srv/a"]
+    notify: ["file:/srv/b"]
+`);
+    assert.deepEqual(g.edges.map(edgeLine), [
+      'noop[n] -> file[/srv/b] notify',
+      'file[/srv] -> file[/srv/a]',
+      'noop[n] -> file[/srv/a]',
+      'file[/srv] -> file[/srv/b] auto',
+    ]);
+    // Each vertex's lists are its edges in that same order, and the same arrays every time they are asked for.
+    const lists = (name: string): [string[], string[]] => {
+      const v = id(name.startsWith('/') ? 'file' : 'noop', name);
+      return [g.dependencies(v).map(edgeLine), g.dependents(v).map(edgeLine)];
+    };
+    assert.deepEqual(lists('/srv'), [[], ['file[/srv] -> file[/srv/a]', 'file[/srv] -> file[/srv/b] auto']]);
+    assert.deepEqual(lists('/srv/b'), [['noop[n] -> file[/srv/b] notify', 'file[/srv] -> file[/srv/b] auto'], []]);
+    assert.deepEqual(lists('/srv/a'), [['file[/srv] -> file[/srv/a]', 'noop[n] -> file[/srv/a]'], []]);
+    assert.deepEqual(lists('n'), [[], ['noop[n] -> file[/srv/b] notify', 'noop[n] -> file[/srv/a]']]);
+    assert.equal(g.dependents(id('file', '/srv')), g.dependents(id('file', '/srv')));
+    assert.equal(g.dependencies(id('file', '/srv/b')), g.dependencies(id('file', '/srv/b')));
+    assert.deepEqual(g.dependents(id('noop', 'absent')), []);
+    // The lists are exactly those a graph made from the plain edge list has.
+    const plain = new Graph(new Map(g.vertices), [...g.edges], 'plain');
+    for (const v of g.vertices.keys()) {
+      assert.deepEqual(g.dependencies(v), plain.dependencies(v), v);
+      assert.deepEqual(g.dependents(v), plain.dependents(v), v);
+    }
+    assert.deepEqual(g.topoOrder(), plain.topoOrder());
+  });
+
+  test('automatic edges: wanting resources in declaration order, each one\'s keys in its order (nearest directory first), providers in declaration order', () => {
+    const g = build(`resources:
+  - { kind: file, name: /a/b/c/f }
+  - { kind: file, name: /a, type: directory }
+  - { kind: file, name: /a/b/c, type: directory }
+  - { kind: file, name: /a/b, type: directory }
+  - { kind: file, name: /a/b/c/g, meta: { autoedge: false } }
+  - { kind: file, name: /a/b/c/h }
+`);
+    assert.deepEqual(g.edges.map(edgeLine), [
+      'file[/a/b/c] -> file[/a/b/c/f] auto',
+      'file[/a/b] -> file[/a/b/c/f] auto',
+      'file[/a] -> file[/a/b/c/f] auto',
+      'file[/a/b] -> file[/a/b/c] auto',
+      'file[/a] -> file[/a/b/c] auto',
+      'file[/a] -> file[/a/b] auto',
+      'file[/a/b/c] -> file[/a/b/c/h] auto',
+      'file[/a/b] -> file[/a/b/c/h] auto',
+      'file[/a] -> file[/a/b/c/h] auto',
+    ]);
+    assert.deepEqual(g.dependents(id('file', '/a')).map((e) => e.to), [id('file', '/a/b/c/f'), id('file', '/a/b/c'), id('file', '/a/b'), id('file', '/a/b/c/h')]);
+  });
+
+  test('the vertices are a map in declaration order: keys, values, entries, get, has, forEach', () => {
+    const g = build(`resources:
+  - { kind: noop, name: c }
+  - { kind: noop, name: a }
+  - { kind: file, name: /x, type: directory }
+`);
+    const ids = [id('noop', 'c'), id('noop', 'a'), id('file', '/x')];
+    assert.equal(g.vertices.size, 3);
+    assert.deepEqual([...g.vertices.keys()], ids);
+    assert.deepEqual([...g.vertices.values()].map((v) => v.id), ids);
+    assert.deepEqual([...g.vertices.entries()].map(([k, v]) => [k, v.id]), ids.map((i) => [i, i]));
+    assert.deepEqual([...g.vertices].map(([k]) => k), ids);
+    const seen: string[] = [];
+    g.vertices.forEach((v, k, m) => {
+      assert.equal(v.id, k);
+      assert.equal(m, g.vertices);
+      seen.push(k);
+    });
+    assert.deepEqual(seen, ids);
+    assert.equal(g.vertices.get(id('noop', 'a'))?.name, 'a');
+    assert.equal(g.vertices.get(id('file', '/x'))?.kind, 'file');
+    assert.equal(g.vertices.get(id('noop', 'b')), undefined);
+    assert.equal(g.vertices.has(id('noop', 'c')), true);
+    assert.equal(g.vertices.has(id('noop', 'b')), false);
+  });
+
+  test('auto-edges that would close cycles are each dropped, with a warning each, in the order found', () => {
+    const g = build(`resources:
+  - kind: file
+    name: /a
+    type: directory
+    require: ["file:/a/x"]
+  - kind: file
+    name: /a/x
+  - kind: file
+    name: /b
+    type: directory
+    require: ["file:/b/y/z"]
+  - kind: file
+    name: /b/y
+    type: directory
+  - kind: file
+    name: /b/y/z
+`);
+    assert.deepEqual(
+      g.warnings.map((w) => [w.code, w.where?.line, w.message]),
+      [
+        ['W_AUTOEDGE_DROPPED', 6, 'automatic edge file[/a] -> file[/a/x] left out: it would close the cycle file[/a] -> file[/a/x] -> file[/a]'],
+        ['W_AUTOEDGE_DROPPED', 15, 'automatic edge file[/b] -> file[/b/y/z] left out: it would close the cycle file[/b] -> file[/b/y/z] -> file[/b]'],
+        ['W_AUTOEDGE_DROPPED', 12, 'automatic edge file[/b] -> file[/b/y] left out: it would close the cycle file[/b] -> file[/b/y] -> file[/b/y/z] -> file[/b]'],
+      ],
+    );
+    assert.deepEqual(g.edges.map(edgeLine), ['file[/a/x] -> file[/a]', 'file[/b/y/z] -> file[/b]', 'file[/b/y] -> file[/b/y/z] auto']);
+    assert.deepEqual(g.dependents(id('file', '/b')), []);
+  });
+
+  test('every duplicate names the first declaration, whatever came between', () => {
+    const errors = buildErrors(`resources:
+  - { kind: noop, name: a }
+  - { kind: nop, name: z }
+  - { kind: noop, name: a }
+  - { kind: nop, name: z }
+  - { kind: noop, name: b, require: ["nop:z"] }
+  - { kind: noop, name: e, export: true }
+  - { kind: noop, name: e, export: true }
+  - { kind: noop, name: e }
+  - { kind: noop, name: a }
+  - { kind: noop, name: b }
+  - { kind: noop, name: e }
+`);
+    assert.deepEqual(
+      errors.map((e) => [e.code, e.where?.line, e.message, e.hint?.replace(/known kinds: .*/, 'known kinds: ...')]),
+      [
+        ['E_UNKNOWN_KIND', 3, 'unknown resource kind "nop"', 'did you mean "noop"? known kinds: ...'],
+        ['E_DUPLICATE', 4, 'noop[a] is declared twice', `it was first declared at ${GRAPH_FILE}:2:5; give each resource of a kind a unique name`],
+        ['E_UNKNOWN_KIND', 5, 'unknown resource kind "nop"', 'did you mean "noop"? known kinds: ...'],
+        ['E_DUPLICATE', 8, 'noop[e] is exported twice', 'give each exported resource of a kind a unique name'],
+        ['E_DUPLICATE', 10, 'noop[a] is declared twice', `it was first declared at ${GRAPH_FILE}:2:5; give each resource of a kind a unique name`],
+        ['E_DUPLICATE', 11, 'noop[b] is declared twice', `it was first declared at ${GRAPH_FILE}:6:5; give each resource of a kind a unique name`],
+        ['E_DUPLICATE', 12, 'noop[e] is declared twice', `it was first declared at ${GRAPH_FILE}:9:5; give each resource of a kind a unique name`],
+      ],
+    );
+  });
+
+  test('a duplicate leaves the first declaration in place: edges still reach it', () => {
+    const errors = buildErrors(`resources:
+  - { kind: noop, name: a, require: ["noop:b"] }
+  - { kind: noop, name: a }
+  - { kind: noop, name: c }
+  - { kind: noop, name: b, require: ["noop:a"] }
+`);
+    assert.deepEqual(
+      errors.map((e) => [e.code, e.where?.line, e.message]),
+      [
+        ['E_DUPLICATE', 3, 'noop[a] is declared twice'],
+        ['E_CYCLE', 2, 'dependency cycle: noop[a] -> noop[b] -> noop[a]'],
+      ],
+    );
+  });
+
+  test('a resource exported and then managed here under the same id is the local one, in its own place', () => {
+    const g = build(`resources:
+  - { kind: noop, name: a }
+  - { kind: noop, name: e, export: true }
+  - { kind: noop, name: b }
+  - { kind: noop, name: e }
+`);
+    assert.deepEqual([...g.vertices.keys()], [id('noop', 'a'), id('noop', 'b'), id('noop', 'e')]);
+    assert.deepEqual(g.exports.map((x) => x.name), ['e']);
   });
 });
