@@ -15,7 +15,7 @@ import { MAX_DEPTH } from './limits.js';
  *   - block mappings and sequences indented with spaces, `- key: value` and `- - x` compact items, a leading `---`;
  *   - keys of [A-Za-z0-9_][A-Za-z0-9_./-]* followed by `: ` or the line's end;
  *   - plain scalars on one line (typed by js-yaml's own implicit types of CORE_SCHEMA), single- and double-quoted
- *     scalars on one line, literal block scalars `|` `|-` `|+`, and one-line flow collections of scalars;
+ *     scalars on one line, literal block scalars `|` `|-` `|+`, and flow collections on one line;
  *   - full-line comments, blank lines, a ` # comment` after a value.
  * Declined: anchors, aliases, tags, directives, `?` keys, quoted keys, folded `>`, multi-line plain, quoted or flow
  * scalars, tabs outside block scalars' text, and anything whose reading by js-yaml needs more than a glance.
@@ -430,7 +430,7 @@ class Reader {
     throw new NotMine('a quoted scalar over several lines');
   }
 
-  /** `[a, "b", 3]`, `[]`, `{a: 1, b: x}` or `{}` on one line: scalars only, no nesting, no comments inside. */
+  /** `[a, "b", 3]`, `[]`, `{a: 1, b: [x]}` or `{}` on one line: simple keys, no comments inside. */
   private flow(q: number, depth: number): unknown {
     if (depth > DEPTH) throw new NotMine('deep');
     const s = this.s;
@@ -450,14 +450,14 @@ class Reader {
         i = this.skipSpaces(colon + 1);
       }
       const c = s.charCodeAt(i);
-      const v = c === 0x22 ? this.dq(i) : c === 0x27 ? this.sq(i) : this.flowPlain(i);
+      const v = c === 0x22 ? this.dq(i) : c === 0x27 ? this.sq(i) : c === 0x5b || c === 0x7b ? this.flow(i, depth + 1) : this.flowPlain(i);
       if (isMap) map[key] = v;
       else list.push(v);
       i = this.skipSpaces(this.p);
       const sep = s.charCodeAt(i);
       // A trailing comma is allowed (js-yaml reads `[a, b,]` as [a, b]).
       if (sep === 0x2c) i = this.skipSpaces(i + 1);
-      else if (sep !== close) throw new NotMine('not a one-line flow collection of scalars');
+      else if (sep !== close) throw new NotMine('not a one-line flow collection');
     }
     this.p = i + 1;
     return isMap ? map : list;
