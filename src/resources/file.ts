@@ -308,6 +308,11 @@ const CONTENT_BUF = Buffer.allocUnsafe(64 * 1024);
  */
 const ioSlots = new Semaphore(64);
 
+/** How many file checks wait for an I/O slot (tests). */
+export function ioSlotsWaiting(): number {
+  return ioSlots.waiting;
+}
+
 /** One checkApply's hold on an I/O slot (ioSlots): taken before its check, given back once its file is in place. */
 class IoSlot {
   private held = false;
@@ -607,8 +612,12 @@ async function fastCheck(path: string, p: FileParams): Promise<Quick> {
   if (!checkSlice.leftForNew()) {
     do await checkSlice.nextTurn();
     while (!checkSlice.left());
-    // The world may have moved on during the wait (a directory made shared, forgotten): ask again.
-    if ((await plainParent(path)) === undefined) return 'look';
+    // The world may have moved on during the wait (a directory made shared, forgotten): ask again, without an await
+    // between the look at the slice and the check (every waiter resumed would pass the look before any checked).
+    const known = knownPlainParent(path);
+    if (known === undefined) return (await plainParent(path)) === undefined ? 'look' : fastCheck(path, p);
+    if (known === null) return 'look';
+    return inspectNow(path, p, known.shared);
   }
   return inspectNow(path, p, parent.shared);
 }
@@ -728,11 +737,16 @@ async function fastCreate(
   /** What is at the path now, to be replaced (content drift): undeclared mode and ownership are taken from it. */
   replacing?: Stats,
 ): Promise<Written | undefined> {
+  // Nothing is awaited between the look at the slice and the creates: all 64 resumed together would each find the
+  // slice open before any of them had made its file.
+  let parent = await plainParent(path);
   if (!writeSlice.leftForNew()) {
     do await writeSlice.nextTurn();
     while (!writeSlice.left());
+    // The world may have moved on during the wait (a directory made shared, forgotten): the answer known now, if any.
+    const known = knownPlainParent(path);
+    parent = known === undefined ? await plainParent(path) : (known ?? undefined);
   }
-  const parent = await plainParent(path);
   if (parent === undefined || parent.shared || !knownLocal(parent.dir) || signal.aborted) return undefined;
   const dir = parent.dir === '/' ? '' : parent.dir;
   const base = leafName(path);
