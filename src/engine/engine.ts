@@ -12,12 +12,14 @@ import { ACTIVE_STATES, type ConvergeSummary, type VertexState, type VertexStatu
 import { Worker, type WorkerHost } from './worker.js';
 
 /**
- * How long one event-loop turn may spend starting workers when a graph is swapped in (see swap), and how many are
- * started between looks at the clock. A fixed 500 workers a turn was 20-40 ms with the garbage collection it caused
- * (10,000 files), and every step of the first checks (a stat, a statfs, an fsync: each needs a turn) waited that long:
- * ~0.2 s from the swap to the first file written. Bounded by time, a turn gives I/O its callbacks back within a few ms.
+ * How long one event-loop turn may spend starting workers when a graph is swapped in (see swap), or waking the
+ * dependents of a vertex (wakeSlice), and how many are started between looks at the clock. A fixed 500 workers a turn
+ * was 20-40 ms with the garbage collection it caused (10,000 files), and every step of the first checks (a stat, a
+ * statfs, an fsync: each needs a turn) waited that long. 4 ms slices still left the first file of 100,000 ~0.1 s
+ * behind the swap under load: the directory's check and the first file's take ~8 such steps. At 1 ms it was ~25 ms;
+ * a turn given back costs a setImmediate, a few microseconds.
  */
-const START_SLICE_MS = 4;
+const START_SLICE_MS = 1;
 const START_CLOCK_EVERY = 32;
 /**
  * A vertex with more dependents than this wakes them in turns of START_SLICE_MS rather than all at once. A directory
@@ -82,6 +84,14 @@ export class Engine implements WorkerHost {
    */
   private provided: Set<string> | undefined;
   private active = 0;
+  /**
+   * Vertices of the running graph without a worker yet (see mayStart): pending, and listed as such by status() and
+   * countStates(). After stop() they count as stopped (`unstartedStopped`) and are never started.
+   */
+  private unstarted = 0;
+  private unstartedStopped = 0;
+  /** A swap is stopping the workers it removes or redefines: no worker is started until the new graph is in. */
+  private replacing = false;
   /** A swap is still starting workers: not settled, whatever the started ones are doing. */
   private starting = 0;
   private readonly listeners = new Set<EngineListener>();
@@ -123,18 +133,27 @@ export class Engine implements WorkerHost {
   private async swap(next: Graph): Promise<SwapSummary> {
     if (this.root.signal.aborted) throw new BackplaneError('E_ABORTED', 'engine is stopped');
     const prev = this.graph;
+    // From the graphs, not the workers: a vertex of the last graph may not have a worker yet (see mayStart).
     const removed: ResourceId[] = [];
     const changed: ResourceId[] = [];
-    for (const [id, w] of this.workers) {
-      const v = next.vertices.get(id);
-      if (v === undefined) removed.push(id);
-      else if (v.fingerprint !== w.vertex.fingerprint) changed.push(id);
+    if (prev !== undefined) {
+      for (const [id, v] of prev.vertices) {
+        const n = next.vertices.get(id);
+        if (n === undefined) removed.push(id);
+        else if (n.fingerprint !== v.fingerprint) changed.push(id);
+      }
     }
-    // The old definition must be fully stopped before the new one may touch the same thing.
-    await Promise.all([
-      ...removed.map((id) => this.workers.get(id)?.stop('removed') ?? Promise.resolve()),
-      ...changed.map((id) => this.workers.get(id)?.stop('replaced') ?? Promise.resolve()),
-    ]);
+    // The old definition must be fully stopped before the new one may touch the same thing. Meanwhile nothing is
+    // started: a vertex of the old graph whose dependency settles now may be one this swap removes or redefines.
+    this.replacing = true;
+    try {
+      await Promise.all([
+        ...removed.map((id) => this.workers.get(id)?.stop('removed') ?? Promise.resolve()),
+        ...changed.map((id) => this.workers.get(id)?.stop('replaced') ?? Promise.resolve()),
+      ]);
+    } finally {
+      this.replacing = false;
+    }
     for (const id of [...removed, ...changed]) {
       const w = this.workers.get(id);
       if (w !== undefined) this.count(w.state, -1);
@@ -143,19 +162,21 @@ export class Engine implements WorkerHost {
 
     this.graph = next;
     this.provided = undefined;
-    const added: ResourceId[] = [];
-    const changedSet = new Set(changed);
-    // Started in slices, giving the event loop back between them: the first resources check and apply while the
-    // rest are still being set up, so a 100,000-resource graph changes its first file in well under a second
-    // instead of after every worker, watch and descriptor exists. Meanwhile the engine does not count as settled.
+    // Every vertex without a worker is pending until it gets one; the engine is not settled meanwhile.
+    this.unstarted = next.vertices.size - this.workers.size;
+    // A worker is started once its dependencies let it run (mayStart): here the vertices that can run now (no
+    // dependencies, or all of them settled already), the rest when their last dependency settles. 100,000 files in
+    // one directory then start one worker (the directory) here, and each file's when the directory is converged,
+    // in the turns that wake them: the first file is checked and written while most workers do not exist yet, not
+    // behind 100,000 workers made, started and gated first (~0.1 s of the event loop and ~40% garbage collection).
+    // Looked at in slices, giving the event loop back between them, so a graph of 100,000 independent resources
+    // changes its first one before the last worker exists. Meanwhile the engine does not count as settled.
     this.starting++;
     try {
       let sliceStart = performance.now();
       let slice = 0;
       for (const v of next.vertices.values()) {
-        if (this.workers.has(v.id)) continue;
-        if (!changedSet.has(v.id)) added.push(v.id);
-        this.startWorker(v);
+        if (!this.workers.has(v.id) && this.mayStart(v.id)) this.startWorker(v);
         if (++slice % START_CLOCK_EVERY === 0 && performance.now() - sliceStart >= START_SLICE_MS) {
           await new Promise<void>((resolve) => setImmediate(resolve));
           if (this.root.signal.aborted) break;
@@ -165,6 +186,8 @@ export class Engine implements WorkerHost {
     } finally {
       this.starting--;
     }
+    const added: ResourceId[] = [];
+    for (const id of next.vertices.keys()) if (prev?.vertices.has(id) !== true) added.push(id);
     // Resources whose dependencies changed, and everything downstream of a changed or new resource, re-run.
     const roots = new Set<ResourceId>([...changed, ...added]);
     if (prev !== undefined) {
@@ -198,9 +221,42 @@ export class Engine implements WorkerHost {
     return { added, removed, changed, unchanged: next.vertices.size - added.length - changed.length };
   }
 
-  private startWorker(v: Vertex): void {
+  /**
+   * Whether a vertex without a worker can be given one now: every dependency has a worker that is settled (converged,
+   * or failed or blocked: the new worker then reports itself blocked at once). A dependency that is still pending,
+   * running or retrying, or has no worker itself, starts this one when it settles (stateChanged).
+   */
+  private mayStart(id: ResourceId): boolean {
+    for (const e of this.graph?.dependencies(id) ?? []) {
+      const dep = this.workers.get(e.from);
+      if (dep === undefined) {
+        if (this.graph?.vertices.has(e.from) === true) return false;
+        continue;
+      }
+      if (dep.state !== 'converged' && dep.state !== 'failed' && dep.state !== 'blocked') return false;
+    }
+    return true;
+  }
+
+  /** A dependency settled or changed: the dependent re-evaluates, or is started if it has no worker yet and may run. */
+  private wakeOrStart(id: ResourceId): void {
+    const w = this.workers.get(id);
+    if (w !== undefined) {
+      w.wake();
+      return;
+    }
+    if (!this.mayStartNow()) return;
+    const v = this.graph?.vertices.get(id);
+    if (v !== undefined && this.mayStart(id)) this.startWorker(v);
+  }
+
+  /** Workers may be started: the engine is not stopping, nor between two graphs (replacing). */
+  private mayStartNow(): boolean {
+    return !this.root.signal.aborted && !this.replacing;
+  }
+
+  private startWorker(v: Vertex): Worker {
     const kind = this.registry.get(v.kind);
-    const log = this.log.forResource(v.id);
     let resource: Resource;
     try {
       if (kind === undefined) throw new BackplaneError('E_UNKNOWN_KIND', `unknown kind ${v.kind}`);
@@ -209,11 +265,13 @@ export class Engine implements WorkerHost {
       const message = errorMessage(err, v.id);
       resource = { checkApply: () => Promise.reject(new BackplaneError('E_APPLY', `could not be created: ${message}`, { resource: v.id })) };
     }
-    const w = new Worker(v, resource, this, log, this.metrics?.forKind(v.kind));
+    const w = new Worker(v, resource, this, this.log, this.metrics?.forKind(v.kind));
     this.workers.set(v.id, w);
+    this.unstarted--;
     this.active++; // workers start pending
     this.count('pending', 1);
     w.start();
+    return w;
   }
 
   private providedKeys(g: Graph | undefined): Set<string> {
@@ -271,8 +329,11 @@ export class Engine implements WorkerHost {
     if (was && !is) this.active--;
     else if (!was && is) this.active++;
     // Stopping: an aborted worker's wake does nothing, and every worker passes through 'stopped' on the way out.
-    const dependents = this.root.signal.aborted ? [] : (this.graph?.dependents(w.id) ?? []);
-    if (dependents.length <= WAKE_AT_ONCE) for (const e of dependents) this.workers.get(e.to)?.wake();
+    // From one active state to another (pending to running, running to retrying) no dependent's gate changes: each
+    // still waits for this one. Woken anyway, the 100,000 dependents of a directory were gone through once when it
+    // started running, and the pass that starts them when it converged came after that one.
+    const dependents = this.root.signal.aborted || (was && is) ? [] : (this.graph?.dependents(w.id) ?? []);
+    if (dependents.length <= WAKE_AT_ONCE) for (const e of dependents) this.wakeOrStart(e.to);
     else this.wakeLater(dependents);
     for (const l of this.listeners) l({ id: w.id, state: w.state, prev });
     this.checkSettled();
@@ -311,7 +372,7 @@ export class Engine implements WorkerHost {
         this.toWakeAt = 0;
         continue;
       }
-      this.workers.get(e.to)?.wake();
+      this.wakeOrStart(e.to);
       if (++n % START_CLOCK_EVERY === 0 && performance.now() - t0 >= START_SLICE_MS) break;
     }
     setImmediate(() => this.wakeSlice());
@@ -319,14 +380,25 @@ export class Engine implements WorkerHost {
 
   propagateChange(w: Worker): void {
     for (const l of this.changeListeners) l(w.id);
-    for (const e of this.graph?.dependents(w.id) ?? []) this.workers.get(e.to)?.poke(e.notify, `${w.id} changed`);
+    const graph = this.graph;
+    if (graph === undefined) return;
+    const reason = `${w.id} changed`;
+    for (const e of graph.dependents(w.id)) {
+      let d = this.workers.get(e.to);
+      // A dependent without a worker starts dirty anyway; only a notify (a refresh its first run owes) needs one now.
+      if (d === undefined && e.notify && this.mayStartNow()) {
+        const v = graph.vertices.get(e.to);
+        if (v !== undefined) d = this.startWorker(v);
+      }
+      d?.poke(e.notify, reason);
+    }
   }
 
   // --- observation ------------------------------------------------------------------------------------------
 
   /** True when nothing is pending, running or retrying: every vertex is converged, failed or blocked. */
   get settled(): boolean {
-    return this.graph !== undefined && this.active === 0 && this.starting === 0;
+    return this.graph !== undefined && this.active === 0 && this.unstarted === 0 && this.starting === 0;
   }
 
   private checkSettled(): void {
@@ -358,7 +430,13 @@ export class Engine implements WorkerHost {
   }
 
   status(): VertexStatus[] {
-    return [...this.workers.values()].map((w) => w.status());
+    const g = this.graph;
+    if (g === undefined) return [];
+    // In the graph's order, every vertex: a worker's own status, or pending (stopped, after stop()) for one without.
+    const state: VertexState = this.unstartedStopped > 0 ? 'stopped' : 'pending';
+    const out: VertexStatus[] = [];
+    for (const id of g.vertices.keys()) out.push(this.workers.get(id)?.status() ?? { id, state, changes: 0, runs: 0 });
+    return out;
   }
 
   private readonly byState = new Map<VertexState, number>();
@@ -370,16 +448,18 @@ export class Engine implements WorkerHost {
   /** How many resources there are and how many are converged, failed, blocked: O(1), for progress lines. */
   counts(): { total: number; converged: number; failed: number; blocked: number } {
     const n = (s: VertexState): number => this.byState.get(s) ?? 0;
-    return { total: this.workers.size, converged: n('converged'), failed: n('failed'), blocked: n('blocked') };
+    return { total: this.workers.size + this.unstarted + this.unstartedStopped, converged: n('converged'), failed: n('failed'), blocked: n('blocked') };
   }
 
   /** Vertices by kind and state, for backplane_resources (read when metrics are scraped). */
   countStates(): Map<string, Map<VertexState, number>> {
     const out = new Map<string, Map<VertexState, number>>();
-    for (const w of this.workers.values()) {
-      let byState = out.get(w.vertex.kind);
-      if (byState === undefined) out.set(w.vertex.kind, (byState = new Map<VertexState, number>()));
-      byState.set(w.state, (byState.get(w.state) ?? 0) + 1);
+    const unstarted: VertexState = this.unstartedStopped > 0 ? 'stopped' : 'pending';
+    for (const v of this.graph?.vertices.values() ?? []) {
+      const state = this.workers.get(v.id)?.state ?? unstarted;
+      let byState = out.get(v.kind);
+      if (byState === undefined) out.set(v.kind, (byState = new Map<VertexState, number>()));
+      byState.set(state, (byState.get(state) ?? 0) + 1);
     }
     return out;
   }
@@ -404,6 +484,12 @@ export class Engine implements WorkerHost {
     // Every worker's work and watch abort now, also while a swap is still stopping the ones it replaces.
     for (const w of this.workers.values()) w.abort(reason);
     await this.swapping;
+    // Vertices never started never will be: they count as stopped, and no longer keep the engine from settling.
+    if (this.unstarted > 0) {
+      this.unstartedStopped = this.unstarted;
+      this.count('stopped', this.unstarted);
+      this.unstarted = 0;
+    }
     // Most workers stop on the spot (nothing in flight, no watch, no close: Worker.stopNow); only the rest are waited for.
     const waits: Promise<void>[] = [];
     for (const w of this.workers.values()) {
@@ -411,6 +497,7 @@ export class Engine implements WorkerHost {
       if (p !== undefined) waits.push(p);
     }
     await Promise.all(waits);
+    this.checkSettled();
   }
 }
 

@@ -99,7 +99,13 @@ export class Worker {
   private haltReason: unknown;
   /** A watch restart back-off in progress (cleared when the worker is aborted). */
   private watchTimer: NodeJS.Timeout | undefined;
-  private readonly resLog: ResourceLog;
+  /**
+   * This resource's logger and the lines its kind writes through, made on first use: most workers of a big run log
+   * nothing but one change (a converged check logs nothing at info), and two objects per worker, made as 100,000
+   * workers started, were garbage the collector had to copy while the first files waited.
+   */
+  private logger: Logger | undefined;
+  private lines: ResourceLog | undefined;
   /** meta.limit/burst: check/apply runs are rate limited (engine policy, never the kind's). */
   private readonly limiter: TokenBucket | undefined;
 
@@ -107,12 +113,21 @@ export class Worker {
     readonly vertex: Vertex,
     private readonly resource: Resource,
     private readonly host: WorkerHost,
-    private readonly log: Logger,
+    /** The engine's logger: this worker's lines go through its forResource(id). */
+    private readonly logs: Logger,
     private readonly metrics?: KindMetrics,
   ) {
     const { limit, burst } = vertex.meta;
     this.limiter = limit === undefined ? undefined : new TokenBucket(limit, burst ?? 1);
-    this.resLog = new ResourceLines(log);
+  }
+
+  private get log(): Logger {
+    return (this.logger ??= this.logs.forResource(this.vertex.id));
+  }
+
+  /** What the resource's check/apply and watch log through (under this resource's id). */
+  resourceLog(): ResourceLog {
+    return (this.lines ??= new ResourceLines(this.log));
   }
 
   get id(): Vertex['id'] {
@@ -347,7 +362,7 @@ export class Worker {
       release = typeof slot === 'function' ? slot : await slot;
       const apply = !this.host.noop && !this.vertex.meta.noop;
       t0 = performance.now();
-      const result = await this.resource.checkApply(new RunContext(this, apply, refresh, this.resLog));
+      const result = await this.resource.checkApply(new RunContext(this, apply, refresh));
       if (this.metrics !== undefined) {
         const s = (performance.now() - t0) / 1000;
         if (!result.converged && apply) {
@@ -446,7 +461,7 @@ export class Worker {
             this.metrics?.watchEvent();
             this.poke(false, reason, true);
           },
-          log: this.resLog,
+          log: this.resourceLog(),
         }) ?? Promise.resolve();
     } catch (err) {
       watch = Promise.reject(err instanceof Error ? err : new Error(String(err)));
@@ -484,16 +499,19 @@ export class Worker {
 }
 
 /**
- * A check/apply's context, its signal made only when the resource asks for it (see Worker.ac): one small object
- * per run, no closures.
+ * A check/apply's context, its signal and log made only when the resource asks for them (see Worker.ac, Worker.logger):
+ * one small object per run, no closures.
  */
 class RunContext implements CheckApplyContext {
   constructor(
     private readonly w: Worker,
     readonly apply: boolean,
     readonly refresh: boolean,
-    readonly log: ResourceLog,
   ) {}
+
+  get log(): ResourceLog {
+    return this.w.resourceLog();
+  }
 
   get signal(): AbortSignal {
     return this.w.signal;

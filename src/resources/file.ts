@@ -24,7 +24,7 @@ import { Semaphore } from '../util/semaphore.js';
 import { syncDirectory } from '../util/dirsync.js';
 import { watchPath } from '../util/dirwatch.js';
 import { fileSchema, quickFileParams, type FileParams } from './file-schema.js';
-import { defineKind, type CheckApplyContext, type CheckResult, type Resource, type ResourceLog, type ResourceWorld } from './types.js';
+import { defineKind, type CheckApplyContext, type CheckResult, type Resource, type ResourceLog, type ResourceWorld, type WatchContext } from './types.js';
 
 /**
  * A regular file, directory or symlink — or its absence — with content, mode and ownership (after Puppet's `file`
@@ -83,13 +83,34 @@ let namePoolAt = namePool.length;
 export const tempNameSource = {
   next: (): string => {
     if (namePoolAt >= namePool.length) {
-      randomFillSync(namePool);
+      fillRandom(namePool);
       namePoolAt = 0;
     }
     namePoolAt += 4;
     return namePool.toString('hex', namePoolAt - 4, namePoolAt);
   },
 };
+/**
+ * The kernel's CSPRNG through /dev/urandom, or node:crypto where that cannot be read: loading node:crypto (~8 ms
+ * of compiling under load) was on the path to a cold run's first write, the first thing in the run to need it.
+ */
+function fillRandom(buf: Buffer): void {
+  let fd: number | undefined;
+  try {
+    fd = openSync('/dev/urandom', constants.O_RDONLY);
+    for (let got = 0; got < buf.length; ) {
+      const n = readSync(fd, buf, got, buf.length - got, null);
+      if (n <= 0) throw new Error('short read from /dev/urandom');
+      got += n;
+    }
+    return;
+  } catch {
+    randomFillSync(buf);
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
 /** A taken temp name (EEXIST: a planted file or symlink, never followed) is retried under a new one this many times. */
 const TMP_ATTEMPTS = 8;
 /** Above this, noop mode describes a content change instead of diffing it (a diff nobody reads costs memory). */
@@ -137,107 +158,184 @@ interface Run {
 
 /** Also the writer behind `template`, which renders its content and hands the rest to this. */
 export function createFile(id: ResourceId, p: FileParams, world: ResourceWorld): Resource {
-  const path = normalizePath(p.path);
-  // Encoded once: every drift check compares against it.
-  const content = p.content === undefined ? undefined : Buffer.from(p.content, 'utf8');
-  /** Temp files left by dead writers are looked for once, at the first applying run (see sweepDeadTemps). */
-  let swept = false;
+  return new FileResource(id, p, world);
+}
+
+/**
+ * One file resource. A class, not closures over createFile's scope: a cold run makes 100,000 of these while its first
+ * files are being written, and every object each one keeps (closures, their context, a Buffer of the content) was
+ * copied by the garbage collector in those milliseconds. The declared content is kept as the string the graph holds
+ * and encoded where it is compared or written (contentBytes), not kept as a Buffer per file.
+ */
+class FileResource implements Resource {
+  private readonly path: string;
   /** What fastCheck can answer: a regular file (inline content or none) or a directory that is not purged. */
-  const fast =
-    p.state === 'exists' &&
-    p.source === undefined &&
-    (p.type === 'file' || (p.type === 'directory' && !p.purge)) &&
-    (p.owner === undefined || typeof p.owner === 'number' || /^\d+$/.test(p.owner)) &&
-    (p.group === undefined || typeof p.group === 'number' || /^\d+$/.test(p.group));
+  private readonly fast: boolean;
+  /** Temp files left by dead writers are looked for once, at the first applying run (see sweepDeadTemps). */
+  private swept = false;
   /**
    * A write's own rename wakes this file's watch a moment later: without this the agent checked every file it
    * wrote twice. An event is dropped only when it is that echo (ownEcho); events during a run wait for its end.
    */
-  let wrote: Written | undefined;
-  let running = false;
-  let deferred: string | undefined;
-  let notify: ((reason: string) => void) | undefined;
-  const ownEcho = (): boolean => wrote !== undefined && isEcho(path, wrote);
-  return {
-    watch({ signal, ready, changed }) {
-      notify = changed;
-      const cb = (reason: string): void => {
-        if (running) deferred ??= reason;
-        else if (!ownEcho()) changed(reason);
-      };
-      // A promise chain rather than an async function: a suspended one per file (until the agent stops) is a
-      // generator and its frame kept alive for each of 100,000 files.
-      let attached = watchPath(path, cb, signal, p.type === 'directory' && p.purge ? { children: true } : {});
-      const source = p.source;
-      if (source !== undefined && p.state === 'exists') attached = attached.then(() => watchPath(source, cb, signal));
-      return attached.then(() => {
-        ready();
-        return untilAborted(signal);
-      });
-    },
-    checkApply(ctx) {
-      // Most checks find everything in place: answered at once, without a promise of its own or the worker's signal,
-      // when the directory's answers (plain path, local filesystem, temp files) are known already (fastCheckNow).
-      if (fast && (swept || !ctx.apply || noTempsNow(path))) {
-        if (ctx.apply) swept = true;
-        const quick = fastCheckNow(path, p, content);
-        if (quick === 'converged') return CONVERGED_NOW;
-        if (quick !== undefined) return full(ctx, quick);
-      }
-      return full(ctx, undefined);
-    },
-  };
+  private wrote: Written | undefined;
+  private running = false;
+  private deferred: string | undefined;
+  private notify: ((reason: string) => void) | undefined;
 
-  async function full(ctx: CheckApplyContext, known: Quick | undefined): Promise<CheckResult> {
-    const { apply, log } = ctx;
-    if (apply && !swept) {
-      swept = true;
-      await sweepDeadTemps(path, log);
-    }
-    // Most checks find everything in place: answered without leaving this thread when that is safe (fastCheck).
-    const quick = known ?? (fast ? await fastCheck(path, p, content) : 'look');
-    if (quick === 'converged') return CONVERGED;
-    const signal = ctx.signal;
-    const acquire = (): Promise<void> =>
-      ioSlots.acquire(signal).catch(() => {
-        throw new BackplaneError('E_ABORTED', 'aborted', { resource: id });
-      });
-    await acquire();
-    let held = true;
-    const release = (): void => {
-      if (!held) return;
-      held = false;
-      ioSlots.release();
+  constructor(
+    private readonly id: ResourceId,
+    private readonly p: FileParams,
+    private readonly world: ResourceWorld,
+  ) {
+    this.path = normalizePath(p.path);
+    this.fast =
+      p.state === 'exists' &&
+      p.source === undefined &&
+      (p.type === 'file' || (p.type === 'directory' && !p.purge)) &&
+      (p.owner === undefined || typeof p.owner === 'number' || /^\d+$/.test(p.owner)) &&
+      (p.group === undefined || typeof p.group === 'number' || /^\d+$/.test(p.group));
+  }
+
+  private ownEcho(): boolean {
+    return this.wrote !== undefined && isEcho(this.path, this.wrote);
+  }
+
+  watch({ signal, ready, changed }: WatchContext): Promise<void> {
+    const { path, p } = this;
+    this.notify = changed;
+    const cb = (reason: string): void => {
+      if (this.running) this.deferred ??= reason;
+      else if (!this.ownEcho()) changed(reason);
     };
-    running = true;
-    try {
-      const drifted = typeof quick === 'object' ? quick.drifted : undefined;
-      if ((quick === 'absent' || drifted !== undefined) && apply && p.type === 'file') {
-        // The slot is given back once the file is renamed into place: waiting for the directory's group fsync
-        // holds no buffer or descriptor, and meanwhile the next files are written and fsynced, so the disk is
-        // not left idle between one group's directory fsync and the next group's writes. A drifted file is
-        // rewritten the same way, with what was not declared (mode, owner, group) carried over as writeAtomic does.
-        const made = await fastCreate(id, path, p, content, signal, release, drifted);
-        if (made !== undefined) {
-          wrote = made;
-          return { converged: false, changes: [drifted === undefined ? 'created' : 'content changed'] };
-        }
-        if (!held) {
-          await acquire();
-          held = true;
-        }
-      }
-      const out: { wrote?: Written } = {};
-      const result = await checkApplyFile(id, p, path, apply, signal, world, content, out, quick === 'absent');
-      wrote = out.wrote;
-      return result;
-    } finally {
-      release();
-      running = false;
-      const reason = deferred;
-      deferred = undefined;
-      if (reason !== undefined && !ownEcho()) notify?.(reason);
+    // A promise chain rather than an async function: a suspended one per file (until the agent stops) is a
+    // generator and its frame kept alive for each of 100,000 files.
+    let attached = watchPath(path, cb, signal, p.type === 'directory' && p.purge ? { children: true } : {});
+    const source = p.source;
+    if (source !== undefined && p.state === 'exists') attached = attached.then(() => watchPath(source, cb, signal));
+    return attached.then(() => {
+      ready();
+      return untilAborted(signal);
+    });
+  }
+
+  checkApply(ctx: CheckApplyContext): Promise<CheckResult> {
+    // Most checks find everything in place: answered at once, without a promise of its own or the worker's signal,
+    // when the directory's answers (plain path, local filesystem, temp files) are known already (fastCheckNow).
+    if (this.fast && (this.swept || !ctx.apply || noTempsNow(this.path))) {
+      if (ctx.apply) this.swept = true;
+      const quick = fastCheckNow(this.path, this.p);
+      if (quick === 'converged') return CONVERGED_NOW;
+      if (quick !== undefined) return this.full(ctx, quick);
     }
+    return this.full(ctx, undefined);
+  }
+
+  private async full(ctx: CheckApplyContext, known: Quick | undefined): Promise<CheckResult> {
+    const { id, p, path } = this;
+    // Temp files left by dead writers are swept beside the check and the write, not before them: the sweep only
+    // removes other processes' temp files (never one of this process's writes), and run first it put its listing's
+    // round trips (the parent's trust check, a readdir) in front of every first check. The run ends with it.
+    let sweeping: Promise<void> | undefined;
+    if (ctx.apply && !this.swept) {
+      this.swept = true;
+      sweeping = sweepDeadTemps(path, ctx);
+    }
+    // The directory's statfs goes out with its trust check (plainParent), not after it (fastCheck): one round trip
+    // less before the first file of a directory is checked.
+    if (this.fast && known === undefined) void localDir(dirname(path));
+    const slot = new IoSlot(id);
+    try {
+      // The check waits for an I/O slot too, not only the write: 100,000 files woken together otherwise all went
+      // through the check's awaits at once, each step of the first file's check behind that step of thousands of
+      // others (~0.1 s to its write). In slots they go through in order, the first ones to their writes first.
+      await slot.take();
+      // Most checks find everything in place: answered without leaving this thread when that is safe (fastCheck).
+      // Only a run that goes on to change something asks for its signal (read-only, a check may end after a stop).
+      const quick = known ?? (this.fast ? await fastCheck(path, p) : 'look');
+      if (quick === 'converged') return CONVERGED;
+      const signal = ctx.signal;
+      if (signal.aborted) throw new BackplaneError('E_ABORTED', 'aborted', { resource: id });
+      this.running = true;
+      try {
+        const drifted = typeof quick === 'object' ? quick.drifted : undefined;
+        if ((quick === 'absent' || drifted !== undefined) && ctx.apply && p.type === 'file') {
+          // The slot is given back once the file is renamed into place: waiting for the directory's group fsync
+          // holds no buffer or descriptor, and meanwhile the next files are written and fsynced, so the disk is
+          // not left idle between one group's directory fsync and the next group's writes. A drifted file is
+          // rewritten the same way, with what was not declared (mode, owner, group) carried over as writeAtomic does.
+          const made = await fastCreate(id, path, p, signal, slot, drifted);
+          if (made !== undefined) {
+            this.wrote = made;
+            return { converged: false, changes: [drifted === undefined ? 'created' : 'content changed'] };
+          }
+          await slot.take(signal);
+        }
+        const out: { wrote?: Written } = {};
+        const content = p.content === undefined ? undefined : Buffer.from(p.content, 'utf8');
+        const result = await checkApplyFile(id, p, path, ctx.apply, signal, this.world, content, out, quick === 'absent');
+        this.wrote = out.wrote;
+        return result;
+      } finally {
+        this.running = false;
+        const reason = this.deferred;
+        this.deferred = undefined;
+        if (reason !== undefined && !this.ownEcho()) this.notify?.(reason);
+      }
+    } finally {
+      slot.release();
+      await sweeping;
+    }
+  }
+}
+
+/**
+ * The declared content's bytes, for a comparison or a write that does not wait in between: encoded into a buffer
+ * shared by all of them when it fits (no Buffer made and kept per file), else a Buffer of its own.
+ */
+function contentBytes(text: string): Buffer {
+  const n = Buffer.byteLength(text, 'utf8');
+  if (n > CONTENT_BUF.length) return Buffer.from(text, 'utf8');
+  CONTENT_BUF.write(text, 0, 'utf8');
+  return CONTENT_BUF.subarray(0, n);
+}
+
+const CONTENT_BUF = Buffer.allocUnsafe(64 * 1024);
+
+/**
+ * How many file checks run at once in this process. Each holds buffers, a descriptor and a chain of promises; with
+ * 10,000 files started together that was ~600 MiB of peak RSS for no gain — libuv runs 4 filesystem calls at a
+ * time anyway. 64 keeps every thread busy and the peak low.
+ */
+const ioSlots = new Semaphore(64);
+
+/** How many file checks wait for an I/O slot (tests). */
+export function ioSlotsWaiting(): number {
+  return ioSlots.waiting;
+}
+
+/** One checkApply's hold on an I/O slot (ioSlots): taken before its check, given back once its file is in place. */
+class IoSlot {
+  private held = false;
+  constructor(private readonly id: ResourceId) {}
+
+  /**
+   * Waits for a slot (no-op while one is held). The first wait, before the check, goes without the worker's signal
+   * (an AbortController for each of 100,000 queued files): a stopped run gives its slot back once it has it.
+   */
+  async take(signal?: AbortSignal): Promise<void> {
+    if (this.held) return;
+    try {
+      await ioSlots.acquire(signal);
+    } catch {
+      throw new BackplaneError('E_ABORTED', 'aborted', { resource: this.id });
+    }
+    this.held = true;
+  }
+
+  release(): void {
+    if (!this.held) return;
+    this.held = false;
+    ioSlots.release();
   }
 }
 
@@ -249,7 +347,7 @@ export function createFile(id: ResourceId, p: FileParams, world: ResourceWorld):
  * with removeEntry (unlink, never following a symlink), so a directory swapped in meanwhile redirects nothing.
  * Best effort: a failure here must not keep the file itself from being managed.
  */
-async function sweepDeadTemps(path: string, log: ResourceLog): Promise<void> {
+async function sweepDeadTemps(path: string, ctx: { readonly log: ResourceLog }): Promise<void> {
   const base = leafName(path);
   const temps = (await tempsIn(path))?.get(base);
   if (temps === undefined) return;
@@ -267,10 +365,10 @@ async function sweepDeadTemps(path: string, log: ResourceLog): Promise<void> {
         await removeEntry(dir.path, name, false);
         removed.push(name);
       } catch (err) {
-        log.debug(`cannot remove ${join(dirname(path), name)}: ${(err as Error).message}`);
+        ctx.log.debug(`cannot remove ${join(dirname(path), name)}: ${(err as Error).message}`);
       }
     }
-    if (removed.length > 0) log.info(`removed ${removed.length} temp file(s) left by an interrupted write: ${removed.join(', ')}`);
+    if (removed.length > 0) ctx.log.info(`removed ${removed.length} temp file(s) left by an interrupted write: ${removed.join(', ')}`);
   } finally {
     await dir.close().catch(() => undefined);
   }
@@ -315,7 +413,9 @@ async function listTemps(path: string): Promise<Map<string, { name: string; pid:
       const at = name.lastIndexOf(TMP_MARK);
       if (at <= 1 || !name.startsWith('.')) continue;
       const m = /^(\d+)-[0-9a-f]+$/.exec(name.slice(at + TMP_MARK.length));
-      if (m === null) continue;
+      // This process's own writes are never swept (tempWriterAlive), and the listing runs beside them (full): one of
+      // them listed would send every later check of that file down the slow path for as long as the listing lives.
+      if (m === null || Number(m[1]) === process.pid) continue;
       const base = name.slice(1, at);
       const list = out.get(base);
       const entry = { name, pid: Number(m[1]) };
@@ -428,7 +528,11 @@ function localDir(dir: string): Promise<boolean> {
     at: Date.now(),
     local: statfs(dir).then(
       (st) => (entry.known = LOCAL_FS.has(st.type)),
-      () => (entry.known = false),
+      () => {
+        // Not there (yet): the next check asks again rather than taking the slow path for a minute.
+        if (localDirs.get(dir) === entry) localDirs.delete(dir);
+        return false;
+      },
     ),
   };
   localDirs.set(dir, entry);
@@ -442,22 +546,57 @@ function knownLocal(dir: string): boolean {
 }
 
 /**
+ * A share of one event-loop turn for main-thread file system calls. Past it, the next call waits for the next turn
+ * (nextTurn: one promise and one setImmediate for all of them, resumed in the order they came), so completions of
+ * the thread pool (an fsync done, a statfs answered) are taken between turns instead of behind a long run of calls.
+ */
+class TurnSlice {
+  private start = 0;
+  private open = false;
+  private waiting: Promise<void> | undefined;
+  constructor(private readonly ms: number) {}
+
+  left(): boolean {
+    const now = performance.now();
+    if (!this.open) {
+      this.open = true;
+      this.start = now;
+      setImmediate(() => (this.open = false));
+    }
+    return now - this.start < this.ms;
+  }
+
+  /**
+   * left(), for a caller that has not waited yet: false while others wait for a later turn, so that calls waiting
+   * since an earlier turn go first. Without this, 100,000 files' first checks, made as the engine woke them, took
+   * every turn's share while the 64 checks holding the I/O slots waited for one: the first write came ~1.7 s late.
+   */
+  leftForNew(): boolean {
+    return this.waiting === undefined && this.left();
+  }
+
+  nextTurn(): Promise<void> {
+    return (this.waiting ??= new Promise<void>((resolve) =>
+      setImmediate(() => {
+        this.waiting = undefined;
+        resolve();
+      }),
+    ));
+  }
+}
+
+/**
  * Main-thread checks are bounded: past this much of one event-loop turn, the next check waits for the next turn,
  * so a 100,000-file check pass never keeps a watch event or an API request waiting longer than this.
  */
 const SYNC_SLICE_MS = 8;
-let sliceStart = 0;
-let sliceOpen = false;
-
-function sliceLeft(): boolean {
-  const now = performance.now();
-  if (!sliceOpen) {
-    sliceOpen = true;
-    sliceStart = now;
-    setImmediate(() => (sliceOpen = false));
-  }
-  return now - sliceStart < SYNC_SLICE_MS;
-}
+const checkSlice = new TurnSlice(SYNC_SLICE_MS);
+/**
+ * Creates (open, write, chmod on the main thread: ~0.3 ms each on a loaded VM's ext4) take at most this much of a
+ * turn. 64 of them in one go (every I/O slot) held the first file's fsync completion, and so its rename, ~50-90 ms.
+ */
+const WRITE_SLICE_MS = 2;
+const writeSlice = new TurnSlice(WRITE_SLICE_MS);
 
 /**
  * The converged check without the thread pool: open (O_NOFOLLOW), fstat, read, close on the main thread — four
@@ -467,16 +606,20 @@ function sliceLeft(): boolean {
  * use) and on a local filesystem. It only reads. true: everything is in place; false: something differs, is
  * missing, or could not be looked at this way — the full asynchronous check then decides (and repairs).
  */
-async function fastCheck(path: string, p: FileParams, content: Buffer | undefined): Promise<Quick> {
+async function fastCheck(path: string, p: FileParams): Promise<Quick> {
   const parent = await plainParent(path);
   if (parent === undefined || !(await localDir(parent.dir))) return 'look';
-  if (!sliceLeft()) {
-    do await new Promise<void>((resolve) => setImmediate(resolve));
-    while (!sliceLeft());
-    // The world may have moved on during the wait (a directory made shared, forgotten): ask again.
-    if ((await plainParent(path)) === undefined) return 'look';
+  if (!checkSlice.leftForNew()) {
+    do await checkSlice.nextTurn();
+    while (!checkSlice.left());
+    // The world may have moved on during the wait (a directory made shared, forgotten): ask again, without an await
+    // between the look at the slice and the check (every waiter resumed would pass the look before any checked).
+    const known = knownPlainParent(path);
+    if (known === undefined) return (await plainParent(path)) === undefined ? 'look' : fastCheck(path, p);
+    if (known === null) return 'look';
+    return inspectNow(path, p, known.shared);
   }
-  return inspectNow(path, p, content, parent.shared);
+  return inspectNow(path, p, parent.shared);
 }
 
 /**
@@ -489,11 +632,11 @@ type Quick = 'converged' | 'absent' | 'look' | { readonly drifted: Stats };
  * fastCheck's answer without a promise, when everything it waits for is known already: the directory's plain path
  * (knownPlainParent), that it is local (knownLocal), and room left in this turn's slice. undefined: fastCheck decides.
  */
-function fastCheckNow(path: string, p: FileParams, content: Buffer | undefined): Quick | undefined {
+function fastCheckNow(path: string, p: FileParams): Quick | undefined {
   const parent = knownPlainParent(path);
   if (parent === null) return 'look';
-  if (parent === undefined || !knownLocal(parent.dir) || !sliceLeft()) return undefined;
-  return inspectNow(path, p, content, parent.shared);
+  if (parent === undefined || !knownLocal(parent.dir) || !checkSlice.leftForNew()) return undefined;
+  return inspectNow(path, p, parent.shared);
 }
 
 /**
@@ -505,7 +648,7 @@ function fastCheckNow(path: string, p: FileParams, content: Buffer | undefined):
  */
 let expectAbsent = false;
 
-function inspectNow(path: string, p: FileParams, content: Buffer | undefined, shared: boolean): Quick {
+function inspectNow(path: string, p: FileParams, shared: boolean): Quick {
   if (expectAbsent) {
     let lst: Stats | undefined;
     try {
@@ -527,11 +670,11 @@ function inspectNow(path: string, p: FileParams, content: Buffer | undefined, sh
     return shared ? 'look' : 'absent';
   }
   const seen: { st?: Stats } = {};
-  if (sameSync(fd, p, content, seen)) return 'converged';
+  if (sameSync(fd, p, seen)) return 'converged';
   // Only the content differs (what metadata is declared is in place): a rewrite. Otherwise checkApplyFile decides,
   // which changes mode or owner alone without rewriting the file.
   const st = seen.st;
-  if (shared || st === undefined || !st.isFile() || p.type !== 'file' || content === undefined) return 'look';
+  if (shared || st === undefined || !st.isFile() || p.type !== 'file' || p.content === undefined) return 'look';
   if (p.mode !== undefined && (st.mode & 0o7777) !== p.mode) return 'look';
   if ((p.owner !== undefined && st.uid !== Number(p.owner)) || (p.group !== undefined && st.gid !== Number(p.group))) return 'look';
   return { drifted: st };
@@ -545,7 +688,7 @@ function noTempsNow(path: string): boolean {
 }
 
 /** Whether what `fd` holds is exactly what `p` declares; false also when anything could not be read. */
-function sameSync(fd: number, p: FileParams, content: Buffer | undefined, seen?: { st?: Stats }): boolean {
+function sameSync(fd: number, p: FileParams, seen?: { st?: Stats }): boolean {
   try {
     const st = fstatSync(fd);
     if (seen !== undefined) seen.st = st;
@@ -553,7 +696,8 @@ function sameSync(fd: number, p: FileParams, content: Buffer | undefined, seen?:
     if (p.mode !== undefined && (st.mode & 0o7777) !== p.mode) return false;
     if (p.owner !== undefined && st.uid !== Number(p.owner)) return false;
     if (p.group !== undefined && st.gid !== Number(p.group)) return false;
-    if (content === undefined || p.type === 'directory') return true;
+    if (p.content === undefined || p.type === 'directory') return true;
+    const content = contentBytes(p.content);
     if (st.size !== content.length) return false;
     if (content.length === 0) return true;
     const buf = content.length <= FAST_BUF.length - 1 ? FAST_BUF : Buffer.allocUnsafe(content.length + 1);
@@ -587,14 +731,22 @@ async function fastCreate(
   id: ResourceId,
   path: string,
   p: FileParams,
-  content: Buffer | undefined,
   signal: AbortSignal,
-  /** Called once the file is in place, before the wait for the directory's fsync (checkApply's I/O slot). */
-  renamed: () => void,
+  /** Given back once the file is in place, before the wait for the directory's fsync. */
+  slot: IoSlot,
   /** What is at the path now, to be replaced (content drift): undeclared mode and ownership are taken from it. */
   replacing?: Stats,
 ): Promise<Written | undefined> {
-  const parent = await plainParent(path);
+  // Nothing is awaited between the look at the slice and the creates: all 64 resumed together would each find the
+  // slice open before any of them had made its file.
+  let parent = await plainParent(path);
+  if (!writeSlice.leftForNew()) {
+    do await writeSlice.nextTurn();
+    while (!writeSlice.left());
+    // The world may have moved on during the wait (a directory made shared, forgotten): the answer known now, if any.
+    const known = knownPlainParent(path);
+    parent = known === undefined ? await plainParent(path) : (known ?? undefined);
+  }
   if (parent === undefined || parent.shared || !knownLocal(parent.dir) || signal.aborted) return undefined;
   const dir = parent.dir === '/' ? '' : parent.dir;
   const base = leafName(path);
@@ -612,7 +764,8 @@ async function fastCreate(
         if (errnoCode(err) !== 'EEXIST' || attempt >= TMP_ATTEMPTS) throw err;
       }
     }
-    if (content !== undefined) {
+    if (p.content !== undefined) {
+      const content = contentBytes(p.content);
       for (let off = 0; off < content.length; ) off += writeSync(fd, content, off, content.length - off);
     }
     const uid = p.owner === undefined ? (replacing?.uid ?? -1) : Number(p.owner);
@@ -628,7 +781,7 @@ async function fastCreate(
     const at = Date.now();
     if (tmp !== undefined) renameSync(tmp, path);
     tmp = undefined;
-    renamed();
+    slot.release();
     try {
       await syncDirectory(parent.dir);
     } catch (err) {
@@ -652,13 +805,6 @@ async function fastCreate(
 
 /** Reused by every main-thread check (they never overlap: each runs start to end without yielding). */
 const FAST_BUF = Buffer.allocUnsafe(64 * 1024);
-
-/**
- * How many file checks run at once in this process. Each holds buffers, a descriptor and a chain of promises; with
- * 10,000 files started together that was ~600 MiB of peak RSS for no gain — libuv runs 4 filesystem calls at a
- * time anyway. 64 keeps every thread busy and the peak low.
- */
-const ioSlots = new Semaphore(64);
 
 async function checkApplyFile(
   id: ResourceId,

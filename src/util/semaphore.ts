@@ -43,6 +43,11 @@ export class Semaphore {
     });
   }
 
+  /** How many wait for a slot (one that gave up counts until its turn would have come). */
+  get waiting(): number {
+    return this.queue.length - this.head;
+  }
+
   release(): void {
     for (;;) {
       const next = this.queue[this.head];

@@ -101,3 +101,25 @@ test('the settle line counts what failed and what it blocked (from the engine\'s
   assert.equal(result.summary.blocked.length, 1);
   assert.match(lines.join(''), /settled with problems: 1 of 3 resources in \d+ms, 1 failed, 1 blocked\n/);
 });
+
+test('the graph cache entry is written once the engine has changed something or settled, not while it starts', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'bp-oneshot-'));
+  dirs.push(dir);
+  const file = join(dir, 'graph.yaml');
+  await writeFile(file, `resources:\n  - { kind: exec, name: wait, cmd: [sleep, "0.3"] }\n`);
+  const agent = new Agent({ file, log: createLogger({ level: 'silent' }), stateDir: join(dir, 'state'), api: false, convergedTimeout: 0 });
+  // Inside view: encoding and hashing the entry is synchronous (~0.1 s at 10,000 resources); started right after the
+  // swap it held the event loop before the first change.
+  const source = (agent as unknown as { source: { publish(g: unknown): void } }).source;
+  const publish = source.publish.bind(source);
+  let changed = false;
+  agent.engine.onChange(() => (changed = true));
+  const seen: boolean[] = [];
+  source.publish = (g) => {
+    seen.push(changed || agent.engine.settled);
+    publish(g);
+  };
+  assert.equal((await agent.run()).reason, 'converged');
+  await agent.close();
+  assert.deepEqual(seen, [true], 'published (and its cache entry written) before anything had run');
+});

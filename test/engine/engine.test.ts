@@ -3,9 +3,15 @@ import { readdir, writeFile } from 'node:fs/promises';
 import { describe, test } from 'node:test';
 import { harness, until, withTempDir } from '../helpers/engine.js';
 import { ProbeWorld, probeKind } from '../helpers/probe-kind.js';
+import type { Engine } from '../../src/engine/engine.js';
 import type { Worker } from '../../src/engine/worker.js';
 import { defineKind } from '../../src/resources/types.js';
 import { z } from 'zod';
+
+/** Workers made so far (inside view): status() lists every vertex, with or without one. */
+function workerCount(engine: Engine): number {
+  return (engine as unknown as { workers: Map<string, Worker> }).workers.size;
+}
 
 function setup(opts: { noop?: boolean; parallel?: number; watch?: boolean } = {}) {
   const world = new ProbeWorld();
@@ -336,11 +342,11 @@ resources:
     const g = graph(lines.join('\n') + '\n');
     let settledEarly = false;
     const off = engine.onSettledChange((s) => {
-      if (s && engine.status().length < n) settledEarly = true;
+      if (s && workerCount(engine) < n) settledEarly = true;
     });
     let startedWhenFirstRan: number | undefined;
     const offState = engine.onState((e) => {
-      if (startedWhenFirstRan === undefined && e.state === 'converged') startedWhenFirstRan = engine.status().length;
+      if (startedWhenFirstRan === undefined && e.state === 'converged') startedWhenFirstRan = workerCount(engine);
     });
     await engine.setGraph(g);
     await settled(30_000);
@@ -360,7 +366,7 @@ resources:
     const again = setup();
     let early = false;
     again.engine.onSettledChange((s) => {
-      if (s && again.engine.status().length < n) early = true;
+      if (s && workerCount(again.engine) < n) early = true;
     });
     await again.engine.setGraph(again.graph(['resources:', ...Array.from({ length: n }, (_, i) => `  - { kind: probe, name: q${i} }`)].join('\n') + '\n'));
     await again.settled(30_000);
@@ -413,6 +419,120 @@ resources:
     assert.equal(s.failed.length, 1);
     assert.equal(s.blocked.length, n);
     assert.equal(world.events.filter((e) => e.name.startsWith('d') && e.type === 'check').length, 0, 'a blocked resource is never applied');
+    await engine.stop();
+  });
+
+  test('a worker is started once its dependencies let it run; status, counts and countStates list the rest as pending', async () => {
+    const { world, engine, graph, settled } = setup();
+    const n = 100;
+    const lines = ['resources:', '  - { kind: probe, name: root, ms: 300 }'];
+    for (let i = 0; i < n; i++) lines.push(`  - { kind: probe, name: d${i}, require: [probe:root] }`);
+    await engine.setGraph(graph(lines.join('\n') + '\n'));
+    // The root runs; its dependents have no worker yet (100,000 of them made first held the first change back).
+    assert.equal(workerCount(engine), 1);
+    const status = engine.status();
+    assert.equal(status.length, n + 1);
+    assert.equal(status.filter((s) => s.state === 'pending' && s.runs === 0).length, n);
+    assert.equal(engine.counts().total, n + 1);
+    assert.equal(engine.countStates().get('probe')?.get('pending'), n);
+    assert.equal(engine.settled, false);
+    await settled();
+    assert.equal(workerCount(engine), n + 1);
+    assert.equal(engine.summary().converged, n + 1);
+    const rootDone = world.of('root', 'done')[0]?.t ?? NaN;
+    assert.ok(world.events.filter((e) => e.name.startsWith('d') && e.type === 'check').every((e) => e.t >= rootDone));
+    await engine.stop();
+  });
+
+  test('stopping while dependents have no worker yet: they count as stopped, never run, and the engine settles', async () => {
+    const { world, engine, graph } = setup();
+    const lines = ['resources:', '  - { kind: probe, name: root, ms: 5000 }'];
+    for (let i = 0; i < 10; i++) lines.push(`  - { kind: probe, name: d${i}, require: [probe:root] }`);
+    await engine.setGraph(graph(lines.join('\n') + '\n'));
+    await until(() => world.of('root', 'check').length === 1, 2000, 'root running');
+    let settledAfterStop = false;
+    engine.onSettledChange((s) => (settledAfterStop ||= s));
+    await engine.stop();
+    assert.equal(engine.settled, true);
+    assert.equal(settledAfterStop, true);
+    assert.deepEqual([...new Set(engine.status().map((s) => s.state))], ['stopped']);
+    assert.equal(engine.counts().total, 11);
+    assert.equal(engine.countStates().get('probe')?.get('stopped'), 11);
+    assert.equal(world.events.filter((e) => e.name.startsWith('d')).length, 0);
+  });
+
+  test('a dependency going from one active state to another (running, retrying) wakes none of its dependents', async () => {
+    const { world, engine, graph, settled } = setup();
+    world.failures.set('root', 2);
+    const lines = ['resources:', '  - { kind: probe, name: root, ms: 20, meta: { retry: 2, delay: 50ms } }'];
+    for (let i = 0; i < 10; i++) lines.push(`  - { kind: probe, name: d${i}, require: [probe:root] }`);
+    const inside = engine as unknown as { workers: Map<string, Worker>; mayStart(id: string): boolean };
+    const mayStart = inside.mayStart.bind(engine);
+    let whileActive = 0;
+    inside.mayStart = (id) => {
+      const root = inside.workers.get('probe[root]');
+      if (id !== 'probe[root]' && root !== undefined && ['pending', 'running', 'retrying'].includes(root.state)) whileActive++;
+      return mayStart(id);
+    };
+    await engine.setGraph(graph(lines.join('\n') + '\n'));
+    // What the swap looked at while starting the root is not a wake; from here on the root only retries.
+    whileActive = 0;
+    await settled();
+    assert.equal(world.of('root', 'fail').length, 2);
+    assert.equal(whileActive, 0, 'dependents were woken while their dependency went from running to retrying and back');
+    assert.equal(engine.summary().converged, 11);
+    await engine.stop();
+  });
+
+  test('a notify to a dependent that has no worker yet still makes its first run a refresh', async () => {
+    const { world, engine, graph, settled } = setup();
+    world.actual.set('slow', 'ok');
+    world.actual.set('dst', 'ok');
+    await engine.setGraph(
+      graph(`
+resources:
+  - { kind: probe, name: slow, ms: 300 }
+  - { kind: probe, name: src, notify: [probe:dst] }
+  - { kind: probe, name: dst, require: [probe:slow] }
+`),
+    );
+    await settled();
+    const checks = world.of('dst', 'check');
+    assert.equal(checks.length, 1);
+    assert.equal(checks[0]?.refresh, true, 'src changed and notifies dst: its run must be a refresh');
+    assert.ok((checks[0]?.t ?? 0) >= (world.of('slow', 'done')[0]?.t ?? Infinity), 'dst ran before its dependency converged');
+    await engine.stop();
+  });
+
+  test('no worker is started while a swap stops the ones it replaces: a removed vertex never runs its old definition', async () => {
+    const world = new ProbeWorld();
+    const slowClose = defineKind({
+      kind: 'slowclose',
+      description: 'test: takes 300 ms to close',
+      schema: z.strictObject({ v: z.number().default(0) }),
+      create: () => ({
+        checkApply: () => Promise.resolve({ converged: true, changes: [] }),
+        close: () => new Promise<void>((resolve) => setTimeout(resolve, 300)),
+      }),
+    });
+    const { engine, graph, settled } = harness([probeKind(world), slowClose]);
+    await engine.setGraph(
+      graph(`
+resources:
+  - { kind: probe, name: a, ms: 100 }
+  - { kind: probe, name: b, require: [probe:a] }
+  - { kind: slowclose, name: x }
+`),
+    );
+    // b waits for a (running); x is redefined, and stopping it takes longer than a's check: a converges meanwhile.
+    await engine.setGraph(graph(`resources:\n  - { kind: probe, name: a, ms: 100 }\n  - { kind: slowclose, name: x, v: 1 }\n`));
+    await settled();
+    assert.equal(world.of('a', 'done').length, 1);
+    assert.equal(world.of('b', 'check').length, 0, 'b, removed by the swap, ran when a converged during it');
+    assert.deepEqual(
+      engine.status().map((s) => s.id),
+      ['probe[a]', 'slowclose[x]'],
+    );
     await engine.stop();
   });
 

@@ -67,12 +67,14 @@ describe('fast YAML reader: the repository and our generators', () => {
     }
     let answered = 0;
     for (const [what, text] of texts) if (same(text, what)) answered++;
-    // Most of them are in the subset (measured: 60 of 83 when this was written); a reader that always declines fails here.
+    // Most of them are in the subset (45 of 55 when this was written: the rest are indented README excerpts); a
+    // reader that always declines fails here.
     assert.ok(answered >= texts.length / 2, `answered ${answered} of ${texts.length}`);
   });
 
   test('it answers for the examples in the subset, ours and mgmt\'s', () => {
-    for (const f of ['examples/nginx.yaml', 'examples/refresh.yaml', 'examples/mgmt/files.yaml', 'examples/mgmt/exec-chain.yaml', 'examples/worker/worker.yaml']) {
+    const subset = ['nginx.yaml', 'demo.yaml', 'refresh.yaml', 'mgmt/files.yaml', 'mgmt/exec-chain.yaml', 'worker/worker.yaml', 'services/namespaces.yaml'];
+    for (const f of subset.map((f) => `examples/${f}`)) {
       answers(readFileSync(join(ROOT, f), 'utf8'), f);
     }
   });
@@ -210,8 +212,8 @@ const KEYS = [['a', 'b', 'c', 'kind', 'name', 'mode', 'a.b', 'a/b', 'a-b', '_x',
   ['~', 'x y', '"q"', "'q'", '<<', '__proto__', '.5', '-1', 'k#', 'é', '? a', 'a :']] as const;
 const SCALARS = [['x', 'file', '0644', '0o17', '1e3', '.5', '-0', '+1', '0x1F', '1_000', '.inf', '-.Inf', '.NaN', '~', 'Null', 'TRUE', 'yes', 'no', 'on', 'off', '"quoted"',
   "'it''s'", '"esc \\n \\t \\" \\\\ \\x41 \\u00e9"', 'a # comment', 'a#b', 'a:b', 'http://x.y/z?q=1#frag', 'with  two  spaces', '[a, "b", 3]', '[]', '{}',
-  '{a: 1, b: x}', '[a,]', '[ ]', '{ }', '-x', 'é', '---', '日本', '"0644"', "''"],
-  ['"\\U0001F600"', '"\\q"', 'a: b', 'a:', '[a, [b]]', '&anc x', '*anc', '!!str 1', '!tag x', '- x', '? x', ': x', '%x', '@x', '`x', '|x', '>', "'unclosed", '"unclosed',
+  '{a: 1, b: x}', '[a,]', '[ ]', '{ }', '-x', 'é', '---', '日本', '"0644"', "''", '[a, [b]]', '{a: [1, "2"], b: {c: d}}', '[[], {}, [[x]]]'],
+  ['"\\U0001F600"', '"\\q"', 'a: b', 'a:', '[a, {b}]', '{a: {b: 1, b: 2}}', '[{a: 1}: x]', '{[a]: 1}', '[a, [b]', '&anc x', '*anc', '!!str 1', '!tag x', '- x', '? x', ': x', '%x', '@x', '`x', '|x', '>', "'unclosed", '"unclosed',
   '...', '# just a comment', '']] as const;
 const BLOCK_LINES = ['text', 'more text', '  indented', '# hash', 'a: b', '', ' ', '\t tab', '- dash', '"q"'];
 

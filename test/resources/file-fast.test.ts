@@ -1,12 +1,14 @@
 import assert from 'node:assert/strict';
 import { createHook } from 'node:async_hooks';
 import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import { syncBuiltinESMExports } from 'node:module';
 import { chmod, chown, lstat, mkdtemp, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, posix } from 'node:path';
+import { dirname, join, posix } from 'node:path';
 import { after, test } from 'node:test';
 import { resourceId } from '../../src/graph/ids.js';
-import { fileKind, tempNameSource } from '../../src/resources/file.js';
+import { fileKind, ioSlotsWaiting, tempNameSource } from '../../src/resources/file.js';
 import type { CheckResult, Resource, ResourceLog } from '../../src/resources/types.js';
 import { testWorld } from '../helpers/world.js';
 
@@ -278,4 +280,148 @@ test('paths already normal skip posix.normalize and every other path is normaliz
     const edges = fileKind.autoEdges?.({ ...fileKind.schema.parse({ path: '/x', content: 'x' }), path });
     assert.deepEqual(edges?.provides, [`path:${want}`], path);
   }
+});
+
+/** Promises made while `fn` runs synchronously (a check answered at once makes none). */
+function promisesMadeBy<T>(fn: () => T): { value: T; promises: number } {
+  let promises = 0;
+  const hook = createHook({
+    init(_id, type) {
+      if (type === 'PROMISE') promises++;
+    },
+  });
+  hook.enable();
+  try {
+    return { value: fn(), promises };
+  } finally {
+    hook.disable();
+  }
+}
+
+const CTX = (apply: boolean) => ({ apply, refresh: false, signal: new AbortController().signal, log });
+
+test("the temp-file listing leaves out this process's own writes: a file with one in flight keeps its fast check", async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'bp-file-fast-'));
+  dirs.push(dir);
+  const path = join(dir, 'f');
+  await writeFile(path, 'hello\n');
+  await chmod(path, 0o644);
+  // A write of this process in flight (the listing runs beside writes now): never swept, and not a reason to look.
+  const own = `.f.bp-tmp-${process.pid}-0badc0de`;
+  await writeFile(join(dir, own), 'half');
+  // Another file of the directory lists the temp files first.
+  assert.deepEqual((await make({ path: join(dir, 'g'), content: 'g\n' }).checkApply(CTX(true))).changes, ['created']);
+  const fresh = make({ path, content: 'hello\n', mode: '0644' });
+  const { value, promises } = promisesMadeBy(() => fresh.checkApply(CTX(true)));
+  assert.equal((await value).converged, true);
+  assert.equal(promises, 0, 'the check took the slow path: the listing named this process’s own temp file');
+  assert.ok((await readdir(dir)).includes(own), 'a live writer’s (our own) temp file was removed');
+});
+
+test('a directory that was missing when first asked about is asked again once it exists (its statfs is not kept)', async () => {
+  const dir = join(await mkdtemp(join(tmpdir(), 'bp-file-fast-')), 'later');
+  dirs.push(dirname(dir));
+  const path = join(dir, 'f');
+  // Checked before the directory exists: its statfs (sent beside the trust check) fails.
+  await make({ path, content: 'x\n' })
+    .checkApply(CTX(false))
+    .catch(() => undefined);
+  // Made by a resource, as a graph would (which also drops what the trust cache knew of the missing directory).
+  assert.deepEqual((await make({ path: dir, type: 'directory' }).checkApply(CTX(true))).changes, ['created']);
+  await writeFile(path, 'x\n');
+  const file = make({ path, content: 'x\n' });
+  assert.equal((await file.checkApply(CTX(false))).converged, true);
+  const { value, promises } = promisesMadeBy(() => file.checkApply(CTX(false)));
+  assert.equal((await value).converged, true);
+  assert.equal(promises, 0, 'the directory was taken for not local after a failed statfs');
+});
+
+test('a check waits for an I/O slot before it looks: of 100 started at once, 64 go ahead and 36 wait untouched', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'bp-file-fast-'));
+  dirs.push(dir);
+  // A directory nothing is known about yet: every check takes the full, asynchronous path.
+  const files = Array.from({ length: 100 }, (_, i) => make({ path: join(dir, `f${i}`), content: `${i}\n` }));
+  assert.equal(ioSlotsWaiting(), 0);
+  const runs = files.map((f) => f.checkApply(CTX(false)));
+  assert.equal(ioSlotsWaiting(), 36, 'checks started without waiting for a slot: thousands then move through the same awaits at once');
+  const results = await Promise.all(runs);
+  assert.ok(results.every((r) => !r.converged && r.changes.join() === 'created'));
+  assert.equal(ioSlotsWaiting(), 0);
+});
+
+test('creates on the main thread take a bounded share of each event-loop turn (fsync completions go between them)', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'bp-file-fast-'));
+  dirs.push(dir);
+  // The directory's answers known first, so the 64 creates below all take the main-thread path at once.
+  await make({ path: join(dir, 'first'), content: 'x\n' }).checkApply(CTX(true));
+  const files = Array.from({ length: 64 }, (_, i) => make({ path: join(dir, `f${i}`), content: `${i}\n`, mode: '0644' }));
+  let turn = 0;
+  let ticking = true;
+  const tick = (): void => {
+    turn++;
+    if (ticking) setImmediate(tick);
+  };
+  setImmediate(tick);
+  const perTurn = new Map<number, number>();
+  const real = fs.openSync;
+  // Each temp-file create made to take 0.5 ms (a loaded VM's ext4 takes ~0.3 ms): 64 in one turn would be 32 ms.
+  fs.openSync = ((...args: Parameters<typeof real>) => {
+    if (String(args[0]).includes('.bp-tmp-')) {
+      perTurn.set(turn, (perTurn.get(turn) ?? 0) + 1);
+      const until = performance.now() + 0.5;
+      while (performance.now() < until);
+    }
+    return real(...args);
+  });
+  syncBuiltinESMExports();
+  try {
+    const results = await Promise.all(files.map((f) => f.checkApply(CTX(true))));
+    assert.ok(results.every((r) => r.changes.join() === 'created'));
+  } finally {
+    fs.openSync = real;
+    syncBuiltinESMExports();
+    ticking = false;
+  }
+  const counts = [...perTurn.values()];
+  assert.equal(
+    counts.reduce((a, b) => a + b, 0),
+    64,
+  );
+  assert.ok(Math.max(...counts) <= 8, `up to ${Math.max(...counts)} creates in one turn`);
+});
+
+test('checks that waited for a turn go before checks that arrive in it', async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'bp-file-fast-'));
+  dirs.push(dir);
+  const names = Array.from({ length: 40 }, (_, i) => `f${i}`);
+  for (const n of names) await writeFile(join(dir, n), `${n}\n`);
+  // The directory's answers known, so each check below runs on the main thread.
+  assert.equal((await make({ path: join(dir, 'f0'), content: 'f0\n' }).checkApply(CTX(false))).converged, true);
+  const order: string[] = [];
+  const real = fs.openSync;
+  // Each look made to take 1 ms: 20 checks do not fit in one turn's share.
+  fs.openSync = ((...args: Parameters<typeof real>) => {
+    const path = String(args[0]);
+    if (path.startsWith(dir)) {
+      order.push(path.slice(dir.length + 1));
+      const until = performance.now() + 1;
+      while (performance.now() < until);
+    }
+    return real(...args);
+  });
+  syncBuiltinESMExports();
+  try {
+    // Arrives in the next turn, before the checks that waited for it are resumed.
+    const later = new Promise<CheckResult[]>((resolve) =>
+      setImmediate(() => resolve(Promise.all(names.slice(20).map((n) => make({ path: join(dir, n), content: `${n}\n` }).checkApply(CTX(false)))))),
+    );
+    const first = await Promise.all(names.slice(0, 20).map((n) => make({ path: join(dir, n), content: `${n}\n` }).checkApply(CTX(false))));
+    assert.ok([...first, ...(await later)].every((r) => r.converged));
+  } finally {
+    fs.openSync = real;
+    syncBuiltinESMExports();
+  }
+  const lastOfFirst = Math.max(...names.slice(0, 20).map((n) => order.indexOf(n)));
+  const firstOfLater = Math.min(...names.slice(20).map((n) => order.indexOf(n)));
+  assert.ok(lastOfFirst < firstOfLater, `checks that arrived later went first: ${order.join(' ')}`);
 });
