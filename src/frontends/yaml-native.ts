@@ -79,7 +79,8 @@ export function readNativeGraph(doc: GraphDocument): RawGraph {
     }
     const params: Record<string, unknown> = {};
     // for-in, not Object.keys: no array of keys made for each of 100,000 resources (8 MB at 100,000 files; a parsed
-    // map has no inherited keys, and a `__proto__` key is its own property).
+    // map has no inherited keys). A `__proto__` key, which this assignment would make the params' prototype, never
+    // gets here: reading the document refuses it (checkExpansion).
     for (const key in item) if (!RESERVED.has(key)) params[key] = item[key];
     const exportTo = exportTarget(item['export']);
     if (exportTo === 'invalid') {
