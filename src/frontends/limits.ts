@@ -146,13 +146,6 @@ export function checkExpansion(data: unknown, locate: (path: readonly PropertyKe
         hint: 'flatten the data; nothing was applied',
       }),
     ]);
-  const reservedKey = (path: readonly PropertyKey[]): ValidationErrors =>
-    new ValidationErrors([
-      new BackplaneError('E_SCHEMA', 'a key named "__proto__" is not allowed', {
-        where: locate(path),
-        hint: 'no kind has such a parameter; remove or rename the key; nothing was applied',
-      }),
-    ]);
   // One stack of keys, pushed and popped, rather than a new path array per node: at 100,000 resources the copies
   // were most of this check's time. The path is only read when something is wrong.
   const keys: PropertyKey[] = [];
@@ -176,9 +169,6 @@ export function checkExpansion(data: unknown, locate: (path: readonly PropertyKe
     for (let i = 0; i < n; i++) {
       const k = names === undefined ? i : (names[i] ?? '');
       keys.push(k);
-      // A key the parser kept as an own property, but which every `copy[key] = value` the frontends make of a map
-      // turns into the copy's prototype: parameters then read through it, past the schema's unknown-key check.
-      if (k === '__proto__') throw reservedKey([...keys]);
       const r = visit(list === undefined ? (v as Record<string, unknown>)[k] : list[i]);
       keys.pop();
       if (r === LEAF) scalars++;

@@ -3,7 +3,7 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { GraphContext } from '../api.js';
 import { BackplaneError, ValidationErrors, type SourceLocation } from '../errors.js';
-import type { CollectRule, ExportTarget, RawEdge, RawGraph, RawResource } from '../graph/raw.js';
+import { setParam, type CollectRule, type ExportTarget, type RawEdge, type RawGraph, type RawResource } from '../graph/raw.js';
 import { isMap } from './document.js';
 import { checkExpansion, pathText } from './limits.js';
 import { NOT_A_FUNCTION, type ModuleReply, type ModuleRequest } from './module-protocol.js';
@@ -159,7 +159,7 @@ function toRawGraph(file: string, out: unknown): RawGraph {
     const { kind, name } = item as { kind: string; name: string };
     const params: Record<string, unknown> = {};
     for (const [k, v] of Object.entries(item)) {
-      if (!['kind', 'name', 'meta', 'export', ...RELATION_KEYS].includes(k)) params[k] = v;
+      if (!['kind', 'name', 'meta', 'export', ...RELATION_KEYS].includes(k)) setParam(params, k, v);
     }
     const exp = item['export'];
     const exportTo: ExportTarget | undefined =

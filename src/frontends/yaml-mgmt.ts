@@ -1,5 +1,5 @@
 import { BackplaneError, type SourceLocation } from '../errors.js';
-import type { CollectRule, RawEdge, RawGraph, RawResource } from '../graph/raw.js';
+import { setParam, type CollectRule, type RawEdge, type RawGraph, type RawResource } from '../graph/raw.js';
 import { isEmpty, isMap, type GraphDocument } from './document.js';
 import { locator, rawResource } from './raw-builders.js';
 
@@ -101,7 +101,7 @@ const translators: Record<string, Translate> = {
     if (typeof p['pollint'] === 'number' && p['pollint'] > 0 && meta['poll'] === undefined) meta['poll'] = p['pollint'];
     for (const key of Object.keys(p)) {
       if (!['cmd', 'shell', 'timeout', 'watchcmd', 'watchshell', 'ifcmd', 'ifshell', 'pollint', 'state', 'cwd', 'env'].includes(key)) {
-        out[key] = p[key]; // unknown to us: let the schema report it with its line
+        setParam(out, key, p[key]); // unknown to us: let the schema report it with its line
       }
     }
     if (typeof p['cwd'] === 'string' && p['cwd'] !== '') out['cwd'] = p['cwd'];
@@ -119,7 +119,7 @@ const translators: Record<string, Translate> = {
     if (p['skiplessthan'] === true) {
       refuse('skiplessthan', "mgmt's kv skiplessthan (only write a value greater than the stored one) is not supported", 'leave it out: the value is always written as given');
     }
-    for (const key of Object.keys(p)) if (!['key', 'value', 'skiplessthan', 'skipcmpstyle'].includes(key)) out[key] = p[key];
+    for (const key of Object.keys(p)) if (!['key', 'value', 'skiplessthan', 'skipcmpstyle'].includes(key)) setParam(out, key, p[key]);
     return out;
   },
   noop: (p) => {
@@ -190,7 +190,7 @@ const translators: Record<string, Translate> = {
     if (pretty !== undefined && pretty !== null && pretty !== '')
       refuse('prettyhostname', "mgmt's hostname prettyhostname is not supported", 'write PRETTY_HOSTNAME into /etc/machine-info with a file resource');
     for (const [k, v] of Object.entries(p)) {
-      if (!['hostname', 'statichostname', 'transienthostname', 'prettyhostname'].includes(k)) out[k] = v;
+      if (!['hostname', 'statichostname', 'transienthostname', 'prettyhostname'].includes(k)) setParam(out, k, v);
     }
     return out;
   },
@@ -240,7 +240,7 @@ function translateMeta(m: unknown, refuse: Refuse): Record<string, unknown> {
     if ((k === 'limit' || k === 'burst') && unlimited) continue;
     // mgmt's delay is in milliseconds; ours is seconds or a string with a unit.
     if (k === 'delay' && typeof v === 'number') out[k] = `${v}ms`;
-    else out[k] = v;
+    else setParam(out, k, v);
   }
   return out;
 }
@@ -310,7 +310,7 @@ export function readMgmtGraph(doc: GraphDocument): RawGraph {
           return;
         }
         const p: Record<string, unknown> = {};
-        for (const [k, v] of Object.entries(item)) if (k !== 'name' && k !== 'meta' && k !== 'kind') p[k] = v;
+        for (const [k, v] of Object.entries(item)) if (k !== 'name' && k !== 'meta' && k !== 'kind') setParam(p, k, v);
         const refuse: Refuse = (key, message, hint) => fail(message, key.startsWith('meta.') ? at('meta', key.slice(5)) : at(key), hint);
         const meta = translateMeta(item['meta'], refuse);
         const translate = translators[kind];

@@ -1,5 +1,5 @@
 import { BackplaneError, type SourceLocation } from '../errors.js';
-import type { CollectRule, ExportTarget, RawEdge, RawGraph, RawResource } from '../graph/raw.js';
+import { setParam, type CollectRule, type ExportTarget, type RawEdge, type RawGraph, type RawResource } from '../graph/raw.js';
 import { closest } from '../util/suggest.js';
 import { isEmpty, isMap, type GraphDocument } from './document.js';
 import { locator, nativeResource, type At } from './raw-builders.js';
@@ -79,9 +79,8 @@ export function readNativeGraph(doc: GraphDocument): RawGraph {
     }
     const params: Record<string, unknown> = {};
     // for-in, not Object.keys: no array of keys made for each of 100,000 resources (8 MB at 100,000 files; a parsed
-    // map has no inherited keys). A `__proto__` key, which this assignment would make the params' prototype, never
-    // gets here: reading the document refuses it (checkExpansion).
-    for (const key in item) if (!RESERVED.has(key)) params[key] = item[key];
+    // map has no inherited keys, and a `__proto__` key is its own property, kept so by setParam).
+    for (const key in item) if (!RESERVED.has(key)) setParam(params, key, item[key]);
     const exportTo = exportTarget(item['export']);
     if (exportTo === 'invalid') {
       fail('"export" must be true, "*", a host name or a list of host names', atItem(i, 'export'), 'e.g. export: true (to every host) or export: [web1, web2]');

@@ -4,7 +4,7 @@ import type { AnyResourceKind, PowerParam } from '../resources/types.js';
 import { closest } from '../util/suggest.js';
 import type { KindRegistry } from './build.js';
 import type { ExportedResource } from './graph.js';
-import type { CollectRule, RawResource } from './raw.js';
+import { setParam, type CollectRule, type RawResource } from './raw.js';
 import { schemaShape } from './schema-util.js';
 
 /** An exported resource as found in the cluster store: who exported it, and what. */
@@ -84,7 +84,7 @@ function collectOne(self: string, rules: readonly CollectRule[], { host, resourc
   const kind = kinds.get(r.kind);
   const taken = kind === undefined ? { refused: `unknown kind "${r.kind}"` } : takeParams(kind, rule, r.params, host);
   const params: Record<string, unknown> = 'refused' in taken ? { ...r.params } : taken.params;
-  for (const [k, v] of Object.entries(rule.set)) params[k] = substitute(v, host, r.name);
+  for (const [k, v] of Object.entries(rule.set)) setParam(params, k, substitute(v, host, r.name));
   const loc = { file: `exported by ${host}`, line: 0, col: 0 };
   return {
     kind: r.kind,
@@ -134,12 +134,12 @@ function takeParams(
     if (k in rule.set) continue;
     const p = power[k];
     if (rule.take !== undefined) {
-      if (rule.take.includes(k)) params[k] = v;
+      if (rule.take.includes(k)) setParam(params, k, v);
       else if (p !== undefined && isPowerful(p, v)) return { refused: notTaken(k, p, v) };
       continue;
     }
     if (p !== undefined && isPowerful(p, v)) return { refused: notTaken(k, p, v) };
-    if (known.has(k)) params[k] = v;
+    if (known.has(k)) setParam(params, k, v);
   }
   return { params };
 }

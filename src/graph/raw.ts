@@ -65,3 +65,14 @@ export interface RawGraph {
   /** What this graph collects from other hosts' exports (empty when it collects nothing). */
   readonly collect?: readonly CollectRule[];
 }
+
+/**
+ * `out[key] = value` for a parameter copied out of a parsed map, except that a key named `__proto__` stays an own
+ * property, which the kind's schema then reports as an unknown parameter at its line. The plain assignment made the
+ * value the copy's prototype: its fields read as parameters, past the unknown-parameter check (a YAML or JSON parser
+ * keeps such a key as an own property, so it reaches these copies).
+ */
+export function setParam(out: Record<string, unknown>, key: string, value: unknown): void {
+  if (key === '__proto__') Object.defineProperty(out, key, { value, enumerable: true, writable: true, configurable: true });
+  else out[key] = value;
+}
