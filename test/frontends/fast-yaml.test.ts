@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { CORE_SCHEMA, dump, load } from 'js-yaml';
 import { stringify } from 'yaml';
 import { makeFiles } from '../../bench/lib/fileset.js';
+import { seededRandom } from '../../bench/lib/stats.js';
 import { backplaneGraph } from '../../bench/tools/backplane.js';
 import { parseYamlDocument } from '../../src/frontends/document.js';
 import { fastYamlStats, readFastYaml } from '../../src/frontends/fast-yaml.js';
@@ -195,17 +196,6 @@ describe('fast YAML reader: where readers disagree', () => {
   });
 });
 
-/** mulberry32: a small seeded generator, so a failure names a seed that reproduces it. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Keys and scalars: the first list in the subset, the second where readers disagree (picked 1 time in 10). */
 const KEYS = [['a', 'b', 'c', 'kind', 'name', 'mode', 'a.b', 'a/b', 'a-b', '_x', '1', '01', '0x1', 'true', 'True', 'null', 'Null', 'on', 'constructor', 'toString', '1e3'],
@@ -294,7 +284,7 @@ describe('fast YAML reader: random documents', () => {
     const N = Number(process.env['FAST_YAML_SEEDS'] ?? 4000);
     const why = new Map<string, number>();
     for (let seed = 1; seed <= N; seed++) {
-      const text = randomDocument(rng(seed));
+      const text = randomDocument(seededRandom(seed));
       if (!jsYaml(text).ok) errors++;
       if (same(text, `seed ${seed}`)) answered++;
       else why.set(fastYamlStats.lastDecline, (why.get(fastYamlStats.lastDecline) ?? 0) + 1);
