@@ -196,7 +196,6 @@ describe('fast YAML reader: where readers disagree', () => {
   });
 });
 
-
 /** Keys and scalars: the first list in the subset, the second where readers disagree (picked 1 time in 10). */
 const KEYS = [['a', 'b', 'c', 'kind', 'name', 'mode', 'a.b', 'a/b', 'a-b', '_x', '1', '01', '0x1', 'true', 'True', 'null', 'Null', 'on', 'constructor', 'toString', '1e3'],
   ['~', 'x y', '"q"', "'q'", '<<', '__proto__', '.5', '-1', 'k#', 'é', '? a', 'a :']] as const;
