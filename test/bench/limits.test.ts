@@ -45,8 +45,9 @@ const README = (): WorkloadResult[] => [
 const GOAL = (): WorkloadResult[] =>
   README().map((w) => {
     const cf = w.results.cfengine?.medianS;
-    const faster = ['startup', 'files-cold', 'files-converged', 'files-repair'].includes(w.id);
-    return faster && cf !== undefined ? { ...w, results: { ...w.results, backplane: tool(cf * 0.9) } } : w;
+    // Backplane's time as a share of CFEngine's: a little faster where the floor is below 1, clearly faster where it is above.
+    const share = ({ startup: 0.9, 'files-cold': 0.9, 'files-converged': 0.7, 'files-repair': 0.8 } as Record<string, number>)[w.id];
+    return share !== undefined && cf !== undefined ? { ...w, results: { ...w.results, backplane: tool(cf * share) } } : w;
   });
 
 const fails = (lines: readonly string[]): string[] => lines.filter((l) => l.includes('FAIL:')).map((l) => l.trim());
@@ -66,8 +67,8 @@ describe('bench speed limits', () => {
     assert.deepEqual(fails(r.lines), [
       'FAIL: startup: CFEngine ÷ Backplane is 0.282x; the limit is > 0.85x',
       'FAIL: files-cold: CFEngine ÷ Backplane is 0.495x; the limit is > 0.8x',
-      'FAIL: files-converged: CFEngine ÷ Backplane is 0.607x; the limit is > 1x',
-      'FAIL: files-repair: CFEngine ÷ Backplane is 0.495x; the limit is > 0.95x',
+      'FAIL: files-converged: CFEngine ÷ Backplane is 0.607x; the limit is > 1.2x',
+      'FAIL: files-repair: CFEngine ÷ Backplane is 0.495x; the limit is > 1.05x',
     ]);
     assert.equal(r.failures, 4);
   });
