@@ -594,8 +594,8 @@ class Reader {
     if (indent <= n) throw new NotMine('an empty block scalar');
     const first = i;
     const firstEnd = le;
-    let out = s.slice(i, le);
-    let lines = 1;
+    // Undefined while there is only the first line: one line clipped is then a single slice (below), not two.
+    let out: string | undefined;
     let empty = 0;
     for (from = le + 1; from < this.len; from = le + 1) {
       le = this.lineEnd(from);
@@ -607,14 +607,16 @@ class Reader {
         continue;
       }
       if (i < max) break;
-      out += '\n'.repeat(1 + empty) + s.slice(i, le);
-      lines++;
+      out = (out ?? s.slice(first, firstEnd)) + '\n'.repeat(1 + empty) + s.slice(i, le);
       empty = 0;
     }
     // One line, clipped: its text and its own \n are one string already (a third fewer strings at 100,000 files).
-    if (lines === 1 && chomp !== 0x2b && chomp !== DASH && firstEnd < this.len) out = s.slice(first, firstEnd + 1);
-    else if (chomp === 0x2b) out += '\n'.repeat(1 + empty);
-    else if (chomp !== DASH) out += '\n';
+    if (out === undefined && chomp !== 0x2b && chomp !== DASH && firstEnd < this.len) out = s.slice(first, firstEnd + 1);
+    else {
+      out ??= s.slice(first, firstEnd);
+      if (chomp === 0x2b) out += '\n'.repeat(1 + empty);
+      else if (chomp !== DASH) out += '\n';
+    }
     if (from > this.len) from = this.len;
     this.advance(from);
     return out;

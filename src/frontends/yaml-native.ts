@@ -105,11 +105,31 @@ function readItem(
     return;
   }
   out.resources.push(nativeResource(kind, name, params, item['meta'] ?? undefined, exportTo, locate, i));
-  let self: string | undefined;
+  for (const rel of RELATION_KEYS) {
+    if (!isEmpty(item[rel])) {
+      readRelations(locate, item, kind, name, i, out.edges, fail);
+      return;
+    }
+  }
+}
+
+/**
+ * The edges of resource `i`'s relation keys. Apart from readItem: the closures here would make every call of readItem
+ * allocate a context for them, one object per resource read, most of which have no relations.
+ */
+function readRelations(
+  locate: Locate,
+  item: Readonly<Record<string, unknown>>,
+  kind: string,
+  name: string,
+  i: number,
+  edges: RawEdge[],
+  fail: (msg: string, where: readonly PropertyKey[] | (() => SourceLocation), hint: string) => void,
+): void {
+  const self = `${kind}[${name}]`;
   for (const rel of RELATION_KEYS) {
     const value = item[rel];
     if (isEmpty(value)) continue;
-    self ??= `${kind}[${name}]`;
     const refs: [unknown, At][] = Array.isArray(value)
       ? value.map((ref: unknown, j) => [ref, locator(locate, ['resources', i, rel, j])])
       : [[value, locator(locate, ['resources', i, rel])]];
@@ -118,7 +138,7 @@ function readItem(
         fail(`"${rel}" entries must be resource references`, where, 'write kind[name] or kind:name, e.g. file[/etc/motd]');
         continue;
       }
-      out.edges.push(relationEdge(rel, self, ref, where));
+      edges.push(relationEdge(rel, self, ref, where));
     }
   }
 }
