@@ -26,7 +26,7 @@ export const fastYamlStats = { answered: 0, declined: 0, lastDecline: '', listsA
 
 /**
  * Where readFastYamlList hands each item of the document's top-level list `key`, as it is read: the values of the
- * keys in `fields` go into `fields` (set to undefined before each item), every other key's into a fresh `params`
+ * keys in `fields` go into `fields` (all undefined before each item: `item` sets them back), every other key's into a fresh `params`
  * object, in the text's order (so `params` has the keys, in the order, that copying the item's other keys out of
  * the mapping js-yaml makes would give it). `item` answers false for an item it will not take: the whole text is
  * then declined.
@@ -372,7 +372,6 @@ class Reader {
     for (;;) {
       const q = this.skipSpaces(pos + 1);
       if (q >= this.le || this.keyEnd(q) === -1) throw new NotMine('an item that is not a compact mapping');
-      for (const k in fields) fields[k] = undefined;
       const params: Record<string, unknown> = {};
       this.mapping(q - this.ls, depth + 2, params, fields);
       if (!sink.item(count, params)) throw new NotMine('an item the general path reports on');
