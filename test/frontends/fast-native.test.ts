@@ -3,7 +3,9 @@ import { readdirSync, readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
+import { makeFiles } from '../../bench/lib/fileset.js';
 import { seededRandom } from '../../bench/lib/stats.js';
+import { backplaneGraph } from '../../bench/tools/backplane.js';
 import { ValidationErrors } from '../../src/errors.js';
 import { parseYamlDocument } from '../../src/frontends/document.js';
 import { fastYamlStats } from '../../src/frontends/fast-yaml.js';
@@ -173,6 +175,13 @@ describe('native graphs read straight into resources', () => {
     const raw = parseGraphText(FILE, good);
     assert.equal(fastYamlStats.listsAnswered, before + 1, `declined: ${fastYamlStats.lastDecline}`);
     assert.deepEqual(raw.resources[0]?.params, { content: 'hello\n', mode: '0644' });
+    // The shapes the benches write: `yaml` stringify (block scalars), and the scale bench's JSON-quoted strings.
+    const files = makeFiles('/tmp/fy', 3);
+    const shapes = [
+      backplaneGraph({ dir: '/tmp/fy', files, execs: [] }),
+      ['resources:', '  - kind: file\n    name: "/tmp/fy"\n    type: directory', ...files.map((f) => `  - kind: file\n    name: ${JSON.stringify(f.path)}\n    content: ${JSON.stringify(f.content)}\n    mode: "0644"`)].join('\n') + '\n',
+    ];
+    for (const text of shapes) assert.ok(same(text, text), `declined: ${fastYamlStats.lastDecline}`);
     // A resource without a name: reported, at its line, as before.
     const bad = 'resources:\n  - kind: file\n    name: /srv/a\n  - kind: file\n    content: x\n';
     assert.equal(readFastNativeGraph(FILE, bad), undefined);
