@@ -193,6 +193,16 @@ describe('native graphs read straight into resources', () => {
     assert.equal(reported.resources.length, 1);
   });
 
+  test('an item with many keys: read whole, and a duplicate key after the sixteenth is still js-yaml\'s to refuse', () => {
+    const keys = Array.from({ length: 20 }, (_, i) => `    p${i}: ${i}`);
+    const item = (extra: string): string => `resources:\n  - kind: file\n    name: /srv/a\n${keys.join('\n')}\n${extra}`;
+    assert.ok(same(item('    meta: {retry: 2}\n'), 'many keys'), `declined: ${fastYamlStats.lastDecline}`);
+    for (const dup of ['    p3: again\n', '    kind: exec\n', '    meta: 1\n    meta: 2\n']) {
+      assert.equal(readFastNativeGraph(FILE, item(dup)), undefined, dup);
+      assert.equal(general(item(dup)).kind, 'error', dup);
+    }
+  });
+
   test('a mode written as an unquoted number gets its text back, as through the document', () => {
     const text = 'resources:\n  - kind: file\n    name: /srv/a\n    mode: 0644\n  - kind: file\n    name: /srv/b\n    mode: 0o600\n';
     assert.ok(same(text, 'unquoted modes'), `declined: ${fastYamlStats.lastDecline}`);
