@@ -53,20 +53,21 @@ export function readFastYaml(text: string): { value: unknown } | undefined {
 }
 
 /**
- * A document that is a mapping with the single key `sink.key`, whose value is a block list of block mappings (a
- * graph: `resources:` then `- kind: file` items): each item goes to the sink as soon as it is read, and no object
- * is made for it, nor a list of them. At 100,000 resources those were 100,000 objects and a list, all alive until
- * the graph was read, so copied by every young-generation collection in between. Undefined (after some items may
- * have gone to the sink: the caller drops what it made) for any other document, or one the fast reader declines.
+ * A document that is a mapping with the key `sink.key`, whose value is a block list of block mappings (a graph:
+ * `resources:` then `- kind: file` items): each item goes to the sink as soon as it is read, and no object is made
+ * for it, nor a list of them. At 100,000 resources those were 100,000 objects and a list, all alive until the graph
+ * was read, so copied by every young-generation collection in between. `rest`: the mapping's other keys (`collect`),
+ * read as readFastYaml reads them. Undefined (after some items may have gone to the sink: the caller drops what it
+ * made) for any other document, or one the fast reader declines.
  */
-export function readFastYamlList(text: string, sink: ListSink): { items: number } | undefined {
+export function readFastYamlList(text: string, sink: ListSink): { items: number; rest: Record<string, unknown> } | undefined {
   try {
     if (types.length === 0) throw new NotMine('js-yaml does not expose the core schema types this reader knows');
     const reader = new Reader(normalise(text), sink);
-    reader.document();
-    if (reader.items < 0) throw new NotMine('not a mapping');
+    const rest = reader.document();
+    if (reader.items < 0 || typeof rest !== 'object' || rest === null || Array.isArray(rest)) throw new NotMine('not a mapping with the list');
     fastYamlStats.listsAnswered++;
-    return { items: reader.items };
+    return { items: reader.items, rest: rest as Record<string, unknown> };
   } catch (err) {
     if (!(err instanceof NotMine)) throw err;
     fastYamlStats.lastDecline = err.message;
@@ -342,9 +343,8 @@ class Reader {
         seen[keys] = key;
       } else if (fields !== undefined && Object.hasOwn(fields, key) ? fields[key] !== undefined : Object.hasOwn(out, key)) throw new NotMine('duplicate key');
       keys++;
-      if (this.sink !== undefined && depth === 1) {
-        // readFastYamlList's document: its one key, and the list read item by item.
-        if (key !== this.sink.key || keys > 1) throw new NotMine('not a list of items alone');
+      if (this.sink !== undefined && depth === 1 && key === this.sink.key) {
+        // readFastYamlList's list, read item by item (a second one is a duplicate key, found above).
         this.items = this.itemList(colon + 1, col, depth);
       } else if (fields !== undefined && Object.hasOwn(fields, key)) fields[key] = this.value(colon + 1, col, depth, false);
       else out[key] = this.value(colon + 1, col, depth, false);

@@ -174,12 +174,26 @@ export function readFastNativeGraph(file: string, text: string): RawGraph | unde
     },
   });
   if (read === undefined) return undefined;
+  // Any other top-level key is an error the general path reports; collect rules are read as it reads them.
+  const collect: CollectRule[] = [];
+  for (const key in read.rest) if (key !== 'collect') return undefined;
+  const doc: GraphDocument = { file, data: undefined, locate: places.locate, locateValue: places.locateValue };
+  readCollect(doc, read.rest['collect'], collect, fail);
+  if (failed) return undefined;
+  // As unquoteModes (src/frontends/document.ts), in its order: the resources' own modes, then the collect rules'.
   for (const i of numericModes) {
     const params = (resources[i] as RawResource).params;
     const value = params['mode'] as number;
     params['mode'] = places.modeText(['resources', i, 'mode'], value) ?? value;
   }
-  return { source: file, resources, edges, errors: [], collect: [] };
+  const rules = read.rest['collect'];
+  if (Array.isArray(rules)) {
+    for (let i = 0; i < rules.length; i++) {
+      const set: unknown = isMap(rules[i]) ? (rules[i] as Record<string, unknown>)['set'] : undefined;
+      if (isMap(set) && typeof set['mode'] === 'number') set['mode'] = places.modeText(['collect', i, 'set', 'mode'], set['mode']) ?? set['mode'];
+    }
+  }
+  return { source: file, resources, edges, errors: [], collect };
 }
 
 function relationEdge(rel: (typeof RELATION_KEYS)[number], self: string, other: string, where: () => SourceLocation): RawEdge {

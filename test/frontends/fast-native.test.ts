@@ -96,11 +96,16 @@ const SCALARS = ['file', 'exec', '/etc/motd', '"/srv/a b"', "'it''s'", '"hello\\
   '[]', '{}', '[a, "b", 3]', '{retry: 3, delay: 2s}', '"file[/etc/motd]"', 'file:/etc', '[file:/a, "exec[b]"]', '[1, 2]', '"*"', '[web1, web2]', '""', 'é', '日本', 'a # comment'];
 const BLOCK = ['|\n{i}hello\n', '|-\n{i}one\n{i}two\n', '|+\n{i}x\n\n', '|\n{i}a\n\n{i}b\n'];
 
+/** Collect rules, before or after the resources: read as the general path reads them, a bad one declined. */
+const COLLECT = ['collect:\n  - kind: file\n    set: {path: "/srv/in/{basename}"}', 'collect:\n  - kind: file\n    from: [web1]\n    take: [content]\n    set:\n      mode: 0644',
+  'collect: [{kind: file}]', 'collect:\n  - from: x', 'collect:\n  - kind: file\n    set: {mode: 0o600}\n  - kind: exec\n    other: 1', 'collect: x'];
+
 /** A random graph: mostly the shape a graph file has, with problems and other shapes mixed in now and then. */
 function randomGraph(r: () => number): string {
   const lines: string[] = [];
   if (r() < 0.1) lines.push(pick(r, ['# a graph', '---', '']));
   if (r() < 0.05) lines.push(pick(r, ['collect:', 'collect: []', 'other: 1', 'graph: x', 'resources: []', 'resources:', 'resources: x']));
+  if (r() < 0.1) lines.push(pick(r, COLLECT));
   lines.push(pick(r, ['resources:', 'resources:', 'resources: # c', 'resources:  ']));
   const pad = r() < 0.2 ? '' : ' '.repeat(1 + Math.floor(r() * 3));
   const items = 1 + Math.floor(r() * 6);
@@ -134,6 +139,7 @@ function randomGraph(r: () => number): string {
     });
   }
   if (r() < 0.05) lines.push(pick(r, ['collect:', 'other: 1', 'resources: []']));
+  else if (r() < 0.1) lines.push(pick(r, COLLECT));
   return lines.join('\n') + (r() < 0.9 ? '\n' : '');
 }
 
@@ -191,6 +197,19 @@ describe('native graphs read straight into resources', () => {
       [['file resource has no "name"', 4]],
     );
     assert.equal(reported.resources.length, 1);
+  });
+
+  test('collect rules before or after the resources are read with them, numeric modes included', () => {
+    const rules = 'collect:\n  - kind: file\n    from: web1\n    set:\n      path: "/srv/in/{basename}"\n      mode: 0640\n';
+    const list = 'resources:\n  - kind: file\n    name: /srv/a\n    mode: 0644\n';
+    for (const text of [rules + list, list + rules]) {
+      assert.ok(same(text, text), `declined: ${fastYamlStats.lastDecline}`);
+      const raw = readFastNativeGraph(FILE, text);
+      assert.deepEqual(raw?.collect?.map((c) => [c.kind, c.from, c.set]), [['file', ['web1'], { path: '/srv/in/{basename}', mode: '0640' }]]);
+      assert.equal(raw?.resources[0]?.params['mode'], '0644');
+    }
+    // An unknown top-level key is the general path's to report.
+    assert.equal(readFastNativeGraph(FILE, `${list}other: 1\n`), undefined);
   });
 
   test('an item with many keys: read whole, and a duplicate key after the sixteenth is still js-yaml\'s to refuse', () => {
