@@ -21,19 +21,38 @@ export interface GraphDocument {
   readonly locateValue: (path: readonly PropertyKey[]) => SourceLocation;
 }
 
-export function parseYamlDocument(file: string, text: string): GraphDocument {
+/** `fast: false`: js-yaml reads the text even when the fast reader would (tests compare the two). */
+export function parseYamlDocument(file: string, text: string, options: { readonly fast?: boolean } = {}): GraphDocument {
   // The common shapes of a graph file first (~4x faster than js-yaml at 100,000 resources, src/frontends/fast-yaml.ts):
   // the same value js-yaml would return, or undefined and js-yaml reads it, errors and all.
-  const fast = readFastYaml(text);
+  const fast = options.fast === false ? undefined : readFastYaml(text);
   const data = fast !== undefined ? fast.value : loadWithJsYaml(file, text);
-  const pos = new Positions(file, text);
+  const places = yamlPlaces(file, text);
   // js-yaml shares an anchor's value among its aliases, so loading a bomb is cheap; everything after (the walk below,
   // zod, the fingerprints, a template's vars) would copy it out. Refuse it first, pointing at where it expands. What
   // the fast reader returns has no aliases (no shared values, no cycles) and nests at most MAX_DEPTH / 2 deep, so
   // there is nothing for the check to find (~48 ms at 100,000 resources).
-  if (fast === undefined) checkExpansion(data, (path) => pos.find(path, false));
-  unquoteModes(data, (path, value) => (pos.precise ? pos.source().scalarSource(path) : modeTextOfHugeFile(file, text, path, value)));
-  return { file, data, locate: (path) => pos.find(path, false), locateValue: (path) => pos.find(path, true) };
+  if (fast === undefined) checkExpansion(data, places.locate);
+  unquoteModes(data, places.modeText);
+  return { file, data, locate: places.locate, locateValue: places.locateValue };
+}
+
+/**
+ * What parseYamlDocument's document for `text` locates, and `modeText`: the text unquoteModes puts back for a
+ * resource's own `mode` that YAML read as a number. For a graph read straight into resources, with no document
+ * (readFastNativeGraph), which must say and locate everything exactly as one read through the document would.
+ */
+export function yamlPlaces(file: string, text: string): {
+  readonly locate: (path: readonly PropertyKey[]) => SourceLocation;
+  readonly locateValue: (path: readonly PropertyKey[]) => SourceLocation;
+  readonly modeText: (path: readonly PropertyKey[], value: number) => string | undefined;
+} {
+  const pos = new Positions(file, text);
+  return {
+    locate: (path) => pos.find(path, false),
+    locateValue: (path) => pos.find(path, true),
+    modeText: (path, value) => (pos.precise ? pos.source().scalarSource(path) : modeTextOfHugeFile(file, text, path, value)),
+  };
 }
 
 function loadWithJsYaml(file: string, text: string): unknown {

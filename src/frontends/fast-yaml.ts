@@ -22,7 +22,20 @@ import { MAX_DEPTH } from './limits.js';
  */
 
 /** How often each answer was given: a test asserts the 100,000-resource graph takes the fast path. */
-export const fastYamlStats = { answered: 0, declined: 0, lastDecline: '' };
+export const fastYamlStats = { answered: 0, declined: 0, lastDecline: '', listsAnswered: 0 };
+
+/**
+ * Where readFastYamlList hands each item of the document's top-level list `key`, as it is read: the values of the
+ * keys in `fields` go into `fields` (all undefined before each item: `item` sets them back), every other key's into a fresh `params`
+ * object, in the text's order (so `params` has the keys, in the order, that copying the item's other keys out of
+ * the mapping js-yaml makes would give it). `item` answers false for an item it will not take: the whole text is
+ * then declined.
+ */
+export interface ListSink {
+  readonly key: string;
+  readonly fields: Record<string, unknown>;
+  item(index: number, params: Record<string, unknown>): boolean;
+}
 
 /** The document's value, or undefined: js-yaml's to read. */
 export function readFastYaml(text: string): { value: unknown } | undefined {
@@ -34,6 +47,29 @@ export function readFastYaml(text: string): { value: unknown } | undefined {
   } catch (err) {
     if (!(err instanceof NotMine)) throw err;
     fastYamlStats.declined++;
+    fastYamlStats.lastDecline = err.message;
+    return undefined;
+  }
+}
+
+/**
+ * A document that is a mapping with the key `sink.key`, whose value is a block list of block mappings (a graph:
+ * `resources:` then `- kind: file` items): each item goes to the sink as soon as it is read, and no object is made
+ * for it, nor a list of them. At 100,000 resources those were 100,000 objects and a list, all alive until the graph
+ * was read, so copied by every young-generation collection in between. `rest`: the mapping's other keys (`collect`),
+ * read as readFastYaml reads them. Undefined (after some items may have gone to the sink: the caller drops what it
+ * made) for any other document, or one the fast reader declines.
+ */
+export function readFastYamlList(text: string, sink: ListSink): { items: number; rest: Record<string, unknown> } | undefined {
+  try {
+    if (types.length === 0) throw new NotMine('js-yaml does not expose the core schema types this reader knows');
+    const reader = new Reader(normalise(text), sink);
+    const rest = reader.document();
+    if (reader.items < 0 || typeof rest !== 'object' || rest === null || Array.isArray(rest)) throw new NotMine('not a mapping with the list');
+    fastYamlStats.listsAnswered++;
+    return { items: reader.items, rest: rest as Record<string, unknown> };
+  } catch (err) {
+    if (!(err instanceof NotMine)) throw err;
     fastYamlStats.lastDecline = err.message;
     return undefined;
   }
@@ -147,7 +183,13 @@ class Reader {
   /** Per depth, the keys of the mapping being read there: see `mapping`. */
   private readonly seen: string[][] = [];
 
-  constructor(s: string) {
+  /** readFastYamlList's: how many items went to the sink (-1: the list was never read). */
+  items = -1;
+
+  constructor(
+    s: string,
+    private readonly sink?: ListSink,
+  ) {
     this.s = s;
     this.len = s.length;
     this.nextTab = s.indexOf('\t');
@@ -281,9 +323,12 @@ class Reader {
     return String(plain(text));
   }
 
-  private mapping(col: number, depth: number): Record<string, unknown> {
+  /**
+   * `out` is the mapping's object; with `fields` (an item of readFastYamlList's list), the keys `fields` has go
+   * there instead.
+   */
+  private mapping(col: number, depth: number, out: Record<string, unknown> = {}, fields?: Record<string, unknown>): Record<string, unknown> {
     if (depth > DEPTH) throw new NotMine('deep');
-    const out: Record<string, unknown> = {};
     // The keys so far, to find a duplicate by comparing a few strings rather than looking the object up.
     const seen = (this.seen[depth] ??= []);
     let keys = 0;
@@ -296,11 +341,45 @@ class Reader {
       if (keys < 16) {
         for (let k = 0; k < keys; k++) if (seen[k] === key) throw new NotMine('duplicate key');
         seen[keys] = key;
-      } else if (Object.hasOwn(out, key)) throw new NotMine('duplicate key');
+      } else if (fields !== undefined && Object.hasOwn(fields, key) ? fields[key] !== undefined : Object.hasOwn(out, key)) throw new NotMine('duplicate key');
       keys++;
-      out[key] = this.value(colon + 1, col, depth, false);
+      if (this.sink !== undefined && depth === 1 && key === this.sink.key) {
+        // readFastYamlList's list, read item by item (a second one is a duplicate key, found above).
+        this.items = this.itemList(colon + 1, col, depth);
+      } else if (fields !== undefined && Object.hasOwn(fields, key)) fields[key] = this.value(colon + 1, col, depth, false);
+      else out[key] = this.value(colon + 1, col, depth, false);
       if (this.atEnd || this.ind < col) return out;
       if (this.ind > col) throw new NotMine('bad indentation after a mapping entry');
+    }
+  }
+
+  /**
+   * readFastYamlList's list: `key:` then a block list on the next lines (as `value` reads it, at the key's
+   * indentation or deeper) whose items are all compact mappings (`- kind: file`), each handed to the sink once read.
+   * Returns how many there were.
+   */
+  private itemList(p: number, n: number, depth: number): number {
+    const sink = this.sink as ListSink;
+    if (!this.restIsComment(p)) throw new NotMine('the list is not a block list');
+    this.advance(this.le + 1);
+    if (this.atEnd || this.ind < n || !this.isDash(this.ls + this.ind)) throw new NotMine('the list is not a block list');
+    const col = this.ind;
+    // As `sequence` at depth + 1, each item's mapping as `value` reads a compact one.
+    if (depth + 1 > DEPTH) throw new NotMine('deep');
+    const fields = sink.fields;
+    let count = 0;
+    let pos = this.ls + col;
+    for (;;) {
+      const q = this.skipSpaces(pos + 1);
+      if (q >= this.le || this.keyEnd(q) === -1) throw new NotMine('an item that is not a compact mapping');
+      const params: Record<string, unknown> = {};
+      this.mapping(q - this.ls, depth + 2, params, fields);
+      if (!sink.item(count, params)) throw new NotMine('an item the general path reports on');
+      count++;
+      if (this.atEnd || this.ind < col) return count;
+      if (this.ind > col) throw new NotMine('bad indentation after a list item');
+      pos = this.ls + col;
+      if (!this.isDash(pos)) return count;
     }
   }
 
@@ -514,8 +593,8 @@ class Reader {
     if (indent <= n) throw new NotMine('an empty block scalar');
     const first = i;
     const firstEnd = le;
-    let out = s.slice(i, le);
-    let lines = 1;
+    // Undefined while there is only the first line: one line clipped is then a single slice (below), not two.
+    let out: string | undefined;
     let empty = 0;
     for (from = le + 1; from < this.len; from = le + 1) {
       le = this.lineEnd(from);
@@ -527,14 +606,16 @@ class Reader {
         continue;
       }
       if (i < max) break;
-      out += '\n'.repeat(1 + empty) + s.slice(i, le);
-      lines++;
+      out = (out ?? s.slice(first, firstEnd)) + '\n'.repeat(1 + empty) + s.slice(i, le);
       empty = 0;
     }
     // One line, clipped: its text and its own \n are one string already (a third fewer strings at 100,000 files).
-    if (lines === 1 && chomp !== 0x2b && chomp !== DASH && firstEnd < this.len) out = s.slice(first, firstEnd + 1);
-    else if (chomp === 0x2b) out += '\n'.repeat(1 + empty);
-    else if (chomp !== DASH) out += '\n';
+    if (out === undefined && chomp !== 0x2b && chomp !== DASH && firstEnd < this.len) out = s.slice(first, firstEnd + 1);
+    else {
+      out ??= s.slice(first, firstEnd);
+      if (chomp === 0x2b) out += '\n'.repeat(1 + empty);
+      else if (chomp !== DASH) out += '\n';
+    }
     if (from > this.len) from = this.len;
     this.advance(from);
     return out;

@@ -9,10 +9,14 @@ import { parseYamlDocument } from './document.js';
 import { readGraphText } from './limits.js';
 import { isModuleGraph, readModuleGraph } from './typescript.js';
 import { isMgmtGraph, readMgmtGraph } from './yaml-mgmt.js';
-import { readNativeGraph } from './yaml-native.js';
+import { readFastNativeGraph, readNativeGraph } from './yaml-native.js';
 
 /** Parses graph text (native or mgmt YAML) into raw declarations; syntax errors stop here. */
 export function parseGraphText(file: string, text: string): RawGraph {
+  // Most graph files are read straight into resources (~2x faster at 100,000: readFastNativeGraph); the rest, and
+  // every one with a problem to report, through the document.
+  const fast = readFastNativeGraph(file, text);
+  if (fast !== undefined) return fast;
   const doc = parseYamlDocument(file, text);
   return isMgmtGraph(doc) ? readMgmtGraph(doc) : readNativeGraph(doc);
 }

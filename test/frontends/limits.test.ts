@@ -3,7 +3,7 @@ import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { ValidationErrors } from '../../src/errors.js';
-import { checkExpansion } from '../../src/frontends/limits.js';
+import { checkExpansion, READ_CHUNK, readGraphText } from '../../src/frontends/limits.js';
 import { loadGraphFile } from '../../src/frontends/load.js';
 import { startCli } from '../helpers/cli.js';
 import { withTempDir } from '../helpers/engine.js';
@@ -61,6 +61,32 @@ describe('bounded under hostile input', () => {
       } finally {
         delete process.env['BACKPLANE_MAX_GRAPH_BYTES'];
       }
+    });
+  });
+
+  test('UTF-8 is checked piece by piece as the file is read: a character cut between two reads is whole, a bad byte is found where it is', async () => {
+    await withTempDir(async (dir) => {
+      const file = join(dir, 'g.yaml');
+      const head = Buffer.from('resources: []\n# ');
+      for (const ch of ['é', '€', '😀']) {
+        const bytes = Buffer.from(ch);
+        // The character starts 3, 2 and 1 bytes before each read's end, and right at it.
+        for (let cut = 0; cut <= bytes.length; cut++) {
+          const pad = Buffer.alloc(READ_CHUNK - head.length - cut, 0x78);
+          const text = Buffer.concat([head, pad, bytes, Buffer.from(' tail\n'), pad, bytes, Buffer.from('\n')]);
+          await writeFile(file, text);
+          assert.equal(await readGraphText(file), text.toString('utf8'), `${ch} cut ${cut}`);
+          // The same character without its last byte, across the cut: refused at its column.
+          const broken = Buffer.concat([head, pad, bytes.subarray(0, bytes.length - 1), Buffer.from(' tail\n')]);
+          await writeFile(file, broken);
+          const col = 3 + pad.length;
+          assert.match(await failure(file), new RegExp(`g\\.yaml:2:${col}: the file is not UTF-8: invalid byte sequence`), `${ch} cut ${cut}`);
+        }
+      }
+      // A continuation byte with nothing before it, first in the second read.
+      const lone = Buffer.concat([head, Buffer.alloc(READ_CHUNK - head.length, 0x78), Buffer.from([0x80]), Buffer.from('\n')]);
+      await writeFile(file, lone);
+      assert.match(await failure(file), new RegExp(`g\\.yaml:2:${READ_CHUNK - head.length + 3}: the file is not UTF-8: invalid byte sequence \\\\x80`));
     });
   });
 
