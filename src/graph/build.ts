@@ -112,12 +112,18 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
       v = known.vertex;
     } else {
       // The kind's shortcut first (the schema's own answer for its common shapes, without zod), else the schema.
-      const quick = kind.quickParams?.(r.name, r.params);
-      const params =
-        quick !== undefined ? { success: true as const, data: quick } : kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
-      if (!params.success) {
-        for (const e of issuesToErrors(params.error.issues, resourceId(r.kind, r.name), (p) => r.locate(p), 'parameter', Object.keys(schemaShape(kind.schema))))
-          errors.push(e);
+      // No result object made around the shortcut's answer: one less object per resource (4 MB at 100,000).
+      let data: unknown = kind.quickParams?.(r.name, r.params);
+      let valid = data !== undefined;
+      if (!valid) {
+        const params = kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
+        if (params.success) {
+          data = params.data;
+          valid = true;
+        } else {
+          for (const e of issuesToErrors(params.error.issues, resourceId(r.kind, r.name), (p) => r.locate(p), 'parameter', Object.keys(schemaShape(kind.schema))))
+            errors.push(e);
+        }
       }
       // Most resources declare no meta: they share one frozen default instead of 100,000 equal copies.
       const meta = r.meta === undefined ? DEFAULT_META : metaSchema().safeParse(r.meta);
@@ -125,7 +131,7 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
         for (const e of issuesToErrors(meta.error.issues, resourceId(r.kind, r.name), (p) => r.locateMeta(p), 'meta', Object.keys(schemaShape(metaSchema()))))
           errors.push(e);
       }
-      if (!params.success || !meta.success) {
+      if (!valid || !meta.success) {
         // Keep a placeholder so edges to it do not produce a second, misleading "missing resource" error.
         put(vertex(r, {}, metaSchema().parse(undefined), ''), h);
         continue;
@@ -142,7 +148,7 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
         exportedIds.add(id);
         continue;
       }
-      v = vertex(r, params.data, meta.data, undefined);
+      v = vertex(r, data, meta.data, undefined);
       reuse?.vertices.set(r, { kind, vertex: v });
     }
     const i = put(v, h);

@@ -12,9 +12,9 @@ import { defineKind } from '../../src/resources/types.js';
 import { GRAPH_FILE, allKinds, build, buildErrors, edgeTexts, id } from '../helpers/graph.js';
 
 /** Two texts of one textHash, found by search (the test checks they still are). */
-const SAME_HASH_THINGS = ['path /srv/f112789', 'path /srv/f349192'] as const;
+const SAME_HASH_THINGS = ['path /srv/f37969', 'path /srv/f55367'] as const;
 /** Two noop names whose ids have one idHash. */
-const SAME_HASH_NAMES = ['n702988', 'n1512384'] as const;
+const SAME_HASH_NAMES = ['n19693', 'n147396'] as const;
 
 function plainVertex(kind: string, name: string): Vertex {
   return { id: resourceId(kind, name), kind, name, params: {}, meta: defaultMeta, loc: undefined, fingerprint: '' };
@@ -26,6 +26,12 @@ describe('ids: hashes', () => {
       ['file', '/etc/motd'],
       ['noop', 'a'],
       ['noop', ''],
+      ['pkg', 'nginx'],
+      ['pkg', 'vim'],
+      ['kv', 'ab'],
+      ['group', 'x'],
+      ['group', ''],
+      ['template', '/etc/a.conf'],
       ['exec', 'with [brackets] and: colons'],
       ['file', '/srv/été/日本/🙂'],
       ['user', 'x'.repeat(300)],
@@ -55,6 +61,12 @@ describe('PlaceIndex and VertexList', () => {
     assert.equal(index.find(list, 'noop', 'ab', 7), 3);
     assert.equal(index.find(list, 'noop', 'c', 7), -1);
     assert.equal(index.find(list, 'noop', 'a', 8), -1);
+    // By id text: every place under the hash of the last id, so the others are passed over by comparing ids.
+    const last = list[3]?.id ?? '';
+    const byText = new PlaceIndex(list.length);
+    for (let p = 0; p < list.length; p++) byText.add(p, textHash(last));
+    assert.equal(byText.findId(list, last), 3);
+    assert.equal(byText.findId(list, 'noop[zz]'), -1);
   });
 
   test('VertexList looks ids up as text: near misses are not found', () => {
