@@ -4,8 +4,8 @@ import { canonicalJson } from '../util/canonical.js';
 import { closest } from '../util/suggest.js';
 import type { AnyResourceKind, AutoEdges } from '../resources/types.js';
 import { findCycles } from './cycles.js';
-import { AUTO, csr, EdgeTable, Graph, NOTIFY, TableAdjacency, VertexList, type ExportedResource, type Vertex } from './graph.js';
-import { parseRef, resourceId, type ResourceId } from './ids.js';
+import { AUTO, csr, EdgeTable, Graph, NOTIFY, PlaceIndex, TableAdjacency, VertexList, type ExportedResource, type Vertex } from './graph.js';
+import { idHash, parseRef, resourceId, textHash, type ResourceId } from './ids.js';
 import { checkCollectRules } from './collect.js';
 import { META_DEFAULTS, metaSchema, type Meta } from './meta.js';
 import type { RawGraph, RawResource } from './raw.js';
@@ -50,31 +50,16 @@ interface Derived {
  */
 export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: VertexReuse): Graph {
   const errors: BackplaneError[] = [...raw.errors];
-  // Every vertex by its place (declaration order): one map from id to place, the rest arrays and typed arrays.
-  const index = new Map<ResourceId, number>();
+  // Every vertex by its place (declaration order): an array, and an index of places by the hash of each id (see
+  // PlaceIndex), the rest typed arrays.
+  const index = new PlaceIndex(raw.resources.length);
   // Sized for every resource at once (trimmed below): grown by push, its copies were ~10 ms at 100,000.
   const list = new Array<Vertex>(raw.resources.length);
   let count = 0;
-  // The places of ids already in the list, made only when claim() finds an id taken (a duplicate: an error).
-  const placeOf = new Map<ResourceId, number>();
-  let placedUpTo = 0;
-  /**
-   * Reserves the next place for `id` and returns -1, or, when `id` has one already, leaves it there and returns it.
-   * One map operation for a new id, nearly every one, where a lookup then an insert were two (~15 ms at 100,000).
-   */
-  const claim = (id: ResourceId): number => {
-    const size = index.size;
-    index.set(id, count);
-    if (index.size !== size) return -1;
-    // Taken: the set above overwrote its place, which the list tells (every id in it is unique).
-    for (; placedUpTo < count; placedUpTo++) placeOf.set((list[placedUpTo] as Vertex).id, placedUpTo);
-    const prior = placeOf.get(id) as number;
-    index.set(id, prior);
-    return prior;
-  };
-  /** Puts `v` at the place its id claimed. */
-  const put = (v: Vertex): number => {
+  /** Puts `v` at the next place, indexed under `h` (its idHash). */
+  const put = (v: Vertex, h: number): number => {
     list[count] = v;
+    index.add(count, h);
     return count++;
   };
 
@@ -83,10 +68,21 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
   // What each vertex manages and its auto-edge hints are worked out as it is made, in the same pass (see Hints): the
   // errors about overlaps still come after every resource's own, as when they were a pass of their own.
   const overlapErrors: BackplaneError[] = [];
-  const owners = new Owners(raw.resources.length);
-  const hints = new Hints(raw.resources.length);
+  const owners = new Owners(raw.resources.length, (p) => {
+    const v = list[p] as Vertex;
+    return registry.get(v.kind)?.manages?.(v.params);
+  });
+  // Asked again only for a key of a wanted length (see Hints): the kind's own answer, the same for the same parameters.
+  const hints = new Hints(raw.resources.length, (i) => {
+    const v = list[i] as Vertex;
+    const k = registry.get(v.kind);
+    if (k === undefined) return NO_KEYS;
+    return (reuse === undefined ? k.autoEdges?.(v.params) : derive(reuse, v, k).hints)?.provides ?? NO_KEYS;
+  });
   for (const r of raw.resources) {
-    const id = resourceId(r.kind, r.name);
+    // No id string: only an error names the resource (see PlaceIndex).
+    const h = idHash(r.kind, r.name);
+    const priorAt = index.find(list, r.kind, r.name, h);
     const kind = registry.get(r.kind);
     if (kind === undefined) {
       const guess = closest(r.kind, registry.names());
@@ -97,13 +93,12 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
         }),
       );
       // A placeholder, as for bad parameters below: edges to it must not claim it was never declared.
-      if (claim(id) < 0) put({ id, kind: r.kind, name: r.name, params: {}, meta: metaSchema().parse(undefined), loc: r.loc, fingerprint: '' });
+      if (priorAt < 0) put({ id: resourceId(r.kind, r.name), kind: r.kind, name: r.name, params: {}, meta: metaSchema().parse(undefined), loc: r.loc, fingerprint: '' }, h);
       continue;
     }
-    const priorAt = claim(id);
     if (priorAt >= 0) {
       errors.push(
-        new BackplaneError('E_DUPLICATE', `${id} is declared twice`, {
+        new BackplaneError('E_DUPLICATE', `${resourceId(r.kind, r.name)} is declared twice`, {
           where: r.loc,
           hint: `it was first declared at ${formatLocation(list[priorAt]?.loc)}; give each resource of a kind a unique name`,
         }),
@@ -117,27 +112,33 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
       v = known.vertex;
     } else {
       // The kind's shortcut first (the schema's own answer for its common shapes, without zod), else the schema.
-      const quick = kind.quickParams?.(r.name, r.params);
-      const params =
-        quick !== undefined ? { success: true as const, data: quick } : kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
-      if (!params.success) {
-        for (const e of issuesToErrors(params.error.issues, id, (p) => r.locate(p), 'parameter', Object.keys(schemaShape(kind.schema))))
-          errors.push(e);
+      // No result object made around the shortcut's answer: one less object per resource (4 MB at 100,000).
+      let data: unknown = kind.quickParams?.(r.name, r.params);
+      let valid = data !== undefined;
+      if (!valid) {
+        const params = kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
+        if (params.success) {
+          data = params.data;
+          valid = true;
+        } else {
+          for (const e of issuesToErrors(params.error.issues, resourceId(r.kind, r.name), (p) => r.locate(p), 'parameter', Object.keys(schemaShape(kind.schema))))
+            errors.push(e);
+        }
       }
       // Most resources declare no meta: they share one frozen default instead of 100,000 equal copies.
       const meta = r.meta === undefined ? DEFAULT_META : metaSchema().safeParse(r.meta);
       if (!meta.success) {
-        for (const e of issuesToErrors(meta.error.issues, id, (p) => r.locateMeta(p), 'meta', Object.keys(schemaShape(metaSchema()))))
+        for (const e of issuesToErrors(meta.error.issues, resourceId(r.kind, r.name), (p) => r.locateMeta(p), 'meta', Object.keys(schemaShape(metaSchema()))))
           errors.push(e);
       }
-      if (!params.success || !meta.success) {
+      if (!valid || !meta.success) {
         // Keep a placeholder so edges to it do not produce a second, misleading "missing resource" error.
-        put(vertex(id, r, {}, metaSchema().parse(undefined), ''));
+        put(vertex(r, {}, metaSchema().parse(undefined), ''), h);
         continue;
       }
       if (r.export !== undefined) {
-        // Not managed here: the place claimed is given back.
-        index.delete(id);
+        // Not managed here: given no place.
+        const id = resourceId(r.kind, r.name);
         if (exportedIds.has(id)) {
           errors.push(new BackplaneError('E_DUPLICATE', `${id} is exported twice`, { where: r.loc, hint: 'give each exported resource of a kind a unique name' }));
           continue;
@@ -147,10 +148,10 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
         exportedIds.add(id);
         continue;
       }
-      v = vertex(id, r, params.data, meta.data, undefined);
+      v = vertex(r, data, meta.data, undefined);
       reuse?.vertices.set(r, { kind, vertex: v });
     }
-    const i = put(v);
+    const i = put(v, h);
     if (kind.manages === undefined && kind.autoEdges === undefined) continue;
     // Without `reuse` nothing is kept (each is worked out here, once): a graph built once, a 100,000-file run, would
     // only carry it around.
@@ -158,14 +159,14 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
     const thing = kind.manages === undefined ? undefined : d === undefined ? kind.manages(v.params) : d.manages;
     if (thing !== undefined) {
       const prior = owners.claim(thing, i);
-      if (prior >= 0) overlapErrors.push(overlap(id, v, thing, list[prior] as Vertex));
+      if (prior >= 0) overlapErrors.push(overlap(v, thing, list[prior] as Vertex));
     }
     if (kind.autoEdges !== undefined) hints.add(i, d === undefined ? kind.autoEdges(v.params) : (d.hints ?? {}), v.meta.autoedge);
   }
   for (const e of overlapErrors) errors.push(e);
 
   list.length = count;
-  const vertices = new VertexList(index, list);
+  const vertices = new VertexList(list, index);
   const edges = new EdgeBuffer(list.length + raw.edges.length);
   for (const e of raw.edges) {
     // The two ends' places (-1: not found); a self-loop has the same reference at both ends.
@@ -182,19 +183,19 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
         );
         continue;
       }
-      const id = resourceId(parsed.kind, parsed.name);
-      if (exportedIds.has(id)) {
+      if (exportedIds.size > 0 && exportedIds.has(resourceId(parsed.kind, parsed.name))) {
         errors.push(
-          new BackplaneError('E_MISSING_REF', `edge refers to ${id}, which is exported, not managed on this host`, {
+          new BackplaneError('E_MISSING_REF', `edge refers to ${resourceId(parsed.kind, parsed.name)}, which is exported, not managed on this host`, {
             where: e.loc,
             hint: 'an exported resource is applied only where it is collected; remove the edge or the export',
           }),
         );
         continue;
       }
-      const at = index.get(id);
-      if (at === undefined) {
-        const guess = closest(id, index.keys());
+      const at = index.find(list, parsed.kind, parsed.name, idHash(parsed.kind, parsed.name));
+      if (at < 0) {
+        const id = resourceId(parsed.kind, parsed.name);
+        const guess = closest(id, vertices.keys());
         errors.push(
           new BackplaneError('E_MISSING_REF', `edge refers to ${id}, which is not declared in this graph`, {
             where: e.loc,
@@ -210,7 +211,10 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
   }
 
   hints.addEdges(edges, list.length);
-  let table = edges.merged(list.length);
+  // The owners' index is done with: its slots (at least two a vertex) are the scratch of the passes over the edges
+  // below, which made four arrays of their own (~1.6 MB of fresh memory at 100,000 files, ~400 page faults).
+  const scratch = owners.slotsForScratch();
+  let table = edges.merged(list.length, scratch);
 
   // Cycles are looked for even when other errors were found, so one run reports every problem in the file. Edges
   // with a bad end were dropped above, so any cycle found here is made of relations the user really declared —
@@ -221,14 +225,14 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
   for (;;) {
     // Nearly every graph has no cycle: a topological pass over the table says so (at 100,000 files ~2 ms, where
     // Tarjan over maps of ids was ~180), and Tarjan then runs only to name the cycles.
-    const cycles = isAcyclic(table) ? [] : findCycles([...index.keys()], successors(vertices, table));
+    const cycles = isAcyclic(table, scratch) ? [] : findCycles([...vertices.keys()], successors(vertices, table));
     let dropped = false;
     for (const cycle of cycles) {
       for (let k = 0; k + 1 < cycle.length; k++) {
         const from = cycle[k];
         const to = cycle[k + 1];
         if (from === undefined || to === undefined) continue;
-        const j = findEdge(table, index.get(from), index.get(to));
+        const j = findEdge(table, vertices.indexOf(from), vertices.indexOf(to));
         if (j >= 0 && ((table.flags[j] as number) & AUTO) !== 0) {
           table = withoutEdge(table, j);
           dropped = true;
@@ -274,7 +278,8 @@ function derive(reuse: VertexReuse, v: Vertex, kind: AnyResourceKind): Derived {
  * Two resources that manage the same thing under different names (file[a] and file[b], both path /srv/x) validate
  * one by one, then undo each other's work forever. Refused, each pair with both locations.
  */
-function overlap(id: ResourceId, v: Vertex, thing: string, prior: Vertex): BackplaneError {
+function overlap(v: Vertex, thing: string, prior: Vertex): BackplaneError {
+  const id = v.id;
   const at = formatLocation(prior.loc);
   return new BackplaneError('E_OVERLAP', `${id} manages ${thing}, which ${prior.id}${at === '' ? '' : ` (${at})`} already manages`, {
     where: v.loc,
@@ -284,35 +289,47 @@ function overlap(id: ResourceId, v: Vertex, thing: string, prior: Vertex): Backp
 }
 
 /**
- * Which vertex (by place) manages each thing: the first to claim it. One set operation a claim, where a lookup and
- * an insert were two map operations (~20 ms at 100,000 files); a thing claimed twice (an overlap, an error) finds its
- * first owner from the things kept per place.
+ * Which vertex (by place) manages each thing: the first to claim it. An index by the things' hashes in typed arrays,
+ * as PlaceIndex, that keeps no thing: on a hash that matches, the claimant's thing is asked for again (thingAt), so
+ * each thing (a concatenation, copied flat to be hashed) dies young instead of living through the build. At 100,000
+ * files a Set of them was ~14 MB (the strings, their flat copies, the set's tables grown by copying) and ~3,000 page
+ * faults.
  */
 class Owners {
-  /** Every thing claimed: a set, since who claimed it is only asked for an overlap (from `things`). */
-  private readonly claimed = new Set<string>();
-  /** The thing each place claimed (the strings the map holds anyway). */
-  private readonly things: (string | undefined)[];
-  private first: Map<string, number> | undefined;
-  private firstUpTo = 0;
-  constructor(n: number) {
-    this.things = new Array<string | undefined>(n);
+  /** Per slot, a place + 1 (0: free). */
+  private readonly slots: Int32Array;
+  private readonly mask: number;
+  /** Per place, the hash of the thing it claimed. */
+  private readonly hashes: Int32Array;
+  constructor(
+    n: number,
+    /** The thing the vertex at a place claimed. */
+    private readonly thingAt: (p: number) => string | undefined,
+  ) {
+    let size = 16;
+    while (size < n * 2) size *= 2;
+    this.slots = new Int32Array(size);
+    this.mask = size - 1;
+    this.hashes = new Int32Array(n);
+  }
+
+  /** The index's slots, at least two a vertex, for other use: no claim may follow. */
+  slotsForScratch(): Int32Array {
+    return this.slots;
   }
 
   /** -1 when `thing` was not claimed before (now it is, by `i`); else the place that claimed it first. */
   claim(thing: string, i: number): number {
-    const size = this.claimed.size;
-    this.claimed.add(thing);
-    if (this.claimed.size !== size) {
-      this.things[i] = thing;
-      return -1;
+    const h = textHash(thing);
+    for (let s = h & this.mask; ; s = (s + 1) & this.mask) {
+      const p = (this.slots[s] as number) - 1;
+      if (p < 0) {
+        this.slots[s] = i + 1;
+        this.hashes[i] = h;
+        return -1;
+      }
+      if (this.hashes[p] === h && this.thingAt(p) === thing) return p;
     }
-    const first = (this.first ??= new Map());
-    for (; this.firstUpTo < i; this.firstUpTo++) {
-      const t = this.things[this.firstUpTo];
-      if (t !== undefined && !first.has(t)) first.set(t, this.firstUpTo);
-    }
-    return first.get(thing) as number;
   }
 }
 
@@ -351,12 +368,12 @@ class EdgeBuffer {
    * (notify if either notifies, auto only if both are). Found per source with a mark per target, in one pass over
    * the edges grouped by source (CSR): no map, no key string per edge.
    */
-  merged(n: number): EdgeTable {
+  merged(n: number, scratch: Int32Array): EdgeTable {
     const e = this.size;
     const out = csr(n, e, this.from);
     const { start, order } = out;
-    const seenFrom = new Int32Array(n).fill(-1);
-    const firstAt = new Int32Array(n);
+    const seenFrom = scratch.subarray(0, n).fill(-1);
+    const firstAt = scratch.subarray(n, 2 * n);
     const flags = this.flags;
     const dead = new Uint8Array(e);
     let dups = 0;
@@ -430,13 +447,13 @@ const NO_KEYS: readonly string[] = Object.freeze([]);
  * Whether following the edges from every vertex never comes back (Kahn's algorithm): a count per vertex and a queue,
  * in typed arrays, where finding the cycles themselves (Tarjan) keeps two numbers, a stack flag and a frame each.
  */
-function isAcyclic(t: EdgeTable): boolean {
+function isAcyclic(t: EdgeTable, scratch: Int32Array): boolean {
   const n = t.n;
   const { start, order } = t.out;
   // Each vertex's count of incoming edges is the length of its list in the index by target (which the Graph keeps).
   const ins = t.in.start;
-  const indeg = new Int32Array(n);
-  const queue = new Int32Array(n);
+  const indeg = scratch.subarray(0, n);
+  const queue = scratch.subarray(n, 2 * n);
   let tail = 0;
   for (let i = 0; i < n; i++) {
     const d = (ins[i + 1] as number) - (ins[i] as number);
@@ -462,12 +479,17 @@ function isAcyclic(t: EdgeTable): boolean {
  * 100,000 keys of which one, their directory, was ever looked up). Files of one directory share one list of wants
  * (their ancestors): each distinct list is numbered once, its keys added to the wanted set once, and its providers
  * resolved once, not per file.
+ *
+ * What a vertex provides is not kept, only each key's length: a key of a length no wanted key has is not wanted, and
+ * the few of a wanted length are asked of the vertex's kind again (providedAt) once every want is known. At 100,000
+ * files each file's key (`path:<its path>`, a concatenation) lived through the whole build to be dropped at its end:
+ * ~3 MB promoted to the old generation, ~800 page faults.
  */
 class Hints {
-  /** What vertices provide, one key at a time (not each vertex's list: the key is what is kept), and who. */
+  /** Who provides each key, one entry a key, a vertex's keys in a row; the key's length (255: 255 or more). */
   private provIdx: Int32Array;
+  private provLen: Uint8Array;
   private provCount = 0;
-  private readonly provKeys: string[];
   /** Per vertex place, which of `lists` it wants (-1: none). */
   private readonly wantOf: Int32Array;
   private readonly lists: (readonly string[])[] = [];
@@ -475,23 +497,34 @@ class Hints {
   private lastList: readonly string[] | undefined;
   private lastId = -1;
   private readonly wanted = new Set<string>();
+  /** A flag per length of a wanted key (as provLen has it). */
+  private readonly wantedLengths = new Uint8Array(256);
 
-  /** `n`: at most this many vertices (the raw resources). Typed arrays: nothing in them for the scavenger to copy. */
-  constructor(n: number) {
+  /**
+   * `n`: at most this many vertices (the raw resources). Typed arrays: nothing in them for the scavenger to copy.
+   * `providedAt`: what the vertex at a place provides, as its kind said when it was added.
+   */
+  constructor(
+    n: number,
+    private readonly providedAt: (i: number) => readonly string[],
+  ) {
     this.wantOf = new Int32Array(n).fill(-1);
+    // Most kinds provide a key or none: room for one a vertex (grown when full).
     this.provIdx = new Int32Array(Math.max(16, n));
-    // Most kinds provide a key or none: room for one a vertex, made at once (written past its end, it grows).
-    this.provKeys = new Array<string>(n);
+    this.provLen = new Uint8Array(this.provIdx.length);
   }
 
   add(i: number, hints: AutoEdges, autoedge: boolean): void {
     for (const key of hints.provides ?? NO_KEYS) {
       if (this.provCount === this.provIdx.length) {
-        const grown = new Int32Array(this.provCount * 2);
-        grown.set(this.provIdx);
-        this.provIdx = grown;
+        const idx = new Int32Array(this.provCount * 2);
+        idx.set(this.provIdx);
+        this.provIdx = idx;
+        const len = new Uint8Array(this.provCount * 2);
+        len.set(this.provLen);
+        this.provLen = len;
       }
-      this.provKeys[this.provCount] = key;
+      this.provLen[this.provCount] = Math.min(key.length, 255);
       this.provIdx[this.provCount++] = i;
     }
     const wants = hints.wants;
@@ -503,7 +536,10 @@ class Hints {
       else {
         id = this.lists.push(wants) - 1;
         this.listId.set(wants, id);
-        for (const key of wants) this.wanted.add(key);
+        for (const key of wants) {
+          this.wanted.add(key);
+          this.wantedLengths[Math.min(key.length, 255)] = 1;
+        }
       }
       this.lastList = wants;
       this.lastId = id;
@@ -514,10 +550,20 @@ class Hints {
   /** The wanting vertex depends on every provider of each key it wants: in vertex order, keys in order, providers in order. */
   addEdges(edges: EdgeBuffer, n: number): void {
     const providers = new Map<string, number[]>();
+    // The keys of the vertex whose entries these are (asked for once a vertex), and where its entries begin.
+    let at = -1;
+    let first = 0;
+    let keys: readonly string[] = NO_KEYS;
     for (let k = 0; k < this.provCount; k++) {
-      const key = this.provKeys[k] as string;
-      if (!this.wanted.has(key)) continue;
+      if (this.wantedLengths[this.provLen[k] as number] === 0) continue;
       const i = this.provIdx[k] as number;
+      if (i !== at) {
+        at = i;
+        for (first = k; first > 0 && this.provIdx[first - 1] === i; first--);
+        keys = this.providedAt(i);
+      }
+      const key = keys[k - first];
+      if (key === undefined || !this.wanted.has(key)) continue;
       const l = providers.get(key);
       if (l === undefined) providers.set(key, [i]);
       else l.push(i);
@@ -539,14 +585,15 @@ const NO_PLACES: readonly number[] = Object.freeze([]);
  * graph, every error, every edge) alive as long as the vertex lives. The location is lazy because finding a line
  * means parsing the file for positions, which only errors and `graph` output need.
  */
-function vertex(id: ResourceId, r: RawResource, params: unknown, meta: Meta, fingerprint: string | undefined): Vertex {
-  return new BuiltVertex(id, r, params, meta, fingerprint);
+function vertex(r: RawResource, params: unknown, meta: Meta, fingerprint: string | undefined): Vertex {
+  return new BuiltVertex(r, params, meta, fingerprint);
 }
 
 /** A class for the same reason as the frontends' raw resources: a literal with getters is a dictionary in V8. */
 class BuiltVertex implements Vertex {
+  /** Made when first asked for (see PlaceIndex). */
+  private i: ResourceId | undefined = undefined;
   constructor(
-    readonly id: ResourceId,
     private readonly raw: RawResource,
     readonly params: unknown,
     readonly meta: Meta,
@@ -554,6 +601,9 @@ class BuiltVertex implements Vertex {
     // resource holding its whole definition again was a good part of an idle agent's memory.
     private fp: string | undefined,
   ) {}
+  get id(): ResourceId {
+    return (this.i ??= resourceId(this.raw.kind, this.raw.name));
+  }
   // Read from the raw resource rather than copied: two fields less on each of 100,000 vertices.
   get kind(): string {
     return this.raw.kind;
