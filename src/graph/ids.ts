@@ -87,8 +87,14 @@ function feed1(c: number, at: number): number {
   return at + 1;
 }
 
-const FNV_OFFSET = 0x811c9dc5 | 0;
-const FNV_OFFSET_B = 0x050c5d1f;
+/**
+ * The lanes' starting values, drawn once per process. Names come from graph files and from other hosts' exports (a
+ * misbehaving host chooses its own), and the index probes linearly: with a fixed hash anyone could compute thousands
+ * of names that share a slot and make every build quadratic (a hash flood). V8 seeds its own string hash per
+ * process for the same reason; Math.random is seeded from the OS and none of its output is shown to anyone.
+ */
+const FNV_OFFSET = (0x811c9dc5 ^ Math.floor(Math.random() * 0x100000000)) | 0;
+const FNV_OFFSET_B = (0x050c5d1f ^ Math.floor(Math.random() * 0x100000000)) | 0;
 const FNV_PRIME = 0x01000193;
 const GOLDEN = 0x9e3779b1 | 0;
 

@@ -11,16 +11,39 @@ import { createRegistry } from '../../src/resources/registry.js';
 import { defineKind } from '../../src/resources/types.js';
 import { GRAPH_FILE, allKinds, build, buildErrors, edgeTexts, id } from '../helpers/graph.js';
 
-/** Two texts of one textHash, found by search (the test checks they still are). */
-const SAME_HASH_THINGS = ['path /srv/f37969', 'path /srv/f55367'] as const;
+/**
+ * Two texts `${prefix}${i}` of one hash, found by search: the hash is seeded per process (a fixed one would let
+ * anyone write names that all share a slot), so the pair differs from run to run. A 32-bit hash gives a pair within
+ * ~80,000 texts half the time; the search goes on until it finds one.
+ */
+function sameHash(prefix: string, hash: (text: string) => number): readonly [string, string] {
+  const seen = new Map<number, string>();
+  for (let i = 0; ; i++) {
+    const text = `${prefix}${i}`;
+    const h = hash(text);
+    const other = seen.get(h);
+    if (other !== undefined) return [other, text];
+    seen.set(h, text);
+  }
+}
+const SAME_HASH_THINGS = sameHash('path /srv/f', textHash);
 /** Two noop names whose ids have one idHash. */
-const SAME_HASH_NAMES = ['n19693', 'n147396'] as const;
+const SAME_HASH_NAMES = sameHash('n', (name) => idHash('noop', name));
 
 function plainVertex(kind: string, name: string): Vertex {
   return { id: resourceId(kind, name), kind, name, params: {}, meta: defaultMeta, loc: undefined, fingerprint: '' };
 }
 
 describe('ids: hashes', () => {
+  test('the hash is seeded per process: the same id hashes differently in another process', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const script = `import { idHash } from ${JSON.stringify(new URL('../../src/graph/ids.ts', import.meta.url).href)}; console.log(idHash('file', '/etc/motd'));`;
+    const run = (): string => execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8' }).trim();
+    // Two other processes and this one: equal by chance once in 2^32 per pair.
+    const hashes = new Set([run(), run(), String(idHash('file', '/etc/motd'))]);
+    assert.equal(hashes.size, 3);
+  });
+
   test('idHash of kind and name is textHash of the id itself, for any text', () => {
     for (const [kind, name] of [
       ['file', '/etc/motd'],
