@@ -41,7 +41,27 @@ export interface Adjacency {
   readonly edges: readonly Edge[];
   dependents(id: ResourceId): readonly Edge[];
   dependencies(id: ResourceId): readonly Edge[];
+  /** The ids of `id`'s dependents read one at a time, without making its list of edges (see DependentIds). */
+  dependentIds?(id: ResourceId): DependentIds;
 }
+
+/**
+ * The ids of a vertex's dependents, in the order of `dependents()`, read one at a time. The engine wakes the 100,000
+ * files of a directory in turns once the directory has converged: their list of edges, made whole, was 100,000 edge
+ * objects and 100,000 id strings (~15 MB of fresh memory and a mark-compact, ~40-120 ms) before the first file could
+ * start; read one at a time, each id is made as its vertex is woken.
+ */
+export interface DependentIds {
+  readonly length: number;
+  at(k: number): ResourceId;
+}
+
+const NO_DEPENDENT_IDS: DependentIds = Object.freeze({
+  length: 0,
+  at: (k: number): ResourceId => {
+    throw new RangeError(`no dependent at ${k}: there are none`);
+  },
+});
 
 /** A validated, acyclic resource graph. Immutable once built; a new graph replaces it whole. */
 export class Graph {
@@ -75,6 +95,14 @@ export class Graph {
   /** Edges entering `id`: the resources it depends on. */
   dependencies(id: ResourceId): readonly Edge[] {
     return this.adjacency.dependencies(id);
+  }
+
+  /** The ids of the resources that depend on `id`, as dependents() has them, made as each is read. */
+  dependentIds(id: ResourceId): DependentIds {
+    const own = this.adjacency.dependentIds?.(id);
+    if (own !== undefined) return own;
+    const list = this.dependents(id);
+    return list.length === 0 ? NO_DEPENDENT_IDS : { length: list.length, at: (k) => (list[k] as Edge).to };
   }
 
   /** Kahn's order; stable with respect to declaration order. The builder guarantees there is no cycle. */
@@ -372,5 +400,19 @@ export class TableAdjacency implements Adjacency {
 
   dependencies(id: ResourceId): readonly Edge[] {
     return this.list(this.inLists, this.in, id);
+  }
+
+  dependentIds(id: ResourceId): DependentIds {
+    const i = this.vertices.indexOf(id);
+    if (i === undefined) return NO_DEPENDENT_IDS;
+    const made = this.outLists[i];
+    if (made !== undefined) return { length: made.length, at: (k) => (made[k] as Edge).to };
+    const a = this.out.start[i] as number;
+    const b = this.out.start[i + 1] as number;
+    if (a === b) return NO_DEPENDENT_IDS;
+    const { order } = this.out;
+    const { to } = this.table;
+    const vertices = this.vertices;
+    return { length: b - a, at: (k) => vertices.at(to[order[a + k] as number] as number).id };
   }
 }

@@ -97,6 +97,25 @@ describe('Graph.dependencies / dependents', () => {
     assert.deepEqual(g.dependencies(n('nope')), []);
     assert.deepEqual(g.dependents(n('nope')), []);
   });
+
+  test('dependentIds reads the ids of dependents() one at a time, in its order, built or given edges', () => {
+    const ids = (g: Graph, of: ResourceId): ResourceId[] => {
+      const l = g.dependentIds(of);
+      return Array.from({ length: l.length }, (_, k) => l.at(k));
+    };
+    const built = build(DIAMOND);
+    const given = rawGraph(['a', 'b', 'c', 'd'], [['a', 'b'], ['a', 'c'], ['c', 'd']]);
+    for (const g of [built, given]) {
+      for (const v of g.vertices.keys()) assert.deepEqual(ids(g, v), g.dependents(v).map((e) => e.to), v);
+      assert.equal(g.dependentIds(n('nope')).length, 0);
+    }
+    // Before and after the list of edges is made (the built graph makes it when first asked for).
+    const fresh = build(DIAMOND);
+    const first = ids(fresh, n('a'));
+    assert.deepEqual(first, fresh.dependents(n('a')).map((e) => e.to));
+    assert.deepEqual(ids(fresh, n('a')), first);
+    assert.throws(() => fresh.dependentIds(n('e')).at(0), RangeError);
+  });
 });
 
 describe('Graph.downstream', () => {
