@@ -22,9 +22,9 @@ import {
 } from '../util/safe-path.js';
 import { Semaphore } from '../util/semaphore.js';
 import { syncDirectory } from '../util/dirsync.js';
-import { watchPath } from '../util/dirwatch.js';
+import { subscribePath, type PathWatch } from '../util/dirwatch.js';
 import { fileSchema, quickFileParams, type FileParams } from './file-schema.js';
-import { defineKind, type CheckApplyContext, type CheckResult, type Resource, type ResourceLog, type ResourceWorld, type WatchContext } from './types.js';
+import { defineKind, type AttachedWatchContext, type CheckApplyContext, type CheckResult, type Resource, type ResourceLog, type ResourceWorld, type WatchContext } from './types.js';
 
 /**
  * A regular file, directory or symlink — or its absence — with content, mode and ownership (after Puppet's `file`
@@ -180,7 +180,10 @@ class FileResource implements Resource {
   private wrote: Written | undefined;
   private running = false;
   private deferred: string | undefined;
-  private notify: ((reason: string) => void) | undefined;
+  /** The watch's hooks and subscriptions while it is attached (attachWatch, detachWatch). */
+  private hooks: AttachedWatchContext | undefined;
+  private pathWatch: PathWatch | undefined;
+  private sourceWatch: PathWatch | undefined;
 
   constructor(
     private readonly id: ResourceId,
@@ -200,22 +203,73 @@ class FileResource implements Resource {
     return this.wrote !== undefined && isEcho(this.path, this.wrote);
   }
 
-  watch({ signal, ready, changed }: WatchContext): Promise<void> {
+  /** The watch's end, when not through detachWatch (a caller of watch() with its own signal). */
+  watch(ctx: WatchContext): Promise<void> {
+    const { signal } = ctx;
+    if (signal.aborted) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      signal.addEventListener(
+        'abort',
+        () => {
+          this.detachWatch();
+          resolve();
+        },
+        { once: true },
+      );
+      this.attachWatch({
+        ready: () => ctx.ready(),
+        changed: (reason) => ctx.changed(reason),
+        failed: (err) => {
+          this.detachWatch();
+          reject(err instanceof Error ? err : new Error(String(err)));
+        },
+      });
+    });
+  }
+
+  /**
+   * The path's watch (and the source's, after it), ended by detachWatch: no signal, no promise kept per file. A file
+   * in a directory watched already is attached at once, so its first check starts in the same turn as its worker.
+   */
+  attachWatch(ctx: AttachedWatchContext): void {
     const { path, p } = this;
-    this.notify = changed;
+    this.detachWatch();
+    this.hooks = ctx;
     const cb = (reason: string): void => {
       if (this.running) this.deferred ??= reason;
-      else if (!this.ownEcho()) changed(reason);
+      else if (!this.ownEcho()) this.hooks?.changed(reason);
     };
-    // A promise chain rather than an async function: a suspended one per file (until the agent stops) is a
-    // generator and its frame kept alive for each of 100,000 files.
-    let attached = watchPath(path, cb, signal, p.type === 'directory' && p.purge ? { children: true } : {});
+    const w = subscribePath(path, cb, p.type === 'directory' && p.purge ? { children: true } : {});
+    this.pathWatch = w;
     const source = p.source;
-    if (source !== undefined && p.state === 'exists') attached = attached.then(() => watchPath(source, cb, signal));
-    return attached.then(() => {
-      ready();
-      return untilAborted(signal);
+    const withSource = source !== undefined && p.state === 'exists';
+    if (w.attached === undefined && !withSource) {
+      ctx.ready();
+      return;
+    }
+    const attached = (w.attached ?? Promise.resolve()).then(() => {
+      if (!withSource || this.pathWatch !== w) return undefined;
+      const s = subscribePath(source, cb);
+      this.sourceWatch = s;
+      return s.attached;
     });
+    // Only the watch still attached reports: one detached meanwhile (stopped, or failed and attached again) is over.
+    attached.then(
+      () => {
+        if (this.pathWatch === w) ctx.ready();
+      },
+      (err: unknown) => {
+        if (this.pathWatch === w) ctx.failed(err);
+      },
+    );
+  }
+
+  detachWatch(): void {
+    this.pathWatch?.close();
+    this.sourceWatch?.close();
+    this.pathWatch = undefined;
+    this.sourceWatch = undefined;
+    this.hooks = undefined;
   }
 
   checkApply(ctx: CheckApplyContext): Promise<CheckResult> {
@@ -279,7 +333,7 @@ class FileResource implements Resource {
         this.running = false;
         const reason = this.deferred;
         this.deferred = undefined;
-        if (reason !== undefined && !this.ownEcho()) this.notify?.(reason);
+        if (reason !== undefined && !this.ownEcho()) this.hooks?.changed(reason);
       }
     } finally {
       slot.release();
@@ -1529,11 +1583,6 @@ function isNormalPath(p: string): boolean {
     if (p.charCodeAt(i + 2) === 46 && (i + 3 === n || p.charCodeAt(i + 3) === 47)) return false;
   }
   return true;
-}
-
-function untilAborted(signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
 }
 
 /**
