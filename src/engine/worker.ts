@@ -143,6 +143,11 @@ export class Worker {
     return this.ac.signal;
   }
 
+  /** Aborted (the signal's `aborted`, whether or not the signal was made). */
+  get stopped(): boolean {
+    return this.halted;
+  }
+
   start(): void {
     this.startWatch();
     this.step();
@@ -572,6 +577,10 @@ class RunContext implements CheckApplyContext {
 
   get signal(): AbortSignal {
     return this.w.signal;
+  }
+
+  get aborted(): boolean {
+    return this.w.stopped;
   }
 }
 

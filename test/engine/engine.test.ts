@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { harness, until, withTempDir } from '../helpers/engine.js';
 import { ProbeWorld, probeKind } from '../helpers/probe-kind.js';
@@ -329,6 +330,32 @@ resources:
     hooks.get('attached[a]')?.changed('after the stop');
     await new Promise((r) => setTimeout(r, 20));
     assert.equal(events.length, checks);
+  });
+
+  test('files written and watched by an agent engine make no AbortController: their writes read `aborted`, not a signal', async () => {
+    await withTempDir(async (dir) => {
+      // The directory exists: a directory is created through the general path, which takes the signal.
+      await mkdir(join(dir, 'd'));
+      const h = harness([], { watch: true });
+      const Real = globalThis.AbortController;
+      let made = 0;
+      globalThis.AbortController = class extends Real {
+        constructor() {
+          super();
+          made++;
+        }
+      };
+      try {
+        const files = Array.from({ length: 20 }, (_, i) => `  - { kind: file, name: ${dir}/d/f${i}, content: "x${i}" }`).join('\n');
+        await h.engine.setGraph(h.graph(`resources:\n  - { kind: file, name: ${dir}/d, type: directory }\n${files}\n`));
+        await h.settled();
+        await h.engine.stop();
+      } finally {
+        globalThis.AbortController = Real;
+      }
+      assert.equal((await readdir(join(dir, 'd'))).length, 20);
+      assert.equal(made, 0, `${made} AbortControllers for 21 files created and watched`);
+    });
   });
 
   test('close tells a resource why it stops: removed, replaced or shutdown', async () => {
