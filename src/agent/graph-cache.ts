@@ -1,5 +1,6 @@
-import { createHash } from 'node:crypto';
-import { closeSync, constants as fsc, fstatSync, lstatSync, openSync, readSync } from 'node:fs';
+import { createHash, randomBytes } from 'node:crypto';
+import { closeSync, constants as fsc, fstatSync, linkSync, lstatSync, openSync, readdirSync, readSync, renameSync, rmSync } from 'node:fs';
+import { lutimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { SourceLocation } from '../errors.js';
 import { textLocator } from '../frontends/document.js';
@@ -183,7 +184,83 @@ export async function writeCachedGraph(key: GraphCacheKey, raw: RawGraph, graph:
   } catch (err) {
     return `cannot write it: ${err instanceof Error ? err.message : String(err)}`;
   }
+  // Entries only ever appear here, at a write: bounded here too. Failing to prune costs disk space, not the run.
+  try {
+    pruneGraphCache(key.stateDir, cachePath(key.stateDir, key.file));
+  } catch {
+    // The next write tries again.
+  }
   return undefined;
+}
+
+/**
+ * How many entries the cache keeps and for how long one unused is kept. An entry is up to ~25 MB (100,000 files), and
+ * before this bound one was kept for every graph path ever run with the state directory, for good. A hit refreshes
+ * its entry's mtime (touchEntry), so age is time since the graph was last run (or written).
+ */
+export const KEEP_ENTRIES = 8;
+export const KEEP_UNUSED_MS = 30 * 24 * 3600 * 1000;
+/**
+ * A temp file (writeFileAtomic's `<entry>.<hex>.tmp`, or pruneGraphCache's own `.<hex>.prune`) is removed only once
+ * it is this old: the process writing it does so in one go (well under a second at 100,000 files), so one an hour
+ * old was left by a writer that died; a younger one may be another agent's (one-shot runs share a state directory)
+ * write in progress, and is left alone.
+ */
+export const STALE_TEMP_MS = 3600 * 1000;
+
+const ENTRY_NAME = /^[0-9a-f]{32}\.json$/;
+const TEMP_NAME = /^[0-9a-f]{32}\.json\.[0-9a-f]{12}\.(?:tmp|prune)$/;
+
+/**
+ * Removes entries other than `keep` (the one just written) beyond the KEEP_ENTRIES most recently used or unused for
+ * KEEP_UNUSED_MS, and temp files older than STALE_TEMP_MS. An entry is taken away by renaming it to a temp name first
+ * and removed only if what was renamed is the very file judged (same inode and mtime): one another process renamed
+ * into place meanwhile (a newer version of that graph's entry) is linked back under its name instead — link()
+ * never replaces, so a still newer one there stays — and nothing written after the judgement is lost. A process
+ * reading an entry as it goes keeps what it opened (its descriptor), or misses and parses.
+ */
+export function pruneGraphCache(stateDir: string, keep: string, opts: { readonly now?: number; readonly beforeTake?: (path: string) => void } = {}): void {
+  const now = opts.now ?? Date.now();
+  const dir = join(stateDir, 'graph-cache');
+  const entries: { readonly name: string; readonly ino: number; readonly mtimeMs: number }[] = [];
+  for (const name of readdirSync(dir)) {
+    const path = join(dir, name);
+    if (path === keep) continue;
+    const st = lstatSync(path, { throwIfNoEntry: false });
+    if (st === undefined || !st.isFile()) continue;
+    if (TEMP_NAME.test(name)) {
+      if (now - st.mtimeMs > STALE_TEMP_MS) rmSync(path, { force: true });
+    } else if (ENTRY_NAME.test(name)) entries.push({ name, ino: st.ino, mtimeMs: st.mtimeMs });
+  }
+  // Newest first; `keep` counts as one of the KEEP_ENTRIES.
+  entries.sort((a, b) => b.mtimeMs - a.mtimeMs);
+  for (const [i, e] of entries.entries()) {
+    if (i + 1 < KEEP_ENTRIES && now - e.mtimeMs <= KEEP_UNUSED_MS) continue;
+    const path = join(dir, e.name);
+    const grave = `${path}.${randomBytes(6).toString('hex')}.prune`;
+    // Tests: another process's write between the judgement and the rename.
+    opts.beforeTake?.(path);
+    try {
+      renameSync(path, grave);
+    } catch {
+      continue; // gone already (another process pruned it)
+    }
+    const st = lstatSync(grave, { throwIfNoEntry: false });
+    if (st !== undefined && (st.ino !== e.ino || st.mtimeMs !== e.mtimeMs)) {
+      try {
+        linkSync(grave, path);
+      } catch {
+        // A newer entry is at that name already: the one renamed away is superseded.
+      }
+    }
+    rmSync(grave, { force: true });
+  }
+}
+
+/** A hit's entry counts as used now (pruneGraphCache keeps the most recently used); in the background, best effort. */
+function touchEntry(path: string): void {
+  const now = new Date();
+  lutimes(path, now, now).catch(() => undefined);
 }
 /**
  * Why a cache entry was not used (for a debug line); when it was, the Graph and the kinds its resources are of (from
@@ -220,7 +297,10 @@ export async function readCachedGraph(key: GraphCacheKey): Promise<CacheLookup> 
   const body = data.subarray(header.bodyStart);
   if (String(body.length) !== header.bodyLength || createHash('sha256').update(body).digest('hex') !== header.bodyHash) return { miss: 'corrupt or cut short (its checksum does not match)' };
   try {
-    return decode(key, body) ?? { miss: 'malformed' };
+    const hit = decode(key, body);
+    if (hit === undefined) return { miss: 'malformed' };
+    touchEntry(cachePath(key.stateDir, key.file));
+    return hit;
   } catch (err) {
     return { miss: `malformed: ${err instanceof Error ? err.message : String(err)}` };
   }

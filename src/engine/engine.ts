@@ -464,17 +464,34 @@ export class Engine implements WorkerHost {
     return out;
   }
 
+  /**
+   * A status object only for the vertices listed (failed, blocked, noop's would-change), in the graph's order: one per
+   * vertex, as status() makes, was ~0.1 s of an agent's exit at 100,000 files (complete() asks for this on SIGTERM).
+   * Vertices without a worker are pending or stopped, never listed or counted converged.
+   */
   summary(): ConvergeSummary {
-    const all = this.status();
-    const failed = all.filter((s) => s.state === 'failed');
-    const blocked = all.filter((s) => s.state === 'blocked');
-    return {
-      ok: failed.length === 0 && blocked.length === 0,
-      converged: all.filter((s) => s.state === 'converged').length,
-      failed,
-      blocked,
-      wouldChange: all.filter((s) => s.pending !== undefined),
-    };
+    let converged = 0;
+    let listed = false;
+    for (const w of this.workers.values()) {
+      if (w.state === 'converged') converged++;
+      else if (w.state === 'failed' || w.state === 'blocked') listed = true;
+      if (w.wouldChange) listed = true;
+    }
+    const failed: VertexStatus[] = [];
+    const blocked: VertexStatus[] = [];
+    const wouldChange: VertexStatus[] = [];
+    const g = this.graph;
+    if (listed && g !== undefined) {
+      for (const id of g.vertices.keys()) {
+        const w = this.workers.get(id);
+        if (w === undefined || (w.state !== 'failed' && w.state !== 'blocked' && !w.wouldChange)) continue;
+        const st = w.status();
+        if (st.state === 'failed') failed.push(st);
+        else if (st.state === 'blocked') blocked.push(st);
+        if (st.pending !== undefined) wouldChange.push(st);
+      }
+    }
+    return { ok: failed.length === 0 && blocked.length === 0, converged, failed, blocked, wouldChange };
   }
 
   /** Aborts all in-flight work and watches; resolves when every worker has stopped. */

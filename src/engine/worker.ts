@@ -2,7 +2,7 @@ import { BackplaneError, errorMessage } from '../errors.js';
 import type { Vertex } from '../graph/graph.js';
 import type { Logger } from '../log.js';
 import type { KindMetrics } from '../api/metrics.js';
-import type { CheckApplyContext, CheckResult, CloseReason, Resource, ResourceLog } from '../resources/types.js';
+import type { AttachedWatchContext, CheckApplyContext, CheckResult, CloseReason, Resource, ResourceLog } from '../resources/types.js';
 import { formatDuration } from '../util/duration.js';
 import { TokenBucket } from './rate-limit.js';
 import type { VertexState, VertexStatus } from './state.js';
@@ -143,6 +143,11 @@ export class Worker {
     return this.ac.signal;
   }
 
+  /** Aborted (the signal's `aborted`, whether or not the signal was made). */
+  get stopped(): boolean {
+    return this.halted;
+  }
+
   start(): void {
     this.startWatch();
     this.step();
@@ -208,6 +213,11 @@ export class Worker {
     this.step();
   }
 
+  /** noop found changes it did not make: status() has `pending` (Engine.summary's wouldChange). */
+  get wouldChange(): boolean {
+    return this.noopResult !== undefined && !this.noopResult.converged;
+  }
+
   status(): VertexStatus {
     return {
       id: this.id,
@@ -228,6 +238,10 @@ export class Worker {
     this.halted = true;
     this.haltReason = reason;
     this.ac?.abort(reason);
+    if (this.attached !== undefined) {
+      this.attached = undefined;
+      this.resource.detachWatch?.();
+    }
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
     if (this.timerPoll !== undefined) clearTimeout(this.timerPoll);
@@ -439,11 +453,59 @@ export class Worker {
       tick();
       return;
     }
+    if (this.resource.attachWatch !== undefined && this.resource.detachWatch !== undefined) {
+      this.attachWatch(500);
+      return;
+    }
     if (this.resource.watch === undefined) {
       this.markReady();
       return;
     }
     this.runWatch(500);
+  }
+
+  /**
+   * The watch of a kind that has attachWatch/detachWatch (files): no signal or promise per worker; abort() detaches
+   * it, so an idle worker stops synchronously (stopNow). `attached` also tells a failure of this attachment from a
+   * late one of an attachment given up already.
+   */
+  private attached: WatchHooks | undefined;
+
+  private attachWatch(backoff: number): void {
+    const hooks = new WatchHooks(this, backoff);
+    this.attached = hooks;
+    try {
+      this.resource.attachWatch?.(hooks);
+    } catch (err) {
+      this.onWatchFailed(hooks, err);
+    }
+  }
+
+  /** WatchHooks.ready: the attachment is still the current one. */
+  onWatchReady(hooks: WatchHooks): void {
+    if (this.attached === hooks) this.markReady();
+  }
+
+  /** WatchHooks.changed. */
+  onWatchChanged(hooks: WatchHooks, reason: string): void {
+    if (this.attached !== hooks) return;
+    this.metrics?.watchEvent();
+    this.poke(false, reason, true);
+  }
+
+  /** WatchHooks.failed: detached, and attached again after the back-off (as a watch() that ends or fails is). */
+  onWatchFailed(hooks: WatchHooks, err: unknown): void {
+    if (this.attached !== hooks || this.halted) return;
+    this.attached = undefined;
+    this.resource.detachWatch?.();
+    this.log.warn(`watch failed, restarting in ${formatDuration(hooks.backoff)}: ${errorMessage(err)}`);
+    this.watchTimer = setTimeout(() => {
+      this.watchTimer = undefined;
+      if (this.halted) return;
+      // Changes may have been missed while the watch was down.
+      this.poke(false, 'watch restarted');
+      this.attachWatch(Math.min(hooks.backoff * 2, WATCH_RESTART_MAX_MS));
+    }, hooks.backoff);
   }
 
   private timerPoll: NodeJS.Timeout | undefined;
@@ -515,5 +577,27 @@ class RunContext implements CheckApplyContext {
 
   get signal(): AbortSignal {
     return this.w.signal;
+  }
+
+  get aborted(): boolean {
+    return this.w.stopped;
+  }
+}
+
+/** What an attached watch reports through (Resource.attachWatch): one small object per attachment, no closures. */
+class WatchHooks implements AttachedWatchContext {
+  constructor(
+    private readonly w: Worker,
+    readonly backoff: number,
+  ) {}
+
+  ready(): void {
+    this.w.onWatchReady(this);
+  }
+  changed(reason: string): void {
+    this.w.onWatchChanged(this, reason);
+  }
+  failed(err: unknown): void {
+    this.w.onWatchFailed(this, err);
   }
 }

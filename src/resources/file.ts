@@ -22,9 +22,9 @@ import {
 } from '../util/safe-path.js';
 import { Semaphore } from '../util/semaphore.js';
 import { syncDirectory } from '../util/dirsync.js';
-import { watchPath } from '../util/dirwatch.js';
+import { subscribePath, type PathWatch } from '../util/dirwatch.js';
 import { fileSchema, quickFileParams, type FileParams } from './file-schema.js';
-import { defineKind, type CheckApplyContext, type CheckResult, type Resource, type ResourceLog, type ResourceWorld, type WatchContext } from './types.js';
+import { defineKind, type AttachedWatchContext, type CheckApplyContext, type CheckResult, type Resource, type ResourceLog, type ResourceWorld, type WatchContext } from './types.js';
 
 /**
  * A regular file, directory or symlink — or its absence — with content, mode and ownership (after Puppet's `file`
@@ -182,7 +182,10 @@ class FileResource implements Resource {
   private wrote: Written | undefined;
   private running = false;
   private deferred: string | undefined;
-  private notify: ((reason: string) => void) | undefined;
+  /** The watch's hooks and subscriptions while it is attached (attachWatch, detachWatch). */
+  private hooks: AttachedWatchContext | undefined;
+  private pathWatch: PathWatch | undefined;
+  private sourceWatch: PathWatch | undefined;
 
   constructor(
     private readonly id: ResourceId,
@@ -202,22 +205,73 @@ class FileResource implements Resource {
     return this.wrote !== undefined && isEcho(this.path, this.wrote);
   }
 
-  watch({ signal, ready, changed }: WatchContext): Promise<void> {
+  /** The watch's end, when not through detachWatch (a caller of watch() with its own signal). */
+  watch(ctx: WatchContext): Promise<void> {
+    const { signal } = ctx;
+    if (signal.aborted) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      signal.addEventListener(
+        'abort',
+        () => {
+          this.detachWatch();
+          resolve();
+        },
+        { once: true },
+      );
+      this.attachWatch({
+        ready: () => ctx.ready(),
+        changed: (reason) => ctx.changed(reason),
+        failed: (err) => {
+          this.detachWatch();
+          reject(err instanceof Error ? err : new Error(String(err)));
+        },
+      });
+    });
+  }
+
+  /**
+   * The path's watch (and the source's, after it), ended by detachWatch: no signal, no promise kept per file. A file
+   * in a directory watched already is attached at once, so its first check starts in the same turn as its worker.
+   */
+  attachWatch(ctx: AttachedWatchContext): void {
     const { path, p } = this;
-    this.notify = changed;
+    this.detachWatch();
+    this.hooks = ctx;
     const cb = (reason: string): void => {
       if (this.running) this.deferred ??= reason;
-      else if (!this.ownEcho()) changed(reason);
+      else if (!this.ownEcho()) this.hooks?.changed(reason);
     };
-    // A promise chain rather than an async function: a suspended one per file (until the agent stops) is a
-    // generator and its frame kept alive for each of 100,000 files.
-    let attached = watchPath(path, cb, signal, p.type === 'directory' && p.purge ? { children: true } : {});
+    const w = subscribePath(path, cb, p.type === 'directory' && p.purge ? { children: true } : {});
+    this.pathWatch = w;
     const source = p.source;
-    if (source !== undefined && p.state === 'exists') attached = attached.then(() => watchPath(source, cb, signal));
-    return attached.then(() => {
-      ready();
-      return untilAborted(signal);
+    const withSource = source !== undefined && p.state === 'exists';
+    if (w.attached === undefined && !withSource) {
+      ctx.ready();
+      return;
+    }
+    const attached = (w.attached ?? Promise.resolve()).then(() => {
+      if (!withSource || this.pathWatch !== w) return undefined;
+      const s = subscribePath(source, cb);
+      this.sourceWatch = s;
+      return s.attached;
     });
+    // Only the watch still attached reports: one detached meanwhile (stopped, or failed and attached again) is over.
+    attached.then(
+      () => {
+        if (this.pathWatch === w) ctx.ready();
+      },
+      (err: unknown) => {
+        if (this.pathWatch === w) ctx.failed(err);
+      },
+    );
+  }
+
+  detachWatch(): void {
+    this.pathWatch?.close();
+    this.sourceWatch?.close();
+    this.pathWatch = undefined;
+    this.sourceWatch = undefined;
+    this.hooks = undefined;
   }
 
   checkApply(ctx: CheckApplyContext): Promise<CheckResult> {
@@ -255,8 +309,9 @@ class FileResource implements Resource {
       // Only a run that goes on to change something asks for its signal (read-only, a check may end after a stop).
       const quick = known ?? (this.fast ? await fastCheck(path, p) : 'look');
       if (quick === 'converged') return CONVERGED;
-      const signal = ctx.signal;
-      if (signal.aborted) throw new BackplaneError('E_ABORTED', 'aborted', { resource: id });
+      // The engine's `aborted` rather than its signal up to the write: a signal made per file written was an
+      // AbortController each (~770 bytes, kept), aborted one by one at exit (~1 s at 100,000 files).
+      if (isAborted(ctx)) throw new BackplaneError('E_ABORTED', 'aborted', { resource: id });
       this.running = true;
       try {
         const drifted = typeof quick === 'object' ? quick.drifted : undefined;
@@ -265,29 +320,34 @@ class FileResource implements Resource {
           // holds no buffer or descriptor, and meanwhile the next files are written and fsynced, so the disk is
           // not left idle between one group's directory fsync and the next group's writes. A drifted file is
           // rewritten the same way, with what was not declared (mode, owner, group) carried over as writeAtomic does.
-          const made = await fastCreate(id, path, p, signal, slot, drifted);
+          const made = await fastCreate(id, path, p, ctx, slot, drifted);
           if (made !== undefined) {
             this.wrote = made;
             return { converged: false, changes: [drifted === undefined ? 'created' : 'content changed'] };
           }
-          await slot.take(signal);
+          await slot.take(ctx.signal);
         }
         const out: { wrote?: Written } = {};
         const content = p.content === undefined ? undefined : Buffer.from(p.content, 'utf8');
-        const result = await checkApplyFile(id, p, path, ctx.apply, signal, this.world, content, out, quick === 'absent');
+        const result = await checkApplyFile(id, p, path, ctx.apply, ctx.signal, this.world, content, out, quick === 'absent');
         this.wrote = out.wrote;
         return result;
       } finally {
         this.running = false;
         const reason = this.deferred;
         this.deferred = undefined;
-        if (reason !== undefined && !this.ownEcho()) this.notify?.(reason);
+        if (reason !== undefined && !this.ownEcho()) this.hooks?.changed(reason);
       }
     } finally {
       slot.release();
       await sweeping;
     }
   }
+}
+
+/** The run was aborted: CheckApplyContext.aborted where the engine gives it (no signal made), else its signal's. */
+function isAborted(run: Pick<CheckApplyContext, 'aborted' | 'signal'>): boolean {
+  return run.aborted ?? run.signal.aborted;
 }
 
 /**
@@ -733,7 +793,8 @@ async function fastCreate(
   id: ResourceId,
   path: string,
   p: FileParams,
-  signal: AbortSignal,
+  /** Whether the run was aborted is read from it (isAborted): its signal is not made for that. */
+  run: Pick<CheckApplyContext, 'aborted' | 'signal'>,
   /** Given back once the file is in place, before the wait for the directory's fsync. */
   slot: IoSlot,
   /** What is at the path now, to be replaced (content drift): undeclared mode and ownership are taken from it. */
@@ -749,7 +810,7 @@ async function fastCreate(
     const known = knownPlainParent(path);
     parent = known === undefined ? await plainParent(path) : (known ?? undefined);
   }
-  if (parent === undefined || parent.shared || !knownLocal(parent.dir) || signal.aborted) return undefined;
+  if (parent === undefined || parent.shared || !knownLocal(parent.dir) || isAborted(run)) return undefined;
   const dir = parent.dir === '/' ? '' : parent.dir;
   const base = leafName(path);
   const mode = p.mode ?? (replacing === undefined ? undefined : replacing.mode & 0o7777);
@@ -776,7 +837,7 @@ async function fastCreate(
     if (mode !== undefined) fchmodSync(fd, mode);
     const syncing = fd;
     await new Promise<void>((resolve, reject) => fsync(syncing, (err) => (err === null ? resolve() : reject(err))));
-    if (signal.aborted) throw new BackplaneError('E_ABORTED', 'stopped before finishing: the agent is shutting down or the graph was replaced', { resource: id });
+    if (isAborted(run)) throw new BackplaneError('E_ABORTED', 'stopped before finishing: the agent is shutting down or the graph was replaced', { resource: id });
     const st = fstatSync(fd);
     closeSync(fd);
     fd = undefined;
@@ -1531,11 +1592,6 @@ function isNormalPath(p: string): boolean {
     if (p.charCodeAt(i + 2) === 46 && (i + 3 === n || p.charCodeAt(i + 3) === 47)) return false;
   }
   return true;
-}
-
-function untilAborted(signal: AbortSignal): Promise<void> {
-  if (signal.aborted) return Promise.resolve();
-  return new Promise<void>((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
 }
 
 /**

@@ -1,4 +1,4 @@
-import { watch, type FSWatcher } from 'node:fs';
+import { statSync, watch, type FSWatcher } from 'node:fs';
 import { stat } from 'node:fs/promises';
 import { basename, dirname } from 'node:path';
 
@@ -62,15 +62,54 @@ export interface WatchOptions {
  * the watch is established; stops when `signal` aborts. Spurious calls are possible; missed changes are not.
  */
 export async function watchPath(path: string, cb: ChangeCallback, signal: AbortSignal, opts: WatchOptions = {}): Promise<void> {
-  const sub: Subscription = { path, children: opts.children ?? false, cb, dir: '', name: '', closed: false, at: undefined, atName: '', own: undefined };
-  signal.addEventListener('abort', () => unsubscribe(sub), { once: true });
   if (signal.aborted) return;
-  try {
-    await attach(sub);
-  } catch (err) {
+  const w = subscribePath(path, cb, opts);
+  signal.addEventListener('abort', () => w.close(), { once: true });
+  await w.attached;
+}
+
+/** A watch made by subscribePath: `attached` once it is established (undefined: at once), ended by close(). */
+export interface PathWatch {
+  readonly attached: Promise<void> | undefined;
+  close(): void;
+}
+
+class PathSubscription implements PathWatch {
+  attached: Promise<void> | undefined;
+  constructor(private readonly sub: Subscription) {}
+  close(): void {
+    unsubscribe(this.sub);
+  }
+}
+
+/**
+ * watchPath without a signal: ended by the returned watch's close(), synchronously. A file's watch is one of these
+ * (resources/file.ts attachWatch), so 100,000 files need no AbortController and listeners each. `attached` rejects
+ * when the path cannot be watched (the subscription is then closed already).
+ */
+export function subscribePath(path: string, cb: ChangeCallback, opts: WatchOptions = {}): PathWatch {
+  const sub: Subscription = { path, children: opts.children ?? false, cb, dir: '', name: '', closed: false, at: undefined, atName: '', own: undefined };
+  const w = new PathSubscription(sub);
+  // An existing parent is subscribed to now, without attach()'s stat of it on the thread pool: in an agent starting
+  // 100,000 files that round trip held the first file's check while further slices of workers started (~2x as many
+  // before the first write, 20-40 ms). A parent watched already (the other files of its directory) needs no look at
+  // all: a watch in `dirs` is on a directory that existed when it was opened, and one removed or replaced since is
+  // re-attached with all its subscribers, this one included, when its event arrives. Otherwise a stat on this
+  // thread: fs.watch() looks the same path up on this thread right after it anyway.
+  if (!sub.children) {
+    const dir = dirname(path);
+    const dw = dirs.get(dir);
+    if (dw !== undefined) {
+      if (subscribe(sub, dw.dir, basename(path)) === undefined) return w;
+    } else if (statSync(dir, { throwIfNoEntry: false })?.isDirectory() === true) {
+      if (subscribe(sub, dir, basename(path)) === undefined) return w;
+    }
+  }
+  w.attached = attach(sub).catch((err: unknown) => {
     unsubscribe(sub);
     throw err;
-  }
+  });
+  return w;
 }
 
 /** Number of directories currently watched (for tests and the idle-cost benchmark). */

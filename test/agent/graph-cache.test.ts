@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
-import { cpSync, existsSync, readdirSync, readFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, statSync, utimesSync, writeFileSync } from 'node:fs';
 import { chmod, chown, cp, link, mkdir, mkdtemp, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { z } from 'zod';
-import { CACHE_MIN_BYTES, cachePath, exactJson, readCachedGraph, writeCachedGraph, type GraphCacheKey } from '../../src/agent/graph-cache.js';
+import { CACHE_MIN_BYTES, KEEP_ENTRIES, KEEP_UNUSED_MS, STALE_TEMP_MS, cachePath, exactJson, pruneGraphCache, readCachedGraph, writeCachedGraph, type GraphCacheKey } from '../../src/agent/graph-cache.js';
 import { GraphSource } from '../../src/agent/graph-source.js';
 import { ValidationErrors } from '../../src/errors.js';
 import { parseGraphText } from '../../src/frontends/load.js';
@@ -18,6 +18,7 @@ import { builtinKinds } from '../../src/resources/builtin-kinds.js';
 import { builtinKindNames, createRegistry } from '../../src/resources/registry.js';
 import type { AnyResourceKind } from '../../src/resources/types.js';
 import { ROOT, runCli } from '../helpers/cli.js';
+import { until } from '../helpers/engine.js';
 
 /**
  * The validated-graph cache (src/agent/graph-cache.ts): a run of an unchanged YAML graph by the same build skips the
@@ -220,6 +221,79 @@ ${PAD}`;
     assert.match(await miss({ stateDir, file: other, text, build: BUILD }), /none yet/);
     await cp(cachePath(stateDir, file), cachePath(stateDir, other));
     assert.match(await miss({ stateDir, file: other, text, build: BUILD }), /another text, path or build/);
+  });
+
+  test('the cache is bounded: the entry written, the most recently used others, no stale temp files', async () => {
+    const stateDir = join(dir, 'prune');
+    const cacheDir = join(stateDir, 'graph-cache');
+    const now = Date.now();
+    const day = 24 * 3600 * 1000;
+    const keyOf = (i: number): GraphCacheKey => {
+      const file = join(dir, `p${i}.yaml`);
+      return { stateDir, file, text: `resources:\n  - { kind: file, name: ${dir}/p${i}, content: "x" }\n`, build: BUILD };
+    };
+    const put = async (i: number): Promise<void> => {
+      const k = keyOf(i);
+      const g = build(k.file, k.text);
+      assert.equal(await writeCachedGraph(k, g.raw, g.graph), undefined);
+    };
+    // 12 graphs' entries (each written alone, since a write prunes), dated i hours ago (p0 newest); p1 unused longer.
+    for (let i = 0; i < 12; i++) {
+      const seed = { ...keyOf(i), stateDir: join(dir, `prune-seed${i}`) };
+      const g = build(seed.file, seed.text);
+      assert.equal(await writeCachedGraph(seed, g.raw, g.graph), undefined);
+      mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
+      cpSync(cachePath(seed.stateDir, seed.file), cachePath(stateDir, seed.file));
+    }
+    const age = (i: number, ms: number): void => utimesSync(cachePath(stateDir, keyOf(i).file), new Date(now - ms), new Date(now - ms));
+    for (let i = 0; i < 12; i++) age(i, i * 3600 * 1000);
+    age(1, KEEP_UNUSED_MS + day);
+    // A temp file of a dead writer (hours old), one of a write in progress (fresh), a pruner's leftover, a stranger.
+    const entry0 = cachePath(stateDir, keyOf(0).file);
+    const stale = `${entry0}.0123456789ab.tmp`;
+    const fresh = `${entry0}.ba9876543210.tmp`;
+    const grave = `${entry0}.00000000000f.prune`;
+    for (const f of [stale, fresh, grave, join(cacheDir, 'notes.txt')]) writeFileSync(f, 'x');
+    utimesSync(stale, new Date(now - STALE_TEMP_MS - 1000), new Date(now - STALE_TEMP_MS - 1000));
+    utimesSync(grave, new Date(now - STALE_TEMP_MS - 1000), new Date(now - STALE_TEMP_MS - 1000));
+    // A hit counts as use: p9 (9 hours old, beyond the newest KEEP_ENTRIES) is run again, and is kept.
+    age(9, 9 * 3600 * 1000);
+    await hit(keyOf(9));
+    await until(() => Date.now() - statSync(cachePath(stateDir, keyOf(9).file)).mtimeMs < 60_000, 2000, 'the hit refreshed its entry');
+    // Writing p12 prunes: it, and the KEEP_ENTRIES - 1 most recently used others (p9, p0, p2..p6; not p1, unused too long).
+    await put(12);
+    const left = readdirSync(cacheDir).sort();
+    const names = (ids: number[]): string[] => ids.map((i) => cachePath(stateDir, keyOf(i).file).slice(cacheDir.length + 1));
+    assert.deepEqual(left, [...names([0, 2, 3, 4, 5, 6, 9, 12]), fresh.slice(cacheDir.length + 1), 'notes.txt'].sort());
+    assert.equal(KEEP_ENTRIES, 8);
+    await hit(keyOf(12));
+    await hit(keyOf(0));
+    assert.match(await miss(keyOf(8)), /none yet/);
+  });
+
+  test('pruning never removes an entry written after it was judged: it is linked back, a newer one at its name stays', () => {
+    const stateDir = join(dir, 'prune-race');
+    const cacheDir = join(stateDir, 'graph-cache');
+    mkdirSync(cacheDir, { recursive: true, mode: 0o700 });
+    const old = join(cacheDir, `${'a'.repeat(32)}.json`);
+    const keep = join(cacheDir, `${'b'.repeat(32)}.json`);
+    writeFileSync(old, 'old');
+    writeFileSync(keep, 'keep');
+    const longAgo = new Date(Date.now() - KEEP_UNUSED_MS - 24 * 3600 * 1000);
+    utimesSync(old, longAgo, longAgo);
+    // Another process renames a new version of that entry into place between the judgement and the taking.
+    pruneGraphCache(stateDir, keep, {
+      beforeTake: (path) => {
+        writeFileSync(`${path}.new`, 'new');
+        renameSync(`${path}.new`, path);
+      },
+    });
+    assert.equal(readFileSync(old, 'utf8'), 'new');
+    assert.deepEqual(readdirSync(cacheDir).sort(), [old, keep].map((p) => p.slice(cacheDir.length + 1)).sort());
+    // Unchanged since the judgement: removed.
+    utimesSync(old, longAgo, longAgo);
+    pruneGraphCache(stateDir, keep);
+    assert.deepEqual(readdirSync(cacheDir), [keep.slice(cacheDir.length + 1)]);
   });
 
   test('values JSON cannot carry exactly are never cached', async () => {

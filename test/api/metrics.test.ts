@@ -4,7 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { Agent, type AgentResult } from '../../src/agent/agent.js';
-import { Metrics } from '../../src/api/metrics.js';
+import { EVENT_LOOP_SAMPLE_MS, Metrics } from '../../src/api/metrics.js';
+import perf_hooks from 'node:perf_hooks';
 import { timedStore } from '../../src/api/timed-store.js';
 import { operatorContext, operatorSigner } from '../../src/cli/operator.js';
 import { keys } from '../../src/cluster/keys.js';
@@ -187,6 +188,27 @@ describe('metrics', { timeout: 180_000 }, () => {
       if (type === 'histogram') assert.match(name, /_seconds$/);
     }
     assert.equal(m.contentType, 'text/plain; version=0.0.4; charset=utf-8');
+  });
+
+  test('the event loop is sampled once a second, not 10 times: an idle agent wakes for it once a second', async () => {
+    // prom-client asks perf_hooks for the monitor when the default metrics are registered (Metrics' constructor).
+    const resolutions: number[] = [];
+    const real = perf_hooks.monitorEventLoopDelay;
+    perf_hooks.monitorEventLoopDelay = (o) => {
+      resolutions.push(o?.resolution ?? 10);
+      return real(o);
+    };
+    let m: Metrics;
+    try {
+      m = new Metrics();
+    } finally {
+      perf_hooks.monitorEventLoopDelay = real;
+    }
+    assert.deepEqual(resolutions, [EVENT_LOOP_SAMPLE_MS]);
+    assert.ok(EVENT_LOOP_SAMPLE_MS >= 1000, `${EVENT_LOOP_SAMPLE_MS} ms`);
+    // Still exposed, with their meaning: the loop's delay at sampled moments.
+    const names = new Set(parse(await m.text()).map((x) => x.name));
+    for (const n of ['nodejs_eventloop_lag_seconds', 'nodejs_eventloop_lag_mean_seconds', 'nodejs_eventloop_lag_p99_seconds']) assert.ok(names.has(n), n);
   });
 
   test('a failed store request is counted as an error; one the agent aborted is not', async () => {

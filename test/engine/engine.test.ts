@@ -1,11 +1,12 @@
 import assert from 'node:assert/strict';
-import { readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { harness, until, withTempDir } from '../helpers/engine.js';
 import { ProbeWorld, probeKind } from '../helpers/probe-kind.js';
 import type { Engine } from '../../src/engine/engine.js';
 import type { Worker } from '../../src/engine/worker.js';
-import { defineKind } from '../../src/resources/types.js';
+import { defineKind, type AttachedWatchContext } from '../../src/resources/types.js';
 import { z } from 'zod';
 
 /** Workers made so far (inside view): status() lists every vertex, with or without one. */
@@ -262,6 +263,99 @@ resources:
     late?.();
     assert.equal(seen.length, 1);
     assert.equal(seen[0]?.aborted, true, 'a signal first asked for after the stop was not aborted');
+  });
+
+  test('a kind with attachWatch is attached before its first check, detached at stop, and re-attached after a failure', async () => {
+    // The file kind's watch: no signal, no promise per worker (100,000 AbortControllers with their listeners were
+    // ~100 MiB and ~1 s of an agent's exit). Stopping detaches each synchronously.
+    const events: string[] = [];
+    const hooks = new Map<string, AttachedWatchContext>();
+    let attachments = 0;
+    const attached = defineKind({
+      kind: 'attached',
+      description: 'test: a watch through attachWatch/detachWatch',
+      schema: z.strictObject({ fail: z.boolean().default(false) }),
+      create: (id, p) => ({
+        attachWatch: (ctx) => {
+          events.push(`attach ${id}`);
+          hooks.set(id, ctx);
+          // The first attachment of `fail` breaks after it was ready: detached, attached again after the back-off.
+          if (p.fail && attachments++ === 0) {
+            ctx.ready();
+            setTimeout(() => ctx.failed(new Error('boom')), 5);
+          } else if (p.fail) setTimeout(() => ctx.ready(), 5);
+          else ctx.ready();
+        },
+        detachWatch: () => void events.push(`detach ${id}`),
+        checkApply: () => {
+          events.push(`check ${id}`);
+          return Promise.resolve({ converged: true, changes: [] });
+        },
+      }),
+    });
+    const h = harness([attached]);
+    const Real = globalThis.AbortController;
+    let made = 0;
+    globalThis.AbortController = class extends Real {
+      constructor() {
+        super();
+        made++;
+      }
+    };
+    try {
+      await h.engine.setGraph(h.graph('resources:\n  - { kind: attached, name: a }\n  - { kind: attached, name: f, fail: true }\n'));
+      await h.settled();
+      assert.deepEqual(events.filter((e) => e.includes('attached[a]')), ['attach attached[a]', 'check attached[a]']);
+      const first = hooks.get('attached[a]');
+      first?.changed('x changed');
+      await until(() => events.filter((e) => e === 'check attached[a]').length === 2, 2000, 'a re-checked on its watch event');
+      await until(() => events.filter((e) => e === 'attach attached[f]').length === 2, 3000, 'f attached again after its failure');
+      assert.deepEqual(
+        events.filter((e) => e.includes('attached[f]')).slice(0, 3),
+        ['attach attached[f]', 'check attached[f]', 'detach attached[f]'],
+        'the failed attachment was detached before the next one',
+      );
+      assert.ok(h.lines.some((l) => /attached\[f\].*watch failed, restarting in 500ms: boom/.test(l)), h.lines.join('\n'));
+      await until(() => events.filter((e) => e === 'check attached[f]').length === 2, 2000, 'f re-checked once re-attached');
+      await h.settled();
+      await h.engine.stop();
+    } finally {
+      globalThis.AbortController = Real;
+    }
+    assert.equal(made, 0, `${made} AbortControllers made for watches and checks that never asked for a signal`);
+    assert.equal(events.filter((e) => e.startsWith('detach')).length, 3, events.join(', '));
+    assert.equal(h.engine.status().filter((s) => s.state !== 'stopped').length, 0);
+    // Events through a detached watch's hooks are ignored.
+    const checks = events.length;
+    hooks.get('attached[a]')?.changed('after the stop');
+    await new Promise((r) => setTimeout(r, 20));
+    assert.equal(events.length, checks);
+  });
+
+  test('files written and watched by an agent engine make no AbortController: their writes read `aborted`, not a signal', async () => {
+    await withTempDir(async (dir) => {
+      // The directory exists: a directory is created through the general path, which takes the signal.
+      await mkdir(join(dir, 'd'));
+      const h = harness([], { watch: true });
+      const Real = globalThis.AbortController;
+      let made = 0;
+      globalThis.AbortController = class extends Real {
+        constructor() {
+          super();
+          made++;
+        }
+      };
+      try {
+        const files = Array.from({ length: 20 }, (_, i) => `  - { kind: file, name: ${dir}/d/f${i}, content: "x${i}" }`).join('\n');
+        await h.engine.setGraph(h.graph(`resources:\n  - { kind: file, name: ${dir}/d, type: directory }\n${files}\n`));
+        await h.settled();
+        await h.engine.stop();
+      } finally {
+        globalThis.AbortController = Real;
+      }
+      assert.equal((await readdir(join(dir, 'd'))).length, 20);
+      assert.equal(made, 0, `${made} AbortControllers for 21 files created and watched`);
+    });
   });
 
   test('close tells a resource why it stops: removed, replaced or shutdown', async () => {

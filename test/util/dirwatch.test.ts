@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { watchPath, watchedDirectoryCount } from '../../src/util/dirwatch.js';
+import { subscribePath, watchPath, watchedDirectoryCount } from '../../src/util/dirwatch.js';
 
 /** Resolves with the reason of the next call of the returned callback. */
 function recorder(): { cb: (reason: string) => void; next: () => Promise<string>; count: () => number } {
@@ -77,4 +77,45 @@ test('a directory subscriber with children is told about its entries and its own
   await next;
   ac.abort();
   assert.ok(watchedDirectoryCount() < before);
+});
+
+test('subscribePath attaches at once where the parent exists, falls back to a walk where it does not, and close() ends it', async (t) => {
+  const dir = mkdtempSync(join(tmpdir(), 'dirwatch-'));
+  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const before = watchedDirectoryCount();
+  // The parent exists (not watched yet) and then is watched: both attach synchronously, no stat on the thread pool
+  // before a file's first check.
+  const a = recorder();
+  const wa = subscribePath(join(dir, 'a'), a.cb);
+  t.after(() => wa.close());
+  assert.equal(wa.attached, undefined);
+  assert.equal(watchedDirectoryCount(), before + 1);
+  const b = recorder();
+  const wb = subscribePath(join(dir, 'b'), b.cb);
+  t.after(() => wb.close());
+  assert.equal(wb.attached, undefined);
+  const both = Promise.all([a.next(), b.next()]);
+  writeFileSync(join(dir, 'a'), '1');
+  writeFileSync(join(dir, 'b'), '1');
+  await both;
+  // A missing parent: watched through the nearest existing ancestor, and moved deeper once it appears.
+  const c = recorder();
+  const wc = subscribePath(join(dir, 'sub', 'c'), c.cb);
+  t.after(() => wc.close());
+  assert.notEqual(wc.attached, undefined);
+  await wc.attached;
+  let next = c.next();
+  mkdirSync(join(dir, 'sub'));
+  await next;
+  // close() is synchronous: the last subscriber of a directory closes its watch on the spot.
+  wb.close();
+  const quiet = b.count();
+  next = a.next();
+  writeFileSync(join(dir, 'b'), '2');
+  writeFileSync(join(dir, 'a'), '2');
+  await next;
+  assert.equal(b.count(), quiet);
+  wa.close();
+  wc.close();
+  assert.equal(watchedDirectoryCount(), before);
 });
