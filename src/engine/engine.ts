@@ -1,6 +1,6 @@
 import { BackplaneError, errorMessage } from '../errors.js';
 import type { KindRegistry } from '../graph/build.js';
-import type { Graph, Vertex } from '../graph/graph.js';
+import type { DependentIds, Graph, Vertex } from '../graph/graph.js';
 import type { ResourceId } from '../graph/ids.js';
 import type { Logger } from '../log.js';
 import type { ClusterValues, HostFacts, Resource, ResourceWorld, ServiceDirectory } from '../resources/types.js';
@@ -28,6 +28,13 @@ const START_CLOCK_EVERY = 32;
  * the directory converging to the first file's write. Woken in turns, the first checks are well ahead of the rest.
  */
 const WAKE_AT_ONCE = 64;
+
+/** The dependents of `id` in `graph` still to wake, in turns (wakeSlice). */
+interface WakeList {
+  readonly graph: Graph;
+  readonly id: ResourceId;
+  readonly ids: DependentIds;
+}
 
 export interface EngineOptions {
   readonly registry: KindRegistry;
@@ -332,9 +339,14 @@ export class Engine implements WorkerHost {
     // From one active state to another (pending to running, running to retrying) no dependent's gate changes: each
     // still waits for this one. Woken anyway, the 100,000 dependents of a directory were gone through once when it
     // started running, and the pass that starts them when it converged came after that one.
-    const dependents = this.root.signal.aborted || (was && is) ? [] : (this.graph?.dependents(w.id) ?? []);
-    if (dependents.length <= WAKE_AT_ONCE) for (const e of dependents) this.wakeOrStart(e.to);
-    else this.wakeLater(dependents);
+    // Their ids read one at a time (dependentIds): a directory's 100,000 edges and ids are not all made before its
+    // first file can start.
+    const graph = this.graph;
+    const dependents = this.root.signal.aborted || (was && is) || graph === undefined ? undefined : graph.dependentIds(w.id);
+    if (dependents !== undefined && graph !== undefined) {
+      if (dependents.length <= WAKE_AT_ONCE) for (let k = 0; k < dependents.length; k++) this.wakeOrStart(dependents.at(k));
+      else this.wakeLater({ graph, id: w.id, ids: dependents });
+    }
     for (const l of this.listeners) l({ id: w.id, state: w.state, prev });
     this.checkSettled();
   }
@@ -344,14 +356,14 @@ export class Engine implements WorkerHost {
    * woken a dependent only stays as it is (pending, or what it was): wake() re-reads the states it depends on, so
    * a late wake sees the latest, and the engine does not count as settled while a dependent is still pending.
    */
-  private readonly toWake: (readonly { readonly to: ResourceId }[])[] = [];
+  private readonly toWake: WakeList[] = [];
   private toWakeAt = 0;
 
-  private wakeLater(dependents: readonly { readonly to: ResourceId }[]): void {
+  private wakeLater(dependents: WakeList): void {
     // Already waiting, not begun (the same vertex changing state again, e.g. running then converged): that turn will
     // wake every one of them with the latest state. Only the list being worked through goes in once more, so the
     // queue stays bounded however often a vertex changes state.
-    if (this.toWake.indexOf(dependents, 1) !== -1) return;
+    if (this.toWake.some((l, k) => k >= 1 && l.graph === dependents.graph && l.id === dependents.id)) return;
     this.toWake.push(dependents);
     if (this.toWake.length === 1) this.wakeSlice();
   }
@@ -366,13 +378,12 @@ export class Engine implements WorkerHost {
         this.toWakeAt = 0;
         return;
       }
-      const e = list[this.toWakeAt++];
-      if (e === undefined) {
+      if (this.toWakeAt >= list.ids.length) {
         this.toWake.shift();
         this.toWakeAt = 0;
         continue;
       }
-      this.wakeOrStart(e.to);
+      this.wakeOrStart(list.ids.at(this.toWakeAt++));
       if (++n % START_CLOCK_EVERY === 0 && performance.now() - t0 >= START_SLICE_MS) break;
     }
     setImmediate(() => this.wakeSlice());
