@@ -6,7 +6,7 @@ import type { SourceLocation } from '../errors.js';
 import { textLocator } from '../frontends/document.js';
 import { sourcePath } from '../frontends/raw-builders.js';
 import { SHARED_DEFAULT_META } from '../graph/build.js';
-import { Graph, NO_EDGES, type Adjacency, type Edge, type Vertex } from '../graph/graph.js';
+import { Graph, NO_EDGES, type Adjacency, type DependentIds, type Edge, type Vertex } from '../graph/graph.js';
 import { resourceId, type ResourceId } from '../graph/ids.js';
 import type { Meta } from '../graph/meta.js';
 import type { RawGraph, RawResource } from '../graph/raw.js';
@@ -543,6 +543,17 @@ class CachedAdjacency implements Adjacency {
       lists[i] = made = out;
     }
     return made;
+  }
+
+  /** As TableAdjacency's (src/graph/graph.ts): a directory's dependents woken without making all their edges first. */
+  dependentIds(id: ResourceId): DependentIds | undefined {
+    const i = this.vertices.indexOf(id);
+    if (i === undefined || this.outLists[i] !== undefined) return undefined;
+    const a = this.outStart[i] as number;
+    const b = this.outStart[i + 1] as number;
+    const { ints, outEdge, vertices } = this;
+    const base = V_INTS * this.n;
+    return { length: b - a, at: (k) => vertices.at(ints[base + E_INTS * (outEdge[a + k] as number) + 1] as number).id };
   }
 
   dependents(id: ResourceId): readonly Edge[] {

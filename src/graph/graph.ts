@@ -41,8 +41,11 @@ export interface Adjacency {
   readonly edges: readonly Edge[];
   dependents(id: ResourceId): readonly Edge[];
   dependencies(id: ResourceId): readonly Edge[];
-  /** The ids of `id`'s dependents read one at a time, without making its list of edges (see DependentIds). */
-  dependentIds?(id: ResourceId): DependentIds;
+  /**
+   * The ids of `id`'s dependents read one at a time, without making its list of edges (see DependentIds); undefined
+   * (or no such method): Graph reads them from dependents().
+   */
+  dependentIds?(id: ResourceId): DependentIds | undefined;
 }
 
 /**

@@ -167,6 +167,12 @@ ${PAD}`;
     assert.equal(await writeCachedGraph(key, full.raw, full.graph), undefined);
     const g = await hit(key);
     assert.equal(g.vertices.size, full.graph.vertices.size);
+    // Dependents' ids read one at a time, before any list of edges is made: the lists' order, the same ids.
+    const fresh = await hit(key);
+    for (const id of full.graph.vertices.keys()) {
+      const l = fresh.dependentIds(id);
+      assert.deepEqual(Array.from({ length: l.length }, (_, k) => l.at(k)), full.graph.dependents(id).map((e) => e.to), `${id}: dependentIds`);
+    }
     // Asked in another order than the entry's: each id finds its own vertex, the same object every time.
     for (const id of [...full.graph.vertices.keys()].reverse()) {
       assert.equal(g.vertices.has(id), true);
