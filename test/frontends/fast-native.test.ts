@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -15,6 +15,7 @@ import { isMgmtGraph } from '../../src/frontends/yaml-mgmt.js';
 import { readFastNativeGraph, readNativeGraph } from '../../src/frontends/yaml-native.js';
 import { PRECISE_MAX_BYTES } from '../../src/frontends/limits.js';
 import type { RawGraph } from '../../src/graph/raw.js';
+import { filesUnder } from '../helpers/repo-files.js';
 
 /**
  * readFastNativeGraph reads a graph straight into resources, with no document in between. It may answer only with
@@ -73,17 +74,6 @@ function same(text: string, what: string): boolean {
   assert.deepEqual(g.graph.errors, [], `${what}: the fast path answered a graph the general path reports on${show}`);
   assert.deepStrictEqual(plainGraph(fast), plainGraph(g.graph), `${what}: the paths disagree${show}`);
   return true;
-}
-
-function filesUnder(dir: string, match: (name: string) => boolean): string[] {
-  const out: string[] = [];
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    if (e.name === 'node_modules' || e.name === 'dist' || e.name.startsWith('.')) continue;
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...filesUnder(p, match));
-    else if (match(e.name)) out.push(p);
-  }
-  return out;
 }
 
 function pick<T>(r: () => number, list: readonly T[]): T {

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { readdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import { join, relative } from 'node:path';
 import { describe, test } from 'node:test';
 import { fileURLToPath } from 'node:url';
@@ -10,6 +10,7 @@ import { seededRandom } from '../../bench/lib/stats.js';
 import { backplaneGraph } from '../../bench/tools/backplane.js';
 import { parseYamlDocument } from '../../src/frontends/document.js';
 import { fastYamlStats, readFastYaml } from '../../src/frontends/fast-yaml.js';
+import { filesUnder } from '../helpers/repo-files.js';
 
 /**
  * The fast reader is only ever allowed two answers: exactly js-yaml's value, or "not mine". These tests hold it to
@@ -44,17 +45,6 @@ function same(text: string, what: string): boolean {
 
 function answers(text: string, what: string): void {
   assert.ok(same(text, what), `${what}: the fast reader declined (${fastYamlStats.lastDecline})`);
-}
-
-function filesUnder(dir: string, match: (name: string) => boolean): string[] {
-  const out: string[] = [];
-  for (const e of readdirSync(dir, { withFileTypes: true })) {
-    if (e.name === 'node_modules' || e.name === 'dist' || e.name.startsWith('.')) continue;
-    const p = join(dir, e.name);
-    if (e.isDirectory()) out.push(...filesUnder(p, match));
-    else if (match(e.name)) out.push(p);
-  }
-  return out;
 }
 
 describe('fast YAML reader: the repository and our generators', () => {
