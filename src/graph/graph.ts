@@ -338,8 +338,8 @@ export function csr(n: number, e: number, end: Int32Array): Csr {
 
 /**
  * The adjacency of a built graph: an EdgeTable, each Edge object and each vertex's list made when first asked for
- * (the engine asks as it starts each worker) and then kept, so a list is the same array every time (the engine's
- * wake queue tells lists apart by identity).
+ * (the engine asks as it starts each worker) and then kept, so a list is the same array every time. A vertex's
+ * dependents can also be read one id at a time without making its list (dependentIds).
  */
 export class TableAdjacency implements Adjacency {
   private readonly made: (Edge | undefined)[];

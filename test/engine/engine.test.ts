@@ -242,22 +242,12 @@ resources:
       }),
     });
     const h = harness([quiet], { watch: false });
-    const Real = globalThis.AbortController;
-    let made = 0;
-    globalThis.AbortController = class extends Real {
-      constructor() {
-        super();
-        made++;
-      }
-    };
-    try {
+    const made = await countAbortControllers(async () => {
       const yaml = Array.from({ length: 50 }, (_, i) => `  - { kind: quiet, name: q${i} }`).join('\n');
       await h.engine.setGraph(h.graph(`resources:\n${yaml}\n  - { kind: quiet, name: asks, ask: true }\n`));
       await h.settled();
       await h.engine.stop();
-    } finally {
-      globalThis.AbortController = Real;
-    }
+    });
     assert.ok(made <= 2, `${made} AbortControllers for 51 workers that never asked for a signal`);
     assert.equal(h.engine.status().filter((s) => s.state !== 'stopped').length, 0);
     late?.();
@@ -294,15 +284,7 @@ resources:
       }),
     });
     const h = harness([attached]);
-    const Real = globalThis.AbortController;
-    let made = 0;
-    globalThis.AbortController = class extends Real {
-      constructor() {
-        super();
-        made++;
-      }
-    };
-    try {
+    const made = await countAbortControllers(async () => {
       await h.engine.setGraph(h.graph('resources:\n  - { kind: attached, name: a }\n  - { kind: attached, name: f, fail: true }\n'));
       await h.settled();
       assert.deepEqual(events.filter((e) => e.includes('attached[a]')), ['attach attached[a]', 'check attached[a]']);
@@ -319,9 +301,7 @@ resources:
       await until(() => events.filter((e) => e === 'check attached[f]').length === 2, 2000, 'f re-checked once re-attached');
       await h.settled();
       await h.engine.stop();
-    } finally {
-      globalThis.AbortController = Real;
-    }
+    });
     assert.equal(made, 0, `${made} AbortControllers made for watches and checks that never asked for a signal`);
     assert.equal(events.filter((e) => e.startsWith('detach')).length, 3, events.join(', '));
     assert.equal(h.engine.status().filter((s) => s.state !== 'stopped').length, 0);
@@ -337,22 +317,12 @@ resources:
       // The directory exists: a directory is created through the general path, which takes the signal.
       await mkdir(join(dir, 'd'));
       const h = harness([], { watch: true });
-      const Real = globalThis.AbortController;
-      let made = 0;
-      globalThis.AbortController = class extends Real {
-        constructor() {
-          super();
-          made++;
-        }
-      };
-      try {
+      const made = await countAbortControllers(async () => {
         const files = Array.from({ length: 20 }, (_, i) => `  - { kind: file, name: ${dir}/d/f${i}, content: "x${i}" }`).join('\n');
         await h.engine.setGraph(h.graph(`resources:\n  - { kind: file, name: ${dir}/d, type: directory }\n${files}\n`));
         await h.settled();
         await h.engine.stop();
-      } finally {
-        globalThis.AbortController = Real;
-      }
+      });
       assert.equal((await readdir(join(dir, 'd'))).length, 20);
       assert.equal(made, 0, `${made} AbortControllers for 21 files created and watched`);
     });
@@ -648,3 +618,21 @@ resources:
     await engine.stop();
   });
 });
+
+/** How many AbortControllers `body` makes (the engine and the file kind should make none unless a signal is asked for). */
+async function countAbortControllers(body: () => Promise<void>): Promise<number> {
+  const Real = globalThis.AbortController;
+  let made = 0;
+  globalThis.AbortController = class extends Real {
+    constructor() {
+      super();
+      made++;
+    }
+  };
+  try {
+    await body();
+  } finally {
+    globalThis.AbortController = Real;
+  }
+  return made;
+}
