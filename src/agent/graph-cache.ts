@@ -6,7 +6,7 @@ import type { SourceLocation } from '../errors.js';
 import { textLocator } from '../frontends/document.js';
 import { sourcePath } from '../frontends/raw-builders.js';
 import { SHARED_DEFAULT_META } from '../graph/build.js';
-import { Graph, NO_EDGES, type Adjacency, type DependentIds, type Edge, type Vertex } from '../graph/graph.js';
+import { EdgeTable, Graph, TableAdjacency, type Vertex } from '../graph/graph.js';
 import { resourceId, type ResourceId } from '../graph/ids.js';
 import type { Meta } from '../graph/meta.js';
 import type { RawGraph, RawResource } from '../graph/raw.js';
@@ -119,7 +119,7 @@ const E_INTS = 3;
  *   - the vertex ids, one a line, in UTF-8 (an id with a newline or a lone surrogate is not cached);
  *   - each vertex's parameters, one JSON line each.
  * A hit decodes the integers and splits the ids, one string each and no JSON; vertices, edge lists and parameters
- * are made when first read (LazyVertices, CachedAdjacency, LazyParams).
+ * are made when first read (LazyVertices, the edge lists of a TableAdjacency, LazyParams).
  */
 export async function writeCachedGraph(key: GraphCacheKey, raw: RawGraph, graph: Graph): Promise<NotCached | undefined> {
   if (graph.exports.length > 0 || graph.collect.length > 0 || graph.warnings.length > 0) return 'the graph exports, collects or has warnings';
@@ -407,15 +407,22 @@ function decode(key: GraphCacheKey, body: Buffer): { graph: Graph; kinds: readon
     index.set(id, i);
   }
   if (index.size !== n) return undefined;
-  for (let o = V_INTS * n; o < size; o += E_INTS) {
+  // The edges as a built graph has them (TableAdjacency's table), each end checked to be a vertex of this entry.
+  const from = new Int32Array(e);
+  const to = new Int32Array(e);
+  const flagsOf = new Uint8Array(e);
+  for (let j = 0, o = V_INTS * n; o < size; j++, o += E_INTS) {
     const a = ints[o] as number;
     const b = ints[o + 1] as number;
     const flags = ints[o + 2] as number;
     if (a < 0 || a >= n || b < 0 || b >= n || flags < 0 || flags > 3) return undefined;
+    from[j] = a;
+    to[j] = b;
+    flagsOf[j] = flags;
   }
   const table: VertexTable = { ids, kinds, metas: metas as Meta[], paths: paths as PropertyKey[][], ints, params, find: lazyLocator(key.file, key.text) };
   const vertices = new LazyVertices(index, table);
-  return { graph: new Graph(vertices, new CachedAdjacency(vertices, ints, n, e), key.file), kinds };
+  return { graph: new Graph(vertices, new TableAdjacency(vertices, new EdgeTable(n, e, from, to, flagsOf)), key.file), kinds };
 }
 
 function isCount(v: unknown): v is number {
@@ -480,109 +487,6 @@ class LazyVertices implements ReadonlyMap<ResourceId, Vertex> {
   }
 }
 
-/**
- * An entry's edges, in the order written, indexed per vertex in two flat arrays (counting sort, as CSR), each list of
- * Edge objects made when first asked for. At 100,000 files the Graph constructor's 100,000 one-edge lists and their
- * map were ~0.3 s of a hit before the first worker; most of them are now made as the engine wakes each file.
- */
-class CachedAdjacency implements Adjacency {
-  private readonly made: (Edge | undefined)[];
-  private readonly outStart: Int32Array;
-  private readonly outEdge: Int32Array;
-  private readonly inStart: Int32Array;
-  private readonly inEdge: Int32Array;
-  private readonly outLists: (readonly Edge[] | undefined)[];
-  private readonly inLists: (readonly Edge[] | undefined)[];
-  private all: readonly Edge[] | undefined;
-
-  constructor(
-    private readonly vertices: LazyVertices,
-    private readonly ints: Int32Array,
-    private readonly n: number,
-    private readonly e: number,
-  ) {
-    const base = V_INTS * n;
-    [this.outStart, this.outEdge] = csr(n, e, (j) => ints[base + E_INTS * j] as number);
-    [this.inStart, this.inEdge] = csr(n, e, (j) => ints[base + E_INTS * j + 1] as number);
-    this.made = new Array<Edge | undefined>(e);
-    this.outLists = new Array<readonly Edge[] | undefined>(n);
-    this.inLists = new Array<readonly Edge[] | undefined>(n);
-  }
-
-  private edge(j: number): Edge {
-    let made = this.made[j];
-    if (made === undefined) {
-      const o = V_INTS * this.n + E_INTS * j;
-      const ids = this.vertices;
-      const flags = this.ints[o + 2] as number;
-      made = { from: ids.at(this.ints[o] as number).id, to: ids.at(this.ints[o + 1] as number).id, notify: (flags & 1) !== 0, auto: (flags & 2) !== 0 };
-      this.made[j] = made;
-    }
-    return made;
-  }
-
-  get edges(): readonly Edge[] {
-    if (this.all === undefined) {
-      const all: Edge[] = [];
-      for (let j = 0; j < this.e; j++) all.push(this.edge(j));
-      this.all = all;
-    }
-    return this.all;
-  }
-
-  private list(lists: (readonly Edge[] | undefined)[], start: Int32Array, order: Int32Array, id: ResourceId): readonly Edge[] {
-    const i = this.vertices.indexOf(id);
-    if (i === undefined) return NO_EDGES;
-    let made = lists[i];
-    if (made === undefined) {
-      const a = start[i] as number;
-      const b = start[i + 1] as number;
-      if (a === b) return NO_EDGES;
-      const out: Edge[] = [];
-      for (let k = a; k < b; k++) out.push(this.edge(order[k] as number));
-      lists[i] = made = out;
-    }
-    return made;
-  }
-
-  /** As TableAdjacency's (src/graph/graph.ts): a directory's dependents woken without making all their edges first. */
-  dependentIds(id: ResourceId): DependentIds | undefined {
-    const i = this.vertices.indexOf(id);
-    if (i === undefined || this.outLists[i] !== undefined) return undefined;
-    const a = this.outStart[i] as number;
-    const b = this.outStart[i + 1] as number;
-    const { ints, outEdge, vertices } = this;
-    const base = V_INTS * this.n;
-    return { length: b - a, at: (k) => vertices.at(ints[base + E_INTS * (outEdge[a + k] as number) + 1] as number).id };
-  }
-
-  dependents(id: ResourceId): readonly Edge[] {
-    return this.list(this.outLists, this.outStart, this.outEdge, id);
-  }
-
-  dependencies(id: ResourceId): readonly Edge[] {
-    return this.list(this.inLists, this.inStart, this.inEdge, id);
-  }
-}
-
-/** For each vertex, the edges whose `end` it is, in edge order: start[i]..start[i + 1] into the second array. */
-function csr(n: number, e: number, end: (j: number) => number): [Int32Array, Int32Array] {
-  const start = new Int32Array(n + 1);
-  for (let j = 0; j < e; j++) {
-    const v = end(j) + 1;
-    start[v] = (start[v] as number) + 1;
-  }
-  for (let i = 0; i < n; i++) start[i + 1] = (start[i + 1] as number) + (start[i] as number);
-  const fill = start.slice(0, n);
-  const order = new Int32Array(e);
-  for (let j = 0; j < e; j++) {
-    const v = end(j);
-    const k = fill[v] as number;
-    fill[v] = k + 1;
-    order[k] = j;
-  }
-  return [start, order];
-}
 /** Positions are found as a parse would find them, from the text, and only when first asked (an error, `graph`). */
 function lazyLocator(file: string, text: string): (path: readonly PropertyKey[]) => SourceLocation {
   let find: ((path: readonly PropertyKey[]) => SourceLocation) | undefined;

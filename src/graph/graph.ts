@@ -341,6 +341,13 @@ export function csr(n: number, e: number, end: Int32Array): Csr {
  * (the engine asks as it starts each worker) and then kept, so a list is the same array every time. A vertex's
  * dependents can also be read one id at a time without making its list (dependentIds).
  */
+/** Vertices by place as well as by id: a built graph's VertexList, or the graph cache's vertices made as they are read. */
+export interface PlacedVertices {
+  readonly size: number;
+  at(i: number): Vertex;
+  indexOf(id: ResourceId): number | undefined;
+}
+
 export class TableAdjacency implements Adjacency {
   private readonly made: (Edge | undefined)[];
   private readonly out: Csr;
@@ -350,7 +357,7 @@ export class TableAdjacency implements Adjacency {
   private all: readonly Edge[] | undefined;
 
   constructor(
-    private readonly vertices: VertexList,
+    private readonly vertices: PlacedVertices,
     private readonly table: EdgeTable,
   ) {
     const n = vertices.size;
