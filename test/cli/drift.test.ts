@@ -103,8 +103,9 @@ describe('drift is repaired while run keeps going (real files)', () => {
         await rm(join(dir, 'keep'));
         await until(async () => (await content(join(dir, 'keep'))) === 'keep\n', 3000, 'old graph still enforced');
 
-        // A good edit: change one file, drop one resource.
-        await writeFile(graph, g1.replace('v1', 'v2').replace(/.*dropped.*\n/, ''));
+        // A good edit: change one file, drop one resource. (The whole `content: "v1` is replaced: the temp
+        // dir's random name can itself contain "v1", as it did once in CI.)
+        await writeFile(graph, g1.replace('content: "v1', 'content: "v2').replace(/.*dropped.*\n/, ''));
         await agent.waitFor(/graph swapped: 0 added, 1 removed, 1 changed, 2 unchanged/);
         await until(async () => (await content(join(dir, 'change'))) === 'v2\n', 3000, 'changed file rewritten');
         await until(async () => (await content(join(dir, 'after.log'))) === 'ran\nran\n', 3000, 'dependent re-ran');
