@@ -161,7 +161,7 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
       const prior = owners.claim(thing, i);
       if (prior >= 0) overlapErrors.push(overlap(v, thing, list[prior] as Vertex));
     }
-    if (kind.autoEdges !== undefined) hints.add(i, d === undefined ? kind.autoEdges(v.params) : (d.hints ?? {}), v.meta.autoedge);
+    if (kind.autoEdges !== undefined) hints.add(i, d === undefined ? kind.autoEdges(v.params) : (d.hints ?? {}), v.meta.autoedge, kind.autoEdgesReadHost === true);
   }
   for (const e of overlapErrors) errors.push(e);
 
@@ -497,6 +497,8 @@ class Hints {
   private lastList: readonly string[] | undefined;
   private lastId = -1;
   private readonly wanted = new Set<string>();
+  /** What the vertices of kinds whose answer reads the host provide, kept from the one ask (autoEdgesReadHost). */
+  private readonly keptProvides = new Map<number, readonly string[]>();
   /** A flag per length of a wanted key (as provLen has it). */
   private readonly wantedLengths = new Uint8Array(256);
 
@@ -514,7 +516,9 @@ class Hints {
     this.provLen = new Uint8Array(this.provIdx.length);
   }
 
-  add(i: number, hints: AutoEdges, autoedge: boolean): void {
+  /** `keep`: the kind's answer may differ if asked again (autoEdgesReadHost), so it is kept rather than asked again. */
+  add(i: number, hints: AutoEdges, autoedge: boolean, keep = false): void {
+    if (keep && hints.provides !== undefined && hints.provides.length > 0) this.keptProvides.set(i, hints.provides);
     for (const key of hints.provides ?? NO_KEYS) {
       if (this.provCount === this.provIdx.length) {
         const idx = new Int32Array(this.provCount * 2);
@@ -560,7 +564,7 @@ class Hints {
       if (i !== at) {
         at = i;
         for (first = k; first > 0 && this.provIdx[first - 1] === i; first--);
-        keys = this.providedAt(i);
+        keys = this.keptProvides.get(i) ?? this.providedAt(i);
       }
       const key = keys[k - first];
       if (key === undefined || !this.wanted.has(key)) continue;

@@ -34,6 +34,8 @@ export const pkgKind = defineKind<PkgParams>({
     },
     fromName: ['name'],
   },
+  // packageDirectories reads dpkg's file list: the build must not ask twice (see autoEdgesReadHost).
+  autoEdgesReadHost: true,
   autoEdges: (params) => {
     const provides = [`pkg:${params.name}`];
     // Files under the package's own directories are managed after it. Only known once it is installed: on the

@@ -117,7 +117,18 @@ export interface ResourceKind<P = unknown> {
    * it out.
    */
   manages?(params: P): string;
+  /**
+   * Keys for automatic edges. A build may ask twice for the same parameters (it keeps only each key's length between
+   * the asks, see Hints in src/graph/build.ts), so the answer must be the same both times — unless the kind sets
+   * `autoEdgesReadHost`.
+   */
   autoEdges?(params: P): AutoEdges;
+  /**
+   * The autoEdges answer reads the host (pkg: dpkg's file lists), so it can change between two asks of one build (a
+   * package installed meanwhile). The build then keeps the first answer instead of asking again: the edges follow one
+   * answer, never a mix of two.
+   */
+  readonly autoEdgesReadHost?: boolean;
   /** What another host's export may choose for this kind on a collecting host (see CollectRule.take). */
   readonly collect?: CollectPolicy;
 }

@@ -7,6 +7,7 @@ import { PlaceIndex, VertexList, type Vertex } from '../../src/graph/graph.js';
 import { idHash, resourceId, textHash } from '../../src/graph/ids.js';
 import { defaultMeta } from '../../src/graph/meta.js';
 import { fileKind } from '../../src/resources/file.js';
+import { pkgKind } from '../../src/resources/pkg.js';
 import { createRegistry } from '../../src/resources/registry.js';
 import { defineKind } from '../../src/resources/types.js';
 import { GRAPH_FILE, allKinds, build, buildErrors, edgeTexts, id } from '../helpers/graph.js';
@@ -206,6 +207,34 @@ describe('auto-edges: provided keys are matched by length, then as text', () => 
       g.dependencies(id('hint', 'w3')).map((e) => e.from),
       [id('hint', 'q'), id('hint', 'p')],
     );
+  });
+
+  test('a kind whose answer reads the host is asked once: the edges follow that answer, even if a second ask would differ', () => {
+    // As pkg's answer (dpkg's file list) may change when a package is installed during the build.
+    let asks = 0;
+    const shifting = defineKind({
+      kind: 'shifting',
+      description: 'test: provides another key each time it is asked',
+      schema: z.strictObject({}),
+      autoEdgesReadHost: true,
+      autoEdges: () => ({ provides: [asks++ === 0 ? 'k:first' : 'k:other'] }),
+      create: () => ({ checkApply: () => Promise.resolve({ converged: true, changes: [] }) }),
+    });
+    const g = buildGraph(
+      parseGraphText(
+        GRAPH_FILE,
+        `resources:
+  - { kind: shifting, name: s }
+  - { kind: hint, name: w1, wants: ["k:first"] }
+  - { kind: hint, name: w2, wants: ["k:other"] }
+`,
+      ),
+      createRegistry([...allKinds, hintKind, shifting]),
+    );
+    assert.equal(asks, 1);
+    assert.deepEqual(edgeTexts(g), ['shifting[s] -> hint[w1] auto']);
+    // pkg's answer reads dpkg's file lists, so it says so.
+    assert.equal(pkgKind.autoEdgesReadHost, true);
   });
 
   test('keys of 255 characters or more are matched too', () => {
