@@ -211,12 +211,17 @@ export class Engine implements WorkerHost {
     // without touching the directory, so no watch event would ever tell the directory to look again. Only
     // auto-edge providers (directories, packages, accounts: pure checks) are re-checked — never a declared
     // dependency such as an exec, which would run again just because something after it changed.
+    // A provider's stake in the graph is only what it can ask of it (ResourceWorld.isProvided), so a resource
+    // redefined with the same `provides` (a collected file whose content changed) leaves it nothing to look at again:
+    // each such change used to cost the purging directory of collected files a check and a readdir.
     if (prev !== undefined) {
-      for (const id of [...removed, ...changed]) {
+      const pokeProviders = (id: ResourceId): void => {
         for (const e of prev.dependencies(id)) {
           if (e.auto && !fresh.has(e.from)) this.workers.get(e.from)?.poke(false, `${id} was removed or redefined`);
         }
-      }
+      };
+      for (const id of removed) pokeProviders(id);
+      for (const id of changed) if (!this.sameProvides(prev.vertices.get(id), next.vertices.get(id))) pokeProviders(id);
     }
     // A swap may end a fight (the other writer removed): resources held for oscillating get to run again.
     for (const w of this.workers.values()) {
@@ -279,6 +284,15 @@ export class Engine implements WorkerHost {
     this.count('pending', 1);
     w.start();
     return w;
+  }
+
+  /** Whether two definitions of a resource provide the same keys (autoEdges' `provides`) to the rest of the graph. */
+  private sameProvides(a: Vertex | undefined, b: Vertex | undefined): boolean {
+    if (a === undefined || b === undefined || a.kind !== b.kind) return false;
+    const kind = this.registry.get(a.kind);
+    const pa = kind?.autoEdges?.(a.params).provides ?? [];
+    const pb = kind?.autoEdges?.(b.params).provides ?? [];
+    return pa.length === pb.length && pa.every((k, i) => k === pb[i]);
   }
 
   private providedKeys(g: Graph | undefined): Set<string> {

@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import { harness, until, withTempDir } from '../helpers/engine.js';
@@ -392,6 +392,39 @@ resources:
         await writeFile(`${dir}/in/stray`, 'x');
         await until(async () => (await readdir(`${dir}/in`)).join() === 'a2', 3000, 'stray purged');
       } finally {
+        await engine.stop();
+      }
+    });
+  });
+
+  test('a purging directory is not checked again when files in it change content: neither the swap nor their writes wake it', async () => {
+    await withTempDir(async (dir) => {
+      const { engine, graph, settled } = harness();
+      const g = (v: string): string =>
+        `resources:\n  - { kind: file, name: ${dir}/in, type: directory, purge: true }\n` +
+        ['a', 'b', 'c'].map((n) => `  - { kind: file, name: ${dir}/in/${n}, content: "${n} ${v}" }\n`).join('');
+      const runs: string[] = [];
+      const off = engine.onState((e) => {
+        if (e.id === `file[${dir}/in]` && e.state === 'running') runs.push(e.prev);
+      });
+      try {
+        await engine.setGraph(graph(g('v1')));
+        await settled();
+        const before = runs.length;
+        const swap = await engine.setGraph(graph(g('v2')));
+        assert.equal(swap.changed.length, 3);
+        await until(async () => (await readFile(`${dir}/in/c`, 'utf8')) === 'c v2', 3000, 'the new content written');
+        await settled();
+        // Let the directory's watch deliver the writes' events (renames of temp files inside it) before counting.
+        await new Promise((r) => setTimeout(r, 200));
+        await settled();
+        assert.equal(runs.length, before, 'the directory ran again for content changes of files it keeps');
+        // Something it does not keep still wakes it at once, and is purged.
+        await writeFile(`${dir}/in/stray`, 'x');
+        await until(async () => (await readdir(`${dir}/in`)).sort().join() === 'a,b,c', 3000, 'stray purged');
+        assert.ok(runs.length > before);
+      } finally {
+        off();
         await engine.stop();
       }
     });
