@@ -22,11 +22,11 @@
  * a machine of N agents pays as well. The agents run without NODE_EXTRA_CA_CERTS (the sandbox sets it; Node then
  * parses every system certificate at start, which an agent host has no reason to do).
  *
- * Where the time goes: --keep keeps each size's directory (graphs, state dirs, and each agent's log, which starts with
- * the moment it was spawned); --log-level debug adds where each agent's connection time went; --prof DIR writes CPU
- * profiles of the N-th agent (--prof-all: of every agent; --prof-hosts h03,h10: of those; --prof-interval 100: sampled every
- * 100 us instead of Node's 1 ms). --bin and --alt-bin
- * measure other builds of the CLI, the second interleaved with the first (--repeat K runs each K times).
+ * Where the time goes: --keep keeps each size's directory (graphs, state dirs, and each agent's log in logs/, which
+ * starts with the moment it was spawned); --log-level debug adds where each agent's connection time went; --prof DIR
+ * writes CPU profiles of the N-th agent (--prof-all: of every agent; --prof-hosts h03,h10: of those; --prof-interval
+ * 100: sampled every 100 us instead of Node's 1 ms). --bin and --alt-bin measure other builds of the CLI, the second
+ * interleaved with the first (--repeat K runs each K times).
  *
  * Every size runs twice, interleaved: `signed`, today's agents (host h00 holds the cluster CA, the others join with a
  * token; every record is signed and every collected export verified), and `unsigned`, the agents of the last commit
@@ -466,9 +466,13 @@ async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: st
   const work = join(root, `n${n}-${v.name}-${run}`);
   const cluster = `bench-${n}-${v.name}-${run}`;
   const agents: Agent[] = [];
+  // The logs in a directory of their own: each agent watches its graph file's directory, and with every agent's log
+  // beside the graphs, each agent woke for every line any of the N agents wrote (~3N per change: an inotify event
+  // and a callback each, on every agent), a cost of N agents sharing one directory that no host pays.
+  mkdirSync(join(work, 'logs'), { recursive: true });
   for (let i = 0; i < n; i++) {
     const host = `h${String(i).padStart(2, '0')}`;
-    const a: Agent = { host, dir: join(work, host), graph: join(work, `${host}.yaml`), log: join(work, `${host}.log`), version: 0, proc: undefined };
+    const a: Agent = { host, dir: join(work, host), graph: join(work, `${host}.yaml`), log: join(work, 'logs', `${host}.log`), version: 0, proc: undefined };
     mkdirSync(a.dir, { recursive: true });
     writeGraph(a);
     agents.push(a);
