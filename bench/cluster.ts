@@ -22,10 +22,11 @@
  * a machine of N agents pays as well. The agents run without NODE_EXTRA_CA_CERTS (the sandbox sets it; Node then
  * parses every system certificate at start, which an agent host has no reason to do).
  *
- * Where the time goes: --keep keeps each size's directory (graphs, state dirs, and each agent's log, which starts with
- * the moment it was spawned); --log-level debug adds where each agent's connection time went; --prof DIR writes CPU
- * profiles of the N-th agent (--prof-all: of every agent; --prof-hosts h03,h10: of those). --bin and --alt-bin
- * measure other builds of the CLI, the second interleaved with the first (--repeat K runs each K times).
+ * Where the time goes: --keep keeps each size's directory (graphs, state dirs, and each agent's log in logs/, which
+ * starts with the moment it was spawned); --log-level debug adds where each agent's connection time went; --prof DIR
+ * writes CPU profiles of the N-th agent (--prof-all: of every agent; --prof-hosts h03,h10: of those; --prof-interval
+ * 100: sampled every 100 us instead of Node's 1 ms). --bin and --alt-bin measure other builds of the CLI, the second
+ * interleaved with the first (--repeat K runs each K times).
  *
  * Every size runs twice, interleaved: `signed`, today's agents (host h00 holds the cluster CA, the others join with a
  * token; every record is signed and every collected export verified), and `unsigned`, the agents of the last commit
@@ -65,6 +66,8 @@ interface Options {
   /** Which agents --prof profiles: only the N-th (the one that joins last), all, or these hosts (--prof-hosts h01,h02). */
   readonly profAll: boolean;
   readonly profHosts: readonly string[];
+  /** --prof-interval US: the profiles' sampling interval (Node's default is 1000 us, too coarse for a 20 ms change). */
+  readonly profIntervalUs: number | undefined;
   /** The CLI the signed agents run (default: this checkout's bin/backplane.js), to measure another build. */
   readonly bin: string;
   /** Another build, run as variant `alt` interleaved with `signed` (an A/B on a machine whose load changes). */
@@ -102,7 +105,7 @@ function parseArgs(argv: readonly string[]): Options {
   };
   if (argv.includes('--help')) {
     process.stdout.write(
-      'usage: node --import tsx bench/cluster.ts [--agents 3,10,30] [--changes 20] [--baseline REV|none] [--keep] [--log-level debug] [--prof DIR [--prof-all | --prof-hosts h01,h02]] [--bin PATH] [--alt-bin PATH] [--repeat K] [--max-change-median-ms MS] [--max-change-ms MS] [--max-join-ms MS] [--max-idle-ms MS]\n',
+      'usage: node --import tsx bench/cluster.ts [--agents 3,10,30] [--changes 20] [--baseline REV|none] [--keep] [--log-level debug] [--prof DIR [--prof-all | --prof-hosts h01,h02] [--prof-interval US]] [--bin PATH] [--alt-bin PATH] [--repeat K] [--max-change-median-ms MS] [--max-change-ms MS] [--max-join-ms MS] [--max-idle-ms MS]\n',
     );
     process.exit(0);
   }
@@ -121,6 +124,7 @@ function parseArgs(argv: readonly string[]): Options {
     prof: value('prof'),
     profAll: argv.includes('--prof-all'),
     profHosts: (value('prof-hosts') ?? '').split(',').filter((h) => h !== ''),
+    profIntervalUs: value('prof-interval') === undefined ? undefined : Number(value('prof-interval')),
     bin: value('bin') ?? BIN,
     altBin: value('alt-bin'),
     limits: {
@@ -235,7 +239,15 @@ function spawnAgent(a: Agent, endpoints: readonly string[], cluster: string, wor
   writeSync(fd, `${new Date().toISOString().slice(11, 23)} bench: spawning ${a.host}\n`);
   const join_ = v.trust && a.host !== CA_HOST ? ['--join-token-file', join(work, 'join-token')] : [];
   const node =
-    opts.prof !== undefined && (prof || opts.profAll || opts.profHosts.includes(a.host)) ? ['--cpu-prof', '--cpu-prof-dir', opts.prof, '--cpu-prof-name', `profile-${v.name}-${a.host}.cpuprofile`] : [];
+    opts.prof !== undefined && (prof || opts.profAll || opts.profHosts.includes(a.host)) ? [
+          '--cpu-prof',
+          '--cpu-prof-dir',
+          opts.prof,
+          '--cpu-prof-name',
+          `profile-${v.name}-${a.host}.cpuprofile`,
+          ...(opts.profIntervalUs === undefined ? [] : ['--cpu-prof-interval', String(opts.profIntervalUs)]),
+        ]
+      : [];
   const proc = spawn(
     process.execPath,
     [
@@ -454,9 +466,13 @@ async function measureSize(n: number, opts: Options, etcd: EtcdCluster, root: st
   const work = join(root, `n${n}-${v.name}-${run}`);
   const cluster = `bench-${n}-${v.name}-${run}`;
   const agents: Agent[] = [];
+  // The logs in a directory of their own: each agent watches its graph file's directory, and with every agent's log
+  // beside the graphs, each agent woke for every line any of the N agents wrote (~3N per change: an inotify event
+  // and a callback each, on every agent), a cost of N agents sharing one directory that no host pays.
+  mkdirSync(join(work, 'logs'), { recursive: true });
   for (let i = 0; i < n; i++) {
     const host = `h${String(i).padStart(2, '0')}`;
-    const a: Agent = { host, dir: join(work, host), graph: join(work, `${host}.yaml`), log: join(work, `${host}.log`), version: 0, proc: undefined };
+    const a: Agent = { host, dir: join(work, host), graph: join(work, `${host}.yaml`), log: join(work, 'logs', `${host}.log`), version: 0, proc: undefined };
     mkdirSync(a.dir, { recursive: true });
     writeGraph(a);
     agents.push(a);

@@ -603,6 +603,7 @@ export class GraphSource {
       fenceMs,
       trust: () => link.trust,
       sign: (k, b) => link.sign(k, b),
+      lease: (signal) => link.sessionLease(signal),
       ...(this.opts.metrics === undefined ? {} : { metrics: this.opts.metrics }),
     });
     this.controller = controller;

@@ -1,5 +1,5 @@
 import { keys } from './keys.js';
-import { StoreError, abortedError, type KeyValue, type Leadership, type Store, type WatchBatch } from './store.js';
+import { StoreError, abortedError, type KeyValue, type Lease, type Leadership, type Store, type WatchBatch } from './store.js';
 
 /**
  * Leader election on top of any Store, the algorithm of etcd's concurrency package: each candidate puts
@@ -7,10 +7,14 @@ import { StoreError, abortedError, type KeyValue, type Leadership, type Store, t
  * the leader; the others wait until every older key is gone (resigned, or the holder's lease expired). Only one
  * watch per candidate, on the election prefix, so no herd of re-lists when a leader goes.
  */
-export async function campaign(store: Store, name: string, value: string, ttlMs: number, signal: AbortSignal): Promise<Leadership> {
+export async function campaign(store: Store, name: string, value: string, ttlMs: number, signal: AbortSignal, shared?: Lease): Promise<Leadership> {
   if (signal.aborted) throw abortedError(signal, `campaign in election "${name}"`);
   const prefix = keys.election(name);
-  const lease = await store.lease(ttlMs, { signal });
+  // `shared`: a lease the caller keeps alive for more than this (the agent's membership lease), as etcd's own
+  // concurrency.Session serves elections and locks alike. Leadership then ends with it, and resigning deletes the
+  // candidate key instead of revoking the lease. Campaigning again under the same lease puts the same key: one left
+  // over by a failed resign is taken back (as etcd's Campaign does), not waited on for ever.
+  const lease = shared ?? (await store.lease(ttlMs, { signal }));
   const key = prefix + lease.id;
   // Ends the watch when leadership ends (or the campaign is withdrawn), and every wait below.
   const stop = new AbortController();
@@ -20,7 +24,8 @@ export async function campaign(store: Store, name: string, value: string, ttlMs:
   lost.addEventListener('abort', () => stop.abort(lost.reason), { once: true });
   const withdraw = async (): Promise<void> => {
     stop.abort(new StoreError('aborted', `left election "${name}"`));
-    await lease.revoke().catch(() => undefined);
+    if (shared === undefined) await lease.revoke().catch(() => undefined);
+    else if (!lease.lost.aborted) await store.delete(key).catch(() => undefined);
   };
   try {
     const { revision: myRevision } = await store.put(key, value, { lease, signal });

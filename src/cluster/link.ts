@@ -5,7 +5,7 @@ import type { Logger } from '../log.js';
 import type { HostFacts } from '../resources/types.js';
 import { fingerprint, type KeyPair } from './identity.js';
 import { keys, parseExportedKey, parseJoinKey, parseKvKey, parseNodeKey } from './keys.js';
-import { isStoreError, writeInChunks, type KeyValue, type Lease, type Store, type TxnOp, type WatchBatch } from './store.js';
+import { abortedError, isStoreError, writeInChunks, type KeyValue, type Lease, type Store, type TxnOp, type WatchBatch } from './store.js';
 import { approve, approveAll, joinMac, openRecord, parseJoinRequest, sealRecord, TrustView, updateHosts, type JoinRequest, type JoinToken, type TrustFiles, type Verified } from './trust.js';
 
 /** What an agent publishes about itself under `nodes/<host>`: its liveness is the key's lease. */
@@ -110,6 +110,9 @@ export class ClusterLink {
   private joinQueued = false;
   private trustRevision = 0;
   private nodeRevision = 0;
+  /** The lease whose membership record is written (sessionLease hands out no other), and who waits for the next. */
+  private registered: Lease | undefined;
+  private readonly leaseWaiters = new Set<() => void>();
 
   constructor(private readonly opts: ClusterLinkOptions) {}
 
@@ -200,6 +203,29 @@ export class ClusterLink {
   /** The lease this host's membership lives under (undefined while re-registering). */
   get currentLease(): Lease | undefined {
     return this.lease;
+  }
+
+  /**
+   * The membership lease once this host is registered under it, for the controller's election to share: waits while
+   * the host registers (again, after a lost lease). Rejects when `signal` aborts or the link closes.
+   */
+  async sessionLease(signal: AbortSignal): Promise<Lease> {
+    for (;;) {
+      for (const s of [signal, this.ac.signal]) if (s.aborted) throw abortedError(s, 'waiting for the membership lease');
+      const lease = this.lease;
+      if (lease !== undefined && lease === this.registered && !lease.lost.aborted) return lease;
+      await new Promise<void>((resolve) => {
+        const done = (): void => {
+          signal.removeEventListener('abort', done);
+          this.ac.signal.removeEventListener('abort', done);
+          this.leaseWaiters.delete(done);
+          resolve();
+        };
+        this.leaseWaiters.add(done);
+        signal.addEventListener('abort', done, { once: true });
+        this.ac.signal.addEventListener('abort', done, { once: true });
+      });
+    }
   }
 
   /** Logs a problem once while it lasts (per tag), so a hostile writer cannot flood the log. */
@@ -485,6 +511,8 @@ export class ClusterLink {
     this.nodeValue = this.seal(key, JSON.stringify(this.opts.record()));
     try {
       this.nodeRevision = (await this.opts.store.put(key, this.nodeValue, { lease, signal: this.ac.signal })).revision;
+      this.registered = lease;
+      for (const wake of [...this.leaseWaiters]) wake();
     } catch (err) {
       // Half registered: the next attempt starts over with a new lease rather than write under this one.
       if (this.lease === lease) this.lease = undefined;

@@ -62,7 +62,10 @@ export interface Leadership {
   readonly lease: Lease;
   /** Aborted when leadership ends: the lease was lost, the key was deleted behind our back, or resign() was called. */
   readonly lost: AbortSignal;
-  /** Gives up leadership now (revokes the lease), so another candidate takes over without waiting for the TTL. */
+  /**
+   * Gives up leadership now (revokes the lease; under a lease shared with other records, deletes the candidate key),
+   * so another candidate takes over without waiting for the TTL.
+   */
   resign(): Promise<void>;
 }
 

@@ -3,7 +3,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { campaign } from '../cluster/election.js';
 import { keys, parseNodeKey } from '../cluster/keys.js';
 import type { NodeRecord } from '../cluster/link.js';
-import type { Leadership, Store, TxnOp } from '../cluster/store.js';
+import type { Lease, Leadership, Store, TxnOp } from '../cluster/store.js';
 import type { TrustView } from '../cluster/trust.js';
 import { BackplaneError, errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -39,6 +39,12 @@ export interface ControllerOptions {
   readonly log: Logger;
   /** The controller's lease TTL: when it dies, another agent takes over after about this long. */
   readonly ttlMs: number;
+  /**
+   * The lease to campaign under: this host's membership lease (ClusterLink.sessionLease), so an idle agent keeps one
+   * lease alive, not two (a keep-alive a second each, on every agent of the cluster). Leadership ends with the
+   * membership, as it would with etcd's concurrency.Session. Without it, each campaign grants a lease of its own.
+   */
+  readonly lease?: (signal: AbortSignal) => Promise<Lease>;
   /** This agent's own fence: the grace for a host whose record never said what its fence is. */
   readonly fenceMs: number;
   readonly trust: () => TrustView | undefined;
@@ -108,7 +114,8 @@ export class Controller {
     while (!signal.aborted) {
       let leadership: Leadership;
       try {
-        leadership = await campaign(this.opts.store, ELECTION, this.opts.host, this.opts.ttlMs, signal);
+        const shared = await this.opts.lease?.(signal);
+        leadership = await campaign(this.opts.store, ELECTION, this.opts.host, this.opts.ttlMs, signal, shared);
       } catch (err) {
         if (signal.aborted) return;
         this.opts.log.debug(`controller election: ${errorMessage(err)}; trying again`);

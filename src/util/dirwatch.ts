@@ -14,7 +14,12 @@ import { basename, dirname } from 'node:path';
  * as directories appear. A watched directory that is itself removed is detected and its subscribers re-attached.
  */
 
-export type ChangeCallback = (reason: string) => void;
+/**
+ * `child`: for a subscription with `children`, the name of the entry inside its directory that the event is about
+ * (undefined for anything else: the path itself, its directory's own events, a re-attach), so a subscriber can tell
+ * which entry changed without a look at the directory.
+ */
+export type ChangeCallback = (reason: string, child?: string) => void;
 
 interface Subscription {
   readonly path: string;
@@ -232,7 +237,7 @@ function onEvent(dw: DirWatch, event: string, filename: string | null): void {
     }
   }
   const all = dw.byName.get('*');
-  if (all !== undefined) for (const sub of listOf(all)) sub.cb(reason);
+  if (all !== undefined) for (const sub of listOf(all)) sub.cb(reason, filename);
   if (event !== 'rename') return;
   // inotify reports the watched directory's own deletion or move under the directory's basename. stat() cannot
   // be trusted to tell afterwards: a directory re-created at once often gets the same inode number back (ext4),

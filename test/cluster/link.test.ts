@@ -7,6 +7,7 @@ import { after, before, describe, test } from 'node:test';
 import { EmbeddedStore } from '../../src/cluster/embedded-store.js';
 import { generateKeyPair, type KeyPair } from '../../src/cluster/identity.js';
 import { keys } from '../../src/cluster/keys.js';
+import { campaign } from '../../src/cluster/election.js';
 import { ClusterLink, type NodeRecord } from '../../src/cluster/link.js';
 import type { KeyValue, Lease, Store } from '../../src/cluster/store.js';
 import { approve, joinMac, parseToken, sealRecord, TrustFiles, TrustView, updateHosts } from '../../src/cluster/trust.js';
@@ -311,6 +312,55 @@ describe('cluster link', () => {
       const node = await store.get(keys.node('a'));
       assert.equal(node?.lease, link.currentLease?.id, 'the membership record is back too');
     } finally {
+      await link.close();
+      await sleep(10);
+      await store.close();
+    }
+  });
+
+  test("the controller's election shares the membership lease: one lease per agent, a resign keeps the membership", async () => {
+    const store = await EmbeddedStore.open({ dir: join(dir, 'session-store') });
+    let granted = 0;
+    const counting = (s: Store): Store =>
+      new Proxy(s, {
+        get(target, prop, receiver) {
+          if (prop === 'lease') {
+            return (ttlMs: number, opts?: { signal?: AbortSignal }): Promise<Lease> => {
+              granted++;
+              return target.lease(ttlMs, opts);
+            };
+          }
+          const v: unknown = Reflect.get(target, prop, receiver);
+          return typeof v === 'function' ? (v as (...args: unknown[]) => unknown).bind(target) : v;
+        },
+      });
+    const { link } = await caLink(store, join(dir, 'session-state'), { wrap: counting });
+    const ac = new AbortController();
+    try {
+      const lease = await link.sessionLease(ac.signal);
+      assert.equal(lease, link.currentLease);
+      assert.equal(granted, 1);
+      const wrapped = counting(store);
+      const lead = await campaign(wrapped, 'controller', 'a', 1000, ac.signal, lease);
+      assert.equal(granted, 1, 'the campaign granted a lease of its own');
+      assert.equal((await store.get(lead.key))?.lease, lease.id);
+      await lead.resign();
+      assert.equal(lease.lost.aborted, false, 'resigning ended the membership lease');
+      assert.equal(await store.get(lead.key), undefined);
+      assert.equal((await store.get(keys.node('a')))?.lease, lease.id);
+      // A candidate key a failed resign left behind under the same lease is taken back, not waited on for ever.
+      await store.put(lead.key, 'a', { lease });
+      const again = await Promise.race([campaign(wrapped, 'controller', 'a', 1000, ac.signal, lease), sleep(3000).then(() => undefined)]);
+      assert.ok(again !== undefined, 'the campaign waited on its own stale key');
+      assert.equal(again.key, lead.key);
+      // The membership lease ends: so does leadership, and the next campaign gets the lease the host registers under.
+      await lease.revoke();
+      assert.equal(again.lost.aborted, true);
+      const next = await link.sessionLease(ac.signal);
+      assert.notEqual(next.id, lease.id);
+      assert.equal((await store.get(keys.node('a')))?.lease, next.id);
+    } finally {
+      ac.abort();
       await link.close();
       await sleep(10);
       await store.close();

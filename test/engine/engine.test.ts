@@ -1,10 +1,18 @@
 import assert from 'node:assert/strict';
-import { mkdir, readdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
-import { harness, until, withTempDir } from '../helpers/engine.js';
+import { harness, until, waitSettled, withTempDir } from '../helpers/engine.js';
+import { Engine } from '../../src/engine/engine.js';
+import { parseGraphText } from '../../src/frontends/load.js';
+import { buildGraph } from '../../src/graph/build.js';
+import type { Graph } from '../../src/graph/graph.js';
+import { createLogger } from '../../src/log.js';
+import { fileKind } from '../../src/resources/file.js';
+import type { FileParams } from '../../src/resources/file-schema.js';
+import { createRegistry } from '../../src/resources/registry.js';
+import type { AnyResourceKind } from '../../src/resources/types.js';
 import { ProbeWorld, probeKind } from '../helpers/probe-kind.js';
-import type { Engine } from '../../src/engine/engine.js';
 import type { Worker } from '../../src/engine/worker.js';
 import { defineKind, type AttachedWatchContext } from '../../src/resources/types.js';
 import { z } from 'zod';
@@ -391,6 +399,81 @@ resources:
         await until(async () => (await readdir(`${dir}/in`)).join() === 'a2', 3000, 'old path purged after the redefinition');
         await writeFile(`${dir}/in/stray`, 'x');
         await until(async () => (await readdir(`${dir}/in`)).join() === 'a2', 3000, 'stray purged');
+      } finally {
+        await engine.stop();
+      }
+    });
+  });
+
+  test('a purging directory is not checked again when files in it change content: neither the swap nor their writes wake it', async () => {
+    await withTempDir(async (dir) => {
+      const { engine, graph, settled } = harness();
+      const g = (v: string): string =>
+        `resources:\n  - { kind: file, name: ${dir}/in, type: directory, purge: true }\n` +
+        ['a', 'b', 'c'].map((n) => `  - { kind: file, name: ${dir}/in/${n}, content: "${n} ${v}" }\n`).join('');
+      const runs: string[] = [];
+      const off = engine.onState((e) => {
+        if (e.id === `file[${dir}/in]` && e.state === 'running') runs.push(e.prev);
+      });
+      try {
+        await engine.setGraph(graph(g('v1')));
+        await settled();
+        const before = runs.length;
+        const swap = await engine.setGraph(graph(g('v2')));
+        assert.equal(swap.changed.length, 3);
+        await until(async () => (await readFile(`${dir}/in/c`, 'utf8')) === 'c v2', 3000, 'the new content written');
+        await settled();
+        // Let the directory's watch deliver the writes' events (renames of temp files inside it) before counting.
+        await new Promise((r) => setTimeout(r, 200));
+        await settled();
+        assert.equal(runs.length, before, 'the directory ran again for content changes of files it keeps');
+        // Something it does not keep still wakes it at once, and is purged.
+        await writeFile(`${dir}/in/stray`, 'x');
+        await until(async () => (await readdir(`${dir}/in`)).sort().join() === 'a,b,c', 3000, 'stray purged');
+        assert.ok(runs.length > before);
+      } finally {
+        off();
+        await engine.stop();
+      }
+    });
+  });
+
+  test("after a swap the graph's provided keys are updated by what changed, not asked of every resource's kind again", async () => {
+    await withTempDir(async (dir) => {
+      let asked = 0;
+      const counting: AnyResourceKind = {
+        ...(fileKind as AnyResourceKind),
+        autoEdges: (p) => {
+          asked++;
+          return fileKind.autoEdges?.(p as FileParams) ?? {};
+        },
+      };
+      const registry = createRegistry([counting]);
+      const engine = new Engine({ registry, log: createLogger({ level: 'silent' }) });
+      const graph = (names: readonly string[], v: string): Graph =>
+        buildGraph(
+          parseGraphText(
+            '/test/graph.yaml',
+            `resources:\n  - { kind: file, name: ${dir}/in, type: directory, purge: true }\n` +
+              names.map((n) => `  - { kind: file, name: ${dir}/in/${n}, content: "${n} ${v}" }\n`).join(''),
+          ),
+          registry,
+        );
+      const many = Array.from({ length: 40 }, (_, i) => `f${i}`);
+      try {
+        await engine.setGraph(graph(many, 'v1'));
+        await waitSettled(engine);
+        // Two files removed, one added (the build asks the kind about every resource: counted from the swap on).
+        const next = graph([...many.slice(2), 'new'], 'v1');
+        asked = 0;
+        await engine.setGraph(next);
+        await waitSettled(engine);
+        await until(async () => (await readdir(`${dir}/in`)).length === 39, 3000, 'the removed files purged');
+        assert.ok(asked <= 6, `the kind was asked ${asked} times for a swap of 3 resources in a graph of 41`);
+        // Still exact: the removed files are purged, the added one kept, and a stray is purged.
+        assert.ok((await readdir(`${dir}/in`)).includes('new'));
+        await writeFile(`${dir}/in/stray`, 'x');
+        await until(async () => !(await readdir(`${dir}/in`)).includes('stray'), 3000, 'the stray purged');
       } finally {
         await engine.stop();
       }

@@ -85,3 +85,48 @@ test('a controller deposed between its snapshot and its commit, and unaware of i
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test("a controller given the agent's membership lease campaigns under it, grants none of its own, and keeps it when it stops", async () => {
+  const dir = await mkdtemp(join(tmpdir(), 'bp-ctl-'));
+  const inner = await EmbeddedStore.open({ dir });
+  const log = createLogger({ format: 'json', level: 'silent' });
+  let granted = 0;
+  const store: Store = Object.create(inner) as Store;
+  store.lease = (ttlMs, opts) => {
+    granted++;
+    return inner.lease(ttlMs, opts);
+  };
+  const membership = await inner.lease(2000);
+  const ac = new AbortController();
+  try {
+    let seq = Date.now();
+    const ctl = new Controller({
+      store,
+      host: 'c1',
+      log,
+      ttlMs: 2000,
+      fenceMs: 2000,
+      trust: () => trust(),
+      sign: (key, body) => sealRecord(hostKey, key, ++seq, body),
+      lease: () => Promise.resolve(membership),
+    });
+    const running = ctl.run(ac.signal);
+    await until(() => ctl.isLeader, 10_000, 'leadership');
+    const { kvs } = await inner.list(keys.election(ELECTION));
+    assert.deepEqual(
+      kvs.map((kv) => kv.lease),
+      [membership.id],
+    );
+    assert.equal(granted, 0);
+    ac.abort();
+    await running;
+    // Resigned: the candidate key is gone, the lease (the host's membership) lives on.
+    assert.deepEqual((await inner.list(keys.election(ELECTION))).kvs, []);
+    assert.equal(membership.lost.aborted, false);
+  } finally {
+    ac.abort();
+    await membership.revoke();
+    await inner.close();
+    await rm(dir, { recursive: true, force: true });
+  }
+});
