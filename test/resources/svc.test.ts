@@ -11,6 +11,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { resourceId, type ResourceId } from '../../src/graph/ids.js';
 import { svcKind } from '../../src/resources/svc.js';
 import { cgroupName, detectHierarchy, existingCgroup, removeCgroup } from '../../src/resources/svc/cgroup.js';
+import { HealthMonitor } from '../../src/resources/svc/health.js';
 import { groupMembers, readStat } from '../../src/resources/svc/proc.js';
 import { readRecord } from '../../src/resources/svc/record.js';
 import { RestartPolicy } from '../../src/resources/svc/restart-policy.js';
@@ -419,6 +420,30 @@ describe('svc: health, reload, logs', () => {
     const again = await s.run();
     assert.match(again.changes[0] ?? '', new RegExp(`^restarted after pid ${pid} was unhealthy: 2 health checks failed`));
     await s.stopWatch();
+  });
+
+  test('until the first success, checks run at once, then 10 ms later, the wait doubling up to 200ms', async (t) => {
+    // The delays the monitor asks for, each run at once: the cadence without waiting for it.
+    const delays: number[] = [];
+    const realSetTimeout = globalThis.setTimeout;
+    t.mock.method(globalThis, 'setTimeout', (fn: () => void, ms: number) => {
+      delays.push(ms);
+      return realSetTimeout(fn, 0);
+    });
+    let probes = 0;
+    const healthy = new Promise<void>((resolve) => {
+      const m: HealthMonitor = new HealthMonitor({ interval: 5000, timeout: 2000, failures: 3, startPeriod: 10_000 }, async () => (++probes > 8 ? { ok: true } : { ok: false, reason: 'refused' }), {
+        healthy: () => {
+          resolve();
+          // After the ramp: the interval, once healthy.
+          setImmediate(() => m.stop());
+        },
+        unhealthy: () => assert.fail('failures during startPeriod must not count'),
+      });
+    });
+    await healthy;
+    await sleep(5);
+    assert.deepEqual(delays, [0, 10, 20, 40, 80, 160, 200, 200, 200, 5000]);
   });
 
   test('a health check that never passes fails checkApply with the last check result', async () => {
