@@ -5,6 +5,7 @@ import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import { Liquid } from 'liquidjs';
 import { BackplaneError, ValidationErrors } from '../../src/errors.js';
 import { parseGraphText } from '../../src/frontends/load.js';
 import { buildGraph } from '../../src/graph/build.js';
@@ -285,6 +286,20 @@ describe('template: in a graph', () => {
 });
 
 describe('template: the engine', () => {
+  test('an inline template is parsed once: the resource renders what the schema check compiled', async (t) => {
+    const parse = t.mock.method(Liquid.prototype, 'parse');
+    const out = join(await tempDir(), 'once.conf');
+    const h = harness([templateKind]);
+    await h.engine.setGraph(h.graph(`resources:\n  - { kind: template, name: ${out}, template: "port {{ vars.port }}", vars: { port: 81 } }\n`));
+    try {
+      await h.settled();
+      assert.equal(await readFile(out, 'utf8'), 'port 81');
+      assert.equal(parse.mock.callCount(), 1);
+    } finally {
+      await h.engine.stop();
+    }
+  });
+
   test('making the engine leaves Intl alone; the date filter still formats in the host default locale', () => {
     // A process of its own: Intl's state and the engine are per process, and the locale comes from LANG.
     const script = `
