@@ -2,6 +2,7 @@ import { testWorld } from '../helpers/world.js';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { mkdir, mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -309,6 +310,38 @@ describe('svc: supervision', () => {
     assert.deepEqual(await s.run(), { converged: true, changes: [] });
     await s.stopWatch();
     console.log(`# kill -9 -> respawned in ${respawnMs.toFixed(1)} ms, answering in ${backMs.toFixed(1)} ms`);
+  });
+
+  test("the first start makes its log pipes and the next start's in one mkfifo; a restart takes the spares", async (t) => {
+    // execFile as the logger module sees it (an ES import of a built-in is synced from the CommonJS module). A plain
+    // function, not t.mock.method: its proxy would hand promisify the real execFile's custom promisified form.
+    const calls: string[][] = [];
+    const cp = createRequire(import.meta.url)('node:child_process') as { execFile: (...args: unknown[]) => unknown };
+    const real = cp.execFile;
+    cp.execFile = (...args: unknown[]) => {
+      if (args[0] === 'mkfifo') calls.push(args[1] as string[]);
+      return Reflect.apply(real, cp, args);
+    };
+    syncBuiltinESMExports();
+    t.after(() => {
+      cp.execFile = real;
+      syncBuiltinESMExports();
+    });
+    const s = make({ cmd: ['sleep', '30'], log: { stderr: join(await tempDir(), 'err.log') } });
+    await s.watch();
+    await s.run();
+    const pipes = async (): Promise<string[]> => (await readdir(await s.world.stateDir(s.id))).filter((n) => n.startsWith('.log-pipe-'));
+    // stdout and stderr go to two files: two pipes now, two spares, one process.
+    assert.equal(calls.length, 1, JSON.stringify(calls));
+    assert.equal(calls[0]?.filter((a) => a.includes('.log-pipe-')).length, 4);
+    assert.equal((await pipes()).length, 2, 'the spares are not in the state directory');
+    const pid = await s.pid();
+    process.kill(pid ?? 0, 'SIGKILL');
+    await waitFor('a new pid', async () => ((await s.pid()) ?? pid) !== pid);
+    // The restart took the spares, then made the next ones.
+    await waitFor('new spares', async () => calls.length === 2 && (await pipes()).length === 2);
+    assert.equal(calls[1]?.filter((a) => a.includes('.log-pipe-')).length, 2);
+    await s.stopWatch();
   });
 
   test('a crashing process backs off exponentially, then crash-loops with a clear error; a refresh starts afresh', async () => {
