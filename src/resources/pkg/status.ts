@@ -154,24 +154,21 @@ function entriesNamed(raw: Buffer, name: string): PkgEntry[] {
 
 /** Where the stanza holding the line at `at` begins: after the last blank line ("" or "\r", as parseStatus has it) before it. */
 function stanzaStart(raw: Buffer, at: number): number {
-  let start = 0;
   // (A negative offset would count from the end.)
   if (at === 0) return 0;
   const lf = raw.lastIndexOf('\n\n', at - 1, 'latin1');
-  if (lf !== -1) start = lf + 2;
-  const crlf = raw.lastIndexOf('\n\r\n', at - 1, 'latin1');
-  if (crlf !== -1) start = Math.max(start, crlf + 3);
-  return start;
+  const start = lf === -1 ? 0 : lf + 2;
+  // A "\r" line only between there and here (dpkg writes none: searched in that span, not the whole file).
+  const crlf = raw.subarray(start, at).lastIndexOf('\n\r\n', undefined, 'latin1');
+  return crlf === -1 ? start : start + crlf + 3;
 }
 
 /** Where the stanza holding the line ending at `eol` ends: at its next blank line, or at the end of the file. */
 function stanzaEnd(raw: Buffer, eol: number): number {
-  let end = raw.length;
   const lf = raw.indexOf('\n\n', eol, 'latin1');
-  if (lf !== -1) end = lf + 1;
-  const crlf = raw.indexOf('\n\r\n', eol, 'latin1');
-  if (crlf !== -1) end = Math.min(end, crlf + 1);
-  return end;
+  const end = lf === -1 ? raw.length : lf + 1;
+  const crlf = raw.subarray(eol, end).indexOf('\n\r\n', 0, 'latin1');
+  return crlf === -1 ? end : eol + crlf + 1;
 }
 
 /** Parses the deb822 text of a dpkg status file. Only the four fields that matter are looked at. */
