@@ -96,10 +96,12 @@ const CORE_ROOTS = ['src/cli/main.ts', 'src/cli/run.ts', 'src/util/perf-shim.ts'
  * of an unquoted numeric mode (src/frontends/document.ts); js-yaml reads the data. `zod` (300 KB, ~1,000 page faults
  * of every start with its code cache) checks parameters against a kind's schema, which a kind builds at first use
  * and skips for the usual shapes (quickParams), and metaparams, which a resource seldom declares: a run of an empty
- * graph or of plain files, parsed or from the graph cache, never calls it. A package whose exports the core reads
+ * graph or of plain files, parsed or from the graph cache, never calls it. `liquidjs` (the template kind's, 190 KB)
+ * was required from node_modules at the first template: compiled from source with no code cache, 18 ms of a run with
+ * a template (2026-12-03). A package whose exports the core reads
  * while its modules load would load its script at every start: test/cli/startup.test.ts would catch that.
  */
-const LAZY_PACKAGES = { yaml: 'backplane-cli-lazy.js', zod: 'backplane-cli-zod.js' };
+const LAZY_PACKAGES = { yaml: 'backplane-cli-lazy.js', zod: 'backplane-cli-zod.js', liquidjs: 'backplane-cli-liquid.js' };
 const LAZY_SCRIPTS = Object.values(LAZY_PACKAGES);
 /** The script of the lazy package `file` is in, or undefined. */
 const lazyScriptOf = (file) => Object.entries(LAZY_PACKAGES).find(([p]) => moduleKey(file).startsWith(`node_modules/${p}/`))?.[1];

@@ -5,7 +5,7 @@
 // It starts the CLI through the launcher just built, so every script is compiled exactly as at a real start (same
 // text, same file name, no other V8 flags; the launcher hands each compiled script over, src/cli/launcher.ts), runs
 // it once on a small graph of files in a temporary directory (some already right, some wrong, some missing, as a
-// real run finds them), and on exit writes V8's code for every function that ran, beside each script
+// real run finds them) and a template, and on exit writes V8's code for every function that ran, beside each script
 // (backplane-cli.js: backplane-cli.cache). A cache made right after compiling would hold only the top-level code;
 // this one also spares a one-shot run compiling what it calls. A script the run did not need (the cluster's and the
 // operator commands') is compiled at exit and gets the cache of its top-level code: what the one bundle's cache held
@@ -37,6 +37,8 @@ for (let i = 0; i < 24; i++) {
   if (i % 3 === 1) writeFileSync(path, 'old\n', { mode: 0o600 });
   resources.push({ kind: 'file', name: path, content, mode: '0644' });
 }
+// A template: liquidjs's script and the template kind have their functions in the caches too.
+resources.push({ kind: 'template', name: join(files, 'rendered.conf'), template: 'listen {{ vars.port }};\n{% for h in vars.hosts %}server {{ h }};\n{% endfor %}', vars: { port: 80, hosts: ['a', 'b'] }, mode: '0644' });
 const graph = join(dir, 'graph.yaml');
 writeFileSync(graph, `resources:\n${resources.map((r) => `  - ${JSON.stringify(r)}`).join('\n')}\n`);
 

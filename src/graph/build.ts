@@ -63,6 +63,9 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
     return count++;
   };
 
+  /** Resources of each kind checked by its schema so far (see JIT_AFTER). */
+  const schemaChecks = new Map<AnyResourceKind, number>();
+
   const exports: ExportedResource[] = [];
   const exportedIds = new Set<ResourceId>();
   // What each vertex manages and its auto-edge hints are worked out as it is made, in the same pass (see Hints): the
@@ -116,7 +119,9 @@ export function buildGraph(raw: RawGraph, registry: KindRegistry, reuse?: Vertex
       let data: unknown = kind.quickParams?.(r.name, r.params);
       let valid = data !== undefined;
       if (!valid) {
-        const params = kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params });
+        const checks = (schemaChecks.get(kind) ?? 0) + 1;
+        schemaChecks.set(kind, checks);
+        const params = kind.schema.safeParse(kind.defaults === undefined ? r.params : { ...kind.defaults(r.name), ...r.params }, checks <= JIT_AFTER ? NO_JIT : undefined);
         if (params.success) {
           data = params.data;
           valid = true;
@@ -439,6 +444,15 @@ function successors(vertices: VertexList, t: EdgeTable): (id: ResourceId) => rea
   }
   return (id) => succ.get(id) ?? NO_IDS;
 }
+
+/**
+ * zod compiles an object schema's fast path (a `new Function` per object in it) at its first parse unless told
+ * `jitless`: milliseconds per kind that only many parses repay (4.5 ms of the 48 ms buildGraph of a cold nginx-stack
+ * run, which checks one pkg, template and svc; measured 2026-12-03). A kind's first JIT_AFTER resources of a build
+ * are checked without it, the rest with it. Either way the same checks run and the same issues come out.
+ */
+const JIT_AFTER = 32;
+const NO_JIT = { jitless: true } as const;
 
 const NO_IDS: readonly ResourceId[] = Object.freeze([]);
 const NO_KEYS: readonly string[] = Object.freeze([]);

@@ -5,7 +5,7 @@ import { aptBatcher, type PkgAction, type PkgOutcome, type PkgRequest } from './
 import { watchPackage } from './pkg/monitor.js';
 import { packageDirectories } from './pkg/owned-dirs.js';
 import { pkgSchema, type PkgParams } from './pkg/schema.js';
-import { describeEntry, DPKG_ADMIN_DIR, hasTraces, isInstalled, readDpkgStatus, type DpkgDb, type PkgEntry } from './pkg/status.js';
+import { describeEntry, DPKG_ADMIN_DIR, hasTraces, isInstalled, nativeArchAsync, readDpkgStatus, type DpkgDb, type PkgEntry } from './pkg/status.js';
 import { defineKind, type CheckResult, type Resource } from './types.js';
 
 /**
@@ -68,7 +68,9 @@ function createPkg(id: ResourceId, p: PkgParams): Resource {
     },
     async checkApply({ apply, signal, log }) {
       if (signal.aborted) throw aborted(id);
-      const before = (await readDb(id)).get(p.name);
+      // dpkg tells the native architecture while the status file is read.
+      const [db, native] = await Promise.all([readDb(id), nativeArchAsync()]);
+      const before = db.get(p.name, native);
       const plan = planFor(p, before);
       if (plan === undefined) {
         log.debug(`${p.name}: ${describeEntry(before)}`);
@@ -81,7 +83,7 @@ function createPkg(id: ResourceId, p: PkgParams): Resource {
       if (outcome.kind === 'failed') throw aptFailure(id, p, plan, outcome);
       if (outcome.batchSize > 1) log.debug(`done in one apt transaction with ${outcome.batchSize - 1} other package(s)`);
       if (outcome.alsoRemoved.length > 0) log.warn(`apt-get also removed ${outcome.alsoRemoved.join(', ')} (dependencies or conflicts)`);
-      const after = (await readDb(id)).get(p.name);
+      const after = (await readDb(id)).get(p.name, native);
       if (planFor(p, after) !== undefined) throw notReached(id, p, after);
       return { converged: false, changes: [plan.done(after)] };
     },

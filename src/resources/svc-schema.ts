@@ -49,7 +49,7 @@ export const healthSchema = once(() =>
       failures: z.number().int().min(1).default(3).meta({ description: 'consecutive failed checks that make the process unhealthy (it is then restarted)' }),
       startPeriod: duration()
         .default(10_000)
-        .meta({ description: 'for this long after a start, failed checks do not count and checks run every 200ms until the first success' }),
+        .meta({ description: 'for this long after a start, failed checks do not count, and checks run until the first success: at once, then 10 ms later, the wait doubling up to 200ms' }),
     })
     .superRefine((h, ctx) => {
       const given = [h.exec, h.http, h.tcp].filter((x) => x !== undefined).length;

@@ -1,7 +1,6 @@
 import { readFile } from 'node:fs/promises';
-import { createRequire } from 'node:module';
 import { posix } from 'node:path';
-import type { Liquid, Template, Variable } from 'liquidjs';
+import { Liquid, LiquidError, type Template, type Variable } from 'liquidjs';
 import { z } from 'zod';
 import { BackplaneError } from '../errors.js';
 import { modeHasSpecialBits } from '../graph/file-mode.js';
@@ -54,6 +53,7 @@ export const templateSchema = once(() =>
       if (p.template === undefined) return;
       // Checked here so a broken inline template is a graph error with the file:line of its resource.
       const compiled = compile(p.template);
+      checked.set(p, compiled);
       const problems = 'problem' in compiled ? [compiled.problem] : checkNames(compiled.templates, p.vars, p.services);
       for (const pr of problems.slice(0, MAX_PROBLEMS))
         ctx.addIssue({ code: 'custom', path: ['template'], message: `template line ${pr.line}, col ${pr.col}: ${pr.message}` });
@@ -94,6 +94,13 @@ export const templateKind = defineKind<TemplateParams>({
   create: (id, p, world) => createTemplate(id, p, world),
 });
 
+/**
+ * Inline templates as the schema check compiled them, by the checked parameters: create() takes the same result
+ * instead of parsing the text again (a second parse was ~5 ms of a cold run with one template). Held only as long
+ * as the parameters are.
+ */
+const checked = new WeakMap<object, ReturnType<typeof compile>>();
+
 /** Enough to fix a template in one pass without flooding the report. */
 const MAX_PROBLEMS = 5;
 /** A runaway loop must not stall the agent: liquidjs stops a render after this long. */
@@ -105,8 +112,9 @@ interface Compiled {
 }
 
 function createTemplate(id: ResourceId, p: TemplateParams, world: ResourceWorld): Resource {
-  // The schema compiled an inline template already; it cannot fail here, but if it did the error would say why.
-  const inline = p.template === undefined ? undefined : compile(p.template);
+  // The schema compiled an inline template already (unless the graph came from the graph cache); it cannot fail
+  // here, but if it did the error would say why.
+  const inline = p.template === undefined ? undefined : (checked.get(p) ?? compile(p.template));
   // Re-read and re-checked on every run (the file may have been edited); parsed again only when its text changed.
   let lastSource: Compiled | undefined;
 
@@ -200,22 +208,26 @@ function toFileParams(p: TemplateParams, content: string | undefined): FileParam
 
 // ---- Liquid ------------------------------------------------------------------------------------------------------
 
-let liquidjs: typeof import('liquidjs') | undefined;
+/**
+ * Made on first use: constructing Liquid costs milliseconds that a graph without templates should not pay. The CLI
+ * loads liquidjs itself at the first read of one of its exports, from a script of its own with a code cache
+ * (LAZY_PACKAGES in scripts/build.mjs).
+ */
 let engine: Liquid | undefined;
 
 /**
- * liquidjs, loaded on first use: loading it and constructing Liquid cost milliseconds that every start-up would pay
- * even with no template. Required, not imported, because validation and create() are synchronous; it comes from
- * node_modules beside the CLI (the bundle leaves it out; scripts/build.mjs).
+ * The `date` filter's locale: the host's default, as liquidjs would take it, but resolved only when a date is
+ * formatted. Left unset, liquidjs asks Intl for the default locale when the engine is made, and that first use of
+ * Intl loads ICU's locale data: 20-45 ms of every run with a template (measured on a 2-core VM), for a filter few
+ * templates use. liquidjs hands this value to Intl.DateTimeFormat and Date#toLocale*String untouched, and to Intl an
+ * empty list of locales means its default locale: the same names and formats (a test renders dates under another
+ * LANG). liquidjs types the option as a string; it is only ever passed on.
  */
-function liquidModule(): typeof import('liquidjs') {
-  liquidjs ??= createRequire(import.meta.url)('liquidjs') as typeof import('liquidjs');
-  return liquidjs;
-}
+const HOST_LOCALE = [] as unknown as string;
 
 function liquid(): Liquid {
   if (engine !== undefined) return engine;
-  const l = new (liquidModule().Liquid)({
+  const l = new Liquid({
     strictVariables: true,
     strictFilters: true,
     // Facts differ between hosts (facts.interfaces.eth1 may not exist): `{% if %}` and `| default` may test for them.
@@ -224,6 +236,7 @@ function liquid(): Liquid {
     ownPropertyOnly: true,
     renderLimit: RENDER_LIMIT_MS,
     cache: false,
+    locale: HOST_LOCALE,
   });
   // Files a template would pull in are neither watched nor ordered by auto-edges, so an edit there would go unseen.
   for (const name of ['include', 'render', 'layout']) {
@@ -257,8 +270,9 @@ function compile(text: string): { templates: Template[] } | { problem: Problem }
 }
 
 function toProblem(err: unknown): Problem | undefined {
-  // Nothing but liquidjs throws a LiquidError, so without liquidjs loaded there is none to recognise.
-  if (liquidjs === undefined || !(err instanceof liquidjs.LiquidError)) return undefined;
+  // Nothing but liquidjs throws a LiquidError, so without an engine made there is none to recognise (and the CLI
+  // need not load liquidjs to find out).
+  if (engine === undefined || !(err instanceof LiquidError)) return undefined;
   // RenderError wraps the error a tag or filter threw; the position is in the token either way.
   const [line = 1, col = 1] = err.token.getPosition();
   let message = (err.originalError?.message ?? err.message).replace(/, line:\d+, col:\d+$/, '');

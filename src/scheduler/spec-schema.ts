@@ -120,7 +120,7 @@ const healthSchema = z
     failures: z.number().int().min(1).default(DEFAULTS.health.failures).meta({ description: 'consecutive failures that make an instance unhealthy (default 3)' }),
     grace: duration()
       .default(DEFAULTS.health.graceMs)
-      .meta({ description: 'after a start, failed checks do not count for this long; checks run every 200ms until the first success (default 10s)' }),
+      .meta({ description: 'after a start, failed checks do not count for this long; checks run until the first success: at once, then 10 ms later, the wait doubling up to 200ms (default 10s)' }),
   })
   .superRefine((h, ctx) => {
     const given = [h.exec, h.http, h.tcp].filter((x) => x !== undefined).length;

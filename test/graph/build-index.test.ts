@@ -3,7 +3,7 @@ import { describe, test } from 'node:test';
 import { z } from 'zod';
 import { parseGraphText } from '../../src/frontends/load.js';
 import { buildGraph } from '../../src/graph/build.js';
-import { PlaceIndex, VertexList, type Vertex } from '../../src/graph/graph.js';
+import { PlaceIndex, VertexList, type Graph, type Vertex } from '../../src/graph/graph.js';
 import { idHash, resourceId, textHash } from '../../src/graph/ids.js';
 import { defaultMeta } from '../../src/graph/meta.js';
 import { fileKind } from '../../src/resources/file.js';
@@ -273,5 +273,43 @@ describe('auto-edges: provided keys are matched by length, then as text', () => 
     assert.deepEqual(edges({}), { provides: ['path:/srv/a/f'], wants: ['path:/srv/a', 'path:/srv'] });
     assert.deepEqual(edges({ source: '/src/f', owner: 'web', group: '0' })?.wants, ['path:/srv/a', 'path:/srv', 'path:/src/f', 'user:web']);
     assert.deepEqual(edges({ group: 'staff' })?.wants, ['path:/srv/a', 'path:/srv', 'group:staff']);
+  });
+});
+
+describe('schema checks: zod compiles no fast path for a kind with few resources', () => {
+  /** Fast-path bodies zod compiles (new Function with code; its one probe of `new Function("")` is not one) while `fn` runs. */
+  function compiledDuring(fn: () => void): number {
+    const real = globalThis.Function;
+    let compiled = 0;
+    globalThis.Function = new Proxy(real, {
+      construct(target, args: string[]) {
+        if ((args.at(-1) ?? '') !== '') compiled++;
+        return Reflect.construct(target, args);
+      },
+    });
+    try {
+      fn();
+    } finally {
+      globalThis.Function = real;
+    }
+    return compiled;
+  }
+
+  test('the first 32 resources of a kind are checked without it, the next with it; the parameters come out the same', () => {
+    // A schema of its own: no other test has parsed with it, so its fast path is not compiled yet.
+    const kind = defineKind({
+      kind: 'jit',
+      description: 'test: parameters with a nested object',
+      schema: z.strictObject({ n: z.number(), inner: z.strictObject({ s: z.string().default('x') }).default({ s: 'x' }) }),
+      create: () => ({ checkApply: () => Promise.resolve({ converged: true, changes: [] }) }),
+    });
+    const reg = createRegistry([...allKinds, kind]);
+    const graphOf = (count: number): string => `resources:\n${Array.from({ length: count }, (_, i) => `  - { kind: jit, name: r${i}, n: ${i} }`).join('\n')}\n`;
+    let few: Graph | undefined;
+    assert.equal(compiledDuring(() => (few = buildGraph(parseGraphText(GRAPH_FILE, graphOf(32)), reg))), 0);
+    let many: Graph | undefined;
+    assert.ok(compiledDuring(() => (many = buildGraph(parseGraphText(GRAPH_FILE, graphOf(33)), reg))) > 0, 'the 33rd resource was not checked with the fast path');
+    assert.deepEqual(few?.vertices.get(id('jit', 'r31'))?.params, { n: 31, inner: { s: 'x' } });
+    assert.deepEqual(many?.vertices.get(id('jit', 'r32'))?.params, { n: 32, inner: { s: 'x' } });
   });
 });

@@ -11,8 +11,8 @@ import { resourceId } from '../../src/graph/ids.js';
 import { pkgKind } from '../../src/resources/pkg.js';
 import { AptBatcher, aptStats } from '../../src/resources/pkg/batcher.js';
 import { watchPackage } from '../../src/resources/pkg/monitor.js';
-import { isSharedDirectory, ownedDirectories } from '../../src/resources/pkg/owned-dirs.js';
-import { DpkgDb, hasTraces, isInstalled, parseStatus, readDpkgStatus, statusParseCount } from '../../src/resources/pkg/status.js';
+import { isSharedDirectory, ownedDirectories, packageDirectories } from '../../src/resources/pkg/owned-dirs.js';
+import { DpkgDb, hasTraces, isInstalled, nativeArch, nativeArchAsync, parseStatus, readDpkgStatus, statusParseCount } from '../../src/resources/pkg/status.js';
 import type { CheckResult, Resource, ResourceLog, ResourceWorld } from '../../src/resources/types.js';
 import { DebRepo, dpkg } from '../helpers/deb.js';
 import { harness, until } from '../helpers/engine.js';
@@ -151,6 +151,38 @@ describe('pkg: the dpkg status parser', () => {
     assert.equal(isInstalled((await readDpkgStatus(admin)).get('half', 'amd64')), true);
   });
 
+  test('a lookup parses only its own stanzas, and finds exactly what the whole parse finds', async () => {
+    const real = await readFile('/var/lib/dpkg/status');
+    const variants: [string, Buffer][] = [
+      ['the test status', Buffer.from(STATUS)],
+      ['CRLF, blank lines first, a Package line that is not first or not last, no space, a tab, no final newline', Buffer.from(
+        '\n\r\nPackage: first\r\nStatus: install ok installed\r\nArchitecture: amd64\r\nVersion: 1\r\n\r\n' +
+          'Status: install ok installed\nArchitecture: all\nPackage:late\nVersion: 2\nDescription: ünïcode\n Package: not-a-key\n\n\n' +
+          'Package: renamed\nStatus: install ok installed\nPackage: other\nArchitecture: all\nVersion: 3\n\n' +
+          'Package:\ttabbed  \nStatus: install ok unpacked\nArchitecture: amd64\nVersion: 4\n\n' +
+          'Package: lib\nStatus: install ok installed\nArchitecture: amd64\nVersion: 5\n\r\nPackage: lib\nArchitecture: i386\nStatus: install ok installed\nVersion: 6',
+      )],
+      ['this host', real],
+    ];
+    for (const [what, raw] of variants) {
+      const whole = new DpkgDb(parseStatus(raw.toString('utf8')));
+      const names = [...new Set([...parseStatus(raw.toString('utf8')).map((e) => e.name), 'not-a-key', 'missing', 'renamed'])];
+      for (const [i, name] of names.entries()) {
+        const lazy = DpkgDb.fromStatus(raw);
+        for (const arch of ['amd64', 'i386']) assert.deepEqual(lazy.get(name, arch), whole.get(name, arch), `${what}: ${name} (${arch})`);
+        assert.equal(lazy.parsedWhole, false, `${what}: looking up ${name} parsed the whole file`);
+        // A second name parses the rest (a few times: it is the whole parse); both still as the whole parse has them.
+        if (i >= 8) continue;
+        const other = name === 'lib' ? 'held' : 'lib';
+        for (const arch of ['amd64', 'i386']) {
+          assert.deepEqual(lazy.get(other, arch), whole.get(other, arch), `${what}: ${other} after ${name}`);
+          assert.deepEqual(lazy.get(name, arch), whole.get(name, arch), `${what}: ${name} again`);
+        }
+        assert.equal(lazy.parsedWhole, true);
+      }
+    }
+  });
+
   test('the real database parses quickly', async () => {
     const t0 = performance.now();
     const admin = await tempDir();
@@ -175,6 +207,25 @@ describe('pkg: auto-edges', () => {
       assert.ok(isSharedDirectory(d), d);
     for (const d of ['/etc/nginx', '/usr/share/nginx', '/var/lib/nginx', '/opt/app', '/etc/nginx/sites-available']) assert.ok(!isSharedDirectory(d), d);
     assert.ok(isSharedDirectory('/etc/apt/apt.conf.d'), 'drop-in directories belong to everybody');
+  });
+
+  test("a package's list is <name>.list, else <name>:<native arch>.list; dpkg is asked for the arch only then", async () => {
+    const admin = await tempDir();
+    await mkdir(join(admin, 'info'));
+    await writeFile(join(admin, 'info', 'plain.list'), '/.\n/opt\n/opt/plain\n/opt/plain/bin\n/opt/plain/bin/x\n');
+    await writeFile(join(admin, 'info', 'same:amd64.list'), '/.\n/opt\n/opt/same\n/opt/same/lib\n');
+    const never = (): string => assert.fail('asked dpkg for the native architecture although plain.list exists');
+    assert.deepEqual(packageDirectories('plain', admin, never), ['/opt/plain', '/opt/plain/bin']);
+    let asked = 0;
+    const amd64 = (): string => (asked++, 'amd64');
+    assert.deepEqual(packageDirectories('same', admin, amd64), ['/opt/same']);
+    assert.equal(asked, 1);
+    assert.deepEqual(packageDirectories('same:amd64', admin, never), ['/opt/same']);
+    assert.deepEqual(packageDirectories('missing', admin, amd64), []);
+  });
+
+  test('nativeArchAsync is what nativeArch says', async () => {
+    assert.equal(await nativeArchAsync(), nativeArch());
   });
 });
 

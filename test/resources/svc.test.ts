@@ -2,6 +2,7 @@ import { testWorld } from '../helpers/world.js';
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { mkdir, mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -11,6 +12,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { resourceId, type ResourceId } from '../../src/graph/ids.js';
 import { svcKind } from '../../src/resources/svc.js';
 import { cgroupName, detectHierarchy, existingCgroup, removeCgroup } from '../../src/resources/svc/cgroup.js';
+import { HealthMonitor } from '../../src/resources/svc/health.js';
 import { groupMembers, readStat } from '../../src/resources/svc/proc.js';
 import { readRecord } from '../../src/resources/svc/record.js';
 import { RestartPolicy } from '../../src/resources/svc/restart-policy.js';
@@ -310,6 +312,38 @@ describe('svc: supervision', () => {
     console.log(`# kill -9 -> respawned in ${respawnMs.toFixed(1)} ms, answering in ${backMs.toFixed(1)} ms`);
   });
 
+  test("the first start makes its log pipes and the next start's in one mkfifo; a restart takes the spares", async (t) => {
+    // execFile as the logger module sees it (an ES import of a built-in is synced from the CommonJS module). A plain
+    // function, not t.mock.method: its proxy would hand promisify the real execFile's custom promisified form.
+    const calls: string[][] = [];
+    const cp = createRequire(import.meta.url)('node:child_process') as { execFile: (...args: unknown[]) => unknown };
+    const real = cp.execFile;
+    cp.execFile = (...args: unknown[]) => {
+      if (args[0] === 'mkfifo') calls.push(args[1] as string[]);
+      return Reflect.apply(real, cp, args);
+    };
+    syncBuiltinESMExports();
+    t.after(() => {
+      cp.execFile = real;
+      syncBuiltinESMExports();
+    });
+    const s = make({ cmd: ['sleep', '30'], log: { stderr: join(await tempDir(), 'err.log') } });
+    await s.watch();
+    await s.run();
+    const pipes = async (): Promise<string[]> => (await readdir(await s.world.stateDir(s.id))).filter((n) => n.startsWith('.log-pipe-'));
+    // stdout and stderr go to two files: two pipes now, two spares, one process.
+    assert.equal(calls.length, 1, JSON.stringify(calls));
+    assert.equal(calls[0]?.filter((a) => a.includes('.log-pipe-')).length, 4);
+    assert.equal((await pipes()).length, 2, 'the spares are not in the state directory');
+    const pid = await s.pid();
+    process.kill(pid ?? 0, 'SIGKILL');
+    await waitFor('a new pid', async () => ((await s.pid()) ?? pid) !== pid);
+    // The restart took the spares, then made the next ones.
+    await waitFor('new spares', async () => calls.length === 2 && (await pipes()).length === 2);
+    assert.equal(calls[1]?.filter((a) => a.includes('.log-pipe-')).length, 2);
+    await s.stopWatch();
+  });
+
   test('a crashing process backs off exponentially, then crash-loops with a clear error; a refresh starts afresh', async () => {
     const dir = await tempDir();
     const starts = join(dir, 'starts');
@@ -419,6 +453,30 @@ describe('svc: health, reload, logs', () => {
     const again = await s.run();
     assert.match(again.changes[0] ?? '', new RegExp(`^restarted after pid ${pid} was unhealthy: 2 health checks failed`));
     await s.stopWatch();
+  });
+
+  test('until the first success, checks run at once, then 10 ms later, the wait doubling up to 200ms', async (t) => {
+    // The delays the monitor asks for, each run at once: the cadence without waiting for it.
+    const delays: number[] = [];
+    const realSetTimeout = globalThis.setTimeout;
+    t.mock.method(globalThis, 'setTimeout', (fn: () => void, ms: number) => {
+      delays.push(ms);
+      return realSetTimeout(fn, 0);
+    });
+    let probes = 0;
+    const healthy = new Promise<void>((resolve) => {
+      const m: HealthMonitor = new HealthMonitor({ interval: 5000, timeout: 2000, failures: 3, startPeriod: 10_000 }, async () => (++probes > 8 ? { ok: true } : { ok: false, reason: 'refused' }), {
+        healthy: () => {
+          resolve();
+          // After the ramp: the interval, once healthy.
+          setImmediate(() => m.stop());
+        },
+        unhealthy: () => assert.fail('failures during startPeriod must not count'),
+      });
+    });
+    await healthy;
+    await sleep(5);
+    assert.deepEqual(delays, [0, 10, 20, 40, 80, 160, 200, 200, 200, 5000]);
   });
 
   test('a health check that never passes fails checkApply with the last check result', async () => {

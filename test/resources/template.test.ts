@@ -1,9 +1,11 @@
 import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync } from 'node:fs';
 import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
+import { Liquid } from 'liquidjs';
 import { BackplaneError, ValidationErrors } from '../../src/errors.js';
 import { parseGraphText } from '../../src/frontends/load.js';
 import { buildGraph } from '../../src/graph/build.js';
@@ -15,6 +17,7 @@ import type { CheckResult, Resource, ResourceLog, ResourceWorld } from '../../sr
 import { harness, until } from '../helpers/engine.js';
 import { testWorld } from '../helpers/world.js';
 import { rejection } from '../helpers/assert.js';
+import { ROOT } from '../helpers/cli.js';
 
 const ID = resourceId('template', 'test');
 const quiet: ResourceLog = { change: () => undefined, info: () => undefined, warn: () => undefined, debug: () => undefined };
@@ -279,5 +282,63 @@ describe('template: in a graph', () => {
     } finally {
       await h.engine.stop();
     }
+  });
+});
+
+describe('template: the engine', () => {
+  test('an inline template is parsed once: the resource renders what the schema check compiled', async (t) => {
+    const parse = t.mock.method(Liquid.prototype, 'parse');
+    const out = join(await tempDir(), 'once.conf');
+    const h = harness([templateKind]);
+    await h.engine.setGraph(h.graph(`resources:\n  - { kind: template, name: ${out}, template: "port {{ vars.port }}", vars: { port: 81 } }\n`));
+    try {
+      await h.settled();
+      assert.equal(await readFile(out, 'utf8'), 'port 81');
+      assert.equal(parse.mock.callCount(), 1);
+    } finally {
+      await h.engine.stop();
+    }
+  });
+
+  test('making the engine leaves Intl alone; the date filter still formats in the host default locale', () => {
+    // A process of its own: Intl's state and the engine are per process, and the locale comes from LANG.
+    const script = `
+      import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+      import { tmpdir } from 'node:os';
+      import { join } from 'node:path';
+      import { resourceId } from './src/graph/ids.ts';
+      import { templateKind } from './src/resources/template.ts';
+      import { testWorld } from './test/helpers/world.ts';
+      let made = 0;
+      const Real = Intl.DateTimeFormat;
+      Intl.DateTimeFormat = new Proxy(Real, {
+        apply: (t, self, args) => (made++, Reflect.apply(t, self, args)),
+        construct: (t, args, nt) => (made++, Reflect.construct(t, args, nt)),
+      });
+      const dir = mkdtempSync(join(tmpdir(), 'bp-template-'));
+      try {
+        const d = '2020-03-05T14:00:00Z';
+        const params = templateKind.schema.parse({ path: join(dir, 'out'), template: '{{ vars.d | date: "%A %b %c" }}', vars: { d } });
+        const afterCompile = made;
+        const world = testWorld({ stateRoot: dir });
+        const res = templateKind.create(resourceId('template', 'x'), params, world);
+        await res.checkApply({ apply: true, refresh: false, signal: new AbortController().signal, log: { change() {}, info() {}, warn() {}, debug() {} } });
+        const date = new Date(d);
+        const expected = [new Real(undefined, { weekday: 'long' }).format(date), new Real(undefined, { month: 'short' }).format(date), date.toLocaleString()].join(' ');
+        console.log(JSON.stringify({ afterCompile, rendered: readFileSync(join(dir, 'out'), 'utf8'), expected }));
+      } finally {
+        rmSync(dir, { recursive: true, force: true });
+      }
+    `;
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+      cwd: ROOT,
+      encoding: 'utf8',
+      env: { ...process.env, LANG: 'de_DE.UTF-8', LC_ALL: 'de_DE.UTF-8' },
+    });
+    assert.equal(r.status, 0, r.stderr);
+    const out = JSON.parse(r.stdout.trim().split('\n').at(-1) ?? '') as { afterCompile: number; rendered: string; expected: string };
+    assert.equal(out.afterCompile, 0, 'compiling a template made an Intl.DateTimeFormat (liquidjs resolving the locale up front)');
+    assert.equal(out.rendered, out.expected);
+    assert.match(out.rendered, /^Donnerstag /, 'the date filter did not use the host locale (LANG=de_DE)');
   });
 });

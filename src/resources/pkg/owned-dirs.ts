@@ -84,12 +84,14 @@ const cache = new Map<string, Cached>();
 /**
  * Owned directories of an installed package, read from dpkg's file list (`<name>.list`, or `<name>:<arch>.list`
  * for a Multi-Arch: same package). Empty when the package is not installed. Synchronous because auto-edges are;
- * cached per list file version, since the graph builder asks again on every graph swap.
+ * cached per list file version, since the graph builder asks again on every graph swap. The native architecture
+ * (`arch`, a dpkg process) is asked only when there is no `<name>.list`: most packages have one.
  */
-export function packageDirectories(name: string, adminDir: string = DPKG_ADMIN_DIR): readonly string[] {
-  const candidates = name.includes(':') ? [name, name.slice(0, name.indexOf(':'))] : [name, `${name}:${nativeArch()}`];
-  for (const c of candidates) {
-    const file = join(adminDir, 'info', `${c}.list`);
+export function packageDirectories(name: string, adminDir: string = DPKG_ADMIN_DIR, arch: () => string = nativeArch): readonly string[] {
+  const colon = name.indexOf(':');
+  const candidates = colon !== -1 ? [() => name, () => name.slice(0, colon)] : [() => name, () => `${name}:${arch()}`];
+  for (const candidate of candidates) {
+    const file = join(adminDir, 'info', `${candidate()}.list`);
     let signature: string;
     try {
       const st = statSync(file);

@@ -99,17 +99,27 @@ export interface HealthEvents {
   unhealthy(reason: string): void;
 }
 
-/** Check cadence until the first success: dependents wait for it, so it must be found quickly. */
+/**
+ * Check cadence until the first success: dependents wait for it, so it must be found quickly. The first check runs
+ * at once, when the process has usually not even reached its listen(); the next ones follow after 10, 20, 40, 80 and
+ * 160 ms, then every 200 ms. With a flat 200 ms, a server up 20 ms after its start (nginx, measured on a 2-core VM)
+ * was found healthy only 200 ms later: most of a cold nginx stack's run. A check is one connection or command, and
+ * the next is only scheduled once the last has finished, so the ramp adds at most five checks.
+ */
+const FIRST_RETRY_MS = 10;
 const START_INTERVAL_MS = 200;
 
 /**
- * Runs the probe for one process: every 200ms until the first success (failures during startPeriod do not count),
- * then every `interval`. Stops at the first "unhealthy" (the supervisor replaces the process) or on stop().
+ * Runs the probe for one process: at once, then on the ramp above until the first success (failures during
+ * startPeriod do not count), then every `interval`. Stops at the first "unhealthy" (the supervisor replaces the
+ * process) or on stop().
  */
 export class HealthMonitor {
   private readonly ac = new AbortController();
   private timer: NodeJS.Timeout | undefined;
   private failuresInRow = 0;
+  /** The next delay while starting (the ramp above). */
+  private startDelay = FIRST_RETRY_MS;
   private everHealthy = false;
   private readonly started = Date.now();
   lastFailure: string | undefined;
@@ -159,6 +169,11 @@ export class HealthMonitor {
       this.events.unhealthy(`${this.failuresInRow} health checks failed in a row; last: ${r.reason}`);
       return;
     }
-    this.schedule(starting ? Math.min(START_INTERVAL_MS, this.h.interval) : this.h.interval);
+    if (!starting) {
+      this.schedule(this.h.interval);
+      return;
+    }
+    this.schedule(Math.min(this.startDelay, START_INTERVAL_MS, this.h.interval));
+    this.startDelay *= 2;
   }
 }

@@ -154,11 +154,15 @@ async function takeFifos(dir: string, n: number): Promise<string[]> {
   }
   const ready = spare.get(dir);
   spare.delete(dir);
-  let names = (await ready?.catch(() => undefined)) ?? [];
+  const names = (await ready?.catch(() => undefined)) ?? [];
   const usable = await Promise.all(names.map((f) => lstat(f).then((st) => st.isFIFO(), () => false)));
   if (names.length !== n || usable.includes(false)) {
     await Promise.all(names.map((f) => rm(f, { force: true })));
-    names = await makeFifos(dir, n);
+    // This start's FIFOs and the next one's from one mkfifo: a process is ~6-10 ms of the agent's main thread
+    // here (fork of a large process on a VM), and the second one was on the way to the service's spawn.
+    const made = await makeFifos(dir, 2 * n);
+    spare.set(dir, Promise.resolve(made.slice(n)));
+    return made.slice(0, n);
   }
   const next = makeFifos(dir, n);
   next.catch(() => undefined);
