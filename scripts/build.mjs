@@ -105,7 +105,7 @@ const LAZY_SCRIPTS = Object.values(LAZY_PACKAGES);
 const lazyScriptOf = (file) => Object.entries(LAZY_PACKAGES).find(([p]) => moduleKey(file).startsWith(`node_modules/${p}/`))?.[1];
 const isLazy = (file) => lazyScriptOf(file) !== undefined;
 const cliPlugins = [
-  lazyBuiltins(['child_process', 'crypto', 'worker_threads', 'perf_hooks', 'readline', 'v8', 'net']),
+  lazyBuiltins(['child_process', 'crypto', 'worker_threads', 'perf_hooks', 'readline', 'v8', 'net', 'fs/promises', 'os', 'timers/promises']),
   {
     // zod's namespace export carries its ~50 locales (300 KB, 15% of the bundle, read at every start); Backplane's
     // messages are English and nothing calls z.locales, so only en is kept (checked below).
