@@ -19,6 +19,7 @@ import { pathToFileURL } from 'node:url';
 import { createHash } from 'node:crypto';
 import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, relative, resolve as resolvePath, sep } from 'node:path';
+import { standIn } from './stand-in.mjs';
 
 /**
  * Node's built-in modules that a run rarely touches are loaded at their first use, not at every start: child_process
@@ -45,16 +46,7 @@ function lazyBuiltins(names) {
       );
       b.onLoad({ filter: /.*/, namespace: 'lazy-builtin' }, async (a) => {
         const keys = Object.keys(await import(`node:${a.path}`)).filter((k) => k !== 'default');
-        return {
-          loader: 'js',
-          contents: [
-            'let real;',
-            `const load = () => (real ??= require(${JSON.stringify(`node:${a.path}`)}));`,
-            'const getters = {};',
-            `for (const k of ${JSON.stringify(keys)}) Object.defineProperty(getters, k, { enumerable: true, get: () => load()[k] });`,
-            'module.exports = Object.create(getters);',
-          ].join('\n'),
-        };
+        return { loader: 'js', contents: standIn(`require(${JSON.stringify(`node:${a.path}`)})`, keys) };
       });
     },
   };
@@ -248,17 +240,7 @@ function crossScript(own, crossed) {
         const ask = `__bpLoad(${JSON.stringify(key)}, ${JSON.stringify(scriptOf(key))})`;
         const names = lazyExports.get(key);
         if (names === undefined) return { contents: `module.exports = ${ask};`, loader: 'js' };
-        // Getters on the prototype, for the reason lazyBuiltins gives.
-        return {
-          contents: [
-            'let real;',
-            `const load = () => (real ??= ${ask});`,
-            'const getters = {};',
-            `for (const k of ${JSON.stringify(names)}) Object.defineProperty(getters, k, { enumerable: true, get: () => load()[k] });`,
-            'module.exports = Object.create(getters);',
-          ].join('\n'),
-          loader: 'js',
-        };
+        return { contents: standIn(ask, names), loader: 'js' };
       });
     },
   };
