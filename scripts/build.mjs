@@ -7,8 +7,9 @@
 //                                 the launcher calls), ASCII, build id at its end
 //   dist/backplane-cli-more.js    the rest of the CLI (cluster, scheduler, API, operator commands), loaded on first use
 //   dist/backplane-cli-kinds.js   the resource kinds but `file`, loaded when a graph first names one
-//   dist/backplane-cli-lazy.js    the packages the core calls now and then (LAZY_PACKAGES): yaml, and zod in
-//   dist/backplane-cli-zod.js     its own script, each loaded at the first read of one of its exports
+//   dist/backplane-cli-lazy.js    the packages the core calls now and then (LAZY_PACKAGES): yaml, and zod and
+//   dist/backplane-cli-zod.js     js-yaml in scripts of their own, each loaded at the first read of one of its
+//   dist/backplane-cli-jsyaml.js  exports
 //   dist/backplane-cli*.cache     their code caches, made by a training run (scripts/train-code-cache.mjs)
 //   dist/*.mjs, dist/chunks/      worker threads' and backplane members' entries: ES modules, as before
 //   dist/web/                     the dashboard
@@ -88,10 +89,13 @@ const CORE_ROOTS = ['src/cli/main.ts', 'src/cli/run.ts', 'src/util/perf-shim.ts'
  * of an unquoted numeric mode (src/frontends/document.ts); js-yaml reads the data. `zod` (300 KB, ~1,000 page faults
  * of every start with its code cache) checks parameters against a kind's schema, which a kind builds at first use
  * and skips for the usual shapes (quickParams), and metaparams, which a resource seldom declares: a run of an empty
- * graph or of plain files, parsed or from the graph cache, never calls it. A package whose exports the core reads
+ * graph or of plain files, parsed or from the graph cache, never calls it. `js-yaml` (71 KB, a sixth of the core
+ * left) reads what the fast reader declines, and types the plain scalars it reads that may be a null, bool, int or
+ * float (src/frontends/fast-yaml.ts): a graph of paths, names and quoted strings (an empty one, the bench's, one
+ * from the graph cache) never needs it. A package whose exports the core reads
  * while its modules load would load its script at every start: test/cli/startup.test.ts would catch that.
  */
-const LAZY_PACKAGES = { yaml: 'backplane-cli-lazy.js', zod: 'backplane-cli-zod.js' };
+const LAZY_PACKAGES = { yaml: 'backplane-cli-lazy.js', zod: 'backplane-cli-zod.js', 'js-yaml': 'backplane-cli-jsyaml.js' };
 const LAZY_SCRIPTS = Object.values(LAZY_PACKAGES);
 /** The script of the lazy package `file` is in, or undefined. */
 const lazyScriptOf = (file) => Object.entries(LAZY_PACKAGES).find(([p]) => moduleKey(file).startsWith(`node_modules/${p}/`))?.[1];

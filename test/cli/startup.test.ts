@@ -25,7 +25,18 @@ const CORE = ['backplane.cjs', 'backplane.mjs', 'backplane-cli.js', 'backplane-c
  * The rest of the CLI, the packages it calls only now and then (yaml, zod) and the resource kinds but `file`, which a
  * run of an empty local graph never reads (scripts/build.mjs).
  */
-const MORE = ['backplane-cli-more.js', 'backplane-cli-more.cache', 'backplane-cli-lazy.js', 'backplane-cli-lazy.cache', 'backplane-cli-kinds.js', 'backplane-cli-kinds.cache', 'backplane-cli-zod.js', 'backplane-cli-zod.cache'];
+const MORE = [
+  'backplane-cli-more.js',
+  'backplane-cli-more.cache',
+  'backplane-cli-lazy.js',
+  'backplane-cli-lazy.cache',
+  'backplane-cli-kinds.js',
+  'backplane-cli-kinds.cache',
+  'backplane-cli-zod.js',
+  'backplane-cli-zod.cache',
+  'backplane-cli-jsyaml.js',
+  'backplane-cli-jsyaml.cache',
+];
 const FILES = [...CORE, ...MORE];
 /** The launcher's header before V8's bytes (src/cli/launcher.ts). */
 const HEADER = 96;
@@ -394,6 +405,8 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
       // Nor zod: a kind builds its schema at first use, the file kind skips it for the usual shapes, and the default
       // meta is known without it.
       assert.equal(cacheOf('backplane-cli-zod.js', empty), '(not loaded)');
+      // Nor js-yaml: nothing in it is typed, and the fast reader reads it.
+      assert.equal(cacheOf('backplane-cli-jsyaml.js', empty), '(not loaded)');
       // Big enough for the validated-graph cache (4 KiB), so the second run builds nothing and still needs its kinds.
       const files = Array.from({ length: 60 }, (_, i) => `  - { kind: file, name: ${join(dir, `f${i}`)}, content: "${'x'.repeat(40)}", mode: "0644" }`);
       for (const run of ['parsed', 'from the graph cache']) {
@@ -401,11 +414,15 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
         assert.equal(fileOnly.code, 0, fileOnly.stderr);
         assert.equal(cacheOf('backplane-cli-kinds.js', fileOnly), '(not loaded)', run);
         assert.equal(cacheOf('backplane-cli-zod.js', fileOnly), '(not loaded)', run);
+        // Paths, `file` and quoted strings: no scalar js-yaml would type, so no js-yaml.
+        assert.equal(cacheOf('backplane-cli-jsyaml.js', fileOnly), '(not loaded)', run);
       }
       // A declared metaparam is checked against its schema: zod is loaded then, from its cache.
       const withMeta = await runGraph('meta.yaml', `resources:\n  - { kind: file, name: ${join(dir, 'm')}, content: "x", mode: "0644", meta: { retry: 2 } }\n`);
       assert.equal(withMeta.code, 0, withMeta.stderr);
       assert.equal(cacheOf('backplane-cli-zod.js', withMeta), 'used');
+      // `retry: 2` is a scalar js-yaml types: its script is loaded then, from its cache.
+      assert.equal(cacheOf('backplane-cli-jsyaml.js', withMeta), 'used');
       const mixed = `resources:\n${files.join('\n')}\n  - { kind: noop, name: joined }\n  - { kind: print, name: hello, msg: hello }\n`;
       for (const run of ['parsed', 'from the graph cache']) {
         const r = await runGraph('mixed.yaml', mixed);
