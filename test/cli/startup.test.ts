@@ -245,7 +245,7 @@ describe('start-up: the code cache', () => {
       const opened = calls.filter((l) => /backplane[^"]*"/.test(l));
       assert.ok(opened.some((l) => l.includes('backplane-cli.cache')), `the launcher did not even open the cache:\n${calls.join('\n')}`);
       // A run of a local graph needs only the core script: the rest of the CLI is not even opened.
-      assert.deepEqual(opened.filter((l) => /backplane-cli-(more|lazy|kinds|zod)/.test(l)), [], 'a run of a local graph read the rest of the CLI');
+      assert.deepEqual(opened.filter((l) => /backplane-cli-(more|lazy|kinds|zod|jsyaml)/.test(l)), [], 'a run of a local graph read the rest of the CLI');
       const writes = calls.filter((l) => /O_WRONLY|O_RDWR|O_CREAT|creat\(|rename|link/.test(l));
       assert.deepEqual(writes, [], `a start wrote beside the bundle:\n${writes.join('\n')}`);
     });
