@@ -1,7 +1,6 @@
 import assert from 'node:assert/strict';
 import { isAscii } from 'node:buffer';
 import { spawnSync } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
 import { chmod, copyFile, readFile, stat, symlink, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { join } from 'node:path';
@@ -248,40 +247,6 @@ describe('start-up: the code cache', () => {
       assert.deepEqual(opened.filter((l) => /backplane-cli-(more|lazy|kinds|zod|jsyaml)/.test(l)), [], 'a run of a local graph read the rest of the CLI');
       const writes = calls.filter((l) => /O_WRONLY|O_RDWR|O_CREAT|creat\(|rename|link/.test(l));
       assert.deepEqual(writes, [], `a start wrote beside the bundle:\n${writes.join('\n')}`);
-    });
-  });
-
-  test("an empty run loads none of Node's modules it does not use: node:v8 and its streams, node:fs/promises", async () => {
-    await withTempDir(async (dir) => {
-      const { launcher } = await copyDist(dir);
-      const list = join(dir, 'modules.json');
-      const hook = join(dir, 'modules.cjs');
-      await writeFile(hook, `process.on('exit', () => require('node:fs').writeFileSync(${JSON.stringify(list)}, JSON.stringify(process.moduleLoadList)));\n`);
-      // Output to a file, as from cron or the bench: a pipe on fd 1 needs process.stdout's stream (src/cli/main.ts).
-      const out = join(dir, 'out');
-      const fd = openSync(out, 'w');
-      let r;
-      try {
-        const graph = join(dir, 'empty.yaml');
-        await writeFile(graph, 'resources: []\n');
-        r = spawnSync(process.execPath, ['--require', hook, launcher, 'run', '--file', graph, '--converged-timeout', '0', '--no-api', '--state-dir', join(dir, 'state')], {
-          stdio: ['ignore', fd, fd],
-          // Not BACKPLANE_CODE_CACHE=debug: its line goes through process.stderr, a stream. The tests above check
-          // that the cache is used (which needs V8's checksum flag, set here through the binding node:v8 uses).
-          env: { ...process.env, BACKPLANE_CODE_CACHE: '', NODE_OPTIONS: '' },
-          timeout: 60_000,
-        });
-      } finally {
-        closeSync(fd);
-      }
-      const output = await readFile(out, 'utf8');
-      assert.equal(r.status, 0, output);
-      assert.match(output, /converged: 0 of 0 resources/);
-      const loaded = new Set(JSON.parse(await readFile(list, 'utf8')) as string[]);
-      assert.ok(loaded.has('NativeModule vm'), 'the list of loaded modules is not what this test expects');
-      for (const m of ['v8', 'internal/heap_utils', 'stream', 'internal/streams/readable', 'fs/promises', 'internal/fs/promises', 'internal/readline/interface']) {
-        assert.ok(!loaded.has(`NativeModule ${m}`), `an empty run loaded Node's ${m}`);
-      }
     });
   });
 
