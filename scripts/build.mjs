@@ -29,7 +29,9 @@ import { standIn } from './stand-in.mjs';
  * becomes a module of getters, one per export this Node has (listed here, at build time, from the same binary the
  * code cache is made for), that requires the real module on the first read: named imports, namespace imports and
  * require() all see the same functions and classes, only later. net joined them on 2026-12-02 (22:00): only the svc
- * health check, tcp and the API's clients connect, and it was 1.5 ms and ~50 page faults of every start.
+ * health check, tcp and the API's clients connect, and it was 1.5 ms and ~50 page faults of every start. fs/promises
+ * (~10 more of Node's modules: readline, the fs watchers, fs/dir; 2.7 ms), os and timers/promises joined them on
+ * 2026-12-03: an empty run reads its graph with node:fs's callbacks, and needs os only for the host name.
  *
  * The getters sit on the module's prototype, not on the module: esbuild's interop (__toESM) gives every importing
  * module its own copy of a CommonJS module's own properties, a getter closure per export, and crypto alone has 19
