@@ -7,8 +7,9 @@
 //                                 the launcher calls), ASCII, build id at its end
 //   dist/backplane-cli-more.js    the rest of the CLI (cluster, scheduler, API, operator commands), loaded on first use
 //   dist/backplane-cli-kinds.js   the resource kinds but `file`, loaded when a graph first names one
-//   dist/backplane-cli-lazy.js    the packages the core calls now and then (LAZY_PACKAGES): yaml, and zod in
-//   dist/backplane-cli-zod.js     its own script, each loaded at the first read of one of its exports
+//   dist/backplane-cli-lazy.js    the packages the core calls now and then (LAZY_PACKAGES): yaml, and zod and
+//   dist/backplane-cli-zod.js     js-yaml in scripts of their own, each loaded at the first read of one of its
+//   dist/backplane-cli-jsyaml.js  exports
 //   dist/backplane-cli*.cache     their code caches, made by a training run (scripts/train-code-cache.mjs)
 //   dist/*.mjs, dist/chunks/      worker threads' and backplane members' entries: ES modules, as before
 //   dist/web/                     the dashboard
@@ -19,6 +20,7 @@ import { pathToFileURL } from 'node:url';
 import { createHash } from 'node:crypto';
 import { copyFile, mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { dirname, join, relative, resolve as resolvePath, sep } from 'node:path';
+import { standIn } from './stand-in.mjs';
 
 /**
  * Node's built-in modules that a run rarely touches are loaded at their first use, not at every start: child_process
@@ -27,7 +29,9 @@ import { dirname, join, relative, resolve as resolvePath, sep } from 'node:path'
  * becomes a module of getters, one per export this Node has (listed here, at build time, from the same binary the
  * code cache is made for), that requires the real module on the first read: named imports, namespace imports and
  * require() all see the same functions and classes, only later. net joined them on 2026-12-02 (22:00): only the svc
- * health check, tcp and the API's clients connect, and it was 1.5 ms and ~50 page faults of every start.
+ * health check, tcp and the API's clients connect, and it was 1.5 ms and ~50 page faults of every start. fs/promises
+ * (~10 more of Node's modules: readline, the fs watchers, fs/dir; 2.7 ms), os and timers/promises joined them on
+ * 2026-12-03: an empty run reads its graph with node:fs's callbacks, and needs os only for the host name.
  *
  * The getters sit on the module's prototype, not on the module: esbuild's interop (__toESM) gives every importing
  * module its own copy of a CommonJS module's own properties, a getter closure per export, and crypto alone has 19
@@ -45,16 +49,7 @@ function lazyBuiltins(names) {
       );
       b.onLoad({ filter: /.*/, namespace: 'lazy-builtin' }, async (a) => {
         const keys = Object.keys(await import(`node:${a.path}`)).filter((k) => k !== 'default');
-        return {
-          loader: 'js',
-          contents: [
-            'let real;',
-            `const load = () => (real ??= require(${JSON.stringify(`node:${a.path}`)}));`,
-            'const getters = {};',
-            `for (const k of ${JSON.stringify(keys)}) Object.defineProperty(getters, k, { enumerable: true, get: () => load()[k] });`,
-            'module.exports = Object.create(getters);',
-          ].join('\n'),
-        };
+        return { loader: 'js', contents: standIn(`require(${JSON.stringify(`node:${a.path}`)})`, keys) };
       });
     },
   };
@@ -96,18 +91,26 @@ const CORE_ROOTS = ['src/cli/main.ts', 'src/cli/run.ts', 'src/util/perf-shim.ts'
  * of an unquoted numeric mode (src/frontends/document.ts); js-yaml reads the data. `zod` (300 KB, ~1,000 page faults
  * of every start with its code cache) checks parameters against a kind's schema, which a kind builds at first use
  * and skips for the usual shapes (quickParams), and metaparams, which a resource seldom declares: a run of an empty
- * graph or of plain files, parsed or from the graph cache, never calls it. `liquidjs` (the template kind's, 190 KB)
- * was required from node_modules at the first template: compiled from source with no code cache, 18 ms of a run with
- * a template (2026-12-03). A package whose exports the core reads
- * while its modules load would load its script at every start: test/cli/startup.test.ts would catch that.
+ * graph or of plain files, parsed or from the graph cache, never calls it. `js-yaml` (71 KB, a sixth of the core
+ * left) reads what the fast reader declines, and types the plain scalars it reads that may be a null, bool, int or
+ * float (src/frontends/fast-yaml.ts): a graph of paths, names and quoted strings (an empty one, the bench's, one
+ * from the graph cache) never needs it. `liquidjs` (the template kind's, 190 KB) was required from node_modules at
+ * the first template: compiled from source with no code cache, 18 ms of a run with a template (2026-12-03). A package
+ * whose exports the core reads while its modules load would load its script at every start:
+ * test/cli/startup.test.ts would catch that.
  */
-const LAZY_PACKAGES = { yaml: 'backplane-cli-lazy.js', zod: 'backplane-cli-zod.js', liquidjs: 'backplane-cli-liquid.js' };
+const LAZY_PACKAGES = {
+  yaml: 'backplane-cli-lazy.js',
+  zod: 'backplane-cli-zod.js',
+  'js-yaml': 'backplane-cli-jsyaml.js',
+  liquidjs: 'backplane-cli-liquid.js',
+};
 const LAZY_SCRIPTS = Object.values(LAZY_PACKAGES);
 /** The script of the lazy package `file` is in, or undefined. */
 const lazyScriptOf = (file) => Object.entries(LAZY_PACKAGES).find(([p]) => moduleKey(file).startsWith(`node_modules/${p}/`))?.[1];
 const isLazy = (file) => lazyScriptOf(file) !== undefined;
 const cliPlugins = [
-  lazyBuiltins(['child_process', 'crypto', 'worker_threads', 'perf_hooks', 'readline', 'v8', 'net']),
+  lazyBuiltins(['child_process', 'crypto', 'worker_threads', 'perf_hooks', 'readline', 'v8', 'net', 'fs/promises', 'os', 'timers/promises']),
   {
     // zod's namespace export carries its ~50 locales (300 KB, 15% of the bundle, read at every start); Backplane's
     // messages are English and nothing calls z.locales, so only en is kept (checked below).
@@ -250,17 +253,7 @@ function crossScript(own, crossed) {
         const ask = `__bpLoad(${JSON.stringify(key)}, ${JSON.stringify(scriptOf(key))})`;
         const names = lazyExports.get(key);
         if (names === undefined) return { contents: `module.exports = ${ask};`, loader: 'js' };
-        // Getters on the prototype, for the reason lazyBuiltins gives.
-        return {
-          contents: [
-            'let real;',
-            `const load = () => (real ??= ${ask});`,
-            'const getters = {};',
-            `for (const k of ${JSON.stringify(names)}) Object.defineProperty(getters, k, { enumerable: true, get: () => load()[k] });`,
-            'module.exports = Object.create(getters);',
-          ].join('\n'),
-          loader: 'js',
-        };
+        return { contents: standIn(ask, names), loader: 'js' };
       });
     },
   };

@@ -101,8 +101,8 @@ export class Agent {
     this.stateDir = stateDir;
     this.source = new GraphSource({
       file: resolve(opts.file),
-      // gatherFacts().hostname without gathering the rest here: GraphSource gathers the facts once for itself, and a
-      // second gathering (network interfaces, /proc/meminfo twice) was ~0.25 ms of every run's start-up.
+      // gatherFacts().hostname without gathering the rest here: GraphSource gathers the facts once, when first asked
+      // for them, and a second gathering (network interfaces, /proc/meminfo twice) was ~0.25 ms of every run's start-up.
       host: opts.hostname ?? shortHostname(),
       registry: this.registry,
       log: opts.log,
@@ -117,7 +117,7 @@ export class Agent {
       registry: this.registry,
       log: opts.log,
       stateDir,
-      facts: this.source.facts,
+      facts: () => this.source.facts,
       cluster: this.source.values,
       services: this.source.services,
       ...(this.metrics === undefined ? {} : { metrics: this.metrics }),

@@ -102,7 +102,15 @@ export class GraphSource {
   private collected: readonly ExportEntry[] = [];
   private readonly rejected = new Set<string>();
   private changeListener: ((cause: ChangeCause) => void) | undefined;
-  readonly facts: HostFacts = gatherFacts();
+  private gathered: HostFacts | undefined;
+  /**
+   * This host's facts, gathered at the first ask: a module graph's context, a template, the cluster's node record.
+   * A YAML graph's render does not read them (the YAML frontends read nothing but the text), so a run of an empty
+   * graph or of files never gathers them (network interfaces, /proc/meminfo twice: ~0.5 ms of start-up).
+   */
+  get facts(): HostFacts {
+    return (this.gathered ??= gatherFacts());
+  }
   private readonly closing = new AbortController();
 
   private readonly kvWatchers = new Map<string, Set<() => void>>();
@@ -407,7 +415,16 @@ export class GraphSource {
 
   private context() {
     // Only a module graph reads ctx.services; asking discovery for it would start discovery for nothing.
-    return { host: this.opts.host, facts: this.facts, collected: this.collected, services: isModuleGraph(this.opts.file) ? this.services.current() : {} };
+    // The facts as a getter: read by a module graph (and copied for its worker), not by a YAML render.
+    const facts = (): HostFacts => this.facts;
+    return {
+      host: this.opts.host,
+      get facts(): HostFacts {
+        return facts();
+      },
+      collected: this.collected,
+      services: isModuleGraph(this.opts.file) ? this.services.current() : {},
+    };
   }
 
   private connect(): Promise<void> {

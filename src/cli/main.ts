@@ -40,9 +40,13 @@ async function main(): Promise<void> {
 
   // `run` is what cron and the benchmarks start over and over: it loads only its own command (and what the agent
   // needs), not the operator commands and their API ops, whose schemas cost tens of milliseconds to build.
-  const first = process.argv.slice(2).find((a) => !a.startsWith('-'));
+  const args = process.argv.slice(2);
+  const first = args.find((a) => !a.startsWith('-'));
   if (first === 'run') {
     (await import('./run.js')).registerRun(program);
+  } else if (args.length > 0 && args.every((a) => a === '-V' || a === '--version')) {
+    // `backplane --version` prints what the program knows: no command, and not the rest of the CLI's script that
+    // registering them all reads (~220 ms against ~95 ms for a run of an empty graph).
   } else {
     const [run, validate, graph, schema, cluster, hosts, deploy, services, plans, apps, namespaces, status, token, openapi] = await Promise.all([
       import('./run.js'),

@@ -51,7 +51,8 @@ export interface EngineOptions {
   readonly parallel?: number;
   /** Root of the agent's state directory (resources get private subdirectories). */
   readonly stateDir?: string;
-  readonly facts?: HostFacts;
+  /** This host's facts (ResourceWorld.facts), asked for when a resource first reads them; default: gatherFacts(). */
+  readonly facts?: () => HostFacts;
   /** The `kv` kind's handle on this host's values in the cluster store (ResourceWorld.cluster). */
   readonly cluster?: ClusterValues;
   /** Service discovery for the template kind's `services` (ResourceWorld.services). */
@@ -118,11 +119,14 @@ export class Engine implements WorkerHost {
     this.noop = opts.noop ?? false;
     this.watch = opts.watch ?? true;
     const stateRoot = opts.stateDir ?? defaultStateDir();
-    const facts = opts.facts ?? gatherFacts();
+    // Gathered when a resource first reads them (a template): network interfaces and /proc/meminfo twice, which a run
+    // of files or of an empty graph never needs.
+    let facts: HostFacts | undefined;
+    const gather = opts.facts ?? gatherFacts;
     this.world = {
       isProvided: (key) => (this.provided ??= this.providedKeys(this.graph)).has(key),
       stateDir: (id) => resourceStateDir(stateRoot, id),
-      facts: () => facts,
+      facts: () => (facts ??= gather()),
       ...(opts.cluster === undefined ? {} : { cluster: opts.cluster }),
       ...(opts.services === undefined ? {} : { services: opts.services }),
     };

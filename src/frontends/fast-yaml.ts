@@ -40,7 +40,6 @@ export interface ListSink {
 /** The document's value, or undefined: js-yaml's to read. */
 export function readFastYaml(text: string): { value: unknown } | undefined {
   try {
-    if (types.length === 0) throw new NotMine('js-yaml does not expose the core schema types this reader knows');
     const value = new Reader(normalise(text)).document();
     fastYamlStats.answered++;
     return { value };
@@ -62,7 +61,6 @@ export function readFastYaml(text: string): { value: unknown } | undefined {
  */
 export function readFastYamlList(text: string, sink: ListSink): { items: number; rest: Record<string, unknown> } | undefined {
   try {
-    if (types.length === 0) throw new NotMine('js-yaml does not expose the core schema types this reader knows');
     const reader = new Reader(normalise(text), sink);
     const rest = reader.document();
     if (reader.items < 0 || typeof rest !== 'object' || rest === null || Array.isArray(rest)) throw new NotMine('not a mapping with the list');
@@ -93,7 +91,7 @@ interface ImplicitType {
  * The shortcut in `plain` (no type starts with another character) holds for these four tags only, so any other
  * schema (a js-yaml upgrade adding a type) turns the reader off rather than reading a scalar differently.
  */
-const types: readonly ImplicitType[] = ((): readonly ImplicitType[] => {
+function coreTypes(): readonly ImplicitType[] {
   const list = (CORE_SCHEMA as unknown as { compiledImplicit?: unknown }).compiledImplicit;
   const known = ['null', 'bool', 'int', 'float'].map((t) => `tag:yaml.org,2002:${t}`);
   if (!Array.isArray(list) || list.length !== known.length) return [];
@@ -102,14 +100,28 @@ const types: readonly ImplicitType[] = ((): readonly ImplicitType[] => {
     return c !== null && c.tag === known[i] && typeof c.resolve === 'function' && typeof c.construct === 'function';
   });
   return ok ? (list as ImplicitType[]) : [];
-})();
+}
+/**
+ * Asked for at the first scalar that may be typed: js-yaml is a script of its own (scripts/build.mjs), read only
+ * when a graph needs it, and a graph of paths, names and quoted strings (an empty one, the bench's) never does.
+ */
+let types: readonly ImplicitType[] | undefined;
 
 const TYPED_START = new Set([...'~nNtTfF+-.'].map((ch) => ch.charCodeAt(0)));
+/**
+ * The only plain scalars starting with a letter that CORE_SCHEMA types: its null's and bool's words (js-yaml 4's
+ * null and bool types match exactly these; its int and float start with a digit, a sign or a dot). `file`,
+ * `false-ish` or `Never` are strings without asking js-yaml; `false` is js-yaml's to read, as before.
+ */
+const TYPED_WORDS = new Set(['null', 'Null', 'NULL', 'true', 'True', 'TRUE', 'false', 'False', 'FALSE']);
 
 function plain(text: string): unknown {
   // Only ~ n N t T f F + - . and digits can start a null, bool, int or float: everything else is a string.
   const c = text.charCodeAt(0);
   if (!(c >= 0x30 && c <= 0x39) && !TYPED_START.has(c)) return text;
+  if (((c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a)) && !TYPED_WORDS.has(text)) return text;
+  types ??= coreTypes();
+  if (types.length === 0) throw new NotMine('js-yaml does not expose the core schema types this reader knows');
   for (const t of types) if (t.resolve(text)) return t.construct(text);
   return text;
 }

@@ -123,3 +123,16 @@ test('the graph cache entry is written once the engine has changed something or 
   await agent.close();
   assert.deepEqual(seen, [true], 'published (and its cache entry written) before anything had run');
 });
+
+test("a run of a YAML graph does not gather the host's facts; the first resource that reads them does", async () => {
+  const { agent } = await agentFor({ convergedTimeout: 0 });
+  const gathered = (): unknown => (agent as unknown as { source: { gathered?: unknown } }).source.gathered;
+  assert.equal((await agent.run()).reason, 'converged');
+  // Network interfaces and /proc/meminfo twice: ~0.5 ms of every start, for a value no file resource reads.
+  assert.equal(gathered(), undefined, 'the facts were gathered for a graph of files');
+  const facts = agent.engine.world.facts();
+  assert.equal(typeof facts.hostname, 'string');
+  assert.equal(gathered(), facts);
+  assert.equal(agent.engine.world.facts(), facts, 'gathered once');
+  await agent.close();
+});

@@ -49,9 +49,23 @@ test("a run with stderr in /dev/null (cron's 2>/dev/null) builds no stderr strea
     const graph = join(dir, 'g.yaml');
     await writeFile(graph, 'resources: []\n');
     const loaded = builtinsLoaded(['run', '--file', graph, '--converged-timeout', '0', '--state-dir', join(dir, 'state')], 'ignore');
-    assert.ok(loaded.includes('fs/promises'), `the probe saw no modules: ${loaded.join(' ')}`);
+    assert.ok(loaded.includes('vm'), `the probe saw no modules: ${loaded.join(' ')}`);
     // /dev/null is a character device, as a terminal is: process.stderr would be a stream over it (a tty's: tty, net).
     assert.deepEqual(['internal/fs/sync_write_stream', 'tty', 'net'].filter((m) => loaded.includes(m)), []);
+  });
+});
+
+test("a run of an empty graph loads neither node:v8 (and with it Node's ~20 stream modules) nor node:fs/promises", async () => {
+  await withTempDir(async (dir) => {
+    const graph = join(dir, 'g.yaml');
+    await writeFile(graph, 'resources: []\n');
+    const loaded = builtinsLoaded(['run', '--file', graph, '--converged-timeout', '0', '--state-dir', join(dir, 'state')]);
+    assert.ok(loaded.includes('vm'), `the probe saw no modules: ${loaded.join(' ')}`);
+    // The launcher sets V8's checksum flag through the binding node:v8 uses (src/cli/launcher.ts): node:v8 loads
+    // internal/heap_utils and the streams at its top. The graph is read with node:fs's callbacks (frontends/limits.ts):
+    // node:fs/promises loads readline, the watchers and fs/dir. os and timers/promises are stand-ins until used.
+    const unused = ['v8', 'internal/heap_utils', 'stream', 'internal/streams/readable', 'fs/promises', 'internal/fs/promises', 'internal/readline/interface', 'timers/promises'];
+    assert.deepEqual(unused.filter((m) => loaded.includes(m)), []);
   });
 });
 

@@ -25,8 +25,18 @@ const CORE = ['backplane.cjs', 'backplane.mjs', 'backplane-cli.js', 'backplane-c
  * run of an empty local graph never reads (scripts/build.mjs).
  */
 const MORE = [
-  'backplane-cli-more.js', 'backplane-cli-more.cache', 'backplane-cli-lazy.js', 'backplane-cli-lazy.cache', 'backplane-cli-kinds.js', 'backplane-cli-kinds.cache',
-  'backplane-cli-zod.js', 'backplane-cli-zod.cache', 'backplane-cli-liquid.js', 'backplane-cli-liquid.cache',
+  'backplane-cli-more.js',
+  'backplane-cli-more.cache',
+  'backplane-cli-lazy.js',
+  'backplane-cli-lazy.cache',
+  'backplane-cli-kinds.js',
+  'backplane-cli-kinds.cache',
+  'backplane-cli-zod.js',
+  'backplane-cli-zod.cache',
+  'backplane-cli-jsyaml.js',
+  'backplane-cli-jsyaml.cache',
+  'backplane-cli-liquid.js',
+  'backplane-cli-liquid.cache',
 ];
 const FILES = [...CORE, ...MORE];
 /** The launcher's header before V8's bytes (src/cli/launcher.ts). */
@@ -90,6 +100,8 @@ describe('start-up: the code cache', () => {
     assert.equal(version.code, 0, version.stderr);
     assert.equal(version.cache, 'used');
     assert.match(version.stdout, /^\d+\.\d+\.\d+/);
+    // --version alone needs no command, so not the rest of the CLI that registering them all would read.
+    assert.doesNotMatch(version.stderr, /code cache of backplane-cli-more/, 'backplane --version read the rest of the CLI');
     // bin/backplane.js, dist/backplane.cjs and dist/backplane.mjs are the same start.
     assert.equal(start(join(DIST, 'backplane.cjs'), ['--version']).cache, 'used');
     assert.equal(start(join(DIST, 'backplane.mjs'), ['--version']).cache, 'used');
@@ -234,7 +246,7 @@ describe('start-up: the code cache', () => {
       const opened = calls.filter((l) => /backplane[^"]*"/.test(l));
       assert.ok(opened.some((l) => l.includes('backplane-cli.cache')), `the launcher did not even open the cache:\n${calls.join('\n')}`);
       // A run of a local graph needs only the core script: the rest of the CLI is not even opened.
-      assert.deepEqual(opened.filter((l) => /backplane-cli-(more|lazy|kinds|zod)/.test(l)), [], 'a run of a local graph read the rest of the CLI');
+      assert.deepEqual(opened.filter((l) => /backplane-cli-(more|lazy|kinds|zod|jsyaml)/.test(l)), [], 'a run of a local graph read the rest of the CLI');
       const writes = calls.filter((l) => /O_WRONLY|O_RDWR|O_CREAT|creat\(|rename|link/.test(l));
       assert.deepEqual(writes, [], `a start wrote beside the bundle:\n${writes.join('\n')}`);
     });
@@ -360,6 +372,8 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
       // Nor zod: a kind builds its schema at first use, the file kind skips it for the usual shapes, and the default
       // meta is known without it.
       assert.equal(cacheOf('backplane-cli-zod.js', empty), '(not loaded)');
+      // Nor js-yaml: nothing in it is typed, and the fast reader reads it.
+      assert.equal(cacheOf('backplane-cli-jsyaml.js', empty), '(not loaded)');
       // Big enough for the validated-graph cache (4 KiB), so the second run builds nothing and still needs its kinds.
       const files = Array.from({ length: 60 }, (_, i) => `  - { kind: file, name: ${join(dir, `f${i}`)}, content: "${'x'.repeat(40)}", mode: "0644" }`);
       for (const run of ['parsed', 'from the graph cache']) {
@@ -367,11 +381,15 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
         assert.equal(fileOnly.code, 0, fileOnly.stderr);
         assert.equal(cacheOf('backplane-cli-kinds.js', fileOnly), '(not loaded)', run);
         assert.equal(cacheOf('backplane-cli-zod.js', fileOnly), '(not loaded)', run);
+        // Paths, `file` and quoted strings: no scalar js-yaml would type, so no js-yaml.
+        assert.equal(cacheOf('backplane-cli-jsyaml.js', fileOnly), '(not loaded)', run);
       }
       // A declared metaparam is checked against its schema: zod is loaded then, from its cache.
       const withMeta = await runGraph('meta.yaml', `resources:\n  - { kind: file, name: ${join(dir, 'm')}, content: "x", mode: "0644", meta: { retry: 2 } }\n`);
       assert.equal(withMeta.code, 0, withMeta.stderr);
       assert.equal(cacheOf('backplane-cli-zod.js', withMeta), 'used');
+      // `retry: 2` is a scalar js-yaml types: its script is loaded then, from its cache.
+      assert.equal(cacheOf('backplane-cli-jsyaml.js', withMeta), 'used');
       // A template loads liquidjs from its own script and cache, not from node_modules compiled from source.
       const template = await runGraph('template.yaml', `resources:\n  - { kind: template, name: ${join(dir, 't')}, template: "port {{ vars.port }}", vars: { port: 80 } }\n`);
       assert.equal(template.code, 0, template.stderr);
