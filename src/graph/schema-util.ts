@@ -91,3 +91,65 @@ export function schemaShape(schema: z.ZodType): Record<string, unknown> {
   if (def?.innerType !== undefined) return schemaShape(def.innerType);
   return {};
 }
+
+// ---- For quickParams: the same checks as the schema pieces above, without zod --------------------------------------
+// Each answers only what it is sure the schema piece would answer the same way, and undefined (or false) otherwise:
+// the caller then leaves the whole resource to the schema, which reports the problem.
+
+/** Whether absolutePath() accepts v unchanged. */
+export function isAbsolutePath(v: unknown): v is string {
+  if (typeof v !== 'string' || v.length === 0 || v.charCodeAt(0) !== 0x2f || pathProblem(v) !== undefined) return false;
+  return !(v.includes('..') && v.split('/').includes('..'));
+}
+
+/** A plain object from a graph (YAML, JSON): Object's prototype or none, own enumerable string keys only, no `__proto__` key. */
+export function isPlainRecord(v: unknown): v is Readonly<Record<string, unknown>> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  const proto: unknown = Object.getPrototypeOf(v);
+  if (proto !== Object.prototype && proto !== null) return false;
+  const own = Reflect.ownKeys(v);
+  // A symbol, a non-enumerable key or `__proto__` (which zod strips): the schema decides.
+  return own.length === Object.keys(v).length && !Object.hasOwn(v, '__proto__');
+}
+
+/** What z.record(z.string(), z.string()) makes of v (a copy), or undefined. */
+export function quickStringRecord(v: unknown): Record<string, string> | undefined {
+  if (!isPlainRecord(v)) return undefined;
+  const out: Record<string, string> = {};
+  for (const k of Object.keys(v)) {
+    const x = v[k];
+    if (typeof x !== 'string') return undefined;
+    out[k] = x;
+  }
+  return out;
+}
+
+/** What a string array with at least `min` elements, each non-empty when `nonEmpty`, makes of v (a copy), or undefined. */
+export function quickStringArray(v: unknown, min: number, nonEmpty: boolean): string[] | undefined {
+  if (!Array.isArray(v) || v.length < min) return undefined;
+  const out: string[] = [];
+  for (const x of v as unknown[]) {
+    if (typeof x !== 'string' || (nonEmpty && x.length === 0)) return undefined;
+    out.push(x);
+  }
+  return out;
+}
+
+/** What withUnit(parse, ...) makes of v, or undefined: a finite non-negative number or a string, then `parse`. */
+export function quickUnit(v: unknown, parse: (v: number | string) => number | undefined): number | undefined {
+  if (typeof v === 'number') return Number.isFinite(v) && v >= 0 ? parse(v) : undefined;
+  return typeof v === 'string' ? parse(v) : undefined;
+}
+
+/** What z.union([z.string().min(1), z.number().int().nonnegative()]) makes of v (a user or group), or undefined. */
+export function quickOwner(v: unknown): string | number | undefined {
+  if (typeof v === 'string') return v.length > 0 ? v : undefined;
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0 ? v : undefined;
+}
+
+/** What fileMode() makes of v, or undefined. */
+export function quickFileMode(v: unknown): number | undefined {
+  if (typeof v !== 'string' && typeof v !== 'number') return undefined;
+  const m = parseFileMode(v);
+  return m.ok ? m.mode : undefined;
+}

@@ -4,7 +4,7 @@ import type { FailureClass } from './pkg/apt.js';
 import { aptBatcher, type PkgAction, type PkgOutcome, type PkgRequest } from './pkg/batcher.js';
 import { watchPackage } from './pkg/monitor.js';
 import { packageDirectories } from './pkg/owned-dirs.js';
-import { pkgSchema, type PkgParams } from './pkg/schema.js';
+import { pkgSchema, quickPkgParams, type PkgParams } from './pkg/schema.js';
 import { describeEntry, DPKG_ADMIN_DIR, hasTraces, isInstalled, nativeArchAsync, readDpkgStatus, type DpkgDb, type PkgEntry } from './pkg/status.js';
 import { defineKind, type CheckResult, type Resource } from './types.js';
 
@@ -26,6 +26,7 @@ export const pkgKind = defineKind<PkgParams>({
   },
   refreshable: false,
   defaults: (name) => ({ name }),
+  quickParams: quickPkgParams,
   // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
   collect: {
     power: {

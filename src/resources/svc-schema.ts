@@ -1,6 +1,7 @@
 import { constants } from 'node:os';
 import { z } from 'zod';
-import { absolutePath, duration, withUnit } from '../graph/schema-util.js';
+import { absolutePath, duration, isAbsolutePath, isPlainRecord, quickOwner, quickStringArray, quickStringRecord, quickUnit, withUnit } from '../graph/schema-util.js';
+import { parseDuration } from '../util/duration.js';
 import { once } from '../util/once.js';
 import { parseSize } from '../util/size.js';
 
@@ -13,11 +14,14 @@ export const size = () =>
   withUnit(parseSize, 'size', 'bytes (1048576) or a value with a unit (512K, 256M, 1G)', 'bytes (number) or a string with a binary unit: 512K, 256M, 10MB, 1G');
 
 /** Signal names as Node knows them; `HUP` is accepted for `SIGHUP`. */
+/** `v` as signalName() names it (SIGHUP for hup), known to Node or not. */
+const toSignal = (v: string): NodeJS.Signals => (v.toUpperCase().startsWith('SIG') ? v.toUpperCase() : `SIG${v.toUpperCase()}`) as NodeJS.Signals;
+
 const signalName = () =>
   z
     .string()
     .transform((v, ctx) => {
-      const name = (v.toUpperCase().startsWith('SIG') ? v.toUpperCase() : `SIG${v.toUpperCase()}`) as NodeJS.Signals;
+      const name = toSignal(v);
       if (!(name in constants.signals)) {
         ctx.addIssue({ code: 'custom', message: `"${v}" is not a signal name; use e.g. SIGTERM, SIGHUP, SIGINT, SIGUSR1` });
         return z.NEVER;
@@ -140,3 +144,173 @@ export const svcSchema = once(() =>
 export type SvcSchema = ReturnType<typeof svcSchema>;
 export type SvcParams = z.output<SvcSchema>;
 export type HealthParams = z.output<ReturnType<typeof healthSchema>>;
+
+// ---- quickSvcParams ----------------------------------------------------------------------------------------------
+
+const QUICK_KEYS = new Set(['cmd', 'env', 'cwd', 'user', 'group', 'state', 'restart', 'backoff', 'crashLoop', 'log', 'stopSignal', 'stopTimeout', 'limits', 'health', 'reload', 'onAgentExit']);
+
+/** Whether `o` is a plain object whose keys are all in `keys`, none of them undefined (as a strictObject wants it). */
+function strictKeys(o: unknown, keys: ReadonlySet<string>): o is Readonly<Record<string, unknown>> {
+  if (!isPlainRecord(o)) return false;
+  for (const k in o) if (!keys.has(k) || o[k] === undefined) return false;
+  return true;
+}
+
+/** What signalName() makes of v, or undefined. */
+function quickSignal(v: unknown): NodeJS.Signals | undefined {
+  if (typeof v !== 'string') return undefined;
+  const name = toSignal(v);
+  return name in constants.signals ? name : undefined;
+}
+
+/** What argv() makes of v (a copy), or undefined. */
+function quickArgv(v: unknown): string[] | undefined {
+  const a = quickStringArray(v, 1, false);
+  return a === undefined || a[0] === '' ? undefined : a;
+}
+
+/** What duration() makes of v, `dflt` when absent, or undefined. */
+const quickDuration = (v: unknown, dflt: number): number | undefined => (v === undefined ? dflt : quickUnit(v, parseDuration));
+
+/** What z.number().int().min(min) makes of v, `dflt` when absent, or undefined. */
+const quickInt = (v: unknown, min: number, dflt: number): number | undefined => (v === undefined ? dflt : typeof v === 'number' && Number.isSafeInteger(v) && v >= min ? v : undefined);
+
+const HEALTH_KEYS = new Set(['exec', 'http', 'tcp', 'interval', 'timeout', 'failures', 'startPeriod']);
+
+/** What healthSchema() makes of v, or undefined. */
+function quickHealth(h: unknown): HealthParams | undefined {
+  if (!strictKeys(h, HEALTH_KEYS)) return undefined;
+  let given = 0;
+  let exec: string[] | undefined;
+  if (h['exec'] !== undefined && (exec = quickArgv(h['exec'])) === undefined) return undefined;
+  const http = h['http'];
+  // Only URLs z.url() passes through unchanged: nothing for it to trim or strip (no whitespace at all), http or https
+  // in lower case followed by "//" (so its protocol check passes), and one the URL parser takes.
+  if (http !== undefined && !(typeof http === 'string' && /^https?:\/\/\S+$/.test(http) && URL.canParse(http))) return undefined;
+  const tcp = h['tcp'];
+  if (tcp !== undefined && !(typeof tcp === 'string' && HOST_PORT.test(tcp))) return undefined;
+  for (const x of [exec, http, tcp]) if (x !== undefined) given++;
+  if (given !== 1) return undefined;
+  const interval = quickDuration(h['interval'], 5000);
+  const timeout = quickDuration(h['timeout'], 2000);
+  const failures = quickInt(h['failures'], 1, 3);
+  const startPeriod = quickDuration(h['startPeriod'], 10_000);
+  if (interval === undefined || timeout === undefined || failures === undefined || startPeriod === undefined) return undefined;
+  const out: Record<string, unknown> = {};
+  if (exec !== undefined) out['exec'] = exec;
+  if (http !== undefined) out['http'] = http;
+  if (tcp !== undefined) out['tcp'] = tcp;
+  out['interval'] = interval;
+  out['timeout'] = timeout;
+  out['failures'] = failures;
+  out['startPeriod'] = startPeriod;
+  return out as HealthParams;
+}
+
+const BACKOFF_KEYS = new Set(['initial', 'max', 'reset']);
+const CRASH_KEYS = new Set(['failures', 'window']);
+const LOG_KEYS = new Set(['stdout', 'stderr', 'maxSize', 'keep']);
+const LIMIT_KEYS = new Set(['cpu', 'memory']);
+const SIGNAL_KEYS = new Set(['signal']);
+const CMD_KEYS = new Set(['cmd']);
+
+/**
+ * svcSchema's answer without zod, for a svc declared with anything but a fence: building and running this schema
+ * (~60 nodes, the health check's URL, the signal names) was ~13 ms of a cold run with one service, and zod's script
+ * ~10 ms more. The same checks as the schema's, piece by piece (the helpers above and in schema-util.ts), the
+ * schema's key order and defaults (nested ones too), fresh objects and arrays. Anything else (a fence, a health URL
+ * z.url() would normalise, any problem) is undefined: the schema decides and reports it with its file:line.
+ */
+export function quickSvcParams(_name: string, params: Readonly<Record<string, unknown>>): SvcParams | undefined {
+  for (const key in params) if (!QUICK_KEYS.has(key) || params[key] === undefined) return undefined;
+  let cmd: string[] | undefined;
+  if (params['cmd'] !== undefined && (cmd = quickArgv(params['cmd'])) === undefined) return undefined;
+  const env = params['env'] === undefined ? {} : quickStringRecord(params['env']);
+  if (env === undefined) return undefined;
+  const cwd = params['cwd'];
+  if (cwd !== undefined && !isAbsolutePath(cwd)) return undefined;
+  let user: string | number | undefined;
+  if (params['user'] !== undefined && (user = quickOwner(params['user'])) === undefined) return undefined;
+  let group: string | number | undefined;
+  if (params['group'] !== undefined && (group = quickOwner(params['group'])) === undefined) return undefined;
+  // Not `??`: a null is refused by the schema, not defaulted.
+  const state = params['state'] === undefined ? 'running' : params['state'];
+  if (state !== 'running' && state !== 'stopped') return undefined;
+  if (state === 'running' && cmd === undefined) return undefined;
+  const restart = params['restart'] === undefined ? 'always' : params['restart'];
+  if (restart !== 'always' && restart !== 'on-failure' && restart !== 'never') return undefined;
+  const b = params['backoff'] === undefined ? {} : params['backoff'];
+  if (!strictKeys(b, BACKOFF_KEYS)) return undefined;
+  const backoff = { initial: quickDuration(b['initial'], 100), max: quickDuration(b['max'], 30_000), reset: quickDuration(b['reset'], 10_000) };
+  if (backoff.initial === undefined || backoff.max === undefined || backoff.reset === undefined) return undefined;
+  const c = params['crashLoop'] === undefined ? {} : params['crashLoop'];
+  if (!strictKeys(c, CRASH_KEYS)) return undefined;
+  const crashLoop = { failures: quickInt(c['failures'], 1, 5), window: quickDuration(c['window'], 60_000) };
+  if (crashLoop.failures === undefined || crashLoop.window === undefined) return undefined;
+  const l = params['log'] === undefined ? {} : params['log'];
+  if (!strictKeys(l, LOG_KEYS)) return undefined;
+  if ((l['stdout'] !== undefined && !isAbsolutePath(l['stdout'])) || (l['stderr'] !== undefined && !isAbsolutePath(l['stderr']))) return undefined;
+  const maxSize = l['maxSize'] === undefined ? 10 * 1024 * 1024 : quickUnit(l['maxSize'], parseSize);
+  const keep = quickInt(l['keep'], 0, 3);
+  if (maxSize === undefined || keep === undefined || keep > 100) return undefined;
+  const log: Record<string, unknown> = {};
+  if (l['stdout'] !== undefined) log['stdout'] = l['stdout'];
+  if (l['stderr'] !== undefined) log['stderr'] = l['stderr'];
+  log['maxSize'] = maxSize;
+  log['keep'] = keep;
+  const stopSignal = params['stopSignal'] === undefined ? 'SIGTERM' : quickSignal(params['stopSignal']);
+  const stopTimeout = quickDuration(params['stopTimeout'], 10_000);
+  if (stopSignal === undefined || stopTimeout === undefined) return undefined;
+  let limits: Record<string, unknown> | undefined;
+  const li = params['limits'];
+  if (li !== undefined) {
+    if (!strictKeys(li, LIMIT_KEYS)) return undefined;
+    limits = {};
+    const cpu = li['cpu'];
+    if (cpu !== undefined) {
+      if (!(typeof cpu === 'number' && Number.isFinite(cpu) && cpu > 0)) return undefined;
+      limits['cpu'] = cpu;
+    }
+    if (li['memory'] !== undefined) {
+      const memory = quickUnit(li['memory'], parseSize);
+      if (memory === undefined) return undefined;
+      limits['memory'] = memory;
+    }
+  }
+  let health: HealthParams | undefined;
+  if (params['health'] !== undefined && (health = quickHealth(params['health'])) === undefined) return undefined;
+  let reload: { signal: NodeJS.Signals } | { cmd: string[] } | undefined;
+  const r = params['reload'];
+  if (r !== undefined) {
+    if (strictKeys(r, SIGNAL_KEYS) && r['signal'] !== undefined) {
+      const signal = quickSignal(r['signal']);
+      if (signal === undefined) return undefined;
+      reload = { signal };
+    } else if (strictKeys(r, CMD_KEYS) && r['cmd'] !== undefined) {
+      const argv = quickArgv(r['cmd']);
+      if (argv === undefined) return undefined;
+      reload = { cmd: argv };
+    } else return undefined;
+  }
+  const onAgentExit = params['onAgentExit'] === undefined ? 'keep' : params['onAgentExit'];
+  if (onAgentExit !== 'keep' && onAgentExit !== 'stop') return undefined;
+  // The schema's shape order, optional keys only when given.
+  const out: Record<string, unknown> = {};
+  if (cmd !== undefined) out['cmd'] = cmd;
+  out['env'] = env;
+  if (cwd !== undefined) out['cwd'] = cwd;
+  if (user !== undefined) out['user'] = user;
+  if (group !== undefined) out['group'] = group;
+  out['state'] = state;
+  out['restart'] = restart;
+  out['backoff'] = backoff;
+  out['crashLoop'] = crashLoop;
+  out['log'] = log;
+  out['stopSignal'] = stopSignal;
+  out['stopTimeout'] = stopTimeout;
+  if (limits !== undefined) out['limits'] = limits;
+  if (health !== undefined) out['health'] = health;
+  if (reload !== undefined) out['reload'] = reload;
+  out['onAgentExit'] = onAgentExit;
+  return out as SvcParams;
+}

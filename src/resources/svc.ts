@@ -1,7 +1,7 @@
 import { dirname } from 'node:path';
 import { BackplaneError } from '../errors.js';
 import { formatDuration } from '../util/duration.js';
-import { svcSchema, type SvcParams } from './svc-schema.js';
+import { quickSvcParams, svcSchema, type SvcParams } from './svc-schema.js';
 import { Supervisor } from './svc/supervisor.js';
 import { defineKind, type CheckApplyContext, type CheckResult } from './types.js';
 
@@ -24,6 +24,7 @@ export const svcKind = defineKind({
     return svcSchema();
   },
   refreshable: true,
+  quickParams: quickSvcParams,
   // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
   collect: {
     power: {

@@ -5,7 +5,7 @@ import { z } from 'zod';
 import { BackplaneError } from '../errors.js';
 import { modeHasSpecialBits } from '../graph/file-mode.js';
 import type { ResourceId } from '../graph/ids.js';
-import { absolutePath, fileMode } from '../graph/schema-util.js';
+import { absolutePath, fileMode, isAbsolutePath, isPlainRecord, quickFileMode, quickOwner, quickStringArray } from '../graph/schema-util.js';
 import { watchPath } from '../util/dirwatch.js';
 import { closest } from '../util/suggest.js';
 import type { FileParams } from './file-schema.js';
@@ -63,6 +63,61 @@ export const templateSchema = once(() =>
 export type TemplateSchema = ReturnType<typeof templateSchema>;
 export type TemplateParams = z.output<TemplateSchema>;
 
+/**
+ * templateSchema's answer without zod, for a template declared with any of its parameters: loading zod and building
+ * and running this schema was ~5 ms of a cold run with one template. The same checks as the schema's (the path
+ * checks, SERVICE_NAME, the file mode, the template-or-source rule, and the inline template compiled and its names
+ * checked, kept for create() as the schema's check keeps it), the schema's key order and defaults, fresh objects
+ * and arrays. Anything else, or any problem, is undefined: the schema decides and reports it with its file:line.
+ */
+export function quickTemplateParams(name: string, params: Readonly<Record<string, unknown>>): TemplateParams | undefined {
+  for (const key in params) if (!QUICK_KEYS.has(key) || params[key] === undefined) return undefined;
+  const path = 'path' in params ? params['path'] : name;
+  if (!isAbsolutePath(path)) return undefined;
+  // Not `??`: a null is refused by the schema, not defaulted.
+  const state = params['state'] === undefined ? 'exists' : params['state'];
+  if (state !== 'exists' && state !== 'absent') return undefined;
+  const template = params['template'];
+  if (template !== undefined && typeof template !== 'string') return undefined;
+  const source = params['source'];
+  if (source !== undefined && !isAbsolutePath(source)) return undefined;
+  if (template !== undefined && source !== undefined) return undefined;
+  if (state === 'exists' && template === undefined && source === undefined) return undefined;
+  const varsIn = params['vars'];
+  if (varsIn !== undefined && !isPlainRecord(varsIn)) return undefined;
+  const vars: Record<string, unknown> = {};
+  if (varsIn !== undefined) for (const k of Object.keys(varsIn)) vars[k] = varsIn[k];
+  const services = params['services'] === undefined ? [] : quickStringArray(params['services'], 0, false);
+  if (services === undefined || !services.every((s) => SERVICE_NAME.test(s))) return undefined;
+  let mode: number | undefined;
+  if (params['mode'] !== undefined && (mode = quickFileMode(params['mode'])) === undefined) return undefined;
+  let owner: string | number | undefined;
+  if (params['owner'] !== undefined && (owner = quickOwner(params['owner'])) === undefined) return undefined;
+  let group: string | number | undefined;
+  if (params['group'] !== undefined && (group = quickOwner(params['group'])) === undefined) return undefined;
+  const force = params['force'] === undefined ? false : params['force'];
+  if (typeof force !== 'boolean') return undefined;
+  // The schema's shape order, optional keys only when given.
+  const out: Record<string, unknown> = { path, state };
+  if (template !== undefined) out['template'] = template;
+  if (source !== undefined) out['source'] = source;
+  out['vars'] = vars;
+  out['services'] = services;
+  if (mode !== undefined) out['mode'] = mode;
+  if (owner !== undefined) out['owner'] = owner;
+  if (group !== undefined) out['group'] = group;
+  out['force'] = force;
+  const p = out as TemplateParams;
+  if (template !== undefined) {
+    const compiled = compile(template);
+    if ('problem' in compiled || checkNames(compiled.templates, vars, services).length > 0) return undefined;
+    checked.set(p, compiled);
+  }
+  return p;
+}
+
+const QUICK_KEYS = new Set(['path', 'state', 'template', 'source', 'vars', 'services', 'mode', 'owner', 'group', 'force']);
+
 export const templateKind = defineKind<TemplateParams>({
   kind: 'template',
   description: 'a file rendered from a Liquid template (inline or a template file) with host facts, vars and service instances',
@@ -71,6 +126,7 @@ export const templateKind = defineKind<TemplateParams>({
   },
   refreshable: false,
   defaults: (name) => ({ path: name }),
+  quickParams: quickTemplateParams,
   // What another host's export may choose here only when the collect rule takes it (see CollectPolicy).
   collect: {
     power: {

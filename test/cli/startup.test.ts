@@ -399,6 +399,23 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
       const liquidCache = (await stat(join(DIST, 'backplane-cli-liquid.cache'))).size;
       assert.ok(liquidCache > (await stat(join(DIST, 'backplane-cli-liquid.js'))).size / 2, `liquidjs's cache is ${liquidCache} bytes: the training run rendered no template`);
       assert.equal(await readFile(join(dir, 't'), 'utf8'), 'port 80');
+      // Nor zod for the usual shapes of pkg, template and svc (the bench's nginx stack): their quickParams answer.
+      assert.equal(cacheOf('backplane-cli-zod.js', template), '(not loaded)');
+      const stack = (svcExtra: string): string =>
+        'resources:\n  - { kind: pkg, name: coreutils }\n' +
+        `  - { kind: template, name: ${join(dir, 'n.conf')}, mode: "0644", vars: { port: 80 }, template: "listen {{ vars.port }}", require: ["pkg[coreutils]"], notify: ["svc[web]"] }\n` +
+        `  - { kind: svc, name: web, cmd: [/bin/sleep, "100"], reload: { signal: SIGHUP }, stopSignal: SIGQUIT, onAgentExit: keep, health: { http: "http://127.0.0.1:9/" }${svcExtra} }\n`;
+      for (const [extra, zod] of [
+        ['', '(not loaded)'],
+        // A fence is left to the schema: zod is loaded then.
+        [`, fence: { heartbeat: ${join(dir, 'hb')}, maxAge: 1s }`, 'used'],
+      ] as const) {
+        await writeFile(join(dir, 'stack.yaml'), stack(extra));
+        // --noop: nothing is installed or started, but the graph is built and every resource checked.
+        const r = start(launcher, ['run', '--file', join(dir, 'stack.yaml'), '--noop', '--no-api', '--state-dir', join(dir, 'state'), '--log-level', 'debug']);
+        assert.match(r.stderr, /running 3 resources/, r.stderr);
+        assert.equal(cacheOf('backplane-cli-zod.js', r), zod, `${extra}: ${r.stderr}`);
+      }
       const mixed = `resources:\n${files.join('\n')}\n  - { kind: noop, name: joined }\n  - { kind: print, name: hello, msg: hello }\n`;
       for (const run of ['parsed', 'from the graph cache']) {
         const r = await runGraph('mixed.yaml', mixed);

@@ -36,3 +36,31 @@ export const pkgSchema = once(() =>
 
 export type PkgSchema = ReturnType<typeof pkgSchema>;
 export type PkgParams = z.output<PkgSchema>;
+
+/** The keys quickPkgParams takes: all of them (the schema is small), each checked as the schema checks it. */
+const QUICK_KEYS = new Set(['name', 'state', 'purge', 'aptOptions']);
+
+/**
+ * pkgSchema's answer without zod, for a pkg declared with any of its four parameters (`{ kind: pkg, name: nginx }`
+ * is nearly all of them): loading zod and building and running this schema was ~3 ms of a cold run with one package
+ * (zod alone is a 304 KB script). The same checks (PACKAGE_NAME, VERSION, the purge rule), the schema's key order
+ * and defaults, fresh arrays. Anything else, or any problem, is undefined: the schema decides and reports it.
+ */
+export function quickPkgParams(name: string, params: Readonly<Record<string, unknown>>): PkgParams | undefined {
+  for (const key in params) if (!QUICK_KEYS.has(key) || params[key] === undefined) return undefined;
+  const pkg = 'name' in params ? params['name'] : name;
+  if (typeof pkg !== 'string' || !PACKAGE_NAME.test(pkg)) return undefined;
+  // Not `??`: a null is refused by the schema, not defaulted.
+  const state = params['state'] === undefined ? 'installed' : params['state'];
+  if (typeof state !== 'string' || !(state === 'installed' || state === 'absent' || VERSION.test(state))) return undefined;
+  const purge = params['purge'] === undefined ? false : params['purge'];
+  if (typeof purge !== 'boolean' || (purge && state !== 'absent')) return undefined;
+  const optsIn = params['aptOptions'];
+  let aptOptions: string[] = [];
+  if (optsIn !== undefined) {
+    if (!Array.isArray(optsIn)) return undefined;
+    for (const o of optsIn as unknown[]) if (typeof o !== 'string' || o.length === 0) return undefined;
+    aptOptions = [...(optsIn as string[])];
+  }
+  return { name: pkg, state, purge, aptOptions };
+}
