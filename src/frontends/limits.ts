@@ -48,12 +48,6 @@ function fileError(file: string, message: string, hint: string, cause?: unknown)
 }
 
 /**
- * Reads a graph file as text: its size is checked on the open descriptor before a byte is read (so a file that is
- * swapped for a bigger one in between is still caught), and bytes that are not UTF-8 are refused with their
- * position rather than silently turned into U+FFFD, which would make a path or a file's content differ from what
- * the author meant.
- */
-/**
  * node:fs's callbacks as promises, for readGraphText: node:fs/promises loads ~10 more of Node's modules (its
  * FileHandle's readLines, watch and opendir: readline, the watchers, fs/dir) at its first use, 2.7 ms and ~70 page
  * faults of the start of every run whose graph needs nothing else of it (an empty one: 64.6 ms for `node -e 0`,
@@ -63,6 +57,12 @@ function settle<T>(call: (done: (err: NodeJS.ErrnoException | null, value: T) =>
   return new Promise((resolve, reject) => call((err, value) => (err === null ? resolve(value) : reject(err))));
 }
 
+/**
+ * Reads a graph file as text: its size is checked on the open descriptor before a byte is read (so a file that is
+ * swapped for a bigger one in between is still caught), and bytes that are not UTF-8 are refused with their
+ * position rather than silently turned into U+FFFD, which would make a path or a file's content differ from what
+ * the author meant.
+ */
 export async function readGraphText(file: string): Promise<string> {
   const max = maxGraphBytes();
   let buf: Buffer;
