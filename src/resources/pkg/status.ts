@@ -53,6 +53,8 @@ export class DpkgDb {
    * byName; undefined once every entry is in byName.
    */
   private raw: Buffer | undefined;
+  /** nativeArch's answer once asked (null: the file does not say). */
+  private native: string | null | undefined;
 
   constructor(entries: Iterable<PkgEntry>) {
     this.byName = byNameOf(entries);
@@ -101,6 +103,23 @@ export class DpkgDb {
   }
 
   /**
+   * dpkg's native architecture as this database has it: the architecture of the installed dpkg package. `dpkg
+   * --print-architecture` prints the architecture dpkg was built for, and the dpkg that runs is the one this entry
+   * describes (Essential and Multi-Arch: foreign, so one is installed). Undefined when the entry does not say it
+   * plainly (no dpkg, or a second one mid-crossgrade, or not installed, or `all`): ask dpkg then. Reading it here
+   * costs no process: that process was 6-10 ms of the agent's main thread (the fork) on a cold run's critical path.
+   */
+  nativeArch(): string | undefined {
+    if (this.native === undefined) {
+      const list = (this.raw === undefined ? this.byName.get('dpkg') : entriesNamed(this.raw, 'dpkg')) ?? [];
+      const present = list.filter((e) => hasTraces(e, true));
+      const only = present.length === 1 ? present[0] : undefined;
+      this.native = only !== undefined && isInstalled(only) && ARCH_NAME.test(only.arch) && only.arch !== 'all' ? only.arch : null;
+    }
+    return this.native ?? undefined;
+  }
+
+  /**
    * `name:arch` looks for exactly that architecture. A bare name means what apt means by it: the native
    * architecture or `all` (a foreign-arch-only install does not satisfy `apt-get install name`).
    */
@@ -124,6 +143,9 @@ function byNameOf(entries: Iterable<PkgEntry>): Map<string, PkgEntry[]> {
   }
   return byName;
 }
+
+/** What dpkg accepts as an architecture name (dpkg_arch_name_is_illegal: lower-case letters, digits, hyphens). */
+const ARCH_NAME = /^[a-z0-9][a-z0-9-]*$/;
 
 const LF = 0x0a;
 const PACKAGE_KEY = 'Package:';
@@ -309,6 +331,12 @@ const PRINT_ARCH = ['--print-architecture'];
 const PRINT_TIMEOUT_MS = 5000;
 let native: string | undefined;
 let nativeAsked: Promise<string> | undefined;
+let dpkgAsked = 0;
+
+/** How many times dpkg was run to print its architecture (tests: a check that reads it from the database runs none). */
+export function dpkgArchProcesses(): number {
+  return dpkgAsked;
+}
 
 /** What dpkg printed (empty when it could not be run or failed), or Node's name for the architecture. */
 function archFrom(printed: string): string {
@@ -319,6 +347,7 @@ function archFrom(printed: string): string {
 export function nativeArch(): string {
   if (native === undefined) {
     let printed: string;
+    dpkgAsked++;
     try {
       printed = execFileSync('dpkg', PRINT_ARCH, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'], timeout: PRINT_TIMEOUT_MS }).trim();
     } catch {
@@ -336,6 +365,7 @@ export function nativeArch(): string {
 export function nativeArchAsync(): Promise<string> {
   if (native !== undefined) return Promise.resolve(native);
   nativeAsked ??= new Promise((resolve) => {
+    dpkgAsked++;
     execFile('dpkg', PRINT_ARCH, { encoding: 'utf8', timeout: PRINT_TIMEOUT_MS }, (err, stdout) => {
       native ??= archFrom(err === null ? stdout.trim() : '');
       resolve(native);
