@@ -1,9 +1,9 @@
 import { testWorld } from '../helpers/world.js';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
-import { mkdir, mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
+import { chmod, chown, link, mkdir, mkdtemp, readFile, readdir, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -342,6 +342,87 @@ describe('svc: supervision', () => {
     await waitFor('new spares', async () => calls.length === 2 && (await pipes()).length === 2);
     assert.equal(calls[1]?.filter((a) => a.includes('.log-pipe-')).length, 2);
     await s.stopWatch();
+  });
+
+  test("an agent that leaves its service running leaves the spare pipes; the next agent's start takes them, and only them", async () => {
+    const dir = await tempDir();
+    // mkfifo as the agent runs it, logged: which pipes were made, and when.
+    const bin = join(dir, 'bin');
+    await mkdir(bin);
+    const calls = join(dir, 'mkfifo-calls');
+    await writeFile(join(bin, 'mkfifo'), `#!/bin/sh\necho "$*" >> '${calls}'\nexec /usr/bin/mkfifo "$@"\n`, { mode: 0o755 });
+    const graph = join(dir, 'g.yaml');
+    const stateDir = join(dir, 'state');
+    await writeFile(graph, 'resources:\n  - { kind: svc, name: spares, cmd: [sleep, "300"], onAgentExit: keep }\n');
+    const entry = await agentEntry(dir);
+    const runAgent = (): Promise<string> =>
+      new Promise((resolve, reject) => {
+        const proc = spawn(process.execPath, ['--import', 'tsx', entry, 'run', '--file', graph, '--state-dir', stateDir, '--converged-timeout', '0'], {
+          cwd: ROOT,
+          env: { ...process.env, PATH: `${bin}:${process.env['PATH'] ?? '/usr/bin:/bin'}` },
+          stdio: ['ignore', 'ignore', 'pipe'],
+        });
+        agents.push(proc);
+        let out = '';
+        proc.stderr?.on('data', (b: Buffer) => (out += b.toString()));
+        proc.once('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`agent exited ${String(code)}: ${out}`))));
+      });
+    const resDir = await resourceStateDir(stateDir, 'svc[spares]');
+    extraCgroups.push({ id: 'svc[spares]', stateDir: resDir });
+    const pipes = async (): Promise<string[]> => (await readdir(resDir)).filter((n) => n.startsWith('.log-pipe-')).sort();
+    const made = async (): Promise<string[][]> =>
+      (await readFile(calls, 'utf8').catch(() => '')).trim().split('\n').filter((l) => l !== '').map((l) => l.split(' ').filter((a) => a.includes('.log-pipe-')));
+    const killService = async (): Promise<void> => {
+      const pid = (await readRecord(resDir))?.pid;
+      assert.ok(pid !== undefined);
+      pgids.add(pid);
+      process.kill(-pid, 'SIGKILL');
+      await waitFor('the service to go', async () => (await groupMembers(pid)).length === 0);
+    };
+
+    await runAgent();
+    // stdout and stderr: two pipes in use, two spares left on disk for the next start.
+    assert.deepEqual((await made()).map((c) => c.length), [4]);
+    const left = await pipes();
+    assert.equal(left.length, 2, 'the spares were removed at exit');
+    await killService();
+    await runAgent();
+    // The second agent started the service on the spares, then made the next two after its spawn: no 2 x 2.
+    assert.deepEqual((await made()).map((c) => c.length), [4, 2]);
+    await waitFor('the new spares', async () => (await pipes()).length === 2);
+    assert.deepEqual((await pipes()).filter((n) => left.includes(n)), [], 'the old spares are still there: they were not used');
+
+    // Leftovers this agent did not make are removed, never used: FIFOs others may open (mode, owner, a second
+    // link outside), a regular file, a symlink to a FIFO. Two of each kind: enough to be taken for both pipes.
+    const outside = join(dir, 'outside');
+    await mkdir(outside);
+    const plants: [string, (p: string, i: number) => Promise<void>][] = [
+      ['mode 0666', async (p) => chmod(p, 0o666)],
+      ['owned by nobody', async (p) => chown(p, 65534, 65534)],
+      ['linked from outside', async (p, i) => link(p, join(outside, `linked-${i}`))],
+      ['a regular file', async (p) => (await rm(p), writeFile(p, ''))],
+      ['a symlink', async (p, i) => (await rm(p), symlink(join(outside, `linked-${i}`), p))],
+    ];
+    for (const [what, plant] of plants) {
+      await killService();
+      for (const n of await pipes()) await rm(join(resDir, n));
+      for (const i of [1, 2]) {
+        const p = join(resDir, `.log-pipe-planted${i}`);
+        execFileSync('/usr/bin/mkfifo', ['-m', '0600', p]);
+        await plant(p, i);
+      }
+      const before = (await made()).length;
+      await runAgent();
+      assert.deepEqual((await made()).slice(before).map((c) => c.length), [4], `${what}: taken for a pipe`);
+      assert.deepEqual((await pipes()).filter((n) => n.includes('planted')), [], `${what}: left in place`);
+    }
+    assert.equal((await readdir(outside)).length, 2, 'a link was followed');
+    await killService();
+
+    // Removal from the graph (onAgentExit: stop here) stops the service and removes its spares.
+    await writeFile(graph, 'resources:\n  - { kind: svc, name: spares, cmd: [sleep, "300"], onAgentExit: stop }\n');
+    await runAgent();
+    assert.deepEqual(await pipes(), []);
   });
 
   test('a crashing process backs off exponentially, then crash-loops with a clear error; a refresh starts afresh', async () => {

@@ -138,25 +138,51 @@ async function makeFifos(dir: string, n: number): Promise<string[]> {
 
 const FIFO_PREFIX = '.log-pipe-';
 /**
- * FIFOs made ahead, per directory, for the next start: mkfifo is an exec, 25-100 ms on a loaded 2-core host, and a
- * restart after a crash should not wait for it. They sit unopened in the private state directory.
+ * FIFOs made ahead, per directory, for the next start: mkfifo is an exec, 25-100 ms on a loaded 2-core host (and
+ * its fork 6-10 ms of the agent's main thread), and a restart after a crash should not wait for it. They sit
+ * unopened in the private state directory, and stay there when the agent exits and leaves the service running: the
+ * next agent's first start of it takes them (see leftoverFifos).
  */
 const spare = new Map<string, Promise<string[]>>();
+/** Directories whose leftovers were looked at (once per agent and directory). */
 const swept = new Set<string>();
+/** Directories whose next spares are still to be made (see takeFifos). */
+const refill = new Set<string>();
+
+/**
+ * Spares an earlier agent left in `dir`, as paths; anything else named like one is removed. A pipe in use is
+ * unlinked the moment it is opened, so a name still there is one no process holds open, unless root put it there.
+ * Only what this module makes is taken: a FIFO of this user, mode 0600, one link; the private directory (0700,
+ * checked by the caller) is where only root can plant one.
+ */
+async function leftoverFifos(dir: string): Promise<string[]> {
+  const uid = process.geteuid?.() ?? 0;
+  const kept: string[] = [];
+  for (const name of await readdir(dir).catch(() => [])) {
+    if (!name.startsWith(FIFO_PREFIX)) continue;
+    const path = join(dir, name);
+    const st = await lstat(path).catch(() => undefined);
+    if (st !== undefined && st.isFIFO() && st.uid === uid && (st.mode & 0o777) === 0o600 && st.nlink === 1) kept.push(path);
+    else await rm(path, { force: true });
+  }
+  return kept;
+}
 
 async function takeFifos(dir: string, n: number): Promise<string[]> {
   // A fenced service without log files: a watchdog with no pipes.
   if (n === 0) return [];
   if (!swept.has(dir)) {
-    // Spares an earlier agent left (pipes in use are unlinked at once, so any such name is unused).
     swept.add(dir);
-    for (const name of await readdir(dir).catch(() => [])) if (name.startsWith(FIFO_PREFIX)) await rm(join(dir, name), { force: true });
+    const left = await leftoverFifos(dir);
+    if (spare.has(dir)) await Promise.all(left.map((f) => rm(f, { force: true })));
+    else spare.set(dir, Promise.resolve(left));
   }
   const ready = spare.get(dir);
   spare.delete(dir);
   const names = (await ready?.catch(() => undefined)) ?? [];
-  const usable = await Promise.all(names.map((f) => lstat(f).then((st) => st.isFIFO(), () => false)));
-  if (names.length !== n || usable.includes(false)) {
+  const isFifo = await Promise.all(names.map((f) => lstat(f).then((st) => st.isFIFO(), () => false)));
+  const usable = names.filter((_, i) => isFifo[i]);
+  if (usable.length < n) {
     await Promise.all(names.map((f) => rm(f, { force: true })));
     // This start's FIFOs and the next one's from one mkfifo: a process is ~6-10 ms of the agent's main thread
     // here (fork of a large process on a VM), and the second one was on the way to the service's spawn.
@@ -164,14 +190,23 @@ async function takeFifos(dir: string, n: number): Promise<string[]> {
     spare.set(dir, Promise.resolve(made.slice(n)));
     return made.slice(0, n);
   }
-  const next = makeFifos(dir, n);
-  next.catch(() => undefined);
-  spare.set(dir, next);
-  return names;
+  const rest = [...names.filter((_, i) => !isFifo[i]), ...usable.slice(n)];
+  await Promise.all(rest.map((f) => rm(f, { force: true })));
+  // The next spares are made once this start's spawns are done (an immediate runs after them): the mkfifo's fork
+  // would otherwise hold up the service's.
+  refill.add(dir);
+  setImmediate(() => {
+    if (!refill.delete(dir) || spare.has(dir)) return;
+    const next = makeFifos(dir, n);
+    next.catch(() => undefined);
+    spare.set(dir, next);
+  });
+  return usable.slice(0, n);
 }
 
 /** Removes the spare FIFOs of `dir`: the service is gone, no start will take them. */
 export async function dropSpareFifos(dir: string): Promise<void> {
+  refill.delete(dir);
   const ready = spare.get(dir);
   spare.delete(dir);
   for (const f of (await ready?.catch(() => undefined)) ?? []) await rm(f, { force: true });

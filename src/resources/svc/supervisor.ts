@@ -334,8 +334,10 @@ export class Supervisor {
         }
         await clearRecord(this.dir);
         await removeCgroup(await this.findCgroup());
+        await dropSpareFifos(this.dir);
       }
-      if (this.dir !== '') await dropSpareFifos(this.dir);
+      // Otherwise the spare log pipes stay for the next start of the process left running: by the next agent, or
+      // by the supervisor that replaces this one.
       this.current?.proc.release();
       this.stale?.release();
     });
