@@ -312,7 +312,7 @@ describe('svc: supervision', () => {
     console.log(`# kill -9 -> respawned in ${respawnMs.toFixed(1)} ms, answering in ${backMs.toFixed(1)} ms`);
   });
 
-  test("the first start makes its log pipes and the next start's in one mkfifo; a restart takes the spares", async (t) => {
+  test('the first start makes its log pipes; its logger makes the next start\'s, and a restart takes them', async (t) => {
     // execFile as the logger module sees it (an ES import of a built-in is synced from the CommonJS module). A plain
     // function, not t.mock.method: its proxy would hand promisify the real execFile's custom promisified form.
     const calls: string[][] = [];
@@ -331,30 +331,32 @@ describe('svc: supervision', () => {
     await s.watch();
     await s.run();
     const pipes = async (): Promise<string[]> => (await readdir(await s.world.stateDir(s.id))).filter((n) => n.startsWith('.log-pipe-'));
-    // stdout and stderr go to two files: two pipes now, two spares, one process.
+    // stdout and stderr go to two files: two pipes made by the agent, and two spares made by the logger.
     assert.equal(calls.length, 1, JSON.stringify(calls));
-    assert.equal(calls[0]?.filter((a) => a.includes('.log-pipe-')).length, 4);
-    assert.equal((await pipes()).length, 2, 'the spares are not in the state directory');
+    assert.equal(calls[0]?.filter((a) => a.includes('.log-pipe-')).length, 2);
+    await waitFor('the spares', async () => (await pipes()).length === 2);
+    const spares = await pipes();
     const pid = await s.pid();
     process.kill(pid ?? 0, 'SIGKILL');
     await waitFor('a new pid', async () => ((await s.pid()) ?? pid) !== pid);
-    // The restart took the spares, then made the next ones.
-    await waitFor('new spares', async () => calls.length === 2 && (await pipes()).length === 2);
-    assert.equal(calls[1]?.filter((a) => a.includes('.log-pipe-')).length, 2);
+    // The restart took the spares (the agent ran no mkfifo), and its logger made the next ones.
+    await waitFor('new spares', async () => (await pipes()).length === 2 && (await pipes()).every((n) => !spares.includes(n)));
+    assert.equal(calls.length, 1, JSON.stringify(calls));
     await s.stopWatch();
   });
 
   test("an agent that leaves its service running leaves the spare pipes; the next agent's start takes them, and only them", async () => {
     const dir = await tempDir();
-    // mkfifo as the agent runs it, logged: which pipes were made, and when.
+    // mkfifo as the agent and the logger run it, logged with the caller's pid: which pipes were made, and by whom.
     const bin = join(dir, 'bin');
     await mkdir(bin);
     const calls = join(dir, 'mkfifo-calls');
-    await writeFile(join(bin, 'mkfifo'), `#!/bin/sh\necho "$*" >> '${calls}'\nexec /usr/bin/mkfifo "$@"\n`, { mode: 0o755 });
+    await writeFile(join(bin, 'mkfifo'), `#!/bin/sh\necho "$PPID $*" >> '${calls}'\nexec /usr/bin/mkfifo "$@"\n`, { mode: 0o755 });
     const graph = join(dir, 'g.yaml');
     const stateDir = join(dir, 'state');
     await writeFile(graph, 'resources:\n  - { kind: svc, name: spares, cmd: [sleep, "300"], onAgentExit: keep }\n');
     const entry = await agentEntry(dir);
+    let agentPid = 0;
     const runAgent = (): Promise<string> =>
       new Promise((resolve, reject) => {
         const proc = spawn(process.execPath, ['--import', 'tsx', entry, 'run', '--file', graph, '--state-dir', stateDir, '--converged-timeout', '0'], {
@@ -363,6 +365,7 @@ describe('svc: supervision', () => {
           stdio: ['ignore', 'ignore', 'pipe'],
         });
         agents.push(proc);
+        agentPid = proc.pid ?? 0;
         let out = '';
         proc.stderr?.on('data', (b: Buffer) => (out += b.toString()));
         proc.once('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`agent exited ${String(code)}: ${out}`))));
@@ -370,8 +373,15 @@ describe('svc: supervision', () => {
     const resDir = await resourceStateDir(stateDir, 'svc[spares]');
     extraCgroups.push({ id: 'svc[spares]', stateDir: resDir });
     const pipes = async (): Promise<string[]> => (await readdir(resDir)).filter((n) => n.startsWith('.log-pipe-')).sort();
-    const made = async (): Promise<string[][]> =>
-      (await readFile(calls, 'utf8').catch(() => '')).trim().split('\n').filter((l) => l !== '').map((l) => l.split(' ').filter((a) => a.includes('.log-pipe-')));
+    // The pipes each mkfifo of the agent made (its logger's are the spares, counted on disk).
+    const made = async (): Promise<number[]> =>
+      (await readFile(calls, 'utf8').catch(() => ''))
+        .trim()
+        .split('\n')
+        .map((l) => l.split(' '))
+        .filter(([ppid]) => Number(ppid) === agentPid)
+        .map((args) => args.filter((a) => a.includes('.log-pipe-')).length);
+    const agentMade = async (): Promise<number> => (await made()).reduce((a, b) => a + b, 0);
     const killService = async (): Promise<void> => {
       const pid = (await readRecord(resDir))?.pid;
       assert.ok(pid !== undefined);
@@ -381,16 +391,15 @@ describe('svc: supervision', () => {
     };
 
     await runAgent();
-    // stdout and stderr: two pipes in use, two spares left on disk for the next start.
-    assert.deepEqual((await made()).map((c) => c.length), [4]);
+    // stdout and stderr: two pipes in use, made by the agent; two spares for the next start, made by the logger.
+    assert.deepEqual(await made(), [2]);
+    await waitFor('the spares', async () => (await pipes()).length === 2);
     const left = await pipes();
-    assert.equal(left.length, 2, 'the spares were removed at exit');
     await killService();
     await runAgent();
-    // The second agent started the service on the spares, then made the next two after its spawn: no 2 x 2.
-    assert.deepEqual((await made()).map((c) => c.length), [4, 2]);
-    await waitFor('the new spares', async () => (await pipes()).length === 2);
-    assert.deepEqual((await pipes()).filter((n) => left.includes(n)), [], 'the old spares are still there: they were not used');
+    // The second agent started the service on the spares (no mkfifo of its own), its logger made the next two.
+    assert.equal(await agentMade(), 0);
+    await waitFor('the new spares', async () => (await pipes()).length === 2 && (await pipes()).every((n) => !left.includes(n)));
 
     // Leftovers this agent did not make are removed, never used: FIFOs others may open (mode, owner, a second
     // link outside), a regular file, a symlink to a FIFO. Two of each kind: enough to be taken for both pipes.
@@ -411,15 +420,15 @@ describe('svc: supervision', () => {
         execFileSync('/usr/bin/mkfifo', ['-m', '0600', p]);
         await plant(p, i);
       }
-      const before = (await made()).length;
       await runAgent();
-      assert.deepEqual((await made()).slice(before).map((c) => c.length), [4], `${what}: taken for a pipe`);
+      assert.equal(await agentMade(), 2, `${what}: taken for a pipe`);
       assert.deepEqual((await pipes()).filter((n) => n.includes('planted')), [], `${what}: left in place`);
+      await waitFor(`${what}: the spares`, async () => (await pipes()).length === 2);
     }
     assert.equal((await readdir(outside)).length, 2, 'a link was followed');
     await killService();
 
-    // Removal from the graph (onAgentExit: stop here) stops the service and removes its spares.
+    // onAgentExit: stop stops the service and removes its spares.
     await writeFile(graph, 'resources:\n  - { kind: svc, name: spares, cmd: [sleep, "300"], onAgentExit: stop }\n');
     await runAgent();
     assert.deepEqual(await pipes(), []);

@@ -106,6 +106,12 @@ for (const st of cfg.streams) {
   input.once('error', () => { input.destroy(); done(); });
 }
 if (open === 0) allEnded();
+// The next start's pipes (see spareFifos in logger.ts), made here, beside the service, rather than by the agent.
+if (cfg.spares.length > 0) {
+  try {
+    require('child_process').execFileSync('mkfifo', ['-m', '0600', '--', ...cfg.spares], { stdio: 'ignore', timeout: 10000 });
+  } catch {}
+}
 ${FENCE_WATCHDOG_JS}`;
 
 export interface LoggedStream {
@@ -129,7 +135,7 @@ export interface Logger {
 }
 
 async function makeFifos(dir: string, n: number): Promise<string[]> {
-  const names = Array.from({ length: n }, () => join(dir, `${FIFO_PREFIX}${randomBytes(6).toString('hex')}`));
+  const names = fifoNames(dir, n);
   // One mkfifo for all: Node has no mkfifo(3).
   // promisify()'d here, not at load: reading execFile loads child_process, which a run without services never needs.
   await promisify(execFile)('mkfifo', ['-m', '0600', '--', ...names], { timeout: 10_000 });
@@ -137,25 +143,22 @@ async function makeFifos(dir: string, n: number): Promise<string[]> {
 }
 
 const FIFO_PREFIX = '.log-pipe-';
-/**
- * FIFOs made ahead, per directory, for the next start: mkfifo is an exec, 25-100 ms on a loaded 2-core host (and
- * its fork 6-10 ms of the agent's main thread), and a restart after a crash should not wait for it. They sit
- * unopened in the private state directory, and stay there when the agent exits and leaves the service running: the
- * next agent's first start of it takes them (see leftoverFifos).
- */
-const spare = new Map<string, Promise<string[]>>();
-/** Directories whose leftovers were looked at (once per agent and directory). */
-const swept = new Set<string>();
-/** Directories whose next spares are still to be made (see takeFifos). */
-const refill = new Set<string>();
+
+/** Names for `n` new FIFOs in `dir` (made by makeFifos, or by the logger as spares). */
+function fifoNames(dir: string, n: number): string[] {
+  return Array.from({ length: n }, () => join(dir, `${FIFO_PREFIX}${randomBytes(6).toString('hex')}`));
+}
 
 /**
- * Spares an earlier agent left in `dir`, as paths; anything else named like one is removed. A pipe in use is
- * unlinked the moment it is opened, so a name still there is one no process holds open, unless root put it there.
- * Only what this module makes is taken: a FIFO of this user, mode 0600, one link; the private directory (0700,
- * checked by the caller) is where only root can plant one.
+ * The spare FIFOs in `dir`, as paths; anything else named like one is removed. Spares are made ahead for the next
+ * start by the logger (see LOGGER_JS): mkfifo is an exec, 25-100 ms on a loaded 2-core host and its fork 6-10 ms of
+ * the agent's main thread, on the way to the service's spawn; the logger runs beside it. They sit unopened in the
+ * private state directory, and stay there when the agent exits and leaves the service running, for the next
+ * agent's start of it. A pipe in use is unlinked the moment it is opened, so a name still there is one no process
+ * holds open, unless root put it there. Only what this module makes is taken: a FIFO of this user, mode 0600, one
+ * link; the private directory (0700, checked by the caller) is where only root can plant one.
  */
-async function leftoverFifos(dir: string): Promise<string[]> {
+async function spareFifos(dir: string): Promise<string[]> {
   const uid = process.geteuid?.() ?? 0;
   const kept: string[] = [];
   for (const name of await readdir(dir).catch(() => [])) {
@@ -168,48 +171,22 @@ async function leftoverFifos(dir: string): Promise<string[]> {
   return kept;
 }
 
+/** `n` FIFOs for this start: spares if there are enough, else made now. */
 async function takeFifos(dir: string, n: number): Promise<string[]> {
   // A fenced service without log files: a watchdog with no pipes.
   if (n === 0) return [];
-  if (!swept.has(dir)) {
-    swept.add(dir);
-    const left = await leftoverFifos(dir);
-    if (spare.has(dir)) await Promise.all(left.map((f) => rm(f, { force: true })));
-    else spare.set(dir, Promise.resolve(left));
+  const spares = await spareFifos(dir);
+  if (spares.length < n) {
+    await Promise.all(spares.map((f) => rm(f, { force: true })));
+    return makeFifos(dir, n);
   }
-  const ready = spare.get(dir);
-  spare.delete(dir);
-  const names = (await ready?.catch(() => undefined)) ?? [];
-  const isFifo = await Promise.all(names.map((f) => lstat(f).then((st) => st.isFIFO(), () => false)));
-  const usable = names.filter((_, i) => isFifo[i]);
-  if (usable.length < n) {
-    await Promise.all(names.map((f) => rm(f, { force: true })));
-    // This start's FIFOs and the next one's from one mkfifo: a process is ~6-10 ms of the agent's main thread
-    // here (fork of a large process on a VM), and the second one was on the way to the service's spawn.
-    const made = await makeFifos(dir, 2 * n);
-    spare.set(dir, Promise.resolve(made.slice(n)));
-    return made.slice(0, n);
-  }
-  const rest = [...names.filter((_, i) => !isFifo[i]), ...usable.slice(n)];
-  await Promise.all(rest.map((f) => rm(f, { force: true })));
-  // The next spares are made once this start's spawns are done (an immediate runs after them): the mkfifo's fork
-  // would otherwise hold up the service's.
-  refill.add(dir);
-  setImmediate(() => {
-    if (!refill.delete(dir) || spare.has(dir)) return;
-    const next = makeFifos(dir, n);
-    next.catch(() => undefined);
-    spare.set(dir, next);
-  });
-  return usable.slice(0, n);
+  await Promise.all(spares.slice(n).map((f) => rm(f, { force: true })));
+  return spares.slice(0, n);
 }
 
 /** Removes the spare FIFOs of `dir`: the service is gone, no start will take them. */
 export async function dropSpareFifos(dir: string): Promise<void> {
-  refill.delete(dir);
-  const ready = spare.get(dir);
-  spare.delete(dir);
-  for (const f of (await ready?.catch(() => undefined)) ?? []) await rm(f, { force: true });
+  await Promise.all((await spareFifos(dir)).map((f) => rm(f, { force: true })));
 }
 
 /**
@@ -234,7 +211,11 @@ export async function startLogger(streams: readonly LoggedStream[], fifoDir: str
     }
     // fds 3.. in the logger: the read ends, then the log files.
     const n = streams.length;
-    const cfg = { streams: streams.map((s, i) => ({ in: 3 + i, out: 3 + n + i, path: s.path, maxSize: s.maxSize, keep: s.keep })), fence };
+    const cfg = {
+      streams: streams.map((s, i) => ({ in: 3 + i, out: 3 + n + i, path: s.path, maxSize: s.maxSize, keep: s.keep })),
+      fence,
+      spares: fifoNames(fifoDir, n),
+    };
     const child = spawn(process.execPath, ['--max-old-space-size=16', '-e', LOGGER_JS, JSON.stringify(cfg)], {
       detached: true,
       env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' },

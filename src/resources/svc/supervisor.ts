@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BackplaneError } from '../../errors.js';
 import type { ResourceId } from '../../graph/ids.js';
@@ -334,6 +334,8 @@ export class Supervisor {
         }
         await clearRecord(this.dir);
         await removeCgroup(await this.findCgroup());
+        // The logger makes the next spares as it starts; once it has exited, none can appear after these are gone.
+        await this.outputWritten();
         await dropSpareFifos(this.dir);
       }
       // Otherwise the spare log pipes stay for the next start of the process left running: by the next agent, or
@@ -452,9 +454,12 @@ export class Supervisor {
     // The previous process's logger must be done with the files before a new one writes and rotates them.
     await this.outputWritten();
     const log = this.params.log;
+    const dirsReady = new Set<string>();
     for (const path of new Set([spec.stdoutPath, spec.stderrPath])) {
       try {
-        await prepareLogFile(path);
+        // Both logs are usually in one directory (by default the resource's state directory): checked once.
+        if (!dirsReady.has(dirname(path))) await prepareLogFile(path);
+        dirsReady.add(dirname(path));
         await rotateIfNeeded(path, log.maxSize, log.keep);
       } catch (err) {
         throw new BackplaneError('E_IO', `cannot prepare log file ${path}: ${(err as Error).message}`, {
