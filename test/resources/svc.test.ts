@@ -345,6 +345,48 @@ describe('svc: supervision', () => {
     await s.stopWatch();
   });
 
+  test('prepare starts the logger of a service about to start; its start uses it, and a start that never comes ends it', async () => {
+    // Loggers are `node --max-old-space-size=16 -e <logger> <config naming the log files>`.
+    const loggersOf = async (s: Svc, path?: string): Promise<number[]> => {
+      const stdout = path ?? join(await s.world.stateDir(s.id), 'stdout.log');
+      const pids: number[] = [];
+      for (const n of await readdir('/proc')) {
+        if (!/^\d+$/.test(n)) continue;
+        const cmd = await readFile(`/proc/${n}/cmdline`, 'utf8').catch(() => '');
+        if (cmd.includes('--max-old-space-size=16') && cmd.includes(JSON.stringify(stdout))) pids.push(Number(n));
+      }
+      return pids;
+    };
+    const s = make({ cmd: ['sh', '-c', 'echo started-here; exec sleep 30'] });
+    s.res.prepare?.(s.log);
+    // Nothing runs yet but the logger, with the log files readied.
+    await waitFor('the logger', async () => (await loggersOf(s)).length === 1);
+    const logger = (await loggersOf(s))[0];
+    assert.equal(await s.pid(), undefined);
+    const r = await s.run();
+    assert.match(r.changes[0] ?? '', /^started \(pid \d+\)$/);
+    assert.deepEqual(await loggersOf(s), [logger], 'the start made a logger of its own');
+    const stdout = join(await s.world.stateDir(s.id), 'stdout.log');
+    await waitFor('the output', async () => (await readFile(stdout, 'utf8').catch(() => '')).includes('started-here'));
+
+    // Prepared, then removed before any start: the logger goes, nothing was started.
+    const never = make({ cmd: ['sleep', '30'] });
+    never.res.prepare?.(never.log);
+    await waitFor('the logger', async () => (await loggersOf(never)).length === 1);
+    await never.res.close?.('removed');
+    await waitFor('the logger to end', async () => (await loggersOf(never)).length === 0);
+    assert.equal(await never.pid(), undefined);
+
+    // What a dependency may still change is left to the start: a user, log files of its own.
+    const own = join(await tempDir(), 'out.log');
+    for (const [extra, path] of [[{ user: 'root' }, undefined], [{ log: { stdout: own } }, own]] as const) {
+      const later = make({ cmd: ['sleep', '30'], ...extra });
+      later.res.prepare?.(later.log);
+      await sleep(300);
+      assert.deepEqual(await loggersOf(later, path), [], `${JSON.stringify(extra)}: a logger was started ahead`);
+    }
+  });
+
   test("an agent that leaves its service running leaves the spare pipes; the next agent's start takes them, and only them", async () => {
     const dir = await tempDir();
     // mkfifo as the agent and the logger run it, logged with the caller's pid: which pipes were made, and by whom.
