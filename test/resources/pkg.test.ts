@@ -169,7 +169,9 @@ describe('pkg: the dpkg status parser', () => {
     ];
     for (const [what, raw] of variants) {
       const whole = new DpkgDb(parseStatus(raw.toString('utf8')));
-      const names = [...new Set([...parseStatus(raw.toString('utf8')).map((e) => e.name), 'not-a-key', 'missing', 'renamed'])];
+      // Besides every name: names found inside the key itself, inside other fields and everywhere, and none at all.
+      const odd = ['not-a-key', 'missing', 'renamed', 'age', 'Package', 'Package:', 'e', 'install ok', 'dpkg', '', ' lib'];
+      const names = [...new Set([...parseStatus(raw.toString('utf8')).map((e) => e.name), ...odd])];
       for (const [i, name] of names.entries()) {
         const lazy = DpkgDb.fromStatus(raw);
         for (const arch of ['amd64', 'i386']) assert.deepEqual(lazy.get(name, arch), whole.get(name, arch), `${what}: ${name} (${arch})`);

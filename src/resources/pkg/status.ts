@@ -149,6 +149,7 @@ const ARCH_NAME = /^[a-z0-9][a-z0-9-]*$/;
 
 const LF = 0x0a;
 const PACKAGE_KEY = 'Package:';
+const PACKAGE_KEY_BYTES = Buffer.from(PACKAGE_KEY, 'latin1');
 
 /**
  * The entries of the status file `raw` named `name`, in file order, as parseStatus(whole text) would give them: every
@@ -158,6 +159,30 @@ const PACKAGE_KEY = 'Package:';
  * in UTF-8 a newline or a colon is never part of another character.
  */
 function entriesNamed(raw: Buffer, name: string): PkgEntry[] {
+  const needle = Buffer.from(name, 'utf8');
+  if (needle.length === 0 || needle.includes(LF)) return entriesNamedByLine(raw, name);
+  // Found from the name's own occurrences: a few dozen for a package others depend on, where every Package line
+  // (833 here) was ~3 µs of indexOf and a decoded string each, 3-10 ms of a cold run's first package check.
+  const out: PkgEntry[] = [];
+  for (let from = 0; ; ) {
+    const hit = raw.indexOf(needle, from);
+    if (hit === -1) return out;
+    // The line holding it marks a stanza when it starts with "Package:" and its value is the name.
+    const at = hit === 0 ? 0 : raw.lastIndexOf(LF, hit - 1) + 1;
+    let eol = raw.indexOf(LF, hit);
+    if (eol === -1) eol = raw.length;
+    from = eol;
+    if (eol - at < PACKAGE_KEY_BYTES.length || raw.compare(PACKAGE_KEY_BYTES, 0, PACKAGE_KEY_BYTES.length, at, at + PACKAGE_KEY_BYTES.length) !== 0) continue;
+    if (raw.toString('utf8', at + PACKAGE_KEY_BYTES.length, eol).trim() !== name) continue;
+    const start = stanzaStart(raw, at);
+    const end = stanzaEnd(raw, eol);
+    for (const e of parseStatus(raw.toString('utf8', start, end))) if (e.name === name) out.push(e);
+    from = end;
+  }
+}
+
+/** entriesNamed line by line, for a name that cannot be searched for itself (empty, or with a newline). */
+function entriesNamedByLine(raw: Buffer, name: string): PkgEntry[] {
   const out: PkgEntry[] = [];
   for (let from = 0; ; ) {
     const at = raw.indexOf(PACKAGE_KEY, from, 'latin1');
