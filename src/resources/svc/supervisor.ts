@@ -78,6 +78,8 @@ export class Supervisor {
   private attaching: Promise<void> | undefined;
   /** The output readied for the first start (prepareStart); resolved to undefined once taken or not made. */
   private prepared: Promise<PreparedOutput | undefined> | undefined;
+  /** The cgroups prepareStart set up with that output. */
+  private cgroupReady: SvcCgroup | undefined;
   private dir = '';
   private restartTimer: NodeJS.Timeout | undefined;
   private leftover: Proc | undefined;
@@ -476,7 +478,7 @@ export class Supervisor {
 
   /**
    * Readies the output of a start that is about to come, while the dependencies are still being applied: the log
-   * files and the logger. The logger is a Node process (~65 ms of CPU on this project's 2-core VM); started beside
+   * files, the logger, and the cgroups. The logger is a Node process (~65 ms of CPU on this project's 2-core VM); started beside
    * the service, it slowed a cold nginx's start by 10-15 ms, and its spawn (a fork of the agent, 6-17 ms of the
    * main thread) stood between the config file being written and the service's spawn. Only where none of it can
    * depend on the graph or on what runs: state running, no process of an earlier agent to adopt or replace, both
@@ -491,6 +493,8 @@ export class Supervisor {
       await this.attach();
       if (this.closed || this.current !== undefined || this.stale !== undefined) return undefined;
       await this.readyLogs(this.stdoutPath, this.stderrPath);
+      // Its cgroups too (made, limits written): they hold nothing until the start puts the process in.
+      this.cgroupReady = await setupCgroup(this.id, this.dir, p.limits, { warn: (m) => this.warnOnce(m), debug: (m) => this.log.debug(m) });
       return prepareOutput({
         stdoutPath: this.stdoutPath,
         stderrPath: this.stderrPath,
@@ -521,7 +525,9 @@ export class Supervisor {
     const log = this.params.log;
     try {
       stderrFrom = await fileSize(spec.stderrPath);
-      this.cgroup = await setupCgroup(this.id, this.dir, this.params.limits, { warn: (m) => this.warnOnce(m), debug: (m) => this.log.debug(m) });
+      const ready = prepared !== undefined ? this.cgroupReady : undefined;
+      this.cgroupReady = undefined;
+      this.cgroup = ready ?? (await setupCgroup(this.id, this.dir, this.params.limits, { warn: (m) => this.warnOnce(m), debug: (m) => this.log.debug(m) }));
       this.limitsChecked = true;
       // Anything still in the service's cgroup is what an earlier run left (an agent killed mid-stop, a crash loop
       // under an older agent); it would compete with the new process for ports and locks.
