@@ -83,7 +83,7 @@ export async function runHook(opts: HookRunOptions): Promise<HookOutcome> {
   if (dir?.isDirectory() !== true) return fail(`cannot start ${file}: its cwd ${cwd} is not a directory`);
   let program: string;
   try {
-    program = await resolveProgram(file, env, cwd);
+    program = resolveProgram(file, env, cwd);
   } catch (err) {
     return fail(`cannot start ${file}: ${errorMessage(err)}`);
   }

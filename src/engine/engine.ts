@@ -103,6 +103,8 @@ export class Engine implements WorkerHost {
   private replacing = false;
   /** A swap is still starting workers: not settled, whatever the started ones are doing. */
   private starting = 0;
+  /** startsEarly's answers, per kind. */
+  private readonly earlyKinds = new Map<string, boolean>();
   private readonly listeners = new Set<EngineListener>();
   private readonly settleListeners = new Set<(settled: boolean) => void>();
   private readonly changeListeners = new Set<(id: ResourceId) => void>();
@@ -194,13 +196,14 @@ export class Engine implements WorkerHost {
     // in the turns that wake them: the first file is checked and written while most workers do not exist yet, not
     // behind 100,000 workers made, started and gated first (~0.1 s of the event loop and ~40% garbage collection).
     // Looked at in slices, giving the event loop back between them, so a graph of 100,000 independent resources
-    // changes its first one before the last worker exists. Meanwhile the engine does not count as settled.
+    // changes its first one before the last worker exists. Meanwhile the engine does not count as settled. A kind
+    // that prepares (svc: its logger) has its workers started now, waiting on their dependencies' gate.
     this.starting++;
     try {
       let sliceStart = performance.now();
       let slice = 0;
       for (const v of next.vertices.values()) {
-        if (!this.workers.has(v.id) && this.mayStart(v.id)) this.startWorker(v);
+        if (!this.workers.has(v.id) && (this.mayStart(v.id) || this.startsEarly(v.kind))) this.startWorker(v);
         if (++slice % START_CLOCK_EVERY === 0 && performance.now() - sliceStart >= START_SLICE_MS) {
           await new Promise<void>((resolve) => setImmediate(resolve));
           if (this.root.signal.aborted) break;
@@ -264,6 +267,16 @@ export class Engine implements WorkerHost {
       if (dep.state !== 'converged' && dep.state !== 'failed' && dep.state !== 'blocked') return false;
     }
     return true;
+  }
+
+  /** Whether a kind's workers start with the graph (ResourceKind.startEarly); asked per vertex, so kept per kind. */
+  private startsEarly(kind: string): boolean {
+    let early = this.earlyKinds.get(kind);
+    if (early === undefined) {
+      early = this.registry.get(kind)?.startEarly === true;
+      this.earlyKinds.set(kind, early);
+    }
+    return early;
   }
 
   /** A dependency settled or changed: the dependent re-evaluates, or is started if it has no worker yet and may run. */

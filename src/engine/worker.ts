@@ -150,6 +150,7 @@ export class Worker {
 
   start(): void {
     this.startWatch();
+    if (!this.host.noop) this.resource.prepare?.(this.resourceLog());
     this.step();
   }
 

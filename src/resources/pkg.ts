@@ -69,8 +69,9 @@ function createPkg(id: ResourceId, p: PkgParams): Resource {
     },
     async checkApply({ apply, signal, log }) {
       if (signal.aborted) throw aborted(id);
-      // dpkg tells the native architecture while the status file is read.
-      const [db, native] = await Promise.all([readDb(id), nativeArchAsync()]);
+      const db = await readDb(id);
+      // The database says it (see nativeArch); dpkg is asked only where it does not.
+      const native = db.nativeArch() ?? (await nativeArchAsync());
       const before = db.get(p.name, native);
       const plan = planFor(p, before);
       if (plan === undefined) {

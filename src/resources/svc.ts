@@ -20,6 +20,8 @@ import { defineKind, type CheckApplyContext, type CheckResult } from './types.js
 export const svcKind = defineKind({
   kind: 'svc',
   description: 'a supervised long-running process: restart with backoff, crash-loop detection, health checks, logs, cgroup limits; survives agent restarts',
+  // Its logger starts while the dependencies are applied (prepare, below).
+  startEarly: true,
   get schema() {
     return svcSchema();
   },
@@ -70,6 +72,11 @@ export const svcKind = defineKind({
         });
         // Aborting the watch leaves the process running: what happens to it is close()'s decision.
         sup.setReporter(undefined);
+      },
+      // The logger of a start that is about to come starts while the dependencies are applied (see prepareStart).
+      prepare: (log) => {
+        sup.setLog(log);
+        sup.prepareStart();
       },
       checkApply: async (ctx) => {
         sup.setLog(ctx.log);

@@ -76,6 +76,14 @@ export interface Resource {
   detachWatch?(): void;
   checkApply(ctx: CheckApplyContext): Promise<CheckResult>;
   /**
+   * Called once as the worker starts (with the graph, for a kind that has startEarly), before its dependencies are
+   * done, and never in noop mode: the kind may begin work its first checkApply would otherwise begin with, where
+   * that work changes nothing the graph describes and is right whatever the dependencies do (svc starts the logger
+   * of a service it is about to start, so that its start after a config file is one spawn). checkApply must work
+   * without it; failures are the kind's to handle.
+   */
+  prepare?(log: ResourceLog): void;
+  /**
    * Called once when the resource stops being managed by this worker: `removed` from the graph, `replaced` by a
    * changed definition (a new resource with the same id starts right after), or agent `shutdown` — after which a
    * restarted agent manages it again. A supervised process, for example, is stopped on `removed` and left running
@@ -101,6 +109,12 @@ export interface ResourceKind<P = unknown> {
   readonly schema: z.ZodType<P>;
   /** Whether a notify edge into this kind means something (documentation and a validation warning). */
   readonly refreshable?: boolean;
+  /**
+   * Its workers start with the graph rather than once their dependencies have settled (the engine's default, which
+   * keeps 100,000 waiting workers from being made up front), so that Resource.prepare runs while the dependencies
+   * are applied. For kinds with a prepare and few resources per graph (svc).
+   */
+  readonly startEarly?: boolean;
   /** Parameters implied by the name when not given, e.g. a file's `path` defaults to its name. */
   defaults?(name: string): Record<string, unknown>;
   /**

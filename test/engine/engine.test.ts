@@ -263,6 +263,44 @@ resources:
     assert.equal(seen[0]?.aborted, true, 'a signal first asked for after the stop was not aborted');
   });
 
+  test('prepare is called once as a worker starts, before its dependencies are done, and never in noop mode', async () => {
+    const events: string[] = [];
+    // The checks waiting to be released.
+    const held: (() => void)[] = [];
+    const gated = defineKind({
+      kind: 'gated',
+      description: 'test: a check that waits to be released, and a prepare hook',
+      startEarly: true,
+      schema: z.strictObject({ wait: z.boolean().default(false) }),
+      create: (id, p) => ({
+        prepare: () => void events.push(`prepare ${id}`),
+        checkApply: async () => {
+          if (p.wait) await new Promise<void>((resolve) => held.push(resolve));
+          events.push(`check ${id}`);
+          return { converged: true, changes: [] };
+        },
+      }),
+    });
+    const graph = 'resources:\n  - { kind: gated, name: dep, wait: true }\n  - { kind: gated, name: after, require: ["gated[dep]"] }\n';
+    const h = harness([gated], { watch: false });
+    await h.engine.setGraph(h.graph(graph));
+    await until(() => held.length > 0);
+    assert.deepEqual(events.slice().sort(), ['prepare gated[after]', 'prepare gated[dep]'], 'the dependent was not prepared while its dependency ran');
+    held.shift()?.();
+    await h.settled();
+    assert.deepEqual(events.slice(2), ['check gated[dep]', 'check gated[after]']);
+    await h.engine.stop();
+    // Preparing may make private state (svc starts a logger): a dry run makes none.
+    events.length = 0;
+    const dry = harness([gated], { watch: false, noop: true });
+    await dry.engine.setGraph(dry.graph(graph));
+    await until(() => held.length > 0);
+    held.shift()?.();
+    await dry.settled();
+    assert.deepEqual(events, ['check gated[dep]', 'check gated[after]']);
+    await dry.engine.stop();
+  });
+
   test('a kind with attachWatch is attached before its first check, detached at stop, and re-attached after a failure', async () => {
     // The file kind's watch: no signal, no promise per worker (100,000 AbortControllers with their listeners were
     // ~100 MiB and ~1 s of an agent's exit). Stopping detaches each synchronously.

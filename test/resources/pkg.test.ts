@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { chmod, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, describe, test } from 'node:test';
 import { BackplaneError } from '../../src/errors.js';
@@ -34,6 +35,8 @@ class RecordingLog implements ResourceLog {
     this.lines.push(`debug: ${m}`);
   }
 }
+
+const REPO_ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 
 let repo: DebRepo;
 
@@ -166,7 +169,9 @@ describe('pkg: the dpkg status parser', () => {
     ];
     for (const [what, raw] of variants) {
       const whole = new DpkgDb(parseStatus(raw.toString('utf8')));
-      const names = [...new Set([...parseStatus(raw.toString('utf8')).map((e) => e.name), 'not-a-key', 'missing', 'renamed'])];
+      // Besides every name: names found inside the key itself, inside other fields and everywhere, and none at all.
+      const odd = ['not-a-key', 'missing', 'renamed', 'age', 'Package', 'Package:', 'e', 'install ok', 'dpkg', '', ' lib'];
+      const names = [...new Set([...parseStatus(raw.toString('utf8')).map((e) => e.name), ...odd])];
       for (const [i, name] of names.entries()) {
         const lazy = DpkgDb.fromStatus(raw);
         for (const arch of ['amd64', 'i386']) assert.deepEqual(lazy.get(name, arch), whole.get(name, arch), `${what}: ${name} (${arch})`);
@@ -181,6 +186,46 @@ describe('pkg: the dpkg status parser', () => {
         assert.equal(lazy.parsedWhole, true);
       }
     }
+  });
+
+  test("nativeArch: the installed dpkg's architecture, as dpkg prints it; nothing where the file does not say it plainly", async () => {
+    const printed = execFileSync('dpkg', ['--print-architecture'], { encoding: 'utf8' }).trim();
+    const real = await readFile('/var/lib/dpkg/status');
+    assert.equal(DpkgDb.fromStatus(real).nativeArch(), printed, 'this host, lazily parsed');
+    assert.equal(new DpkgDb(parseStatus(real.toString('utf8'))).nativeArch(), printed, 'this host, wholly parsed');
+    const stanza = (arch: string, status = 'install ok installed'): string => `Package: dpkg\nStatus: ${status}\nArchitecture: ${arch}\nVersion: 1.21\n`;
+    const cases: [string, string[], string | undefined][] = [
+      ['the usual', [stanza('arm64'), STATUS], 'arm64'],
+      ['no dpkg entry', [STATUS], undefined],
+      ['two dpkg (a crossgrade half done)', [stanza('amd64'), stanza('i386', 'install ok unpacked')], undefined],
+      ['a purged leftover beside it does not count', [stanza('amd64'), stanza('i386', 'purge ok not-installed')], 'amd64'],
+      ['not configured', [stanza('amd64', 'install ok unpacked')], undefined],
+      ['all', [stanza('all')], undefined],
+      ['no architecture', ['Package: dpkg\nStatus: install ok installed\nVersion: 1\n'], undefined],
+      ['not a name dpkg accepts', [stanza('AMD64 x')], undefined],
+    ];
+    for (const [what, stanzas, want] of cases) {
+      const raw = Buffer.from(stanzas.join('\n'));
+      assert.equal(DpkgDb.fromStatus(raw).nativeArch(), want, what);
+      assert.equal(new DpkgDb(parseStatus(raw.toString('utf8'))).nativeArch(), want, `${what} (whole parse)`);
+    }
+  });
+
+  test('a check on this host runs no dpkg process for the architecture', () => {
+    // A child process: this one may have asked dpkg already (the answer is kept for the process's life).
+    const code = [
+      "import { pkgKind } from './src/resources/pkg.ts';",
+      "import { dpkgArchProcesses } from './src/resources/pkg/status.ts';",
+      "import { resourceId } from './src/graph/ids.ts';",
+      "import { testWorld } from './test/helpers/world.ts';",
+      "const r = pkgKind.create(resourceId('pkg', 'dpkg'), pkgKind.schema.parse({ name: 'dpkg' }), testWorld());",
+      "const log = { change() {}, info() {}, warn() {}, debug() {} };",
+      "const out = await r.checkApply({ apply: false, refresh: false, signal: new AbortController().signal, log });",
+      "console.log(JSON.stringify({ converged: out.converged, asked: dpkgArchProcesses() }));",
+    ].join('\n');
+    const r = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', code], { cwd: REPO_ROOT, encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    assert.deepEqual(JSON.parse(r.stdout.trim().split('\n').at(-1) ?? ''), { converged: true, asked: 0 });
   });
 
   test('the real database parses quickly', async () => {

@@ -1,9 +1,9 @@
 import { testWorld } from '../helpers/world.js';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
-import { mkdir, mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises';
+import { chmod, chown, link, mkdir, mkdtemp, readFile, readdir, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -312,7 +312,7 @@ describe('svc: supervision', () => {
     console.log(`# kill -9 -> respawned in ${respawnMs.toFixed(1)} ms, answering in ${backMs.toFixed(1)} ms`);
   });
 
-  test("the first start makes its log pipes and the next start's in one mkfifo; a restart takes the spares", async (t) => {
+  test('the first start makes its log pipes; its logger makes the next start\'s, and a restart takes them', async (t) => {
     // execFile as the logger module sees it (an ES import of a built-in is synced from the CommonJS module). A plain
     // function, not t.mock.method: its proxy would hand promisify the real execFile's custom promisified form.
     const calls: string[][] = [];
@@ -331,17 +331,149 @@ describe('svc: supervision', () => {
     await s.watch();
     await s.run();
     const pipes = async (): Promise<string[]> => (await readdir(await s.world.stateDir(s.id))).filter((n) => n.startsWith('.log-pipe-'));
-    // stdout and stderr go to two files: two pipes now, two spares, one process.
+    // stdout and stderr go to two files: two pipes made by the agent, and two spares made by the logger.
     assert.equal(calls.length, 1, JSON.stringify(calls));
-    assert.equal(calls[0]?.filter((a) => a.includes('.log-pipe-')).length, 4);
-    assert.equal((await pipes()).length, 2, 'the spares are not in the state directory');
+    assert.equal(calls[0]?.filter((a) => a.includes('.log-pipe-')).length, 2);
+    await waitFor('the spares', async () => (await pipes()).length === 2);
+    const spares = await pipes();
     const pid = await s.pid();
     process.kill(pid ?? 0, 'SIGKILL');
     await waitFor('a new pid', async () => ((await s.pid()) ?? pid) !== pid);
-    // The restart took the spares, then made the next ones.
-    await waitFor('new spares', async () => calls.length === 2 && (await pipes()).length === 2);
-    assert.equal(calls[1]?.filter((a) => a.includes('.log-pipe-')).length, 2);
+    // The restart took the spares (the agent ran no mkfifo), and its logger made the next ones.
+    await waitFor('new spares', async () => (await pipes()).length === 2 && (await pipes()).every((n) => !spares.includes(n)));
+    assert.equal(calls.length, 1, JSON.stringify(calls));
     await s.stopWatch();
+  });
+
+  test('prepare starts the logger of a service about to start; its start uses it, and a start that never comes ends it', async () => {
+    // Loggers are `node --max-old-space-size=16 -e <logger> <config naming the log files>`.
+    const loggersOf = async (s: Svc, path?: string): Promise<number[]> => {
+      const stdout = path ?? join(await s.world.stateDir(s.id), 'stdout.log');
+      const pids: number[] = [];
+      for (const n of await readdir('/proc')) {
+        if (!/^\d+$/.test(n)) continue;
+        const cmd = await readFile(`/proc/${n}/cmdline`, 'utf8').catch(() => '');
+        if (cmd.includes('--max-old-space-size=16') && cmd.includes(JSON.stringify(stdout))) pids.push(Number(n));
+      }
+      return pids;
+    };
+    const s = make({ cmd: ['sh', '-c', 'echo started-here; exec sleep 30'] });
+    s.res.prepare?.(s.log);
+    // Nothing runs yet but the logger, with the log files readied.
+    await waitFor('the logger', async () => (await loggersOf(s)).length === 1);
+    const logger = (await loggersOf(s))[0];
+    assert.equal(await s.pid(), undefined);
+    const r = await s.run();
+    assert.match(r.changes[0] ?? '', /^started \(pid \d+\)$/);
+    assert.deepEqual(await loggersOf(s), [logger], 'the start made a logger of its own');
+    const stdout = join(await s.world.stateDir(s.id), 'stdout.log');
+    await waitFor('the output', async () => (await readFile(stdout, 'utf8').catch(() => '')).includes('started-here'));
+
+    // Prepared, then removed before any start: the logger goes, nothing was started.
+    const never = make({ cmd: ['sleep', '30'] });
+    never.res.prepare?.(never.log);
+    await waitFor('the logger', async () => (await loggersOf(never)).length === 1);
+    await never.res.close?.('removed');
+    await waitFor('the logger to end', async () => (await loggersOf(never)).length === 0);
+    assert.equal(await never.pid(), undefined);
+
+    // What a dependency may still change is left to the start: a user, log files of its own.
+    const own = join(await tempDir(), 'out.log');
+    for (const [extra, path] of [[{ user: 'root' }, undefined], [{ log: { stdout: own } }, own]] as const) {
+      const later = make({ cmd: ['sleep', '30'], ...extra });
+      later.res.prepare?.(later.log);
+      await sleep(300);
+      assert.deepEqual(await loggersOf(later, path), [], `${JSON.stringify(extra)}: a logger was started ahead`);
+    }
+  });
+
+  test("an agent that leaves its service running leaves the spare pipes; the next agent's start takes them, and only them", async () => {
+    const dir = await tempDir();
+    // mkfifo as the agent and the logger run it, logged with the caller's pid: which pipes were made, and by whom.
+    const bin = join(dir, 'bin');
+    await mkdir(bin);
+    const calls = join(dir, 'mkfifo-calls');
+    await writeFile(join(bin, 'mkfifo'), `#!/bin/sh\necho "$PPID $*" >> '${calls}'\nexec /usr/bin/mkfifo "$@"\n`, { mode: 0o755 });
+    const graph = join(dir, 'g.yaml');
+    const stateDir = join(dir, 'state');
+    await writeFile(graph, 'resources:\n  - { kind: svc, name: spares, cmd: [sleep, "300"], onAgentExit: keep }\n');
+    const entry = await agentEntry(dir);
+    let agentPid = 0;
+    const runAgent = (): Promise<string> =>
+      new Promise((resolve, reject) => {
+        const proc = spawn(process.execPath, ['--import', 'tsx', entry, 'run', '--file', graph, '--state-dir', stateDir, '--converged-timeout', '0'], {
+          cwd: ROOT,
+          env: { ...process.env, PATH: `${bin}:${process.env['PATH'] ?? '/usr/bin:/bin'}` },
+          stdio: ['ignore', 'ignore', 'pipe'],
+        });
+        agents.push(proc);
+        agentPid = proc.pid ?? 0;
+        let out = '';
+        proc.stderr?.on('data', (b: Buffer) => (out += b.toString()));
+        proc.once('exit', (code) => (code === 0 ? resolve(out) : reject(new Error(`agent exited ${String(code)}: ${out}`))));
+      });
+    const resDir = await resourceStateDir(stateDir, 'svc[spares]');
+    extraCgroups.push({ id: 'svc[spares]', stateDir: resDir });
+    const pipes = async (): Promise<string[]> => (await readdir(resDir)).filter((n) => n.startsWith('.log-pipe-')).sort();
+    // The pipes each mkfifo of the agent made (its logger's are the spares, counted on disk).
+    const made = async (): Promise<number[]> =>
+      (await readFile(calls, 'utf8').catch(() => ''))
+        .trim()
+        .split('\n')
+        .map((l) => l.split(' '))
+        .filter(([ppid]) => Number(ppid) === agentPid)
+        .map((args) => args.filter((a) => a.includes('.log-pipe-')).length);
+    const agentMade = async (): Promise<number> => (await made()).reduce((a, b) => a + b, 0);
+    const killService = async (): Promise<void> => {
+      const pid = (await readRecord(resDir))?.pid;
+      assert.ok(pid !== undefined);
+      pgids.add(pid);
+      process.kill(-pid, 'SIGKILL');
+      await waitFor('the service to go', async () => (await groupMembers(pid)).length === 0);
+    };
+
+    await runAgent();
+    // stdout and stderr: two pipes in use, made by the agent; two spares for the next start, made by the logger.
+    assert.deepEqual(await made(), [2]);
+    await waitFor('the spares', async () => (await pipes()).length === 2);
+    const left = await pipes();
+    await killService();
+    await runAgent();
+    // The second agent started the service on the spares (no mkfifo of its own), its logger made the next two.
+    assert.equal(await agentMade(), 0);
+    await waitFor('the new spares', async () => (await pipes()).length === 2 && (await pipes()).every((n) => !left.includes(n)));
+
+    // Leftovers this agent did not make are removed, never used: FIFOs others may open (mode, owner, a second
+    // link outside), a regular file, a symlink to a FIFO. Two of each kind: enough to be taken for both pipes.
+    const outside = join(dir, 'outside');
+    await mkdir(outside);
+    const plants: [string, (p: string, i: number) => Promise<void>][] = [
+      ['mode 0666', async (p) => chmod(p, 0o666)],
+      ['owned by nobody', async (p) => chown(p, 65534, 65534)],
+      ['linked from outside', async (p, i) => link(p, join(outside, `linked-${i}`))],
+      ['a regular file', async (p) => (await rm(p), writeFile(p, ''))],
+      ['a symlink', async (p, i) => (await rm(p), symlink(join(outside, `linked-${i}`), p))],
+    ];
+    for (const [what, plant] of plants) {
+      await killService();
+      for (const n of await pipes()) await rm(join(resDir, n));
+      for (const i of [1, 2]) {
+        const p = join(resDir, `.log-pipe-planted${i}`);
+        execFileSync('/usr/bin/mkfifo', ['-m', '0600', p]);
+        await plant(p, i);
+      }
+      await runAgent();
+      assert.equal(await agentMade(), 2, `${what}: taken for a pipe`);
+      assert.deepEqual((await pipes()).filter((n) => n.includes('planted')), [], `${what}: left in place`);
+      await waitFor(`${what}: the spares`, async () => (await pipes()).length === 2);
+    }
+    assert.equal((await readdir(outside)).length, 2, 'a link was followed');
+    await killService();
+
+    // onAgentExit: stop stops the service and removes its spares.
+    await writeFile(graph, 'resources:\n  - { kind: svc, name: spares, cmd: [sleep, "300"], onAgentExit: stop }\n');
+    await runAgent();
+    assert.deepEqual(await pipes(), []);
   });
 
   test('a crashing process backs off exponentially, then crash-loops with a clear error; a refresh starts afresh', async () => {

@@ -106,6 +106,12 @@ for (const st of cfg.streams) {
   input.once('error', () => { input.destroy(); done(); });
 }
 if (open === 0) allEnded();
+// The next start's pipes (see spareFifos in logger.ts), made here, beside the service, rather than by the agent.
+if (cfg.spares.length > 0) {
+  try {
+    require('child_process').execFileSync('mkfifo', ['-m', '0600', '--', ...cfg.spares], { stdio: 'ignore', timeout: 10000 });
+  } catch {}
+}
 ${FENCE_WATCHDOG_JS}`;
 
 export interface LoggedStream {
@@ -129,7 +135,7 @@ export interface Logger {
 }
 
 async function makeFifos(dir: string, n: number): Promise<string[]> {
-  const names = Array.from({ length: n }, () => join(dir, `${FIFO_PREFIX}${randomBytes(6).toString('hex')}`));
+  const names = fifoNames(dir, n);
   // One mkfifo for all: Node has no mkfifo(3).
   // promisify()'d here, not at load: reading execFile loads child_process, which a run without services never needs.
   await promisify(execFile)('mkfifo', ['-m', '0600', '--', ...names], { timeout: 10_000 });
@@ -137,44 +143,50 @@ async function makeFifos(dir: string, n: number): Promise<string[]> {
 }
 
 const FIFO_PREFIX = '.log-pipe-';
-/**
- * FIFOs made ahead, per directory, for the next start: mkfifo is an exec, 25-100 ms on a loaded 2-core host, and a
- * restart after a crash should not wait for it. They sit unopened in the private state directory.
- */
-const spare = new Map<string, Promise<string[]>>();
-const swept = new Set<string>();
 
+/** Names for `n` new FIFOs in `dir` (made by makeFifos, or by the logger as spares). */
+function fifoNames(dir: string, n: number): string[] {
+  return Array.from({ length: n }, () => join(dir, `${FIFO_PREFIX}${randomBytes(6).toString('hex')}`));
+}
+
+/**
+ * The spare FIFOs in `dir`, as paths; anything else named like one is removed. Spares are made ahead for the next
+ * start by the logger (see LOGGER_JS): mkfifo is an exec, 25-100 ms on a loaded 2-core host and its fork 6-10 ms of
+ * the agent's main thread, on the way to the service's spawn; the logger runs beside it. They sit unopened in the
+ * private state directory, and stay there when the agent exits and leaves the service running, for the next
+ * agent's start of it. A pipe in use is unlinked the moment it is opened, so a name still there is one no process
+ * holds open, unless root put it there. Only what this module makes is taken: a FIFO of this user, mode 0600, one
+ * link; the private directory (0700, checked by the caller) is where only root can plant one.
+ */
+async function spareFifos(dir: string): Promise<string[]> {
+  const uid = process.geteuid?.() ?? 0;
+  const kept: string[] = [];
+  for (const name of await readdir(dir).catch(() => [])) {
+    if (!name.startsWith(FIFO_PREFIX)) continue;
+    const path = join(dir, name);
+    const st = await lstat(path).catch(() => undefined);
+    if (st !== undefined && st.isFIFO() && st.uid === uid && (st.mode & 0o777) === 0o600 && st.nlink === 1) kept.push(path);
+    else await rm(path, { force: true });
+  }
+  return kept;
+}
+
+/** `n` FIFOs for this start: spares if there are enough, else made now. */
 async function takeFifos(dir: string, n: number): Promise<string[]> {
   // A fenced service without log files: a watchdog with no pipes.
   if (n === 0) return [];
-  if (!swept.has(dir)) {
-    // Spares an earlier agent left (pipes in use are unlinked at once, so any such name is unused).
-    swept.add(dir);
-    for (const name of await readdir(dir).catch(() => [])) if (name.startsWith(FIFO_PREFIX)) await rm(join(dir, name), { force: true });
+  const spares = await spareFifos(dir);
+  if (spares.length < n) {
+    await Promise.all(spares.map((f) => rm(f, { force: true })));
+    return makeFifos(dir, n);
   }
-  const ready = spare.get(dir);
-  spare.delete(dir);
-  const names = (await ready?.catch(() => undefined)) ?? [];
-  const usable = await Promise.all(names.map((f) => lstat(f).then((st) => st.isFIFO(), () => false)));
-  if (names.length !== n || usable.includes(false)) {
-    await Promise.all(names.map((f) => rm(f, { force: true })));
-    // This start's FIFOs and the next one's from one mkfifo: a process is ~6-10 ms of the agent's main thread
-    // here (fork of a large process on a VM), and the second one was on the way to the service's spawn.
-    const made = await makeFifos(dir, 2 * n);
-    spare.set(dir, Promise.resolve(made.slice(n)));
-    return made.slice(0, n);
-  }
-  const next = makeFifos(dir, n);
-  next.catch(() => undefined);
-  spare.set(dir, next);
-  return names;
+  await Promise.all(spares.slice(n).map((f) => rm(f, { force: true })));
+  return spares.slice(0, n);
 }
 
 /** Removes the spare FIFOs of `dir`: the service is gone, no start will take them. */
 export async function dropSpareFifos(dir: string): Promise<void> {
-  const ready = spare.get(dir);
-  spare.delete(dir);
-  for (const f of (await ready?.catch(() => undefined)) ?? []) await rm(f, { force: true });
+  await Promise.all((await spareFifos(dir)).map((f) => rm(f, { force: true })));
 }
 
 /**
@@ -199,7 +211,11 @@ export async function startLogger(streams: readonly LoggedStream[], fifoDir: str
     }
     // fds 3.. in the logger: the read ends, then the log files.
     const n = streams.length;
-    const cfg = { streams: streams.map((s, i) => ({ in: 3 + i, out: 3 + n + i, path: s.path, maxSize: s.maxSize, keep: s.keep })), fence };
+    const cfg = {
+      streams: streams.map((s, i) => ({ in: 3 + i, out: 3 + n + i, path: s.path, maxSize: s.maxSize, keep: s.keep })),
+      fence,
+      spares: fifoNames(fifoDir, n),
+    };
     const child = spawn(process.execPath, ['--max-old-space-size=16', '-e', LOGGER_JS, JSON.stringify(cfg)], {
       detached: true,
       env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' },

@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, constants as fsConstants, fstatSync } from 'node:fs';
-import { access, readdir, readFile, stat } from 'node:fs/promises';
+import { accessSync, closeSync, constants as fsConstants, fstatSync, readFileSync, statSync } from 'node:fs';
+import { readdir, readFile } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
 import { openLogForAppend } from './logfile.js';
 import type { WatchdogConfig } from './fence.js';
@@ -53,6 +53,17 @@ export async function readStat(pid: number): Promise<ProcStat | undefined> {
   let text: string;
   try {
     text = await readFile(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return undefined;
+  }
+  return parseStat(text);
+}
+
+/** readStat, synchronously: for a process of our own, at once after its spawn. */
+function readStatSync(pid: number): ProcStat | undefined {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
   } catch {
     return undefined;
   }
@@ -163,13 +174,14 @@ export function wrappedArgv(program: string, spec: SpawnSpec): string[] {
 /**
  * Where exec would find `file` (PATH of the service's environment for a bare name), checked here because, behind
  * the wrapper, a missing program would only show as exit 127 and a crash loop instead of a clear spawn error.
+ * Synchronous: a few access/stat calls of microseconds, between the service's config being written and its spawn.
  */
-export async function resolveProgram(file: string, env: NodeJS.ProcessEnv, cwd: string): Promise<string> {
+export function resolveProgram(file: string, env: NodeJS.ProcessEnv, cwd: string): string {
   const enoent = (): NodeJS.ErrnoException => Object.assign(new Error(`spawn ${file} ENOENT`), { code: 'ENOENT', errno: -2, syscall: `spawn ${file}`, path: file });
   if (file.includes('/')) {
     const abs = isAbsolute(file) ? file : join(cwd, file);
     try {
-      await access(abs, fsConstants.X_OK);
+      accessSync(abs, fsConstants.X_OK);
     } catch (err) {
       const code = (err as NodeJS.ErrnoException).code;
       if (code === 'ENOENT' || code === 'ENOTDIR') throw enoent();
@@ -181,8 +193,8 @@ export async function resolveProgram(file: string, env: NodeJS.ProcessEnv, cwd: 
     if (dir === '') continue;
     const candidate = join(isAbsolute(dir) ? dir : join(cwd, dir), file);
     try {
-      await access(candidate, fsConstants.X_OK);
-      if ((await stat(candidate)).isFile()) return candidate;
+      accessSync(candidate, fsConstants.X_OK);
+      if (statSync(candidate).isFile()) return candidate;
     } catch {
       // not here
     }
@@ -199,14 +211,22 @@ const ownChildren = new Map<
   { readonly starttime: string; readonly startedAt: number; readonly exited: Promise<ExitInfo>; readonly outputDone: Promise<void>; readonly child: ChildProcess }
 >();
 
+/** Where a process's stdout and stderr go, set up before its spawn: the log files, and the logger in between. */
+export interface PreparedOutput {
+  /** The fds the process gets as stdout and stderr: a logger's pipe, or the file itself (a character device). */
+  readonly out: number;
+  readonly err: number;
+  /** Every fd the agent holds for it, closed once the process has its copies (or by disposeOutput). */
+  readonly fds: readonly number[];
+  readonly logger: Logger | undefined;
+}
+
 /**
- * Starts a process in its own session and process group with stdout/stderr appended straight to files: no pipe
- * through the agent, so the process outlives the agent (an agent upgrade must not take services down) and a
- * restarted agent can adopt it. Rejects with the spawn error (ENOENT, EACCES, EPERM…) when it cannot start.
+ * Opens the log files (openLogForAppend's checks) and starts the logger between them and the process: regular
+ * files get it (see logger.ts), a character device (/dev/null) is written directly; a fence starts one anyway.
  */
-export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
-  const program = await resolveProgram(spec.file, spec.env, spec.cwd);
-  let out = openLog(spec.stdoutPath, spec.uid);
+export async function prepareOutput(spec: Pick<SpawnSpec, 'stdoutPath' | 'stderrPath' | 'uid' | 'logRotation' | 'fence'>): Promise<PreparedOutput> {
+  const out = openLog(spec.stdoutPath, spec.uid);
   let err: number;
   try {
     err = spec.stderrPath === spec.stdoutPath ? out : openLog(spec.stderrPath, spec.uid);
@@ -215,30 +235,53 @@ export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
     throw e;
   }
   const files = [out, err];
-  let outputDone: Promise<void> = Promise.resolve();
-  let child;
-  let logger: Logger | undefined;
   try {
-    // Regular files get the logger in between (see logger.ts); a character device (/dev/null) is written directly.
     const rot = spec.logRotation;
     const regular = [...new Set([out, err])].filter((fd) => fstatSync(fd).isFile());
-    if (rot !== undefined && (regular.length > 0 || spec.fence !== undefined)) {
-      logger = await startLogger(
-        regular.map((fd) => ({ fd, path: fd === out ? spec.stdoutPath : spec.stderrPath, maxSize: rot.maxSize, keep: rot.keep })),
-        rot.fifoDir,
-        spec.fence,
-      );
-      const inputs = logger.inputs;
-      files.push(...inputs);
-      outputDone = logger.done;
-      const pipeOf = (fd: number): number => inputs[regular.indexOf(fd)] ?? fd;
-      [out, err] = [pipeOf(out), pipeOf(err)];
-    }
+    if (rot === undefined || (regular.length === 0 && spec.fence === undefined)) return { out, err, fds: files, logger: undefined };
+    const logger = await startLogger(
+      regular.map((fd) => ({ fd, path: fd === out ? spec.stdoutPath : spec.stderrPath, maxSize: rot.maxSize, keep: rot.keep })),
+      rot.fifoDir,
+      spec.fence,
+    );
+    const pipeOf = (fd: number): number => logger.inputs[regular.indexOf(fd)] ?? fd;
+    return { out: pipeOf(out), err: pipeOf(err), fds: [...files, ...logger.inputs], logger };
+  } catch (e) {
+    for (const fd of new Set(files)) closeSync(fd);
+    throw e;
+  }
+}
+
+/** Output prepared for a process that will not be started: its logger sees end of file and exits. */
+export function disposeOutput(o: PreparedOutput): void {
+  o.logger?.announce(undefined);
+  for (const fd of new Set(o.fds)) closeSync(fd);
+}
+
+/**
+ * Starts a process in its own session and process group with stdout/stderr appended straight to files: no pipe
+ * through the agent, so the process outlives the agent (an agent upgrade must not take services down) and a
+ * restarted agent can adopt it. Rejects with the spawn error (ENOENT, EACCES, EPERM…) when it cannot start. With
+ * `prepared` (prepareOutput's, made ahead), that output is used, and disposed of when the spawn fails.
+ */
+export async function spawnProc(spec: SpawnSpec, prepared?: PreparedOutput): Promise<Proc> {
+  let program: string;
+  try {
+    program = resolveProgram(spec.file, spec.env, spec.cwd);
+  } catch (e) {
+    if (prepared !== undefined) disposeOutput(prepared);
+    throw e;
+  }
+  const output = prepared ?? (await prepareOutput(spec));
+  const { logger } = output;
+  const outputDone = logger?.done ?? Promise.resolve();
+  let child;
+  try {
     child = spawn('/bin/sh', wrappedArgv(program, spec), {
       cwd: spec.cwd,
       env: spec.env,
       detached: true,
-      stdio: ['ignore', out, err],
+      stdio: ['ignore', output.out, output.err],
       // With a user, setpriv changes uid and gid after the cgroups are joined; a group alone is set here.
       ...(spec.uid === undefined && spec.gid !== undefined ? { gid: spec.gid } : {}),
     });
@@ -249,7 +292,7 @@ export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
   } finally {
     // The children have their own copies now (spawn forks synchronously): the logger's pipe must see end of file
     // once the service's processes are gone, so no copy of a write end may stay here.
-    for (const fd of new Set(files)) closeSync(fd);
+    for (const fd of new Set(output.fds)) closeSync(fd);
   }
   const exited = new Promise<ExitInfo>((resolve) => {
     child.once('exit', (code, signal) => resolve({ code, signal, known: true, at: Date.now() }));
@@ -271,7 +314,9 @@ export async function spawnProc(spec: SpawnSpec): Promise<Proc> {
   }
   const startedAt = Date.now();
   // Read at once: the child cannot have been reaped yet unless it already exited, and then there is nothing to adopt.
-  const st = await readStat(pid);
+  // Synchronously: a /proc read takes microseconds, where the thread pool's turn took 8-60 ms of a cold start on a
+  // busy 2-core host, and the health checks begin only after it.
+  const st = readStatSync(pid);
   const starttime = st?.starttime ?? '';
   // The watchdog kills the process group only while this very process leads it (pid and start time).
   logger?.announce({ pid, pgid: pid, starttime });
