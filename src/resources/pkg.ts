@@ -5,7 +5,7 @@ import { aptBatcher, type PkgAction, type PkgOutcome, type PkgRequest } from './
 import { watchPackage } from './pkg/monitor.js';
 import { packageDirectories } from './pkg/owned-dirs.js';
 import { pkgSchema, quickPkgParams, type PkgParams } from './pkg/schema.js';
-import { describeEntry, DPKG_ADMIN_DIR, hasTraces, isInstalled, nativeArchAsync, readDpkgStatus, type DpkgDb, type PkgEntry } from './pkg/status.js';
+import { describeEntry, DPKG_ADMIN_DIR, hasArchNativeFile, hasTraces, isInstalled, nativeArchAsync, readDpkgStatus, type DpkgDb, type PkgEntry } from './pkg/status.js';
 import { defineKind, type CheckResult, type Resource } from './types.js';
 
 /**
@@ -69,9 +69,9 @@ function createPkg(id: ResourceId, p: PkgParams): Resource {
     },
     async checkApply({ apply, signal, log }) {
       if (signal.aborted) throw aborted(id);
-      const db = await readDb(id);
-      // The database says it (see nativeArch); dpkg is asked only where it does not.
-      const native = db.nativeArch() ?? (await nativeArchAsync());
+      const [db, archFile] = await Promise.all([readDb(id), hasArchNativeFile()]);
+      // The database says it (see nativeArch); dpkg is asked only where it does not, or may think otherwise.
+      const native = (archFile ? undefined : db.nativeArch()) ?? (await nativeArchAsync());
       const before = db.get(p.name, native);
       const plan = planFor(p, before);
       if (plan === undefined) {

@@ -13,7 +13,7 @@ import { pkgKind } from '../../src/resources/pkg.js';
 import { AptBatcher, aptStats } from '../../src/resources/pkg/batcher.js';
 import { watchPackage } from '../../src/resources/pkg/monitor.js';
 import { isSharedDirectory, ownedDirectories, packageDirectories } from '../../src/resources/pkg/owned-dirs.js';
-import { DpkgDb, hasTraces, isInstalled, nativeArch, nativeArchAsync, parseStatus, readDpkgStatus, statusParseCount } from '../../src/resources/pkg/status.js';
+import { DpkgDb, hasArchNativeFile, hasTraces, isInstalled, nativeArch, nativeArchAsync, parseStatus, readDpkgStatus, statusParseCount } from '../../src/resources/pkg/status.js';
 import type { CheckResult, Resource, ResourceLog, ResourceWorld } from '../../src/resources/types.js';
 import { DebRepo, dpkg } from '../helpers/deb.js';
 import { harness, until } from '../helpers/engine.js';
@@ -209,6 +209,12 @@ describe('pkg: the dpkg status parser', () => {
       assert.equal(DpkgDb.fromStatus(raw).nativeArch(), want, what);
       assert.equal(new DpkgDb(parseStatus(raw.toString('utf8'))).nativeArch(), want, `${what} (whole parse)`);
     }
+    // A newer dpkg takes its native architecture from <admin>/arch-native where it exists: dpkg is asked then.
+    const admin = await tempDir();
+    assert.equal(await hasArchNativeFile(admin), false);
+    await writeFile(join(admin, 'arch-native'), 'riscv64\n');
+    assert.equal(await hasArchNativeFile(admin), true);
+    assert.equal(await hasArchNativeFile(), existsSync('/var/lib/dpkg/arch-native'));
   });
 
   test('a check on this host runs no dpkg process for the architecture', () => {

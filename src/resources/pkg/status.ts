@@ -1,5 +1,5 @@
 import { execFile, execFileSync } from 'node:child_process';
-import { open, readdir, readFile, stat } from 'node:fs/promises';
+import { lstat, open, readdir, readFile, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 /**
@@ -108,6 +108,8 @@ export class DpkgDb {
    * describes (Essential and Multi-Arch: foreign, so one is installed). Undefined when the entry does not say it
    * plainly (no dpkg, or a second one mid-crossgrade, or not installed, or `all`): ask dpkg then. Reading it here
    * costs no process: that process was 6-10 ms of the agent's main thread (the fork) on a cold run's critical path.
+   * Newer dpkg reads the native architecture from `arch-native` in its admin directory where that file exists: the
+   * caller asks dpkg then (see hasArchNativeFile).
    */
   nativeArch(): string | undefined {
     if (this.native === undefined) {
@@ -366,6 +368,17 @@ export function dpkgArchProcesses(): number {
 /** What dpkg printed (empty when it could not be run or failed), or Node's name for the architecture. */
 function archFrom(printed: string): string {
   return printed === '' ? (NODE_TO_DEB[process.arch] ?? process.arch) : printed;
+}
+
+/**
+ * Whether the admin directory has an `arch-native` file: a newer dpkg takes its native architecture from there rather
+ * than from how it was built, so the installed dpkg's own architecture (DpkgDb.nativeArch) may not be it.
+ */
+export async function hasArchNativeFile(adminDir: string = DPKG_ADMIN_DIR): Promise<boolean> {
+  return lstat(join(adminDir, 'arch-native')).then(
+    () => true,
+    (err: NodeJS.ErrnoException) => err.code !== 'ENOENT',
+  );
 }
 
 /** dpkg's native architecture (asked once; Node's name for it is the fallback when dpkg cannot be run). */
