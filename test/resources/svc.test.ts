@@ -5,7 +5,7 @@ import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
 import { chmod, chown, link, mkdir, mkdtemp, readFile, readdir, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, afterEach, describe, test } from 'node:test';
 import { fileURLToPath, pathToFileURL } from 'node:url';
@@ -396,13 +396,18 @@ describe('svc: supervision', () => {
     await writeFile(join(bin, 'mkfifo'), `#!/bin/sh\necho "$PPID $*" >> '${calls}'\nexec /usr/bin/mkfifo "$@"\n`, { mode: 0o755 });
     const graph = join(dir, 'g.yaml');
     const stateDir = join(dir, 'state');
-    await writeFile(graph, 'resources:\n  - { kind: svc, name: spares, cmd: [sleep, "300"], onAgentExit: keep }\n');
+    // 40 lines of ~50 bytes against a 1 KiB maxSize: the logger rotates, by names relative to its own directory.
+    const cmd = '[sh, -c, "i=0; while [ $i -lt 40 ]; do echo line-$i-xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx; i=$((i+1)); done; exec sleep 300"]';
+    await writeFile(graph, `resources:\n  - { kind: svc, name: spares, cmd: ${cmd}, onAgentExit: keep, log: { maxSize: 1024 } }\n`);
     const entry = await agentEntry(dir);
     let agentPid = 0;
     const runAgent = (): Promise<string> =>
       new Promise((resolve, reject) => {
-        const proc = spawn(process.execPath, ['--import', 'tsx', entry, 'run', '--file', graph, '--state-dir', stateDir, '--converged-timeout', '0'], {
-          cwd: ROOT,
+        // The state directory as a relative path, from the test's directory: the logger, which makes the spares,
+        // runs in / (tsx from the repository, where `--import tsx` would look for it in the working directory).
+        const tsx = pathToFileURL(join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
+        const proc = spawn(process.execPath, ['--import', tsx, entry, 'run', '--file', graph, '--state-dir', relative(dir, stateDir), '--converged-timeout', '0'], {
+          cwd: dir,
           env: { ...process.env, PATH: `${bin}:${process.env['PATH'] ?? '/usr/bin:/bin'}` },
           stdio: ['ignore', 'ignore', 'pipe'],
         });
@@ -436,6 +441,7 @@ describe('svc: supervision', () => {
     // stdout and stderr: two pipes in use, made by the agent; two spares for the next start, made by the logger.
     assert.deepEqual(await made(), [2]);
     await waitFor('the spares', async () => (await pipes()).length === 2);
+    await waitFor('a rotation', () => existsSync(join(resDir, 'stdout.log.1')));
     const left = await pipes();
     await killService();
     await runAgent();
@@ -471,7 +477,7 @@ describe('svc: supervision', () => {
     await killService();
 
     // onAgentExit: stop stops the service and removes its spares.
-    await writeFile(graph, 'resources:\n  - { kind: svc, name: spares, cmd: [sleep, "300"], onAgentExit: stop }\n');
+    await writeFile(graph, `resources:\n  - { kind: svc, name: spares, cmd: ${cmd}, onAgentExit: stop, log: { maxSize: 1024 } }\n`);
     await runAgent();
     assert.deepEqual(await pipes(), []);
   });

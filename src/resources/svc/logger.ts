@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { closeSync, constants as fsc, fstatSync, openSync, unlinkSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { lstat, readdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { FENCE_WATCHDOG_JS, type ServiceIdentity, type WatchdogConfig } from './fence.js';
 
@@ -211,10 +211,11 @@ export async function startLogger(streams: readonly LoggedStream[], fifoDir: str
     }
     // fds 3.. in the logger: the read ends, then the log files.
     const n = streams.length;
+    // Absolute paths: the logger runs in / (a state directory given as a relative path would be looked for there).
     const cfg = {
-      streams: streams.map((s, i) => ({ in: 3 + i, out: 3 + n + i, path: s.path, maxSize: s.maxSize, keep: s.keep })),
-      fence,
-      spares: fifoNames(fifoDir, n),
+      streams: streams.map((s, i) => ({ in: 3 + i, out: 3 + n + i, path: resolve(s.path), maxSize: s.maxSize, keep: s.keep })),
+      fence: fence === undefined ? undefined : { ...fence, marker: resolve(fence.marker) },
+      spares: fifoNames(resolve(fifoDir), n),
     };
     const child = spawn(process.execPath, ['--max-old-space-size=16', '-e', LOGGER_JS, JSON.stringify(cfg)], {
       detached: true,
