@@ -105,6 +105,7 @@ export class Engine implements WorkerHost {
   private starting = 0;
   /** startsEarly's answers, per kind. */
   private readonly earlyKinds = new Map<string, boolean>();
+  private lastEarly = { kind: '', early: false };
   private readonly listeners = new Set<EngineListener>();
   private readonly settleListeners = new Set<(settled: boolean) => void>();
   private readonly changeListeners = new Set<(id: ResourceId) => void>();
@@ -271,11 +272,14 @@ export class Engine implements WorkerHost {
 
   /** Whether a kind's workers start with the graph (ResourceKind.startEarly); asked per vertex, so kept per kind. */
   private startsEarly(kind: string): boolean {
+    // The last kind's answer first: a big graph is mostly one kind, and this runs once per waiting vertex.
+    if (kind === this.lastEarly.kind) return this.lastEarly.early;
     let early = this.earlyKinds.get(kind);
     if (early === undefined) {
       early = this.registry.get(kind)?.startEarly === true;
       this.earlyKinds.set(kind, early);
     }
+    this.lastEarly = { kind, early };
     return early;
   }
 
