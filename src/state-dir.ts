@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { mkdir } from 'node:fs/promises';
+import { mkdirSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
 import { ensurePrivateDir } from './util/private-dir.js';
@@ -29,6 +29,8 @@ export async function resourceStateDir(root: string, id: string): Promise<string
   const safe = id.replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 80);
   const hash = createHash('sha256').update(id).digest('hex').slice(0, 12);
   const dir = join(root, 'resources', `${safe}-${hash}`);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  // Synchronous, as the state directory's own check: a svc's first step on the way to its start, and a thread-pool
+  // round trip there waited behind the other resources' reads and fsyncs.
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
   return dir;
 }

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
-import { chmod, chown, link, mkdir, mkdtemp, readFile, readdir, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
+import { chmod, chown, link, mkdir, mkdtemp, readFile, readdir, readlink, rm, rmdir, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, relative } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
@@ -345,7 +345,7 @@ describe('svc: supervision', () => {
     await s.stopWatch();
   });
 
-  test('prepare starts the logger of a service about to start; its start uses it, and a start that never comes ends it', async () => {
+  test('prepare readies the log pipes of a service about to start and starts no process; the start launches one logger after the service, and a start that never comes closes them', async () => {
     // Loggers are `node --max-old-space-size=16 -e <logger> <config naming the log files>`.
     const loggersOf = async (s: Svc, path?: string): Promise<number[]> => {
       const stdout = path ?? join(await s.world.stateDir(s.id), 'stdout.log');
@@ -357,24 +357,41 @@ describe('svc: supervision', () => {
       }
       return pids;
     };
+    // The pipes this process holds for a resource: FIFOs opened in its state directory, unlinked at once.
+    const pipesOf = async (s: Svc): Promise<number> => {
+      const dir = await s.world.stateDir(s.id);
+      let n = 0;
+      for (const fd of await readdir('/proc/self/fd')) {
+        const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
+        if (target.startsWith(join(dir, '.log-pipe-')) && target.endsWith(' (deleted)')) n++;
+      }
+      return n;
+    };
     const s = make({ cmd: ['sh', '-c', 'echo started-here; exec sleep 30'] });
     s.res.prepare?.(s.log);
-    // Nothing runs yet but the logger, with the log files readied.
-    await waitFor('the logger', async () => (await loggersOf(s)).length === 1);
-    const logger = (await loggersOf(s))[0];
+    // Both ends of both pipes are open, and nothing runs: not the service, not its logger.
+    await waitFor('the pipes', async () => (await pipesOf(s)) === 4);
+    await sleep(200);
+    assert.deepEqual(await loggersOf(s), [], 'a logger was started before the service');
     assert.equal(await s.pid(), undefined);
     const r = await s.run();
     assert.match(r.changes[0] ?? '', /^started \(pid \d+\)$/);
-    assert.deepEqual(await loggersOf(s), [logger], 'the start made a logger of its own');
+    // One logger, started by the start; the agent keeps no end of the pipes (the logger must see end of file).
+    await waitFor('the logger', async () => (await loggersOf(s)).length === 1);
+    assert.equal(await pipesOf(s), 0, 'the agent still holds pipe ends after the start');
+    // What the service wrote before its logger ran waited in the pipe.
     const stdout = join(await s.world.stateDir(s.id), 'stdout.log');
     await waitFor('the output', async () => (await readFile(stdout, 'utf8').catch(() => '')).includes('started-here'));
+    await sleep(300);
+    assert.equal((await loggersOf(s)).length, 1, 'more than one logger for one start');
 
-    // Prepared, then removed before any start: the logger goes, nothing was started.
+    // Prepared, then removed before any start: the pipes are closed, no process was started.
     const never = make({ cmd: ['sleep', '30'] });
     never.res.prepare?.(never.log);
-    await waitFor('the logger', async () => (await loggersOf(never)).length === 1);
+    await waitFor('the pipes', async () => (await pipesOf(never)) === 4);
     await never.res.close?.('removed');
-    await waitFor('the logger to end', async () => (await loggersOf(never)).length === 0);
+    assert.equal(await pipesOf(never), 0, 'removal left pipe ends open');
+    assert.deepEqual(await loggersOf(never), []);
     assert.equal(await never.pid(), undefined);
 
     // What a dependency may still change is left to the start: a user, log files of its own.
@@ -383,6 +400,7 @@ describe('svc: supervision', () => {
       const later = make({ cmd: ['sleep', '30'], ...extra });
       later.res.prepare?.(later.log);
       await sleep(300);
+      assert.equal(await pipesOf(later), 0, `${JSON.stringify(extra)}: pipes were readied ahead`);
       assert.deepEqual(await loggersOf(later, path), [], `${JSON.stringify(extra)}: a logger was started ahead`);
     }
   });

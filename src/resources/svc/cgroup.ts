@@ -1,5 +1,5 @@
 import { createHash } from 'node:crypto';
-import { access, mkdir, readFile, rmdir, writeFile } from 'node:fs/promises';
+import { accessSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 
 /**
@@ -10,6 +10,10 @@ import { join } from 'node:path';
  *   controller; when neither can be written, the caller gets a warning and the process runs without the limit.
  * - tracking: a v2 cgroup per service (even without limits, wherever v2 is writable) holds the whole process tree,
  *   also daemons that left the process group, and `cgroup.kill` ends them all at once.
+ *
+ * The file operations are synchronous: cgroupfs and /proc are in-kernel, microseconds per call. Through libuv's
+ * thread pool each one queued behind the file resources' reads and fsyncs, and a cold start's cgroup set-up, stray
+ * check and placement took 3-10 ms each on the way to the service's spawn and its record.
  */
 
 export interface Limits {
@@ -40,7 +44,7 @@ async function readHierarchy(mountsFile: string): Promise<Hierarchy> {
   let v2: string | undefined;
   let mounts = '';
   try {
-    mounts = await readFile(mountsFile, 'utf8');
+    mounts = readFileSync(mountsFile, 'utf8');
   } catch {
     // no /proc: no cgroups either
   }
@@ -50,7 +54,12 @@ async function readHierarchy(mountsFile: string): Promise<Hierarchy> {
     if (type === 'cgroup2') v2 ??= dir;
     if (type === 'cgroup') for (const opt of options.split(',')) if (opt === 'cpu' || opt === 'memory') v1.set(opt, dir);
   }
-  const controllers = v2 === undefined ? '' : await readFile(join(v2, 'cgroup.controllers'), 'utf8').catch(() => '');
+  let controllers = '';
+  try {
+    if (v2 !== undefined) controllers = readFileSync(join(v2, 'cgroup.controllers'), 'utf8');
+  } catch {
+    // no controllers to offer
+  }
   return { v1, v2, v2Controllers: new Set(controllers.split(/\s+/).filter((c) => c !== '')) };
 }
 
@@ -91,11 +100,11 @@ export async function setupCgroup(
     if (h.v2 === undefined) return undefined;
     const base = join(h.v2, 'backplane');
     const dir = join(h.v2, name);
-    await mkdir(dir, { recursive: true });
+    mkdirSync(dir, { recursive: true });
     // Controllers must be enabled on every level above the leaf that uses them.
     for (const c of controllers) {
-      await writeFile(join(h.v2, 'cgroup.subtree_control'), `+${c}`);
-      await writeFile(join(base, 'cgroup.subtree_control'), `+${c}`);
+      writeFileSync(join(h.v2, 'cgroup.subtree_control'), `+${c}`);
+      writeFileSync(join(base, 'cgroup.subtree_control'), `+${c}`);
     }
     if (!dirs.includes(dir)) dirs.push(dir);
     v2Dir = dir;
@@ -105,7 +114,7 @@ export async function setupCgroup(
     const root = h.v1.get(controller);
     if (root === undefined) throw new Error(`no ${controller} controller`);
     const dir = join(root, name);
-    await mkdir(dir, { recursive: true });
+    mkdirSync(dir, { recursive: true });
     if (!dirs.includes(dir)) dirs.push(dir);
     return dir;
   };
@@ -116,7 +125,7 @@ export async function setupCgroup(
       try {
         const dir = await ensureV2([controller]);
         if (dir !== undefined) {
-          await writeFile(join(dir, v2File), v2Value);
+          writeFileSync(join(dir, v2File), v2Value);
           log.debug(`${what}: ${v2File}=${v2Value} in ${dir}`);
           return;
         }
@@ -127,7 +136,7 @@ export async function setupCgroup(
     if (h.v1.has(controller)) {
       try {
         const dir = await ensureV1(controller);
-        for (const [file, value] of Object.entries(v1)) await writeFile(join(dir, file), value);
+        for (const [file, value] of Object.entries(v1)) writeFileSync(join(dir, file), value);
         log.debug(`${what}: ${Object.entries(v1).map(([f, v]) => `${f}=${v}`).join(', ')} in ${dir}`);
         return;
       } catch (err) {
@@ -162,10 +171,17 @@ export async function setupCgroup(
 export async function existingCgroup(id: string, stateDir: string, hierarchy?: Hierarchy): Promise<SvcCgroup> {
   const h = hierarchy ?? (await detectHierarchy());
   const name = cgroupName(id, stateDir);
-  const exists = (dir: string): Promise<boolean> => access(dir).then(() => true, () => false);
+  const exists = (dir: string): boolean => {
+    try {
+      accessSync(dir);
+      return true;
+    } catch {
+      return false;
+    }
+  };
   const dirs: string[] = [];
-  for (const root of new Set(h.v1.values())) if (await exists(join(root, name))) dirs.push(join(root, name));
-  const v2Dir = h.v2 !== undefined && (await exists(join(h.v2, name))) ? join(h.v2, name) : undefined;
+  for (const root of new Set(h.v1.values())) if (exists(join(root, name))) dirs.push(join(root, name));
+  const v2Dir = h.v2 !== undefined && exists(join(h.v2, name)) ? join(h.v2, name) : undefined;
   if (v2Dir !== undefined) dirs.push(v2Dir);
   return { dirs, v2Dir };
 }
@@ -175,7 +191,7 @@ export async function placeInCgroup(cg: SvcCgroup, pid: number): Promise<string[
   const problems: string[] = [];
   for (const dir of cg.dirs) {
     try {
-      await writeFile(join(dir, 'cgroup.procs'), String(pid));
+      writeFileSync(join(dir, 'cgroup.procs'), String(pid));
     } catch (err) {
       problems.push(`${dir}: ${(err as Error).message}`);
     }
@@ -187,7 +203,12 @@ export async function placeInCgroup(cg: SvcCgroup, pid: number): Promise<string[
 export async function cgroupMembers(cg: SvcCgroup): Promise<number[]> {
   const pids = new Set<number>();
   for (const dir of cg.dirs) {
-    const text = await readFile(join(dir, 'cgroup.procs'), 'utf8').catch(() => '');
+    let text = '';
+    try {
+      text = readFileSync(join(dir, 'cgroup.procs'), 'utf8');
+    } catch {
+      // gone: no members
+    }
     for (const l of text.split('\n')) if (l !== '') pids.add(Number(l));
   }
   return [...pids];
@@ -197,8 +218,8 @@ export async function cgroupMembers(cg: SvcCgroup): Promise<number[]> {
 export async function signalCgroup(cg: SvcCgroup, sig: NodeJS.Signals): Promise<void> {
   if (sig === 'SIGKILL' && cg.v2Dir !== undefined) {
     try {
-      await access(join(cg.v2Dir, 'cgroup.kill'));
-      await writeFile(join(cg.v2Dir, 'cgroup.kill'), '1');
+      accessSync(join(cg.v2Dir, 'cgroup.kill'));
+      writeFileSync(join(cg.v2Dir, 'cgroup.kill'), '1');
       return;
     } catch {
       // an older kernel: one by one below
@@ -215,5 +236,11 @@ export async function signalCgroup(cg: SvcCgroup, sig: NodeJS.Signals): Promise<
 
 /** Removes the service's (empty) cgroups; a cgroup that still has processes stays. */
 export async function removeCgroup(cg: SvcCgroup): Promise<void> {
-  for (const dir of cg.dirs) await rmdir(dir).catch(() => undefined);
+  for (const dir of cg.dirs) {
+    try {
+      rmdirSync(dir);
+    } catch {
+      // not empty, or gone
+    }
+  }
 }

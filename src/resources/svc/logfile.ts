@@ -1,5 +1,5 @@
-import { closeSync, constants as fsc, fstatSync, lstatSync, openSync, realpathSync, statSync } from 'node:fs';
-import { lstat, mkdir, open, rename, rm, type FileHandle } from 'node:fs/promises';
+import { closeSync, constants as fsc, fstatSync, lstatSync, mkdirSync, openSync, realpathSync, statSync } from 'node:fs';
+import { lstat, open, rename, rm, type FileHandle } from 'node:fs/promises';
 import { dirname, resolve, sep } from 'node:path';
 
 /**
@@ -26,7 +26,8 @@ function symlinkRefusal(path: string, cause: unknown): Error {
 
 /** Creates the log's directory and checks that no other user could redirect writes made under it. */
 export async function prepareLogFile(path: string): Promise<void> {
-  await mkdir(dirname(path), { recursive: true });
+  // Synchronous, as checkLogDir below and for the same reason.
+  mkdirSync(dirname(path), { recursive: true });
   checkLogDir(dirname(path));
 }
 
@@ -112,7 +113,8 @@ const COPY_CHUNK = 1024 * 1024;
 export async function rotateIfNeeded(path: string, maxSize: number, keep: number): Promise<boolean> {
   let pre;
   try {
-    pre = await lstat(path);
+    // Synchronous: one lstat, on the way to every start; only an actual rotation (a copy) goes through the pool.
+    pre = lstatSync(path);
   } catch {
     return false;
   }
@@ -195,7 +197,8 @@ async function shiftRotated(from: string, to: string): Promise<void> {
 /** Size of a log file (not followed through a symlink), 0 when missing: where this run's output starts. */
 export async function fileSize(path: string): Promise<number> {
   try {
-    const st = await lstat(path);
+    // Synchronous: read right before a spawn, where a thread-pool turn cost milliseconds behind other resources' I/O.
+    const st = lstatSync(path);
     return st.isFile() ? st.size : 0;
   } catch {
     return 0;

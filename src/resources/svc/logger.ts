@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { closeSync, constants as fsc, fstatSync, openSync, unlinkSync } from 'node:fs';
 import { execFile } from 'node:child_process';
@@ -125,11 +125,20 @@ export interface LoggedStream {
 export interface Logger {
   /** Write ends of the pipes, one per stream, for the service's stdout/stderr. The caller closes them after the spawn. */
   readonly inputs: readonly number[];
-  /** Resolves once the logger has exited: everything the service wrote is in the files. Never rejects. */
+  /**
+   * Resolves once the logger has exited (everything the service wrote is in the files), or at once when it was
+   * ended without being started. Never rejects.
+   */
   readonly done: Promise<void>;
   /**
-   * Tells the watchdog which process is the service (undefined: none was started). Call once, right after the
-   * spawn; without a fence it does nothing.
+   * Starts the logger process if it is not running yet (a fenced one runs from the start). Called right after the
+   * service's spawn: until then the pipes hold what the service writes (64 KiB each; a writer past that waits).
+   * Throws the spawn error; the caller must then stop the service, whose output would have no reader.
+   */
+  launch(): void;
+  /**
+   * Tells the watchdog which process is the service (undefined: none was started, and the logger is not needed).
+   * Call once, right after the spawn; without a fence it only ends a logger that was never started.
    */
   announce(service: ServiceIdentity | undefined): void;
 }
@@ -190,8 +199,11 @@ export async function dropSpareFifos(dir: string): Promise<void> {
 }
 
 /**
- * Starts a logger for `streams`, with its FIFOs made (and unlinked) in the private directory `fifoDir`; with
- * `fence`, it is also the service's watchdog.
+ * Opens the pipes of a logger for `streams` (FIFOs made, opened and unlinked in the private directory `fifoDir`)
+ * and returns it ready to launch. Without a fence the process is started by launch(), after the service's spawn:
+ * a spawn is a fork of the agent (6-10 ms of its main thread), and made before the service's it stood between the
+ * service's config file being written and its start. A fenced service's logger is its watchdog (fence.ts), which
+ * must run before the service does: it is started here.
  */
 export async function startLogger(streams: readonly LoggedStream[], fifoDir: string, fence?: WatchdogConfig): Promise<Logger> {
   const readEnds: number[] = [];
@@ -209,46 +221,81 @@ export async function startLogger(streams: readonly LoggedStream[], fifoDir: str
         unlinkSync(name);
       }
     }
-    // fds 3.. in the logger: the read ends, then the log files.
-    const n = streams.length;
-    // Absolute paths: the logger runs in / (a state directory given as a relative path would be looked for there).
-    const cfg = {
-      streams: streams.map((s, i) => ({ in: 3 + i, out: 3 + n + i, path: resolve(s.path), maxSize: s.maxSize, keep: s.keep })),
-      fence: fence === undefined ? undefined : { ...fence, marker: resolve(fence.marker) },
-      spares: fifoNames(resolve(fifoDir), n),
-    };
-    const child = spawn(process.execPath, ['--max-old-space-size=16', '-e', LOGGER_JS, JSON.stringify(cfg)], {
-      detached: true,
-      env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' },
-      cwd: '/',
-      // stdin: the watchdog learns the service's pid there (it is started before the service, to hold the pipes).
-      stdio: [fence !== undefined ? 'pipe' : 'ignore', 'ignore', 'ignore', ...readEnds, ...streams.map((s) => s.fd)],
-    });
-    const done = new Promise<void>((resolve) => {
-      child.once('exit', () => resolve());
-      child.once('error', () => resolve());
-    });
-    await new Promise<void>((resolve, reject) => {
-      child.once('spawn', resolve);
-      child.once('error', reject);
-    });
+  } catch (err) {
+    for (const fd of [...readEnds, ...writeEnds]) closeSync(fd);
+    throw err;
+  }
+  // fds 3.. in the logger: the read ends, then the log files.
+  const n = streams.length;
+  // Absolute paths: the logger runs in / (a state directory given as a relative path would be looked for there).
+  const cfg = {
+    streams: streams.map((s, i) => ({ in: 3 + i, out: 3 + n + i, path: resolve(s.path), maxSize: s.maxSize, keep: s.keep })),
+    fence: fence === undefined ? undefined : { ...fence, marker: resolve(fence.marker) },
+    spares: fifoNames(resolve(fifoDir), n),
+  };
+  let child: ChildProcess | undefined;
+  let ended = false;
+  let settle: () => void = () => undefined;
+  const done = new Promise<void>((resolve) => (settle = resolve));
+  /** The agent's read ends go once the logger has its own, or once no logger will read them. */
+  const closeReadEnds = (): void => {
+    for (const fd of readEnds.splice(0)) closeSync(fd);
+  };
+  const launch = (): void => {
+    if (child !== undefined || ended) return;
+    try {
+      child = spawn(process.execPath, ['--max-old-space-size=16', '-e', LOGGER_JS, JSON.stringify(cfg)], {
+        detached: true,
+        env: { PATH: process.env['PATH'] ?? '/usr/bin:/bin' },
+        cwd: '/',
+        // stdin: the watchdog learns the service's pid there (it is started before the service).
+        stdio: [fence !== undefined ? 'pipe' : 'ignore', 'ignore', 'ignore', ...readEnds, ...streams.map((s) => s.fd)],
+      });
+    } finally {
+      closeReadEnds();
+    }
+    child.once('exit', () => settle());
+    // A spawn that failed after the fork (EAGAIN in the child) reports here; nothing reads the pipes then.
+    child.once('error', () => settle());
     // The agent must not wait for it, nor keep its event loop alive for it.
     child.unref();
-    const control = child.stdin;
     // A watchdog that died already (EPIPE) must not take the agent down with an unhandled error.
-    control?.on('error', () => undefined);
-    let announced = false;
-    const announce = (service: ServiceIdentity | undefined): void => {
-      if (announced || control === null) return;
-      announced = true;
-      // End of file with no message means "no service": the watchdog then exits with its pipes.
-      control.end(service === undefined ? '' : JSON.stringify(service));
-    };
-    return { inputs: writeEnds, done, announce };
-  } catch (err) {
-    for (const fd of writeEnds) closeSync(fd);
-    throw err;
-  } finally {
-    for (const fd of readEnds) closeSync(fd);
+    child.stdin?.on('error', () => undefined);
+  };
+  let announced = false;
+  const announce = (service: ServiceIdentity | undefined): void => {
+    if (announced) return;
+    announced = true;
+    if (child === undefined) {
+      // Never started (no service, or a failed start): nothing will read the pipes.
+      ended = true;
+      closeReadEnds();
+      settle();
+      return;
+    }
+    // End of file with no message means "no service": the watchdog then exits with its pipes.
+    child.stdin?.end(service === undefined ? '' : JSON.stringify(service));
+  };
+  if (fence !== undefined) {
+    try {
+      launch();
+    } catch (err) {
+      for (const fd of writeEnds) closeSync(fd);
+      throw err;
+    }
+    // The watchdog must be running before the service is: wait for its exec.
+    const c = child;
+    if (c !== undefined) {
+      try {
+        await new Promise<void>((resolve, reject) => {
+          c.once('spawn', resolve);
+          c.once('error', reject);
+        });
+      } catch (err) {
+        for (const fd of writeEnds) closeSync(fd);
+        throw err;
+      }
+    }
   }
+  return { inputs: writeEnds, done, launch, announce };
 }

@@ -288,7 +288,16 @@ export async function spawnProc(spec: SpawnSpec, prepared?: PreparedOutput): Pro
   } catch (e) {
     // No service: the watchdog must not wait for one.
     logger?.announce(undefined);
+    for (const fd of new Set(output.fds)) closeSync(fd);
     throw e;
+  }
+  try {
+    // The logger starts after the service (see startLogger): what it writes meanwhile waits in the pipe.
+    if (child.pid !== undefined) logger?.launch();
+  } catch (e) {
+    // Output with no reader would reach the service as SIGPIPE: it must not run.
+    signalGroup(child.pid ?? 0, 'SIGKILL');
+    throw Object.assign(new Error(`cannot start the logger of its output: ${(e as Error).message}`), { code: (e as NodeJS.ErrnoException).code });
   } finally {
     // The children have their own copies now (spawn forks synchronously): the logger's pipe must see end of file
     // once the service's processes are gone, so no copy of a write end may stay here.
@@ -356,7 +365,8 @@ export async function adoptProc(pid: number, starttime: string, startedAt: numbe
     own.child.ref();
     return { pid, pgid: pid, starttime, startedAt: own.startedAt, adopted: false, exited: own.exited, outputDone: own.outputDone, release: () => own.child.unref() };
   }
-  const st = await readStat(pid);
+  // Synchronous, as at the spawn: an agent's first look at its services, before any of them can start.
+  const st = readStatSync(pid);
   if (!isAlive(st) || st.starttime !== starttime) return undefined;
   let timer: NodeJS.Timeout | undefined;
   let polling = false;

@@ -478,9 +478,8 @@ export class Supervisor {
 
   /**
    * Readies the output of a start that is about to come, while the dependencies are still being applied: the log
-   * files, the logger, and the cgroups. The logger is a Node process (~65 ms of CPU on this project's 2-core VM);
-   * started beside the service, it slowed a cold nginx's start by 10-15 ms, and its spawn (a fork of the agent,
-   * 6-17 ms of the main thread) stood between the config file being written and the service's spawn. Only where
+   * files, the logger's pipes and the cgroups (the logger process itself starts after the service: startLogger).
+   * Each is a few synchronous calls, done here rather than between the config file being written and the spawn. Only where
    * none of it can depend on the graph or on what runs: state running, no process of an earlier agent to adopt or
    * replace, both logs in the private state directory, no user or group (a dependency may create them), no fence
    * (its watchdog starts with its service). Anything that fails here is left to the start, which does it all again.
