@@ -216,8 +216,8 @@ export interface PreparedOutput {
   /** The fds the process gets as stdout and stderr: a logger's pipe, or the file itself (a character device). */
   readonly out: number;
   readonly err: number;
-  /** Every fd the agent holds for it, closed once the process has its copies (or by disposeOutput). */
-  readonly fds: readonly number[];
+  /** The log files the agent holds, closed once the process or its logger has its copies (or by disposeOutput). */
+  readonly files: readonly number[];
   readonly logger: Logger | undefined;
 }
 
@@ -238,14 +238,14 @@ export async function prepareOutput(spec: Pick<SpawnSpec, 'stdoutPath' | 'stderr
   try {
     const rot = spec.logRotation;
     const regular = [...new Set([out, err])].filter((fd) => fstatSync(fd).isFile());
-    if (rot === undefined || (regular.length === 0 && spec.fence === undefined)) return { out, err, fds: files, logger: undefined };
+    if (rot === undefined || (regular.length === 0 && spec.fence === undefined)) return { out, err, files, logger: undefined };
     const logger = await startLogger(
       regular.map((fd) => ({ fd, path: fd === out ? spec.stdoutPath : spec.stderrPath, maxSize: rot.maxSize, keep: rot.keep })),
       rot.fifoDir,
       spec.fence,
     );
     const pipeOf = (fd: number): number => logger.inputs[regular.indexOf(fd)] ?? fd;
-    return { out: pipeOf(out), err: pipeOf(err), fds: [...files, ...logger.inputs], logger };
+    return { out: pipeOf(out), err: pipeOf(err), files, logger };
   } catch (e) {
     for (const fd of new Set(files)) closeSync(fd);
     throw e;
@@ -255,7 +255,7 @@ export async function prepareOutput(spec: Pick<SpawnSpec, 'stdoutPath' | 'stderr
 /** Output prepared for a process that will not be started: its logger sees end of file and exits. */
 export function disposeOutput(o: PreparedOutput): void {
   o.logger?.announce(undefined);
-  for (const fd of new Set(o.fds)) closeSync(fd);
+  for (const fd of new Set([...o.files, ...(o.logger?.inputs ?? [])])) closeSync(fd);
 }
 
 /**
@@ -287,30 +287,46 @@ export async function spawnProc(spec: SpawnSpec, prepared?: PreparedOutput): Pro
     });
   } catch (e) {
     // No service: the watchdog must not wait for one.
-    logger?.announce(undefined);
-    for (const fd of new Set(output.fds)) closeSync(fd);
+    disposeOutput(output);
     throw e;
   }
-  try {
-    // The logger starts after the service (see startLogger): what it writes meanwhile waits in the pipe.
-    if (child.pid !== undefined) logger?.launch();
-  } catch (e) {
-    // Output with no reader would reach the service as SIGPIPE: it must not run.
-    signalGroup(child.pid ?? 0, 'SIGKILL');
-    throw Object.assign(new Error(`cannot start the logger of its output: ${(e as Error).message}`), { code: (e as NodeJS.ErrnoException).code });
-  } finally {
-    // The children have their own copies now (spawn forks synchronously): the logger's pipe must see end of file
-    // once the service's processes are gone, so no copy of a write end may stay here.
-    for (const fd of new Set(output.fds)) closeSync(fd);
-  }
+  // The service has its own copies now (spawn forks synchronously): the logger's pipe must see end of file once the
+  // service's processes are gone, so no copy of a write end may stay here.
+  for (const fd of logger?.inputs ?? []) closeSync(fd);
+  // Listened to at once: both are emitted from the next tick on.
   const exited = new Promise<ExitInfo>((resolve) => {
     child.once('exit', (code, signal) => resolve({ code, signal, known: true, at: Date.now() }));
   });
+  const spawned = new Promise<void>((resolve, reject) => {
+    child.once('spawn', resolve);
+    child.once('error', reject);
+  });
+  // Not unhandled while the logger is launched: awaited below.
+  spawned.catch(() => undefined);
+  const startedAt = Date.now();
+  // Read at once: the child cannot have been reaped yet unless it already exited, and then there is nothing to adopt.
+  // Synchronously: a /proc read takes microseconds, where the thread pool's turn took 8-60 ms of a cold start on a
+  // busy 2-core host, and the health checks begin only after it.
+  const st = child.pid === undefined ? undefined : readStatSync(child.pid);
   try {
-    await new Promise<void>((resolve, reject) => {
-      child.once('spawn', resolve);
-      child.once('error', reject);
-    });
+    if (child.pid !== undefined && logger !== undefined) {
+      // The logger starts after the service (see startLogger), and after the I/O callbacks already due: its spawn
+      // blocks this thread for 6-15 ms, and the other resources' file operations waiting for their next step here
+      // went on only after it. What the service writes meanwhile waits in the pipe.
+      await new Promise((resolve) => setImmediate(resolve));
+      logger.launch();
+    }
+  } catch (e) {
+    // Output with no reader would reach the service as SIGPIPE: it must not run.
+    signalGroup(child.pid ?? 0, 'SIGKILL');
+    logger?.announce(undefined);
+    throw Object.assign(new Error(`cannot start the logger of its output: ${(e as Error).message}`), { code: (e as NodeJS.ErrnoException).code });
+  } finally {
+    // The log files: the logger has its copies (or the service, for a character device), or none is needed.
+    for (const fd of new Set(output.files)) closeSync(fd);
+  }
+  try {
+    await spawned;
   } catch (e) {
     logger?.announce(undefined);
     throw e;
@@ -321,11 +337,6 @@ export async function spawnProc(spec: SpawnSpec, prepared?: PreparedOutput): Pro
     logger?.announce(undefined);
     throw new Error('spawned process has no pid');
   }
-  const startedAt = Date.now();
-  // Read at once: the child cannot have been reaped yet unless it already exited, and then there is nothing to adopt.
-  // Synchronously: a /proc read takes microseconds, where the thread pool's turn took 8-60 ms of a cold start on a
-  // busy 2-core host, and the health checks begin only after it.
-  const st = readStatSync(pid);
   const starttime = st?.starttime ?? '';
   // The watchdog kills the process group only while this very process leads it (pid and start time).
   logger?.announce({ pid, pgid: pid, starttime });
