@@ -52,9 +52,9 @@ export const templateSchema = once(() =>
         ctx.addIssue({ code: 'custom', path: [], message: 'a template needs template (inline text) or source (the path of a template file)' });
       if (p.template === undefined) return;
       // Checked here so a broken inline template is a graph error with the file:line of its resource.
-      const compiled = compile(p.template);
+      const compiled = compileChecked(p.template, p.vars, p.services);
       checked.set(p, compiled);
-      const problems = 'problem' in compiled ? [compiled.problem] : checkNames(compiled.templates, p.vars, p.services);
+      const problems = 'problem' in compiled ? [compiled.problem] : 'plain' in compiled ? [] : checkNames(compiled.templates, p.vars, p.services);
       for (const pr of problems.slice(0, MAX_PROBLEMS))
         ctx.addIssue({ code: 'custom', path: ['template'], message: `template line ${pr.line}, col ${pr.col}: ${pr.message}` });
     }),
@@ -109,8 +109,8 @@ export function quickTemplateParams(name: string, params: Readonly<Record<string
   out['force'] = force;
   const p = out as TemplateParams;
   if (template !== undefined) {
-    const compiled = compile(template);
-    if ('problem' in compiled || checkNames(compiled.templates, vars, services).length > 0) return undefined;
+    const compiled = compileChecked(template, vars, services);
+    if ('problem' in compiled || ('templates' in compiled && checkNames(compiled.templates, vars, services).length > 0)) return undefined;
     checked.set(p, compiled);
   }
   return p;
@@ -155,7 +155,7 @@ export const templateKind = defineKind<TemplateParams>({
  * instead of parsing the text again (a second parse was ~5 ms of a cold run with one template). Held only as long
  * as the parameters are.
  */
-const checked = new WeakMap<object, ReturnType<typeof compile>>();
+const checked = new WeakMap<object, ReturnType<typeof compileChecked>>();
 
 /** Enough to fix a template in one pass without flooding the report. */
 const MAX_PROBLEMS = 5;
@@ -164,17 +164,17 @@ const RENDER_LIMIT_MS = 5000;
 
 interface Compiled {
   readonly text: string;
-  readonly templates: Template[];
+  readonly templates: Template[] | PlainTemplate;
 }
 
 function createTemplate(id: ResourceId, p: TemplateParams, world: ResourceWorld): Resource {
   // The schema compiled an inline template already (unless the graph came from the graph cache); it cannot fail
   // here, but if it did the error would say why.
-  const inline = p.template === undefined ? undefined : (checked.get(p) ?? compile(p.template));
+  const inline = p.template === undefined ? undefined : (checked.get(p) ?? compileChecked(p.template, p.vars, p.services));
   // Re-read and re-checked on every run (the file may have been edited); parsed again only when its text changed.
   let lastSource: Compiled | undefined;
 
-  async function sourceTemplates(source: string, signal: AbortSignal): Promise<Template[]> {
+  async function sourceTemplates(source: string, signal: AbortSignal): Promise<Template[] | PlainTemplate> {
     let text: string;
     try {
       text = await readFile(source, { encoding: 'utf8', signal });
@@ -190,8 +190,12 @@ function createTemplate(id: ResourceId, p: TemplateParams, world: ResourceWorld)
       });
     }
     if (lastSource?.text === text) return lastSource.templates;
-    const compiled = compile(text);
+    const compiled = compileChecked(text, p.vars, p.services);
     if ('problem' in compiled) throw templateError(id, source, [compiled.problem]);
+    if ('plain' in compiled) {
+      lastSource = { text, templates: compiled.plain };
+      return compiled.plain;
+    }
     const problems = checkNames(compiled.templates, p.vars, p.services);
     if (problems.length > 0) throw templateError(id, source, problems.slice(0, MAX_PROBLEMS));
     lastSource = { text, templates: compiled.templates };
@@ -199,14 +203,20 @@ function createTemplate(id: ResourceId, p: TemplateParams, world: ResourceWorld)
   }
 
   async function render(ctx: CheckApplyContext): Promise<string> {
-    let templates: Template[];
+    let templates: Template[] | PlainTemplate;
     if (inline !== undefined) {
       if ('problem' in inline) throw templateError(id, undefined, [inline.problem]);
-      templates = inline.templates;
+      templates = 'plain' in inline ? inline.plain : inline.templates;
     } else {
       templates = await sourceTemplates(p.source ?? '', ctx.signal);
     }
     try {
+      if (!Array.isArray(templates)) {
+        const text = renderPlain(templates, world.facts(), p.vars);
+        if (text !== undefined) return text;
+        // A value liquidjs would render its own way (or refuse): it renders the template, as it would have.
+        return (await liquid().render(liquid().parse(templates.text), { facts: world.facts(), vars: p.vars, services: await serviceValues(p.services, world, ctx.signal) })) as string;
+      }
       return (await liquid().render(templates, { facts: world.facts(), vars: p.vars, services: await serviceValues(p.services, world, ctx.signal) })) as string;
     } catch (err) {
       const problem = toProblem(err);
@@ -260,6 +270,76 @@ function toFileParams(p: TemplateParams, content: string | undefined): FileParam
     purge: false,
     force: p.force,
   };
+}
+
+// ---- plain templates ---------------------------------------------------------------------------------------------
+
+/**
+ * A template that is text and `{{ vars.a.b }}` / `{{ facts.x }}` outputs only, every name checked: rendered here
+ * without liquidjs. Loading liquidjs, making its engine and parsing and analysing the template were ~14 ms of a cold
+ * one-shot run with one such template (a config file with a port and a path in it, the commonest kind), on the way
+ * to everything that requires the file. The output is what liquidjs gives: text as written, a string as is, a number
+ * or a boolean as String() writes it. Anything else, a tag, a filter, whitespace control, a literal, an index, a
+ * `services` name, a name that fails the check, is liquidjs's, and so is a value that is none of those three kinds
+ * (null, a list, a map, a missing key) when it renders: liquidjs then renders the template, with its own answer or
+ * error.
+ */
+export interface PlainTemplate {
+  readonly text: string;
+  /** Text, and the name paths of the outputs between them. */
+  readonly parts: readonly (string | readonly string[])[];
+}
+
+const PLAIN_OUTPUT = /^[ \t\r\n]*([A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)[ \t\r\n]*$/;
+
+/** `text` as a plain template, or undefined when liquidjs must read it (see PlainTemplate). */
+export function plainTemplate(text: string, vars: Readonly<Record<string, unknown>>): PlainTemplate | undefined {
+  if (text.includes('{%')) return undefined;
+  const parts: (string | readonly string[])[] = [];
+  let pos = 0;
+  for (;;) {
+    const open = text.indexOf('{{', pos);
+    if (open === -1) break;
+    const close = text.indexOf('}}', open + 2);
+    if (close === -1) return undefined;
+    const name = PLAIN_OUTPUT.exec(text.slice(open + 2, close))?.[1];
+    if (name === undefined) return undefined;
+    const [root, ...rest] = name.split('.');
+    if (rest.length === 0) return undefined;
+    // The checks liquidjs's path gets (checkNames): a name that fails one is reported by that path, with its position.
+    if (root === 'vars' ? walk('vars', rest, vars) !== undefined : root === 'facts' ? walk('facts', rest, FACT_SHAPE) !== undefined : true) return undefined;
+    parts.push(text.slice(pos, open), [root ?? '', ...rest]);
+    pos = close + 2;
+  }
+  parts.push(text.slice(pos));
+  return { text, parts };
+}
+
+/** The plain template rendered, or undefined where a value is not a string, number or boolean (liquidjs's then). */
+export function renderPlain(t: PlainTemplate, facts: HostFacts, vars: Readonly<Record<string, unknown>>): string | undefined {
+  let out = '';
+  for (const part of t.parts) {
+    if (typeof part === 'string') {
+      out += part;
+      continue;
+    }
+    let node: unknown = part[0] === 'facts' ? facts : vars;
+    for (const seg of part.slice(1)) {
+      if (!isPlainMap(node) || !Object.hasOwn(node, seg)) return undefined;
+      node = node[seg];
+    }
+    if (typeof node === 'string') out += node;
+    else if (typeof node === 'number' || typeof node === 'boolean') out += String(node);
+    else return undefined;
+  }
+  return out;
+}
+
+/** A plain template where the text is one (no liquidjs loaded), else liquidjs's parse. */
+function compileChecked(text: string, vars: Readonly<Record<string, unknown>>, services: readonly string[]): { plain: PlainTemplate } | ReturnType<typeof compile> {
+  // A template that lists services reads them through liquidjs (their values come from the cluster).
+  const plain = services.length === 0 ? plainTemplate(text, vars) : undefined;
+  return plain !== undefined ? { plain } : compile(text);
 }
 
 // ---- Liquid ------------------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import { buildGraph } from '../../src/graph/build.js';
 import { resourceId } from '../../src/graph/ids.js';
 import { builtinKinds } from '../../src/resources/builtin-kinds.js';
 import { createRegistry } from '../../src/resources/registry.js';
-import { templateKind } from '../../src/resources/template.js';
+import { plainTemplate, renderPlain, templateKind } from '../../src/resources/template.js';
 import type { CheckResult, Resource, ResourceLog, ResourceWorld } from '../../src/resources/types.js';
 import { harness, until } from '../helpers/engine.js';
 import { testWorld } from '../helpers/world.js';
@@ -290,14 +290,101 @@ describe('template: the engine', () => {
     const parse = t.mock.method(Liquid.prototype, 'parse');
     const out = join(await tempDir(), 'once.conf');
     const h = harness([templateKind]);
-    await h.engine.setGraph(h.graph(`resources:\n  - { kind: template, name: ${out}, template: "port {{ vars.port }}", vars: { port: 81 } }\n`));
+    await h.engine.setGraph(h.graph(`resources:\n  - { kind: template, name: ${out}, template: "port {{ vars.port | plus: 1 }}", vars: { port: 81 } }\n`));
     try {
       await h.settled();
-      assert.equal(await readFile(out, 'utf8'), 'port 81');
+      assert.equal(await readFile(out, 'utf8'), 'port 82');
       assert.equal(parse.mock.callCount(), 1);
     } finally {
       await h.engine.stop();
     }
+  });
+
+  test('a template of text and names only renders without liquidjs, to the very text liquidjs gives', async (t) => {
+    const parse = t.mock.method(Liquid.prototype, 'parse');
+    const render = t.mock.method(Liquid.prototype, 'render');
+    const dir = await tempDir();
+    const src = join(dir, 'nginx.conf.liquid');
+    await writeFile(src, 'server {\n  listen {{vars.port}};\n  root {{ vars.paths.root }}/www;  # {{\n facts.hostname\n}}\n}}\n');
+    const h = harness([templateKind]);
+    const graph =
+      `resources:\n` +
+      `  - { kind: template, name: ${join(dir, 'inline.conf')}, template: "port {{ vars.port }} {{ vars.on }} {{ vars.ratio }} }} %}", vars: { port: 81, on: true, ratio: -1.5 } }\n` +
+      `  - { kind: template, name: ${join(dir, 'file.conf')}, source: ${src}, vars: { port: 8080, paths: { root: /srv } } }\n`;
+    await h.engine.setGraph(h.graph(graph));
+    try {
+      await h.settled();
+      assert.equal(await readFile(join(dir, 'inline.conf'), 'utf8'), 'port 81 true -1.5 }} %}');
+      assert.equal(await readFile(join(dir, 'file.conf'), 'utf8'), `server {\n  listen 8080;\n  root /srv/www;  # ${facts.hostname}\n}}\n`);
+      assert.equal(parse.mock.callCount(), 0, 'liquidjs parsed a plain template');
+      assert.equal(render.mock.callCount(), 0, 'liquidjs rendered a plain template');
+    } finally {
+      await h.engine.stop();
+    }
+  });
+
+  test('plain rendering agrees with liquidjs on every template it takes, and leaves the rest to it', async () => {
+    const engine = new Liquid({ strictVariables: true, strictFilters: true, lenientIf: true, ownPropertyOnly: true });
+    const vars: Record<string, unknown> = {
+      s: 'a {{ b }} {% c %}',
+      n: 28080,
+      f: 0.1,
+      neg: -0,
+      big: 1e21,
+      t: true,
+      no: false,
+      nul: null,
+      list: [1, 2],
+      map: { k: 'v', deep: { n: 7 } },
+      empty: '',
+    };
+    const texts = [
+      '',
+      'plain text only',
+      '{{ vars.s }}|{{vars.n}}|{{ vars.f }}|{{ vars.neg }}|{{ vars.big }}|{{ vars.t }}|{{ vars.no }}|{{ vars.empty }}',
+      '{{ vars.map.k }} {{ vars.map.deep.n }}',
+      '{{\tvars.n\r\n}}',
+      '{{ facts.hostname }} {{ facts.cpus }} {{ facts.os.platform }}',
+      'a }} b %} c',
+      '{{ vars.nul }}',
+      '{{ vars.list }}',
+      '{{ vars.map }}',
+      '{{ vars.map.deep }}',
+      '{{ vars.map.missing }}',
+      '{{ vars.s.size }}',
+      '{{ vars.list.first }}',
+      '{{- vars.n -}}',
+      '{{ vars.n | plus: 1 }}',
+      '{{ "lit" }}',
+      '{{ vars["n"] }}',
+      '{{ vars.list[0] }}',
+      '{% if vars.t %}x{% endif %}',
+      '{{ vars.n',
+      '{{ }}',
+      '{{ vars }}',
+      '{{ facts.interfaces }}',
+      '{{ undeclared.x }}',
+      '{{ vars.nope }}',
+    ];
+    let plain = 0;
+    for (const text of texts) {
+      const t = plainTemplate(text, vars);
+      const ours = t === undefined ? undefined : renderPlain(t, facts, vars);
+      if (ours === undefined) continue;
+      plain++;
+      assert.equal(ours, await engine.parseAndRender(text, { facts, vars, services: {} }), `${JSON.stringify(text)} rendered differently`);
+    }
+    // The plain ones above: every line up to the first null, and the raw closing delimiters.
+    assert.equal(plain, 7);
+    // Each refused one, through the resource, gets liquidjs's answer or error.
+    const dir = await tempDir();
+    for (const [i, text] of ['{{ vars.nul }}', '{{ vars.list }}', '{{ vars.map.deep }}'].entries()) {
+      const out = join(dir, `x${i}`);
+      await run(make({ path: out, template: text, vars }));
+      assert.equal(await readFile(out, 'utf8'), await engine.parseAndRender(text, { facts, vars, services: {} }), text);
+    }
+    // A name the check refuses stays the check's error, with its position.
+    assert.throws(() => make({ path: join(dir, 'y'), template: 'x\n  {{ vars.map.missing }}', vars }), /template line 2, col 6: \\?"vars\.map\.missing\\?" is not declared in vars; known: k, deep/);
   });
 
   test('making the engine leaves Intl alone; the date filter still formats in the host default locale', () => {
