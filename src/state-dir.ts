@@ -1,7 +1,7 @@
-import { createHash } from 'node:crypto';
 import { mkdirSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
+import { sha256Hex } from './util/hash.js';
 import { ensurePrivateDir } from './util/private-dir.js';
 
 /** Where an agent keeps its state when not told: the system location as root, the user's XDG state dir otherwise. */
@@ -27,7 +27,7 @@ export function ensureStateDir(root: string): Promise<void> {
 export async function resourceStateDir(root: string, id: string): Promise<string> {
   await ensureStateDir(root);
   const safe = id.replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 80);
-  const hash = createHash('sha256').update(id).digest('hex').slice(0, 12);
+  const hash = sha256Hex(id).slice(0, 12);
   const dir = join(root, 'resources', `${safe}-${hash}`);
   // Synchronous, as the state directory's own check: a svc's first step on the way to its start, and a thread-pool
   // round trip there waited behind the other resources' reads and fsyncs.

@@ -1,5 +1,5 @@
-import { randomFillSync } from 'node:crypto';
 import { closeSync, constants, fchmodSync, fchownSync, fstatSync, fsync, lstatSync, openSync, readSync, renameSync, unlinkSync, writeSync, type Stats } from 'node:fs';
+import { fillRandom } from '../util/random.js';
 import { chmod, chown, lstat, mkdir, open, readdir, readFile, readlink, rename, stat, statfs, symlink, unlink, type FileHandle } from 'node:fs/promises';
 import { dirname, join, posix } from 'node:path';
 import { createTwoFilesPatch } from 'diff';
@@ -92,27 +92,6 @@ export const tempNameSource = {
     return namePool.toString('hex', namePoolAt - 4, namePoolAt);
   },
 };
-/**
- * The kernel's CSPRNG through /dev/urandom, or node:crypto where that cannot be read: loading node:crypto (~8 ms
- * of compiling under load) was on the path to a cold run's first write, the first thing in the run to need it.
- */
-function fillRandom(buf: Buffer): void {
-  let fd: number | undefined;
-  try {
-    fd = openSync('/dev/urandom', constants.O_RDONLY);
-    for (let got = 0; got < buf.length; ) {
-      const n = readSync(fd, buf, got, buf.length - got, null);
-      if (n <= 0) throw new Error('short read from /dev/urandom');
-      got += n;
-    }
-    return;
-  } catch {
-    randomFillSync(buf);
-  } finally {
-    if (fd !== undefined) closeSync(fd);
-  }
-}
-
 /** A taken temp name (EEXIST: a planted file or symlink, never followed) is retried under a new one this many times. */
 const TMP_ATTEMPTS = 8;
 /** Above this, noop mode describes a content change instead of diffing it (a diff nobody reads costs memory). */

@@ -1,6 +1,6 @@
-import { createHash } from 'node:crypto';
 import { accessSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { sha256Hex } from '../../util/hash.js';
 
 /**
  * cgroups for supervised processes. Hosts differ (FACTS.md fact 11: this one is v1/hybrid, with a v2 tree at
@@ -69,7 +69,7 @@ async function readHierarchy(mountsFile: string): Promise<Hierarchy> {
  */
 export function cgroupName(id: string, stateDir: string): string {
   const safe = id.replace(/[^A-Za-z0-9._-]+/g, '_').slice(0, 60);
-  const hash = createHash('sha256').update(`${stateDir}\0${id}`).digest('hex').slice(0, 10);
+  const hash = sha256Hex(`${stateDir}\0${id}`).slice(0, 10);
   return join('backplane', `${safe}-${hash}`);
 }
 

@@ -1,11 +1,11 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
 import { closeSync, constants as fsc, fstatSync, openSync, unlinkSync } from 'node:fs';
 import { execFile } from 'node:child_process';
 import { lstat, readdir, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { FENCE_WATCHDOG_JS, type ServiceIdentity, type WatchdogConfig } from './fence.js';
+import { randomHex } from '../../util/random.js';
 
 /**
  * Why a logger process: a log must stay within maxSize × (keep + 1) whatever the service writes, and the service
@@ -155,7 +155,7 @@ const FIFO_PREFIX = '.log-pipe-';
 
 /** Names for `n` new FIFOs in `dir` (made by makeFifos, or by the logger as spares). */
 function fifoNames(dir: string, n: number): string[] {
-  return Array.from({ length: n }, () => join(dir, `${FIFO_PREFIX}${randomBytes(6).toString('hex')}`));
+  return Array.from({ length: n }, () => join(dir, `${FIFO_PREFIX}${randomHex(6)}`));
 }
 
 /**

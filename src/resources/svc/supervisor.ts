@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto';
 import { dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BackplaneError } from '../../errors.js';
@@ -16,6 +15,7 @@ import { adoptProc, describeExit, disposeOutput, groupMembers, isFailure, LogFil
 import { clearRecord, readRecord, writeRecord } from './record.js';
 import { RestartPolicy } from './restart-policy.js';
 import { runCommand } from './run-command.js';
+import { sha256Hex } from '../../util/hash.js';
 
 /**
  * One per svc resource: owns the process from start to exit and restarts it on its own — from the child's 'exit'
@@ -111,10 +111,7 @@ export class Supervisor {
     // keeps an adopted process. The fence is given to the watchdog at the start, so it is in; without a fence the
     // key is left out and the hash stays what it was before fences existed.
     const { cmd, env, cwd, user, group, fence } = params;
-    this.specHash = createHash('sha256')
-      .update(JSON.stringify({ cmd, env, cwd, user, group, stdout: params.log.stdout, stderr: params.log.stderr, fence }))
-      .digest('hex')
-      .slice(0, 16);
+    this.specHash = sha256Hex(JSON.stringify({ cmd, env, cwd, user, group, stdout: params.log.stdout, stderr: params.log.stderr, fence })).slice(0, 16);
   }
 
   get stdoutPath(): string {
