@@ -11,7 +11,7 @@ import { BIN, ensureBuilt } from '../helpers/cli.js';
 
 describe('sha256Hex', () => {
   test('is node:crypto sha256 hex, for the names derived from it (state directories, cgroups, spec hashes)', () => {
-    const inputs = ['', 'svc[web]', 'svc[nginx-bench]', '/var/lib/backplane\0svc[web]', 'ü€😀\u0000\uffff', 'x'.repeat(55), 'x'.repeat(56), 'x'.repeat(64), 'y'.repeat(1 << 20)];
+    const inputs = ['', 'svc[web]', 'svc[nginx-bench]', '/var/lib/backplane\0svc[web]', 'ü€😀\u0000\uffff', 'lone \ud800 and \udfff surrogates', 'x'.repeat(55), 'x'.repeat(56), 'x'.repeat(64), 'y'.repeat(1 << 20)];
     for (let i = 0; i < 300; i++) inputs.push(Array.from({ length: i }, (_, k) => String.fromCharCode((k * 7919 + i * 31) % 0xd7ff)).join(''));
     for (const s of inputs) assert.equal(sha256Hex(s), createHash('sha256').update(s).digest('hex'), JSON.stringify(s.slice(0, 40)));
   });
