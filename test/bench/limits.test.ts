@@ -43,26 +43,26 @@ const README = (): WorkloadResult[] => [
 
 /**
  * The goal of #13: the README's figures with Backplane faster than CFEngine on start-up and the 1,000-file runs, and
- * the nginx stack where it stood on 2026-12-03 (CFEngine faster, 0.8x).
+ * the nginx stack where it stood on the evening of 2026-12-03 (about even: 0.96-1.00x).
  */
 const GOAL = (): WorkloadResult[] =>
   README().map((w) => {
     const cf = w.results.cfengine?.medianS;
     // Backplane's time as a share of CFEngine's: a little faster where the floor is below 1, clearly faster where it is above.
-    const share = ({ startup: 0.9, 'files-cold': 0.9, 'files-converged': 0.7, 'files-repair': 0.8, 'nginx-stack': 1.25 } as Record<string, number>)[w.id];
+    const share = ({ startup: 0.9, 'files-cold': 0.9, 'files-converged': 0.7, 'files-repair': 0.8, 'nginx-stack': 1.05 } as Record<string, number>)[w.id];
     return share !== undefined && cf !== undefined ? { ...w, results: { ...w.results, backplane: tool(cf * share) } } : w;
   });
 
 const fails = (lines: readonly string[]): string[] => lines.filter((l) => l.includes('FAIL:')).map((l) => l.trim());
 
 describe('bench speed limits', () => {
-  test('the goal of #13 holds every limit; CFEngine faster on the nginx stack is no failure above its floor', () => {
+  test('the goal of #13 holds every limit; CFEngine a little faster on the nginx stack is no failure above its floor', () => {
     const r = checkLimits(results(GOAL(), { drift: DRIFT, idle: IDLE }));
     assert.equal(r.failures, 0, r.lines.join('\n'));
     assert.deepEqual(fails(r.lines), []);
     assert.ok(r.lines.some((l) => /holds: exec-chain: Ansible ÷ Backplane 1\.61x \(limit > 1x\)/.test(l)), r.lines.join('\n'));
     assert.ok(r.lines.some((l) => /holds: files-cold: CFEngine ÷ Backplane 1\.11x \(limit > 0\.8x\)/.test(l)), r.lines.join('\n'));
-    assert.ok(r.lines.some((l) => /holds: nginx-stack: CFEngine ÷ Backplane 0\.800x \(limit > 0\.65x\)/.test(l)), r.lines.join('\n'));
+    assert.ok(r.lines.some((l) => /holds: nginx-stack: CFEngine ÷ Backplane 0\.952x \(limit > 0\.8x\)/.test(l)), r.lines.join('\n'));
   });
 
   test("the figures of 2026-11-22 fail the CFEngine floors where they were further behind than today, and the time ceilings", () => {
@@ -72,7 +72,7 @@ describe('bench speed limits', () => {
       'FAIL: files-cold: CFEngine ÷ Backplane is 0.495x; the limit is > 0.8x',
       'FAIL: files-converged: CFEngine ÷ Backplane is 0.607x; the limit is > 1.2x',
       'FAIL: files-repair: CFEngine ÷ Backplane is 0.495x; the limit is > 1.05x',
-      'FAIL: nginx-stack: CFEngine ÷ Backplane is 0.297x; the limit is > 0.65x',
+      'FAIL: nginx-stack: CFEngine ÷ Backplane is 0.297x; the limit is > 0.8x',
     ]);
     assert.equal(r.failures, 5);
   });
