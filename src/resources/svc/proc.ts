@@ -317,8 +317,9 @@ export async function spawnProc(spec: SpawnSpec, prepared?: PreparedOutput): Pro
       logger.launch();
     }
   } catch (e) {
-    // Output with no reader would reach the service as SIGPIPE: it must not run.
-    signalGroup(child.pid ?? 0, 'SIGKILL');
+    // Output with no reader would reach the service as SIGPIPE: it must not run. (Only reached with a pid: a group
+    // of 0 would be the agent's own.)
+    if (child.pid !== undefined) signalGroup(child.pid, 'SIGKILL');
     logger?.announce(undefined);
     throw Object.assign(new Error(`cannot start the logger of its output: ${(e as Error).message}`), { code: (e as NodeJS.ErrnoException).code });
   } finally {
