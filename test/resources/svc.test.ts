@@ -345,6 +345,47 @@ describe('svc: supervision', () => {
     await s.stopWatch();
   });
 
+  test('a logger that cannot be spawned stops the service it was for, and the start is an error saying so', async (t) => {
+    // The logger's spawn fails as a fork can (EAGAIN); the service's own spawn, before it, goes through.
+    const cp = createRequire(import.meta.url)('node:child_process') as { spawn: (...args: unknown[]) => unknown };
+    const real = cp.spawn;
+    let refused = 0;
+    cp.spawn = (...args: unknown[]) => {
+      if (args[0] === process.execPath && Array.isArray(args[1]) && args[1].includes('--max-old-space-size=16')) {
+        refused++;
+        throw Object.assign(new Error('spawn EAGAIN'), { code: 'EAGAIN' });
+      }
+      return Reflect.apply(real, cp, args);
+    };
+    syncBuiltinESMExports();
+    t.after(() => {
+      cp.spawn = real;
+      syncBuiltinESMExports();
+    });
+    const marker = `logger-refused-${process.pid}`;
+    // The shell stays (no exec), so its command line keeps the marker.
+    const s = make({ cmd: ['sh', '-c', `sleep 30; echo ${marker}`] });
+    const err = await rejection(s.run());
+    assert.match(err.message, /cannot start the logger of its output: spawn EAGAIN/);
+    assert.equal(refused, 1);
+    // The service it was for is gone: nothing with the marker runs.
+    await waitFor('the service to be gone', async () => {
+      for (const n of await readdir('/proc')) {
+        if (!/^\d+$/.test(n)) continue;
+        const cmd = await readFile(`/proc/${n}/cmdline`, 'utf8').catch(() => '');
+        const stat = await readFile(`/proc/${n}/stat`, 'utf8').catch(() => '');
+        if (cmd.includes(marker) && !/\) Z /.test(stat)) return false;
+      }
+      return true;
+    });
+    // No pipe end is left open in the agent.
+    const dir = await s.world.stateDir(s.id);
+    for (const fd of await readdir('/proc/self/fd')) {
+      const target = await readlink(`/proc/self/fd/${fd}`).catch(() => '');
+      assert.ok(!target.startsWith(join(dir, '.log-pipe-')), `fd ${fd} still holds ${target}`);
+    }
+  });
+
   test('prepare readies the log pipes of a service about to start and starts no process; the start launches one logger after the service, and a start that never comes closes them', async () => {
     // Loggers are `node --max-old-space-size=16 -e <logger> <config naming the log files>`.
     const loggersOf = async (s: Svc, path?: string): Promise<number[]> => {
