@@ -39,6 +39,8 @@ for (let i = 0; i < 24; i++) {
 }
 // A template: liquidjs's script and the template kind have their functions in the caches too.
 resources.push({ kind: 'template', name: join(files, 'rendered.conf'), template: 'listen {{ vars.port }};\n{% for h in vars.hosts %}server {{ h }};\n{% endfor %}', vars: { port: 80, hosts: ['a', 'b'] }, mode: '0644' });
+// And one of text and names only, which renders without liquidjs: the template kind's own renderer is cached too.
+resources.push({ kind: 'template', name: join(files, 'plain.conf'), template: 'listen {{ vars.port }};\n', vars: { port: 80 }, mode: '0644' });
 const graph = join(dir, 'graph.yaml');
 writeFileSync(graph, `resources:\n${resources.map((r) => `  - ${JSON.stringify(r)}`).join('\n')}\n`);
 

@@ -390,15 +390,20 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
       assert.equal(cacheOf('backplane-cli-zod.js', withMeta), 'used');
       // `retry: 2` is a scalar js-yaml types: its script is loaded then, from its cache.
       assert.equal(cacheOf('backplane-cli-jsyaml.js', withMeta), 'used');
-      // A template loads liquidjs from its own script and cache, not from node_modules compiled from source.
-      const template = await runGraph('template.yaml', `resources:\n  - { kind: template, name: ${join(dir, 't')}, template: "port {{ vars.port }}", vars: { port: 80 } }\n`);
+      // A template of text and names only renders without liquidjs (template.ts, plain templates).
+      const plain = await runGraph('plain.yaml', `resources:\n  - { kind: template, name: ${join(dir, 'p')}, template: "port {{ vars.port }}", vars: { port: 80 } }\n`);
+      assert.equal(plain.code, 0, plain.stderr);
+      assert.equal(cacheOf('backplane-cli-liquid.js', plain), '(not loaded)');
+      // Any other template loads liquidjs from its own script and cache, not from node_modules compiled from source.
+      const template = await runGraph('template.yaml', `resources:\n  - { kind: template, name: ${join(dir, 't')}, template: "port {{ vars.port | plus: 1 }}", vars: { port: 80 } }\n`);
       assert.equal(template.code, 0, template.stderr);
       assert.equal(cacheOf('backplane-cli-liquid.js', template), 'used');
       // Trained on a template (scripts/train-code-cache.mjs): the cache holds the code of the functions a render
       // runs, not only the top level (7 KB of 115; ~9 ms of a run with a template compiled them at every run).
       const liquidCache = (await stat(join(DIST, 'backplane-cli-liquid.cache'))).size;
       assert.ok(liquidCache > (await stat(join(DIST, 'backplane-cli-liquid.js'))).size / 2, `liquidjs's cache is ${liquidCache} bytes: the training run rendered no template`);
-      assert.equal(await readFile(join(dir, 't'), 'utf8'), 'port 80');
+      assert.equal(await readFile(join(dir, 't'), 'utf8'), 'port 81');
+      assert.equal(await readFile(join(dir, 'p'), 'utf8'), 'port 80');
       // Nor zod for the usual shapes of pkg, template and svc (the bench's nginx stack): their quickParams answer.
       assert.equal(cacheOf('backplane-cli-zod.js', template), '(not loaded)');
       const stack = (svcExtra: string): string =>
