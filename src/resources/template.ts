@@ -214,8 +214,9 @@ function createTemplate(id: ResourceId, p: TemplateParams, world: ResourceWorld)
       if (!Array.isArray(templates)) {
         const text = renderPlain(templates, world.facts(), p.vars);
         if (text !== undefined) return text;
-        // A value liquidjs would render its own way (or refuse): it renders the template, as it would have.
-        return (await liquid().render(liquid().parse(templates.text), { facts: world.facts(), vars: p.vars, services: await serviceValues(p.services, world, ctx.signal) })) as string;
+        // A value liquidjs would render its own way (or refuse): it renders the template, as it would have (parsed
+        // once per plain template, as the other templates are).
+        return (await liquid().render(liquidParse(templates), { facts: world.facts(), vars: p.vars, services: await serviceValues(p.services, world, ctx.signal) })) as string;
       }
       return (await liquid().render(templates, { facts: world.facts(), vars: p.vars, services: await serviceValues(p.services, world, ctx.signal) })) as string;
     } catch (err) {
@@ -333,6 +334,14 @@ export function renderPlain(t: PlainTemplate, facts: HostFacts, vars: Readonly<R
     else return undefined;
   }
   return out;
+}
+
+/** liquidjs's parse of a plain template, for the renders it takes over (see renderPlain); made once. */
+const plainParsed = new WeakMap<PlainTemplate, Template[]>();
+function liquidParse(t: PlainTemplate): Template[] {
+  let parsed = plainParsed.get(t);
+  if (parsed === undefined) plainParsed.set(t, (parsed = liquid().parse(t.text)));
+  return parsed;
 }
 
 /** A plain template where the text is one (no liquidjs loaded), else liquidjs's parse. */

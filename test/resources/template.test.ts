@@ -323,6 +323,17 @@ describe('template: the engine', () => {
     }
   });
 
+  test('a plain template whose value liquidjs must render is parsed by it once, not on every run', async (t) => {
+    const out = join(await tempDir(), 'list.conf');
+    const res = make({ path: out, template: 'hosts {{ vars.hosts }}', vars: { hosts: ['a', 'b'] } });
+    const parse = t.mock.method(Liquid.prototype, 'parse');
+    await run(res);
+    await writeFile(out, 'edited');
+    await run(res);
+    assert.equal(await readFile(out, 'utf8'), 'hosts ab');
+    assert.equal(parse.mock.callCount(), 1);
+  });
+
   test('plain rendering agrees with liquidjs on every template it takes, and leaves the rest to it', async () => {
     const engine = new Liquid({ strictVariables: true, strictFilters: true, lenientIf: true, ownPropertyOnly: true });
     const vars: Record<string, unknown> = {

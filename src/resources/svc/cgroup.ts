@@ -1,4 +1,4 @@
-import { accessSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
+import { accessSync, existsSync, mkdirSync, readFileSync, rmdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { sha256Hex } from '../../util/hash.js';
 
@@ -171,17 +171,9 @@ export async function setupCgroup(
 export async function existingCgroup(id: string, stateDir: string, hierarchy?: Hierarchy): Promise<SvcCgroup> {
   const h = hierarchy ?? (await detectHierarchy());
   const name = cgroupName(id, stateDir);
-  const exists = (dir: string): boolean => {
-    try {
-      accessSync(dir);
-      return true;
-    } catch {
-      return false;
-    }
-  };
   const dirs: string[] = [];
-  for (const root of new Set(h.v1.values())) if (exists(join(root, name))) dirs.push(join(root, name));
-  const v2Dir = h.v2 !== undefined && exists(join(h.v2, name)) ? join(h.v2, name) : undefined;
+  for (const root of new Set(h.v1.values())) if (existsSync(join(root, name))) dirs.push(join(root, name));
+  const v2Dir = h.v2 !== undefined && existsSync(join(h.v2, name)) ? join(h.v2, name) : undefined;
   if (v2Dir !== undefined) dirs.push(v2Dir);
   return { dirs, v2Dir };
 }
