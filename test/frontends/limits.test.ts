@@ -1,3 +1,4 @@
+import { execFileSync } from 'node:child_process';
 import assert from 'node:assert/strict';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -60,6 +61,23 @@ describe('bounded under hostile input', () => {
         assert.match(await failure(big), /graph file is 0\.0 MiB \(2017 bytes\), more than the limit[\s\S]*BACKPLANE_MAX_GRAPH_BYTES/);
       } finally {
         delete process.env['BACKPLANE_MAX_GRAPH_BYTES'];
+      }
+    });
+  });
+
+  test('a FIFO at the graph path is refused at once, never waited on; a byte order mark is dropped, small file or big', async () => {
+    await withTempDir(async (dir) => {
+      const fifo = join(dir, 'g.yaml');
+      execFileSync('mkfifo', [fifo]);
+      // Opened without O_NONBLOCK, the open itself would wait for a writer that never comes.
+      const t0 = performance.now();
+      await assert.rejects(readGraphText(fifo), /cannot read graph file .*g\.yaml: not a regular file/);
+      assert.ok(performance.now() - t0 < 5000);
+      for (const size of [100, 300 * 1024]) {
+        const file = join(dir, `bom-${size}.yaml`);
+        const body = `resources: []\n# ${'x'.repeat(size)}\n`;
+        await writeFile(file, `\ufeff${body}`);
+        assert.equal(await readGraphText(file), body, `${size} bytes`);
       }
     });
   });

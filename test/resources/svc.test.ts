@@ -346,7 +346,10 @@ describe('svc: supervision', () => {
   });
 
   test('a logger that cannot be spawned stops the service it was for, and the start is an error saying so', async (t) => {
-    // The logger's spawn fails as a fork can (EAGAIN); the service's own spawn, before it, goes through.
+    // The logger's spawn fails as a fork can (EAGAIN); the service's own spawn, before it, goes through. node's logger:
+    // the Perl one is started by the service's wrapper, not spawned by the agent.
+    process.env['BACKPLANE_SVC_LOGGER'] = 'node';
+    t.after(() => delete process.env['BACKPLANE_SVC_LOGGER']);
     const cp = createRequire(import.meta.url)('node:child_process') as { spawn: (...args: unknown[]) => unknown };
     const real = cp.spawn;
     let refused = 0;
@@ -387,14 +390,17 @@ describe('svc: supervision', () => {
   });
 
   test('prepare readies the log pipes of a service about to start and starts no process; the start launches one logger after the service, and a start that never comes closes them', async () => {
-    // Loggers are `node --max-old-space-size=16 -e <logger> <config naming the log files>`.
+    // Loggers are `perl -e <logger> -- <config naming the log files in hex>` (started by the service's wrapper), or
+    // `node --max-old-space-size=16 -e <logger> <config naming them in JSON>` (by the agent).
     const loggersOf = async (s: Svc, path?: string): Promise<number[]> => {
       const stdout = path ?? join(await s.world.stateDir(s.id), 'stdout.log');
       const pids: number[] = [];
       for (const n of await readdir('/proc')) {
         if (!/^\d+$/.test(n)) continue;
         const cmd = await readFile(`/proc/${n}/cmdline`, 'utf8').catch(() => '');
-        if (cmd.includes('--max-old-space-size=16') && cmd.includes(JSON.stringify(stdout))) pids.push(Number(n));
+        const node = cmd.includes('--max-old-space-size=16') && cmd.includes(JSON.stringify(stdout));
+        const perl = cmd.includes('# backplane svc logger') && cmd.includes(Buffer.from(stdout).toString('hex'));
+        if (node || perl) pids.push(Number(n));
       }
       return pids;
     };
@@ -652,9 +658,9 @@ describe('svc: health, reload, logs', () => {
     await s.stopWatch();
   });
 
-  test('until the first success, checks run at once, then 10 ms later, the wait doubling up to 200ms', async (t) => {
+  test('until the first success, checks run at once, then (http, tcp) every 5 ms twenty times, then 10 ms later, the wait doubling up to 200 ms; exec checks skip the 5 ms ones', async (t) => {
     // The delays the monitor asks for, each run at once: the cadence without waiting for it.
-    const delays: number[] = [];
+    let delays: number[] = [];
     const realSetTimeout = globalThis.setTimeout;
     t.mock.method(globalThis, 'setTimeout', (fn: () => void, ms: number) => {
       delays.push(ms);
@@ -662,20 +668,26 @@ describe('svc: health, reload, logs', () => {
       // on a busy machine and ask for the interval a second time.
       return realSetTimeout(fn, ms >= 5000 ? ms : 0);
     });
-    let probes = 0;
-    const healthy = new Promise<void>((resolve) => {
-      const m: HealthMonitor = new HealthMonitor({ interval: 5000, timeout: 2000, failures: 3, startPeriod: 10_000 }, async () => (++probes > 8 ? { ok: true } : { ok: false, reason: 'refused' }), {
-        healthy: () => {
-          resolve();
-          // After the ramp: the interval, once healthy.
-          setImmediate(() => m.stop());
-        },
-        unhealthy: () => assert.fail('failures during startPeriod must not count'),
+    const cadence = async (check: { http: string } | { exec: string[] }, failing: number): Promise<number[]> => {
+      delays = [];
+      let probes = 0;
+      await new Promise<void>((resolve) => {
+        const m: HealthMonitor = new HealthMonitor({ interval: 5000, timeout: 2000, failures: 3, startPeriod: 10_000, ...check }, async () => (++probes > failing ? { ok: true } : { ok: false, reason: 'refused' }), {
+          healthy: () => {
+            resolve();
+            // After the ramp: the interval, once healthy.
+            setImmediate(() => m.stop());
+          },
+          unhealthy: () => assert.fail('failures during startPeriod must not count'),
+        });
       });
-    });
-    await healthy;
-    await sleep(5);
-    assert.deepEqual(delays, [0, 10, 20, 40, 80, 160, 200, 200, 200, 5000]);
+      await sleep(5);
+      return delays;
+    };
+    const fast = Array.from({ length: 20 }, () => 5);
+    assert.deepEqual(await cadence({ http: 'http://127.0.0.1:1/' }, 28), [0, ...fast, 10, 20, 40, 80, 160, 200, 200, 200, 5000]);
+    assert.deepEqual(await cadence({ http: 'http://127.0.0.1:1/' }, 3), [0, 5, 5, 5, 5000]);
+    assert.deepEqual(await cadence({ exec: ['true'] }, 8), [0, 10, 20, 40, 80, 160, 200, 200, 200, 5000]);
   });
 
   test('a health check that never passes fails checkApply with the last check result', async () => {

@@ -2,9 +2,10 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, closeSync, constants as fsConstants, fstatSync, readFileSync, statSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import { isAbsolute, join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { openLogForAppend } from './logfile.js';
 import type { WatchdogConfig } from './fence.js';
-import { startLogger, type Logger } from './logger.js';
+import { startLogger, type Logger, type WrapperLogger } from './logger.js';
 
 /**
  * Processes as the supervisor sees them: one it spawned (its 'exit' event is exact and immediate) or one it adopted
@@ -150,6 +151,19 @@ export interface SpawnSpec {
  * A cgroup it cannot join is said on stderr and the program runs anyway; the supervisor checks and warns.
  */
 const WRAPPER = [
+  // The Perl logger (logger.ts), started before the cgroups are joined and then in a session of its own (it calls
+  // setsid): outside the service's cgroup and process group, so no stop or kill of the service reaches it before it
+  // has written everything. Its environment is emptied first ($3: every name in the service's): PERL5OPT, PERL5LIB
+  // or PERLIO meant for the service must not reach code that runs as root. Then the fds that were its (3: the
+  // agent's end-of-output pipe, the pipes' read ends, the log files) are closed: the service must hold none, or the
+  // logger would never see end of file nor the agent the logger's end.
+  'k=$1; shift',
+  'if [ "$k" -gt 0 ]; then',
+  '  ( unset $3; exec /usr/bin/perl -e "$1" -- "$2" ) </dev/null >/dev/null 2>&1 &',
+  '  shift 3',
+  '  i=3',
+  '  while [ "$i" -lt $((k + 3)) ]; do eval "exec $i>&-"; i=$((i + 1)); done',
+  'fi',
   'n=$1; shift',
   'while [ "$n" -gt 0 ]; do',
   '  echo $$ 2>/dev/null >"$1" || echo "backplane: cannot join cgroup ${1%/cgroup.procs}" >&2',
@@ -158,10 +172,14 @@ const WRAPPER = [
   'exec "$@"',
 ].join('\n');
 
-/** The argv that runs the program through WRAPPER: sh, the cgroup files, then setpriv when it changes user. */
-export function wrappedArgv(program: string, spec: SpawnSpec): string[] {
+/**
+ * The argv that runs the program through WRAPPER: sh, the logger it starts (with the number of fds from 3 on that
+ * are the logger's), the cgroup files, then setpriv when it changes user.
+ */
+export function wrappedArgv(program: string, spec: SpawnSpec, logger?: WrapperLogger): string[] {
   const procs = spec.cgroupProcs ?? [];
-  const argv = ['-c', WRAPPER, 'backplane-svc', String(procs.length), ...procs];
+  const own = logger === undefined ? ['0'] : [String(1 + logger.fds.length), ...logger.args, Object.keys(spec.env).filter(unsettable).join(' ')];
+  const argv = ['-c', WRAPPER, 'backplane-svc', ...own, String(procs.length), ...procs];
   if (spec.uid !== undefined) {
     // No passwd entry means no groups to look up: none but the primary one (the schema insists on a group then).
     const groups = spec.userName !== undefined ? '--init-groups' : '--clear-groups';
@@ -169,6 +187,15 @@ export function wrappedArgv(program: string, spec: SpawnSpec): string[] {
   }
   argv.push(program, ...spec.args);
   return argv;
+}
+
+/**
+ * Names the wrapper's `unset` takes: shell identifiers (a shell drops other names from what it passes on, and Perl
+ * reads none), not the ones bash keeps read-only (unset would fail on them, ending the subshell before the logger).
+ */
+const BASH_READONLY = new Set(['BASHOPTS', 'BASH_VERSINFO', 'EUID', 'PPID', 'SHELLOPTS', 'UID']);
+function unsettable(name: string): boolean {
+  return /^[A-Za-z_][A-Za-z0-9_]*$/.test(name) && !BASH_READONLY.has(name);
 }
 
 /**
@@ -275,21 +302,25 @@ export async function spawnProc(spec: SpawnSpec, prepared?: PreparedOutput): Pro
   const output = prepared ?? (await prepareOutput(spec));
   const { logger } = output;
   const outputDone = logger?.done ?? Promise.resolve();
+  // A logger the wrapper starts gets fd 3, a pipe whose end here tells when it exits, and its own fds after it.
+  const via = logger?.viaWrapper;
   let child;
   try {
-    child = spawn('/bin/sh', wrappedArgv(program, spec), {
+    child = spawn('/bin/sh', wrappedArgv(program, spec, via), {
       cwd: spec.cwd,
       env: spec.env,
       detached: true,
-      stdio: ['ignore', output.out, output.err],
+      stdio: ['ignore', output.out, output.err, ...(via === undefined ? [] : ['pipe' as const, ...via.fds])],
       // With a user, setpriv changes uid and gid after the cgroups are joined; a group alone is set here.
       ...(spec.uid === undefined && spec.gid !== undefined ? { gid: spec.gid } : {}),
     });
   } catch (e) {
     // No service: the watchdog must not wait for one.
+    via?.spawned(undefined);
     disposeOutput(output);
     throw e;
   }
+  via?.spawned(child.stdio[3] as Readable | null | undefined);
   // The service has its own copies now (spawn forks synchronously): the logger's pipe must see end of file once the
   // service's processes are gone, so no copy of a write end may stay here.
   for (const fd of logger?.inputs ?? []) closeSync(fd);
@@ -309,7 +340,7 @@ export async function spawnProc(spec: SpawnSpec, prepared?: PreparedOutput): Pro
   // busy 2-core host, and the health checks begin only after it.
   const st = child.pid === undefined ? undefined : readStatSync(child.pid);
   try {
-    if (child.pid !== undefined && logger !== undefined) {
+    if (child.pid !== undefined && logger !== undefined && via === undefined) {
       // The logger starts after the service (see startLogger), and after the I/O callbacks already due: its spawn
       // blocks this thread for 6-15 ms, and the other resources' file operations waiting for their next step here
       // went on only after it. What the service writes meanwhile waits in the pipe.

@@ -1,0 +1,173 @@
+import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
+import { mkdtemp, readFile, readdir, readlink, rm, stat, chmod } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, afterEach, describe, test } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { perlLoggerUsable } from '../../src/resources/svc/logger.js';
+import { readStat, signalGroup, spawnProc, type Proc } from '../../src/resources/svc/proc.js';
+
+/**
+ * The two loggers between a service and its log files (logger.ts): the Perl one its wrapper starts (every service
+ * without a fence) and node's, started by the agent (a fenced service's watchdog, and BACKPLANE_SVC_LOGGER=node).
+ * Same input, same files, byte for byte.
+ */
+
+const dirs: string[] = [];
+const procs: Proc[] = [];
+async function tempDir(): Promise<string> {
+  const d = await mkdtemp(join(tmpdir(), 'bp-svclogger-'));
+  await chmod(d, 0o700);
+  dirs.push(d);
+  return d;
+}
+// The loggers' handles are unref'd (an agent does not wait for them): this keeps the test's event loop up meanwhile.
+const keepAlive = setInterval(() => undefined, 1000);
+after(async () => {
+  clearInterval(keepAlive);
+  for (const p of procs) signalGroup(p.pid, 'SIGKILL');
+  await Promise.all(dirs.map((d) => rm(d, { recursive: true, force: true })));
+});
+afterEach(() => {
+  delete process.env['BACKPLANE_SVC_LOGGER'];
+});
+
+type Which = 'perl' | 'node';
+
+async function start(which: Which, dir: string, script: string, log: { maxSize: number; keep: number }, env: NodeJS.ProcessEnv = {}): Promise<Proc> {
+  if (which === 'node') process.env['BACKPLANE_SVC_LOGGER'] = 'node';
+  else delete process.env['BACKPLANE_SVC_LOGGER'];
+  const p = await spawnProc({
+    file: 'sh',
+    args: ['-c', script],
+    cwd: '/',
+    env: { PATH: '/usr/bin:/bin', ...env },
+    stdoutPath: join(dir, 'out.log'),
+    stderrPath: join(dir, 'err.log'),
+    logRotation: { ...log, fifoDir: dir },
+  });
+  procs.push(p);
+  return p;
+}
+
+/** Runs `script` to its end with its output through `which` logger; the log files and their bytes once it is done. */
+async function logged(which: Which, script: string, log: { maxSize: number; keep: number }): Promise<Record<string, string>> {
+  const dir = await tempDir();
+  const p = await start(which, dir, script, log);
+  await p.exited;
+  await p.outputDone;
+  const files: Record<string, string> = {};
+  for (const n of (await readdir(dir)).sort()) if (n.endsWith('.log') || /\.log\.\d+$/.test(n)) files[n] = await readFile(join(dir, n), 'latin1');
+  return files;
+}
+
+/** Processes whose command line contains `text`. */
+async function processesWith(text: string): Promise<number[]> {
+  const out: number[] = [];
+  for (const n of await readdir('/proc')) {
+    if (!/^\d+$/.test(n)) continue;
+    const cmd = await readFile(`/proc/${n}/cmdline`, 'utf8').catch(() => '');
+    if (cmd.includes(text)) out.push(Number(n));
+  }
+  return out;
+}
+
+const PERL_MARK = '# backplane svc logger';
+const NODE_MARK = '--max-old-space-size=16';
+
+describe('svc loggers', { skip: perlLoggerUsable() ? false : 'no /usr/bin/perl, setsid or env here' }, () => {
+  test('both loggers write the same files: rotation at exactly maxSize on whole lines, keep, a line longer than maxSize cut, keep 0, binary bytes', async () => {
+    const cases: [string, string, { maxSize: number; keep: number }][] = [
+      // 60 lines of 100 bytes on stdout, 5 on stderr, against 1,000 bytes and 3 kept.
+      ['rotation', 'i=0; while [ $i -lt 60 ]; do printf "%099d\\n" $i; i=$((i+1)); done; i=0; while [ $i -lt 5 ]; do echo err-$i >&2; i=$((i+1)); done', { maxSize: 1000, keep: 3 }],
+      ['a long line', 'printf "%0350d\\n" 7; echo short; printf "%0250d" 1', { maxSize: 100, keep: 5 }],
+      ['keep 0', 'i=0; while [ $i -lt 30 ]; do echo line-$i; i=$((i+1)); done', { maxSize: 64, keep: 0 }],
+      ['bytes', 'printf "\\000\\377\\r\\n\\001x"; printf "\\000" >&2', { maxSize: 4096, keep: 1 }],
+    ];
+    for (const [what, script, log] of cases) {
+      const [perl, node] = [await logged('perl', script, log), await logged('node', script, log)];
+      assert.deepEqual(perl, node, `${what}: the Perl logger wrote other files than node's`);
+      assert.ok(Object.keys(perl).length >= 2, what);
+    }
+    // The first case, checked for itself: 10 lines fill each 1,000-byte file, the last 10 of 60 are in out.log.
+    const files = await logged('perl', cases[0]![1], cases[0]![2]);
+    assert.deepEqual(Object.keys(files), ['err.log', 'out.log', 'out.log.1', 'out.log.2', 'out.log.3']);
+    assert.equal(files['out.log.1']?.length, 1000);
+    assert.equal(files['out.log']?.split('\n').length, 11);
+    assert.ok(files['out.log']?.startsWith(`${'0'.repeat(97)}50\n`), 'out.log holds the last ten lines');
+    assert.equal(files['err.log'], 'err-0\nerr-1\nerr-2\nerr-3\nerr-4\n');
+  });
+
+  test('the Perl logger: started by the wrapper in its own session, outside the service\'s group, with none of the service\'s environment; the service holds none of its fds; output is done only once it has written all', async () => {
+    const dir = await tempDir();
+    // PERL5OPT in the service's environment would make a perl that honoured it fail at once.
+    const p = await start('perl', dir, 'i=0; while [ $i -lt 2000 ]; do echo line-$i; i=$((i+1)); done; exec sleep 30', { maxSize: 1 << 20, keep: 1 }, { PERL5OPT: '-Mno_such_module_here', PERLIO: ':crlf' });
+    const hexOut = Buffer.from(join(dir, 'out.log')).toString('hex');
+    const perlLoggers = async (): Promise<number[]> => (await processesWith(PERL_MARK)).filter((pid) => readFileSafe(`/proc/${pid}/cmdline`).includes(hexOut));
+    await waitFor('the Perl logger', async () => (await perlLoggers()).length > 0);
+    await sleep(100);
+    const loggers = await perlLoggers();
+    assert.equal(loggers.length, 1, 'one Perl logger for the start');
+    assert.deepEqual(await processesWith(`${NODE_MARK}\u0000-e`).then((l) => l.filter((pid) => readFileSafe(`/proc/${pid}/cmdline`).includes(dir))), [], 'no node logger');
+    const logger = loggers[0]!;
+    const st = await readStat(logger);
+    assert.ok(st !== undefined);
+    assert.notEqual(st.pgrp, p.pgid, 'the logger is in the service\'s process group');
+    assert.equal(st.pgrp, logger, 'the logger leads its own group (setsid)');
+    // Nothing of the service's environment (the shell sets PWD on its own).
+    const environ = readFileSafe(`/proc/${logger}/environ`).split('\0').filter((e) => e !== '' && !e.startsWith('PWD='));
+    assert.deepEqual(environ, [], 'the logger got the service\'s environment');
+    // The service (the shell, still running) holds only the pipes' write ends: no log file, no read end, no fd 3.
+    for (const fd of await readdir(`/proc/${p.pid}/fd`)) {
+      const target = await readlink(`/proc/${p.pid}/fd/${fd}`).catch(() => '');
+      assert.ok(!target.endsWith('.log'), `the service holds fd ${fd}: ${target}`);
+      assert.ok(!target.startsWith('socket:'), `the service holds fd ${fd}: ${target}`);
+    }
+    await waitFor('the output', async () => (await readFile(join(dir, 'out.log'), 'utf8')).includes('line-1999\n'));
+    // Still running: the output is not done.
+    const early = await Promise.race([p.outputDone.then(() => 'done'), sleep(300).then(() => 'waiting')]);
+    assert.equal(early, 'waiting', 'outputDone resolved while the service still held its pipes');
+    signalGroup(p.pgid, 'SIGKILL');
+    await p.exited;
+    await p.outputDone;
+    await waitFor('the logger to go', async () => (await readStat(logger)) === undefined || (await readStat(logger))?.state === 'Z');
+    assert.equal((await stat(join(dir, 'out.log'))).size > 0, true);
+  });
+
+  test('outputDone waits for the Perl logger to have written everything: a service that writes 4 MB and exits', async () => {
+    const dir = await tempDir();
+    const p = await start('perl', dir, 'head -c 4194304 /dev/zero | tr "\\0" "y"', { maxSize: 64 << 20, keep: 1 });
+    await p.exited;
+    await p.outputDone;
+    // Read at once: everything is there the moment outputDone resolves, not a moment later.
+    assert.equal((await stat(join(dir, 'out.log'))).size, 4194304);
+  });
+
+  test('BACKPLANE_SVC_LOGGER=node keeps node\'s logger, started by the agent', async () => {
+    const dir = await tempDir();
+    const p = await start('node', dir, 'echo hi; exec sleep 30', { maxSize: 1 << 20, keep: 1 });
+    await waitFor('the node logger', async () => (await processesWith(NODE_MARK)).some((pid) => readFileSafe(`/proc/${pid}/cmdline`).includes(JSON.stringify(join(dir, 'out.log')))));
+    assert.deepEqual((await processesWith(PERL_MARK)).filter((pid) => readFileSafe(`/proc/${pid}/cmdline`).includes(Buffer.from(dir).toString('hex'))), []);
+    signalGroup(p.pgid, 'SIGKILL');
+    await p.exited;
+    await p.outputDone;
+    assert.equal(await readFile(join(dir, 'out.log'), 'utf8'), 'hi\n');
+  });
+});
+
+function readFileSafe(path: string): string {
+  try {
+    return readFileSync(path, 'latin1');
+  } catch {
+    return '';
+  }
+}
+
+async function waitFor(what: string, cond: () => Promise<boolean>, ms = 10_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await cond())) {
+    if (Date.now() > end) assert.fail(`timed out waiting for ${what}`);
+    await sleep(20);
+  }
+}
