@@ -114,12 +114,17 @@ const TYPED_START = new Set([...'~nNtTfF+-.'].map((ch) => ch.charCodeAt(0)));
  * `false-ish` or `Never` are strings without asking js-yaml; `false` is js-yaml's to read, as before.
  */
 const TYPED_WORDS = new Set(['null', 'Null', 'NULL', 'true', 'True', 'TRUE', 'false', 'False', 'FALSE']);
+/** 0, or 1 to 15 digits without a leading zero, sign or underscore: what plain() reads without js-yaml. */
+const PLAIN_DECIMAL = /^(?:0|[1-9][0-9]{0,14})$/;
 
 function plain(text: string): unknown {
   // Only ~ n N t T f F + - . and digits can start a null, bool, int or float: everything else is a string.
   const c = text.charCodeAt(0);
   if (!(c >= 0x30 && c <= 0x39) && !TYPED_START.has(c)) return text;
   if (((c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a)) && !TYPED_WORDS.has(text)) return text;
+  // A plain decimal (a port, a count): js-yaml's int, whose construct is parseInt(text, 10), exact up to 15 digits.
+  // Read here, a graph whose only typed scalars are such numbers never loads js-yaml (~3-5 ms of a cold run).
+  if (PLAIN_DECIMAL.test(text)) return Number(text);
   types ??= coreTypes();
   if (types.length === 0) throw new NotMine('js-yaml does not expose the core schema types this reader knows');
   for (const t of types) if (t.resolve(text)) return t.construct(text);

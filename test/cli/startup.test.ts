@@ -388,8 +388,12 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
       const withMeta = await runGraph('meta.yaml', `resources:\n  - { kind: file, name: ${join(dir, 'm')}, content: "x", mode: "0644", meta: { retry: 2 } }\n`);
       assert.equal(withMeta.code, 0, withMeta.stderr);
       assert.equal(cacheOf('backplane-cli-zod.js', withMeta), 'used');
-      // `retry: 2` is a scalar js-yaml types: its script is loaded then, from its cache.
-      assert.equal(cacheOf('backplane-cli-jsyaml.js', withMeta), 'used');
+      // `retry: 2` is a plain decimal, read without js-yaml (fast-yaml.ts plain()); `retry: 0x2` is js-yaml's to type:
+      // its script is loaded then, from its cache.
+      assert.equal(cacheOf('backplane-cli-jsyaml.js', withMeta), '(not loaded)');
+      const withHex = await runGraph('meta-hex.yaml', `resources:\n  - { kind: file, name: ${join(dir, 'm')}, content: "x", mode: "0644", meta: { retry: 0x2 } }\n`);
+      assert.equal(withHex.code, 0, withHex.stderr);
+      assert.equal(cacheOf('backplane-cli-jsyaml.js', withHex), 'used');
       // A template of text and names only renders without liquidjs (template.ts, plain templates).
       const plain = await runGraph('plain.yaml', `resources:\n  - { kind: template, name: ${join(dir, 'p')}, template: "port {{ vars.port }}", vars: { port: 80 } }\n`);
       assert.equal(plain.code, 0, plain.stderr);

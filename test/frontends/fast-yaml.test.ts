@@ -122,7 +122,9 @@ describe('fast YAML reader: where readers disagree', () => {
       'yes', 'no', 'on', 'off', 'y', 'n', '2001-12-14', '12:30:45', '1:20', '0.1.2', '00', '09', '0009', '9007199254740993', '1e400', '-1e400', '0x' + 'f'.repeat(300),
       'file', 'directory', '/tmp/a b', 'http://x.y/z?q=1#frag', 'a#b', 'a:b', 'a,b', 'a]', 'a}', 'a[0]', "it's", 'say "hi"', '=', '<', '$HOME', '~/x', '-x', '--', '---x', '.', '..', '...x', '+', '-.', 'é', '日本',
       // A letter starts a typed scalar only as one of null's and bool's words (fast-yaml.ts TYPED_WORDS): near misses.
-      'nulls', 'Nullable', 'nu', 'Trueish', 'TRUEx', 'tru', 'falsey', 'False_', 'FALS', 'Nope', 'N', 'T', 'f', 'F', 't', 'n'];
+      'nulls', 'Nullable', 'nu', 'Trueish', 'TRUEx', 'tru', 'falsey', 'False_', 'FALS', 'Nope', 'N', 'T', 'f', 'F', 't', 'n',
+      // Plain decimals are read without js-yaml (PLAIN_DECIMAL), up to 15 digits; around its edges.
+      '0', '7', '28081', '100000', '999999999999999', '1000000000000000', '123456789012345', '1234567890123456', '-28081', '+28081', '01', '1_0', '10 ', '١٢'];
     let answered = 0;
     for (const s of scalars) {
       for (const text of [`a: ${s}\n`, `- ${s}\n`, `${/^[A-Za-z0-9_]/.test(s) ? s : 'k'}: 1\n`, `a: [${s}]\n`, `a: {b: ${s}}\n`]) if (same(text, text)) answered++;
