@@ -114,6 +114,8 @@ const TYPED_START = new Set([...'~nNtTfF+-.'].map((ch) => ch.charCodeAt(0)));
  * `false-ish` or `Never` are strings without asking js-yaml; `false` is js-yaml's to read, as before.
  */
 const TYPED_WORDS = new Set(['null', 'Null', 'NULL', 'true', 'True', 'TRUE', 'false', 'False', 'FALSE']);
+/** What may follow `.` or `+.`/`-.` in a typed scalar besides a digit or `_`: .inf, .Inf, .INF, .nan, .NaN, .NAN. */
+const NUMBER_WORD_START = new Set([...'iInN'].map((ch) => ch.charCodeAt(0)));
 /** 0, or 1 to 15 digits without a leading zero, sign or underscore: what plain() reads without js-yaml. */
 const PLAIN_DECIMAL = /^(?:0|[1-9][0-9]{0,14})$/;
 
@@ -122,6 +124,17 @@ function plain(text: string): unknown {
   const c = text.charCodeAt(0);
   if (!(c >= 0x30 && c <= 0x39) && !TYPED_START.has(c)) return text;
   if (((c >= 0x41 && c <= 0x5a) || (c >= 0x61 && c <= 0x7a)) && !TYPED_WORDS.has(text)) return text;
+  // A sign or a dot starts a number only before a digit or a dot (then a digit, `_`, or inf/nan's first letter):
+  // `-c`, `-g` and `--verbose` in a command's argv are strings without loading js-yaml for them.
+  if (c === 0x2b || c === 0x2d || c === 0x2e) {
+    let i = c === 0x2e ? 0 : 1;
+    let d = text.charCodeAt(i);
+    if (!(d >= 0x30 && d <= 0x39) && d !== 0x2e) return text;
+    if (d === 0x2e) {
+      d = text.charCodeAt(++i);
+      if (!(d >= 0x30 && d <= 0x39) && d !== 0x5f && !NUMBER_WORD_START.has(d)) return text;
+    }
+  }
   // A plain decimal (a port, a count): js-yaml's int, whose construct is parseInt(text, 10), exact up to 15 digits.
   // Read here, a graph whose only typed scalars are such numbers never loads js-yaml (~3-5 ms of a cold run).
   if (PLAIN_DECIMAL.test(text)) return Number(text);

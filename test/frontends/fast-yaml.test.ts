@@ -124,7 +124,9 @@ describe('fast YAML reader: where readers disagree', () => {
       // A letter starts a typed scalar only as one of null's and bool's words (fast-yaml.ts TYPED_WORDS): near misses.
       'nulls', 'Nullable', 'nu', 'Trueish', 'TRUEx', 'tru', 'falsey', 'False_', 'FALS', 'Nope', 'N', 'T', 'f', 'F', 't', 'n',
       // Plain decimals are read without js-yaml (PLAIN_DECIMAL), up to 15 digits; around its edges.
-      '0', '7', '28081', '100000', '999999999999999', '1000000000000000', '123456789012345', '1234567890123456', '-28081', '+28081', '01', '1_0', '10 ', '١٢'];
+      '0', '7', '28081', '100000', '999999999999999', '1000000000000000', '123456789012345', '1234567890123456', '-28081', '+28081', '01', '1_0', '10 ', '١٢',
+      // A sign or a dot before anything but a digit or a dot is a string without js-yaml (an argv's flags); around it.
+      '-c', '-g', '--verbose', '+x', '.x', '-.x', '+._', '._5', '.5_', '-._5', '+.5', '-.inf', '+.Inf', '-.INF', '-.nan', '.NaN', '.nAn', '.iNF', '-.Nope', '-', '+', '.', '-1a', '+0x1F', '-0b1', '-0o7', '.e3', '-.e3'];
     let answered = 0;
     for (const s of scalars) {
       for (const text of [`a: ${s}\n`, `- ${s}\n`, `${/^[A-Za-z0-9_]/.test(s) ? s : 'k'}: 1\n`, `a: [${s}]\n`, `a: {b: ${s}}\n`]) if (same(text, text)) answered++;
