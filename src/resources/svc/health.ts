@@ -219,9 +219,10 @@ export interface HealthEvents {
 /**
  * Check cadence until the first success: dependents wait for it, so it must be found quickly. The first check runs
  * at once, when the process has usually not even reached its listen(); the next ones follow after 10, 20, 40, 80 and
- * 160 ms, then every 200 ms (http and tcp checks: after 20 more every 5 ms first, below). With a flat 200 ms, a server up 20 ms after its start (nginx, measured on a 2-core VM)
- * was found healthy only 200 ms later: most of a cold nginx stack's run. A check is one connection or command, and
- * the next is only scheduled once the last has finished, so the ramp adds at most five checks.
+ * 160 ms, then every 200 ms (http and tcp checks: after 20 more every 5 ms first, below). With a flat 200 ms, a
+ * server up 20 ms after its start (nginx, measured on a 2-core VM) was found healthy only 200 ms later: most of a
+ * cold nginx stack's run. A check is one connection or command, and the next is only scheduled once the last has
+ * finished, so the ramp adds at most five checks (and the fast retries twenty).
  */
 const FIRST_RETRY_MS = 10;
 const START_INTERVAL_MS = 200;
