@@ -211,7 +211,7 @@ exit 0;
 
 /**
  * setsid(2) by number, for Perl's syscall(): POSIX.pm would cost the logger 13 ms of start-up and /usr/bin/setsid
- * an exec (~2.5 ms), both beside the service's own start. Only for these architectures; elsewhere node's logger.
+ * an exec (1–3 ms), both beside the service's own start. Only for these architectures; elsewhere node's logger.
  */
 const SETSID_SYSCALL: Readonly<Record<string, number>> = { x64: 112, arm64: 157, riscv64: 157, loong64: 157 };
 let perlPresent: boolean | undefined;
