@@ -312,7 +312,7 @@ describe('svc: supervision', () => {
     console.log(`# kill -9 -> respawned in ${respawnMs.toFixed(1)} ms, answering in ${backMs.toFixed(1)} ms`);
   });
 
-  test('the first start makes its log pipes; its logger makes the next start\'s, and a restart takes them', async (t) => {
+  test("the Perl logger's pipes are the wrapper's: the agent runs no mkfifo, no name is left; node's logger: the first start makes its pipes, its logger the next start's, a restart takes them", async (t) => {
     // execFile as the logger module sees it (an ES import of a built-in is synced from the CommonJS module). A plain
     // function, not t.mock.method: its proxy would hand promisify the real execFile's custom promisified form.
     const calls: string[][] = [];
@@ -326,21 +326,41 @@ describe('svc: supervision', () => {
     t.after(() => {
       cp.execFile = real;
       syncBuiltinESMExports();
+      delete process.env['BACKPLANE_SVC_LOGGER'];
     });
+    const killAndWait = async (s: Svc): Promise<void> => {
+      const pid = await s.pid();
+      process.kill(pid ?? 0, 'SIGKILL');
+      await waitFor('a new pid', async () => ((await s.pid()) ?? pid) !== pid);
+    };
+    const pipesIn = async (s: Svc): Promise<string[]> => (await readdir(await s.world.stateDir(s.id))).filter((n) => n.startsWith('.log-pipe-'));
+
+    // The Perl logger (the default): its wrapper makes the pipes, the logger unlinks them; a restart the same.
+    const perl = make({ cmd: ['sh', '-c', 'echo out-$$; echo err-$$ >&2; exec sleep 30'], log: { stderr: join(await tempDir(), 'err.log') } });
+    await perl.watch();
+    await perl.run();
+    const stdout = join(await perl.world.stateDir(perl.id), 'stdout.log');
+    for (const round of ['first start', 'restart']) {
+      const pid = await perl.pid();
+      await waitFor(`${round}: the output`, async () => (await readFile(stdout, 'utf8').catch(() => '')).includes(`out-${String(pid)}\n`));
+      await waitFor(`${round}: the pipes' names gone`, async () => (await pipesIn(perl)).length === 0);
+      assert.deepEqual(calls, [], `${round}: the agent ran mkfifo`);
+      if (round === 'first start') await killAndWait(perl);
+    }
+    await perl.stopWatch();
+
+    // node's logger: stdout and stderr go to two files: two pipes made by the agent, and two spares made by the logger.
+    process.env['BACKPLANE_SVC_LOGGER'] = 'node';
     const s = make({ cmd: ['sleep', '30'], log: { stderr: join(await tempDir(), 'err.log') } });
     await s.watch();
     await s.run();
-    const pipes = async (): Promise<string[]> => (await readdir(await s.world.stateDir(s.id))).filter((n) => n.startsWith('.log-pipe-'));
-    // stdout and stderr go to two files: two pipes made by the agent, and two spares made by the logger.
     assert.equal(calls.length, 1, JSON.stringify(calls));
     assert.equal(calls[0]?.filter((a) => a.includes('.log-pipe-')).length, 2);
-    await waitFor('the spares', async () => (await pipes()).length === 2);
-    const spares = await pipes();
-    const pid = await s.pid();
-    process.kill(pid ?? 0, 'SIGKILL');
-    await waitFor('a new pid', async () => ((await s.pid()) ?? pid) !== pid);
+    await waitFor('the spares', async () => (await pipesIn(s)).length === 2);
+    const spares = await pipesIn(s);
+    await killAndWait(s);
     // The restart took the spares (the agent ran no mkfifo), and its logger made the next ones.
-    await waitFor('new spares', async () => (await pipes()).length === 2 && (await pipes()).every((n) => !spares.includes(n)));
+    await waitFor('new spares', async () => (await pipesIn(s)).length === 2 && (await pipesIn(s)).every((n) => !spares.includes(n)));
     assert.equal(calls.length, 1, JSON.stringify(calls));
     await s.stopWatch();
   });
@@ -389,7 +409,8 @@ describe('svc: supervision', () => {
     }
   });
 
-  test('prepare readies the log pipes of a service about to start and starts no process; the start launches one logger after the service, and a start that never comes closes them', async () => {
+  test("prepare readies the output of a service about to start (node's logger: its pipes) and starts no process; the start launches one logger after the service, and a start that never comes closes them", async (t) => {
+    t.after(() => delete process.env['BACKPLANE_SVC_LOGGER']);
     // Loggers are `perl -e <logger> -- <config naming the log files in hex>` (started by the service's wrapper), or
     // `node --max-old-space-size=16 -e <logger> <config naming them in JSON>` (by the agent).
     const loggersOf = async (s: Svc, path?: string): Promise<number[]> => {
@@ -414,25 +435,33 @@ describe('svc: supervision', () => {
       }
       return n;
     };
-    const s = make({ cmd: ['sh', '-c', 'echo started-here; exec sleep 30'] });
-    s.res.prepare?.(s.log);
-    // Both ends of both pipes are open, and nothing runs: not the service, not its logger.
-    await waitFor('the pipes', async () => (await pipesOf(s)) === 4);
-    await sleep(200);
-    assert.deepEqual(await loggersOf(s), [], 'a logger was started before the service');
-    assert.equal(await s.pid(), undefined);
-    const r = await s.run();
-    assert.match(r.changes[0] ?? '', /^started \(pid \d+\)$/);
-    // One logger, started by the start; the agent keeps no end of the pipes (the logger must see end of file).
-    await waitFor('the logger', async () => (await loggersOf(s)).length === 1);
-    assert.equal(await pipesOf(s), 0, 'the agent still holds pipe ends after the start');
-    // What the service wrote before its logger ran waited in the pipe.
-    const stdout = join(await s.world.stateDir(s.id), 'stdout.log');
-    await waitFor('the output', async () => (await readFile(stdout, 'utf8').catch(() => '')).includes('started-here'));
-    await sleep(300);
-    assert.equal((await loggersOf(s)).length, 1, 'more than one logger for one start');
+    // node's logger gets its pipes from the agent, ahead; the Perl one (the default) from the service's wrapper.
+    for (const which of ['node', 'perl'] as const) {
+      if (which === 'node') process.env['BACKPLANE_SVC_LOGGER'] = 'node';
+      else delete process.env['BACKPLANE_SVC_LOGGER'];
+      const s = make({ cmd: ['sh', '-c', 'echo started-here; exec sleep 30'] });
+      s.res.prepare?.(s.log);
+      const stdout = join(await s.world.stateDir(s.id), 'stdout.log');
+      // node's: both ends of both pipes are open. Nothing runs: not the service, not its logger.
+      if (which === 'node') await waitFor('the pipes', async () => (await pipesOf(s)) === 4);
+      else await waitFor('the log file', () => existsSync(stdout));
+      await sleep(200);
+      if (which === 'perl') assert.equal(await pipesOf(s), 0, 'pipes were made by the agent');
+      assert.deepEqual(await loggersOf(s), [], `${which}: a logger was started before the service`);
+      assert.equal(await s.pid(), undefined);
+      const r = await s.run();
+      assert.match(r.changes[0] ?? '', /^started \(pid \d+\)$/);
+      // One logger, started by the start; the agent keeps no end of the pipes (the logger must see end of file).
+      await waitFor('the logger', async () => (await loggersOf(s)).length === 1);
+      assert.equal(await pipesOf(s), 0, `${which}: the agent still holds pipe ends after the start`);
+      // What the service wrote before its logger ran waited in the pipe.
+      await waitFor('the output', async () => (await readFile(stdout, 'utf8').catch(() => '')).includes('started-here'));
+      await sleep(300);
+      assert.equal((await loggersOf(s)).length, 1, `${which}: more than one logger for one start`);
+    }
 
-    // Prepared, then removed before any start: the pipes are closed, no process was started.
+    // Prepared (node's logger), then removed before any start: the pipes are closed, no process was started.
+    process.env['BACKPLANE_SVC_LOGGER'] = 'node';
     const never = make({ cmd: ['sleep', '30'] });
     never.res.prepare?.(never.log);
     await waitFor('the pipes', async () => (await pipesOf(never)) === 4);
@@ -441,7 +470,8 @@ describe('svc: supervision', () => {
     assert.deepEqual(await loggersOf(never), []);
     assert.equal(await never.pid(), undefined);
 
-    // What a dependency may still change is left to the start: a user, log files of its own.
+    // What a dependency may still change is left to the start: a user, log files of its own (node's logger, whose
+    // pipes would be readied ahead).
     const own = join(await tempDir(), 'out.log');
     for (const [extra, path] of [[{ user: 'root' }, undefined], [{ log: { stdout: own } }, own]] as const) {
       const later = make({ cmd: ['sleep', '30'], ...extra });
@@ -452,7 +482,7 @@ describe('svc: supervision', () => {
     }
   });
 
-  test("an agent that leaves its service running leaves the spare pipes; the next agent's start takes them, and only them", async () => {
+  test("node's logger: an agent that leaves its service running leaves the spare pipes; the next agent's start takes them, and only them; the Perl logger's start takes none and removes them", async () => {
     const dir = await tempDir();
     // mkfifo as the agent and the logger run it, logged with the caller's pid: which pipes were made, and by whom.
     const bin = join(dir, 'bin');
@@ -466,6 +496,8 @@ describe('svc: supervision', () => {
     await writeFile(graph, `resources:\n  - { kind: svc, name: spares, cmd: ${cmd}, onAgentExit: keep, log: { maxSize: 1024 } }\n`);
     const entry = await agentEntry(dir);
     let agentPid = 0;
+    // Spares are node's logger's: the Perl one's wrapper makes its own pipes each start.
+    let logger: 'node' | 'perl' = 'node';
     const runAgent = (): Promise<string> =>
       new Promise((resolve, reject) => {
         // The state directory as a relative path, from the test's directory: the logger, which makes the spares,
@@ -473,7 +505,7 @@ describe('svc: supervision', () => {
         const tsx = pathToFileURL(join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
         const proc = spawn(process.execPath, ['--import', tsx, entry, 'run', '--file', graph, '--state-dir', relative(dir, stateDir), '--converged-timeout', '0'], {
           cwd: dir,
-          env: { ...process.env, PATH: `${bin}:${process.env['PATH'] ?? '/usr/bin:/bin'}` },
+          env: { ...process.env, PATH: `${bin}:${process.env['PATH'] ?? '/usr/bin:/bin'}`, ...(logger === 'node' ? { BACKPLANE_SVC_LOGGER: 'node' } : {}) },
           stdio: ['ignore', 'ignore', 'pipe'],
         });
         agents.push(proc);
@@ -540,6 +572,17 @@ describe('svc: supervision', () => {
     }
     assert.equal((await readdir(outside)).length, 2, 'a link was followed');
     await killService();
+
+    // The Perl logger: the spares node's left and FIFOs planted as good as spares are removed, never used, and the
+    // agent makes no pipe; the wrapper's are unlinked by the logger.
+    for (const i of [1, 2]) execFileSync('/usr/bin/mkfifo', ['-m', '0600', join(resDir, `.log-pipe-planted${i}`)]);
+    assert.equal((await pipes()).length, 4);
+    logger = 'perl';
+    await runAgent();
+    assert.equal(await agentMade(), 0, 'the agent made pipes for the Perl logger');
+    await waitFor('no pipe left', async () => (await pipes()).length === 0);
+    await killService();
+    logger = 'node';
 
     // onAgentExit: stop stops the service and removes its spares.
     await writeFile(graph, `resources:\n  - { kind: svc, name: spares, cmd: ${cmd}, onAgentExit: stop, log: { maxSize: 1024 } }\n`);

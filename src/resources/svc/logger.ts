@@ -22,7 +22,9 @@ import { randomHex } from '../../util/random.js';
  * gone. It ignores SIGTERM/SIGINT/SIGHUP for that reason: killing it would only give the service SIGPIPE.
  *
  * The pipe is a FIFO (not the socketpair that spawn's 'pipe' gives: `open("/dev/stderr")` fails on a socket, and
- * nginx does that), made in the resource's private state directory and unlinked at once, so nobody else can open it.
+ * nginx does that; Node has no pipe(2)), made in the resource's private state directory and unlinked once both ends
+ * are open: by the service's wrapper for the Perl logger, which unlinks them, by the agent (or ahead, as spares, by
+ * the previous start's logger) for node's.
  * The log files are opened by the agent with every check of openLogForAppend and passed as descriptors; rotation
  * moves names with rename (which never writes through a symlink) and creates the new file O_EXCL|O_NOFOLLOW, as
  * logfile.ts does.
@@ -121,9 +123,10 @@ ${FENCE_WATCHDOG_JS}`;
  * wrapper starts it (see WRAPPER in proc.ts), so the agent forks once per start instead of twice, and it starts in
  * ~5 ms of CPU where node takes ~80 ms, beside the service's own start on the same cores. Same files, same rotation
  * (exactly at maxSize, whole lines where they fit, rename then O_EXCL|O_NOFOLLOW create, owner and mode kept), same
- * spares, same end (every pipe at end of file). Its one argument: the open flags and errno values it needs and the
- * number of setsid(2) (perlConstants), `n`, then per stream the pipe's fd, the log's fd, maxSize, keep and the log's
- * path in hex, then the spares' paths in hex. fd 3 is the agent's end-of-output signal:
+ * end (every pipe at end of file). Its pipes are the wrapper's FIFOs, so it makes no spares. Its one argument: the
+ * open flags and errno values it needs and the number of setsid(2) (perlConstants), `n`, then per stream the pipe's
+ * fd, the log's fd, maxSize, keep and the log's path in hex, then the FIFOs' paths in hex, which it unlinks (the
+ * wrapper has both ends open by then). fd 3 is the agent's end-of-output signal:
  * never read or written, it closes when this process exits. Its environment is emptied by the wrapper: PERL5OPT,
  * PERL5LIB or PERLIO in the service's environment must not reach code that runs as root. A fenced service's logger
  * is its watchdog and needs sub-second clocks (Time::HiRes is not in perl-base): node's, started by the agent.
@@ -140,7 +143,7 @@ for (1 .. $n) {
   open(my $oh, '>>&=', $out) or exit 1;
   push @s, { in => $ih, fd => $in, out => $oh, size => -s $oh, max => $max, keep => $keep, path => pack('H*', $path), open => 1 };
 }
-my @spares = map { pack('H*', $_) } @t;
+unlink(map { pack('H*', $_) } @t);
 sub wr {
   my ($st, $b) = @_;
   my $len = length $b;
@@ -191,7 +194,6 @@ sub take {
     eval { rotate($st); 1 } or do { eval { truncate($st->{out}, 0) }; $st->{size} = 0 };
   }
 }
-system { '/usr/bin/mkfifo' } 'mkfifo', '-m', '0600', '--', @spares if @spares;
 my $rin = '';
 vec($rin, $_->{fd}, 1) = 1 for @s;
 my $open = @s;
@@ -246,6 +248,8 @@ function perlConstants(): string[] {
 export interface LoggedStream {
   /** The log file, opened and checked by the agent (openLogForAppend). The logger gets its own copy. */
   readonly fd: number;
+  /** The service's fds that write into this stream: [1], [2], or [1, 2] when both go to one file. */
+  readonly std: readonly (1 | 2)[];
   readonly path: string;
   readonly maxSize: number;
   readonly keep: number;
@@ -274,12 +278,21 @@ export interface Logger {
   readonly viaWrapper: WrapperLogger | undefined;
 }
 
-/** A logger the service's /bin/sh wrapper starts in the background before it runs the service (WRAPPER in proc.ts). */
+/**
+ * A logger the service's /bin/sh wrapper starts in the background before it runs the service (WRAPPER in proc.ts),
+ * on pipes the wrapper makes: the agent forks nothing for it.
+ */
 export interface WrapperLogger {
-  /** For the wrapper, as fds 4 on (fd 3 is the end-of-output pipe): the pipes' read ends, then the log files. */
+  /** For the wrapper, as fds 4 on (fd 3 is the end-of-output pipe): the log files. */
   readonly fds: readonly number[];
   /** The wrapper's arguments for it: the program text and its one argument. */
   readonly args: readonly [string, string];
+  /**
+   * The FIFOs the wrapper makes (in the private state directory) and puts between the service and the logger: the
+   * one for the service's stdout ('' when stdout is not logged here), the one for its stderr ('' when stderr is not,
+   * or goes into stdout's), and '1' when stderr goes into stdout's pipe (one file for both), else ''.
+   */
+  readonly pipes: readonly [string, string, string];
   /**
    * Called right after the service's spawn with the agent's end of the wrapper's fd 3 (undefined: the spawn
    * failed): `done` resolves when it reaches end of file, that is, when the logger (the last holder) has exited.
@@ -303,8 +316,8 @@ function fifoNames(dir: string, n: number): string[] {
 }
 
 /**
- * The spare FIFOs in `dir`, as paths; anything else named like one is removed. Spares are made ahead for the next
- * start by the logger (see LOGGER_JS): mkfifo is an exec, 25-100 ms on a loaded 2-core host and its fork 6-10 ms of
+ * The spare FIFOs in `dir`, as paths; anything else named like one is removed. Spares are node's logger's (the Perl
+ * one's wrapper makes its pipes beside the service), made ahead for the next start by the logger (see LOGGER_JS): mkfifo is an exec, 25-100 ms on a loaded 2-core host and its fork 6-10 ms of
  * the agent's main thread, on the way to the service's spawn; the logger runs beside it. They sit unopened in the
  * private state directory, and stay there when the agent exits and leaves the service running, for the next
  * agent's start of it. A pipe in use is unlinked the moment it is opened, so a name still there is one no process
@@ -352,8 +365,13 @@ export async function dropSpareFifos(dir: string): Promise<void> {
 export async function startLogger(streams: readonly LoggedStream[], fifoDir: string, fence?: WatchdogConfig): Promise<Logger> {
   const readEnds: number[] = [];
   const writeEnds: number[] = [];
+  // The Perl logger's pipes are the wrapper's to make (WRAPPER in proc.ts), named here, after anything left under
+  // the FIFOs' prefix is removed (spares of node's logger, names of a wrapper killed before its logger unlinked
+  // them): nothing but this start's may be opened. Node's logger gets its pipes here.
+  const perl = fence === undefined && perlLoggerUsable();
+  const wrapperPipes = perl ? (await dropSpareFifos(fifoDir), fifoNames(resolve(fifoDir), streams.length)) : [];
   try {
-    const names = await takeFifos(fifoDir, streams.length);
+    const names = perl ? [] : await takeFifos(fifoDir, streams.length);
     for (const name of names) {
       try {
         // Read end first, non-blocking (it cannot wait for a writer); then the write end, which now has a reader.
@@ -409,29 +427,42 @@ export async function startLogger(streams: readonly LoggedStream[], fifoDir: str
   /** Started by the service's wrapper (viaWrapper), not by launch(). */
   let byWrapper = false;
   const hex = (p: string): string => Buffer.from(p, 'utf8').toString('hex');
-  const viaWrapper: WrapperLogger | undefined =
-    fence !== undefined || !perlLoggerUsable()
-      ? undefined
-      : {
-          fds: [...readEnds, ...streams.map((s) => s.fd)],
-          // fds in the wrapper, so in the logger: 3 the end-of-output pipe, 4 on the read ends, then the log files.
-          args: [LOGGER_PL, [...perlConstants(), String(n), ...streams.flatMap((st, i) => [String(4 + i), String(4 + n + i), String(st.maxSize), String(st.keep), hex(resolve(st.path))]), ...cfg.spares.map(hex)].join(' ')],
-          spawned: (doneEnd) => {
-            closeReadEnds();
-            if (doneEnd === undefined || doneEnd === null) {
-              ended = true;
-              settle();
-              return;
-            }
-            byWrapper = true;
-            doneEnd.once('end', () => settle());
-            doneEnd.once('close', () => settle());
-            doneEnd.once('error', () => settle());
-            doneEnd.resume();
-            // The agent must not wait for it: a one-shot run ends with the service (and its logger) running.
-            (doneEnd as Readable & { unref?: () => void }).unref?.();
-          },
-        };
+  const viaWrapper: WrapperLogger | undefined = !perl
+    ? undefined
+    : {
+        fds: streams.map((s) => s.fd),
+        // fds in the wrapper, so in the logger: 3 the end-of-output pipe, 4 on the log files; the read ends of the
+        // pipes it makes are 8 (stdout's, or the one both share) and 9 (stderr's).
+        args: [
+          LOGGER_PL,
+          [
+            ...perlConstants(),
+            String(n),
+            ...streams.flatMap((st, i) => [st.std.includes(1) ? '8' : '9', String(4 + i), String(st.maxSize), String(st.keep), hex(resolve(st.path))]),
+            ...wrapperPipes.map(hex),
+          ].join(' '),
+        ],
+        pipes: [
+          wrapperPipes[streams.findIndex((st) => st.std.includes(1))] ?? '',
+          wrapperPipes[streams.findIndex((st) => st.std.includes(2) && !st.std.includes(1))] ?? '',
+          streams.some((st) => st.std.length === 2) ? '1' : '',
+        ],
+        spawned: (doneEnd) => {
+          closeReadEnds();
+          if (doneEnd === undefined || doneEnd === null) {
+            ended = true;
+            settle();
+            return;
+          }
+          byWrapper = true;
+          doneEnd.once('end', () => settle());
+          doneEnd.once('close', () => settle());
+          doneEnd.once('error', () => settle());
+          doneEnd.resume();
+          // The agent must not wait for it: a one-shot run ends with the service (and its logger) running.
+          (doneEnd as Readable & { unref?: () => void }).unref?.();
+        },
+      };
   let announced = false;
   const announce = (service: ServiceIdentity | undefined): void => {
     if (announced) return;

@@ -154,15 +154,29 @@ const WRAPPER = [
   // The Perl logger (logger.ts), started before the cgroups are joined and then in a session of its own (it calls
   // setsid): outside the service's cgroup and process group, so no stop or kill of the service reaches it before it
   // has written everything. Its environment is emptied first ($3: every name in the service's): PERL5OPT, PERL5LIB
-  // or PERLIO meant for the service must not reach code that runs as root. Then the fds that were its (3: the
-  // agent's end-of-output pipe, the pipes' read ends, the log files) are closed: the service must hold none, or the
-  // logger would never see end of file nor the agent the logger's end.
+  // or PERLIO meant for the service must not reach code that runs as root; mkfifo's too (LD_PRELOAD).
+  // Its pipes are FIFOs made here ($4: stdout's, $5: stderr's, either '' when that stream is not logged; $6 set
+  // when stderr goes into stdout's), in the private state directory, by absolute path: made by the agent, they were
+  // a fork of its main thread and an exec on the way to every first start (~10 ms of a ~170 ms cold run on 2
+  // cores); here they are one exec beside the service's. The logger opens the read ends (8, 9) and the shell the
+  // write ends, in the same order: each open waits for the other side, so neither can run ahead. The logger
+  // unlinks the names first thing. A pipe that cannot be made stops the start (exit 70, said in the stderr log).
+  // Then the fds that were the logger's (3: the agent's end-of-output pipe; the log files) are closed: the service
+  // must hold none, or the logger would never see end of file nor the agent the logger's end.
   'k=$1; shift',
   'if [ "$k" -gt 0 ]; then',
-  '  ( unset $3; exec /usr/bin/perl -e "$1" -- "$2" ) </dev/null >/dev/null 2>&1 &',
-  '  shift 3',
+  '  a=$4 b=$5',
+  '  ( unset $3; exec /usr/bin/mkfifo -m 0600 -- ${a:+"$a"} ${b:+"$b"} ) || { echo "backplane: cannot make the pipes to the logger" >&2; exit 70; }',
+  '  if [ -z "$b" ]; then ( unset $3; exec /usr/bin/perl -e "$1" -- "$2" ) 8<"$a" </dev/null >/dev/null 2>&1 &',
+  '  elif [ -z "$a" ]; then ( unset $3; exec /usr/bin/perl -e "$1" -- "$2" ) 9<"$b" </dev/null >/dev/null 2>&1 &',
+  '  else ( unset $3; exec /usr/bin/perl -e "$1" -- "$2" ) 8<"$a" 9<"$b" </dev/null >/dev/null 2>&1 &',
+  '  fi',
+  '  s=$6',
+  '  shift 6',
   '  i=3',
   '  while [ "$i" -lt $((k + 3)) ]; do eval "exec $i>&-"; i=$((i + 1)); done',
+  '  [ -z "$a" ] || exec 1>"$a"',
+  '  if [ -n "$s" ]; then exec 2>&1; elif [ -n "$b" ]; then exec 2>"$b"; fi',
   'fi',
   'n=$1; shift',
   'while [ "$n" -gt 0 ]; do',
@@ -178,7 +192,7 @@ const WRAPPER = [
  */
 export function wrappedArgv(program: string, spec: SpawnSpec, logger?: WrapperLogger): string[] {
   const procs = spec.cgroupProcs ?? [];
-  const own = logger === undefined ? ['0'] : [String(1 + logger.fds.length), ...logger.args, Object.keys(spec.env).filter(unsettable).join(' ')];
+  const own = logger === undefined ? ['0'] : [String(1 + logger.fds.length), ...logger.args, Object.keys(spec.env).filter(unsettable).join(' '), ...logger.pipes];
   const argv = ['-c', WRAPPER, 'backplane-svc', ...own, String(procs.length), ...procs];
   if (spec.uid !== undefined) {
     // No passwd entry means no groups to look up: none but the primary one (the schema insists on a group then).
@@ -267,7 +281,13 @@ export async function prepareOutput(spec: Pick<SpawnSpec, 'stdoutPath' | 'stderr
     const regular = [...new Set([out, err])].filter((fd) => fstatSync(fd).isFile());
     if (rot === undefined || (regular.length === 0 && spec.fence === undefined)) return { out, err, files, logger: undefined };
     const logger = await startLogger(
-      regular.map((fd) => ({ fd, path: fd === out ? spec.stdoutPath : spec.stderrPath, maxSize: rot.maxSize, keep: rot.keep })),
+      regular.map((fd) => ({
+        fd,
+        std: fd === out ? (fd === err ? [1, 2] : [1]) : [2],
+        path: fd === out ? spec.stdoutPath : spec.stderrPath,
+        maxSize: rot.maxSize,
+        keep: rot.keep,
+      })),
       rot.fifoDir,
       spec.fence,
     );
