@@ -11,7 +11,7 @@ import { clearFenceMarker, describeStale, fencedError, fenceMarkerPath, staleAge
 import { dropSpareFifos } from './logger.js';
 import { resolveIdentity } from './identity.js';
 import { fileSize, prepareLogFile, rotateIfNeeded, tailLines } from './logfile.js';
-import { adoptProc, describeExit, disposeOutput, groupMembers, isFailure, LogFileError, prepareOutput, signalGroup, signalPid, spawnProc, type ExitInfo, type PreparedOutput, type Proc, type SpawnSpec } from './proc.js';
+import { adoptProc, describeExit, disposeOutput, groupMembers, isFailure, loadSpawn, LogFileError, prepareOutput, signalGroup, signalPid, spawnProc, type ExitInfo, type PreparedOutput, type Proc, type SpawnSpec } from './proc.js';
 import { clearRecord, readRecord, writeRecord } from './record.js';
 import { RestartPolicy } from './restart-policy.js';
 import { runCommand } from './run-command.js';
@@ -491,6 +491,7 @@ export class Supervisor {
       await this.readyLogs(this.stdoutPath, this.stderrPath);
       // Its cgroups too (made, limits written): they hold nothing until the start puts the process in.
       this.cgroupReady = await setupCgroup(this.id, this.dir, p.limits, { warn: (m) => this.warnOnce(m), debug: (m) => this.log.debug(m) });
+      loadSpawn();
       return prepareOutput({
         stdoutPath: this.stdoutPath,
         stderrPath: this.stderrPath,
