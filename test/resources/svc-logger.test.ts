@@ -144,7 +144,7 @@ describe('svc loggers', { skip: perlLoggerUsable() ? false : 'no /usr/bin/perl, 
     assert.equal((await stat(join(dir, 'out.log'))).size, 4194304);
   });
 
-  test("the Perl logger's pipes: made by the wrapper, one for a file both streams share, one for a stream alone; the names are gone once the logger runs; a pipe that cannot be made stops the start, saying why in the log", async () => {
+  test("the Perl logger's pipes: made by the wrapper, one for a file both streams share, one for a stream alone; the logger unlinks them and makes as many spares; a pipe that cannot be made stops the start, saying why in the log", async () => {
     const script = 'echo out-1; echo err-1 >&2; echo out-2; echo err-2 >&2';
     const run = async (stdoutPath: string, stderrPath: string, fifoDir: string): Promise<Proc> => {
       const p = await spawnProc({ file: 'sh', args: ['-c', script], cwd: '/', env: { PATH: '/usr/bin:/bin' }, stdoutPath, stderrPath, logRotation: { maxSize: 1 << 20, keep: 1, fifoDir } });
@@ -153,20 +153,26 @@ describe('svc loggers', { skip: perlLoggerUsable() ? false : 'no /usr/bin/perl, 
       await p.outputDone;
       return p;
     };
-    const pipesIn = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((n) => n.startsWith('.log-pipe-'));
-    // One file for both: one pipe, stderr into stdout's, in the order written.
+    // The FIFOs in the directory, and which of them a start's pipes were: the names its logger unlinked.
+    const pipesIn = async (dir: string): Promise<string[]> => (await readdir(dir)).filter((n) => n.startsWith('.log-pipe-')).sort();
+    // One file for both: one pipe, stderr into stdout's, in the order written; one spare. Then a start on it.
     const both = await tempDir();
     await run(join(both, 'all.log'), join(both, 'all.log'), both);
     assert.equal(await readFile(join(both, 'all.log'), 'utf8'), 'out-1\nerr-1\nout-2\nerr-2\n');
-    assert.deepEqual(await pipesIn(both), []);
-    // stdout alone (stderr to /dev/null), stderr alone.
+    const spare = await pipesIn(both);
+    assert.equal(spare.length, 1);
+    await run(join(both, 'all.log'), join(both, 'all.log'), both);
+    assert.equal(await readFile(join(both, 'all.log'), 'utf8'), 'out-1\nerr-1\nout-2\nerr-2\n'.repeat(2));
+    assert.equal((await pipesIn(both)).length, 1);
+    assert.ok(!(await pipesIn(both)).includes(spare[0]!), 'the spare was not taken');
+    // stdout alone (stderr to /dev/null), stderr alone: one spare each.
     const outOnly = await tempDir();
     await run(join(outOnly, 'out.log'), '/dev/null', outOnly);
     assert.equal(await readFile(join(outOnly, 'out.log'), 'utf8'), 'out-1\nout-2\n');
     const errOnly = await tempDir();
     await run('/dev/null', join(errOnly, 'err.log'), errOnly);
     assert.equal(await readFile(join(errOnly, 'err.log'), 'utf8'), 'err-1\nerr-2\n');
-    assert.deepEqual([...(await pipesIn(outOnly)), ...(await pipesIn(errOnly))], []);
+    assert.equal((await pipesIn(outOnly)).length + (await pipesIn(errOnly)).length, 2);
     // No directory for the pipes: the service never runs; its stderr log says why.
     const logs = await tempDir();
     const failed = await run(join(logs, 'out.log'), join(logs, 'err.log'), join(logs, 'no-such-dir'));

@@ -312,7 +312,7 @@ describe('svc: supervision', () => {
     console.log(`# kill -9 -> respawned in ${respawnMs.toFixed(1)} ms, answering in ${backMs.toFixed(1)} ms`);
   });
 
-  test("the Perl logger's pipes are the wrapper's: the agent runs no mkfifo, no name is left; node's logger: the first start makes its pipes, its logger the next start's, a restart takes them", async (t) => {
+  test("the first start's log pipes are made by the wrapper (the Perl logger) or the agent (node's), the logger makes the next start's, and a restart takes them", async (t) => {
     // execFile as the logger module sees it (an ES import of a built-in is synced from the CommonJS module). A plain
     // function, not t.mock.method: its proxy would hand promisify the real execFile's custom promisified form.
     const calls: string[][] = [];
@@ -335,16 +335,22 @@ describe('svc: supervision', () => {
     };
     const pipesIn = async (s: Svc): Promise<string[]> => (await readdir(await s.world.stateDir(s.id))).filter((n) => n.startsWith('.log-pipe-'));
 
-    // The Perl logger (the default): its wrapper makes the pipes, the logger unlinks them; a restart the same.
+    // The Perl logger (the default): the wrapper makes the first start's pipes, the logger unlinks them and makes two
+    // spares; the restart's service writes into those (fd 1 is one of them), and its logger makes the next two.
     const perl = make({ cmd: ['sh', '-c', 'echo out-$$; echo err-$$ >&2; exec sleep 30'], log: { stderr: join(await tempDir(), 'err.log') } });
     await perl.watch();
     await perl.run();
     const stdout = join(await perl.world.stateDir(perl.id), 'stdout.log');
+    let before: string[] = [];
     for (const round of ['first start', 'restart']) {
       const pid = await perl.pid();
       await waitFor(`${round}: the output`, async () => (await readFile(stdout, 'utf8').catch(() => '')).includes(`out-${String(pid)}\n`));
-      await waitFor(`${round}: the pipes' names gone`, async () => (await pipesIn(perl)).length === 0);
+      await waitFor(`${round}: two new spares`, async () => (await pipesIn(perl)).length === 2 && (await pipesIn(perl)).every((n) => !before.includes(n)));
+      const fd1 = await readlink(`/proc/${String(pid)}/fd/1`);
+      if (round === 'restart') assert.ok(before.some((n) => fd1.endsWith(`/${n} (deleted)`)), `the restart wrote into ${fd1}, not a spare of ${before.join(', ')}`);
+      else assert.match(fd1, /\/\.log-pipe-[0-9a-f]+ \(deleted\)$/);
       assert.deepEqual(calls, [], `${round}: the agent ran mkfifo`);
+      before = await pipesIn(perl);
       if (round === 'first start') await killAndWait(perl);
     }
     await perl.stopWatch();
@@ -573,15 +579,23 @@ describe('svc: supervision', () => {
     assert.equal((await readdir(outside)).length, 2, 'a link was followed');
     await killService();
 
-    // The Perl logger: the spares node's left and FIFOs planted as good as spares are removed, never used, and the
-    // agent makes no pipe; the wrapper's are unlinked by the logger.
-    for (const i of [1, 2]) execFileSync('/usr/bin/mkfifo', ['-m', '0600', join(resDir, `.log-pipe-planted${i}`)]);
-    assert.equal((await pipes()).length, 4);
+    // The Perl logger: leftovers are removed, never used, and the agent makes no pipe (its wrapper does); its
+    // logger makes the spares, which the next agent's start takes.
+    for (const n of await pipes()) await rm(join(resDir, n));
+    for (const i of [1, 2]) {
+      execFileSync('/usr/bin/mkfifo', ['-m', '0600', join(resDir, `.log-pipe-planted${i}`)]);
+      await chmod(join(resDir, `.log-pipe-planted${i}`), 0o666);
+    }
     logger = 'perl';
-    await runAgent();
-    assert.equal(await agentMade(), 0, 'the agent made pipes for the Perl logger');
-    await waitFor('no pipe left', async () => (await pipes()).length === 0);
-    await killService();
+    for (const round of ['without spares', 'on the spares']) {
+      const spares = await pipes();
+      await runAgent();
+      assert.equal(await agentMade(), 0, `${round}: the agent made pipes for the Perl logger`);
+      await waitFor(`${round}: two new spares`, async () => (await pipes()).length === 2 && (await pipes()).every((n) => !spares.includes(n)));
+      const fd1 = await readlink(`/proc/${String((await readRecord(resDir))?.pid)}/fd/1`);
+      assert.equal(spares.some((n) => fd1.endsWith(`/${n} (deleted)`)), round === 'on the spares', `${round}: writes into ${fd1}`);
+      await killService();
+    }
     logger = 'node';
 
     // onAgentExit: stop stops the service and removes its spares.

@@ -22,9 +22,9 @@ import { randomHex } from '../../util/random.js';
  * gone. It ignores SIGTERM/SIGINT/SIGHUP for that reason: killing it would only give the service SIGPIPE.
  *
  * The pipe is a FIFO (not the socketpair that spawn's 'pipe' gives: `open("/dev/stderr")` fails on a socket, and
- * nginx does that; Node has no pipe(2)), made in the resource's private state directory and unlinked once both ends
- * are open: by the service's wrapper for the Perl logger, which unlinks them, by the agent (or ahead, as spares, by
- * the previous start's logger) for node's.
+ * nginx does that; Node has no pipe(2)), made in the resource's private state directory (ahead, as spares, by the
+ * previous start's logger; else by the service's wrapper for the Perl logger, by the agent for node's) and unlinked
+ * once both ends are open (by the Perl logger; by the agent for node's), so nobody else can open it.
  * The log files are opened by the agent with every check of openLogForAppend and passed as descriptors; rotation
  * moves names with rename (which never writes through a symlink) and creates the new file O_EXCL|O_NOFOLLOW, as
  * logfile.ts does.
@@ -123,10 +123,11 @@ ${FENCE_WATCHDOG_JS}`;
  * wrapper starts it (see WRAPPER in proc.ts), so the agent forks once per start instead of twice, and it starts in
  * ~5 ms of CPU where node takes ~80 ms, beside the service's own start on the same cores. Same files, same rotation
  * (exactly at maxSize, whole lines where they fit, rename then O_EXCL|O_NOFOLLOW create, owner and mode kept), same
- * end (every pipe at end of file). Its pipes are the wrapper's FIFOs, so it makes no spares. Its one argument: the
- * open flags and errno values it needs and the number of setsid(2) (perlConstants), `n`, then per stream the pipe's
- * fd, the log's fd, maxSize, keep and the log's path in hex, then the FIFOs' paths in hex, which it unlinks (the
- * wrapper has both ends open by then). fd 3 is the agent's end-of-output signal:
+ * spares, same end (every pipe at end of file); its pipes are opened by the wrapper. Its one argument: the open
+ * flags and errno values it needs and the number of setsid(2) (perlConstants), `n`, then per stream the pipe's fd,
+ * the log's fd, maxSize, keep and the log's path in hex, then the number of this start's FIFOs and their paths in
+ * hex, which it unlinks (the wrapper has both ends open by then), then the spares' paths in hex. fd 3 is the
+ * agent's end-of-output signal:
  * never read or written, it closes when this process exits. Its environment is emptied by the wrapper: PERL5OPT,
  * PERL5LIB or PERLIO in the service's environment must not reach code that runs as root. A fenced service's logger
  * is its watchdog and needs sub-second clocks (Time::HiRes is not in perl-base): node's, started by the agent.
@@ -143,7 +144,9 @@ for (1 .. $n) {
   open(my $oh, '>>&=', $out) or exit 1;
   push @s, { in => $ih, fd => $in, out => $oh, size => -s $oh, max => $max, keep => $keep, path => pack('H*', $path), open => 1 };
 }
-unlink(map { pack('H*', $_) } @t);
+my $u = shift @t;
+unlink(map { pack('H*', $_) } splice(@t, 0, $u));
+my @spares = map { pack('H*', $_) } @t;
 sub wr {
   my ($st, $b) = @_;
   my $len = length $b;
@@ -194,6 +197,7 @@ sub take {
     eval { rotate($st); 1 } or do { eval { truncate($st->{out}, 0) }; $st->{size} = 0 };
   }
 }
+system { '/usr/bin/mkfifo' } 'mkfifo', '-m', '0600', '--', @spares if @spares;
 my $rin = '';
 vec($rin, $_->{fd}, 1) = 1 for @s;
 my $open = @s;
@@ -290,9 +294,10 @@ export interface WrapperLogger {
   /**
    * The FIFOs the wrapper makes (in the private state directory) and puts between the service and the logger: the
    * one for the service's stdout ('' when stdout is not logged here), the one for its stderr ('' when stderr is not,
-   * or goes into stdout's), and '1' when stderr goes into stdout's pipe (one file for both), else ''.
+   * or goes into stdout's), '1' when stderr goes into stdout's pipe (one file for both), else '', and '1' when the
+   * wrapper is to make them (they are not spares), else ''.
    */
-  readonly pipes: readonly [string, string, string];
+  readonly pipes: readonly [string, string, string, string];
   /**
    * Called right after the service's spawn with the agent's end of the wrapper's fd 3 (undefined: the spawn
    * failed): `done` resolves when it reaches end of file, that is, when the logger (the last holder) has exited.
@@ -316,12 +321,13 @@ function fifoNames(dir: string, n: number): string[] {
 }
 
 /**
- * The spare FIFOs in `dir`, as paths; anything else named like one is removed. Spares are node's logger's (the Perl
- * one's wrapper makes its pipes beside the service), made ahead for the next start by the logger (see LOGGER_JS): mkfifo is an exec, 25-100 ms on a loaded 2-core host and its fork 6-10 ms of
+ * The spare FIFOs in `dir`, as paths; anything else named like one is removed. Spares are made ahead for the next
+ * start by the logger (see LOGGER_JS and LOGGER_PL): mkfifo is an exec, 25-100 ms on a loaded 2-core host and its fork 6-10 ms of
  * the agent's main thread, on the way to the service's spawn; the logger runs beside it. They sit unopened in the
  * private state directory, and stay there when the agent exits and leaves the service running, for the next
- * agent's start of it. A pipe in use is unlinked the moment it is opened, so a name still there is one no process
- * holds open, unless root put it there. Only what this module makes is taken: a FIFO of this user, mode 0600, one
+ * agent's start of it. A pipe in use is unlinked once both its ends are open (by the agent, or by the Perl logger
+ * as it starts, which a restart waits for: outputDone), so a name still there is one no process holds open, unless
+ * root put it there. Only what this module makes is taken: a FIFO of this user, mode 0600, one
  * link; the private directory (0700, checked by the caller) is where only root can plant one.
  */
 async function spareFifos(dir: string): Promise<string[]> {
@@ -337,17 +343,19 @@ async function spareFifos(dir: string): Promise<string[]> {
   return kept;
 }
 
+/** `n` spare FIFOs of `dir` for this start, the rest removed; undefined (and none left) when there are fewer. */
+async function takeSpares(dir: string, n: number): Promise<string[] | undefined> {
+  const spares = await spareFifos(dir);
+  const taken = spares.length < n ? undefined : spares.slice(0, n);
+  await Promise.all(spares.slice(taken?.length ?? 0).map((f) => rm(f, { force: true })));
+  return taken;
+}
+
 /** `n` FIFOs for this start: spares if there are enough, else made now. */
 async function takeFifos(dir: string, n: number): Promise<string[]> {
   // A fenced service without log files: a watchdog with no pipes.
   if (n === 0) return [];
-  const spares = await spareFifos(dir);
-  if (spares.length < n) {
-    await Promise.all(spares.map((f) => rm(f, { force: true })));
-    return makeFifos(dir, n);
-  }
-  await Promise.all(spares.slice(n).map((f) => rm(f, { force: true })));
-  return spares.slice(0, n);
+  return (await takeSpares(dir, n)) ?? makeFifos(dir, n);
 }
 
 /** Removes the spare FIFOs of `dir`: the service is gone, no start will take them. */
@@ -365,11 +373,12 @@ export async function dropSpareFifos(dir: string): Promise<void> {
 export async function startLogger(streams: readonly LoggedStream[], fifoDir: string, fence?: WatchdogConfig): Promise<Logger> {
   const readEnds: number[] = [];
   const writeEnds: number[] = [];
-  // The Perl logger's pipes are the wrapper's to make (WRAPPER in proc.ts), named here, after anything left under
-  // the FIFOs' prefix is removed (spares of node's logger, names of a wrapper killed before its logger unlinked
-  // them): nothing but this start's may be opened. Node's logger gets its pipes here.
+  // The Perl logger's pipes are opened by the wrapper (WRAPPER in proc.ts): spares if there are enough (as node's
+  // logger's are), else new names the wrapper makes FIFOs of, beside the service's start rather than in a fork of
+  // this thread. Node's logger gets its pipes here.
   const perl = fence === undefined && perlLoggerUsable();
-  const wrapperPipes = perl ? (await dropSpareFifos(fifoDir), fifoNames(resolve(fifoDir), streams.length)) : [];
+  const spares = perl ? await takeSpares(fifoDir, streams.length) : undefined;
+  const wrapperPipes = !perl ? [] : (spares ?? fifoNames(fifoDir, streams.length)).map((f) => resolve(f));
   try {
     const names = perl ? [] : await takeFifos(fifoDir, streams.length);
     for (const name of names) {
@@ -439,13 +448,16 @@ export async function startLogger(streams: readonly LoggedStream[], fifoDir: str
             ...perlConstants(),
             String(n),
             ...streams.flatMap((st, i) => [st.std.includes(1) ? '8' : '9', String(4 + i), String(st.maxSize), String(st.keep), hex(resolve(st.path))]),
+            String(wrapperPipes.length),
             ...wrapperPipes.map(hex),
+            ...cfg.spares.map(hex),
           ].join(' '),
         ],
         pipes: [
           wrapperPipes[streams.findIndex((st) => st.std.includes(1))] ?? '',
           wrapperPipes[streams.findIndex((st) => st.std.includes(2) && !st.std.includes(1))] ?? '',
           streams.some((st) => st.std.length === 2) ? '1' : '',
+          spares === undefined ? '1' : '',
         ],
         spawned: (doneEnd) => {
           closeReadEnds();

@@ -155,24 +155,25 @@ const WRAPPER = [
   // setsid): outside the service's cgroup and process group, so no stop or kill of the service reaches it before it
   // has written everything. Its environment is emptied first ($3: every name in the service's): PERL5OPT, PERL5LIB
   // or PERLIO meant for the service must not reach code that runs as root; mkfifo's too (LD_PRELOAD).
-  // Its pipes are FIFOs made here ($4: stdout's, $5: stderr's, either '' when that stream is not logged; $6 set
-  // when stderr goes into stdout's), in the private state directory, by absolute path: made by the agent, they were
-  // a fork of its main thread and an exec on the way to every first start (~10 ms of a ~170 ms cold run on 2
-  // cores); here they are one exec beside the service's. The logger opens the read ends (8, 9) and the shell the
-  // write ends, in the same order: each open waits for the other side, so neither can run ahead. The logger
-  // unlinks the names first thing. A pipe that cannot be made stops the start (exit 70, said in the stderr log).
+  // Its pipes are FIFOs in the private state directory, by absolute path ($4: stdout's, $5: stderr's, either ''
+  // when that stream is not logged; $6 set when stderr goes into stdout's): spares the previous start's logger made,
+  // or, without them ($7 set), made here. Made by the agent, they were a fork of its main thread and an exec on the
+  // way to a first start (~10 ms of a ~170 ms cold run on 2 cores); here they are one exec beside the service's.
+  // The logger opens the read ends (8, 9) and the shell the write ends, in the same order: each open waits for the
+  // other side, so neither can run ahead. The logger unlinks the names first thing, then makes the next start's
+  // spares. A pipe that cannot be made stops the start (exit 70, said in the stderr log).
   // Then the fds that were the logger's (3: the agent's end-of-output pipe; the log files) are closed: the service
   // must hold none, or the logger would never see end of file nor the agent the logger's end.
   'k=$1; shift',
   'if [ "$k" -gt 0 ]; then',
   '  a=$4 b=$5',
-  '  ( unset $3; exec /usr/bin/mkfifo -m 0600 -- ${a:+"$a"} ${b:+"$b"} ) || { echo "backplane: cannot make the pipes to the logger" >&2; exit 70; }',
+  '  [ -z "$7" ] || ( unset $3; exec /usr/bin/mkfifo -m 0600 -- ${a:+"$a"} ${b:+"$b"} ) || { echo "backplane: cannot make the pipes to the logger" >&2; exit 70; }',
   '  if [ -z "$b" ]; then ( unset $3; exec /usr/bin/perl -e "$1" -- "$2" ) 8<"$a" </dev/null >/dev/null 2>&1 &',
   '  elif [ -z "$a" ]; then ( unset $3; exec /usr/bin/perl -e "$1" -- "$2" ) 9<"$b" </dev/null >/dev/null 2>&1 &',
   '  else ( unset $3; exec /usr/bin/perl -e "$1" -- "$2" ) 8<"$a" 9<"$b" </dev/null >/dev/null 2>&1 &',
   '  fi',
   '  s=$6',
-  '  shift 6',
+  '  shift 7',
   '  i=3',
   '  while [ "$i" -lt $((k + 3)) ]; do eval "exec $i>&-"; i=$((i + 1)); done',
   '  [ -z "$a" ] || exec 1>"$a"',
