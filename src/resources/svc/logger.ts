@@ -284,7 +284,7 @@ export interface Logger {
 
 /**
  * A logger the service's /bin/sh wrapper starts in the background before it runs the service (WRAPPER in proc.ts),
- * on pipes the wrapper makes: the agent forks nothing for it.
+ * on pipes the wrapper opens (spares, or FIFOs it makes): the agent forks nothing for it.
  */
 export interface WrapperLogger {
   /** For the wrapper, as fds 4 on (fd 3 is the end-of-output pipe): the log files. */
@@ -292,8 +292,8 @@ export interface WrapperLogger {
   /** The wrapper's arguments for it: the program text and its one argument. */
   readonly args: readonly [string, string];
   /**
-   * The FIFOs the wrapper makes (in the private state directory) and puts between the service and the logger: the
-   * one for the service's stdout ('' when stdout is not logged here), the one for its stderr ('' when stderr is not,
+   * The FIFOs (in the private state directory) the wrapper puts between the service and the logger: the one for
+   * the service's stdout ('' when stdout is not logged here), the one for its stderr ('' when stderr is not,
    * or goes into stdout's), '1' when stderr goes into stdout's pipe (one file for both), else '', and '1' when the
    * wrapper is to make them (they are not spares), else ''.
    */
@@ -322,12 +322,12 @@ function fifoNames(dir: string, n: number): string[] {
 
 /**
  * The spare FIFOs in `dir`, as paths; anything else named like one is removed. Spares are made ahead for the next
- * start by the logger (see LOGGER_JS and LOGGER_PL): mkfifo is an exec, 25-100 ms on a loaded 2-core host and its fork 6-10 ms of
- * the agent's main thread, on the way to the service's spawn; the logger runs beside it. They sit unopened in the
- * private state directory, and stay there when the agent exits and leaves the service running, for the next
- * agent's start of it. A pipe in use is unlinked once both its ends are open (by the agent, or by the Perl logger
- * as it starts, which a restart waits for: outputDone), so a name still there is one no process holds open, unless
- * root put it there. Only what this module makes is taken: a FIFO of this user, mode 0600, one
+ * start by the logger (see LOGGER_JS and LOGGER_PL): mkfifo is an exec, 25-100 ms on a loaded 2-core host and, from
+ * the agent, its fork 6-10 ms of the agent's main thread, on the way to the service's spawn; the logger runs beside
+ * it. They sit unopened in the private state directory, and stay there when the agent exits and leaves the service
+ * running, for the next agent's start of it. A pipe in use is unlinked once both its ends are open (by the agent, or
+ * by the Perl logger as it starts, which a restart waits for: outputDone), so a name still there is one no process
+ * holds open, unless root put it there. Only what this module makes is taken: a FIFO of this user, mode 0600, one
  * link; the private directory (0700, checked by the caller) is where only root can plant one.
  */
 async function spareFifos(dir: string): Promise<string[]> {
