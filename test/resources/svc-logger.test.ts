@@ -178,7 +178,32 @@ describe('svc loggers', { skip: perlLoggerUsable() ? false : 'no /usr/bin/perl, 
     const failed = await run(join(logs, 'out.log'), join(logs, 'err.log'), join(logs, 'no-such-dir'));
     assert.equal((await failed.exited).code, 70);
     assert.equal(await readFile(join(logs, 'out.log'), 'utf8'), '');
-    assert.match(await readFile(join(logs, 'err.log'), 'utf8'), /mkfifo: .*No such file or directory\nbackplane: cannot make the pipes to the logger\n$/);
+    assert.match(
+      await readFile(join(logs, 'err.log'), 'utf8'),
+      new RegExp(`mkfifo: .*No such file or directory\\nbackplane: cannot make the log pipes in ${join(logs, 'no-such-dir')}, so the service was not started \\(see the mkfifo error above: .*\\)\\n$`),
+    );
+  });
+
+  test("the wrapper's mkfifo runs with none of the service's environment", async () => {
+    // LD_PRELOAD naming no library: ld.so says so on stderr for each program started with it. The wrapper's shell
+    // and the service (a second shell) get it, and say so into the log; mkfifo, whose environment is emptied as
+    // the logger's is, must not (a library there would run as root).
+    const dir = await tempDir();
+    const p = await spawnProc({
+      file: 'sh',
+      args: ['-c', 'echo ran'],
+      cwd: '/',
+      env: { PATH: '/usr/bin:/bin', LD_PRELOAD: '/nonexistent-backplane-test.so' },
+      stdoutPath: join(dir, 'out.log'),
+      stderrPath: join(dir, 'err.log'),
+      logRotation: { maxSize: 1 << 20, keep: 1, fifoDir: dir },
+    });
+    procs.push(p);
+    await p.exited;
+    await p.outputDone;
+    assert.equal(await readFile(join(dir, 'out.log'), 'utf8'), 'ran\n');
+    const warnings = (await readFile(join(dir, 'err.log'), 'utf8')).split('\n').filter((l) => l.includes('nonexistent-backplane-test.so'));
+    assert.equal(warnings.length, 2, warnings.join('\n'));
   });
 
   test('BACKPLANE_SVC_LOGGER=node keeps node\'s logger, started by the agent', async () => {

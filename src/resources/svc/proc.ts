@@ -167,7 +167,7 @@ const WRAPPER = [
   'k=$1; shift',
   'if [ "$k" -gt 0 ]; then',
   '  a=$4 b=$5',
-  '  [ -z "$7" ] || ( unset $3; exec /usr/bin/mkfifo -m 0600 -- ${a:+"$a"} ${b:+"$b"} ) || { echo "backplane: cannot make the pipes to the logger" >&2; exit 70; }',
+  '  [ -z "$7" ] || ( unset $3; exec /usr/bin/mkfifo -m 0600 -- ${a:+"$a"} ${b:+"$b"} ) || { p=${a:-$b}; echo "backplane: cannot make the log pipes in ${p%/*}, so the service was not started (see the mkfifo error above: no space or inodes left there, or a read-only file system?)" >&2; exit 70; }',
   '  if [ -z "$b" ]; then ( unset $3; exec /usr/bin/perl -e "$1" -- "$2" ) 8<"$a" </dev/null >/dev/null 2>&1 &',
   '  elif [ -z "$a" ]; then ( unset $3; exec /usr/bin/perl -e "$1" -- "$2" ) 9<"$b" </dev/null >/dev/null 2>&1 &',
   '  else ( unset $3; exec /usr/bin/perl -e "$1" -- "$2" ) 8<"$a" 9<"$b" </dev/null >/dev/null 2>&1 &',
