@@ -1,10 +1,12 @@
 import assert from 'node:assert/strict';
+import { execFileSync, spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, readFile, readdir, readlink, rm, stat, chmod } from 'node:fs/promises';
+import { chmod, copyFile, mkdir, mkdtemp, readFile, readdir, readlink, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { after, afterEach, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import { perlLoggerUsable } from '../../src/resources/svc/logger.js';
 import { readStat, signalGroup, spawnProc, type Proc } from '../../src/resources/svc/proc.js';
 
@@ -14,6 +16,7 @@ import { readStat, signalGroup, spawnProc, type Proc } from '../../src/resources
  * Same input, same files, byte for byte.
  */
 
+const ROOT = join(dirname(fileURLToPath(import.meta.url)), '..', '..');
 const dirs: string[] = [];
 const procs: Proc[] = [];
 async function tempDir(): Promise<string> {
@@ -206,6 +209,49 @@ describe('svc loggers', { skip: perlLoggerUsable() ? false : 'no /usr/bin/perl, 
     assert.equal(warnings.length, 2, warnings.join('\n'));
   });
 
+  test('the Perl logger makes the spares with a system call: the only mkfifo of two starts is the wrapper\'s, on the first', { skip: canBindMount() ? false : 'needs root and unshare(1) for a private mount namespace' }, async () => {
+    // /usr/bin/mkfifo, in a mount namespace of the child's own, is a script that logs each call and runs the real
+    // one: so every mkfifo the wrapper or the logger runs, whatever its environment, is seen. The first start has no
+    // spares (its wrapper makes the pipes), the second takes the ones the first start's logger made.
+    const dir = await tempDir();
+    const calls = join(dir, 'calls');
+    const real = join(dir, 'mkfifo.real');
+    await copyFile('/usr/bin/mkfifo', real);
+    await chmod(real, 0o755);
+    const fake = join(dir, 'mkfifo');
+    await writeFile(fake, `#!/bin/sh\necho "$*" >> '${calls}'\nexec '${real}' "$@"\n`, { mode: 0o755 });
+    const pipes = join(dir, 'pipes');
+    await mkdir(pipes, { mode: 0o700 });
+    const child = join(dir, 'starts.mts');
+    await writeFile(
+      child,
+      `import { spawnProc } from ${JSON.stringify(join(ROOT, 'src/resources/svc/proc.ts'))};
+import { readdirSync } from 'node:fs';
+const spares = [];
+// The logger's handles are unref'd, as for an agent: this keeps the event loop up while it is waited for.
+const keepAlive = setInterval(() => undefined, 1000);
+for (const round of [1, 2]) {
+  const p = await spawnProc({ file: 'sh', args: ['-c', 'echo run-' + round], cwd: '/', env: { PATH: '/usr/bin:/bin' }, stdoutPath: ${JSON.stringify(join(dir, 'out.log'))}, stderrPath: ${JSON.stringify(join(dir, 'err.log'))}, logRotation: { maxSize: 1 << 20, keep: 1, fifoDir: ${JSON.stringify(pipes)} } });
+  await p.exited;
+  await p.outputDone;
+  spares.push(readdirSync(${JSON.stringify(pipes)}).filter((n) => n.startsWith('.log-pipe-')).length);
+}
+console.log(JSON.stringify(spares));
+clearInterval(keepAlive);
+`,
+    );
+    const tsx = pathToFileURL(join(ROOT, 'node_modules', 'tsx', 'dist', 'loader.mjs')).href;
+    const run = spawnSync('unshare', ['-m', 'sh', '-c', 'mount --bind "$1" /usr/bin/mkfifo && exec "$2" --import "$3" "$4"', 'sh', fake, process.execPath, tsx, child], { encoding: 'utf8', cwd: ROOT, timeout: 60_000 });
+    assert.equal(run.status, 0, `the starts failed: ${run.stderr}`);
+    const out = run.stdout;
+    // Two spares after each start (stdout's and stderr's), the first start's taken by the second.
+    assert.deepEqual(JSON.parse(out.trim().split('\n').pop() ?? ''), [2, 2]);
+    assert.equal(await readFile(join(dir, 'out.log'), 'utf8'), 'run-1\nrun-2\n');
+    const lines = (await readFile(calls, 'utf8')).trim().split('\n');
+    assert.equal(lines.length, 1, `mkfifo ran ${lines.length} times:\n${lines.join('\n')}`);
+    assert.match(lines[0]!, /^-m 0600 -- \S+\/\.log-pipe-\w+ \S+\/\.log-pipe-\w+$/);
+  });
+
   test('BACKPLANE_SVC_LOGGER=node keeps node\'s logger, started by the agent', async () => {
     const dir = await tempDir();
     const p = await start('node', dir, 'echo hi; exec sleep 30', { maxSize: 1 << 20, keep: 1 });
@@ -217,6 +263,17 @@ describe('svc loggers', { skip: perlLoggerUsable() ? false : 'no /usr/bin/perl, 
     assert.equal(await readFile(join(dir, 'out.log'), 'utf8'), 'hi\n');
   });
 });
+
+/** Root, and unshare(1) can make a mount namespace here (a bind mount in it stays in it). */
+function canBindMount(): boolean {
+  if (process.getuid?.() !== 0) return false;
+  try {
+    execFileSync('unshare', ['-m', 'true'], { stdio: 'ignore', timeout: 10_000 });
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 function readFileSafe(path: string): string {
   try {

@@ -124,18 +124,17 @@ ${FENCE_WATCHDOG_JS}`;
  * ~5 ms of CPU where node takes ~80 ms, beside the service's own start on the same cores. Same files, same rotation
  * (exactly at maxSize, whole lines where they fit, rename then O_EXCL|O_NOFOLLOW create, owner and mode kept), same
  * spares, same end (every pipe at end of file); its pipes are opened by the wrapper. Its one argument: the open
- * flags and errno values it needs and the number of setsid(2) (perlConstants), `n`, then per stream the pipe's fd,
- * the log's fd, maxSize, keep and the log's path in hex, then the number of this start's FIFOs and their paths in
- * hex, which it unlinks (the wrapper has both ends open by then), then the spares' paths in hex. fd 3 is the
- * agent's end-of-output signal:
- * never read or written, it closes when this process exits. Its environment is emptied by the wrapper: PERL5OPT,
+ * flags and errno values it needs and the numbers of setsid(2) and mknodat(2) (perlConstants), `n`, then per stream
+ * the pipe's fd, the log's fd, maxSize, keep and the log's path in hex, then the number of this start's FIFOs and
+ * their paths in hex, which it unlinks (the wrapper has both ends open by then), then the spares' paths in hex. fd 3
+ * is the agent's end-of-output signal: never read or written, it closes when this process exits. Its environment is emptied by the wrapper: PERL5OPT,
  * PERL5LIB or PERLIO in the service's environment must not reach code that runs as root. A fenced service's logger
  * is its watchdog and needs sub-second clocks (Time::HiRes is not in perl-base): node's, started by the agent.
  */
 const LOGGER_PL = String.raw`# backplane svc logger
 use strict;
 $SIG{$_} = 'IGNORE' for qw(TERM INT HUP PIPE QUIT);
-my ($oflags, $EAGAIN, $EINTR, $EEXIST, $setsid, $n, @t) = split / /, $ARGV[0];
+my ($oflags, $EAGAIN, $EINTR, $EEXIST, $setsid, $mknodat, $n, @t) = split / /, $ARGV[0];
 syscall(0 + $setsid);
 my @s;
 for (1 .. $n) {
@@ -197,7 +196,10 @@ sub take {
     eval { rotate($st); 1 } or do { eval { truncate($st->{out}, 0) }; $st->{size} = 0 };
   }
 }
-system { '/usr/bin/mkfifo' } 'mkfifo', '-m', '0600', '--', @spares if @spares;
+# The next start's pipes: mknodat(AT_FDCWD, path, S_IFIFO | 0600, 0), with no umask bit that could narrow 0600. A
+# spare that cannot be made is simply missing: the next start's wrapper makes its pipes then.
+umask 077;
+syscall(0 + $mknodat, -100, $_, 0010600, 0) for @spares;
 my $rin = '';
 vec($rin, $_->{fd}, 1) = 1 for @s;
 my $open = @s;
@@ -220,15 +222,21 @@ exit 0;
  * an exec (1–3 ms), both beside the service's own start. Only for these architectures; elsewhere node's logger.
  */
 const SETSID_SYSCALL: Readonly<Record<string, number>> = { x64: 112, arm64: 157, riscv64: 157, loong64: 157 };
+/**
+ * mknodat(2) by number, for the spares: `/usr/bin/mkfifo` was a fork and an exec of the logger's at the moment the
+ * service starts, and on a 2-core host that took CPU from the service's own start (a cold nginx stack's run, 31
+ * interleaved rounds with spares in place: 167.0 ms with it, 160.9 ms without). The same architectures as setsid's.
+ */
+const MKNODAT_SYSCALL: Readonly<Record<string, number>> = { x64: 259, arm64: 33, riscv64: 33, loong64: 33 };
 let perlPresent: boolean | undefined;
 
 /**
  * Whether a start without a fence gets the Perl logger from its wrapper: /usr/bin/perl is there (checked once), the
- * architecture's setsid number is known, and BACKPLANE_SVC_LOGGER is not `node` (which keeps node's logger, started by
+ * architecture's setsid and mknodat numbers are known, and BACKPLANE_SVC_LOGGER is not `node` (which keeps node's logger, started by
  * the agent, for every service).
  */
 export function perlLoggerUsable(): boolean {
-  if (process.env['BACKPLANE_SVC_LOGGER'] === 'node' || SETSID_SYSCALL[process.arch] === undefined) return false;
+  if (process.env['BACKPLANE_SVC_LOGGER'] === 'node' || SETSID_SYSCALL[process.arch] === undefined || MKNODAT_SYSCALL[process.arch] === undefined) return false;
   if (perlPresent === undefined) {
     try {
       accessSync('/usr/bin/perl', fsc.X_OK);
@@ -246,7 +254,7 @@ export function perlLoggerUsable(): boolean {
  */
 function perlConstants(): string[] {
   const e = osConstants.errno;
-  return [fsc.O_WRONLY | fsc.O_APPEND | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, e.EAGAIN, e.EINTR, e.EEXIST, SETSID_SYSCALL[process.arch] ?? 0].map(String);
+  return [fsc.O_WRONLY | fsc.O_APPEND | fsc.O_CREAT | fsc.O_EXCL | fsc.O_NOFOLLOW, e.EAGAIN, e.EINTR, e.EEXIST, SETSID_SYSCALL[process.arch] ?? 0, MKNODAT_SYSCALL[process.arch] ?? 0].map(String);
 }
 
 export interface LoggedStream {
@@ -323,8 +331,8 @@ function fifoNames(dir: string, n: number): string[] {
 /**
  * The spare FIFOs in `dir`, as paths; anything else named like one is removed. Spares are made ahead for the next
  * start by the logger (see LOGGER_JS and LOGGER_PL): mkfifo is an exec, 25-100 ms on a loaded 2-core host and, from
- * the agent, its fork 6-10 ms of the agent's main thread, on the way to the service's spawn; the logger runs beside
- * it. They sit unopened in the private state directory, and stay there when the agent exits and leaves the service
+ * the agent, its fork 6-10 ms of the agent's main thread, on the way to the service's spawn; node's logger runs it
+ * beside the service, the Perl one makes them with a system call (MKNODAT_SYSCALL). They sit unopened in the private state directory, and stay there when the agent exits and leaves the service
  * running, for the next agent's start of it. A pipe in use is unlinked once both its ends are open (by the agent, or
  * by the Perl logger as it starts, which a restart waits for: outputDone), so a name still there is one no process
  * holds open, unless root put it there. Only what this module makes is taken: a FIFO of this user, mode 0600, one
