@@ -10,8 +10,9 @@
 // this one also spares a one-shot run compiling what it calls. A script the run did not need (the cluster's and the
 // operator commands') is compiled at exit and gets the cache of its top-level code: what the one bundle's cache held
 // for those modules before the CLI was split.
-import { chmodSync, closeSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { chmodSync, closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, readFileSync, renameSync, rmSync, writeFileSync, writeSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { setFlagsFromString } from 'node:v8';
@@ -40,8 +41,17 @@ for (let i = 0; i < 24; i++) {
 }
 // A template: liquidjs's script and the template kind have their functions in the caches too.
 resources.push({ kind: 'template', name: join(files, 'rendered.conf'), template: 'listen {{ vars.port }};\n{% for h in vars.hosts %}server {{ h }};\n{% endfor %}', vars: { port: 80, hosts: ['a', 'b'] }, mode: '0644' });
+// A package check and a supervised service behind a config file, as in examples/nginx.yaml and the bench's nginx
+// stack: the pkg and svc kinds' functions (the status file's reader; the svc's prepare, spawn, logger, http health
+// check) are then in the kinds script's cache, where a run compiled them as it first called them. The check only
+// reads dpkg's database (where there is one: a build elsewhere skips it); the service is `sleep`, stopped when the
+// run ends, and its health check asks a server of this process's own.
+const health = await healthServer();
+if (existsSync('/var/lib/dpkg/status')) resources.push({ kind: 'pkg', name: 'dpkg' });
+const svcRequire = existsSync('/var/lib/dpkg/status') ? { require: ['pkg[dpkg]'] } : {};
 // And one of text and names only, which renders without liquidjs: the template kind's own renderer is cached too.
-resources.push({ kind: 'template', name: join(files, 'plain.conf'), template: 'listen {{ vars.port }};\n', vars: { port: 80 }, mode: '0644' });
+resources.push({ kind: 'template', name: join(files, 'plain.conf'), template: 'listen {{ vars.port }};\n', vars: { port: 80 }, mode: '0644', ...svcRequire, notify: ['svc[backplane-train]'] });
+resources.push({ kind: 'svc', name: 'backplane-train', cmd: ['/bin/sleep', '60'], onAgentExit: 'stop', health: { http: `http://127.0.0.1:${health}/` } });
 const graph = join(dir, 'graph.yaml');
 // Half as one-line flow mappings, half as block mappings with block scalars (what `yaml` writes, and people): the fast
 // reader's code for both is then in the cache; trained on flow lines alone, a block-style graph compiled its block
@@ -53,6 +63,21 @@ const block = stringify(resources.slice(half).map((r) => (r.kind === 'file' && t
   .map((l) => `  ${l}`)
   .join('\n');
 writeFileSync(graph, `resources:\n${resources.slice(0, half).map((r) => `  - ${JSON.stringify(r)}`).join('\n')}\n${block}\n`);
+
+/** A port on loopback that answers every HTTP request with 200, for the service's health check; it keeps nothing up. */
+function healthServer() {
+  return new Promise((resolvePort, reject) => {
+    const server = createServer((sock) => {
+      sock.on('error', () => undefined);
+      sock.once('data', () => sock.end('HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n'));
+    });
+    server.once('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      server.unref();
+      resolvePort(server.address().port);
+    });
+  });
+}
 
 /** What the launcher compiled: file -> script. */
 const compiled = new Map();
