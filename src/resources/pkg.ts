@@ -5,8 +5,9 @@ import { aptBatcher, type PkgAction, type PkgOutcome, type PkgRequest } from './
 import { watchPackage } from './pkg/monitor.js';
 import { packageDirectories } from './pkg/owned-dirs.js';
 import { pkgSchema, quickPkgParams, type PkgParams } from './pkg/schema.js';
-import { describeEntry, DPKG_ADMIN_DIR, hasArchNativeFile, hasTraces, isInstalled, nativeArchAsync, readDpkgStatus, type DpkgDb, type PkgEntry } from './pkg/status.js';
-import { defineKind, type CheckResult, type Resource } from './types.js';
+import { databaseSignature, readLookup, writeLookup } from './pkg/lookup-cache.js';
+import { describeEntry, DPKG_ADMIN_DIR, DpkgDb, hasArchNativeFile, hasTraces, isInstalled, nativeArchAsync, readDpkgStatus, type PkgEntry } from './pkg/status.js';
+import { defineKind, type CheckResult, type Resource, type ResourceWorld } from './types.js';
 
 /**
  * A Debian package, installed (at any or an exact version) or absent, through apt-get (Puppet's `package`, mgmt's
@@ -45,7 +46,7 @@ export const pkgKind = defineKind<PkgParams>({
     return { provides };
   },
   manages: (params) => `package ${params.name}`,
-  create: (id, params) => createPkg(id, params),
+  create: (id, params, world) => createPkg(id, params, world),
 });
 
 const CONVERGED: CheckResult = { converged: true, changes: [] };
@@ -59,7 +60,10 @@ interface Plan {
   done(after: PkgEntry | undefined): string;
 }
 
-function createPkg(id: ResourceId, p: PkgParams): Resource {
+function createPkg(id: ResourceId, p: PkgParams, world: ResourceWorld): Resource {
+  const base = p.name.split(':')[0] ?? p.name;
+  /** This resource's state directory, where its last lookup is kept (lookup-cache.ts); undefined: none to be had. */
+  const stateDir = async (): Promise<string | undefined> => world.stateDir(id).catch(() => undefined);
   return {
     async watch({ signal, ready, changed }) {
       await watchPackage(p.name, changed, signal);
@@ -69,10 +73,24 @@ function createPkg(id: ResourceId, p: PkgParams): Resource {
     },
     async checkApply({ apply, signal, log }) {
       if (signal.aborted) throw aborted(id);
-      const [db, archFile] = await Promise.all([readDb(id), hasArchNativeFile()]);
-      // The database says it (see nativeArch); dpkg is asked only where it does not, or may think otherwise.
-      const native = (archFile ? undefined : db.nativeArch()) ?? (await nativeArchAsync());
-      const before = db.get(p.name, native);
+      // The answer kept by the last run, while the database is the one it was read from; else a read, kept.
+      const dir = await stateDir();
+      const signature = dir === undefined ? undefined : databaseSignature(DPKG_ADMIN_DIR);
+      const kept = dir === undefined || signature === undefined ? undefined : readLookup(dir, p.name, signature);
+      let native: string;
+      let before: PkgEntry | undefined;
+      if (kept !== undefined) {
+        native = kept.native;
+        before = new DpkgDb(kept.entries).get(p.name, native);
+      } else {
+        const [db, archFile] = await Promise.all([readDb(id), hasArchNativeFile()]);
+        // The database says it (see nativeArch); dpkg is asked only where it does not, or may think otherwise.
+        native = (archFile ? undefined : db.nativeArch()) ?? (await nativeArchAsync());
+        before = db.get(p.name, native);
+        // The signature was taken before the read: a database replaced in between is kept under the old one, which
+        // the next run's cannot match.
+        if (dir !== undefined && signature !== undefined) writeLookup(dir, p.name, signature, { native, entries: db.entriesNamed(base) });
+      }
       const plan = planFor(p, before);
       if (plan === undefined) {
         log.debug(`${p.name}: ${describeEntry(before)}`);

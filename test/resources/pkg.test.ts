@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { chmod, mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { chmod, chown, link, mkdir, mkdtemp, readFile, rename, rm, stat, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,6 +11,7 @@ import { BackplaneError } from '../../src/errors.js';
 import { resourceId } from '../../src/graph/ids.js';
 import { pkgKind } from '../../src/resources/pkg.js';
 import { AptBatcher, aptStats } from '../../src/resources/pkg/batcher.js';
+import { databaseSignature, LOOKUP_FILE, readLookup, writeLookup } from '../../src/resources/pkg/lookup-cache.js';
 import { watchPackage } from '../../src/resources/pkg/monitor.js';
 import { isSharedDirectory, ownedDirectories, packageDirectories } from '../../src/resources/pkg/owned-dirs.js';
 import { DpkgDb, hasArchNativeFile, hasTraces, isInstalled, nativeArch, nativeArchAsync, parseStatus, readDpkgStatus, statusParseCount } from '../../src/resources/pkg/status.js';
@@ -77,7 +78,7 @@ before(async () => {
   repo = await DebRepo.create();
   const p = repo.prefix;
   await repo.add({ name: 'a', version: '1.0', files: { [`/opt/${p}-a/sub/file.txt`]: 'a\n' } });
-  for (const n of ['g1', 'g2', 'g3', 'ok1', 'ok2', 'noop', 'e2', 'e3', 'e4']) await repo.add({ name: n, version: '1.0' });
+  for (const n of ['g1', 'g2', 'g3', 'ok1', 'ok2', 'noop', 'e2', 'e3', 'e4', 'lk', 'lk2']) await repo.add({ name: n, version: '1.0' });
   await repo.add({ name: 'e1', version: '1.0', files: { [`/opt/${p}-e1/conf.d/README`]: 'drop-ins here\n' } });
   await repo.add({ name: 'v', version: '1.0' });
   await repo.add({ name: 'v', version: '2.0' });
@@ -412,6 +413,116 @@ describe('pkg: watching the dpkg database', () => {
     } finally {
       ac.abort();
       await watching;
+    }
+  });
+});
+
+describe('pkg: the lookup kept for the next run', () => {
+  const SIG = 'sig-1';
+  const STATUS = 'Package: half\nStatus: install reinstreq half-installed\nArchitecture: amd64\nVersion: 1.0\n\n';
+  const ENTRY = { name: 'web', arch: 'amd64', version: '1.0', want: 'install', flag: 'ok', state: 'installed' };
+
+  test('the database signature: a replaced status file (same bytes), an edit in place with its mtime set back, a journal, an arch-native file', async () => {
+    const admin = await tempDir();
+    await writeFile(join(admin, 'status'), STATUS);
+    const first = databaseSignature(admin);
+    assert.ok(first !== undefined);
+    assert.equal(databaseSignature(admin), first, 'the same file, the same signature');
+    // dpkg's way: a new file renamed over the old one, here with the very same bytes.
+    await writeFile(join(admin, 'status.new'), STATUS);
+    await rename(join(admin, 'status.new'), join(admin, 'status'));
+    const renamed = databaseSignature(admin);
+    assert.ok(renamed !== undefined && renamed !== first);
+    // An edit in place, of the same size, with its times set back: ctime still moves.
+    execFileSync('cp', ['-p', join(admin, 'status'), join(admin, 'times')]);
+    await writeFile(join(admin, 'status'), STATUS.replace('half-installed', 'half-INSTALLED'));
+    // To the nanosecond (cp -p and touch -r use utimensat): only the inode's change time tells the edit.
+    execFileSync('touch', ['-m', '-r', join(admin, 'times'), join(admin, 'status')]);
+    assert.equal((await stat(join(admin, 'status'), { bigint: true })).mtimeNs, (await stat(join(admin, 'times'), { bigint: true })).mtimeNs);
+    assert.notEqual(databaseSignature(admin), renamed);
+    // A journal or an arch-native file: no lookup is kept or taken.
+    await mkdir(join(admin, 'updates'));
+    assert.ok(databaseSignature(admin) !== undefined, 'an empty journal is no journal');
+    await writeFile(join(admin, 'updates', '0001'), 'Package: half\n');
+    assert.equal(databaseSignature(admin), undefined);
+    await rm(join(admin, 'updates', '0001'));
+    await writeFile(join(admin, 'arch-native'), 'amd64\n');
+    assert.equal(databaseSignature(admin), undefined);
+    await rm(join(admin, 'arch-native'));
+    await rm(join(admin, 'status'));
+    assert.equal(databaseSignature(admin), undefined);
+  });
+
+  test('kept and read back only for the same name and database; a file of another shape, owner, mode or link count is a miss', async () => {
+    const dir = await tempDir();
+    await chmod(dir, 0o700);
+    const file = join(dir, LOOKUP_FILE);
+    assert.equal(readLookup(dir, 'web', SIG), undefined, 'nothing kept yet');
+    writeLookup(dir, 'web', SIG, { native: 'amd64', entries: [ENTRY] });
+    assert.deepEqual(readLookup(dir, 'web', SIG), { native: 'amd64', entries: [ENTRY] });
+    assert.equal((await stat(file)).mode & 0o777, 0o600);
+    assert.equal(readLookup(dir, 'web', 'sig-2'), undefined, 'another database');
+    assert.equal(readLookup(dir, 'web:i386', SIG), undefined, 'another name');
+    // Not writable by others, one link, a regular file, not a symlink.
+    await chmod(file, 0o620);
+    assert.equal(readLookup(dir, 'web', SIG), undefined, 'group-writable');
+    await chmod(file, 0o600);
+    await link(file, join(dir, 'second-link'));
+    assert.equal(readLookup(dir, 'web', SIG), undefined, 'two links');
+    await rm(join(dir, 'second-link'));
+    await rename(file, join(dir, 'real'));
+    await symlink(join(dir, 'real'), file);
+    assert.equal(readLookup(dir, 'web', SIG), undefined, 'a symlink');
+    await rm(file);
+    await rename(join(dir, 'real'), file);
+    assert.ok(readLookup(dir, 'web', SIG) !== undefined);
+    // Owned by someone else.
+    await chown(file, 65534, 65534);
+    assert.equal(readLookup(dir, 'web', SIG), undefined, 'not this user\'s');
+    await chown(file, 0, 0);
+    // Of another shape: every one a miss, never a partial answer.
+    const good = { format: 1, signature: SIG, name: 'web', native: 'amd64', entries: [ENTRY] };
+    const shapes: unknown[] = [
+      { ...good, format: 2 },
+      { ...good, native: 'AMD 64' },
+      { ...good, entries: [{ ...ENTRY, name: 'other' }] },
+      { ...good, entries: [{ ...ENTRY, version: 1 }] },
+      { ...good, entries: [{ ...ENTRY, extra: 'x' }] },
+      { ...good, entries: {} },
+      [good],
+      null,
+    ];
+    for (const shape of shapes) {
+      await writeFile(file, JSON.stringify(shape), { mode: 0o600 });
+      assert.equal(readLookup(dir, 'web', SIG), undefined, JSON.stringify(shape));
+    }
+    await writeFile(file, JSON.stringify(good).slice(0, -3));
+    assert.equal(readLookup(dir, 'web', SIG), undefined, 'cut short');
+    await writeFile(file, JSON.stringify(good));
+    assert.deepEqual(readLookup(dir, 'web', SIG), { native: 'amd64', entries: [ENTRY] });
+  });
+
+  test("a check takes the kept lookup while dpkg's database is unchanged, and reads the database again once it changed", async () => {
+    const w = testWorld({ stateRoot: await tempDir() });
+    const name = repo.pkg('lk');
+    const res = (): Resource => pkgKind.create(resourceId('pkg', name), pkgKind.schema.parse({ name, state: 'absent', aptOptions: repo.aptOptions }), w);
+    // Not installed: converged, and the answer kept.
+    assert.deepEqual(await check(res(), { apply: false }), { converged: true, changes: [] });
+    const dir = await w.stateDir(resourceId('pkg', name));
+    const file = join(dir, LOOKUP_FILE);
+    const kept = JSON.parse(await readFile(file, 'utf8')) as { signature: string; entries: unknown[] };
+    assert.deepEqual(kept.entries, []);
+    // Planted with the same signature, a lookup that says it is installed is what the next check goes by: proof
+    // that a hit reads nothing else.
+    await writeFile(file, JSON.stringify({ ...kept, entries: [{ name, arch: 'all', version: '1.0', want: 'install', flag: 'ok', state: 'installed' }] }), { mode: 0o600 });
+    assert.deepEqual(await check(res(), { apply: false }), { converged: false, changes: ['would remove 1.0'] });
+    // Any change of the database (another package installed) and the plant is not taken: the real answer again.
+    try {
+      assert.deepEqual(await check(make('lk2')), { converged: false, changes: ['installed 1.0'] });
+      assert.deepEqual(await check(res(), { apply: false }), { converged: true, changes: [] });
+      assert.deepEqual((JSON.parse(await readFile(file, 'utf8')) as { entries: unknown[] }).entries, [], 'kept anew');
+    } finally {
+      await dpkg(['--purge', repo.pkg('lk2')]);
     }
   });
 });

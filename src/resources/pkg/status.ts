@@ -85,6 +85,11 @@ export class DpkgDb {
     return n;
   }
 
+  /** Every entry of the package `base` (all its architectures), in file order; [] when there is none. */
+  entriesNamed(base: string): readonly PkgEntry[] {
+    return this.entriesOf(base) ?? [];
+  }
+
   private entriesOf(base: string): PkgEntry[] | undefined {
     const raw = this.raw;
     if (raw === undefined || this.byName.has(base)) return this.byName.get(base);
