@@ -39,8 +39,11 @@ async function drain(n: number): Promise<number> {
 
 test('handing out slots stays linear in the number of waiters (100,000 file checks queue for 64 slots)', async () => {
   await drain(10_000); // warm up
-  const small = await drain(10_000);
-  const big = await drain(100_000);
+  // The best of three each: load from the tests beside this one (a collection, another process) only adds time, and
+  // a single 100,000 drain once took 1 s of a loaded run where it takes ~0.3 s.
+  const best = async (n: number): Promise<number> => Math.min(await drain(n), await drain(n), await drain(n));
+  const small = await best(10_000);
+  const big = await best(100_000);
   // Linear: ~10x. A queue that copies itself on every release (Array.shift on a big array) took ~60x here, and
   // at 100,000 resources a cold run became quadratic.
   assert.ok(big < small * 25 + 100, `10,000 waiters: ${small.toFixed(0)} ms, 100,000: ${big.toFixed(0)} ms`);
