@@ -43,7 +43,7 @@ const README = (): WorkloadResult[] => [
 
 /**
  * The goal of #13: the README's figures with Backplane faster than CFEngine on start-up and the 1,000-file runs, and
- * the nginx stack where it stood on the evening of 2026-12-03 (about even: 0.96-1.00x).
+ * the nginx stack a little behind (0.95x: the machine's slow phases gave 0.97x on 2026-12-04), above its floor.
  */
 const GOAL = (): WorkloadResult[] =>
   README().map((w) => {
@@ -62,7 +62,7 @@ describe('bench speed limits', () => {
     assert.deepEqual(fails(r.lines), []);
     assert.ok(r.lines.some((l) => /holds: exec-chain: Ansible ÷ Backplane 1\.61x \(limit > 1x\)/.test(l)), r.lines.join('\n'));
     assert.ok(r.lines.some((l) => /holds: files-cold: CFEngine ÷ Backplane 1\.11x \(limit > 0\.8x\)/.test(l)), r.lines.join('\n'));
-    assert.ok(r.lines.some((l) => /holds: nginx-stack: CFEngine ÷ Backplane 0\.952x \(limit > 0\.8x\)/.test(l)), r.lines.join('\n'));
+    assert.ok(r.lines.some((l) => /holds: nginx-stack: CFEngine ÷ Backplane 0\.952x \(limit > 0\.9x\)/.test(l)), r.lines.join('\n'));
   });
 
   test("the figures of 2026-11-22 fail the CFEngine floors where they were further behind than today, and the time ceilings", () => {
@@ -72,7 +72,7 @@ describe('bench speed limits', () => {
       'FAIL: files-cold: CFEngine ÷ Backplane is 0.495x; the limit is > 0.8x',
       'FAIL: files-converged: CFEngine ÷ Backplane is 0.607x; the limit is > 1.2x',
       'FAIL: files-repair: CFEngine ÷ Backplane is 0.495x; the limit is > 1.05x',
-      'FAIL: nginx-stack: CFEngine ÷ Backplane is 0.297x; the limit is > 0.8x',
+      'FAIL: nginx-stack: CFEngine ÷ Backplane is 0.297x; the limit is > 0.9x',
     ]);
     assert.equal(r.failures, 5);
   });
