@@ -89,7 +89,7 @@ function createPkg(id: ResourceId, p: PkgParams, world: ResourceWorld): Resource
         before = db.get(p.name, native);
         // The signature was taken before the read: a database replaced in between is kept under the old one, which
         // the next run's cannot match.
-        if (dir !== undefined && signature !== undefined) writeLookup(dir, p.name, signature, { native, entries: db.entriesNamed(base) });
+        if (dir !== undefined && signature !== undefined) writeLookup(dir, p.name, signature, { native, entries: db.entriesFor(base) });
       }
       const plan = planFor(p, before);
       if (plan === undefined) {

@@ -86,7 +86,7 @@ export class DpkgDb {
   }
 
   /** Every entry of the package `base` (all its architectures), in file order; [] when there is none. */
-  entriesNamed(base: string): readonly PkgEntry[] {
+  entriesFor(base: string): readonly PkgEntry[] {
     return this.entriesOf(base) ?? [];
   }
 

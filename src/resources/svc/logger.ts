@@ -127,9 +127,10 @@ ${FENCE_WATCHDOG_JS}`;
  * flags and errno values it needs and the numbers of setsid(2) and mknodat(2) (perlConstants), `n`, then per stream
  * the pipe's fd, the log's fd, maxSize, keep and the log's path in hex, then the number of this start's FIFOs and
  * their paths in hex, which it unlinks (the wrapper has both ends open by then), then the spares' paths in hex. fd 3
- * is the agent's end-of-output signal: never read or written, it closes when this process exits. Its environment is emptied by the wrapper: PERL5OPT,
- * PERL5LIB or PERLIO in the service's environment must not reach code that runs as root. A fenced service's logger
- * is its watchdog and needs sub-second clocks (Time::HiRes is not in perl-base): node's, started by the agent.
+ * is the agent's end-of-output signal: never read or written, it closes when this process exits. Its environment
+ * is emptied by the wrapper: PERL5OPT, PERL5LIB or PERLIO in the service's environment must not reach code that runs
+ * as root. A fenced service's logger is its watchdog and needs sub-second clocks (Time::HiRes is not in perl-base):
+ * node's, started by the agent.
  */
 const LOGGER_PL = String.raw`# backplane svc logger
 use strict;
@@ -232,8 +233,8 @@ let perlPresent: boolean | undefined;
 
 /**
  * Whether a start without a fence gets the Perl logger from its wrapper: /usr/bin/perl is there (checked once), the
- * architecture's setsid and mknodat numbers are known, and BACKPLANE_SVC_LOGGER is not `node` (which keeps node's logger, started by
- * the agent, for every service).
+ * architecture's setsid and mknodat numbers are known, and BACKPLANE_SVC_LOGGER is not `node` (which keeps node's
+ * logger, started by the agent, for every service).
  */
 export function perlLoggerUsable(): boolean {
   if (process.env['BACKPLANE_SVC_LOGGER'] === 'node' || SETSID_SYSCALL[process.arch] === undefined || MKNODAT_SYSCALL[process.arch] === undefined) return false;
