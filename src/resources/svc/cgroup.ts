@@ -229,8 +229,8 @@ export async function signalCgroup(cg: SvcCgroup, sig: NodeJS.Signals): Promise<
 /**
  * Removes the service's (empty) cgroups; a cgroup that still has processes after EMPTY_WAIT_MS stays. A stop may
  * see its process gone a moment before the cgroup is empty (something it forked still exiting): with one rmdir, 3 of
- * the stopped instances of test/scheduler/rollouts-etcd.test.ts kept their (then empty) cgroups for good, and 638 had
- * piled up on the test machine in two days; retried on EBUSY, none were left.
+ * the stopped instances of test/scheduler/rollouts-etcd.test.ts kept their (then empty) cgroups for good; retried on
+ * EBUSY, none were left.
  */
 export async function removeCgroup(cg: SvcCgroup): Promise<void> {
   const deadline = Date.now() + EMPTY_WAIT_MS;
