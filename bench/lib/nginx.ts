@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { createServer } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { cgroupsOfPid, removeCgroups } from '../../test/helpers/cgroups.js';
 import { atCleanup } from './proc.js';
 import type { NginxStack } from '../tools/types.js';
 
@@ -149,9 +150,16 @@ export async function stopStack(stack: NginxStack): Promise<void> {
   }
 }
 
-/** After the workload: stopped, and no longer stopped again by an interrupt. */
+/**
+ * After the workload: stopped, and no longer stopped again by an interrupt. Backplane's svc left its server running
+ * (`onAgentExit: keep`, as a peer's daemon outlives its run), so the svc cgroup it was started in would stay behind
+ * once the server is stopped here: it goes too.
+ */
 export async function dropStack(stack: NginxStack): Promise<void> {
+  const pid = readPid(stack.pidFile);
+  const cgroups = pid !== undefined && isServer(pid, stack) ? await cgroupsOfPid(pid) : [];
   await stopStack(stack);
+  await removeCgroups(cgroups);
   stacks.delete(stack);
 }
 

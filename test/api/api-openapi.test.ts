@@ -5,6 +5,7 @@ import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { Ajv2020 } from 'ajv/dist/2020.js';
 import { startApiAgent, type Answer, type ApiAgent } from '../helpers/api.js';
+import { agentCgroups, killCgroups, removeCgroups } from '../helpers/cgroups.js';
 import { until } from '../helpers/engine.js';
 
 /**
@@ -69,7 +70,11 @@ describe('operator API: every endpoint against its OpenAPI schema', () => {
   });
 
   after(async () => {
+    // The agent leaves its instances to their fence: they and their cgroups go here.
+    const cgroups = await agentCgroups(dir);
     await agent?.stop();
+    await killCgroups(cgroups);
+    await removeCgroups(cgroups);
     await rm(dir, { recursive: true, force: true, maxRetries: 5 });
   });
 

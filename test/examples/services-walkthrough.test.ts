@@ -6,6 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { agentCgroups, removeCgroups } from '../helpers/cgroups.js';
 import { ensureBuilt, ROOT } from '../helpers/cli.js';
 import { freePort } from '../helpers/net.js';
 
@@ -100,7 +101,10 @@ describe('examples/services/walkthrough.sh', { skip: missing(), timeout: 180_000
   });
 
   after(async () => {
+    // down ends the instances by their fence, which leaves their cgroups: named here while the state is still there.
+    const cgroups = await agentCgroups(base);
     const r = await run(['down'], 60_000);
+    await removeCgroups(cgroups);
     assert.equal(r.code, 0, r.out);
     assert.ok(!existsSync(dir), `down removed ${dir}`);
     await rm(base, { recursive: true, force: true });

@@ -5,6 +5,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { agentCgroups, removeCgroups } from '../helpers/cgroups.js';
 import { ensureBuilt, ROOT } from '../helpers/cli.js';
 
 /**
@@ -80,7 +81,10 @@ describe('examples/worker: a worker service that scales itself on a queue', { sk
   });
 
   after(async () => {
+    // down ends the instances by their fence, which leaves their cgroups: named here while the state is still there.
+    const cgroups = await agentCgroups(base);
     const r = await run(['down'], 60_000);
+    await removeCgroups(cgroups);
     assert.equal(r.code, 0, r.out);
     assert.ok(!existsSync(dir), `down removed ${dir}`);
     await rm(base, { recursive: true, force: true });

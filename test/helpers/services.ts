@@ -1,8 +1,8 @@
 import assert from 'node:assert/strict';
-import { mkdir, readdir, readFile, rename, rmdir, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { detectHierarchy } from '../../src/resources/svc/cgroup.js';
+import { agentCgroups, cgroupsOfPid, killCgroups, removeCgroups } from './cgroups.js';
 import { ROOT, runCli, startCli, type CliResult, type RunningCli } from './cli.js';
 
 /**
@@ -102,9 +102,13 @@ export async function stopAgent(a: TestAgent, signal: NodeJS.Signals = 'SIGTERM'
 }
 
 export async function stopCluster(c: TestCluster): Promise<void> {
+  const cgroups = await agentCgroups(c.root);
   await Promise.all([...c.agents.values()].map((a) => stopAgent(a)));
-  // What a killed agent left behind (its instances die by their fence, but do not wait on it here).
+  // What a killed agent left behind (its instances die by their fence, but do not wait on it here): the workload
+  // processes, and whatever else ran in the cluster's svc cgroups (a redis, a postgres), then those cgroups.
   await killWorkloads(c.root);
+  await killCgroups(cgroups);
+  await removeCgroups(cgroups);
 }
 
 /** Runs a CLI command as the operator (h1's state dir). */
@@ -185,7 +189,7 @@ export async function liveWorkloads(root?: string): Promise<Map<string, number[]
 export async function killWorkloads(root: string): Promise<void> {
   const cgroups = new Set<string>();
   for (const pids of (await liveWorkloads(root)).values()) for (const pid of pids) {
-    for (const dir of await svcCgroupsOf(pid)) cgroups.add(dir);
+    for (const dir of await cgroupsOfPid(pid)) cgroups.add(dir);
     try {
       process.kill(pid, 'SIGKILL');
     } catch {
@@ -194,32 +198,7 @@ export async function killWorkloads(root: string): Promise<void> {
   }
   // Their svc cgroups too, once empty: an agent removes them when it stops a service, but these were killed behind
   // its back (638 empty ones had piled up on the test machine in two days of suites).
-  const deadline = Date.now() + 5000;
-  for (const dir of cgroups) {
-    for (;;) {
-      try {
-        await rmdir(dir);
-        break;
-      } catch (err) {
-        // EBUSY until the killed processes have left it; ENOENT once an agent removed it.
-        if ((err as NodeJS.ErrnoException).code !== 'EBUSY' || Date.now() > deadline) break;
-        await sleep(20);
-      }
-    }
-  }
-}
-
-/** The svc cgroup directories (made by an agent: `/backplane/svc_...`) that `pid` is in, in every hierarchy. */
-async function svcCgroupsOf(pid: number): Promise<string[]> {
-  const h = await detectHierarchy();
-  const out: string[] = [];
-  for (const line of (await readFile(`/proc/${pid}/cgroup`, 'utf8').catch(() => '')).split('\n')) {
-    const m = /^\d+:([^:]*):((?:\/.*)?\/backplane\/svc_[^/]+)$/.exec(line);
-    if (m === null) continue;
-    const mount = m[1] === '' ? h.v2 : h.v1.get(m[1]?.split(',')[0] ?? '');
-    if (mount !== undefined) out.push(join(mount, m[2] ?? ''));
-  }
-  return out;
+  await removeCgroups([...cgroups]);
 }
 
 /**

@@ -7,6 +7,7 @@ import { join } from 'node:path';
 import { after, describe, test } from 'node:test';
 import { sha256Hex } from '../../src/util/hash.js';
 import { randomHex } from '../../src/util/random.js';
+import { agentCgroups, killCgroups, removeCgroups } from '../helpers/cgroups.js';
 import { BIN, ensureBuilt } from '../helpers/cli.js';
 
 describe('sha256Hex', () => {
@@ -29,7 +30,13 @@ describe('sha256Hex', () => {
 
 describe('a cold run with files, a template and a service', () => {
   const dir = mkdtempSync(join(tmpdir(), 'bp-nocrypto-'));
-  after(() => rmSync(dir, { recursive: true, force: true }));
+  after(async () => {
+    // The run leaves its service running, as a one-shot run does: it and its cgroup go here.
+    const cgroups = await agentCgroups(dir);
+    await killCgroups(cgroups);
+    await removeCgroups(cgroups);
+    rmSync(dir, { recursive: true, force: true });
+  });
 
   test('never loads node:crypto (~5 ms of its start)', () => {
     ensureBuilt();

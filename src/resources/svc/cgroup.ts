@@ -232,8 +232,8 @@ export async function signalCgroup(cg: SvcCgroup, sig: NodeJS.Signals): Promise<
  * the stopped instances of test/scheduler/rollouts-etcd.test.ts kept their (then empty) cgroups for good; retried on
  * EBUSY, none were left.
  */
-export async function removeCgroup(cg: SvcCgroup): Promise<void> {
-  const deadline = Date.now() + EMPTY_WAIT_MS;
+export async function removeCgroup(cg: Pick<SvcCgroup, 'dirs'>, waitMs = EMPTY_WAIT_MS): Promise<void> {
+  const deadline = Date.now() + waitMs;
   for (const dir of cg.dirs) {
     for (;;) {
       try {
