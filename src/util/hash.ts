@@ -19,7 +19,7 @@ const W = new Int32Array(64);
  *
  * Not node:crypto, for the few short inputs of a cold run: loading it was ~5 ms there (its module graph and
  * bindings). And not a library's layered hasher either: @noble/hashes took 1.6-4 ms for the four names of the nginx
- * stack's run (its classes, views and the first calls of each method); this one function takes ~0.5 ms for them.
+ * stack's run (its classes, views and the first calls of each method); this one function takes 0.5-0.7 ms for them.
  * FIPS 180-4, section 6.2, in 32-bit integer arithmetic (`| 0` wraps each sum as the standard's mod 2^32 does).
  */
 export function sha256Hex(text: string): string {

@@ -8,7 +8,8 @@ import { sha256Hex } from '../../src/util/hash.js';
  * Tests that kill services behind their agents' backs (SIGKILL of an agent, then of its instances; a redis or
  * postgres killed by the test's own clean-up; a walkthrough's `down`, where the instances die by their fence) leave
  * their cgroups behind: only an agent that stops a service removes its cgroup. One full suite left 44 empty ones in
- * each hierarchy (v2, and v1 cpu and memory where a service had limits), and a test machine had gathered hundreds.
+ * the v2 hierarchy (and more in v1 cpu and memory, where a service had limits), and a test machine had gathered
+ * hundreds.
  */
 
 /** Directories named `resources` (an agent's resource state) under `base`, a few levels down. */
@@ -31,7 +32,8 @@ async function resourceDirs(base: string, depth = 4): Promise<string[]> {
 /**
  * The cgroup directories (every hierarchy) of the svc resources whose state lies under `base`: a svc's cgroup is
  * named for its id and its resource state directory (cgroupName), and that directory's own name (resourceStateDir:
- * `svc_<name>_-<first 12 hex of sha256(id)>`) gives the id back, checked against its hash. Only this test's agents'
+ * `svc_<name>_-<first 12 hex of sha256(id)>`) gives the id back, checked against its hash (for names of letters,
+ * digits, `.`, `_` and `-`, as the tests' are; any other is skipped, never guessed). Only this test's agents'
  * cgroups are found, never another test's running beside it. Read while the state exists (a walkthrough's `down`
  * deletes it).
  */
