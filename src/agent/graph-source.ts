@@ -29,6 +29,7 @@ import { DiscoveryHandle } from './discovery.js';
 import type { Controller } from '../scheduler/controller.js';
 import { defaultCapacity } from '../scheduler/capacity.js';
 import type { Instances } from './instances.js';
+import type { RetentionPolicy } from './instance-gc.js';
 import type { ClusterAccess } from '../api/ops.js';
 import type { StateCache } from '../api/state-cache.js';
 
@@ -59,6 +60,8 @@ export interface ClusterOptions {
   readonly services?: boolean;
   /** How long an instance outlives its agent's last confirmed place in the cluster (the fence); default TTL / 2. */
   readonly fenceMs?: number | undefined;
+  /** Stopped instances' state directories kept per service and for how long (instance-gc.ts); default DEFAULT_RETENTION. */
+  readonly retention?: Partial<RetentionPolicy> | undefined;
 }
 
 export interface GraphSourceOptions {
@@ -604,6 +607,7 @@ export class GraphSource {
       stateDir: this.opts.stateDir,
       log: this.opts.log,
       fenceMs,
+      ...(this.opts.cluster.retention === undefined ? {} : { retention: this.opts.cluster.retention }),
       onChange: () => this.changeListener?.('cluster'),
       applied: this.opts.applied ?? (() => new Set()),
       // The instance API's peers are service discovery's answer.

@@ -21,6 +21,7 @@ import type { ServiceInstances } from '../resources/types.js';
 import { readRecord } from '../resources/svc/record.js';
 import { resourceStateDir } from '../state-dir.js';
 import { runHook } from './hooks.js';
+import { collectInstanceDirs, DEFAULT_RETENTION, type RetentionPolicy } from './instance-gc.js';
 
 /**
  * How often the agent confirms its place in the cluster (and so refreshes its instances' fence) while anything here
@@ -38,6 +39,14 @@ export const MEMORY_CHECK_MS = 2000;
 /** The `memory` event fires when the tree crosses this share of resources.memory, and again after it fell below REARM. */
 export const MEMORY_WARN_RATIO = 0.9;
 const MEMORY_REARM_RATIO = 0.8;
+/**
+ * Stopped instances' state directories (instance-gc.ts) are looked over this long after the agent starts (its first
+ * render has settled by then), a second after each stop the running graph has seen through, and every GC_EVERY_MS
+ * for the ones that aged out.
+ */
+const GC_FIRST_MS = 60_000;
+const GC_AFTER_STOP_MS = 1000;
+const GC_EVERY_MS = 10 * 60_000;
 
 export interface InstancesOptions {
   readonly store: Store;
@@ -60,6 +69,10 @@ export interface InstancesOptions {
   readonly engineStateDir?: string;
   /** The agent's metrics: instances by state, restarts. */
   readonly metrics?: Metrics;
+  /** How many stopped instances' state directories are kept per service, and for how long (what is not given: DEFAULT_RETENTION). */
+  readonly retention?: Partial<RetentionPolicy>;
+  /** The first look over them after start (default GC_FIRST_MS; tests). */
+  readonly gcFirstMs?: number;
 }
 
 type Accepted = AssignRecord & { readonly spec: ServiceSpec };
@@ -160,6 +173,10 @@ export class Instances {
   private readonly notices = new Map<string, NodeJS.Timeout>();
   /** Allocs over MEMORY_WARN_RATIO of their memory at the last check (told once, until they fall below the rearm). */
   private readonly memoryOver = new Set<string>();
+  /** The next pass over stopped instances' state directories, and when it is due. */
+  private gcTimer: NodeJS.Timeout | undefined;
+  private gcDue = Infinity;
+  private gcRunning = false;
 
   constructor(private readonly opts: InstancesOptions) {
     this.heartbeat = join(opts.stateDir, 'sched', 'heartbeat');
@@ -214,10 +231,12 @@ export class Instances {
     if (ticked) await this.tick();
     void this.confirmLoop(ticked);
     void this.memoryLoop();
+    this.scheduleGc(this.opts.gcFirstMs ?? GC_FIRST_MS);
   }
 
   close(): void {
     this.ac.abort();
+    clearTimeout(this.gcTimer);
     for (const t of [...this.appTimers.values(), ...this.notices.values()]) clearTimeout(t);
     this.api?.close().catch(() => undefined);
   }
@@ -586,6 +605,7 @@ export class Instances {
     for (const id of new Set([...this.stopping.keys(), ...this.unreport])) {
       if (applied.has(id) || this.ac.signal.aborted) continue;
       if (this.stopping.delete(id)) {
+        this.scheduleGc(GC_AFTER_STOP_MS);
         this.states.delete(id);
         this.hookResults.delete(id);
         this.actionResults.delete(id);
@@ -604,6 +624,50 @@ export class Instances {
         }
       });
     }
+  }
+
+  /** Whether anything here still holds the alloc: assigned, stopping, in its stop notice, or in the running graph. */
+  private inUse(id: string): boolean {
+    return this.accepted.has(id) || this.stopping.has(id) || this.leaving.has(id) || this.notices.has(id) || this.opts.applied().has(id);
+  }
+
+  /** The next pass over stopped instances' state directories in `ms` at the latest (an earlier one stands). */
+  private scheduleGc(ms: number): void {
+    if (this.ac.signal.aborted) return;
+    const due = Date.now() + ms;
+    if (this.gcTimer !== undefined && this.gcDue <= due) return;
+    clearTimeout(this.gcTimer);
+    this.gcDue = due;
+    this.gcTimer = setTimeout(() => void this.collect(), ms);
+    this.gcTimer.unref();
+  }
+
+  private async collect(): Promise<void> {
+    this.gcTimer = undefined;
+    this.gcDue = Infinity;
+    if (this.ac.signal.aborted) return;
+    if (this.gcRunning) {
+      // One pass at a time; this one follows the pass under way.
+      this.scheduleGc(GC_AFTER_STOP_MS);
+      return;
+    }
+    this.gcRunning = true;
+    try {
+      const policy = { ...DEFAULT_RETENTION, ...this.opts.retention };
+      const r = await collectInstanceDirs({ root: this.opts.engineStateDir ?? this.opts.stateDir, inUse: (id) => this.inUse(id), policy, log: this.opts.log });
+      if (r.removed.length > 0) {
+        const shown = r.removed.slice(0, 5).join(', ');
+        this.opts.log.info(
+          `removed the state directories (logs included) of ${r.removed.length} stopped instance(s), keeping the ${policy.keep} latest per service: ${shown}${r.removed.length > 5 ? ', ...' : ''}`,
+        );
+      }
+      if (r.busy.length > 0) this.opts.log.debug(`stopped instances with a process still running, left alone: ${r.busy.join(', ')}`);
+    } catch (err) {
+      this.opts.log.warn(`state directory clean-up failed: ${errorMessage(err)}`);
+    } finally {
+      this.gcRunning = false;
+    }
+    this.scheduleGc(GC_EVERY_MS);
   }
 
   /**

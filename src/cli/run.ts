@@ -38,10 +38,34 @@ interface RunFlags extends EtcdFlags, ApiFlags {
   capacity?: string;
   ports?: string;
   fence?: string;
+  keepStoppedInstances?: string;
+  stoppedInstanceMaxAge?: string;
   services: boolean;
 }
 
 const STOP_GRACE_MS = 1500;
+
+/**
+ * --keep-stopped-instances and --stopped-instance-max-age; what is not given is the agent's default (DEFAULT_RETENTION
+ * in src/agent/instance-gc.ts, not imported here: a run that holds no instances does not load it).
+ */
+function retentionOption(flags: Pick<RunFlags, 'keepStoppedInstances' | 'stoppedInstanceMaxAge'>): { keep?: number; maxAgeMs?: number } {
+  const out: { keep?: number; maxAgeMs?: number } = {};
+  const keepText = flags.keepStoppedInstances;
+  if (keepText !== undefined) {
+    const keep = Number(keepText);
+    if (keepText.trim() === '' || !Number.isInteger(keep) || keep < 0)
+      throw new BackplaneError('E_USAGE', `--keep-stopped-instances "${keepText}" is not a whole number of at least 0`, { hint: "e.g. --keep-stopped-instances 5 (0 deletes a stopped instance's directory as soon as it is stopped)" });
+    out.keep = keep;
+  }
+  const ageText = flags.stoppedInstanceMaxAge;
+  if (ageText !== undefined) {
+    const ms = parseDuration(ageText);
+    if (ms === undefined) throw new BackplaneError('E_USAGE', `--stopped-instance-max-age "${ageText}" is not a duration`, { hint: 'e.g. --stopped-instance-max-age 24h, 30m or 3600 (seconds)' });
+    out.maxAgeMs = ms;
+  }
+  return out;
+}
 
 export function registerRun(program: Command): void {
   // --etcd, --cluster and the etcd TLS and user flags: etcd-flags.ts, shared with `backplane cluster` and `hosts`.
@@ -65,6 +89,8 @@ export function registerRun(program: Command): void {
     .option('--capacity <cpu=N,memory=SIZE>', "what this host offers scheduled services (default: its cpus, and its memory less 10%, at least 256M)")
     .option('--ports <from-to>', 'the range dynamic ports of instances placed here come from (default 20000-32767); give agents sharing one machine ranges of their own')
     .option('--fence <duration>', "how long this host's instances outlive its last confirmed place in the cluster (default: --lease-ttl); the controller replaces them that long (less the TTL) after the host's lease is gone")
+    .option('--keep-stopped-instances <n>', "state directories (logs included) of stopped instances kept per service, the most recently written first; 0 keeps none (default 5)")
+    .option('--stopped-instance-max-age <duration>', "a stopped instance's state directory not written for this long goes even if it is among the kept ones (default 24h)")
     .option('--no-services', 'do not take part in the service backplane (no controller, no instances here)')
     .addOption(new Option('--output <format>', 'text or json: json prints the run\'s summary as JSON on stdout when it ends (logs stay on stderr)').choices(['text', 'json']));
   addApiFlags(run).action(async (flags: RunFlags) => {
@@ -90,6 +116,7 @@ async function runCommand(flags: RunFlags): Promise<number> {
   let etcd: EtcdConnection | undefined;
   let capacity: { cpu: number; memory: number } | undefined;
   let fenceMs: number | undefined;
+  let retention: { keep?: number; maxAgeMs?: number } = {};
   let ports: { from: number; to: number } | undefined;
   const leaseTtlMs = parseDuration(flags.leaseTtl);
   try {
@@ -106,6 +133,7 @@ async function runCommand(flags: RunFlags): Promise<number> {
     if (flags.fence !== undefined && (fenceMs === undefined || fenceMs < 300)) {
       throw new BackplaneError('E_USAGE', `--fence "${flags.fence}" is not a duration of at least 300ms (the svc fence minimum)`, { hint: "e.g. --fence 3s" });
     }
+    retention = retentionOption(flags);
     etcd = etcdConnection(flags);
     if (flags.graphviz !== undefined) checkWritableFile('--graphviz', flags.graphviz);
     if (leaseTtlMs === undefined || leaseTtlMs < 1000)
@@ -154,6 +182,7 @@ async function runCommand(flags: RunFlags): Promise<number> {
       capacity,
       ports,
       fenceMs,
+      retention,
       // Only an agent that stays up can hold instances; a one-shot or noop run must not be elected controller.
       services: flags.services && flags.convergedTimeout < 0 && flags.noop !== true,
     },

@@ -1,14 +1,16 @@
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { after, before, test } from 'node:test';
-import { Instances } from '../../src/agent/instances.js';
+import { Instances, type InstancesOptions } from '../../src/agent/instances.js';
 import { EmbeddedStore } from '../../src/cluster/embedded-store.js';
 import { keys } from '../../src/cluster/keys.js';
 import type { Lease } from '../../src/cluster/store.js';
 import { sealRecord } from '../../src/cluster/trust.js';
+import { resourceStateDir } from '../../src/state-dir.js';
 import { gatherFacts } from '../../src/facts.js';
 import { createLogger } from '../../src/log.js';
 import { ELECTION } from '../../src/scheduler/controller.js';
@@ -63,7 +65,7 @@ interface Rig {
 let rigs: Rig[] = [];
 
 /** An agent's Instances on this rig's store (a new one on the same state dir is the agent restarting). */
-async function newInstances(r: Omit<Rig, 'inst'>): Promise<Instances> {
+async function newInstances(r: Omit<Rig, 'inst'>, extra?: Partial<InstancesOptions>): Promise<Instances> {
   const inst = new Instances({
     store: r.store,
     link: { trust: view, sign: (k, b) => sealRecord(pairs.h1, k, ++seq, b), currentLease: r.lease },
@@ -75,12 +77,13 @@ async function newInstances(r: Omit<Rig, 'inst'>): Promise<Instances> {
     fenceMs: 3000,
     onChange: () => (r.changes += 1),
     applied: () => r.applied,
+    ...extra,
   });
   await inst.start();
   return inst;
 }
 
-async function setup(prepare?: (store: EmbeddedStore) => Promise<void>): Promise<Rig> {
+async function setup(prepare?: (store: EmbeddedStore) => Promise<void>, extra?: Partial<InstancesOptions>): Promise<Rig> {
   const dir = await mkdtemp(join(tmpdir(), 'bp-inst-hooks-'));
   const store = await EmbeddedStore.open({ dir: join(dir, 'store') });
   // The host's membership under its lease, and c1 elected controller (its election key's revision is the epoch).
@@ -89,7 +92,7 @@ async function setup(prepare?: (store: EmbeddedStore) => Promise<void>): Promise
   const epoch = (await store.put(`${keys.election(ELECTION)}c1`, 'c1')).revision;
   await prepare?.(store);
   const base = { dir, store, lease, epoch, applied: new Set<string>(), changes: 0 };
-  const rig: Rig = Object.assign(base, { inst: await newInstances(base) });
+  const rig: Rig = Object.assign(base, { inst: await newInstances(base, extra) });
   rigs.push(rig);
   return rig;
 }
@@ -309,4 +312,41 @@ test("at start, this host's status keys of allocs neither assigned nor in the gr
   assert.notEqual(await r.store.get(assigned.key), undefined, 'an assigned alloc keeps its status');
   r.applied.delete('web.6.0000000f');
   await until(async () => (await r.store.get(inGraph.key)) === undefined, 10_000, 'deleted once the graph no longer holds it');
+});
+
+test("stopped instances' state directories: the latest per service stay, the others go once the graph has let them go; a restarted agent collects what is left, never what is assigned", async () => {
+  const r = await setup(undefined, { retention: { keep: 1 }, gcFirstMs: 600_000 });
+  const state = join(r.dir, 'state');
+  const ids = ['web.10.0000001a', 'web.11.0000001b', 'web.12.0000001c'];
+  const dirOf = new Map<string, string>();
+  const run = async (id: string, ageMs: number): Promise<void> => {
+    await assign(r, id, spec({}));
+    await until(() => r.inst.ids().has(id), 10_000, `${id} accepted`);
+    r.applied.add(id);
+    r.inst.onVertexState(`svc[${id}]`, 'converged');
+    // What its svc leaves in its state directory.
+    const dir = await resourceStateDir(state, `svc[${id}]`);
+    await writeFile(join(dir, 'stdout.log'), `output of ${id}\n`);
+    const t = (Date.now() - ageMs) / 1000;
+    await utimes(join(dir, 'stdout.log'), t, t);
+    await utimes(dir, t, t);
+    dirOf.set(id, dir);
+  };
+  for (const [i, id] of ids.entries()) await run(id, (3 - i) * 60_000);
+  for (const id of ids) await r.store.delete(keys.assign('h1', id));
+  for (const id of ids) await waitStatus(r, id, `${id} stopping`, (s) => s.state === 'stopping');
+  // Still in the running graph: nothing goes.
+  await sleep(1500);
+  for (const id of ids) assert.ok(existsSync(dirOf.get(id)!), `${id}'s directory kept while the graph holds it`);
+  for (const id of ids) r.applied.delete(id);
+  await until(() => !existsSync(dirOf.get(ids[0]!)!) && !existsSync(dirOf.get(ids[1]!)!), 10_000, 'the two older directories collected');
+  assert.equal(await readFile(join(dirOf.get(ids[2]!)!, 'stdout.log'), 'utf8'), `output of ${ids[2]}\n`, 'the latest kept, logs and all');
+
+  // One assigned and running, older than anything: a restarted agent that keeps none takes the stopped one only.
+  await run('web.13.0000001d', 3_600_000);
+  r.inst.close();
+  r.inst = await newInstances(r, { retention: { keep: 0 }, gcFirstMs: 100 });
+  await until(() => !existsSync(dirOf.get(ids[2]!)!), 10_000, 'the last stopped one collected after the restart');
+  await sleep(300);
+  assert.ok(existsSync(dirOf.get('web.13.0000001d')!), 'an assigned instance keeps its directory');
 });

@@ -55,6 +55,30 @@ describe('run: timer and print (real processes)', () => {
   });
 });
 
+describe("run: how long stopped instances' state directories are kept", () => {
+  test('--keep-stopped-instances and --stopped-instance-max-age: a bad value is refused with what to write, before anything runs', async () => {
+    await withTempDir(async (dir) => {
+      const graph = join(dir, 'graph.yaml');
+      const marker = join(dir, 'ran');
+      await writeFile(graph, `resources:\n  - { kind: file, name: ${marker}, content: "x" }\n`);
+      const base = ['run', '--file', graph, '--converged-timeout', '0', '--no-api', '--state-dir', join(dir, 'state')];
+      for (const [flags, message] of [
+        [['--keep-stopped-instances', '-1'], /--keep-stopped-instances "-1" is not a whole number of at least 0/],
+        [['--keep-stopped-instances', 'all'], /--keep-stopped-instances "all" is not a whole number/],
+        [['--stopped-instance-max-age', 'a day'], /--stopped-instance-max-age "a day" is not a duration[\s\S]*e\.g\. --stopped-instance-max-age 24h/],
+      ] as const) {
+        const r = await runCli([...base, ...flags]);
+        assert.equal(r.code, 2, r.stderr);
+        assert.match(r.stderr, message);
+        assert.equal(await content(marker), '<missing>', 'nothing was applied');
+      }
+      const ok = await runCli([...base, '--keep-stopped-instances', '0', '--stopped-instance-max-age', '30m']);
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.equal(await content(marker), 'x');
+    });
+  });
+});
+
 describe('run: --parallel and --no-watch-graph (real processes)', () => {
   test('--parallel 2 runs at most two of six independent execs at once, and does run two', async () => {
     await withTempDir(async (dir) => {
