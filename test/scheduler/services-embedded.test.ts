@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -25,7 +25,8 @@ describe('service backplane on the embedded store', { timeout: 300_000 }, () => 
     (c.op as string[]).splice(0, c.op.length, '--state-dir', join(c.root, 'state-solo'));
     flags = join(c.root, 'flags');
     await mkdir(flags, { recursive: true });
-    await startAgent(c, 'solo', { capacity: 'cpu=4,memory=1G' });
+    // Two stopped instances' state directories kept per service (default 5), so the scale test sees the rest go.
+    await startAgent(c, 'solo', { capacity: 'cpu=4,memory=1G', args: ['--keep-stopped-instances', '2'] });
   });
 
   /** Writes of the agent (it runs the controller too) to the store so far: its metrics' request counts. */
@@ -63,7 +64,7 @@ describe('service backplane on the embedded store', { timeout: 300_000 }, () => 
     assert.deepEqual(await opJson<unknown[]>(c, ['services']), []);
   });
 
-  test('deploy, scale 3 -> 5 -> 2 (newest stopped first), remove leaves nothing', async () => {
+  test("deploy, scale 3 -> 5 -> 2 (newest stopped first), remove leaves nothing running and the 2 last stopped instances' directories", async () => {
     const r = await deploy(c, 'web', workloadSpec('web', 3, flags), ['--wait', '60s']);
     assert.equal(r.code, 0, r.stderr + r.stdout);
     assert.match(r.stdout, /all healthy/);
@@ -82,6 +83,13 @@ describe('service backplane on the embedded store', { timeout: 300_000 }, () => 
     await waitFor('every web process gone', async () => (await liveWorkloads(c.root)).size === 0);
     const svc = await opJson<{ name: string; removed: boolean; placed: number }[]>(c, ['services']);
     assert.deepEqual(svc.map((s) => [s.name, s.removed, s.placed]), [['web', true, 0]]);
+    // Of the five instances' state directories (logs included), the two stopped last stay: the scale-down's three go.
+    const resources = join(c.root, 'state-solo', 'resources');
+    const left = await waitFor('the older stopped instances collected', async () => {
+      const names = (await readdir(resources)).filter((n) => n.startsWith('svc_web.'));
+      return names.length === 2 ? names : undefined;
+    }, 15_000);
+    assert.deepEqual(left.map((n) => n.replace(/^svc_(.*)_-[0-9a-f]{12}$/, '$1')).sort(), two.map((i) => i.id).sort());
   });
 
   test('a crash loop is reported, and a rescheduled instance runs once the fault is gone', async () => {
