@@ -128,8 +128,8 @@ export async function collectInstanceDirs(o: CollectOptions): Promise<CollectRes
     if ((err as NodeJS.ErrnoException).code !== 'ENOENT') o.log.warn(`state directory clean-up: cannot list ${resources}: ${errorMessage(err)}`);
     return result;
   }
-  const hierarchy = o.hierarchy ?? (await detectHierarchy());
-  const roots = [...new Set(hierarchy.v1.values()), ...(hierarchy.v2 === undefined ? [] : [hierarchy.v2])];
+  // Asked for at the first stopped instance: most hosts run none, and their passes stop at the listing.
+  let roots: string[] | undefined;
   const stopped: InstanceDir[] = [];
   const trash: string[] = [];
   for (const e of entries) {
@@ -147,6 +147,10 @@ export async function collectInstanceDirs(o: CollectOptions): Promise<CollectRes
     }
     // Its cgroups: one with a process in it means something of the instance still runs (a child that left its
     // process group); an empty one is garbage now, whatever becomes of the directory.
+    if (roots === undefined) {
+      const h = o.hierarchy ?? (await detectHierarchy());
+      roots = [...new Set(h.v1.values()), ...(h.v2 === undefined ? [] : [h.v2])];
+    }
     const cg = cgroupName(`svc[${parsed.allocId}]`, dir);
     const present: string[] = [];
     let busy = false;
