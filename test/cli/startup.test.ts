@@ -307,6 +307,28 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
     });
   });
 
+  test('`validate` of a local graph works with the core alone, as `run` does, and still says what is wrong and where', async () => {
+    await withTempDir(async (dir) => {
+      const { launcher } = await copyDist(dir, CORE);
+      const good = join(dir, 'good.yaml');
+      await writeFile(good, `resources:\n  - { kind: file, name: ${join(dir, 'f')}, content: "x" }\n`);
+      const ok = start(launcher, ['validate', good]);
+      assert.equal(ok.code, 0, ok.stderr);
+      assert.match(ok.stdout, /^ok: 1 resources, 0 edges$/m);
+      assert.equal(ok.cache, 'used');
+    });
+    // A mistake's position comes from the precise YAML parser's script; the rest of the CLI is still not read.
+    await withTempDir(async (dir) => {
+      const { launcher } = await copyDist(dir);
+      const bad = join(dir, 'bad.yaml');
+      await writeFile(bad, `resources:\n  - { kind: file, name: ${join(dir, 'f')}, content: "x" }\n  - { kind: fiel, name: /tmp/x }\n`);
+      const no = start(launcher, ['validate', bad]);
+      assert.equal(no.code, 2, no.stderr);
+      assert.match(no.stderr, /bad\.yaml:3:\d+: unknown resource kind "fiel"/);
+      assert.equal(moreCache(no), '(not loaded)');
+    });
+  });
+
   test('a run that opens the cluster store loads the rest, from its cache', async () => {
     await withTempDir(async (dir) => {
       const { launcher } = await copyDist(dir);
