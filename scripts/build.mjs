@@ -84,9 +84,10 @@ const MORE = 'backplane-cli-more.js';
 const KINDS_SCRIPT = 'backplane-cli-kinds.js';
 /**
  * The modules `backplane run` starts from: main.ts runs it, run.ts is the command, perf-shim is injected everywhere.
- * validate.ts too: `backplane validate` registers only itself (main.ts), and needs nothing `run` does not.
+ * validate.ts and graph.ts too: `backplane validate` and `graph` register only themselves (main.ts), and need nothing
+ * `run` does not.
  */
-const CORE_ROOTS = ['src/cli/main.ts', 'src/cli/run.ts', 'src/cli/validate.ts', 'src/util/perf-shim.ts'];
+const CORE_ROOTS = ['src/cli/main.ts', 'src/cli/run.ts', 'src/cli/validate.ts', 'src/cli/graph.ts', 'src/util/perf-shim.ts'];
 /**
  * Packages the core imports statically but calls only now and then: each goes to a script of its own, and the core's
  * stand-in for it is a module of getters (as for Node's built-ins above) that loads that script at the first read of

@@ -45,9 +45,12 @@ async function main(): Promise<void> {
   if (first === 'run') {
     (await import('./run.js')).registerRun(program);
   } else if (first === 'validate') {
-    // The same for `validate`, which editors and CI pipelines run on every save and push: registering every command
-    // read the rest of the CLI's script and its kinds' and zod's (~0.25 s against ~0.1 s for a small graph).
+    // The same for `validate`, which editors and CI pipelines run on every save and push, and `graph`: registering
+    // every command read the rest of the CLI's script and its kinds' and zod's (~0.25 s against ~0.1 s for a small
+    // graph). Both are roots of the core script (scripts/build.mjs).
     (await import('./validate.js')).registerValidate(program);
+  } else if (first === 'graph') {
+    (await import('./graph.js')).registerGraph(program);
   } else if (args.length > 0 && args.every((a) => a === '-V' || a === '--version')) {
     // `backplane --version` prints what the program knows: no command, and not the rest of the CLI's script that
     // registering them all reads (~220 ms against ~95 ms for a run of an empty graph).

@@ -307,7 +307,7 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
     });
   });
 
-  test('`validate` of a local graph works with the core alone, as `run` does, and still says what is wrong and where', async () => {
+  test('`validate` and `graph` of a local graph work with the core alone, as `run` does, and still say what is wrong and where', async () => {
     await withTempDir(async (dir) => {
       const { launcher } = await copyDist(dir, CORE);
       const good = join(dir, 'good.yaml');
@@ -316,6 +316,9 @@ describe('start-up: the rest of the CLI is loaded on demand', () => {
       assert.equal(ok.code, 0, ok.stderr);
       assert.match(ok.stdout, /^ok: 1 resources, 0 edges$/m);
       assert.equal(ok.cache, 'used');
+      const dot = start(launcher, ['graph', good]);
+      assert.equal(dot.code, 0, dot.stderr);
+      assert.match(dot.stdout, /^digraph backplane \{/);
     });
     // A mistake's position comes from the precise YAML parser's script; the rest of the CLI is still not read.
     await withTempDir(async (dir) => {
