@@ -20,6 +20,10 @@ import { QuietWatch, waitUntilWritten } from './graph-file.js';
 import { idleCompaction } from './idle-compaction.js';
 import type { Graph } from '../graph/graph.js';
 import { setTimeout as sleepFor } from 'node:timers/promises';
+import { ALLOC_ID_SOURCE } from '../scheduler/alloc-id.js';
+
+/** A scheduled instance's svc vertex: named after its alloc id. */
+const INSTANCE_SVC = new RegExp(`^svc\\[(${ALLOC_ID_SOURCE})\\]$`);
 
 /**
  * An edit that removes resources is applied only once the graph file has been unchanged this long. Removal is what a
@@ -267,7 +271,7 @@ export class Agent {
     const ids = new Set<string>();
     for (const id of g.vertices.keys()) {
       if (!id.startsWith('svc[')) continue;
-      const m = /^svc\[([a-z0-9][a-z0-9-]{0,62}\.\d{1,6}\.[0-9a-f]{8})\]$/.exec(id);
+      const m = INSTANCE_SVC.exec(id);
       if (m?.[1] !== undefined) ids.add(m[1]);
     }
     this.instanceIds = { graph: g, ids };

@@ -7,6 +7,7 @@ import { cgroupName, detectHierarchy, type Hierarchy } from '../resources/svc/cg
 import { isAlive, parseStat } from '../resources/svc/proc.js';
 import { readRecord } from '../resources/svc/record.js';
 import { sha256Hex } from '../util/hash.js';
+import { ALLOC_ID_SOURCE } from '../scheduler/alloc-id.js';
 
 /**
  * The state directories of stopped instances, collected.
@@ -57,17 +58,17 @@ export interface InstanceDir {
 
 /**
  * resourceStateDir's name of `svc[<service>.<index>.<8 hex>]`: `svc_` + the id (all of its characters are kept) + `_`
- * (for `]`) + `-` + the first 12 hex of sha256 of the resource id. Service names are SERVICE_NAME's (spec-schema.ts).
+ * (for `]`) + `-` + the first 12 hex of sha256 of the resource id; the id as ALLOC_ID_SOURCE has it.
  */
-const INSTANCE_DIR = /^svc_([a-z0-9][a-z0-9-]{0,62})\.(\d{1,9})\.([0-9a-f]{8})_-([0-9a-f]{12})$/;
+const INSTANCE_DIR = new RegExp(`^svc_(${ALLOC_ID_SOURCE})_-([0-9a-f]{12})$`);
 const TRASH_PREFIX = '.gc-';
 
 /** The alloc id and service a state directory's name stands for, when it is an instance's; undefined otherwise. */
 export function parseInstanceDirName(name: string): { allocId: string; service: string } | undefined {
   const m = INSTANCE_DIR.exec(name);
   if (m === null) return undefined;
-  const [, service, index, tag, hash] = m as unknown as [string, string, string, string, string];
-  const allocId = `${service}.${index}.${tag}`;
+  const [, allocId, hash] = m as unknown as [string, string, string];
+  const service = allocId.slice(0, allocId.indexOf('.'));
   // resourceStateDir keeps the first 80 characters of `svc_<id>_`; a longer one was cut and names no id we can check.
   if (`svc_${allocId}_`.length > 80) return undefined;
   if (sha256Hex(`svc[${allocId}]`).slice(0, 12) !== hash) return undefined;

@@ -4,6 +4,7 @@ import type { TrustView } from '../cluster/trust.js';
 import type { PlanCommand, ServicePlan, SpecRef } from './plan-types.js';
 import { NAMESPACE_NAME } from './names.js';
 import { INHERITABLE_FIELDS, type Alloc, type AllocStatus, type ServiceSpec } from './types.js';
+import { ALLOC_ID_SOURCE } from './alloc-id.js';
 
 /**
  * The scheduler's records in the store, and how a reader decides to believe one. Everything read here is hostile
@@ -98,7 +99,7 @@ const serviceRecordSchema = z.lazy(() => z.union([
 ]));
 
 const allocSchema = z.lazy(() => z.strictObject({
-  id: z.string().regex(/^[a-z0-9][a-z0-9-]{0,62}\.\d{1,6}\.[0-9a-f]{8}$/),
+  id: z.string().regex(new RegExp(`^${ALLOC_ID_SOURCE}$`)),
   service: z.string(),
   index: z.number().int().min(0),
   version: z.string(),

@@ -67,6 +67,8 @@ describe('instance directory names', () => {
       basename(await resourceStateDir(root, 'svc[web]')),
       basename(await resourceStateDir(root, 'svc[Web.0.0000abcd]')),
       basename(await resourceStateDir(root, 'exec[web.0.0000abcd]')),
+      // An index of 7 digits: no assignment record can carry it (records.ts), so no instance has it.
+      basename(await resourceStateDir(root, 'svc[web.1234567.0000abcd]')),
       // 63 characters of name and a 3-digit index: resourceStateDir cut the name at 80, so no id can be checked.
       basename(await resourceStateDir(root, `svc[${'s'.repeat(63)}.123.01234567]`)),
       good.replace(/-[0-9a-f]{12}$/, '-000000000000'),
